@@ -1,0 +1,3 @@
+#!/usr/bin/env node
+import { runWorkerCli } from '../dist/index.js';
+runWorkerCli(process.argv);
