@@ -1,0 +1,57 @@
+/**
+ * Typed errors with stable codes for every svd-train package.
+ *
+ * Callers (the CLI, tests, the coordinator when it relays a worker failure) switch on `code`,
+ * never on message text, so codes are a stable union and messages are free to improve.
+ * Each message states the actual value, the expected value and how to fix it.
+ */
+
+/** Every error code any svd-train package may throw. Append new codes; never rename one. */
+export const ERROR_CODES = [
+  'SHAPE_MISMATCH',
+  'CONFIG_INVALID',
+  'CONFIG_UNKNOWN_KEY',
+  'CONFIG_FILE',
+  'DATA_MISSING',
+  'DATA_CORRUPT',
+  'DOWNLOAD_FAILED',
+  'CHECKPOINT_CORRUPT',
+  'CHECKPOINT_CONFIG_MISMATCH',
+  'PROTOCOL_VERSION',
+  'PROTOCOL_INVALID',
+  'FRAME_TOO_LARGE',
+  'NON_FINITE',
+  'AUTH_FAILED',
+  'MANIFEST_MISMATCH',
+  'ROUND_MISMATCH',
+  'BACKEND_UNAVAILABLE',
+  'INTERNAL',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** The one error class of svd-train; `code` is stable, `details` is optional machine-readable context. */
+export class SvdTrainError extends Error {
+  readonly code: ErrorCode;
+  readonly details?: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SvdTrainError';
+    this.code = code;
+    if (details !== undefined) this.details = details;
+  }
+}
+
+/** True when `e` is an SvdTrainError, optionally with the given code. */
+export function isSvdTrainError(e: unknown, code?: ErrorCode): e is SvdTrainError {
+  return e instanceof SvdTrainError && (code === undefined || e.code === code);
+}
+
+/**
+ * Throws `SvdTrainError(code, msg())` when `cond` is false. The message is a thunk so hot paths
+ * (per-tensor checks on every round) pay nothing for string building when the check passes.
+ */
+export function assert(cond: unknown, msg: () => string, code: ErrorCode = 'INTERNAL'): asserts cond {
+  if (!cond) throw new SvdTrainError(code, msg());
+}
