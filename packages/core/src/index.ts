@@ -1,1 +1,3 @@
 export * from './errors.js';
+export * from './defaults.js';
+export * from './config.js';

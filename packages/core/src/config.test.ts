@@ -1,0 +1,222 @@
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  CONFIG_KEYS,
+  RUN_LOCAL_KEYS,
+  RunConfigSchema,
+  canonicalJson,
+  closestConfigKey,
+  configHash,
+  parseConfig,
+  resolveConfig,
+  serializeConfig,
+  toCamelCase,
+  toKebabCase,
+} from './config.js';
+import { DEFAULTS } from './defaults.js';
+import { SvdTrainError } from './errors.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'svd-config-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+function configFile(obj: unknown, name = 'cfg.json'): string {
+  const p = join(tmp, name);
+  writeFileSync(p, typeof obj === 'string' ? obj : JSON.stringify(obj));
+  return p;
+}
+function thrown(fn: () => unknown): SvdTrainError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(SvdTrainError);
+    return e as SvdTrainError;
+  }
+  throw new Error('expected a throw');
+}
+
+describe('resolveConfig defaults', () => {
+  it('gives the contract defaults with no input', () => {
+    const c = resolveConfig({}, undefined, {});
+    expect(c).toEqual({ ...DEFAULTS });
+    expect(c).toMatchObject({
+      model: 'resnet20', svd: true, decomposition: 'channel', forward: 'auto', sparsity: 'hoyer',
+      lambdaO: 1, lambdaS: 0.07, optimizer: 'sgd', lr: 0.1, momentum: 0.9, nesterov: true,
+      weightDecay: 5e-4, decayS: false, adamBetas: [0.9, 0.999], adamEps: 1e-8, schedule: 'onecycle',
+      milestones: [81, 122], gamma: 0.1, warmupEpochs: 0, pctStart: 0.3, divFactor: 25, finalDivFactor: 1e4,
+      epochs: 3, batch: 128, seed: 0, augment: true, data: null, limitTrain: null, limitTest: null,
+      host: '127.0.0.1', port: 7733, minWorkers: 1, spawn: 0, out: 'runs/latest', resume: false, from: null,
+      token: null, insecure: false, evalEvery: 1, checkpointEvery: 200, keepCheckpoints: 3,
+      stepTimeoutMs: 120000, stallWarnMs: 30000, stallAction: 'drop', handshakeTimeoutMs: 30000,
+      maxMessageBytes: 268435456, maxWorkerBatch: 256, backend: 'auto',
+    });
+    expect(Object.keys(c).sort()).toEqual([...CONFIG_KEYS].sort());
+  });
+
+  it('does not share default arrays between configs', () => {
+    const a = resolveConfig({}, undefined, {});
+    a.milestones.push(200);
+    a.adamBetas[0] = 0.5;
+    const b = resolveConfig({}, undefined, {});
+    expect(b.milestones).toEqual([81, 122]);
+    expect(b.adamBetas).toEqual([0.9, 0.999]);
+  });
+});
+
+describe('resolveConfig precedence: flags > env > file > defaults', () => {
+  it('layers each source over the next', () => {
+    const file = configFile({ lr: 0.05, data: '/from/file', token: 'file-token', epochs: 10, batch: 64 });
+    const env = { SVD_TRAIN_DATA: '/from/env', SVD_TRAIN_TOKEN: 'env-token' };
+    const c = resolveConfig({ lr: 0.2, batch: undefined }, file, env);
+    expect(c.lr).toBe(0.2); // flag beats file
+    expect(c.data).toBe('/from/env'); // env beats file
+    expect(c.token).toBe('env-token');
+    expect(c.epochs).toBe(10); // file beats default
+    expect(c.batch).toBe(64); // undefined flag is ignored
+    expect(c.momentum).toBe(0.9); // default
+    expect(resolveConfig({ data: '/from/flag' }, file, env).data).toBe('/from/flag');
+  });
+
+  it('ignores empty env values', () => {
+    expect(resolveConfig({}, undefined, { SVD_TRAIN_DATA: '' }).data).toBeNull();
+  });
+
+  it('accepts kebab-case flag and file keys', () => {
+    const file = configFile({ 'weight-decay': 1e-4 }, 'kebab.json');
+    const c = resolveConfig({ 'lambda-s': 0.01, 'step-timeout-ms': 5000, 'stall-warn-ms': 1000 }, file, {});
+    expect(c.lambdaS).toBe(0.01);
+    expect(c.stepTimeoutMs).toBe(5000);
+    expect(c.weightDecay).toBe(1e-4);
+  });
+
+  it('converts string flag values by field type', () => {
+    const c = resolveConfig(
+      { lr: '0.05', nesterov: 'false', milestones: '10,20', 'limit-train': '500', limitTest: 'none', port: '0' },
+      undefined,
+      {},
+    );
+    expect(c).toMatchObject({ lr: 0.05, nesterov: false, milestones: [10, 20], limitTrain: 500, limitTest: null, port: 0 });
+  });
+
+  it('accepts an already parsed object as the file layer', () => {
+    expect(resolveConfig({}, { epochs: 7 }, {}).epochs).toBe(7);
+  });
+});
+
+describe('resolveConfig errors', () => {
+  it('refuses an unknown flag, naming it and the closest valid key', () => {
+    const e = thrown(() => resolveConfig({ lamdaS: 0.1 }, undefined, {}));
+    expect(e.code).toBe('CONFIG_UNKNOWN_KEY');
+    expect(e.message).toContain('lamdaS');
+    expect(e.message).toContain('--lambda-s');
+    expect(e.details).toMatchObject({ key: 'lamdaS', suggestion: 'lambdaS' });
+  });
+
+  it('refuses an unknown key in the config file, naming the file', () => {
+    const file = configFile({ learning_rate: 0.1 }, 'unknown.json');
+    const e = thrown(() => resolveConfig({}, file, {}));
+    expect(e.code).toBe('CONFIG_UNKNOWN_KEY');
+    expect(e.message).toContain('"learning_rate"');
+    expect(e.message).toContain(file);
+    expect(closestConfigKey('weight_decay')).toBe('weightDecay');
+    expect(closestConfigKey('epoch')).toBe('epochs');
+  });
+
+  it('names field, value, source and expectation for an invalid value', () => {
+    const e = thrown(() => resolveConfig({ lr: -1 }, undefined, {}));
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.message).toMatch(/lr = -1 \(from flag --lr\): expected .*>=0/);
+    const e2 = thrown(() => resolveConfig({ optimizer: 'adamw' }, undefined, {}));
+    expect(e2.message).toContain('optimizer = "adamw"');
+    expect(e2.message).toContain('"sgd"|"adam"');
+    const e3 = thrown(() => resolveConfig({ lr: 'fast' }, undefined, {}));
+    expect(e3.message).toMatch(/lr = "fast" .*expected number/);
+  });
+
+  it('names the file as the source of a bad file value', () => {
+    const file = configFile({ batch: 0 }, 'badbatch.json');
+    const e = thrown(() => resolveConfig({}, file, {}));
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.message).toContain(`batch = 0 (from "batch" in config file ${file})`);
+  });
+
+  it('checks cross-field constraints', () => {
+    expect(thrown(() => resolveConfig({ milestones: [100, 50] }, undefined, {})).message).toContain('milestones = [100,50]');
+    expect(thrown(() => resolveConfig({ lambdaO: -0.1 }, undefined, {})).code).toBe('CONFIG_INVALID');
+    expect(thrown(() => resolveConfig({ batch: 1.5 }, undefined, {})).code).toBe('CONFIG_INVALID');
+    expect(thrown(() => resolveConfig({ momentum: 0 }, undefined, {})).message).toContain('--no-nesterov');
+    expect(resolveConfig({ momentum: 0, nesterov: false }, undefined, {}).momentum).toBe(0);
+    expect(thrown(() => resolveConfig({ stallWarnMs: 200000 }, undefined, {})).message).toContain('stallWarnMs');
+    expect(thrown(() => resolveConfig({ adamBetas: [0.9, 1] }, undefined, {})).message).toContain('adamBetas.1 = 1');
+  });
+
+  it('reports a missing or malformed config file', () => {
+    expect(thrown(() => resolveConfig({}, join(tmp, 'nope.json'), {})).code).toBe('CONFIG_FILE');
+    expect(thrown(() => resolveConfig({}, configFile('{ lr: ', 'broken.json'), {})).code).toBe('CONFIG_FILE');
+    expect(thrown(() => resolveConfig({}, configFile([1, 2], 'array.json'), {})).code).toBe('CONFIG_FILE');
+  });
+
+  it('refuses a key given twice with different values', () => {
+    expect(thrown(() => resolveConfig({ lambdaS: 0.1, 'lambda-s': 0.2 }, undefined, {})).code).toBe('CONFIG_INVALID');
+  });
+});
+
+describe('configHash', () => {
+  const base = resolveConfig({}, undefined, {});
+
+  it('is a sha256 hex that does not depend on key order', () => {
+    const h = configHash(base);
+    expect(h).toMatch(/^[0-9a-f]{64}$/);
+    const reversed = Object.fromEntries(Object.entries(base).reverse()) as typeof base;
+    expect(configHash(reversed)).toBe(h);
+    expect(canonicalJson({ b: 1, a: { d: [2, 1], c: null } })).toBe('{"a":{"c":null,"d":[2,1]},"b":1}');
+  });
+
+  it('changes with fields that affect the math', () => {
+    const h = configHash(base);
+    expect(configHash({ ...base, lambdaS: 0.08 })).not.toBe(h);
+    expect(configHash({ ...base, seed: 1 })).not.toBe(h);
+    expect(configHash({ ...base, milestones: [81, 123] })).not.toBe(h);
+    expect(configHash({ ...base, limitTrain: 1000 })).not.toBe(h);
+  });
+
+  it('ignores run-local fields', () => {
+    const h = configHash(base);
+    const local = resolveConfig(
+      { port: 9000, host: '0.0.0.0', out: '/tmp/x', token: 'secret', resume: true, data: '/d', backend: 'wasm', evalEvery: 5, keepCheckpoints: 1 },
+      undefined,
+      {},
+    );
+    expect(configHash(local)).toBe(h);
+    expect(configHash(serializeConfig(base))).toBe(h);
+    expect(RUN_LOCAL_KEYS).toContain('port');
+    expect(RUN_LOCAL_KEYS).not.toContain('lambdaS');
+  });
+});
+
+describe('serializeConfig / parseConfig', () => {
+  it('drops the token and round-trips through JSON', () => {
+    const c = resolveConfig({ token: 'secret', lr: 0.02 }, undefined, {});
+    const s = serializeConfig(c);
+    expect('token' in s).toBe(false);
+    expect(JSON.stringify(s)).not.toContain('secret');
+    const back = parseConfig(JSON.parse(JSON.stringify(s)));
+    expect(back).toEqual({ ...c, token: null });
+    expect(configHash(back)).toBe(configHash(c));
+    expect(RunConfigSchema.parse({}).model).toBe('resnet20');
+  });
+
+  it('parseConfig refuses unknown keys and non-objects', () => {
+    expect(thrown(() => parseConfig({ modle: 'resnet20' })).code).toBe('CONFIG_UNKNOWN_KEY');
+    expect(thrown(() => parseConfig(null)).code).toBe('CONFIG_INVALID');
+  });
+});
+
+describe('key case helpers', () => {
+  it('converts between flag and field names', () => {
+    expect(toKebabCase('lambdaO')).toBe('lambda-o');
+    expect(toKebabCase('stepTimeoutMs')).toBe('step-timeout-ms');
+    expect(toCamelCase('final-div-factor')).toBe('finalDivFactor');
+    for (const k of CONFIG_KEYS) expect(toCamelCase(toKebabCase(k))).toBe(k);
+  });
+});

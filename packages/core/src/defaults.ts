@@ -1,0 +1,94 @@
+/**
+ * Every default value of svd-train, in one place.
+ *
+ * `resolveConfig()` (config.ts) fills a run config from `DEFAULTS`; the dataset code (cifar10-*.ts)
+ * reads the download URL, checksums and cache location from here. Change a default here and
+ * nowhere else.
+ */
+
+/** ResNet variants the model builder knows (CIFAR ResNet-6n+2 and the ImageNet-style ResNet-18). */
+export const MODELS = ['resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'resnet18'] as const;
+export const DECOMPOSITIONS = ['channel', 'spatial'] as const;
+export const FORWARD_MODES = ['auto', 'reconstruct', 'factored'] as const;
+export const SPARSITIES = ['hoyer', 'l1', 'hoyer2', 'none'] as const;
+export const OPTIMIZERS = ['sgd', 'adam'] as const;
+export const SCHEDULES = ['onecycle', 'multistep', 'cosine', 'constant'] as const;
+export const STALL_ACTIONS = ['drop', 'abort'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+
+/**
+ * Default run configuration (camelCase; the CLI flag of each field is its kebab-case name).
+ * Typed loosely here on purpose: config.ts checks `DEFAULTS` against `RunConfig` at compile time.
+ */
+export const DEFAULTS = Object.freeze({
+  // Model
+  model: 'resnet20',
+  svd: true,
+  decomposition: 'channel',
+  forward: 'auto',
+  // Regularization (Yang et al. 2020: orthogonality λ_o, singular-value sparsity λ_s)
+  sparsity: 'hoyer',
+  lambdaO: 1,
+  lambdaS: 0.07,
+  // Optimizer
+  optimizer: 'sgd',
+  lr: 0.1,
+  momentum: 0.9,
+  nesterov: true,
+  weightDecay: 5e-4,
+  // Singular values, BN parameters and biases get no weight decay unless asked: decaying the
+  // singular values would fight the sparsity regularizer.
+  decayS: false,
+  adamBetas: [0.9, 0.999] as [number, number],
+  adamEps: 1e-8,
+  // Learning-rate schedule
+  schedule: 'onecycle',
+  milestones: [81, 122] as number[],
+  gamma: 0.1,
+  warmupEpochs: 0,
+  pctStart: 0.3,
+  divFactor: 25,
+  finalDivFactor: 1e4,
+  // Training loop
+  epochs: 3,
+  batch: 128,
+  seed: 0,
+  augment: true,
+  data: null as string | null,
+  limitTrain: null as number | null,
+  limitTest: null as number | null,
+  // Coordinator / workers (run-local: not part of the config hash)
+  host: '127.0.0.1',
+  port: 7733,
+  minWorkers: 1,
+  spawn: 0,
+  out: 'runs/latest',
+  resume: false,
+  from: null as string | null,
+  token: null as string | null,
+  insecure: false,
+  evalEvery: 1,
+  checkpointEvery: 200,
+  keepCheckpoints: 3,
+  stepTimeoutMs: 120_000,
+  stallWarnMs: 30_000,
+  stallAction: 'drop',
+  handshakeTimeoutMs: 30_000,
+  maxMessageBytes: 256 * 1024 * 1024,
+  maxWorkerBatch: 256,
+  backend: 'auto',
+});
+
+/** Environment variables that feed the config (precedence: flags > env > file > defaults). */
+export const ENV_VARS = Object.freeze({
+  data: 'SVD_TRAIN_DATA',
+  token: 'SVD_TRAIN_TOKEN',
+});
+
+/** The official CIFAR-10 binary tarball and its md5 (from the dataset page). */
+export const CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz';
+export const CIFAR10_TARBALL_MD5 = 'c32a1d4ab5d03f1284b67883e8d87530';
+/** Folder name inside the tarball, also used as the cache folder name. */
+export const CIFAR10_DIRNAME = 'cifar-10-batches-bin';
+/** Cache root below $XDG_CACHE_HOME (or ~/.cache). */
+export const CACHE_APP_DIRNAME = 'svd-train';
