@@ -1,3 +1,5 @@
 export * from './errors.js';
 export * from './defaults.js';
 export * from './config.js';
+export * from './cifar10.js';
+export * from './synthetic-cifar10.js';
