@@ -3,3 +3,4 @@ export * from './defaults.js';
 export * from './config.js';
 export * from './cifar10.js';
 export * from './synthetic-cifar10.js';
+export * from './rng.js';
