@@ -1,1 +1,5 @@
-export {};
+export { runWorker, depthOf, type WorkerOptions, type WorkerResult } from './worker.js';
+export { backoffDelay, type BackoffOptions } from './backoff.js';
+export { answerChallenge } from './auth.js';
+export { ensureDataset, folderMatches, cacheFolderFor, defaultCacheRoot, md5Hex, DATA_CHUNK_BYTES, type DatasetInfo, type DatasetFile } from './data-cache.js';
+export { sliceGradients, type SliceGradients } from './chunked-gradients.js';

@@ -1,0 +1,313 @@
+/**
+ * The worker process: connect to the coordinator, handshake, then answer `step` and `eval`
+ * requests until `shutdown`. One worker per GPU (or per CPU process).
+ *
+ * Lifecycle: connect (with capped, jittered backoff while the coordinator is not up or went away)
+ * -> hello (protocol version, backend, device) -> challenge/auth (HMAC of the coordinator's nonce;
+ * the token never travels) -> welcome (serialized run config + its hash + dataset description) ->
+ * build the model from the config, make sure the dataset is here -> manifest (parameter names and
+ * shapes in order; the coordinator refuses a mismatch) -> weights (authoritative parameters and BN
+ * buffers) -> loop over weights/step/eval. A refusal (bad token, wrong version, manifest mismatch)
+ * ends the worker with an error instead of retrying forever.
+ */
+import { hostname } from 'node:os';
+import {
+  PROTOCOL_VERSION,
+  SvdTrainError,
+  assembleBatch,
+  configHash,
+  parseConfig,
+  readCifar10,
+  type Cifar10Split,
+  type Message,
+  type RunConfig,
+} from '@svd-train/core';
+import {
+  buildResNet,
+  evaluate,
+  initEngine,
+  namedParameters,
+  setBuffers,
+  setParameters,
+} from '@svd-train/layers';
+import { answerChallenge } from './auth.js';
+import { backoffDelay } from './backoff.js';
+import { sliceGradients } from './chunked-gradients.js';
+import { Connection, isClose } from './connection.js';
+import { defaultCacheRoot, ensureDataset, type DatasetInfo } from './data-cache.js';
+
+export interface WorkerOptions {
+  /** `ws://HOST:PORT` of the coordinator. */
+  coordinator: string;
+  /** GPU index (tfjs-node-gpu only). */
+  gpu?: number;
+  /** No GPU: with backend 'auto' the CUDA devices are hidden, so tfjs-node-gpu (if present) runs on CPU. */
+  cpu?: boolean;
+  backend?: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+  /** Shared secret (or SVD_TRAIN_TOKEN); needed unless the coordinator is on loopback or --insecure. */
+  token?: string | null;
+  /** Name shown in the coordinator's logs (default host:pid). */
+  name?: string;
+  /** A local CIFAR-10 folder to use instead of fetching from the coordinator (if its md5s match). */
+  dataDir?: string | null;
+  /** Where fetched data is cached (default $SVD_TRAIN_CACHE or ~/.cache/svd-train). */
+  cacheDir?: string;
+  /** Log sink (one line per call). */
+  log?: (line: string) => void;
+  /** Give up after this many failed connection attempts in a row (default: never). */
+  maxAttempts?: number;
+}
+
+/** How `runWorker` ended. */
+export interface WorkerResult {
+  reason: string;
+  steps: number;
+}
+
+type Model = ReturnType<typeof buildResNet>;
+
+/** Refusals that retrying cannot fix: the worker stops instead of reconnecting. */
+const FATAL_CODES = new Set(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE']);
+
+/** Depth argument of buildResNet for a config model name. */
+export function depthOf(model: RunConfig['model']): 20 | 32 | 44 | 56 | 110 | 'resnet18' {
+  return model === 'resnet18' ? 'resnet18' : (Number(model.slice('resnet'.length)) as 20 | 32 | 44 | 56 | 110);
+}
+
+class SessionEnded {
+  constructor(
+    readonly reason: string,
+    readonly fatal: SvdTrainError | null,
+    readonly shutdown: boolean,
+    readonly handshakeDone: boolean,
+  ) {}
+}
+
+/** State kept across reconnects: the engine, the model for a config hash, the data. */
+interface WorkerState {
+  model: Model | null;
+  hash: string | null;
+  config: RunConfig | null;
+  train: Cifar10Split | null;
+  test: Cifar10Split | null;
+  steps: number;
+}
+
+/**
+ * Runs a worker until the coordinator says shutdown.
+ * @throws SvdTrainError when the coordinator refuses this worker (bad token, version, manifest).
+ */
+export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
+  const log = opts.log ?? ((s: string) => console.log(s));
+  if (!/^wss?:\/\/[^/]+/.test(opts.coordinator)) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `--coordinator ${JSON.stringify(opts.coordinator)} is not a WebSocket URL; expected ws://HOST:PORT, e.g. ws://10.0.0.5:7733.`,
+    );
+  }
+  let backend = opts.backend ?? 'auto';
+  if (opts.cpu) {
+    // "No GPU": hide the CUDA devices before any native TensorFlow loads.
+    process.env.CUDA_VISIBLE_DEVICES = '-1';
+    if (backend === 'tensorflow') log('--cpu: TensorFlow native backend will run on CPU');
+  }
+  const engine = await initEngine({ backend, ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
+  backend = engine.backend as typeof backend;
+  log(`backend ${engine.backend}: ${engine.reason}`);
+  const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
+  const name = opts.name ?? `${hostname()}:${process.pid}`;
+  const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, steps: 0 };
+
+  let failures = 0;
+  for (;;) {
+    let conn: Connection;
+    try {
+      conn = await Connection.open(opts.coordinator, 1024 * 1024 * 1024);
+    } catch (e) {
+      failures++;
+      if (opts.maxAttempts !== undefined && failures >= opts.maxAttempts) {
+        throw new SvdTrainError(
+          'CONNECTION_FAILED' as never,
+          `Could not reach the coordinator at ${opts.coordinator} after ${failures} attempts (${(e as Error).message}). ` +
+            'Fix: start it with `svd-coord start`, or check host, port and firewall.',
+        );
+      }
+      const d = backoffDelay(failures - 1);
+      log(`coordinator ${opts.coordinator} not reachable (${(e as Error).message}); retrying in ${(d / 1000).toFixed(1)} s`);
+      await new Promise((r) => setTimeout(r, d));
+      continue;
+    }
+    const end = await session(conn, { ...opts, log, name, device, backend: engine.backend }, state);
+    conn.close();
+    if (end.fatal) throw end.fatal;
+    if (end.shutdown) {
+      log(`shutdown: ${end.reason}`);
+      return { reason: end.reason, steps: state.steps };
+    }
+    // Reset the backoff only after a session got past the handshake, so a coordinator that
+    // accepts and immediately drops us still gets exponential spacing.
+    if (end.handshakeDone) failures = 0;
+    failures++;
+    const d = backoffDelay(failures - 1);
+    log(`connection lost (${end.reason}); reconnecting in ${(d / 1000).toFixed(1)} s`);
+    await new Promise((r) => setTimeout(r, d));
+  }
+}
+
+interface SessionOpts extends Omit<WorkerOptions, 'backend'> {
+  log: (s: string) => void;
+  name: string;
+  device: string;
+  /** The backend actually active (reported in hello). */
+  backend: string;
+}
+
+async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Promise<SessionEnded> {
+  const { log } = opts;
+  let handshakeDone = false;
+  await conn.send({
+    type: 'hello',
+    protocolVersion: PROTOCOL_VERSION,
+    backend: opts.backend,
+    device: opts.device,
+    name: opts.name,
+    capabilities: { chunkedGradients: true },
+  } as Message);
+  const pendingData = new Map<string, (bytes: Uint8Array) => void>(); // data-request key -> resolver
+  for (;;) {
+    const m = await conn.next();
+    if (isClose(m)) return new SessionEnded(`closed (${m.code}${m.reason ? `: ${m.reason}` : ''})`, null, false, handshakeDone);
+    const msg = m as Message & Record<string, any>;
+    switch (msg.type) {
+      case 'challenge': {
+        const token = opts.token ?? process.env.SVD_TRAIN_TOKEN ?? null;
+        if (!token) {
+          return new SessionEnded(
+            'no token',
+            new SvdTrainError(
+              'AUTH_FAILED',
+              'The coordinator requires a token and this worker has none. Fix: pass --token or set SVD_TRAIN_TOKEN to the coordinator\'s token.',
+            ),
+            false,
+            false,
+          );
+        }
+        await conn.send({ type: 'auth', hmac: answerChallenge(token, msg.nonce) } as Message);
+        break;
+      }
+      case 'welcome': {
+        const cfg = parseConfig(msg.config);
+        const hash = configHash(cfg);
+        if (msg.configHash && msg.configHash !== hash) {
+          return new SessionEnded(
+            'config hash',
+            new SvdTrainError(
+              'CONFIG_INVALID',
+              `Config hash mismatch: coordinator says ${msg.configHash}, this worker computes ${hash}. Fix: run the same svd-train version on both sides.`,
+            ),
+            false,
+            false,
+          );
+        }
+        if (st.hash !== hash || !st.model) {
+          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward });
+          st.hash = hash;
+          st.config = cfg;
+          st.train = st.test = null;
+          log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}) built; config ${hash.slice(0, 12)}`);
+        }
+        if (!st.train) {
+          const info = msg.datasetInfo as DatasetInfo;
+          const dir = await ensureDataset(info, {
+            localDir: opts.dataDir ?? process.env.SVD_TRAIN_DATA ?? null,
+            cacheRoot: opts.cacheDir ?? defaultCacheRoot(),
+            log,
+            fetch: async (file, offset, length) => {
+              const key = `${file}@${offset}`;
+              const got = new Promise<Uint8Array>((resolve) => pendingData.set(key, resolve));
+              await conn.send({ type: 'data-request', file, offset, length } as Message);
+              // Data chunks arrive in order on this connection; read until ours is here.
+              for (;;) {
+                const r = await conn.next();
+                if (isClose(r)) throw new Error(`connection closed while fetching ${file}`);
+                const c = r as Message & Record<string, any>;
+                if (c.type === 'data-chunk' && `${c.file}@${c.offset}` === key) {
+                  pendingData.get(key)!(c.data as Uint8Array);
+                  pendingData.delete(key);
+                  return got;
+                }
+                if (c.type === 'error') throw new SvdTrainError(c.code ?? 'DATA_MISSING', c.message);
+              }
+            },
+          });
+          st.train = readCifar10(dir, 'train');
+          st.test = readCifar10(dir, 'test');
+        }
+        const manifest = namedParameters(st.model).map((p: { name: string; variable: { shape: number[] } }) => ({ name: p.name, shape: [...p.variable.shape] as number[] }));
+        await conn.send({ type: 'manifest', configHash: hash, params: manifest } as Message);
+        handshakeDone = true;
+        break;
+      }
+      case 'weights': {
+        setParameters(st.model!, msg.params);
+        if (msg.buffers?.length) setBuffers(st.model!, msg.buffers);
+        break;
+      }
+      case 'step': {
+        const cfg = st.config!;
+        const t0 = performance.now();
+        const idx = msg.indices as Int32Array;
+        const { x, y } = assembleBatch(st.train!, idx, { seed: msg.seed ?? cfg.seed, epoch: msg.epoch, augment: msg.augment ?? cfg.augment });
+        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
+        const computeMs = performance.now() - t0;
+        st.steps++;
+        await conn.send({
+          type: 'gradients',
+          step: msg.step,
+          n: r.n,
+          grads: r.grads,
+          buffers: r.buffers,
+          ce: r.ce,
+          orth: r.orth,
+          sparsity: r.sparsity,
+          total: r.total,
+          correct: r.correct,
+          computeMs,
+        } as Message);
+        break;
+      }
+      case 'eval': {
+        const idx = msg.indices as Int32Array;
+        const t0 = performance.now();
+        let correct = 0;
+        let lossSum = 0;
+        let n = 0;
+        // Same heap cap as training: evaluate in chunks.
+        const chunk = st.config!.maxWorkerBatch;
+        for (let lo = 0; lo < idx.length; lo += chunk) {
+          const part = idx.subarray(lo, Math.min(idx.length, lo + chunk));
+          const { x, y } = assembleBatch(st.test!, part, { seed: 0, epoch: 0, augment: false });
+          const r = evaluate(st.model!, x, y);
+          correct += r.correct;
+          lossSum += r.lossSum;
+          n += r.n;
+        }
+        await conn.send({ type: 'eval-result', id: msg.id, step: msg.step, correct, lossSum, n, computeMs: performance.now() - t0 } as Message);
+        break;
+      }
+      case 'error': {
+        const code = String(msg.code ?? 'PROTOCOL_INVALID');
+        log(`coordinator error ${code}: ${msg.message}`);
+        if (FATAL_CODES.has(code)) {
+          return new SessionEnded(code, new SvdTrainError(code as never, `Coordinator refused this worker: ${msg.message}`), false, handshakeDone);
+        }
+        break;
+      }
+      case 'shutdown':
+        return new SessionEnded(String(msg.reason ?? 'training finished'), null, true, handshakeDone);
+      default:
+        log(`ignoring unexpected message type ${JSON.stringify(msg.type)}`);
+    }
+  }
+}
+

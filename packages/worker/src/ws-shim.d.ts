@@ -1,0 +1,22 @@
+/**
+ * Minimal type declarations for the `ws` package (no @types/ws in the workspace). Only the surface
+ * the worker uses; kept out of the worker's public types on purpose.
+ */
+declare module 'ws' {
+  import type { EventEmitter } from 'node:events';
+  type RawData = Buffer | ArrayBuffer | Buffer[];
+  class WebSocket extends EventEmitter {
+    static readonly OPEN: number;
+    readonly readyState: number;
+    constructor(url: string, options?: { maxPayload?: number; handshakeTimeout?: number });
+    send(data: Uint8Array | string, cb?: (err?: Error) => void): void;
+    close(code?: number, reason?: string): void;
+    terminate(): void;
+    on(event: 'open', cb: () => void): this;
+    on(event: 'message', cb: (data: RawData, isBinary: boolean) => void): this;
+    on(event: 'close', cb: (code: number, reason: Buffer) => void): this;
+    on(event: 'error', cb: (err: Error) => void): this;
+  }
+  export { WebSocket, type RawData };
+  export default WebSocket;
+}
