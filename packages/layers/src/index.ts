@@ -1,1 +1,1 @@
-export {};
+export { initEngine, type BackendChoice, type InitEngineOptions, type EngineInfo } from './engine.js';

@@ -1,0 +1,41 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { isSvdTrainError } from '@svd-train/core';
+import { initEngine } from './engine.js';
+
+describe('initEngine', () => {
+  it('cpu: activates cpu', async () => {
+    const info = await initEngine({ backend: 'cpu' });
+    expect(info.backend).toBe('cpu');
+    expect(tf.getBackend()).toBe('cpu');
+  });
+
+  it('wasm: activates wasm and registers Conv2DBackpropFilter there', async () => {
+    const info = await initEngine({ backend: 'wasm' });
+    expect(info.backend).toBe('wasm');
+    expect(tf.getBackend()).toBe('wasm');
+    expect(tf.getKernel('Conv2DBackpropFilter', 'wasm')).toBeDefined();
+    // idempotent
+    expect((await initEngine({ backend: 'wasm' })).backend).toBe('wasm');
+  });
+
+  it('auto: falls back past the unloadable native backends and says why', async () => {
+    const info = await initEngine({ backend: 'auto' });
+    expect(tf.getBackend()).toBe(info.backend);
+    if (info.backend !== 'tensorflow') {
+      expect(info.reason).toMatch(/^wasm: tfjs-node-gpu not loadable \(.+\), tfjs-node not loadable \(.+\)$/);
+    }
+  });
+
+  it("tensorflow: throws BACKEND_UNAVAILABLE with a fix when tfjs-node can't load", async () => {
+    let err: unknown;
+    const info = await initEngine({ backend: 'tensorflow' }).catch((e: unknown) => ((err = e), undefined));
+    if (info) {
+      expect(info.backend).toBe('tensorflow');
+      return;
+    }
+    expect(isSvdTrainError(err, 'BACKEND_UNAVAILABLE')).toBe(true);
+    expect((err as Error).message).toMatch(/approve-builds/);
+    expect((err as Error).message).toMatch(/--backend wasm/);
+  });
+});

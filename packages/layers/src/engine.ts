@@ -1,0 +1,192 @@
+/**
+ * Picks and initialises the TensorFlow.js backend for a worker (or a test) and registers our own
+ * kernels on it.
+ *
+ * Why this module exists: the native backends (`@tensorflow/tfjs-node-gpu`, `@tensorflow/tfjs-node`)
+ * are optional dependencies whose install scripts may not have run, so importing them can throw; and
+ * `tf.setBackend` reports failure by returning `false` rather than throwing. Both must be checked, and
+ * the reason for the final choice is reported so a user can see why a run is slow.
+ *
+ * The wasm backend lacks `Conv2DBackpropFilter` (so no conv is trainable there without
+ * `kernels/conv2d-backprop-filter.ts`), and we always import `@tensorflow/tfjs` (not tfjs-core alone)
+ * because only the union package registers the gradients.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { SvdTrainError } from '@svd-train/core';
+import { registerWasmKernels } from './kernels/register.js';
+
+/** Which backend to use; `'auto'` tries tfjs-node-gpu, tfjs-node, wasm, cpu in that order. */
+export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+
+export interface InitEngineOptions {
+  /** Default `'auto'`. `'tensorflow'` means tfjs-node-gpu or tfjs-node and fails if neither loads. */
+  backend?: BackendChoice;
+  /** GPU index for tfjs-node-gpu; sets CUDA_VISIBLE_DEVICES before the native module loads. */
+  gpu?: number;
+  /** Receives one line describing the choice (default: silent). */
+  log?: (line: string) => void;
+}
+
+export interface EngineInfo {
+  /** The tfjs backend name now active: 'tensorflow' | 'wasm' | 'cpu'. */
+  backend: string;
+  /** Why this backend, including why the preferred ones were skipped. */
+  reason: string;
+}
+
+/** Outcome of trying to load a native package once; cached because a failed native import is sticky. */
+interface NativeAttempt {
+  ok: boolean;
+  message: string;
+}
+const nativeAttempts = new Map<string, Promise<NativeAttempt>>();
+let wasmReady: Promise<NativeAttempt> | undefined;
+
+function errMessage(e: unknown): string {
+  const m = e instanceof Error ? e.message : String(e);
+  // Native-addon errors can be many lines long; the first line says what is missing.
+  const first = m.split('\n')[0] ?? m;
+  return first.length > 240 ? `${first.slice(0, 240)}…` : first;
+}
+
+function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', gpu?: number): Promise<NativeAttempt> {
+  let p = nativeAttempts.get(pkg);
+  if (!p) {
+    p = (async () => {
+      if (pkg === '@tensorflow/tfjs-node-gpu' && gpu !== undefined) {
+        // Must be set before libtensorflow initialises CUDA, i.e. before the import below.
+        process.env.CUDA_VISIBLE_DEVICES = String(gpu);
+      }
+      // A failed tfjs-node-gpu import has already registered its JS kernels under 'tensorflow', so
+      // the tfjs-node import that follows prints hundreds of "already registered" warnings: mute
+      // exactly those while importing.
+      const warn = console.warn;
+      console.warn = (...args: unknown[]) => {
+        if (typeof args[0] === 'string' && args[0].includes('is already registered')) return;
+        warn(...args);
+      };
+      try {
+        await import(pkg);
+      } catch (e) {
+        return { ok: false, message: errMessage(e) };
+      } finally {
+        console.warn = warn;
+      }
+      if (tf.findBackendFactory('tensorflow') == null) {
+        return { ok: false, message: `${pkg} loaded but registered no 'tensorflow' backend` };
+      }
+      return { ok: true, message: '' };
+    })();
+    nativeAttempts.set(pkg, p);
+  }
+  return p;
+}
+
+async function activate(name: string): Promise<{ ok: boolean; message: string }> {
+  try {
+    const ok = await tf.setBackend(name);
+    if (!ok) return { ok: false, message: `tf.setBackend('${name}') returned false` };
+    await tf.ready();
+    return { ok: true, message: '' };
+  } catch (e) {
+    return { ok: false, message: errMessage(e) };
+  }
+}
+
+function loadWasm(): Promise<NativeAttempt> {
+  if (!wasmReady) {
+    wasmReady = (async () => {
+      try {
+        const wasm = await import('@tensorflow/tfjs-backend-wasm');
+        // Under Node the package finds its .wasm files next to its own dist; point at them
+        // explicitly so bundlers or odd cwd values cannot break the lookup.
+        const dir = await wasmDistDir();
+        if (dir !== undefined) wasm.setWasmPaths(dir);
+        registerWasmKernels();
+        return { ok: true, message: '' };
+      } catch (e) {
+        return { ok: false, message: errMessage(e) };
+      }
+    })();
+  }
+  return wasmReady;
+}
+
+async function wasmDistDir(): Promise<string | undefined> {
+  try {
+    const { createRequire } = await import('node:module');
+    const { dirname, join } = await import('node:path');
+    const { existsSync } = await import('node:fs');
+    const require = createRequire(import.meta.url);
+    const main = require.resolve('@tensorflow/tfjs-backend-wasm');
+    // main is …/tfjs-backend-wasm/dist/index.js (or dist/tf-backend-wasm.node.js).
+    let dir = dirname(main);
+    if (!existsSync(join(dir, 'tfjs-backend-wasm.wasm'))) dir = join(dir, '..', 'dist');
+    if (!existsSync(join(dir, 'tfjs-backend-wasm.wasm'))) return undefined;
+    return dir.endsWith('/') ? dir : `${dir}/`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Selects, initialises and activates a backend. Safe to call repeatedly (tests switch between
+ * 'cpu' and 'wasm'); native imports and wasm instantiation happen at most once per process.
+ *
+ * @throws SvdTrainError('BACKEND_UNAVAILABLE') when an explicitly requested backend cannot be used.
+ */
+export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineInfo> {
+  const choice = opts.backend ?? 'auto';
+  const skipped: string[] = [];
+  const done = (backend: string, why: string): EngineInfo => {
+    const reason = skipped.length > 0 ? `${backend}: ${skipped.join(', ')}` : `${backend}: ${why}`;
+    opts.log?.(`backend ${reason}`);
+    return { backend, reason };
+  };
+
+  if (choice === 'auto' || choice === 'tensorflow') {
+    for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
+      const short = pkg.slice('@tensorflow/'.length);
+      const loaded = await tryNative(pkg, opts.gpu);
+      if (!loaded.ok) {
+        skipped.push(`${short} not loadable (${loaded.message})`);
+        continue;
+      }
+      const act = await activate('tensorflow');
+      if (act.ok) return done('tensorflow', `${short} loaded`);
+      skipped.push(`${short} loaded but not usable (${act.message})`);
+    }
+    if (choice === 'tensorflow') {
+      throw new SvdTrainError(
+        'BACKEND_UNAVAILABLE',
+        `backend 'tensorflow' was requested but is unavailable: ${skipped.join('; ')}. ` +
+          `Fix: install @tensorflow/tfjs-node-gpu (or @tensorflow/tfjs-node) with its install script allowed ` +
+          `(e.g. \`pnpm approve-builds\` then \`pnpm rebuild\`), or run with --backend wasm.`,
+        { requested: 'tensorflow', attempts: skipped },
+      );
+    }
+  }
+
+  if (choice === 'auto' || choice === 'wasm') {
+    const w = await loadWasm();
+    const act = w.ok ? await activate('wasm') : w;
+    if (act.ok) return done('wasm', choice === 'wasm' ? 'requested' : 'selected');
+    if (choice === 'wasm') {
+      throw new SvdTrainError(
+        'BACKEND_UNAVAILABLE',
+        `backend 'wasm' was requested but failed to initialise: ${act.message}. ` +
+          `Fix: reinstall @tensorflow/tfjs-backend-wasm, or run with --backend cpu.`,
+        { requested: 'wasm' },
+      );
+    }
+    skipped.push(`wasm not usable (${act.message})`);
+  }
+
+  const act = await activate('cpu');
+  if (!act.ok) {
+    throw new SvdTrainError('BACKEND_UNAVAILABLE', `the cpu backend failed to initialise: ${act.message}`, {
+      requested: choice,
+    });
+  }
+  return done('cpu', 'requested');
+}

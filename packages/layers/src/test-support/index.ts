@@ -1,0 +1,7 @@
+/** Shared test helpers for @svd-train/layers (imported by tests only; excluded from the build). */
+export { TOL } from './tolerances.js';
+export { loadReference, refToTensor, refToNhwc, REFERENCE_DIR, type RefTensor } from './reference.js';
+export { relErr, expectClose, toArray, type Numeric } from './compare.js';
+export { gradCheck, type GradCheckOptions, type GradCheckResult } from './grad-check.js';
+export { expectNoLeakedTensors } from './leaks.js';
+export { forEachBackend, onBackend, type TestBackend } from './backends.js';
