@@ -4,3 +4,4 @@ export * from './config.js';
 export * from './cifar10.js';
 export * from './synthetic-cifar10.js';
 export * from './rng.js';
+export * from './progress-bar.js';
