@@ -5,3 +5,4 @@ export * from './cifar10.js';
 export * from './synthetic-cifar10.js';
 export * from './rng.js';
 export * from './progress-bar.js';
+export * from './input-pipeline.js';
