@@ -6,3 +6,4 @@ export * from './synthetic-cifar10.js';
 export * from './rng.js';
 export * from './progress-bar.js';
 export * from './input-pipeline.js';
+export * from './sampler.js';
