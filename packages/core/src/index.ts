@@ -7,3 +7,5 @@ export * from './rng.js';
 export * from './progress-bar.js';
 export * from './input-pipeline.js';
 export * from './sampler.js';
+export * from './data-dir.js';
+export * from './cifar10-download.js';
