@@ -4,18 +4,21 @@
  *
  * dW[i, j, c, f] = Σ_{n, oh, ow} xpad[n, oh·sh + i, ow·sw + j, c] · dy[n, oh, ow, f]
  *
- * We build the im2col matrix of the padded input once, cols [N·Ho·Wo, kh·kw·C] with column index
- * (i·kw + j)·C + c (exactly the row-major flattening of the filter [kh, kw, C, F]), and compute
- * dW = colsᵀ · dy with the backend's own BatchMatMul, which is SIMD-vectorised. Everything runs as
- * direct calls of registered wasm kernel functions on TensorInfos (not tf ops: we are inside a
- * kernel, where the engine does not track tensors), so every intermediate is freed with
- * `backend.disposeData`. NHWC and dilation 1 only, as required by the conv2d gradient in tfjs.
+ * We write the transposed im2col matrix colsᵀ [kh·kw·C, N·Ho·Wo] straight into the wasm heap in
+ * one JS pass (row index (i·kw + j)·C + c, exactly the row-major flattening of the filter
+ * [kh, kw, C, F]) and compute dW = colsᵀ · dy with the backend's own SIMD BatchMatMul. Other
+ * kernels are called directly on TensorInfos (not as tf ops: inside a kernel the engine tracks no
+ * tensors), so every intermediate is freed with `backend.disposeData`. NHWC and dilation 1 only,
+ * as required by the conv2d gradient in tfjs.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo, NamedAttrMap } from '@tensorflow/tfjs';
 
+/** The parts of tfjs-backend-wasm's BackendWasm we use (it is not exported as a type we can import). */
 interface BackendLike {
   disposeData(dataId: object, force?: boolean): boolean;
+  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
+  typedArrayFromHeap(t: TensorInfo): Float32Array;
 }
 
 /** Calls another registered wasm kernel by name; the caller owns (and must dispose) the result. */
@@ -26,12 +29,55 @@ function call(name: string, backend: BackendLike, inputs: Record<string, TensorI
   return Array.isArray(out) ? (out[0] as TensorInfo) : (out as TensorInfo);
 }
 
+/**
+ * Writes colsᵀ [kh·kw·C, N·Ho·Wo] of NHWC `x` (zero padding implied by `top`/`left`) into `out`.
+ * Rows are contiguous so that the following matmul needs no transpose: both wasm's transposeA
+ * path and its Transpose kernel are ~10x slower than a plain matmul of this size.
+ */
+function im2colT(
+  x: Float32Array, out: Float32Array,
+  n: number, h: number, w: number, c: number,
+  kh: number, kw: number, ho: number, wo: number,
+  sh: number, sw: number, top: number, left: number,
+): void {
+  const m = n * ho * wo;
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      // Output columns whose input column lies inside x; outside them the value is padding (0).
+      const owLo = Math.max(0, Math.ceil((left - j) / sw));
+      const owHi = Math.min(wo, Math.floor((w - 1 + left - j) / sw) + 1);
+      for (let ci = 0; ci < c; ci++) {
+        let o = ((i * kw + j) * c + ci) * m;
+        for (let b = 0; b < n; b++) {
+          for (let oh = 0; oh < ho; oh++) {
+            const ih = oh * sh - top + i;
+            if (ih < 0 || ih >= h || owHi <= owLo) {
+              out.fill(0, o, o + wo);
+              o += wo;
+              continue;
+            }
+            if (owLo > 0) out.fill(0, o, o + owLo);
+            let src = ((b * h + ih) * w + (owLo * sw - left + j)) * c + ci;
+            const step = sw * c;
+            for (let ow = owLo; ow < owHi; ow++, src += step) out[o + ow] = x[src]!;
+            if (owHi < wo) out.fill(0, o + Math.max(owHi, owLo), o + wo);
+            o += wo;
+          }
+        }
+      }
+    }
+  }
+}
+
 export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs }) => {
   const be = backend as unknown as BackendLike;
   const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
   const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
   if (dataFormat !== undefined && dataFormat !== 'NHWC') {
     throw new Error(`Conv2DBackpropFilter (wasm): only NHWC is supported, got dataFormat=${dataFormat}`);
+  }
+  if (x.dtype !== 'float32' || dy.dtype !== 'float32') {
+    throw new Error(`Conv2DBackpropFilter (wasm): float32 only, got x ${x.dtype}, dy ${dy.dtype}`);
   }
   const conv = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
@@ -44,49 +90,20 @@ export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs })
     'channelsLast',
   );
   const [kh, kw, c, f] = filterShape as [number, number, number, number];
-  const n = x.shape[0]!;
+  const [n, h, w] = x.shape as [number, number, number, number];
   const { outHeight: ho, outWidth: wo, strideHeight: sh, strideWidth: sw } = conv;
-  const { top, left, bottom, right } = conv.padInfo;
+  const m = n * ho * wo;
+  const k = kh * kw * c;
   const owned: TensorInfo[] = [];
-  const keep = (t: TensorInfo): TensorInfo => (owned.push(t), t);
   try {
-    let xp = x;
-    if (top > 0 || bottom > 0 || left > 0 || right > 0) {
-      // Negative "padding" cannot occur: computeConv2DInfo only yields crops for dimRoundingMode
-      // 'floor' via the output size, which the slices below handle by not reading past the end.
-      xp = keep(
-        call('PadV2', be, { x }, {
-          paddings: [[0, 0], [Math.max(top, 0), Math.max(bottom, 0)], [Math.max(left, 0), Math.max(right, 0)], [0, 0]],
-          constantValue: 0,
-        } as unknown as NamedAttrMap),
-      );
-    }
-    const taps: TensorInfo[] = [];
-    for (let i = 0; i < kh; i++) {
-      for (let j = 0; j < kw; j++) {
-        const t =
-          sh === 1 && sw === 1
-            ? call('Slice', be, { x: xp }, { begin: [0, i, j, 0], size: [n, ho, wo, c] } as unknown as NamedAttrMap)
-            : call('StridedSlice', be, { x: xp }, {
-                begin: [0, i, j, 0],
-                end: [n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c],
-                strides: [1, sh, sw, 1],
-                beginMask: 0,
-                endMask: 0,
-                ellipsisMask: 0,
-                newAxisMask: 0,
-                shrinkAxisMask: 0,
-              } as unknown as NamedAttrMap);
-        taps.push(keep(t));
-      }
-    }
-    const cols4 = taps.length === 1 ? taps[0]! : keep(call('Concat', be, Object.fromEntries(taps.map((t, k) => [k, t])), { axis: 3 }));
-    const m = n * ho * wo;
-    const cols = keep(call('Reshape', be, { x: cols4 }, { shape: [1, m, kh * kw * c] }));
-    const dy3 = keep(call('Reshape', be, { x: dy }, { shape: [1, m, f] }));
-    const dw3 = keep(
-      call('BatchMatMul', be, { a: cols, b: dy3 }, { transposeA: true, transposeB: false } as unknown as NamedAttrMap),
-    );
+    const colsT = be.makeOutput([1, k, m], 'float32');
+    owned.push(colsT);
+    // Views are taken after the allocation: a heap growth detaches earlier views.
+    im2colT(be.typedArrayFromHeap(x), be.typedArrayFromHeap(colsT), n, h, w, c, kh, kw, ho, wo, sh, sw, conv.padInfo.top, conv.padInfo.left);
+    const dy3 = call('Reshape', be, { x: dy }, { shape: [1, m, f] });
+    owned.push(dy3);
+    const dw3 = call('BatchMatMul', be, { a: colsT, b: dy3 }, { transposeA: false, transposeB: false } as unknown as NamedAttrMap);
+    owned.push(dw3);
     return call('Reshape', be, { x: dw3 }, { shape: [kh, kw, c, f] });
   } finally {
     for (const t of owned) be.disposeData(t.dataId);
