@@ -1,0 +1,165 @@
+/**
+ * `svd-coord report runs/NAME`: one self-contained HTML file (inline SVG, no external assets)
+ * that shows how a run went: loss and accuracy curves, the regularizer terms over time, the
+ * singular-value spectrum and effective rank of every SVD layer, and FLOPs before/after pruning.
+ *
+ * Inputs are what the coordinator writes into the run folder: config.json, metrics.jsonl (one JSON
+ * object per line; step records and epoch records) and checkpoints. Field names are read
+ * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
+
+/** One singular-value vector from a checkpoint (a parameter named `*.s`). */
+export interface Spectrum {
+  layer: string;
+  s: Float32Array | number[];
+}
+
+/** FLOPs of the model before and after pruning at some energy threshold. */
+export interface FlopsRow {
+  label: string;
+  flops: number;
+  params?: number;
+}
+
+export interface ReportInput {
+  title: string;
+  config: Record<string, unknown> | null;
+  records: Record<string, unknown>[];
+  spectra: Spectrum[];
+  flops: FlopsRow[];
+  notes?: string[];
+}
+
+/** Parses metrics.jsonl; a torn last line (a killed coordinator) is skipped, not fatal. */
+export function readMetrics(path: string): Record<string, unknown>[] {
+  if (!existsSync(path)) return [];
+  const out: Record<string, unknown>[] = [];
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const r = JSON.parse(line) as unknown;
+      if (r && typeof r === 'object') out.push(r as Record<string, unknown>);
+    } catch {
+      /* partial line from an interrupted write */
+    }
+  }
+  return out;
+}
+
+const kindOf = (r: Record<string, unknown>) => String(r.kind ?? r.type ?? (r.step !== undefined && r.testAcc === undefined ? 'step' : 'epoch'));
+const num = (r: Record<string, unknown>, ...keys: string[]): number => {
+  for (const k of keys) if (typeof r[k] === 'number') return r[k] as number;
+  return NaN;
+};
+
+/** Effective rank at energy e: the fewest leading singular values holding ≥ (1-e) of Σs². */
+export function effectiveRank(s: ArrayLike<number>, e = 0.01): number {
+  const sq = Array.from(s, (v) => v * v).sort((a, b) => b - a);
+  const total = sq.reduce((a, b) => a + b, 0);
+  if (total === 0) return 0;
+  let acc = 0;
+  for (let i = 0; i < sq.length; i++) {
+    acc += sq[i]!;
+    if (acc >= (1 - e) * total) return i + 1;
+  }
+  return sq.length;
+}
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/** Renders the report HTML. Pure: tests feed it records directly. */
+export function renderReport(inp: ReportInput): string {
+  const steps = inp.records.filter((r) => kindOf(r) === 'step');
+  const epochs = inp.records.filter((r) => kindOf(r) === 'epoch');
+  const sx = (r: Record<string, unknown>) => num(r, 'step');
+  const ex = (r: Record<string, unknown>) => num(r, 'epoch');
+  const pts = (rs: Record<string, unknown>[], x: (r: Record<string, unknown>) => number, ...keys: string[]) =>
+    rs.map((r) => [x(r), num(r, ...keys)] as [number, number]);
+  const pct = (p: [number, number][]) => p.map(([a, b]) => [a, b <= 1 ? b * 100 : b] as [number, number]);
+
+  const figs: string[] = [];
+  figs.push(linePlot([
+    { label: 'train cross-entropy', points: pts(steps, sx, 'ce', 'loss') },
+    { label: 'train total loss', points: pts(steps, sx, 'total'), dashed: true },
+    { label: 'test loss', points: pts(epochs.map((r) => ({ ...r, step: num(r, 'step', 'endStep') })), sx, 'testLoss') },
+  ], { title: 'Loss', xLabel: 'step', yLabel: 'loss' }));
+  figs.push(linePlot([
+    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'acc', 'trainAcc')) },
+    { label: 'train acc (epoch mean)', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'trainAcc')), dashed: true },
+    { label: 'test acc', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'testAcc')) },
+  ], { title: 'Accuracy', xLabel: 'step', yLabel: 'accuracy %' }));
+  figs.push(linePlot([
+    { label: 'test acc', points: pct(pts(epochs, ex, 'testAcc')), color: PALETTE[1] },
+    { label: 'train acc', points: pct(pts(epochs, ex, 'trainAcc')), color: PALETTE[0] },
+  ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %' }));
+  figs.push(linePlot([
+    { label: 'orthogonality (λo·L_o)', points: pts(steps, sx, 'orth') },
+    { label: 'sparsity (λs·L_s)', points: pts(steps, sx, 'sparsity') },
+  ], { title: 'Regularizer terms', xLabel: 'step', yLabel: 'value' }));
+  figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
+  figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput') }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
+
+  // Spectra: |s| sorted descending on a log scale; one line per layer, normalized index so wide
+  // and narrow layers share an axis.
+  const spec = inp.spectra.map((sp, i) => {
+    const v = Array.from(sp.s, Math.abs).sort((a, b) => b - a);
+    return { label: sp.layer, points: v.map((y, k) => [v.length > 1 ? k / (v.length - 1) : 0, y] as [number, number]), color: PALETTE[i % PALETTE.length] } as Series;
+  });
+  const specFig = linePlot(spec.length > 10 ? spec.filter((_, i) => i % Math.ceil(spec.length / 10) === 0) : spec, {
+    title: 'Singular-value spectra (latest checkpoint)', xLabel: 'normalized index (0 = largest)', yLabel: '|s|', logY: true, width: 760, height: 380,
+  });
+  const rankRows = inp.spectra
+    .map((sp) => `<tr><td>${esc(sp.layer)}</td><td>${sp.s.length}</td><td>${effectiveRank(sp.s, 0.01)}</td><td>${effectiveRank(sp.s, 0.05)}</td></tr>`)
+    .join('');
+  const rankFig = linePlot([
+    { label: 'rank @ energy 0.01', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.01)] as [number, number]) },
+    { label: 'rank @ energy 0.05', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.05)] as [number, number]) },
+    { label: 'full rank', points: inp.spectra.map((sp, i) => [i, sp.s.length] as [number, number]), dashed: true, color: '#999' },
+  ], { title: 'Effective rank per layer', xLabel: 'layer index (table below)', yLabel: 'rank', width: 760 });
+  const flopsFig = inp.flops.length
+    ? barChart(inp.flops.map((f) => ({ label: f.label, value: f.flops / 1e6 })), { title: 'FLOPs per image before / after pruning', yLabel: 'MFLOPs' })
+    : '<p class="note">FLOPs before/after pruning: not available (no checkpoint, or the layers package could not count FLOPs).</p>';
+
+  const last = epochs[epochs.length - 1];
+  const summary = last
+    ? `epoch ${ex(last)}: test accuracy ${(num(last, 'testAcc') * (num(last, 'testAcc') <= 1 ? 100 : 1)).toFixed(2)}%`
+    : `${steps.length} steps recorded, no epoch finished`;
+  const cfg = inp.config ? `<details><summary>run config</summary><pre>${esc(JSON.stringify(inp.config, null, 2))}</pre></details>` : '';
+  return `<!doctype html><html><head><meta charset="utf-8"><title>${esc(inp.title)}</title><style>
+body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}td:first-child{text-align:left}
+</style></head><body><h1>${esc(inp.title)}</h1><p>${esc(summary)}</p>${(inp.notes ?? []).map((n) => `<p class="note">${esc(n)}</p>`).join('')}
+<h2>Training</h2><div class="grid">${figs.join('')}</div>
+<h2>Singular values</h2><div class="grid">${specFig}${rankFig}</div>
+${rankRows ? `<table><tr><th>layer</th><th>full rank</th><th>rank @0.01</th><th>rank @0.05</th></tr>${rankRows}</table>` : '<p class="note">No checkpoint with singular values found.</p>'}
+<h2>Pruning</h2>${flopsFig}
+${cfg}</body></html>`;
+}
+
+/** Singular-value vectors of a parameter list (names ending in `.s`). */
+export function spectraOf(params: { name: string; data: Float32Array }[]): Spectrum[] {
+  return params.filter((p) => /(^|\.)s$/.test(p.name)).map((p) => ({ layer: p.name.replace(/\.s$/, ''), s: p.data }));
+}
+
+/**
+ * Writes `<runDir>/report.html`. `extras` supplies what needs the other packages (the latest
+ * checkpoint's parameters, FLOPs before/after pruning); missing pieces are shown as "not available".
+ */
+export function writeReport(runDir: string, extras: { params?: { name: string; data: Float32Array }[]; flops?: FlopsRow[]; notes?: string[] } = {}): string {
+  const cfgPath = join(runDir, 'config.json');
+  const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : null;
+  const html = renderReport({
+    title: `svd-train report: ${runDir}`,
+    config,
+    records: readMetrics(join(runDir, 'metrics.jsonl')),
+    spectra: spectraOf(extras.params ?? []),
+    flops: extras.flops ?? [],
+    notes: extras.notes ?? [],
+  });
+  const out = join(runDir, 'report.html');
+  writeFileSync(out, html);
+  return out;
+}
