@@ -9,3 +9,5 @@ export * from './input-pipeline.js';
 export * from './sampler.js';
 export * from './data-dir.js';
 export * from './cifar10-download.js';
+export * from './protocol.js';
+export * from './optimizers.js';
