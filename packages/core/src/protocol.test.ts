@@ -1,0 +1,146 @@
+import { describe, it, expect } from 'vitest';
+import fc from 'fast-check';
+import { Packr } from 'msgpackr';
+import { SvdTrainError } from './errors.js';
+import { PROTOCOL_VERSION, MESSAGE_TYPES, decodeMessage, encodeMessage, type Message, type WireTensor } from './protocol.js';
+
+const t = (name: string, shape: number[], fill = 0.5): WireTensor => ({ name, shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill) });
+
+/** One valid example of every message type. */
+const SAMPLES: Message[] = [
+  { type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'w1', backend: 'wasm', device: 'cpu', capabilities: ['simd'], pid: 42, hostname: 'h', hasData: true },
+  { type: 'challenge', nonce: new Uint8Array([1, 2, 3, 4]), authRequired: true },
+  { type: 'auth', mac: 'ab'.repeat(32) },
+  { type: 'welcome', workerId: 'w-1', config: { model: 'resnet20', lr: 0.1 }, configHash: 'abc', datasetInfo: { trainCount: 50, testCount: 10, md5s: { 'a.bin': 'ff' } } },
+  { type: 'manifest', configHash: 'abc', params: [{ name: 'fc.weight', shape: [10, 64] }], buffers: [{ name: 'bn.running_mean', shape: [16] }] },
+  { type: 'manifest', configHash: 'abc', params: [{ name: 'p', shape: [2] }], buffers: [], initial: { params: [t('p', [2])], buffers: [] } },
+  { type: 'data-request', file: 'data_batch_1.bin' },
+  { type: 'data-chunk', file: 'data_batch_1.bin', index: 0, total: 2, bytes: new Uint8Array([9, 8, 7]), md5: 'ff' },
+  { type: 'weights', step: 3, params: [t('a', [2, 3]), t('b', [])], buffers: [t('bn', [4])] },
+  { type: 'step', step: 3, epoch: 0, seed: 7, indices: new Int32Array([5, 1, 9]), lr: 0.01, attempt: 0 },
+  { type: 'gradients', step: 3, attempt: 1, n: 3, grads: [t('a', [2, 3], -1)], buffers: [t('bn', [4])], loss: { ce: 2.3, orth: 0.1, sparsity: 0.2, total: 2.6 }, correct: 1, computeMs: 12.5 },
+  { type: 'eval', evalId: 1, split: 'test', indices: new Int32Array([0, 1]) },
+  { type: 'eval-result', evalId: 1, n: 2, correct: 1, lossSum: 4.2 },
+  { type: 'error', code: 'AUTH_FAILED', message: 'nope' },
+  { type: 'shutdown', reason: 'done' },
+];
+
+/** Encodes an arbitrary object the way a hostile peer could. */
+const raw = new Packr({ moreTypes: true, useRecords: false });
+const codeOf = (f: () => unknown): string => {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(SvdTrainError);
+    return (e as SvdTrainError).code;
+  }
+  return 'no error';
+};
+
+describe('protocol round-trip', () => {
+  it('covers every message type', () => {
+    expect(new Set(SAMPLES.map((m) => m.type))).toEqual(new Set(MESSAGE_TYPES));
+  });
+  for (const m of SAMPLES) {
+    it(`${m.type} round-trips`, () => {
+      const back = decodeMessage(encodeMessage(m));
+      expect(back).toEqual(m);
+    });
+  }
+  it('typed arrays come back as aligned, independent arrays of the right class', () => {
+    const g = SAMPLES.find((m) => m.type === 'gradients')!;
+    const bytes = encodeMessage(g);
+    const back = decodeMessage(bytes) as Extract<Message, { type: 'gradients' }>;
+    const d = back.grads[0].data;
+    expect(d).toBeInstanceOf(Float32Array);
+    expect(d.byteOffset % 4).toBe(0);
+    expect(d.buffer).not.toBe(bytes.buffer);
+    const s = decodeMessage(encodeMessage(SAMPLES[9])) as Extract<Message, { type: 'step' }>;
+    expect(s.indices).toBeInstanceOf(Int32Array);
+    expect(Array.from(s.indices)).toEqual([5, 1, 9]);
+  });
+  it('accepts ArrayBuffer and fragment lists as ws delivers them', () => {
+    const b = encodeMessage(SAMPLES[0]);
+    const ab = b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+    expect(decodeMessage(ab)).toEqual(SAMPLES[0]);
+    expect(decodeMessage([b.subarray(0, 5), b.subarray(5)])).toEqual(SAMPLES[0]);
+  });
+});
+
+describe('protocol validation', () => {
+  it('FRAME_TOO_LARGE before parsing', () => {
+    expect(codeOf(() => decodeMessage(encodeMessage(SAMPLES[8]), { maxBytes: 10 }))).toBe('FRAME_TOO_LARGE');
+  });
+  it('PROTOCOL_INVALID for non-msgpack, non-objects and unknown types', () => {
+    expect(codeOf(() => decodeMessage(new Uint8Array([0xc1])))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack(5)))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ type: 'launch-missiles' })))).toBe('PROTOCOL_INVALID');
+  });
+  it('PROTOCOL_VERSION names both versions', () => {
+    const bad = raw.pack({ ...SAMPLES[0], protocolVersion: 99 });
+    let err: SvdTrainError | undefined;
+    try {
+      decodeMessage(bad);
+    } catch (e) {
+      err = e as SvdTrainError;
+    }
+    expect(err?.code).toBe('PROTOCOL_VERSION');
+    expect(err?.message).toContain('99');
+    expect(err?.message).toContain(String(PROTOCOL_VERSION));
+  });
+  it('PROTOCOL_INVALID for wrong field types', () => {
+    expect(codeOf(() => decodeMessage(raw.pack({ ...SAMPLES[9], indices: [1, 2] })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ ...SAMPLES[9], step: 'x' })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ ...SAMPLES[9], indices: new Int32Array([-1]) })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ ...SAMPLES[0], hasData: 1 })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ type: 'weights', step: 0, params: [{ name: 'a', shape: [2], data: [1, 2] }], buffers: [] })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ type: 'weights', step: 0, params: [{ name: 'a', shape: [-2], data: new Float32Array(2) }], buffers: [] })))).toBe('PROTOCOL_INVALID');
+  });
+  it('SHAPE_MISMATCH when data length != product(shape)', () => {
+    const m = { type: 'weights', step: 0, params: [{ name: 'conv.U', shape: [3, 3], data: new Float32Array(8) }], buffers: [] };
+    expect(codeOf(() => decodeMessage(raw.pack(m)))).toBe('SHAPE_MISMATCH');
+    expect(() => decodeMessage(raw.pack(m))).toThrow(/conv\.U/);
+  });
+  it('NON_FINITE in gradients names the tensor and index', () => {
+    const g = SAMPLES[10] as Extract<Message, { type: 'gradients' }>;
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const data = new Float32Array(6);
+      data[4] = bad;
+      const m = { ...g, grads: [{ name: 'layer1.S', shape: [2, 3], data }] };
+      expect(codeOf(() => decodeMessage(encodeMessage(m)))).toBe('NON_FINITE');
+      expect(() => decodeMessage(encodeMessage(m))).toThrow(/layer1\.S.*index 4/);
+    }
+    expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, total: NaN } })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, total: Infinity } })))).toBe('NON_FINITE');
+  });
+});
+
+describe('protocol fuzz', () => {
+  const decodesOrThrowsTyped = (bytes: Uint8Array): void => {
+    try {
+      const m = decodeMessage(bytes, { maxBytes: 1 << 20 });
+      expect(MESSAGE_TYPES).toContain(m.type);
+    } catch (e) {
+      if (!(e instanceof SvdTrainError)) throw e;
+    }
+  };
+  it('random bytes decode to a valid message or a SvdTrainError', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 256 }), (b) => decodesOrThrowsTyped(b)), { numRuns: 2000, seed: 1 });
+  });
+  it('mutated valid frames decode to a valid message or a SvdTrainError', () => {
+    const frames = SAMPLES.map((m) => encodeMessage(m));
+    fc.assert(
+      fc.property(
+        fc.nat(frames.length - 1),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }),
+        fc.option(fc.nat(), { nil: undefined }),
+        (fi, edits, cut) => {
+          const f = frames[fi].slice();
+          for (const [pos, val] of edits) f[pos % f.length] = val;
+          decodesOrThrowsTyped(cut === undefined ? f : f.subarray(0, cut % (f.length + 1)));
+        },
+      ),
+      { numRuns: 3000, seed: 2 },
+    );
+  });
+});
