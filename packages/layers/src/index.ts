@@ -1,1 +1,4 @@
 export { initEngine, type BackendChoice, type InitEngineOptions, type EngineInfo } from './engine.js';
+export * from './svd-init.js';
+export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
+export { SVDConv2D, svdConvForwardCost, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';

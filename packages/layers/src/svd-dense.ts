@@ -1,0 +1,159 @@
+/**
+ * SVDDense: a fully connected layer stored as its SVD factors (Yang et al. 2020), so that the
+ * orthogonality and sparsity regularizers can act on U, V and s directly.
+ *
+ * Weights (in this order, named as PyTorch `state_dict` suffixes): `U` [out, r], `s` [r], `V` [in, r],
+ * `bias` [out]. The PyTorch weight (out, in) is M = U · diag(s) · Vᵀ, so the forward is
+ * y = x · V · diag(s) · Uᵀ + b, computed factored (x·V first) because that is never more work than
+ * reconstructing the kernel for the batch sizes we train with.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { SvdTrainError } from '@svd-train/core';
+import { svdInit, type SvdFactors } from './svd-init.js';
+
+type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
+
+/** Constructor arguments of `SVDDense`. */
+export interface SVDDenseArgs extends LayerArgs {
+  /** Output features. */
+  units: number;
+  /** Add a bias (default true). */
+  useBias?: boolean;
+  /** Rank r of the factors (default full: min(in, out)). */
+  rank?: number;
+  /** Seed of the He-normal draw that the SVD init factors (default: random). */
+  seed?: number;
+}
+
+/** Writes float32 factors into a layer's U, s, V variables after checking their shapes. */
+export function writeFactors(
+  layer: string,
+  vars: { U: tf.LayerVariable; s: tf.LayerVariable; V: tf.LayerVariable },
+  f: SvdFactors,
+): void {
+  const want = [vars.U.shape, vars.s.shape, vars.V.shape];
+  const got = [[f.m, f.r], [f.r], [f.p, f.r]];
+  if (want.some((w, i) => w.length !== got[i]!.length || w.some((d, j) => d !== got[i]![j]))) {
+    throw new SvdTrainError(
+      'SHAPE_MISMATCH',
+      `${layer}: factors U [${got[0]}], s [${got[1]}], V [${got[2]}] do not fit the layer's ` +
+        `U [${want[0]}], s [${want[1]}], V [${want[2]}]; build the layer with rank ${f.r}`,
+    );
+  }
+  tf.tidy(() => {
+    vars.U.write(tf.tensor2d(f.U, [f.m, f.r]));
+    vars.s.write(tf.tensor1d(f.s));
+    vars.V.write(tf.tensor2d(f.V, [f.p, f.r]));
+  });
+}
+
+/** Reads a layer's factors back as plain arrays (the reference layout: they are the same matrices). */
+export function readFactors(vars: { U: tf.LayerVariable; s: tf.LayerVariable; V: tf.LayerVariable }): SvdFactors {
+  const [m, r] = vars.U.shape as [number, number];
+  const p = vars.V.shape[0]!;
+  return {
+    U: Float32Array.from(vars.U.read().dataSync() as Float32Array),
+    s: Float32Array.from(vars.s.read().dataSync() as Float32Array),
+    V: Float32Array.from(vars.V.read().dataSync() as Float32Array),
+    m,
+    p,
+    r,
+  };
+}
+
+function randomSeed(): number {
+  return Math.floor(Math.random() * 2 ** 31);
+}
+
+/**
+ * Dense layer with SVD-factored weight. Input [batch, in] (or [..., in]); output [batch, units].
+ */
+export class SVDDense extends tf.layers.Layer {
+  static className = 'SVDDense';
+
+  readonly units: number;
+  readonly useBias: boolean;
+  /** Requested rank (undefined = full); `rank` holds the resolved value once built. */
+  private readonly rankArg: number | undefined;
+  readonly seed: number;
+  rank = 0;
+  inFeatures = 0;
+
+  U!: tf.LayerVariable;
+  s!: tf.LayerVariable;
+  V!: tf.LayerVariable;
+  bias: tf.LayerVariable | null = null;
+
+  constructor(args: SVDDenseArgs) {
+    super(args);
+    if (!Number.isInteger(args.units) || args.units < 1) {
+      throw new SvdTrainError('CONFIG_INVALID', `SVDDense units ${args.units}; expected a positive integer`);
+    }
+    this.units = args.units;
+    this.useBias = args.useBias ?? true;
+    this.rankArg = args.rank ?? undefined;
+    this.seed = args.seed ?? randomSeed();
+  }
+
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const inF = shape[shape.length - 1];
+    if (inF == null) throw new SvdTrainError('SHAPE_MISMATCH', `${this.name}: the last input dimension must be known`);
+    this.inFeatures = inF;
+    const g = { n: this.units, c: inF, kh: 1, kw: 1 };
+    const full = Math.min(inF, this.units);
+    const r = this.rankArg ?? full;
+    const f = svdInit('dense', g, this.seed, r);
+    this.rank = r;
+    this.U = this.addWeight('U', [this.units, r], 'float32', tf.initializers.zeros());
+    this.s = this.addWeight('s', [r], 'float32', tf.initializers.zeros());
+    this.V = this.addWeight('V', [inF, r], 'float32', tf.initializers.zeros());
+    if (this.useBias) this.bias = this.addWeight('bias', [this.units], 'float32', tf.initializers.zeros());
+    writeFactors(this.name, this, f);
+    this.built = true;
+  }
+
+  /** Replaces U, s, V (e.g. from `svdFromWeight`); shapes must match the built layer. */
+  setFactors(f: SvdFactors): void {
+    writeFactors(this.name, this, f);
+  }
+
+  /** U, s, V as plain arrays; identical to the PyTorch reference's `U`, `s`, `V`. */
+  getFactors(): SvdFactors {
+    return readFactors(this);
+  }
+
+  /** The tfjs dense kernel [in, units] = V · diag(s) · Uᵀ (the PyTorch weight transposed). */
+  reconstructKernel(): tf.Tensor2D {
+    return tf.tidy(() => tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true)) as tf.Tensor2D;
+  }
+
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {
+    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    return [...shape.slice(0, -1), this.units];
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    return tf.tidy(() => {
+      const x = Array.isArray(inputs) ? inputs[0]! : inputs;
+      const lead = x.shape.slice(0, -1);
+      const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape(x, [-1, this.inFeatures]) as tf.Tensor2D;
+      // x·V (batch × r) first: r ≤ min(in, out), so this is the cheap association.
+      const h = tf.mul(tf.matMul(x2, this.V.read()), this.s.read());
+      let y: tf.Tensor = tf.matMul(h, this.U.read(), false, true);
+      if (this.bias) y = tf.add(y, this.bias.read());
+      return x.rank === 2 ? y : tf.reshape(y, [...lead, this.units]);
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return {
+      ...super.getConfig(),
+      units: this.units,
+      useBias: this.useBias,
+      rank: this.rank || (this.rankArg ?? null),
+      seed: this.seed,
+    };
+  }
+}
+tf.serialization.registerClass(SVDDense);
