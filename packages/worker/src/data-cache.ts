@@ -1,49 +1,33 @@
 /**
  * The worker's copy of the coordinator's dataset.
  *
- * The coordinator owns the data and announces it in `welcome.datasetInfo` (file names, sizes,
- * md5s). A worker uses a local folder whose files match those md5s (its --data flag, or a copy it
- * cached on an earlier run); otherwise it asks the coordinator for each file in chunks, checks the
- * md5 and caches it under a folder named by the md5s, so the transfer happens once per machine.
+ * The coordinator owns the data and announces it in `welcome.datasetInfo` (md5 of each file). A
+ * worker uses a local folder whose files match those md5s (its --data flag / SVD_TRAIN_DATA, or a
+ * copy cached on an earlier run); otherwise it asks the coordinator for each file (data-request,
+ * answered by data-chunk frames in order), checks the md5 and caches the file under a folder
+ * named by the md5s, so the transfer happens once per machine.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, type DatasetInfo } from '@svd-train/core';
 
-/** One dataset file as the coordinator describes it. */
-export interface DatasetFile {
-  name: string;
-  bytes: number;
-  md5: string;
-}
-
-/** What `welcome` says about the coordinator's dataset. */
-export interface DatasetInfo {
-  files: DatasetFile[];
-}
-
-/** Fetches `[offset, offset+length)` of a file from the coordinator (one data-request round). */
-export type ChunkFetcher = (file: string, offset: number, length: number) => Promise<Uint8Array>;
-
-/** Chunk size for transfers: well under any frame limit, big enough to keep round trips few. */
-export const DATA_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Fetches one whole dataset file from the coordinator. */
+export type FileFetcher = (file: string) => Promise<Uint8Array>;
 
 export function md5Hex(bytes: Uint8Array): string {
   return createHash('md5').update(bytes).digest('hex');
 }
 
-function fileMatches(dir: string, f: DatasetFile): boolean {
-  const p = join(dir, f.name);
-  if (!existsSync(p)) return false;
-  const bytes = readFileSync(p);
-  return bytes.byteLength === f.bytes && md5Hex(bytes) === f.md5;
+function fileMatches(dir: string, name: string, md5: string): boolean {
+  const p = join(dir, name);
+  return existsSync(p) && md5Hex(readFileSync(p)) === md5;
 }
 
 /** True when every file of `info` is in `dir` with the right md5. */
 export function folderMatches(dir: string, info: DatasetInfo): boolean {
-  return info.files.every((f) => fileMatches(dir, f));
+  return Object.entries(info.md5s).every(([name, md5]) => fileMatches(dir, name, md5));
 }
 
 /** Default cache root: $SVD_TRAIN_CACHE, else ~/.cache/svd-train. */
@@ -51,10 +35,10 @@ export function defaultCacheRoot(env: NodeJS.ProcessEnv = process.env): string {
   return env.SVD_TRAIN_CACHE ?? join(homedir(), '.cache', 'svd-train');
 }
 
-/** The cache folder for one dataset: named by the md5 of its md5s, so different data never mixes. */
+/** The cache folder for one dataset: named by a hash of its md5s, so different data never mixes. */
 export function cacheFolderFor(root: string, info: DatasetInfo): string {
   const key = createHash('md5')
-    .update(info.files.map((f) => `${f.name}:${f.md5}`).join('\n'))
+    .update(Object.entries(info.md5s).sort(([a], [b]) => a.localeCompare(b)).map(([f, m]) => `${f}:${m}`).join('\n'))
     .digest('hex');
   return join(root, 'datasets', key);
 }
@@ -66,7 +50,7 @@ export function cacheFolderFor(root: string, info: DatasetInfo): string {
  */
 export async function ensureDataset(
   info: DatasetInfo,
-  opts: { localDir?: string | null; cacheRoot: string; fetch: ChunkFetcher; log?: (s: string) => void },
+  opts: { localDir?: string | null; cacheRoot: string; fetch: FileFetcher; log?: (s: string) => void },
 ): Promise<string> {
   const log = opts.log ?? (() => {});
   if (opts.localDir && folderMatches(opts.localDir, info)) {
@@ -76,33 +60,21 @@ export async function ensureDataset(
   if (opts.localDir) log(`data: ${opts.localDir} does not match the coordinator's dataset; fetching it instead`);
   const dir = cacheFolderFor(opts.cacheRoot, info);
   mkdirSync(dir, { recursive: true });
-  for (const f of info.files) {
-    if (fileMatches(dir, f)) continue;
-    const buf = new Uint8Array(f.bytes);
-    for (let off = 0; off < f.bytes; ) {
-      const chunk = await opts.fetch(f.name, off, Math.min(DATA_CHUNK_BYTES, f.bytes - off));
-      if (chunk.byteLength === 0 || off + chunk.byteLength > f.bytes) {
-        throw new SvdTrainError(
-          'DATA_CORRUPT',
-          `Coordinator sent ${chunk.byteLength} bytes of ${f.name} at offset ${off}; expected 1..${f.bytes - off}. ` +
-            'Fix: restart the coordinator; its data folder may have changed during the run.',
-        );
-      }
-      buf.set(chunk, off);
-      off += chunk.byteLength;
-    }
+  for (const [name, md5] of Object.entries(info.md5s)) {
+    if (fileMatches(dir, name, md5)) continue;
+    const buf = await opts.fetch(name);
     const got = md5Hex(buf);
-    if (got !== f.md5) {
+    if (got !== md5) {
       throw new SvdTrainError(
         'DATA_CORRUPT',
-        `Transferred ${f.name} has md5 ${got}; expected ${f.md5}. Fix: restart the worker to fetch it again.`,
+        `Transferred ${name} has md5 ${got}; expected ${md5}. Fix: restart the worker to fetch it again.`,
       );
     }
     // Write-then-rename so a killed worker never leaves a half file that looks cached.
-    const tmp = join(dir, `${f.name}.part`);
+    const tmp = join(dir, `${name}.part`);
     writeFileSync(tmp, buf);
-    renameSync(tmp, join(dir, f.name));
-    log(`data: fetched ${f.name} (${(f.bytes / 1e6).toFixed(1)} MB) from the coordinator, md5 ok`);
+    renameSync(tmp, join(dir, name));
+    log(`data: fetched ${name} (${(buf.byteLength / 1e6).toFixed(1)} MB) from the coordinator, md5 ok`);
   }
   return dir;
 }

@@ -10,7 +10,9 @@
  * buffers) -> loop over weights/step/eval. A refusal (bad token, wrong version, manifest mismatch)
  * ends the worker with an error instead of retrying forever.
  */
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import {
   PROTOCOL_VERSION,
   SvdTrainError,
@@ -18,15 +20,18 @@ import {
   configHash,
   parseConfig,
   readCifar10,
+  CIFAR_FILES,
   type Cifar10Split,
   type Message,
   type RunConfig,
+  type WireTensor,
 } from '@svd-train/core';
 import {
   buildResNet,
   evaluate,
   initEngine,
-  namedParameters,
+  getBuffers,
+  getParameters,
   setBuffers,
   setParameters,
 } from '@svd-train/layers';
@@ -34,7 +39,7 @@ import { answerChallenge } from './auth.js';
 import { backoffDelay } from './backoff.js';
 import { sliceGradients } from './chunked-gradients.js';
 import { Connection, isClose } from './connection.js';
-import { defaultCacheRoot, ensureDataset, type DatasetInfo } from './data-cache.js';
+import { defaultCacheRoot, ensureDataset } from './data-cache.js';
 
 export interface WorkerOptions {
   /** `ws://HOST:PORT` of the coordinator. */
@@ -165,22 +170,30 @@ interface SessionOpts extends Omit<WorkerOptions, 'backend'> {
 async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Promise<SessionEnded> {
   const { log } = opts;
   let handshakeDone = false;
+  const localData = opts.dataDir ?? process.env.SVD_TRAIN_DATA ?? null;
   await conn.send({
     type: 'hello',
     protocolVersion: PROTOCOL_VERSION,
+    workerName: opts.name,
     backend: opts.backend,
     device: opts.device,
-    name: opts.name,
-    capabilities: { chunkedGradients: true },
-  } as Message);
-  const pendingData = new Map<string, (bytes: Uint8Array) => void>(); // data-request key -> resolver
+    capabilities: ['chunked-gradients'],
+    pid: process.pid,
+    hostname: hostname(),
+    // Only a claim that a copy exists; the md5s are checked against welcome.datasetInfo.
+    hasData: st.train !== null || (localData !== null && CIFAR_FILES.every((f) => existsSync(join(localData, f)))),
+  });
   for (;;) {
     const m = await conn.next();
     if (isClose(m)) return new SessionEnded(`closed (${m.code}${m.reason ? `: ${m.reason}` : ''})`, null, false, handshakeDone);
-    const msg = m as Message & Record<string, any>;
+    const msg: Message = m;
     switch (msg.type) {
       case 'challenge': {
         const token = opts.token ?? process.env.SVD_TRAIN_TOKEN ?? null;
+        if (!token && !msg.authRequired) {
+          await conn.send({ type: 'auth', mac: '' });
+          break;
+        }
         if (!token) {
           return new SessionEnded(
             'no token',
@@ -192,7 +205,7 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
             false,
           );
         }
-        await conn.send({ type: 'auth', hmac: answerChallenge(token, msg.nonce) } as Message);
+        await conn.send({ type: 'auth', mac: answerChallenge(token, msg.nonce) });
         break;
       }
       case 'welcome': {
@@ -217,67 +230,53 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
           log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}) built; config ${hash.slice(0, 12)}`);
         }
         if (!st.train) {
-          const info = msg.datasetInfo as DatasetInfo;
-          const dir = await ensureDataset(info, {
-            localDir: opts.dataDir ?? process.env.SVD_TRAIN_DATA ?? null,
+          const dir = await ensureDataset(msg.datasetInfo, {
+            localDir: localData,
             cacheRoot: opts.cacheDir ?? defaultCacheRoot(),
             log,
-            fetch: async (file, offset, length) => {
-              const key = `${file}@${offset}`;
-              const got = new Promise<Uint8Array>((resolve) => pendingData.set(key, resolve));
-              await conn.send({ type: 'data-request', file, offset, length } as Message);
-              // Data chunks arrive in order on this connection; read until ours is here.
-              for (;;) {
-                const r = await conn.next();
-                if (isClose(r)) throw new Error(`connection closed while fetching ${file}`);
-                const c = r as Message & Record<string, any>;
-                if (c.type === 'data-chunk' && `${c.file}@${c.offset}` === key) {
-                  pendingData.get(key)!(c.data as Uint8Array);
-                  pendingData.delete(key);
-                  return got;
-                }
-                if (c.type === 'error') throw new SvdTrainError(c.code ?? 'DATA_MISSING', c.message);
-              }
-            },
+            fetch: (file) => fetchFile(conn, file),
           });
           st.train = readCifar10(dir, 'train');
           st.test = readCifar10(dir, 'test');
         }
-        const manifest = namedParameters(st.model).map((p: { name: string; variable: { shape: number[] } }) => ({ name: p.name, shape: [...p.variable.shape] as number[] }));
-        await conn.send({ type: 'manifest', configHash: hash, params: manifest } as Message);
+        const spec = (t: WireTensor) => ({ name: t.name, shape: [...t.shape] });
+        await conn.send({
+          type: 'manifest',
+          configHash: hash,
+          params: getParameters(st.model).map(spec),
+          buffers: getBuffers(st.model).map(spec),
+        });
         handshakeDone = true;
         break;
       }
       case 'weights': {
         setParameters(st.model!, msg.params);
-        if (msg.buffers?.length) setBuffers(st.model!, msg.buffers);
+        if (msg.buffers.length) setBuffers(st.model!, msg.buffers);
         break;
       }
       case 'step': {
         const cfg = st.config!;
         const t0 = performance.now();
-        const idx = msg.indices as Int32Array;
-        const { x, y } = assembleBatch(st.train!, idx, { seed: msg.seed ?? cfg.seed, epoch: msg.epoch, augment: msg.augment ?? cfg.augment });
+        const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
         const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
         const computeMs = performance.now() - t0;
         st.steps++;
         await conn.send({
           type: 'gradients',
           step: msg.step,
+          attempt: msg.attempt,
           n: r.n,
           grads: r.grads,
           buffers: r.buffers,
-          ce: r.ce,
-          orth: r.orth,
-          sparsity: r.sparsity,
-          total: r.total,
+          loss: { ce: r.ce, orth: r.orth, sparsity: r.sparsity, total: r.total },
           correct: r.correct,
           computeMs,
-        } as Message);
+        });
         break;
       }
       case 'eval': {
-        const idx = msg.indices as Int32Array;
+        const idx = msg.indices;
+        const split = msg.split === 'train' ? st.train! : st.test!;
         const t0 = performance.now();
         let correct = 0;
         let lossSum = 0;
@@ -286,17 +285,17 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         const chunk = st.config!.maxWorkerBatch;
         for (let lo = 0; lo < idx.length; lo += chunk) {
           const part = idx.subarray(lo, Math.min(idx.length, lo + chunk));
-          const { x, y } = assembleBatch(st.test!, part, { seed: 0, epoch: 0, augment: false });
+          const { x, y } = assembleBatch(split, part, { seed: 0, epoch: 0, augment: false });
           const r = evaluate(st.model!, x, y);
           correct += r.correct;
           lossSum += r.lossSum;
           n += r.n;
         }
-        await conn.send({ type: 'eval-result', id: msg.id, step: msg.step, correct, lossSum, n, computeMs: performance.now() - t0 } as Message);
+        await conn.send({ type: 'eval-result', evalId: msg.evalId, correct, lossSum, n, computeMs: performance.now() - t0 });
         break;
       }
       case 'error': {
-        const code = String(msg.code ?? 'PROTOCOL_INVALID');
+        const code = msg.code;
         log(`coordinator error ${code}: ${msg.message}`);
         if (FATAL_CODES.has(code)) {
           return new SessionEnded(code, new SvdTrainError(code as never, `Coordinator refused this worker: ${msg.message}`), false, handshakeDone);
@@ -304,10 +303,33 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         break;
       }
       case 'shutdown':
-        return new SessionEnded(String(msg.reason ?? 'training finished'), null, true, handshakeDone);
+        return new SessionEnded(msg.reason || 'training finished', null, true, handshakeDone);
       default:
-        log(`ignoring unexpected message type ${JSON.stringify(msg.type)}`);
+        log(`ignoring unexpected message type ${JSON.stringify(msg.type)} from the coordinator`);
     }
   }
 }
 
+
+/**
+ * Fetches one dataset file: a data-request answered by `total` data-chunk frames in order.
+ * Runs inside the handshake, before any step, so no other message can interleave.
+ */
+async function fetchFile(conn: Connection, file: string): Promise<Uint8Array> {
+  await conn.send({ type: 'data-request', file });
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const r = await conn.next();
+    if (isClose(r)) throw new SvdTrainError('DATA_MISSING', `The coordinator closed the connection while sending ${file} (${r.reason}).`);
+    if (r.type === 'error') throw new SvdTrainError('DATA_MISSING', `The coordinator could not send ${file}: [${r.code}] ${r.message}`);
+    if (r.type !== 'data-chunk' || r.file !== file) {
+      throw new SvdTrainError('PROTOCOL_INVALID', `Expected data-chunk of ${file}; got ${r.type}. Fix: run the same svd-train version on coordinator and worker.`);
+    }
+    if (r.index !== parts.length) {
+      throw new SvdTrainError('PROTOCOL_INVALID', `data-chunk ${r.index} of ${file} arrived after ${parts.length} chunks; expected chunk ${parts.length}.`);
+    }
+    parts.push(r.bytes);
+    if (parts.length === r.total) break;
+  }
+  return Buffer.concat(parts);
+}
