@@ -11,3 +11,4 @@ export * from './data-dir.js';
 export * from './cifar10-download.js';
 export * from './protocol.js';
 export * from './optimizers.js';
+export * from './lr-schedule.js';

@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import { cosineLr, lrAt, multistepLr, onecycleLr, type ScheduleConfig } from './lr-schedule.js';
+import { readFileSync, existsSync } from 'node:fs';
+
+/** Golden values printed once by PyTorch 2 (`param_groups[0]['lr']` before each optimizer.step()). */
+const TORCH_ONECYCLE_20 = [0.0040000000000000036, 0.013167184270002533, 0.037167184270002526, 0.06683281572999747, 0.09083281572999748, 0.1, 0.09874640062350874, 0.09504846320134738, 0.089091617757105, 0.0811745653949763, 0.07169430017913009, 0.06112620219362893, 0.0500002, 0.03887419780637107, 0.028306099820869922, 0.0188258346050237, 0.010908782242895003, 0.004951936798652629, 0.0012539993764912555, 4e-7];
+const TORCH_ONECYCLE_7 = [0.0049999999999999975, 0.049721049884972585, 0.043332970498949915, 0.030582460325558954, 0.015900607916449285, 0.004389686611458033, 5e-5];
+const TORCH_COSINE_10 = [0.1, 0.09755282581475769, 0.09045084971874738, 0.07938926261462367, 0.06545084971874739, 0.05000000000000001, 0.03454915028125264, 0.020610737385376353, 0.009549150281252635, 0.002447174185242324];
+const TORCH_MULTISTEP_3_6 = [0.1, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002, 0.010000000000000002, 0.0010000000000000002, 0.0010000000000000002];
+
+const BASE: ScheduleConfig = { schedule: 'constant', lr: 0.1, milestones: [81, 122], gamma: 0.1, warmupEpochs: 0, pctStart: 0.3, divFactor: 25, finalDivFactor: 1e4, epochs: 3 };
+
+describe('lr schedules vs PyTorch', () => {
+  it('onecycle max_lr=0.1 total=20 (defaults) matches OneCycleLR step by step', () => {
+    TORCH_ONECYCLE_20.forEach((v, s) => expect(onecycleLr(0.1, 20, s)).toBeCloseTo(v, 14));
+    // via lrAt: 4 epochs × 5 steps
+    TORCH_ONECYCLE_20.forEach((v, s) => expect(lrAt({ ...BASE, schedule: 'onecycle', epochs: 4 }, s, 5)).toBeCloseTo(v, 14));
+  });
+
+  it('onecycle max_lr=0.05 total=7 pct=0.25 div=10 final=100', () => {
+    TORCH_ONECYCLE_7.forEach((v, s) => expect(onecycleLr(0.05, 7, s, 0.25, 10, 100)).toBeCloseTo(v, 14));
+  });
+
+  it('onecycle matches the formula: start max/div, peak max at pct·T−1, end max/div/final', () => {
+    const T = 1000;
+    expect(onecycleLr(0.2, T, 0)).toBeCloseTo(0.2 / 25, 15);
+    expect(onecycleLr(0.2, T, 299)).toBeCloseTo(0.2, 15);
+    expect(onecycleLr(0.2, T, T - 1)).toBeCloseTo(0.2 / 25 / 1e4, 15);
+    const pct = (600 - 299) / (999 - 299);
+    expect(onecycleLr(0.2, T, 600)).toBeCloseTo(0.2 / 25e4 + ((0.2 - 0.2 / 25e4) / 2) * (Math.cos(Math.PI * pct) + 1), 15);
+  });
+
+  it('cosine T=10 matches CosineAnnealingLR; multistep milestones [3,6] matches MultiStepLR exactly', () => {
+    TORCH_COSINE_10.forEach((v, s) => expect(cosineLr(0.1, 10, s)).toBeCloseTo(v, 14));
+    TORCH_MULTISTEP_3_6.forEach((v, s) => expect(multistepLr(0.1, [3, 6], 0.1, s)).toBe(v));
+    // milestones in epochs: [1, 2] epochs × 3 steps per epoch = steps [3, 6]
+    TORCH_MULTISTEP_3_6.forEach((v, s) => expect(lrAt({ ...BASE, schedule: 'multistep', milestones: [1, 2] }, s, 3)).toBe(v));
+  });
+
+  it.skipIf(!existsSync('/work/shared/reference/optim.json'))('multistep milestones [2,4] in steps reproduces optim.json lr_used_at_step bit for bit', () => {
+    const ref = JSON.parse(readFileSync('/work/shared/reference/optim.json', 'utf8'));
+    const used: number[] = ref.variants.sgd_momentum_multistep.lr_used_at_step;
+    expect(used.map((_, s) => multistepLr(0.1, [2, 4], 0.1, s))).toEqual(used);
+    expect(used.map((_, s) => lrAt({ ...BASE, schedule: 'multistep', milestones: [2, 4], epochs: 5 }, s, 1))).toEqual(used);
+  });
+
+  it('constant, and linear warm-up over 2 epochs composes with any schedule', () => {
+    expect(lrAt(BASE, 17, 4)).toBe(0.1);
+    const w = { ...BASE, warmupEpochs: 2 };
+    [0.1 / 8, 0.2 / 8, 0.3 / 8, 0.1, 0.1, 0.1].forEach((v, i) => expect(lrAt(w, [0, 1, 2, 7, 8, 9][i], 4)).toBeCloseTo(v, 15));
+    const wc = { ...BASE, schedule: 'cosine' as const, warmupEpochs: 1, epochs: 3 };
+    expect(lrAt(wc, 1, 10)).toBeCloseTo(cosineLr(0.1, 30, 1) * 0.2, 15);
+    expect(lrAt(wc, 10, 10)).toBeCloseTo(cosineLr(0.1, 30, 10), 15);
+    expect(() => lrAt(BASE, 0, 0)).toThrow(/stepsPerEpoch/);
+  });
+});

@@ -1,0 +1,83 @@
+/**
+ * Learning rate as a pure function of the global step, in PyTorch's scheduler forms.
+ *
+ * The coordinator calls `lrAt(cfg, step, stepsPerEpoch)` before every optimizer step, so a
+ * resumed run needs no scheduler state: the step number in the checkpoint is enough.
+ * `step` is 0-based: `lrAt(cfg, 0, …)` is the lr of the first optimizer step, which is what
+ * PyTorch uses after `scheduler.step()` has been called `step` times.
+ */
+import type { RunConfig } from './config.js';
+import { SvdTrainError } from './errors.js';
+
+export type ScheduleConfig = Pick<
+  RunConfig,
+  'schedule' | 'lr' | 'milestones' | 'gamma' | 'warmupEpochs' | 'pctStart' | 'divFactor' | 'finalDivFactor' | 'epochs'
+>;
+
+/**
+ * `MultiStepLR`: lr multiplied by `gamma` once per milestone reached (`milestone ≤ step`),
+ * multiplying repeatedly like PyTorch (0.1·0.1·0.1, not 0.1·0.1², so the float64 values match).
+ * @param milestoneSteps milestones in optimizer steps.
+ */
+export function multistepLr(baseLr: number, milestoneSteps: readonly number[], gamma: number, step: number): number {
+  let lr = baseLr;
+  for (const m of milestoneSteps) if (m <= step) lr *= gamma;
+  return lr;
+}
+
+/** `CosineAnnealingLR(T_max = totalSteps, eta_min = 0)` in closed form. */
+export function cosineLr(baseLr: number, totalSteps: number, step: number): number {
+  if (step >= totalSteps) return 0;
+  return (baseLr * (1 + Math.cos((Math.PI * step) / totalSteps))) / 2;
+}
+
+function cosAnneal(start: number, end: number, pct: number): number {
+  return end + ((start - end) / 2) * (Math.cos(Math.PI * pct) + 1);
+}
+
+/**
+ * `OneCycleLR(max_lr, total_steps, pct_start, anneal_strategy='cos', div_factor, final_div_factor,
+ * three_phase=False)`: cosine warm-up from max/div to max over the first pct_start of the steps,
+ * then cosine down to max/div/final_div, per step. Same phase boundaries as PyTorch.
+ */
+export function onecycleLr(maxLr: number, totalSteps: number, step: number, pctStart = 0.3, divFactor = 25, finalDivFactor = 1e4): number {
+  const initial = maxLr / divFactor;
+  const min = initial / finalDivFactor;
+  const phase1End = pctStart * totalSteps - 1;
+  const phase2End = totalSteps - 1;
+  const s = Math.min(step, phase2End);
+  if (s <= phase1End) return cosAnneal(initial, maxLr, s / phase1End);
+  return cosAnneal(maxLr, min, (s - phase1End) / (phase2End - phase1End));
+}
+
+/**
+ * The lr of optimizer step `step` (0-based, global across epochs). Milestones are in epochs
+ * (converted to steps here); a linear warm-up over `warmupEpochs` multiplies any schedule by
+ * (step + 1) / warmupSteps until it reaches 1.
+ */
+export function lrAt(cfg: ScheduleConfig, step: number, stepsPerEpoch: number): number {
+  if (!(Number.isInteger(stepsPerEpoch) && stepsPerEpoch > 0)) {
+    throw new SvdTrainError('CONFIG_INVALID', `lrAt: stepsPerEpoch ${stepsPerEpoch} must be a positive integer; check --batch against the dataset size`);
+  }
+  const total = cfg.epochs * stepsPerEpoch;
+  let lr: number;
+  switch (cfg.schedule) {
+    case 'constant':
+      lr = cfg.lr;
+      break;
+    case 'multistep':
+      lr = multistepLr(cfg.lr, cfg.milestones.map((e) => e * stepsPerEpoch), cfg.gamma, step);
+      break;
+    case 'cosine':
+      lr = cosineLr(cfg.lr, total, step);
+      break;
+    case 'onecycle':
+      lr = onecycleLr(cfg.lr, total, step, cfg.pctStart, cfg.divFactor, cfg.finalDivFactor);
+      break;
+    default:
+      throw new SvdTrainError('CONFIG_INVALID', `unknown schedule '${String(cfg.schedule)}'; expected onecycle, multistep, cosine or constant`);
+  }
+  const warmup = Math.round(cfg.warmupEpochs * stepsPerEpoch);
+  if (warmup > 0 && step < warmup) lr *= (step + 1) / warmup;
+  return lr;
+}
