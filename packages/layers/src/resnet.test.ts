@@ -1,0 +1,78 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadReference, type RefTensor } from './test-support/index.js';
+import { buildResNet } from './resnet.js';
+import { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor } from './parameter-names.js';
+
+interface RefModel {
+  parameters: Record<string, RefTensor>;
+  buffers_initial: Record<string, RefTensor>;
+}
+
+describe('buildResNet', () => {
+  it('ResNet-8 spatial (widths 4,8,16): parameter names, order and shapes equal the PyTorch state_dict', () => {
+    const ref = loadReference<RefModel>('resnet8_spatial');
+    const m = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], decomposition: 'spatial', seed: 3 });
+    const names = namedParameters(m).map((p) => p.name);
+    expect(names).toEqual(Object.keys(ref.parameters));
+    for (const p of namedParameters(m)) expect([p.name, ...p.variable.shape]).toEqual([p.name, ...ref.parameters[p.name]!.shape]);
+    expect(namedBuffers(m).map((b) => b.name)).toEqual(Object.keys(ref.buffers_initial));
+    expect(m.outputs[0]!.shape).toEqual([null, 10]);
+    m.dispose();
+  });
+
+  it('ResNet-20 channel: 9 blocks, names/order/shapes equal the PyTorch state_dict', () => {
+    const ref = loadReference<RefModel>('resnet20_channel');
+    const m = buildResNet({ depth: 20, seed: 1 });
+    expect(namedParameters(m).map((p) => p.name)).toEqual(Object.keys(ref.parameters));
+    for (const p of namedParameters(m)) expect([p.name, ...p.variable.shape]).toEqual([p.name, ...ref.parameters[p.name]!.shape]);
+    expect(namedBuffers(m).map((b) => b.name)).toEqual(Object.keys(ref.buffers_initial));
+    m.dispose();
+  });
+
+  it('plain ResNet-20 has conv weights named ….weight, no conv bias, 0.27M parameters', () => {
+    const m = buildResNet({ depth: 20, svd: false });
+    const names = namedParameters(m).map((p) => p.name);
+    expect(names.slice(0, 3)).toEqual(['stem.0.weight', 'stem.1.weight', 'stem.1.bias']);
+    expect(names).toContain('layers.3.shortcut.0.weight');
+    expect(names).not.toContain('layers.0.conv1.bias');
+    expect(names.slice(-2)).toEqual(['fc.weight', 'fc.bias']);
+    // The well-known ResNet-20 count (0.27M) with option-B shortcuts: 272,474 trainable.
+    const trainable = namedParameters(m).reduce((a, p) => a + p.variable.shape.reduce((x, y) => x * y, 1), 0);
+    expect(trainable).toBe(272474);
+    m.dispose();
+  });
+
+  it('ResNet-56 has 27 blocks and ResNet-18 (plain) 8 with widths up to 512', () => {
+    const m56 = buildResNet({ depth: 56, svd: false });
+    expect(namedParameters(m56).some((p) => p.name === 'layers.26.bn2.bias')).toBe(true);
+    m56.dispose();
+    const m18 = buildResNet({ depth: 'resnet18', svd: false });
+    const names = namedParameters(m18).map((p) => p.name);
+    expect(names.some((n) => n.startsWith('layers.8.'))).toBe(false);
+    expect(m18.getLayer('layers_7_conv2').getWeights()[0]!.shape).toEqual([3, 3, 512, 512]);
+    m18.dispose();
+  });
+
+  it('setParameters/getParameters and setBuffers/getBuffers round-trip by name, and reject wrong shapes', () => {
+    const a = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], seed: 1 });
+    const b = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], seed: 2 });
+    const before = tf.memory().numTensors;
+    setParameters(b, [...getParameters(a)].reverse());
+    const buf = getBuffers(a).map((t) => ({ ...t, data: t.data.map((_, i) => i + 0.5) }));
+    setBuffers(b, buf);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(getParameters(b)).toEqual(getParameters(a));
+    expect(getBuffers(b)).toEqual(buf);
+    const bad = getParameters(a);
+    bad[0] = { ...bad[0]!, shape: [1], data: new Float32Array(1) };
+    expect(() => setParameters(b, bad)).toThrow(/stem\.0\.U/);
+    expect(() => setParameters(b, getParameters(a).slice(1))).toThrow(/expected/);
+    a.dispose();
+    b.dispose();
+  });
+
+  it('layer/module name mapping is invertible', () => {
+    for (const n of ['stem.0', 'layers.12.shortcut.1', 'fc']) expect(moduleNameFor(layerNameFor(n))).toBe(n);
+  });
+});

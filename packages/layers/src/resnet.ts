@@ -1,0 +1,143 @@
+/**
+ * CIFAR ResNets (He et al. 2016, option-B shortcuts) built from our SVD layers, NHWC, with the
+ * module structure of the PyTorch reference `CifarResNet`, so that every weight has a PyTorch
+ * `state_dict` name (see parameter-names.ts).
+ *
+ * stem = conv3×3(3→w0, s1, p1) → BN → ReLU; basic blocks `layers.k` numbered across stages:
+ * relu(bn1(conv1(x))) → bn2(conv2(·)) + shortcut(x) → ReLU, shortcut = 1×1 conv (stride) → BN when
+ * the stride or the width changes, else identity; then global average pooling and `fc`.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { SvdTrainError } from '@svd-train/core';
+import { SVDConv2D } from './svd-conv2d.js';
+import { SVDDense } from './svd-dense.js';
+import { SvdBatchNorm } from './batch-norm.js';
+import { layerNameFor } from './parameter-names.js';
+
+export type ResNetDepth = 20 | 32 | 44 | 56 | 110 | 'resnet18';
+
+export interface BuildResNetOptions {
+  /** CIFAR ResNet-(6n+2) depth, or the CIFAR variant of ResNet-18. */
+  depth: ResNetDepth;
+  /** SVD layers (default true); false builds plain convs (no bias) and a plain dense fc. */
+  svd?: boolean;
+  /** How SVD convs split their weight (default 'channel'). */
+  decomposition?: 'channel' | 'spatial';
+  /** Classes of the fc (default 10). */
+  numClasses?: number;
+  /** Override the stage widths (e.g. [4, 8, 16] for the ResNet-8 reference). */
+  widths?: number[];
+  /** Override blocks per stage. */
+  blocks?: number[];
+  /** Override stage strides. */
+  strides?: number[];
+  /** Forward mode of the SVD convs (default 'auto'). */
+  forward?: 'auto' | 'reconstruct' | 'factored';
+  /** Rank of every SVD layer (default full rank); clipped to each layer's full rank. */
+  rank?: number;
+  /** Base seed of the initialisation; layer i uses seed + i (default 0). */
+  seed?: number;
+  /** Input [H, W, C] (default [32, 32, 3]). */
+  inputShape?: [number, number, number];
+}
+
+interface Arch {
+  widths: number[];
+  blocks: number[];
+  strides: number[];
+}
+
+function archFor(depth: ResNetDepth): Arch {
+  if (depth === 'resnet18') return { widths: [64, 128, 256, 512], blocks: [2, 2, 2, 2], strides: [1, 2, 2, 2] };
+  if (![20, 32, 44, 56, 110].includes(depth)) {
+    throw new SvdTrainError('CONFIG_INVALID', `ResNet depth ${String(depth)}; expected 20, 32, 44, 56, 110 or 'resnet18'`);
+  }
+  const n = (depth - 2) / 6;
+  return { widths: [16, 32, 64], blocks: [n, n, n], strides: [1, 2, 2] };
+}
+
+/** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */
+export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
+  const base = archFor(opts.depth);
+  const widths = opts.widths ?? base.widths;
+  const blocks = opts.blocks ?? base.blocks;
+  const strides = opts.strides ?? base.strides;
+  if (widths.length !== blocks.length || widths.length !== strides.length) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `widths (${widths.length}), blocks (${blocks.length}) and strides (${strides.length}) must have the same length`,
+    );
+  }
+  const svd = opts.svd ?? true;
+  const decomposition = opts.decomposition ?? 'channel';
+  const numClasses = opts.numClasses ?? 10;
+  const forward = opts.forward ?? 'auto';
+  const baseSeed = opts.seed ?? 0;
+  let layerIndex = 0;
+
+  const conv = (module: string, x: tf.SymbolicTensor, cin: number, filters: number, k: number, stride: number, pad: number) => {
+    const name = layerNameFor(module);
+    const seed = baseSeed + layerIndex++;
+    if (!svd) {
+      // PyTorch padding p on every side: explicit zero padding then a 'valid' conv ('same' pads
+      // asymmetrically at stride 2).
+      const padded = pad > 0 ? (tf.layers.zeroPadding2d({ padding: pad, name: `${name}_pad` }).apply(x) as tf.SymbolicTensor) : x;
+      return tf.layers
+        .conv2d({
+          name,
+          filters,
+          kernelSize: k,
+          strides: stride,
+          padding: 'valid',
+          useBias: false,
+          kernelInitializer: tf.initializers.heNormal({ seed }),
+        })
+        .apply(padded) as tf.SymbolicTensor;
+    }
+    const full = decomposition === 'spatial' ? Math.min(filters * k, cin * k) : Math.min(filters, cin * k * k);
+    return new SVDConv2D({
+      name,
+      filters,
+      kernelSize: k,
+      strides: stride,
+      padding: pad,
+      useBias: false,
+      decomposition,
+      forward,
+      rank: opts.rank === undefined ? undefined : Math.min(opts.rank, full),
+      seed,
+    }).apply(x) as tf.SymbolicTensor;
+  };
+  const bn = (module: string, x: tf.SymbolicTensor) =>
+    new SvdBatchNorm({ name: layerNameFor(module) }).apply(x) as tf.SymbolicTensor;
+  const relu = (name: string, x: tf.SymbolicTensor) => tf.layers.reLU({ name }).apply(x) as tf.SymbolicTensor;
+
+  const inputShape = opts.inputShape ?? [32, 32, 3];
+  const input = tf.input({ shape: inputShape, name: 'input' });
+  let x = conv('stem.0', input, inputShape[2], widths[0]!, 3, 1, 1);
+  x = bn('stem.1', x);
+  x = relu('stem_relu', x);
+  let cin = widths[0]!;
+  let k = 0;
+  for (let stage = 0; stage < widths.length; stage++) {
+    for (let b = 0; b < blocks[stage]!; b++, k++) {
+      const stride = b === 0 ? strides[stage]! : 1;
+      const cout = widths[stage]!;
+      const p = `layers.${k}`;
+      let out = conv(`${p}.conv1`, x, cin, cout, 3, stride, 1);
+      out = relu(`${layerNameFor(p)}_relu1`, bn(`${p}.bn1`, out));
+      out = bn(`${p}.bn2`, conv(`${p}.conv2`, out, cout, cout, 3, 1, 1));
+      let short = x;
+      if (stride !== 1 || cin !== cout) short = bn(`${p}.shortcut.1`, conv(`${p}.shortcut.0`, x, cin, cout, 1, stride, 0));
+      x = tf.layers.add({ name: `${layerNameFor(p)}_add` }).apply([out, short]) as tf.SymbolicTensor;
+      x = relu(`${layerNameFor(p)}_relu2`, x);
+      cin = cout;
+    }
+  }
+  x = tf.layers.globalAveragePooling2d({ name: 'pool' }).apply(x) as tf.SymbolicTensor;
+  const fc = svd
+    ? new SVDDense({ name: 'fc', units: numClasses, useBias: true, seed: baseSeed + layerIndex++ })
+    : tf.layers.dense({ name: 'fc', units: numClasses, useBias: true, kernelInitializer: tf.initializers.heNormal({ seed: baseSeed + layerIndex++ }) });
+  const logits = fc.apply(x) as tf.SymbolicTensor;
+  return tf.model({ inputs: input, outputs: logits, name: `resnet${opts.depth === 'resnet18' ? '18' : opts.depth}` });
+}
