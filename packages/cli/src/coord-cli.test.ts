@@ -1,0 +1,70 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { SvdTrainError } from '@svd-train/core';
+import { buildCoordProgram, configFromOptions } from './coord-cli.js';
+import { EXIT_USAGE, reportError } from './cli-errors.js';
+
+async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  let code = 0;
+  const io = { out: (s: string) => void (out += s), err: (s: string) => void (err += s) };
+  try {
+    await buildCoordProgram(io, (c) => (code = c)).parseAsync(['node', 'svd-coord', ...args]);
+  } catch (e) {
+    code = reportError(e, io.err);
+  }
+  return { code, out, err };
+}
+
+describe('svd-coord options', () => {
+  it('flags override the config file, which overrides defaults; --no-augment turns augmentation off', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cli-'));
+    writeFileSync(join(dir, 'c.json'), JSON.stringify({ lr: 0.05, epochs: 7 }));
+    const cfg = configFromOptions({ config: join(dir, 'c.json'), lr: '0.2', lambdaO: '0.5', augment: false }, {});
+    expect(cfg.lr).toBe(0.2);
+    expect(cfg.epochs).toBe(7);
+    expect(cfg.lambdaO).toBe(0.5);
+    expect(cfg.augment).toBe(false);
+    expect(cfg.batch).toBe(128);
+  });
+
+  it('SVD_TRAIN_TOKEN supplies the token', () => {
+    expect(configFromOptions({}, { SVD_TRAIN_TOKEN: 's3cret' }).token).toBe('s3cret');
+  });
+
+  it('a bad value exits 2 with the field, the value and what was expected, no stack trace', async () => {
+    const r = await run(['start', '--lr', 'fast', '--out', join(tmpdir(), 'never')]);
+    expect(r.code).toBe(EXIT_USAGE);
+    expect(r.err).toContain('lr');
+    expect(r.err).toContain('"fast"');
+    expect(r.err).not.toMatch(/\n\s+at /);
+  });
+
+  it('an unknown option exits 2', async () => {
+    const r = await run(['start', '--learning-rate', '1']);
+    expect(r.code).toBe(EXIT_USAGE);
+    expect(r.err).toContain('--learning-rate');
+  });
+
+  it('prune --energy outside [0,1) is refused before touching the checkpoint', async () => {
+    const r = await run(['prune', '/nonexistent.ckpt', '--energy', '2']);
+    expect(r.code).toBe(EXIT_USAGE);
+    expect(r.err).toContain('--energy "2"');
+  });
+
+  it('--help lists the start options', async () => {
+    const r = await run(['start', '--help']);
+    expect(r.code).toBe(0);
+    for (const f of ['--spawn', '--lambda-o', '--resume', '--token', '--eval-every', '--min-workers']) expect(r.out).toContain(f);
+  });
+
+  it('reportError gives unexpected errors exit 1 and keeps their stack', () => {
+    let s = '';
+    expect(reportError(new Error('boom'), (x) => (s += x))).toBe(1);
+    expect(s).toContain('boom');
+    expect(reportError(new SvdTrainError('CONFIG_INVALID', 'bad'), () => {})).toBe(EXIT_USAGE);
+  });
+});

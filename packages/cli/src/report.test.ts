@@ -1,0 +1,54 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { effectiveRank, readMetrics, renderReport, spectraOf, writeReport } from './report.js';
+import { niceTicks } from './svg-plot.js';
+
+describe('effectiveRank', () => {
+  it('s=[3,2,1] (energies 9,4,1 of 14): e=0.01 -> 3, e=0.3 -> 2, e=0.5 -> 1', () => {
+    expect(effectiveRank([1, 3, 2], 0.01)).toBe(3);
+    expect(effectiveRank([1, 3, 2], 0.3)).toBe(2);
+    expect(effectiveRank([1, 3, 2], 0.5)).toBe(1);
+    expect(effectiveRank([0, 0], 0.01)).toBe(0);
+  });
+  it('uses |s| (negative singular values count by magnitude)', () => {
+    expect(effectiveRank([-3, 0.001], 0.01)).toBe(1);
+  });
+});
+
+describe('niceTicks', () => {
+  it('[0, 1] -> 1-2-5 steps of 0.2', () => {
+    expect(niceTicks(0, 1, 5)).toEqual([0, 0.2, 0.4, 0.6, 0.8, 1]);
+  });
+});
+
+describe('report', () => {
+  it('skips a torn last line of metrics.jsonl', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rep-'));
+    writeFileSync(join(dir, 'metrics.jsonl'), '{"kind":"step","step":0,"ce":2.3}\n{"kind":"st');
+    expect(readMetrics(join(dir, 'metrics.jsonl'))).toEqual([{ kind: 'step', step: 0, ce: 2.3 }]);
+  });
+
+  it('renders self-contained HTML with one line plot per metric and a path per series', () => {
+    const records = [
+      ...Array.from({ length: 20 }, (_, s) => ({ kind: 'step', step: s, epoch: 0, ce: 2 - s / 20, total: 2.2 - s / 20, acc: s / 20, orth: 0.1, sparsity: 0.05, lr: 0.1 })),
+      { kind: 'epoch', epoch: 1, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5 },
+    ];
+    const html = renderReport({ title: 't', config: { lr: 0.1 }, records, spectra: spectraOf([{ name: 'layers.0.s', data: Float32Array.from([4, 2, 1]) }, { name: 'layers.0.U', data: new Float32Array(9) }]), flops: [{ label: 'full', flops: 4e7 }, { label: 'e=0.01', flops: 2e7 }] });
+    expect(html).not.toMatch(/<(script|link)[^>]+(src|href)=/); // no external assets
+    expect(html).toContain('epoch 1: test accuracy 45.00%');
+    expect(html).toContain('Regularizer terms');
+    expect(html).toContain('<td>layers.0</td><td>3</td>');
+    expect(html).toContain('MFLOPs');
+    expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);
+    expect(html).not.toContain('NaN');
+  });
+
+  it('writeReport writes runs/NAME/report.html and survives a run with no metrics', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rep-'));
+    const out = writeReport(dir);
+    expect(out).toBe(join(dir, 'report.html'));
+    expect(readFileSync(out, 'utf8')).toContain('no data');
+  });
+});
