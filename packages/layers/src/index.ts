@@ -5,3 +5,4 @@ export { SVDConv2D, svdConvForwardCost, referenceFactors, type SVDConv2DArgs, ty
 export { buildResNet, type BuildResNetOptions, type ResNetDepth } from './resnet.js';
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, type WireTensor, type NamedVariable } from './parameter-names.js';
 export { countFlops, countParams, type LayerFlops } from './flops.js';
+export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';

@@ -1,0 +1,183 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { batchNormTrain, SvdBatchNorm } from './batch-norm.js';
+import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend } from './test-support/index.js';
+
+function rand(n: number, seed: number, scale = 1, offset = 0): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = offset + scale * (s / 2147483648 - 1);
+  }
+  return out;
+}
+
+/** Float64 hand computation: per-channel mean, biased var, y, over a [M, C] row-major view. */
+function handBN(x: Float32Array, c: number, gamma: Float32Array, beta: Float32Array, eps: number) {
+  const m = x.length / c;
+  const mean = new Float64Array(c);
+  const v = new Float64Array(c);
+  for (let i = 0; i < m; i++) for (let k = 0; k < c; k++) mean[k]! += x[i * c + k]! / m;
+  for (let i = 0; i < m; i++) for (let k = 0; k < c; k++) v[k]! += (x[i * c + k]! - mean[k]!) ** 2 / m;
+  const y = new Float64Array(x.length);
+  for (let i = 0; i < m; i++)
+    for (let k = 0; k < c; k++) y[i * c + k] = ((x[i * c + k]! - mean[k]!) / Math.sqrt(v[k]! + eps)) * gamma[k]! + beta[k]!;
+  return { mean, v, y, m };
+}
+
+/** The stock formulation (tf.moments + tf.batchNorm), differentiated by tfjs' own gradients. */
+function stockBN(x: tf.Tensor4D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor {
+  const { mean, variance } = tf.moments(x, [0, 1, 2]);
+  return tf.batchNorm(x, mean, variance, b, g, eps);
+}
+
+const X_SHAPE: [number, number, number, number] = [3, 4, 5, 6];
+const C = 6;
+
+forEachBackend(['cpu', 'wasm'], (backend) => {
+  describe('batchNormTrain', () => {
+    it(`x=[${X_SHAPE}] forward matches a float64 hand computation`, () => {
+      const xd = rand(360, 1, 2, 0.5);
+      const gd = rand(C, 2, 0.5, 1);
+      const bd = rand(C, 3, 0.3);
+      const hand = handBN(xd, C, gd, bd, 1e-5);
+      const x = tf.tensor4d(xd, X_SHAPE);
+      const { y, mean, variance } = batchNormTrain(x, tf.tensor1d(gd), tf.tensor1d(bd), 1e-5);
+      expectClose('y', y, hand.y, TOL.tensorRel);
+      expectClose('mean', mean, hand.mean, TOL.tensorRel);
+      expectClose('variance (biased)', variance, hand.v, TOL.tensorRel);
+      expect(y.shape).toEqual(X_SHAPE);
+      tf.dispose([x, y, mean, variance]);
+    });
+
+    it(`x=[${X_SHAPE}] forward and gradients match the stock tf.batchNorm formulation`, () => {
+      const x = tf.tensor4d(rand(360, 4, 1.5, -0.2), X_SHAPE);
+      const g = tf.tensor1d(rand(C, 5, 0.5, 1));
+      const b = tf.tensor1d(rand(C, 6, 0.3));
+      const dy = tf.tensor4d(rand(360, 7), X_SHAPE);
+      const loss = (fn: typeof stockBN) => (a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) =>
+        tf.sum(tf.mul(fn(a as tf.Tensor4D, gg as tf.Tensor1D, bb as tf.Tensor1D, 1e-5), dy));
+      const ours = tf.grads(loss((a, gg, bb, e) => batchNormTrain(a, gg, bb, e).y))([x, g, b]);
+      const stock = tf.grads(loss(stockBN))([x, g, b]);
+      ['dx', 'dgamma', 'dbeta'].forEach((n, i) => expectClose(`${backend} ${n}`, ours[i]!, stock[i]!, TOL.tensorRel));
+      tf.dispose([x, g, b, dy, ...ours, ...stock]);
+    });
+
+    it('x=[5,3] (2D input) gradient check by central differences', () => {
+      const x = tf.tensor2d(rand(15, 8, 1.5), [5, 3]);
+      const g = tf.tensor1d([1.2, 0.7, -0.9]);
+      const b = tf.tensor1d([0.1, -0.2, 0.3]);
+      gradCheck((a, gg, bb) => batchNormTrain(a!, gg!, bb!, 1e-5).y, [x, g, b], { label: `${backend} bn2d` });
+      tf.dispose([x, g, b]);
+    });
+
+    it('x=[2,3,2,4] gradient check by central differences', () => {
+      const x = tf.tensor4d(rand(48, 9, 1.5), [2, 3, 2, 4]);
+      const g = tf.tensor1d([1.2, 0.7, -0.9, 1.1]);
+      const b = tf.tensor1d([0.1, -0.2, 0.3, 0]);
+      gradCheck((a, gg, bb) => batchNormTrain(a!, gg!, bb!, 1e-5).y, [x, g, b], { label: `${backend} bn4d` });
+      tf.dispose([x, g, b]);
+    });
+
+    it('leaks nothing in forward or backward', async () => {
+      const x = tf.tensor4d(rand(360, 10), X_SHAPE);
+      const g = tf.ones([C]);
+      const b = tf.zeros([C]);
+      await expectNoLeakedTensors(() => {
+        const r = batchNormTrain(x, g, b, 1e-5);
+        tf.dispose([r.y, r.mean, r.variance]);
+        const grads = tf.grads((a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) => batchNormTrain(a, gg, bb, 1e-5).y.square().sum())([x, g, b]);
+        tf.dispose(grads);
+        tf.tidy(() => {
+          batchNormTrain(x, g, b, 1e-5);
+        });
+      }, 'batchNormTrain');
+      tf.dispose([x, g, b]);
+    });
+  });
+
+  describe('SvdBatchNorm', () => {
+    it(`x=[${X_SHAPE}] train mode: batch stats, PyTorch running update (unbiased var); eval uses running stats`, () => {
+      const xd = rand(360, 11, 2, 0.7);
+      const layer = new SvdBatchNorm({});
+      const x = tf.tensor4d(xd, X_SHAPE);
+      const ones = new Float32Array(C).fill(1);
+      const zeros = new Float32Array(C);
+      const hand = handBN(xd, C, ones, zeros, 1e-5);
+      const y = layer.apply(x, { training: true }) as tf.Tensor;
+      expectClose('train y', y, hand.y, TOL.tensorRel);
+      const names = layer.weights.map((w) => w.originalName.split('/').pop());
+      expect(names).toEqual(['gamma', 'beta', 'movingMean', 'movingVariance']);
+      expect(layer.trainableWeights.map((w) => w.originalName.split('/').pop())).toEqual(['gamma', 'beta']);
+      // getWeights() returns the live variables: copy the values.
+      const [rm, rv] = layer.getWeights().slice(2).map((w) => Float32Array.from(w.dataSync()));
+      const n = hand.m;
+      expectClose('running_mean', rm!, Array.from(hand.mean, (m) => 0.1 * m), TOL.tensorRel);
+      expectClose('running_var', rv!, Array.from(hand.v, (v) => 0.9 + 0.1 * v * (n / (n - 1))), TOL.tensorRel);
+      // Eval mode with the updated running stats, and no further update.
+      const ye = layer.apply(x, { training: false }) as tf.Tensor;
+      const want = Array.from(xd, (v, i) => (v - rm![i % C]!) / Math.sqrt(rv![i % C]! + 1e-5));
+      expectClose('eval y', ye, want, TOL.tensorRel);
+      expectClose('running_mean unchanged by eval', layer.getWeights()[2]!, rm!, 0);
+      tf.dispose([x, y, ye]);
+      layer.dispose();
+    });
+
+    it('x=[8,5] (2D) momentum 0.3: two train steps compound like PyTorch', () => {
+      const layer = new SvdBatchNorm({ momentum: 0.3, epsilon: 1e-3 });
+      let rm = new Float64Array(5);
+      let rv = new Float64Array(5).fill(1);
+      for (const seed of [21, 22]) {
+        const xd = rand(40, seed, 1, 0.4);
+        const h = handBN(xd, 5, new Float32Array(5).fill(1), new Float32Array(5), 1e-3);
+        const x = tf.tensor2d(xd, [8, 5]);
+        const y = layer.apply(x, { training: true }) as tf.Tensor;
+        expectClose(`y seed ${seed}`, y, h.y, TOL.tensorRel);
+        rm = rm.map((v, k) => 0.7 * v + 0.3 * h.mean[k]!);
+        rv = rv.map((v, k) => 0.7 * v + 0.3 * h.v[k]! * (8 / 7));
+        tf.dispose([x, y]);
+      }
+      const w = layer.getWeights();
+      expectClose('running_mean', w[2]!, rm, TOL.tensorRel);
+      expectClose('running_var', w[3]!, rv, TOL.tensorRel);
+      layer.dispose();
+    });
+
+    it('gradients reach gamma and beta through a model; serialization round-trips', () => {
+      const input = tf.input({ shape: [4, 5, 6] });
+      const bn = new SvdBatchNorm({ name: 'bn', epsilon: 2e-5, momentum: 0.2 });
+      const model = tf.model({ inputs: input, outputs: bn.apply(input) as tf.SymbolicTensor });
+      const x = tf.tensor4d(rand(360, 12), X_SHAPE);
+      const { grads } = tf.variableGrads(() => (model.apply(x, { training: true }) as tf.Tensor).mul(tf.range(0, 360).reshape(X_SHAPE)).sum() as tf.Scalar);
+      // Variable names get a _k suffix when the test runs again on another backend.
+      expect(Object.keys(grads).map((k) => k.split('/').pop()!.replace(/_\d+$/, '')).sort()).toEqual(['beta', 'gamma']);
+      tf.dispose(grads);
+      const cfg = bn.getConfig();
+      expect(cfg.epsilon).toBe(2e-5);
+      expect(cfg.momentum).toBe(0.2);
+      const back = tf.serialization.SerializationMap.getMap().classNameMap['SvdBatchNorm'];
+      expect(back).toBeDefined();
+      const json = model.toJSON(undefined, false) as unknown as { config: { layers: Array<{ class_name: string }> } };
+      expect(json.config.layers.map((l) => l.class_name)).toContain('SvdBatchNorm');
+      x.dispose();
+      model.dispose();
+    });
+
+    it('train-mode forward leaks nothing', async () => {
+      const layer = new SvdBatchNorm({});
+      const x = tf.tensor4d(rand(360, 13), X_SHAPE);
+      tf.tidy(() => {
+        layer.apply(x, { training: true }); // builds the weights
+      });
+      await expectNoLeakedTensors(() => {
+        tf.tidy(() => {
+          layer.apply(x, { training: true });
+          layer.apply(x, { training: false });
+        });
+      }, 'SvdBatchNorm.apply');
+      x.dispose();
+      layer.dispose();
+    });
+  });
+});
