@@ -1,6 +1,9 @@
 import { describe, it, expect } from 'vitest';
-import { loadReference, type RefTensor } from './test-support/index.js';
-import { selectRankByEnergy, selectRankByThreshold } from './prune.js';
+import * as tf from '@tensorflow/tfjs';
+import { loadReference, expectClose, type RefTensor } from './test-support/index.js';
+import { selectRankByEnergy, selectRankByThreshold, pruneByEnergy, pruneByThreshold } from './prune.js';
+import { buildResNet } from './resnet.js';
+import { namedParameters, getBuffers, setBuffers } from './parameter-names.js';
 
 interface PruneCase {
   name: string;
@@ -27,5 +30,66 @@ describe('selectRankByThreshold', () => {
   });
   it('keeps the largest value when all are below tau', () => {
     expect(selectRankByThreshold([0.01, -0.05, 0.02], 1)).toEqual({ k: 1, keptIndices: [1] });
+  });
+});
+
+describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
+  const build = () => buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], seed: 5 });
+
+  function randomise(model: tf.LayersModel): void {
+    // Non-trivial BN statistics and a decaying spectrum so the energy rule drops something.
+    setBuffers(model, getBuffers(model).map((b, i) => ({
+      ...b,
+      data: b.data.map((_, j) => (b.name.endsWith('running_var') ? 0.5 + ((i * 7 + j * 3) % 5) / 5 : (((i + j) % 7) - 3) / 10)),
+    })));
+    for (const p of namedParameters(model)) {
+      if (!p.name.endsWith('.s')) continue;
+      const s = p.variable.read().dataSync() as Float32Array;
+      tf.tidy(() => p.variable.write(tf.tensor1d(s.map((v, j) => v * Math.pow(0.6, j)))));
+    }
+  }
+
+  it('keeps what the energy rule says and equals the model with the dropped s set to zero', () => {
+    const model = build();
+    randomise(model);
+    const x = tf.randomNormal([2, 32, 32, 3], 0, 1, 'float32', 9);
+    const { model: pruned, report } = pruneByEnergy(model, 0.1);
+    expect(report.length).toBe(namedParameters(model).filter((p) => p.name.endsWith('.s')).length);
+    for (const r of report) {
+      const s = (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.read().dataSync() as Float32Array;
+      const { k, keptIndices } = selectRankByEnergy(s, 0.1);
+      expect([r.name, r.rankAfter]).toEqual([r.name, k]);
+      expect(r.paramsAfter).toBeLessThanOrEqual(r.paramsBefore);
+      // Zero the dropped values in the original: its output must then equal the pruned model's.
+      const kept = new Set(keptIndices);
+      tf.tidy(() => (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.write(tf.tensor1d(s.map((v, j) => (kept.has(j) ? v : 0)))));
+    }
+    expect(report.some((r) => r.rankAfter < r.rankBefore)).toBe(true);
+    const want = model.predict(x) as tf.Tensor;
+    const got = pruned.predict(x) as tf.Tensor;
+    expectClose('pruned logits', got, want, 1e-5);
+    // BN statistics were copied, not re-initialised.
+    expect(getBuffers(pruned)).toEqual(getBuffers(model));
+    tf.dispose([x, want, got]);
+    model.dispose();
+    pruned.dispose();
+  });
+
+  it('threshold pruning: ranks equal the count of |s| > tau, flops shrink', () => {
+    const model = build();
+    randomise(model);
+    const { model: pruned, report } = pruneByThreshold(model, 0.05);
+    // tau = 0 keeps every rank but switches to the factored forward: the same-forward baseline.
+    const { model: full, report: fullReport } = pruneByThreshold(model, 0);
+    report.forEach((r, i) => {
+      const s = (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.read().dataSync() as Float32Array;
+      expect(r.rankAfter).toBe(selectRankByThreshold(s, 0.05).k);
+      expect(fullReport[i]!.rankAfter).toBe(r.rankBefore);
+      if (r.rankAfter < r.rankBefore) expect(r.flopsAfter).toBeLessThan(fullReport[i]!.flopsAfter);
+    });
+    expect(report.some((r) => r.rankAfter < r.rankBefore)).toBe(true);
+    model.dispose();
+    pruned.dispose();
+    full.dispose();
   });
 });

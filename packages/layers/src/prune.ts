@@ -3,6 +3,11 @@
  * sparsification most singular values are near zero, and dropping them shrinks U, s, V
  * physically, so the pruned model is smaller and faster in the factored forward.
  */
+import * as tf from '@tensorflow/tfjs';
+import { SvdTrainError } from '@svd-train/core';
+import { SVDConv2D } from './svd-conv2d.js';
+import { SVDDense } from './svd-dense.js';
+import { countFlops } from './flops.js';
 
 /**
  * The energy rule: with w = s², keep the smallest k whose top-k energy is at least (1 − e)·Σw,
@@ -41,4 +46,107 @@ export function selectRankByThreshold(s: ArrayLike<number>, tau: number): { k: n
   }
   if (kept.length === 0 && s.length > 0) kept.push(best);
   return { k: kept.length, keptIndices: kept };
+}
+
+/** What pruning did to one SVD layer. */
+export interface PruneLayerReport {
+  /** tfjs layer name. */
+  name: string;
+  rankBefore: number;
+  rankAfter: number;
+  paramsBefore: number;
+  paramsAfter: number;
+  /** MACs per image in the forward each model runs. */
+  flopsBefore: number;
+  flopsAfter: number;
+}
+
+export interface PruneResult {
+  /** A new model: SVD layers with physically smaller U, s, V and forward 'factored'. */
+  model: tf.LayersModel;
+  report: PruneLayerReport[];
+}
+
+function isSvdLayer(layer: tf.layers.Layer): layer is SVDConv2D | SVDDense {
+  return layer instanceof SVDConv2D || layer instanceof SVDDense;
+}
+
+/**
+ * Rebuilds `model` with each SVD layer keeping only the singular triplets `select` picks, and
+ * copies every other weight (BN gamma/beta/running stats, biases, plain layers) unchanged. The new
+ * model computes what the old one computes with the dropped singular values set to zero.
+ */
+export function pruneModel(
+  model: tf.LayersModel,
+  select: (s: Float32Array, layerName: string) => { k: number; keptIndices: number[] },
+): PruneResult {
+  const kept = new Map<string, number[]>();
+  for (const layer of model.layers) {
+    if (!isSvdLayer(layer)) continue;
+    const s = layer.s.read().dataSync() as Float32Array;
+    kept.set(layer.name, select(s, layer.name).keptIndices);
+  }
+  // Rebuild from the config with the new ranks: the functional graph and every other layer's
+  // configuration stay exactly as they were.
+  const config = model.getConfig() as unknown as { layers: { className?: string; class_name?: string; config: Record<string, unknown> }[] };
+  const cfg = JSON.parse(JSON.stringify(config)) as typeof config;
+  for (const l of cfg.layers) {
+    const idx = kept.get(l.config.name as string);
+    if (!idx) continue;
+    l.config.rank = idx.length;
+    if ((l.className ?? l.class_name) === 'SVDConv2D') l.config.forward = 'factored';
+  }
+  const fromConfig = (tf.LayersModel as unknown as { fromConfig: (cls: unknown, c: unknown) => tf.LayersModel }).fromConfig;
+  const pruned = fromConfig(tf.LayersModel, cfg);
+  for (const layer of model.layers) {
+    if (layer.weights.length === 0) continue;
+    const target = pruned.getLayer(layer.name);
+    const idx = kept.get(layer.name);
+    if (!idx || !isSvdLayer(layer)) {
+      target.setWeights(layer.getWeights());
+      continue;
+    }
+    const idxT = tf.tensor1d(Int32Array.from(idx), 'int32');
+    const values = layer.weights.map((w) => {
+      const suffix = w.originalName.split('/').pop();
+      const v = w.read();
+      if (suffix === 'U' || suffix === 'V') return tf.gather(v, idxT, 1);
+      if (suffix === 's') return tf.gather(v, idxT, 0);
+      return tf.clone(v);
+    });
+    target.setWeights(values);
+    tf.dispose([idxT, ...values]);
+  }
+  const before = countFlops(model).perLayer;
+  const after = new Map(countFlops(pruned).perLayer.map((p) => [p.name, p]));
+  const report: PruneLayerReport[] = [];
+  for (const b of before) {
+    const layer = model.getLayer(b.name);
+    if (!isSvdLayer(layer)) continue;
+    const a = after.get(b.name)!;
+    report.push({
+      name: b.name,
+      rankBefore: layer.rank,
+      rankAfter: (pruned.getLayer(b.name) as SVDConv2D | SVDDense).rank,
+      paramsBefore: b.params,
+      paramsAfter: a.params,
+      flopsBefore: b.flops,
+      flopsAfter: a.flops,
+    });
+  }
+  return { model: pruned, report };
+}
+
+/** Prunes every SVD layer with the energy rule (`selectRankByEnergy`, fraction e removed at most). */
+export function pruneByEnergy(model: tf.LayersModel, energy: number): PruneResult {
+  if (!(energy >= 0 && energy < 1)) {
+    throw new SvdTrainError('CONFIG_INVALID', `prune energy ${energy}; expected a fraction in [0, 1)`);
+  }
+  return pruneModel(model, (s) => selectRankByEnergy(s, energy));
+}
+
+/** Prunes every SVD layer to the singular values with |s| > tau (at least one kept per layer). */
+export function pruneByThreshold(model: tf.LayersModel, tau: number): PruneResult {
+  if (!(tau >= 0)) throw new SvdTrainError('CONFIG_INVALID', `prune threshold ${tau}; expected a number ≥ 0`);
+  return pruneModel(model, (s) => selectRankByThreshold(s, tau));
 }
