@@ -6,3 +6,4 @@ export { buildResNet, type BuildResNetOptions, type ResNetDepth } from './resnet
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, type WireTensor, type NamedVariable } from './parameter-names.js';
 export { countFlops, countParams, type LayerFlops } from './flops.js';
 export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
+export { selectRankByEnergy, selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, type PruneLayerReport, type PruneResult } from './prune.js';
