@@ -7,3 +7,6 @@ export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers
 export { countFlops, countParams, type LayerFlops } from './flops.js';
 export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
 export { selectRankByEnergy, selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, type PruneLayerReport, type PruneResult } from './prune.js';
+export { orthogonalityPenalty } from './orthogonality.js';
+export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';
+export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
