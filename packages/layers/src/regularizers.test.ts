@@ -82,7 +82,11 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
       const layers = svdLayers(model);
       expect(layers.map((l) => l.getClassName())).toEqual(['SVDConv2D', 'SVDConv2D', 'SVDDense']);
       // Perturb U so the orth term is not ~0.
-      for (const l of layers) tf.tidy(() => l.U.write(tf.add(l.U.read(), tf.randomNormal(l.U.shape, 0, 0.1, 'float32', 4))));
+      for (const l of layers) {
+        tf.tidy(() => {
+          l.U.write(tf.add(l.U.read(), tf.randomNormal(l.U.shape as number[], 0, 0.1, 'float32', 4)));
+        });
+      }
       for (const kind of ['hoyer', 'l1', 'hoyer2', 'none'] as const) {
         const opts = { lambdaO: 0.7, lambdaS: 0.07, sparsity: kind };
         const expected = tf.tidy(() => {
@@ -108,7 +112,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
       // Usable inside variableGrads: every U, s, V gets a gradient, without leaks.
       await expectNoLeakedTensors(() => {
         const { value, grads } = tf.variableGrads(() => svdRegularization(model, { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' }).total);
-        for (const l of layers) for (const v of [l.U, l.s, l.V]) expect(grads[v.read().name]).toBeDefined();
+        for (const l of layers) for (const v of [l.U, l.s, l.V]) expect(grads[(v.read() as tf.Variable).name]).toBeDefined();
         tf.dispose([value, ...Object.values(grads)]);
       }, 'variableGrads(svdRegularization)');
       model.dispose();
