@@ -12,3 +12,4 @@ export * from './cifar10-download.js';
 export * from './protocol.js';
 export * from './optimizers.js';
 export * from './lr-schedule.js';
+export * from './checkpoint.js';

@@ -1,0 +1,129 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { checkpointFileName, latestCheckpoint, loadCheckpoint, saveCheckpoint, type Checkpoint } from './checkpoint.js';
+import { isSvdTrainError } from './errors.js';
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'svd-ckpt-'));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  while (dirs.length) rmSync(dirs.pop()!, { recursive: true, force: true });
+});
+
+function makeCkpt(step: number, hash = 'abc123'): Checkpoint {
+  const w = Float32Array.from({ length: 2 * 3 * 3 * 3 }, (_, i) => Math.sin(i + step) * 1e3);
+  const s = Float32Array.of(3.5, -0, 1e-38, -2.25);
+  return {
+    version: 1,
+    config: { model: 'resnet20', lr: 0.1, milestones: [81, 122] },
+    configHash: hash,
+    step,
+    epoch: Math.floor(step / 10),
+    params: [
+      { name: 'conv.weight', shape: [2, 3, 3, 3], data: w },
+      { name: 'layers.0.conv1.s', shape: [4], data: s },
+    ],
+    buffers: [{ name: 'bn1.running_mean', shape: [3], data: Float32Array.of(0.5, NaN, Infinity) }],
+    optimizer: { kind: 'sgd', step, slots: { momentum_buffer: { 'conv.weight': w.map((v) => v / 7), 'layers.0.conv1.s': s.map((v) => v * 2) } } },
+    sampler: { size: 100, batch: 10, seed: 0, dropLast: false, epoch: 1, position: 30, step },
+    rng: { s: 12345 },
+    metrics: { loss: 1.25 },
+  };
+}
+
+function expectCode(fn: () => unknown, code: string, re?: RegExp): void {
+  try {
+    fn();
+  } catch (e) {
+    expect(isSvdTrainError(e), String(e)).toBe(true);
+    expect((e as { code: string }).code).toBe(code);
+    if (re) expect((e as Error).message).toMatch(re);
+    return;
+  }
+  throw new Error(`expected ${code}, nothing thrown`);
+}
+
+describe('checkpoint', () => {
+  it('round-trips every field and tensor bit for bit (NaN, ±Inf, −0, denormals)', () => {
+    const dir = tempDir();
+    const c = makeCkpt(42);
+    const p = saveCheckpoint(dir, c);
+    expect(p).toBe(join(dir, 'ckpt-0000000042.svdckpt'));
+    const r = loadCheckpoint(p, { configHash: 'abc123' });
+    expect(r).toEqual(c);
+    expect(Object.is(r.params[1].data[1], -0)).toBe(true);
+    expect(r.params[0].data).toBeInstanceOf(Float32Array);
+    expect(r.optimizer.slots.momentum_buffer['conv.weight']).toEqual(c.optimizer.slots.momentum_buffer['conv.weight']);
+  });
+
+  it('refuses a truncated file and any flipped bit with CHECKPOINT_CORRUPT naming the file', () => {
+    const dir = tempDir();
+    const p = saveCheckpoint(dir, makeCkpt(1));
+    const good = readFileSync(p);
+    for (const cut of [0, 10, 40, good.length - 1, good.length - 33]) {
+      writeFileSync(p, good.subarray(0, cut));
+      expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT', new RegExp(p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    }
+    for (const pos of [3, 9, 20, Math.floor(good.length / 2), good.length - 40, good.length - 1]) {
+      const bad = Buffer.from(good);
+      bad[pos] ^= 0x10;
+      writeFileSync(p, bad);
+      expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT');
+    }
+    writeFileSync(p, good);
+    expect(loadCheckpoint(p).step).toBe(1);
+  });
+
+  it('refuses a config hash mismatch with actual, expected and the fix', () => {
+    const dir = tempDir();
+    const p = saveCheckpoint(dir, makeCkpt(5, 'hash-A'));
+    expectCode(() => loadCheckpoint(p, { configHash: 'hash-B' }), 'CHECKPOINT_CONFIG_MISMATCH', /hash-A.*hash-B.*--from/s);
+    expectCode(() => latestCheckpoint(dir, { configHash: 'hash-B' }), 'CHECKPOINT_CONFIG_MISMATCH');
+  });
+
+  it('keeps only the last K checkpoints', () => {
+    const dir = tempDir();
+    for (const s of [10, 20, 30, 40, 50]) saveCheckpoint(dir, makeCkpt(s), { keep: 3 });
+    expect(readdirSync(dir).sort()).toEqual([checkpointFileName(30), checkpointFileName(40), checkpointFileName(50)]);
+  });
+
+  it('latest skips corrupt newer files with a warning; a leftover temp file never shadows it', () => {
+    const dir = tempDir();
+    expect(latestCheckpoint(dir)).toBeNull();
+    expect(latestCheckpoint(join(dir, 'missing'))).toBeNull();
+    saveCheckpoint(dir, makeCkpt(100));
+    saveCheckpoint(dir, makeCkpt(200));
+    // crash mid-write of step 300: a partial temp file is all that exists
+    const partial = readFileSync(join(dir, checkpointFileName(200))).subarray(0, 50);
+    writeFileSync(join(dir, `.${checkpointFileName(300)}.tmp-999-deadbeef`), partial);
+    expect(latestCheckpoint(dir)!.checkpoint.step).toBe(200);
+    // the newest checkpoint got truncated on disk afterwards
+    truncateSync(join(dir, checkpointFileName(200)), 100);
+    const warnings: string[] = [];
+    const latest = latestCheckpoint(dir, { onWarning: (m) => warnings.push(m) });
+    expect(latest!.checkpoint.step).toBe(100);
+    expect(latest!.path).toBe(join(dir, checkpointFileName(100)));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/ckpt-0000000200\.svdckpt/);
+    // the next save cleans leftover temp files
+    saveCheckpoint(dir, makeCkpt(400));
+    expect(readdirSync(dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
+  it('saves and loads a 45 MB parameter set in well under a few seconds', () => {
+    const dir = tempDir();
+    const c = makeCkpt(7);
+    c.params = [{ name: 'big', shape: [11_250_000], data: new Float32Array(11_250_000).fill(0.5) }];
+    c.optimizer.slots = { momentum_buffer: {} };
+    const t = performance.now();
+    const p = saveCheckpoint(dir, c);
+    const r = loadCheckpoint(p);
+    expect(r.params[0].data[11_249_999]).toBe(0.5);
+    expect(performance.now() - t).toBeLessThan(5000);
+  });
+});
