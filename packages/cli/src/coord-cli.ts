@@ -81,10 +81,11 @@ function describeLayers(report: unknown): string {
   return [line(keys), ...rows.map((r) => line(keys.map((k) => (r as Record<string, unknown>)[k])))].join('\n');
 }
 
-async function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward'>): Promise<unknown> {
+async function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed'>): Promise<unknown> {
   const build = await peers.buildResNet();
   const depth = cfg.model === 'resnet18' ? 'resnet18' : Number(cfg.model.slice(6));
-  return build({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward });
+  // Seeded from the run seed, so a run (and the parity tests' single-process reference) is reproducible.
+  return build({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
 }
 
 async function modelFromCheckpoint(path: string): Promise<{ ckpt: CheckpointLike; model: unknown; cfg: RunConfig }> {

@@ -223,7 +223,7 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
           );
         }
         if (st.hash !== hash || !st.model) {
-          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward });
+          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
           st.hash = hash;
           st.config = cfg;
           st.train = st.test = null;

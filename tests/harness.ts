@@ -1,0 +1,154 @@
+/**
+ * Shared helpers of the multi-process suites: real `svd-coord` / `svd-worker` processes (the BUILT
+ * CLI, so run `pnpm build` first), real WebSockets on 127.0.0.1, tiny synthetic CIFAR-10.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeSyntheticCifar10 } from '@svd-train/core';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const COORD_BIN = join(ROOT, 'packages/cli/bin/svd-coord.js');
+export const WORKER_BIN = join(ROOT, 'packages/cli/bin/svd-worker.js');
+
+/** Fails early with the fix when the CLI has not been built. */
+export function requireBuild(): void {
+  if (!existsSync(join(ROOT, 'packages/cli/dist/index.js'))) {
+    throw new Error('tests/ run the built CLI: run `pnpm build` first (packages/cli/dist/index.js is missing).');
+  }
+}
+
+/** A port that was free a moment ago (the OS picks it). */
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** A fresh temp folder with synthetic CIFAR-10 (`train` + `test` records). */
+export function syntheticData(train = 40, test = 12, seed = 1): string {
+  const dir = mkdtempSync(join(tmpdir(), 'svd-e2e-data-'));
+  writeSyntheticCifar10(dir, { train, test, seed });
+  return dir;
+}
+
+export function tempDir(prefix = 'svd-e2e-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** Writes a JSON run config (keys not exposed as flags, e.g. weightDecay, go through --config). */
+export function configFile(obj: Record<string, unknown>): string {
+  const p = join(tempDir('svd-e2e-cfg-'), 'config.json');
+  writeFileSync(p, JSON.stringify(obj));
+  return p;
+}
+
+export interface Proc {
+  child: ChildProcess;
+  /** stdout+stderr so far. */
+  output(): string;
+  /** Resolves with the exit code (or the signal name). */
+  exited: Promise<number | string>;
+  /** Resolves when the output matches `re` (rejects after `timeoutMs`, quoting the output). */
+  waitFor(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export function launch(bin: string, args: string[], env: Record<string, string | undefined> = {}): Proc {
+  const child = spawn(process.execPath, [bin, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, SVD_TRAIN_TOKEN: undefined, ...env, SVD_TRAIN_CACHE: env.SVD_TRAIN_CACHE ?? tempDir('svd-e2e-cache-') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (b: Buffer) => {
+    out += b.toString();
+    for (const l of listeners) l();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<number | string>((res) => child.on('exit', (code, sig) => res(code ?? sig ?? -1)));
+  return {
+    child,
+    output: () => out,
+    exited,
+    kill: (signal = 'SIGTERM') => void child.kill(signal),
+    waitFor(re, timeoutMs = 120_000) {
+      return new Promise((res, rej) => {
+        const check = () => {
+          const m = out.match(re);
+          if (m) {
+            listeners.delete(check);
+            clearTimeout(t);
+            res(m);
+          }
+        };
+        const t = setTimeout(() => {
+          listeners.delete(check);
+          rej(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; output so far:\n${out.slice(-4000)}`));
+        }, timeoutMs);
+        listeners.add(check);
+        void exited.then(() => setTimeout(() => {
+          if (listeners.has(check)) {
+            listeners.delete(check);
+            clearTimeout(t);
+            rej(new Error(`process exited before ${re}; output:\n${out.slice(-4000)}`));
+          }
+        }, 50));
+        check();
+      });
+    },
+  };
+}
+
+/** `svd-coord start` with the given flags. */
+export function startCoordinator(args: string[], env: Record<string, string | undefined> = {}): Proc {
+  return launch(COORD_BIN, ['start', ...args], env);
+}
+
+export function startWorker(port: number, args: string[] = [], env: Record<string, string | undefined> = {}): Proc {
+  return launch(WORKER_BIN, ['--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', ...args], env);
+}
+
+/** Parsed metrics.jsonl of a run folder. */
+export function metrics(outDir: string): Record<string, any>[] {
+  const p = join(outDir, 'metrics.jsonl');
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, any>];
+      } catch {
+        return [];
+      }
+    });
+}
+
+export const stepRecords = (outDir: string) => metrics(outDir).filter((r) => (r.kind ?? r.type) === 'step');
+
+/** Flags every suite uses: tiny data, wasm workers, one short epoch, no eval unless asked. */
+export function tinyRunFlags(o: { data: string; out: string; port: number; batch?: number; epochs?: number; limitTrain?: number }): string[] {
+  return [
+    '--model', 'resnet20',
+    '--data', o.data,
+    '--out', o.out,
+    '--port', String(o.port),
+    '--batch', String(o.batch ?? 12),
+    '--epochs', String(o.epochs ?? 1),
+    '--limit-train', String(o.limitTrain ?? 36),
+    '--limit-test', '12',
+    '--eval-every', '0',
+    '--backend', 'wasm',
+  ];
+}
