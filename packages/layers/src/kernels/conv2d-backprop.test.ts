@@ -1,6 +1,8 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { initEngine } from '../engine.js';
+import { conv2dBackpropFilterWasm } from './conv2d-backprop-filter.js';
+import { conv2dBackpropInputWasm } from './conv2d-backprop-input.js';
 import { TOL, expectClose, expectNoLeakedTensors, onBackend } from '../test-support/index.js';
 
 type Pad = 'same' | 'valid' | number | [[number, number], [number, number], [number, number], [number, number]];
@@ -52,9 +54,14 @@ const CASES: Case[] = [
 const name = (c: Case) =>
   `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
 
-describe('Conv2DBackpropFilter (wasm) matches the cpu backend', () => {
+describe('Conv2DBackpropFilter and Conv2DBackpropInput (wasm, ours) match the cpu backend', () => {
   beforeAll(async () => {
     await initEngine({ backend: 'wasm' });
+  });
+
+  it('our kernels are the registered ones', () => {
+    expect(tf.getKernel('Conv2DBackpropFilter', 'wasm')?.kernelFunc).toBe(conv2dBackpropFilterWasm);
+    expect(tf.getKernel('Conv2DBackpropInput', 'wasm')?.kernelFunc).toBe(conv2dBackpropInputWasm);
   });
 
   it.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_n, c, i) => {
@@ -63,7 +70,6 @@ describe('Conv2DBackpropFilter (wasm) matches the cpu backend', () => {
     const ref = await onBackend('cpu', () => convGrads(c, xd, wd, i));
     const got = await onBackend('wasm', () => convGrads(c, xd, wd, i));
     expectClose(`dW ${name(c)}`, got.dw, ref.dw, TOL.backendRel);
-    // Conv2DBackpropInput is the stock wasm kernel; check it with explicit padding too.
     expectClose(`dx ${name(c)}`, got.dx, ref.dx, TOL.backendRel);
   });
 
@@ -76,7 +82,10 @@ describe('Conv2DBackpropFilter (wasm) matches the cpu backend', () => {
       const g = tf.grad((b: tf.Tensor) => tf.conv2d(x, b as tf.Tensor4D, c.s, c.pad as 'same').sum())(w);
       expect(g.shape).toEqual([3, 3, 4, 6]);
       g.dispose();
-    }, 'conv2d filter gradient');
+      const gx = tf.grad((a: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, w, c.s, c.pad as 'same').sum())(x);
+      expect(gx.shape).toEqual(c.x);
+      gx.dispose();
+    }, 'conv2d filter and input gradients');
     tf.dispose([x, w]);
   });
 });

@@ -1,13 +1,24 @@
 /**
- * Registers our kernels on the wasm backend. Called by `initEngine` after the wasm package loads;
- * idempotent because tfjs throws on a duplicate registration (and a future tfjs may ship its own
- * kernel, which we then keep).
+ * Registers our kernels on the wasm backend. Called by `initEngine` after the wasm package loads.
+ * Idempotent: a kernel already registered with our function is left alone.
  */
 import * as tf from '@tensorflow/tfjs';
 import { conv2dBackpropFilterWasmConfig } from './conv2d-backprop-filter.js';
+import { conv2dBackpropInputWasmConfig } from './conv2d-backprop-input.js';
+
+/** Kernels wasm lacks entirely, and kernels whose stock wasm version we replace for speed. */
+const ADDED = [conv2dBackpropFilterWasmConfig];
+const REPLACED = [conv2dBackpropInputWasmConfig];
 
 export function registerWasmKernels(): void {
-  for (const cfg of [conv2dBackpropFilterWasmConfig]) {
+  for (const cfg of ADDED) {
     if (tf.getKernel(cfg.kernelName, cfg.backendName) == null) tf.registerKernel(cfg);
+  }
+  for (const cfg of REPLACED) {
+    const cur = tf.getKernel(cfg.kernelName, cfg.backendName);
+    if (cur?.kernelFunc === cfg.kernelFunc) continue;
+    // unregister first: registering over an existing kernel logs a warning.
+    if (cur) tf.unregisterKernel(cfg.kernelName, cfg.backendName);
+    tf.registerKernel(cfg);
   }
 }
