@@ -45,7 +45,9 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
     for (const p of namedParameters(model)) {
       if (!p.name.endsWith('.s')) continue;
       const s = p.variable.read().dataSync() as Float32Array;
-      tf.tidy(() => p.variable.write(tf.tensor1d(s.map((v, j) => v * Math.pow(0.6, j)))));
+      tf.tidy(() => {
+        p.variable.write(tf.tensor1d(s.map((v, j) => v * Math.pow(0.6, j))));
+      });
     }
   }
 
@@ -62,7 +64,9 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
       expect(r.paramsAfter).toBeLessThanOrEqual(r.paramsBefore);
       // Zero the dropped values in the original: its output must then equal the pruned model's.
       const kept = new Set(keptIndices);
-      tf.tidy(() => (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.write(tf.tensor1d(s.map((v, j) => (kept.has(j) ? v : 0)))));
+      tf.tidy(() => {
+        (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.write(tf.tensor1d(s.map((v, j) => (kept.has(j) ? v : 0))));
+      });
     }
     expect(report.some((r) => r.rankAfter < r.rankBefore)).toBe(true);
     const want = model.predict(x) as tf.Tensor;

@@ -38,7 +38,7 @@ describe('buildResNet', () => {
     expect(names).not.toContain('layers.0.conv1.bias');
     expect(names.slice(-2)).toEqual(['fc.weight', 'fc.bias']);
     // The well-known ResNet-20 count (0.27M) with option-B shortcuts: 272,474 trainable.
-    const trainable = namedParameters(m).reduce((a, p) => a + p.variable.shape.reduce((x, y) => x * y, 1), 0);
+    const trainable = namedParameters(m).reduce((a, p) => a + (p.variable.shape as number[]).reduce((x, y) => x * y, 1), 0);
     expect(trainable).toBe(272474);
     m.dispose();
   });

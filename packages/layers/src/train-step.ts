@@ -1,0 +1,118 @@
+/**
+ * One worker-side training step's math: the loss (mean softmax cross-entropy + the SVD
+ * regularizers), its gradient for every parameter, and the BN running statistics after the
+ * train-mode forward. The worker sends these over the wire; the coordinator averages them. Also the
+ * inference-mode evaluation used for the test set.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { SvdTrainError } from '@svd-train/core';
+import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
+import { namedParameters, getBuffers, type WireTensor } from './parameter-names.js';
+
+export { getParameters, setParameters, getBuffers, setBuffers, namedParameters, namedBuffers } from './parameter-names.js';
+export type { WireTensor } from './parameter-names.js';
+
+/** Weights of the regularizers and the sparsity kind (RunConfig `lambdaO`, `lambdaS`, `sparsity`). */
+export type RegularizationOptions = SvdRegularizationOptions;
+
+export interface GradientResult {
+  /** d total / d parameter, in `namedParameters` order, tfjs layouts. */
+  grads: WireTensor[];
+  /** BN running statistics after this train-mode forward, in `namedBuffers` order. */
+  buffers: WireTensor[];
+  /** Mean cross-entropy over the batch (natural log). */
+  ce: number;
+  /** Orthogonality penalty summed over SVD layers (before λ_o). */
+  orth: number;
+  /** Sparsity penalty summed over SVD layers (before λ_s). */
+  sparsity: number;
+  /** ce + λ_o·orth + λ_s·sparsity. */
+  total: number;
+  /** Correctly classified samples in this batch (train-mode logits). */
+  correct: number;
+  n: number;
+}
+
+function inputTensor(model: tf.LayersModel, x: Float32Array, n: number): tf.Tensor4D {
+  const shape = model.inputs[0]!.shape.slice(1) as number[];
+  const per = shape.reduce((a, b) => a * b, 1);
+  if (x.length !== n * per) {
+    throw new SvdTrainError(
+      'SHAPE_MISMATCH',
+      `input has ${x.length} values for ${n} labels; expected ${n}×[${shape.join(',')}] = ${n * per} (NHWC)`,
+    );
+  }
+  return tf.tensor4d(x, [n, shape[0]!, shape[1]!, shape[2]!]);
+}
+
+/** Sum over the batch of −log softmax(logits)[y]. logits [n, k], labels [n] int32. */
+function crossEntropySum(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
+  const k = logits.shape[1]!;
+  return tf.neg(tf.sum(tf.mul(tf.oneHot(labels, k).asType('float32'), tf.logSoftmax(logits)))) as tf.Scalar;
+}
+
+function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
+  return tf.sum(tf.equal(tf.argMax(logits, 1), labels).asType('int32')) as tf.Scalar;
+}
+
+/**
+ * Forward in training mode (batch statistics; BN running stats are updated), backward, and read
+ * back. Worker side. Leaves no tensors behind.
+ * @param x images [n, H, W, C] NHWC, normalized, flattened.
+ * @param y labels [n].
+ */
+export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int32Array, reg: RegularizationOptions): GradientResult {
+  const n = y.length;
+  if (n === 0) throw new SvdTrainError('SHAPE_MISMATCH', 'computeGradients got an empty batch; expected at least one sample');
+  const params = namedParameters(model);
+  const out = tf.tidy(() => {
+    const xT = inputTensor(model, x, n);
+    const yT = tf.tensor1d(y, 'int32');
+    let parts: tf.Tensor[] = [];
+    const { grads } = tf.variableGrads(() => {
+      const logits = model.apply(xT, { training: true }) as tf.Tensor;
+      const ce = tf.div(crossEntropySum(logits, yT), n) as tf.Scalar;
+      const r = svdRegularization(model, reg);
+      const total = tf.add(ce, r.total) as tf.Scalar;
+      // Kept so they survive variableGrads' own tidy; the outer tidy frees them.
+      parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT)].map((t) => tf.keep(t));
+      return total;
+    }, params.map((p) => p.variable.read() as tf.Variable));
+    return [...parts, ...params.map((p) => grads[(p.variable.read() as tf.Variable).name]!)];
+  });
+  try {
+    const [ce, orth, sparsity, total, correct] = out.slice(0, 5).map((t) => t.dataSync()[0]!);
+    const grads = params.map((p, i) => ({
+      name: p.name,
+      shape: [...p.variable.shape] as number[],
+      data: Float32Array.from(out[5 + i]!.dataSync() as Float32Array),
+    }));
+    return { grads, buffers: getBuffers(model), ce: ce!, orth: orth!, sparsity: sparsity!, total: total!, correct: correct!, n };
+  } finally {
+    tf.dispose(out);
+  }
+}
+
+/**
+ * Inference-mode evaluation (running statistics), in chunks of `batch` to bound memory.
+ * @returns correct predictions, the summed cross-entropy, and n.
+ */
+export function evaluate(model: tf.LayersModel, x: Float32Array, y: Int32Array, batch = 256): { correct: number; lossSum: number; n: number } {
+  const n = y.length;
+  const per = x.length / Math.max(n, 1);
+  let correct = 0;
+  let lossSum = 0;
+  for (let start = 0; start < n; start += batch) {
+    const m = Math.min(batch, n - start);
+    const [c, l] = tf.tidy(() => {
+      const xT = inputTensor(model, x.subarray(start * per, (start + m) * per), m);
+      const yT = tf.tensor1d(y.subarray(start, start + m), 'int32');
+      const logits = model.apply(xT, { training: false }) as tf.Tensor;
+      return [countCorrect(logits, yT), crossEntropySum(logits, yT)];
+    });
+    correct += c!.dataSync()[0]!;
+    lossSum += l!.dataSync()[0]!;
+    tf.dispose([c!, l!]);
+  }
+  return { correct, lossSum, n };
+}
