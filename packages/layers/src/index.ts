@@ -10,3 +10,4 @@ export { selectRankByEnergy, selectRankByThreshold, pruneModel, pruneByEnergy, p
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
+export { computeGradients, evaluate, type GradientResult, type RegularizationOptions } from './train-step.js';
