@@ -152,3 +152,44 @@ export function tinyRunFlags(o: { data: string; out: string; port: number; batch
     '--backend', 'wasm',
   ];
 }
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:port. */
+export async function waitForPort(port: number, timeoutMs = 60_000, proc?: Proc): Promise<void> {
+  const { connect } = await import('node:net');
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((res) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => (s.destroy(), res(true)));
+      s.once('error', () => res(false));
+    });
+    if (ok) return;
+    if (proc && proc.child.exitCode !== null) throw new Error(`coordinator exited (${proc.child.exitCode}) before listening:\n${proc.output().slice(-4000)}`);
+    if (Date.now() > end) throw new Error(`nothing listened on port ${port} within ${timeoutMs} ms${proc ? `:\n${proc.output().slice(-4000)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The latest checkpoint of a run folder, loaded with core's checkpoint API. */
+export async function finalCheckpoint(outDir: string): Promise<{ step: number; params: { name: string; data: Float32Array }[]; buffers: { name: string; data: Float32Array }[] }> {
+  const core = (await import('@svd-train/core')) as Record<string, any>;
+  const path = core.latestCheckpoint(join(outDir, 'checkpoints'));
+  if (!path) throw new Error(`no checkpoint in ${outDir}/checkpoints`);
+  return core.loadCheckpoint(path);
+}
+
+/** Largest |a-b| over all tensors (matched by name), with the worst tensor's name. */
+export function maxDiff(a: { name: string; data: Float32Array }[], b: { name: string; data: Float32Array }[]): { diff: number; where: string } {
+  const byName = new Map(b.map((t) => [t.name, t.data]));
+  let diff = 0;
+  let where = '';
+  for (const t of a) {
+    const o = byName.get(t.name);
+    if (!o || o.length !== t.data.length) return { diff: Infinity, where: `${t.name} missing or reshaped` };
+    for (let i = 0; i < o.length; i++) {
+      const d = Math.abs(o[i]! - t.data[i]!) / (1 + Math.abs(t.data[i]!));
+      if (d > diff) [diff, where] = [d, `${t.name}[${i}]`];
+    }
+  }
+  return { diff, where };
+}

@@ -152,9 +152,9 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     onStep: (s: Record<string, any>) => {
       if (tty) {
         if (!bar || s.stepInEpoch === 0) bar = new ProgressBar({ label: `epoch ${s.epoch + 1}/${cfg.epochs}`, total: s.stepsPerEpoch ?? null, unit: 'steps' });
-        bar.update((s.stepInEpoch ?? 0) + 1, `${Math.round(s.imgPerSec ?? 0)} img/s loss ${Number(s.ce ?? s.loss).toFixed(3)} acc ${(100 * (s.acc ?? 0)).toFixed(1)}%`);
+        bar.update((s.stepInEpoch ?? 0) + 1, `${Math.round(s.imgPerSec ?? 0)} img/s loss ${Number(s.loss?.ce ?? s.ce).toFixed(3)} acc ${(100 * (s.trainAcc ?? 0)).toFixed(1)}%`);
       } else if (s.step % 10 === 0) {
-        io.err(`step ${s.step} epoch ${s.epoch} loss ${Number(s.ce ?? s.loss).toFixed(4)} acc ${(100 * (s.acc ?? 0)).toFixed(1)}% lr ${Number(s.lr).toExponential(2)} ${Math.round(s.imgPerSec ?? 0)} img/s\n`);
+        io.err(`step ${s.step} epoch ${s.epoch} loss ${Number(s.loss?.ce ?? s.ce).toFixed(4)} acc ${(100 * (s.trainAcc ?? 0)).toFixed(1)}% lr ${Number(s.lr).toExponential(2)} ${Math.round(s.imgPerSec ?? 0)} img/s\n`);
       }
     },
     onEpoch: (e: Record<string, any>) => {

@@ -32,7 +32,7 @@ describe('report', () => {
 
   it('renders self-contained HTML with one line plot per metric and a path per series', () => {
     const records = [
-      ...Array.from({ length: 20 }, (_, s) => ({ kind: 'step', step: s, epoch: 0, ce: 2 - s / 20, total: 2.2 - s / 20, acc: s / 20, orth: 0.1, sparsity: 0.05, lr: 0.1 })),
+      ...Array.from({ length: 20 }, (_, s) => ({ kind: 'step', step: s, epoch: 0, loss: { ce: 2 - s / 20, total: 2.2 - s / 20, orth: 0.1, sparsity: 0.05 }, trainAcc: s / 20, lr: 0.1 })),
       { kind: 'epoch', epoch: 1, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5 },
     ];
     const html = renderReport({ title: 't', config: { lr: 0.1 }, records, spectra: spectraOf([{ name: 'layers.0.s', data: Float32Array.from([4, 2, 1]) }, { name: 'layers.0.U', data: new Float32Array(9) }]), flops: [{ label: 'full', flops: 4e7 }, { label: 'e=0.01', flops: 2e7 }] });
@@ -43,6 +43,8 @@ describe('report', () => {
     expect(html).toContain('MFLOPs');
     expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);
     expect(html).not.toContain('NaN');
+    // nested loss terms (the coordinator's metrics format) are plotted, not dropped
+    expect(html.split('Regularizer terms')[1]!.split('</svg>')[0]).toContain('<path');
   });
 
   it('writeReport writes runs/NAME/report.html and survives a run with no metrics', () => {

@@ -50,8 +50,13 @@ export function readMetrics(path: string): Record<string, unknown>[] {
 }
 
 const kindOf = (r: Record<string, unknown>) => String(r.kind ?? r.type ?? (r.step !== undefined && r.testAcc === undefined ? 'step' : 'epoch'));
+/** First numeric field among `keys`; a key may be a dotted path ('loss.ce'). */
 const num = (r: Record<string, unknown>, ...keys: string[]): number => {
-  for (const k of keys) if (typeof r[k] === 'number') return r[k] as number;
+  for (const k of keys) {
+    let v: unknown = r;
+    for (const part of k.split('.')) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
+    if (typeof v === 'number') return v;
+  }
   return NaN;
 };
 
@@ -82,12 +87,12 @@ export function renderReport(inp: ReportInput): string {
 
   const figs: string[] = [];
   figs.push(linePlot([
-    { label: 'train cross-entropy', points: pts(steps, sx, 'ce', 'loss') },
-    { label: 'train total loss', points: pts(steps, sx, 'total'), dashed: true },
+    { label: 'train cross-entropy', points: pts(steps, sx, 'loss.ce', 'ce', 'loss') },
+    { label: 'train total loss', points: pts(steps, sx, 'loss.total', 'total'), dashed: true },
     { label: 'test loss', points: pts(epochs.map((r) => ({ ...r, step: num(r, 'step', 'endStep') })), sx, 'testLoss') },
   ], { title: 'Loss', xLabel: 'step', yLabel: 'loss' }));
   figs.push(linePlot([
-    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'acc', 'trainAcc')) },
+    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'trainAcc', 'acc')) },
     { label: 'train acc (epoch mean)', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'trainAcc')), dashed: true },
     { label: 'test acc', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'testAcc')) },
   ], { title: 'Accuracy', xLabel: 'step', yLabel: 'accuracy %' }));
@@ -96,8 +101,8 @@ export function renderReport(inp: ReportInput): string {
     { label: 'train acc', points: pct(pts(epochs, ex, 'trainAcc')), color: PALETTE[0] },
   ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %' }));
   figs.push(linePlot([
-    { label: 'orthogonality (λo·L_o)', points: pts(steps, sx, 'orth') },
-    { label: 'sparsity (λs·L_s)', points: pts(steps, sx, 'sparsity') },
+    { label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth') },
+    { label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity') },
   ], { title: 'Regularizer terms', xLabel: 'step', yLabel: 'value' }));
   figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
   figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput') }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
