@@ -249,6 +249,39 @@ describe('SVDConv2D init, import and config', () => {
     disposeLayer(l);
   });
 
+  for (const c of cases) {
+    it(`pytorchWeight() of ${c.name} equals the reference weight [${c.weight.shape}]`, () => {
+      const layer = layerFor(c, 'auto');
+      expectClose(`${c.name} pytorchWeight`, layer.pytorchWeight(), c.weight, 1e-6);
+      disposeLayer(layer);
+    });
+  }
+
+  it("padding 'same' matches tf.conv2d 'same' (x=[1,6,7,2] k=[3,4] s=2, reconstruct and factored)", async () => {
+    await tf.setBackend('cpu');
+    for (const decomposition of ['channel', 'spatial'] as const) {
+      for (const forward of ['reconstruct', 'factored'] as const) {
+        const l = new SVDConv2D({ filters: 3, kernelSize: [3, 4], strides: 2, padding: 'same', decomposition, forward, seed: 4 });
+        l.build([null, 6, 7, 2]);
+        const x = tf.randomNormal([1, 6, 7, 2], 0, 1, 'float32', 6);
+        const got = l.apply(x) as tf.Tensor;
+        const want = tf.tidy(() => tf.conv2d(x as tf.Tensor4D, l.reconstructWeight(), 2, 'same'));
+        expect(got.shape).toEqual(want.shape);
+        expectClose(`${decomposition}/${forward} same`, got, want, TOL.backendRel);
+        tf.dispose([x, got, want]);
+        disposeLayer(l);
+      }
+    }
+  });
+
+  it('rejects invalid args with typed errors', () => {
+    expect(() => new SVDConv2D({ filters: 0, kernelSize: 3 })).toThrow(/filters/);
+    expect(() => new SVDConv2D({ filters: 2, kernelSize: 3, padding: -1 })).toThrow(/padding/);
+    expect(() => new SVDConv2D({ filters: 2, kernelSize: 3, decomposition: 'row' as never })).toThrow(/decomposition/);
+    const l = new SVDConv2D({ filters: 2, kernelSize: 3, rank: 99 });
+    expect(() => l.build([null, 4, 4, 1])).toThrow(/rank 99/);
+  });
+
   it('a spatial input with H≠W gives the PyTorch output size (x=[1,8,10,4] k3 s2 p1 → [1,4,5,6])', () => {
     const l = new SVDConv2D({ filters: 6, kernelSize: 3, strides: 2, padding: 1, decomposition: 'spatial', seed: 2 });
     expect(l.computeOutputShape([1, 8, 10, 4])).toEqual([1, 4, 5, 6]);

@@ -27,7 +27,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
-import { fullRank, matrixDims, svdInit, type Decomposition, type SvdFactors } from './svd-init.js';
+import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type Decomposition, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
@@ -183,6 +183,11 @@ export class SVDConv2D extends tf.layers.Layer {
   /** U, s, V as plain arrays; identical to the PyTorch reference's `U`, `s`, `V` (see module doc). */
   getFactors(): SvdFactors {
     return readFactors(this);
+  }
+
+  /** The reconstructed weight in PyTorch layout (n, c, kh, kw), row-major, computed in float64. */
+  pytorchWeight(): Float32Array {
+    return pytorchWeightFromMatrix(matrixFromFactors(this.getFactors()), this.decomposition, this.geometry());
   }
 
   /** Explicit padding for an input of height h, width w. */

@@ -9,7 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
-import { svdInit, type SvdFactors } from './svd-init.js';
+import { matrixFromFactors, svdInit, type SvdFactors } from './svd-init.js';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
 
@@ -121,6 +121,11 @@ export class SVDDense extends tf.layers.Layer {
   /** U, s, V as plain arrays; identical to the PyTorch reference's `U`, `s`, `V`. */
   getFactors(): SvdFactors {
     return readFactors(this);
+  }
+
+  /** The PyTorch weight (out, in) = U·diag(s)·Vᵀ, row-major, computed in float64. */
+  pytorchWeight(): Float32Array {
+    return Float32Array.from(matrixFromFactors(this.getFactors()));
   }
 
   /** The tfjs dense kernel [in, units] = V · diag(s) · Uᵀ (the PyTorch weight transposed). */
