@@ -1,0 +1,774 @@
+/**
+ * The coordinator of synchronous data-parallel training: a `ws` server that hands each worker its
+ * slice of every global batch, validates and sample-weight-averages the gradients, applies the
+ * optimizer and broadcasts the new weights (one encoded frame, the same bytes to every worker).
+ *
+ * It never imports TensorFlow.js: parameters are Float32Arrays in manifest (PyTorch
+ * named_parameters) order. The single-worker run is the N=1 case of this same code.
+ *
+ * Faults: a worker that disconnects, stalls past stepTimeoutMs, or sends anything invalid is named
+ * in the log, told why (error message) and disconnected; its unanswered slice of the current step
+ * (or evaluation) is split among the remaining workers with a new attempt number, so each sample
+ * of the epoch is used exactly once. With fewer than minWorkers left, the coordinator waits.
+ * A (re)joining worker receives the current weights before its next step.
+ */
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import {
+  EpochSampler,
+  SvdTrainError,
+  configHash as computeConfigHash,
+  createOptimizer,
+  decodeMessage,
+  encodeMessage,
+  lrAt as scheduleLrAt,
+  serializeConfig,
+  splitBatch,
+  type DatasetInfo,
+  type EvalResultMessage,
+  type GradientsMessage,
+  type HelloMessage,
+  type Message,
+  type Optimizer,
+  type OptimizerState,
+  type ParamSet,
+  type RunConfig,
+  type SamplerState,
+  type WireTensor,
+} from '@svd-train/core';
+import { AllReduce } from './all-reduce.js';
+import { DatasetServer } from './dataset-server.js';
+import { authPolicy, makeNonce, verifyMac } from './handshake.js';
+import { MetricsWriter, type EpochMetrics, type StepMetrics, type WorkerTiming } from './metrics.js';
+import { checkGradients, checkManifest, type Manifest } from './round.js';
+import { StallDetector } from './stall-detector.js';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** What the coordinator checkpoints; the same shape as core's `Checkpoint`. */
+export interface CoordinatorCheckpoint {
+  version: 1;
+  config: Record<string, unknown>;
+  configHash: string;
+  step: number;
+  epoch: number;
+  params: WireTensor[];
+  buffers: WireTensor[];
+  optimizer: OptimizerState;
+  sampler: SamplerState;
+  metrics?: Record<string, unknown>;
+}
+
+export interface StepEvent {
+  step: number;
+  epoch: number;
+  stepInEpoch: number;
+  stepsPerEpoch: number;
+  totalSteps: number;
+  lr: number;
+  loss: StepMetrics['loss'];
+  trainAcc: number;
+  n: number;
+  stepMs: number;
+  imgPerSec: number;
+  workers: number;
+  /** Which worker computed which samples (after any re-assignment); for accounting and tests. */
+  slices: { worker: string; indices: Int32Array }[];
+}
+
+export interface EpochEvent {
+  epoch: number;
+  step: number;
+  trainLoss: number;
+  trainAcc: number;
+  testLoss?: number;
+  testAcc?: number;
+  epochMs: number;
+}
+
+export interface TrainingSummary {
+  steps: number;
+  epochs: number;
+  finalTestAcc: number | null;
+  finalTrainAcc: number | null;
+  params: WireTensor[];
+  buffers: WireTensor[];
+  wallMs: number;
+}
+
+export interface CoordinatorOptions {
+  config: RunConfig;
+  /** Sizes (after limitTrain/limitTest) and md5s of the dataset the workers train on. */
+  datasetInfo: DatasetInfo;
+  /** Folder of the dataset files, to serve workers that have no copy; without it such workers are refused. */
+  dataDir?: string;
+  /** Authoritative initial weights (the CLI builds the model with @svd-train/layers). */
+  initialParams?: WireTensor[];
+  initialBuffers?: WireTensor[];
+  /** The manifest every worker must present; default: the initial weights' specs, else the first worker's. */
+  expectedManifest?: { params: { name: string; shape: number[] }[]; buffers: { name: string; shape: number[] }[] };
+  /** Resume exactly from this checkpoint (weights, optimizer, sampler position). */
+  resume?: CoordinatorCheckpoint;
+  /** Fine-tune: start from these weights with a fresh optimizer and sampler. */
+  from?: { params: WireTensor[]; buffers: WireTensor[] };
+  /** Parameters never weight-decayed (BN gammas/betas: their names look like conv weights). */
+  noDecay?: Iterable<string>;
+  /** Persists a checkpoint (atomically); called every epoch and every checkpointEvery steps. */
+  saveCheckpoint?: (ckpt: CoordinatorCheckpoint) => void | Promise<void>;
+  /** metrics.jsonl path; null/undefined writes none. */
+  metricsPath?: string | null;
+  /** Learning rate at a global step; default core's lrAt(config, step, stepsPerEpoch). */
+  lrAt?: (step: number, stepsPerEpoch: number) => number;
+  onStep?: (e: StepEvent) => void;
+  onEpoch?: (e: EpochEvent) => void;
+  onLog?: (level: LogLevel, msg: string) => void;
+  /** A worker finished its handshake. */
+  onWorkerJoin?: (w: { id: string; name: string; backend: string; device: string }) => void;
+}
+
+type PeerState = 'hello' | 'auth' | 'manifest' | 'ready' | 'gone';
+
+interface Task {
+  kind: 'step' | 'eval';
+  /** Unique id: the attempt of a step slice, the evalId of an eval slice. */
+  id: number;
+  /** Position of the slice in the job's index list (reduce order). */
+  offset: number;
+  indices: Int32Array;
+  peer: Peer | null;
+  sentAt: number;
+  rttMs: number;
+  result: GradientsMessage | EvalResultMessage | null;
+}
+
+interface Peer {
+  id: string;
+  name: string;
+  ws: WebSocket;
+  state: PeerState;
+  nonce: Uint8Array | null;
+  hello: HelloMessage | null;
+  /** Weights version (global step) this worker holds; -1: none yet. */
+  weightsVersion: number;
+  queue: Task[];
+  current: Task | null;
+  handshakeTimer: NodeJS.Timeout | null;
+}
+
+interface Job {
+  kind: 'step' | 'eval';
+  meta: { step: number; epoch: number; lr: number; split: 'train' | 'test' };
+  tasks: Task[];
+  unassigned: Task[];
+  resolve: (tasks: Task[]) => void;
+  reject: (e: Error) => void;
+}
+
+const now = (): number => performance.now();
+
+export class Coordinator {
+  readonly config: RunConfig;
+  readonly configHash: string;
+  private readonly opts: CoordinatorOptions;
+  private server: WebSocketServer | null = null;
+  private readonly peers = new Map<string, Peer>();
+  private readonly auth: { required: boolean };
+  private readonly stall: StallDetector;
+  private readonly metrics: MetricsWriter;
+  private readonly dataServer: DatasetServer | null;
+  private manifest: Manifest | null = null;
+  private params: ParamSet | null = null;
+  private buffers: ParamSet | null = null;
+  private weightsVersion = 0;
+  private weightsFrame: Uint8Array | null = null;
+  private job: Job | null = null;
+  private nextTaskId = 1;
+  private peerCounter = 0;
+  private waiters: (() => void)[] = [];
+  private fatal: SvdTrainError | null = null;
+  private closed = false;
+
+  constructor(opts: CoordinatorOptions) {
+    this.opts = opts;
+    this.config = opts.config;
+    this.configHash = computeConfigHash(opts.config);
+    this.auth = authPolicy(opts.config.host, opts.config.token, opts.config.insecure);
+    this.metrics = new MetricsWriter(opts.metricsPath ?? null);
+    this.dataServer = opts.dataDir ? new DatasetServer(opts.dataDir, Object.keys(opts.datasetInfo.md5s)) : null;
+    this.stall = new StallDetector({
+      warnMs: opts.config.stallWarnMs,
+      timeoutMs: opts.config.stepTimeoutMs,
+      onWarn: (w, what, ms) => this.log('warn', `worker ${this.peerName(w)} is late: no answer to ${what} after ${Math.round(ms)} ms`),
+      onTimeout: (w, what, ms) => this.onStallTimeout(w, what, ms),
+    });
+    const initial = opts.resume ?? opts.from ?? (opts.initialParams ? { params: opts.initialParams, buffers: opts.initialBuffers ?? [] } : null);
+    if (opts.resume && opts.resume.configHash !== this.configHash) {
+      throw new SvdTrainError(
+        'CHECKPOINT_CONFIG_MISMATCH',
+        `checkpoint at step ${opts.resume.step} was written with config hash ${opts.resume.configHash}, this run has ${this.configHash}; resume with the same math settings or use --from to fine-tune`,
+      );
+    }
+    if (opts.expectedManifest) this.manifest = { ...opts.expectedManifest, source: 'coordinator' };
+    if (initial) this.setWeights(initial.params, initial.buffers, 'coordinator');
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Server and peers
+  // ------------------------------------------------------------------------------------------
+
+  /** Starts listening; resolves with the bound port (config.port 0 picks a free one). */
+  async listen(): Promise<{ host: string; port: number }> {
+    if (this.server) return this.address();
+    const server = new WebSocketServer({ host: this.config.host, port: this.config.port, maxPayload: this.config.maxMessageBytes, perMessageDeflate: false });
+    this.server = server;
+    server.on('connection', (ws) => this.onConnection(ws));
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', () => resolve());
+      server.once('error', (e) => reject(e));
+    });
+    server.on('error', (e) => this.log('error', `server error: ${e.message}`));
+    const a = this.address();
+    this.log('info', `coordinator listening on ws://${a.host}:${a.port} (auth ${this.auth.required ? 'required' : 'off: loopback/insecure'})`);
+    return a;
+  }
+
+  address(): { host: string; port: number } {
+    const a = this.server?.address();
+    if (!a || typeof a === 'string') return { host: this.config.host, port: this.config.port };
+    return { host: this.config.host, port: a.port };
+  }
+
+  /** Number of workers past the handshake. */
+  get liveWorkers(): number {
+    return this.live().length;
+  }
+
+  private live(): Peer[] {
+    return [...this.peers.values()].filter((p) => p.state === 'ready');
+  }
+
+  private peerName(id: string): string {
+    const p = this.peers.get(id);
+    return p ? `${p.name} (${p.id})` : id;
+  }
+
+  private log(level: LogLevel, msg: string): void {
+    this.opts.onLog?.(level, msg);
+  }
+
+  private onConnection(ws: WebSocket): void {
+    if (this.closed) {
+      ws.terminate();
+      return;
+    }
+    const id = `w${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
+    const peer: Peer = { id, name: id, ws, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null };
+    this.peers.set(id, peer);
+    peer.handshakeTimer = setTimeout(() => {
+      if (peer.state !== 'ready' && peer.state !== 'gone') this.dropPeer(peer, 'PROTOCOL_INVALID', `handshake not finished within ${this.config.handshakeTimeoutMs} ms`);
+    }, this.config.handshakeTimeoutMs);
+    peer.handshakeTimer.unref?.();
+    ws.on('message', (data: RawData) => {
+      try {
+        this.onMessage(peer, decodeMessage(data as Uint8Array | ArrayBuffer | Uint8Array[], { maxBytes: this.config.maxMessageBytes }));
+      } catch (e) {
+        const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', `while handling a message from ${peer.name}: ${(e as Error)?.stack ?? String(e)}`);
+        this.dropPeer(peer, err.code, err.message);
+      }
+    });
+    ws.on('close', (code: number, reason: Buffer) => {
+      if (peer.state !== 'gone') this.dropPeer(peer, null, `disconnected (code ${code}${reason?.length ? `: ${reason.toString()}` : ''})`);
+    });
+    ws.on('error', (e: Error) => {
+      if (peer.state !== 'gone') this.dropPeer(peer, null, `socket error: ${e.message}`);
+    });
+  }
+
+  private send(peer: Peer, msg: Message | Uint8Array): void {
+    if (peer.state === 'gone' || peer.ws.readyState !== 1) return;
+    peer.ws.send(msg instanceof Uint8Array ? msg : encodeMessage(msg));
+  }
+
+  /**
+   * Removes a worker: tells it why (when `code` is given), closes the socket, and re-assigns its
+   * unanswered work. Never throws: this is the path every fault funnels into.
+   */
+  private dropPeer(peer: Peer, code: string | null, why: string): void {
+    if (peer.state === 'gone') return;
+    const wasReady = peer.state === 'ready';
+    peer.state = 'gone';
+    this.peers.delete(peer.id);
+    if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
+    this.stall.clear(peer.id);
+    this.log(code ? 'warn' : wasReady ? 'warn' : 'info', `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`);
+    try {
+      if (code && peer.ws.readyState === 1) peer.ws.send(encodeMessage({ type: 'error', code, message: why }));
+      peer.ws.close(code ? 1008 : 1000, code ?? 'bye');
+      // A peer that ignores the close handshake must not hold the socket open.
+      setTimeout(() => peer.ws.terminate(), 1000).unref?.();
+    } catch {
+      peer.ws.terminate();
+    }
+    const orphans = [...(peer.current ? [peer.current] : []), ...peer.queue].filter((t) => !t.result);
+    peer.current = null;
+    peer.queue = [];
+    if (this.job && orphans.length) this.reassign(orphans, `worker ${peer.name} left`);
+  }
+
+  private onMessage(peer: Peer, msg: Message): void {
+    if (peer.state === 'gone') return;
+    if (msg.type === 'error') {
+      this.dropPeer(peer, null, `worker reported ${msg.code}: ${msg.message}`);
+      return;
+    }
+    switch (peer.state) {
+      case 'hello':
+        if (msg.type !== 'hello') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'hello' first, got '${msg.type}'`);
+        peer.hello = msg;
+        peer.name = `${msg.workerName}@${msg.hostname}`;
+        peer.nonce = makeNonce();
+        peer.state = 'auth';
+        this.send(peer, { type: 'challenge', nonce: peer.nonce, authRequired: this.auth.required });
+        return;
+      case 'auth':
+        if (msg.type !== 'auth') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'auth' after the challenge, got '${msg.type}'`);
+        if (this.auth.required && !verifyMac(this.config.token ?? '', peer.nonce!, msg.mac)) {
+          throw new SvdTrainError('AUTH_FAILED', `authentication failed: the worker's token does not match the coordinator's; pass the same --token / SVD_TRAIN_TOKEN to both`);
+        }
+        peer.state = 'manifest';
+        this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config) as unknown as Record<string, unknown>, configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
+        return;
+      case 'manifest':
+        if (msg.type === 'data-request') return this.serveData(peer, msg.file);
+        if (msg.type !== 'manifest') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'manifest' or 'data-request' after welcome, got '${msg.type}'`);
+        if (msg.configHash !== this.configHash) {
+          throw new SvdTrainError('MANIFEST_MISMATCH', `worker computes config hash ${msg.configHash}, the coordinator ${this.configHash}; run the same svd-train version on both`);
+        }
+        if (this.manifest) checkManifest(msg, this.manifest, peer.name);
+        if (!this.params) {
+          if (!msg.initial) throw new SvdTrainError('PROTOCOL_INVALID', `the coordinator has no initial weights yet, and worker ${peer.name}'s manifest carries none ('initial'); the first worker must send them`);
+          this.setWeights(msg.initial.params, msg.initial.buffers, peer.name);
+          if (!this.manifest) this.manifest = { params: msg.params, buffers: msg.buffers, source: `worker ${peer.name}` };
+          checkManifest(msg, this.manifest, peer.name);
+        }
+        if (!this.manifest) this.manifest = { params: msg.params, buffers: msg.buffers, source: `worker ${peer.name}` };
+        peer.state = 'ready';
+        if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
+        this.log('info', `worker ${peer.name} (${peer.id}) joined: backend ${peer.hello!.backend}, ${peer.hello!.device}`);
+        this.opts.onWorkerJoin?.({ id: peer.id, name: peer.name, backend: peer.hello!.backend, device: peer.hello!.device });
+        this.onPeerReady(peer);
+        return;
+      case 'ready':
+        if (msg.type === 'data-request') return this.serveData(peer, msg.file);
+        if (msg.type === 'gradients' || msg.type === 'eval-result') return this.onResult(peer, msg);
+        throw new SvdTrainError('PROTOCOL_INVALID', `unexpected '${msg.type}' from a worker during training`);
+    }
+  }
+
+  private serveData(peer: Peer, file: string): void {
+    if (!this.dataServer) throw new SvdTrainError('DATA_MISSING', `worker asked for dataset file '${file}', but this coordinator was started without --data to serve; give the worker its own copy`);
+    for (const chunk of this.dataServer.chunks(file)) this.send(peer, chunk);
+  }
+
+  private setWeights(params: readonly WireTensor[], buffers: readonly WireTensor[], source: string): void {
+    const spec = { params: params.map((t) => ({ name: t.name, shape: [...t.shape] })), buffers: buffers.map((t) => ({ name: t.name, shape: [...t.shape] })) };
+    if (this.manifest) checkManifest(spec, this.manifest, source);
+    else this.manifest = { ...spec, source };
+    this.params = new Map(params.map((t) => [t.name, Float32Array.from(t.data)]));
+    this.buffers = new Map(buffers.map((t) => [t.name, Float32Array.from(t.data)]));
+    this.weightsFrame = null;
+  }
+
+  private weightsMessageFrame(): Uint8Array {
+    if (!this.weightsFrame) {
+      this.weightsFrame = encodeMessage({ type: 'weights', step: this.weightsVersion, params: this.tensors(this.params!), buffers: this.tensors(this.buffers!) });
+    }
+    return this.weightsFrame;
+  }
+
+  private tensors(set: ParamSet): WireTensor[] {
+    const specs = set === this.params ? this.manifest!.params : this.manifest!.buffers;
+    return specs.map((s) => ({ name: s.name, shape: s.shape, data: set.get(s.name)! }));
+  }
+
+  private onPeerReady(peer: Peer): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+    if (this.job && this.job.unassigned.length && this.live().length >= this.minLive()) {
+      const parked = this.job.unassigned;
+      this.job.unassigned = [];
+      this.reassign(parked, `worker ${peer.name} joined`);
+    }
+  }
+
+  private minLive(): number {
+    return Math.max(1, this.config.minWorkers);
+  }
+
+  /** Resolves once at least `n` workers are ready (and weights are known). */
+  private async waitForWorkers(n: number): Promise<void> {
+    while (this.live().length < n || !this.params) {
+      this.throwIfFatal();
+      if (this.closed) throw new SvdTrainError('INTERNAL', 'coordinator closed while waiting for workers');
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  private throwIfFatal(): void {
+    if (this.fatal) throw this.fatal;
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Jobs: a step or an evaluation, scattered over the live workers
+  // ------------------------------------------------------------------------------------------
+
+  private newTask(kind: Task['kind'], offset: number, indices: Int32Array): Task {
+    return { kind, id: this.nextTaskId++, offset, indices, peer: null, sentAt: 0, rttMs: 0, result: null };
+  }
+
+  private async runJob(kind: Job['kind'], indices: Int32Array, meta: Job['meta']): Promise<Task[]> {
+    await this.waitForWorkers(this.minLive());
+    return new Promise<Task[]>((resolve, reject) => {
+      const job: Job = { kind, meta, tasks: [], unassigned: [], resolve, reject };
+      this.job = job;
+      const live = this.live();
+      const slices = splitBatch(indices, live.map(() => 1));
+      let off = 0;
+      slices.forEach((s, i) => {
+        const t = this.newTask(kind, off, s);
+        off += s.length;
+        job.tasks.push(t);
+        this.assign(t, live[i]);
+      });
+      this.checkJobDone();
+    }).finally(() => {
+      this.job = null;
+    });
+  }
+
+  /** Splits unanswered tasks among the live workers (new ids), or parks them until enough workers are back. */
+  private reassign(tasks: Task[], why: string): void {
+    const job = this.job!;
+    job.tasks = job.tasks.filter((t) => !tasks.includes(t));
+    const live = this.live();
+    if (live.length < this.minLive()) {
+      this.log('warn', `${why}: ${live.length} worker(s) left, fewer than --min-workers ${this.minLive()}; waiting for workers`);
+      for (const t of tasks) {
+        const fresh = this.newTask(t.kind, t.offset, t.indices);
+        job.tasks.push(fresh);
+        job.unassigned.push(fresh);
+      }
+      return;
+    }
+    let moved = 0;
+    for (const t of tasks) {
+      const parts = splitBatch(t.indices, live.map(() => 1));
+      let off = t.offset;
+      parts.forEach((s, i) => {
+        // Sub-slice offsets stay ordered inside the parent slice's range, so the reduce order is deterministic.
+        const fresh = this.newTask(t.kind, off + i / (parts.length + 1), s);
+        off += s.length;
+        job.tasks.push(fresh);
+        if (s.length > 0) this.assign(fresh, live[i]);
+        else fresh.result = this.emptyResult(fresh);
+        moved += s.length;
+      });
+    }
+    if (moved) this.log('info', `${why}: re-assigned ${moved} sample(s) of ${job.kind} ${job.kind === 'step' ? job.meta.step : job.meta.split} to ${live.length} worker(s)`);
+    this.checkJobDone();
+  }
+
+  private emptyResult(t: Task): GradientsMessage | EvalResultMessage {
+    if (t.kind === 'eval') return { type: 'eval-result', evalId: t.id, n: 0, correct: 0, lossSum: 0 };
+    return { type: 'gradients', step: this.job!.meta.step, attempt: t.id, n: 0, grads: [], buffers: [], loss: { ce: 0, orth: 0, sparsity: 0, total: 0 }, correct: 0, computeMs: 0 };
+  }
+
+  private assign(t: Task, peer: Peer): void {
+    if (t.indices.length === 0) {
+      t.result = this.emptyResult(t);
+      return;
+    }
+    t.peer = peer;
+    peer.queue.push(t);
+    if (!peer.current) this.dispatch(peer);
+  }
+
+  private dispatch(peer: Peer): void {
+    const t = peer.queue.shift();
+    if (!t) return;
+    const job = this.job!;
+    peer.current = t;
+    t.sentAt = now();
+    if (peer.weightsVersion !== this.weightsVersion) {
+      this.send(peer, this.weightsMessageFrame());
+      peer.weightsVersion = this.weightsVersion;
+    }
+    if (t.kind === 'step') {
+      this.send(peer, { type: 'step', step: job.meta.step, epoch: job.meta.epoch, seed: this.config.seed, indices: t.indices, lr: job.meta.lr, attempt: t.id });
+      this.stall.track(peer.id, `step ${job.meta.step} attempt ${t.id}`);
+    } else {
+      this.send(peer, { type: 'eval', evalId: t.id, split: job.meta.split, indices: t.indices });
+      this.stall.track(peer.id, `eval ${t.id} (${t.indices.length} ${job.meta.split} samples)`);
+    }
+  }
+
+  private onResult(peer: Peer, msg: GradientsMessage | EvalResultMessage): void {
+    const t = peer.current;
+    if (!t || !this.job) throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} sent '${msg.type}' but was asked for nothing`);
+    if (msg.type === 'gradients') {
+      if (t.kind !== 'step') throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} sent gradients but was asked for eval ${t.id}`);
+      checkGradients(msg, { step: this.job.meta.step, attempt: t.id, n: t.indices.length }, this.manifest!, peer.name);
+    } else {
+      if (t.kind !== 'eval' || msg.evalId !== t.id) {
+        throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} sent eval-result ${msg.evalId}, but the coordinator asked for ${t.kind} ${t.id}`);
+      }
+      if (msg.n !== t.indices.length || msg.correct > msg.n) {
+        throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} evaluated n=${msg.n} (correct ${msg.correct}), but was given ${t.indices.length} samples`);
+      }
+    }
+    this.stall.clear(peer.id);
+    t.rttMs = now() - t.sentAt;
+    t.result = msg;
+    peer.current = null;
+    this.dispatch(peer);
+    this.checkJobDone();
+  }
+
+  private checkJobDone(): void {
+    const job = this.job;
+    if (!job || job.unassigned.length) return;
+    if (job.tasks.every((t) => t.result)) {
+      job.resolve([...job.tasks].sort((a, b) => a.offset - b.offset));
+    }
+  }
+
+  private onStallTimeout(workerId: string, what: string, ms: number): void {
+    const peer = this.peers.get(workerId);
+    if (!peer) return;
+    const why = `no answer to ${what} within ${Math.round(ms)} ms (--step-timeout-ms ${this.config.stepTimeoutMs})`;
+    if (this.config.stallAction === 'abort') {
+      this.fatal = new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} stalled: ${why}; aborting as --stall-action abort says`);
+      this.log('error', this.fatal.message);
+      this.job?.reject(this.fatal);
+      this.wake();
+      return;
+    }
+    this.dropPeer(peer, 'ROUND_MISMATCH', `stalled: ${why}`);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Training
+  // ------------------------------------------------------------------------------------------
+
+  /** Listens (if not yet), trains for config.epochs, shuts the workers down and resolves with a summary. */
+  async start(): Promise<TrainingSummary> {
+    const t0 = now();
+    await this.listen();
+    try {
+      return await this.train(t0);
+    } finally {
+      await this.close('training finished');
+    }
+  }
+
+  private async train(t0: number): Promise<TrainingSummary> {
+    const cfg = this.config;
+    const info = this.opts.datasetInfo;
+    const resume = this.opts.resume;
+    const sampler = resume ? EpochSampler.fromState(resume.sampler) : new EpochSampler({ size: info.trainCount, batch: cfg.batch, seed: cfg.seed });
+    const spe = sampler.stepsPerEpoch;
+    const totalSteps = spe * cfg.epochs;
+    const lrAt = this.opts.lrAt ?? ((step: number, stepsPerEpoch: number) => scheduleLrAt(cfg, step, stepsPerEpoch));
+    if (resume) {
+      this.weightsVersion = resume.step;
+      this.log('info', `resuming at step ${resume.step} (epoch ${resume.epoch})`);
+    }
+
+    this.log('info', `waiting for ${this.minLive()} worker(s)`);
+    await this.waitForWorkers(this.minLive());
+    const manifest = this.manifest!;
+    const names = manifest.params.map((s) => s.name);
+    const optimizer: Optimizer = createOptimizer(cfg, names, { noDecay: this.opts.noDecay ? new Set(this.opts.noDecay) : undefined });
+    if (resume) optimizer.loadState(resume.optimizer);
+    const reducer = new AllReduce(manifest.params, manifest.buffers);
+
+    let epochStats = { loss: 0, correct: 0, n: 0, t0: now() };
+    let lastTest: number | null = null;
+    let lastTrain: number | null = null;
+    let lastCkptStep = resume?.step ?? -1;
+
+    while (sampler.state().step < totalSteps) {
+      this.throwIfFatal();
+      const b = sampler.nextBatch();
+      const lr = lrAt(b.step, spe);
+      const stepT0 = now();
+      const tasks = await this.runJob('step', b.indices, { step: b.step, epoch: b.epoch, lr, split: 'train' });
+      const tr = now();
+      const contribs = tasks.map((t) => t.result as GradientsMessage).filter((g) => g.n > 0);
+      const red = reducer.reduce(contribs);
+      const gradSet: ParamSet = new Map(names.map((n, i) => [n, red.grads[i]]));
+      optimizer.step(this.params!, gradSet, lr);
+      manifest.buffers.forEach((s, i) => this.buffers!.get(s.name)!.set(red.buffers[i]));
+      this.weightsVersion = b.step + 1;
+      this.weightsFrame = null;
+      const reduceMs = now() - tr;
+      const stepMs = now() - stepT0;
+
+      let n = 0;
+      let correct = 0;
+      const loss = { ce: 0, orth: 0, sparsity: 0, total: 0 };
+      for (const g of contribs) {
+        n += g.n;
+        correct += g.correct;
+        // CE is a per-sample mean, so it is sample-weighted; the regularizers are functions of the
+        // (shared) weights alone, so every worker reports the same value and we average equally.
+        loss.ce += g.loss.ce * g.n;
+        loss.orth += g.loss.orth;
+        loss.sparsity += g.loss.sparsity;
+      }
+      loss.ce /= Math.max(1, n);
+      loss.orth /= Math.max(1, contribs.length);
+      loss.sparsity /= Math.max(1, contribs.length);
+      loss.total = contribs.reduce((a, g) => a + g.loss.total * g.n, 0) / Math.max(1, n);
+      epochStats.loss += loss.ce * n;
+      epochStats.correct += correct;
+      epochStats.n += n;
+
+      const workers: WorkerTiming[] = tasks
+        .filter((t) => t.peer && t.result && (t.result as GradientsMessage).n > 0)
+        .map((t) => {
+          const g = t.result as GradientsMessage;
+          return { worker: t.peer!.name, n: g.n, computeMs: g.computeMs, commMs: Math.max(0, t.rttMs - g.computeMs) };
+        });
+      const imgPerSec = n / (stepMs / 1000);
+      const line: StepMetrics = {
+        kind: 'step',
+        step: b.step,
+        epoch: b.epoch,
+        lr,
+        loss,
+        trainAcc: correct / Math.max(1, n),
+        n,
+        stepMs,
+        reduceMs,
+        imgPerSec,
+        workers,
+        time: new Date().toISOString(),
+      };
+      this.metrics.write(line);
+      this.opts.onStep?.({
+        step: b.step,
+        epoch: b.epoch,
+        stepInEpoch: b.stepInEpoch,
+        stepsPerEpoch: spe,
+        totalSteps,
+        lr,
+        loss,
+        trainAcc: line.trainAcc,
+        n,
+        stepMs,
+        imgPerSec,
+        workers: this.live().length,
+        slices: tasks.filter((t) => t.indices.length > 0).map((t) => ({ worker: t.peer?.name ?? '?', indices: t.indices })),
+      });
+
+      const epochEnd = b.stepInEpoch === spe - 1;
+      if (epochEnd) {
+        const e: EpochEvent = { epoch: b.epoch, step: b.step + 1, trainLoss: epochStats.loss / Math.max(1, epochStats.n), trainAcc: epochStats.correct / Math.max(1, epochStats.n), epochMs: now() - epochStats.t0 };
+        lastTrain = e.trainAcc;
+        if ((b.epoch + 1) % Math.max(1, cfg.evalEvery) === 0 || b.step + 1 === totalSteps) {
+          const r = await this.evaluate('test');
+          if (r) {
+            e.testAcc = r.acc;
+            e.testLoss = r.loss;
+            lastTest = r.acc;
+          }
+        }
+        const em: EpochMetrics = { kind: 'epoch', ...e, time: new Date().toISOString() };
+        this.metrics.write(em);
+        this.opts.onEpoch?.(e);
+        this.log('info', `epoch ${b.epoch + 1}/${cfg.epochs}: train loss ${e.trainLoss.toFixed(4)} acc ${(e.trainAcc * 100).toFixed(2)}%${e.testAcc !== undefined ? `, test acc ${(e.testAcc * 100).toFixed(2)}%` : ''}`);
+        epochStats = { loss: 0, correct: 0, n: 0, t0: now() };
+      }
+      if (epochEnd || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
+        await this.checkpoint(b.step + 1, sampler, optimizer);
+        lastCkptStep = b.step + 1;
+      }
+    }
+    if (lastCkptStep !== sampler.state().step) await this.checkpoint(sampler.state().step, sampler, optimizer);
+    return {
+      steps: sampler.state().step,
+      epochs: cfg.epochs,
+      finalTestAcc: lastTest,
+      finalTrainAcc: lastTrain,
+      params: this.tensors(this.params!),
+      buffers: this.tensors(this.buffers!),
+      wallMs: now() - t0,
+    };
+  }
+
+  /** Evaluates the current weights on a split (test: datasetInfo.testCount samples), scattered over the workers. */
+  async evaluate(split: 'train' | 'test'): Promise<{ acc: number; loss: number; n: number } | null> {
+    const count = split === 'test' ? this.opts.datasetInfo.testCount : this.opts.datasetInfo.trainCount;
+    if (count === 0) return null;
+    const indices = new Int32Array(count);
+    for (let i = 0; i < count; i++) indices[i] = i;
+    const tasks = await this.runJob('eval', indices, { step: this.weightsVersion, epoch: 0, lr: 0, split });
+    let n = 0;
+    let correct = 0;
+    let lossSum = 0;
+    for (const t of tasks) {
+      const r = t.result as EvalResultMessage;
+      n += r.n;
+      correct += r.correct;
+      lossSum += r.lossSum;
+    }
+    return { acc: correct / Math.max(1, n), loss: lossSum / Math.max(1, n), n };
+  }
+
+  private async checkpoint(step: number, sampler: EpochSampler, optimizer: Optimizer): Promise<void> {
+    if (!this.opts.saveCheckpoint) return;
+    const st = sampler.state();
+    await this.opts.saveCheckpoint({
+      version: 1,
+      config: serializeConfig(this.config) as unknown as Record<string, unknown>,
+      configHash: this.configHash,
+      step,
+      epoch: sampler.currentEpoch,
+      params: this.tensors(this.params!),
+      buffers: this.tensors(this.buffers!),
+      optimizer: optimizer.state(),
+      sampler: st,
+    });
+  }
+
+  /** Tells every worker to exit and stops the server. Safe to call twice. */
+  async close(reason = 'coordinator shutting down'): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.stall.clearAll();
+    this.wake();
+    for (const p of [...this.peers.values()]) {
+      this.send(p, { type: 'shutdown', reason });
+      p.state = 'gone';
+      if (p.handshakeTimer) clearTimeout(p.handshakeTimer);
+      try {
+        p.ws.close(1000, 'shutdown');
+      } catch {
+        /* already closed */
+      }
+      setTimeout(() => p.ws.terminate(), 500).unref?.();
+    }
+    this.peers.clear();
+    const server = this.server;
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+  }
+}

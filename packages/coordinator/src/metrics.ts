@@ -1,0 +1,55 @@
+/**
+ * metrics.jsonl: one JSON object per line, appended as training goes (a crash loses at most the
+ * current line). Step lines carry loss terms, lr, step time and per-worker compute/communication
+ * time; epoch lines carry train/test accuracy. `kind` tells them apart.
+ */
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface WorkerTiming {
+  worker: string;
+  n: number;
+  computeMs: number;
+  /** Round-trip time minus compute time: serialization, transfer and queueing. */
+  commMs: number;
+}
+
+export interface StepMetrics {
+  kind: 'step';
+  step: number;
+  epoch: number;
+  lr: number;
+  loss: { ce: number; orth: number; sparsity: number; total: number };
+  trainAcc: number;
+  n: number;
+  stepMs: number;
+  reduceMs: number;
+  imgPerSec: number;
+  workers: WorkerTiming[];
+  time: string;
+}
+
+export interface EpochMetrics {
+  kind: 'epoch';
+  epoch: number;
+  step: number;
+  trainLoss: number;
+  trainAcc: number;
+  testLoss?: number;
+  testAcc?: number;
+  epochMs: number;
+  time: string;
+}
+
+export type MetricsLine = StepMetrics | EpochMetrics;
+
+/** Appends metrics lines to `path`; a null path keeps nothing (tests, benchmarks). */
+export class MetricsWriter {
+  constructor(private readonly path: string | null) {
+    if (path) mkdirSync(dirname(path), { recursive: true });
+  }
+
+  write(line: MetricsLine): void {
+    if (this.path) appendFileSync(this.path, `${JSON.stringify(line)}\n`);
+  }
+}

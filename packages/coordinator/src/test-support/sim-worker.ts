@@ -1,0 +1,157 @@
+/**
+ * A simulated worker for coordinator tests and the round-overhead benchmark: a plain `ws` client
+ * that speaks the real protocol but computes a deterministic fake "linear model" instead of a
+ * network, so parity with a single process can be checked exactly without TensorFlow.
+ *
+ * Fake model (per parameter tensor p, flattened, slice of sample indices I with mean m):
+ *   grad[j]   = GRAD_SCALE * p[j] + 1e-3 * m * ((j % 7) + 1)      (a per-sample mean, like a real loss)
+ *   buffer[j] = 0.9 * buffer[j] + 0.1 * 1e-2 * m                   (BN running-stat update)
+ *   ce = m / 1000, correct = number of even indices
+ */
+import { createHmac } from 'node:crypto';
+import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION, decodeMessage, encodeMessage, type Message, type StepMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
+
+export const GRAD_SCALE = 0.1;
+
+const meanOf = (idx: ArrayLike<number>): number => {
+  let s = 0;
+  for (let i = 0; i < idx.length; i++) s += idx[i];
+  return idx.length ? s / idx.length : 0;
+};
+
+/** The fake model's gradients for one slice (see the module header). */
+export function fakeGradients(params: readonly WireTensor[], indices: ArrayLike<number>): WireTensor[] {
+  const m = meanOf(indices);
+  return params.map((p) => {
+    const g = new Float32Array(p.data.length);
+    for (let j = 0; j < g.length; j++) g[j] = GRAD_SCALE * p.data[j] + 1e-3 * m * ((j % 7) + 1);
+    return { name: p.name, shape: p.shape, data: g };
+  });
+}
+
+/** The fake model's buffer update for one slice. */
+export function fakeBuffers(buffers: readonly WireTensor[], indices: ArrayLike<number>): WireTensor[] {
+  const m = meanOf(indices);
+  return buffers.map((b) => {
+    const d = new Float32Array(b.data.length);
+    for (let j = 0; j < d.length; j++) d[j] = 0.9 * b.data[j] + 0.1 * 1e-2 * m;
+    return { name: b.name, shape: b.shape, data: d };
+  });
+}
+
+/** What a scripted worker does with a step request. */
+export type StepAction = 'answer' | 'die' | 'stall' | 'nan' | 'wrong-shape';
+
+export interface SimWorkerOptions {
+  url: string;
+  name?: string;
+  token?: string | null;
+  protocolVersion?: number;
+  configHash?: string;
+  specs: { params: TensorSpec[]; buffers: TensorSpec[] };
+  /** Sent as manifest.initial (the coordinator takes the first one when it has no weights). */
+  initial?: { params: WireTensor[]; buffers: WireTensor[] };
+  /** Decides per step request; default 'answer'. */
+  onStep?: (msg: StepMessage, w: SimWorker) => StepAction;
+  /** Artificial compute delay per step (ms). */
+  delayMs?: number;
+  /** Precomputed gradients frame factory (benchmark): skips the fake model. */
+  precomputed?: (msg: StepMessage) => Uint8Array;
+}
+
+export class SimWorker {
+  readonly ws: WebSocket;
+  params: WireTensor[] = [];
+  buffers: WireTensor[] = [];
+  readonly received: Message[] = [];
+  steps = 0;
+  closed: Promise<{ code: number; reason: string }>;
+  /** The error message the coordinator sent before closing, if any. */
+  error: { code: string; message: string } | null = null;
+  readonly ready: Promise<void>;
+
+  constructor(private readonly opts: SimWorkerOptions) {
+    this.ws = new WebSocket(opts.url, { maxPayload: 1 << 30 });
+    let onReady!: () => void;
+    this.ready = new Promise((r) => (onReady = r));
+    this.closed = new Promise((r) => this.ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
+    this.ws.on('error', () => {});
+    this.ws.on('open', () =>
+      this.send({ type: 'hello', protocolVersion: opts.protocolVersion ?? PROTOCOL_VERSION, workerName: opts.name ?? 'sim', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true }),
+    );
+    this.ws.on('message', (data) => {
+      const msg = decodeMessage(data as Uint8Array, { maxBytes: 1 << 30 });
+      if (msg.type !== 'weights') this.received.push(msg);
+      void this.handle(msg, onReady);
+    });
+  }
+
+  send(msg: Message | Uint8Array): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(msg instanceof Uint8Array ? msg : encodeMessage(msg));
+  }
+
+  private async handle(msg: Message, onReady: () => void): Promise<void> {
+    const o = this.opts;
+    switch (msg.type) {
+      case 'challenge':
+        this.send({ type: 'auth', mac: createHmac('sha256', o.token ?? '').update(msg.nonce).digest('hex') });
+        return;
+      case 'welcome':
+        this.send({ type: 'manifest', configHash: o.configHash ?? msg.configHash, params: o.specs.params, buffers: o.specs.buffers, ...(o.initial ? { initial: o.initial } : {}) });
+        onReady();
+        return;
+      case 'weights':
+        this.params = msg.params;
+        this.buffers = msg.buffers;
+        return;
+      case 'step': {
+        const action = o.onStep?.(msg, this) ?? 'answer';
+        if (action === 'die') {
+          this.ws.terminate();
+          return;
+        }
+        if (action === 'stall') return;
+        if (o.delayMs) await new Promise((r) => setTimeout(r, o.delayMs));
+        this.steps++;
+        if (o.precomputed) {
+          this.send(o.precomputed(msg));
+          return;
+        }
+        const grads = fakeGradients(this.params, msg.indices);
+        if (action === 'nan') grads[0].data[grads[0].data.length - 1] = NaN;
+        if (action === 'wrong-shape') grads[0] = { ...grads[0], shape: [grads[0].data.length, 1] };
+        let correct = 0;
+        for (const i of msg.indices) if (i % 2 === 0) correct++;
+        const m = meanOf(msg.indices);
+        this.send({
+          type: 'gradients',
+          step: msg.step,
+          attempt: msg.attempt,
+          n: msg.indices.length,
+          grads,
+          buffers: fakeBuffers(this.buffers, msg.indices),
+          loss: { ce: m / 1000, orth: 0.5, sparsity: 0.25, total: m / 1000 + 0.5 },
+          correct,
+          computeMs: o.delayMs ?? 0,
+        });
+        return;
+      }
+      case 'eval': {
+        let correct = 0;
+        for (const i of msg.indices) if (i % 2 === 0) correct++;
+        this.send({ type: 'eval-result', evalId: msg.evalId, n: msg.indices.length, correct, lossSum: msg.indices.length * 0.5 });
+        return;
+      }
+      case 'error':
+        this.error = { code: msg.code, message: msg.message };
+        return;
+      default:
+        return;
+    }
+  }
+
+  close(): void {
+    this.ws.terminate();
+  }
+}
