@@ -219,9 +219,26 @@ describe('SVDConv2D init, import and config', () => {
       const f = svdFromWeight(c.weight.data, c.weight.shape, { layout: 'pytorch', decomposition: cfg.decomposition });
       expectClose('pytorch layout', pytorchWeightFromMatrix(matrixFromFactors(f), cfg.decomposition, g), c.weight, 1e-5);
       const wt = tf.tidy(() => refToTensor(c.weight).transpose([2, 3, 1, 0]));
-      const f2 = svdFromWeight(wt.dataSync(), wt.shape, { layout: 'tfjs', decomposition: cfg.decomposition });
+      const f2 = svdFromWeight(wt, { layout: 'tfjs', decomposition: cfg.decomposition });
       wt.dispose();
       expectClose('tfjs layout', pytorchWeightFromMatrix(matrixFromFactors(f2), cfg.decomposition, g), c.weight, 1e-5);
+    });
+  }
+
+  for (const decomposition of ['channel', 'spatial'] as const) {
+    it(`importing a tfjs Conv2D kernel [3,3,3,4] via svdFromWeight (${decomposition}) reproduces its output, x=[2,6,5,3]`, async () => {
+      await tf.setBackend('cpu');
+      const conv = tf.layers.conv2d({ filters: 4, kernelSize: 3, padding: 'same', useBias: false, kernelInitializer: 'glorotNormal' });
+      const x = tf.randomNormal([2, 6, 5, 3], 0, 1, 'float32', 12);
+      const want = conv.apply(x) as tf.Tensor;
+      const l = new SVDConv2D({ filters: 4, kernelSize: 3, padding: 1, decomposition, seed: 1 });
+      l.build([null, 6, 5, 3]);
+      l.setFactors(svdFromWeight(conv.getWeights()[0]!, { layout: 'tfjs', decomposition }));
+      const got = l.apply(x) as tf.Tensor;
+      expectClose(`${decomposition} imported conv`, got, want, 1e-5);
+      tf.dispose([x, want, got]);
+      disposeLayer(l);
+      disposeLayer(conv);
     });
   }
 

@@ -197,6 +197,12 @@ export function svdInit(kind: MatrixKind, g: WeightGeometry, seed: number, rank?
   return svdOfMatrix(matrixFromPytorchWeight(w, kind, g), m, p, rank ?? Math.min(m, p));
 }
 
+/** The part of a tf.Tensor that `svdFromWeight` reads (keeps this module free of a tfjs import). */
+export interface TensorLike {
+  shape: number[];
+  dataSync(): ArrayLike<number>;
+}
+
 /** Options of `svdFromWeight`. */
 export interface SvdFromWeightOptions {
   /**
@@ -215,7 +221,18 @@ export interface SvdFromWeightOptions {
  * (truncated) SVD factors, ready for `SVDConv2D.setFactors` / `SVDDense.setFactors`.
  * @param weight flat values with the given `shape` (4-D conv or 2-D dense, in `opts.layout`).
  */
-export function svdFromWeight(weight: ArrayLike<number>, shape: readonly number[], opts: SvdFromWeightOptions): SvdFactors {
+export function svdFromWeight(weight: ArrayLike<number>, shape: readonly number[], opts: SvdFromWeightOptions): SvdFactors;
+/** Same, reading values and shape from a tensor (e.g. a tfjs Conv2D kernel with `layout: 'tfjs'`). */
+export function svdFromWeight(weight: TensorLike, opts: SvdFromWeightOptions): SvdFactors;
+export function svdFromWeight(
+  w: ArrayLike<number> | TensorLike,
+  shapeOrOpts: readonly number[] | SvdFromWeightOptions,
+  maybeOpts?: SvdFromWeightOptions,
+): SvdFactors {
+  const isTensor = !Array.isArray(shapeOrOpts);
+  const weight = isTensor ? (w as TensorLike).dataSync() : (w as ArrayLike<number>);
+  const shape = isTensor ? (w as TensorLike).shape : (shapeOrOpts as readonly number[]);
+  const opts = isTensor ? (shapeOrOpts as SvdFromWeightOptions) : maybeOpts!;
   let g: WeightGeometry;
   let pt: ArrayLike<number> = weight;
   let kind: MatrixKind;
