@@ -5,7 +5,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { TOL, loadReference, refToTensor, refToNhwc, expectClose, expectNoLeakedTensors, type RefTensor } from './test-support/index.js';
+import { TOL, loadReference, refToTensor, refToNhwc, expectClose, expectNoLeakedTensors, forEachBackend, type RefTensor } from './test-support/index.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 
@@ -60,10 +60,9 @@ function buildModel(c: Case): tf.LayersModel {
   return model;
 }
 
-describe('layers.json cases in a LayersModel: save → tf.loadLayersModel → same forward (cpu)', () => {
+forEachBackend(['cpu', 'wasm'], (backend) => describe('layers.json cases in a LayersModel: save → tf.loadLayersModel → same forward', () => {
   for (const c of cases) {
     it(`${c.name} x=[${c.x.shape}] U=[${c.U.shape}] V=[${c.V.shape}] forward 'auto'`, async () => {
-      await tf.setBackend('cpu');
       const model = buildModel(c);
       let artifacts: tf.io.ModelArtifacts | undefined;
       await model.save(
@@ -84,10 +83,10 @@ describe('layers.json cases in a LayersModel: save → tf.loadLayersModel → sa
         out.dispose();
         return flat;
       }, `${c.name} predict`);
-      expectClose(`${c.name} reloaded y`, y, c.y, TOL.tensorRel);
+      expectClose(`${backend}/${c.name} reloaded y`, y, c.y, TOL.tensorRel);
       x.dispose();
       model.dispose();
       reloaded.dispose();
     });
   }
-});
+}));
