@@ -1,6 +1,6 @@
 /**
  * Minimal type declarations for the `ws` package (no @types/ws in the workspace). Only the surface
- * the worker uses; kept out of the worker's public types on purpose.
+ * the worker and its tests use; kept out of the worker's public types on purpose.
  */
 declare module 'ws' {
   import type { EventEmitter } from 'node:events';
@@ -17,6 +17,14 @@ declare module 'ws' {
     on(event: 'close', cb: (code: number, reason: Buffer) => void): this;
     on(event: 'error', cb: (err: Error) => void): this;
   }
-  export { WebSocket, type RawData };
+  class WebSocketServer extends EventEmitter {
+    constructor(options: { host?: string; port?: number; maxPayload?: number }, cb?: () => void);
+    address(): { port: number; address: string } | string | null;
+    close(cb?: (err?: Error) => void): void;
+    readonly clients: Set<WebSocket>;
+    on(event: 'connection', cb: (ws: WebSocket) => void): this;
+    once(event: 'listening', cb: () => void): this;
+  }
+  export { WebSocket, WebSocketServer, type RawData };
   export default WebSocket;
 }

@@ -1,0 +1,159 @@
+/// <reference path="./ws-shim.d.ts" />
+/**
+ * runWorker against a scripted fake coordinator (a bare ws server speaking core's protocol): the
+ * handshake answers the challenge with the HMAC of the nonce, fetches missing data in chunks and
+ * md5-checks it, sends its manifest, computes a step's gradients with the right sample count,
+ * evaluates, reconnects after the coordinator drops it, and stops on shutdown or on a refusal.
+ */
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { describe, expect, it } from 'vitest';
+import {
+  CIFAR_FILES,
+  PROTOCOL_VERSION,
+  SvdTrainError,
+  configHash,
+  decodeMessage,
+  encodeMessage,
+  resolveConfig,
+  serializeConfig,
+  writeSyntheticCifar10,
+  type Message,
+} from '@svd-train/core';
+import { md5Hex } from './data-cache.js';
+import { runWorker } from './worker.js';
+
+const TOKEN = 'tok';
+
+function dataset() {
+  const dir = mkdtempSync(join(tmpdir(), 'wk-data-'));
+  writeSyntheticCifar10(dir, { train: 10, test: 4, seed: 5 });
+  const md5s = Object.fromEntries(CIFAR_FILES.map((f) => [f, md5Hex(readFileSync(join(dir, f)))]));
+  return { dir, md5s };
+}
+
+type Script = (ws: WebSocket, recv: () => Promise<Message>, send: (m: Message) => void, conn: number) => Promise<void>;
+
+async function fakeCoordinator(script: Script): Promise<{ url: string; close(): void }> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  let conn = 0;
+  wss.on('connection', (ws) => {
+    const queue: Message[] = [];
+    const waiters: ((m: Message) => void)[] = [];
+    ws.on('message', (d) => {
+      const m = decodeMessage(new Uint8Array(d as Buffer));
+      const w = waiters.shift();
+      if (w) w(m);
+      else queue.push(m);
+    });
+    const recv = () => new Promise<Message>((r) => (queue.length ? r(queue.shift()!) : waiters.push(r)));
+    const send = (m: Message) => ws.send(encodeMessage(m));
+    void script(ws, recv, send, conn++).catch((e) => {
+      send({ type: 'error', code: 'TEST_FAILED', message: String(e) });
+      ws.close();
+    });
+  });
+  const { port } = wss.address() as { port: number };
+  return { url: `ws://127.0.0.1:${port}`, close: () => wss.close() };
+}
+
+const cfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', augment: true }, undefined, {});
+
+async function handshake(recv: () => Promise<Message>, send: (m: Message) => void, md5s: Record<string, string>, serveDir: string | null) {
+  const hello = await recv();
+  expect(hello.type).toBe('hello');
+  if (hello.type !== 'hello') throw new Error();
+  expect(hello.protocolVersion).toBe(PROTOCOL_VERSION);
+  const nonce = new Uint8Array([1, 2, 3, 4]);
+  send({ type: 'challenge', nonce, authRequired: true });
+  const auth = await recv();
+  expect(auth).toEqual({ type: 'auth', mac: createHmac('sha256', TOKEN).update(nonce).digest('hex') });
+  send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
+  const requested: string[] = [];
+  for (;;) {
+    const m = await recv();
+    if (m.type === 'data-request') {
+      requested.push(m.file);
+      const bytes = new Uint8Array(readFileSync(join(serveDir!, m.file)));
+      const half = Math.ceil(bytes.length / 2);
+      send({ type: 'data-chunk', file: m.file, index: 0, total: 2, bytes: bytes.subarray(0, half), md5: md5s[m.file]! });
+      send({ type: 'data-chunk', file: m.file, index: 1, total: 2, bytes: bytes.subarray(half), md5: md5s[m.file]! });
+      continue;
+    }
+    expect(m.type).toBe('manifest');
+    return { manifest: m as Extract<Message, { type: 'manifest' }>, requested, hello };
+  }
+}
+
+describe('runWorker against a scripted coordinator', () => {
+  it('handshake, chunked data transfer, one step, one eval, reconnect, shutdown', async () => {
+    const { dir, md5s } = dataset();
+    const log: string[] = [];
+    const seen: Record<string, unknown> = {};
+    const fake = await fakeCoordinator(async (ws, recv, send, conn) => {
+      const { manifest, requested, hello } = await handshake(recv, send, md5s, dir);
+      if (conn === 0) {
+        seen.requested = requested;
+        seen.hasData = (hello as { hasData: boolean }).hasData;
+        expect(manifest.configHash).toBe(configHash(cfg));
+        expect(manifest.params.length).toBeGreaterThan(10);
+        send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from([3, 1, 4]), lr: 0.1, attempt: 0 });
+        const g = await recv();
+        if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
+        seen.n = g.n;
+        seen.names = g.grads.map((t) => t.name);
+        seen.manifestNames = manifest.params.map((t) => t.name);
+        seen.finite = Number.isFinite(g.loss.total) && g.loss.total >= g.loss.ce;
+        send({ type: 'eval', evalId: 7, split: 'test', indices: Int32Array.from([0, 1, 2, 3]) });
+        const e = await recv();
+        seen.eval = e.type === 'eval-result' ? [e.evalId, e.n] : e.type;
+        ws.close(1001, 'going away'); // the worker must reconnect
+        return;
+      }
+      seen.reconnected = requested.length === 0; // cached: no second transfer
+      send({ type: 'shutdown', reason: 'done' });
+    });
+    try {
+      const r = await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: (s) => log.push(s) });
+      expect(r.reason).toBe('done');
+      expect(r.steps).toBe(1);
+    } finally {
+      fake.close();
+    }
+    expect(seen.hasData).toBe(false);
+    expect((seen.requested as string[]).sort()).toEqual([...CIFAR_FILES].sort());
+    expect(seen.n).toBe(3);
+    expect(seen.names).toEqual(seen.manifestNames);
+    expect(seen.finite).toBe(true);
+    expect(seen.eval).toEqual([7, 4]);
+    expect(seen.reconnected).toBe(true);
+    expect(log.join('\n')).toMatch(/backend wasm/);
+    expect(log.join('\n')).toMatch(/reconnecting/);
+  });
+
+  it('a refusal (AUTH_FAILED) ends the worker with that error instead of retrying', async () => {
+    let connections = 0;
+    const fake = await fakeCoordinator(async (ws, recv, send) => {
+      connections++;
+      await recv();
+      send({ type: 'error', code: 'AUTH_FAILED', message: 'bad token' });
+      ws.close();
+    });
+    try {
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: TOKEN, log: () => {} }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SvdTrainError);
+      expect((err as SvdTrainError).code).toBe('AUTH_FAILED');
+      expect(connections).toBe(1);
+    } finally {
+      fake.close();
+    }
+  });
+
+  it('a non-ws URL is refused with the expected form', async () => {
+    await expect(runWorker({ coordinator: 'http://x:1', backend: 'cpu', log: () => {} })).rejects.toThrow(/ws:\/\/HOST:PORT/);
+  });
+});
