@@ -1,0 +1,125 @@
+import { describe, it, expect, afterAll } from 'vitest';
+import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { expectClose } from './test-support/index.js';
+import { buildResNet } from './resnet.js';
+import { getParameters, getBuffers, setBuffers, namedParameters } from './parameter-names.js';
+import { exportToStockLayers, fileSystemIO, saveToMemory, loadFromMemory } from './export.js';
+import { pruneByEnergy } from './prune.js';
+
+const STOCK = new Set(['InputLayer', 'Conv2D', 'Dense', 'BatchNormalization', 'ZeroPadding2D', 'ReLU', 'Add', 'GlobalAveragePooling2D']);
+
+function resnet8(decomposition: 'channel' | 'spatial'): tf.LayersModel {
+  const m = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], decomposition, seed: 21 });
+  // Non-trivial running statistics and parameters, so a dropped or swapped weight shows.
+  setBuffers(m, getBuffers(m).map((b, i) => ({ ...b, data: b.data.map((_, j) => (b.name.endsWith('running_var') ? 0.5 + ((i + j) % 4) / 4 : ((i * 3 + j) % 5) / 10 - 0.2)) })));
+  for (const p of namedParameters(m)) {
+    if (!/bn\d|stem\.1|shortcut\.1|fc\.bias/.test(p.name)) continue;
+    const v = p.variable.read().dataSync() as Float32Array;
+    tf.tidy(() => {
+      p.variable.write(tf.tensor(v.map((x, j) => x + 0.1 * Math.sin(j + 1)), p.variable.shape as number[]));
+    });
+  }
+  return m;
+}
+
+
+const dirs: string[] = [];
+afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+describe('save / load with our layers registered', () => {
+  it('ResNet-8 channel: memory round-trip keeps every weight and the outputs', async () => {
+    const m = resnet8('channel');
+    const x = tf.randomNormal([2, 32, 32, 3], 0, 1, 'float32', 4);
+    const back = await loadFromMemory(await saveToMemory(m));
+    expect(getParameters(back)).toEqual(getParameters(m));
+    expect(getBuffers(back)).toEqual(getBuffers(m));
+    const [a, b] = [m.predict(x) as tf.Tensor, back.predict(x) as tf.Tensor];
+    expectClose('reloaded logits', b, a, 0);
+    tf.dispose([x, a, b]);
+    m.dispose();
+    back.dispose();
+  });
+
+  it('fileSystemIO writes model.json + weights.bin and reads a pruned spatial model back', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-export-'));
+    dirs.push(dir);
+    const m = resnet8('spatial');
+    const { model: pruned } = pruneByEnergy(m, 0.2);
+    await pruned.save(fileSystemIO(dir));
+    const json = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8'));
+    expect(json.weightsManifest[0].paths).toEqual(['./weights.bin']);
+    const back = await tf.loadLayersModel(fileSystemIO(dir));
+    expect(getParameters(back)).toEqual(getParameters(pruned));
+    const x = tf.randomNormal([1, 32, 32, 3], 0, 1, 'float32', 5);
+    const [a, b] = [pruned.predict(x) as tf.Tensor, back.predict(x) as tf.Tensor];
+    expectClose('fs reloaded logits', b, a, 0);
+    tf.dispose([x, a, b]);
+    [m, pruned, back].forEach((q) => q.dispose());
+  });
+
+  it('fileSystemIO reports a truncated weights file as CHECKPOINT_CORRUPT', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-export-'));
+    dirs.push(dir);
+    const m = tf.sequential({ layers: [tf.layers.dense({ inputShape: [3], units: 2 })] });
+    await m.save(fileSystemIO(dir));
+    writeFileSync(join(dir, 'weights.bin'), new Uint8Array(4));
+    await expect(tf.loadLayersModel(fileSystemIO(dir))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT' });
+    m.dispose();
+  });
+});
+
+describe('exportToStockLayers', () => {
+  for (const decomposition of ['channel', 'spatial'] as const) {
+    it(`ResNet-8 ${decomposition}: only stock classes in the JSON, same inference outputs after a memory round-trip`, async () => {
+      const m = resnet8(decomposition);
+      const stock = exportToStockLayers(m);
+      const artifacts = await saveToMemory(stock);
+      const layerClasses = (artifacts.modelTopology as { config: { layers: { class_name: string }[] } }).config.layers.map((l) => l.class_name);
+      expect(layerClasses.filter((c) => !STOCK.has(c))).toEqual([]);
+      expect(JSON.stringify(artifacts.modelTopology)).not.toMatch(/SVD|SvdBatchNorm/);
+      const loaded = await tf.loadLayersModel(tf.io.fromMemory(artifacts));
+      const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 6);
+      const [a, b] = [m.predict(x) as tf.Tensor, loaded.predict(x) as tf.Tensor];
+      expectClose(`stock ${decomposition} logits`, b, a, 1e-5);
+      tf.dispose([x, a, b]);
+      [m, stock, loaded].forEach((q) => q.dispose());
+    });
+  }
+
+  it('the exported model loads in a separate node process that imports only @tensorflow/tfjs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-export-'));
+    dirs.push(dir);
+    const m = resnet8('channel');
+    await exportToStockLayers(m).save(fileSystemIO(dir));
+    const xData = Float32Array.from({ length: 2 * 32 * 32 * 3 }, (_, i) => Math.sin(i * 0.37));
+    writeFileSync(join(dir, 'x.bin'), new Uint8Array(xData.buffer));
+    // The child resolves @tensorflow/tfjs from this package and never sees our modules.
+    const script = `
+      import * as tf from '@tensorflow/tfjs';
+      import { readFileSync } from 'node:fs';
+      const dir = ${JSON.stringify(dir)};
+      const json = JSON.parse(readFileSync(dir + '/model.json', 'utf8'));
+      const bin = readFileSync(dir + '/weights.bin');
+      const specs = json.weightsManifest.flatMap((g) => g.weights);
+      const weightData = bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength);
+      const model = await tf.loadLayersModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs: specs, weightData }));
+      const xb = readFileSync(dir + '/x.bin');
+      const x = tf.tensor4d(new Float32Array(xb.buffer.slice(xb.byteOffset, xb.byteOffset + xb.byteLength)), [2, 32, 32, 3]);
+      process.stdout.write(JSON.stringify(Array.from(model.predict(x).dataSync())));
+    `;
+    const { execFileSync } = await import('node:child_process');
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: join(import.meta.dirname, '..'),
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    const x = tf.tensor4d(xData, [2, 32, 32, 3]);
+    const want = m.predict(x) as tf.Tensor;
+    expectClose('logits from a plain-tfjs process', JSON.parse(out) as number[], want, 1e-5);
+    tf.dispose([x, want]);
+    m.dispose();
+  });
+});
