@@ -11,3 +11,4 @@ export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 export { computeGradients, evaluate, type GradientResult, type RegularizationOptions } from './train-step.js';
+export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers } from './export.js';
