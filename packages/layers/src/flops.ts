@@ -39,8 +39,9 @@ function layerMacs(layer: tf.layers.Layer, inShape: tf.Shape, outShape: tf.Shape
     const [, h, w] = inShape as number[];
     const [, oh, ow] = outShape as number[];
     const { n, c, kh, kw } = layer.geometry();
-    const cost = svdConvForwardCost({ decomposition: layer.decomposition, n, c, kh, kw, r: layer.rank, inW: w!, outH: oh!, outW: ow! });
-    return cost[layer.forwardFor(h!, w!)];
+    // For one image: 'auto' picks by the batch size, and a single image is what inference runs.
+    const cost = svdConvForwardCost({ decomposition: layer.decomposition, n, c, kh, kw, r: layer.rank, inW: w!, outH: oh!, outW: ow!, batch: 1 });
+    return cost[layer.forwardFor(h!, w!, 1)];
   }
   if (layer instanceof SVDDense) return layer.inFeatures * layer.rank + layer.rank * layer.units;
   const cls = layer.getClassName();
