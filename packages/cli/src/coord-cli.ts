@@ -5,23 +5,46 @@
  */
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import {
+  CIFAR_SPLIT_FILES,
   ProgressBar,
-  SvdTrainError,
-  configHash,
-  readCifar10,
   assembleBatch,
+  configHash,
+  downloadCifar10,
+  ensureCifar10,
+  latestCheckpoint,
+  loadCheckpoint,
+  md5File,
+  readCifar10,
   resolveConfig,
   resolveDataDir,
+  saveCheckpoint,
   serializeConfig,
+  type Checkpoint,
+  type DatasetInfo,
   type RunConfig,
 } from '@svd-train/core';
+import {
+  SvdBatchNorm,
+  buildResNet,
+  countFlops,
+  evaluate,
+  getBuffers,
+  getParameters,
+  initEngine,
+  namedParameters,
+  pruneByEnergy,
+  setBuffers,
+  setParameters,
+} from '@svd-train/layers';
+import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { reportError, usageError } from './cli-errors.js';
-import { peers, type CheckpointLike } from './peers.js';
+import { peers } from './peers.js';
 import { writeReport, type FlopsRow } from './report.js';
 import { spawnWorkers } from './spawn-workers.js';
 
+type Model = ReturnType<typeof buildResNet>;
 type Out = { out: (s: string) => void; err: (s: string) => void };
 const defaultIo: Out = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
@@ -81,138 +104,166 @@ function describeLayers(report: unknown): string {
   return [line(keys), ...rows.map((r) => line(keys.map((k) => (r as Record<string, unknown>)[k])))].join('\n');
 }
 
-async function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed'>): Promise<unknown> {
-  const build = await peers.buildResNet();
-  const depth = cfg.model === 'resnet18' ? 'resnet18' : Number(cfg.model.slice(6));
+function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed'>): Model {
+  const depth = cfg.model === 'resnet18' ? 'resnet18' : (Number(cfg.model.slice(6)) as 20 | 32 | 44 | 56 | 110);
   // Seeded from the run seed, so a run (and the parity tests' single-process reference) is reproducible.
-  return build({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
+  return buildResNet({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
 }
 
-async function modelFromCheckpoint(path: string): Promise<{ ckpt: CheckpointLike; model: unknown; cfg: RunConfig }> {
+/** BN gammas/betas by PyTorch name: never weight-decayed (their names look like conv weights). */
+function batchNormParamNames(model: Model): string[] {
+  const bnVars = new Set(model.layers.filter((l) => l instanceof SvdBatchNorm).flatMap((l) => l.trainableWeights.map((w) => w.name)));
+  return namedParameters(model).filter((p) => bnVars.has(p.variable.name)).map((p) => p.name);
+}
+
+function loadCheckpointFile(path: string): Checkpoint {
   if (!existsSync(path)) throw usageError(`Checkpoint ${JSON.stringify(path)} does not exist. Fix: pass a file from runs/NAME/checkpoints/.`);
-  const ckpt = (await peers.loadCheckpoint())(path);
+  return loadCheckpoint(path);
+}
+
+async function modelFromCheckpoint(path: string): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
+  const ckpt = loadCheckpointFile(path);
   const cfg = resolveConfig({}, ckpt.config as Record<string, unknown>, {});
-  await (await peers.initEngine())({ backend: cfg.backend === 'tensorflow' ? 'tensorflow' : 'auto' });
-  const model = await modelFor(cfg);
-  (await peers.setParameters())(model, ckpt.params);
-  if (ckpt.buffers?.length) (await peers.setBuffers())(model, ckpt.buffers);
+  await initEngine({ backend: cfg.backend });
+  const model = modelFor(cfg);
+  setParameters(model, ckpt.params);
+  if (ckpt.buffers.length) setBuffers(model, ckpt.buffers);
   return { ckpt, model, cfg };
 }
 
-async function flopsAtEnergies(model: unknown, energies: number[]): Promise<FlopsRow[]> {
-  const count = await peers.countFlops();
-  const prune = await peers.pruneByEnergy();
-  const f = (m: unknown) => {
-    const r = count(m);
-    return typeof r === 'number' ? { flops: r } : r;
+/** What the coordinator tells workers about the data: sizes after the limits, md5 of every file. */
+function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
+  const train = readCifar10(dir, 'train');
+  const test = readCifar10(dir, 'test');
+  const md5s: Record<string, string> = {};
+  for (const f of [...CIFAR_SPLIT_FILES.train, ...CIFAR_SPLIT_FILES.test]) md5s[f] = md5File(join(dir, f));
+  return {
+    trainCount: Math.min(train.count, cfg.limitTrain ?? train.count),
+    testCount: Math.min(test.count, cfg.limitTest ?? test.count),
+    md5s,
   };
-  const rows: FlopsRow[] = [{ label: 'full', ...f(model) }];
-  for (const e of energies) rows.push({ label: `pruned e=${e}`, ...f(prune(model, e).model) });
+}
+
+function flopsAtEnergies(model: Model, energies: number[]): FlopsRow[] {
+  const rows: FlopsRow[] = [{ label: 'full', flops: countFlops(model).total }];
+  for (const e of energies) {
+    const pruned = pruneByEnergy(model, e);
+    rows.push({ label: `pruned e=${e}`, flops: countFlops(pruned.model).total });
+    pruned.model.dispose();
+  }
   return rows;
 }
 
 async function startCommand(opts: Record<string, unknown>, io: Out): Promise<number> {
   const cfg = configFromOptions(opts);
   const outDir = resolve(cfg.out);
-  mkdirSync(join(outDir, 'checkpoints'), { recursive: true });
-  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: configHash(cfg) }, null, 2) + '\n');
-  const dataDir = resolveDataDir({ flag: cfg.data }).dir;
-  const engine = await (await peers.initEngine())({ backend: 'cpu' });
-  io.err(`coordinator: initial weights built on ${engine.backend}\n`);
-  let initialParams: unknown;
-  let initialBuffers: unknown;
-  let resumeFrom: CheckpointLike | null = null;
+  const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
+  const info = datasetInfoFor(data.dir, cfg);
+  const engine = await initEngine({ backend: 'auto' });
+  io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
+  const hash = configHash(cfg);
+  const ckptDir = join(outDir, 'checkpoints');
+  let resume: Checkpoint | undefined;
+  let from: Checkpoint | undefined;
   if (cfg.resume) {
-    const latest = (await peers.latestCheckpoint())(join(outDir, 'checkpoints'));
-    if (!latest) throw usageError(`--resume: no checkpoint in ${join(outDir, 'checkpoints')}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
-    resumeFrom = (await peers.loadCheckpoint())(latest, { configHash: configHash(cfg) });
-    io.err(`resuming from ${latest} (step ${resumeFrom.step}, epoch ${resumeFrom.epoch})\n`);
-  } else {
-    const model = await modelFor(cfg);
-    if (cfg.from) {
-      const ck = (await peers.loadCheckpoint())(cfg.from);
-      (await peers.setParameters())(model, ck.params);
-      if (ck.buffers?.length) (await peers.setBuffers())(model, ck.buffers);
-      io.err(`fine-tuning from ${cfg.from}\n`);
-    }
-    initialParams = (await peers.getParameters())(model);
-    initialBuffers = (await peers.getBuffers())(model);
+    const latest = latestCheckpoint(ckptDir, { configHash: hash, onWarning: (m) => io.err(`warning: ${m}\n`) });
+    if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
+    resume = latest.checkpoint;
+    io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
+  } else if (cfg.from) {
+    from = loadCheckpointFile(cfg.from);
+    io.err(`fine-tuning from ${cfg.from} (step ${from.step})\n`);
   }
+  // The model is built even when resuming: its manifest and BN parameter names are authoritative.
+  const model = modelFor(cfg);
+  mkdirSync(ckptDir, { recursive: true });
+  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
+
   const tty = Boolean(process.stderr.isTTY);
   let bar: ProgressBar | null = null;
-  const Coordinator = await peers.Coordinator();
   const coord = new Coordinator({
     config: cfg,
-    dataDir,
-    outDir,
-    initialParams,
-    initialBuffers,
-    resumeFrom,
-    onLog: (line: string) => io.err(`${line}\n`),
-    onStep: (s: Record<string, any>) => {
+    datasetInfo: info,
+    dataDir: data.dir,
+    initialParams: getParameters(model),
+    initialBuffers: getBuffers(model),
+    ...(resume ? { resume: resume as never } : {}),
+    ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
+    noDecay: batchNormParamNames(model),
+    saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c as Checkpoint, { keep: cfg.keepCheckpoints }),
+    metricsPath: join(outDir, 'metrics.jsonl'),
+    onLog: (level: LogLevel, line: string) => {
+      if (level === 'debug') return;
+      if (bar && tty) io.err('\n');
+      io.err(`${level === 'info' ? '' : `${level}: `}${line}\n`);
+    },
+    onStep: (s: StepEvent) => {
+      const note = `${Math.round(s.imgPerSec)} img/s loss ${s.loss.ce.toFixed(3)} acc ${(100 * s.trainAcc).toFixed(1)}%`;
       if (tty) {
-        if (!bar || s.stepInEpoch === 0) bar = new ProgressBar({ label: `epoch ${s.epoch + 1}/${cfg.epochs}`, total: s.stepsPerEpoch ?? null, unit: 'steps' });
-        bar.update((s.stepInEpoch ?? 0) + 1, `${Math.round(s.imgPerSec ?? 0)} img/s loss ${Number(s.loss?.ce ?? s.ce).toFixed(3)} acc ${(100 * (s.trainAcc ?? 0)).toFixed(1)}%`);
-      } else if (s.step % 10 === 0) {
-        io.err(`step ${s.step} epoch ${s.epoch} loss ${Number(s.loss?.ce ?? s.ce).toFixed(4)} acc ${(100 * (s.trainAcc ?? 0)).toFixed(1)}% lr ${Number(s.lr).toExponential(2)} ${Math.round(s.imgPerSec ?? 0)} img/s\n`);
+        if (!bar || s.stepInEpoch === 0) bar = new ProgressBar({ label: `epoch ${s.epoch + 1}/${cfg.epochs}`, total: s.stepsPerEpoch, unit: 'steps' });
+        bar.update(s.stepInEpoch + 1, note);
+      } else if (s.step % 10 === 0 || s.stepInEpoch === s.stepsPerEpoch - 1) {
+        io.err(`step ${s.step + 1}/${s.totalSteps} epoch ${s.epoch + 1} ${note} lr ${s.lr.toExponential(2)} workers ${s.workers}\n`);
       }
     },
-    onEpoch: (e: Record<string, any>) => {
-      (bar as ProgressBar | null)?.done();
+    onEpoch: (e: EpochEvent) => {
+      bar?.done();
       bar = null;
-      const test = typeof e.testAcc === 'number' ? ` test acc ${(100 * e.testAcc).toFixed(2)}%` : '';
-      io.err(`epoch ${e.epoch} done: train loss ${Number(e.trainLoss ?? e.ce).toFixed(4)} train acc ${(100 * (e.trainAcc ?? 0)).toFixed(2)}%${test}\n`);
+      const test = e.testAcc !== undefined ? ` test acc ${(100 * e.testAcc).toFixed(2)}%` : '';
+      io.err(`epoch ${e.epoch + 1} done in ${(e.epochMs / 1000).toFixed(1)} s: train loss ${e.trainLoss.toFixed(4)} train acc ${(100 * e.trainAcc).toFixed(2)}%${test}\n`);
     },
   });
   let workers: ReturnType<typeof spawnWorkers> | null = null;
-  const cleanup = async () => {
-    await workers?.killAll();
-  };
   const onSignal = (sig: NodeJS.Signals) => {
-    io.err(`received ${sig}; stopping workers\n`);
-    void cleanup().finally(() => process.exit(130));
+    io.err(`received ${sig}; stopping\n`);
+    void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const running = coord.start();
-    if (cfg.spawn > 0) workers = spawnWorkers(cfg.spawn, { port: cfg.port, backend: cfg.backend, token: cfg.token, data: cfg.data, write: io.err });
-    const summary = await running;
-    io.err(`training finished: ${JSON.stringify(summary)}\n`);
+    const { port } = await coord.listen();
+    if (cfg.spawn > 0) {
+      workers = spawnWorkers(cfg.spawn, { port, backend: cfg.backend, token: cfg.token, data: data.dir, write: io.err });
+    }
+    const summary = await coord.start();
+    const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
+    io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
   } finally {
-    await cleanup();
+    await workers?.killAll();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
   }
   try {
-    const latest = (await peers.latestCheckpoint())(join(outDir, 'checkpoints'));
-    await reportCommand(outDir, io, latest);
+    await reportCommand(outDir, { out: io.err, err: io.err });
   } catch (e) {
-    io.err(`report: ${(e as Error).message}\n`);
+    io.err(`report not written: ${(e as Error).message}\n`);
   }
   return 0;
 }
 
-async function reportCommand(runDir: string, io: Out, ckptPath?: string | null): Promise<number> {
+async function reportCommand(runDir: string, io: Out): Promise<number> {
   if (!existsSync(runDir)) throw usageError(`Run folder ${JSON.stringify(runDir)} does not exist. Fix: pass a folder written by \`svd-coord start --out DIR\`.`);
   const notes: string[] = [];
-  let params: CheckpointLike['params'] | undefined;
+  let params: Checkpoint['params'] | undefined;
   let flops: FlopsRow[] | undefined;
   try {
-    const path = ckptPath ?? (await peers.latestCheckpoint())(join(runDir, 'checkpoints'));
-    if (path) {
-      const { ckpt, model } = await modelFromCheckpoint(path);
+    const latest = latestCheckpoint(join(runDir, 'checkpoints'));
+    if (latest) {
+      const { ckpt, model } = await modelFromCheckpoint(latest.path);
       params = ckpt.params;
-      notes.push(`Spectra and FLOPs from ${path} (step ${ckpt.step}).`);
+      notes.push(`Spectra and FLOPs from ${latest.path} (step ${ckpt.step}).`);
       try {
-        flops = await flopsAtEnergies(model, [0.01, 0.05]);
+        flops = flopsAtEnergies(model, [0.01, 0.05]);
       } catch (e) {
         notes.push(`FLOPs not computed: ${(e as Error).message}`);
       }
+      model.dispose();
     } else notes.push('No checkpoint found: no spectra or FLOPs.');
   } catch (e) {
     notes.push(`Checkpoint not read: ${(e as Error).message}`);
   }
   const out = writeReport(runDir, { params, flops, notes });
-  io.out(`${out}\n`);
+  io.out(`report written to ${out}\n`);
   return 0;
 }
 
@@ -220,13 +271,12 @@ async function evalCommand(path: string, opts: { data?: string; limitTest?: stri
   const { model, cfg } = await modelFromCheckpoint(path);
   const test = readCifar10(resolveDataDir({ flag: opts.data ?? cfg.data }).dir, 'test');
   const n = Math.min(test.count, opts.limitTest ? Number(opts.limitTest) : (cfg.limitTest ?? test.count));
-  const ev = await peers.evaluate();
   let correct = 0;
   let lossSum = 0;
   for (let lo = 0; lo < n; lo += cfg.maxWorkerBatch) {
     const idx = Int32Array.from({ length: Math.min(cfg.maxWorkerBatch, n - lo) }, (_, i) => lo + i);
     const { x, y } = assembleBatch(test, idx, { seed: 0, epoch: 0, augment: false });
-    const r = ev(model, x, y);
+    const r = evaluate(model, x, y);
     correct += r.correct;
     lossSum += r.lossSum;
   }
@@ -236,13 +286,22 @@ async function evalCommand(path: string, opts: { data?: string; limitTest?: stri
 
 async function pruneCommand(path: string, opts: { energy: string; out?: string }, io: Out): Promise<number> {
   const e = Number(opts.energy);
-  if (!(e >= 0 && e < 1)) throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
+  if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
+    throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
+  }
   const { ckpt, model } = await modelFromCheckpoint(path);
-  const { model: pruned, report } = (await peers.pruneByEnergy())(model, e);
+  const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
-  const outPath = opts.out ?? path.replace(/(\.[^./]+)?$/, `.pruned-e${e}$1`);
-  (await peers.saveCheckpoint())(outPath, { ...ckpt, params: (await peers.getParameters())(pruned), buffers: (await peers.getBuffers())(pruned) });
-  io.out(`pruned checkpoint written to ${outPath}; fine-tune with \`svd-coord start --from ${outPath}\`\n`);
+  const sum = (k: 'paramsBefore' | 'paramsAfter' | 'flopsBefore' | 'flopsAfter') => report.reduce((a, r) => a + r[k], 0);
+  io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('flopsBefore')} -> ${sum('flopsAfter')}\n`);
+  const outDir = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
+  const written = saveCheckpoint(outDir, {
+    ...ckpt,
+    params: getParameters(pruned),
+    buffers: getBuffers(pruned),
+    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: e, ranks: Object.fromEntries(report.map((r) => [r.name, r.rankAfter])) },
+  });
+  io.out(`pruned checkpoint written to ${written}\n`);
   return 0;
 }
 
@@ -300,7 +359,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .action(
       wrap(async (o: { dir?: string }) => {
         const dir = o.dir ?? resolveDataDir({ flag: null }).dir;
-        await (await peers.downloadCifar10())(dir, {});
+        await downloadCifar10(dir, {});
         io.out(`CIFAR-10 ready in ${dir}\n`);
         return 0;
       }),
@@ -319,4 +378,3 @@ export async function runCoordCli(argv: string[]): Promise<void> {
   process.exitCode = code;
 }
 
-void SvdTrainError;
