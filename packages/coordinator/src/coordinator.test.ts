@@ -1,0 +1,287 @@
+import { describe, it, expect, afterEach } from 'vitest';
+import { WebSocket } from 'ws';
+import { EpochSampler, createOptimizer, lrAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
+import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
+import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
+
+const SPECS = {
+  params: [
+    { name: 'conv.U', shape: [3, 4] },
+    { name: 'conv.s', shape: [4] },
+    { name: 'fc.bias', shape: [2] },
+  ],
+  buffers: [{ name: 'bn.running_mean', shape: [4] }],
+};
+const TRAIN = 20;
+const TEST = 7;
+
+function initial(): { params: WireTensor[]; buffers: WireTensor[] } {
+  const mk = (s: { name: string; shape: number[] }, k: number): WireTensor => {
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    return { name: s.name, shape: s.shape, data: Float32Array.from({ length: n }, (_, j) => Math.sin(k * 10 + j) * 0.5) };
+  };
+  return { params: SPECS.params.map(mk), buffers: SPECS.buffers.map((s, i) => mk(s, 100 + i)) };
+}
+
+function config(over: Record<string, unknown> = {}): RunConfig {
+  return parseConfig({ host: '127.0.0.1', port: 0, batch: 8, epochs: 2, lr: 0.05, stepTimeoutMs: 4000, stallWarnMs: 1000, handshakeTimeoutMs: 4000, ...over });
+}
+
+/** The same training as one process on the full batch: the parity reference. */
+function reference(cfg: RunConfig, steps?: number): { params: Map<string, Float32Array>; buffers: WireTensor[] } {
+  const init = initial();
+  const sampler = new EpochSampler({ size: TRAIN, batch: cfg.batch, seed: cfg.seed });
+  const opt = createOptimizer(cfg, SPECS.params.map((s) => s.name));
+  const params = new Map(init.params.map((t) => [t.name, Float32Array.from(t.data)]));
+  let buffers = init.buffers;
+  const total = steps ?? sampler.stepsPerEpoch * cfg.epochs;
+  for (let s = 0; s < total; s++) {
+    const b = sampler.nextBatch();
+    const cur = SPECS.params.map((p) => ({ ...p, data: params.get(p.name)! }));
+    const g = fakeGradients(cur, b.indices);
+    buffers = fakeBuffers(buffers, b.indices);
+    opt.step(params, new Map(g.map((t) => [t.name, t.data])), lrAt(cfg, b.step, sampler.stepsPerEpoch));
+  }
+  return { params, buffers };
+}
+
+const live: { coord: Coordinator; workers: SimWorker[] }[] = [];
+afterEach(async () => {
+  for (const l of live.splice(0)) {
+    for (const w of l.workers) w.close();
+    await l.coord.close();
+  }
+});
+
+interface Harness {
+  coord: Coordinator;
+  url: string;
+  steps: StepEvent[];
+  logs: string[];
+  checkpoints: CoordinatorCheckpoint[];
+  workers: SimWorker[];
+  spawn: (o?: Partial<SimWorkerOptions>) => SimWorker;
+}
+
+async function harness(cfg: RunConfig, extra: Partial<ConstructorParameters<typeof Coordinator>[0]> = {}): Promise<Harness> {
+  const steps: StepEvent[] = [];
+  const logs: string[] = [];
+  const checkpoints: CoordinatorCheckpoint[] = [];
+  const coord = new Coordinator({
+    config: cfg,
+    datasetInfo: { trainCount: TRAIN, testCount: TEST, md5s: {} },
+    initialParams: initial().params,
+    initialBuffers: initial().buffers,
+    onStep: (e) => steps.push(e),
+    onLog: (level, msg) => logs.push(`${level}: ${msg}`),
+    saveCheckpoint: (c) => {
+      checkpoints.push(structuredClone(c));
+    },
+    ...extra,
+  });
+  const { port } = await coord.listen();
+  const url = `ws://127.0.0.1:${port}`;
+  const workers: SimWorker[] = [];
+  live.push({ coord, workers });
+  const spawn = (o: Partial<SimWorkerOptions> = {}): SimWorker => {
+    const w = new SimWorker({ url, specs: SPECS, name: `sim${workers.length}`, ...o });
+    workers.push(w);
+    return w;
+  };
+  return { coord, url, steps, logs, checkpoints, workers, spawn };
+}
+
+/** Waits until `n` workers finished the handshake (so the first step is split among all of them). */
+async function allJoined(coord: Coordinator, n: number): Promise<void> {
+  const t0 = Date.now();
+  while (coord.liveWorkers < n) {
+    if (Date.now() - t0 > 5000) throw new Error(`only ${coord.liveWorkers} of ${n} workers joined`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function expectParity(got: WireTensor[], want: Map<string, Float32Array>, label: string): void {
+  for (const t of got) {
+    const w = want.get(t.name)!;
+    let maxDiff = 0;
+    for (let j = 0; j < w.length; j++) maxDiff = Math.max(maxDiff, Math.abs(t.data[j] - w[j]));
+    expect(maxDiff, `${label}: '${t.name}' max |diff|`).toBeLessThan(1e-6);
+  }
+}
+
+/** Every sample of every epoch trained exactly once. */
+function expectExactAccounting(steps: StepEvent[], epochs: number): void {
+  for (let e = 0; e < epochs; e++) {
+    const seen = steps.filter((s) => s.epoch === e).flatMap((s) => s.slices.flatMap((sl) => [...sl.indices]));
+    expect(seen.sort((a, b) => a - b), `epoch ${e}`).toEqual(Array.from({ length: TRAIN }, (_, i) => i));
+  }
+}
+
+describe('Coordinator parity with one process on the full batch (fake linear model, onecycle lr, SGD nesterov)', { timeout: 15_000 }, () => {
+  for (const n of [1, 2, 3]) {
+    it(`N=${n} workers, batch 8, ${TRAIN} samples, 2 epochs (6 steps incl. partial batches)`, async () => {
+      const cfg = config({ minWorkers: n });
+      const h = await harness(cfg);
+      for (let i = 0; i < n; i++) h.spawn();
+      const summary = await h.coord.start();
+      expect(summary.steps).toBe(6);
+      expectParity(summary.params, reference(cfg).params, `N=${n}`);
+      expectParity(summary.buffers, new Map(reference(cfg).buffers.map((t) => [t.name, t.data])), `N=${n} buffers`);
+      expectExactAccounting(h.steps, 2);
+      if (n > 1) expect(new Set(h.steps[0].slices.map((s) => s.worker)).size).toBe(n);
+      // Eval splits the test set: the sim counts even indices of 0..6 as correct (4 of 7).
+      expect(summary.finalTestAcc).toBeCloseTo(4 / 7, 10);
+      expect(h.checkpoints.map((c) => c.step)).toEqual([3, 6]);
+    });
+  }
+
+  it('a run resumed from a mid-run checkpoint equals the uninterrupted run', async () => {
+    const cfg = config({ minWorkers: 1, epochs: 3, checkpointEvery: 2 });
+    const h = await harness(cfg);
+    h.spawn();
+    const full = await h.coord.start();
+    const mid = h.checkpoints.find((c) => c.step === 4)!;
+    expect(mid).toBeDefined();
+    const h2 = await harness(cfg, { resume: mid });
+    h2.spawn();
+    h2.spawn();
+    const resumed = await h2.coord.start();
+    expect(h2.steps[0].step).toBe(4);
+    expectParity(resumed.params, new Map(full.params.map((t) => [t.name, t.data])), 'resumed');
+    expectParity(full.params, reference(cfg).params, 'uninterrupted');
+  });
+});
+
+describe('Coordinator faults', { timeout: 15_000 }, () => {
+  it('a worker dropped mid-step has its slice re-assigned; every sample is counted exactly once and parity holds', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn();
+    h.spawn();
+    h.spawn({ onStep: (m) => (m.step === 2 ? 'die' : 'answer') });
+    await allJoined(h.coord, 3);
+    const summary = await h.coord.start();
+    expect(h.logs.some((l) => /sim2.*dropped/.test(l))).toBe(true);
+    expect(h.logs.some((l) => /re-assigned \d+ sample/.test(l))).toBe(true);
+    expect(h.steps.find((s) => s.step === 2)!.slices.some((s) => s.worker.startsWith('sim2'))).toBe(false);
+    expectExactAccounting(h.steps, 2);
+    expectParity(summary.params, reference(cfg).params, 'after drop');
+  });
+
+  it('waits for workers when fewer than minWorkers remain, then continues with a rejoining worker (which gets current weights)', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn({ onStep: (m) => (m.step === 1 ? 'die' : 'answer') });
+    const done = h.coord.start();
+    await new Promise((r) => setTimeout(r, 300));
+    const late = h.spawn({ name: 'late' });
+    const summary = await done;
+    expect(late.steps).toBeGreaterThan(0);
+    expect(h.logs.some((l) => /waiting for workers/.test(l))).toBe(true);
+    expectExactAccounting(h.steps, 2);
+    expectParity(summary.params, reference(cfg).params, 'after rejoin');
+  });
+
+  it('warns about a late worker, names it, then drops it at stepTimeoutMs', async () => {
+    const cfg = config({ minWorkers: 1, stallWarnMs: 100, stepTimeoutMs: 400 });
+    const h = await harness(cfg);
+    h.spawn();
+    h.spawn({ name: 'slowpoke', onStep: (m) => (m.step === 1 ? 'stall' : 'answer') });
+    await allJoined(h.coord, 2);
+    const summary = await h.coord.start();
+    expect(h.logs.some((l) => /warn: worker slowpoke.*is late/.test(l))).toBe(true);
+    expect(h.logs.some((l) => /slowpoke.*dropped.*stalled/.test(l))).toBe(true);
+    expectExactAccounting(h.steps, 2);
+    expectParity(summary.params, reference(cfg).params, 'after stall');
+  });
+
+  it('stallAction abort rejects the run naming the worker', async () => {
+    const cfg = config({ minWorkers: 1, stallWarnMs: 50, stepTimeoutMs: 200, stallAction: 'abort' });
+    const h = await harness(cfg);
+    h.spawn({ name: 'stuck', onStep: () => 'stall' });
+    await expect(h.coord.start()).rejects.toThrow(/stuck.*stalled/);
+  });
+
+  it('NaN gradients and wrong shapes: the worker gets a typed error and is dropped; training completes exactly', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn();
+    const nan = h.spawn({ name: 'nanny', onStep: (m) => (m.step === 1 ? 'nan' : 'answer') });
+    const shape = h.spawn({ name: 'shapey', onStep: (m) => (m.step === 3 ? 'wrong-shape' : 'answer') });
+    await allJoined(h.coord, 3);
+    const summary = await h.coord.start();
+    expect(nan.error?.code).toBe('NON_FINITE');
+    expect(nan.error?.message).toMatch(/conv\.U.*index/);
+    expect(shape.error?.code).toBe('SHAPE_MISMATCH');
+    expect(shape.error?.message).toMatch(/shapey.*\[12, 1\].*\[3, 4\]/);
+    expectExactAccounting(h.steps, 2);
+    expectParity(summary.params, reference(cfg).params, 'after bad workers');
+  });
+});
+
+describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
+  it('refuses a bad token with AUTH_FAILED and trains with the good one; the token never travels', async () => {
+    const cfg = config({ minWorkers: 1, token: 's3cret' });
+    const h = await harness(cfg);
+    const bad = h.spawn({ token: 'wrong', name: 'intruder' });
+    await bad.closed;
+    expect(bad.error?.code).toBe('AUTH_FAILED');
+    const good = h.spawn({ token: 's3cret' });
+    await h.coord.start();
+    expect(good.steps).toBeGreaterThan(0);
+    const welcome = good.received.find((m) => m.type === 'welcome');
+    expect(JSON.stringify(welcome)).not.toContain('s3cret');
+  });
+
+  it('requires a token when bound to a non-loopback host', () => {
+    expect(() => new Coordinator({ config: config({ host: '0.0.0.0' }), datasetInfo: { trainCount: 1, testCount: 0, md5s: {} } })).toThrow(/token/);
+  });
+
+  it('refuses a protocol-version mismatch naming both versions', async () => {
+    const h = await harness(config());
+    const old = h.spawn({ protocolVersion: 99 });
+    await old.closed;
+    expect(old.error?.code).toBe('PROTOCOL_VERSION');
+    expect(old.error?.message).toMatch(/99.*1/);
+  });
+
+  it('refuses a manifest that differs, naming both sides', async () => {
+    const h = await harness(config());
+    const w = h.spawn({ specs: { params: [SPECS.params[0], { name: 'conv.S', shape: [4] }, SPECS.params[2]], buffers: SPECS.buffers } });
+    await w.closed;
+    expect(w.error?.code).toBe('MANIFEST_MISMATCH');
+    expect(w.error?.message).toMatch(/'conv\.S'.*'conv\.s'/);
+  });
+
+  it('survives garbage and oversized frames and keeps training', async () => {
+    const cfg = config({ minWorkers: 1, maxMessageBytes: 64 * 1024 });
+    const h = await harness(cfg);
+    const sockets: WebSocket[] = [];
+    const garbage = async (frames: Uint8Array[]): Promise<void> => {
+      const ws = new WebSocket(h.url);
+      sockets.push(ws);
+      ws.on('error', () => {});
+      await new Promise<void>((r) => ws.on('open', () => r()));
+      for (const f of frames) ws.send(f);
+      await new Promise<void>((r) => ws.on('close', () => r()));
+    };
+    let seed = 7;
+    const rnd = (n: number): Uint8Array => Uint8Array.from({ length: n }, () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 24));
+    await Promise.all([garbage([rnd(50)]), garbage([rnd(3)]), garbage([new Uint8Array(200 * 1024)]), garbage([new TextEncoder().encode('{"type":"hello"}')])]);
+    const w = h.spawn();
+    const done = h.coord.start();
+    // More garbage while training runs.
+    await garbage([rnd(1000)]);
+    const summary = await done;
+    expect(w.steps).toBe(6);
+    expectParity(summary.params, reference(cfg).params, 'after garbage');
+  });
+
+  it('takes initial weights from the first manifest when the caller gives none', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg, { initialParams: undefined, initialBuffers: undefined });
+    h.spawn({ initial: initial() });
+    const summary = await h.coord.start();
+    expectParity(summary.params, reference(cfg).params, 'initial from manifest');
+  });
+});
