@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { effectiveRank, readMetrics, renderReport, spectraOf, writeReport } from './report.js';
-import { niceTicks } from './svg-plot.js';
+import { niceTicks, tickLabels } from './svg-plot.js';
 
 describe('effectiveRank', () => {
   it('s=[3,2,1] (energies 9,4,1 of 14): e=0.01 -> 3, e=0.3 -> 2, e=0.5 -> 1', () => {
@@ -21,6 +21,9 @@ describe('niceTicks', () => {
   it('[0, 1] -> 1-2-5 steps of 0.2', () => {
     expect(niceTicks(0, 1, 5)).toEqual([0, 0.2, 0.4, 0.6, 0.8, 1]);
   });
+  it('labels keep enough digits to stay distinct', () => {
+    expect(tickLabels([119.905, 119.91, 119.915])).toEqual(['119.905', '119.91', '119.915']);
+  });
 });
 
 describe('report', () => {
@@ -33,7 +36,7 @@ describe('report', () => {
   it('renders self-contained HTML with one line plot per metric and a path per series', () => {
     const records = [
       ...Array.from({ length: 20 }, (_, s) => ({ kind: 'step', step: s, epoch: 0, loss: { ce: 2 - s / 20, total: 2.2 - s / 20, orth: 0.1, sparsity: 0.05 }, trainAcc: s / 20, lr: 0.1 })),
-      { kind: 'epoch', epoch: 1, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5 },
+      { kind: 'epoch', epoch: 0, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5 },
     ];
     const html = renderReport({ title: 't', config: { lr: 0.1 }, records, spectra: spectraOf([{ name: 'layers.0.s', data: Float32Array.from([4, 2, 1]) }, { name: 'layers.0.U', data: new Float32Array(9) }]), flops: [{ label: 'full', flops: 4e7 }, { label: 'e=0.01', flops: 2e7 }] });
     expect(html).not.toMatch(/<(script|link)[^>]+(src|href)=/); // no external assets
@@ -44,7 +47,7 @@ describe('report', () => {
     expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);
     expect(html).not.toContain('NaN');
     // nested loss terms (the coordinator's metrics format) are plotted, not dropped
-    expect(html.split('Regularizer terms')[1]!.split('</svg>')[0]).toContain('<path');
+    expect(html.split('Regularizer terms: singular-value sparsity')[1]!.split('</svg>')[0]).toContain('<path');
   });
 
   it('writeReport writes runs/NAME/report.html and survives a run with no metrics', () => {

@@ -80,7 +80,8 @@ export function renderReport(inp: ReportInput): string {
   const steps = inp.records.filter((r) => kindOf(r) === 'step');
   const epochs = inp.records.filter((r) => kindOf(r) === 'epoch');
   const sx = (r: Record<string, unknown>) => num(r, 'step');
-  const ex = (r: Record<string, unknown>) => num(r, 'epoch');
+  // metrics.jsonl counts epochs from 0; people count from 1.
+  const ex = (r: Record<string, unknown>) => num(r, 'epoch') + 1;
   const pts = (rs: Record<string, unknown>[], x: (r: Record<string, unknown>) => number, ...keys: string[]) =>
     rs.map((r) => [x(r), num(r, ...keys)] as [number, number]);
   const pct = (p: [number, number][]) => p.map(([a, b]) => [a, b <= 1 ? b * 100 : b] as [number, number]);
@@ -90,7 +91,7 @@ export function renderReport(inp: ReportInput): string {
     { label: 'train cross-entropy', points: pts(steps, sx, 'loss.ce', 'ce', 'loss') },
     { label: 'train total loss', points: pts(steps, sx, 'loss.total', 'total'), dashed: true },
     { label: 'test loss', points: pts(epochs.map((r) => ({ ...r, step: num(r, 'step', 'endStep') })), sx, 'testLoss') },
-  ], { title: 'Loss', xLabel: 'step', yLabel: 'loss' }));
+  ], { title: 'Loss', xLabel: 'step', yLabel: 'loss', logY: true }));
   figs.push(linePlot([
     { label: 'train acc (batch)', points: pct(pts(steps, sx, 'trainAcc', 'acc')) },
     { label: 'train acc (epoch mean)', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'trainAcc')), dashed: true },
@@ -100,10 +101,9 @@ export function renderReport(inp: ReportInput): string {
     { label: 'test acc', points: pct(pts(epochs, ex, 'testAcc')), color: PALETTE[1] },
     { label: 'train acc', points: pct(pts(epochs, ex, 'trainAcc')), color: PALETTE[0] },
   ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %' }));
-  figs.push(linePlot([
-    { label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth') },
-    { label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity') },
-  ], { title: 'Regularizer terms', xLabel: 'step', yLabel: 'value' }));
+  // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
+  figs.push(linePlot([{ label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth') }], { title: 'Regularizer terms: orthogonality', xLabel: 'step', yLabel: 'L_o (unweighted)' }));
+  figs.push(linePlot([{ label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity'), color: PALETTE[1] }], { title: 'Regularizer terms: singular-value sparsity', xLabel: 'step', yLabel: 'L_s (unweighted)' }));
   figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
   figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput') }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
 

@@ -41,6 +41,15 @@ function fmtTick(v: number): string {
   return String(+v.toPrecision(4));
 }
 
+/** Tick labels with just enough digits that neighbours differ (119.91, 119.92 rather than 119.9 twice). */
+export function tickLabels(ticks: number[]): string[] {
+  for (let p = 3; p <= 10; p++) {
+    const l = ticks.map((v) => (v === 0 ? '0' : Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(p - 2) : String(+v.toPrecision(p))));
+    if (new Set(l).size === l.length) return l;
+  }
+  return ticks.map(String);
+}
+
 /** An SVG line plot; series with no finite points are left out; an empty plot says "no data". */
 export function linePlot(series: Series[], o: PlotOptions): string {
   const W = o.width ?? 560;
@@ -72,13 +81,14 @@ export function linePlot(series: Series[], o: PlotOptions): string {
     parts.push(`<line x1="${sx(v)}" x2="${sx(v)}" y1="${m.t}" y2="${m.t + ph}" stroke="#eee"/>`);
     parts.push(`<text x="${sx(v)}" y="${m.t + ph + 14}" text-anchor="middle">${fmtTick(v)}</text>`);
   }
-  const yTicks = o.logY
-    ? Array.from({ length: Math.floor(y1) - Math.ceil(y0) + 1 }, (_, i) => Math.ceil(y0) + i)
-    : niceTicks(y0, y1, 5);
-  for (const v of yTicks) {
+  // Log axes tick at powers of ten when they span at least two, else at nice exponents between.
+  const decades = Array.from({ length: Math.max(0, Math.floor(y1) - Math.ceil(y0) + 1) }, (_, i) => Math.ceil(y0) + i);
+  const yTicks = o.logY ? (decades.length >= 2 ? decades : niceTicks(y0, y1, 4)) : niceTicks(y0, y1, 5);
+  const yLabels = o.logY && decades.length >= 2 ? yTicks.map((v) => `1e${v}`) : tickLabels(o.logY ? yTicks.map((v) => 10 ** v) : yTicks);
+  yTicks.forEach((v, i) => {
     parts.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${sy(v)}" y2="${sy(v)}" stroke="#eee"/>`);
-    parts.push(`<text x="${m.l - 6}" y="${sy(v) + 4}" text-anchor="end">${o.logY ? `1e${v}` : fmtTick(v)}</text>`);
-  }
+    parts.push(`<text x="${m.l - 6}" y="${sy(v) + 4}" text-anchor="end">${yLabels[i]}</text>`);
+  });
   parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`);
   parts.push(`<text x="${m.l + pw / 2}" y="${H - 8}" text-anchor="middle" font-size="12">${esc(o.xLabel)}</text>`);
   parts.push(`<text transform="translate(14 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(o.yLabel)}${o.logY ? ' (log)' : ''}</text>`);
