@@ -1,0 +1,105 @@
+/**
+ * Training-step throughput: `pnpm bench train-step [--backend auto|wasm|cpu|tensorflow]
+ * [--batches 32,128] [--reps 5] [--warmup 2] [--no-torch]`.
+ *
+ * Times one full worker step, `computeGradients` (forward in train mode, CE + SVD regularizers,
+ * backward, read-back of every gradient), for ResNet-20 plain, SVD reconstruct and SVD factored
+ * (channel decomposition, full rank), and reports images/s from the median of `--reps` runs after
+ * `--warmup` runs. When /usr/bin/python3 has torch, bench/train_step_torch.py times the same models
+ * in PyTorch with 1 thread and with all cores, and the table shows tfjs/torch ratios.
+ */
+import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initEngine, buildResNet, computeGradients, type BackendChoice } from '@svd-train/layers';
+
+const args = process.argv.slice(2);
+const arg = (k: string) => {
+  const i = args.indexOf(k);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const backend = (arg('--backend') ?? 'auto') as BackendChoice;
+const batches = (arg('--batches') ?? '32,128').split(',').map(Number);
+const reps = Math.max(5, Number(arg('--reps') ?? 5));
+const warmup = Number(arg('--warmup') ?? 2);
+const withTorch = !args.includes('--no-torch');
+
+const VARIANTS = [
+  { name: 'plain', svd: false, forward: 'auto' as const },
+  { name: 'svd reconstruct', svd: true, forward: 'reconstruct' as const },
+  { name: 'svd factored', svd: true, forward: 'factored' as const },
+];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function rand(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2147483648 - 1;
+  }
+  return out;
+}
+
+const info = await initEngine({ backend });
+console.error(`backend ${info.reason}`);
+console.error(`ResNet-20 (channel decomposition, full rank), CIFAR-sized random batch; median of ${reps} after ${warmup} warm-up steps`);
+const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
+const rows: { model: string; batch: number; imgs: number }[] = [];
+for (const v of VARIANTS) {
+  const model = buildResNet({ depth: 20, svd: v.svd, decomposition: 'channel', forward: v.forward, numClasses: 10 });
+  for (const batch of batches) {
+    const x = rand(batch * 32 * 32 * 3, 1);
+    const y = Int32Array.from({ length: batch }, (_, i) => i % 10);
+    for (let k = 0; k < warmup; k++) computeGradients(model, x, y, reg);
+    const ts: number[] = [];
+    for (let k = 0; k < reps; k++) {
+      const t0 = performance.now();
+      computeGradients(model, x, y, reg);
+      ts.push((performance.now() - t0) / 1000);
+    }
+    const med = median(ts);
+    rows.push({ model: v.name, batch, imgs: batch / med });
+    console.error(`${v.name} batch ${batch}: median ${(med * 1000).toFixed(0)} ms, ${(batch / med).toFixed(1)} img/s`);
+  }
+  model.dispose();
+}
+
+type TorchOut = { threads: number; torch: string; results: { model: string; batch: number; img_per_s: number }[] };
+const torchRuns: TorchOut[] = [];
+const script = join(dirname(fileURLToPath(import.meta.url)), 'train_step_torch.py');
+if (withTorch && existsSync('/usr/bin/python3')) {
+  // PyTorch's own default here is 1 thread (it counts physical cores), so the second run asks for
+  // every logical core explicitly.
+  for (const threads of [...new Set([1, availableParallelism()])]) {
+    const r = spawnSync('/usr/bin/python3', [script, '--batches', batches.join(','), '--reps', String(reps), '--warmup', String(warmup), '--threads', String(threads)], {
+      encoding: 'utf8',
+    });
+    if (r.status === 0) torchRuns.push(JSON.parse(r.stdout.trim().split('\n').pop()!) as TorchOut);
+    else console.error(`torch baseline skipped (threads=${threads}): ${(r.stderr || r.error?.message || '').split('\n').slice(-2).join(' ')}`);
+  }
+}
+
+const fmt = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(1));
+const torchAt = (run: TorchOut | undefined, model: string, batch: number) =>
+  run?.results.find((r) => r.model === model && r.batch === batch)?.img_per_s;
+const head = [`model`, `batch`, `tfjs ${info.backend} img/s`];
+for (const t of torchRuns) head.push(`torch ${t.threads} thr img/s`, `tfjs / torch ${t.threads} thr`);
+console.log(`\nResNet-20 training step, images/s (torch ${torchRuns[0]?.torch ?? 'not run'}; ratio > 1: tfjs faster)\n`);
+console.log(`| ${head.join(' | ')} |`);
+console.log(`|${head.map(() => '---').join('|')}|`);
+for (const r of rows) {
+  const cells = [r.model, String(r.batch), fmt(r.imgs)];
+  for (const t of torchRuns) {
+    const ti = torchAt(t, r.model, r.batch);
+    cells.push(fmt(ti), ti === undefined ? '–' : (r.imgs / ti).toFixed(2));
+  }
+  console.log(`| ${cells.join(' | ')} |`);
+}

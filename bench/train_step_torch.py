@@ -1,0 +1,143 @@
+"""PyTorch baseline for `pnpm bench train-step`: times one full training step (forward, CE + SVD
+regularizers, backward) of ResNet-20 plain / SVD reconstruct / SVD factored (channel
+decomposition, full rank), the same models bench/train-step.ts times in TensorFlow.js.
+
+Usage: python3 bench/train_step_torch.py --batches 32,128 --reps 5 --warmup 2 --threads 1|0
+(--threads 0 keeps PyTorch's default). Prints one JSON object: {"threads": n, "results": [...]}.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SVDConv(nn.Module):
+    """Conv whose weight is U diag(s) V^T (channel decomposition: U n x r, V (c*kh*kw) x r)."""
+
+    def __init__(self, cin, cout, k, stride, pad, mode):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride, self.pad, self.mode = cin, cout, k, stride, pad, mode
+        w = torch.randn(cout, cin * k * k) * (2.0 / (cin * k * k)) ** 0.5
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        self.U = nn.Parameter(u.contiguous())
+        self.s = nn.Parameter(s.contiguous())
+        self.V = nn.Parameter(vh.t().contiguous())
+
+    def forward(self, x):
+        r = self.s.shape[0]
+        if self.mode == 'factored':
+            w1 = (self.V * self.s).t().reshape(r, self.cin, self.k, self.k)
+            y = F.conv2d(x, w1, stride=self.stride, padding=self.pad)
+            return F.conv2d(y, self.U.reshape(self.cout, r, 1, 1))
+        w = ((self.U * self.s) @ self.V.t()).reshape(self.cout, self.cin, self.k, self.k)
+        return F.conv2d(x, w, stride=self.stride, padding=self.pad)
+
+
+class SVDDense(nn.Module):
+    def __init__(self, fin, fout):
+        super().__init__()
+        w = torch.randn(fout, fin) * (2.0 / fin) ** 0.5
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        self.U = nn.Parameter(u.contiguous())
+        self.s = nn.Parameter(s.contiguous())
+        self.V = nn.Parameter(vh.t().contiguous())
+        self.bias = nn.Parameter(torch.zeros(fout))
+
+    def forward(self, x):
+        return x @ (self.V * self.s) @ self.U.t() + self.bias
+
+
+def conv(cin, cout, k, stride, pad, mode):
+    if mode == 'plain':
+        return nn.Conv2d(cin, cout, k, stride, pad, bias=False)
+    return SVDConv(cin, cout, k, stride, pad, mode)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride, mode):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride, 1, mode), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv(cout, cout, 3, 1, 1, mode), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, 0, mode), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.stem = nn.Sequential(conv(3, 16, 3, 1, 1, mode), nn.BatchNorm2d(16), nn.ReLU())
+        layers, cin = [], 16
+        for w, stride in ((16, 1), (32, 2), (64, 2)):
+            for b in range(3):
+                layers.append(Block(cin, w, stride if b == 0 else 1, mode))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, 10) if mode == 'plain' else SVDDense(64, 10)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def regularizers(model):
+    orth = torch.zeros(())
+    sparsity = torch.zeros(())
+    for m in model.modules():
+        if isinstance(m, (SVDConv, SVDDense)):
+            r = m.s.shape[0]
+            eu = m.U.t() @ m.U - torch.eye(r)
+            ev = m.V.t() @ m.V - torch.eye(r)
+            orth = orth + ((eu ** 2).sum() + (ev ** 2).sum()) / r ** 2
+            sparsity = sparsity + m.s.abs().sum() / m.s.norm()
+    return orth, sparsity
+
+
+def step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    ce = F.cross_entropy(model(x), y)
+    orth, sp = regularizers(model)
+    loss = ce + 1.0 * orth + 0.07 * sp
+    loss.backward()
+    return loss.item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--batches', default='32,128')
+    ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--threads', type=int, default=0)
+    a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    results = []
+    for mode, name in (('plain', 'plain'), ('reconstruct', 'svd reconstruct'), ('factored', 'svd factored')):
+        model = ResNet20(mode).train()
+        for batch in [int(b) for b in a.batches.split(',')]:
+            x = torch.randn(batch, 3, 32, 32)
+            y = torch.randint(0, 10, (batch,))
+            for _ in range(a.warmup):
+                step(model, x, y)
+            ts = []
+            for _ in range(a.reps):
+                t0 = time.perf_counter()
+                step(model, x, y)
+                ts.append(time.perf_counter() - t0)
+            med = statistics.median(ts)
+            results.append({'model': name, 'batch': batch, 'median_s': med, 'img_per_s': batch / med})
+    print(json.dumps({'threads': torch.get_num_threads(), 'torch': torch.__version__, 'results': results}))
+
+
+if __name__ == '__main__':
+    main()
