@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { SvdTrainError } from './errors.js';
-import { PROTOCOL_VERSION, MESSAGE_TYPES, decodeMessage, encodeMessage, type Message, type WireTensor } from './protocol.js';
+import { PROTOCOL_VERSION, MESSAGE_TYPES, decodeMessage, encodeMessage, gradientsFrameTemplate, type Message, type WireTensor } from './protocol.js';
 
 const t = (name: string, shape: number[], fill = 0.5): WireTensor => ({ name, shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill) });
 
@@ -64,6 +64,17 @@ describe('protocol round-trip', () => {
     const ab = b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
     expect(decodeMessage(ab)).toEqual(SAMPLES[0]);
     expect(decodeMessage([b.subarray(0, 5), b.subarray(5)])).toEqual(SAMPLES[0]);
+  });
+});
+
+describe('gradients frame template', () => {
+  it('prefix + tail(step, attempt, n) decodes to the full message for any values', () => {
+    const g = SAMPLES.find((m) => m.type === 'gradients') as Extract<Message, { type: 'gradients' }>;
+    const tpl = gradientsFrameTemplate(g);
+    for (const [step, attempt, n] of [[0, 0, 0], [3, 1, 3], [70000, 1e6, 128], [2 ** 31, 5, 65536]]) {
+      const bytes = new Uint8Array([...tpl.prefix, ...tpl.tail(step, attempt, n)]);
+      expect(decodeMessage(bytes)).toEqual({ ...g, step, attempt, n });
+    }
   });
 });
 

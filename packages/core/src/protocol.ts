@@ -244,6 +244,30 @@ export function encodeMessage(msg: Message): Uint8Array {
   return packr.pack(msg);
 }
 
+/**
+ * A gradients frame split so that a simulated worker (tests, benchmarks) can answer any
+ * (step, attempt, n) without re-encoding megabytes: `prefix` holds everything else including the
+ * tensors, `tail(...)` the three small trailing fields. Sending `prefix` then `tail` as one
+ * fragmented WebSocket message (or concatenating them) gives a valid frame for `decodeMessage`.
+ */
+export function gradientsFrameTemplate(body: Omit<GradientsMessage, 'type' | 'step' | 'attempt' | 'n'>): {
+  prefix: Uint8Array;
+  tail: (step: number, attempt: number, n: number) => Uint8Array;
+} {
+  const tail = (step: number, attempt: number, n: number): Uint8Array => {
+    const parts = ['step', step, 'attempt', attempt, 'n', n].map((v) => packr.pack(v));
+    return Buffer.concat(parts);
+  };
+  // Key order is encoding order: step/attempt/n last, so they form the frame's tail.
+  const full = packr.pack({ type: 'gradients', grads: body.grads, buffers: body.buffers, loss: body.loss, correct: body.correct, computeMs: body.computeMs, step: 0, attempt: 0, n: 0 });
+  const t0 = tail(0, 0, 0);
+  const prefix = full.subarray(0, full.length - t0.length);
+  if (Buffer.compare(full.subarray(full.length - t0.length), t0) !== 0) {
+    throw new SvdTrainError('INTERNAL', 'gradientsFrameTemplate: msgpack encoder did not place the trailing fields last');
+  }
+  return { prefix, tail };
+}
+
 export interface DecodeOptions {
   /** Frames longer than this are refused with FRAME_TOO_LARGE before parsing. */
   maxBytes?: number;
