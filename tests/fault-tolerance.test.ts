@@ -16,7 +16,7 @@ describe('worker killed mid-epoch', () => {
     const port = await freePort();
     const limitTrain = 48;
     const batch = 8;
-    const coord = startCoordinator([...tinyRunFlags({ data, out, port, epochs: 2, limitTrain, batch }), '--min-workers', '1', '--step-timeout-ms', '20000']);
+    const coord = startCoordinator([...tinyRunFlags({ data, out, port, epochs: 2, limitTrain, batch }), '--min-workers', '1']);
     try {
       await waitForPort(port, 60_000, coord);
       const w0 = startWorker(port, ['--data', data, '--name', 'survivor']);
@@ -33,7 +33,14 @@ describe('worker killed mid-epoch', () => {
       const steps = stepRecords(out);
       const perEpoch = limitTrain / batch;
       expect(steps.map((s) => s.step)).toEqual(Array.from({ length: 2 * perEpoch }, (_, i) => i));
-      for (const s of steps) expect(samplesOf(s), `step ${s.step}`).toBe(batch);
+      for (const s of steps) {
+        expect(samplesOf(s), `step ${s.step}`).toBe(batch);
+        // Per-worker accounting adds up too (a re-assigned slice is counted once, by who computed it).
+        if (Array.isArray(s.workers)) expect(s.workers.reduce((a: number, w: { n: number }) => a + w.n, 0), `step ${s.step} workers`).toBe(batch);
+      }
+      // Both worked before the kill; only the survivor at the end.
+      expect(steps.some((s) => s.workers?.length === 2)).toBe(true);
+      expect(steps[steps.length - 1]!.workers.map((w: { worker: string }) => w.worker)).toEqual([expect.stringContaining('survivor')]);
       for (const e of [0, 1]) {
         const total = steps.filter((s) => s.epoch === e).reduce((a, s) => a + samplesOf(s), 0);
         expect(total, `epoch ${e}`).toBe(limitTrain);
