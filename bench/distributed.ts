@@ -1,0 +1,186 @@
+/**
+ * Distributed benchmark: `pnpm bench distributed [--sizes resnet20,resnet18] [--workers 1,2,4,8,16] [--rounds N]`.
+ *
+ * Part 1 (implemented): the coordinator's round overhead. N simulated in-process workers (plain
+ * `ws` clients speaking the real protocol on 127.0.0.1) answer every step instantly with a
+ * precomputed gradients frame (`gradientsFrameTemplate`: the megabytes are encoded once, only
+ * step/attempt/n change), so the time per round is the coordinator's own work plus loopback
+ * transfer: send steps, receive and decode N frames, validate shapes and finiteness, the
+ * sample-weighted all-reduce, the SGD step, and encoding + sending the weights broadcast.
+ * GB/s counts the gradient bytes received plus the weight bytes sent per round.
+ * Note that the simulated workers share the process (and the 2-core box) with the coordinator,
+ * so this is an upper bound on the overhead a real deployment would see.
+ *
+ * Part 2 (real wasm workers, img/s and scaling efficiency): see `benchRealWorkers` below.
+ */
+import { createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
+import {
+  PROTOCOL_VERSION,
+  decodeMessage,
+  encodeMessage,
+  gradientsFrameTemplate,
+  parseConfig,
+  type Message,
+  type TensorSpec,
+  type WireTensor,
+} from '@svd-train/core';
+import { Coordinator } from '@svd-train/coordinator';
+
+// `ws` is a dependency of the coordinator, not of the workspace root that bench/ runs from:
+// resolve it the way the coordinator does instead of adding a root dependency for one script.
+const { WebSocket } = createRequire(new URL('../packages/coordinator/package.json', import.meta.url))('ws') as typeof import('ws');
+type WebSocket = InstanceType<typeof WebSocket>;
+
+const args = process.argv.slice(2);
+const arg = (k: string): string | undefined => {
+  const i = args.indexOf(k);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+
+/**
+ * Parameter layouts with the sizes of the real models' gradient sets: ResNet-20 about 270k
+ * float32 (~1.1 MB) in ~65 tensors, ResNet-18 about 11.2M float32 (~45 MB) in ~62 tensors.
+ */
+function layout(kind: 'resnet20' | 'resnet18'): { params: TensorSpec[]; buffers: TensorSpec[] } {
+  const params: TensorSpec[] = [];
+  const buffers: TensorSpec[] = [];
+  const conv = (name: string, cin: number, cout: number, k: number): void => {
+    params.push({ name: `${name}.weight`, shape: [cout, cin, k, k] });
+  };
+  const bn = (name: string, c: number): void => {
+    params.push({ name: `${name}.weight`, shape: [c] }, { name: `${name}.bias`, shape: [c] });
+    buffers.push({ name: `${name}.running_mean`, shape: [c] }, { name: `${name}.running_var`, shape: [c] });
+  };
+  if (kind === 'resnet20') {
+    conv('conv1', 3, 16, 3);
+    bn('bn1', 16);
+    let cin = 16;
+    [16, 32, 64].forEach((c, s) => {
+      for (let b = 0; b < 3; b++) {
+        conv(`layer${s + 1}.${b}.conv1`, cin, c, 3);
+        bn(`layer${s + 1}.${b}.bn1`, c);
+        conv(`layer${s + 1}.${b}.conv2`, c, c, 3);
+        bn(`layer${s + 1}.${b}.bn2`, c);
+        cin = c;
+      }
+    });
+    params.push({ name: 'linear.weight', shape: [10, 64] }, { name: 'linear.bias', shape: [10] });
+  } else {
+    conv('conv1', 3, 64, 3);
+    bn('bn1', 64);
+    let cin = 64;
+    [64, 128, 256, 512].forEach((c, s) => {
+      for (let b = 0; b < 2; b++) {
+        conv(`layer${s + 1}.${b}.conv1`, cin, c, 3);
+        bn(`layer${s + 1}.${b}.bn1`, c);
+        conv(`layer${s + 1}.${b}.conv2`, c, c, 3);
+        bn(`layer${s + 1}.${b}.bn2`, c);
+        if (cin !== c) {
+          conv(`layer${s + 1}.${b}.shortcut.0`, cin, c, 1);
+          bn(`layer${s + 1}.${b}.shortcut.1`, c);
+        }
+        cin = c;
+      }
+    });
+    params.push({ name: 'linear.weight', shape: [10, 512] }, { name: 'linear.bias', shape: [10] });
+  }
+  return { params, buffers };
+}
+
+const size = (s: TensorSpec): number => s.shape.reduce((a, b) => a * b, 1);
+const fill = (specs: TensorSpec[], v: number): WireTensor[] => specs.map((s) => ({ name: s.name, shape: s.shape, data: new Float32Array(size(s)).fill(v) }));
+
+/** A worker that answers every step with the same precomputed gradients (only step/attempt/n change). */
+function simWorker(url: string, specs: { params: TensorSpec[]; buffers: TensorSpec[] }, prefix: Uint8Array, tail: (s: number, a: number, n: number) => Uint8Array): WebSocket {
+  const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false });
+  ws.on('error', () => {});
+  ws.on('open', () =>
+    ws.send(encodeMessage({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'bench', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true })),
+  );
+  ws.on('message', (data) => {
+    // Weights frames are large; only peek at the type of small frames to keep the sim cheap.
+    const bytes = data as Uint8Array;
+    if (bytes.byteLength > 4096) return;
+    const m: Message = decodeMessage(bytes);
+    if (m.type === 'challenge') ws.send(encodeMessage({ type: 'auth', mac: createHmac('sha256', '').update(m.nonce).digest('hex') }));
+    else if (m.type === 'welcome') ws.send(encodeMessage({ type: 'manifest', configHash: m.configHash, params: specs.params, buffers: specs.buffers }));
+    else if (m.type === 'step') {
+      // One WebSocket message in two fragments: the shared megabytes, then the 3 small fields.
+      ws.send(prefix, { fin: false } as never);
+      ws.send(tail(m.step, m.attempt, m.indices.length), { fin: true } as never);
+    }
+  });
+  return ws;
+}
+
+interface Row {
+  model: string;
+  n: number;
+  gradMB: number;
+  msPerRound: number;
+  gbPerSec: number;
+}
+
+async function roundOverhead(kind: 'resnet20' | 'resnet18', n: number, rounds: number): Promise<Row> {
+  const specs = layout(kind);
+  const warmup = 2;
+  const perWorker = 16;
+  const cfg = parseConfig({ host: '127.0.0.1', port: 0, batch: perWorker * n, epochs: 1, minWorkers: n, optimizer: 'sgd', schedule: 'constant', maxMessageBytes: 1 << 30, stepTimeoutMs: 600_000, stallWarnMs: 600_000, checkpointEvery: 0 });
+  const { prefix, tail } = gradientsFrameTemplate({ grads: fill(specs.params, 1e-3), buffers: fill(specs.buffers, 0.5), loss: { ce: 2.3, orth: 0.1, sparsity: 0.2, total: 2.6 }, correct: 1, computeMs: 0 });
+  const stamps: number[] = [];
+  const coord = new Coordinator({
+    config: cfg,
+    datasetInfo: { trainCount: cfg.batch * (rounds + warmup), testCount: 0, md5s: {} },
+    initialParams: fill(specs.params, 0.01),
+    initialBuffers: fill(specs.buffers, 0),
+    lrAt: () => 0.01,
+    onStep: () => stamps.push(performance.now()),
+  });
+  const { port } = await coord.listen();
+  const sockets = Array.from({ length: n }, () => simWorker(`ws://127.0.0.1:${port}`, specs, prefix, tail));
+  await coord.start();
+  for (const s of sockets) s.terminate();
+  const timed = stamps.slice(warmup - 1);
+  const ms = (timed[timed.length - 1] - timed[0]) / (timed.length - 1);
+  const gradBytes = prefix.byteLength;
+  const weightBytes = specs.params.reduce((a, s) => a + 4 * size(s), 0) + specs.buffers.reduce((a, s) => a + 4 * size(s), 0);
+  return { model: kind, n, gradMB: gradBytes / 1e6, msPerRound: ms, gbPerSec: (n * (gradBytes + weightBytes)) / (ms / 1000) / 1e9 };
+}
+
+/**
+ * Part 2, real workers: images/s with 1 and 2 local wasm workers on the real CIFAR-10, SVD-ResNet-20,
+ * and the scaling efficiency img/s(2) / (2 * img/s(1)).
+ *
+ * INTEGRATOR: implement here by running `node packages/cli/bin/svd-coord.js start --spawn K
+ * --backend wasm --epochs 1 --limit-train ... --out <tmp>` for K = 1, 2 and reading imgPerSec from
+ * the run's metrics.jsonl (kind 'step' lines, skipping the first few warm-up steps). Left out of
+ * this file until the CLI and worker are built; `--real` prints this note instead of numbers.
+ */
+async function benchRealWorkers(): Promise<void> {
+  console.log('\nreal wasm workers: not implemented in this benchmark yet (see benchRealWorkers in bench/distributed.ts)');
+}
+
+async function main(): Promise<void> {
+  const sizes = (arg('--sizes') ?? 'resnet20,resnet18').split(',') as ('resnet20' | 'resnet18')[];
+  const ns = (arg('--workers') ?? '1,2,4,8,16').split(',').map(Number);
+  const rows: Row[] = [];
+  for (const kind of sizes) {
+    const rounds = Number(arg('--rounds') ?? (kind === 'resnet18' ? 4 : 30));
+    for (const n of ns) {
+      const r = await roundOverhead(kind, n, rounds);
+      rows.push(r);
+      console.error(`  ${kind} N=${n}: ${r.msPerRound.toFixed(1)} ms/round`);
+    }
+  }
+  console.log('\nCoordinator round overhead (simulated in-process workers, loopback ws, node ' + process.version + ')');
+  console.log('| gradients | MB/worker | N | ms/round | GB/s (grads in + weights out) |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.model} | ${r.gradMB.toFixed(1)} | ${r.n} | ${r.msPerRound.toFixed(1)} | ${r.gbPerSec.toFixed(2)} |`);
+  if (args.includes('--real')) await benchRealWorkers();
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
