@@ -1,5 +1,9 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { WebSocket } from 'ws';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { EpochSampler, createOptimizer, lrAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
 import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
 import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
@@ -275,6 +279,27 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     const summary = await done;
     expect(w.steps).toBe(6);
     expectParity(summary.params, reference(cfg).params, 'after garbage');
+  });
+
+  it('serves dataset files in md5-tagged chunks to a worker without data, then trains it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-coord-data-'));
+    const bytes = Uint8Array.from({ length: 5 * 1024 * 1024 + 17 }, (_, i) => (i * 31) & 255);
+    writeFileSync(join(dir, 'data_batch_1.bin'), bytes);
+    const md5 = createHash('md5').update(bytes).digest('hex');
+    const h = await harness(config({ minWorkers: 1 }), { dataDir: dir, datasetInfo: { trainCount: TRAIN, testCount: TEST, md5s: { 'data_batch_1.bin': md5 } } });
+    const w = h.spawn({ fetchFiles: ['data_batch_1.bin'] });
+    await h.coord.start();
+    const got = w.files.get('data_batch_1.bin')!;
+    expect(got.md5).toBe(md5);
+    expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true);
+    expect(w.steps).toBe(6);
+  });
+
+  it('refuses a data request for a file it does not serve', async () => {
+    const h = await harness(config({ minWorkers: 1 }), { dataDir: tmpdir(), datasetInfo: { trainCount: TRAIN, testCount: TEST, md5s: { 'data_batch_1.bin': 'x' } } });
+    const nosy = h.spawn({ fetchFiles: ['../../etc/passwd'] });
+    await nosy.closed;
+    expect(nosy.error?.code).toBe('DATA_MISSING');
   });
 
   it('takes initial weights from the first manifest when the caller gives none', async () => {

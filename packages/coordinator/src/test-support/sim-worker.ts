@@ -58,6 +58,8 @@ export interface SimWorkerOptions {
   delayMs?: number;
   /** Precomputed gradients frame factory (benchmark): skips the fake model. */
   precomputed?: (msg: StepMessage) => Uint8Array;
+  /** Dataset files to fetch from the coordinator (data-request) before sending the manifest. */
+  fetchFiles?: string[];
 }
 
 export class SimWorker {
@@ -70,6 +72,10 @@ export class SimWorker {
   /** The error message the coordinator sent before closing, if any. */
   error: { code: string; message: string } | null = null;
   readonly ready: Promise<void>;
+  /** Files received through data-chunk messages, reassembled, with the md5 the coordinator announced. */
+  readonly files = new Map<string, { bytes: Uint8Array; md5: string }>();
+  private readonly partial = new Map<string, Uint8Array[]>();
+  private manifestSent = false;
 
   constructor(private readonly opts: SimWorkerOptions) {
     this.ws = new WebSocket(opts.url, { maxPayload: 1 << 30 });
@@ -87,6 +93,16 @@ export class SimWorker {
     });
   }
 
+  private welcomeHash = '';
+
+  private sendManifest(onReady: () => void): void {
+    if (this.manifestSent) return;
+    this.manifestSent = true;
+    const o = this.opts;
+    this.send({ type: 'manifest', configHash: o.configHash ?? this.welcomeHash, params: o.specs.params, buffers: o.specs.buffers, ...(o.initial ? { initial: o.initial } : {}) });
+    onReady();
+  }
+
   send(msg: Message | Uint8Array): void {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(msg instanceof Uint8Array ? msg : encodeMessage(msg));
   }
@@ -98,9 +114,20 @@ export class SimWorker {
         this.send({ type: 'auth', mac: createHmac('sha256', o.token ?? '').update(msg.nonce).digest('hex') });
         return;
       case 'welcome':
-        this.send({ type: 'manifest', configHash: o.configHash ?? msg.configHash, params: o.specs.params, buffers: o.specs.buffers, ...(o.initial ? { initial: o.initial } : {}) });
-        onReady();
+        this.welcomeHash = msg.configHash;
+        if (o.fetchFiles?.length) for (const f of o.fetchFiles) this.send({ type: 'data-request', file: f });
+        else this.sendManifest(onReady);
         return;
+      case 'data-chunk': {
+        const parts = this.partial.get(msg.file) ?? [];
+        parts[msg.index] = msg.bytes;
+        this.partial.set(msg.file, parts);
+        if (parts.filter(Boolean).length === msg.total) {
+          this.files.set(msg.file, { bytes: new Uint8Array(Buffer.concat(parts)), md5: msg.md5 });
+          if (o.fetchFiles?.every((f) => this.files.has(f))) this.sendManifest(onReady);
+        }
+        return;
+      }
       case 'weights':
         this.params = msg.params;
         this.buffers = msg.buffers;
