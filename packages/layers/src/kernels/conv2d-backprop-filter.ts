@@ -21,6 +21,14 @@ interface BackendLike {
   typedArrayFromHeap(t: TensorInfo): Float32Array;
 }
 
+let stride1ViaConv = true;
+/** Chooses the stride-1 algorithm (tests and benchmarks compare both); returns the previous choice. */
+export function setStride1ViaConv(on: boolean): boolean {
+  const prev = stride1ViaConv;
+  stride1ViaConv = on;
+  return prev;
+}
+
 /** Calls another registered wasm kernel by name; the caller owns (and must dispose) the result. */
 function call(name: string, backend: BackendLike, inputs: Record<string, TensorInfo>, attrs: NamedAttrMap): TensorInfo {
   const k = tf.getKernel(name, 'wasm');
@@ -32,7 +40,9 @@ function call(name: string, backend: BackendLike, inputs: Record<string, TensorI
 /**
  * Writes colsᵀ [kh·kw·C, N·Ho·Wo] of NHWC `x` (zero padding implied by `top`/`left`) into `out`.
  * Rows are contiguous so that the following matmul needs no transpose: both wasm's transposeA
- * path and its Transpose kernel are ~10x slower than a plain matmul of this size.
+ * path and its Transpose kernel are ~10x slower than a plain matmul of this size. The loops read x
+ * sequentially (C contiguous floats per pixel) and write C row streams; the opposite order (one
+ * output row at a time) re-streams all of x for each of the kh·kw·C rows and was 5x slower.
  */
 function im2colT(
   x: Float32Array, out: Float32Array,
@@ -43,30 +53,96 @@ function im2colT(
   const m = n * ho * wo;
   for (let i = 0; i < kh; i++) {
     for (let j = 0; j < kw; j++) {
+      const rowBase = (i * kw + j) * c * m;
       // Output columns whose input column lies inside x; outside them the value is padding (0).
-      const owLo = Math.max(0, Math.ceil((left - j) / sw));
-      const owHi = Math.min(wo, Math.floor((w - 1 + left - j) / sw) + 1);
-      for (let ci = 0; ci < c; ci++) {
-        let o = ((i * kw + j) * c + ci) * m;
-        for (let b = 0; b < n; b++) {
-          for (let oh = 0; oh < ho; oh++) {
-            const ih = oh * sh - top + i;
-            if (ih < 0 || ih >= h || owHi <= owLo) {
-              out.fill(0, o, o + wo);
-              o += wo;
-              continue;
-            }
-            if (owLo > 0) out.fill(0, o, o + owLo);
-            let src = ((b * h + ih) * w + (owLo * sw - left + j)) * c + ci;
-            const step = sw * c;
-            for (let ow = owLo; ow < owHi; ow++, src += step) out[o + ow] = x[src]!;
-            if (owHi < wo) out.fill(0, o + Math.max(owHi, owLo), o + wo);
-            o += wo;
+      const owLo = Math.min(wo, Math.max(0, Math.ceil((left - j) / sw)));
+      const owHi = Math.max(owLo, Math.min(wo, Math.floor((w - 1 + left - j) / sw) + 1));
+      for (let b = 0; b < n; b++) {
+        for (let oh = 0; oh < ho; oh++) {
+          const col0 = rowBase + (b * ho + oh) * wo;
+          const ih = oh * sh - top + i;
+          if (ih < 0 || ih >= h) {
+            for (let ci = 0; ci < c; ci++) out.fill(0, col0 + ci * m, col0 + ci * m + wo);
+            continue;
+          }
+          for (let ci = 0; ci < c; ci++) {
+            const r = col0 + ci * m;
+            if (owLo > 0) out.fill(0, r, r + owLo);
+            if (owHi < wo) out.fill(0, r + owHi, r + wo);
+          }
+          let src = ((b * h + ih) * w + (owLo * sw - left + j)) * c;
+          const step = sw * c;
+          for (let ow = owLo; ow < owHi; ow++, src += step) {
+            let d = col0 + ow;
+            for (let ci = 0; ci < c; ci++, d += m) out[d] = x[src + ci]!;
           }
         }
       }
     }
   }
+}
+
+/**
+ * Stride 1: dW[i, j, c, f] = Σ_{n,oh,ow} xpad[n, oh+i, ow+j, c]·dy[n, oh, ow, f] is itself a
+ * convolution, of x laid out as [C, H, W, N] (batch C, channels N) with dy as the filter
+ * [Ho, Wo, N, F], giving [C, kh, kw, F]. The backend's XNNPACK Conv2D runs it, and the JS work is
+ * only two transposes the size of x and dy instead of an im2col kh·kw times larger (2-3x faster).
+ */
+function viaConv(
+  be: BackendLike, x: TensorInfo, dy: TensorInfo,
+  n: number, h: number, w: number, c: number, kh: number, kw: number, ho: number, wo: number, f: number,
+  pad: { top: number; bottom: number; left: number; right: number },
+  owned: TensorInfo[],
+): TensorInfo {
+  const xT = be.makeOutput([c, h, w, n], 'float32');
+  owned.push(xT);
+  const dyT = be.makeOutput([ho, wo, n, f], 'float32');
+  owned.push(dyT);
+  {
+    const xs = be.typedArrayFromHeap(x);
+    const xd = be.typedArrayFromHeap(xT);
+    const plane = h * w * n;
+    let s = 0;
+    for (let b = 0; b < n; b++)
+      for (let p = 0; p < h * w; p++, s += c) {
+        let d = p * n + b;
+        for (let ci = 0; ci < c; ci++, d += plane) xd[d] = xs[s + ci]!;
+      }
+    const ds = be.typedArrayFromHeap(dy);
+    const dd = be.typedArrayFromHeap(dyT);
+    let t = 0;
+    for (let b = 0; b < n; b++)
+      for (let p = 0; p < ho * wo; p++, t += f) {
+        const o = (p * n + b) * f;
+        for (let q = 0; q < f; q++) dd[o + q] = ds[t + q]!;
+      }
+  }
+  const conv2d = tf.getKernel('Conv2D', 'wasm')!.kernelFunc;
+  const r = conv2d({
+    inputs: { x: xT, filter: dyT },
+    backend: be as never,
+    attrs: {
+      strides: [1, 1],
+      pad: [[0, 0], [pad.top, pad.bottom], [pad.left, pad.right], [0, 0]],
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+    } as unknown as NamedAttrMap,
+  }) as TensorInfo;
+  owned.push(r);
+  if (r.shape[1] !== kh || r.shape[2] !== kw) {
+    throw new Error(`Conv2DBackpropFilter (wasm): internal conv gave [${r.shape}], expected [${c},${kh},${kw},${f}]`);
+  }
+  const dw = be.makeOutput([kh, kw, c, f], 'float32');
+  const rs = be.typedArrayFromHeap(r);
+  const wd = be.typedArrayFromHeap(dw);
+  for (let ci = 0; ci < c; ci++)
+    for (let i = 0; i < kh; i++)
+      for (let j = 0; j < kw; j++) {
+        const so = ((ci * kh + i) * kw + j) * f;
+        const o = ((i * kw + j) * c + ci) * f;
+        for (let q = 0; q < f; q++) wd[o + q] = rs[so + q]!;
+      }
+  return dw;
 }
 
 export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs }) => {
@@ -96,6 +172,7 @@ export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs })
   const k = kh * kw * c;
   const owned: TensorInfo[] = [];
   try {
+    if (sh === 1 && sw === 1 && stride1ViaConv) return viaConv(be, x, dy, n, h, w, c, kh, kw, ho, wo, f, conv.padInfo, owned);
     const colsT = be.makeOutput([1, k, m], 'float32');
     owned.push(colsT);
     // Views are taken after the allocation: a heap growth detaches earlier views.

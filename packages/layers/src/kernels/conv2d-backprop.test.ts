@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { initEngine } from '../engine.js';
-import { conv2dBackpropFilterWasm } from './conv2d-backprop-filter.js';
+import { conv2dBackpropFilterWasm, setStride1ViaConv } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasm } from './conv2d-backprop-input.js';
 import { TOL, expectClose, expectNoLeakedTensors, onBackend } from '../test-support/index.js';
 
@@ -70,6 +70,14 @@ describe('Conv2DBackpropFilter and Conv2DBackpropInput (wasm, ours) match the cp
     const ref = await onBackend('cpu', () => convGrads(c, xd, wd, i));
     const got = await onBackend('wasm', () => convGrads(c, xd, wd, i));
     expectClose(`dW ${name(c)}`, got.dw, ref.dw, TOL.backendRel);
+    // Stride 1 normally runs as a conv; check the general im2col path on the same shapes too.
+    const prev = setStride1ViaConv(false);
+    try {
+      const im2col = await onBackend('wasm', () => convGrads(c, xd, wd, i));
+      expectClose(`dW (im2col path) ${name(c)}`, im2col.dw, ref.dw, TOL.backendRel);
+    } finally {
+      setStride1ViaConv(prev);
+    }
     expectClose(`dx ${name(c)}`, got.dx, ref.dx, TOL.backendRel);
   });
 
