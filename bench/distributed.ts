@@ -11,10 +11,13 @@
  * Note that the simulated workers share the process (and the 2-core box) with the coordinator,
  * so this is an upper bound on the overhead a real deployment would see.
  *
+ * Options: --mask uses ws's default random client masks (see simWorker).
+ *
  * Part 2 (real wasm workers, img/s and scaling efficiency): see `benchRealWorkers` below.
  */
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { cpus, loadavg } from 'node:os';
 import {
   PROTOCOL_VERSION,
   decodeMessage,
@@ -33,6 +36,7 @@ const { WebSocket } = createRequire(new URL('../packages/coordinator/package.jso
 type WebSocket = InstanceType<typeof WebSocket>;
 
 const args = process.argv.slice(2);
+const randomMask = args.includes('--mask');
 const arg = (k: string): string | undefined => {
   const i = args.indexOf(k);
   return i >= 0 ? args[i + 1] : undefined;
@@ -93,7 +97,10 @@ const fill = (specs: TensorSpec[], v: number): WireTensor[] => specs.map((s) => 
 
 /** A worker that answers every step with the same precomputed gradients (only step/attempt/n change). */
 function simWorker(url: string, specs: { params: TensorSpec[]; buffers: TensorSpec[] }, prefix: Uint8Array, tail: (s: number, a: number, n: number) => Uint8Array): WebSocket {
-  const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false });
+  // A zero mask lets ws skip the byte-wise XOR on both ends (the server skips unmasking all-zero
+  // masks); masking protects browser-era proxies, not a worker talking straight to the coordinator.
+  // --mask measures the default random masks (pure-JS XOR without the optional bufferutil addon).
+  const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false, ...(randomMask ? {} : { generateMask: (m: Buffer) => m.fill(0) }) } as never);
   ws.on('error', () => {});
   ws.on('open', () =>
     ws.send(encodeMessage({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'bench', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true })),
@@ -173,7 +180,7 @@ async function main(): Promise<void> {
       console.error(`  ${kind} N=${n}: ${r.msPerRound.toFixed(1)} ms/round`);
     }
   }
-  console.log('\nCoordinator round overhead (simulated in-process workers, loopback ws, node ' + process.version + ')');
+  console.log(`\nCoordinator round overhead (simulated in-process workers, loopback ws, ${randomMask ? 'random' : 'zero'} client masks, node ${process.version}, ${cpus().length} cpus, load average ${loadavg()[0].toFixed(1)})`);
   console.log('| gradients | MB/worker | N | ms/round | GB/s (grads in + weights out) |');
   console.log('|---|---:|---:|---:|---:|');
   for (const r of rows) console.log(`| ${r.model} | ${r.gradMB.toFixed(1)} | ${r.n} | ${r.msPerRound.toFixed(1)} | ${r.gbPerSec.toFixed(2)} |`);
