@@ -48,7 +48,7 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 /** What the coordinator checkpoints; the same shape as core's `Checkpoint`. */
 export interface CoordinatorCheckpoint {
-  version: 1;
+  version: number;
   config: Record<string, unknown>;
   configHash: string;
   step: number;
