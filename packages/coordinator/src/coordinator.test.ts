@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { WebSocket } from 'ws';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EpochSampler, createOptimizer, lrAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
@@ -138,6 +138,26 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
       expect(h.checkpoints.map((c) => c.step)).toEqual([3, 6]);
     });
   }
+
+  it('writes metrics.jsonl: a line per step (loss terms, lr, times per worker) and per epoch (train/test accuracy)', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'svd-metrics-')), 'run', 'metrics.jsonl');
+    const h = await harness(config({ minWorkers: 1 }), { metricsPath: path });
+    h.spawn();
+    h.spawn();
+    await allJoined(h.coord, 2);
+    await h.coord.start();
+    const lines = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const steps = lines.filter((l) => l.kind === 'step');
+    const epochs = lines.filter((l) => l.kind === 'epoch');
+    expect(steps.map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(steps[0]).toMatchObject({ epoch: 0, n: 8, loss: { orth: 0.5, sparsity: 0.25 } });
+    expect(steps[0].lr).toBeCloseTo(lrAt(config(), 0, 3), 12);
+    expect(steps[0].workers).toHaveLength(2);
+    expect(steps[0].workers[0]).toEqual(expect.objectContaining({ n: 4, computeMs: expect.any(Number), commMs: expect.any(Number) }));
+    expect(epochs.map((l) => l.epoch)).toEqual([0, 1]);
+    expect(epochs[1].testAcc).toBeCloseTo(4 / 7, 10);
+    expect(epochs[0].trainAcc).toBeCloseTo(10 / 20, 10);
+  });
 
   it('a run resumed from a mid-run checkpoint equals the uninterrupted run', async () => {
     const cfg = config({ minWorkers: 1, epochs: 3, checkpointEvery: 2 });
