@@ -159,6 +159,18 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs[0].trainAcc).toBeCloseTo(10 / 20, 10);
   });
 
+  it('evalEvery 0 never evaluates; evalEvery 2 evaluates after epoch 2 and after the last epoch', async () => {
+    const none = await harness(config({ minWorkers: 1, evalEvery: 0 }));
+    const w0 = none.spawn();
+    expect((await none.coord.start()).finalTestAcc).toBeNull();
+    expect(w0.received.some((m) => m.type === 'eval')).toBe(false);
+    const epochs: (number | undefined)[] = [];
+    const some = await harness(config({ minWorkers: 1, evalEvery: 2, epochs: 3 }), { onEpoch: (e) => epochs.push(e.testAcc) });
+    some.spawn();
+    await some.coord.start();
+    expect(epochs.map((a) => a !== undefined)).toEqual([false, true, true]);
+  });
+
   it('a run resumed from a mid-run checkpoint equals the uninterrupted run', async () => {
     const cfg = config({ minWorkers: 1, epochs: 3, checkpointEvery: 2 });
     const h = await harness(cfg);

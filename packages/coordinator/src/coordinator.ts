@@ -684,7 +684,8 @@ export class Coordinator {
       if (epochEnd) {
         const e: EpochEvent = { epoch: b.epoch, step: b.step + 1, trainLoss: epochStats.loss / Math.max(1, epochStats.n), trainAcc: epochStats.correct / Math.max(1, epochStats.n), epochMs: now() - epochStats.t0 };
         lastTrain = e.trainAcc;
-        if ((b.epoch + 1) % Math.max(1, cfg.evalEvery) === 0 || b.step + 1 === totalSteps) {
+        // evalEvery 0 turns evaluation off; otherwise every evalEvery epochs and after the last one.
+        if (cfg.evalEvery > 0 && ((b.epoch + 1) % cfg.evalEvery === 0 || b.step + 1 === totalSteps)) {
           const r = await this.evaluate('test');
           if (r) {
             e.testAcc = r.acc;
