@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { initEngine } from '../engine.js';
-import { conv2dBackpropFilterWasm, setStride1ViaConv } from './conv2d-backprop-filter.js';
+import { conv2dBackpropFilterWasm, setFilterGradAlgorithm } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasm } from './conv2d-backprop-input.js';
 import { TOL, expectClose, expectNoLeakedTensors, onBackend } from '../test-support/index.js';
 
@@ -50,6 +50,9 @@ const CASES: Case[] = [
   { x: [2, 9, 7, 3], k: [3, 3], f: 2, s: [2, 2], pad: 'valid' },
   { x: [1, 6, 6, 2], k: [3, 3], f: 2, s: [1, 1], pad: 1 },
   { x: [2, 11, 10, 3], k: [5, 3], f: 4, s: [3, 2], pad: p(2, 1, 0, 2) },
+  // 'valid' with stride 2 on an even input drops the last row/column (Ho = 4 from 10).
+  { x: [2, 10, 10, 3], k: [3, 3], f: 2, s: [2, 2], pad: 'valid' },
+  { x: [2, 10, 8, 3], k: [1, 1], f: 5, s: [2, 2], pad: 'valid' },
 ];
 const name = (c: Case) =>
   `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
@@ -70,13 +73,15 @@ describe('Conv2DBackpropFilter and Conv2DBackpropInput (wasm, ours) match the cp
     const ref = await onBackend('cpu', () => convGrads(c, xd, wd, i));
     const got = await onBackend('wasm', () => convGrads(c, xd, wd, i));
     expectClose(`dW ${name(c)}`, got.dw, ref.dw, TOL.backendRel);
-    // Stride 1 normally runs as a conv; check the general im2col path on the same shapes too.
-    const prev = setStride1ViaConv(false);
-    try {
-      const im2col = await onBackend('wasm', () => convGrads(c, xd, wd, i));
-      expectClose(`dW (im2col path) ${name(c)}`, im2col.dw, ref.dw, TOL.backendRel);
-    } finally {
-      setStride1ViaConv(prev);
+    // The default picks one algorithm per stride; check both on every shape.
+    for (const algo of ['conv', 'im2col'] as const) {
+      const prev = setFilterGradAlgorithm(algo);
+      try {
+        const forced = await onBackend('wasm', () => convGrads(c, xd, wd, i));
+        expectClose(`dW (${algo}) ${name(c)}`, forced.dw, ref.dw, TOL.backendRel);
+      } finally {
+        setFilterGradAlgorithm(prev);
+      }
     }
     expectClose(`dx ${name(c)}`, got.dx, ref.dx, TOL.backendRel);
   });
