@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeSyntheticCifar10 } from '@svd-train/core';
+import { latestCheckpoint, writeSyntheticCifar10, type Checkpoint } from '@svd-train/core';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const COORD_BIN = join(ROOT, 'packages/cli/bin/svd-coord.js');
@@ -171,11 +171,10 @@ export async function waitForPort(port: number, timeoutMs = 60_000, proc?: Proc)
 }
 
 /** The latest checkpoint of a run folder, loaded with core's checkpoint API. */
-export async function finalCheckpoint(outDir: string): Promise<{ step: number; params: { name: string; data: Float32Array }[]; buffers: { name: string; data: Float32Array }[] }> {
-  const core = (await import('@svd-train/core')) as Record<string, any>;
-  const path = core.latestCheckpoint(join(outDir, 'checkpoints'));
-  if (!path) throw new Error(`no checkpoint in ${outDir}/checkpoints`);
-  return core.loadCheckpoint(path);
+export function finalCheckpoint(outDir: string): Checkpoint {
+  const latest = latestCheckpoint(join(outDir, 'checkpoints'));
+  if (!latest) throw new Error(`no checkpoint in ${outDir}/checkpoints`);
+  return latest.checkpoint;
 }
 
 /** Largest |a-b| over all tensors (matched by name), with the worst tensor's name. */

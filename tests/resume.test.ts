@@ -38,14 +38,17 @@ describe('resume', () => {
       }
       b1.kill('SIGKILL');
       await b1.exited;
+      const doneAtKill = stepRecords(outB).length;
+      expect(doneAtKill, 'the kill must land mid-run').toBeLessThan(8);
       const b2 = startCoordinator([...common(outB, portB), '--resume']);
       expect(await b2.exited, b2.output().slice(-3000)).toBe(0);
       expect(w.output()).toMatch(/reconnect/i);
+      expect(b2.output()).toMatch(/resuming from \S+ \(step [1-9]/);
     } finally {
       w.kill('SIGKILL');
     }
-    const ca = await finalCheckpoint(outA);
-    const cb = await finalCheckpoint(outB);
+    const ca = finalCheckpoint(outA);
+    const cb = finalCheckpoint(outB);
     expect(cb.step).toBe(ca.step);
     const p = maxDiff(ca.params, cb.params);
     expect(p.diff, `worst at ${p.where}`).toBeLessThanOrEqual(RESUME_TOL);

@@ -1,0 +1,45 @@
+// The single-process reference of parity.test.ts, run as a plain Node process on the BUILT packages,
+// exactly like a worker (same module instances, same wasm set-up), so the only differences left
+// are the ones the test is about. Usage: node tests/parity-reference.mjs DATA WORKERS CONFIG_JSON OUT_FILE
+import { writeFileSync } from 'node:fs';
+import { EpochSampler, assembleBatch, createOptimizer, lrAt, readCifar10, resolveConfig } from '@svd-train/core';
+import { buildResNet, computeGradients, getBuffers, getParameters, initEngine, setBuffers, setParameters } from '@svd-train/layers';
+
+const [data, workersArg, configJson, outFile] = process.argv.slice(2);
+const workers = Number(workersArg);
+const cfg = resolveConfig({ data }, JSON.parse(configJson), {});
+await initEngine({ backend: 'wasm' });
+const model = buildResNet({ depth: 20, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
+const split = readCifar10(data, 'train');
+const opt = createOptimizer(cfg, getParameters(model).map((p) => p.name));
+const sampler = new EpochSampler({ size: Math.min(split.count, cfg.limitTrain ?? split.count), batch: cfg.batch, seed: cfg.seed });
+const steps = sampler.stepsPerEpoch * cfg.epochs;
+for (let k = 0; k < steps; k++) {
+  const b = sampler.nextShards(Array.from({ length: workers }, () => 1));
+  const start = getBuffers(model);
+  // The same float32 arithmetic as the all-reduce: acc += n_w·g_w in slice order, then acc *= 1/Σn_w.
+  const grads = new Map();
+  let bufs = null;
+  for (const shard of b.shards) {
+    const w = shard.length;
+    setBuffers(model, start);
+    const { x, y } = assembleBatch(split, shard, { seed: cfg.seed, epoch: b.epoch, augment: cfg.augment });
+    const r = computeGradients(model, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity });
+    for (const g of r.grads) {
+      const acc = grads.get(g.name) ?? new Float32Array(g.data.length);
+      for (let i = 0; i < acc.length; i++) acc[i] += w * g.data[i];
+      grads.set(g.name, acc);
+    }
+    bufs ??= r.buffers.map((t) => ({ ...t, data: new Float32Array(t.data.length) }));
+    bufs.forEach((t, j) => t.data.forEach((_, i) => (t.data[i] += w * r.buffers[j].data[i])));
+  }
+  const inv = 1 / b.indices.length;
+  for (const acc of grads.values()) for (let i = 0; i < acc.length; i++) acc[i] *= inv;
+  for (const t of bufs) for (let i = 0; i < t.data.length; i++) t.data[i] *= inv;
+  const params = new Map(getParameters(model).map((p) => [p.name, Float32Array.from(p.data)]));
+  opt.step(params, grads, lrAt(cfg, k, sampler.stepsPerEpoch));
+  setParameters(model, getParameters(model).map((p) => ({ ...p, data: params.get(p.name) })));
+  setBuffers(model, bufs);
+}
+const dump = (ts) => ts.map((t) => ({ name: t.name, shape: t.shape, data: Array.from(t.data) }));
+writeFileSync(outFile, JSON.stringify({ steps, params: dump(getParameters(model)), buffers: dump(getBuffers(model)) }));
