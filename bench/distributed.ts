@@ -13,7 +13,8 @@
  *
  * Options: --mask uses ws's default random client masks (see simWorker).
  *
- * Part 2 (real wasm workers, img/s and scaling efficiency): see `benchRealWorkers` below.
+ * Part 2 (`--real`, real wasm workers, img/s and scaling efficiency): see `benchRealWorkers` below.
+ * `--sizes none` skips part 1.
  */
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -157,19 +158,55 @@ async function roundOverhead(kind: 'resnet20' | 'resnet18', n: number, rounds: n
 
 /**
  * Part 2, real workers: images/s with 1 and 2 local wasm workers on the real CIFAR-10, SVD-ResNet-20,
- * and the scaling efficiency img/s(2) / (2 * img/s(1)).
- *
- * INTEGRATOR: implement here by running `node packages/cli/bin/svd-coord.js start --spawn K
- * --backend wasm --epochs 1 --limit-train ... --out <tmp>` for K = 1, 2 and reading imgPerSec from
- * the run's metrics.jsonl (kind 'step' lines, skipping the first few warm-up steps). Left out of
- * this file until the CLI and worker are built; `--real` prints this note instead of numbers.
+ * and the scaling efficiency img/s(K) / (K * img/s(1)). Runs the built CLI
+ * (`node packages/cli/bin/svd-coord.js start --spawn K`, needs `pnpm build`) on --limit-train
+ * samples for one epoch without evaluation, and takes the median imgPerSec of the run's
+ * metrics.jsonl step lines after the first two (warm-up: wasm compile, first allocations).
+ * `--real [--limit-train 1280] [--real-workers 1,2] [--data DIR]`.
  */
 async function benchRealWorkers(): Promise<void> {
-  console.log('\nreal wasm workers: not implemented in this benchmark yet (see benchRealWorkers in bench/distributed.ts)');
+  const { spawnSync } = await import('node:child_process');
+  const { existsSync, mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const root = new URL('..', import.meta.url).pathname;
+  const cli = join(root, 'packages/cli/bin/svd-coord.js');
+  const data = [arg('--data'), process.env.SVD_TRAIN_DATA, '/work/shared/cifar-10-batches-bin'].find((d) => d && existsSync(join(d, 'data_batch_1.bin')));
+  if (!existsSync(join(root, 'packages/cli/dist/index.js')) || !data) {
+    console.log(`\nreal wasm workers: skipped (${!data ? 'no CIFAR-10 found; pass --data DIR' : 'CLI not built; run pnpm build'})`);
+    return;
+  }
+  const limit = arg('--limit-train') ?? '1280';
+  const ks = (arg('--real-workers') ?? '1,2').split(',').map(Number);
+  const rows: { k: number; ips: number; steps: number }[] = [];
+  for (const k of ks) {
+    const out = mkdtempSync(join(tmpdir(), 'svd-bench-dist-'));
+    const flags = ['start', '--spawn', String(k), '--model', 'resnet20', '--data', data, '--out', out, '--port', '0', '--epochs', '1', '--batch', '128', '--limit-train', limit, '--eval-every', '0', '--backend', 'wasm', '--checkpoint-every', '0'];
+    const r = spawnSync(process.execPath, [cli, ...flags], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 3_600_000 });
+    if (r.status !== 0) {
+      console.log(`\nreal wasm workers K=${k}: the run failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-2000)}`);
+      rmSync(out, { recursive: true, force: true });
+      return;
+    }
+    const steps = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { kind: string; imgPerSec?: number })
+      .filter((l) => l.kind === 'step');
+    rmSync(out, { recursive: true, force: true });
+    const ips = steps.slice(Math.min(2, steps.length - 1)).map((l) => l.imgPerSec ?? 0).sort((a, b) => a - b);
+    rows.push({ k, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
+    console.error(`  real K=${k}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
+  }
+  const base = rows.find((r) => r.k === 1)?.ips;
+  console.log(`\nReal wasm workers, SVD-ResNet-20 (channel), batch 128, ${limit} CIFAR-10 train samples, ${cpus().length} cpus shared by coordinator and workers`);
+  console.log('| workers | img/s (median step) | steps | scaling efficiency |');
+  console.log('|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.k} | ${r.ips.toFixed(1)} | ${r.steps} | ${base ? ((100 * r.ips) / (r.k * base)).toFixed(0) + '%' : '-'} |`);
 }
 
 async function main(): Promise<void> {
-  const sizes = (arg('--sizes') ?? 'resnet20,resnet18').split(',') as ('resnet20' | 'resnet18')[];
+  const sizes = (arg('--sizes') ?? 'resnet20,resnet18').split(',').filter((x) => x !== 'none') as ('resnet20' | 'resnet18')[];
   const ns = (arg('--workers') ?? '1,2,4,8,16').split(',').map(Number);
   const rows: Row[] = [];
   for (const kind of sizes) {
@@ -180,9 +217,8 @@ async function main(): Promise<void> {
       console.error(`  ${kind} N=${n}: ${r.msPerRound.toFixed(1)} ms/round`);
     }
   }
-  console.log(`\nCoordinator round overhead (simulated in-process workers, loopback ws, ${randomMask ? 'random' : 'zero'} client masks, node ${process.version}, ${cpus().length} cpus, load average ${loadavg()[0].toFixed(1)})`);
-  console.log('| gradients | MB/worker | N | ms/round | GB/s (grads in + weights out) |');
-  console.log('|---|---:|---:|---:|---:|');
+  if (rows.length) console.log(`\nCoordinator round overhead (simulated in-process workers, loopback ws, ${randomMask ? 'random' : 'zero'} client masks, node ${process.version}, ${cpus().length} cpus, load average ${loadavg()[0].toFixed(1)})`);
+  if (rows.length) console.log('| gradients | MB/worker | N | ms/round | GB/s (grads in + weights out) |\n|---|---:|---:|---:|---:|');
   for (const r of rows) console.log(`| ${r.model} | ${r.gradMB.toFixed(1)} | ${r.n} | ${r.msPerRound.toFixed(1)} | ${r.gbPerSec.toFixed(2)} |`);
   if (args.includes('--real')) await benchRealWorkers();
 }
