@@ -334,6 +334,17 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     expect(nosy.error?.code).toBe('DATA_MISSING');
   });
 
+  it('drops a connection that does not finish the handshake within handshakeTimeoutMs', async () => {
+    const h = await harness(config({ handshakeTimeoutMs: 150 }));
+    const ws = new WebSocket(h.url);
+    ws.on('error', () => {});
+    const t0 = Date.now();
+    const closed = await new Promise<number>((r) => ws.on('close', (code) => r(code)));
+    expect(closed).toBe(1008);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(100);
+    expect(h.logs.some((l) => /handshake not finished within 150 ms/.test(l))).toBe(true);
+  });
+
   it('takes initial weights from the first manifest when the caller gives none', async () => {
     const cfg = config({ minWorkers: 1 });
     const h = await harness(cfg, { initialParams: undefined, initialBuffers: undefined });

@@ -265,10 +265,7 @@ export class Coordinator {
     const id = `w${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
     const peer: Peer = { id, name: id, ws, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null };
     this.peers.set(id, peer);
-    peer.handshakeTimer = setTimeout(() => {
-      if (peer.state !== 'ready' && peer.state !== 'gone') this.dropPeer(peer, 'PROTOCOL_INVALID', `handshake not finished within ${this.config.handshakeTimeoutMs} ms`);
-    }, this.config.handshakeTimeoutMs);
-    peer.handshakeTimer.unref?.();
+    this.armHandshakeTimer(peer);
     ws.on('message', (data: RawData) => {
       try {
         this.onMessage(peer, decodeMessage(data as Uint8Array | ArrayBuffer | Uint8Array[], { maxBytes: this.config.maxMessageBytes }));
@@ -283,6 +280,15 @@ export class Coordinator {
     ws.on('error', (e: Error) => {
       if (peer.state !== 'gone') this.dropPeer(peer, null, `socket error: ${e.message}`);
     });
+  }
+
+  /** (Re)starts the handshake deadline; a data transfer restarts it per file so a slow download is not cut off. */
+  private armHandshakeTimer(peer: Peer): void {
+    if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
+    peer.handshakeTimer = setTimeout(() => {
+      if (peer.state !== 'ready' && peer.state !== 'gone') this.dropPeer(peer, 'PROTOCOL_INVALID', `handshake not finished within ${this.config.handshakeTimeoutMs} ms`);
+    }, this.config.handshakeTimeoutMs);
+    peer.handshakeTimer.unref?.();
   }
 
   private send(peer: Peer, msg: Message | Uint8Array): void {
@@ -340,7 +346,10 @@ export class Coordinator {
         this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config) as unknown as Record<string, unknown>, configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
         return;
       case 'manifest':
-        if (msg.type === 'data-request') return this.serveData(peer, msg.file);
+        if (msg.type === 'data-request') {
+          this.armHandshakeTimer(peer);
+          return this.serveData(peer, msg.file);
+        }
         if (msg.type !== 'manifest') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'manifest' or 'data-request' after welcome, got '${msg.type}'`);
         if (msg.configHash !== this.configHash) {
           throw new SvdTrainError('MANIFEST_MISMATCH', `worker computes config hash ${msg.configHash}, the coordinator ${this.configHash}; run the same svd-train version on both`);
