@@ -30,6 +30,8 @@ import {
   buildResNet,
   countFlops,
   evaluate,
+  exportToStockLayers,
+  fileSystemIO,
   getBuffers,
   getParameters,
   initEngine,
@@ -40,7 +42,6 @@ import {
 } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { reportError, usageError } from './cli-errors.js';
-import { peers } from './peers.js';
 import { writeReport, type FlopsRow } from './report.js';
 import { spawnWorkers } from './spawn-workers.js';
 
@@ -307,9 +308,8 @@ async function pruneCommand(path: string, opts: { energy: string; out?: string }
 
 async function exportCommand(path: string, opts: { out: string; stock?: boolean }, io: Out): Promise<number> {
   const { model } = await modelFromCheckpoint(path);
-  const m = opts.stock ? (await peers.exportToStockLayers())(model) : model;
-  const io2 = (await peers.fileSystemIO())(opts.out);
-  await (m as { save(h: unknown): Promise<unknown> }).save(io2);
+  const m = opts.stock ? exportToStockLayers(model) : model;
+  await m.save(fileSystemIO(opts.out));
   io.out(`model written to ${opts.out}${opts.stock ? ' (stock tfjs layers, loadable without svd-train)' : ''}\n`);
   return 0;
 }
