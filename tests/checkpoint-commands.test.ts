@@ -17,6 +17,7 @@ describe('svd-coord eval / prune / export / report', () => {
   let out: string;
   let data: string;
   let ckpt: string;
+  let pruned: string | null = null;
 
   beforeAll(async () => {
     requireBuild();
@@ -47,7 +48,17 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(r.out).toMatch(/rankBefore\s+rankAfter/);
     const m = r.out.match(/params (\d+) -> (\d+)/)!;
     expect(Number(m[2])).toBeLessThan(Number(m[1]));
-    expect(readdirSync(dest).some((f) => f.endsWith('.svdckpt'))).toBe(true);
+    const files = readdirSync(dest).filter((f) => f.endsWith('.svdckpt'));
+    expect(files.length).toBe(1);
+    pruned = join(dest, files[0]!);
+  });
+
+  it('start --from a pruned checkpoint is refused up front (per-layer ranks are not supported yet)', async () => {
+    expect(pruned).not.toBeNull();
+    const port = await freePort();
+    const r = await coord(['start', ...tinyRunFlags({ data, out: tempDir(), port, epochs: 1, limitTrain: 12, batch: 12 }), '--from', pruned!]);
+    expect(r.code, r.out).toBe(2);
+    expect(r.out).toContain('CHECKPOINT_CONFIG_MISMATCH');
   });
 
   it('export --stock writes a tfjs model folder', async () => {

@@ -9,6 +9,7 @@ import { Command } from 'commander';
 import {
   CIFAR_SPLIT_FILES,
   ProgressBar,
+  SvdTrainError,
   assembleBatch,
   configHash,
   downloadCifar10,
@@ -132,6 +133,25 @@ async function modelFromCheckpoint(path: string): Promise<{ ckpt: Checkpoint; mo
   return { ckpt, model, cfg };
 }
 
+/**
+ * Refuses a --from checkpoint whose tensors do not fit the model the config builds (a pruned
+ * checkpoint has smaller U/s/V): workers build from the config, so they could never take it.
+ */
+function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[], path: string): void {
+  const got = new Map(ckpt.params.map((t) => [t.name, t.shape]));
+  for (const w of want) {
+    const g = got.get(w.name);
+    if (!g || g.join(',') !== w.shape.join(',')) {
+      throw new SvdTrainError(
+        'CHECKPOINT_CONFIG_MISMATCH',
+        `--from ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the model of this config has [${w.shape.join(', ')}]. ` +
+          'A pruned checkpoint (svd-coord prune) has smaller ranks, and fine-tuning it needs per-layer ranks in the run config, which svd-train does not support yet. ' +
+          'Fix: use --from with an unpruned checkpoint of the same --model/--decomposition.',
+      );
+    }
+  }
+}
+
 /** What the coordinator tells workers about the data: sizes after the limits, md5 of every file. */
 function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
   const train = readCifar10(dir, 'train');
@@ -177,6 +197,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   }
   // The model is built even when resuming: its manifest and BN parameter names are authoritative.
   const model = modelFor(cfg);
+  if (from) checkShapes(from, getParameters(model), cfg.from!);
   mkdirSync(ckptDir, { recursive: true });
   writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
 
@@ -215,6 +236,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     },
   });
   let workers: ReturnType<typeof spawnWorkers> | null = null;
+  let fatal: SvdTrainError | null = null;
   const onSignal = (sig: NodeJS.Signals) => {
     io.err(`received ${sig}; stopping\n`);
     void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
@@ -224,9 +246,29 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   try {
     const { port } = await coord.listen();
     if (cfg.spawn > 0) {
-      workers = spawnWorkers(cfg.spawn, { port, backend: cfg.backend, token: cfg.token, data: data.dir, write: io.err });
+      let failed = 0;
+      workers = spawnWorkers(cfg.spawn, {
+        port,
+        backend: cfg.backend,
+        token: cfg.token,
+        data: data.dir,
+        write: io.err,
+        // A spawned worker that exits with an error was refused or crashed; if all of them did,
+        // nobody is left to train and waiting would hang forever.
+        onExit: (i, code, signal) => {
+          if (code === 0) return;
+          io.err(`worker w${i} exited (${code ?? signal})\n`);
+          if (++failed === cfg.spawn) {
+            fatal = new SvdTrainError('BACKEND_UNAVAILABLE', `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping.`);
+            void coord.close('all spawned workers failed');
+          }
+        },
+      });
     }
-    const summary = await coord.start();
+    const summary = await coord.start().catch((e: unknown) => {
+      throw fatal ?? e;
+    });
+    if (fatal) throw fatal;
     const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
     io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
   } finally {
