@@ -203,6 +203,10 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
 
   const tty = Boolean(process.stderr.isTTY);
   let bar: ProgressBar | null = null;
+  let stepsPerEpoch: number | null = null;
+  let barDrawn = false;
+  const newBar = (epoch: number) =>
+    new ProgressBar({ label: `epoch ${epoch + 1}/${cfg.epochs}`, total: stepsPerEpoch ?? Math.ceil(info.trainCount / cfg.batch), unit: 'steps' });
   const coord = new Coordinator({
     config: cfg,
     datasetInfo: info,
@@ -216,27 +220,35 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     metricsPath: join(outDir, 'metrics.jsonl'),
     onLog: (level: LogLevel, line: string) => {
       if (level === 'debug') return;
-      if (bar && tty) io.err('\n');
+      // End a half-drawn bar line first, so the log line starts at column 0.
+      if (barDrawn) io.err('\n');
+      barDrawn = false;
       io.err(`${level === 'info' ? '' : `${level}: `}${line}\n`);
     },
     onStep: (s: StepEvent) => {
       const note = `${Math.round(s.imgPerSec)} img/s loss ${s.loss.ce.toFixed(3)} acc ${(100 * s.trainAcc).toFixed(1)}%`;
       if (tty) {
-        if (!bar || s.stepInEpoch === 0) bar = new ProgressBar({ label: `epoch ${s.epoch + 1}/${cfg.epochs}`, total: s.stepsPerEpoch, unit: 'steps' });
+        bar ??= newBar(s.epoch);
         bar.update(s.stepInEpoch + 1, note);
+        barDrawn = s.stepInEpoch + 1 < s.stepsPerEpoch;
       } else if (s.step % 10 === 0 || s.stepInEpoch === s.stepsPerEpoch - 1) {
         io.err(`step ${s.step + 1}/${s.totalSteps} epoch ${s.epoch + 1} ${note} lr ${s.lr.toExponential(2)} workers ${s.workers}\n`);
       }
+      stepsPerEpoch = s.stepsPerEpoch;
     },
+    // The coordinator logs the epoch line itself (onLog); here the bar of the next epoch starts,
+    // so its rate and ETA count from the epoch's start rather than from its first step's end.
     onEpoch: (e: EpochEvent) => {
       bar?.done();
-      bar = null;
-      const test = e.testAcc !== undefined ? ` test acc ${(100 * e.testAcc).toFixed(2)}%` : '';
-      io.err(`epoch ${e.epoch + 1} done in ${(e.epochMs / 1000).toFixed(1)} s: train loss ${e.trainLoss.toFixed(4)} train acc ${(100 * e.trainAcc).toFixed(2)}%${test}\n`);
+      bar = tty && e.epoch + 1 < cfg.epochs ? newBar(e.epoch + 1) : null;
+    },
+    onWorkerJoin: () => {
+      if (tty && !bar && stepsPerEpoch === null) bar = newBar(resume?.epoch ?? 0);
     },
   });
   let workers: ReturnType<typeof spawnWorkers> | null = null;
   let fatal: SvdTrainError | null = null;
+  let stopping = false;
   const onSignal = (sig: NodeJS.Signals) => {
     io.err(`received ${sig}; stopping\n`);
     void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
@@ -256,7 +268,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
         // A spawned worker that exits with an error was refused or crashed; if all of them did,
         // nobody is left to train and waiting would hang forever.
         onExit: (i, code, signal) => {
-          if (code === 0) return;
+          if (code === 0 || stopping) return;
           io.err(`worker w${i} exited (${code ?? signal})\n`);
           if (++failed === cfg.spawn) {
             fatal = new SvdTrainError('BACKEND_UNAVAILABLE', `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping.`);
@@ -272,6 +284,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
     io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
   } finally {
+    stopping = true;
     await workers?.killAll();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
