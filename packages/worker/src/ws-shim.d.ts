@@ -8,7 +8,7 @@ declare module 'ws' {
   class WebSocket extends EventEmitter {
     static readonly OPEN: number;
     readonly readyState: number;
-    constructor(url: string, options?: { maxPayload?: number; handshakeTimeout?: number });
+    constructor(url: string, options?: { maxPayload?: number; handshakeTimeout?: number; generateMask?: (mask: Buffer) => void });
     send(data: Uint8Array | string, cb?: (err?: Error) => void): void;
     close(code?: number, reason?: string): void;
     terminate(): void;
