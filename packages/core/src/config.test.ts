@@ -220,3 +220,56 @@ describe('key case helpers', () => {
     for (const k of CONFIG_KEYS) expect(toCamelCase(toKebabCase(k))).toBe(k);
   });
 });
+
+describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
+  const base = resolveConfig({}, undefined, {});
+
+  it('defaults to null and accepts module-name keys with positive integer ranks', () => {
+    expect(base.ranks).toBeNull();
+    const r = { 'stem.0': 3, 'layers.3.conv1': 5, 'layers.3.shortcut.0': 2, 'layers.12.conv2': 7, fc: 4 };
+    expect(parseConfig({ ranks: r }).ranks).toEqual(r);
+  });
+
+  it('parses the --ranks flag as JSON or module=rank pairs, and none as null', () => {
+    expect(resolveConfig({ ranks: '{"fc": 4, "stem.0": 2}' }, undefined, {}).ranks).toEqual({ fc: 4, 'stem.0': 2 });
+    expect(resolveConfig({ ranks: 'stem.0=3, layers.0.conv1=4' }, undefined, {}).ranks).toEqual({ 'stem.0': 3, 'layers.0.conv1': 4 });
+    expect(resolveConfig({ ranks: 'none' }, { ranks: { fc: 2 } }, {}).ranks).toBeNull();
+  });
+
+  it('refuses non-positive or fractional ranks, naming the layer', () => {
+    for (const bad of [0, -1, 2.5]) {
+      const e = thrown(() => parseConfig({ ranks: { 'layers.3.conv1': bad } }));
+      expect(e.code).toBe('CONFIG_INVALID');
+      expect(e.message).toContain('ranks.layers.3.conv1');
+    }
+    expect(thrown(() => resolveConfig({ ranks: 'fc=x' }, undefined, {})).message).toContain('fc=x');
+  });
+
+  it('refuses keys that are not SVD module names (typos, tfjs layer names, BN modules)', () => {
+    for (const key of ['layers_3_conv1', 'layers.3.bn1', 'layers.3.shortcut.1', 'stem.1', 'fc.U', 'conv1']) {
+      const e = thrown(() => parseConfig({ ranks: { [key]: 2 } }));
+      expect(e.code).toBe('CONFIG_INVALID');
+      expect(e.message).toContain(JSON.stringify(key));
+    }
+    expect(thrown(() => parseConfig({ ranks: { fc: 2 }, svd: false })).message).toMatch(/svd off/);
+  });
+
+  it('is hashed when set (it changes the shapes) and left out when null (old hashes stay valid)', () => {
+    const h = configHash(base);
+    const a = parseConfig({ ranks: { fc: 4, 'stem.0': 2 } });
+    const b = parseConfig({ ranks: { 'stem.0': 2, fc: 4 } });
+    expect(configHash(a)).not.toBe(h);
+    expect(configHash(b)).toBe(configHash(a));
+    expect(configHash(parseConfig({ ranks: { fc: 5, 'stem.0': 2 } }))).not.toBe(configHash(a));
+    const { ranks: _r, ...withoutRanks } = serializeConfig(base);
+    expect(configHash(withoutRanks as typeof base)).toBe(h);
+  });
+
+  it('serializeConfig copies the ranks object and it round-trips through JSON', () => {
+    const a = parseConfig({ ranks: { fc: 4 } });
+    const s = serializeConfig(a);
+    expect(s.ranks).toEqual({ fc: 4 });
+    expect(s.ranks).not.toBe(a.ranks);
+    expect(parseConfig(JSON.parse(JSON.stringify(s)))).toEqual({ ...a, token: null });
+  });
+});

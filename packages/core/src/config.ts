@@ -30,6 +30,12 @@ const nonNeg = () => z.number().min(0);
 const positive = () => z.number().positive();
 const path = () => z.string().min(1);
 
+/**
+ * PyTorch module names of the SVD layers our ResNets have (resnet.ts): the stem conv, the convs of
+ * each block, the 1×1 shortcut conv and the classifier. Keys of `ranks` must be one of these.
+ */
+export const SVD_MODULE_NAME_RE = /^(stem\.0|layers\.\d+\.(conv1|conv2|shortcut\.0)|fc)$/;
+
 /** Shape of a run config; every field has a default from `DEFAULTS`. */
 export const RunConfigSchema = z
   .strictObject({
@@ -37,6 +43,7 @@ export const RunConfigSchema = z
     svd: z.boolean().default(DEFAULTS.svd),
     decomposition: z.enum(DECOMPOSITIONS).default(DEFAULTS.decomposition),
     forward: z.enum(FORWARD_MODES).default(DEFAULTS.forward),
+    ranks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.ranks),
     sparsity: z.enum(SPARSITIES).default(DEFAULTS.sparsity),
     lambdaO: nonNeg().default(DEFAULTS.lambdaO),
     lambdaS: nonNeg().default(DEFAULTS.lambdaS),
@@ -83,6 +90,18 @@ export const RunConfigSchema = z
     backend: z.enum(BACKENDS).default(DEFAULTS.backend),
   })
   .superRefine((c, ctx) => {
+    for (const key of Object.keys(c.ranks ?? {})) {
+      if (!SVD_MODULE_NAME_RE.test(key)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ranks', key],
+          message: `a PyTorch module name of an SVD layer as key ('stem.0', 'layers.K.conv1', 'layers.K.conv2', 'layers.K.shortcut.0' or 'fc'), not ${JSON.stringify(key)}`,
+        });
+      }
+    }
+    if (c.ranks !== null && Object.keys(c.ranks).length > 0 && !c.svd) {
+      ctx.addIssue({ code: 'custom', path: ['ranks'], message: 'null with svd off: only SVD layers have a rank' });
+    }
     for (let i = 1; i < c.milestones.length; i++) {
       if (c.milestones[i]! <= c.milestones[i - 1]!) {
         ctx.addIssue({
@@ -233,8 +252,9 @@ function normalizeKeys(raw: Record<string, unknown>, origin: string, flagStyle: 
 }
 
 /** Kind of each field, for turning CLI strings ("0.1", "false", "81,122") into typed values. */
-function fieldKind(key: ConfigKey): 'number' | 'boolean' | 'numbers' | 'number|null' | 'string' {
+function fieldKind(key: ConfigKey): 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 'string' {
   if (key === 'limitTrain' || key === 'limitTest') return 'number|null';
+  if (key === 'ranks') return 'ranks';
   const d: unknown = DEFAULTS[key];
   if (typeof d === 'number') return 'number';
   if (typeof d === 'boolean') return 'boolean';
@@ -271,12 +291,41 @@ function coerceStrings(values: Record<string, unknown>): Record<string, unknown>
     } else if (kind === 'boolean') {
       if (/^(true|1|yes)$/i.test(v.trim())) out[key] = true;
       else if (/^(false|0|no)$/i.test(v.trim())) out[key] = false;
+    } else if (kind === 'ranks') {
+      const parsed = parseRanks(v);
+      if (parsed !== undefined) out[key] = parsed;
     } else if (kind === 'numbers') {
       const parts = v.replace(/^\s*\[|\]\s*$/g, '').split(',');
       const nums = parts.map(toNumber);
       if (v.trim() === '' || /^\[\s*\]$/.test(v.trim())) out[key] = [];
       else if (nums.every((n) => n !== undefined)) out[key] = nums;
     }
+  }
+  return out;
+}
+
+/**
+ * `--ranks` text: 'none'/'null', a JSON object ('{"fc": 5}') or 'module=rank' pairs separated by
+ * commas ('stem.0=3,layers.0.conv1=4'). Returns undefined when it is none of these, so the schema
+ * reports the original text.
+ */
+function parseRanks(v: string): Record<string, number> | null | undefined {
+  const t = v.trim();
+  if (/^(null|none)$/i.test(t)) return null;
+  if (t.startsWith('{')) {
+    try {
+      const o: unknown = JSON.parse(t);
+      return o !== null && typeof o === 'object' && !Array.isArray(o) ? (o as Record<string, number>) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const out: Record<string, number> = {};
+  for (const part of t.split(',')) {
+    const m = /^\s*([^=\s]+)\s*=\s*(\S+)\s*$/.exec(part);
+    const n = m ? toNumber(m[2]!) : undefined;
+    if (!m || n === undefined) return undefined;
+    out[m[1]!] = n;
   }
   return out;
 }
@@ -403,7 +452,7 @@ export function serializeConfig(cfg: RunConfig): SerializedRunConfig {
   for (const k of CONFIG_KEYS) {
     if (k === 'token' || !(k in cfg)) continue;
     const v = cfg[k];
-    out[k] = Array.isArray(v) ? [...v] : v;
+    out[k] = Array.isArray(v) ? [...v] : v !== null && typeof v === 'object' ? { ...v } : v;
   }
   return out as SerializedRunConfig;
 }
@@ -426,9 +475,14 @@ const RUN_LOCAL = new Set<string>(RUN_LOCAL_KEYS);
 /**
  * sha256 (hex) of the canonical JSON of the fields that affect the math (every field except
  * `RUN_LOCAL_KEYS`). Workers and checkpoints compare it to refuse training a different model.
+ * `ranks: null` (every layer full rank) is left out, so configs and checkpoints from before the
+ * field existed keep their hash; any ranks given are hashed (they change the parameter shapes).
  */
 export function configHash(cfg: RunConfig | SerializedRunConfig): string {
   const picked: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(cfg)) if (!RUN_LOCAL.has(k)) picked[k] = v;
+  for (const [k, v] of Object.entries(cfg)) {
+    if (RUN_LOCAL.has(k) || (k === 'ranks' && (v === null || v === undefined))) continue;
+    picked[k] = v;
+  }
   return createHash('sha256').update(canonicalJson(picked)).digest('hex');
 }

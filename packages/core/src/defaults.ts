@@ -26,6 +26,9 @@ export const DEFAULTS = Object.freeze({
   svd: true,
   decomposition: 'channel',
   forward: 'auto',
+  // Per-layer ranks of SVD layers by PyTorch module name ('layers.3.conv1': 5), e.g. of a pruned
+  // checkpoint being fine-tuned; layers not listed get full rank. null = every layer full rank.
+  ranks: null as Record<string, number> | null,
   // Regularization (Yang et al. 2020: orthogonality λ_o, singular-value sparsity λ_s)
   sparsity: 'hoyer',
   lambdaO: 1,
