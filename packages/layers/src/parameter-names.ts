@@ -166,3 +166,20 @@ export function getBuffers(model: tf.LayersModel): WireTensor[] {
 export function setBuffers(model: tf.LayersModel, tensors: readonly WireTensor[]): void {
   write(namedBuffers(model), tensors, 'buffer');
 }
+
+/**
+ * PyTorch names of the parameters that get no weight decay: batch-norm gammas and betas (their
+ * names, `layers.0.bn1.weight`, look like conv weights, so only the model can tell) and every bias.
+ * Passed to the optimizer as `noDecay`. BN layers are recognised by class name, so this also works
+ * for stock `BatchNormalization` layers and for models loaded from JSON.
+ */
+export function noDecayParameterNames(model: tf.LayersModel): string[] {
+  const bnVars = new Set(
+    model.layers
+      .filter((l) => ['SvdBatchNorm', 'BatchNormalization'].includes(l.getClassName()))
+      .flatMap((l) => l.trainableWeights.map((w) => w.name)),
+  );
+  return namedParameters(model)
+    .filter((p) => bnVars.has(p.variable.name) || p.name.endsWith('.bias'))
+    .map((p) => p.name);
+}

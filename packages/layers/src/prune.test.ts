@@ -1,9 +1,10 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, expectClose, type RefTensor } from './test-support/index.js';
-import { selectRankByEnergy, selectRankByThreshold, pruneByEnergy, pruneByThreshold } from './prune.js';
+import { selectRankByEnergy, selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks } from './prune.js';
 import { buildResNet } from './resnet.js';
-import { namedParameters, getBuffers, setBuffers } from './parameter-names.js';
+import { namedParameters, getBuffers, setBuffers, getParameters, setParameters } from './parameter-names.js';
+import { SVDConv2D } from './svd-conv2d.js';
 
 interface PruneCase {
   name: string;
@@ -34,7 +35,9 @@ describe('selectRankByThreshold', () => {
 });
 
 describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
-  const build = () => buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], seed: 5 });
+  const arch = { depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2] } as const;
+  const build = (decomposition: 'channel' | 'spatial' = 'channel') =>
+    buildResNet({ ...arch, widths: [...arch.widths], blocks: [...arch.blocks], strides: [...arch.strides], decomposition, seed: 5 });
 
   function randomise(model: tf.LayersModel): void {
     // Non-trivial BN statistics and a decaying spectrum so the energy rule drops something.
@@ -96,4 +99,35 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
     pruned.dispose();
     full.dispose();
   });
+
+  for (const decomposition of ['channel', 'spatial'] as const) {
+    it(`${decomposition}: buildResNet({ ranks: svdRanks(pruned) }) has the pruned shapes and, loaded with its weights, its outputs`, () => {
+      const model = build(decomposition);
+      randomise(model);
+      const { model: pruned, report } = pruneByEnergy(model, 0.1);
+      const ranks = svdRanks(pruned);
+      // Module names (not tfjs layer names), one per SVD layer, equal to the report's ranks.
+      expect(Object.keys(ranks).sort()).toEqual(report.map((r) => r.name.replace(/_/g, '.')).sort());
+      for (const r of report) expect(ranks[r.name.replace(/_/g, '.')]).toBe(r.rankAfter);
+      expect(report.some((r) => r.rankAfter < r.rankBefore)).toBe(true);
+
+      const rebuilt = buildResNet({ ...arch, widths: [...arch.widths], blocks: [...arch.blocks], strides: [...arch.strides], decomposition, ranks, seed: 77 });
+      const shapes = (m: tf.LayersModel) => getParameters(m).map((p) => [p.name, ...p.shape]);
+      expect(shapes(rebuilt)).toEqual(shapes(pruned));
+      expect(svdRanks(rebuilt)).toEqual(ranks);
+      // Pruned convs run factored, as pruneModel makes them.
+      for (const l of rebuilt.layers) if (l instanceof SVDConv2D) expect([l.name, l.forward]).toEqual([l.name, 'factored']);
+
+      setParameters(rebuilt, getParameters(pruned));
+      setBuffers(rebuilt, getBuffers(pruned));
+      const x = tf.randomNormal([2, 32, 32, 3], 0, 1, 'float32', 11);
+      const want = pruned.predict(x) as tf.Tensor;
+      const got = rebuilt.predict(x) as tf.Tensor;
+      expectClose('rebuilt pruned logits', got, want, 1e-6);
+      tf.dispose([x, want, got]);
+      model.dispose();
+      pruned.dispose();
+      rebuilt.dispose();
+    });
+  }
 });

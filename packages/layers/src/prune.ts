@@ -8,6 +8,7 @@ import { SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { countFlops } from './flops.js';
+import { moduleNameFor } from './parameter-names.js';
 
 /**
  * The energy rule: with w = s², keep the smallest k whose top-k energy is at least (1 − e)·Σw,
@@ -46,6 +47,17 @@ export function selectRankByThreshold(s: ArrayLike<number>, tau: number): { k: n
   }
   if (kept.length === 0 && s.length > 0) kept.push(best);
   return { k: kept.length, keptIndices: kept };
+}
+
+/**
+ * Current rank of every SVD layer by PyTorch module name ('layers.3.conv1' → 5), in the model's
+ * layer order. `buildResNet({ ..., ranks: svdRanks(pruned) })` builds a model with the pruned
+ * model's shapes, which is how a pruned checkpoint is fine-tuned.
+ */
+export function svdRanks(model: tf.LayersModel): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const layer of model.layers) if (isSvdLayer(layer)) out[moduleNameFor(layer.name)] = layer.rank;
+  return out;
 }
 
 /** What pruning did to one SVD layer. */

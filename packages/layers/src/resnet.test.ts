@@ -2,7 +2,8 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, type RefTensor } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
-import { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor } from './parameter-names.js';
+import { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames } from './parameter-names.js';
+import { svdRanks } from './prune.js';
 
 interface RefModel {
   parameters: Record<string, RefTensor>;
@@ -74,5 +75,55 @@ describe('buildResNet', () => {
 
   it('layer/module name mapping is invertible', () => {
     for (const n of ['stem.0', 'layers.12.shortcut.1', 'fc']) expect(moduleNameFor(layerNameFor(n))).toBe(n);
+  });
+
+  const tiny = { depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2] } as const;
+  const tinyOpts = () => ({ ...tiny, widths: [...tiny.widths], blocks: [...tiny.blocks], strides: [...tiny.strides] });
+
+  it('ranks override the rank of the named SVD layers only (U [m,r], s [r], V [p,r])', () => {
+    const full = buildResNet({ ...tinyOpts(), seed: 1 });
+    const fullRanks = svdRanks(full);
+    expect(fullRanks).toMatchObject({ 'stem.0': 4, 'layers.1.conv1': 8, 'layers.1.shortcut.0': 4, fc: 10 });
+    const m = buildResNet({ ...tinyOpts(), seed: 1, rank: 6, ranks: { 'stem.0': 2, 'layers.1.shortcut.0': 3, fc: 5 } });
+    const r = svdRanks(m);
+    expect(r).toMatchObject({ 'stem.0': 2, 'layers.1.shortcut.0': 3, fc: 5, 'layers.1.conv1': 6, 'layers.0.conv1': 4 });
+    const shape = (n: string) => namedParameters(m).find((p) => p.name === n)!.variable.shape;
+    expect(shape('stem.0.U')).toEqual([4, 2]);
+    expect(shape('stem.0.s')).toEqual([2]);
+    expect(shape('stem.0.V')).toEqual([27, 2]);
+    expect(shape('fc.U')).toEqual([10, 5]);
+    expect(shape('fc.V')).toEqual([16, 5]);
+    full.dispose();
+    m.dispose();
+  });
+
+  it('refuses ranks naming no SVD layer of the model, above full rank, or with svd off, leaking nothing', () => {
+    const before = tf.memory().numTensors;
+    expect(() => buildResNet({ ...tinyOpts(), ranks: { 'layers.0.shortcut.0': 2 } })).toThrow(/'layers\.0\.shortcut\.0'.*not an SVD layer/);
+    expect(() => buildResNet({ ...tinyOpts(), ranks: { 'layers.5.conv1': 2 } })).toThrow(/layers\.5\.conv1/);
+    expect(() => buildResNet({ ...tinyOpts(), ranks: { 'stem.0': 5 } })).toThrow(/ranks\['stem\.0'\] = 5; expected an integer in \[1, 4\]/);
+    expect(() => buildResNet({ ...tinyOpts(), ranks: { fc: 0 } })).toThrow(/\[1, 10\]/);
+    expect(() => buildResNet({ ...tinyOpts(), svd: false, ranks: { fc: 2 } })).toThrow(/svd: false/);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('noDecayParameterNames: BN gammas/betas and biases, no conv or SVD factors', () => {
+    const m = buildResNet({ ...tinyOpts(), seed: 1 });
+    const names = noDecayParameterNames(m);
+    const bnModules = ['stem.1', 'layers.0.bn1', 'layers.0.bn2', 'layers.1.shortcut.1', 'layers.2.bn2'];
+    for (const mod of bnModules) expect(names).toEqual(expect.arrayContaining([`${mod}.weight`, `${mod}.bias`]));
+    expect(names).toContain('fc.bias');
+    expect(names.some((n) => /\.(U|s|V)$/.test(n))).toBe(false);
+    // Everything else is a factor: the two sets partition the parameters.
+    const all = namedParameters(m).map((p) => p.name);
+    expect(all.filter((n) => !names.includes(n)).every((n) => /\.(U|s|V)$/.test(n))).toBe(true);
+    m.dispose();
+    const plain = buildResNet({ ...tinyOpts(), svd: false });
+    const plainNames = noDecayParameterNames(plain);
+    expect(plainNames).toContain('layers.0.bn1.weight');
+    expect(plainNames).toContain('fc.bias');
+    expect(plainNames).not.toContain('layers.0.conv1.weight');
+    expect(plainNames).not.toContain('fc.weight');
+    plain.dispose();
   });
 });

@@ -35,6 +35,14 @@ export interface BuildResNetOptions {
   forward?: 'auto' | 'reconstruct' | 'factored';
   /** Rank of every SVD layer (default full rank); clipped to each layer's full rank. */
   rank?: number;
+  /**
+   * Per-layer ranks by PyTorch module name ('stem.0', 'layers.3.conv1', 'layers.3.shortcut.0',
+   * 'fc'), over `rank`; e.g. the ranks of a pruned checkpoint (`svdRanks(pruned)`). A listed conv
+   * runs the 'factored' forward unless `forward` is 'reconstruct', as `pruneModel` builds it, so
+   * the model equals the pruned one. Every key must name an SVD layer of this model and every
+   * rank must be at most that layer's full rank.
+   */
+  ranks?: Readonly<Record<string, number>> | null;
   /** Base seed of the initialisation; layer i uses seed + i (default 0). */
   seed?: number;
   /** Input [H, W, C] (default [32, 32, 3]). */
@@ -56,6 +64,29 @@ function archFor(depth: ResNetDepth): Arch {
   return { widths: [16, 32, 64], blocks: [n, n, n], strides: [1, 2, 2] };
 }
 
+function convFullRank(decomposition: 'channel' | 'spatial', cin: number, filters: number, k: number): number {
+  return decomposition === 'spatial' ? Math.min(filters * k, cin * k) : Math.min(filters, cin * k * k);
+}
+
+/** Module name -> full rank of every SVD layer the builder creates, in build order (same walk as buildResNet). */
+function svdFullRanks(a: Arch & { decomposition: 'channel' | 'spatial'; numClasses: number; inChannels: number }): Map<string, number> {
+  const out = new Map<string, number>([['stem.0', convFullRank(a.decomposition, a.inChannels, a.widths[0]!, 3)]]);
+  let cin = a.widths[0]!;
+  let k = 0;
+  for (let stage = 0; stage < a.widths.length; stage++) {
+    for (let b = 0; b < a.blocks[stage]!; b++, k++) {
+      const stride = b === 0 ? a.strides[stage]! : 1;
+      const cout = a.widths[stage]!;
+      out.set(`layers.${k}.conv1`, convFullRank(a.decomposition, cin, cout, 3));
+      out.set(`layers.${k}.conv2`, convFullRank(a.decomposition, cout, cout, 3));
+      if (stride !== 1 || cin !== cout) out.set(`layers.${k}.shortcut.0`, convFullRank(a.decomposition, cin, cout, 1));
+      cin = cout;
+    }
+  }
+  out.set('fc', Math.min(cin, a.numClasses));
+  return out;
+}
+
 /** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */
 export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   const base = archFor(opts.depth);
@@ -74,6 +105,30 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   const forward = opts.forward ?? 'auto';
   const baseSeed = opts.seed ?? 0;
   let layerIndex = 0;
+  const inputShape = opts.inputShape ?? [32, 32, 3];
+  const ranks = opts.ranks ?? {};
+  // Checked before any layer exists, so a bad override leaks no weights.
+  if (Object.keys(ranks).length > 0) {
+    if (!svd) {
+      throw new SvdTrainError('CONFIG_INVALID', `ranks ${JSON.stringify(ranks)} given for a model without SVD layers (svd: false); drop them or build with svd: true`);
+    }
+    const full = svdFullRanks({ widths, blocks, strides, decomposition, numClasses, inChannels: inputShape[2] });
+    for (const [module, r] of Object.entries(ranks)) {
+      const f = full.get(module);
+      if (f === undefined) {
+        throw new SvdTrainError(
+          'CONFIG_INVALID',
+          `ranks name '${module}', which is not an SVD layer of this model; its SVD layers are ${[...full.keys()].join(', ')}`,
+        );
+      }
+      if (!Number.isInteger(r) || r < 1 || r > f) {
+        throw new SvdTrainError('CONFIG_INVALID', `ranks['${module}'] = ${r}; expected an integer in [1, ${f}] (the layer's full rank)`);
+      }
+    }
+  }
+  /** Rank of SVD layer `module` with full rank `full`: its override, else the global rank clipped. */
+  const rankOf = (module: string, full: number): number | undefined =>
+    (Object.hasOwn(ranks, module) ? ranks[module] : undefined) ?? (opts.rank === undefined ? undefined : Math.min(opts.rank, full));
 
   const conv = (module: string, x: tf.SymbolicTensor, cin: number, filters: number, k: number, stride: number, pad: number) => {
     const name = layerNameFor(module);
@@ -94,7 +149,7 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
         })
         .apply(padded) as tf.SymbolicTensor;
     }
-    const full = decomposition === 'spatial' ? Math.min(filters * k, cin * k) : Math.min(filters, cin * k * k);
+    const full = convFullRank(decomposition, cin, filters, k);
     return new SVDConv2D({
       name,
       filters,
@@ -103,8 +158,9 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
       padding: pad,
       useBias: false,
       decomposition,
-      forward,
-      rank: opts.rank === undefined ? undefined : Math.min(opts.rank, full),
+      // pruneModel switches pruned convs to 'factored' (cheaper at low rank); do the same.
+      forward: Object.hasOwn(ranks, module) && forward !== 'reconstruct' ? 'factored' : forward,
+      rank: rankOf(module, full),
       seed,
     }).apply(x) as tf.SymbolicTensor;
   };
@@ -112,7 +168,6 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
     new SvdBatchNorm({ name: layerNameFor(module) }).apply(x) as tf.SymbolicTensor;
   const relu = (name: string, x: tf.SymbolicTensor) => tf.layers.reLU({ name }).apply(x) as tf.SymbolicTensor;
 
-  const inputShape = opts.inputShape ?? [32, 32, 3];
   const input = tf.input({ shape: inputShape, name: 'input' });
   let x = conv('stem.0', input, inputShape[2], widths[0]!, 3, 1, 1);
   x = bn('stem.1', x);
@@ -136,7 +191,7 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   }
   x = tf.layers.globalAveragePooling2d({ name: 'pool' }).apply(x) as tf.SymbolicTensor;
   const fc = svd
-    ? new SVDDense({ name: 'fc', units: numClasses, useBias: true, seed: baseSeed + layerIndex++ })
+    ? new SVDDense({ name: 'fc', units: numClasses, useBias: true, rank: rankOf('fc', Math.min(cin, numClasses)), seed: baseSeed + layerIndex++ })
     : tf.layers.dense({ name: 'fc', units: numClasses, useBias: true, kernelInitializer: tf.initializers.heNormal({ seed: baseSeed + layerIndex++ }) });
   const logits = fc.apply(x) as tf.SymbolicTensor;
   return tf.model({ inputs: input, outputs: logits, name: `resnet${opts.depth === 'resnet18' ? '18' : opts.depth}` });
