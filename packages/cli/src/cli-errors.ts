@@ -16,7 +16,7 @@ const INPUT_CODES = new Set([
 
 /** A usage error raised by the CLI itself (bad option value, missing file). */
 export function usageError(message: string): SvdTrainError {
-  return new SvdTrainError('CLI_USAGE' as never, message);
+  return new SvdTrainError('CLI_USAGE', message);
 }
 
 /** Prints `err` for a human and returns the exit code to use. */

@@ -25,16 +25,15 @@ import {
   lrAt as scheduleLrAt,
   serializeConfig,
   splitBatch,
+  type Checkpoint,
   type DatasetInfo,
   type EvalResultMessage,
   type GradientsMessage,
   type HelloMessage,
   type Message,
   type Optimizer,
-  type OptimizerState,
   type ParamSet,
   type RunConfig,
-  type SamplerState,
   type WireTensor,
 } from '@svd-train/core';
 import { AllReduce } from './all-reduce.js';
@@ -47,18 +46,8 @@ import { StallDetector } from './stall-detector.js';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 /** What the coordinator checkpoints; the same shape as core's `Checkpoint`. */
-export interface CoordinatorCheckpoint {
-  version: number;
-  config: Record<string, unknown>;
-  configHash: string;
-  step: number;
-  epoch: number;
-  params: WireTensor[];
-  buffers: WireTensor[];
-  optimizer: OptimizerState;
-  sampler: SamplerState;
-  metrics?: Record<string, unknown>;
-}
+/** What the coordinator saves and resumes from: core's checkpoint, so there is one definition. */
+export type CoordinatorCheckpoint = Checkpoint;
 
 export interface StepEvent {
   step: number;

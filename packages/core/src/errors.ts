@@ -26,6 +26,7 @@ export const ERROR_CODES = [
   'ROUND_MISMATCH',
   'BACKEND_UNAVAILABLE',
   'INTERNAL',
+  'CLI_USAGE',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
