@@ -19,17 +19,9 @@ import { computeGradients, getBuffers, setBuffers } from '@svd-train/layers';
 type Model = Parameters<typeof computeGradients>[0];
 type Reg = Parameters<typeof computeGradients>[3];
 
-/** What a worker reports for one step (all loss terms are sample-means over the slice). */
-export interface SliceGradients {
-  grads: WireTensor[];
-  buffers: WireTensor[];
-  ce: number;
-  orth: number;
-  sparsity: number;
-  total: number;
-  correct: number;
-  n: number;
-}
+/** What a worker reports for one step (all loss terms are sample-means over the slice): the same
+ * record as one `computeGradients` call, so a chunked slice and a whole one look alike. */
+export type SliceGradients = ReturnType<typeof computeGradients>;
 
 /** Adds `w·src` into `dst` element-wise (tensors matched by position; names and shapes checked). */
 function axpy(dst: WireTensor[], src: WireTensor[], w: number): void {
