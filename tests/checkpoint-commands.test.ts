@@ -1,10 +1,11 @@
 /**
- * The checkpoint commands of the built CLI on a real (tiny) run: eval, prune, export, report, and
- * the clear exit-2 errors for bad input.
+ * The checkpoint commands of the built CLI on a real (tiny) run: eval, prune, fine-tuning a pruned
+ * checkpoint with start --from, export, report, and the clear exit-2 errors for bad input.
  */
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { configHash, loadCheckpoint, parseConfig } from '@svd-train/core';
 import { COORD_BIN, freePort, launch, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
 
 async function coord(args: string[]): Promise<{ code: number | string; out: string }> {
@@ -53,12 +54,61 @@ describe('svd-coord eval / prune / export / report', () => {
     pruned = join(dest, files[0]!);
   });
 
-  it('start --from a pruned checkpoint is refused up front (per-layer ranks are not supported yet)', async () => {
+  it('the pruned checkpoint carries its ranks in the config (hash included) and no optimizer state', () => {
     expect(pruned).not.toBeNull();
+    const p = loadCheckpoint(pruned!);
+    const orig = loadCheckpoint(ckpt);
+    const ranks = (p.config as { ranks: Record<string, number> | null }).ranks!;
+    const sShapes = Object.fromEntries(p.params.filter((t) => t.name.endsWith('.s')).map((t) => [t.name.slice(0, -2), t.shape[0]]));
+    expect(ranks).toEqual(sShapes);
+    expect(Object.entries(ranks).some(([m, r]) => orig.params.find((t) => t.name === `${m}.s`)!.shape[0]! > r)).toBe(true);
+    expect(p.configHash).toBe(configHash(parseConfig(p.config)));
+    expect(p.configHash).not.toBe(orig.configHash);
+    expect(p.optimizer.step).toBe(0);
+    expect(Object.keys(p.optimizer.slots)).toEqual([]);
+  });
+
+  it('eval runs on the pruned checkpoint', async () => {
+    const r = await coord(['eval', pruned!, '--data', data, '--limit-test', '12']);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/12\)/);
+  });
+
+  it('start --from the pruned checkpoint fine-tunes with its ranks: a fresh run whose checkpoint keeps the pruned shapes', async () => {
+    const p = loadCheckpoint(pruned!);
+    const dest = tempDir();
     const port = await freePort();
-    const r = await coord(['start', ...tinyRunFlags({ data, out: tempDir(), port, epochs: 1, limitTrain: 12, batch: 12 }), '--from', pruned!]);
+    // 2 steps (24 images, batch 12): the original run had 1, so a continued step count would end at 3.
+    const c = startCoordinator([...tinyRunFlags({ data, out: dest, port, epochs: 1, limitTrain: 24, batch: 12 }), '--spawn', '1', '--from', pruned!]);
+    expect(await c.exited, c.output().slice(-3000)).toBe(0);
+    expect(c.output()).toContain('per-layer ranks of the checkpoint');
+    const dir = join(dest, 'checkpoints');
+    const tuned = loadCheckpoint(join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!));
+    expect(tuned.step).toBe(2);
+    const shapes = (ts: { name: string; shape: number[] }[]) => ts.map((t) => [t.name, ...t.shape]);
+    expect(shapes(tuned.params)).toEqual(shapes(p.params));
+    expect(shapes(tuned.buffers)).toEqual(shapes(p.buffers));
+    expect((tuned.config as { ranks: unknown }).ranks).toEqual((p.config as { ranks: unknown }).ranks);
+    expect(tuned.configHash).toBe(configHash(parseConfig(tuned.config)));
+    // A fresh optimizer whose momentum buffers have the pruned shapes, and weights that moved.
+    expect(tuned.optimizer.step).toBe(2);
+    const momentum = tuned.optimizer.slots.momentum_buffer!;
+    for (const t of p.params) expect([t.name, momentum[t.name]?.length]).toEqual([t.name, t.data.length]);
+    const moved = tuned.params.some((t, i) => t.data.some((v, j) => v !== p.params[i]!.data[j]));
+    expect(moved).toBe(true);
+    expect(JSON.parse(readFileSync(join(dest, 'config.json'), 'utf8')).ranks).toEqual((p.config as { ranks: unknown }).ranks);
+  });
+
+  it('start --from a pruned checkpoint with --ranks that do not fit it is refused, naming the tensor and the fix', async () => {
+    const fc = (loadCheckpoint(pruned!).config as { ranks: Record<string, number> }).ranks.fc!;
+    const port = await freePort();
+    const args = [...tinyRunFlags({ data, out: tempDir(), port, epochs: 1, limitTrain: 12, batch: 12 }), '--from', pruned!, '--ranks', `fc=${fc === 1 ? 2 : fc - 1}`];
+    const r = await coord(['start', ...args]);
     expect(r.code, r.out).toBe(2);
     expect(r.out).toContain('CHECKPOINT_CONFIG_MISMATCH');
+    // User ranks replace the checkpoint's (layers not listed are full rank), so stem.0 is the first misfit.
+    expect(r.out).toMatch(/parameter stem\.0\.U has shape \[\d+, \d+\] in the checkpoint, the model of this config has \[16, 16\]/);
+    expect(r.out).toContain('no --ranks');
   });
 
   it('export --stock writes a tfjs model folder', async () => {

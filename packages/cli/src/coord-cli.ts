@@ -17,6 +17,7 @@ import {
   latestCheckpoint,
   loadCheckpoint,
   md5File,
+  parseConfig,
   readCifar10,
   resolveConfig,
   resolveDataDir,
@@ -27,7 +28,6 @@ import {
   type RunConfig,
 } from '@svd-train/core';
 import {
-  SvdBatchNorm,
   buildResNet,
   countFlops,
   evaluate,
@@ -36,10 +36,11 @@ import {
   getBuffers,
   getParameters,
   initEngine,
-  namedParameters,
+  noDecayParameterNames,
   pruneByEnergy,
   setBuffers,
   setParameters,
+  svdRanks,
 } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { reportError, usageError } from './cli-errors.js';
@@ -71,7 +72,8 @@ const START_OPTIONS: [string, string][] = [
   ['--min-workers <n>', 'wait for this many workers before each step (default 1)'],
   ['--spawn <k>', 'start k local worker processes (default 0)'],
   ['--out <dir>', 'run folder for config, metrics, checkpoints, report (default runs/latest)'],
-  ['--from <ckpt>', 'start from this checkpoint\'s weights (fine-tuning, e.g. after prune)'],
+  ['--from <ckpt>', 'start from this checkpoint\'s weights with a fresh optimizer and schedule (fine-tuning, e.g. after prune; its per-layer ranks are used)'],
+  ['--ranks <spec>', 'per-layer SVD ranks, e.g. "stem.0=3,layers.0.conv1=4" or JSON (default: full rank, or the --from checkpoint\'s)'],
   ['--token <secret>', 'shared worker token (or SVD_TRAIN_TOKEN)'],
   ['--eval-every <n>', 'evaluate on the test set every n epochs (0 = never; default 1)'],
   ['--checkpoint-every <n>', 'also checkpoint every n steps (default 200)'],
@@ -106,16 +108,27 @@ function describeLayers(report: unknown): string {
   return [line(keys), ...rows.map((r) => line(keys.map((k) => (r as Record<string, unknown>)[k])))].join('\n');
 }
 
-function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed'>): Model {
+function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'ranks'>): Model {
   const depth = cfg.model === 'resnet18' ? 'resnet18' : (Number(cfg.model.slice(6)) as 20 | 32 | 44 | 56 | 110);
   // Seeded from the run seed, so a run (and the parity tests' single-process reference) is reproducible.
-  return buildResNet({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
+  return buildResNet({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
 }
 
-/** BN gammas/betas by PyTorch name: never weight-decayed (their names look like conv weights). */
-function batchNormParamNames(model: Model): string[] {
-  const bnVars = new Set(model.layers.filter((l) => l instanceof SvdBatchNorm).flatMap((l) => l.trainableWeights.map((w) => w.name)));
-  return namedParameters(model).filter((p) => bnVars.has(p.variable.name)).map((p) => p.name);
+/**
+ * Per-layer ranks of a checkpoint: those of its config (`svd-coord prune` writes them), else, for
+ * pruned checkpoints written before configs had ranks, read off the `….s` shapes when they differ
+ * from the full-rank model of `cfg`. null when the checkpoint is full rank.
+ */
+function checkpointRanks(ckpt: Checkpoint, cfg: RunConfig): Record<string, number> | null {
+  const own = parseConfig(ckpt.config).ranks;
+  if (own !== null) return own;
+  const fromShapes: Record<string, number> = {};
+  for (const t of ckpt.params) if (t.name.endsWith('.s') && t.shape.length === 1) fromShapes[t.name.slice(0, -2)] = t.shape[0]!;
+  if (Object.keys(fromShapes).length === 0) return null;
+  const full = modelFor({ ...cfg, ranks: null });
+  const fullRanks = svdRanks(full);
+  full.dispose();
+  return Object.entries(fromShapes).some(([m, r]) => fullRanks[m] !== r) ? fromShapes : null;
 }
 
 function loadCheckpointFile(path: string): Checkpoint {
@@ -125,8 +138,9 @@ function loadCheckpointFile(path: string): Checkpoint {
 
 async function modelFromCheckpoint(path: string): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
   const ckpt = loadCheckpointFile(path);
-  const cfg = resolveConfig({}, ckpt.config as Record<string, unknown>, {});
+  let cfg = resolveConfig({}, ckpt.config as Record<string, unknown>, {});
   await initEngine({ backend: cfg.backend });
+  cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
   const model = modelFor(cfg);
   setParameters(model, ckpt.params);
   if (ckpt.buffers.length) setBuffers(model, ckpt.buffers);
@@ -134,8 +148,9 @@ async function modelFromCheckpoint(path: string): Promise<{ ckpt: Checkpoint; mo
 }
 
 /**
- * Refuses a --from checkpoint whose tensors do not fit the model the config builds (a pruned
- * checkpoint has smaller U/s/V): workers build from the config, so they could never take it.
+ * Refuses a --from checkpoint whose tensors do not fit the model the config builds (another
+ * --model or --decomposition, or --ranks other than the checkpoint's): workers build from the
+ * config, so they could never take it.
  */
 function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[], path: string): void {
   const got = new Map(ckpt.params.map((t) => [t.name, t.shape]));
@@ -145,8 +160,7 @@ function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[]
       throw new SvdTrainError(
         'CHECKPOINT_CONFIG_MISMATCH',
         `--from ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the model of this config has [${w.shape.join(', ')}]. ` +
-          'A pruned checkpoint (svd-coord prune) has smaller ranks, and fine-tuning it needs per-layer ranks in the run config, which svd-train does not support yet. ' +
-          'Fix: use --from with an unpruned checkpoint of the same --model/--decomposition.',
+          'Fix: pass the same --model and --decomposition as the checkpoint, and no --ranks (the checkpoint\'s own ranks are then used).',
       );
     }
   }
@@ -176,12 +190,26 @@ function flopsAtEnergies(model: Model, energies: number[]): FlopsRow[] {
 }
 
 async function startCommand(opts: Record<string, unknown>, io: Out): Promise<number> {
-  const cfg = configFromOptions(opts);
+  let cfg = configFromOptions(opts);
   const outDir = resolve(cfg.out);
   const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
   const info = datasetInfoFor(data.dir, cfg);
   const engine = await initEngine({ backend: 'auto' });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
+  let fromCkpt: Checkpoint | undefined;
+  if (cfg.from) {
+    // Fine-tuning (also when resuming a fine-tuning run): the model takes the checkpoint's
+    // per-layer ranks unless the user gave some, so a pruned checkpoint builds its smaller
+    // shapes here and, through the config, on every worker. They are part of the config hash.
+    fromCkpt = loadCheckpointFile(cfg.from);
+    if (cfg.ranks === null) {
+      const ranks = checkpointRanks(fromCkpt, cfg);
+      if (ranks) {
+        cfg = { ...cfg, ranks };
+        io.err(`--from ${cfg.from}: per-layer ranks of the checkpoint (${Object.values(ranks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(ranks).length} SVD layers)\n`);
+      }
+    }
+  }
   const hash = configHash(cfg);
   const ckptDir = join(outDir, 'checkpoints');
   let resume: Checkpoint | undefined;
@@ -191,9 +219,10 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
     resume = latest.checkpoint;
     io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
-  } else if (cfg.from) {
-    from = loadCheckpointFile(cfg.from);
-    io.err(`fine-tuning from ${cfg.from} (step ${from.step})\n`);
+  } else if (fromCkpt) {
+    // Weights and BN statistics only: the optimizer, schedule, sampler and step count start fresh.
+    from = fromCkpt;
+    io.err(`fine-tuning from ${cfg.from} (step ${from.step}); fresh optimizer and schedule\n`);
   }
   // The model is built even when resuming: its manifest and BN parameter names are authoritative.
   const model = modelFor(cfg);
@@ -215,7 +244,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     initialBuffers: getBuffers(model),
     ...(resume ? { resume: resume as never } : {}),
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
-    noDecay: batchNormParamNames(model),
+    noDecay: noDecayParameterNames(model),
     saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c as Checkpoint, { keep: cfg.keepCheckpoints }),
     metricsPath: join(outDir, 'metrics.jsonl'),
     onLog: (level: LogLevel, line: string) => {
@@ -345,18 +374,27 @@ async function pruneCommand(path: string, opts: { energy: string; out?: string }
   if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
     throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
   }
-  const { ckpt, model } = await modelFromCheckpoint(path);
+  const { ckpt, model, cfg } = await modelFromCheckpoint(path);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
   const sum = (k: 'paramsBefore' | 'paramsAfter' | 'flopsBefore' | 'flopsAfter') => report.reduce((a, r) => a + r[k], 0);
   io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('flopsBefore')} -> ${sum('flopsAfter')}\n`);
   const outDir = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
+  // The config carries the new ranks, so its hash and every model built from it (start --from,
+  // eval, workers) have the pruned shapes. The optimizer state is dropped: its momentum buffers
+  // have the old shapes, and fine-tuning starts a fresh optimizer anyway.
+  const prunedCfg: RunConfig = { ...cfg, ranks: svdRanks(pruned) };
   const written = saveCheckpoint(outDir, {
     ...ckpt,
+    config: serializeConfig(prunedCfg),
+    configHash: configHash(prunedCfg),
     params: getParameters(pruned),
     buffers: getBuffers(pruned),
-    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: e, ranks: Object.fromEntries(report.map((r) => [r.name, r.rankAfter])) },
+    optimizer: { kind: ckpt.optimizer.kind, step: 0, slots: {} },
+    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: e },
   });
+  model.dispose();
+  pruned.dispose();
   io.out(`pruned checkpoint written to ${written}\n`);
   return 0;
 }

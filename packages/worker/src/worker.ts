@@ -223,11 +223,11 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
           );
         }
         if (st.hash !== hash || !st.model) {
-          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
+          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
           st.hash = hash;
           st.config = cfg;
           st.train = st.test = null;
-          log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}) built; config ${hash.slice(0, 12)}`);
+          log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}${cfg.ranks ? `, ${Object.keys(cfg.ranks).length} per-layer ranks` : ''}) built; config ${hash.slice(0, 12)}`);
         }
         if (!st.train) {
           const dir = await ensureDataset(msg.datasetInfo, {
