@@ -3,7 +3,7 @@
  * the same pieces the distributed run uses, then prune it. The README's "Library use" section is
  * this file. Run: `node --conditions=source --import tsx examples/train-in-process.ts [DATA_DIR]`.
  */
-import { EpochSampler, assembleBatch, createOptimizer, lrAt, readCifar10, resolveConfig, writeSyntheticCifar10 } from '@svd-train/core';
+import { EpochSampler, assembleBatch, createOptimizer, lrAt, momentumAt, readCifar10, resolveConfig, writeSyntheticCifar10 } from '@svd-train/core';
 import { buildResNet, computeGradients, getParameters, initEngine, noDecayParameterNames, pruneByEnergy, setParameters } from '@svd-train/layers';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,7 +30,7 @@ for (let step = 0; step < sampler.stepsPerEpoch; step++) {
   const g = computeGradients(model, x, y, cfg); // cross-entropy + λ_o·orth + λ_s·sparsity
   const params = getParameters(model);
   const byName = new Map(params.map((t) => [t.name, t.data]));
-  opt.step(byName, new Map(g.grads.map((t) => [t.name, t.data])), lrAt(cfg, step, sampler.stepsPerEpoch));
+  opt.step(byName, new Map(g.grads.map((t) => [t.name, t.data])), lrAt(cfg, step, sampler.stepsPerEpoch), momentumAt(cfg, step, sampler.stepsPerEpoch));
   setParameters(model, params);
   console.log(`step ${step}: loss ${g.total.toFixed(3)} (ce ${g.ce.toFixed(3)}, orth ${g.orth.toFixed(4)}, sparsity ${g.sparsity.toFixed(1)})`);
 }

@@ -31,6 +31,17 @@ describe('svd-coord options', () => {
     expect(cfg.batch).toBe(128);
   });
 
+  it('optimizer flags: --no-nesterov, --no-cycle-momentum, --decay-on, --momentum; absent negations keep the file value', () => {
+    const cfg = configFromOptions({ nesterov: false, cycleMomentum: false, decayOn: 'factors', momentum: '0.8', weightDecay: '1e-4' }, {});
+    expect(cfg).toMatchObject({ nesterov: false, cycleMomentum: false, decayOn: 'factors', momentum: 0.8, weightDecay: 1e-4 });
+    const dir = mkdtempSync(join(tmpdir(), 'cli-'));
+    writeFileSync(join(dir, 'c.json'), JSON.stringify({ nesterov: false, cycleMomentum: false }));
+    // commander reports an absent --no-X as true; that must not override the file.
+    const fromFile = configFromOptions({ config: join(dir, 'c.json'), nesterov: true, cycleMomentum: true }, {});
+    expect(fromFile).toMatchObject({ nesterov: false, cycleMomentum: false, decayOn: 'all' });
+    expect(() => configFromOptions({ decayOn: 'some' }, {})).toThrow(/decay/i);
+  });
+
   it('SVD_TRAIN_TOKEN supplies the token', () => {
     expect(configFromOptions({}, { SVD_TRAIN_TOKEN: 's3cret' }).token).toBe('s3cret');
   });

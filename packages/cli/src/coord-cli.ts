@@ -60,6 +60,9 @@ const START_OPTIONS: [string, string][] = [
   ['--lambda-s <x>', 'sparsity weight λ_s (default 0.07)'],
   ['--optimizer <name>', 'sgd | adam (default sgd)'],
   ['--lr <x>', 'peak learning rate (default 0.1)'],
+  ['--momentum <x>', 'SGD momentum when it does not cycle (default 0.9)'],
+  ['--weight-decay <x>', 'L2 weight decay (default 5e-4)'],
+  ['--decay-on <set>', 'all | factors: decay every parameter, or only U, V and plain weights (not singular values, BN, biases) (default all)'],
   ['--schedule <name>', 'onecycle | multistep | cosine | constant (default onecycle)'],
   ['--epochs <n>', 'epochs to train (default 3)'],
   ['--batch <n>', 'global batch size, split across workers (default 128)'],
@@ -89,14 +92,19 @@ function addStartOptions(cmd: Command): Command {
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
   cmd.option('--download', 'download CIFAR-10 first if it is missing');
   cmd.option('--no-augment', 'turn off crop+flip augmentation');
+  cmd.option('--no-nesterov', 'plain momentum instead of Nesterov');
+  cmd.option('--no-cycle-momentum', 'onecycle: keep --momentum constant instead of cycling it 0.95 -> 0.85 -> 0.95');
   return cmd;
 }
 
 /** Commander options -> resolveConfig flags (CLI-only keys removed). */
 export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RunConfig {
-  const { config, download: _d, augment, ...rest } = opts;
+  const { config, download: _d, augment, nesterov, cycleMomentum, ...rest } = opts;
   const flags: Record<string, unknown> = { ...rest };
+  // commander sets negatable options to true when absent; only an explicit --no-X overrides the config file.
   if (augment === false) flags.augment = false;
+  if (nesterov === false) flags.nesterov = false;
+  if (cycleMomentum === false) flags.cycleMomentum = false;
   return resolveConfig(flags, typeof config === 'string' ? config : undefined, env);
 }
 

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EpochSampler, createOptimizer, lrAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
+import { EpochSampler, createOptimizer, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
 import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
 import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
 
@@ -44,7 +44,7 @@ function reference(cfg: RunConfig, steps?: number): { params: Map<string, Float3
     const cur = SPECS.params.map((p) => ({ ...p, data: params.get(p.name)! }));
     const g = fakeGradients(cur, b.indices);
     buffers = fakeBuffers(buffers, b.indices);
-    opt.step(params, new Map(g.map((t) => [t.name, t.data])), lrAt(cfg, b.step, sampler.stepsPerEpoch));
+    opt.step(params, new Map(g.map((t) => [t.name, t.data])), lrAt(cfg, b.step, sampler.stepsPerEpoch), momentumAt(cfg, b.step, sampler.stepsPerEpoch));
   }
   return { params, buffers };
 }

@@ -23,6 +23,7 @@ import {
   decodeMessage,
   encodeMessage,
   lrAt as scheduleLrAt,
+  momentumAt,
   serializeConfig,
   splitBatch,
   type Checkpoint,
@@ -607,13 +608,14 @@ export class Coordinator {
       this.throwIfFatal();
       const b = sampler.nextBatch();
       const lr = lrAt(b.step, spe);
+      const momentum = momentumAt(cfg, b.step, spe);
       const stepT0 = now();
       const tasks = await this.runJob('step', b.indices, { step: b.step, epoch: b.epoch, lr, split: 'train' });
       const tr = now();
       const contribs = tasks.map((t) => t.result as GradientsMessage).filter((g) => g.n > 0);
       const red = reducer.reduce(contribs);
       const gradSet: ParamSet = new Map(names.map((n, i) => [n, red.grads[i]]));
-      optimizer.step(this.params!, gradSet, lr);
+      optimizer.step(this.params!, gradSet, lr, momentum);
       manifest.buffers.forEach((s, i) => this.buffers!.get(s.name)!.set(red.buffers[i]));
       this.weightsVersion = b.step + 1;
       this.weightsFrame = null;
@@ -652,6 +654,7 @@ export class Coordinator {
         step: b.step,
         epoch: b.epoch,
         lr,
+        momentum,
         loss,
         trainAcc: correct / Math.max(1, n),
         n,

@@ -19,6 +19,8 @@ export interface StepMetrics {
   step: number;
   epoch: number;
   lr: number;
+  /** SGD momentum (Adam β1) of this step: the one-cycle value when momentum cycles. */
+  momentum: number;
   loss: { ce: number; orth: number; sparsity: number; total: number };
   trainAcc: number;
   n: number;

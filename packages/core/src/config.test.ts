@@ -42,7 +42,7 @@ describe('resolveConfig defaults', () => {
     expect(c).toMatchObject({
       model: 'resnet20', svd: true, decomposition: 'channel', forward: 'auto', sparsity: 'hoyer',
       lambdaO: 1, lambdaS: 0.07, optimizer: 'sgd', lr: 0.1, momentum: 0.9, nesterov: true,
-      weightDecay: 5e-4, decayS: false, adamBetas: [0.9, 0.999], adamEps: 1e-8, schedule: 'onecycle',
+      weightDecay: 5e-4, decayOn: 'all', cycleMomentum: true, baseMomentum: 0.85, maxMomentum: 0.95, adamBetas: [0.9, 0.999], adamEps: 1e-8, schedule: 'onecycle',
       milestones: [81, 122], gamma: 0.1, warmupEpochs: 0, pctStart: 0.3, divFactor: 25, finalDivFactor: 1e4,
       epochs: 3, batch: 128, seed: 0, augment: true, data: null, limitTrain: null, limitTest: null,
       host: '127.0.0.1', port: 7733, minWorkers: 1, spawn: 0, out: 'runs/latest', resume: false, from: null,

@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
   BACKENDS,
+  DECAY_ON,
   DECOMPOSITIONS,
   DEFAULTS,
   ENV_VARS,
@@ -52,13 +53,16 @@ export const RunConfigSchema = z
     momentum: z.number().min(0).lt(1).default(DEFAULTS.momentum),
     nesterov: z.boolean().default(DEFAULTS.nesterov),
     weightDecay: nonNeg().default(DEFAULTS.weightDecay),
-    decayS: z.boolean().default(DEFAULTS.decayS),
+    decayOn: z.enum(DECAY_ON).default(DEFAULTS.decayOn),
     adamBetas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default((): [number, number] => [DEFAULTS.adamBetas[0], DEFAULTS.adamBetas[1]]),
     adamEps: positive().default(DEFAULTS.adamEps),
     schedule: z.enum(SCHEDULES).default(DEFAULTS.schedule),
     milestones: z.array(int(1)).default(() => [...DEFAULTS.milestones]),
     gamma: positive().default(DEFAULTS.gamma),
     warmupEpochs: nonNeg().default(DEFAULTS.warmupEpochs),
+    cycleMomentum: z.boolean().default(DEFAULTS.cycleMomentum),
+    baseMomentum: z.number().min(0).lt(1).default(DEFAULTS.baseMomentum),
+    maxMomentum: z.number().min(0).lt(1).default(DEFAULTS.maxMomentum),
     pctStart: z.number().gt(0).lt(1).default(DEFAULTS.pctStart),
     divFactor: positive().default(DEFAULTS.divFactor),
     finalDivFactor: positive().default(DEFAULTS.finalDivFactor),
@@ -115,6 +119,9 @@ export const RunConfigSchema = z
     if (c.optimizer === 'sgd' && c.nesterov && c.momentum === 0) {
       // PyTorch refuses this combination too: Nesterov without momentum is plain SGD in disguise.
       ctx.addIssue({ code: 'custom', path: ['momentum'], message: 'momentum > 0 when nesterov is on (or pass --no-nesterov)' });
+    }
+    if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
+      ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
     }
     if (c.stallWarnMs > c.stepTimeoutMs) {
       ctx.addIssue({

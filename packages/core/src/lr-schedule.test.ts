@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { cosineLr, lrAt, multistepLr, onecycleLr, type ScheduleConfig } from './lr-schedule.js';
+import { cosineLr, lrAt, momentumAt, multistepLr, onecycleLr, type MomentumScheduleConfig, type ScheduleConfig } from './lr-schedule.js';
 import { readFileSync, existsSync } from 'node:fs';
 
 /** Golden values printed once by PyTorch 2 (`param_groups[0]['lr']` before each optimizer.step()). */
 const TORCH_ONECYCLE_20 = [0.0040000000000000036, 0.013167184270002533, 0.037167184270002526, 0.06683281572999747, 0.09083281572999748, 0.1, 0.09874640062350874, 0.09504846320134738, 0.089091617757105, 0.0811745653949763, 0.07169430017913009, 0.06112620219362893, 0.0500002, 0.03887419780637107, 0.028306099820869922, 0.0188258346050237, 0.010908782242895003, 0.004951936798652629, 0.0012539993764912555, 4e-7];
+/** OneCycleLR(max_lr=0.1, total_steps=20) with cycle_momentum: `param_groups[0]['momentum']` before each step (PyTorch 1.13). */
+const TORCH_ONECYCLE_MOMENTUM_20 = [0.95,  0.9404508497187474,  0.9154508497187474,  0.8845491502812526,  0.8595491502812526,  0.85,  0.8512536043909088,  0.854951556604879,  0.8609084258765984,  0.8688255099070633,  0.878305813044122,  0.8888739533021842,  0.8999999999999999,  0.9111260466978157,  0.9216941869558779,  0.9311744900929366,  0.9390915741234015,  0.945048443395121,  0.9487463956090911,  0.95];
 const TORCH_ONECYCLE_7 = [0.0049999999999999975, 0.049721049884972585, 0.043332970498949915, 0.030582460325558954, 0.015900607916449285, 0.004389686611458033, 5e-5];
 const TORCH_COSINE_10 = [0.1, 0.09755282581475769, 0.09045084971874738, 0.07938926261462367, 0.06545084971874739, 0.05000000000000001, 0.03454915028125264, 0.020610737385376353, 0.009549150281252635, 0.002447174185242324];
 const TORCH_MULTISTEP_3_6 = [0.1, 0.1, 0.1, 0.010000000000000002, 0.010000000000000002, 0.010000000000000002, 0.0010000000000000002, 0.0010000000000000002];
@@ -52,5 +54,17 @@ describe('lr schedules vs PyTorch', () => {
     expect(lrAt(wc, 1, 10)).toBeCloseTo(cosineLr(0.1, 30, 1) * 0.2, 15);
     expect(lrAt(wc, 10, 10)).toBeCloseTo(cosineLr(0.1, 30, 10), 15);
     expect(() => lrAt(BASE, 0, 0)).toThrow(/stepsPerEpoch/);
+  });
+});
+
+describe('momentum schedule', () => {
+  const MOM: MomentumScheduleConfig = { schedule: 'onecycle', epochs: 4, pctStart: 0.3, cycleMomentum: true, baseMomentum: 0.85, maxMomentum: 0.95, optimizer: 'sgd', momentum: 0.9, adamBetas: [0.8, 0.999] };
+  it('onecycle total=20 cycles 0.95 -> 0.85 -> 0.95 exactly as OneCycleLR(cycle_momentum=True)', () => {
+    TORCH_ONECYCLE_MOMENTUM_20.forEach((v, s) => expect(momentumAt(MOM, s, 5)).toBeCloseTo(v, 14));
+  });
+  it('is the configured constant without cycling or with another schedule (SGD momentum, Adam β1)', () => {
+    expect(momentumAt({ ...MOM, cycleMomentum: false }, 7, 5)).toBe(0.9);
+    expect(momentumAt({ ...MOM, schedule: 'cosine' }, 7, 5)).toBe(0.9);
+    expect(momentumAt({ ...MOM, schedule: 'multistep', optimizer: 'adam' }, 7, 5)).toBe(0.8);
   });
 });

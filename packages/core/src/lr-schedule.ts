@@ -14,6 +14,8 @@ export type ScheduleConfig = Pick<
   'schedule' | 'lr' | 'milestones' | 'gamma' | 'warmupEpochs' | 'pctStart' | 'divFactor' | 'finalDivFactor' | 'epochs'
 >;
 
+export type MomentumScheduleConfig = Pick<RunConfig, 'schedule' | 'epochs' | 'pctStart' | 'cycleMomentum' | 'baseMomentum' | 'maxMomentum' | 'optimizer' | 'momentum' | 'adamBetas'>;
+
 /**
  * `MultiStepLR`: lr multiplied by `gamma` once per milestone reached (`milestone ≤ step`),
  * multiplying repeatedly like PyTorch (0.1·0.1·0.1, not 0.1·0.1², so the float64 values match).
@@ -42,12 +44,24 @@ function cosAnneal(start: number, end: number, pct: number): number {
  */
 export function onecycleLr(maxLr: number, totalSteps: number, step: number, pctStart = 0.3, divFactor = 25, finalDivFactor = 1e4): number {
   const initial = maxLr / divFactor;
-  const min = initial / finalDivFactor;
+  return onecycle(initial, maxLr, initial / finalDivFactor, totalSteps, step, pctStart);
+}
+
+/**
+ * `OneCycleLR(cycle_momentum=True)`'s momentum: cosine from `maxMomentum` down to `baseMomentum`
+ * while the lr rises, then back up to `maxMomentum`, on the same phase boundaries.
+ */
+export function onecycleMomentum(baseMomentum: number, maxMomentum: number, totalSteps: number, step: number, pctStart = 0.3): number {
+  return onecycle(maxMomentum, baseMomentum, maxMomentum, totalSteps, step, pctStart);
+}
+
+/** PyTorch's two-phase one-cycle curve: start -> peak over pctStart of the steps, then peak -> end. */
+function onecycle(start: number, peak: number, end: number, totalSteps: number, step: number, pctStart: number): number {
   const phase1End = pctStart * totalSteps - 1;
   const phase2End = totalSteps - 1;
   const s = Math.min(step, phase2End);
-  if (s <= phase1End) return cosAnneal(initial, maxLr, s / phase1End);
-  return cosAnneal(maxLr, min, (s - phase1End) / (phase2End - phase1End));
+  if (s <= phase1End) return cosAnneal(start, peak, s / phase1End);
+  return cosAnneal(peak, end, (s - phase1End) / (phase2End - phase1End));
 }
 
 /**
@@ -80,4 +94,16 @@ export function lrAt(cfg: ScheduleConfig, step: number, stepsPerEpoch: number): 
   const warmup = Math.round(cfg.warmupEpochs * stepsPerEpoch);
   if (warmup > 0 && step < warmup) lr *= (step + 1) / warmup;
   return lr;
+}
+
+/**
+ * The momentum (SGD) or β1 (Adam) of optimizer step `step`: the one-cycle curve when the schedule
+ * is onecycle with `cycleMomentum` (as PyTorch's OneCycleLR, which then overrides the optimizer's
+ * own value), else the configured constant.
+ */
+export function momentumAt(cfg: MomentumScheduleConfig, step: number, stepsPerEpoch: number): number {
+  if (cfg.schedule === 'onecycle' && cfg.cycleMomentum) {
+    return onecycleMomentum(cfg.baseMomentum, cfg.maxMomentum, cfg.epochs * stepsPerEpoch, step, cfg.pctStart);
+  }
+  return cfg.optimizer === 'adam' ? cfg.adamBetas[0] : cfg.momentum;
 }

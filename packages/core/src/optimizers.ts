@@ -26,30 +26,36 @@ export interface Optimizer {
   readonly kind: 'sgd' | 'adam';
   /** Names that receive weight decay (in parameter order). */
   readonly decayed: ReadonlySet<string>;
-  /** Updates `params` in place from `grads` at learning rate `lr`. Params without a grad are skipped (as in PyTorch). */
-  step(params: ParamSet, grads: ParamSet, lr: number): void;
+  /**
+   * Updates `params` in place from `grads` at learning rate `lr`. Params without a grad are skipped
+   * (as in PyTorch). `momentum` (SGD momentum, Adam β1) overrides the configured value for this
+   * step, as a momentum schedule does in PyTorch (`momentumAt`).
+   */
+  step(params: ParamSet, grads: ParamSet, lr: number, momentum?: number): void;
   state(): OptimizerState;
   loadState(s: OptimizerState): void;
 }
 
-export type OptimizerConfig = Pick<RunConfig, 'optimizer' | 'momentum' | 'nesterov' | 'weightDecay' | 'decayS' | 'adamBetas' | 'adamEps'>;
+export type OptimizerConfig = Pick<RunConfig, 'optimizer' | 'momentum' | 'nesterov' | 'weightDecay' | 'decayOn' | 'adamBetas' | 'adamEps'>;
 
 export interface CreateOptimizerOptions {
   /**
-   * Names never decayed, added to the name rules below. The model knows which tensors are BN
-   * weights/biases (their names, e.g. `layers.0.shortcut.1.weight`, look like conv weights), so the
-   * caller should pass them here.
+   * With `decayOn: 'factors'`, more names not to decay, added to the name rules below. The model
+   * knows which tensors are BN weights/biases (their names, e.g. `layers.0.shortcut.1.weight`, look
+   * like conv weights), so the caller should pass them here. Ignored with `decayOn: 'all'`.
    */
   noDecay?: ReadonlySet<string> | Iterable<string>;
 }
 
 /**
- * Default weight-decay rule by name: no decay for biases, for singular values (`*.s`) unless
- * `decayS`, and for parameters whose names mark them as batch norm (`bn*`, `*.bn*.`, `batch_norm`).
+ * Weight-decay rule by name. `decayOn: 'all'` decays every parameter (PyTorch's SGD). `'factors'`
+ * skips biases, singular values (`*.s`) and parameters whose names mark them as batch norm (`bn*`,
+ * `*.bn*.`, `batch_norm`).
  */
-export function defaultDecays(name: string, decayS: boolean): boolean {
+export function defaultDecays(name: string, decayOn: RunConfig['decayOn']): boolean {
+  if (decayOn === 'all') return true;
   if (name.endsWith('.bias') || name === 'bias') return false;
-  if (!decayS && (name.endsWith('.s') || name === 's')) return false;
+  if (name.endsWith('.s') || name === 's') return false;
   if (/(^|\.)(bn\d*|batch_?norm\d*)\./i.test(name)) return false;
   return true;
 }
@@ -72,8 +78,8 @@ class Sgd implements Optimizer {
     private readonly wd: number,
   ) {}
 
-  step(params: ParamSet, grads: ParamSet, lr: number): void {
-    const mom = this.momentum;
+  step(params: ParamSet, grads: ParamSet, lr: number, momentum?: number): void {
+    const mom = momentum ?? this.momentum;
     for (const name of this.names) {
       const p = params.get(name);
       const g = grads.get(name);
@@ -138,9 +144,10 @@ class Adam implements Optimizer {
     private readonly wd: number,
   ) {}
 
-  step(params: ParamSet, grads: ParamSet, lr: number): void {
+  step(params: ParamSet, grads: ParamSet, lr: number, momentum?: number): void {
     this.t++;
-    const { beta1, beta2, eps } = this;
+    const { beta2, eps } = this;
+    const beta1 = momentum ?? this.beta1;
     const bc1 = 1 - beta1 ** this.t;
     const sqrtBc2 = Math.sqrt(1 - beta2 ** this.t);
     const stepSize = lr / bc1;
@@ -205,8 +212,8 @@ function loadSlot(s: OptimizerState, slot: string, names: readonly string[]): Ma
 
 /** Builds the optimizer named by `cfg.optimizer` over the parameters `paramNames` (in order). */
 export function createOptimizer(cfg: OptimizerConfig, paramNames: readonly string[], opts: CreateOptimizerOptions = {}): Optimizer {
-  const noDecay = new Set(opts.noDecay ?? []);
-  const decayed = new Set(paramNames.filter((n) => !noDecay.has(n) && defaultDecays(n, cfg.decayS)));
+  const noDecay = new Set(cfg.decayOn === 'all' ? [] : (opts.noDecay ?? []));
+  const decayed = new Set(paramNames.filter((n) => !noDecay.has(n) && defaultDecays(n, cfg.decayOn)));
   const names = [...paramNames];
   if (cfg.optimizer === 'sgd') return new Sgd(names, decayed, cfg.momentum, cfg.nesterov, cfg.weightDecay);
   if (cfg.optimizer === 'adam') return new Adam(names, decayed, cfg.adamBetas[0], cfg.adamBetas[1], cfg.adamEps, cfg.weightDecay);
