@@ -12,19 +12,10 @@ import {
 } from './cifar10.js';
 import { SvdTrainError } from './errors.js';
 import { writeSyntheticCifar10 } from './synthetic-cifar10.js';
+import { thrown } from './test-support/thrown.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-cifar-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-function thrown(fn: () => unknown): SvdTrainError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SvdTrainError);
-    return e as SvdTrainError;
-  }
-  throw new Error('expected a throw');
-}
 
 describe('synthetic CIFAR-10 round trip', () => {
   const dir = join(tmp, 'synth');

@@ -17,6 +17,7 @@ import {
 } from './config.js';
 import { DEFAULTS } from './defaults.js';
 import { SvdTrainError } from './errors.js';
+import { thrown } from './test-support/thrown.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-config-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -25,16 +26,6 @@ function configFile(obj: unknown, name = 'cfg.json'): string {
   writeFileSync(p, typeof obj === 'string' ? obj : JSON.stringify(obj));
   return p;
 }
-function thrown(fn: () => unknown): SvdTrainError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SvdTrainError);
-    return e as SvdTrainError;
-  }
-  throw new Error('expected a throw');
-}
-
 describe('resolveConfig defaults', () => {
   it('gives the contract defaults with no input', () => {
     const c = resolveConfig({}, undefined, {});

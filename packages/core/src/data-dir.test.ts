@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { defaultCacheDir, missingCifar10Files, resolveDataDir } from './data-dir.js';
 import { SvdTrainError } from './errors.js';
 import { writeSyntheticCifar10 } from './synthetic-cifar10.js';
+import { thrown } from './test-support/thrown.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-datadir-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -12,16 +13,6 @@ const flagDir = join(tmp, 'flag');
 const envDir = join(tmp, 'env');
 const cacheDir = join(tmp, 'cache');
 for (const d of [flagDir, envDir, cacheDir]) writeSyntheticCifar10(d, { train: 5, test: 1 });
-
-function thrown(fn: () => unknown): SvdTrainError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(SvdTrainError);
-    return e as SvdTrainError;
-  }
-  throw new Error('expected a throw');
-}
 
 describe('defaultCacheDir', () => {
   it('honours XDG_CACHE_HOME, else ~/.cache', () => {
