@@ -40,7 +40,7 @@ import {
 import { AllReduce } from './all-reduce.js';
 import { DatasetServer } from './dataset-server.js';
 import { authPolicy, makeNonce, verifyMac } from './handshake.js';
-import { MetricsWriter, type EpochMetrics, type StepMetrics, type WorkerTiming } from './metrics.js';
+import { MetricsWriter, type EpochEvent, type EpochMetrics, type StepMetrics, type WorkerTiming } from './metrics.js';
 import { checkGradients, checkManifest, type Manifest } from './round.js';
 import { StallDetector } from './stall-detector.js';
 
@@ -65,16 +65,6 @@ export interface StepEvent {
   workers: number;
   /** Which worker computed which samples (after any re-assignment); for accounting and tests. */
   slices: { worker: string; indices: Int32Array }[];
-}
-
-export interface EpochEvent {
-  epoch: number;
-  step: number;
-  trainLoss: number;
-  trainAcc: number;
-  testLoss?: number;
-  testAcc?: number;
-  epochMs: number;
 }
 
 export interface TrainingSummary {

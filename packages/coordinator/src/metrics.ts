@@ -31,8 +31,8 @@ export interface StepMetrics {
   time: string;
 }
 
-export interface EpochMetrics {
-  kind: 'epoch';
+/** End of an epoch: what `onEpoch` receives and (with `kind` and `time`) what metrics.jsonl keeps. */
+export interface EpochEvent {
   epoch: number;
   step: number;
   trainLoss: number;
@@ -40,6 +40,10 @@ export interface EpochMetrics {
   testLoss?: number;
   testAcc?: number;
   epochMs: number;
+}
+
+export interface EpochMetrics extends EpochEvent {
+  kind: 'epoch';
   time: string;
 }
 
