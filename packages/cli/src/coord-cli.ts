@@ -253,6 +253,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     ...(resume ? { resume: resume as never } : {}),
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
     noDecay: noDecayParameterNames(model),
+    expectWorkers: cfg.spawn,
     saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c as Checkpoint, { keep: cfg.keepCheckpoints }),
     metricsPath: join(outDir, 'metrics.jsonl'),
     onLog: (level: LogLevel, line: string) => {

@@ -159,6 +159,23 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs[0].trainAcc).toBeCloseTo(10 / 20, 10);
   });
 
+  it('expectWorkers 2: the first step waits for the second worker; if it never comes, a warning after handshakeTimeoutMs and the run goes on', async () => {
+    const h = await harness(config({ minWorkers: 1 }), { expectWorkers: 2 });
+    h.spawn();
+    const run = h.coord.start();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(h.steps).toHaveLength(0);
+    h.spawn();
+    await run;
+    expect(h.steps[0].slices.filter((s) => s.indices.length > 0)).toHaveLength(2);
+
+    const lone = await harness(config({ minWorkers: 1, handshakeTimeoutMs: 200, stallWarnMs: 100 }), { expectWorkers: 2 });
+    lone.spawn();
+    await lone.coord.start();
+    expect(lone.logs.some((l) => /warn: 1 of 2 expected worker\(s\) joined within 200 ms/.test(l))).toBe(true);
+    expect(lone.steps[0].slices.filter((s) => s.indices.length > 0)).toHaveLength(1);
+  });
+
   it('evalEvery 0 never evaluates; evalEvery 2 evaluates after epoch 2 and after the last epoch', async () => {
     const none = await harness(config({ minWorkers: 1, evalEvery: 0 }));
     const w0 = none.spawn();

@@ -92,6 +92,12 @@ export interface CoordinatorOptions {
   resume?: CoordinatorCheckpoint;
   /** Fine-tune: start from these weights with a fresh optimizer and sampler. */
   from?: { params: WireTensor[]; buffers: WireTensor[] };
+  /**
+   * Workers expected at the start (the ones `--spawn` launches): the first step waits up to
+   * handshakeTimeoutMs for this many, so that it does not start on whichever joined first, then goes
+   * on with at least minWorkers.
+   */
+  expectWorkers?: number;
   /** Parameters never weight-decayed (BN gammas/betas: their names look like conv weights). */
   noDecay?: Iterable<string>;
   /** Persists a checkpoint (atomically); called every epoch and every checkpointEvery steps. */
@@ -396,13 +402,21 @@ export class Coordinator {
     return Math.max(1, this.config.minWorkers);
   }
 
-  /** Resolves once at least `n` workers are ready (and weights are known). */
-  private async waitForWorkers(n: number): Promise<void> {
+  /** Resolves once at least `n` workers are ready (and weights are known), or false at `deadline` (ms, `now()` clock). */
+  private async waitForWorkers(n: number, deadline = Infinity): Promise<boolean> {
     while (this.live().length < n || !this.params) {
       this.throwIfFatal();
       if (this.closed) throw new SvdTrainError('INTERNAL', 'coordinator closed while waiting for workers');
-      await new Promise<void>((r) => this.waiters.push(r));
+      const left = deadline - now();
+      if (left <= 0) return false;
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        if (Number.isFinite(left)) timer = setTimeout(r, left);
+      });
+      clearTimeout(timer);
     }
+    return true;
   }
 
   private throwIfFatal(): void {
@@ -581,7 +595,11 @@ export class Coordinator {
       this.log('info', `resuming at step ${resume.step} (epoch ${resume.epoch})`);
     }
 
-    this.log('info', `waiting for ${this.minLive()} worker(s)`);
+    const expect = Math.max(this.minLive(), this.opts.expectWorkers ?? 0);
+    this.log('info', `waiting for ${expect} worker(s)`);
+    if (expect > this.minLive() && !(await this.waitForWorkers(expect, now() + cfg.handshakeTimeoutMs))) {
+      this.log('warn', `${this.live().length} of ${expect} expected worker(s) joined within ${cfg.handshakeTimeoutMs} ms; starting with those (at least --min-workers ${this.minLive()})`);
+    }
     await this.waitForWorkers(this.minLive());
     const manifest = this.manifest!;
     const names = manifest.params.map((s) => s.name);
