@@ -2,20 +2,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { effectiveRank, readMetrics, renderReport, spectraOf, writeReport } from './report.js';
+import { readMetrics, renderReport, spectraOf, writeReport } from './report.js';
 import { niceTicks, tickLabels } from './svg-plot.js';
-
-describe('effectiveRank', () => {
-  it('s=[3,2,1] (energies 9,4,1 of 14): e=0.01 -> 3, e=0.3 -> 2, e=0.5 -> 1', () => {
-    expect(effectiveRank([1, 3, 2], 0.01)).toBe(3);
-    expect(effectiveRank([1, 3, 2], 0.3)).toBe(2);
-    expect(effectiveRank([1, 3, 2], 0.5)).toBe(1);
-    expect(effectiveRank([0, 0], 0.01)).toBe(0);
-  });
-  it('uses |s| (negative singular values count by magnitude)', () => {
-    expect(effectiveRank([-3, 0.001], 0.01)).toBe(1);
-  });
-});
 
 describe('niceTicks', () => {
   it('[0, 1] -> 1-2-5 steps of 0.2', () => {
@@ -36,12 +24,13 @@ describe('report', () => {
   it('renders self-contained HTML with one line plot per metric and a path per series', () => {
     const records = [
       ...Array.from({ length: 20 }, (_, s) => ({ kind: 'step', step: s, epoch: 0, loss: { ce: 2 - s / 20, total: 2.2 - s / 20, orth: 0.1, sparsity: 0.05 }, trainAcc: s / 20, lr: 0.1 })),
-      { kind: 'epoch', epoch: 0, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5 },
+      { kind: 'epoch', epoch: 0, step: 20, trainAcc: 0.5, testAcc: 0.45, testLoss: 1.5, effectiveRanks: { a: 3, b: 5 } },
     ];
     const html = renderReport({ title: 't', config: { lr: 0.1 }, records, spectra: spectraOf([{ name: 'layers.0.s', data: Float32Array.from([4, 2, 1]) }, { name: 'layers.0.U', data: new Float32Array(9) }]), flops: [{ label: 'full', flops: 4e7 }, { label: 'e=0.01', flops: 2e7 }] });
     expect(html).not.toMatch(/<(script|link)[^>]+(src|href)=/); // no external assets
     expect(html).toContain('epoch 1: test accuracy 45.00%');
     expect(html).toContain('Regularizer terms');
+    expect(html.split('Effective rank over training')[1]!.split('</svg>')[0]).toContain('>8<');
     expect(html).toContain('<td>layers.0</td><td>3</td>');
     expect(html).toContain('MFLOPs');
     expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);

@@ -9,6 +9,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { effectiveRank } from '@svd-train/core';
 import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
@@ -60,18 +61,7 @@ const num = (r: Record<string, unknown>, ...keys: string[]): number => {
   return NaN;
 };
 
-/** Effective rank at energy e: the fewest leading singular values holding ≥ (1-e) of Σs². */
-export function effectiveRank(s: ArrayLike<number>, e = 0.01): number {
-  const sq = Array.from(s, (v) => v * v).sort((a, b) => b - a);
-  const total = sq.reduce((a, b) => a + b, 0);
-  if (total === 0) return 0;
-  let acc = 0;
-  for (let i = 0; i < sq.length; i++) {
-    acc += sq[i]!;
-    if (acc >= (1 - e) * total) return i + 1;
-  }
-  return sq.length;
-}
+export { effectiveRank };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
@@ -104,6 +94,13 @@ export function renderReport(inp: ReportInput): string {
   // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
   figs.push(linePlot([{ label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth') }], { title: 'Regularizer terms: orthogonality', xLabel: 'step', yLabel: 'L_o (unweighted)' }));
   figs.push(linePlot([{ label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity'), color: PALETTE[1] }], { title: 'Regularizer terms: singular-value sparsity', xLabel: 'step', yLabel: 'L_s (unweighted)' }));
+  const rankEpochs = epochs.filter((r) => r.effectiveRanks && typeof r.effectiveRanks === 'object' && Object.keys(r.effectiveRanks).length > 0);
+  if (rankEpochs.length) {
+    const total = (r: Record<string, unknown>) => Object.values(r.effectiveRanks as Record<string, number>).reduce((a, b) => a + b, 0);
+    figs.push(linePlot([{ label: 'Σ effective rank (energy 0.01)', points: rankEpochs.map((r) => [ex(r), total(r)] as [number, number]), color: PALETTE[2] }], {
+      title: 'Effective rank over training (sum over SVD layers)', xLabel: 'epoch', yLabel: 'Σ rank',
+    }));
+  }
   figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
   figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput') }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
 

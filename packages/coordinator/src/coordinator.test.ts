@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EpochSampler, createOptimizer, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
+import { EpochSampler, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
 import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
 import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
 
@@ -145,7 +145,7 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     h.spawn();
     h.spawn();
     await allJoined(h.coord, 2);
-    await h.coord.start();
+    const summary = await h.coord.start();
     const lines = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const steps = lines.filter((l) => l.kind === 'step');
     const epochs = lines.filter((l) => l.kind === 'epoch');
@@ -157,6 +157,8 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs.map((l) => l.epoch)).toEqual([0, 1]);
     expect(epochs[1].testAcc).toBeCloseTo(4 / 7, 10);
     expect(epochs[0].trainAcc).toBeCloseTo(10 / 20, 10);
+    // Effective ranks of the SVD layers (params named *.s) after each epoch, from the coordinator's weights.
+    expect(epochs[1].effectiveRanks).toEqual({ conv: effectiveRank(summary.params.find((t) => t.name === 'conv.s')!.data, 0.01) });
   });
 
   it('expectWorkers 2: the first step waits for the second worker; if it never comes, a warning after handshakeTimeoutMs and the run goes on', async () => {

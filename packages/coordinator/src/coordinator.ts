@@ -24,6 +24,7 @@ import {
   encodeMessage,
   lrAt as scheduleLrAt,
   momentumAt,
+  effectiveRanks,
   serializeConfig,
   splitBatch,
   type Checkpoint,
@@ -691,7 +692,14 @@ export class Coordinator {
 
       const epochEnd = b.stepInEpoch === spe - 1;
       if (epochEnd) {
-        const e: EpochEvent = { epoch: b.epoch, step: b.step + 1, trainLoss: epochStats.loss / Math.max(1, epochStats.n), trainAcc: epochStats.correct / Math.max(1, epochStats.n), epochMs: now() - epochStats.t0 };
+        const e: EpochEvent = {
+          epoch: b.epoch,
+          step: b.step + 1,
+          trainLoss: epochStats.loss / Math.max(1, epochStats.n),
+          trainAcc: epochStats.correct / Math.max(1, epochStats.n),
+          epochMs: now() - epochStats.t0,
+          effectiveRanks: effectiveRanks([...this.params!].map(([name, data]) => ({ name, data })), 0.01),
+        };
         lastTrain = e.trainAcc;
         // evalEvery 0 turns evaluation off; otherwise every evalEvery epochs and after the last one.
         if (cfg.evalEvery > 0 && ((b.epoch + 1) % cfg.evalEvery === 0 || b.step + 1 === totalSteps)) {

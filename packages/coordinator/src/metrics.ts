@@ -40,6 +40,11 @@ export interface EpochEvent {
   testLoss?: number;
   testAcc?: number;
   epochMs: number;
+  /**
+   * Per SVD layer (PyTorch module name), the effective rank at energy 0.01 of its singular values
+   * after the epoch: what `svd-coord prune --energy 0.01` would keep. Empty without SVD layers.
+   */
+  effectiveRanks: Record<string, number>;
 }
 
 export interface EpochMetrics extends EpochEvent {

@@ -13,3 +13,4 @@ export * from './protocol.js';
 export * from './optimizers.js';
 export * from './lr-schedule.js';
 export * from './checkpoint.js';
+export * from './spectrum.js';
