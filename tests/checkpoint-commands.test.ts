@@ -3,7 +3,7 @@
  * checkpoint with start --from, export, report, and the clear exit-2 errors for bad input.
  */
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { configHash, loadCheckpoint, parseConfig } from '@svd-train/core';
 import { COORD_BIN, freePort, launch, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
@@ -52,6 +52,17 @@ describe('svd-coord eval / prune / export / report', () => {
     const files = readdirSync(dest).filter((f) => f.endsWith('.svdckpt'));
     expect(files.length).toBe(1);
     pruned = join(dest, files[0]!);
+  });
+
+  it('prune --out NAME.svdckpt writes exactly that file, even into the folder of the source checkpoint', async () => {
+    const target = join(dirname(ckpt), 'pruned.svdckpt');
+    const before = readdirSync(dirname(ckpt)).sort();
+    const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', target]);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toContain(`pruned checkpoint written to ${target}`);
+    expect(readdirSync(dirname(ckpt)).sort()).toEqual([...before, 'pruned.svdckpt'].sort());
+    expect(loadCheckpoint(target).configHash).toBe(loadCheckpoint(pruned!).configHash);
+    expect(loadCheckpoint(ckpt).optimizer.step).toBeGreaterThan(0); // the source is untouched
   });
 
   it('the pruned checkpoint carries its ranks in the config (hash included) and no optimizer state', () => {

@@ -3,8 +3,8 @@
  * report, download). Every training option goes through core's `resolveConfig(flags, file, env)`,
  * so flags, a --config JSON file and SVD_TRAIN_* variables mean the same thing everywhere.
  */
-import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { Command } from 'commander';
 import {
   CIFAR_SPLIT_FILES,
@@ -108,12 +108,16 @@ export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.Pro
   return resolveConfig(flags, typeof config === 'string' ? config : undefined, env);
 }
 
-function describeLayers(report: unknown): string {
+/** A per-layer report as an aligned text table; `flops*` columns are MAC counts and say so. */
+export function describeLayers(report: unknown): string {
   const rows = Array.isArray(report) ? report : ((report as { layers?: unknown[] })?.layers ?? []);
   if (!rows.length) return JSON.stringify(report, null, 2);
   const keys = Object.keys(rows[0] as object);
-  const line = (vals: unknown[]) => vals.map((v) => String(typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v).padStart(12)).join(' ');
-  return [line(keys), ...rows.map((r) => line(keys.map((k) => (r as Record<string, unknown>)[k])))].join('\n');
+  const cell = (v: unknown) => String(typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v);
+  const table = [keys.map((k) => k.replace(/^flops/, 'MACs')), ...rows.map((r) => keys.map((k) => cell((r as Record<string, unknown>)[k])))];
+  const widths = keys.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  // Names left-aligned, numbers right-aligned.
+  return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
 function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'ranks'>): Model {
@@ -144,10 +148,12 @@ function loadCheckpointFile(path: string): Checkpoint {
   return loadCheckpoint(path);
 }
 
-async function modelFromCheckpoint(path: string): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
+/** Loads a checkpoint into its model, on `backend` (default: the backend its run was configured with). */
+async function modelFromCheckpoint(path: string, backend?: string, io?: Out): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
   const ckpt = loadCheckpointFile(path);
-  let cfg = resolveConfig({}, ckpt.config as Record<string, unknown>, {});
-  await initEngine({ backend: cfg.backend });
+  let cfg = resolveConfig(backend ? { backend } : {}, ckpt.config as Record<string, unknown>, {});
+  const engine = await initEngine({ backend: cfg.backend });
+  io?.err(`backend ${engine.reason}\n`);
   cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
   const model = modelFor(cfg);
   setParameters(model, ckpt.params);
@@ -361,8 +367,8 @@ async function reportCommand(runDir: string, io: Out): Promise<number> {
   return 0;
 }
 
-async function evalCommand(path: string, opts: { data?: string; limitTest?: string }, io: Out): Promise<number> {
-  const { model, cfg } = await modelFromCheckpoint(path);
+async function evalCommand(path: string, opts: { data?: string; limitTest?: string; backend?: string }, io: Out): Promise<number> {
+  const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
   const test = readCifar10(resolveDataDir({ flag: opts.data ?? cfg.data }).dir, 'test');
   const n = Math.min(test.count, opts.limitTest ? Number(opts.limitTest) : (cfg.limitTest ?? test.count));
   let correct = 0;
@@ -378,17 +384,20 @@ async function evalCommand(path: string, opts: { data?: string; limitTest?: stri
   return 0;
 }
 
-async function pruneCommand(path: string, opts: { energy: string; out?: string }, io: Out): Promise<number> {
+async function pruneCommand(path: string, opts: { energy: string; out?: string; backend?: string }, io: Out): Promise<number> {
   const e = Number(opts.energy);
   if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
     throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
   }
-  const { ckpt, model, cfg } = await modelFromCheckpoint(path);
+  const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
   const sum = (k: 'paramsBefore' | 'paramsAfter' | 'flopsBefore' | 'flopsAfter') => report.reduce((a, r) => a + r[k], 0);
   io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('flopsBefore')} -> ${sum('flopsAfter')}\n`);
-  const outDir = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
+  // --out is a folder (the file gets the usual ckpt-<step> name) or, ending in .svdckpt, the file itself.
+  const outFile = opts.out?.endsWith('.svdckpt') ? resolve(opts.out) : null;
+  if (outFile) mkdirSync(dirname(outFile), { recursive: true });
+  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.prune-')) : (opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`));
   // The config carries the new ranks, so its hash and every model built from it (start --from,
   // eval, workers) have the pruned shapes. The optimizer state is dropped: its momentum buffers
   // have the old shapes, and fine-tuning starts a fresh optimizer anyway.
@@ -404,12 +413,20 @@ async function pruneCommand(path: string, opts: { energy: string; out?: string }
   });
   model.dispose();
   pruned.dispose();
-  io.out(`pruned checkpoint written to ${written}\n`);
+  let final = written;
+  if (outFile) {
+    // Written complete in a private folder first, then renamed: never a half file at --out, and
+    // never a clash with a checkpoint of the same step already in the target folder.
+    renameSync(written, outFile);
+    rmSync(outDir, { recursive: true, force: true });
+    final = outFile;
+  }
+  io.out(`pruned checkpoint written to ${final}\n`);
   return 0;
 }
 
-async function exportCommand(path: string, opts: { out: string; stock?: boolean }, io: Out): Promise<number> {
-  const { model } = await modelFromCheckpoint(path);
+async function exportCommand(path: string, opts: { out: string; stock?: boolean; backend?: string }, io: Out): Promise<number> {
+  const { model } = await modelFromCheckpoint(path, opts.backend, io);
   const m = opts.stock ? exportToStockLayers(model) : model;
   await m.save(fileSystemIO(opts.out));
   io.out(`model written to ${opts.out}${opts.stock ? ' (stock tfjs layers, loadable without svd-train)' : ''}\n`);
@@ -434,21 +451,24 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .argument('<ckpt>', 'checkpoint file')
     .option('--data <dir>', 'CIFAR-10 folder')
     .option('--limit-test <n>', 'only the first n test images')
-    .action(wrap((p: string, o: { data?: string; limitTest?: string }) => evalCommand(p, o, io)));
+    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .action(wrap((p: string, o: { data?: string; limitTest?: string; backend?: string }) => evalCommand(p, o, io)));
   program
     .command('prune')
     .description('truncate singular values holding at most a fraction e of each layer\'s energy')
     .argument('<ckpt>', 'checkpoint file')
     .requiredOption('--energy <e>', 'energy fraction to drop, e.g. 0.01')
-    .option('--out <file>', 'pruned checkpoint path (default: next to the input)')
-    .action(wrap((p: string, o: { energy: string; out?: string }) => pruneCommand(p, o, io)));
+    .option('--out <path>', 'folder for the pruned checkpoint, or a file name ending in .svdckpt (default: pruned-e<E>/ next to the input)')
+    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .action(wrap((p: string, o: { energy: string; out?: string; backend?: string }) => pruneCommand(p, o, io)));
   program
     .command('export')
     .description('write the model as a tfjs LayersModel folder')
     .argument('<ckpt>', 'checkpoint file')
     .requiredOption('--out <dir>', 'output folder')
     .option('--stock', 'convert SVD layers to stock Conv2D/Dense layers')
-    .action(wrap((p: string, o: { out: string; stock?: boolean }) => exportCommand(p, o, io)));
+    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .action(wrap((p: string, o: { out: string; stock?: boolean; backend?: string }) => exportCommand(p, o, io)));
   program
     .command('report')
     .description('write runs/NAME/report.html: curves, regularizers, spectra, FLOPs')
