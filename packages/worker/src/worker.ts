@@ -118,7 +118,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
   }
   const engine = await initEngine({ backend, ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
   backend = engine.backend as typeof backend;
-  log(`backend ${engine.backend}: ${engine.reason}`);
+  log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
   const name = opts.name ?? `${hostname()}:${process.pid}`;
   const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, steps: 0 };
