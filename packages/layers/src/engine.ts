@@ -68,7 +68,12 @@ function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', g
       try {
         await import(pkg);
       } catch (e) {
-        return { ok: false, message: errMessage(e) };
+        const msg = errMessage(e);
+        // The usual case on a fresh install: pnpm did not run the package's install script.
+        if (/native addon module .* can not be found/i.test(msg)) {
+          return { ok: false, message: `native addon not built; its install script downloads libtensorflow: run \`pnpm rebuild ${pkg}\` on a machine with internet` };
+        }
+        return { ok: false, message: msg };
       } finally {
         console.warn = warn;
       }
