@@ -9,6 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
+import { columnSum } from './kernels/column-sum.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -44,10 +45,10 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
   const op = tf.customGrad((...args) => {
     const [xIn, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
     // The forward of a customGrad runs with the tape off, so these stats cost no backward work.
-    const x2 = tf.reshape(xIn, [m, c]);
-    const mean = tf.mean(x2, 0);
+    const x2 = tf.reshape(xIn, [m, c]) as tf.Tensor2D;
+    const mean = tf.div(columnSum(x2), m) as tf.Tensor1D;
     const xc = tf.sub(x2, mean);
-    const variance = tf.mean(tf.square(xc), 0);
+    const variance = tf.div(columnSum(tf.square(xc) as tf.Tensor2D), m) as tf.Tensor1D;
     const invstd = tf.rsqrt(tf.add(variance, eps));
     const xhat = tf.mul(xc, invstd);
     const y = tf.reshape(tf.add(tf.mul(xhat, g), b), xIn.shape);
@@ -58,9 +59,9 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
       value: y,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, si, sg] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
-        const dy2 = tf.reshape(dy, [m, c]);
-        const sumDy = tf.sum(dy2, 0);
-        const sumDyXhat = tf.sum(tf.mul(dy2, sx), 0);
+        const dy2 = tf.reshape(dy, [m, c]) as tf.Tensor2D;
+        const sumDy = columnSum(dy2);
+        const sumDyXhat = columnSum(tf.mul(dy2, sx) as tf.Tensor2D);
         const scale = tf.mul(sg, si);
         const inner = tf.sub(tf.sub(dy2, tf.div(sumDy, m)), tf.mul(sx, tf.div(sumDyXhat, m)));
         const dx = tf.reshape(tf.mul(inner, scale), dy.shape);

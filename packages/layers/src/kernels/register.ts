@@ -5,9 +5,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { conv2dBackpropFilterWasmConfig } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasmConfig } from './conv2d-backprop-input.js';
+import { columnSumWasmConfig } from './column-sum.js';
 
 /** Kernels wasm lacks entirely, and kernels whose stock wasm version we replace for speed. */
-const ADDED = [conv2dBackpropFilterWasmConfig];
+const ADDED = [conv2dBackpropFilterWasmConfig, columnSumWasmConfig];
 const REPLACED = [conv2dBackpropInputWasmConfig];
 
 export function registerWasmKernels(): void {
