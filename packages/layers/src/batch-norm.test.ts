@@ -1,17 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { batchNormTrain, SvdBatchNorm } from './batch-norm.js';
-import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend } from './test-support/index.js';
-
-function rand(n: number, seed: number, scale = 1, offset = 0): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = offset + scale * (s / 2147483648 - 1);
-  }
-  return out;
-}
+import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend, seededUniform } from './test-support/index.js';
 
 /** Float64 hand computation: per-channel mean, biased var, y, over a [M, C] row-major view. */
 function handBN(x: Float32Array, c: number, gamma: Float32Array, beta: Float32Array, eps: number) {
@@ -38,9 +28,9 @@ const C = 6;
 forEachBackend(['cpu', 'wasm'], (backend) => {
   describe('batchNormTrain', () => {
     it(`x=[${X_SHAPE}] forward matches a float64 hand computation`, () => {
-      const xd = rand(360, 1, 2, 0.5);
-      const gd = rand(C, 2, 0.5, 1);
-      const bd = rand(C, 3, 0.3);
+      const xd = seededUniform(360, 1, 2, 0.5);
+      const gd = seededUniform(C, 2, 0.5, 1);
+      const bd = seededUniform(C, 3, 0.3);
       const hand = handBN(xd, C, gd, bd, 1e-5);
       const x = tf.tensor4d(xd, X_SHAPE);
       const { y, mean, variance } = batchNormTrain(x, tf.tensor1d(gd), tf.tensor1d(bd), 1e-5);
@@ -52,10 +42,10 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
     });
 
     it(`x=[${X_SHAPE}] forward and gradients match the stock tf.batchNorm formulation`, () => {
-      const x = tf.tensor4d(rand(360, 4, 1.5, -0.2), X_SHAPE);
-      const g = tf.tensor1d(rand(C, 5, 0.5, 1));
-      const b = tf.tensor1d(rand(C, 6, 0.3));
-      const dy = tf.tensor4d(rand(360, 7), X_SHAPE);
+      const x = tf.tensor4d(seededUniform(360, 4, 1.5, -0.2), X_SHAPE);
+      const g = tf.tensor1d(seededUniform(C, 5, 0.5, 1));
+      const b = tf.tensor1d(seededUniform(C, 6, 0.3));
+      const dy = tf.tensor4d(seededUniform(360, 7), X_SHAPE);
       const loss = (fn: typeof stockBN) => (a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) =>
         tf.sum(tf.mul(fn(a as tf.Tensor4D, gg as tf.Tensor1D, bb as tf.Tensor1D, 1e-5), dy));
       const ours = tf.grads(loss((a, gg, bb, e) => batchNormTrain(a, gg, bb, e).y))([x, g, b]);
@@ -65,7 +55,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
     });
 
     it('x=[5,3] (2D input) gradient check by central differences', () => {
-      const x = tf.tensor2d(rand(15, 8, 1.5), [5, 3]);
+      const x = tf.tensor2d(seededUniform(15, 8, 1.5), [5, 3]);
       const g = tf.tensor1d([1.2, 0.7, -0.9]);
       const b = tf.tensor1d([0.1, -0.2, 0.3]);
       gradCheck((a, gg, bb) => batchNormTrain(a!, gg!, bb!, 1e-5).y, [x, g, b], { label: `${backend} bn2d` });
@@ -73,7 +63,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
     });
 
     it('x=[2,3,2,4] gradient check by central differences', () => {
-      const x = tf.tensor4d(rand(48, 9, 1.5), [2, 3, 2, 4]);
+      const x = tf.tensor4d(seededUniform(48, 9, 1.5), [2, 3, 2, 4]);
       const g = tf.tensor1d([1.2, 0.7, -0.9, 1.1]);
       const b = tf.tensor1d([0.1, -0.2, 0.3, 0]);
       gradCheck((a, gg, bb) => batchNormTrain(a!, gg!, bb!, 1e-5).y, [x, g, b], { label: `${backend} bn4d` });
@@ -81,7 +71,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
     });
 
     it('leaks nothing in forward or backward', async () => {
-      const x = tf.tensor4d(rand(360, 10), X_SHAPE);
+      const x = tf.tensor4d(seededUniform(360, 10), X_SHAPE);
       const g = tf.ones([C]);
       const b = tf.zeros([C]);
       await expectNoLeakedTensors(() => {
@@ -99,7 +89,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
 
   describe('SvdBatchNorm', () => {
     it(`x=[${X_SHAPE}] train mode: batch stats, PyTorch running update (unbiased var); eval uses running stats`, () => {
-      const xd = rand(360, 11, 2, 0.7);
+      const xd = seededUniform(360, 11, 2, 0.7);
       const layer = new SvdBatchNorm({});
       const x = tf.tensor4d(xd, X_SHAPE);
       const ones = new Float32Array(C).fill(1);
@@ -129,7 +119,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
       let rm = new Float64Array(5);
       let rv = new Float64Array(5).fill(1);
       for (const seed of [21, 22]) {
-        const xd = rand(40, seed, 1, 0.4);
+        const xd = seededUniform(40, seed, 1, 0.4);
         const h = handBN(xd, 5, new Float32Array(5).fill(1), new Float32Array(5), 1e-3);
         const x = tf.tensor2d(xd, [8, 5]);
         const y = layer.apply(x, { training: true }) as tf.Tensor;
@@ -148,7 +138,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
       const input = tf.input({ shape: [4, 5, 6] });
       const bn = new SvdBatchNorm({ name: 'bn', epsilon: 2e-5, momentum: 0.2 });
       const model = tf.model({ inputs: input, outputs: bn.apply(input) as tf.SymbolicTensor });
-      const x = tf.tensor4d(rand(360, 12), X_SHAPE);
+      const x = tf.tensor4d(seededUniform(360, 12), X_SHAPE);
       const { grads } = tf.variableGrads(() => (model.apply(x, { training: true }) as tf.Tensor).mul(tf.range(0, 360).reshape(X_SHAPE)).sum() as tf.Scalar);
       // Variable names get a _k suffix when the test runs again on another backend.
       expect(Object.keys(grads).map((k) => k.split('/').pop()!.replace(/_\d+$/, '')).sort()).toEqual(['beta', 'gamma']);
@@ -166,7 +156,7 @@ forEachBackend(['cpu', 'wasm'], (backend) => {
 
     it('train-mode forward leaks nothing', async () => {
       const layer = new SvdBatchNorm({});
-      const x = tf.tensor4d(rand(360, 13), X_SHAPE);
+      const x = tf.tensor4d(seededUniform(360, 13), X_SHAPE);
       tf.tidy(() => {
         layer.apply(x, { training: true }); // builds the weights
       });

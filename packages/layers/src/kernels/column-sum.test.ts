@@ -1,17 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { COLUMN_SUM, columnSum, columnSumInto } from './column-sum.js';
-import { TOL, expectClose, expectNoLeakedTensors, onBackend } from '../test-support/index.js';
-
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
-}
+import { TOL, expectClose, expectNoLeakedTensors, onBackend, seededUniform } from '../test-support/index.js';
 
 /** Float64 reference. */
 function reference(x: Float32Array, m: number, c: number): Float64Array {
@@ -26,7 +16,7 @@ const SHAPES: [number, number][] = [[1, 1], [5, 3], [7, 8], [9, 13], [33, 17], [
 describe('columnSumInto (plain JS)', () => {
   for (const [m, c] of SHAPES) {
     it(`[${m}, ${c}] equals the float64 column sums`, () => {
-      const x = rand(m * c, m * 31 + c);
+      const x = seededUniform(m * c, m * 31 + c);
       const out = new Float32Array(c);
       columnSumInto(x, m, c, out);
       expectClose(`colsum [${m},${c}]`, out, reference(x, m, c), 1e-6);
@@ -37,7 +27,7 @@ describe('columnSumInto (plain JS)', () => {
 describe('SvdColumnSum on wasm vs tf.sum(x, 0) on cpu', () => {
   for (const [m, c] of SHAPES) {
     it(`[${m}, ${c}]`, async () => {
-      const x = rand(m * c, m * 7 + c);
+      const x = seededUniform(m * c, m * 7 + c);
       const want = await onBackend('cpu', () => tf.tidy(() => tf.sum(tf.tensor2d(x, [m, c]), 0).dataSync().slice()));
       const got = await onBackend('wasm', () => {
         expect(tf.getKernel(COLUMN_SUM, 'wasm')).toBeDefined();

@@ -3,8 +3,9 @@
  *
  * Batch norm needs four such sums per layer and step (mean and variance forward, Σdy and Σdy·x̂
  * backward) over M = N·H·W rows. wasm's Sum/Mean over axis 0 transposes the whole input first:
- * 4.4 ms for [65536, 16], about 15% of a ResNet-20 training step in all. One JS pass that reads
- * the rows in order and accumulates C float64 sums is about 3× faster, and more accurate.
+ * 4.4 ms for [65536, 16], about 15% of a ResNet-20 training step in all. Summing in JS, 8
+ * columns at a time in float64 locals (`columnSumInto`), took the BN sums of a step from 233 to
+ * 38 ms, and is more accurate.
  * (A ones[1, M] · x matmul was tried too and was no faster than the stock reduction.)
  */
 import * as tf from '@tensorflow/tfjs';

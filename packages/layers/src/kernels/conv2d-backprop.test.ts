@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initEngine } from '../engine.js';
 import { conv2dBackpropFilterWasm, setFilterGradAlgorithm } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasm } from './conv2d-backprop-input.js';
-import { TOL, expectClose, expectNoLeakedTensors, onBackend } from '../test-support/index.js';
+import { TOL, expectClose, expectNoLeakedTensors, onBackend, seededUniform } from '../test-support/index.js';
 
 type Pad = 'same' | 'valid' | number | [[number, number], [number, number], [number, number], [number, number]];
 interface Case {
@@ -14,23 +14,13 @@ interface Case {
   pad: Pad;
 }
 
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
-}
-
 /** dL/dW and dL/dx for L = Σ conv2d(x, w) · dy, on the active backend. */
 function convGrads(c: Case, xd: Float32Array, wd: Float32Array, seed: number): { dw: Float32Array; dx: Float32Array } {
   return tf.tidy(() => {
     const x = tf.tensor4d(xd, c.x);
     const w = tf.tensor4d(wd, [c.k[0], c.k[1], c.x[3], c.f]);
     const y = tf.conv2d(x, w, c.s, c.pad as 'same');
-    const dy = tf.tensor(rand(y.size, seed + 2), y.shape);
+    const dy = tf.tensor(seededUniform(y.size, seed + 2), y.shape);
     const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad as 'same'), dy)))([x, w]);
     return { dw: dw!.dataSync() as Float32Array, dx: dx!.dataSync() as Float32Array };
   });
@@ -68,8 +58,8 @@ describe('Conv2DBackpropFilter and Conv2DBackpropInput (wasm, ours) match the cp
   });
 
   it.each(CASES.map((c, i) => [name(c), c, i] as const))('%s', async (_n, c, i) => {
-    const xd = rand(c.x.reduce((a, b) => a * b, 1), 100 + i);
-    const wd = rand(c.k[0] * c.k[1] * c.x[3] * c.f, 200 + i);
+    const xd = seededUniform(c.x.reduce((a, b) => a * b, 1), 100 + i);
+    const wd = seededUniform(c.k[0] * c.k[1] * c.x[3] * c.f, 200 + i);
     const ref = await onBackend('cpu', () => convGrads(c, xd, wd, i));
     const got = await onBackend('wasm', () => convGrads(c, xd, wd, i));
     expectClose(`dW ${name(c)}`, got.dw, ref.dw, TOL.backendRel);
@@ -89,8 +79,8 @@ describe('Conv2DBackpropFilter and Conv2DBackpropInput (wasm, ours) match the cp
   it('leaks no tensors or wasm buffers', async () => {
     await initEngine({ backend: 'wasm' });
     const c = CASES[2]!;
-    const x = tf.tensor4d(rand(2 * 7 * 9 * 4, 1), c.x);
-    const w = tf.tensor4d(rand(3 * 3 * 4 * 6, 2), [3, 3, 4, 6]);
+    const x = tf.tensor4d(seededUniform(2 * 7 * 9 * 4, 1), c.x);
+    const w = tf.tensor4d(seededUniform(3 * 3 * 4 * 6, 2), [3, 3, 4, 6]);
     await expectNoLeakedTensors(() => {
       const g = tf.grad((b: tf.Tensor) => tf.conv2d(x, b as tf.Tensor4D, c.s, c.pad as 'same').sum())(w);
       expect(g.shape).toEqual([3, 3, 4, 6]);

@@ -5,3 +5,4 @@ export { relErr, expectClose, toArray, type Numeric } from './compare.js';
 export { gradCheck, type GradCheckOptions, type GradCheckResult } from './grad-check.js';
 export { expectNoLeakedTensors } from './leaks.js';
 export { forEachBackend, onBackend, type TestBackend } from './backends.js';
+export { seededUniform } from './random.js';
