@@ -9,7 +9,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { effectiveRank } from '@svd-train/core';
+import { effectiveRank, singularValues } from '@svd-train/core';
 import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
@@ -143,7 +143,7 @@ ${cfg}</body></html>`;
 
 /** Singular-value vectors of a parameter list (names ending in `.s`). */
 export function spectraOf(params: { name: string; data: Float32Array }[]): Spectrum[] {
-  return params.filter((p) => /(^|\.)s$/.test(p.name)).map((p) => ({ layer: p.name.replace(/\.s$/, ''), s: p.data }));
+  return singularValues(params);
 }
 
 /**

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { effectiveRank, effectiveRanks } from './spectrum.js';
+import { effectiveRank, effectiveRanks, singularValues } from './spectrum.js';
 
 describe('effectiveRank', () => {
   it('s=[3,2,1] (energies 9,4,1 of 14): e=0.01 -> 3, e=0.3 -> 2, e=0.5 -> 1', () => {
@@ -24,5 +24,12 @@ describe('effectiveRanks', () => {
     expect(effectiveRanks(params, 0.05)).toEqual({ 'stem.0': 1, 'layers.0.conv1': 4 });
     expect(effectiveRanks(params, 0.001)).toEqual({ 'stem.0': 2, 'layers.0.conv1': 4 });
     expect(effectiveRanks([{ name: 'fc.weight', data: [1] }])).toEqual({});
+  });
+});
+
+describe('singularValues', () => {
+  it('picks `<layer>.s` and a bare `s`, not names that merely end in s', () => {
+    const params = [{ name: 'a.s', data: [1] }, { name: 's', data: [2] }, { name: 'a.bias', data: [3] }, { name: 'a.Us', data: [4] }];
+    expect(singularValues(params)).toEqual([{ layer: 'a', s: [1] }, { layer: 's', s: [2] }]);
   });
 });

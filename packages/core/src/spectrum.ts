@@ -20,11 +20,16 @@ export function effectiveRank(s: ArrayLike<number>, e = 0.01): number {
 }
 
 /**
- * Effective rank of every SVD layer of a parameter set (parameters named `<layer>.s`), by layer
- * name, in parameter order.
+ * The singular-value vectors of a parameter set: each parameter named `<layer>.s` (or just `s`),
+ * with its layer name, in parameter order.
  */
-export function effectiveRanks(params: Iterable<{ name: string; data: ArrayLike<number> }>, e = 0.01): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const p of params) if (/(^|\.)s$/.test(p.name)) out[p.name.replace(/\.?s$/, '') || 's'] = effectiveRank(p.data, e);
+export function singularValues<T extends ArrayLike<number>>(params: Iterable<{ name: string; data: T }>): { layer: string; s: T }[] {
+  const out: { layer: string; s: T }[] = [];
+  for (const p of params) if (/(^|\.)s$/.test(p.name)) out.push({ layer: p.name.replace(/\.s$/, ''), s: p.data });
   return out;
+}
+
+/** Effective rank of every SVD layer of a parameter set, by layer name, in parameter order. */
+export function effectiveRanks(params: Iterable<{ name: string; data: ArrayLike<number> }>, e = 0.01): Record<string, number> {
+  return Object.fromEntries(singularValues(params).map(({ layer, s }) => [layer, effectiveRank(s, e)]));
 }
