@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { WebSocket } from 'ws';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EpochSampler, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
@@ -190,6 +190,53 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs.map((a) => a !== undefined)).toEqual([false, true, true]);
   });
 
+  it('resuming a finished run returns at once without waiting for workers', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn();
+    await h.coord.start();
+    const last = h.checkpoints[h.checkpoints.length - 1]!;
+    const again = await harness(cfg, { resume: last });
+    const r = await again.coord.start();
+    expect(r.alreadyFinished).toBe(true);
+    expect(r.steps).toBe(6);
+    expect(again.logs.some((l) => /already completes the run's 6 steps/.test(l))).toBe(true);
+  });
+
+  it('resume drops metrics lines past the checkpoint, so each step appears once', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'svd-metrics-')), 'metrics.jsonl');
+    const cfg = config({ minWorkers: 1, checkpointEvery: 2 });
+    const h = await harness(cfg, { metricsPath: path });
+    h.spawn();
+    await h.coord.start();
+    // As if killed after step 4 was logged but resumed from the checkpoint at step 2 (+ a torn line).
+    appendFileSync(path, '{"kind":"step","ste');
+    const mid = h.checkpoints.find((c) => c.step === 2)!;
+    const h2 = await harness(cfg, { resume: mid, metricsPath: path });
+    h2.spawn();
+    await h2.coord.start();
+    const lines = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.kind === 'step').map((l) => l.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(lines.filter((l) => l.kind === 'epoch').map((l) => l.epoch)).toEqual([0, 1]);
+    expect(h2.logs.some((l) => /dropped \d+ line\(s\) written after the checkpoint at step 2/.test(l))).toBe(true);
+  });
+
+  it('checkpoints keep the number of BN sub-batches per step, and a resume with fewer workers keeps it', async () => {
+    const cfg = config({ minWorkers: 1, epochs: 3, checkpointEvery: 2 });
+    const h = await harness(cfg);
+    h.spawn();
+    h.spawn();
+    await allJoined(h.coord, 2);
+    const full = await h.coord.start();
+    const mid = h.checkpoints.find((c) => c.step === 4)!;
+    expect(mid.metrics?.slicesPerStep).toBe(2);
+    const h2 = await harness(cfg, { resume: mid });
+    h2.spawn();
+    const resumed = await h2.coord.start();
+    expect(h2.steps.filter((s) => s.n === 8).every((s) => s.slices.length === 2)).toBe(true);
+    expectParity(resumed.params, new Map(full.params.map((t) => [t.name, t.data])), 'resumed on 1 worker');
+  });
+
   it('a run resumed from a mid-run checkpoint equals the uninterrupted run', async () => {
     const cfg = config({ minWorkers: 1, epochs: 3, checkpointEvery: 2 });
     const h = await harness(cfg);
@@ -217,10 +264,90 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
     await allJoined(h.coord, 3);
     const summary = await h.coord.start();
     expect(h.logs.some((l) => /sim2.*dropped/.test(l))).toBe(true);
-    expect(h.logs.some((l) => /re-assigned \d+ sample/.test(l))).toBe(true);
+    expect(h.logs.some((l) => /re-assigned 1 slice\(s\), \d+ sample\(s\) of step 2, whole, to sim/.test(l))).toBe(true);
     expect(h.steps.find((s) => s.step === 2)!.slices.some((s) => s.worker.startsWith('sim2'))).toBe(false);
+    // The lost slice is recomputed whole: every later step still has the 3 sub-batches of the
+    // uninterrupted run (same BN statistics), now on 2 workers.
+    expect(h.steps.map((x) => x.slices.length)).toEqual([3, 3, 3, 3, 3, 3]);
+    expect(new Set(h.steps[h.steps.length - 1].slices.map((x) => x.worker)).size).toBe(2);
     expectExactAccounting(h.steps, 2);
     expectParity(summary.params, reference(cfg).params, 'after drop');
+  });
+
+  it('a worker whose gradient norm is 1e3x the others\' (finite 3e38) is dropped with GRADIENT_OUTLIER; nothing non-finite is applied', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn();
+    const evil = h.spawn({ name: 'evil', onStep: (m) => (m.step === 1 ? 'huge' : 'answer') });
+    await allJoined(h.coord, 2);
+    const summary = await h.coord.start();
+    expect(evil.error?.code).toBe('GRADIENT_OUTLIER');
+    expect(evil.error?.message).toMatch(/step 1 \(4 samples\) has L2 norm .*e\+3\d.*times the median.*expected at most 1000 times/);
+    expectExactAccounting(h.steps, 2);
+    expectParity(summary.params, reference(cfg).params, 'after outlier');
+  });
+
+  it('correct > n is refused (ROUND_MISMATCH), the slice is recomputed', async () => {
+    const cfg = config({ minWorkers: 1 });
+    const h = await harness(cfg);
+    h.spawn();
+    const liar = h.spawn({ name: 'liar', onStep: (m) => (m.step === 2 ? 'overcount' : 'answer') });
+    await allJoined(h.coord, 2);
+    const summary = await h.coord.start();
+    expect(liar.error?.code).toBe('ROUND_MISMATCH');
+    expect(liar.error?.message).toMatch(/liar@localhost reports correct=3 of n=2 samples for step 2; expected 0 <= correct <= n/);
+    expect(h.steps.every((s) => s.trainAcc <= 1)).toBe(true);
+    expectParity(summary.params, reference(cfg).params, 'after liar');
+  });
+
+  it('a NaN loss is a NON_FINITE fault that says NaN', async () => {
+    const h = await harness(config({ minWorkers: 1 }));
+    h.spawn();
+    const w = h.spawn({ name: 'nanloss', onStep: (m) => (m.step === 1 ? 'nan-loss' : 'answer') });
+    await allJoined(h.coord, 2);
+    await h.coord.start();
+    expect(w.error?.code).toBe('NON_FINITE');
+    expect(w.error?.message).toMatch(/field 'ce' is NaN; expected a finite number/);
+  });
+
+  it('divergence: when every worker fails the same step, the run aborts with DIVERGED and the workers get RUN_ABORTED', async () => {
+    const cfg = config({ minWorkers: 1, checkpointEvery: 1 });
+    const h = await harness(cfg);
+    const ws = [0, 1, 2].map((i) => h.spawn({ name: `div${i}`, onStep: (m) => (m.step === 2 ? 'nan' : 'answer') }));
+    await allJoined(h.coord, 3);
+    const err = await h.coord.start().then(() => null, (e: { code: string; message: string }) => e);
+    expect(err?.code).toBe('DIVERGED');
+    expect(err?.message).toMatch(/step 2 .*failed 3 time\(s\).*lower --lr/);
+    // Nothing past the last good step was checkpointed.
+    expect(Math.max(...h.checkpoints.map((c) => c.step))).toBe(2);
+    await Promise.all(ws.map((w) => w.closed));
+    expect(ws.map((w) => w.error?.code)).toEqual(['NON_FINITE', 'NON_FINITE', 'NON_FINITE']);
+  });
+
+  it('an update that overflows (a lone worker sends 3e38) is never applied or checkpointed: DIVERGED, workers told RUN_ABORTED', async () => {
+    const cfg = config({ minWorkers: 1, checkpointEvery: 1 });
+    const h = await harness(cfg);
+    // 3e38 at steps 3 and 4 still gives finite parameters (a small lr early in onecycle); at step 5 the momentum overflows.
+    const w = h.spawn({ name: 'lone', onStep: (m) => (m.step >= 3 ? 'huge' : 'answer') });
+    const err = await h.coord.start().then(() => null, (e: { code: string; message: string }) => e);
+    expect(err?.code).toBe('DIVERGED');
+    expect(err?.message).toMatch(/step 5 .*after the optimizer step, parameter conv\.U\[0\] is -?Infinity.*not applied and not checkpointed \(the last checkpoint holds the 5 steps before it\)/);
+    expect(h.checkpoints.map((c) => c.step)).toEqual([1, 2, 3, 4, 5]);
+    for (const c of h.checkpoints) for (const t of c.params) expect(t.data.every(Number.isFinite)).toBe(true);
+    await w.closed;
+    expect(w.error?.code).toBe('RUN_ABORTED');
+    expect(w.error?.message).toMatch(/\[DIVERGED\]/);
+  });
+
+  it('a failing metrics write is reported once and training goes on', async () => {
+    // A folder where the file should be: every append fails (EISDIR), like EMFILE did.
+    const dir = mkdtempSync(join(tmpdir(), 'svd-metrics-bad-'));
+    mkdirSync(join(dir, 'metrics.jsonl'));
+    const h = await harness(config({ minWorkers: 1 }), { metricsPath: join(dir, 'metrics.jsonl') });
+    h.spawn();
+    const summary = await h.coord.start();
+    expect(summary.steps).toBe(6);
+    expect(h.logs.filter((l) => /error: metrics: cannot append to .*metrics\.jsonl/.test(l))).toHaveLength(1);
   });
 
   it('waits for workers when fewer than minWorkers remain, then continues with a rejoining worker (which gets current weights)', async () => {

@@ -6,11 +6,23 @@
  * It never imports TensorFlow.js: parameters are Float32Arrays in manifest (PyTorch
  * named_parameters) order. The single-worker run is the N=1 case of this same code.
  *
+ * Slices: every step is split into the same number of slices (sub-batches), `slicesPerStep`: the
+ * number of workers at the first step, raised when more workers are live at a later step, never
+ * lowered. Batch norm normalizes each slice with its own statistics, so the slicing is part of the
+ * math; keeping it fixed is what makes a run that loses a worker equal the uninterrupted run.
+ *
  * Faults: a worker that disconnects, stalls past stepTimeoutMs, or sends anything invalid is named
- * in the log, told why (error message) and disconnected; its unanswered slice of the current step
- * (or evaluation) is split among the remaining workers with a new attempt number, so each sample
- * of the epoch is used exactly once. With fewer than minWorkers left, the coordinator waits.
- * A (re)joining worker receives the current weights before its next step.
+ * in the log, told why (error message) and disconnected; each of its unanswered slices of the
+ * current step (or evaluation) goes WHOLE, with a new attempt number, to the least-busy survivor,
+ * which computes it as its own sub-batch (from the broadcast BN running statistics). So each sample
+ * is used exactly once, with the same BN sub-batches as without the fault. With fewer than
+ * minWorkers left, the coordinator waits. A (re)joining worker receives the current weights first.
+ *
+ * Numbers: sums are float64 (all-reduce.ts). A worker whose gradient norm is more than
+ * OUTLIER_RATIO times the median of the other workers' slices of comparable size is dropped and its
+ * slices recomputed. A step whose average gradient or updated parameters are not finite is never
+ * applied or checkpointed: the run aborts with DIVERGED, as it does when one slice of a step has
+ * failed MAX_SLICE_FAULTS times (non-finite or outlier) or every attempt so far failed.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -38,7 +50,7 @@ import {
   type RunConfig,
   type WireTensor,
 } from '@svd-train/core';
-import { AllReduce } from './all-reduce.js';
+import { AllReduce, l2Norm } from './all-reduce.js';
 import { DatasetServer } from './dataset-server.js';
 import { authPolicy, makeNonce, verifyMac } from './handshake.js';
 import { MetricsWriter, type EpochEvent, type EpochMetrics, type StepMetrics, type WorkerTiming } from './metrics.js';
@@ -76,6 +88,16 @@ export interface TrainingSummary {
   params: WireTensor[];
   buffers: WireTensor[];
   wallMs: number;
+  /** `resume` was given a checkpoint of a run that had already trained all its steps. */
+  alreadyFinished?: boolean;
+}
+
+/** The first parameter element that is NaN or ±Infinity, or null. */
+function firstNonFinite(set: ParamSet): { name: string; index: number; value: number } | null {
+  for (const [name, d] of set) {
+    for (let i = 0; i < d.length; i++) if (d[i] - d[i] !== 0) return { name, index: i, value: d[i] };
+  }
+  return null;
 }
 
 export interface CoordinatorOptions {
@@ -127,6 +149,8 @@ interface Task {
   sentAt: number;
   rttMs: number;
   result: GradientsMessage | EvalResultMessage | null;
+  /** L2 norm of the gradients of a step result (for outlier attribution); 0 otherwise. */
+  norm: number;
 }
 
 interface Peer {
@@ -150,9 +174,24 @@ interface Job {
   unassigned: Task[];
   resolve: (tasks: Task[]) => void;
   reject: (e: Error) => void;
+  /** Numeric faults so far (non-finite or outlier results), per slice offset and in total, with why. */
+  faultsBySlice: Map<number, number>;
+  faults: string[];
 }
 
 const now = (): number => performance.now();
+
+/** A gradient this many times larger (L2 norm) than the median of the other workers' is a fault. */
+export const OUTLIER_RATIO = 1e3;
+/** Failures of one slice of a step (every worker that tried it) after which the run has diverged. */
+export const MAX_SLICE_FAULTS = 3;
+/**
+ * The first checkpoint comes after this many steps (when checkpointEvery is larger), so that a run
+ * killed before its first regular checkpoint (step 200 by default) is not lost.
+ */
+export const EARLY_CHECKPOINT_STEP = 20;
+/** Error codes that are numeric faults of a step (count towards divergence) rather than protocol ones. */
+const NUMERIC_FAULTS = new Set(['NON_FINITE', 'GRADIENT_OUTLIER']);
 
 export class Coordinator {
   readonly config: RunConfig;
@@ -175,13 +214,15 @@ export class Coordinator {
   private waiters: (() => void)[] = [];
   private fatal: SvdTrainError | null = null;
   private closed = false;
+  /** Sub-batches per step (see the module header); 0 until the first step. */
+  private slicesPerStep = 0;
 
   constructor(opts: CoordinatorOptions) {
     this.opts = opts;
     this.config = opts.config;
     this.configHash = computeConfigHash(opts.config);
     this.auth = authPolicy(opts.config.host, opts.config.token, opts.config.insecure);
-    this.metrics = new MetricsWriter(opts.metricsPath ?? null);
+    this.metrics = new MetricsWriter(opts.metricsPath ?? null, (level, msg) => this.log(level, msg));
     this.dataServer = opts.dataDir ? new DatasetServer(opts.dataDir, Object.keys(opts.datasetInfo.md5s)) : null;
     this.stall = new StallDetector({
       warnMs: opts.config.stallWarnMs,
@@ -195,6 +236,11 @@ export class Coordinator {
         'CHECKPOINT_CONFIG_MISMATCH',
         `checkpoint at step ${opts.resume.step} was written with config hash ${opts.resume.configHash}, this run has ${this.configHash}; resume with the same math settings or use --from to fine-tune`,
       );
+    }
+    if (opts.resume) {
+      // The killed run may have logged steps past its last checkpoint; they are trained again now.
+      const dropped = this.metrics.truncateAfter(opts.resume.step);
+      if (dropped) this.log('info', `metrics.jsonl: dropped ${dropped} line(s) written after the checkpoint at step ${opts.resume.step}; those steps are trained again`);
     }
     if (opts.expectedManifest) this.manifest = { ...opts.expectedManifest, source: 'coordinator' };
     if (initial) this.setWeights(initial.params, initial.buffers, 'coordinator');
@@ -249,7 +295,9 @@ export class Coordinator {
       ws.terminate();
       return;
     }
-    const id = `w${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
+    // Connection ids start with 'c' so they never read like a worker's own name: spawned workers
+    // are named w0, w1, … and an id like 'w1-…' next to worker w0 looked like a mislabel.
+    const id = `c${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
     const peer: Peer = { id, name: id, ws, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null };
     this.peers.set(id, peer);
     this.armHandshakeTimer(peer);
@@ -304,9 +352,35 @@ export class Coordinator {
       peer.ws.terminate();
     }
     const orphans = [...(peer.current ? [peer.current] : []), ...peer.queue].filter((t) => !t.result);
+    // A numeric fault (NaN gradients, a gradient outlier) counts against the slice the peer was
+    // computing: if every worker that tries a slice fails it, the run diverged.
+    if (code && NUMERIC_FAULTS.has(code) && peer.current && !peer.current.result && this.job?.kind === 'step') {
+      this.noteFault(peer.current, `worker ${peer.name}: ${why}`);
+    }
     peer.current = null;
     peer.queue = [];
     if (this.job && orphans.length) this.reassign(orphans, `worker ${peer.name} left`);
+  }
+
+  /** Counts a numeric fault of `t`'s slice; aborts the run (DIVERGED) when the step cannot succeed. */
+  private noteFault(t: Task, why: string): void {
+    const job = this.job;
+    if (!job || this.fatal) return;
+    const n = (job.faultsBySlice.get(t.offset) ?? 0) + 1;
+    job.faultsBySlice.set(t.offset, n);
+    job.faults.push(why);
+    const anyGood = job.tasks.some((x) => x.result && x.result.n > 0);
+    if (n < MAX_SLICE_FAULTS && (anyGood || job.faults.length < MAX_SLICE_FAULTS)) return;
+    this.fatal = new SvdTrainError(
+      'DIVERGED',
+      `step ${job.meta.step} (lr ${job.meta.lr.toExponential(2)}) failed ${job.faults.length} time(s)${n >= MAX_SLICE_FAULTS ? `, ${n} times on the same slice of ${t.indices.length} samples` : ' with no good slice'}: ` +
+        `${job.faults.slice(-3).join('; ')}. Expected finite gradients of ordinary size; the training diverged (every worker that tried failed). ` +
+        'Fix: lower --lr (or --lambda-o/--lambda-s) and start again, or fine-tune from the last checkpoint with --from CKPT and a lower --lr.',
+      { step: job.meta.step, faults: job.faults.length },
+    );
+    this.log('error', this.fatal.message);
+    job.reject(this.fatal);
+    this.wake();
   }
 
   private onMessage(peer: Peer, msg: Message): void {
@@ -435,22 +509,44 @@ export class Coordinator {
   // ------------------------------------------------------------------------------------------
 
   private newTask(kind: Task['kind'], offset: number, indices: Int32Array): Task {
-    return { kind, id: this.nextTaskId++, offset, indices, peer: null, sentAt: 0, rttMs: 0, result: null };
+    return { kind, id: this.nextTaskId++, offset, indices, peer: null, sentAt: 0, rttMs: 0, result: null, norm: 0 };
+  }
+
+  /**
+   * How many sub-batches a step is split into: never fewer than before (a lost worker's slice is
+   * recomputed whole, see the module header), more when more workers are live. Evaluation has no
+   * batch statistics, so it is simply split over the live workers.
+   */
+  private slicesFor(kind: Job['kind'], live: number, step: number): number {
+    if (kind === 'eval') return live;
+    if (live > this.slicesPerStep) {
+      if (this.slicesPerStep > 0) {
+        this.log('info', `${live} workers live: from step ${step} on, each step is split into ${live} sub-batches instead of ${this.slicesPerStep} (batch norm normalizes each one separately)`);
+      }
+      this.slicesPerStep = live;
+    }
+    return this.slicesPerStep;
+  }
+
+  /** Sub-batches per step so far (0 before the first step); saved in checkpoints so a resume keeps it. */
+  get stepSlices(): number {
+    return this.slicesPerStep;
   }
 
   private async runJob(kind: Job['kind'], indices: Int32Array, meta: Job['meta']): Promise<Task[]> {
     await this.waitForWorkers(this.minLive());
     return new Promise<Task[]>((resolve, reject) => {
-      const job: Job = { kind, meta, tasks: [], unassigned: [], resolve, reject };
+      const job: Job = { kind, meta, tasks: [], unassigned: [], resolve, reject, faultsBySlice: new Map(), faults: [] };
       this.job = job;
       const live = this.live();
-      const slices = splitBatch(indices, live.map(() => 1));
+      const slices = splitBatch(indices, Array.from({ length: this.slicesFor(kind, live.length, meta.step) }, () => 1));
       let off = 0;
       slices.forEach((s, i) => {
         const t = this.newTask(kind, off, s);
         off += s.length;
         job.tasks.push(t);
-        this.assign(t, live[i]);
+        // Round-robin: with fewer workers than slices, a worker computes several, one at a time.
+        this.assign(t, live[i % live.length]);
       });
       this.checkJobDone();
     }).finally(() => {
@@ -458,7 +554,16 @@ export class Coordinator {
     });
   }
 
-  /** Splits unanswered tasks among the live workers (new ids), or parks them until enough workers are back. */
+  /** The live worker with the least outstanding work (first in join order on ties). */
+  private leastBusy(live: Peer[]): Peer {
+    const load = (p: Peer) => p.queue.length + (p.current ? 1 : 0);
+    return live.reduce((best, p) => (load(p) < load(best) ? p : best));
+  }
+
+  /**
+   * Gives each unanswered task, whole and under a new id (attempt), to the least-busy live worker,
+   * or parks it until enough workers are back. Whole, not re-split: the slice is one BN sub-batch.
+   */
   private reassign(tasks: Task[], why: string): void {
     const job = this.job!;
     job.tasks = job.tasks.filter((t) => !tasks.includes(t));
@@ -473,20 +578,18 @@ export class Coordinator {
       return;
     }
     let moved = 0;
+    const to = new Set<string>();
     for (const t of tasks) {
-      const parts = splitBatch(t.indices, live.map(() => 1));
-      let off = t.offset;
-      parts.forEach((s, i) => {
-        // Sub-slice offsets stay ordered inside the parent slice's range, so the reduce order is deterministic.
-        const fresh = this.newTask(t.kind, off + i / (parts.length + 1), s);
-        off += s.length;
-        job.tasks.push(fresh);
-        if (s.length > 0) this.assign(fresh, live[i]);
-        else fresh.result = this.emptyResult(fresh);
-        moved += s.length;
-      });
+      const fresh = this.newTask(t.kind, t.offset, t.indices);
+      job.tasks.push(fresh);
+      const peer = this.leastBusy(live);
+      to.add(peer.name);
+      this.assign(fresh, peer);
+      moved += t.indices.length;
     }
-    if (moved) this.log('info', `${why}: re-assigned ${moved} sample(s) of ${job.kind} ${job.kind === 'step' ? job.meta.step : job.meta.split} to ${live.length} worker(s)`);
+    if (moved) {
+      this.log('info', `${why}: re-assigned ${tasks.length} slice(s), ${moved} sample(s) of ${job.kind} ${job.kind === 'step' ? job.meta.step : job.meta.split}, whole, to ${[...to].join(', ')}`);
+    }
     this.checkJobDone();
   }
 
@@ -530,6 +633,7 @@ export class Coordinator {
     if (msg.type === 'gradients') {
       if (t.kind !== 'step') throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} sent gradients but was asked for eval ${t.id}`);
       checkGradients(msg, { step: this.job.meta.step, attempt: t.id, n: t.indices.length }, this.manifest!, peer.name);
+      t.norm = l2Norm(msg.grads);
     } else {
       if (t.kind !== 'eval' || msg.evalId !== t.id) {
         throw new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} sent eval-result ${msg.evalId}, but the coordinator asked for ${t.kind} ${t.id}`);
@@ -548,10 +652,47 @@ export class Coordinator {
 
   private checkJobDone(): void {
     const job = this.job;
-    if (!job || job.unassigned.length) return;
+    if (!job || job.unassigned.length || this.fatal) return;
     if (job.tasks.every((t) => t.result)) {
+      if (job.kind === 'step' && this.dropOutliers(job)) return;
       job.resolve([...job.tasks].sort((a, b) => a.offset - b.offset));
     }
+  }
+
+  /**
+   * Fault attribution before the reduce: a slice whose gradient norm is more than OUTLIER_RATIO
+   * times the median norm of the OTHER workers' slices of comparable size (within 2x samples) came
+   * from a faulty or hostile worker. That worker is dropped, every slice it answered in this step is
+   * discarded and recomputed elsewhere. Needs at least one other worker's slice to compare with.
+   * @returns true when something was dropped (the job is not done yet).
+   */
+  private dropOutliers(job: Job): boolean {
+    const done = job.tasks.filter((t) => t.peer && t.result && t.result.n > 0);
+    const bad = new Map<Peer, string>();
+    for (const t of done) {
+      const others = done
+        .filter((o) => o.peer !== t.peer && Math.max(o.indices.length, t.indices.length) <= 2 * Math.min(o.indices.length, t.indices.length))
+        .map((o) => o.norm)
+        .sort((a, b) => a - b);
+      if (!others.length) continue;
+      const median = others[others.length >> 1]!;
+      if (median > 0 && t.norm > OUTLIER_RATIO * median && !bad.has(t.peer!)) {
+        bad.set(
+          t.peer!,
+          `its gradient for step ${job.meta.step} (${t.indices.length} samples) has L2 norm ${t.norm.toExponential(2)}, ${(t.norm / median).toExponential(1)} times the median ${median.toExponential(2)} of the other workers' slices; expected at most ${OUTLIER_RATIO} times. Its slices are recomputed elsewhere; if this worker is healthy, check its hardware and svd-train version`,
+        );
+      }
+    }
+    if (!bad.size) return false;
+    for (const [peer, why] of bad) {
+      const answered = job.tasks.filter((t) => t.peer === peer && t.result);
+      for (const t of answered) t.result = null;
+      this.noteFault(answered[0]!, `worker ${peer.name}: gradient norm outlier`);
+      if (this.fatal) return true;
+      this.dropPeer(peer, 'GRADIENT_OUTLIER', why);
+      if (this.job === job) this.reassign(answered, `worker ${peer.name} sent an outlier gradient`);
+    }
+    return true;
   }
 
   private onStallTimeout(workerId: string, what: string, ms: number): void {
@@ -576,11 +717,18 @@ export class Coordinator {
   async start(): Promise<TrainingSummary> {
     const t0 = now();
     await this.listen();
+    let summary: TrainingSummary;
     try {
-      return await this.train(t0);
-    } finally {
-      await this.close('training finished');
+      summary = await this.train(t0);
+    } catch (e) {
+      // Workers must learn that the run failed: told "training finished" they exited 0 while the
+      // coordinator was dying with an error.
+      const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', (e as Error)?.message ?? String(e));
+      await this.close(`coordinator stopped with an error`, err);
+      throw e;
     }
+    await this.close(summary.alreadyFinished ? 'the run was already finished' : 'training finished');
+    return summary;
   }
 
   private async train(t0: number): Promise<TrainingSummary> {
@@ -593,6 +741,13 @@ export class Coordinator {
     const lrAt = this.opts.lrAt ?? ((step: number, stepsPerEpoch: number) => scheduleLrAt(cfg, step, stepsPerEpoch));
     if (resume) {
       this.weightsVersion = resume.step;
+      const slices = Number(resume.metrics?.slicesPerStep ?? 0);
+      if (Number.isInteger(slices) && slices > 0) this.slicesPerStep = slices;
+      if (sampler.state().step >= totalSteps) {
+        // Nothing left to train: waiting for workers here would wait forever on a finished run.
+        this.log('info', `the checkpoint at step ${resume.step} already completes the run's ${totalSteps} steps (${cfg.epochs} epochs); nothing to resume`);
+        return { steps: sampler.state().step, epochs: cfg.epochs, finalTestAcc: null, finalTrainAcc: null, params: this.tensors(this.params!), buffers: this.tensors(this.buffers!), wallMs: now() - t0, alreadyFinished: true };
+      }
       this.log('info', `resuming at step ${resume.step} (epoch ${resume.epoch})`);
     }
 
@@ -623,8 +778,13 @@ export class Coordinator {
       const tr = now();
       const contribs = tasks.map((t) => t.result as GradientsMessage).filter((g) => g.n > 0);
       const red = reducer.reduce(contribs);
+      if (red.nonFinite) this.diverged(b.step, lr, `the averaged ${red.nonFinite.name}[${red.nonFinite.index}] is ${red.nonFinite.value}`, lastCkptStep);
       const gradSet: ParamSet = new Map(names.map((n, i) => [n, red.grads[i]]));
       optimizer.step(this.params!, gradSet, lr, momentum);
+      // The update itself can overflow (finite gradients, huge lr). Those parameters must never be
+      // broadcast or checkpointed: the run stops here and its last checkpoint stays the good one.
+      const badParam = firstNonFinite(this.params!);
+      if (badParam) this.diverged(b.step, lr, `after the optimizer step, parameter ${badParam.name}[${badParam.index}] is ${badParam.value}`, lastCkptStep);
       manifest.buffers.forEach((s, i) => this.buffers!.get(s.name)!.set(red.buffers[i]));
       this.weightsVersion = b.step + 1;
       this.weightsFrame = null;
@@ -716,7 +876,8 @@ export class Coordinator {
         this.log('info', `epoch ${b.epoch + 1}/${cfg.epochs}: train loss ${e.trainLoss.toFixed(4)} acc ${(e.trainAcc * 100).toFixed(2)}%${e.testAcc !== undefined ? `, test acc ${(e.testAcc * 100).toFixed(2)}%` : ''}`);
         epochStats = { loss: 0, correct: 0, n: 0, t0: now() };
       }
-      if (epochEnd || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
+      const early = cfg.checkpointEvery > EARLY_CHECKPOINT_STEP && b.step + 1 === EARLY_CHECKPOINT_STEP;
+      if (epochEnd || early || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
         await this.checkpoint(b.step + 1, sampler, optimizer);
         lastCkptStep = b.step + 1;
       }
@@ -731,6 +892,18 @@ export class Coordinator {
       buffers: this.tensors(this.buffers!),
       wallMs: now() - t0,
     };
+  }
+
+  /** Stops the run: a step whose numbers are not finite is never applied (see the module header). */
+  private diverged(step: number, lr: number, what: string, lastCkptStep: number): never {
+    this.fatal = new SvdTrainError(
+      'DIVERGED',
+      `step ${step} (lr ${lr.toExponential(2)}): ${what}; expected finite numbers. The step was not applied and not checkpointed` +
+        `${lastCkptStep > 0 ? ` (the last checkpoint holds the ${lastCkptStep} steps before it)` : ''}. ` +
+        'Fix: lower --lr (or --lambda-o/--lambda-s) and start again, or fine-tune from the last checkpoint with --from CKPT and a lower --lr.',
+      { step },
+    );
+    throw this.fatal;
   }
 
   /** Evaluates the current weights on a split (test: datasetInfo.testCount samples), scattered over the workers. */
@@ -765,17 +938,25 @@ export class Coordinator {
       buffers: this.tensors(this.buffers!),
       optimizer: optimizer.state(),
       sampler: st,
+      // How many BN sub-batches a step has: a resumed run keeps it, so it equals the uninterrupted one.
+      metrics: { slicesPerStep: this.slicesPerStep },
     });
   }
 
-  /** Tells every worker to exit and stops the server. Safe to call twice. */
-  async close(reason = 'coordinator shutting down'): Promise<void> {
+  /**
+   * Tells every worker to exit and stops the server. Safe to call twice. With `error`, workers get
+   * a RUN_ABORTED error naming it instead of a shutdown, so they exit non-zero too.
+   */
+  async close(reason = 'coordinator shutting down', error?: SvdTrainError): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stall.clearAll();
     this.wake();
+    const last: Message = error
+      ? { type: 'error', code: 'RUN_ABORTED', message: `${reason}: [${error.code}] ${error.message}` }
+      : { type: 'shutdown', reason };
     for (const p of [...this.peers.values()]) {
-      this.send(p, { type: 'shutdown', reason });
+      this.send(p, last);
       p.state = 'gone';
       if (p.handshakeTimer) clearTimeout(p.handshakeTimer);
       try {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { SvdTrainError, type GradientsMessage, type WireTensor } from '@svd-train/core';
 import { checkGradients, checkManifest, type Manifest } from './round.js';
-import { AllReduce } from './all-reduce.js';
+import { AllReduce, l2Norm } from './all-reduce.js';
 import { authMac, authPolicy, makeNonce, verifyMac } from './handshake.js';
 import { StallDetector } from './stall-detector.js';
 import { DatasetServer } from './dataset-server.js';
@@ -44,6 +44,9 @@ describe('round validation', () => {
     expect(e.message).toMatch(/beta.*step 4 attempt 2.*step 5 attempt 2/);
     expect(err(() => checkGradients(grads({ attempt: 1 }), want, manifest, 'beta')).code).toBe('ROUND_MISMATCH');
     expect(err(() => checkGradients(grads({ n: 3 }), want, manifest, 'beta')).message).toMatch(/n=3.*given 4/);
+    const acc = err(() => checkGradients(grads({ correct: 5 }), want, manifest, 'beta'));
+    expect(acc.code).toBe('ROUND_MISMATCH');
+    expect(acc.message).toMatch(/beta reports correct=5 of n=4.*expected 0 <= correct <= n/);
   });
   it('names both workers and values on a name/order mismatch', () => {
     const e = err(() => checkGradients(grads({ grads: [t('b', [3], [1, 1, 1]), t('a', [2, 2], [1, 2, 3, 4])] }), want, manifest, 'beta'));
@@ -78,6 +81,27 @@ describe('all-reduce', () => {
     const again = r.reduce([{ n: 2, grads: [t('a', [2, 2], [1, 1, 1, 1]), t('b', [3], [1, 2, 3])], buffers: [t('bn', [1], [7])] }]);
     expect(Array.from(again.grads[1])).toEqual([1, 2, 3]);
     expect(again.grads[0]).toBe(out.grads[0]);
+    expect(again.nonFinite).toBeNull();
+  });
+
+  it('sums in float64: two finite 3e38 gradients with n=4 each average to 3e38, not Infinity', () => {
+    const r = new AllReduce(manifest.params, manifest.buffers);
+    const huge = { n: 4, grads: [t('a', [2, 2], [3e38, -3e38, 1, 0]), t('b', [3], [3e38, 3e38, 3e38])], buffers: [t('bn', [1], [1])] };
+    const out = r.reduce([huge, huge]);
+    expect(out.nonFinite).toBeNull();
+    expect(out.grads[0][0]).toBe(Math.fround(3e38));
+    expect(out.grads[0][1]).toBe(Math.fround(-3e38));
+    expect(Array.from(out.grads[1])).toEqual([Math.fround(3e38), Math.fround(3e38), Math.fround(3e38)]);
+  });
+
+  it('names the first average that is not finite (a=[2,2] with NaN at index 2)', () => {
+    const r = new AllReduce(manifest.params, manifest.buffers);
+    const out = r.reduce([{ n: 1, grads: [t('a', [2, 2], [0, 0, NaN, 0]), t('b', [3], [0, 0, 0])], buffers: [t('bn', [1], [1])] }]);
+    expect(out.nonFinite).toEqual({ name: 'a', index: 2, value: NaN });
+  });
+
+  it('l2Norm of a tensor list: a=[2,2] b=[3] = sqrt(1+4+9+16+0+0+4) ', () => {
+    expect(l2Norm([t('a', [2, 2], [1, 2, 3, 4]), t('b', [3], [0, 0, 2])])).toBeCloseTo(Math.sqrt(34), 12);
   });
 });
 

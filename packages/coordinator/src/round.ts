@@ -3,7 +3,9 @@
  *
  * A round is accepted only if every contribution is for the current step and attempt, names the
  * manifest's tensors in the manifest's order with the manifest's shapes, reports the sample count
- * it was given, and holds only finite values (the protocol decoder already scanned for NaN/Inf).
+ * it was given with at most that many correct, and holds only finite values (the protocol decoder
+ * already scanned for NaN/Inf). Finite but absurd values are the coordinator's job (gradient-norm
+ * outliers, non-finite averages), because they can only be judged against the other workers.
  * Mismatch errors name both workers (this one and the one whose manifest defined the run) and both values.
  */
 import { SvdTrainError, type GradientsMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
@@ -65,6 +67,9 @@ export function checkGradients(msg: GradientsMessage, want: Expected, manifest: 
   }
   if (msg.n !== want.n) {
     throw new SvdTrainError('ROUND_MISMATCH', `worker ${worker} reports n=${msg.n} samples for step ${msg.step}, but was given ${want.n}; every assigned sample must be used exactly once`);
+  }
+  if (msg.correct > msg.n) {
+    throw new SvdTrainError('ROUND_MISMATCH', `worker ${worker} reports correct=${msg.correct} of n=${msg.n} samples for step ${msg.step}; expected 0 <= correct <= n (a train accuracy above 100% means a faulty worker)`);
   }
   checkTensorList('gradients', msg.grads, manifest.params, worker, `the manifest of ${manifest.source}`, 'ROUND_MISMATCH');
   checkTensorList('buffers', msg.buffers, manifest.buffers, worker, `the manifest of ${manifest.source}`, 'ROUND_MISMATCH');

@@ -27,6 +27,12 @@ export const ERROR_CODES = [
   'BACKEND_UNAVAILABLE',
   'INTERNAL',
   'CLI_USAGE',
+  /** Every attempt at one step produced non-finite numbers: the run diverged (e.g. --lr too high). */
+  'DIVERGED',
+  /** A worker's gradient is out of all proportion to the other workers' (finite but ~1e3x larger). */
+  'GRADIENT_OUTLIER',
+  /** The coordinator stopped the run with an error; sent to workers so they exit non-zero. */
+  'RUN_ABORTED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

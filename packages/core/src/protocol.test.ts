@@ -121,8 +121,13 @@ describe('protocol validation', () => {
       expect(codeOf(() => decodeMessage(encodeMessage(m)))).toBe('NON_FINITE');
       expect(() => decodeMessage(encodeMessage(m))).toThrow(/layer1\.S.*index 4/);
     }
-    expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, total: NaN } })))).toBe('PROTOCOL_INVALID');
+    // A NaN loss is a numeric fault with a message that says NaN (it used to read
+    // "field 'ce' is number; expected number").
+    expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, ce: NaN } })))).toBe('NON_FINITE');
+    expect(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, ce: NaN } }))).toThrow(/field 'ce' is NaN; expected a finite number/);
     expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, total: Infinity } })))).toBe('NON_FINITE');
+    expect(codeOf(() => decodeMessage(raw.pack({ ...g, loss: { ...g.loss, ce: 'x' } })))).toBe('PROTOCOL_INVALID');
+    expect(() => decodeMessage(raw.pack({ ...SAMPLES[9], lr: NaN }))).toThrow(/field 'lr' is NaN; expected a number/);
   });
 });
 

@@ -347,14 +347,18 @@ function str(o: Obj, k: string, where: string): string {
 
 function num(o: Obj, k: string, where: string): number {
   const v = o[k];
-  if (typeof v !== 'number' || Number.isNaN(v)) invalid(where, `field '${k}' is ${describe(v)}; expected number`);
+  // NaN is typeof 'number': name it, or the message reads "is number; expected number".
+  if (typeof v !== 'number' || Number.isNaN(v)) invalid(where, `field '${k}' is ${Number.isNaN(v) ? 'NaN' : describe(v)}; expected a number`);
   return v;
 }
 
+/** Losses and loss sums: NaN or ±Infinity is a numeric fault (NON_FINITE), not a malformed message. */
 function finiteNum(o: Obj, k: string, where: string): number {
-  const v = num(o, k, where);
-  if (!Number.isFinite(v)) throw new SvdTrainError('NON_FINITE', `${where}: field '${k}' is ${v}; expected a finite number`);
-  return v;
+  const v = o[k];
+  if (typeof v === 'number' && !Number.isFinite(v)) {
+    throw new SvdTrainError('NON_FINITE', `${where}: field '${k}' is ${v}; expected a finite number; the worker diverged (lower --lr?) or is faulty`);
+  }
+  return num(o, k, where);
 }
 
 function int(o: Obj, k: string, where: string, min = 0): number {

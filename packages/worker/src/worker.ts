@@ -72,7 +72,7 @@ export interface WorkerResult {
 type Model = ReturnType<typeof buildResNet>;
 
 /** Refusals that retrying cannot fix: the worker stops instead of reconnecting. */
-const FATAL_CODES = new Set(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE']);
+const FATAL_CODES = new Set(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE', 'RUN_ABORTED']);
 
 /** Depth argument of buildResNet for a config model name. */
 export function depthOf(model: RunConfig['model']): 20 | 32 | 44 | 56 | 110 | 'resnet18' {
@@ -96,6 +96,12 @@ interface WorkerState {
   train: Cifar10Split | null;
   test: Cifar10Split | null;
   steps: number;
+  /**
+   * BN running statistics of the last `weights` broadcast. Every slice starts from them: a worker
+   * given two slices of one step (a survivor recomputing a lost worker's slice) must not start the
+   * second from the statistics the first one updated.
+   */
+  broadcastBuffers: WireTensor[];
 }
 
 /**
@@ -121,7 +127,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
   log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
   const name = opts.name ?? `${hostname()}:${process.pid}`;
-  const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, steps: 0 };
+  const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, steps: 0, broadcastBuffers: [] };
 
   let failures = 0;
   for (;;) {
@@ -142,7 +148,17 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
       await new Promise((r) => setTimeout(r, d));
       continue;
     }
-    const end = await session(conn, { ...opts, log, name, device, backend: engine.backend }, state);
+    let end: SessionEnded;
+    try {
+      end = await session(conn, { ...opts, log, name, device, backend: engine.backend }, state);
+    } catch (e) {
+      // A worker that fails must not keep its socket open: the coordinator would wait for its
+      // slice until the step timeout. Say why, then close, so the slice moves on at once.
+      const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', `worker ${name} failed: ${(e as Error)?.stack ?? String(e)}`);
+      await conn.send({ type: 'error', code: err.code, message: err.message }).catch(() => {});
+      conn.close(1011, err.code);
+      throw e;
+    }
     conn.close();
     if (end.fatal) throw end.fatal;
     if (end.shutdown) {
@@ -252,11 +268,13 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
       case 'weights': {
         setParameters(st.model!, msg.params);
         if (msg.buffers.length) setBuffers(st.model!, msg.buffers);
+        st.broadcastBuffers = msg.buffers;
         break;
       }
       case 'step': {
         const cfg = st.config!;
         const t0 = performance.now();
+        if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
         const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
         const computeMs = performance.now() - t0;
@@ -298,7 +316,8 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         const code = msg.code;
         log(`coordinator error ${code}: ${msg.message}`);
         if (FATAL_CODES.has(code)) {
-          return new SessionEnded(code, new SvdTrainError(code as never, `Coordinator refused this worker: ${msg.message}`), false, handshakeDone);
+          const what = code === 'RUN_ABORTED' ? 'The coordinator stopped the run' : 'Coordinator refused this worker';
+          return new SessionEnded(code, new SvdTrainError(code as never, `${what}: ${msg.message}`), false, handshakeDone);
         }
         break;
       }

@@ -41,7 +41,7 @@ export function fakeBuffers(buffers: readonly WireTensor[], indices: ArrayLike<n
 }
 
 /** What a scripted worker does with a step request. */
-export type StepAction = 'answer' | 'die' | 'stall' | 'nan' | 'wrong-shape';
+export type StepAction = 'answer' | 'die' | 'stall' | 'nan' | 'wrong-shape' | 'huge' | 'overcount' | 'nan-loss';
 
 export interface SimWorkerOptions {
   url: string;
@@ -148,9 +148,12 @@ export class SimWorker {
         const grads = fakeGradients(this.params, msg.indices);
         if (action === 'nan') grads[0].data[grads[0].data.length - 1] = NaN;
         if (action === 'wrong-shape') grads[0] = { ...grads[0], shape: [grads[0].data.length, 1] };
+        // Finite but absurd: every gradient value 3e38, near float32's largest.
+        if (action === 'huge') for (const g of grads) g.data.fill(3e38);
         let correct = 0;
         for (const i of msg.indices) if (i % 2 === 0) correct++;
-        const m = meanOf(msg.indices);
+        if (action === 'overcount') correct = msg.indices.length + 1;
+        const m = action === 'nan-loss' ? NaN : meanOf(msg.indices);
         this.send({
           type: 'gradients',
           step: msg.step,
