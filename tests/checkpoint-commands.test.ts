@@ -3,10 +3,10 @@
  * checkpoint with start --from, export, report, and the clear exit-2 errors for bad input.
  */
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { configHash, loadCheckpoint, parseConfig } from '@svd-train/core';
-import { COORD_BIN, freePort, launch, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
+import { COORD_BIN, ROOT, freePort, launch, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
 
 async function coord(args: string[]): Promise<{ code: number | string; out: string }> {
   const p = launch(COORD_BIN, args);
@@ -22,10 +22,11 @@ describe('svd-coord eval / prune / export / report', () => {
 
   beforeAll(async () => {
     requireBuild();
-    data = syntheticData(24, 12);
+    // 16 test images, of which the run evaluates 12 (--limit-test 12); --data given relative.
+    data = syntheticData(24, 16);
     out = tempDir();
     const port = await freePort();
-    const c = startCoordinator([...tinyRunFlags({ data, out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--spawn', '1']);
+    const c = startCoordinator([...tinyRunFlags({ data: relative(ROOT, data), out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--spawn', '1']);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
     const dir = join(out, 'checkpoints');
     ckpt = join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!);
@@ -34,6 +35,39 @@ describe('svd-coord eval / prune / export / report', () => {
   it('start wrote config.json, metrics.jsonl and report.html', () => {
     for (const f of ['config.json', 'metrics.jsonl', 'report.html']) expect(existsSync(join(out, f)), f).toBe(true);
     expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).configHash).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('config.json and the checkpoint keep --data resolved to an absolute path (it was given relative)', () => {
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).data).toBe(data);
+    expect(loadCheckpoint(ckpt).config.data).toBe(data);
+  });
+
+  it('eval of a run folder uses its latest checkpoint and says so; by default the whole test set, with a note about the run\'s --limit-test', async () => {
+    const r = await coord(['eval', out]);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toContain(`${out} is a folder: using its latest checkpoint, ${ckpt}`);
+    expect(r.out).toMatch(/the training run evaluated only the first 12 test images \(--limit-test 12\); this uses all 16\. Pass --limit-test 12/);
+    expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/16\)/);
+  });
+
+  it('eval of a folder without checkpoints, or of a model.json, exits 2 naming it and the fix (and never says to delete the file)', async () => {
+    const empty = tempDir();
+    const r = await coord(['eval', empty]);
+    expect(r.code, r.out).toBe(2);
+    expect(r.out).toContain(`"${empty}" is a folder without checkpoints; expected a checkpoint file`);
+    const modelJson = join(tempDir(), 'model.json');
+    writeFileSync(modelJson, JSON.stringify({ modelTopology: {}, weightsManifest: [] }));
+    const m = await coord(['eval', modelJson]);
+    expect(m.code, m.out).toBe(2);
+    expect(m.out, m.out).toContain(`${modelJson} is not an svd-train checkpoint`);
+    expect(m.out, m.out).not.toMatch(/delete/i);
+  });
+
+  it('start --resume of a finished run says so and exits 0 without waiting for workers', async () => {
+    const port = await freePort();
+    const r = startCoordinator([...tinyRunFlags({ data: relative(ROOT, data), out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--resume']);
+    expect(await r.exited, r.output().slice(-2000)).toBe(0);
+    expect(r.output()).toMatch(/--resume: the run in .* already finished: .* is at step 1 of 1 \(1 epochs\); nothing to do/);
   });
 
   it('eval prints the test accuracy of the checkpoint', async () => {

@@ -30,6 +30,8 @@ describe('worker killed mid-epoch', () => {
     const outA = tempDir();
     const a = startCoordinator(flags(outA, await freePort()));
     expect(await a.exited, a.output().slice(-3000)).toBe(0);
+    // Spawned workers print as [w0]/[w1] and join under those names (connection ids are c1-…, c2-…).
+    for (const w of ['w0', 'w1']) expect(a.output()).toMatch(new RegExp(`worker ${w}@\\S+ \\(c\\d+-\\w+\\) joined`));
 
     // B: the same, with one worker killed after a few steps.
     const outB = tempDir();

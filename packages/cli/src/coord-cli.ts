@@ -3,11 +3,12 @@
  * report, download). Every training option goes through core's `resolveConfig(flags, file, env)`,
  * so flags, a --config JSON file and SVD_TRAIN_* variables mean the same thing everywhere.
  */
-import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { Command } from 'commander';
 import {
   CIFAR_SPLIT_FILES,
+  EpochSampler,
   ProgressBar,
   SvdTrainError,
   assembleBatch,
@@ -81,7 +82,8 @@ const START_OPTIONS: [string, string][] = [
   ['--eval-every <n>', 'evaluate on the test set every n epochs (0 = never; default 1)'],
   ['--checkpoint-every <n>', 'also checkpoint every n steps (default 200)'],
   ['--max-worker-batch <n>', 'largest slice a worker computes at once (default 256)'],
-  ['--step-timeout-ms <n>', 'drop a worker that has not answered a step after this long'],
+  ['--step-timeout-ms <n>', 'drop a worker that has not answered a step after this long (default 120000)'],
+  ['--stall-warn-ms <n>', 'warn about a worker that has not answered after this long (default 30000, or a quarter of a shorter --step-timeout-ms)'],
   ['--backend <name>', 'backend for spawned workers: auto | tensorflow | wasm | cpu (default auto)'],
 ];
 
@@ -207,6 +209,10 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   let cfg = configFromOptions(opts);
   const outDir = resolve(cfg.out);
   const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
+  // config.json and the checkpoints keep the folder resolved to an absolute path, so `eval` run
+  // from another folder still finds the data (a relative --data used to break it). Run-local:
+  // not part of the config hash.
+  cfg = { ...cfg, data: data.dir };
   const info = datasetInfoFor(data.dir, cfg);
   const engine = await initEngine({ backend: 'auto' });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
@@ -232,6 +238,15 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     const latest = latestCheckpoint(ckptDir, { configHash: hash, onWarning: (m) => io.err(`warning: ${m}\n`) });
     if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
     resume = latest.checkpoint;
+    const total = EpochSampler.fromState(resume.sampler).stepsPerEpoch * cfg.epochs;
+    if (resume.step >= total) {
+      // Nothing to train: starting the server would wait for workers forever.
+      io.err(
+        `--resume: the run in ${outDir} already finished: ${latest.path} is at step ${resume.step} of ${total} (${cfg.epochs} epochs); nothing to do. ` +
+          `Fix: to train longer, fine-tune from it with \`svd-coord start --from ${latest.path} --epochs N --out NEW_DIR\`; to evaluate it, \`svd-coord eval ${latest.path}\`.\n`,
+      );
+      return 0;
+    }
     io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
   } else if (fromCkpt) {
     // Weights and BN statistics only: the optimizer, schedule, sampler and step count start fresh.
@@ -367,10 +382,58 @@ async function reportCommand(runDir: string, io: Out): Promise<number> {
   return 0;
 }
 
-async function evalCommand(path: string, opts: { data?: string; limitTest?: string; backend?: string }, io: Out): Promise<number> {
+/**
+ * The checkpoint file `eval` (and the other checkpoint commands) should read: the file itself, or
+ * for a run folder (or its checkpoints/ folder) the latest valid checkpoint in it, said out loud.
+ */
+export function checkpointArgument(path: string, io: Out): string {
+  if (!existsSync(path) || !statSync(path).isDirectory()) return path;
+  for (const dir of [join(path, 'checkpoints'), path]) {
+    if (!existsSync(dir)) continue;
+    const latest = latestCheckpoint(dir, { onWarning: (m) => io.err(`warning: ${m}\n`) });
+    if (latest) {
+      io.err(`${path} is a folder: using its latest checkpoint, ${latest.path} (step ${latest.checkpoint.step})\n`);
+      return latest.path;
+    }
+  }
+  throw usageError(
+    `${JSON.stringify(path)} is a folder without checkpoints; expected a checkpoint file (ckpt-….svdckpt) or a run folder holding checkpoints/. ` +
+      'Fix: pass e.g. runs/NAME/checkpoints/ckpt-0000000100.svdckpt, or the run folder of a run that has written a checkpoint.',
+  );
+}
+
+/**
+ * The test data for `eval`: --data, else the folder the run trained on (stored absolute), else the
+ * usual SVD_TRAIN_DATA / cache lookup, so a checkpoint moved to another machine still evaluates.
+ */
+function evalDataDir(flag: string | undefined, runData: string | null, io: Out): string {
+  if (flag) return resolveDataDir({ flag }).dir;
+  if (runData) {
+    try {
+      return resolveDataDir({ flag: runData }).dir;
+    } catch {
+      io.err(`the run's data folder ${runData} has no CIFAR-10 here; looking in SVD_TRAIN_DATA and the cache (or pass --data DIR)\n`);
+    }
+  }
+  return resolveDataDir({ flag: null }).dir;
+}
+
+async function evalCommand(pathArg: string, opts: { data?: string; limitTest?: string; backend?: string }, io: Out): Promise<number> {
+  const path = checkpointArgument(pathArg, io);
   const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
-  const test = readCifar10(resolveDataDir({ flag: opts.data ?? cfg.data }).dir, 'test');
-  const n = Math.min(test.count, opts.limitTest ? Number(opts.limitTest) : (cfg.limitTest ?? test.count));
+  const test = readCifar10(evalDataDir(opts.data, cfg.data, io), 'test');
+  let limit: number | null = null;
+  if (opts.limitTest !== undefined) {
+    limit = Number(opts.limitTest);
+    if (!(opts.limitTest.trim() !== '' && Number.isInteger(limit) && limit > 0)) {
+      throw usageError(`--limit-test ${JSON.stringify(opts.limitTest)} is not valid; expected a whole number of test images > 0, e.g. --limit-test 1000.`);
+    }
+  } else if (cfg.limitTest !== null && cfg.limitTest < test.count) {
+    // The whole test set by default: a training run's --limit-test (a quick check) is not what a
+    // reported accuracy should silently use. Say so, and how to get the run's subset.
+    io.err(`the training run evaluated only the first ${cfg.limitTest} test images (--limit-test ${cfg.limitTest}); this uses all ${test.count}. Pass --limit-test ${cfg.limitTest} for the run's subset.\n`);
+  }
+  const n = Math.min(test.count, limit ?? test.count);
   let correct = 0;
   let lossSum = 0;
   for (let lo = 0; lo < n; lo += cfg.maxWorkerBatch) {
@@ -384,11 +447,12 @@ async function evalCommand(path: string, opts: { data?: string; limitTest?: stri
   return 0;
 }
 
-async function pruneCommand(path: string, opts: { energy: string; out?: string; backend?: string }, io: Out): Promise<number> {
+async function pruneCommand(pathArg: string, opts: { energy: string; out?: string; backend?: string }, io: Out): Promise<number> {
   const e = Number(opts.energy);
   if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
     throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
   }
+  const path = checkpointArgument(pathArg, io);
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
@@ -425,8 +489,8 @@ async function pruneCommand(path: string, opts: { energy: string; out?: string; 
   return 0;
 }
 
-async function exportCommand(path: string, opts: { out: string; stock?: boolean; backend?: string }, io: Out): Promise<number> {
-  const { model } = await modelFromCheckpoint(path, opts.backend, io);
+async function exportCommand(pathArg: string, opts: { out: string; stock?: boolean; backend?: string }, io: Out): Promise<number> {
+  const { model } = await modelFromCheckpoint(checkpointArgument(pathArg, io), opts.backend, io);
   const m = opts.stock ? exportToStockLayers(model) : model;
   await m.save(fileSystemIO(opts.out));
   io.out(`model written to ${opts.out}${opts.stock ? ' (stock tfjs layers, loadable without svd-train)' : ''}\n`);
@@ -448,9 +512,9 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
   program
     .command('eval')
     .description('test accuracy of a checkpoint')
-    .argument('<ckpt>', 'checkpoint file')
-    .option('--data <dir>', 'CIFAR-10 folder')
-    .option('--limit-test <n>', 'only the first n test images')
+    .argument('<ckpt>', 'checkpoint file, or a run folder (its latest checkpoint is used)')
+    .option('--data <dir>', 'CIFAR-10 folder (default: the run\'s, then SVD_TRAIN_DATA, then the cache)')
+    .option('--limit-test <n>', 'only the first n test images (default: the whole test set, even if the run used --limit-test)')
     .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
     .action(wrap((p: string, o: { data?: string; limitTest?: string; backend?: string }) => evalCommand(p, o, io)));
   program

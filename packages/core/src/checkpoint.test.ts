@@ -79,6 +79,13 @@ describe('checkpoint', () => {
     expect(loadCheckpoint(p).step).toBe(1);
   });
 
+  it('another file (an exported model.json) is "not an svd-train checkpoint", with no advice to delete it', () => {
+    const p = join(tempDir(), 'model.json');
+    writeFileSync(p, JSON.stringify({ modelTopology: { class_name: 'Model' }, weightsManifest: [] }));
+    expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT', /model\.json is not an svd-train checkpoint: it starts with .*expected "SVDCKPT\\0"\. Fix: pass a \.svdckpt file/);
+    expect(() => loadCheckpoint(p)).not.toThrow(/delete/);
+  });
+
   it('refuses a config hash mismatch with actual, expected and the fix', () => {
     const dir = tempDir();
     const p = saveCheckpoint(dir, makeCkpt(5, 'hash-A'));

@@ -253,10 +253,25 @@ export function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): 
   try {
     buf = readFileSync(path);
   } catch (e) {
-    throw new SvdTrainError('CHECKPOINT_CORRUPT', `checkpoint ${path} cannot be read (${(e as Error).message}); check the path given to --from/--resume`, { path }, { cause: e });
+    throw new SvdTrainError(
+      'CHECKPOINT_CORRUPT',
+      `checkpoint ${path} cannot be read (${(e as Error).message}); expected a checkpoint file such as runs/NAME/checkpoints/ckpt-0000000100.svdckpt. Fix: check the path`,
+      { path },
+      { cause: e },
+    );
+  }
+  // A file cut inside the magic is a truncated checkpoint; any other start is another file.
+  if (!buf.subarray(0, 8).equals(MAGIC) && !(buf.length < 8 && MAGIC.subarray(0, buf.length).equals(buf))) {
+    // Not a damaged checkpoint but another file (often an exported model.json): never suggest
+    // deleting it.
+    throw new SvdTrainError(
+      'CHECKPOINT_CORRUPT',
+      `${path} is not an svd-train checkpoint: it starts with ${JSON.stringify(buf.subarray(0, 8).toString('latin1'))}, expected "SVDCKPT\\0". ` +
+        'Fix: pass a .svdckpt file written by `svd-coord start` or `prune` (runs/NAME/checkpoints/ckpt-….svdckpt); an exported model.json is loaded with tf.loadLayersModel, not by svd-coord.',
+      { path },
+    );
   }
   if (buf.length < PREFIX_BYTES + HASH_BYTES) throw corrupt(path, `it has ${buf.length} bytes, fewer than the ${PREFIX_BYTES + HASH_BYTES} of an empty checkpoint (truncated)`);
-  if (!buf.subarray(0, 8).equals(MAGIC)) throw corrupt(path, `magic bytes are ${JSON.stringify(buf.subarray(0, 8).toString('latin1'))}, expected "SVDCKPT\\0" (not an svd-train checkpoint)`);
   const body = buf.subarray(0, buf.length - HASH_BYTES);
   const stored = buf.subarray(buf.length - HASH_BYTES);
   const actual = createHash('sha256').update(body).digest();

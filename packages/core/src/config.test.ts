@@ -138,6 +138,11 @@ describe('resolveConfig errors', () => {
     expect(thrown(() => resolveConfig({ momentum: 0 }, undefined, {})).message).toContain('--no-nesterov');
     expect(resolveConfig({ momentum: 0, nesterov: false }, undefined, {}).momentum).toBe(0);
     expect(thrown(() => resolveConfig({ stallWarnMs: 200000 }, undefined, {})).message).toContain('stallWarnMs');
+    // --step-timeout-ms below the default 30 s warning works alone: the warning follows it.
+    const short = resolveConfig({ 'step-timeout-ms': '10000' }, undefined, {});
+    expect([short.stepTimeoutMs, short.stallWarnMs]).toEqual([10000, 2500]);
+    expect(resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 9000 }, undefined, {}).stallWarnMs).toBe(9000);
+    expect(thrown(() => resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 20000 }, undefined, {})).message).toContain('stallWarnMs');
     expect(thrown(() => resolveConfig({ adamBetas: [0.9, 1] }, undefined, {})).message).toContain('adamBetas.1 = 1');
   });
 

@@ -437,6 +437,13 @@ export function resolveConfig(
   }
   layer(fromEnv, (k) => ({ kind: 'env', name: ENV_VARS[k as keyof typeof ENV_VARS] }));
   layer(coerceStrings(normalizeKeys(flags, 'command-line flags', true)), () => ({ kind: 'flag', name: '' }));
+  // The stall warning must come before the step timeout. When only --step-timeout-ms is given and
+  // it is below the default warning (30 s), the warning follows it (a quarter of it) instead of
+  // refusing the flag for a key the user never set.
+  const timeout = merged.stepTimeoutMs;
+  if (merged.stallWarnMs === undefined && typeof timeout === 'number' && timeout < DEFAULTS.stallWarnMs) {
+    merged.stallWarnMs = Math.max(1, Math.floor(timeout / 4));
+  }
   return validate(merged, sources);
 }
 

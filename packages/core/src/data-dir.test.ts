@@ -45,13 +45,16 @@ describe('resolveDataDir', () => {
     const e = thrown(() => resolveDataDir({ flag: empty, env: {}, cwd: tmp }));
     expect(e.code).toBe('DATA_MISSING');
     expect(e.message).toContain(`CIFAR-10 not found in ${empty} (given by --data)`);
-    expect(e.message).toContain('svd-coord download');
+    // The hint names the download command's real flag (--dir) and the folder that was given.
+    expect(e.message).toContain(`svd-coord download --dir ${empty}`);
+    expect(e.message).not.toContain('download --data');
     expect(e.message).toContain('--data DIR');
     expect(e.message).toContain('../shared/cifar-10-batches-bin');
     // An explicit folder without data is an error, not a fallback to the cache.
     expect(thrown(() => resolveDataDir({ flag: empty, env: {}, cacheDir })).code).toBe('DATA_MISSING');
     const e2 = thrown(() => resolveDataDir({ env: { XDG_CACHE_HOME: join(tmp, 'nocache') }, cwd: tmp }));
     expect(e2.message).toContain('the default cache folder');
+    expect(e2.message).toContain('svd-coord download --dir DIR');
     expect(e2.message).toContain(join(tmp, 'nocache', 'svd-train', 'cifar-10-batches-bin'));
   });
 

@@ -103,7 +103,9 @@ export function resolveDataDir(opts: ResolveDataDirOptions = {}): DataDir {
       (existsSync(selected.dir) ? `missing ${missing.join(', ')}.` : 'the folder does not exist.'),
     `Expected a cifar-10-batches-bin folder holding ${CIFAR_FILES.join(', ')}.`,
     'Fix, either:',
-    `  - run \`svd-coord download\` to fetch it (163 MiB) into ${selected.source === 'cache' ? selected.dir : 'that folder'} (or \`svd-coord download --data DIR\`), or`,
+    selected.source === 'cache'
+      ? `  - run \`svd-coord download\` to fetch it (163 MiB) into ${selected.dir} (or \`svd-coord download --dir DIR\` and pass --data DIR), or`
+      : `  - run \`svd-coord download --dir ${selected.dir}\` to fetch it (163 MiB) into that folder, or`,
     `  - pass --data DIR (or set ${ENV_VARS.data}=DIR) for an existing copy, e.g. --data ../shared/${CIFAR10_DIRNAME}.`,
   ];
   if (found.length > 0) lines.push(`A copy exists at ${found[0]}: pass --data ${found[0]}`);
