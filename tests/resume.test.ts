@@ -47,6 +47,8 @@ describe('resume', () => {
     } finally {
       w.kill('SIGKILL');
     }
+    // metrics.jsonl has every step once: the lines the killed run wrote past its checkpoint were dropped.
+    expect(stepRecords(outB).map((s) => s.step)).toEqual(stepRecords(outA).map((s) => s.step));
     const ca = finalCheckpoint(outA);
     const cb = finalCheckpoint(outB);
     expect(cb.step).toBe(ca.step);

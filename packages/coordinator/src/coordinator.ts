@@ -343,6 +343,14 @@ export class Coordinator {
     if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
     this.stall.clear(peer.id);
     this.log(code ? 'warn' : wasReady ? 'warn' : 'info', `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`);
+    // A numeric fault (NaN gradients, a gradient outlier) counts against the slice the peer was
+    // computing: if every worker that tries a slice fails it, the run diverged. Counted before the
+    // peer is told why, so that the fault that ends the run tells this peer RUN_ABORTED (it exits)
+    // rather than NON_FINITE (it would reconnect to a coordinator that is going away).
+    if (code && NUMERIC_FAULTS.has(code) && peer.current && !peer.current.result && this.job?.kind === 'step') {
+      this.noteFault(peer.current, `worker ${peer.name}: ${why}`);
+      if (this.fatal) [code, why] = ['RUN_ABORTED', `the coordinator stopped the run: [${this.fatal.code}] ${this.fatal.message}`];
+    }
     try {
       if (code && peer.ws.readyState === 1) peer.ws.send(encodeMessage({ type: 'error', code, message: why }));
       peer.ws.close(code ? 1008 : 1000, code ?? 'bye');
@@ -352,14 +360,9 @@ export class Coordinator {
       peer.ws.terminate();
     }
     const orphans = [...(peer.current ? [peer.current] : []), ...peer.queue].filter((t) => !t.result);
-    // A numeric fault (NaN gradients, a gradient outlier) counts against the slice the peer was
-    // computing: if every worker that tries a slice fails it, the run diverged.
-    if (code && NUMERIC_FAULTS.has(code) && peer.current && !peer.current.result && this.job?.kind === 'step') {
-      this.noteFault(peer.current, `worker ${peer.name}: ${why}`);
-    }
     peer.current = null;
     peer.queue = [];
-    if (this.job && orphans.length) this.reassign(orphans, `worker ${peer.name} left`);
+    if (this.job && orphans.length && !this.fatal) this.reassign(orphans, `worker ${peer.name} left`);
   }
 
   /** Counts a numeric fault of `t`'s slice; aborts the run (DIVERGED) when the step cannot succeed. */
@@ -371,10 +374,14 @@ export class Coordinator {
     job.faults.push(why);
     const anyGood = job.tasks.some((x) => x.result && x.result.n > 0);
     if (n < MAX_SLICE_FAULTS && (anyGood || job.faults.length < MAX_SLICE_FAULTS)) return;
+    // The same fault repeated (one worker retrying) is listed once with a count.
+    const distinct = new Map<string, number>();
+    for (const f of job.faults) distinct.set(f, (distinct.get(f) ?? 0) + 1);
+    const listed = [...distinct].slice(0, 3).map(([f, k]) => (k > 1 ? `${f} (${k} times)` : f));
     this.fatal = new SvdTrainError(
       'DIVERGED',
       `step ${job.meta.step} (lr ${job.meta.lr.toExponential(2)}) failed ${job.faults.length} time(s)${n >= MAX_SLICE_FAULTS ? `, ${n} times on the same slice of ${t.indices.length} samples` : ' with no good slice'}: ` +
-        `${job.faults.slice(-3).join('; ')}. Expected finite gradients of ordinary size; the training diverged (every worker that tried failed). ` +
+        `${listed.join('; ')}. Expected finite gradients of ordinary size; the training diverged (every worker that tried failed). ` +
         'Fix: lower --lr (or --lambda-o/--lambda-s) and start again, or fine-tune from the last checkpoint with --from CKPT and a lower --lr.',
       { step: job.meta.step, faults: job.faults.length },
     );

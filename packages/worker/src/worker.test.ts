@@ -24,7 +24,8 @@ import {
   type Message,
 } from '@svd-train/core';
 import { md5Hex } from './data-cache.js';
-import { runWorker } from './worker.js';
+import { buildResNet, getBuffers, getParameters } from '@svd-train/layers';
+import { depthOf, runWorker } from './worker.js';
 
 const TOKEN = 'tok';
 
@@ -151,6 +152,83 @@ describe('runWorker against a scripted coordinator', () => {
     } finally {
       fake.close();
     }
+  });
+
+  it('two slices of one step both start from the broadcast BN running stats (the second is not fed the first one\'s update)', async () => {
+    const { dir, md5s } = dataset();
+    // The coordinator's weights: the model the config builds (what a real coordinator broadcasts).
+    const model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
+    const weights: Message = { type: 'weights', step: 0, params: getParameters(model), buffers: getBuffers(model) };
+    model.dispose();
+    const got: Record<string, Float32Array[]> = {};
+    const fake = await fakeCoordinator(async (_ws, recv, send) => {
+      await handshake(recv, send, md5s, dir);
+      const ask = async (indices: number[], attempt: number) => {
+        send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from(indices), lr: 0.1, attempt });
+        const g = await recv();
+        if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
+        return g.buffers.map((t) => t.data);
+      };
+      send(weights);
+      got.first = await ask([0, 1, 2], 1);
+      got.second = await ask([4, 5, 6], 2); // a lost worker's slice, same step, no new weights
+      send(weights);
+      got.alone = await ask([4, 5, 6], 3); // the same slice computed right after the broadcast
+      send({ type: 'shutdown', reason: 'done' });
+    });
+    try {
+      await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, dataDir: dir, log: () => {} });
+    } finally {
+      fake.close();
+    }
+    expect(got.second!.length).toBeGreaterThan(0);
+    expect(got.second).toEqual(got.alone);
+    expect(got.first).not.toEqual(got.second);
+  });
+
+  it('RUN_ABORTED from the coordinator ends the worker with that error (it exits non-zero, no reconnect)', async () => {
+    let connections = 0;
+    const fake = await fakeCoordinator(async (ws, recv, send) => {
+      connections++;
+      await recv();
+      send({ type: 'error', code: 'RUN_ABORTED', message: 'coordinator stopped with an error: [DIVERGED] step 3 ...' });
+      ws.close();
+    });
+    try {
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: TOKEN, log: () => {} }).catch((e: unknown) => e);
+      expect((err as SvdTrainError).code).toBe('RUN_ABORTED');
+      expect((err as SvdTrainError).message).toMatch(/The coordinator stopped the run: .*DIVERGED/);
+      expect(connections).toBe(1);
+    } finally {
+      fake.close();
+    }
+  });
+
+  it('a worker that fails with a coded error tells the coordinator and closes its connection before it exits', async () => {
+    const { md5s } = dataset();
+    const seen: { error?: Message; closed?: boolean } = {};
+    const fake = await fakeCoordinator(async (ws, recv, send) => {
+      const closed = new Promise<void>((r) => ws.on('close', () => r()));
+      await recv(); // hello
+      send({ type: 'challenge', nonce: new Uint8Array([1]), authRequired: false });
+      await recv(); // auth
+      send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
+      const req = await recv();
+      expect(req.type).toBe('data-request');
+      send({ type: 'error', code: 'DATA_MISSING', message: 'no data here' }); // the fetch fails
+      seen.error = await recv();
+      await closed;
+      seen.closed = true;
+    });
+    try {
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: null, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} }).catch((e: unknown) => e);
+      expect((err as SvdTrainError).code).toBe('DATA_MISSING');
+      for (let i = 0; i < 100 && !seen.closed; i++) await new Promise((r) => setTimeout(r, 20));
+    } finally {
+      fake.close();
+    }
+    expect(seen.error).toMatchObject({ type: 'error', code: 'DATA_MISSING' });
+    expect(seen.closed).toBe(true);
   });
 
   it('a non-ws URL is refused with the expected form', async () => {
