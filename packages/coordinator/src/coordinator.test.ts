@@ -190,6 +190,14 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs.map((a) => a !== undefined)).toEqual([false, true, true]);
   });
 
+  it('checkpoints early (after step 20) when --checkpoint-every is larger, so an early kill does not lose the run', async () => {
+    const h = await harness(config({ minWorkers: 1, epochs: 8, checkpointEvery: 200, evalEvery: 0 }));
+    h.spawn();
+    await h.coord.start();
+    // 3 steps per epoch: epoch ends at 3, 6, …, 24, plus the early one at 20.
+    expect(h.checkpoints.map((c) => c.step)).toEqual([3, 6, 9, 12, 15, 18, 20, 21, 24]);
+  });
+
   it('resuming a finished run returns at once without waiting for workers', async () => {
     const cfg = config({ minWorkers: 1 });
     const h = await harness(cfg);
