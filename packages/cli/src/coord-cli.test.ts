@@ -42,6 +42,13 @@ describe('svd-coord options', () => {
     expect(() => configFromOptions({ decayOn: 'some' }, {})).toThrow(/decay/i);
   });
 
+  it('--step-timeout-ms below 30 s works without a config-file key; --stall-warn-ms is a flag', async () => {
+    expect(configFromOptions({ stepTimeoutMs: '10000' }, {})).toMatchObject({ stepTimeoutMs: 10000, stallWarnMs: 2500 });
+    expect(configFromOptions({ stepTimeoutMs: '10000', stallWarnMs: '4000' }, {})).toMatchObject({ stepTimeoutMs: 10000, stallWarnMs: 4000 });
+    const help = await run(['start', '--help']);
+    expect(help.out).toContain('--stall-warn-ms');
+  });
+
   it('SVD_TRAIN_TOKEN supplies the token', () => {
     expect(configFromOptions({}, { SVD_TRAIN_TOKEN: 's3cret' }).token).toBe('s3cret');
   });
