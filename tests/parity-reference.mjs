@@ -17,25 +17,30 @@ const steps = sampler.stepsPerEpoch * cfg.epochs;
 for (let k = 0; k < steps; k++) {
   const b = sampler.nextShards(Array.from({ length: workers }, () => 1));
   const start = getBuffers(model);
-  // The same float32 arithmetic as the all-reduce: acc += n_w·g_w in slice order, then acc *= 1/Σn_w.
-  const grads = new Map();
-  let bufs = null;
+  // The same arithmetic as the all-reduce: acc += n_w·g_w in slice order in float64, then
+  // acc·(1/Σn_w) rounded to float32 once.
+  const sums = new Map();
+  let bufSums = null;
+  let bufSpecs = null;
   for (const shard of b.shards) {
     const w = shard.length;
     setBuffers(model, start);
     const { x, y } = assembleBatch(split, shard, { seed: cfg.seed, epoch: b.epoch, augment: cfg.augment });
     const r = computeGradients(model, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity });
     for (const g of r.grads) {
-      const acc = grads.get(g.name) ?? new Float32Array(g.data.length);
+      const acc = sums.get(g.name) ?? new Float64Array(g.data.length);
       for (let i = 0; i < acc.length; i++) acc[i] += w * g.data[i];
-      grads.set(g.name, acc);
+      sums.set(g.name, acc);
     }
-    bufs ??= r.buffers.map((t) => ({ ...t, data: new Float32Array(t.data.length) }));
-    bufs.forEach((t, j) => t.data.forEach((_, i) => (t.data[i] += w * r.buffers[j].data[i])));
+    bufSums ??= r.buffers.map((t) => new Float64Array(t.data.length));
+    bufSpecs ??= r.buffers;
+    bufSums.forEach((acc, j) => {
+      for (let i = 0; i < acc.length; i++) acc[i] += w * r.buffers[j].data[i];
+    });
   }
   const inv = 1 / b.indices.length;
-  for (const acc of grads.values()) for (let i = 0; i < acc.length; i++) acc[i] *= inv;
-  for (const t of bufs) for (let i = 0; i < t.data.length; i++) t.data[i] *= inv;
+  const grads = new Map([...sums].map(([name, acc]) => [name, Float32Array.from(acc, (v) => v * inv)]));
+  const bufs = bufSpecs.map((t, j) => ({ name: t.name, shape: t.shape, data: Float32Array.from(bufSums[j], (v) => v * inv) }));
   const params = new Map(getParameters(model).map((p) => [p.name, Float32Array.from(p.data)]));
   opt.step(params, grads, lrAt(cfg, k, sampler.stepsPerEpoch));
   setParameters(model, getParameters(model).map((p) => ({ ...p, data: params.get(p.name) })));

@@ -12,8 +12,8 @@
  * like a worker: computed inside vitest's transformed module graph the same gradients came out
  * ~3e-5 relative apart, which the 3 steps then amplified past any sensible tolerance.
  *
- * Tolerance: float32 reduce order. The reference repeats the all-reduce's arithmetic (acc += n_w·g_w
- * in slice order, then ×1/Σn_w) but the coordinator reduces in its own order; per element
+ * Tolerance: the reference repeats the all-reduce's arithmetic (acc += n_w·g_w in slice order in
+ * float64, then ×1/Σn_w rounded to float32 once); per element
  * |a-b|/(1+|a|) ≤ 1e-5 after 3 SGD steps (lr 0.05, Nesterov momentum 0.9).
  */
 import { execFileSync } from 'node:child_process';
