@@ -10,6 +10,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { columnSum } from './kernels/column-sum.js';
+import { BN_GRAD, BN_TRAIN } from './kernels/native.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -39,6 +40,7 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
       `batchNormTrain: gamma [${gamma.shape}] and beta [${beta.shape}] must have ${c} elements (the channels of x [${x.shape}])`,
     );
   }
+  if (tf.getKernel(BN_TRAIN, tf.getBackend()) != null) return batchNormTrainKernel(x, gamma, beta, eps);
   const m = x.size / c;
   let keptMean: tf.Tensor1D | undefined;
   let keptVar: tf.Tensor1D | undefined;
@@ -71,6 +73,38 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
   });
   const y = op(x, gamma, beta);
   // Move the stats from "kept" (which would escape every tidy) into the caller's scope.
+  const mean = tf.clone(keptMean!);
+  const variance = tf.clone(keptVar!);
+  keptMean!.dispose();
+  keptVar!.dispose();
+  return { y, mean, variance };
+}
+
+/**
+ * The same, as two fused kernels (the native engine's `SvdBatchNormTrain` and `SvdBatchNormGrad`):
+ * two passes over x forward and two backward instead of about ten elementwise ops, and the
+ * backward keeps x, mean and variance rather than x̂.
+ */
+function batchNormTrainKernel(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): BatchNormTrainResult {
+  let keptMean: tf.Tensor1D | undefined;
+  let keptVar: tf.Tensor1D | undefined;
+  const op = tf.customGrad((...args) => {
+    const [xIn, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const [y, mean, variance] = tf.engine().runKernel(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps }) as tf.Tensor[];
+    keptMean = tf.keep(tf.clone(mean!) as tf.Tensor1D);
+    keptVar = tf.keep(tf.clone(variance!) as tf.Tensor1D);
+    save([xIn, mean!, variance!, g]);
+    return {
+      value: y!,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sm, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
+        const inputs = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
+        const [dx, dg, db] = tf.engine().runKernel(BN_GRAD, inputs, { epsilon: eps }) as tf.Tensor[];
+        return [dx!, dg!, db!];
+      },
+    };
+  });
+  const y = op(x, gamma, beta);
   const mean = tf.clone(keptMean!);
   const variance = tf.clone(keptVar!);
   keptMean!.dispose();
