@@ -191,14 +191,15 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
     const w = await loadWasm();
     const nat = loadNative();
     if (w.ok && nat.ok) {
-      registerNativeKernels(nat.addon);
-      nat.addon.setThreads([opts.threads ?? 1]);
+      // Activate first: the backend's start-up binds the stock wasm kernels (their setupFunc), and
+      // ours fall back on those for the cases oneDNN does not take.
       const act = await activate('wasm');
       if (act.ok) {
+        registerNativeKernels(nat.addon);
+        nat.addon.setThreads([opts.threads ?? 1]);
         const t = nat.addon.getThreads();
         return done('native', `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${choice === 'native' ? ', requested' : ''}`);
       }
-      unregisterNativeKernels();
       skipped.push(`native not usable (${act.message})`);
     } else {
       skipped.push(`native ${w.ok && !nat.ok ? `${nat.reason}; fix: ${nat.fix}` : `needs wasm, which failed (${w.message})`}`);

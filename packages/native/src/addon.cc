@@ -6,9 +6,12 @@
 //   them as `dnnl::memory(md, engine, ptr)` without copying. That is safe only because every call
 //   is synchronous and waits on the stream before returning, so no JS can run (and no wasm memory
 //   growth can detach the buffer) while oneDNN holds the pointer.
-// - oneDNN picks its fast JIT kernels only for blocked layouts (plain nhwc/hwio gets `gemm:jit`,
-//   about 3x slower), so primitives are created with `format_tag::any` and we reorder in and out.
-//   Weights are reordered on every call: they change every step.
+// - With every tensor in a plain layout (nhwc activations, hwio weights) oneDNN falls back to
+//   `gemm:jit`, about 3x slower. Weights are therefore `format_tag::any` and reordered on every
+//   call (they change every step; they are small). Activations stay nhwc: oneDNN 2.6 then picks
+//   `brgconv:avx512_core` forward and `jit:avx512_core` backward, which read nhwc directly, and
+//   measured as fast as or faster than blocked layouts with reorders around each call
+//   (setActivationLayout switches, for benchmarks).
 // - Primitive descriptors, primitives and the scratch memories of the reorders are cached by a
 //   shape key: building a primitive JIT-compiles code and costs milliseconds.
 // - An uncaught C++ exception aborts Node, so every entry point catches and throws a JS Error with
@@ -17,6 +20,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -138,6 +142,11 @@ struct Port {
   }
 };
 
+// Whether activations (x, y, dy, dx) are handed to oneDNN in their plain NHWC layout (the
+// primitive then picks an nhwc-capable implementation) or as `any` with reorders around the call.
+bool g_act_nhwc = true;
+tag ActTag() { return g_act_nhwc ? tag::nhwc : tag::any; }
+
 // ---- convolution -------------------------------------------------------------------------------
 // p = [N, H, W, C, F, KH, KW, OH, OW, SH, SW, DH, DW, PT, PL, PB, PR]; x NHWC [N,H,W,C],
 // w HWIO [KH,KW,C,F], y NHWC [N,OH,OW,F]. DH/DW are tfjs dilations (1 = dense).
@@ -171,7 +180,7 @@ struct ConvShape {
   memory::dims padr() const { return {pb, pr}; }
   dnnl::convolution_forward::primitive_desc Fwd() const {
     dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                      xmd(tag::any), wmd(tag::any), ymd(tag::any), strides(), dil(), padl(), padr());
+                                      xmd(ActTag()), wmd(tag::any), ymd(ActTag()), strides(), dil(), padl(), padr());
     return dnnl::convolution_forward::primitive_desc(d, Eng());
   }
 };
@@ -242,8 +251,8 @@ Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
     if (!e) {
       auto c = std::make_unique<ConvBwdData>();
       auto hint = s.Fwd();
-      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, s.xmd(tag::any), s.wmd(tag::any),
-                                              s.ymd(tag::any), s.strides(), s.dil(), s.padl(), s.padr());
+      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()), s.wmd(tag::any),
+                                              s.ymd(ActTag()), s.strides(), s.dil(), s.padl(), s.padr());
       dnnl::convolution_backward_data::primitive_desc pd(d, Eng(), hint);
       c->prim = dnnl::convolution_backward_data(pd);
       c->dy = Port(s.ymd(tag::nhwc), pd.diff_dst_desc(), true, false);
@@ -278,8 +287,8 @@ Napi::Value Conv2DBackpropFilter(const Napi::CallbackInfo& info) {
     if (!e) {
       auto c = std::make_unique<ConvBwdWeights>();
       auto hint = s.Fwd();
-      dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.xmd(tag::any),
-                                                 s.wmd(tag::any), s.ymd(tag::any), s.strides(), s.dil(), s.padl(),
+      dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()),
+                                                 s.wmd(tag::any), s.ymd(ActTag()), s.strides(), s.dil(), s.padl(),
                                                  s.padr());
       dnnl::convolution_backward_weights::primitive_desc pd(d, Eng(), hint);
       c->prim = dnnl::convolution_backward_weights(pd);
@@ -347,10 +356,104 @@ Napi::Value MatMulFn(const Napi::CallbackInfo& info) {
   });
 }
 
-// ---- batch norm (training) ---------------------------------------------------------------------
-// Over a row-major [M, C] view (NHWC with M = N·H·W). Sums in double: the same accuracy as the JS
-// path, and M·C is small next to a convolution, so the loops are memory-bound either way.
-//
+// ---- batch norm (training) and the ReLU gradient ----------------------------------------------
+// Over a row-major [M, C] view (NHWC with M = N·H·W). These loops are memory-bound when they
+// vectorize, and ResNet's C = 16 makes a naive per-element double accumulation 4x too slow. So
+// each column sum runs in float over blocks of kBlock rows (the inner loop over C vectorizes) and
+// is flushed into double after each block: float rounding over 64 terms, double across blocks,
+// as accurate as the JS path. target_clones picks AVX-512, AVX2 or SSE2 at load time, so the
+// addon built on one x86-64 runs on any other.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SVD_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define SVD_CLONES
+#endif
+
+constexpr int64_t kBlock = 64;
+
+SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, float* y, float* mean, float* var,
+                              int64_t m, int64_t c, double eps) {
+  std::vector<double> s(c, 0.0), s2(c, 0.0);
+  std::vector<float> acc(c), mu(c), scale(c), shift(c);
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* row = x + r * c;
+      for (int64_t j = 0; j < c; j++) acc[j] += row[j];
+    }
+    for (int64_t j = 0; j < c; j++) s[j] += acc[j];
+  }
+  for (int64_t j = 0; j < c; j++) mu[j] = static_cast<float>(s[j] / m);
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* row = x + r * c;
+      for (int64_t j = 0; j < c; j++) {
+        float d = row[j] - mu[j];
+        acc[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < c; j++) s2[j] += acc[j];
+  }
+  for (int64_t j = 0; j < c; j++) {
+    double v = s2[j] / m;
+    mean[j] = mu[j];
+    var[j] = static_cast<float>(v);
+    float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
+    scale[j] = inv * g[j];
+    shift[j] = b[j] - mu[j] * scale[j];
+  }
+  for (int64_t r = 0; r < m; r++) {
+    const float* row = x + r * c;
+    float* out = y + r * c;
+    for (int64_t j = 0; j < c; j++) out[j] = row[j] * scale[j] + shift[j];
+  }
+}
+
+SVD_CLONES void BnBackwardImpl(const float* x, const float* dy, const float* mean, const float* var, const float* g,
+                               float* dx, float* dg, float* db, int64_t m, int64_t c, double eps) {
+  std::vector<float> inv(c), a1(c), a2(c), k1(c), k2(c), k3(c);
+  std::vector<double> sdy(c, 0.0), sdyx(c, 0.0);
+  for (int64_t j = 0; j < c; j++) inv[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + eps));
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(a1.begin(), a1.end(), 0.0f);
+    std::fill(a2.begin(), a2.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * c;
+      const float* dr = dy + r * c;
+      for (int64_t j = 0; j < c; j++) {
+        a1[j] += dr[j];
+        a2[j] += dr[j] * ((xr[j] - mean[j]) * inv[j]);
+      }
+    }
+    for (int64_t j = 0; j < c; j++) {
+      sdy[j] += a1[j];
+      sdyx[j] += a2[j];
+    }
+  }
+  for (int64_t j = 0; j < c; j++) {
+    db[j] = static_cast<float>(sdy[j]);
+    dg[j] = static_cast<float>(sdyx[j]);
+    float scale = g[j] * inv[j];
+    k1[j] = scale;                                             // × dy
+    k2[j] = static_cast<float>(scale * sdy[j] / m);            // − constant
+    k3[j] = static_cast<float>(scale * sdyx[j] / m) * inv[j];  // × (x − mean)
+  }
+  for (int64_t r = 0; r < m; r++) {
+    const float* xr = x + r * c;
+    const float* dr = dy + r * c;
+    float* o = dx + r * c;
+    for (int64_t j = 0; j < c; j++) o[j] = k1[j] * dr[j] - k2[j] - k3[j] * (xr[j] - mean[j]);
+  }
+}
+
+SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
+  for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
 // batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps): y = (x−mean)·invstd·gamma+beta,
 // mean and biased variance per channel.
 Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
@@ -366,33 +469,7 @@ Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
     float* y = F32(info, 3, m * c, "y");
     float* mean = F32(info, 4, c, "mean");
     float* var = F32(info, 5, c, "variance");
-    std::vector<double> s(c, 0.0), s2(c, 0.0);
-    for (int64_t r = 0; r < m; r++) {
-      const float* row = x + r * c;
-      for (int64_t j = 0; j < c; j++) s[j] += row[j];
-    }
-    std::vector<float> mu(c), scale(c), shift(c);
-    for (int64_t j = 0; j < c; j++) mu[j] = static_cast<float>(s[j] / m);
-    for (int64_t r = 0; r < m; r++) {
-      const float* row = x + r * c;
-      for (int64_t j = 0; j < c; j++) {
-        double d = static_cast<double>(row[j]) - mu[j];
-        s2[j] += d * d;
-      }
-    }
-    for (int64_t j = 0; j < c; j++) {
-      double v = s2[j] / m;
-      mean[j] = mu[j];
-      var[j] = static_cast<float>(v);
-      float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
-      scale[j] = inv * g[j];
-      shift[j] = b[j] - mu[j] * scale[j];
-    }
-    for (int64_t r = 0; r < m; r++) {
-      const float* row = x + r * c;
-      float* out = y + r * c;
-      for (int64_t j = 0; j < c; j++) out[j] = row[j] * scale[j] + shift[j];
-    }
+    BnForwardImpl(x, g, b, y, mean, var, m, c, eps);
     return info.Env().Undefined();
   });
 }
@@ -414,39 +491,13 @@ Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
     float* dx = F32(info, 5, m * c, "dx");
     float* dg = F32(info, 6, c, "dgamma");
     float* db = F32(info, 7, c, "dbeta");
-    std::vector<float> inv(c);
-    for (int64_t j = 0; j < c; j++) inv[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + eps));
-    std::vector<double> sdy(c, 0.0), sdyx(c, 0.0);
-    for (int64_t r = 0; r < m; r++) {
-      const float* xr = x + r * c;
-      const float* dr = dy + r * c;
-      for (int64_t j = 0; j < c; j++) {
-        sdy[j] += dr[j];
-        sdyx[j] += static_cast<double>(dr[j]) * ((xr[j] - mean[j]) * inv[j]);
-      }
-    }
-    std::vector<float> k1(c), k2(c), k3(c);
-    for (int64_t j = 0; j < c; j++) {
-      db[j] = static_cast<float>(sdy[j]);
-      dg[j] = static_cast<float>(sdyx[j]);
-      float scale = g[j] * inv[j];
-      k1[j] = scale;                                               // × dy
-      k2[j] = static_cast<float>(scale * sdy[j] / m);              // − constant
-      k3[j] = static_cast<float>(scale * sdyx[j] / m) * inv[j];    // × (x − mean)
-    }
-    for (int64_t r = 0; r < m; r++) {
-      const float* xr = x + r * c;
-      const float* dr = dy + r * c;
-      float* o = dx + r * c;
-      for (int64_t j = 0; j < c; j++) o[j] = k1[j] * dr[j] - k2[j] - k3[j] * (xr[j] - mean[j]);
-    }
+    BnBackwardImpl(x, dy, mean, var, g, dx, dg, db, m, c, eps);
     return info.Env().Undefined();
   });
 }
 
-// ---- elementwise helpers the profile showed ----------------------------------------------------
-// reluGrad(dy, x, dx): dx = x > 0 ? dy : 0 (tfjs' Relu gradient is Step then Mul: two passes and
-// a temporary).
+// reluGrad(dy, x, dx): dx = x > 0 ? dy : 0 (tfjs' Relu gradient is Step, Cast and Mul: three
+// passes and two temporaries).
 Napi::Value ReluGrad(const Napi::CallbackInfo& info) {
   return Guard(info, "reluGrad", [&]() -> Napi::Value {
     if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError("dy must be a Float32Array");
@@ -454,7 +505,7 @@ Napi::Value ReluGrad(const Napi::CallbackInfo& info) {
     const float* dy = F32(info, 0, n, "dy");
     const float* x = F32(info, 1, n, "x");
     float* dx = F32(info, 2, n, "dx");
-    for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    ReluGradImpl(dy, x, dx, n);
     return info.Env().Undefined();
   });
 }
@@ -465,6 +516,19 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 0, 1, "threads");
     if (p[0] < 1 || p[0] > 1024) throw ArgError("threads must be between 1 and 1024");
     omp_set_num_threads(static_cast<int>(p[0]));
+    return info.Env().Undefined();
+  });
+}
+
+// setActivationLayout(nhwc): 1 hands activations to oneDNN as plain NHWC, 0 lets it choose a
+// blocked layout (reordering in and out). Clears the primitive caches.
+Napi::Value SetActivationLayout(const Napi::CallbackInfo& info) {
+  return Guard(info, "setActivationLayout", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "nhwc");
+    g_act_nhwc = p[0] != 0;
+    conv_fwd.clear();
+    conv_bwd_data.clear();
+    conv_bwd_weights.clear();
     return info.Env().Undefined();
   });
 }
@@ -501,6 +565,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));

@@ -168,6 +168,24 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 /** The kernels ours replaced (undefined: there was none), to restore and to fall back on. */
 let saved: Map<string, KernelConfig | undefined> | undefined;
 let ours: KernelConfig[] = [];
+let stockReluGrad: tf.GradConfig | undefined;
+
+/**
+ * The Relu gradient as one kernel where the active backend has `SvdReluGrad`, else tfjs' own
+ * formula (dy · step(x)). Registered while the native kernels are; the registry is global, so the
+ * fallback keeps every other backend's result exactly as before.
+ */
+function reluGradConfig(stock: tf.GradConfig): tf.GradConfig {
+  return {
+    kernelName: 'Relu',
+    inputsToSave: ['x'],
+    gradFunc: (dy, saved, attrs) => {
+      if (tf.getKernel(RELU_GRAD, tf.getBackend()) == null || dy instanceof Array) return stock.gradFunc(dy, saved, attrs);
+      const [x] = saved as [tf.Tensor];
+      return { x: () => tf.engine().runKernel(RELU_GRAD, { dy, x }, {}) as tf.Tensor };
+    },
+  };
+}
 
 function replace(cfg: KernelConfig): void {
   if (tf.getKernel(cfg.kernelName, cfg.backendName) != null) tf.unregisterKernel(cfg.kernelName, cfg.backendName);
@@ -190,6 +208,11 @@ export function registerNativeKernels(addon: NativeAddon): void {
   for (const cfg of ours) before.set(cfg.kernelName, tf.getKernel(cfg.kernelName, 'wasm') ?? undefined);
   for (const cfg of ours) replace(cfg);
   saved = before;
+  const stock = tf.getGradient('Relu');
+  if (stock) {
+    stockReluGrad = stock;
+    tf.registerGradient(reluGradConfig(stock));
+  }
 }
 
 /** Restores the kernels that `registerNativeKernels` replaced (the plain wasm engine). */
@@ -202,6 +225,8 @@ export function unregisterNativeKernels(): void {
   }
   saved = undefined;
   ours = [];
+  if (stockReluGrad) tf.registerGradient(stockReluGrad);
+  stockReluGrad = undefined;
 }
 
 /** Whether the native kernels are what the wasm backend runs now. */
