@@ -46,6 +46,11 @@ describe('initEngine', () => {
     expect((err as Error).message).toMatch(/--backend wasm/);
   });
 
+  it.runIf(process.env.SVD_TRAIN_REQUIRE_NATIVE === '1')('SVD_TRAIN_REQUIRE_NATIVE=1 (CI): the native addon loads, so the native suites ran', () => {
+    const nat = loadNative();
+    expect(nat.ok ? 'loaded' : `${nat.reason}; fix: ${nat.fix}`).toBe('loaded');
+  });
+
   it('native: oneDNN kernels on the wasm backend when the addon loads, else BACKEND_UNAVAILABLE with a fix', async () => {
     const nat = loadNative();
     const info = await initEngine({ backend: 'native' }).catch((e: unknown) => e);

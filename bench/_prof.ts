@@ -1,0 +1,20 @@
+import { initEngine, buildResNet, computeGradients, profileKernels } from '@svd-train/layers';
+const backend = (process.argv[2] ?? 'native') as 'native';
+const batch = Number(process.argv[3] ?? 128);
+const forward = process.argv[4] ?? 'reconstruct';
+const info = await initEngine({ backend });
+console.log(info.reason);
+const model = buildResNet({ depth: 20, svd: forward !== 'plain', decomposition: 'channel', forward: forward === 'plain' ? 'auto' : (forward as 'reconstruct'), numClasses: 10 });
+const x = Float32Array.from({ length: batch * 32 * 32 * 3 }, (_, i) => Math.sin(i));
+const y = Int32Array.from({ length: batch }, (_, i) => i % 10);
+const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
+for (let i = 0; i < 2; i++) computeGradients(model, x, y, reg);
+const ts: number[] = [];
+const cs: number[] = [];
+for (let i = 0; i < 5; i++) { const c0 = process.cpuUsage(); const t = performance.now(); computeGradients(model, x, y, reg); ts.push(performance.now() - t); const c = process.cpuUsage(c0); cs.push((c.user + c.system) / 1000); }
+ts.sort((a, b) => a - b); cs.sort((a, b) => a - b);
+console.log(`step median ${ts[2]!.toFixed(0)} ms -> ${(batch / ts[2]! * 1000).toFixed(1)} img/s; cpu ${cs[2]!.toFixed(0)} ms -> ${(batch / cs[2]! * 1000).toFixed(1)} img/s per cpu-second`);
+const p = profileKernels(() => computeGradients(model, x, y, reg), process.argv[5] === "shapes");
+const sum = p.kernels.reduce((a, k) => a + k.ms, 0);
+console.log(`profiled step ${p.wallMs.toFixed(0)} ms, in kernels ${sum.toFixed(0)} ms`);
+for (const k of p.kernels.slice(0, 25)) console.log(k.kernel.padEnd(28), k.ms.toFixed(1).padStart(8), 'ms', String(k.calls).padStart(5));
