@@ -47,44 +47,48 @@ const padOk = (info: tf.backend_util.Conv2DInfo) =>
   info.padInfo.top >= 0 && info.padInfo.left >= 0 && info.padInfo.bottom >= 0 && info.padInfo.right >= 0;
 
 function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc): KernelConfig[] {
-  const conv2d: KernelFunc = (args) => {
-    const { inputs, backend, attrs } = args;
-    const be = backend as unknown as BackendLike;
-    const { x, filter } = inputs as { x: TensorInfo; filter: TensorInfo };
-    const { strides, pad, dataFormat, dilations, dimRoundingMode } = attrs as unknown as tf.Conv2DAttrs;
-    if (!isNhwc(dataFormat) || !allF32(x, filter) || x.shape.length !== 4) return fallback('Conv2D')(args);
-    const info = tf.backend_util.computeConv2DInfo(x.shape as Conv4, filter.shape as Conv4, strides, dilations, pad, dimRoundingMode, false, 'channelsLast');
-    if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return fallback('Conv2D')(args);
-    const y = be.makeOutput(info.outShape as number[], 'float32');
-    addon.conv2d(be.typedArrayFromHeap(x), be.typedArrayFromHeap(filter), be.typedArrayFromHeap(y), convShape(info));
-    return y;
+  /**
+   * The three convolution kernels differ only in which two tensors go in, where the x and filter
+   * shapes come from, and which addon call runs; the checks, the geometry and the fallback are one.
+   */
+  const convKernel = (
+    name: string,
+    inputNames: [string, string],
+    geometry: (ins: Record<string, TensorInfo>, attrs: Record<string, unknown>) => { x: number[]; filter: number[]; dilations: number | [number, number] },
+    outShape: (info: tf.backend_util.Conv2DInfo) => number[],
+    run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[]) => void,
+  ): KernelFunc => (args) => {
+    const be = args.backend as unknown as BackendLike;
+    const ins = args.inputs as Record<string, TensorInfo>;
+    const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
+    const [a, b] = [ins[inputNames[0]]!, ins[inputNames[1]]!];
+    const g = geometry(ins, attrs);
+    if (!isNhwc(attrs.dataFormat) || !allF32(a, b) || g.x.length !== 4 || g.filter.length !== 4) return fallback(name)(args);
+    const info = tf.backend_util.computeConv2DInfo(g.x as Conv4, g.filter as Conv4, attrs.strides, g.dilations, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
+    if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return fallback(name)(args);
+    const out = be.makeOutput(outShape(info), 'float32');
+    run(be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(out), convShape(info));
+    return out;
   };
 
-  const conv2dBackpropInput: KernelFunc = (args) => {
-    const { inputs, backend, attrs } = args;
-    const be = backend as unknown as BackendLike;
-    const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
-    const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as tf.Conv2DBackpropInputAttrs;
-    if (!isNhwc(dataFormat) || !allF32(dy, filter) || inputShape.length !== 4) return fallback('Conv2DBackpropInput')(args);
-    const info = tf.backend_util.computeConv2DInfo(inputShape as Conv4, filter.shape as Conv4, strides, 1, pad, dimRoundingMode, false, 'channelsLast');
-    if (!padOk(info)) return fallback('Conv2DBackpropInput')(args);
-    const dx = be.makeOutput([...inputShape], 'float32');
-    addon.conv2dBackpropInput(be.typedArrayFromHeap(dy), be.typedArrayFromHeap(filter), be.typedArrayFromHeap(dx), convShape(info));
-    return dx;
-  };
-
-  const conv2dBackpropFilter: KernelFunc = (args) => {
-    const { inputs, backend, attrs } = args;
-    const be = backend as unknown as BackendLike;
-    const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
-    const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
-    if (!isNhwc(dataFormat) || !allF32(x, dy) || x.shape.length !== 4) return fallback('Conv2DBackpropFilter')(args);
-    const info = tf.backend_util.computeConv2DInfo(x.shape as Conv4, filterShape as Conv4, strides, 1, pad, dimRoundingMode, false, 'channelsLast');
-    if (!padOk(info)) return fallback('Conv2DBackpropFilter')(args);
-    const dw = be.makeOutput([...filterShape], 'float32');
-    addon.conv2dBackpropFilter(be.typedArrayFromHeap(x), be.typedArrayFromHeap(dy), be.typedArrayFromHeap(dw), convShape(info));
-    return dw;
-  };
+  const conv2d = convKernel(
+    'Conv2D', ['x', 'filter'],
+    (ins, attrs) => ({ x: ins.x!.shape, filter: ins.filter!.shape, dilations: (attrs as unknown as tf.Conv2DAttrs).dilations }),
+    (info) => info.outShape as number[],
+    (x, w, y, shape) => addon.conv2d(x, w, y, shape),
+  );
+  const conv2dBackpropInput = convKernel(
+    'Conv2DBackpropInput', ['dy', 'filter'],
+    (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter!.shape, dilations: 1 }),
+    (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
+    (dy, w, dx, shape) => addon.conv2dBackpropInput(dy, w, dx, shape),
+  );
+  const conv2dBackpropFilter = convKernel(
+    'Conv2DBackpropFilter', ['x', 'dy'],
+    (ins, attrs) => ({ x: ins.x!.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
+    (info) => [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
+    (x, dy, dw, shape) => addon.conv2dBackpropFilter(x, dy, dw, shape),
+  );
 
   const batchMatMul: KernelFunc = (args) => {
     const { inputs, backend, attrs } = args;
