@@ -5,10 +5,12 @@ import tsParser from '@typescript-eslint/parser';
 
 export const depConstraints = [
   { sourceTag: 'scope:core', onlyDependOnLibsWithTags: [], bannedExternalImports: ['@tensorflow/*', 'ml-matrix', 'ws'] },
-  { sourceTag: 'scope:layers', onlyDependOnLibsWithTags: ['scope:core'] },
+  // native is the oneDNN addon's loader: framework-free like core; layers turns it into tfjs kernels.
+  { sourceTag: 'scope:native', onlyDependOnLibsWithTags: [], bannedExternalImports: ['@tensorflow/*', 'ml-matrix', 'ws'] },
+  { sourceTag: 'scope:layers', onlyDependOnLibsWithTags: ['scope:core', 'scope:native'] },
   { sourceTag: 'scope:coordinator', onlyDependOnLibsWithTags: ['scope:core'], bannedExternalImports: ['@tensorflow/*', 'ml-matrix'] },
   { sourceTag: 'scope:worker', onlyDependOnLibsWithTags: ['scope:core', 'scope:layers'] },
-  { sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:core', 'scope:layers', 'scope:coordinator', 'scope:worker'] },
+  { sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:core', 'scope:native', 'scope:layers', 'scope:coordinator', 'scope:worker'] },
   { sourceTag: 'scope:tests', onlyDependOnLibsWithTags: ['*'] },
 ];
 

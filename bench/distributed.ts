@@ -13,7 +13,7 @@
  *
  * Options: --mask uses ws's default random client masks (see simWorker).
  *
- * Part 2 (`--real`, real wasm workers, img/s and scaling efficiency): see `benchRealWorkers` below.
+ * Part 2 (`--real`, real workers on native and wasm, img/s and scaling efficiency): see `benchRealWorkers` below.
  * `--sizes none` skips part 1.
  */
 import { createHmac } from 'node:crypto';
@@ -157,12 +157,14 @@ async function roundOverhead(kind: 'resnet20' | 'resnet18', n: number, rounds: n
 }
 
 /**
- * Part 2, real workers: images/s with 1 and 2 local wasm workers on the real CIFAR-10, SVD-ResNet-20,
+ * Part 2, real workers: images/s with 1 and 2 local workers on the real CIFAR-10, SVD-ResNet-20,
  * and the scaling efficiency img/s(K) / (K * img/s(1)). Runs the built CLI
  * (`node packages/cli/bin/svd-coord.js start --spawn K`, needs `pnpm build`) on --limit-train
  * samples for one epoch without evaluation, and takes the median imgPerSec of the run's
  * metrics.jsonl step lines after the first two (warm-up: wasm compile, first allocations).
- * `--real [--limit-train 1280] [--real-workers 1,2] [--data DIR]`.
+ * `--real [--limit-train 1280] [--real-workers 1,2] [--real-backend native,wasm] [--data DIR]`.
+ * With /usr/bin/python3 and torch, PyTorch's SVD-reconstruct step at batch 128 on all cores
+ * (bench/train_step_torch.py) is timed in the same run for the ratio.
  */
 async function benchRealWorkers(): Promise<void> {
   const { spawnSync } = await import('node:child_process');
@@ -173,20 +175,21 @@ async function benchRealWorkers(): Promise<void> {
   const cli = join(root, 'packages/cli/bin/svd-coord.js');
   const data = [arg('--data'), process.env.SVD_TRAIN_DATA, '/work/shared/cifar-10-batches-bin'].find((d) => d && existsSync(join(d, 'data_batch_1.bin')));
   if (!existsSync(join(root, 'packages/cli/dist/index.js')) || !data) {
-    console.log(`\nreal wasm workers: skipped (${!data ? 'no CIFAR-10 found; pass --data DIR' : 'CLI not built; run pnpm build'})`);
+    console.log(`\nreal workers: skipped (${!data ? 'no CIFAR-10 found; pass --data DIR' : 'CLI not built; run pnpm build'})`);
     return;
   }
   const limit = arg('--limit-train') ?? '1280';
   const ks = (arg('--real-workers') ?? '1,2').split(',').map(Number);
-  const rows: { k: number; ips: number; steps: number }[] = [];
-  for (const k of ks) {
+  const engines = (arg('--real-backend') ?? 'native,wasm').split(',');
+  const rows: { engine: string; k: number; ips: number; steps: number }[] = [];
+  for (const engine of engines) for (const k of ks) {
     const out = mkdtempSync(join(tmpdir(), 'svd-bench-dist-'));
-    const flags = ['start', '--spawn', String(k), '--model', 'resnet20', '--data', data, '--out', out, '--port', '0', '--epochs', '1', '--batch', '128', '--limit-train', limit, '--eval-every', '0', '--backend', 'wasm', '--checkpoint-every', '0'];
+    const flags = ['start', '--spawn', String(k), '--model', 'resnet20', '--data', data, '--out', out, '--port', '0', '--epochs', '1', '--batch', '128', '--limit-train', limit, '--eval-every', '0', '--backend', engine, '--checkpoint-every', '0'];
     const r = spawnSync(process.execPath, [cli, ...flags], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 3_600_000 });
     if (r.status !== 0) {
-      console.log(`\nreal wasm workers K=${k}: the run failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-2000)}`);
+      console.log(`\nreal ${engine} workers K=${k}: the run failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-2000)}`);
       rmSync(out, { recursive: true, force: true });
-      return;
+      continue;
     }
     const steps = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
       .trim()
@@ -195,14 +198,25 @@ async function benchRealWorkers(): Promise<void> {
       .filter((l) => l.kind === 'step');
     rmSync(out, { recursive: true, force: true });
     const ips = steps.slice(Math.min(2, steps.length - 1)).map((l) => l.imgPerSec ?? 0).sort((a, b) => a - b);
-    rows.push({ k, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
-    console.error(`  real K=${k}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
+    rows.push({ engine, k, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
+    console.error(`  real ${engine} K=${k}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
   }
-  const base = rows.find((r) => r.k === 1)?.ips;
-  console.log(`\nReal wasm workers, SVD-ResNet-20 (channel), batch 128, ${limit} CIFAR-10 train samples, ${cpus().length} cpus shared by coordinator and workers`);
-  console.log('| workers | img/s (median step) | steps | scaling efficiency |');
-  console.log('|---:|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.k} | ${r.ips.toFixed(1)} | ${r.steps} | ${base ? ((100 * r.ips) / (r.k * base)).toFixed(0) + '%' : '-'} |`);
+  let torch: number | undefined;
+  if (existsSync('/usr/bin/python3')) {
+    const script = join(root, 'bench/train_step_torch.py');
+    const t = spawnSync('/usr/bin/python3', [script, '--batches', '128', '--reps', '5', '--warmup', '2', '--threads', String(cpus().length)], { encoding: 'utf8' });
+    if (t.status === 0) {
+      const j = JSON.parse(t.stdout.trim().split('\n').pop()!) as { results: { model: string; img_per_s: number }[] };
+      torch = j.results.find((x) => x.model === 'svd reconstruct')?.img_per_s;
+    }
+  }
+  console.log(`\nReal workers, SVD-ResNet-20 (channel), batch 128, ${limit} CIFAR-10 train samples, ${cpus().length} cpus shared by coordinator and workers`);
+  console.log(`| engine | workers | img/s (median step) | steps | scaling efficiency | vs torch ${cpus().length} thr (${torch ? torch.toFixed(1) : 'not run'} img/s) |`);
+  console.log('|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    const base = rows.find((x) => x.engine === r.engine && x.k === 1)?.ips;
+    console.log(`| ${r.engine} | ${r.k} | ${r.ips.toFixed(1)} | ${r.steps} | ${base ? ((100 * r.ips) / (r.k * base)).toFixed(0) + '%' : '-'} | ${torch ? (r.ips / torch).toFixed(2) : '-'} |`);
+  }
 }
 
 async function main(): Promise<void> {

@@ -111,6 +111,19 @@ def step(model, x, y):
     return loss.item()
 
 
+def blas_in_use():
+    """The BLAS library this process actually mapped (Debian's libblas.so.3 is an alternatives link:
+    the slow reference BLAS unless libopenblas0-openmp is installed)."""
+    import os
+    names = set()
+    with open('/proc/self/maps') as f:
+        for line in f:
+            path = line.split()[-1] if len(line.split()) >= 6 else ''
+            if 'blas' in os.path.basename(path):
+                names.add(os.path.realpath(path))
+    return ', '.join(sorted(names)) or 'none mapped'
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--batches', default='32,128')
@@ -136,7 +149,7 @@ def main():
                 ts.append(time.perf_counter() - t0)
             med = statistics.median(ts)
             results.append({'model': name, 'batch': batch, 'median_s': med, 'img_per_s': batch / med})
-    print(json.dumps({'threads': torch.get_num_threads(), 'torch': torch.__version__, 'results': results}))
+    print(json.dumps({'threads': torch.get_num_threads(), 'torch': torch.__version__, 'blas': blas_in_use(), 'results': results}))
 
 
 if __name__ == '__main__':

@@ -137,8 +137,8 @@ export function metrics(outDir: string): Record<string, any>[] {
 
 export const stepRecords = (outDir: string) => metrics(outDir).filter((r) => (r.kind ?? r.type) === 'step');
 
-/** Flags every suite uses: tiny data, wasm workers, one short epoch, no eval unless asked. */
-export function tinyRunFlags(o: { data: string; out: string; port: number; batch?: number; epochs?: number; limitTrain?: number }): string[] {
+/** Flags every suite uses: tiny data, wasm workers (unless `backend`), one short epoch, no eval unless asked. */
+export function tinyRunFlags(o: { data: string; out: string; port: number; batch?: number; epochs?: number; limitTrain?: number; backend?: string }): string[] {
   return [
     '--model', 'resnet20',
     '--data', o.data,
@@ -149,7 +149,7 @@ export function tinyRunFlags(o: { data: string; out: string; port: number; batch
     '--limit-train', String(o.limitTrain ?? 36),
     '--limit-test', '12',
     '--eval-every', '0',
-    '--backend', 'wasm',
+    '--backend', o.backend ?? 'wasm',
   ];
 }
 

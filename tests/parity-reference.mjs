@@ -1,14 +1,15 @@
 // The single-process reference of parity.test.ts, run as a plain Node process on the BUILT packages,
 // exactly like a worker (same module instances, same wasm set-up), so the only differences left
-// are the ones the test is about. Usage: node tests/parity-reference.mjs DATA WORKERS CONFIG_JSON OUT_FILE
+// are the ones the test is about. Usage: node tests/parity-reference.mjs DATA WORKERS CONFIG_JSON OUT_FILE [ENGINE]
+// (ENGINE: wasm, the default, or native).
 import { writeFileSync } from 'node:fs';
 import { EpochSampler, assembleBatch, createOptimizer, lrAt, readCifar10, resolveConfig } from '@svd-train/core';
 import { buildResNet, computeGradients, getBuffers, getParameters, initEngine, setBuffers, setParameters } from '@svd-train/layers';
 
-const [data, workersArg, configJson, outFile] = process.argv.slice(2);
+const [data, workersArg, configJson, outFile, engine = 'wasm'] = process.argv.slice(2);
 const workers = Number(workersArg);
 const cfg = resolveConfig({ data }, JSON.parse(configJson), {});
-await initEngine({ backend: 'wasm' });
+await initEngine({ backend: engine });
 const model = buildResNet({ depth: 20, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed });
 const split = readCifar10(data, 'train');
 const opt = createOptimizer(cfg, getParameters(model).map((p) => p.name));

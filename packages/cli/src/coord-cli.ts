@@ -84,7 +84,8 @@ const START_OPTIONS: [string, string][] = [
   ['--max-worker-batch <n>', 'largest slice a worker computes at once (default 256)'],
   ['--step-timeout-ms <n>', 'drop a worker that has not answered a step after this long (default 120000)'],
   ['--stall-warn-ms <n>', 'warn about a worker that has not answered after this long (default 30000, or a quarter of a shorter --step-timeout-ms)'],
-  ['--backend <name>', 'backend for spawned workers: auto | tensorflow | wasm | cpu (default auto)'],
+  ['--backend <name>', 'engine for spawned workers: auto | tensorflow | native | wasm | cpu (default auto: the first that loads, in that order)'],
+  ['--threads <n>', 'oneDNN threads per spawned worker on the native engine (default 1: one worker per core)'],
 ];
 
 function addStartOptions(cmd: Command): Command {
@@ -321,6 +322,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
       workers = spawnWorkers(cfg.spawn, {
         port,
         backend: cfg.backend,
+        threads: cfg.threads,
         token: cfg.token,
         data: data.dir,
         write: io.err,
@@ -515,7 +517,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .argument('<ckpt>', 'checkpoint file, or a run folder (its latest checkpoint is used)')
     .option('--data <dir>', 'CIFAR-10 folder (default: the run\'s, then SVD_TRAIN_DATA, then the cache)')
     .option('--limit-test <n>', 'only the first n test images (default: the whole test set, even if the run used --limit-test)')
-    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .action(wrap((p: string, o: { data?: string; limitTest?: string; backend?: string }) => evalCommand(p, o, io)));
   program
     .command('prune')
@@ -523,7 +525,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .argument('<ckpt>', 'checkpoint file')
     .requiredOption('--energy <e>', 'energy fraction to drop, e.g. 0.01')
     .option('--out <path>', 'folder for the pruned checkpoint, or a file name ending in .svdckpt (default: pruned-e<E>/ next to the input)')
-    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .action(wrap((p: string, o: { energy: string; out?: string; backend?: string }) => pruneCommand(p, o, io)));
   program
     .command('export')
@@ -531,7 +533,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .argument('<ckpt>', 'checkpoint file')
     .requiredOption('--out <dir>', 'output folder')
     .option('--stock', 'convert SVD layers to stock Conv2D/Dense layers')
-    .option('--backend <name>', 'auto | tensorflow | wasm | cpu (default: the checkpoint run\'s)')
+    .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .action(wrap((p: string, o: { out: string; stock?: boolean; backend?: string }) => exportCommand(p, o, io)));
   program
     .command('report')

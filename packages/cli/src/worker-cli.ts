@@ -11,12 +11,13 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
     .requiredOption('--coordinator <url>', 'coordinator address, ws://HOST:PORT')
     .option('--gpu <n>', 'GPU index (tfjs-node-gpu)', parseNumberOption('--gpu', 'a GPU index ≥ 0, e.g. 0', (n) => Number.isInteger(n) && n >= 0))
     .option('--cpu', 'use no GPU')
-    .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')} (default auto)`)
+    .option('--backend <name>', `compute engine: ${BACKENDS.join(' | ')} (default auto: the first that loads, in that order)`)
+    .option('--threads <n>', 'oneDNN threads on the native engine (default 1: run one worker per core)', parseNumberOption('--threads', 'a whole number of threads ≥ 1, e.g. 2', (n) => Number.isInteger(n) && n >= 1 && n <= 1024))
     .option('--token <secret>', 'shared token (or SVD_TRAIN_TOKEN)')
     .option('--data <dir>', 'local CIFAR-10 copy (used if it matches the coordinator\'s md5s)')
     .option('--name <name>', 'name shown in the coordinator\'s logs')
     .addHelpText('after', '\nExample:\n  svd-worker --gpu 0 --coordinator ws://10.0.0.5:7733 --token $TOKEN')
-    .action(async (o: { coordinator: string; gpu?: number; cpu?: boolean; backend?: string; token?: string; data?: string; name?: string }) => {
+    .action(async (o: { coordinator: string; gpu?: number; cpu?: boolean; backend?: string; threads?: number; token?: string; data?: string; name?: string }) => {
       if (o.backend && !(BACKENDS as readonly string[]).includes(o.backend)) {
         throw usageError(`--backend ${JSON.stringify(o.backend)} is not valid; expected one of ${BACKENDS.join(', ')}. Fix: e.g. --backend wasm.`);
       }
@@ -25,6 +26,7 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
         gpu: o.gpu,
         cpu: o.cpu,
         backend: (o.backend ?? 'auto') as (typeof BACKENDS)[number],
+        threads: o.threads,
         token: o.token ?? process.env.SVD_TRAIN_TOKEN ?? null,
         name: o.name,
         dataDir: o.data ?? null,

@@ -92,6 +92,7 @@ export const RunConfigSchema = z
     maxMessageBytes: int(1024).default(DEFAULTS.maxMessageBytes),
     maxWorkerBatch: int(1).default(DEFAULTS.maxWorkerBatch),
     backend: z.enum(BACKENDS).default(DEFAULTS.backend),
+    threads: int(1, 1024).default(DEFAULTS.threads),
   })
   .superRefine((c, ctx) => {
     for (const key of Object.keys(c.ranks ?? {})) {
@@ -168,6 +169,7 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'checkpointEvery',
   'keepCheckpoints',
   'backend',
+  'threads',
   'maxMessageBytes',
 ] as const satisfies readonly ConfigKey[]);
 

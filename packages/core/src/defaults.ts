@@ -15,7 +15,8 @@ export const OPTIMIZERS = ['sgd', 'adam'] as const;
 export const SCHEDULES = ['onecycle', 'multistep', 'cosine', 'constant'] as const;
 export const STALL_ACTIONS = ['drop', 'abort'] as const;
 export const DECAY_ON = ['all', 'factors'] as const;
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+/** Compute engines; 'native' is oneDNN on the wasm backend (@svd-train/native). `auto` tries them in this order. */
+export const BACKENDS = ['auto', 'tensorflow', 'native', 'wasm', 'cpu'] as const;
 
 /**
  * Default run configuration (camelCase; the CLI flag of each field is its kebab-case name).
@@ -87,6 +88,8 @@ export const DEFAULTS = Object.freeze({
   maxMessageBytes: 256 * 1024 * 1024,
   maxWorkerBatch: 256,
   backend: 'auto',
+  // oneDNN threads per worker on the native engine: one worker per core is the default layout.
+  threads: 1,
 });
 
 /** Environment variables that feed the config (precedence: flags > env > file > defaults). */

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { batchNormTrain, SvdBatchNorm } from './batch-norm.js';
-import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend, seededUniform } from './test-support/index.js';
+import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend, TEST_ENGINES, seededUniform } from './test-support/index.js';
 
 /** Float64 hand computation: per-channel mean, biased var, y, over a [M, C] row-major view. */
 function handBN(x: Float32Array, c: number, gamma: Float32Array, beta: Float32Array, eps: number) {
@@ -25,7 +25,7 @@ function stockBN(x: tf.Tensor4D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): t
 const X_SHAPE: [number, number, number, number] = [3, 4, 5, 6];
 const C = 6;
 
-forEachBackend(['cpu', 'wasm'], (backend) => {
+forEachBackend(TEST_ENGINES, (backend) => {
   describe('batchNormTrain', () => {
     it(`x=[${X_SHAPE}] forward matches a float64 hand computation`, () => {
       const xd = seededUniform(360, 1, 2, 0.5);

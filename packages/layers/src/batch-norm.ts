@@ -10,6 +10,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { columnSum } from './kernels/column-sum.js';
+import { BN_GRAD, BN_TRAIN } from './kernels/native.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -39,11 +40,40 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
       `batchNormTrain: gamma [${gamma.shape}] and beta [${beta.shape}] must have ${c} elements (the channels of x [${x.shape}])`,
     );
   }
-  const m = x.size / c;
+  return withBatchStats(x, gamma, beta, tf.getKernel(BN_TRAIN, tf.getBackend()) != null ? fusedForward(eps) : opsForward(x.size / c, c, eps));
+}
+
+/** A customGrad forward of batch norm that also reports the batch stats it computed (via `keep`). */
+type BnForward = (
+  xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc,
+  keep: (mean: tf.Tensor1D, variance: tf.Tensor1D) => void,
+) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
+
+/**
+ * Runs `forward` as a custom-gradient op and hands its batch stats back in the caller's scope:
+ * inside the op they are `keep`-ed (or they would be freed with its scope), then cloned out here.
+ */
+function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, forward: BnForward): BatchNormTrainResult {
   let keptMean: tf.Tensor1D | undefined;
   let keptVar: tf.Tensor1D | undefined;
   const op = tf.customGrad((...args) => {
     const [xIn, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    return forward(xIn, g, b, save, (mean, variance) => {
+      keptMean = tf.keep(mean);
+      keptVar = tf.keep(variance);
+    });
+  });
+  const y = op(x, gamma, beta);
+  const mean = tf.clone(keptMean!);
+  const variance = tf.clone(keptVar!);
+  keptMean!.dispose();
+  keptVar!.dispose();
+  return { y, mean, variance };
+}
+
+/** Batch norm from broadcasting elementwise ops and column sums (every backend). */
+function opsForward(m: number, c: number, eps: number): BnForward {
+  return (xIn, g, b, save, keep) => {
     // The forward of a customGrad runs with the tape off, so these stats cost no backward work.
     const x2 = tf.reshape(xIn, [m, c]) as tf.Tensor2D;
     const mean = tf.div(columnSum(x2), m) as tf.Tensor1D;
@@ -52,8 +82,7 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
     const invstd = tf.rsqrt(tf.add(variance, eps));
     const xhat = tf.mul(xc, invstd);
     const y = tf.reshape(tf.add(tf.mul(xhat, g), b), xIn.shape);
-    keptMean = tf.keep(mean as tf.Tensor1D);
-    keptVar = tf.keep(variance as tf.Tensor1D);
+    keep(mean, variance);
     save([xhat, invstd, g]);
     return {
       value: y,
@@ -68,14 +97,29 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
         return [dx, sumDyXhat, sumDy];
       },
     };
-  });
-  const y = op(x, gamma, beta);
-  // Move the stats from "kept" (which would escape every tidy) into the caller's scope.
-  const mean = tf.clone(keptMean!);
-  const variance = tf.clone(keptVar!);
-  keptMean!.dispose();
-  keptVar!.dispose();
-  return { y, mean, variance };
+  };
+}
+
+/**
+ * Batch norm as two fused kernels (the native engine's `SvdBatchNormTrain` and `SvdBatchNormGrad`):
+ * two passes over x forward and two backward instead of about ten elementwise ops, and the
+ * backward keeps x, mean and variance rather than x̂.
+ */
+function fusedForward(eps: number): BnForward {
+  return (xIn, g, b, save, keep) => {
+    const [y, mean, variance] = tf.engine().runKernel(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps }) as tf.Tensor[];
+    // mean and variance are also saved for the backward, which disposes them: keep copies.
+    keep(tf.clone(mean!) as tf.Tensor1D, tf.clone(variance!) as tf.Tensor1D);
+    save([xIn, mean!, variance!, g]);
+    return {
+      value: y!,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sm, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
+        const inputs = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
+        return tf.engine().runKernel(BN_GRAD, inputs, { epsilon: eps }) as tf.Tensor[];
+      },
+    };
+  };
 }
 
 /**

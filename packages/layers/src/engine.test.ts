@@ -1,7 +1,9 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { isSvdTrainError } from '@svd-train/core';
+import { loadNative } from '@svd-train/native';
 import { initEngine } from './engine.js';
+import { nativeKernelsActive } from './kernels/native.js';
 
 describe('initEngine', () => {
   it('cpu: activates cpu', async () => {
@@ -19,11 +21,14 @@ describe('initEngine', () => {
     expect((await initEngine({ backend: 'wasm' })).backend).toBe('wasm');
   });
 
-  it('auto: falls back past the unloadable native backends and says why', async () => {
+  it('auto: falls back past the unloadable tfjs-node backends and says why', async () => {
     const info = await initEngine({ backend: 'auto' });
-    expect(tf.getBackend()).toBe(info.backend);
+    expect(tf.getBackend()).toBe(info.backend === 'native' ? 'wasm' : info.backend);
     if (info.backend !== 'tensorflow') {
-      expect(info.reason).toMatch(/^wasm: tfjs-node-gpu not loadable \(.+\), tfjs-node not loadable \(.+\)$/);
+      expect(info.reason).toMatch(/^(native|wasm): .+; passed over: tfjs-node-gpu not loadable \(.+\), tfjs-node not loadable \(.+\)/);
+      // The native engine is chosen exactly when its addon loads; otherwise the line says why not.
+      if (loadNative().ok) expect(info.backend).toBe('native');
+      else expect(info.reason).toMatch(/native .*fix: /);
       // An unbuilt native addon is said in one short line with the fix, not as a 300-character path.
       expect(info.reason).not.toMatch(/tfjs_binding\.node/);
     }
@@ -39,5 +44,27 @@ describe('initEngine', () => {
     expect(isSvdTrainError(err, 'BACKEND_UNAVAILABLE')).toBe(true);
     expect((err as Error).message).toMatch(/approve-builds/);
     expect((err as Error).message).toMatch(/--backend wasm/);
+  });
+
+  it.runIf(process.env.SVD_TRAIN_REQUIRE_NATIVE === '1')('SVD_TRAIN_REQUIRE_NATIVE=1 (CI): the native addon loads, so the native suites ran', () => {
+    const nat = loadNative();
+    expect(nat.ok ? 'loaded' : `${nat.reason}; fix: ${nat.fix}`).toBe('loaded');
+  });
+
+  it('native: oneDNN kernels on the wasm backend when the addon loads, else BACKEND_UNAVAILABLE with a fix', async () => {
+    const nat = loadNative();
+    const info = await initEngine({ backend: 'native' }).catch((e: unknown) => e);
+    if (!nat.ok) {
+      expect(isSvdTrainError(info, 'BACKEND_UNAVAILABLE')).toBe(true);
+      expect((info as Error).message).toMatch(/--backend wasm/);
+      return;
+    }
+    expect((info as { backend: string }).backend).toBe('native');
+    expect((info as { reason: string }).reason).toMatch(/^native: oneDNN \d+\.\d+\.\d+ on the wasm backend, 1 thread, requested$/);
+    expect(tf.getBackend()).toBe('wasm');
+    expect(nativeKernelsActive()).toBe(true);
+    // Switching back to plain wasm restores the wasm kernels.
+    await initEngine({ backend: 'wasm' });
+    expect(nativeKernelsActive()).toBe(false);
   });
 });

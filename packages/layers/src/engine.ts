@@ -13,10 +13,16 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
+import { loadNative } from '@svd-train/native';
 import { registerWasmKernels } from './kernels/register.js';
+import { registerNativeKernels, unregisterNativeKernels } from './kernels/native.js';
 
-/** Which backend to use; `'auto'` tries tfjs-node-gpu, tfjs-node, wasm, cpu in that order. */
-export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+/**
+ * Which engine to use; `'auto'` tries tfjs-node-gpu, tfjs-node, native, wasm, cpu in that order.
+ * `'native'` is the wasm backend with oneDNN kernels (`@svd-train/native`) for convolutions,
+ * matmul, batch norm and the ReLU gradient.
+ */
+export type BackendChoice = 'auto' | 'tensorflow' | 'native' | 'wasm' | 'cpu';
 
 export interface InitEngineOptions {
   /** Default `'auto'`. `'tensorflow'` means tfjs-node-gpu or tfjs-node and fails if neither loads. */
@@ -25,10 +31,18 @@ export interface InitEngineOptions {
   gpu?: number;
   /** Receives one line describing the choice (default: silent). */
   log?: (line: string) => void;
+  /**
+   * Threads for the native engine's oneDNN (default 1: one worker per core). Ignored by the other
+   * engines (wasm is single-threaded under Node).
+   */
+  threads?: number;
 }
 
 export interface EngineInfo {
-  /** The tfjs backend name now active: 'tensorflow' | 'wasm' | 'cpu'. */
+  /**
+   * The engine now active: 'tensorflow' | 'native' | 'wasm' | 'cpu'. 'native' runs on the tfjs
+   * backend named 'wasm' (what `tf.getBackend()` returns).
+   */
   backend: string;
   /** Why this backend, including why the preferred ones were skipped. */
   reason: string;
@@ -144,7 +158,8 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
   const choice = opts.backend ?? 'auto';
   const skipped: string[] = [];
   const done = (backend: string, why: string): EngineInfo => {
-    const reason = skipped.length > 0 ? `${backend}: ${skipped.join(', ')}` : `${backend}: ${why}`;
+    // What ran and why first; then why each engine tried before it was passed over.
+    const reason = `${backend}: ${why}${skipped.length > 0 ? `; passed over: ${skipped.join(', ')}` : ''}`;
     opts.log?.(`backend ${reason}`);
     return { backend, reason };
   };
@@ -172,8 +187,36 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
     }
   }
 
+  if (choice === 'auto' || choice === 'native') {
+    const w = await loadWasm();
+    const nat = loadNative();
+    if (w.ok && nat.ok) {
+      // Activate first: the backend's start-up binds the stock wasm kernels (their setupFunc), and
+      // ours fall back on those for the cases oneDNN does not take.
+      const act = await activate('wasm');
+      if (act.ok) {
+        registerNativeKernels(nat.addon);
+        nat.addon.setThreads([opts.threads ?? 1]);
+        const t = nat.addon.getThreads();
+        return done('native', `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${choice === 'native' ? ', requested' : ''}`);
+      }
+      skipped.push(`native not usable (${act.message})`);
+    } else {
+      skipped.push(`native ${w.ok && !nat.ok ? `${nat.reason}; fix: ${nat.fix}` : `needs wasm, which failed (${w.message})`}`);
+    }
+    if (choice === 'native') {
+      throw new SvdTrainError(
+        'BACKEND_UNAVAILABLE',
+        `backend 'native' was requested but is unavailable: ${skipped.join('; ')}. Or run with --backend wasm.`,
+        { requested: 'native', attempts: skipped },
+      );
+    }
+  }
+
   if (choice === 'auto' || choice === 'wasm') {
     const w = await loadWasm();
+    // A process that ran 'native' before (tests switch engines) gets the plain wasm kernels back.
+    if (w.ok) unregisterNativeKernels();
     const act = w.ok ? await activate('wasm') : w;
     if (act.ok) return done('wasm', choice === 'wasm' ? 'requested' : 'selected');
     if (choice === 'wasm') {

@@ -12,3 +12,4 @@ export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sp
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 export { computeGradients, evaluate, type GradientResult, type RegularizationOptions } from './train-step.js';
 export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers } from './export.js';
+export { profileKernels, type KernelTime } from './kernel-profile.js';

@@ -5,7 +5,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { TOL, loadReference, refToTensor, refToNhwc, expectClose, expectNoLeakedTensors, forEachBackend, type RefTensor } from './test-support/index.js';
+import { TOL, loadReference, refToTensor, refToNhwc, expectClose, expectNoLeakedTensors, forEachBackend, TEST_ENGINES, type RefTensor } from './test-support/index.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 
@@ -60,7 +60,7 @@ function buildModel(c: Case): tf.LayersModel {
   return model;
 }
 
-forEachBackend(['cpu', 'wasm'], (backend) => describe('layers.json cases in a LayersModel: save → tf.loadLayersModel → same forward', () => {
+forEachBackend(TEST_ENGINES, (backend) => describe('layers.json cases in a LayersModel: save → tf.loadLayersModel → same forward', () => {
   for (const c of cases) {
     it(`${c.name} x=[${c.x.shape}] U=[${c.U.shape}] V=[${c.V.shape}] forward 'auto'`, async () => {
       const model = buildModel(c);

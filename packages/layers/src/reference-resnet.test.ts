@@ -6,7 +6,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { loadReference, relErr, forEachBackend, refToNhwc, TOL, type RefTensor } from './test-support/index.js';
+import { loadReference, relErr, forEachBackend, TEST_ENGINES, FAST_ENGINES, refToNhwc, TOL, type RefTensor } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
 import { setParameters, setBuffers, getBuffers, namedParameters, type WireTensor } from './parameter-names.js';
 import { computeGradients, evaluate } from './train-step.js';
@@ -64,7 +64,7 @@ for (const file of ['resnet8_spatial', 'resnet20_channel'] as const) {
 
     // ResNet-20's train step takes ~50 s on the pure-JS cpu backend (its Conv2DBackpropFilter is a
     // naive loop), so CI checks it on wasm and the cpu run is opt-in; ResNet-8 runs on both always.
-    const backends = file === 'resnet8_spatial' || process.env.SVD_TRAIN_SLOW_TESTS === '1' ? (['cpu', 'wasm'] as const) : (['wasm'] as const);
+    const backends = file === 'resnet8_spatial' || process.env.SVD_TRAIN_SLOW_TESTS === '1' ? TEST_ENGINES : FAST_ENGINES;
     forEachBackend(backends, (backend) => {
       let model: tf.LayersModel;
       beforeAll(() => {

@@ -8,6 +8,7 @@ import {
   gradCheck,
   expectNoLeakedTensors,
   forEachBackend,
+  TEST_ENGINES,
   type RefTensor,
 } from './test-support/index.js';
 import { orthogonalityPenalty } from './orthogonality.js';
@@ -35,7 +36,7 @@ function scalarClose(label: string, got: number, want: number, tol: number): voi
   if (!(rel <= tol)) throw new Error(`${label}: ${got} vs expected ${want}, rel err ${rel.toExponential(3)} > ${tol}`);
 }
 
-forEachBackend(['cpu', 'wasm'], (backend) => {
+forEachBackend(TEST_ENGINES, (backend) => {
   describe('regularizers golden vs PyTorch reference (layers.json)', () => {
     for (const c of cases) {
       const shapes = `U=[${c.U.shape}] s=[${c.s.shape}] V=[${c.V.shape}] (${c.name})`;

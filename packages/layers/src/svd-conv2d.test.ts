@@ -9,6 +9,7 @@ import {
   gradCheck,
   expectNoLeakedTensors,
   forEachBackend,
+  TEST_ENGINES,
   type RefTensor,
 } from './test-support/index.js';
 import { SVDConv2D, svdConvForwardCost, type SvdForward } from './svd-conv2d.js';
@@ -76,7 +77,7 @@ function forwardAndGrads(layer: SVDConv2D, c: ConvCase) {
   });
 }
 
-forEachBackend(['cpu', 'wasm'], (backend) => {
+forEachBackend(TEST_ENGINES, (backend) => {
   describe('SVDConv2D golden vs PyTorch reference (layers.json)', () => {
     for (const c of cases) {
       const cfg = c.config;

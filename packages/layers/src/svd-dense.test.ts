@@ -8,6 +8,7 @@ import {
   gradCheck,
   expectNoLeakedTensors,
   forEachBackend,
+  TEST_ENGINES,
   type RefTensor,
 } from './test-support/index.js';
 import { SVDDense } from './svd-dense.js';
@@ -41,7 +42,7 @@ function layerFor(c: DenseCase): SVDDense {
   return l;
 }
 
-forEachBackend(['cpu', 'wasm'], (backend) => {
+forEachBackend(TEST_ENGINES, (backend) => {
   describe('SVDDense golden vs PyTorch reference (layers.json)', () => {
     for (const c of cases) {
       it(`x=[${c.x.shape}] in${c.config.in_features}→out${c.config.out_features} r=${c.config.rank} U=[${c.U.shape}] V=[${c.V.shape}] bias, one s<0: y, dU, ds, dV, dbias, dx`, () => {

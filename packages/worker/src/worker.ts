@@ -30,6 +30,7 @@ import {
   buildResNet,
   evaluate,
   initEngine,
+  type BackendChoice,
   getBuffers,
   getParameters,
   setBuffers,
@@ -48,7 +49,9 @@ export interface WorkerOptions {
   gpu?: number;
   /** No GPU: with backend 'auto' the CUDA devices are hidden, so tfjs-node-gpu (if present) runs on CPU. */
   cpu?: boolean;
-  backend?: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+  backend?: BackendChoice;
+  /** oneDNN threads on the native engine (default 1: one worker per core). */
+  threads?: number;
   /** Shared secret (or SVD_TRAIN_TOKEN); needed unless the coordinator is on loopback or --insecure. */
   token?: string | null;
   /** Name shown in the coordinator's logs (default host:pid). */
@@ -122,7 +125,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
     process.env.CUDA_VISIBLE_DEVICES = '-1';
     if (backend === 'tensorflow') log('--cpu: TensorFlow native backend will run on CPU');
   }
-  const engine = await initEngine({ backend, ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
+  const engine = await initEngine({ backend, ...(opts.threads !== undefined ? { threads: opts.threads } : {}), ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
   backend = engine.backend as typeof backend;
   log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;

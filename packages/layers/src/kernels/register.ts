@@ -6,10 +6,11 @@ import * as tf from '@tensorflow/tfjs';
 import { conv2dBackpropFilterWasmConfig } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasmConfig } from './conv2d-backprop-input.js';
 import { columnSumWasmConfig } from './column-sum.js';
+import { identityWasmConfig } from './identity.js';
 
 /** Kernels wasm lacks entirely, and kernels whose stock wasm version we replace for speed. */
 const ADDED = [conv2dBackpropFilterWasmConfig, columnSumWasmConfig];
-const REPLACED = [conv2dBackpropInputWasmConfig];
+const REPLACED = [conv2dBackpropInputWasmConfig, identityWasmConfig];
 
 export function registerWasmKernels(): void {
   for (const cfg of ADDED) {

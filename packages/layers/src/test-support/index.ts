@@ -4,5 +4,5 @@ export { loadReference, refToTensor, refToNhwc, REFERENCE_DIR, type RefTensor } 
 export { relErr, expectClose, toArray, type Numeric } from './compare.js';
 export { gradCheck, type GradCheckOptions, type GradCheckResult } from './grad-check.js';
 export { expectNoLeakedTensors } from './leaks.js';
-export { forEachBackend, onBackend, type TestBackend } from './backends.js';
+export { forEachBackend, onBackend, TEST_ENGINES, FAST_ENGINES, type TestBackend } from './backends.js';
 export { seededUniform } from './random.js';

@@ -1,0 +1,222 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
+import { batchNormTrain } from '../batch-norm.js';
+import { TOL, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
+
+// Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
+// break convolution code: stride 2, 1×1, the k×1 and 1×k convs of spatial SVD, asymmetric and
+// 'same'/'valid' padding, dilation, batch 1 and odd channel counts. Skipped (visibly) where the
+// addon does not load; CI requires it to load (SVD_TRAIN_REQUIRE_NATIVE=1, engine.test.ts).
+const native = loadNative();
+
+type Pad = 'same' | 'valid' | number | [[number, number], [number, number], [number, number], [number, number]];
+interface ConvCase {
+  x: [number, number, number, number];
+  k: [number, number];
+  f: number;
+  s: [number, number];
+  pad: Pad;
+  d?: [number, number];
+}
+const p = (t: number, b: number, l: number, r: number): Pad => [[0, 0], [t, b], [l, r], [0, 0]];
+const CONV_CASES: ConvCase[] = [
+  { x: [2, 8, 8, 3], k: [3, 3], f: 4, s: [1, 1], pad: p(1, 1, 1, 1) },
+  { x: [2, 8, 8, 3], k: [3, 3], f: 5, s: [2, 2], pad: p(1, 1, 1, 1) },
+  { x: [2, 7, 9, 5], k: [3, 3], f: 7, s: [2, 2], pad: p(1, 1, 1, 1) },
+  { x: [1, 6, 10, 4], k: [3, 1], f: 3, s: [2, 1], pad: p(1, 1, 0, 0) },
+  { x: [1, 6, 10, 4], k: [1, 3], f: 3, s: [1, 2], pad: p(0, 0, 1, 1) },
+  { x: [3, 8, 8, 8], k: [1, 1], f: 16, s: [2, 2], pad: 'valid' },
+  { x: [2, 9, 6, 3], k: [3, 3], f: 2, s: [1, 1], pad: 'same' },
+  { x: [2, 8, 6, 3], k: [3, 3], f: 2, s: [2, 2], pad: 'same' },
+  { x: [2, 10, 10, 3], k: [3, 3], f: 2, s: [2, 2], pad: 'valid' },
+  { x: [2, 11, 10, 3], k: [5, 3], f: 4, s: [3, 2], pad: p(2, 1, 0, 2) },
+  { x: [1, 5, 5, 1], k: [3, 3], f: 1, s: [1, 1], pad: 1 },
+  { x: [2, 4, 4, 16], k: [3, 3], f: 16, s: [1, 1], pad: p(1, 1, 1, 1) },
+];
+const convName = (c: ConvCase) =>
+  `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
+
+/** y, dx and dw of L = Σ conv2d(x, w)·r on the active engine. */
+function convAll(c: ConvCase, seed: number): { y: Float32Array; dx: Float32Array; dw: Float32Array } {
+  return tf.tidy(() => {
+    const x = tf.tensor4d(seededUniform(c.x.reduce((a, b) => a * b, 1), seed), c.x);
+    const w = tf.tensor4d(seededUniform(c.k[0] * c.k[1] * c.x[3] * c.f, seed + 1), [c.k[0], c.k[1], c.x[3], c.f]);
+    const conv = (a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad as 'same');
+    const y = conv(x, w);
+    const r = tf.tensor(seededUniform(y.size, seed + 2), y.shape);
+    const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(conv(a, b), r)))([x, w]);
+    return { y: y.dataSync() as Float32Array, dx: dx!.dataSync() as Float32Array, dw: dw!.dataSync() as Float32Array };
+  });
+}
+
+interface MatCase {
+  a: number[];
+  b: number[];
+  ta: boolean;
+  tb: boolean;
+  /** tfjs' BatchMatMul gradient does not reduce over broadcast batch dims (on any backend). */
+  forwardOnly?: boolean;
+}
+const MAT_CASES: MatCase[] = [
+  { a: [4, 5], b: [5, 3], ta: false, tb: false },
+  { a: [5, 4], b: [5, 3], ta: true, tb: false },
+  { a: [4, 5], b: [3, 5], ta: false, tb: true },
+  { a: [5, 4], b: [3, 5], ta: true, tb: true },
+  { a: [3, 4, 5], b: [3, 5, 2], ta: false, tb: false },
+  { a: [1, 4, 5], b: [3, 5, 2], ta: false, tb: false, forwardOnly: true },
+  { a: [3, 5, 4], b: [1, 2, 5], ta: true, tb: true, forwardOnly: true },
+  { a: [1, 7], b: [7, 1], ta: false, tb: false },
+  // Broadcasting across two batch dims: oneDNN's matmul can't, so the stock kernel must run.
+  { a: [2, 1, 3, 4], b: [1, 5, 4, 2], ta: false, tb: false, forwardOnly: true },
+];
+const matName = (c: MatCase) => `a=[${c.a}]${c.ta ? 'ᵀ' : ''} b=[${c.b}]${c.tb ? 'ᵀ' : ''}`;
+
+function matAll(c: MatCase, seed: number): { y: Float32Array; da: Float32Array; db: Float32Array } {
+  return tf.tidy(() => {
+    const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
+    const a = tf.tensor(seededUniform(size(c.a), seed), c.a);
+    const b = tf.tensor(seededUniform(size(c.b), seed + 1), c.b);
+    const mm = (x: tf.Tensor, z: tf.Tensor) => tf.matMul(x, z, c.ta, c.tb);
+    const y = mm(a, b);
+    if (c.forwardOnly) return { y: y.dataSync() as Float32Array, da: new Float32Array(), db: new Float32Array() };
+    const r = tf.tensor(seededUniform(y.size, seed + 2), y.shape);
+    const [da, db] = tf.grads((x: tf.Tensor, z: tf.Tensor) => tf.sum(tf.mul(mm(x, z), r)))([a, b]);
+    return { y: y.dataSync() as Float32Array, da: da!.dataSync() as Float32Array, db: db!.dataSync() as Float32Array };
+  });
+}
+
+describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backend', () => {
+  for (const [i, c] of CONV_CASES.entries()) {
+    it(`Conv2D, Conv2DBackpropInput, Conv2DBackpropFilter ${convName(c)}`, async () => {
+      const want = await onBackend('cpu', () => convAll(c, 10 * i));
+      const got = await onBackend('native', () => convAll(c, 10 * i));
+      expectClose(`${convName(c)} y`, got.y, want.y, TOL.backendRel * 10);
+      expectClose(`${convName(c)} dx`, got.dx, want.dx, TOL.backendRel * 10);
+      expectClose(`${convName(c)} dw`, got.dw, want.dw, TOL.backendRel * 10);
+    });
+  }
+
+  it('Conv2D with dilation 2 (forward; tfjs has no dilated conv gradient)', async () => {
+    const run = () =>
+      tf.tidy(() => {
+        const x = tf.tensor4d(seededUniform(2 * 9 * 9 * 3, 1), [2, 9, 9, 3]);
+        const w = tf.tensor4d(seededUniform(3 * 3 * 3 * 4, 2), [3, 3, 3, 4]);
+        return tf.conv2d(x, w, 1, 'same', 'NHWC', 2).dataSync() as Float32Array;
+      });
+    expectClose('dilated conv', await onBackend('native', run), await onBackend('cpu', run), TOL.backendRel * 10);
+  });
+
+  for (const [i, c] of MAT_CASES.entries()) {
+    it(`BatchMatMul${c.forwardOnly ? '' : ' and its gradients'} ${matName(c)}`, async () => {
+      const want = await onBackend('cpu', () => matAll(c, 7 * i));
+      const got = await onBackend('native', () => matAll(c, 7 * i));
+      expectClose(`${matName(c)} y`, got.y, want.y, TOL.backendRel * 10);
+      expectClose(`${matName(c)} da`, got.da, want.da, TOL.backendRel * 10);
+      expectClose(`${matName(c)} db`, got.db, want.db, TOL.backendRel * 10);
+    });
+  }
+
+  it('batch norm forward and gradients x=[3,5,4,7] (odd channels) and x=[1,1,1,16] (M = 1)', async () => {
+    for (const shape of [[3, 5, 4, 7], [1, 1, 1, 16], [6, 3]]) {
+      const c = shape[shape.length - 1]!;
+      const run = () =>
+        tf.tidy(() => {
+          const x = tf.tensor(seededUniform(shape.reduce((a, b) => a * b, 1), 3), shape);
+          const g = tf.tensor1d(seededUniform(c, 4));
+          const b = tf.tensor1d(seededUniform(c, 5));
+          const r = tf.tensor(seededUniform(x.size, 6), shape);
+          const f = (xa: tf.Tensor, ga: tf.Tensor, ba: tf.Tensor) => batchNormTrain(xa, ga, ba, 1e-5).y;
+          const [dx, dg, db] = tf.grads((xa: tf.Tensor, ga: tf.Tensor, ba: tf.Tensor) => tf.sum(tf.mul(f(xa, ga, ba), r)))([x, g, b]);
+          const { y, mean, variance } = batchNormTrain(x, g, b, 1e-5);
+          return [y, mean, variance, dx!, dg!, db!].map((t) => t.dataSync() as Float32Array);
+        });
+      const want = await onBackend('cpu', run);
+      const got = await onBackend('native', run);
+      // M = 1: x̂ = 0 everywhere, so dx and dγ are exactly zero-sized in norm: compare absolutely.
+      ['y', 'mean', 'variance', 'dx', 'dgamma', 'dbeta'].forEach((n, k) => {
+        const ref = want[k]!;
+        const norm = Math.hypot(...ref);
+        if (norm < 1e-6) expect(Math.max(...got[k]!.map(Math.abs))).toBeLessThan(1e-5);
+        else expectClose(`bn x=[${shape}] ${n}`, got[k]!, ref, TOL.backendRel * 10);
+      });
+    }
+  });
+
+  it('ReLU gradient kernel x=[2,3,4,5] matches dy·step(x), ties at 0 included', async () => {
+    const run = () =>
+      tf.tidy(() => {
+        const xs = seededUniform(120, 9);
+        xs[0] = 0;
+        xs[1] = -0;
+        const x = tf.tensor(xs, [2, 3, 4, 5]);
+        const r = tf.tensor(seededUniform(120, 10), [2, 3, 4, 5]);
+        return tf.grad((a: tf.Tensor) => tf.sum(tf.mul(tf.relu(a), r)))(x).dataSync() as Float32Array;
+      });
+    // dy·step(x) is −0 where dy < 0 and x ≤ 0; the kernel writes +0. The sign of a zero gradient
+    // changes nothing, so zeros are compared without it.
+    const unsigned = (a: Float32Array) => Array.from(a, (v) => (v === 0 ? 0 : v));
+    expect(unsigned(await onBackend('native', run))).toEqual(unsigned(await onBackend('cpu', run)));
+  });
+
+  it('central-difference gradient checks on native: conv (stride 2, asymmetric pad), matmul, batch norm', async () => {
+    await onBackend('native', () => {
+      const x = tf.tensor4d(seededUniform(1 * 5 * 6 * 3, 21), [1, 5, 6, 3]);
+      const w = tf.tensor4d(seededUniform(3 * 2 * 3 * 2, 22), [3, 2, 3, 2]);
+      gradCheck((a, b) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 2, [[0, 0], [1, 0], [0, 1], [0, 0]]), [x, w], { label: 'native conv' });
+      const a = tf.tensor3d(seededUniform(2 * 3 * 4, 23), [2, 3, 4]);
+      const b = tf.tensor3d(seededUniform(2 * 4 * 5, 24), [2, 4, 5]);
+      gradCheck((p1, p2) => tf.matMul(p1 as tf.Tensor3D, p2 as tf.Tensor3D), [a, b], { label: 'native matmul' });
+      const bx = tf.tensor4d(seededUniform(2 * 3 * 2 * 4, 25), [2, 3, 2, 4]);
+      const g = tf.tensor1d(seededUniform(4, 26));
+      const bb = tf.tensor1d(seededUniform(4, 27));
+      gradCheck((p1, p2, p3) => batchNormTrain(p1, p2, p3, 1e-5).y, [bx, g, bb], { label: 'native batch norm' });
+      tf.dispose([x, w, a, b, bx, g, bb]);
+    });
+  });
+
+  it('leaks no tensors or backend buffers through conv, matmul, batch norm and ReLU, forward and backward', async () => {
+    await onBackend('native', () =>
+      expectNoLeakedTensors(() => {
+        convAll(CONV_CASES[1]!, 1);
+        matAll(MAT_CASES[4]!, 1);
+        tf.tidy(() => {
+          const x = tf.tensor4d(seededUniform(2 * 4 * 4 * 3, 1), [2, 4, 4, 3]);
+          const g = tf.ones([3]);
+          const b = tf.zeros([3]);
+          tf.grads((xa: tf.Tensor, ga: tf.Tensor) => tf.sum(tf.relu(batchNormTrain(xa, ga, b, 1e-5).y)))([x, g]);
+          batchNormTrain(x, g, b, 1e-5).mean.dispose();
+        });
+      }, 'native kernels'),
+    );
+  });
+
+  it('bad arguments become JS errors with a code, never a crash', () => {
+    if (!native.ok) return;
+    const a = native.addon;
+    const f = (n: number) => new Float32Array(n);
+    const code = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+      }
+      return 'no error';
+    };
+    expect(code(() => a.conv2d(f(4), f(4), f(4), [1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: conv2d: shape has 2 entries; expected 17/);
+    // A y buffer too small for the output: refused before oneDNN writes past it.
+    expect(code(() => a.conv2d(f(16), f(9), f(3), [1, 4, 4, 1, 1, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: .*y has 3 elements; expected 4/);
+    // An output size that does not follow from the rest.
+    expect(code(() => a.conv2d(f(16), f(9), f(9), [1, 4, 4, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: .*does not follow/);
+    expect(code(() => a.matmul(f(6), f(6), f(4), [1, 1, 2, 3, 2, 0, 0]))).toBe('no error');
+    expect(code(() => a.matmul(f(6), f(6), f(4), [2, 3, 2, 3, 2, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: matmul: .*batch sizes must be equal or 1/);
+    expect(code(() => a.batchNormForward(f(6), f(3), f(3), f(6), f(3), f(3), [2, 3], Number.NaN))).toBe('no error');
+    expect(code(() => a.matmul(new Int32Array(6) as unknown as Float32Array, f(6), f(4), [1, 1, 2, 3, 2, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: matmul: a must be a Float32Array/);
+    expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
+  });
+
+  it('an int32 matmul is not ours: it reaches the stock wasm kernel (and its own error), not oneDNN', async () => {
+    const run = () => tf.tidy(() => tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2], 'int32'), tf.tensor2d([5, 6, 7, 8], [2, 2], 'int32')).dataSync());
+    await expect(onBackend('native', run)).rejects.toThrow(/BatchMatMul for non non-float32 tensors not yet supported/);
+  });
+});

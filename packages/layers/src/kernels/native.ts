@@ -1,0 +1,239 @@
+/**
+ * The native engine: oneDNN kernels (`@svd-train/native`) registered on the tfjs wasm backend.
+ *
+ * Why the wasm backend and not cpu: the wasm backend keeps every tensor in one wasm heap, so oneDNN
+ * reads and writes them in place through `typedArrayFromHeap` views (zero copies), and the ops we
+ * leave alone (elementwise, reductions, softmax) stay in wasm SIMD. The cpu backend runs those in
+ * plain JS: a probe found Mul, Relu and Step alone took ~900 ms of a 1 s step there.
+ *
+ * Views are taken after every `makeOutput` of the call (a heap growth detaches earlier views), and
+ * the addon is synchronous, so no JS runs while oneDNN holds a pointer into the heap.
+ *
+ * What we do not handle (another dtype, NCHW, a batch broadcast oneDNN can't express) goes to the
+ * kernel that was registered before ours, never to a crash; `unregisterNativeKernels` puts those
+ * back (tests switch between 'native' and 'wasm' in one process).
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
+import type { NativeAddon } from '@svd-train/native';
+
+interface BackendLike {
+  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
+  typedArrayFromHeap(t: TensorInfo): Float32Array;
+  disposeData(dataId: object, force?: boolean): boolean;
+}
+
+/** Kernel names of our own batch-norm and ReLU-gradient ops (see batch-norm.ts, relu-grad.ts). */
+export const BN_TRAIN = 'SvdBatchNormTrain';
+export const BN_GRAD = 'SvdBatchNormGrad';
+export const RELU_GRAD = 'SvdReluGrad';
+
+type Conv4 = [number, number, number, number];
+
+function convShape(info: tf.backend_util.Conv2DInfo): number[] {
+  const p = info.padInfo;
+  return [
+    info.batchSize, info.inHeight, info.inWidth, info.inChannels, info.outChannels,
+    info.filterHeight, info.filterWidth, info.outHeight, info.outWidth,
+    info.strideHeight, info.strideWidth, info.dilationHeight, info.dilationWidth,
+    p.top, p.left, p.bottom, p.right,
+  ];
+}
+
+const isNhwc = (f: unknown) => f === undefined || f === 'NHWC' || f === 'channelsLast';
+const allF32 = (...ts: TensorInfo[]) => ts.every((t) => t.dtype === 'float32');
+/** tfjs rejects negative padding, but a padded shape whose sides are negative can't run on oneDNN. */
+const padOk = (info: tf.backend_util.Conv2DInfo) =>
+  info.padInfo.top >= 0 && info.padInfo.left >= 0 && info.padInfo.bottom >= 0 && info.padInfo.right >= 0;
+
+function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc): KernelConfig[] {
+  /**
+   * The three convolution kernels differ only in which two tensors go in, where the x and filter
+   * shapes come from, and which addon call runs; the checks, the geometry and the fallback are one.
+   */
+  const convKernel = (
+    name: string,
+    inputNames: [string, string],
+    geometry: (ins: Record<string, TensorInfo>, attrs: Record<string, unknown>) => { x: number[]; filter: number[]; dilations: number | [number, number] },
+    outShape: (info: tf.backend_util.Conv2DInfo) => number[],
+    run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[]) => void,
+  ): KernelFunc => (args) => {
+    const be = args.backend as unknown as BackendLike;
+    const ins = args.inputs as Record<string, TensorInfo>;
+    const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
+    const [a, b] = [ins[inputNames[0]]!, ins[inputNames[1]]!];
+    const g = geometry(ins, attrs);
+    if (!isNhwc(attrs.dataFormat) || !allF32(a, b) || g.x.length !== 4 || g.filter.length !== 4) return fallback(name)(args);
+    const info = tf.backend_util.computeConv2DInfo(g.x as Conv4, g.filter as Conv4, attrs.strides, g.dilations, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
+    if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return fallback(name)(args);
+    const out = be.makeOutput(outShape(info), 'float32');
+    run(be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(out), convShape(info));
+    return out;
+  };
+
+  const conv2d = convKernel(
+    'Conv2D', ['x', 'filter'],
+    (ins, attrs) => ({ x: ins.x!.shape, filter: ins.filter!.shape, dilations: (attrs as unknown as tf.Conv2DAttrs).dilations }),
+    (info) => info.outShape as number[],
+    (x, w, y, shape) => addon.conv2d(x, w, y, shape),
+  );
+  const conv2dBackpropInput = convKernel(
+    'Conv2DBackpropInput', ['dy', 'filter'],
+    (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter!.shape, dilations: 1 }),
+    (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
+    (dy, w, dx, shape) => addon.conv2dBackpropInput(dy, w, dx, shape),
+  );
+  const conv2dBackpropFilter = convKernel(
+    'Conv2DBackpropFilter', ['x', 'dy'],
+    (ins, attrs) => ({ x: ins.x!.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
+    (info) => [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
+    (x, dy, dw, shape) => addon.conv2dBackpropFilter(x, dy, dw, shape),
+  );
+
+  const batchMatMul: KernelFunc = (args) => {
+    const { inputs, backend, attrs } = args;
+    const be = backend as unknown as BackendLike;
+    const { a, b } = inputs as { a: TensorInfo; b: TensorInfo };
+    const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    if (!allF32(a, b) || ra < 2 || rb < 2) return fallback('BatchMatMul')(args);
+    const outerA = a.shape.slice(0, -2);
+    const outerB = b.shape.slice(0, -2);
+    const batchA = outerA.reduce((p, d) => p * d, 1);
+    const batchB = outerB.reduce((p, d) => p * d, 1);
+    // Equal batches, or one side a single matrix: what oneDNN's matmul broadcasts. Anything
+    // fancier (partial broadcasting across several batch dims) goes to the stock kernel.
+    const sameOuter = outerA.length === outerB.length && outerA.every((d, i) => d === outerB[i]);
+    if (!sameOuter && batchA !== 1 && batchB !== 1) return fallback('BatchMatMul')(args);
+    const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const kb = transposeB ? b.shape[rb - 1]! : b.shape[rb - 2]!;
+    const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+    if (k !== kb) return fallback('BatchMatMul')(args); // the stock kernel throws tfjs' own message
+    if (m * n === 0) return fallback('BatchMatMul')(args);
+    const outer = batchA >= batchB ? outerA : outerB;
+    const c = be.makeOutput([...outer, m, n], 'float32');
+    if (k === 0) return c;
+    addon.matmul(be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(c), [
+      batchA, batchB, m, k, n, transposeA ? 1 : 0, transposeB ? 1 : 0,
+    ]);
+    return c;
+  };
+
+  const bnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as BackendLike;
+    const { x, gamma, beta } = inputs as { x: TensorInfo; gamma: TensorInfo; beta: TensorInfo };
+    const { epsilon } = attrs as unknown as { epsilon: number };
+    const c = x.shape[x.shape.length - 1]!;
+    const m = x.shape.reduce((p, d) => p * d, 1) / c;
+    const y = be.makeOutput([...x.shape], 'float32');
+    const mean = be.makeOutput([c], 'float32');
+    const variance = be.makeOutput([c], 'float32');
+    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    addon.batchNormForward(v(x), v(gamma), v(beta), v(y), v(mean), v(variance), [m, c], epsilon);
+    return [y, mean, variance];
+  };
+
+  const bnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as BackendLike;
+    const { x, dy, mean, variance, gamma } = inputs as Record<'x' | 'dy' | 'mean' | 'variance' | 'gamma', TensorInfo>;
+    const { epsilon } = attrs as unknown as { epsilon: number };
+    const c = x.shape[x.shape.length - 1]!;
+    const m = x.shape.reduce((p, d) => p * d, 1) / c;
+    const dx = be.makeOutput([...x.shape], 'float32');
+    const dg = be.makeOutput([c], 'float32');
+    const db = be.makeOutput([c], 'float32');
+    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    addon.batchNormBackward(v(x), v(dy), v(mean), v(variance), v(gamma), v(dx), v(dg), v(db), [m, c], epsilon);
+    return [dx, dg, db];
+  };
+
+  const reluGrad: KernelFunc = ({ inputs, backend }) => {
+    const be = backend as unknown as BackendLike;
+    const { dy, x } = inputs as { dy: TensorInfo; x: TensorInfo };
+    const dx = be.makeOutput([...x.shape], 'float32');
+    addon.reluGrad(be.typedArrayFromHeap(dy), be.typedArrayFromHeap(x), be.typedArrayFromHeap(dx));
+    return dx;
+  };
+
+  const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
+  return [
+    k('Conv2D', conv2d),
+    k('Conv2DBackpropInput', conv2dBackpropInput),
+    k('Conv2DBackpropFilter', conv2dBackpropFilter),
+    k('BatchMatMul', batchMatMul),
+    k(BN_TRAIN, bnTrain),
+    k(BN_GRAD, bnGrad),
+    k(RELU_GRAD, reluGrad),
+  ];
+}
+
+/** The kernels ours replaced (undefined: there was none), to restore and to fall back on. */
+let saved: Map<string, KernelConfig | undefined> | undefined;
+let ours: KernelConfig[] = [];
+let stockReluGrad: tf.GradConfig | undefined;
+
+/**
+ * The Relu gradient as one kernel where the active backend has `SvdReluGrad`, else tfjs' own
+ * formula (dy · step(x)). Registered while the native kernels are; the registry is global, so the
+ * fallback keeps every other backend's result exactly as before.
+ */
+function reluGradConfig(stock: tf.GradConfig): tf.GradConfig {
+  return {
+    kernelName: 'Relu',
+    inputsToSave: ['x'],
+    gradFunc: (dy, saved, attrs) => {
+      if (tf.getKernel(RELU_GRAD, tf.getBackend()) == null || dy instanceof Array) return stock.gradFunc(dy, saved, attrs);
+      const [x] = saved as [tf.Tensor];
+      return { x: () => tf.engine().runKernel(RELU_GRAD, { dy, x }, {}) as tf.Tensor };
+    },
+  };
+}
+
+function replace(cfg: KernelConfig): void {
+  if (tf.getKernel(cfg.kernelName, cfg.backendName) != null) tf.unregisterKernel(cfg.kernelName, cfg.backendName);
+  tf.registerKernel(cfg);
+}
+
+/**
+ * Puts the native kernels on the wasm backend, over whatever is registered (stock or ours from
+ * register.ts, which must run first). Idempotent.
+ */
+export function registerNativeKernels(addon: NativeAddon): void {
+  if (saved) return;
+  const before = new Map<string, KernelConfig | undefined>();
+  const fallback = (name: string): KernelFunc => {
+    const cfg = before.get(name);
+    if (!cfg) throw new Error(`native ${name}: this case needs the stock wasm kernel, and none is registered`);
+    return cfg.kernelFunc;
+  };
+  ours = makeKernels(addon, fallback);
+  for (const cfg of ours) before.set(cfg.kernelName, tf.getKernel(cfg.kernelName, 'wasm') ?? undefined);
+  for (const cfg of ours) replace(cfg);
+  saved = before;
+  const stock = tf.getGradient('Relu');
+  if (stock) {
+    stockReluGrad = stock;
+    tf.registerGradient(reluGradConfig(stock));
+  }
+}
+
+/** Restores the kernels that `registerNativeKernels` replaced (the plain wasm engine). */
+export function unregisterNativeKernels(): void {
+  if (!saved) return;
+  for (const cfg of ours) {
+    tf.unregisterKernel(cfg.kernelName, 'wasm');
+    const prev = saved.get(cfg.kernelName);
+    if (prev) tf.registerKernel(prev);
+  }
+  saved = undefined;
+  ours = [];
+  if (stockReluGrad) tf.registerGradient(stockReluGrad);
+  stockReluGrad = undefined;
+}
+
+/** Whether the native kernels are what the wasm backend runs now. */
+export function nativeKernelsActive(): boolean {
+  return saved !== undefined && tf.getBackend() === 'wasm';
+}

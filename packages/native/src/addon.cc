@@ -1,0 +1,577 @@
+// svd-train's native CPU kernels: oneDNN (the library PyTorch uses for CPU convolutions) behind
+// N-API, called synchronously on Float32Arrays that the caller owns.
+//
+// Why this shape:
+// - The caller passes views straight into the tfjs wasm heap (or any Float32Array). oneDNN wraps
+//   them as `dnnl::memory(md, engine, ptr)` without copying. That is safe only because every call
+//   is synchronous and waits on the stream before returning, so no JS can run (and no wasm memory
+//   growth can detach the buffer) while oneDNN holds the pointer.
+// - With every tensor in a plain layout (nhwc activations, hwio weights) oneDNN falls back to
+//   `gemm:jit`, about 3x slower. Weights are therefore `format_tag::any` and reordered on every
+//   call (they change every step; they are small). Activations stay nhwc: oneDNN 2.6 then picks
+//   `brgconv:avx512_core` forward and `jit:avx512_core` backward, which read nhwc directly, and
+//   measured as fast as or faster than blocked layouts with reorders around each call
+//   (setActivationLayout switches, for benchmarks).
+// - Primitive descriptors, primitives and the scratch memories of the reorders are cached by a
+//   shape key: building a primitive JIT-compiles code and costs milliseconds.
+// - An uncaught C++ exception aborts Node, so every entry point catches and throws a JS Error with
+//   a `code` (NATIVE_DNNL_ERROR or NATIVE_BAD_ARGUMENT) instead.
+#include <napi.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Eng() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+dnnl::stream& Strm() {
+  static dnnl::stream s(Eng());
+  return s;
+}
+
+struct ArgError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+// Runs `body`, turning every C++ exception into a JS exception with a code.
+template <typename F>
+Napi::Value Guard(const Napi::CallbackInfo& info, const char* what, F body) {
+  Napi::Env env = info.Env();
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const dnnl::error& e) {
+    throw CodedError(env, "NATIVE_DNNL_ERROR", std::string(what) + ": oneDNN failed: " + e.what() +
+                                                   " (status " + std::to_string(static_cast<int>(e.status)) + ")");
+  } catch (const ArgError& e) {
+    throw CodedError(env, "NATIVE_BAD_ARGUMENT", std::string(what) + ": " + e.what());
+  } catch (const std::exception& e) {
+    throw CodedError(env, "NATIVE_DNNL_ERROR", std::string(what) + ": " + e.what());
+  }
+}
+
+float* F32(const Napi::CallbackInfo& info, size_t i, size_t want, const char* name) {
+  if (i >= info.Length() || !info[i].IsTypedArray()) throw ArgError(std::string(name) + " must be a Float32Array");
+  Napi::TypedArray ta = info[i].As<Napi::TypedArray>();
+  if (ta.TypedArrayType() != napi_float32_array) throw ArgError(std::string(name) + " must be a Float32Array");
+  Napi::Float32Array a = ta.As<Napi::Float32Array>();
+  if (a.ElementLength() != want) {
+    throw ArgError(std::string(name) + " has " + std::to_string(a.ElementLength()) + " elements; expected " +
+                   std::to_string(want));
+  }
+  return a.Data();  // Data() already includes the byteOffset.
+}
+
+std::vector<int64_t> Ints(const Napi::CallbackInfo& info, size_t i, size_t n, const char* name) {
+  if (i >= info.Length() || !info[i].IsArray()) throw ArgError(std::string(name) + " must be an array of integers");
+  Napi::Array a = info[i].As<Napi::Array>();
+  if (a.Length() != n) {
+    throw ArgError(std::string(name) + " has " + std::to_string(a.Length()) + " entries; expected " + std::to_string(n));
+  }
+  std::vector<int64_t> out(n);
+  for (uint32_t k = 0; k < n; k++) {
+    Napi::Value v = a.Get(k);
+    if (!v.IsNumber()) throw ArgError(std::string(name) + "[" + std::to_string(k) + "] is not a number");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > (1LL << 40)) {
+      throw ArgError(std::string(name) + "[" + std::to_string(k) + "] = " + std::to_string(d) +
+                     " is not a non-negative integer");
+    }
+    out[k] = static_cast<int64_t>(d);
+  }
+  return out;
+}
+
+std::string Key(const char* kind, const std::vector<int64_t>& v) {
+  std::ostringstream s;
+  s << kind;
+  for (int64_t x : v) s << ',' << x;
+  return s.str();
+}
+
+// A user buffer in a fixed layout, plus (when the primitive wants another layout) a cached
+// internal memory and the reorder between them.
+struct Port {
+  memory user;
+  memory inner;
+  dnnl::reorder to_inner, to_user;
+  bool same = true;
+
+  Port() = default;
+  Port(const memory::desc& user_md, const memory::desc& want, bool in, bool out) {
+    user = memory(user_md, Eng(), DNNL_MEMORY_NONE);
+    same = user_md == want;
+    if (same) {
+      inner = user;
+    } else {
+      inner = memory(want, Eng());
+      if (in) to_inner = dnnl::reorder(user, inner);
+      if (out) to_user = dnnl::reorder(inner, user);
+    }
+  }
+  void Bind(float* p) { user.set_data_handle(p); }
+  void In() {
+    if (!same) to_inner.execute(Strm(), user, inner);
+  }
+  void Out() {
+    if (!same) to_user.execute(Strm(), inner, user);
+  }
+};
+
+// Whether activations (x, y, dy, dx) are handed to oneDNN in their plain NHWC layout (the
+// primitive then picks an nhwc-capable implementation) or as `any` with reorders around the call.
+bool g_act_nhwc = true;
+tag ActTag() { return g_act_nhwc ? tag::nhwc : tag::any; }
+
+// ---- convolution -------------------------------------------------------------------------------
+// p = [N, H, W, C, F, KH, KW, OH, OW, SH, SW, DH, DW, PT, PL, PB, PR]; x NHWC [N,H,W,C],
+// w HWIO [KH,KW,C,F], y NHWC [N,OH,OW,F]. DH/DW are tfjs dilations (1 = dense).
+struct ConvShape {
+  int64_t n, h, w, c, f, kh, kw, oh, ow, sh, sw, dh, dw, pt, pl, pb, pr;
+  explicit ConvShape(const std::vector<int64_t>& p)
+      : n(p[0]), h(p[1]), w(p[2]), c(p[3]), f(p[4]), kh(p[5]), kw(p[6]), oh(p[7]), ow(p[8]), sh(p[9]), sw(p[10]),
+        dh(p[11]), dw(p[12]), pt(p[13]), pl(p[14]), pb(p[15]), pr(p[16]) {
+    if (n < 1 || h < 1 || w < 1 || c < 1 || f < 1 || kh < 1 || kw < 1 || oh < 1 || ow < 1 || sh < 1 || sw < 1 ||
+        dh < 1 || dw < 1) {
+      throw ArgError("conv shape has a zero size, stride or dilation");
+    }
+    // The output size must follow from the rest, or oneDNN would read or write out of bounds.
+    int64_t eoh = (h + pt + pb - ((kh - 1) * dh + 1)) / sh + 1;
+    int64_t eow = (w + pl + pr - ((kw - 1) * dw + 1)) / sw + 1;
+    if (eoh != oh || eow != ow) {
+      throw ArgError("conv output " + std::to_string(oh) + "x" + std::to_string(ow) + " does not follow from input " +
+                     std::to_string(h) + "x" + std::to_string(w) + ", kernel, stride and padding (expected " +
+                     std::to_string(eoh) + "x" + std::to_string(eow) + ")");
+    }
+  }
+  size_t xs() const { return n * h * w * c; }
+  size_t ws() const { return kh * kw * c * f; }
+  size_t ys() const { return n * oh * ow * f; }
+  memory::desc xmd(tag t) const { return memory::desc({n, c, h, w}, dt::f32, t); }
+  memory::desc wmd(tag t) const { return memory::desc({f, c, kh, kw}, dt::f32, t); }
+  memory::desc ymd(tag t) const { return memory::desc({n, f, oh, ow}, dt::f32, t); }
+  memory::dims strides() const { return {sh, sw}; }
+  memory::dims dil() const { return {dh - 1, dw - 1}; }  // oneDNN counts dilation from 0.
+  memory::dims padl() const { return {pt, pl}; }
+  memory::dims padr() const { return {pb, pr}; }
+  dnnl::convolution_forward::primitive_desc Fwd() const {
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                      xmd(ActTag()), wmd(tag::any), ymd(ActTag()), strides(), dil(), padl(), padr());
+    return dnnl::convolution_forward::primitive_desc(d, Eng());
+  }
+};
+
+struct ConvFwd {
+  dnnl::convolution_forward prim;
+  Port x, w, y;
+  std::string impl;
+};
+struct ConvBwdData {
+  dnnl::convolution_backward_data prim;
+  Port dy, w, dx;
+  std::string impl;
+};
+struct ConvBwdWeights {
+  dnnl::convolution_backward_weights prim;
+  Port x, dy, dw;
+  std::string impl;
+};
+
+template <typename T>
+using Cache = std::unordered_map<std::string, std::unique_ptr<T>>;
+Cache<ConvFwd> conv_fwd;
+Cache<ConvBwdData> conv_bwd_data;
+Cache<ConvBwdWeights> conv_bwd_weights;
+
+Napi::Value Conv2D(const Napi::CallbackInfo& info) {
+  return Guard(info, "conv2d", [&]() -> Napi::Value {
+    auto p = Ints(info, 3, 17, "shape");
+    ConvShape s(p);
+    float* x = F32(info, 0, s.xs(), "x");
+    float* w = F32(info, 1, s.ws(), "filter");
+    float* y = F32(info, 2, s.ys(), "y");
+    std::string key = Key("f", p);
+    auto& e = conv_fwd[key];
+    if (!e) {
+      auto c = std::make_unique<ConvFwd>();
+      auto pd = s.Fwd();
+      c->prim = dnnl::convolution_forward(pd);
+      c->x = Port(s.xmd(tag::nhwc), pd.src_desc(), true, false);
+      c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
+      c->y = Port(s.ymd(tag::nhwc), pd.dst_desc(), false, true);
+      c->impl = pd.impl_info_str();
+      e = std::move(c);
+    }
+    e->x.Bind(x);
+    e->w.Bind(w);
+    e->y.Bind(y);
+    e->x.In();
+    e->w.In();
+    e->prim.execute(Strm(), {{DNNL_ARG_SRC, e->x.inner}, {DNNL_ARG_WEIGHTS, e->w.inner}, {DNNL_ARG_DST, e->y.inner}});
+    e->y.Out();
+    Strm().wait();
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dBackpropInput(dy, filter, dx, shape): dx NHWC [N,H,W,C] from dy [N,OH,OW,F].
+Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
+  return Guard(info, "conv2dBackpropInput", [&]() -> Napi::Value {
+    auto p = Ints(info, 3, 17, "shape");
+    ConvShape s(p);
+    float* dy = F32(info, 0, s.ys(), "dy");
+    float* w = F32(info, 1, s.ws(), "filter");
+    float* dx = F32(info, 2, s.xs(), "dx");
+    std::string key = Key("d", p);
+    auto& e = conv_bwd_data[key];
+    if (!e) {
+      auto c = std::make_unique<ConvBwdData>();
+      auto hint = s.Fwd();
+      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()), s.wmd(tag::any),
+                                              s.ymd(ActTag()), s.strides(), s.dil(), s.padl(), s.padr());
+      dnnl::convolution_backward_data::primitive_desc pd(d, Eng(), hint);
+      c->prim = dnnl::convolution_backward_data(pd);
+      c->dy = Port(s.ymd(tag::nhwc), pd.diff_dst_desc(), true, false);
+      c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
+      c->dx = Port(s.xmd(tag::nhwc), pd.diff_src_desc(), false, true);
+      c->impl = pd.impl_info_str();
+      e = std::move(c);
+    }
+    e->dy.Bind(dy);
+    e->w.Bind(w);
+    e->dx.Bind(dx);
+    e->dy.In();
+    e->w.In();
+    e->prim.execute(Strm(),
+                    {{DNNL_ARG_DIFF_DST, e->dy.inner}, {DNNL_ARG_WEIGHTS, e->w.inner}, {DNNL_ARG_DIFF_SRC, e->dx.inner}});
+    e->dx.Out();
+    Strm().wait();
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dBackpropFilter(x, dy, dw, shape): dw HWIO [KH,KW,C,F].
+Napi::Value Conv2DBackpropFilter(const Napi::CallbackInfo& info) {
+  return Guard(info, "conv2dBackpropFilter", [&]() -> Napi::Value {
+    auto p = Ints(info, 3, 17, "shape");
+    ConvShape s(p);
+    float* x = F32(info, 0, s.xs(), "x");
+    float* dy = F32(info, 1, s.ys(), "dy");
+    float* dw = F32(info, 2, s.ws(), "dw");
+    std::string key = Key("w", p);
+    auto& e = conv_bwd_weights[key];
+    if (!e) {
+      auto c = std::make_unique<ConvBwdWeights>();
+      auto hint = s.Fwd();
+      dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()),
+                                                 s.wmd(tag::any), s.ymd(ActTag()), s.strides(), s.dil(), s.padl(),
+                                                 s.padr());
+      dnnl::convolution_backward_weights::primitive_desc pd(d, Eng(), hint);
+      c->prim = dnnl::convolution_backward_weights(pd);
+      c->x = Port(s.xmd(tag::nhwc), pd.src_desc(), true, false);
+      c->dy = Port(s.ymd(tag::nhwc), pd.diff_dst_desc(), true, false);
+      c->dw = Port(s.wmd(tag::hwio), pd.diff_weights_desc(), false, true);
+      c->impl = pd.impl_info_str();
+      e = std::move(c);
+    }
+    e->x.Bind(x);
+    e->dy.Bind(dy);
+    e->dw.Bind(dw);
+    e->x.In();
+    e->dy.In();
+    e->prim.execute(Strm(),
+                    {{DNNL_ARG_SRC, e->x.inner}, {DNNL_ARG_DIFF_DST, e->dy.inner}, {DNNL_ARG_DIFF_WEIGHTS, e->dw.inner}});
+    e->dw.Out();
+    Strm().wait();
+    return info.Env().Undefined();
+  });
+}
+
+// ---- matmul ------------------------------------------------------------------------------------
+// matmul(a, b, c, [BA, BB, M, K, N, transA, transB]): c[B,M,N] = op(a)·op(b), a [BA, M,K] (or
+// [BA,K,M] when transA), b [BB,K,N] (or [BB,N,K] when transB), B = max(BA, BB); a batch of 1
+// broadcasts, as in tfjs BatchMatMul.
+struct MatMul {
+  dnnl::matmul prim;
+  memory a, b, c;
+};
+Cache<MatMul> matmuls;
+
+Napi::Value MatMulFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "matmul", [&]() -> Napi::Value {
+    auto p = Ints(info, 3, 7, "shape");
+    int64_t ba = p[0], bb = p[1], m = p[2], k = p[3], n = p[4];
+    bool ta = p[5] != 0, tb = p[6] != 0;
+    if (ba < 1 || bb < 1 || m < 1 || k < 1 || n < 1) throw ArgError("matmul has a zero dimension");
+    if (ba != bb && ba != 1 && bb != 1) throw ArgError("matmul batch sizes must be equal or 1");
+    int64_t bo = std::max(ba, bb);
+    float* a = F32(info, 0, ba * m * k, "a");
+    float* b = F32(info, 1, bb * k * n, "b");
+    float* c = F32(info, 2, bo * m * n, "c");
+    std::string key = Key("m", p);
+    auto& e = matmuls[key];
+    if (!e) {
+      auto mm = std::make_unique<MatMul>();
+      memory::desc amd({ba, m, k}, dt::f32, ta ? tag::acb : tag::abc);
+      memory::desc bmd({bb, k, n}, dt::f32, tb ? tag::acb : tag::abc);
+      memory::desc cmd({bo, m, n}, dt::f32, tag::abc);
+      dnnl::matmul::desc d(amd, bmd, cmd);
+      dnnl::matmul::primitive_desc pd(d, Eng());
+      mm->prim = dnnl::matmul(pd);
+      mm->a = memory(amd, Eng(), DNNL_MEMORY_NONE);
+      mm->b = memory(bmd, Eng(), DNNL_MEMORY_NONE);
+      mm->c = memory(cmd, Eng(), DNNL_MEMORY_NONE);
+      e = std::move(mm);
+    }
+    e->a.set_data_handle(a);
+    e->b.set_data_handle(b);
+    e->c.set_data_handle(c);
+    e->prim.execute(Strm(), {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b}, {DNNL_ARG_DST, e->c}});
+    Strm().wait();
+    return info.Env().Undefined();
+  });
+}
+
+// ---- batch norm (training) and the ReLU gradient ----------------------------------------------
+// Over a row-major [M, C] view (NHWC with M = N·H·W). These loops are memory-bound when they
+// vectorize, and ResNet's C = 16 makes a naive per-element double accumulation 4x too slow. So
+// each column sum runs in float over blocks of kBlock rows (the inner loop over C vectorizes) and
+// is flushed into double after each block: float rounding over 64 terms, double across blocks,
+// as accurate as the JS path. target_clones picks AVX-512, AVX2 or SSE2 at load time, so the
+// addon built on one x86-64 runs on any other.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SVD_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define SVD_CLONES
+#endif
+
+constexpr int64_t kBlock = 64;
+
+SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, float* y, float* mean, float* var,
+                              int64_t m, int64_t c, double eps) {
+  std::vector<double> s(c, 0.0), s2(c, 0.0);
+  std::vector<float> acc(c), mu(c), scale(c), shift(c);
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* row = x + r * c;
+      for (int64_t j = 0; j < c; j++) acc[j] += row[j];
+    }
+    for (int64_t j = 0; j < c; j++) s[j] += acc[j];
+  }
+  for (int64_t j = 0; j < c; j++) mu[j] = static_cast<float>(s[j] / m);
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* row = x + r * c;
+      for (int64_t j = 0; j < c; j++) {
+        float d = row[j] - mu[j];
+        acc[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < c; j++) s2[j] += acc[j];
+  }
+  for (int64_t j = 0; j < c; j++) {
+    double v = s2[j] / m;
+    mean[j] = mu[j];
+    var[j] = static_cast<float>(v);
+    float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
+    scale[j] = inv * g[j];
+    shift[j] = b[j] - mu[j] * scale[j];
+  }
+  for (int64_t r = 0; r < m; r++) {
+    const float* row = x + r * c;
+    float* out = y + r * c;
+    for (int64_t j = 0; j < c; j++) out[j] = row[j] * scale[j] + shift[j];
+  }
+}
+
+SVD_CLONES void BnBackwardImpl(const float* x, const float* dy, const float* mean, const float* var, const float* g,
+                               float* dx, float* dg, float* db, int64_t m, int64_t c, double eps) {
+  std::vector<float> inv(c), a1(c), a2(c), k1(c), k2(c), k3(c);
+  std::vector<double> sdy(c, 0.0), sdyx(c, 0.0);
+  for (int64_t j = 0; j < c; j++) inv[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + eps));
+  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
+    std::fill(a1.begin(), a1.end(), 0.0f);
+    std::fill(a2.begin(), a2.end(), 0.0f);
+    const int64_t r1 = std::min(m, r0 + kBlock);
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * c;
+      const float* dr = dy + r * c;
+      for (int64_t j = 0; j < c; j++) {
+        a1[j] += dr[j];
+        a2[j] += dr[j] * ((xr[j] - mean[j]) * inv[j]);
+      }
+    }
+    for (int64_t j = 0; j < c; j++) {
+      sdy[j] += a1[j];
+      sdyx[j] += a2[j];
+    }
+  }
+  for (int64_t j = 0; j < c; j++) {
+    db[j] = static_cast<float>(sdy[j]);
+    dg[j] = static_cast<float>(sdyx[j]);
+    float scale = g[j] * inv[j];
+    k1[j] = scale;                                             // × dy
+    k2[j] = static_cast<float>(scale * sdy[j] / m);            // − constant
+    k3[j] = static_cast<float>(scale * sdyx[j] / m) * inv[j];  // × (x − mean)
+  }
+  for (int64_t r = 0; r < m; r++) {
+    const float* xr = x + r * c;
+    const float* dr = dy + r * c;
+    float* o = dx + r * c;
+    for (int64_t j = 0; j < c; j++) o[j] = k1[j] * dr[j] - k2[j] - k3[j] * (xr[j] - mean[j]);
+  }
+}
+
+SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
+  for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps): y = (x−mean)·invstd·gamma+beta,
+// mean and biased variance per channel.
+Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
+  return Guard(info, "batchNormForward", [&]() -> Napi::Value {
+    auto p = Ints(info, 6, 2, "shape");
+    int64_t m = p[0], c = p[1];
+    if (m < 1 || c < 1) throw ArgError("batch norm needs M >= 1 rows and C >= 1 channels");
+    if (info.Length() < 8 || !info[7].IsNumber()) throw ArgError("eps must be a number");
+    double eps = info[7].As<Napi::Number>().DoubleValue();
+    const float* x = F32(info, 0, m * c, "x");
+    const float* g = F32(info, 1, c, "gamma");
+    const float* b = F32(info, 2, c, "beta");
+    float* y = F32(info, 3, m * c, "y");
+    float* mean = F32(info, 4, c, "mean");
+    float* var = F32(info, 5, c, "variance");
+    BnForwardImpl(x, g, b, y, mean, var, m, c, eps);
+    return info.Env().Undefined();
+  });
+}
+
+// batchNormBackward(x, dy, mean, variance, gamma, dx, dgamma, dbeta, [M, C], eps):
+// x̂ = (x−mean)·invstd; dbeta = Σdy; dgamma = Σdy·x̂; dx = gamma·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂).
+Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
+  return Guard(info, "batchNormBackward", [&]() -> Napi::Value {
+    auto p = Ints(info, 8, 2, "shape");
+    int64_t m = p[0], c = p[1];
+    if (m < 1 || c < 1) throw ArgError("batch norm needs M >= 1 rows and C >= 1 channels");
+    if (info.Length() < 10 || !info[9].IsNumber()) throw ArgError("eps must be a number");
+    double eps = info[9].As<Napi::Number>().DoubleValue();
+    const float* x = F32(info, 0, m * c, "x");
+    const float* dy = F32(info, 1, m * c, "dy");
+    const float* mean = F32(info, 2, c, "mean");
+    const float* var = F32(info, 3, c, "variance");
+    const float* g = F32(info, 4, c, "gamma");
+    float* dx = F32(info, 5, m * c, "dx");
+    float* dg = F32(info, 6, c, "dgamma");
+    float* db = F32(info, 7, c, "dbeta");
+    BnBackwardImpl(x, dy, mean, var, g, dx, dg, db, m, c, eps);
+    return info.Env().Undefined();
+  });
+}
+
+// reluGrad(dy, x, dx): dx = x > 0 ? dy : 0 (tfjs' Relu gradient is Step, Cast and Mul: three
+// passes and two temporaries).
+Napi::Value ReluGrad(const Napi::CallbackInfo& info) {
+  return Guard(info, "reluGrad", [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError("dy must be a Float32Array");
+    size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+    const float* dy = F32(info, 0, n, "dy");
+    const float* x = F32(info, 1, n, "x");
+    float* dx = F32(info, 2, n, "dx");
+    ReluGradImpl(dy, x, dx, n);
+    return info.Env().Undefined();
+  });
+}
+
+// ---- threads and introspection -----------------------------------------------------------------
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  return Guard(info, "setThreads", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "threads");
+    if (p[0] < 1 || p[0] > 1024) throw ArgError("threads must be between 1 and 1024");
+    omp_set_num_threads(static_cast<int>(p[0]));
+    return info.Env().Undefined();
+  });
+}
+
+// setActivationLayout(nhwc): 1 hands activations to oneDNN as plain NHWC, 0 lets it choose a
+// blocked layout (reordering in and out). Clears the primitive caches.
+Napi::Value SetActivationLayout(const Napi::CallbackInfo& info) {
+  return Guard(info, "setActivationLayout", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "nhwc");
+    g_act_nhwc = p[0] != 0;
+    conv_fwd.clear();
+    conv_bwd_data.clear();
+    conv_bwd_weights.clear();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), omp_get_max_threads());
+}
+
+Napi::Value Version(const Napi::CallbackInfo& info) {
+  const dnnl_version_t* v = dnnl_version();
+  std::ostringstream s;
+  s << v->major << '.' << v->minor << '.' << v->patch;
+  return Napi::String::New(info.Env(), s.str());
+}
+
+// implementations(): which oneDNN implementation each cached primitive runs (e.g.
+// "jit:avx512_core"), keyed by kind and shape, for benchmarks and the engine log.
+Napi::Value Implementations(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  for (auto& [k, v] : conv_fwd) o.Set(k, v->impl);
+  for (auto& [k, v] : conv_bwd_data) o.Set(k, v->impl);
+  for (auto& [k, v] : conv_bwd_weights) o.Set(k, v->impl);
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // One worker per core is the default, so oneDNN starts single-threaded; setThreads changes it.
+  omp_set_num_threads(1);
+  exports.Set("conv2d", Napi::Function::New(env, Conv2D));
+  exports.Set("conv2dBackpropInput", Napi::Function::New(env, Conv2DBackpropInput));
+  exports.Set("conv2dBackpropFilter", Napi::Function::New(env, Conv2DBackpropFilter));
+  exports.Set("matmul", Napi::Function::New(env, MatMulFn));
+  exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));
+  exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
+  exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("version", Napi::Function::New(env, Version));
+  exports.Set("implementations", Napi::Function::New(env, Implementations));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(svd_native, Init)

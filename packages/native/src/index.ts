@@ -1,0 +1,95 @@
+/**
+ * `@svd-train/native`: loads the optional oneDNN addon (src/addon.cc) and describes it with types.
+ *
+ * Framework-free on purpose: the addon works on Float32Arrays and shape arrays, and
+ * `@svd-train/layers` turns it into tfjs kernels on the wasm backend (so tfjs stays a dependency of
+ * layers only). Loading never throws: where the addon is missing, disabled or broken the result
+ * says why in one line and how to fix it, and the caller falls back to wasm.
+ *
+ * Every function is synchronous and returns only after oneDNN has finished, so the arrays may be
+ * views into memory that JS can move later (the tfjs wasm heap) — but only for the call's duration.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Convolution shape, in this order: [N, H, W, C, F, KH, KW, OH, OW, SH, SW, DH, DW, PT, PL, PB, PR].
+ * x is NHWC [N,H,W,C], the filter HWIO [KH,KW,C,F], y NHWC [N,OH,OW,F]; DH/DW are dilations as tfjs
+ * counts them (1 = none); PT/PL/PB/PR the zero padding on each side.
+ */
+export type ConvShape = readonly number[];
+
+/** The addon's functions. Errors are JS Errors with `code` NATIVE_DNNL_ERROR or NATIVE_BAD_ARGUMENT. */
+export interface NativeAddon {
+  /** y = conv(x, filter). */
+  conv2d(x: Float32Array, filter: Float32Array, y: Float32Array, shape: ConvShape): void;
+  /** dx = ∂(conv)/∂x · dy. */
+  conv2dBackpropInput(dy: Float32Array, filter: Float32Array, dx: Float32Array, shape: ConvShape): void;
+  /** dFilter = ∂(conv)/∂filter · dy, HWIO. */
+  conv2dBackpropFilter(x: Float32Array, dy: Float32Array, dFilter: Float32Array, shape: ConvShape): void;
+  /**
+   * c [B,M,N] = op(a) · op(b) with shape [BA, BB, M, K, N, transposeA, transposeB] (0/1 flags);
+   * a is [BA,M,K] ([BA,K,M] when transposed), b [BB,K,N] ([BB,N,K]); a batch of 1 broadcasts.
+   */
+  matmul(a: Float32Array, b: Float32Array, c: Float32Array, shape: readonly number[]): void;
+  /** Train-mode batch norm over a row-major [M, C] view: y, batch mean and biased variance. */
+  batchNormForward(
+    x: Float32Array, gamma: Float32Array, beta: Float32Array,
+    y: Float32Array, mean: Float32Array, variance: Float32Array, shape: readonly [number, number], eps: number,
+  ): void;
+  /** The batch-norm gradient given the forward's mean and variance: dx, dgamma, dbeta. */
+  batchNormBackward(
+    x: Float32Array, dy: Float32Array, mean: Float32Array, variance: Float32Array, gamma: Float32Array,
+    dx: Float32Array, dGamma: Float32Array, dBeta: Float32Array, shape: readonly [number, number], eps: number,
+  ): void;
+  /** dx = x > 0 ? dy : 0, elementwise; all three the same length. */
+  reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
+  /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
+  setThreads(threads: readonly [number]): void;
+  getThreads(): number;
+  /** The linked oneDNN's version, e.g. "2.6.3". */
+  version(): string;
+  /** Which oneDNN implementation each cached convolution runs (e.g. "brg:avx512_core"), by shape key. */
+  implementations(): Record<string, string>;
+}
+
+export type NativeLoad =
+  | { ok: true; addon: NativeAddon; version: string }
+  | { ok: false; reason: string; fix: string };
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ADDON = join(root, 'build', 'Release', 'svd_native.node');
+const FIX_BUILD = 'on Debian/Ubuntu run `apt-get install -y libdnnl-dev g++ make python3` then `pnpm rebuild @svd-train/native`';
+
+let cached: NativeLoad | undefined;
+
+/**
+ * Loads the addon once per process. `SVD_TRAIN_NATIVE=0` turns it off (CI uses that to prove the
+ * fallback). Never throws.
+ */
+export function loadNative(): NativeLoad {
+  if (cached) return cached;
+  cached = load();
+  return cached;
+}
+
+function load(): NativeLoad {
+  if (process.env.SVD_TRAIN_NATIVE === '0') {
+    return { ok: false, reason: 'disabled by SVD_TRAIN_NATIVE=0', fix: 'unset SVD_TRAIN_NATIVE' };
+  }
+  if (!existsSync(ADDON)) {
+    const why = join(root, 'build', 'unavailable.txt');
+    const reason = existsSync(why) ? `not built: ${readFileSync(why, 'utf8').trim()}` : 'not built';
+    return { ok: false, reason, fix: FIX_BUILD };
+  }
+  try {
+    const addon = createRequire(import.meta.url)(ADDON) as NativeAddon;
+    return { ok: true, addon, version: addon.version() };
+  } catch (e) {
+    // Typically libdnnl.so missing at run time ("cannot open shared object file").
+    const m = (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+    return { ok: false, reason: `failed to load: ${m.length > 200 ? `${m.slice(0, 200)}…` : m}`, fix: FIX_BUILD };
+  }
+}
