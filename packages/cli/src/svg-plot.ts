@@ -110,7 +110,7 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   return parts.join('');
 }
 
-/** A horizontal-free simple grouped bar chart (used for FLOPs before/after pruning). */
+/** A simple vertical bar chart (used for MACs per image before/after pruning). */
 export function barChart(bars: { label: string; value: number; color?: string }[], o: Omit<PlotOptions, 'xLabel' | 'logY'>): string {
   const W = o.width ?? 560;
   const H = o.height ?? 300;
