@@ -540,6 +540,8 @@ async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunCo
     await workers?.killAll();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
+    // The pipeline runs a second phase in this process: free this one's initial weights.
+    model.dispose();
   }
   return cfg;
 }
