@@ -64,6 +64,7 @@ describe('report', () => {
     expect(curve).toContain('fine-tuned (e=0.05, 2 ep)');
     // The fine-tuned model and the pruned one are single points, drawn as markers.
     expect((curve.match(/<circle /g) ?? []).length).toBe(2);
+    expect(curve).toContain('r="6"');
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
   });
 });

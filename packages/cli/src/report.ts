@@ -198,9 +198,11 @@ export function renderPipeline(p: PipelineSummary): string {
   const accs = [...sweep.map((q) => q.acc), ...(p.finetuned ? [p.finetuned.acc] : [])].map((a) => 100 * a);
   const series: Series[] = [
     { label: 'pruned, no fine-tuning (sweep of e)', points: sweep.map((q) => [q.macs / 1e6, 100 * q.acc] as [number, number]), color: PALETTE[0] },
-    { label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] },
   ];
-  if (p.finetuned) series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1] });
+  // The fine-tuned point is larger and drawn before the pruned one, so both stay visible where they
+  // land on each other (same MACs, and the same accuracy when fine-tuning gained nothing).
+  if (p.finetuned) series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6 });
+  series.push({ label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] });
   series.push({ label: `plain ${p.model} MACs`, points: [[p.plain.macs / 1e6, Math.min(...accs)], [p.plain.macs / 1e6, Math.max(...accs)]], color: '#999', dashed: true });
   const curve = linePlot(series, { title: 'Test accuracy vs MACs per image', xLabel: 'million MACs per image', yLabel: 'test accuracy %', width: 640, height: 360 });
   const sweepTable =
