@@ -179,6 +179,9 @@ const now = (): number => performance.now();
 /** How long close() lets the shutdown frames drain before it destroys the sockets. */
 const CLOSE_GRACE_MS = 500;
 
+/** Connection refusals of one kind are logged at most once per this long (plus a count). */
+const QUIET_LOG_MS = 5000;
+
 export class Coordinator {
   readonly config: RunConfig;
   readonly configHash: string;
@@ -191,6 +194,7 @@ export class Coordinator {
   private readonly authed = new WeakSet<Socket>();
   private authedCount = 0;
   private pingTimer: NodeJS.Timeout | null = null;
+  private readonly quiet = new Map<string, { more: number }>();
   private readonly peers = new Map<string, Peer>();
   private readonly auth: { required: boolean };
   private readonly stall: StallDetector;
@@ -286,7 +290,7 @@ export class Coordinator {
     if (this.closed) return void sock.destroy();
     // Every authenticated peer holds exactly one TCP socket, so this counts the unauthenticated ones.
     if (this.sockets.size - this.authedCount >= MAX_UNAUTHENTICATED_CONNECTIONS) {
-      this.log('warn', `refused a connection from ${escapeForLog(sock.remoteAddress)}: ${MAX_UNAUTHENTICATED_CONNECTIONS} unauthenticated connections are already open`);
+      this.logQuietly('cap', 'warn', `refused a connection from ${escapeForLog(sock.remoteAddress)}: ${MAX_UNAUTHENTICATED_CONNECTIONS} unauthenticated connections are already open`);
       sock.destroy();
       return;
     }
@@ -302,7 +306,7 @@ export class Coordinator {
       const peer = [...this.peers.values()].find((p) => p.socket === sock);
       if (peer) this.dropPeer(peer, 'PEER_TIMEOUT', `handshake not finished within ${ms} ms (not authenticated)`);
       else {
-        this.log('info', `closed a connection from ${escapeForLog(sock.remoteAddress)}: no WebSocket upgrade within ${ms} ms`);
+        this.logQuietly('no-upgrade', 'info', `closed a connection from ${escapeForLog(sock.remoteAddress)}: no WebSocket upgrade within ${ms} ms`);
         sock.destroy();
       }
     }, ms);
@@ -338,6 +342,25 @@ export class Coordinator {
 
   private log(level: LogLevel, msg: string): void {
     this.opts.onLog?.(level, msg);
+  }
+
+  /**
+   * Logs the first event of `kind`, then at most one line per QUIET_LOG_MS saying how many more
+   * there were: thousands of refused connections a second must not turn into a log flood.
+   */
+  private logQuietly(kind: string, level: LogLevel, msg: string): void {
+    const q = this.quiet.get(kind);
+    if (q) {
+      q.more++;
+      return;
+    }
+    this.log(level, msg);
+    const entry = { more: 0 };
+    this.quiet.set(kind, entry);
+    setTimeout(() => {
+      this.quiet.delete(kind);
+      if (entry.more) this.log(level, `${msg} (and ${entry.more} more like this within ${QUIET_LOG_MS / 1000} s)`);
+    }, QUIET_LOG_MS).unref?.();
   }
 
   private onConnection(ws: WebSocket, socket: Socket): void {
