@@ -254,8 +254,12 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
   it('stallAction abort rejects the run naming the worker', async () => {
     const cfg = config({ minWorkers: 1, stallWarnMs: 50, stepTimeoutMs: 200, stallAction: 'abort' });
     const h = await harness(cfg);
-    h.spawn({ name: 'stuck', onStep: () => 'stall' });
+    const stuck = h.spawn({ name: 'stuck', onStep: () => 'stall' });
     await expect(h.coord.start()).rejects.toThrow(/stuck.*stalled/);
+    // The workers hear the code, not "training finished".
+    await stuck.closed;
+    expect(stuck.error?.code).toBe('ROUND_MISMATCH');
+    expect(stuck.received.some((m) => m.type === 'shutdown')).toBe(false);
   });
 
   it('NaN gradients and wrong shapes: the worker gets a typed error and is dropped; training completes exactly', async () => {
@@ -296,7 +300,7 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     const h = await harness(config());
     const ws = new WebSocket(h.url);
     ws.on('error', () => {});
-    await new Promise((r) => ws.on('open', r));
+    await new Promise<void>((r) => ws.on('open', () => r()));
     ws.send(new Uint8Array(HANDSHAKE_MAX_BYTES + 1));
     expect(await new Promise<number>((r) => ws.on('close', (code) => r(code)))).toBe(1009);
     await new Promise((r) => setTimeout(r, 50));

@@ -713,11 +713,18 @@ export class Coordinator {
   async start(): Promise<TrainingSummary> {
     const t0 = now();
     await this.listen();
+    let summary: TrainingSummary;
     try {
-      return await this.train(t0);
-    } finally {
-      await this.close('training finished');
+      summary = await this.train(t0);
+    } catch (e) {
+      // Workers must not hear "training finished" from a coordinator that is dying with an error:
+      // they get the code instead (and, not being told to shut down, wait for a --resume).
+      const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', String((e as Error)?.message ?? e));
+      await this.close(`coordinator stopped with ${err.code}`, err);
+      throw e;
     }
+    await this.close('training finished');
+    return summary;
   }
 
   private async train(t0: number): Promise<TrainingSummary> {
@@ -910,7 +917,7 @@ export class Coordinator {
    * the shutdown frames get at most CLOSE_GRACE_MS to leave, then every socket (workers, half-open
    * handshakes, raw TCP that never upgraded) is destroyed.
    */
-  async close(reason = 'coordinator shutting down'): Promise<void> {
+  async close(reason = 'coordinator shutting down', failure?: SvdTrainError): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stall.clearAll();
@@ -921,7 +928,8 @@ export class Coordinator {
       if (p.handshakeTimer) clearTimeout(p.handshakeTimer);
       // Only authenticated workers are told why; anyone else just loses the connection.
       if (p.ws.readyState === 1 && (p.state === 'manifest' || p.state === 'ready')) {
-        flushed.push(new Promise<void>((r) => p.ws.send(encodeMessage({ type: 'shutdown', reason }), () => r())));
+        const msg: Message = failure ? { type: 'error', code: failure.code, message: `${reason}: ${failure.message}` } : { type: 'shutdown', reason };
+        flushed.push(new Promise<void>((r) => p.ws.send(encodeMessage(msg), () => r())));
       }
       p.state = 'gone';
     }
