@@ -163,6 +163,8 @@ interface Peer {
   queue: Task[];
   current: Task | null;
   handshakeTimer: NodeJS.Timeout | null;
+  /** Dataset chunks handed to the socket and not yet written out. */
+  pendingChunks: number;
 }
 
 interface Job {
@@ -178,6 +180,9 @@ const now = (): number => performance.now();
 
 /** How long close() lets the shutdown frames drain before it destroys the sockets. */
 const CLOSE_GRACE_MS = 500;
+
+/** Dataset chunks one worker may have queued unsent (a whole CIFAR-10 file is 8). */
+const MAX_PENDING_CHUNKS = 16;
 
 /** Connection refusals of one kind are logged at most once per this long (plus a count). */
 const QUIET_LOG_MS = 5000;
@@ -369,7 +374,7 @@ export class Coordinator {
       return;
     }
     const id = `w${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
-    const peer: Peer = { id, name: id, ws, socket, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null };
+    const peer: Peer = { id, name: id, ws, socket, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null, pendingChunks: 0 };
     this.peers.set(id, peer);
     this.armHandshakeTimer(peer);
     ws.on('message', (data: RawData) => {
@@ -500,8 +505,17 @@ export class Coordinator {
   }
 
   private serveData(peer: Peer, file: string): void {
-    if (!this.dataServer) throw new SvdTrainError('DATA_MISSING', `worker asked for dataset file '${file}', but this coordinator was started without --data to serve; give the worker its own copy`);
-    for (const chunk of this.dataServer.chunks(file)) this.send(peer, chunk);
+    if (!this.dataServer) throw new SvdTrainError('DATA_MISSING', `worker asked for dataset file '${escapeForLog(file, 80)}', but this coordinator was started without --data to serve; give the worker its own copy`);
+    // A worker fetches one file at a time; one that keeps asking without reading would make
+    // the coordinator queue the dataset again and again in its socket buffers.
+    if (peer.pendingChunks > MAX_PENDING_CHUNKS) {
+      throw new SvdTrainError('PROTOCOL_INVALID', `asked for dataset file '${escapeForLog(file, 80)}' while ${peer.pendingChunks} chunks of earlier files are still unsent; fetch one file at a time`);
+    }
+    for (const chunk of this.dataServer.chunks(file)) {
+      if (peer.state === 'gone' || peer.ws.readyState !== 1) return;
+      peer.pendingChunks++;
+      peer.ws.send(encodeMessage(chunk), () => peer.pendingChunks--);
+    }
   }
 
   private setWeights(params: readonly WireTensor[], buffers: readonly WireTensor[], source: string): void {
