@@ -184,7 +184,7 @@ const CLOSE_GRACE_MS = 500;
 /** Dataset chunks one worker may have queued unsent (a whole CIFAR-10 file is 8). */
 const MAX_PENDING_CHUNKS = 16;
 
-/** Connection refusals of one kind are logged at most once per this long (plus a count). */
+/** Refusals of one kind (connections, peers dropped before authenticating) are logged at most once per this long (plus a count). */
 const QUIET_LOG_MS = 5000;
 
 export class Coordinator {
@@ -417,11 +417,16 @@ export class Coordinator {
   private dropPeer(peer: Peer, code: string | null, why: string): void {
     if (peer.state === 'gone') return;
     const wasReady = peer.state === 'ready';
+    const unauthenticated = peer.state === 'hello' || peer.state === 'auth';
     peer.state = 'gone';
     this.peers.delete(peer.id);
     if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
     this.stall.clear(peer.id);
-    this.log(code ? 'warn' : wasReady ? 'warn' : 'info', `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`);
+    const line = `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`;
+    const level: LogLevel = code ? 'warn' : wasReady ? 'warn' : 'info';
+    // Anyone can connect and be dropped before authenticating: per code, those lines are rate-limited.
+    if (unauthenticated) this.logQuietly(`drop:${code ?? 'disconnect'}`, level, line);
+    else this.log(level, line);
     if (this.authed.has(peer.socket)) {
       this.authed.delete(peer.socket);
       this.authedCount--;
