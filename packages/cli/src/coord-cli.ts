@@ -45,6 +45,7 @@ import {
 } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { reportError, usageError } from './cli-errors.js';
+import { readTlsFiles, resolveToken } from './secrets.js';
 import { writeReport, type MacsRow, type PipelineSummary, type PipelinePoint } from './report.js';
 import { spawnWorkers } from './spawn-workers.js';
 
@@ -79,7 +80,7 @@ const START_OPTIONS: [string, string][] = [
   ['--out <dir>', 'run folder for config, metrics, checkpoints, report (default runs/latest)'],
   ['--from <ckpt>', 'start from this checkpoint\'s weights with a fresh optimizer and schedule (fine-tuning, e.g. after prune; its per-layer ranks are used)'],
   ['--ranks <spec>', 'per-layer SVD ranks, e.g. "stem.0=3,layers.0.conv1=4" or JSON (default: full rank, or the --from checkpoint\'s)'],
-  ['--token <secret>', 'shared worker token (or SVD_TRAIN_TOKEN)'],
+  ['--token <secret>', 'shared worker token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN'],
   ['--eval-every <n>', 'evaluate on the test set every n epochs (0 = never; default 1)'],
   ['--checkpoint-every <n>', 'also checkpoint every n steps (default 200)'],
   ['--max-worker-batch <n>', 'largest slice a worker computes at once (default 256)'],
@@ -97,6 +98,9 @@ function addStartOptions(cmd: Command): Command {
   for (const [flags, desc] of START_OPTIONS) cmd.option(flags, desc);
   cmd.option('--resume', 'continue from the latest checkpoint in --out');
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
+  cmd.option('--token-file <file>', 'read the shared worker token from the first line of this file (stays out of `ps`)');
+  cmd.option('--tls-cert <file>', 'PEM certificate (chain): serve wss:// (with --tls-key)');
+  cmd.option('--tls-key <file>', 'PEM private key of --tls-cert');
   cmd.option('--download', 'download CIFAR-10 first if it is missing');
   cmd.option('--no-augment', 'turn off crop+flip augmentation');
   cmd.option('--no-nesterov', 'plain momentum instead of Nesterov');
@@ -105,9 +109,11 @@ function addStartOptions(cmd: Command): Command {
 }
 
 /** Commander options -> resolveConfig flags (CLI-only keys removed). */
-export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RunConfig {
-  const { config, download: _d, augment, nesterov, cycleMomentum, ...rest } = opts;
+export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env, warn: (s: string) => void = () => {}): RunConfig {
+  const { config, download: _d, augment, nesterov, cycleMomentum, tokenFile, tlsCert: _c, tlsKey: _k, token, ...rest } = opts;
   const flags: Record<string, unknown> = { ...rest };
+  // The token file wins over SVD_TRAIN_TOKEN like any flag; it goes through resolveConfig as `token`.
+  if (token !== undefined || tokenFile !== undefined) flags.token = resolveToken({ token: token as string | undefined, tokenFile: tokenFile as string | undefined }, warn, env);
   // commander sets negatable options to true when absent; only an explicit --no-X overrides the config file.
   if (augment === false) flags.augment = false;
   if (nesterov === false) flags.nesterov = false;
@@ -269,16 +275,19 @@ interface StartContext {
   dataDir: string;
   info: DatasetInfo;
   io: Out;
+  /** --tls-cert/--tls-key read, and the certificate's path (spawned workers trust exactly it). */
+  tls?: { tls: NonNullable<ReturnType<typeof readTlsFiles>>; certPath: string };
 }
 
 async function startCommand(opts: Record<string, unknown>, io: Out): Promise<number> {
-  const cfg = configFromOptions(opts);
+  const cfg = configFromOptions(opts, process.env, io.err);
+  const tls = readTlsFiles(opts as { tlsCert?: string; tlsKey?: string });
   const outDir = resolve(cfg.out);
   const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
   const info = datasetInfoFor(data.dir, cfg);
   const engine = await initEngine({ backend: 'auto' });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
-  const ctx: StartContext = { dataDir: data.dir, info, io };
+  const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   const trained = await trainPhase(cfg, ctx);
   if (cfg.pruneEnergy !== null) await pruneAndFinetune(trained, outDir, ctx);
   try {
@@ -469,6 +478,7 @@ async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunCo
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
+    ...(ctx.tls ? { tls: ctx.tls.tls } : {}),
     saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c as Checkpoint, { keep: cfg.keepCheckpoints }),
     metricsPath: join(outDir, 'metrics.jsonl'),
     onLog: (level: LogLevel, line: string) => {
@@ -517,6 +527,8 @@ async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunCo
         backend: cfg.backend,
         threads: cfg.threads,
         token: cfg.token,
+        // Spawned workers verify the certificate against itself, so it must name 127.0.0.1.
+        ...(ctx.tls ? { tlsCa: ctx.tls.certPath } : {}),
         data: data.dir,
         write: io.err,
         // A spawned worker that exits with an error was refused or crashed; if all of them did,
@@ -641,7 +653,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
   const wrap = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A) => setCode(await fn(...a));
 
   addStartOptions(program.command('start').description('run the coordinator (and with --spawn K, K local workers)'))
-    .addHelpText('after', '\nExamples:\n  svd-coord start --spawn 2 --epochs 3\n  svd-coord start --host 0.0.0.0 --token $TOKEN   # then svd-worker --gpu 0 on each machine')
+    .addHelpText('after', '\nExamples:\n  svd-coord start --spawn 2 --epochs 3\n  svd-coord start --host 0.0.0.0 --token-file token.txt --tls-cert cert.pem --tls-key key.pem   # then svd-worker --coordinator wss://HOST:7733 --ca cert.pem --token-file token.txt on each machine')
     .action(wrap((opts: Record<string, unknown>) => startCommand(opts, io)));
   program
     .command('eval')
@@ -697,5 +709,8 @@ export async function runCoordCli(argv: string[]): Promise<void> {
     code = reportError(e);
   }
   process.exitCode = code;
+  // The command is over: a peer's socket or a stray timer must not keep `svd-coord start` alive
+  // after training. An unref'd timer fires only if something else still holds the event loop.
+  setTimeout(() => process.exit(code), 2000).unref();
 }
 

@@ -27,6 +27,7 @@ export const ERROR_CODES = [
   'BACKEND_UNAVAILABLE',
   'INTERNAL',
   'CLI_USAGE',
+  'PEER_TIMEOUT',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
