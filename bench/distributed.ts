@@ -16,12 +16,13 @@
  * Part 2 (`--real`, real workers on native and wasm, img/s and scaling efficiency): see `benchRealWorkers` below.
  * `--sizes none` skips part 1.
  */
-import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import {
   PROTOCOL_VERSION,
+  authProof,
   decodeMessage,
+  makeNonce,
   encodeMessage,
   gradientsFrameTemplate,
   parseConfig,
@@ -103,15 +104,16 @@ function simWorker(url: string, specs: { params: TensorSpec[]; buffers: TensorSp
   // --mask measures the default random masks (pure-JS XOR without the optional bufferutil addon).
   const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false, ...(randomMask ? {} : { generateMask: (m: Buffer) => m.fill(0) }) } as never);
   ws.on('error', () => {});
+  const nonce = makeNonce();
   ws.on('open', () =>
-    ws.send(encodeMessage({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'bench', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true })),
+    ws.send(encodeMessage({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'bench', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true, nonce })),
   );
   ws.on('message', (data) => {
     // Weights frames are large; only peek at the type of small frames to keep the sim cheap.
     const bytes = data as Uint8Array;
     if (bytes.byteLength > 4096) return;
     const m: Message = decodeMessage(bytes);
-    if (m.type === 'challenge') ws.send(encodeMessage({ type: 'auth', mac: createHmac('sha256', '').update(m.nonce).digest('hex') }));
+    if (m.type === 'challenge') ws.send(encodeMessage({ type: 'auth', mac: authProof('', 'worker', { worker: nonce, coordinator: m.nonce }) }));
     else if (m.type === 'welcome') ws.send(encodeMessage({ type: 'manifest', configHash: m.configHash, params: specs.params, buffers: specs.buffers }));
     else if (m.type === 'step') {
       // One WebSocket message in two fragments: the shared megabytes, then the 3 small fields.

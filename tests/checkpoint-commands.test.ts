@@ -156,12 +156,32 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(r.out).toContain('no --ranks');
   });
 
-  it('export --stock writes a tfjs model folder', async () => {
+  it('export --stock of the full-rank model writes one plain Conv2D per SVD conv: the plain ResNet-20\'s MACs and weights', async () => {
     const dest = tempDir();
     const r = await coord(['export', ckpt, '--out', dest, '--stock']);
     expect(r.code, r.out).toBe(0);
     expect(existsSync(join(dest, 'model.json'))).toBe(true);
-    expect(readFileSync(join(dest, 'model.json'), 'utf8')).not.toContain('SVDConv2D');
+    const json = readFileSync(join(dest, 'model.json'), 'utf8');
+    expect(json).not.toContain('SVDConv2D');
+    expect(json).not.toMatch(/"name":"[^"]*_v"/);
+    // The plain ResNet-20 costs 40,813,184 MACs per image (macs.test.ts).
+    expect(r.out).toContain('40.81M MACs per image');
+    const folded = tempDir();
+    const f = await coord(['export', ckpt, '--out', folded, '--stock', '--fold-bn']);
+    expect(f.code, f.out).toBe(0);
+    expect(readFileSync(join(folded, 'model.json'), 'utf8')).not.toContain('BatchNormalization');
+  });
+
+  it('prune --energy 0 changes no number: every rank, parameter count, MAC count and form stays', async () => {
+    const r = await coord(['prune', ckpt, '--energy', '0', '--out', tempDir()]);
+    expect(r.code, r.out).toBe(0);
+    const rows = r.out.split('\n').filter((l) => /^(stem|layers|fc)/.test(l)).map((l) => l.trim().split(/\s+/));
+    expect(rows.length).toBe(22);
+    // name rankBefore rankAfter paramsBefore paramsAfter MACsBefore MACsAfter formBefore formAfter
+    for (const c of rows) expect([c[0], c[1], c[3], c[5], c[7]]).toEqual([c[0], c[2], c[4], c[6], c[8]]);
+    const whole = r.out.match(/MACs\/image (\d+) \(([\d.]+)% of plain resnet20\) -> (\d+) \(([\d.]+)%\)/)!;
+    expect(whole[1]).toBe(whole[3]);
+    expect(whole[2]).toBe('100.0');
   });
 
   it('report rewrites report.html with plots and the spectra of the latest checkpoint', async () => {
@@ -170,7 +190,8 @@ describe('svd-coord eval / prune / export / report', () => {
     const html = readFileSync(join(out, 'report.html'), 'utf8');
     expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);
     expect(html).toContain('rank @0.01');
-    expect(html).toContain('MFLOPs');
+    expect(html).toContain('million MACs per image (FLOPs = 2·MACs)');
+    expect(html).toContain('plain resnet20');
   });
 
   it('bad input exits 2 with a message naming the value and the fix, no stack trace', async () => {

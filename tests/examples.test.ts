@@ -18,7 +18,7 @@ describe('examples/train-in-process.ts', () => {
     const losses = [...r.stdout.matchAll(/^step \d+: loss ([\d.]+)/gm)].map((m) => Number(m[1]));
     expect(losses).toHaveLength(8);
     expect(losses.every(Number.isFinite)).toBe(true);
-    const m = /pruned at energy 0\.05: ([\d.]+) -> ([\d.]+) MFLOPs/.exec(r.stdout);
+    const m = /pruned at energy 0\.05: ([\d.]+) -> ([\d.]+) M MACs per image/.exec(r.stdout);
     expect(m, r.stdout).not.toBeNull();
     expect(Number(m![2])).toBeLessThanOrEqual(Number(m![1]));
   });

@@ -3,7 +3,7 @@
  * report, download). Every training option goes through core's `resolveConfig(flags, file, env)`,
  * so flags, a --config JSON file and SVD_TRAIN_* variables mean the same thing everywhere.
  */
-import { mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { Command } from 'commander';
 import {
@@ -30,7 +30,7 @@ import {
 } from '@svd-train/core';
 import {
   buildResNet,
-  countFlops,
+  countMacs,
   evaluate,
   exportToStockLayers,
   fileSystemIO,
@@ -38,6 +38,7 @@ import {
   getParameters,
   initEngine,
   noDecayParameterNames,
+  plainResNetCost,
   pruneByEnergy,
   setBuffers,
   setParameters,
@@ -45,10 +46,12 @@ import {
 } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { reportError, usageError } from './cli-errors.js';
-import { writeReport, type FlopsRow } from './report.js';
+import { readTlsFiles, resolveToken } from './secrets.js';
+import { writeReport, type MacsRow, type PipelineSummary, type PipelinePoint } from './report.js';
 import { spawnWorkers } from './spawn-workers.js';
 
 type Model = ReturnType<typeof buildResNet>;
+type Cifar = ReturnType<typeof readCifar10>;
 type Out = { out: (s: string) => void; err: (s: string) => void };
 const defaultIo: Out = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
@@ -78,7 +81,7 @@ const START_OPTIONS: [string, string][] = [
   ['--out <dir>', 'run folder for config, metrics, checkpoints, report (default runs/latest)'],
   ['--from <ckpt>', 'start from this checkpoint\'s weights with a fresh optimizer and schedule (fine-tuning, e.g. after prune; its per-layer ranks are used)'],
   ['--ranks <spec>', 'per-layer SVD ranks, e.g. "stem.0=3,layers.0.conv1=4" or JSON (default: full rank, or the --from checkpoint\'s)'],
-  ['--token <secret>', 'shared worker token (or SVD_TRAIN_TOKEN)'],
+  ['--token <secret>', 'shared worker token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN'],
   ['--eval-every <n>', 'evaluate on the test set every n epochs (0 = never; default 1)'],
   ['--checkpoint-every <n>', 'also checkpoint every n steps (default 200)'],
   ['--max-worker-batch <n>', 'largest slice a worker computes at once (default 256)'],
@@ -86,6 +89,10 @@ const START_OPTIONS: [string, string][] = [
   ['--stall-warn-ms <n>', 'warn about a worker that has not answered after this long (default 30000, or a quarter of a shorter --step-timeout-ms)'],
   ['--backend <name>', 'engine for spawned workers: auto | tensorflow | native | wasm | cpu (default auto: the first that loads, in that order)'],
   ['--threads <n>', 'oneDNN threads per spawned worker on the native engine (default 1: one worker per core)'],
+  ['--prune-energy <e>', 'after training, prune singular values holding at most a fraction e of each layer\'s energy, evaluate before/after and a sweep of energies (writes pipeline.json)'],
+  ['--finetune-epochs <n>', 'with --prune-energy: then fine-tune the pruned model for n epochs in <out>/finetune (default 0)'],
+  ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
+  ['--sweep-energies <list>', 'energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default 0.001,0.003,0.01,0.03,0.05,0.1,0.2)'],
 ];
 
 function addStartOptions(cmd: Command): Command {
@@ -93,6 +100,9 @@ function addStartOptions(cmd: Command): Command {
   for (const [flags, desc] of START_OPTIONS) cmd.option(flags, desc);
   cmd.option('--resume', 'continue from the latest checkpoint in --out');
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
+  cmd.option('--token-file <file>', 'read the shared worker token from the first line of this file (stays out of `ps`)');
+  cmd.option('--tls-cert <file>', 'PEM certificate (chain): serve wss:// (with --tls-key)');
+  cmd.option('--tls-key <file>', 'PEM private key of --tls-cert');
   cmd.option('--download', 'download CIFAR-10 first if it is missing');
   cmd.option('--no-augment', 'turn off crop+flip augmentation');
   cmd.option('--no-nesterov', 'plain momentum instead of Nesterov');
@@ -101,9 +111,11 @@ function addStartOptions(cmd: Command): Command {
 }
 
 /** Commander options -> resolveConfig flags (CLI-only keys removed). */
-export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RunConfig {
-  const { config, download: _d, augment, nesterov, cycleMomentum, ...rest } = opts;
+export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env, warn: (s: string) => void = () => {}): RunConfig {
+  const { config, download: _d, augment, nesterov, cycleMomentum, tokenFile, tlsCert: _c, tlsKey: _k, token, ...rest } = opts;
   const flags: Record<string, unknown> = { ...rest };
+  // The token file wins over SVD_TRAIN_TOKEN like any flag; it goes through resolveConfig as `token`.
+  if (token !== undefined || tokenFile !== undefined) flags.token = resolveToken({ token: token as string | undefined, tokenFile: tokenFile as string | undefined }, warn, env);
   // commander sets negatable options to true when absent; only an explicit --no-X overrides the config file.
   if (augment === false) flags.augment = false;
   if (nesterov === false) flags.nesterov = false;
@@ -111,20 +123,20 @@ export function configFromOptions(opts: Record<string, unknown>, env: NodeJS.Pro
   return resolveConfig(flags, typeof config === 'string' ? config : undefined, env);
 }
 
-/** A per-layer report as an aligned text table; `flops*` columns are MAC counts and say so. */
+/** A per-layer report as an aligned text table. */
 export function describeLayers(report: unknown): string {
   const rows = Array.isArray(report) ? report : ((report as { layers?: unknown[] })?.layers ?? []);
   if (!rows.length) return JSON.stringify(report, null, 2);
   const keys = Object.keys(rows[0] as object);
   const cell = (v: unknown) => String(typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v);
-  const table = [keys.map((k) => k.replace(/^flops/, 'MACs')), ...rows.map((r) => keys.map((k) => cell((r as Record<string, unknown>)[k])))];
+  const table = [keys.map((k) => k.replace(/^macs/, 'MACs')), ...rows.map((r) => keys.map((k) => cell((r as Record<string, unknown>)[k])))];
   const widths = keys.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   // Names left-aligned, numbers right-aligned.
   return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
 function modelFor(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'ranks'>): Model {
-  const depth = cfg.model === 'resnet18' ? 'resnet18' : (Number(cfg.model.slice(6)) as 20 | 32 | 44 | 56 | 110);
+  const depth = depthOf(cfg.model);
   // Seeded from the run seed, so a run (and the parity tests' single-process reference) is reproducible.
   return buildResNet({ depth, svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
 }
@@ -196,18 +208,82 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
   };
 }
 
-function flopsAtEnergies(model: Model, energies: number[]): FlopsRow[] {
-  const rows: FlopsRow[] = [{ label: 'full', flops: countFlops(model).total }];
+/** depth of `cfg.model` for buildResNet / plainResNetCost. */
+function depthOf(model: RunConfig['model']): 20 | 32 | 44 | 56 | 110 | 'resnet18' {
+  return model === 'resnet18' ? 'resnet18' : (Number(model.slice(6)) as 20 | 32 | 44 | 56 | 110);
+}
+
+/** MACs per image of the plain ResNet of `cfg.model`, the SVD model and its prunes at `energies`. */
+function macsAtEnergies(model: Model, cfg: RunConfig, energies: number[]): MacsRow[] {
+  const plain = plainResNetCost({ depth: depthOf(cfg.model) });
+  const rows: MacsRow[] = [{ label: `plain ${cfg.model}`, macs: plain.macs, params: plain.params }];
+  const full = countMacs(model);
+  rows.push({ label: cfg.ranks ? 'this model' : 'full rank', macs: full.total, params: full.exportParams });
   for (const e of energies) {
     const pruned = pruneByEnergy(model, e);
-    rows.push({ label: `pruned e=${e}`, flops: countFlops(pruned.model).total });
+    const c = countMacs(pruned.model);
+    rows.push({ label: `pruned e=${e}`, macs: c.total, params: c.exportParams });
     pruned.model.dispose();
   }
   return rows;
 }
 
+/** Inference-mode accuracy and mean loss of `model` on the first `n` images of `test`, in chunks. */
+function testAccuracy(model: Model, test: Cifar, n: number, chunk: number): { acc: number; loss: number; correct: number; n: number } {
+  let correct = 0;
+  let lossSum = 0;
+  for (let lo = 0; lo < n; lo += chunk) {
+    const idx = Int32Array.from({ length: Math.min(chunk, n - lo) }, (_, i) => lo + i);
+    const { x, y } = assembleBatch(test, idx, { seed: 0, epoch: 0, augment: false });
+    const r = evaluate(model, x, y);
+    correct += r.correct;
+    lossSum += r.lossSum;
+  }
+  return { acc: correct / n, loss: lossSum / n, correct, n };
+}
+
+/**
+ * Writes `pruned` as a checkpoint derived from `ckpt`. The config carries the new ranks, so its
+ * hash and every model built from it (start --from, eval, workers) have the pruned shapes. The
+ * optimizer state is dropped: its momentum buffers have the old shapes, and fine-tuning starts a
+ * fresh optimizer anyway. `out` is a folder (the file gets the usual ckpt-<step> name) or, ending
+ * in .svdckpt, the file itself. Returns the written path.
+ */
+function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string): string {
+  const outFile = out.endsWith('.svdckpt') ? resolve(out) : null;
+  if (outFile) mkdirSync(dirname(outFile), { recursive: true });
+  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.prune-')) : out;
+  // The pipeline keys describe the run that made it, not this model: a later start --from must not re-prune.
+  const prunedCfg: RunConfig = { ...cfg, ranks: svdRanks(pruned), pruneEnergy: null, finetuneEpochs: 0 };
+  const written = saveCheckpoint(outDir, {
+    ...ckpt,
+    config: serializeConfig(prunedCfg),
+    configHash: configHash(prunedCfg),
+    params: getParameters(pruned),
+    buffers: getBuffers(pruned),
+    optimizer: { kind: ckpt.optimizer.kind, step: 0, slots: {} },
+    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: energy },
+  });
+  if (!outFile) return written;
+  // Written complete in a private folder first, then renamed: never a half file at --out, and
+  // never a clash with a checkpoint of the same step already in the target folder.
+  renameSync(written, outFile);
+  rmSync(outDir, { recursive: true, force: true });
+  return outFile;
+}
+
+/** Shared by both phases of `start`: where the data is and who prints. */
+interface StartContext {
+  dataDir: string;
+  info: DatasetInfo;
+  io: Out;
+  /** --tls-cert/--tls-key read, and the certificate's path (spawned workers trust exactly it). */
+  tls?: { tls: NonNullable<ReturnType<typeof readTlsFiles>>; certPath: string };
+}
+
 async function startCommand(opts: Record<string, unknown>, io: Out): Promise<number> {
-  let cfg = configFromOptions(opts);
+  let cfg = configFromOptions(opts, process.env, io.err);
+  const tls = readTlsFiles(opts as { tlsCert?: string; tlsKey?: string });
   const outDir = resolve(cfg.out);
   const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
   // config.json and the checkpoints keep the folder resolved to an absolute path, so `eval` run
@@ -217,6 +293,147 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   const info = datasetInfoFor(data.dir, cfg);
   const engine = await initEngine({ backend: 'auto' });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
+  const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
+  const trained = await trainPhase(cfg, ctx);
+  if (cfg.pruneEnergy !== null) await pruneAndFinetune(trained, outDir, ctx);
+  try {
+    await reportCommand(outDir, { out: io.err, err: io.err });
+  } catch (e) {
+    io.err(`report not written: ${(e as Error).message}\n`);
+  }
+  return 0;
+}
+
+/**
+ * The method after training (`start --prune-energy e [--finetune-epochs k]`), on the training
+ * phase's final checkpoint: test accuracy of the trained model; a sweep of energies pruned and
+ * evaluated without fine-tuning (the accuracy-vs-MACs curve, cheap: one inference pass each);
+ * the model pruned at e saved as <out>/pruned-e<e>.svdckpt; then, with k > 0, a fine-tuning run
+ * in <out>/finetune (its own config, metrics and checkpoints; fresh optimizer, peak lr
+ * finetuneLr or lr/10, no sparsity term) and its test accuracy. Everything goes to
+ * <out>/pipeline.json, which the report plots.
+ */
+async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext): Promise<PipelineSummary> {
+  const { io } = ctx;
+  const e = cfg.pruneEnergy!;
+  const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
+  if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
+  const test = readCifar10(ctx.dataDir, 'test');
+  const n = Math.min(test.count, cfg.limitTest ?? test.count);
+  const chunk = cfg.maxWorkerBatch;
+  const model = modelFor(cfg);
+  setParameters(model, latest.checkpoint.params);
+  if (latest.checkpoint.buffers.length) setBuffers(model, latest.checkpoint.buffers);
+  const point = (m: Model, energy: number): PipelinePoint => {
+    const c = countMacs(m);
+    const r = testAccuracy(m, test, n, chunk);
+    return { energy, acc: r.acc, loss: r.loss, macs: c.total, params: c.params, exportParams: c.exportParams };
+  };
+  const plain = plainResNetCost({ depth: depthOf(cfg.model) });
+  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images\n`);
+  const full = point(model, 0);
+  const sweep: PipelinePoint[] = [full];
+  let prunedPoint: PipelinePoint | null = null;
+  let prunedPath = '';
+  let ranks: Record<string, number> = {};
+  for (const energy of [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b)) {
+    if (energy === 0) continue;
+    const { model: pruned } = pruneByEnergy(model, energy);
+    const p = point(pruned, energy);
+    sweep.push(p);
+    io.err(`  e=${energy}: test accuracy ${(100 * p.acc).toFixed(2)}%, ${(p.macs / 1e6).toFixed(2)}M MACs (${((100 * p.macs) / plain.macs).toFixed(1)}% of plain ${cfg.model})\n`);
+    if (energy === e) {
+      prunedPoint = p;
+      ranks = svdRanks(pruned);
+      prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, pruned, e, join(outDir, `pruned-e${e}.svdckpt`));
+    }
+    pruned.dispose();
+  }
+  model.dispose();
+  if (e === 0) {
+    // Energy 0 prunes nothing: the "pruned" model is the trained one, saved as such for fine-tuning.
+    const again = modelFor(cfg);
+    setParameters(again, latest.checkpoint.params);
+    if (latest.checkpoint.buffers.length) setBuffers(again, latest.checkpoint.buffers);
+    prunedPoint = full;
+    ranks = svdRanks(again);
+    prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, again, 0, join(outDir, 'pruned-e0.svdckpt'));
+    again.dispose();
+  }
+  const summary: PipelineSummary = {
+    model: cfg.model,
+    energy: e,
+    testImages: n,
+    plain: { macs: plain.macs, params: plain.params },
+    trained: full,
+    pruned: prunedPoint!,
+    prunedCheckpoint: prunedPath,
+    finetuned: null,
+    sweep,
+  };
+  const write = () => writeFileSync(join(outDir, 'pipeline.json'), JSON.stringify(summary, null, 2) + '\n');
+  write();
+  if (cfg.finetuneEpochs > 0) {
+    const ftDir = join(outDir, 'finetune');
+    const lr = cfg.finetuneLr ?? cfg.lr / 10;
+    const ftCfg: RunConfig = {
+      ...cfg,
+      from: prunedPath,
+      ranks,
+      epochs: cfg.finetuneEpochs,
+      lr,
+      lambdaS: 0,
+      pruneEnergy: null,
+      finetuneEpochs: 0,
+      out: ftDir,
+      resume: false,
+    };
+    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term, in ${ftDir}\n`);
+    const ft = await trainPhase(ftCfg, ctx);
+    const last = latestCheckpoint(join(ftDir, 'checkpoints'), { configHash: configHash(ft) });
+    if (!last) throw new SvdTrainError('CHECKPOINT_CORRUPT', `fine-tuning wrote no valid checkpoint in ${join(ftDir, 'checkpoints')}; expected one at its end. Fix: rerun, or fine-tune with start --from ${prunedPath}.`);
+    const m = modelFor(ft);
+    setParameters(m, last.checkpoint.params);
+    if (last.checkpoint.buffers.length) setBuffers(m, last.checkpoint.buffers);
+    summary.finetuned = { ...point(m, e), epochs: cfg.finetuneEpochs, lr, run: 'finetune' };
+    m.dispose();
+    write();
+    try {
+      await reportCommand(ftDir, { out: io.err, err: io.err });
+    } catch (err) {
+      io.err(`fine-tuning report not written: ${(err as Error).message}\n`);
+    }
+  }
+  io.err(`${describePipeline(summary)}\n`);
+  return summary;
+}
+
+/** The pipeline's before / after table, for the terminal. */
+export function describePipeline(p: PipelineSummary): string {
+  const pct = (x: number) => `${((100 * x) / p.plain.macs).toFixed(1)}%`;
+  const rows: [string, PipelinePoint | null][] = [
+    ['trained, full rank', p.trained],
+    [`pruned at e=${p.energy}`, p.pruned],
+    [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],
+  ];
+  const lines = [
+    `pipeline result on ${p.testImages} test images (MACs per image; FLOPs = 2·MACs):`,
+    ...rows.filter(([, r]) => r).map(([label, r]) => `  ${label.padEnd(24)} test accuracy ${(100 * r!.acc).toFixed(2).padStart(6)}%  ${(r!.macs / 1e6).toFixed(2).padStart(7)}M MACs (${pct(r!.macs)} of plain ${p.model})  ${r!.exportParams} weights`),
+    `  ${`plain ${p.model}`.padEnd(24)} ${' '.repeat(22)}${(p.plain.macs / 1e6).toFixed(2).padStart(7)}M MACs (100%)  ${p.plain.params} weights`,
+  ];
+  return lines.join('\n');
+}
+
+/**
+ * One training run of `start` (the whole run, or the fine-tuning phase of the pipeline): the
+ * coordinator on `cfg`, spawned workers, checkpoints and metrics in `cfg.out`. Returns the config
+ * it trained (with the --from checkpoint's ranks filled in).
+ */
+async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunConfig> {
+  let cfg = startCfg;
+  const { io, info } = ctx;
+  const data = { dir: ctx.dataDir };
+  const outDir = resolve(cfg.out);
   let fromCkpt: Checkpoint | undefined;
   if (cfg.from) {
     // Fine-tuning (also when resuming a fine-tuning run): the model takes the checkpoint's
@@ -246,7 +463,8 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
         `--resume: the run in ${outDir} already finished: ${latest.path} is at step ${resume.step} of ${total} (${cfg.epochs} epochs); nothing to do. ` +
           `Fix: to train longer, fine-tune from it with \`svd-coord start --from ${latest.path} --epochs N --out NEW_DIR\`; to evaluate it, \`svd-coord eval ${latest.path}\`.\n`,
       );
-      return 0;
+      // The training phase is over; with --prune-energy the pipeline goes on from its checkpoint.
+      return cfg;
     }
     io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
   } else if (fromCkpt) {
@@ -276,6 +494,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
+    ...(ctx.tls ? { tls: ctx.tls.tls } : {}),
     saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c as Checkpoint, { keep: cfg.keepCheckpoints }),
     metricsPath: join(outDir, 'metrics.jsonl'),
     onLog: (level: LogLevel, line: string) => {
@@ -324,6 +543,8 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
         backend: cfg.backend,
         threads: cfg.threads,
         token: cfg.token,
+        // Spawned workers verify the certificate against itself, so it must name 127.0.0.1.
+        ...(ctx.tls ? { tlsCa: ctx.tls.certPath } : {}),
         data: data.dir,
         write: io.err,
         // A spawned worker that exits with an error was refused or crashed; if all of them did,
@@ -349,37 +570,43 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
     await workers?.killAll();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
+    // The pipeline runs a second phase in this process: free this one's initial weights.
+    model.dispose();
   }
-  try {
-    await reportCommand(outDir, { out: io.err, err: io.err });
-  } catch (e) {
-    io.err(`report not written: ${(e as Error).message}\n`);
-  }
-  return 0;
+  return cfg;
 }
 
 async function reportCommand(runDir: string, io: Out): Promise<number> {
   if (!existsSync(runDir)) throw usageError(`Run folder ${JSON.stringify(runDir)} does not exist. Fix: pass a folder written by \`svd-coord start --out DIR\`.`);
   const notes: string[] = [];
   let params: Checkpoint['params'] | undefined;
-  let flops: FlopsRow[] | undefined;
+  let macs: MacsRow[] | undefined;
   try {
     const latest = latestCheckpoint(join(runDir, 'checkpoints'));
     if (latest) {
-      const { ckpt, model } = await modelFromCheckpoint(latest.path);
+      const { ckpt, model, cfg } = await modelFromCheckpoint(latest.path);
       params = ckpt.params;
-      notes.push(`Spectra and FLOPs from ${latest.path} (step ${ckpt.step}).`);
+      notes.push(`Spectra and MACs from ${latest.path} (step ${ckpt.step}).`);
       try {
-        flops = flopsAtEnergies(model, [0.01, 0.05]);
+        macs = macsAtEnergies(model, cfg, [0.01, 0.05]);
       } catch (e) {
-        notes.push(`FLOPs not computed: ${(e as Error).message}`);
+        notes.push(`MACs not computed: ${(e as Error).message}`);
       }
       model.dispose();
-    } else notes.push('No checkpoint found: no spectra or FLOPs.');
+    } else notes.push('No checkpoint found: no spectra or MACs.');
   } catch (e) {
     notes.push(`Checkpoint not read: ${(e as Error).message}`);
   }
-  const out = writeReport(runDir, { params, flops, notes });
+  let pipeline: PipelineSummary | undefined;
+  const pipelinePath = join(runDir, 'pipeline.json');
+  if (existsSync(pipelinePath)) {
+    try {
+      pipeline = JSON.parse(readFileSync(pipelinePath, 'utf8')) as PipelineSummary;
+    } catch (e) {
+      notes.push(`pipeline.json not read: ${(e as Error).message}`);
+    }
+  }
+  const out = writeReport(runDir, { params, macs, pipeline, notes });
   io.out(`report written to ${out}\n`);
   return 0;
 }
@@ -436,16 +663,9 @@ async function evalCommand(pathArg: string, opts: { data?: string; limitTest?: s
     io.err(`the training run evaluated only the first ${cfg.limitTest} test images (--limit-test ${cfg.limitTest}); this uses all ${test.count}. Pass --limit-test ${cfg.limitTest} for the run's subset.\n`);
   }
   const n = Math.min(test.count, limit ?? test.count);
-  let correct = 0;
-  let lossSum = 0;
-  for (let lo = 0; lo < n; lo += cfg.maxWorkerBatch) {
-    const idx = Int32Array.from({ length: Math.min(cfg.maxWorkerBatch, n - lo) }, (_, i) => lo + i);
-    const { x, y } = assembleBatch(test, idx, { seed: 0, epoch: 0, augment: false });
-    const r = evaluate(model, x, y);
-    correct += r.correct;
-    lossSum += r.lossSum;
-  }
-  io.out(`${path}: test accuracy ${((100 * correct) / n).toFixed(2)}% (${correct}/${n}), loss ${(lossSum / n).toFixed(4)}\n`);
+  const r = testAccuracy(model, test, n, cfg.maxWorkerBatch);
+  const c = countMacs(model);
+  io.out(`${path}: test accuracy ${(100 * r.acc).toFixed(2)}% (${r.correct}/${n}), loss ${r.loss.toFixed(4)}, ${(c.total / 1e6).toFixed(2)}M MACs per image\n`);
   return 0;
 }
 
@@ -458,44 +678,33 @@ async function pruneCommand(pathArg: string, opts: { energy: string; out?: strin
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
-  const sum = (k: 'paramsBefore' | 'paramsAfter' | 'flopsBefore' | 'flopsAfter') => report.reduce((a, r) => a + r[k], 0);
-  io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('flopsBefore')} -> ${sum('flopsAfter')}\n`);
-  // --out is a folder (the file gets the usual ckpt-<step> name) or, ending in .svdckpt, the file itself.
-  const outFile = opts.out?.endsWith('.svdckpt') ? resolve(opts.out) : null;
-  if (outFile) mkdirSync(dirname(outFile), { recursive: true });
-  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.prune-')) : (opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`));
-  // The config carries the new ranks, so its hash and every model built from it (start --from,
-  // eval, workers) have the pruned shapes. The optimizer state is dropped: its momentum buffers
-  // have the old shapes, and fine-tuning starts a fresh optimizer anyway.
-  const prunedCfg: RunConfig = { ...cfg, ranks: svdRanks(pruned) };
-  const written = saveCheckpoint(outDir, {
-    ...ckpt,
-    config: serializeConfig(prunedCfg),
-    configHash: configHash(prunedCfg),
-    params: getParameters(pruned),
-    buffers: getBuffers(pruned),
-    optimizer: { kind: ckpt.optimizer.kind, step: 0, slots: {} },
-    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: e },
-  });
+  const sum = (k: 'paramsBefore' | 'paramsAfter' | 'macsBefore' | 'macsAfter') => report.reduce((a, r) => a + r[k], 0);
+  io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('macsBefore')} -> ${sum('macsAfter')}\n`);
+  // The whole model against the plain ResNet of the same depth: what users compare with.
+  const plain = plainResNetCost({ depth: depthOf(cfg.model) });
+  const [before, after] = [countMacs(model), countMacs(pruned)];
+  const pct = (x: number) => `${((100 * x) / plain.macs).toFixed(1)}%`;
+  io.out(
+    `whole model: MACs/image ${before.total} (${pct(before.total)} of plain ${cfg.model}) -> ${after.total} (${pct(after.total)}); ` +
+      `stock-export weights ${before.exportParams} -> ${after.exportParams}; plain ${cfg.model}: ${plain.macs} MACs, ${plain.params} weights. FLOPs = 2·MACs.\n`,
+  );
+  const final = writePrunedCheckpoint(ckpt, cfg, pruned, e, opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`));
   model.dispose();
   pruned.dispose();
-  let final = written;
-  if (outFile) {
-    // Written complete in a private folder first, then renamed: never a half file at --out, and
-    // never a clash with a checkpoint of the same step already in the target folder.
-    renameSync(written, outFile);
-    rmSync(outDir, { recursive: true, force: true });
-    final = outFile;
-  }
   io.out(`pruned checkpoint written to ${final}\n`);
   return 0;
 }
 
-async function exportCommand(pathArg: string, opts: { out: string; stock?: boolean; backend?: string }, io: Out): Promise<number> {
+async function exportCommand(pathArg: string, opts: { out: string; stock?: boolean; foldBn?: boolean; backend?: string }, io: Out): Promise<number> {
+  if (opts.foldBn && !opts.stock) throw usageError('--fold-bn needs --stock: only the stock export folds batch norm into the convs. Fix: add --stock.');
   const { model } = await modelFromCheckpoint(checkpointArgument(pathArg, io), opts.backend, io);
-  const m = opts.stock ? exportToStockLayers(model) : model;
+  const m = opts.stock ? exportToStockLayers(model, { foldBatchNorm: Boolean(opts.foldBn) }) : model;
   await m.save(fileSystemIO(opts.out));
-  io.out(`model written to ${opts.out}${opts.stock ? ' (stock tfjs layers, loadable without svd-train)' : ''}\n`);
+  const c = countMacs(m);
+  io.out(
+    `model written to ${opts.out}${opts.stock ? ` (stock tfjs layers${opts.foldBn ? ', BN folded into the convs' : ''}, loadable without svd-train)` : ''}: ` +
+      `${(c.total / 1e6).toFixed(2)}M MACs per image, ${c.exportParams} weights in the form that runs\n`,
+  );
   return 0;
 }
 
@@ -509,7 +718,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
   const wrap = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A) => setCode(await fn(...a));
 
   addStartOptions(program.command('start').description('run the coordinator (and with --spawn K, K local workers)'))
-    .addHelpText('after', '\nExamples:\n  svd-coord start --spawn 2 --epochs 3\n  svd-coord start --host 0.0.0.0 --token $TOKEN   # then svd-worker --gpu 0 on each machine')
+    .addHelpText('after', '\nExamples:\n  svd-coord start --spawn 2 --epochs 3\n  svd-coord start --host 0.0.0.0 --token-file token.txt --tls-cert cert.pem --tls-key key.pem   # then svd-worker --coordinator wss://HOST:7733 --ca cert.pem --token-file token.txt on each machine')
     .action(wrap((opts: Record<string, unknown>) => startCommand(opts, io)));
   program
     .command('eval')
@@ -532,12 +741,13 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
     .description('write the model as a tfjs LayersModel folder')
     .argument('<ckpt>', 'checkpoint file')
     .requiredOption('--out <dir>', 'output folder')
-    .option('--stock', 'convert SVD layers to stock Conv2D/Dense layers')
+    .option('--stock', 'write stock Conv2D/Dense layers: one per SVD layer where merged is cheaper, two where factored is')
+    .option('--fold-bn', 'with --stock: fold each batch norm into the conv before it (inference only)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
-    .action(wrap((p: string, o: { out: string; stock?: boolean; backend?: string }) => exportCommand(p, o, io)));
+    .action(wrap((p: string, o: { out: string; stock?: boolean; foldBn?: boolean; backend?: string }) => exportCommand(p, o, io)));
   program
     .command('report')
-    .description('write runs/NAME/report.html: curves, regularizers, spectra, FLOPs')
+    .description('write runs/NAME/report.html: curves, regularizers, spectra, MACs, the pruning pipeline')
     .argument('<run>', 'run folder, e.g. runs/latest')
     .action(wrap((run: string) => reportCommand(resolve(run), io)));
   program
@@ -564,5 +774,8 @@ export async function runCoordCli(argv: string[]): Promise<void> {
     code = reportError(e);
   }
   process.exitCode = code;
+  // The command is over: a peer's socket or a stray timer must not keep `svd-coord start` alive
+  // after training. An unref'd timer fires only if something else still holds the event loop.
+  setTimeout(() => process.exit(code), 2000).unref();
 }
 

@@ -1,6 +1,6 @@
 export { runCoordCli, buildCoordProgram, configFromOptions } from './coord-cli.js';
 export { runWorkerCli, buildWorkerProgram } from './worker-cli.js';
-export { renderReport, writeReport, readMetrics, effectiveRank, spectraOf, type ReportInput, type Spectrum, type FlopsRow } from './report.js';
+export { renderReport, writeReport, readMetrics, effectiveRank, spectraOf, type ReportInput, type Spectrum, type MacsRow, type PipelineSummary, type PipelinePoint } from './report.js';
 export { linePlot, barChart, niceTicks, type Series, type PlotOptions } from './svg-plot.js';
 export { reportError, usageError, EXIT_USAGE } from './cli-errors.js';
 export { spawnWorkers, workerBinPath } from './spawn-workers.js';

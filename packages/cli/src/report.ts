@@ -1,10 +1,14 @@
 /**
  * `svd-coord report runs/NAME`: one self-contained HTML file (inline SVG, no external assets)
  * that shows how a run went: loss and accuracy curves, the regularizer terms over time, the
- * singular-value spectrum and effective rank of every SVD layer, and FLOPs before/after pruning.
+ * singular-value spectrum and effective rank of every SVD layer, MACs per image before and after
+ * pruning against the plain ResNet, and, for a `start --prune-energy` run, the pipeline: accuracy
+ * before pruning, after pruning and after fine-tuning, and the accuracy-vs-MACs curve.
+ *
+ * Units: MACs (multiply-accumulates) per image, counted in the form each layer runs; FLOPs = 2·MACs.
  *
  * Inputs are what the coordinator writes into the run folder: config.json, metrics.jsonl (one JSON
- * object per line; step records and epoch records) and checkpoints. Field names are read
+ * object per line; step records and epoch records), pipeline.json and checkpoints. Field names are read
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -18,11 +22,40 @@ export interface Spectrum {
   s: Float32Array | number[];
 }
 
-/** FLOPs of the model before and after pruning at some energy threshold. */
-export interface FlopsRow {
+/** MACs per image of a model: the plain ResNet, the SVD model, or a prune of it. */
+export interface MacsRow {
   label: string;
-  flops: number;
+  macs: number;
+  /** Weights in the form that runs (what the stock export stores). */
   params?: number;
+}
+
+/** One evaluated model of the pipeline (pipeline.json). */
+export interface PipelinePoint {
+  /** Pruning energy (0: not pruned). */
+  energy: number;
+  /** Test accuracy in [0, 1] and mean cross-entropy. */
+  acc: number;
+  loss: number;
+  /** MACs per image in the form each layer runs; FLOPs = 2·MACs. */
+  macs: number;
+  /** Stored parameters (U, s, V, BN, …) and the weights of the form that runs. */
+  params: number;
+  exportParams: number;
+}
+
+/** pipeline.json: what `start --prune-energy e [--finetune-epochs k]` measured. */
+export interface PipelineSummary {
+  model: string;
+  energy: number;
+  testImages: number;
+  plain: { macs: number; params: number };
+  trained: PipelinePoint;
+  pruned: PipelinePoint;
+  prunedCheckpoint: string;
+  finetuned: (PipelinePoint & { epochs: number; lr: number; run: string }) | null;
+  /** The accuracy-vs-MACs curve: the trained model (energy 0) and each sweep energy, no fine-tuning. */
+  sweep: PipelinePoint[];
 }
 
 export interface ReportInput {
@@ -30,7 +63,8 @@ export interface ReportInput {
   config: Record<string, unknown> | null;
   records: Record<string, unknown>[];
   spectra: Spectrum[];
-  flops: FlopsRow[];
+  macs: MacsRow[];
+  pipeline?: PipelineSummary | null;
   notes?: string[];
 }
 
@@ -121,9 +155,14 @@ export function renderReport(inp: ReportInput): string {
     { label: 'rank @ energy 0.05', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.05)] as [number, number]) },
     { label: 'full rank', points: inp.spectra.map((sp, i) => [i, sp.s.length] as [number, number]), dashed: true, color: '#999' },
   ], { title: 'Effective rank per layer', xLabel: 'layer index (table below)', yLabel: 'rank', width: 760 });
-  const flopsFig = inp.flops.length
-    ? barChart(inp.flops.map((f) => ({ label: f.label, value: f.flops / 1e6 })), { title: 'FLOPs per image before / after pruning', yLabel: 'MFLOPs' })
-    : '<p class="note">FLOPs before/after pruning: not available (no checkpoint, or the layers package could not count FLOPs).</p>';
+  const plainRow = inp.macs.find((r) => r.label.startsWith('plain'));
+  const macsFig = inp.macs.length
+    ? barChart(inp.macs.map((f) => ({ label: f.label, value: f.macs / 1e6, color: f === plainRow ? '#999' : undefined })), { title: 'MACs per image: plain ResNet, this model, pruned', yLabel: 'million MACs per image (FLOPs = 2·MACs)' }) +
+      `<table><tr><th>model</th><th>MACs / image</th><th>% of plain</th><th>weights (form that runs)</th></tr>${inp.macs
+        .map((r) => `<tr><td>${esc(r.label)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${plainRow ? ((100 * r.macs) / plainRow.macs).toFixed(1) + '%' : '–'}</td><td>${r.params ?? '–'}</td></tr>`)
+        .join('')}</table>`
+    : '<p class="note">MACs before/after pruning: not available (no checkpoint, or the layers package could not count MACs).</p>';
+  const pipelineHtml = inp.pipeline ? renderPipeline(inp.pipeline) : '<p class="note">No pipeline.json: this run did not prune and fine-tune (start --prune-energy e --finetune-epochs k does).</p>';
 
   const last = epochs[epochs.length - 1];
   const summary = last
@@ -137,8 +176,40 @@ body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}h1{font-size
 <h2>Training</h2><div class="grid">${figs.join('')}</div>
 <h2>Singular values</h2><div class="grid">${specFig}${rankFig}</div>
 ${rankRows ? `<table><tr><th>layer</th><th>full rank</th><th>rank @0.01</th><th>rank @0.05</th></tr>${rankRows}</table>` : '<p class="note">No checkpoint with singular values found.</p>'}
-<h2>Pruning</h2>${flopsFig}
+<h2>Pruning: MACs</h2>${macsFig}
+<h2>Train → prune → fine-tune</h2>${pipelineHtml}
 ${cfg}</body></html>`;
+}
+
+/** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
+export function renderPipeline(p: PipelineSummary): string {
+  const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
+  const rows: [string, PipelinePoint | null][] = [
+    ['trained, before pruning', p.trained],
+    [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
+    [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],
+  ];
+  const table =
+    `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
+    rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${(100 * r.acc).toFixed(2)}%</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
+    `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
+    `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.</p>`;
+  const sweep = [...p.sweep].sort((a, b) => a.macs - b.macs);
+  const accs = [...sweep.map((q) => q.acc), ...(p.finetuned ? [p.finetuned.acc] : [])].map((a) => 100 * a);
+  const series: Series[] = [
+    { label: 'pruned, no fine-tuning (sweep of e)', points: sweep.map((q) => [q.macs / 1e6, 100 * q.acc] as [number, number]), color: PALETTE[0] },
+  ];
+  // The fine-tuned point is larger and drawn before the pruned one, so both stay visible where they
+  // land on each other (same MACs, and the same accuracy when fine-tuning gained nothing).
+  if (p.finetuned) series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6 });
+  series.push({ label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] });
+  series.push({ label: `plain ${p.model} MACs`, points: [[p.plain.macs / 1e6, Math.min(...accs)], [p.plain.macs / 1e6, Math.max(...accs)]], color: '#999', dashed: true });
+  const curve = linePlot(series, { title: 'Test accuracy vs MACs per image', xLabel: 'million MACs per image', yLabel: 'test accuracy %', width: 640, height: 360 });
+  const sweepTable =
+    '<table><tr><th>energy e</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>' +
+    [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${(100 * q.acc).toFixed(2)}%</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
+    '</table>';
+  return `${table}<div class="grid">${curve}${sweepTable}</div>`;
 }
 
 /** Singular-value vectors of a parameter list (names ending in `.s`). */
@@ -148,9 +219,12 @@ export function spectraOf(params: { name: string; data: Float32Array }[]): Spect
 
 /**
  * Writes `<runDir>/report.html`. `extras` supplies what needs the other packages (the latest
- * checkpoint's parameters, FLOPs before/after pruning); missing pieces are shown as "not available".
+ * checkpoint's parameters, MACs before/after pruning, the pipeline); missing pieces are shown as "not available".
  */
-export function writeReport(runDir: string, extras: { params?: { name: string; data: Float32Array }[]; flops?: FlopsRow[]; notes?: string[] } = {}): string {
+export function writeReport(
+  runDir: string,
+  extras: { params?: { name: string; data: Float32Array }[]; macs?: MacsRow[]; pipeline?: PipelineSummary; notes?: string[] } = {},
+): string {
   const cfgPath = join(runDir, 'config.json');
   const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : null;
   const html = renderReport({
@@ -158,7 +232,8 @@ export function writeReport(runDir: string, extras: { params?: { name: string; d
     config,
     records: readMetrics(join(runDir, 'metrics.jsonl')),
     spectra: spectraOf(extras.params ?? []),
-    flops: extras.flops ?? [],
+    macs: extras.macs ?? [],
+    pipeline: extras.pipeline ?? null,
     notes: extras.notes ?? [],
   });
   const out = join(runDir, 'report.html');

@@ -35,12 +35,25 @@ function forward(stream: NodeJS.ReadableStream | null, prefix: string, write: (s
 
 export function spawnWorkers(
   k: number,
-  opts: { port: number; backend: string; threads?: number; token: string | null; data?: string | null; write?: (s: string) => void; onExit?: (i: number, code: number | null, signal: string | null) => void },
+  opts: {
+    port: number;
+    backend: string;
+    /** oneDNN threads per worker on the native engine (omitted: 1). */
+    threads?: number;
+    token: string | null;
+    data?: string | null;
+    /** The coordinator serves wss:// with this PEM certificate: the workers trust exactly it. */
+    tlsCa?: string;
+    write?: (s: string) => void;
+    onExit?: (i: number, code: number | null, signal: string | null) => void;
+  },
 ): SpawnedWorkers {
   const write = opts.write ?? ((s: string) => process.stderr.write(s));
   const children: ChildProcess[] = [];
   for (let i = 0; i < k; i++) {
-    const args = [workerBinPath(), '--coordinator', `ws://127.0.0.1:${opts.port}`, '--backend', opts.backend, '--name', `w${i}`];
+    const url = `${opts.tlsCa ? 'wss' : 'ws'}://127.0.0.1:${opts.port}`;
+    const args = [workerBinPath(), '--coordinator', url, '--backend', opts.backend, '--name', `w${i}`];
+    if (opts.tlsCa) args.push('--ca', opts.tlsCa);
     if (opts.data) args.push('--data', opts.data);
     if (opts.threads !== undefined && opts.threads !== 1) args.push('--threads', String(opts.threads));
     // The token goes through the environment, not argv, so `ps` does not show it.

@@ -8,6 +8,8 @@ export interface Series {
   points: [number, number][];
   color?: string;
   dashed?: boolean;
+  /** Radius of the marker drawn when the series is a single point (default 3). */
+  marker?: number;
 }
 
 export interface PlotOptions {
@@ -95,7 +97,7 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   for (const s of live) {
     const d = s.points.map(([x, y], i) => `${i ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(ty(y)).toFixed(1)}`).join('');
     parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/>`);
-    if (s.points.length === 1) parts.push(`<circle cx="${sx(s.points[0]![0])}" cy="${sy(ty(s.points[0]![1]))}" r="3" fill="${s.color}"/>`);
+    if (s.points.length === 1) parts.push(`<circle cx="${sx(s.points[0]![0])}" cy="${sy(ty(s.points[0]![1]))}" r="${s.marker ?? 3}" fill="${s.color}"/>`);
   }
   // Legend, top-right inside the plot, on a white box so it stays readable over lines.
   const lw = Math.min(220, 20 + Math.max(...live.map((s) => s.label.length)) * 6.2);
@@ -110,7 +112,7 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   return parts.join('');
 }
 
-/** A horizontal-free simple grouped bar chart (used for FLOPs before/after pruning). */
+/** A simple vertical bar chart (used for MACs per image before/after pruning). */
 export function barChart(bars: { label: string; value: number; color?: string }[], o: Omit<PlotOptions, 'xLabel' | 'logY'>): string {
   const W = o.width ?? 560;
   const H = o.height ?? 300;

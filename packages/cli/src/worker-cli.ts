@@ -2,22 +2,27 @@
 import { Command } from 'commander';
 import { BACKENDS } from '@svd-train/core';
 import { runWorker } from '@svd-train/worker';
+import { readFileSync } from 'node:fs';
 import { parseNumberOption, reportError, usageError } from './cli-errors.js';
+import { resolveToken } from './secrets.js';
 
 export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Command {
   return new Command('svd-worker')
     .description('Compute SVD-ResNet gradients for an svd-coord coordinator.')
     .exitOverride()
-    .requiredOption('--coordinator <url>', 'coordinator address, ws://HOST:PORT')
+    .requiredOption('--coordinator <url>', 'coordinator address, wss://HOST:PORT (or ws:// on a trusted network)')
     .option('--gpu <n>', 'GPU index (tfjs-node-gpu)', parseNumberOption('--gpu', 'a GPU index ≥ 0, e.g. 0', (n) => Number.isInteger(n) && n >= 0))
     .option('--cpu', 'use no GPU')
     .option('--backend <name>', `compute engine: ${BACKENDS.join(' | ')} (default auto: the first that loads, in that order)`)
     .option('--threads <n>', 'oneDNN threads on the native engine (default 1: run one worker per core)', parseNumberOption('--threads', 'a whole number of threads ≥ 1, e.g. 2', (n) => Number.isInteger(n) && n >= 1 && n <= 1024))
-    .option('--token <secret>', 'shared token (or SVD_TRAIN_TOKEN)')
+    .option('--token-file <file>', 'read the shared token from the first line of this file (stays out of `ps`; or set SVD_TRAIN_TOKEN)')
+    .option('--token <secret>', 'shared token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN')
+    .option('--ca <file>', 'PEM certificate(s) the wss:// coordinator\'s certificate must chain to (e.g. its self-signed certificate)')
+    .option('--handshake-timeout-ms <n>', 'give up on a coordinator that does not answer a handshake stage within this long (default 30000)', parseNumberOption('--handshake-timeout-ms', 'milliseconds ≥ 100, e.g. 30000', (n) => Number.isInteger(n) && n >= 100))
     .option('--data <dir>', 'local CIFAR-10 copy (used if it matches the coordinator\'s md5s)')
     .option('--name <name>', 'name shown in the coordinator\'s logs')
-    .addHelpText('after', '\nExample:\n  svd-worker --gpu 0 --coordinator ws://10.0.0.5:7733 --token $TOKEN')
-    .action(async (o: { coordinator: string; gpu?: number; cpu?: boolean; backend?: string; threads?: number; token?: string; data?: string; name?: string }) => {
+    .addHelpText('after', '\nExample:\n  svd-worker --gpu 0 --coordinator wss://10.0.0.5:7733 --ca cert.pem --token-file token.txt')
+    .action(async (o: { coordinator: string; gpu?: number; cpu?: boolean; backend?: string; threads?: number; token?: string; tokenFile?: string; ca?: string; handshakeTimeoutMs?: number; data?: string; name?: string }) => {
       if (o.backend && !(BACKENDS as readonly string[]).includes(o.backend)) {
         throw usageError(`--backend ${JSON.stringify(o.backend)} is not valid; expected one of ${BACKENDS.join(', ')}. Fix: e.g. --backend wasm.`);
       }
@@ -27,7 +32,9 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
         cpu: o.cpu,
         backend: (o.backend ?? 'auto') as (typeof BACKENDS)[number],
         threads: o.threads,
-        token: o.token ?? process.env.SVD_TRAIN_TOKEN ?? null,
+        token: resolveToken(o, (m) => process.stderr.write(m)),
+        ...(o.ca !== undefined ? { ca: readCa(o.ca) } : {}),
+        ...(o.handshakeTimeoutMs !== undefined ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
         name: o.name,
         dataDir: o.data ?? null,
         log: (s: string) => process.stdout.write(`${s}\n`),
@@ -35,6 +42,14 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
       process.stdout.write(`worker done after ${r.steps} steps: ${r.reason}\n`);
       setCode(0);
     });
+}
+
+function readCa(path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw usageError(`--ca ${JSON.stringify(path)} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}). Fix: pass the coordinator's PEM certificate or its CA.`);
+  }
 }
 
 /** Entry point of bin/svd-worker.js. */
@@ -46,4 +61,7 @@ export async function runWorkerCli(argv: string[]): Promise<void> {
     code = reportError(e);
   }
   process.exitCode = code;
+  // The work is over: nothing (a peer's half-closed socket, a stray timer) may keep the process
+  // alive. An unref'd timer fires only if something else still holds the event loop.
+  setTimeout(() => process.exit(code), 2000).unref();
 }

@@ -1,10 +1,11 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { WebSocket } from 'ws';
 import { createHash } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EpochSampler, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
+import { EpochSampler, HANDSHAKE_MAX_BYTES, MAX_UNAUTHENTICATED_CONNECTIONS, PROTOCOL_VERSION, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
 import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
 import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
 
@@ -389,8 +390,12 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
   it('stallAction abort rejects the run naming the worker', async () => {
     const cfg = config({ minWorkers: 1, stallWarnMs: 50, stepTimeoutMs: 200, stallAction: 'abort' });
     const h = await harness(cfg);
-    h.spawn({ name: 'stuck', onStep: () => 'stall' });
+    const stuck = h.spawn({ name: 'stuck', onStep: () => 'stall' });
     await expect(h.coord.start()).rejects.toThrow(/stuck.*stalled/);
+    // The workers hear the code, not "training finished".
+    await stuck.closed;
+    expect(stuck.error?.code).toBe('ROUND_MISMATCH');
+    expect(stuck.received.some((m) => m.type === 'shutdown')).toBe(false);
   });
 
   it('NaN gradients and wrong shapes: the worker gets a typed error and is dropped; training completes exactly', async () => {
@@ -422,6 +427,49 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     expect(good.steps).toBeGreaterThan(0);
     const welcome = good.received.find((m) => m.type === 'welcome');
     expect(JSON.stringify(welcome)).not.toContain('s3cret');
+    // Mutual: the coordinator proved the token on each worker's own nonce.
+    expect(good.coordinatorProved).toBe(true);
+    expect(bad.coordinatorProved).toBe(false);
+  });
+
+  it('refuses a frame above the handshake limit before hello on its header (1009, FRAME_TOO_LARGE)', async () => {
+    const h = await harness(config());
+    const ws = new WebSocket(h.url);
+    ws.on('error', () => {});
+    await new Promise<void>((r) => ws.on('open', () => r()));
+    ws.send(new Uint8Array(HANDSHAKE_MAX_BYTES + 1));
+    expect(await new Promise<number>((r) => ws.on('close', (code) => r(code)))).toBe(1009);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(h.logs.some((l) => /FRAME_TOO_LARGE.*65536-byte limit before authentication/.test(l))).toBe(true);
+  });
+
+  it('cuts raw TCP that never upgrades, caps unauthenticated connections, and close() does not wait for them', async () => {
+    const h = await harness(config({ handshakeTimeoutMs: 300 }));
+    const port = Number(new URL(h.url).port);
+    const open = (): Promise<{ sock: Socket; ended: Promise<number> }> =>
+      new Promise((res) => {
+        const t0 = Date.now();
+        const sock = connect(port, '127.0.0.1', () => res({ sock, ended: new Promise((r) => sock.on('close', () => r(Date.now() - t0))) }));
+        sock.on('error', () => {});
+      });
+    const idle = await open();
+    expect(await idle.ended).toBeGreaterThanOrEqual(250);
+    const held = await Promise.all(Array.from({ length: MAX_UNAUTHENTICATED_CONNECTIONS }, open));
+    const extra = await open();
+    expect(await extra.ended).toBeLessThan(250);
+    expect(h.logs.some((l) => /unauthenticated connections are already open/.test(l))).toBe(true);
+    const t0 = Date.now();
+    await h.coord.close();
+    expect(Date.now() - t0).toBeLessThan(1000);
+    await Promise.all(held.map((c) => c.ended));
+  });
+
+  it('logs a hostile worker name with its control characters escaped (no forged log lines)', async () => {
+    const h = await harness(config({ minWorkers: 1 }));
+    h.spawn({ name: 'evil\nworker forged joined\x1b[2K' });
+    await h.coord.start();
+    expect(h.logs.some((l) => l.includes('evil\\x0aworker forged joined\\x1b[2K'))).toBe(true);
+    expect(h.logs.every((l) => !l.includes('\n') && !l.includes('\x1b'))).toBe(true);
   });
 
   it('requires a token when bound to a non-loopback host', () => {
@@ -433,7 +481,7 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     const old = h.spawn({ protocolVersion: 99 });
     await old.closed;
     expect(old.error?.code).toBe('PROTOCOL_VERSION');
-    expect(old.error?.message).toMatch(/99.*1/);
+    expect(old.error?.message).toMatch(new RegExp(`99.*${PROTOCOL_VERSION}`));
   });
 
   it('refuses a manifest that differs, naming both sides', async () => {

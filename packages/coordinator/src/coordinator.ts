@@ -23,12 +23,30 @@
  * slices recomputed. A step whose average gradient or updated parameters are not finite is never
  * applied or checkpointed: the run aborts with DIVERGED, as it does when one slice of a step has
  * failed MAX_SLICE_FAULTS times (non-finite or outlier) or every attempt so far failed.
+ *
+ * Bounded before trusted: every TCP connection (upgraded or not) must authenticate within
+ * AUTH_DEADLINE_MS, at most MAX_UNAUTHENTICATED_CONNECTIONS wait at once, and until a peer has
+ * proved the token its frames may be HANDSHAKE_MAX_BYTES at most (refused on the frame header).
+ * Afterwards the limit is one model's tensors (`tensorFrameBytes`). `close()` never waits on a peer.
  */
 import { randomUUID } from 'node:crypto';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import {
+  AUTH_DEADLINE_MS,
   EpochSampler,
+  HANDSHAKE_MAX_BYTES,
+  MAX_UNAUTHENTICATED_CONNECTIONS,
+  PING_INTERVAL_MS,
+  authProof,
+  escapeForLog,
+  makeNonce,
+  setReceiveLimit,
+  tensorFrameBytes,
+  verifyAuthProof,
   SvdTrainError,
   configHash as computeConfigHash,
   createOptimizer,
@@ -52,7 +70,7 @@ import {
 } from '@svd-train/core';
 import { AllReduce, l2Norm } from './all-reduce.js';
 import { DatasetServer } from './dataset-server.js';
-import { authPolicy, makeNonce, verifyMac } from './handshake.js';
+import { authPolicy } from './handshake.js';
 import { MetricsWriter, type EpochEvent, type EpochMetrics, type StepMetrics, type WorkerTiming } from './metrics.js';
 import { checkGradients, checkManifest, type Manifest } from './round.js';
 import { StallDetector } from './stall-detector.js';
@@ -134,6 +152,8 @@ export interface CoordinatorOptions {
   onLog?: (level: LogLevel, msg: string) => void;
   /** A worker finished its handshake. */
   onWorkerJoin?: (w: { id: string; name: string; backend: string; device: string }) => void;
+  /** PEM certificate chain and private key: serve wss:// instead of ws://. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
 }
 
 type PeerState = 'hello' | 'auth' | 'manifest' | 'ready' | 'gone';
@@ -157,6 +177,8 @@ interface Peer {
   id: string;
   name: string;
   ws: WebSocket;
+  /** The socket under `ws` (TLS or TCP), for the authentication deadline. */
+  socket: Socket;
   state: PeerState;
   nonce: Uint8Array | null;
   hello: HelloMessage | null;
@@ -165,6 +187,8 @@ interface Peer {
   queue: Task[];
   current: Task | null;
   handshakeTimer: NodeJS.Timeout | null;
+  /** Dataset chunks handed to the socket and not yet written out. */
+  pendingChunks: number;
 }
 
 interface Job {
@@ -192,12 +216,28 @@ export const MAX_SLICE_FAULTS = 3;
 export const EARLY_CHECKPOINT_STEP = 20;
 /** Error codes that are numeric faults of a step (count towards divergence) rather than protocol ones. */
 const NUMERIC_FAULTS = new Set(['NON_FINITE', 'GRADIENT_OUTLIER']);
+/** How long close() lets the shutdown frames drain before it destroys the sockets. */
+const CLOSE_GRACE_MS = 500;
+
+/** Dataset chunks one worker may have queued unsent (a whole CIFAR-10 file is 8). */
+const MAX_PENDING_CHUNKS = 16;
+
+/** Refusals of one kind (connections, peers dropped before authenticating) are logged at most once per this long (plus a count). */
+const QUIET_LOG_MS = 5000;
 
 export class Coordinator {
   readonly config: RunConfig;
   readonly configHash: string;
   private readonly opts: CoordinatorOptions;
   private server: WebSocketServer | null = null;
+  private http: HttpServer | null = null;
+  /** Every open TCP socket, upgraded or not, so close() can end them without waiting on a peer. */
+  private readonly sockets = new Set<Socket>();
+  /** Sockets (TLS or TCP, as the upgrade saw them) whose peer proved the token. */
+  private readonly authed = new WeakSet<Socket>();
+  private authedCount = 0;
+  private pingTimer: NodeJS.Timeout | null = null;
+  private readonly quiet = new Map<string, { more: number }>();
   private readonly peers = new Map<string, Peer>();
   private readonly auth: { required: boolean };
   private readonly stall: StallDetector;
@@ -252,22 +292,86 @@ export class Coordinator {
 
   /** Starts listening; resolves with the bound port (config.port 0 picks a free one). */
   async listen(): Promise<{ host: string; port: number }> {
-    if (this.server) return this.address();
-    const server = new WebSocketServer({ host: this.config.host, port: this.config.port, maxPayload: this.config.maxMessageBytes, perMessageDeflate: false });
+    if (this.http) return this.address();
+    const tls = this.opts.tls;
+    // Our own HTTP(S) server rather than ws's: ws's would wait in close() for every socket,
+    // including raw TCP that never upgrades, and gives no hook for the pre-upgrade deadline.
+    const http = tls ? createHttpsServer({ cert: tls.cert, key: tls.key, handshakeTimeout: this.authDeadlineMs() }) : createHttpServer();
+    this.http = http;
+    // Until a peer has authenticated its frames are handshake-sized; onMessage raises the limit.
+    const server = new WebSocketServer({ noServer: true, maxPayload: HANDSHAKE_MAX_BYTES, perMessageDeflate: false });
     this.server = server;
-    server.on('connection', (ws) => this.onConnection(ws));
-    await new Promise<void>((resolve, reject) => {
-      server.once('listening', () => resolve());
-      server.once('error', (e) => reject(e));
+    // 'connection' is the raw TCP socket for both http and https: it counts against the cap.
+    http.on('connection', (sock: Socket) => this.onTcp(sock));
+    // The socket the upgrade will see (TLS after its handshake, else TCP) carries the deadline.
+    http.on(tls ? 'secureConnection' : 'connection', (sock: Socket) => this.armAuthDeadline(sock));
+    http.on('request', (_req: IncomingMessage, res: import('node:http').ServerResponse) => {
+      res.writeHead(426, { 'content-type': 'text/plain', connection: 'close' });
+      res.end('svd-train coordinator: connect with svd-worker (WebSocket)\n');
     });
-    server.on('error', (e) => this.log('error', `server error: ${e.message}`));
+    http.on('upgrade', (req: IncomingMessage, sock: Socket, head: Buffer) => {
+      if (this.closed) return void sock.destroy();
+      server.handleUpgrade(req, sock, head, (ws: WebSocket) => this.onConnection(ws, sock));
+    });
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', reject);
+      http.listen(this.config.port, this.config.host, () => {
+        http.removeListener('error', reject);
+        resolve();
+      });
+    });
+    http.on('error', (e: Error) => this.log('error', `server error: ${e.message}`));
+    // Pings let a worker tell a dead or silent coordinator from one that is busy or waiting.
+    this.pingTimer = setInterval(() => {
+      for (const p of this.peers.values()) if (p.ws.readyState === 1) p.ws.ping();
+    }, PING_INTERVAL_MS);
+    this.pingTimer.unref?.();
     const a = this.address();
-    this.log('info', `coordinator listening on ws://${a.host}:${a.port} (auth ${this.auth.required ? 'required' : 'off: loopback/insecure'})`);
+    this.log('info', `coordinator listening on ${tls ? 'wss' : 'ws'}://${a.host}:${a.port} (auth ${this.auth.required ? 'required' : 'off: loopback/insecure'}${tls ? ', TLS' : ''})`);
     return a;
   }
 
+  /** Milliseconds a connection has from TCP accept to a verified token proof. */
+  private authDeadlineMs(): number {
+    return Math.min(AUTH_DEADLINE_MS, this.config.handshakeTimeoutMs);
+  }
+
+  private onTcp(sock: Socket): void {
+    if (this.closed) return void sock.destroy();
+    // Every authenticated peer holds exactly one TCP socket, so this counts the unauthenticated ones.
+    if (this.sockets.size - this.authedCount >= MAX_UNAUTHENTICATED_CONNECTIONS) {
+      this.logQuietly('cap', 'warn', `refused a connection from ${escapeForLog(sock.remoteAddress)}: ${MAX_UNAUTHENTICATED_CONNECTIONS} unauthenticated connections are already open`);
+      sock.destroy();
+      return;
+    }
+    this.sockets.add(sock);
+    sock.once('close', () => this.sockets.delete(sock));
+  }
+
+  private armAuthDeadline(sock: Socket): void {
+    const ms = this.authDeadlineMs();
+    const t = setTimeout(() => {
+      if (this.authed.has(sock) || sock.destroyed) return;
+      // An upgraded peer is told why (coded error, close 1008); a socket that never upgraded is just cut.
+      const peer = [...this.peers.values()].find((p) => p.socket === sock);
+      if (peer) this.dropPeer(peer, 'PEER_TIMEOUT', `handshake not finished within ${ms} ms (not authenticated)`);
+      else {
+        this.logQuietly('no-upgrade', 'info', `closed a connection from ${escapeForLog(sock.remoteAddress)}: no WebSocket upgrade within ${ms} ms`);
+        sock.destroy();
+      }
+    }, ms);
+    t.unref?.();
+    sock.once('close', () => clearTimeout(t));
+  }
+
+  /** Largest frame an authenticated worker may send: one model's tensors (gradients), else the configured cap. */
+  private authedFrameLimit(): number {
+    const m = this.manifest;
+    return m ? Math.min(this.config.maxMessageBytes, tensorFrameBytes(m)) : this.config.maxMessageBytes;
+  }
+
   address(): { host: string; port: number } {
-    const a = this.server?.address();
+    const a = this.http?.address();
     if (!a || typeof a === 'string') return { host: this.config.host, port: this.config.port };
     return { host: this.config.host, port: a.port };
   }
@@ -290,7 +394,26 @@ export class Coordinator {
     this.opts.onLog?.(level, msg);
   }
 
-  private onConnection(ws: WebSocket): void {
+  /**
+   * Logs the first event of `kind`, then at most one line per QUIET_LOG_MS saying how many more
+   * there were: thousands of refused connections a second must not turn into a log flood.
+   */
+  private logQuietly(kind: string, level: LogLevel, msg: string): void {
+    const q = this.quiet.get(kind);
+    if (q) {
+      q.more++;
+      return;
+    }
+    this.log(level, msg);
+    const entry = { more: 0 };
+    this.quiet.set(kind, entry);
+    setTimeout(() => {
+      this.quiet.delete(kind);
+      if (entry.more) this.log(level, `${msg} (and ${entry.more} more like this within ${QUIET_LOG_MS / 1000} s)`);
+    }, QUIET_LOG_MS).unref?.();
+  }
+
+  private onConnection(ws: WebSocket, socket: Socket): void {
     if (this.closed) {
       ws.terminate();
       return;
@@ -298,22 +421,25 @@ export class Coordinator {
     // Connection ids start with 'c' so they never read like a worker's own name: spawned workers
     // are named w0, w1, … and an id like 'w1-…' next to worker w0 looked like a mislabel.
     const id = `c${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
-    const peer: Peer = { id, name: id, ws, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null };
+    const peer: Peer = { id, name: id, ws, socket, state: 'hello', nonce: null, hello: null, weightsVersion: -1, queue: [], current: null, handshakeTimer: null, pendingChunks: 0 };
     this.peers.set(id, peer);
     this.armHandshakeTimer(peer);
     ws.on('message', (data: RawData) => {
       try {
-        this.onMessage(peer, decodeMessage(data as Uint8Array | ArrayBuffer | Uint8Array[], { maxBytes: this.config.maxMessageBytes }));
+        const authed = peer.state === 'manifest' || peer.state === 'ready';
+        this.onMessage(peer, decodeMessage(data as Uint8Array | ArrayBuffer | Uint8Array[], { maxBytes: authed ? this.authedFrameLimit() : HANDSHAKE_MAX_BYTES }));
       } catch (e) {
         const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', `while handling a message from ${peer.name}: ${(e as Error)?.stack ?? String(e)}`);
         this.dropPeer(peer, err.code, err.message);
       }
     });
     ws.on('close', (code: number, reason: Buffer) => {
-      if (peer.state !== 'gone') this.dropPeer(peer, null, `disconnected (code ${code}${reason?.length ? `: ${reason.toString()}` : ''})`);
+      if (peer.state !== 'gone') this.dropPeer(peer, null, `disconnected (code ${code}${reason?.length ? `: ${escapeForLog(reason.toString())}` : ''})`);
     });
     ws.on('error', (e: Error) => {
-      if (peer.state !== 'gone') this.dropPeer(peer, null, `socket error: ${e.message}`);
+      // ws refuses an over-limit frame on its header (close 1009) before buffering its payload.
+      const tooLarge = (e as { code?: string }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH';
+      if (peer.state !== 'gone') this.dropPeer(peer, tooLarge ? 'FRAME_TOO_LARGE' : null, tooLarge ? `sent a frame larger than the ${peer.state === 'hello' || peer.state === 'auth' ? `${HANDSHAKE_MAX_BYTES}-byte limit before authentication` : `${this.authedFrameLimit()}-byte limit (one model's tensors)`}` : `socket error: ${escapeForLog(e.message)}`);
     });
   }
 
@@ -338,11 +464,16 @@ export class Coordinator {
   private dropPeer(peer: Peer, code: string | null, why: string): void {
     if (peer.state === 'gone') return;
     const wasReady = peer.state === 'ready';
+    const unauthenticated = peer.state === 'hello' || peer.state === 'auth';
     peer.state = 'gone';
     this.peers.delete(peer.id);
     if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
     this.stall.clear(peer.id);
-    this.log(code ? 'warn' : wasReady ? 'warn' : 'info', `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`);
+    const line = `worker ${peer.name} (${peer.id}) dropped: ${code ? `${code}: ` : ''}${why}`;
+    const level: LogLevel = code ? 'warn' : wasReady ? 'warn' : 'info';
+    // Anyone can connect and be dropped before authenticating: per code, those lines are rate-limited.
+    if (unauthenticated) this.logQuietly(`drop:${code ?? 'disconnect'}`, level, line);
+    else this.log(level, line);
     // A numeric fault (NaN gradients, a gradient outlier) counts against the slice the peer was
     // computing: if every worker that tries a slice fails it, the run diverged. Counted before the
     // peer is told why, so that the fault that ends the run tells this peer RUN_ABORTED (it exits)
@@ -350,6 +481,10 @@ export class Coordinator {
     if (code && NUMERIC_FAULTS.has(code) && peer.current && !peer.current.result && this.job?.kind === 'step') {
       this.noteFault(peer.current, `worker ${peer.name}: ${why}`);
       if (this.fatal) [code, why] = ['RUN_ABORTED', `the coordinator stopped the run: [${this.fatal.code}] ${this.fatal.message}`];
+    }
+    if (this.authed.has(peer.socket)) {
+      this.authed.delete(peer.socket);
+      this.authedCount--;
     }
     try {
       if (code && peer.ws.readyState === 1) peer.ws.send(encodeMessage({ type: 'error', code, message: why }));
@@ -393,24 +528,33 @@ export class Coordinator {
   private onMessage(peer: Peer, msg: Message): void {
     if (peer.state === 'gone') return;
     if (msg.type === 'error') {
-      this.dropPeer(peer, null, `worker reported ${msg.code}: ${msg.message}`);
+      this.dropPeer(peer, null, `worker reported ${escapeForLog(msg.code, 40)}: ${escapeForLog(msg.message)}`);
       return;
     }
     switch (peer.state) {
-      case 'hello':
+      case 'hello': {
         if (msg.type !== 'hello') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'hello' first, got '${msg.type}'`);
         peer.hello = msg;
-        peer.name = `${msg.workerName}@${msg.hostname}`;
-        peer.nonce = makeNonce();
+        // The peer chose these strings and is not authenticated yet: never log them raw.
+        peer.name = `${escapeForLog(msg.workerName, 64)}@${escapeForLog(msg.hostname, 64)}`;
+        const nonce = makeNonce();
+        peer.nonce = nonce;
         peer.state = 'auth';
-        this.send(peer, { type: 'challenge', nonce: peer.nonce, authRequired: this.auth.required });
+        const token = this.config.token;
+        // Our own proof on the worker's nonce: a worker with a token refuses a coordinator without it.
+        const proof = token ? authProof(token, 'coordinator', { worker: msg.nonce, coordinator: nonce }) : '';
+        this.send(peer, { type: 'challenge', nonce, authRequired: this.auth.required, proof });
         return;
+      }
       case 'auth':
         if (msg.type !== 'auth') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'auth' after the challenge, got '${msg.type}'`);
-        if (this.auth.required && !verifyMac(this.config.token ?? '', peer.nonce!, msg.mac)) {
-          throw new SvdTrainError('AUTH_FAILED', `authentication failed: the worker's token does not match the coordinator's; pass the same --token / SVD_TRAIN_TOKEN to both`);
+        if (this.auth.required && !verifyAuthProof(this.config.token ?? '', 'worker', { worker: peer.hello!.nonce, coordinator: peer.nonce! }, msg.mac)) {
+          throw new SvdTrainError('AUTH_FAILED', `authentication failed: the worker's token does not match the coordinator's; pass the same token (--token-file, SVD_TRAIN_TOKEN or --token) to both`);
         }
         peer.state = 'manifest';
+        this.authed.add(peer.socket);
+        this.authedCount++;
+        setReceiveLimit(peer.ws, this.authedFrameLimit());
         this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config) as unknown as Record<string, unknown>, configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
         return;
       case 'manifest':
@@ -431,6 +575,8 @@ export class Coordinator {
         }
         if (!this.manifest) this.manifest = { params: msg.params, buffers: msg.buffers, source: `worker ${peer.name}` };
         peer.state = 'ready';
+        // Now the manifest is known for certain: from here on a frame is at most one model's tensors.
+        setReceiveLimit(peer.ws, this.authedFrameLimit());
         if (peer.handshakeTimer) clearTimeout(peer.handshakeTimer);
         this.log('info', `worker ${peer.name} (${peer.id}) joined: backend ${peer.hello!.backend}, ${peer.hello!.device}`);
         this.opts.onWorkerJoin?.({ id: peer.id, name: peer.name, backend: peer.hello!.backend, device: peer.hello!.device });
@@ -444,8 +590,17 @@ export class Coordinator {
   }
 
   private serveData(peer: Peer, file: string): void {
-    if (!this.dataServer) throw new SvdTrainError('DATA_MISSING', `worker asked for dataset file '${file}', but this coordinator was started without --data to serve; give the worker its own copy`);
-    for (const chunk of this.dataServer.chunks(file)) this.send(peer, chunk);
+    if (!this.dataServer) throw new SvdTrainError('DATA_MISSING', `worker asked for dataset file '${escapeForLog(file, 80)}', but this coordinator was started without --data to serve; give the worker its own copy`);
+    // A worker fetches one file at a time; one that keeps asking without reading would make
+    // the coordinator queue the dataset again and again in its socket buffers.
+    if (peer.pendingChunks > MAX_PENDING_CHUNKS) {
+      throw new SvdTrainError('PROTOCOL_INVALID', `asked for dataset file '${escapeForLog(file, 80)}' while ${peer.pendingChunks} chunks of earlier files are still unsent; fetch one file at a time`);
+    }
+    for (const chunk of this.dataServer.chunks(file)) {
+      if (peer.state === 'gone' || peer.ws.readyState !== 1) return;
+      peer.pendingChunks++;
+      peer.ws.send(encodeMessage(chunk), () => peer.pendingChunks--);
+    }
   }
 
   private setWeights(params: readonly WireTensor[], buffers: readonly WireTensor[], source: string): void {
@@ -729,9 +884,9 @@ export class Coordinator {
       summary = await this.train(t0);
     } catch (e) {
       // Workers must learn that the run failed: told "training finished" they exited 0 while the
-      // coordinator was dying with an error.
-      const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', (e as Error)?.message ?? String(e));
-      await this.close(`coordinator stopped with an error`, err);
+      // coordinator was dying with an error. They get RUN_ABORTED naming the cause, and exit non-zero.
+      const err = e instanceof SvdTrainError ? e : new SvdTrainError('INTERNAL', String((e as Error)?.message ?? e));
+      await this.close(`coordinator stopped with ${err.code}`, err);
       throw e;
     }
     await this.close(summary.alreadyFinished ? 'the run was already finished' : 'training finished');
@@ -951,30 +1106,43 @@ export class Coordinator {
   }
 
   /**
-   * Tells every worker to exit and stops the server. Safe to call twice. With `error`, workers get
-   * a RUN_ABORTED error naming it instead of a shutdown, so they exit non-zero too.
+   * Tells every worker to exit and stops the server. Safe to call twice. With `failure`, workers get
+   * a RUN_ABORTED error naming it instead of a shutdown, so they exit non-zero too. Never waits on a
+   * peer: the shutdown frames get at most CLOSE_GRACE_MS to leave, then every socket (workers,
+   * half-open handshakes, raw TCP that never upgraded) is destroyed.
    */
-  async close(reason = 'coordinator shutting down', error?: SvdTrainError): Promise<void> {
+  async close(reason = 'coordinator shutting down', failure?: SvdTrainError): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stall.clearAll();
     this.wake();
-    const last: Message = error
-      ? { type: 'error', code: 'RUN_ABORTED', message: `${reason}: [${error.code}] ${error.message}` }
-      : { type: 'shutdown', reason };
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    const flushed: Promise<void>[] = [];
     for (const p of [...this.peers.values()]) {
-      this.send(p, last);
-      p.state = 'gone';
       if (p.handshakeTimer) clearTimeout(p.handshakeTimer);
+      // Only authenticated workers are told why; anyone else just loses the connection.
+      if (p.ws.readyState === 1 && (p.state === 'manifest' || p.state === 'ready')) {
+        const msg: Message = failure
+          ? { type: 'error', code: 'RUN_ABORTED', message: `${reason}: [${failure.code}] ${failure.message}` }
+          : { type: 'shutdown', reason };
+        flushed.push(new Promise<void>((r) => p.ws.send(encodeMessage(msg), () => r())));
+      }
+      p.state = 'gone';
+    }
+    if (flushed.length) await Promise.race([Promise.all(flushed), new Promise<void>((r) => setTimeout(r, CLOSE_GRACE_MS).unref?.())]);
+    for (const p of this.peers.values()) {
       try {
         p.ws.close(1000, 'shutdown');
       } catch {
         /* already closed */
       }
-      setTimeout(() => p.ws.terminate(), 500).unref?.();
+      p.ws.terminate();
     }
     this.peers.clear();
-    const server = this.server;
-    if (server) await new Promise<void>((r) => server.close(() => r()));
+    for (const sock of this.sockets) sock.destroy();
+    this.sockets.clear();
+    this.server?.close();
+    const http = this.http;
+    if (http) await new Promise<void>((r) => http.close(() => r()));
   }
 }

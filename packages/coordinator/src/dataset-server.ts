@@ -7,10 +7,10 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, type DataChunkMessage } from '@svd-train/core';
+import { DATA_CHUNK_BYTES, SvdTrainError, type DataChunkMessage } from '@svd-train/core';
 
-/** Chunk size: well below any sensible maxMessageBytes and small enough to interleave with other traffic. */
-export const DATA_CHUNK_BYTES = 4 * 1024 * 1024;
+// Chunk size (core, so the worker bounds data-chunk frames by it): small enough to interleave with other traffic.
+export { DATA_CHUNK_BYTES };
 
 export class DatasetServer {
   private readonly cache = new Map<string, { bytes: Uint8Array; md5: string }>();

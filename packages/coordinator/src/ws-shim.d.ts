@@ -16,6 +16,7 @@ declare module 'ws' {
     send(data: Uint8Array | string, opts: { binary?: boolean; compress?: boolean }, cb?: (err?: Error) => void): void;
     close(code?: number, reason?: string): void;
     terminate(): void;
+    ping(data?: Uint8Array): void;
     on(event: 'open', cb: () => void): this;
     on(event: 'message', cb: (data: RawData, isBinary: boolean) => void): this;
     on(event: 'close', cb: (code: number, reason: Buffer) => void): this;
@@ -27,6 +28,7 @@ declare module 'ws' {
   interface ServerOptions {
     host?: string;
     port?: number;
+    noServer?: boolean;
     maxPayload?: number;
     perMessageDeflate?: boolean;
   }
@@ -35,6 +37,7 @@ declare module 'ws' {
     address(): { port: number; address: string } | string | null;
     close(cb?: (err?: Error) => void): void;
     readonly clients: Set<WebSocket>;
+    handleUpgrade(req: IncomingMessage, socket: import('node:net').Socket, head: Buffer, cb: (ws: WebSocket, req: IncomingMessage) => void): void;
     on(event: 'connection', cb: (ws: WebSocket, req: IncomingMessage) => void): this;
     on(event: 'listening', cb: () => void): this;
     on(event: 'error', cb: (err: Error) => void): this;

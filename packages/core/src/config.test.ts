@@ -269,3 +269,23 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
     expect(parseConfig(JSON.parse(JSON.stringify(s)))).toEqual({ ...a, token: null });
   });
 });
+
+describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
+  it('flags arrive as strings and become numbers; "none" clears the energy', () => {
+    const c = resolveConfig({ pruneEnergy: '0.01', finetuneEpochs: '10', finetuneLr: '0.02', sweepEnergies: '0.01,0.05' }, undefined, {});
+    expect([c.pruneEnergy, c.finetuneEpochs, c.finetuneLr, c.sweepEnergies]).toEqual([0.01, 10, 0.02, [0.01, 0.05]]);
+    expect(resolveConfig({ pruneEnergy: 'none' }, undefined, {}).pruneEnergy).toBeNull();
+  });
+
+  it('refuses an energy outside [0, 1) and fine-tuning without pruning, naming the fix', () => {
+    expect(thrown(() => parseConfig({ pruneEnergy: 1 })).code).toBe('CONFIG_INVALID');
+    const e = thrown(() => parseConfig({ finetuneEpochs: 3 }));
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.message).toMatch(/--prune-energy/);
+  });
+
+  it('are not hashed: they change no step of the training phase, so its checkpoints stay resumable', () => {
+    const h = configHash(parseConfig({}));
+    expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, sweepEnergies: [0.1] }))).toBe(h);
+  });
+});

@@ -73,6 +73,10 @@ export const RunConfigSchema = z
     data: path().nullable().default(DEFAULTS.data),
     limitTrain: int(1).nullable().default(DEFAULTS.limitTrain),
     limitTest: int(1).nullable().default(DEFAULTS.limitTest),
+    pruneEnergy: z.number().min(0).lt(1).nullable().default(DEFAULTS.pruneEnergy),
+    finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
+    finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
+    sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
     host: z.string().min(1).default(DEFAULTS.host),
     port: int(0, 65535).default(DEFAULTS.port),
     minWorkers: int(1).default(DEFAULTS.minWorkers),
@@ -124,6 +128,9 @@ export const RunConfigSchema = z
     if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
       ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
     }
+    if (c.pruneEnergy === null && c.finetuneEpochs > 0) {
+      ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });
+    }
     if (c.stallWarnMs > c.stepTimeoutMs) {
       ctx.addIssue({
         code: 'custom',
@@ -147,8 +154,9 @@ void _defaultsMatchSchema;
 export const CONFIG_KEYS = Object.freeze(Object.keys(RunConfigSchema.shape) as ConfigKey[]);
 
 /**
- * Fields that only say where and how this process runs, not what it computes. They are left out
- * of `configHash`, so a resumed run may change its port or output folder. Everything else
+ * Fields that only say where and how this process runs, or what happens after its training phase,
+ * not what a training step computes. They are left out of `configHash`, so a resumed run may
+ * change its port, output folder or pruning energy. Everything else
  * (including fields added later) is hashed by default, which fails safe.
  */
 export const RUN_LOCAL_KEYS = Object.freeze([
@@ -171,6 +179,12 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'backend',
   'threads',
   'maxMessageBytes',
+  // What happens after the training phase: it changes none of that phase's steps or checkpoints
+  // (the fine-tuning phase is its own run, whose config hashes its ranks, epochs and lr).
+  'pruneEnergy',
+  'finetuneEpochs',
+  'finetuneLr',
+  'sweepEnergies',
 ] as const satisfies readonly ConfigKey[]);
 
 /** `lambdaO` -> `lambda-o`, `stepTimeoutMs` -> `step-timeout-ms` (the CLI flag name). */
@@ -262,7 +276,7 @@ function normalizeKeys(raw: Record<string, unknown>, origin: string, flagStyle: 
 
 /** Kind of each field, for turning CLI strings ("0.1", "false", "81,122") into typed values. */
 function fieldKind(key: ConfigKey): 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 'string' {
-  if (key === 'limitTrain' || key === 'limitTest') return 'number|null';
+  if (key === 'limitTrain' || key === 'limitTest' || key === 'pruneEnergy' || key === 'finetuneLr') return 'number|null';
   if (key === 'ranks') return 'ranks';
   const d: unknown = DEFAULTS[key];
   if (typeof d === 'number') return 'number';

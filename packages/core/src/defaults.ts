@@ -68,6 +68,13 @@ export const DEFAULTS = Object.freeze({
   data: null as string | null,
   limitTrain: null as number | null,
   limitTest: null as number | null,
+  // The pipeline after training (`start --prune-energy e`): prune at energy e, evaluate a sweep of
+  // energies without fine-tuning (the accuracy-vs-MACs curve), then fine-tune for finetuneEpochs
+  // at peak lr finetuneLr (null: lr / 10) without the sparsity term. null: train only.
+  pruneEnergy: null as number | null,
+  finetuneEpochs: 0,
+  finetuneLr: null as number | null,
+  sweepEnergies: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2] as number[],
   // Coordinator / workers (run-local: not part of the config hash)
   host: '127.0.0.1',
   port: 7733,

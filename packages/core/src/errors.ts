@@ -33,6 +33,7 @@ export const ERROR_CODES = [
   'GRADIENT_OUTLIER',
   /** The coordinator stopped the run with an error; sent to workers so they exit non-zero. */
   'RUN_ABORTED',
+  'PEER_TIMEOUT',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

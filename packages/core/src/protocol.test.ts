@@ -2,14 +2,14 @@ import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { SvdTrainError } from './errors.js';
-import { PROTOCOL_VERSION, MESSAGE_TYPES, decodeMessage, encodeMessage, gradientsFrameTemplate, type Message, type WireTensor } from './protocol.js';
+import { PROTOCOL_VERSION, MESSAGE_TYPES, MAX_FRAME_ITEMS, decodeMessage, scanMsgpack, encodeMessage, gradientsFrameTemplate, type Message, type WireTensor } from './protocol.js';
 
 const t = (name: string, shape: number[], fill = 0.5): WireTensor => ({ name, shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill) });
 
 /** One valid example of every message type. */
 const SAMPLES: Message[] = [
-  { type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'w1', backend: 'wasm', device: 'cpu', capabilities: ['simd'], pid: 42, hostname: 'h', hasData: true },
-  { type: 'challenge', nonce: new Uint8Array([1, 2, 3, 4]), authRequired: true },
+  { type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: 'w1', backend: 'wasm', device: 'cpu', capabilities: ['simd'], pid: 42, hostname: 'h', hasData: true, nonce: new Uint8Array(32).fill(3) },
+  { type: 'challenge', nonce: new Uint8Array(32).fill(1), authRequired: true, proof: 'cd'.repeat(32) },
   { type: 'auth', mac: 'ab'.repeat(32) },
   { type: 'welcome', workerId: 'w-1', config: { model: 'resnet20', lr: 0.1 }, configHash: 'abc', datasetInfo: { trainCount: 50, testCount: 10, md5s: { 'a.bin': 'ff' } } },
   { type: 'manifest', configHash: 'abc', params: [{ name: 'fc.weight', shape: [10, 64] }], buffers: [{ name: 'bn.running_mean', shape: [16] }] },
@@ -158,5 +158,37 @@ describe('protocol fuzz', () => {
       ),
       { numRuns: 3000, seed: 2 },
     );
+  });
+});
+
+describe('msgpack header scan (before msgpackr allocates)', () => {
+  const scanCode = (b: number[] | Uint8Array) => codeOf(() => scanMsgpack(b instanceof Uint8Array ? b : new Uint8Array(b)));
+  it('passes every encoded message, including fragmented gradient frames', () => {
+    for (const m of SAMPLES) expect(scanCode(encodeMessage(m))).toBe('no error');
+  });
+  it('array32 declaring 2^32-1 items in a 5-byte frame is refused, naming the count', () => {
+    expect(() => scanMsgpack(new Uint8Array([0xdd, 0xff, 0xff, 0xff, 0xff]))).toThrow(/4294967295 items but only 0 bytes/);
+  });
+  it('map32, bin32, str32 and ext32 lengths beyond the frame are refused', () => {
+    expect(scanCode([0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01])).toBe('PROTOCOL_INVALID');
+    expect(scanCode([0xc6, 0x10, 0x00, 0x00, 0x00, 0x01])).toBe('PROTOCOL_INVALID');
+    expect(scanCode([0xdb, 0x10, 0x00, 0x00, 0x00, 0x61])).toBe('PROTOCOL_INVALID');
+    expect(scanCode([0xc9, 0x10, 0x00, 0x00, 0x00, 0x74, 0x00])).toBe('PROTOCOL_INVALID');
+  });
+  it('too many items, too deep, trailing bytes and the never-used byte are refused', () => {
+    const many = new Uint8Array(5 + MAX_FRAME_ITEMS + 1);
+    many.set([0xdd, 0, 0, 0, 0]);
+    new DataView(many.buffer).setUint32(1, MAX_FRAME_ITEMS + 1);
+    expect(() => scanMsgpack(many)).toThrow(/more than 65536 items/);
+    expect(() => scanMsgpack(new Uint8Array(40).fill(0x91))).toThrow(/nesting deeper/);
+    expect(scanCode([0xc0, 0xc0])).toBe('PROTOCOL_INVALID');
+    expect(scanCode([0xc1])).toBe('PROTOCOL_INVALID');
+  });
+  it('a 60 MB frame of zeros inside one array is refused in well under a second, before any decode', () => {
+    const big = new Uint8Array(60 * 1024 * 1024);
+    big.set([0xdd, 0x03, 0xc0, 0x00, 0x00]);
+    const t0 = performance.now();
+    expect(codeOf(() => decodeMessage(big, { maxBytes: 1 << 30 }))).toBe('PROTOCOL_INVALID');
+    expect(performance.now() - t0).toBeLessThan(1000);
   });
 });

@@ -8,16 +8,23 @@
  * gradients, that every value is finite. Bad input always becomes a typed `SvdTrainError`
  * (FRAME_TOO_LARGE, PROTOCOL_INVALID, PROTOCOL_VERSION, SHAPE_MISMATCH, NON_FINITE), never a crash.
  *
+ * Before msgpackr sees a frame, `scanMsgpack` walks its headers without allocating: every declared
+ * string, binary and extension length must fit in the frame, every array or map count in the bytes
+ * left, and the whole frame must be one value of bounded depth and item count. A crafted header
+ * ("an array of 2^32 elements") is refused in O(frame) time instead of being allocated.
+ *
  * Session flow (W = worker, C = coordinator):
- *   W hello -> C challenge -> W auth -> C welcome -> (W data-request -> C data-chunk*)
+ *   W hello(worker nonce) -> C challenge(coordinator nonce, coordinator's proof) -> W auth(worker's
+ *   proof) -> C welcome -> (W data-request -> C data-chunk*)
  *   -> W manifest -> C weights -> repeat { C step -> W gradients -> C weights } , C eval -> W eval-result
  *   -> C shutdown. Either side may send `error` and then close.
  */
 import { Packr } from 'msgpackr';
+import { NONCE_BYTES } from './auth.js';
 import { SvdTrainError } from './errors.js';
 
 /** Bumped on every incompatible change of a message shape. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Default frame limit when the caller does not pass one (RunConfig.maxMessageBytes default). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
@@ -68,16 +75,24 @@ export interface HelloMessage {
   hostname: string;
   /** True when the worker has a verified local copy of the dataset; false asks the coordinator to serve it. */
   hasData: boolean;
+  /** NONCE_BYTES fresh random bytes the coordinator must prove the token on (mutual authentication). */
+  nonce: Uint8Array;
 }
 
-/** C -> W, answer to hello: a fresh nonce to sign. With authRequired false the worker may answer with any mac. */
+/**
+ * C -> W, answer to hello: a fresh nonce for the worker to prove the token on, and the
+ * coordinator's own proof on both nonces (`authProof(token, 'coordinator', …)`; '' when it has no
+ * token). A worker that has a token refuses a coordinator whose proof does not verify. With
+ * authRequired false the worker may answer with any mac.
+ */
 export interface ChallengeMessage {
   type: 'challenge';
   nonce: Uint8Array;
   authRequired: boolean;
+  proof: string;
 }
 
-/** W -> C: mac = hex(HMAC-SHA256(key = token, message = nonce)); the token itself never travels. */
+/** W -> C: mac = authProof(token, 'worker', {worker: hello.nonce, coordinator: challenge.nonce}); the token never travels. */
 export interface AuthMessage {
   type: 'auth';
   mac: string;
@@ -309,6 +324,7 @@ export function decodeMessage(input: FrameInput, opts: DecodeOptions = {}): Mess
       { bytes: bytes.byteLength, maxBytes },
     );
   }
+  scanMsgpack(bytes);
   let raw: unknown;
   try {
     raw = packr.unpack(bytes);
@@ -316,6 +332,85 @@ export function decodeMessage(input: FrameInput, opts: DecodeOptions = {}): Mess
     throw new SvdTrainError('PROTOCOL_INVALID', `frame is not valid msgpack (${(e as Error)?.message ?? String(e)}); is the peer an svd-train process?`, undefined, { cause: e });
   }
   return validateMessage(raw, opts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header scan: declared sizes are checked before msgpackr allocates anything
+// ---------------------------------------------------------------------------------------------
+
+/** Items (values, keys included) one frame may hold: a ResNet-110 manifest with initial values has ~10k. */
+export const MAX_FRAME_ITEMS = 1 << 16;
+/** Nesting depth one frame may have (messages nest 4 deep). */
+export const MAX_FRAME_DEPTH = 32;
+
+function scanInvalid(what: string): never {
+  throw new SvdTrainError('PROTOCOL_INVALID', `frame refused before decoding: ${what}; is the peer an svd-train process of the same version?`);
+}
+
+/**
+ * Walks the msgpack headers of `bytes` without decoding: every str/bin/ext length must fit in the
+ * bytes left, every array/map count too (each item takes at least one byte), the frame must be
+ * exactly one value, at most `maxItems` items and `maxDepth` levels. O(number of items), no allocation.
+ * @throws SvdTrainError PROTOCOL_INVALID naming the offset and the declared size.
+ */
+export function scanMsgpack(bytes: Uint8Array, maxItems = MAX_FRAME_ITEMS, maxDepth = MAX_FRAME_DEPTH): void {
+  const n = bytes.length;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  // pending[d]: values still to read at depth d; the frame itself is one value at depth 0.
+  const pending: number[] = [1];
+  let off = 0;
+  let items = 0;
+  const need = (k: number, what: string): void => {
+    if (off + k > n) scanInvalid(`${what} at byte ${off - 1} declares ${k} bytes but only ${n - off} are left`);
+  };
+  const container = (count: number, what: string): void => {
+    if (count > n - off) scanInvalid(`${what} at byte ${off} declares ${count} items but only ${n - off} bytes are left`);
+    if (count > 0) {
+      if (pending.length >= maxDepth) scanInvalid(`nesting deeper than ${maxDepth}`);
+      pending.push(count);
+    }
+  };
+  while (pending.length) {
+    if (pending[pending.length - 1] === 0) {
+      pending.pop();
+      continue;
+    }
+    pending[pending.length - 1]--;
+    if (++items > maxItems) scanInvalid(`more than ${maxItems} items`);
+    if (off >= n) scanInvalid(`frame ends at byte ${n} with values still declared`);
+    const b = bytes[off++]!;
+    if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) continue;
+    if (b >= 0x80 && b <= 0x8f) { container(2 * (b & 0x0f), 'map'); continue; }
+    if (b >= 0x90 && b <= 0x9f) { container(b & 0x0f, 'array'); continue; }
+    if (b >= 0xa0 && b <= 0xbf) { need(b & 0x1f, 'string'); off += b & 0x1f; continue; }
+    let len: number;
+    switch (b) {
+      case 0xc4: case 0xd9: need(1, 'length'); len = dv.getUint8(off); off += 1; need(len, b === 0xc4 ? 'binary' : 'string'); off += len; continue;
+      case 0xc5: case 0xda: need(2, 'length'); len = dv.getUint16(off); off += 2; need(len, b === 0xc5 ? 'binary' : 'string'); off += len; continue;
+      case 0xc6: case 0xdb: need(4, 'length'); len = dv.getUint32(off); off += 4; need(len, b === 0xc6 ? 'binary' : 'string'); off += len; continue;
+      case 0xc7: need(2, 'ext header'); len = dv.getUint8(off); off += 2; need(len, 'extension'); off += len; continue;
+      case 0xc8: need(3, 'ext header'); len = dv.getUint16(off); off += 3; need(len, 'extension'); off += len; continue;
+      case 0xc9: need(5, 'ext header'); len = dv.getUint32(off); off += 5; need(len, 'extension'); off += len; continue;
+      case 0xca: need(4, 'float32'); off += 4; continue;
+      case 0xcb: need(8, 'float64'); off += 8; continue;
+      case 0xcc: case 0xd0: need(1, 'integer'); off += 1; continue;
+      case 0xcd: case 0xd1: need(2, 'integer'); off += 2; continue;
+      case 0xce: case 0xd2: need(4, 'integer'); off += 4; continue;
+      case 0xcf: case 0xd3: need(8, 'integer'); off += 8; continue;
+      case 0xd4: need(2, 'fixext1'); off += 2; continue;
+      case 0xd5: need(3, 'fixext2'); off += 3; continue;
+      case 0xd6: need(5, 'fixext4'); off += 5; continue;
+      case 0xd7: need(9, 'fixext8'); off += 9; continue;
+      case 0xd8: need(17, 'fixext16'); off += 17; continue;
+      case 0xdc: need(2, 'array length'); len = dv.getUint16(off); off += 2; container(len, 'array'); continue;
+      case 0xdd: need(4, 'array length'); len = dv.getUint32(off); off += 4; container(len, 'array'); continue;
+      case 0xde: need(2, 'map length'); len = dv.getUint16(off); off += 2; container(2 * len, 'map'); continue;
+      case 0xdf: need(4, 'map length'); len = dv.getUint32(off); off += 4; container(2 * len, 'map'); continue;
+      default:
+        scanInvalid(`byte 0x${b.toString(16)} at offset ${off - 1} is not a msgpack type`);
+    }
+  }
+  if (off !== n) scanInvalid(`${n - off} trailing bytes after the message`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +471,12 @@ function bool(o: Obj, k: string, where: string): boolean {
 function bytesField(o: Obj, k: string, where: string): Uint8Array {
   const v = o[k];
   if (!(v instanceof Uint8Array)) invalid(where, `field '${k}' is ${describe(v)}; expected Uint8Array`);
+  return v;
+}
+
+function nonceField(o: Obj, where: string): Uint8Array {
+  const v = bytesField(o, 'nonce', where);
+  if (v.length !== NONCE_BYTES) invalid(where, `field 'nonce' has ${v.length} bytes; expected ${NONCE_BYTES} fresh random bytes`);
   return v;
 }
 
@@ -483,10 +584,11 @@ export function validateMessage(raw: unknown, opts: DecodeOptions = {}): Message
         pid: int(o, 'pid', w),
         hostname: str(o, 'hostname', w),
         hasData: bool(o, 'hasData', w),
+        nonce: nonceField(o, w),
       };
     }
     case 'challenge':
-      return { type: 'challenge', nonce: bytesField(o, 'nonce', w), authRequired: bool(o, 'authRequired', w) };
+      return { type: 'challenge', nonce: nonceField(o, w), authRequired: bool(o, 'authRequired', w), proof: str(o, 'proof', w) };
     case 'auth':
       return { type: 'auth', mac: str(o, 'mac', w) };
     case 'welcome': {

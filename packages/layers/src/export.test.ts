@@ -8,6 +8,8 @@ import { buildResNet } from './resnet.js';
 import { getParameters, getBuffers, setBuffers, namedParameters } from './parameter-names.js';
 import { exportToStockLayers, fileSystemIO, saveToMemory, loadFromMemory } from './export.js';
 import { pruneByEnergy } from './prune.js';
+import { countMacs } from './macs.js';
+import { SVDConv2D } from './svd-conv2d.js';
 
 const STOCK = new Set(['InputLayer', 'Conv2D', 'Dense', 'BatchNormalization', 'ZeroPadding2D', 'ReLU', 'Add', 'GlobalAveragePooling2D']);
 
@@ -88,6 +90,74 @@ describe('exportToStockLayers', () => {
       [m, stock, loaded].forEach((q) => q.dispose());
     });
   }
+
+  for (const decomposition of ['channel', 'spatial'] as const) {
+    it(`ResNet-8 ${decomposition} at full rank: every SVD layer is one plain Conv2D/Dense, with the plain ResNet-8's weight count`, () => {
+      const m = resnet8(decomposition);
+      const stock = exportToStockLayers(m);
+      expect(stock.layers.filter((l) => l.name.endsWith('_v')).map((l) => l.name)).toEqual([]);
+      const plain = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], svd: false, seed: 1 });
+      const weights = (x: tf.LayersModel) => x.layers.filter((l) => ['Conv2D', 'Dense'].includes(l.getClassName())).map((l) => [l.name, ...l.getWeights().map((w) => w.shape.join('x'))]);
+      expect(weights(stock)).toEqual(weights(plain));
+      expect(countMacs(stock).total).toBe(countMacs(plain).total);
+      expect(countMacs(m).exportParams).toBe(countMacs(stock).exportParams);
+      [m, stock, plain].forEach((q) => q.dispose());
+    });
+  }
+
+  it('pruned ResNet-8: merged layers stay one Conv2D, factored ones become two; MACs and outputs equal the SVD model\'s', async () => {
+    const m = resnet8('channel');
+    // A steep spectrum, so some layers drop below the crossing rank and some do not.
+    for (const p of namedParameters(m)) {
+      if (!p.name.endsWith('.s') || p.name.startsWith('stem')) continue;
+      const s = p.variable.read().dataSync() as Float32Array;
+      tf.tidy(() => {
+        p.variable.write(tf.tensor1d(s.map((v, j) => v * Math.pow(0.3, j))));
+      });
+    }
+    const { model: pruned, report } = pruneByEnergy(m, 0.01);
+    expect(new Set(report.map((r) => r.formAfter))).toEqual(new Set(['merged', 'factored']));
+    const stock = exportToStockLayers(pruned);
+    for (const r of report) expect([r.name, stock.layers.some((l) => l.name === `${r.name}_v`)]).toEqual([r.name, r.formAfter === 'factored']);
+    expect(countMacs(stock).total).toBe(countMacs(pruned).total);
+    const loaded = await tf.loadLayersModel(tf.io.fromMemory(await saveToMemory(stock)));
+    const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 8);
+    const [a, b] = [pruned.predict(x) as tf.Tensor, loaded.predict(x) as tf.Tensor];
+    expectClose('stock pruned logits', b, a, 1e-5);
+    tf.dispose([x, a, b]);
+    [m, pruned, stock, loaded].forEach((q) => q.dispose());
+  });
+
+  for (const decomposition of ['channel', 'spatial'] as const) {
+    it(`foldBatchNorm, ResNet-8 ${decomposition}: no BatchNormalization left, convs gain a bias, same inference outputs`, () => {
+      const m = resnet8(decomposition);
+      const { model: pruned } = pruneByEnergy(m, 0.2);
+      const folded = exportToStockLayers(pruned, { foldBatchNorm: true });
+      expect(folded.layers.filter((l) => l.getClassName() === 'BatchNormalization').map((l) => l.name)).toEqual([]);
+      expect(folded.layers.filter((l) => l.getClassName() === 'Conv2D' && !l.name.endsWith('_v')).every((l) => l.getWeights().length === 2)).toBe(true);
+      const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 9);
+      const [a, b] = [pruned.predict(x) as tf.Tensor, folded.predict(x) as tf.Tensor];
+      expectClose(`folded ${decomposition} logits`, b, a, 1e-5);
+      tf.dispose([x, a, b]);
+      [m, pruned, folded].forEach((q) => q.dispose());
+    });
+  }
+
+  it("an SVD conv with padding 'same' (asymmetric at stride 2) exports in both forms", () => {
+    for (const forward of ['reconstruct', 'factored'] as const) {
+      for (const decomposition of ['channel', 'spatial'] as const) {
+        const input = tf.input({ shape: [6, 6, 2] });
+        const y = new SVDConv2D({ filters: 3, kernelSize: 3, strides: 2, padding: 'same', decomposition, forward, seed: 2, name: 'c' }).apply(input) as tf.SymbolicTensor;
+        const m = tf.model({ inputs: input, outputs: y });
+        const stock = exportToStockLayers(m);
+        const x = tf.randomNormal([2, 6, 6, 2], 0, 1, 'float32', 10);
+        const [a, b] = [m.predict(x) as tf.Tensor, stock.predict(x) as tf.Tensor];
+        expectClose(`same ${decomposition}/${forward}`, b, a, 1e-5);
+        tf.dispose([x, a, b]);
+        [m, stock].forEach((q) => q.dispose());
+      }
+    }
+  });
 
   it('the exported model loads in a separate node process that imports only @tensorflow/tfjs', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'svd-export-'));

@@ -4,12 +4,20 @@
  * - `fileSystemIO(dir)`: a tfjs IOHandler writing `model.json` + `weights.bin` with node:fs, because
  *   `file://` needs tfjs-node, which is optional here. Our layer classes are registered with
  *   `tf.serialization` by importing this module, so `tf.loadLayersModel` reads our models back.
- * - `exportToStockLayers(model)`: an equivalent model made only of stock tfjs-layers classes, for
- *   consumers that have plain `@tensorflow/tfjs` and none of our code. Each SVD conv becomes the two
- *   convs of its factored forward (PyTorch-style symmetric padding via ZeroPadding2D + 'valid'),
- *   each SVD dense two dense layers, each SvdBatchNorm a stock BatchNormalization with the same
- *   epsilon and statistics. The export is for inference: the training-mode BN of tfjs differs
- *   from PyTorch's (biased running variance), which does not matter once the statistics are fixed.
+ * - `exportToStockLayers(model, { foldBatchNorm })`: an equivalent model made only of stock
+ *   tfjs-layers classes, for consumers that have plain `@tensorflow/tfjs` and none of our code. Each
+ *   SVD layer is written in the form it runs (the same MAC-based choice as `call` and `countMacs`):
+ *   merged, one Conv2D (or Dense) with W = U·diag(s)·Vᵀ, which at full rank is exactly the plain
+ *   layer; or factored, the two convs (dense layers) of the rank-r bottleneck. Padding is explicit
+ *   (ZeroPadding2D + 'valid'). Each SvdBatchNorm becomes a stock BatchNormalization with the same
+ *   epsilon and statistics or, with `foldBatchNorm`, is folded into the conv before it (scale the
+ *   filter per output channel, add a bias), which removes a pass over the activations. The export
+ *   is for inference: the training-mode BN of tfjs differs from PyTorch's (biased running
+ *   variance), which does not matter once the statistics are fixed.
+ *
+ * Loading an export in Node: `tf.loadLayersModel('file://…')` needs `@tensorflow/tfjs-node`. With
+ * plain `@tensorflow/tfjs`, read the two files and pass them through `tf.io.fromMemory` (the README
+ * shows it; export.test.ts runs it in a process that has none of our code), or use `fileSystemIO`.
  */
 import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -87,12 +95,18 @@ interface LayerEntry {
   inboundNodes: unknown[];
 }
 
-function pads(layer: SVDConv2D): [number, number] {
-  const p = layer.padding;
-  if (p === 'valid') return [0, 0];
-  if (typeof p === 'number') return [p, p];
-  if (Array.isArray(p)) return [p[0], p[1]];
-  throw new SvdTrainError('CONFIG_INVALID', `${layer.name}: padding '${String(p)}' cannot be exported; use a number (PyTorch-style) or 'valid'`);
+/** Options of `exportToStockLayers`. */
+export interface StockExportOptions {
+  /**
+   * Fold each batch norm into the conv that feeds it (default false). Only where the conv's output
+   * goes to that BN alone, which is every conv of our ResNets. Outputs equal the unfolded export's up
+   * to float32 rounding.
+   */
+  foldBatchNorm?: boolean;
+}
+
+function firstShape(s: tf.Shape | tf.Shape[]): tf.Shape {
+  return (Array.isArray(s[0]) ? s[0] : s) as tf.Shape;
 }
 
 const conv = (name: string, filters: number, kernelSize: number[], strides: number[], useBias: boolean): Record<string, unknown> => ({
@@ -108,14 +122,66 @@ const conv = (name: string, filters: number, kernelSize: number[], strides: numb
   trainable: true,
 });
 
+const dense = (name: string, units: number, useBias: boolean): Record<string, unknown> => ({ name, units, useBias, activation: 'linear', trainable: true });
+
+/** Names of the layers an inbound-node list refers to ([[[name, node, tensor, kwargs], …], …]). */
+function inboundNames(nodes: unknown[]): string[] {
+  return (nodes as unknown[][][]).flatMap((node) => node.map((ref) => ref[0] as string));
+}
+
+function renameInbound(nodes: unknown[], alias: Map<string, string>): unknown[] {
+  return (nodes as unknown[][][]).map((node) => node.map((ref) => (alias.has(ref[0] as string) ? [alias.get(ref[0] as string), ...ref.slice(1)] : ref)));
+}
+
+/**
+ * Folds every stock BatchNormalization whose only input is a Conv2D that feeds nothing else:
+ * with scale = γ/√(var + ε), the conv becomes K·scale (per output channel) with bias
+ * (b − mean)·scale + β, and the BN disappears (its consumers read the conv). Returns the new layer
+ * list; `weights` is updated in place and new tensors are added to `owned`.
+ */
+function foldBatchNorms(layers: LayerEntry[], weights: Map<string, tf.Tensor[]>, outputs: unknown[], owned: tf.Tensor[]): LayerEntry[] {
+  const consumers = new Map<string, number>();
+  for (const l of layers) for (const n of inboundNames(l.inboundNodes)) consumers.set(n, (consumers.get(n) ?? 0) + 1);
+  for (const o of outputs as unknown[][]) consumers.set(o[0] as string, (consumers.get(o[0] as string) ?? 0) + 1);
+  const byName = new Map(layers.map((l) => [l.name, l]));
+  const isOutput = new Set((outputs as unknown[][]).map((o) => o[0] as string));
+  const alias = new Map<string, string>();
+  const out: LayerEntry[] = [];
+  for (const l of layers) {
+    const entry = { ...l, inboundNodes: renameInbound(l.inboundNodes, alias) };
+    const src = inboundNames(l.inboundNodes);
+    const prev = src.length === 1 ? byName.get(src[0]!) : undefined;
+    if (l.className !== 'BatchNormalization' || isOutput.has(l.name) || !prev || prev.className !== 'Conv2D' || consumers.get(prev.name) !== 1) {
+      out.push(entry);
+      continue;
+    }
+    const [gamma, beta, mean, variance] = weights.get(l.name)!;
+    const [kernel, bias] = weights.get(prev.name)!;
+    const eps = l.config.epsilon as number;
+    const folded = tf.tidy(() => {
+      const scale = tf.div(gamma!, tf.sqrt(tf.add(variance!, eps)));
+      const b = bias ? tf.sub(bias, mean!) : tf.neg(mean!);
+      return [tf.mul(kernel!, scale), tf.add(tf.mul(b, scale), beta!)];
+    });
+    owned.push(...folded);
+    weights.set(prev.name, folded);
+    weights.delete(l.name);
+    prev.config.useBias = true;
+    alias.set(l.name, prev.name);
+  }
+  // The conv config objects were edited in place above; `out` holds them.
+  return out;
+}
+
 /**
  * The same network in stock tfjs-layers classes only (inference semantics; see the module doc).
- * Layer names: an SVD layer N becomes `N_v` (first factor) and `N` (second factor, + bias), with
- * `N_pad*` ZeroPadding2D layers in front where it pads; the graph is otherwise unchanged.
+ * Layer names: a merged SVD layer N stays `N`; a factored one becomes `N_v` (first factor) and `N`
+ * (second factor, + bias); ZeroPadding2D layers `N_pad*` go in front where a conv pads. With
+ * `foldBatchNorm` the BN layers after convs are gone. The graph is otherwise unchanged.
  */
-export function exportToStockLayers(model: tf.LayersModel): tf.LayersModel {
-  const cfg = JSON.parse(JSON.stringify(model.getConfig())) as { name: string; layers: LayerEntry[] };
-  const layers: LayerEntry[] = [];
+export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOptions = {}): tf.LayersModel {
+  const cfg = JSON.parse(JSON.stringify(model.getConfig())) as { name: string; layers: LayerEntry[]; outputLayers: unknown[] };
+  let layers: LayerEntry[] = [];
   const weights = new Map<string, tf.Tensor[]>();
   const owned: tf.Tensor[] = [];
   try {
@@ -130,8 +196,18 @@ export function exportToStockLayers(model: tf.LayersModel): tf.LayersModel {
       if (layer instanceof SVDConv2D) {
         const { n, c, kh, kw } = layer.geometry();
         const r = layer.rank;
-        const [ph, pw] = pads(layer);
+        const [, h, w] = firstShape(layer.inboundNodes[0]!.inputShapes) as number[];
+        const [top, bottom, left, right] = layer.explicitPadding(h!, w!);
         const [sh, sw] = layer.strides;
+        const bias = layer.bias ? [layer.bias.read()] : [];
+        if (layer.forwardFor(h!, w!) === 'reconstruct') {
+          const k = layer.reconstructWeight();
+          owned.push(k);
+          if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
+          push(N, 'Conv2D', conv(N, n, [kh, kw], [sh, sw], layer.useBias));
+          weights.set(N, [k, ...bias]);
+          continue;
+        }
         const [k1, k2] = tf.tidy(() => {
           const Vs = tf.mul(layer.V.read(), layer.s.read());
           const U = layer.U.read();
@@ -144,27 +220,33 @@ export function exportToStockLayers(model: tf.LayersModel): tf.LayersModel {
           ];
         });
         owned.push(k1!, k2!);
-        const bias = layer.bias ? [layer.bias.read()] : [];
         if (layer.decomposition === 'channel') {
-          if (ph || pw) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[ph, ph], [pw, pw]], dataFormat: 'channelsLast' });
+          if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
           push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, kw], [sh, sw], false));
           push(N, 'Conv2D', conv(N, n, [1, 1], [1, 1], layer.useBias));
         } else {
-          if (ph) push(`${N}_pad_h`, 'ZeroPadding2D', { padding: [[ph, ph], [0, 0]], dataFormat: 'channelsLast' });
+          if (top || bottom) push(`${N}_pad_h`, 'ZeroPadding2D', { padding: [[top, bottom], [0, 0]], dataFormat: 'channelsLast' });
           push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, 1], [sh, 1], false));
-          if (pw) push(`${N}_pad_w`, 'ZeroPadding2D', { padding: [[0, 0], [pw, pw]], dataFormat: 'channelsLast' });
+          if (left || right) push(`${N}_pad_w`, 'ZeroPadding2D', { padding: [[0, 0], [left, right]], dataFormat: 'channelsLast' });
           push(N, 'Conv2D', conv(N, n, [1, kw], [1, sw], layer.useBias));
         }
         weights.set(`${N}_v`, [k1!]);
         weights.set(N, [k2!, ...bias]);
       } else if (layer instanceof SVDDense) {
+        const bias = layer.bias ? [layer.bias.read()] : [];
+        if (layer.forwardFor() === 'reconstruct') {
+          const k = layer.reconstructKernel();
+          owned.push(k);
+          push(N, 'Dense', dense(N, layer.units, layer.useBias));
+          weights.set(N, [k, ...bias]);
+          continue;
+        }
         const [vs, ut] = tf.tidy(() => [tf.mul(layer.V.read(), layer.s.read()), tf.transpose(layer.U.read())]);
         owned.push(vs!, ut!);
-        const dense = (name: string, units: number, useBias: boolean) => ({ name, units, useBias, activation: 'linear', trainable: true });
         push(`${N}_v`, 'Dense', dense(`${N}_v`, layer.rank, false));
         push(N, 'Dense', dense(N, layer.units, layer.useBias));
         weights.set(`${N}_v`, [vs!]);
-        weights.set(N, [ut!, ...(layer.bias ? [layer.bias.read()] : [])]);
+        weights.set(N, [ut!, ...bias]);
       } else if (layer instanceof SvdBatchNorm) {
         push(N, 'BatchNormalization', {
           axis: -1,
@@ -183,6 +265,7 @@ export function exportToStockLayers(model: tf.LayersModel): tf.LayersModel {
         if (layer.weights.length > 0) weights.set(N, layer.getWeights());
       }
     }
+    if (opts.foldBatchNorm) layers = foldBatchNorms(layers, weights, cfg.outputLayers, owned);
     const fromConfig = (tf.LayersModel as unknown as { fromConfig: (cls: unknown, c: unknown) => tf.LayersModel }).fromConfig;
     const out = fromConfig(tf.LayersModel, { ...cfg, name: `${cfg.name}_stock`, layers });
     for (const [name, ws] of weights) out.getLayer(name).setWeights(ws);

@@ -1,25 +1,29 @@
 /**
  * Rank pruning of trained SVD layers (Yang et al. 2020, §3.3): after training with Hoyer
  * sparsification most singular values are near zero, and dropping them shrinks U, s, V
- * physically, so the pruned model is smaller and faster in the factored forward.
+ * physically. Every layer keeps the 'auto' forward, so it runs whichever form (merged or factored)
+ * is cheaper at its new rank: a layer's MACs never grow by pruning, and energy 0 changes nothing.
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { countFlops } from './flops.js';
+import { countMacs, type ComputeForm } from './macs.js';
 import { moduleNameFor } from './parameter-names.js';
 
 /**
  * The energy rule: with w = s², keep the smallest k whose top-k energy is at least (1 − e)·Σw,
  * i.e. remove at most a fraction e of the energy. Uses |s| because s is a free parameter and can
- * change sign during training.
+ * change sign during training. e = 0 keeps every value: the float64 partial sums reach Σw before
+ * the last values of a steep spectrum are added, and dropping those would change the shapes (and
+ * the numbers) of a prune that promises to remove nothing.
  * @param s singular values [r], any order, any sign.
  * @param energy fraction e ∈ [0, 1) of the energy that may be removed.
  * @returns k and the kept positions in the original `s`, ascending.
  */
 export function selectRankByEnergy(s: ArrayLike<number>, energy: number): { k: number; keptIndices: number[] } {
   const n = s.length;
+  if (energy === 0) return { k: n, keptIndices: Array.from({ length: n }, (_, i) => i) };
   // float64 accumulation: the reference keeps every threshold ≥ 1e-5·Σw from the partial sums.
   const w = Array.from(s, (v) => v * v);
   const order = w.map((_, i) => i).sort((a, b) => w[b]! - w[a]! || a - b);
@@ -68,13 +72,16 @@ export interface PruneLayerReport {
   rankAfter: number;
   paramsBefore: number;
   paramsAfter: number;
-  /** MACs per image in the forward each model runs. */
-  flopsBefore: number;
-  flopsAfter: number;
+  /** MACs per image in the form each model runs (see macs.ts). */
+  macsBefore: number;
+  macsAfter: number;
+  /** The form the layer runs in before and after: merged (one conv) or factored (two). */
+  formBefore: ComputeForm;
+  formAfter: ComputeForm;
 }
 
 export interface PruneResult {
-  /** A new model: SVD layers with physically smaller U, s, V and forward 'factored'. */
+  /** A new model: SVD layers with physically smaller U, s, V, each in its cheaper form. */
   model: tf.LayersModel;
   report: PruneLayerReport[];
 }
@@ -106,7 +113,6 @@ export function pruneModel(
     const idx = kept.get(l.config.name as string);
     if (!idx) continue;
     l.config.rank = idx.length;
-    if ((l.className ?? l.class_name) === 'SVDConv2D') l.config.forward = 'factored';
   }
   const fromConfig = (tf.LayersModel as unknown as { fromConfig: (cls: unknown, c: unknown) => tf.LayersModel }).fromConfig;
   const pruned = fromConfig(tf.LayersModel, cfg);
@@ -129,8 +135,8 @@ export function pruneModel(
     target.setWeights(values);
     tf.dispose([idxT, ...values]);
   }
-  const before = countFlops(model).perLayer;
-  const after = new Map(countFlops(pruned).perLayer.map((p) => [p.name, p]));
+  const before = countMacs(model).perLayer;
+  const after = new Map(countMacs(pruned).perLayer.map((p) => [p.name, p]));
   const report: PruneLayerReport[] = [];
   for (const b of before) {
     const layer = model.getLayer(b.name);
@@ -142,8 +148,10 @@ export function pruneModel(
       rankAfter: (pruned.getLayer(b.name) as SVDConv2D | SVDDense).rank,
       paramsBefore: b.params,
       paramsAfter: a.params,
-      flopsBefore: b.flops,
-      flopsAfter: a.flops,
+      macsBefore: b.macs,
+      macsAfter: a.macs,
+      formBefore: b.form,
+      formAfter: a.form,
     });
   }
   return { model: pruned, report };

@@ -13,6 +13,7 @@ import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { SvdBatchNorm } from './batch-norm.js';
 import { layerNameFor } from './parameter-names.js';
+import { countMacs } from './macs.js';
 
 export type ResNetDepth = 20 | 32 | 44 | 56 | 110 | 'resnet18';
 
@@ -37,10 +38,10 @@ export interface BuildResNetOptions {
   rank?: number;
   /**
    * Per-layer ranks by PyTorch module name ('stem.0', 'layers.3.conv1', 'layers.3.shortcut.0',
-   * 'fc'), over `rank`; e.g. the ranks of a pruned checkpoint (`svdRanks(pruned)`). A listed conv
-   * runs the 'factored' forward unless `forward` is 'reconstruct', as `pruneModel` builds it, so
-   * the model equals the pruned one. Every key must name an SVD layer of this model and every
-   * rank must be at most that layer's full rank.
+   * 'fc'), over `rank`; e.g. the ranks of a pruned checkpoint (`svdRanks(pruned)`). The layers keep
+   * `forward` (default 'auto': each runs its cheaper form at its rank), as `pruneModel` builds
+   * them, so the model equals the pruned one. Every key must name an SVD layer of this model and
+   * every rank must be at most that layer's full rank.
    */
   ranks?: Readonly<Record<string, number>> | null;
   /** Base seed of the initialisation; layer i uses seed + i (default 0). */
@@ -158,8 +159,7 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
       padding: pad,
       useBias: false,
       decomposition,
-      // pruneModel switches pruned convs to 'factored' (cheaper at low rank); do the same.
-      forward: Object.hasOwn(ranks, module) && forward !== 'reconstruct' ? 'factored' : forward,
+      forward,
       rank: rankOf(module, full),
       seed,
     }).apply(x) as tf.SymbolicTensor;
@@ -191,8 +191,22 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   }
   x = tf.layers.globalAveragePooling2d({ name: 'pool' }).apply(x) as tf.SymbolicTensor;
   const fc = svd
-    ? new SVDDense({ name: 'fc', units: numClasses, useBias: true, rank: rankOf('fc', Math.min(cin, numClasses)), seed: baseSeed + layerIndex++ })
+    ? new SVDDense({ name: 'fc', units: numClasses, useBias: true, rank: rankOf('fc', Math.min(cin, numClasses)), forward, seed: baseSeed + layerIndex++ })
     : tf.layers.dense({ name: 'fc', units: numClasses, useBias: true, kernelInitializer: tf.initializers.heNormal({ seed: baseSeed + layerIndex++ }) });
   const logits = fc.apply(x) as tf.SymbolicTensor;
   return tf.model({ inputs: input, outputs: logits, name: `resnet${opts.depth === 'resnet18' ? '18' : opts.depth}` });
+}
+
+/**
+ * MACs per image and weights of the plain (non-SVD) ResNet with the same architecture: what users
+ * compare an SVD model with. Builds the plain model, counts it and disposes it (milliseconds).
+ */
+export function plainResNetCost(opts: Omit<BuildResNetOptions, 'svd' | 'ranks' | 'rank' | 'forward'>): { macs: number; params: number } {
+  const m = buildResNet({ ...opts, svd: false });
+  try {
+    const c = countMacs(m);
+    return { macs: c.total, params: c.params };
+  } finally {
+    m.dispose();
+  }
 }

@@ -12,7 +12,7 @@ import {
   TEST_ENGINES,
   type RefTensor,
 } from './test-support/index.js';
-import { SVDConv2D, svdConvForwardCost, type SvdForward } from './svd-conv2d.js';
+import { SVDConv2D, chooseSvdForm, svdConvForwardCost, type SvdForward } from './svd-conv2d.js';
 import { svdFromWeight, svdInit, pytorchWeightFromMatrix, matrixFromFactors } from './svd-init.js';
 
 interface ConvCase {
@@ -256,15 +256,27 @@ describe('SVDConv2D init, import and config', () => {
   });
 
   it('auto picks reconstruct at full rank and factored at low rank (batch 32, c64 n64 k3, 16×16)', () => {
-    const base = { decomposition: 'channel' as const, batch: 32, n: 64, c: 64, kh: 3, kw: 3, inW: 16, outH: 16, outW: 16 };
+    const base = { decomposition: 'channel' as const, n: 64, c: 64, kh: 3, kw: 3, inW: 16, outH: 16, outW: 16 };
     const full = svdConvForwardCost({ ...base, r: 64 });
     const low = svdConvForwardCost({ ...base, r: 8 });
-    expect(full.reconstruct).toBeLessThan(full.factored);
-    expect(low.factored).toBeLessThan(low.reconstruct);
+    // Per image: merged = 256·64·576, factored = 256·(r·576 + r·64), rebuild = 64·576·r per batch.
+    expect(full).toEqual({ reconstruct: 256 * 64 * 576, factored: 256 * 64 * 640, rebuild: 64 * 576 * 64 });
+    expect(chooseSvdForm(full, 32)).toBe('reconstruct');
+    expect(chooseSvdForm(low, 32)).toBe('factored');
     const l = new SVDConv2D({ filters: 64, kernelSize: 3, padding: 1, rank: 8, seed: 1 });
     l.build([null, 16, 16, 64]);
     expect(l.forwardFor(16, 16, 32)).toBe('factored');
     disposeLayer(l);
+  });
+
+  it('auto switches form where the MACs cross (c16 n16 k3, 32×32: factored below r = 14.4), at every batch', () => {
+    // merged 1024·144·16 vs factored 1024·r·(144 + 16): equal at r = 14.4.
+    const base = { decomposition: 'channel' as const, n: 16, c: 16, kh: 3, kw: 3, inW: 32, outH: 32, outW: 32 };
+    expect(chooseSvdForm(svdConvForwardCost({ ...base, r: 15 }))).toBe('reconstruct');
+    expect(chooseSvdForm(svdConvForwardCost({ ...base, r: 14 }))).toBe('factored');
+    // At batch 1 the rebuild (16·144·r) counts too; it moves the crossing only a little.
+    expect(chooseSvdForm(svdConvForwardCost({ ...base, r: 14 }), 1)).toBe('factored');
+    expect(chooseSvdForm(svdConvForwardCost({ ...base, r: 16 }), 1)).toBe('reconstruct');
   });
 
   for (const c of cases) {

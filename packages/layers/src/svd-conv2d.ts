@@ -20,7 +20,9 @@
  * - `factored`: channel = kh×kw conv c→r with (V·diag(s))ᵀ, then 1×1 conv r→n with U; spatial =
  *   kh×1 conv (stride (sh,1), padding (ph,0)) with (V·diag(s))ᵀ, then 1×kw conv (stride (1,sw),
  *   padding (0,pw)) with K2[ni,ρ,0,j] = U[ni*kw + j, ρ].
- * `auto` picks the one with fewer multiply-adds for the actual rank and input size.
+ * `auto` picks the one with fewer multiply-adds for the actual rank, input size and batch: merged at
+ * full rank (then it costs exactly the plain conv), factored once the rank is low enough. Pruning
+ * keeps 'auto', so every layer at every rank runs its cheaper form.
  *
  * Padding is always explicit: PyTorch pads p on every side, whereas tfjs 'same' with stride 2 on an
  * even input pads 0 before and 1 after; a numeric padding here means the PyTorch convention.
@@ -29,10 +31,14 @@ import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type Decomposition, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
+import { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
+
+export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
 
-export type SvdForward = 'auto' | 'reconstruct' | 'factored';
+import type { SvdForward } from './svd-dense.js';
+export type { SvdForward } from './svd-dense.js';
 /** `'same'` / `'valid'` as in tfjs; a number or [ph, pw] pads symmetrically as PyTorch does. */
 export type SvdPadding = 'same' | 'valid' | number | [number, number];
 
@@ -72,35 +78,6 @@ function pair(v: number | [number, number], what: string): [number, number] {
     throw new SvdTrainError('CONFIG_INVALID', `SVDConv2D ${what} [${p}]; expected non-negative integers`);
   }
   return p;
-}
-
-/**
- * Multiply-adds of each forward for a batch.
- * Exported so that flops.ts and the tests agree with the layer's own choice.
- */
-export function svdConvForwardCost(o: {
-  decomposition: Decomposition;
-  /** Batch size (default 1): the conv work scales with it, rebuilding the filter (m·p·r) does not. */
-  batch?: number;
-  n: number;
-  c: number;
-  kh: number;
-  kw: number;
-  r: number;
-  inW: number;
-  outH: number;
-  outW: number;
-}): { reconstruct: number; factored: number } {
-  const { n, c, kh, kw, r, inW, outH, outW } = o;
-  const batch = o.batch ?? 1;
-  const { m, p } = matrixDims(o.decomposition, { n, c, kh, kw });
-  const reconstruct = batch * outH * outW * n * c * kh * kw + m * p * r;
-  const factored =
-    batch *
-    (o.decomposition === 'channel'
-      ? outH * outW * r * c * kh * kw + outH * outW * r * n
-      : outH * inW * r * c * kh + outH * outW * r * n * kw);
-  return { reconstruct, factored };
 }
 
 export class SVDConv2D extends tf.layers.Layer {
@@ -220,13 +197,32 @@ export class SVDConv2D extends tf.layers.Layer {
     return [b ?? null, oh, ow, this.filters];
   }
 
-  /** Which forward `call` runs for a batch of `batch` inputs of height h, width w. */
-  forwardFor(h: number, w: number, batch = 1): 'reconstruct' | 'factored' {
-    if (this.forward !== 'auto') return this.forward;
+  /** Per-image MACs of both forwards for an input of height h, width w (see `svdConvForwardCost`). */
+  forwardCost(h: number, w: number): { reconstruct: number; factored: number; rebuild: number } {
     const [outH, outW] = this.outSize(h, w);
     const { n, c, kh, kw } = this.geometry();
-    const cost = svdConvForwardCost({ decomposition: this.decomposition, n, c, kh, kw, r: this.rank, inW: w, outH, outW, batch });
-    return cost.factored < cost.reconstruct ? 'factored' : 'reconstruct';
+    return svdConvForwardCost({ decomposition: this.decomposition, n, c, kh, kw, r: this.rank, inW: w, outH, outW });
+  }
+
+  /**
+   * Which forward `call` runs for a batch of `batch` inputs of height h, width w: the configured
+   * one, or with 'auto' the one with fewer MACs (`chooseSvdForm`; default batch: the merged filter
+   * reused, as inference and the stock export run it).
+   */
+  forwardFor(h: number, w: number, batch = Infinity): 'reconstruct' | 'factored' {
+    if (this.forward !== 'auto') return this.forward;
+    return chooseSvdForm(this.forwardCost(h, w), batch);
+  }
+
+  /** Output height and width for an input of height h, width w. */
+  outputSize(h: number, w: number): [number, number] {
+    return this.outSize(h, w);
+  }
+
+  /** The explicit [top, bottom, left, right] padding for an input of height h, width w. */
+  explicitPadding(h: number, w: number): [number, number, number, number] {
+    const p = this.pads(h, w);
+    return [p.top, p.bottom, p.left, p.right];
   }
 
   /**

@@ -34,8 +34,8 @@ function disposeLayer(l: tf.layers.Layer): void {
   for (const w of l.weights) w.dispose();
 }
 
-function layerFor(c: DenseCase): SVDDense {
-  const l = new SVDDense({ units: c.config.out_features, rank: c.config.rank, useBias: true, seed: 1 });
+function layerFor(c: DenseCase, forward: 'auto' | 'reconstruct' | 'factored' = 'auto'): SVDDense {
+  const l = new SVDDense({ units: c.config.out_features, rank: c.config.rank, useBias: true, seed: 1, forward });
   l.build([null, c.config.in_features]);
   l.setFactors({ U: c.U.data, s: c.s.data, V: c.V.data, m: c.U.shape[0]!, p: c.V.shape[0]!, r: c.s.shape[0]! });
   l.bias!.write(tf.tensor1d(c.bias.data));
@@ -44,9 +44,10 @@ function layerFor(c: DenseCase): SVDDense {
 
 forEachBackend(TEST_ENGINES, (backend) => {
   describe('SVDDense golden vs PyTorch reference (layers.json)', () => {
-    for (const c of cases) {
-      it(`x=[${c.x.shape}] in${c.config.in_features}→out${c.config.out_features} r=${c.config.rank} U=[${c.U.shape}] V=[${c.V.shape}] bias, one s<0: y, dU, ds, dV, dbias, dx`, () => {
-        const l = layerFor(c);
+    for (const c of cases) for (const forward of ['reconstruct', 'factored'] as const) {
+      it(`${forward} x=[${c.x.shape}] in${c.config.in_features}→out${c.config.out_features} r=${c.config.rank} U=[${c.U.shape}] V=[${c.V.shape}] bias, one s<0: y, dU, ds, dV, dbias, dx`, () => {
+        const l = layerFor(c, forward);
+        expect(l.forwardFor(c.x.shape[0])).toBe(forward);
         const r = tf.tidy(() => {
           const x = refToTensor(c.x);
           const gy = refToTensor(c.gy);
@@ -58,7 +59,7 @@ forEachBackend(TEST_ENGINES, (backend) => {
           xv.dispose();
           return out;
         });
-        const tag = `${backend}/${c.name}`;
+        const tag = `${backend}/${c.name}/${forward}`;
         expectClose(`${tag} y`, r.y, c.y, TOL.tensorRel);
         expectClose(`${tag} dU`, r.g[0]!, c.grads.dU, TOL.tensorRel);
         expectClose(`${tag} ds`, r.g[1]!, c.grads.ds, TOL.tensorRel);

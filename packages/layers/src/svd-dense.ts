@@ -4,12 +4,18 @@
  *
  * Weights (in this order, named as PyTorch `state_dict` suffixes): `U` [out, r], `s` [r], `V` [in, r],
  * `bias` [out]. The PyTorch weight (out, in) is M = U · diag(s) · Vᵀ, so the forward is
- * y = x · V · diag(s) · Uᵀ + b, computed factored (x·V first) because that is never more work than
- * reconstructing the kernel for the batch sizes we train with.
+ * y = x · V · diag(s) · Uᵀ + b. Like SVDConv2D it has two forms: merged (build the [in, out] kernel,
+ * one matMul: in·out MACs per row plus in·out·r per batch) and factored (x·V first, then ·Uᵀ:
+ * (in + out)·r per row). `auto` (the default) runs the cheaper one, so a full-rank fc costs what a
+ * plain Dense costs and a pruned one less.
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { matrixFromFactors, svdInit, type SvdFactors } from './svd-init.js';
+import { chooseSvdForm } from './svd-form.js';
+
+/** Which forward an SVD layer runs: 'reconstruct' is the merged form. */
+export type SvdForward = 'auto' | 'reconstruct' | 'factored';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
 
@@ -23,6 +29,8 @@ export interface SVDDenseArgs extends LayerArgs {
   rank?: number;
   /** Seed of the He-normal draw that the SVD init factors (default: random). */
   seed?: number;
+  /** Which form to run (default 'auto': the one with fewer MACs; 'reconstruct' is the merged kernel). */
+  forward?: SvdForward;
 }
 
 /** Writes float32 factors into a layer's U, s, V variables after checking their shapes. */
@@ -76,6 +84,7 @@ export class SVDDense extends tf.layers.Layer {
   /** Requested rank (undefined = full); `rank` holds the resolved value once built. */
   private readonly rankArg: number | undefined;
   readonly seed: number;
+  readonly forward: SvdForward;
   rank = 0;
   inFeatures = 0;
 
@@ -93,6 +102,10 @@ export class SVDDense extends tf.layers.Layer {
     this.useBias = args.useBias ?? true;
     this.rankArg = args.rank ?? undefined;
     this.seed = args.seed ?? randomSeed();
+    this.forward = args.forward ?? 'auto';
+    if (!['auto', 'reconstruct', 'factored'].includes(this.forward)) {
+      throw new SvdTrainError('CONFIG_INVALID', `SVDDense forward '${String(this.forward)}'; expected 'auto', 'reconstruct' or 'factored'`);
+    }
   }
 
   override build(inputShape: tf.Shape | tf.Shape[]): void {
@@ -138,14 +151,30 @@ export class SVDDense extends tf.layers.Layer {
     return [...shape.slice(0, -1), this.units];
   }
 
+  /** MACs per input row of both forms, and of rebuilding the kernel (once per batch). */
+  forwardCost(): { reconstruct: number; factored: number; rebuild: number } {
+    const [i, o, r] = [this.inFeatures, this.units, this.rank];
+    return { reconstruct: i * o, factored: (i + o) * r, rebuild: i * o * r };
+  }
+
+  /** Which form `call` runs for `rows` input rows (default Infinity: the kernel built once and reused). */
+  forwardFor(rows = Infinity): 'reconstruct' | 'factored' {
+    return this.forward === 'auto' ? chooseSvdForm(this.forwardCost(), rows) : this.forward;
+  }
+
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     return tf.tidy(() => {
       const x = Array.isArray(inputs) ? inputs[0]! : inputs;
       const lead = x.shape.slice(0, -1);
       const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape(x, [-1, this.inFeatures]) as tf.Tensor2D;
-      // x·V (batch × r) first: r ≤ min(in, out), so this is the cheap association.
-      const h = tf.mul(tf.matMul(x2, this.V.read()), this.s.read());
-      let y: tf.Tensor = tf.matMul(h, this.U.read(), false, true);
+      let y: tf.Tensor;
+      if (this.forwardFor(x2.shape[0]) === 'reconstruct') {
+        y = tf.matMul(x2, this.reconstructKernel());
+      } else {
+        // x·V (batch × r) first, then ·Uᵀ.
+        const h = tf.mul(tf.matMul(x2, this.V.read()), this.s.read());
+        y = tf.matMul(h, this.U.read(), false, true);
+      }
       if (this.bias) y = tf.add(y, this.bias.read());
       return x.rank === 2 ? y : tf.reshape(y, [...lead, this.units]);
     });
@@ -158,6 +187,7 @@ export class SVDDense extends tf.layers.Layer {
       useBias: this.useBias,
       rank: this.rank || (this.rankArg ?? null),
       seed: this.seed,
+      forward: this.forward,
     };
   }
 }

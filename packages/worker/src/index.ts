@@ -1,5 +1,4 @@
 export { runWorker, depthOf, type WorkerOptions, type WorkerResult } from './worker.js';
 export { backoffDelay, type BackoffOptions } from './backoff.js';
-export { answerChallenge } from './auth.js';
 export { ensureDataset, folderMatches, cacheFolderFor, defaultCacheRoot, md5Hex, type FileFetcher } from './data-cache.js';
 export { sliceGradients, type SliceGradients } from './chunked-gradients.js';

@@ -5,7 +5,6 @@
  * md5-checks it, sends its manifest, computes a step's gradients with the right sample count,
  * evaluates, reconnects after the coordinator drops it, and stops on shutdown or on a refusal.
  */
-import { createHmac } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +14,8 @@ import {
   CIFAR_FILES,
   PROTOCOL_VERSION,
   SvdTrainError,
+  authProof,
+  makeNonce,
   configHash,
   decodeMessage,
   encodeMessage,
@@ -69,10 +70,10 @@ async function handshake(recv: () => Promise<Message>, send: (m: Message) => voi
   expect(hello.type).toBe('hello');
   if (hello.type !== 'hello') throw new Error();
   expect(hello.protocolVersion).toBe(PROTOCOL_VERSION);
-  const nonce = new Uint8Array([1, 2, 3, 4]);
-  send({ type: 'challenge', nonce, authRequired: true });
+  const nonces = { worker: hello.nonce, coordinator: makeNonce() };
+  send({ type: 'challenge', nonce: nonces.coordinator, authRequired: true, proof: authProof(TOKEN, 'coordinator', nonces) });
   const auth = await recv();
-  expect(auth).toEqual({ type: 'auth', mac: createHmac('sha256', TOKEN).update(nonce).digest('hex') });
+  expect(auth).toEqual({ type: 'auth', mac: authProof(TOKEN, 'worker', nonces) });
   send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
   const requested: string[] = [];
   for (;;) {
@@ -102,6 +103,9 @@ describe('runWorker against a scripted coordinator', () => {
         seen.hasData = (hello as { hasData: boolean }).hasData;
         expect(manifest.configHash).toBe(configHash(cfg));
         expect(manifest.params.length).toBeGreaterThan(10);
+        // Weights first: a step before any weights is a protocol violation the worker refuses.
+        const fill = (specs: { name: string; shape: number[] }[]) => specs.map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.05) }));
+        send({ type: 'weights', step: 0, params: fill(manifest.params), buffers: [] });
         send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from([3, 1, 4]), lr: 0.1, attempt: 0 });
         const g = await recv();
         if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
@@ -204,13 +208,33 @@ describe('runWorker against a scripted coordinator', () => {
     }
   });
 
+  it('refuses a coordinator that cannot prove the token, before proving its own (AUTH_FAILED, no retry)', async () => {
+    let authSent = false;
+    const fake = await fakeCoordinator(async (ws, recv, send) => {
+      await recv();
+      send({ type: 'challenge', nonce: makeNonce(), authRequired: true, proof: authProof('not-the-token', 'coordinator', { worker: makeNonce(), coordinator: makeNonce() }) });
+      const m = await recv();
+      authSent = m.type === 'auth';
+    });
+    try {
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: TOKEN, log: () => {} }).catch((e: unknown) => e);
+      expect((err as SvdTrainError).code).toBe('AUTH_FAILED');
+      expect((err as Error).message).toMatch(/could not prove it knows the token/);
+      expect(authSent).toBe(false);
+    } finally {
+      fake.close();
+    }
+  });
+
   it('a worker that fails with a coded error tells the coordinator and closes its connection before it exits', async () => {
     const { md5s } = dataset();
     const seen: { error?: Message; closed?: boolean } = {};
     const fake = await fakeCoordinator(async (ws, recv, send) => {
       const closed = new Promise<void>((r) => ws.on('close', () => r()));
-      await recv(); // hello
-      send({ type: 'challenge', nonce: new Uint8Array([1]), authRequired: false });
+      const hello = await recv();
+      if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
+      const nonces = { worker: hello.nonce, coordinator: makeNonce() };
+      send({ type: 'challenge', nonce: nonces.coordinator, authRequired: true, proof: authProof(TOKEN, 'coordinator', nonces) });
       await recv(); // auth
       send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
       const req = await recv();
@@ -221,7 +245,7 @@ describe('runWorker against a scripted coordinator', () => {
       seen.closed = true;
     });
     try {
-      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: null, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} }).catch((e: unknown) => e);
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} }).catch((e: unknown) => e);
       expect((err as SvdTrainError).code).toBe('DATA_MISSING');
       for (let i = 0; i < 100 && !seen.closed; i++) await new Promise((r) => setTimeout(r, 20));
     } finally {
@@ -229,6 +253,24 @@ describe('runWorker against a scripted coordinator', () => {
     }
     expect(seen.error).toMatchObject({ type: 'error', code: 'DATA_MISSING' });
     expect(seen.closed).toBe(true);
+  });
+
+  it('a step before welcome is a coded violation: the worker tells the coordinator and exits', async () => {
+    let told: Message | null = null;
+    const fake = await fakeCoordinator(async (_ws, recv, send) => {
+      await recv();
+      send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from([1]), lr: 0.1, attempt: 0 });
+      told = await recv();
+    });
+    try {
+      const err = await runWorker({ coordinator: fake.url, backend: 'cpu', log: () => {} }).catch((e: unknown) => e);
+      expect((err as SvdTrainError).code).toBe('PROTOCOL_INVALID');
+      expect((err as Error).message).toMatch(/'step' while waiting for the challenge/);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(told).toMatchObject({ type: 'error', code: 'PROTOCOL_INVALID' });
+    } finally {
+      fake.close();
+    }
   });
 
   it('a non-ws URL is refused with the expected form', async () => {

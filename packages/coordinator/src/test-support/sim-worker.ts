@@ -8,9 +8,8 @@
  *   buffer[j] = 0.9 * buffer[j] + 0.1 * 1e-2 * m                   (BN running-stat update)
  *   ce = m / 1000, correct = number of even indices
  */
-import { createHmac } from 'node:crypto';
 import { WebSocket } from 'ws';
-import { PROTOCOL_VERSION, decodeMessage, encodeMessage, type Message, type StepMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
+import { PROTOCOL_VERSION, authProof, makeNonce, verifyAuthProof, decodeMessage, encodeMessage, type Message, type StepMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
 
 export const GRAD_SCALE = 0.1;
 
@@ -74,6 +73,9 @@ export class SimWorker {
   readonly ready: Promise<void>;
   /** Files received through data-chunk messages, reassembled, with the md5 the coordinator announced. */
   readonly files = new Map<string, { bytes: Uint8Array; md5: string }>();
+  /** This connection's hello nonce, and whether the coordinator's challenge proved the token on it. */
+  readonly nonce = makeNonce();
+  coordinatorProved: boolean | null = null;
   private readonly partial = new Map<string, Uint8Array[]>();
   private manifestSent = false;
 
@@ -84,7 +86,7 @@ export class SimWorker {
     this.closed = new Promise((r) => this.ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
     this.ws.on('error', () => {});
     this.ws.on('open', () =>
-      this.send({ type: 'hello', protocolVersion: opts.protocolVersion ?? PROTOCOL_VERSION, workerName: opts.name ?? 'sim', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true }),
+      this.send({ type: 'hello', protocolVersion: opts.protocolVersion ?? PROTOCOL_VERSION, workerName: opts.name ?? 'sim', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true, nonce: this.nonce }),
     );
     this.ws.on('message', (data) => {
       const msg = decodeMessage(data as Uint8Array, { maxBytes: 1 << 30 });
@@ -111,7 +113,11 @@ export class SimWorker {
     const o = this.opts;
     switch (msg.type) {
       case 'challenge':
-        this.send({ type: 'auth', mac: createHmac('sha256', o.token ?? '').update(msg.nonce).digest('hex') });
+        {
+          const nonces = { worker: this.nonce, coordinator: msg.nonce };
+          this.coordinatorProved = o.token ? verifyAuthProof(o.token, 'coordinator', nonces, msg.proof) : null;
+          this.send({ type: 'auth', mac: authProof(o.token ?? '', 'worker', nonces) });
+        }
         return;
       case 'welcome':
         this.welcomeHash = msg.configHash;

@@ -1,0 +1,162 @@
+/**
+ * Does pruning pay? `pnpm bench prune [--backend auto|wasm|cpu|tensorflow] [--batch 64]
+ * [--infer-batch 256] [--reps 5] [--warmup 2] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]`.
+ *
+ * Times, on one engine in one run, ResNet-20 at full rank against the same model pruned at several
+ * energies: one training step (`computeGradients`: train-mode forward, CE + both SVD regularizers,
+ * backward, read-back) and inference (`evaluate`: eval-mode forward of the whole batch, read-back),
+ * images/s from the median of `--reps` interleaved rounds (each model once per round) after
+ * `--warmup` rounds, so drifting load from other processes hits every model alike. Every SVD layer
+ * runs its cheaper form ('auto'), so the full-rank model is all merged and costs what the plain
+ * ResNet-20 costs.
+ *
+ * Speed depends on the ranks only, not on the values, so the pruned models come from a spectrum:
+ * with `--ckpt`, the singular values of a trained checkpoint; by default a synthetic one,
+ * s_j = exp(−8·j/r) in every layer (energy e then keeps about ln(1/e)/16 of each rank). One more
+ * row uses the real per-layer ranks of the 3-epoch run pruned at e=0.01
+ * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
+ * merged or all factored, to check the MAC-based choice against measured time. Two inference-only
+ * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
+ * (their speed-up is against the full-rank export).
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadCheckpoint } from '@svd-train/core';
+import {
+  buildResNet,
+  computeGradients,
+  countMacs,
+  evaluate,
+  exportToStockLayers,
+  getParameters,
+  initEngine,
+  moduleNameFor,
+  plainResNetCost,
+  pruneByEnergy,
+  setBuffers,
+  setParameters,
+  type BackendChoice,
+} from '@svd-train/layers';
+
+const args = process.argv.slice(2);
+const arg = (k: string) => {
+  const i = args.indexOf(k);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const backend = (arg('--backend') ?? 'wasm') as BackendChoice;
+const batch = Number(arg('--batch') ?? 64);
+const inferBatch = Number(arg('--infer-batch') ?? 256);
+const reps = Math.max(3, Number(arg('--reps') ?? 5));
+const warmup = Number(arg('--warmup') ?? 2);
+const energies = (arg('--energies') ?? '0.001,0.01,0.05,0.1').split(',').map(Number);
+const ckptPath = arg('--ckpt');
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function rand(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2147483648 - 1;
+  }
+  return out;
+}
+
+/**
+ * Median seconds of each of `fns`, measured in interleaved rounds (every fn once per round, `reps`
+ * rounds, after `warmup` rounds), so that load from other processes drifting during the run hits
+ * every model alike and the ratios stay fair.
+ */
+function timeInterleaved(fns: (() => void)[]): number[] {
+  for (let k = 0; k < warmup; k++) fns.forEach((f) => f());
+  const ts = fns.map(() => [] as number[]);
+  for (let k = 0; k < reps; k++) {
+    fns.forEach((f, i) => {
+      const t0 = performance.now();
+      f();
+      ts[i]!.push((performance.now() - t0) / 1000);
+    });
+  }
+  return ts.map(median);
+}
+
+/** The per-layer ranks of the recorded e=0.01 prune of the 3-epoch run (module name -> rank). */
+function recordedRanks(): Record<string, number> {
+  const txt = readFileSync(join(root, 'docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt'), 'utf8');
+  const out: Record<string, number> = {};
+  for (const line of txt.split('\n')) {
+    const c = line.trim().split(/\s+/);
+    if (/^(stem|layers|fc)/.test(c[0] ?? '')) out[moduleNameFor(c[0]!)] = Number(c[2]);
+  }
+  return out;
+}
+
+const info = await initEngine({ backend });
+console.error(`backend ${info.reason}`);
+const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
+const plain = plainResNetCost({ depth: 20 });
+
+const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 1 });
+if (ckptPath) {
+  const c = loadCheckpoint(ckptPath);
+  setParameters(base, c.params);
+  if (c.buffers.length) setBuffers(base, c.buffers);
+  console.error(`spectra from ${ckptPath} (step ${c.step})`);
+} else {
+  setParameters(
+    base,
+    getParameters(base).map((p) => (p.name.endsWith('.s') ? { ...p, data: Float32Array.from(p.data, (_, j) => Math.exp((-8 * j) / p.data.length)) } : p)),
+  );
+  console.error('synthetic spectra s_j = exp(-8 j / r)');
+}
+
+interface Variant {
+  label: string;
+  model: ReturnType<typeof buildResNet>;
+  /** false: an inference-only export, timed for inference only. */
+  train: boolean;
+}
+const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
+for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
+const ranks = recordedRanks();
+for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
+  const label = forward === 'auto' ? 'real ranks e=0.01 (3-ep run)' : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
+  variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, forward, seed: 1 }), train: true });
+}
+variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
+// The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
+const realRanks = variants.find((v) => v.label.startsWith('real ranks'))!.model;
+variants.push({ label: 'full rank, stock export + folded BN', model: exportToStockLayers(base, { foldBatchNorm: true }), train: false });
+variants.push({ label: 'real ranks e=0.01, stock export + folded BN', model: exportToStockLayers(realRanks, { foldBatchNorm: true }), train: false });
+
+const xTrain = rand(batch * 32 * 32 * 3, 1);
+const yTrain = Int32Array.from({ length: batch }, (_, i) => i % 10);
+const xInfer = rand(inferBatch * 32 * 32 * 3, 2);
+const yInfer = Int32Array.from({ length: inferBatch }, (_, i) => i % 10);
+console.error(`timing ${variants.length} models in ${reps} interleaved rounds after ${warmup} warm-up rounds`);
+const trainable = variants.filter((v) => v.train);
+const trainS = new Map(timeInterleaved(trainable.map((v) => () => void computeGradients(v.model, xTrain, yTrain, reg))).map((t, i) => [trainable[i]!, t]));
+// Eval-mode forward of the whole batch at once, plus the arg-max and loss read-back.
+const inferS = timeInterleaved(variants.map((v) => () => void evaluate(v.model, xInfer, yInfer, inferBatch)));
+const rows = variants.map((v, i) => ({ label: v.label, macs: countMacs(v.model).total, train: v.train ? batch / trainS.get(v)! : NaN, infer: inferBatch / inferS[i]! }));
+for (const v of variants) v.model.dispose();
+const full = rows[0]!;
+const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
+console.log(`\nResNet-20 (channel) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);
+console.log('| model | MACs/image | % of plain | train img/s | train × full | infer img/s | infer × full |');
+console.log('|---|---:|---:|---:|---:|---:|---:|');
+for (const r of rows) {
+  // Exports are compared with the full-rank export, the rest with the full-rank SVD model.
+  const ref = r.label.includes('stock export') ? fullStock : full;
+  console.log(
+    `| ${r.label} | ${(r.macs / 1e6).toFixed(2)}M | ${((100 * r.macs) / plain.macs).toFixed(1)}% | ${fmt(r.train)} | ${fmt(r.train / ref.train, 2)} | ${fmt(r.infer)} | ${fmt(r.infer / ref.infer, 2)} |`,
+  );
+}

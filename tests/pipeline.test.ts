@@ -1,0 +1,78 @@
+/**
+ * The whole method in one command: `start --prune-energy e --sweep-energies … --finetune-epochs 1`
+ * trains, evaluates the trained model, prunes at a sweep of energies (the accuracy-vs-MACs curve),
+ * saves the model pruned at e, fine-tunes it in <out>/finetune with its own workers, and writes
+ * pipeline.json and a report that shows all of it. Tiny synthetic data: one step per phase.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadCheckpoint } from '@svd-train/core';
+import { freePort, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
+
+interface Point { energy: number; acc: number; macs: number; params: number; exportParams: number }
+
+describe('start --prune-energy --finetune-epochs: train → prune → fine-tune', () => {
+  let out: string;
+  let log: string;
+  let p: {
+    energy: number;
+    testImages: number;
+    plain: { macs: number; params: number };
+    trained: Point;
+    pruned: Point;
+    prunedCheckpoint: string;
+    finetuned: (Point & { epochs: number; lr: number; run: string }) | null;
+    sweep: Point[];
+  };
+
+  beforeAll(async () => {
+    requireBuild();
+    const data = syntheticData(12, 12);
+    out = tempDir();
+    const port = await freePort();
+    const c = startCoordinator([
+      ...tinyRunFlags({ data, out, port, epochs: 1, limitTrain: 12, batch: 12 }),
+      '--spawn', '1',
+      '--prune-energy', '0.2',
+      '--sweep-energies', '0.05,0.4',
+      '--finetune-epochs', '1',
+    ]);
+    expect(await c.exited, c.output().slice(-3000)).toBe(0);
+    log = c.output();
+    p = JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8'));
+  }, 280_000);
+
+  it('evaluates the trained model and every sweep energy; the trained full-rank model costs exactly the plain ResNet-20', () => {
+    expect(p.energy).toBe(0.2);
+    expect(p.testImages).toBe(12);
+    expect(p.sweep.map((q) => q.energy)).toEqual([0, 0.05, 0.2, 0.4]);
+    expect(p.trained.macs).toBe(p.plain.macs);
+    // Every layer merged at full rank: the same weights as the plain model, BN statistics included.
+    expect(p.trained.exportParams).toBe(p.plain.params);
+    for (let i = 1; i < p.sweep.length; i++) expect(p.sweep[i]!.macs).toBeLessThanOrEqual(p.sweep[i - 1]!.macs);
+    expect(p.pruned.macs).toBeLessThan(p.trained.macs);
+    for (const q of p.sweep) expect(q.acc).toBeGreaterThanOrEqual(0);
+  });
+
+  it('saves the model pruned at e with its ranks, and fine-tunes it in <out>/finetune without the sparsity term', () => {
+    expect(existsSync(p.prunedCheckpoint)).toBe(true);
+    const pruned = loadCheckpoint(p.prunedCheckpoint);
+    const ranks = (pruned.config as { ranks: Record<string, number> }).ranks;
+    const ft = JSON.parse(readFileSync(join(out, 'finetune', 'config.json'), 'utf8'));
+    expect([ft.ranks, ft.lambdaS, ft.epochs, ft.lr, ft.from, ft.pruneEnergy]).toEqual([ranks, 0, 1, 0.01, p.prunedCheckpoint, null]);
+    expect(existsSync(join(out, 'finetune', 'metrics.jsonl'))).toBe(true);
+    expect(p.finetuned).not.toBeNull();
+    expect([p.finetuned!.epochs, p.finetuned!.macs]).toEqual([1, p.pruned.macs]);
+  });
+
+  it('prints the before / after table and writes the report with the curve and the fine-tuned point', () => {
+    expect(log).toMatch(/pipeline result on 12 test images/);
+    expect(log).toMatch(/fine-tuned 1 epoch\(s\)\s+test accuracy/);
+    const html = readFileSync(join(out, 'report.html'), 'utf8');
+    expect(html).toContain('Test accuracy vs MACs per image');
+    expect(html).toContain('fine-tuned (e=0.2, 1 ep)');
+    expect(html).toContain('<td>trained, before pruning</td>');
+    expect(html).toContain('<td>plain resnet20 (reference)</td>');
+  });
+});
