@@ -107,6 +107,22 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expectClose('dilated conv', await onBackend('native', run), await onBackend('cpu', run), TOL.backendRel * 10);
   });
 
+  it('FusedConv2D (tfjs-layers Conv2D): bias and ReLU x=[2,7,6,3] f=[3,3,3,5] s=2 same, and without bias', async () => {
+    const run = () =>
+      tf.tidy(() => {
+        const x = tf.tensor4d(seededUniform(2 * 7 * 6 * 3, 31), [2, 7, 6, 3]);
+        const w = tf.tensor4d(seededUniform(3 * 3 * 3 * 5, 32), [3, 3, 3, 5]);
+        const bias = tf.tensor1d(seededUniform(5, 33));
+        const a = tf.fused.conv2d({ x, filter: w, strides: 2, pad: 'same', bias, activation: 'relu' });
+        const b = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'valid' });
+        const c = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'same', bias, activation: 'elu' }); // the wasm kernel's
+        return [a, b, c].map((t) => t.dataSync() as Float32Array);
+      });
+    const want = await onBackend('cpu', run);
+    const got = await onBackend('native', run);
+    ['bias+relu', 'plain', 'bias+elu (stock)'].forEach((n, k) => expectClose(`fused conv ${n}`, got[k]!, want[k]!, TOL.backendRel * 10));
+  });
+
   for (const [i, c] of MAT_CASES.entries()) {
     it(`BatchMatMul${c.forwardOnly ? '' : ' and its gradients'} ${matName(c)}`, async () => {
       const want = await onBackend('cpu', () => matAll(c, 7 * i));

@@ -90,6 +90,37 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     (x, dy, dw, shape) => addon.conv2dBackpropFilter(x, dy, dw, shape),
   );
 
+  /**
+   * tfjs-layers' Conv2D runs `FusedConv2D` (conv, optional bias, optional activation). oneDNN does
+   * the conv; the bias and a ReLU, when asked for, are one JS pass over the output. Other
+   * activations (and PReLU weights) go to the wasm kernel.
+   */
+  const fusedConv2d: KernelFunc = (args) => {
+    const ins = args.inputs as Record<string, TensorInfo | undefined>;
+    const { activation } = args.attrs as unknown as { activation?: string };
+    const act = activation ?? 'linear';
+    if ((act !== 'linear' && act !== 'relu') || ins.preluActivationWeights || (ins.bias && ins.bias.dtype !== 'float32')) return fallback('FusedConv2D')(args);
+    const y = conv2d({ ...args, inputs: { x: ins.x!, filter: ins.filter! } }) as TensorInfo;
+    if (ins.bias || act === 'relu') {
+      const be = args.backend as unknown as BackendLike;
+      const out = be.typedArrayFromHeap(y);
+      const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : null;
+      const f = y.shape[3]!;
+      if (bias && bias.length !== f && bias.length !== 1) {
+        be.disposeData(y.dataId);
+        return fallback('FusedConv2D')(args);
+      }
+      for (let i = 0; i < out.length; i += f) {
+        for (let j = 0; j < f; j++) {
+          let v = out[i + j]! + (bias ? bias[bias.length === 1 ? 0 : j]! : 0);
+          if (act === 'relu' && v < 0) v = 0;
+          out[i + j] = v;
+        }
+      }
+    }
+    return y;
+  };
+
   const batchMatMul: KernelFunc = (args) => {
     const { inputs, backend, attrs } = args;
     const be = backend as unknown as BackendLike;
@@ -160,6 +191,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
+    k('FusedConv2D', fusedConv2d),
     k('Conv2DBackpropInput', conv2dBackpropInput),
     k('Conv2DBackpropFilter', conv2dBackpropFilter),
     k('BatchMatMul', batchMatMul),
