@@ -206,7 +206,9 @@ async function benchRealWorkers(): Promise<void> {
   let torch: number | undefined;
   if (existsSync('/usr/bin/python3')) {
     const script = join(root, 'bench/train_step_torch.py');
-    const t = spawnSync('/usr/bin/python3', [script, '--batches', '128', '--reps', '5', '--warmup', '2', '--threads', String(cpus().length)], { encoding: 'utf8' });
+    // The same allocator settings as bench/train-step.ts (see TORCH_MALLOC_ENV there).
+    const env = { ...process.env, MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '68719476736', MALLOC_TOP_PAD_: '1073741824' };
+    const t = spawnSync('/usr/bin/python3', [script, '--batches', '128', '--reps', '5', '--warmup', '2', '--threads', String(cpus().length)], { encoding: 'utf8', env });
     if (t.status === 0) {
       const j = JSON.parse(t.stdout.trim().split('\n').pop()!) as { results: { model: string; img_per_s: number }[] };
       torch = j.results.find((x) => x.model === 'svd reconstruct')?.img_per_s;

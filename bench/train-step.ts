@@ -94,6 +94,14 @@ for (const want of engines) {
   }
 }
 
+/**
+ * PyTorch's CPU allocator hands every freed activation back to glibc, which unmaps blocks over its
+ * mmap threshold; at batch 128 each step then page-faults its activations in again, and measured
+ * here 1.5-3x slower than at batch 32. These settings keep freed memory in the heap (what a
+ * jemalloc/tcmalloc set-up gives), so the baseline is PyTorch at its best, not its allocator.
+ */
+const TORCH_MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '68719476736', MALLOC_TOP_PAD_: '1073741824' };
+
 type TorchOut = { threads: number; torch: string; blas?: string; results: { model: string; batch: number; img_per_s: number }[] };
 const torchRuns: TorchOut[] = [];
 const script = join(dirname(fileURLToPath(import.meta.url)), 'train_step_torch.py');
@@ -103,6 +111,7 @@ if (withTorch && existsSync('/usr/bin/python3')) {
   for (const threads of [...new Set([1, availableParallelism()])]) {
     const r = spawnSync('/usr/bin/python3', [script, '--batches', batches.join(','), '--reps', String(reps), '--warmup', String(warmup), '--threads', String(threads)], {
       encoding: 'utf8',
+      env: { ...process.env, ...TORCH_MALLOC_ENV },
     });
     if (r.status === 0) torchRuns.push(JSON.parse(r.stdout.trim().split('\n').pop()!) as TorchOut);
     else console.error(`torch baseline skipped (threads=${threads}): ${(r.stderr || r.error?.message || '').split('\n').slice(-2).join(' ')}`);

@@ -7,6 +7,7 @@ import { conv2dBackpropFilterWasmConfig } from './conv2d-backprop-filter.js';
 import { conv2dBackpropInputWasmConfig } from './conv2d-backprop-input.js';
 import { columnSumWasmConfig } from './column-sum.js';
 import { identityWasmConfig } from './identity.js';
+import { sliceWasmConfig } from './slice.js';
 
 /** Kernels wasm lacks entirely, and kernels whose stock wasm version we replace for speed. */
 const ADDED = [conv2dBackpropFilterWasmConfig, columnSumWasmConfig];
@@ -16,7 +17,7 @@ export function registerWasmKernels(): void {
   for (const cfg of ADDED) {
     if (tf.getKernel(cfg.kernelName, cfg.backendName) == null) tf.registerKernel(cfg);
   }
-  for (const cfg of REPLACED) {
+  for (const cfg of [...REPLACED, sliceWasmConfig()]) {
     const cur = tf.getKernel(cfg.kernelName, cfg.backendName);
     if (cur?.kernelFunc === cfg.kernelFunc) continue;
     // unregister first: registering over an existing kernel logs a warning.
