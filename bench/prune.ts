@@ -38,6 +38,7 @@ import {
   setParameters,
   type BackendChoice,
 } from '@svd-train/layers';
+import { median, rand } from './lib/stats.js';
 
 const args = process.argv.slice(2);
 const arg = (k: string) => {
@@ -53,21 +54,6 @@ const energies = (arg('--energies') ?? '0.001,0.01,0.05,0.1').split(',').map(Num
 const ckptPath = arg('--ckpt');
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
-}
 
 /**
  * Median seconds of each of `fns`, measured in interleaved rounds (every fn once per round, `reps`

@@ -17,6 +17,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initEngine, buildResNet, computeGradients, profileKernels, type BackendChoice } from '@svd-train/layers';
+import { median, rand } from './lib/stats.js';
 
 const args = process.argv.slice(2);
 const arg = (k: string) => {
@@ -38,21 +39,6 @@ const VARIANTS = [
   { name: 'svd factored', svd: true, forward: 'factored' as const },
 ];
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
-}
 
 console.error(`ResNet-20 (channel decomposition, full rank), CIFAR-sized random batch; median of ${reps} after ${warmup} warm-up steps`);
 const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
