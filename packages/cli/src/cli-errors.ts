@@ -44,3 +44,16 @@ export function parseNumberOption(flag: string, expected: string, check: (n: num
     return n;
   };
 }
+
+/**
+ * A reader that stops early (`svd-coord --help | head`, a pager quit) closes stdout; Node then
+ * raises EPIPE on the next write as an uncaught stack trace. Output nobody reads is not an error.
+ */
+export function quietOnClosedStdout(): void {
+  for (const s of [process.stdout, process.stderr]) {
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw e;
+    });
+  }
+}

@@ -45,7 +45,7 @@ import {
   svdRanks,
 } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
-import { reportError, usageError } from './cli-errors.js';
+import { reportError, usageError, quietOnClosedStdout } from './cli-errors.js';
 import { readTlsFiles, resolveToken } from './secrets.js';
 import { writeReport, type MacsRow, type PipelineSummary, type PipelinePoint } from './report.js';
 import { spawnWorkers } from './spawn-workers.js';
@@ -767,6 +767,7 @@ export function buildCoordProgram(io: Out = defaultIo, setCode: (c: number) => v
 
 /** Entry point of bin/svd-coord.js. */
 export async function runCoordCli(argv: string[]): Promise<void> {
+  quietOnClosedStdout();
   let code = 0;
   try {
     await buildCoordProgram(defaultIo, (c) => (code = c)).parseAsync(argv);

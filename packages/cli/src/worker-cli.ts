@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { BACKENDS } from '@svd-train/core';
 import { runWorker } from '@svd-train/worker';
 import { readFileSync } from 'node:fs';
-import { parseNumberOption, reportError, usageError } from './cli-errors.js';
+import { parseNumberOption, reportError, usageError, quietOnClosedStdout } from './cli-errors.js';
 import { resolveToken } from './secrets.js';
 
 export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Command {
@@ -54,6 +54,7 @@ function readCa(path: string): Buffer {
 
 /** Entry point of bin/svd-worker.js. */
 export async function runWorkerCli(argv: string[]): Promise<void> {
+  quietOnClosedStdout();
   let code = 0;
   try {
     await buildWorkerProgram((c) => (code = c)).parseAsync(argv);
