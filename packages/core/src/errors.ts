@@ -34,6 +34,8 @@ export const ERROR_CODES = [
   /** The coordinator stopped the run with an error; sent to workers so they exit non-zero. */
   'RUN_ABORTED',
   'PEER_TIMEOUT',
+  /** A checkpoint folder exists but cannot be listed (permissions, not a folder, I/O error). */
+  'CHECKPOINT_UNREADABLE',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
