@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { isSvdTrainError } from '@svd-train/core';
 import { readMetrics, renderPipeline, renderReport, spectraOf, writeReport, type PipelineSummary } from './report.js';
 import { niceTicks, tickLabels } from './svg-plot.js';
 
@@ -19,6 +20,26 @@ describe('report', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rep-'));
     writeFileSync(join(dir, 'metrics.jsonl'), '{"kind":"step","step":0,"ce":2.3}\n{"kind":"st');
     expect(readMetrics(join(dir, 'metrics.jsonl'))).toEqual([{ kind: 'step', step: 0, ce: 2.3 }]);
+    // torn last line followed only by blank lines is still the last line
+    writeFileSync(join(dir, 'metrics.jsonl'), '{"kind":"step","step":0,"ce":2.3}\n{"kind":"st\n\n');
+    expect(readMetrics(join(dir, 'metrics.jsonl'))).toEqual([{ kind: 'step', step: 0, ce: 2.3 }]);
+  });
+
+  it('a malformed line before the last is DATA_CORRUPT naming the file and the line number', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rep-'));
+    const path = join(dir, 'metrics.jsonl');
+    for (const bad of ['{"kind":"st', '[1,2]', 'null']) {
+      writeFileSync(path, `{"kind":"step","step":0,"ce":2.3}\n\n${bad}\n{"kind":"step","step":1,"ce":2.2}\n`);
+      let err: unknown;
+      try {
+        readMetrics(path);
+      } catch (e) {
+        err = e;
+      }
+      expect(isSvdTrainError(err, 'DATA_CORRUPT'), String(err)).toBe(true);
+      expect((err as Error).message).toContain(`${path} line 3 of 4 is malformed`);
+      expect((err as Error).message).toContain('Fix:');
+    }
   });
 
   it('renders self-contained HTML with one line plot per metric and a path per series', () => {

@@ -13,7 +13,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { effectiveRank, singularValues } from '@svd-train/core';
+import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
@@ -68,17 +68,37 @@ export interface ReportInput {
   notes?: string[];
 }
 
-/** Parses metrics.jsonl; a torn last line (a killed coordinator) is skipped, not fatal. */
+/**
+ * Parses metrics.jsonl. Only the last line may be torn (the coordinator was killed mid-append)
+ * and is then skipped. A malformed line anywhere else means the file was damaged or edited, and
+ * plotting around it would hide that, so it is DATA_CORRUPT naming the line number.
+ */
 export function readMetrics(path: string): Record<string, unknown>[] {
   if (!existsSync(path)) return [];
+  const lines = readFileSync(path, 'utf8').split('\n');
+  let last = lines.length - 1;
+  while (last >= 0 && !lines[last].trim()) last--;
   const out: Record<string, unknown>[] = [];
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
+  for (let i = 0; i <= last; i++) {
+    const line = lines[i];
     if (!line.trim()) continue;
+    let r: unknown;
+    let why = 'not a JSON object';
     try {
-      const r = JSON.parse(line) as unknown;
-      if (r && typeof r === 'object') out.push(r as Record<string, unknown>);
-    } catch {
-      /* partial line from an interrupted write */
+      r = JSON.parse(line);
+    } catch (e) {
+      why = (e as Error).message;
+    }
+    if (r !== null && typeof r === 'object' && !Array.isArray(r)) {
+      out.push(r as Record<string, unknown>);
+    } else if (i !== last) {
+      const shown = line.length > 80 ? `${line.slice(0, 80)}…` : line;
+      throw new SvdTrainError(
+        'DATA_CORRUPT',
+        `${path} line ${i + 1} of ${last + 1} is malformed (${why}): ${JSON.stringify(shown)}; expected one JSON object per line, ` +
+          'and only the last line may be cut short (a killed run). Fix: repair or delete that line, or resume the run (--resume rewrites the file).',
+        { path, line: i + 1 },
+      );
     }
   }
   return out;
