@@ -28,6 +28,7 @@ import {
   assembleBatch,
   authProof,
   configHash,
+  cacheRoot,
   escapeForLog,
   isErrorCode,
   makeNonce,
@@ -57,7 +58,7 @@ import { backoffDelay } from './backoff.js';
 import { sliceGradients } from './chunked-gradients.js';
 import { checkCounts, checkDatasetInfo, checkEval, checkStep, checkWeights, outOfOrder } from './coordinator-checks.js';
 import { Connection, isClose } from './connection.js';
-import { defaultCacheRoot, ensureDataset } from './data-cache.js';
+import { ensureDataset } from './data-cache.js';
 
 export interface WorkerOptions {
   /** `ws://HOST:PORT` of the coordinator. */
@@ -75,7 +76,7 @@ export interface WorkerOptions {
   name?: string;
   /** A local CIFAR-10 folder to use instead of fetching from the coordinator (if its md5s match). */
   dataDir?: string | null;
-  /** Where fetched data is cached (default $SVD_TRAIN_CACHE or ~/.cache/svd-train). */
+  /** Where fetched data is cached (default core's `cacheRoot()`: $SVD_TRAIN_CACHE, $XDG_CACHE_HOME/svd-train or ~/.cache/svd-train). */
   cacheDir?: string;
   /** Log sink (one line per call). */
   log?: (line: string) => void;
@@ -326,7 +327,7 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         if (!st.train) {
           const dir = await ensureDataset(msg.datasetInfo, {
             localDir: localData,
-            cacheRoot: opts.cacheDir ?? defaultCacheRoot(),
+            cacheRoot: opts.cacheDir ?? cacheRoot(),
             log,
             fetch: (file) => fetchFile(conn, file, handshakeMs),
           });
