@@ -4,7 +4,7 @@ export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';
 export { buildResNet, plainResNetCost, type BuildResNetOptions, type ResNetDepth } from './resnet.js';
-export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type WireTensor, type NamedVariable } from './parameter-names.js';
+export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
 export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
