@@ -554,7 +554,7 @@ export class Coordinator {
         this.authed.add(peer.socket);
         this.authedCount++;
         setReceiveLimit(peer.ws, this.authedFrameLimit());
-        this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config) as unknown as Record<string, unknown>, configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
+        this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config), configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
         return;
       case 'manifest':
         if (msg.type === 'data-request') {
@@ -1093,7 +1093,7 @@ export class Coordinator {
     const st = sampler.state();
     await this.opts.saveCheckpoint({
       version: 1,
-      config: serializeConfig(this.config) as unknown as Record<string, unknown>,
+      config: serializeConfig(this.config),
       configHash: this.configHash,
       step,
       epoch: sampler.currentEpoch,
