@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { referenceDir, referenceFile, referenceMissing } from './testing.js';
+import { referenceDir, referenceFile, referenceMissing, requireReferenceFile } from './testing.js';
 import { thrown } from './test-support/thrown.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -27,5 +27,12 @@ describe('reference dumps are found the same way by every package', () => {
     expect(e.code).toBe('DATA_MISSING');
     expect(e.message).toContain('/nonexistent/ref/optim.json');
     expect(e.message).toContain('SVD_TRAIN_REFERENCE_DIR');
+  });
+
+  it('suites that never skip get DATA_MISSING with the fix, CI or not', () => {
+    const env = { SVD_TRAIN_REFERENCE_DIR: '/nonexistent/ref' };
+    const e = thrown(() => requireReferenceFile('layers', env));
+    expect(e.code).toBe('DATA_MISSING');
+    expect(e.message).toMatch(/\/nonexistent\/ref\/layers\.json does not exist\. .*SVD_TRAIN_REFERENCE_DIR/);
   });
 });

@@ -33,6 +33,15 @@ export function referenceFile(name: string, env: NodeJS.ProcessEnv = process.env
   return join(referenceDir(env), name.endsWith('.json') ? name : `${name}.json`);
 }
 
+function missing(file: string, env: NodeJS.ProcessEnv, why: string): SvdTrainError {
+  return new SvdTrainError(
+    'DATA_MISSING',
+    `reference dump ${file} does not exist${why}. ` +
+      `Expected the PyTorch dumps in ${referenceDir(env)}; put them there or set ${REFERENCE_DIR_ENV} to their folder.`,
+    { file },
+  );
+}
+
 /**
  * For `describe.skipIf(referenceMissing('optim'))`: true when the dump is absent and the tests
  * may skip. Under CI a missing dump throws DATA_MISSING instead, which fails the test file.
@@ -40,13 +49,13 @@ export function referenceFile(name: string, env: NodeJS.ProcessEnv = process.env
 export function referenceMissing(name: string, env: NodeJS.ProcessEnv = process.env): boolean {
   const file = referenceFile(name, env);
   if (existsSync(file)) return false;
-  if (env.CI) {
-    throw new SvdTrainError(
-      'DATA_MISSING',
-      `reference dump ${file} does not exist, and CI is set, so the parity tests that need it may not skip. ` +
-        `Expected the PyTorch dumps in ${referenceDir(env)}; put them there or set ${REFERENCE_DIR_ENV} to their folder.`,
-      { file },
-    );
-  }
+  if (env.CI) throw missing(file, env, ', and CI is set, so the parity tests that need it may not skip');
   return true;
+}
+
+/** The path of a dump that suites which never skip must have: DATA_MISSING naming the fix if absent. */
+export function requireReferenceFile(name: string, env: NodeJS.ProcessEnv = process.env): string {
+  const file = referenceFile(name, env);
+  if (!existsSync(file)) throw missing(file, env, '');
+  return file;
 }

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { referenceDir, referenceFile } from '@svd-train/core/testing';
+import { referenceDir, requireReferenceFile } from '@svd-train/core/testing';
 
 export const REFERENCE_DIR = referenceDir();
 
@@ -46,7 +46,7 @@ const cache = new Map<string, unknown>();
 export function loadReference<T = any>(name: string): T {
   let v = cache.get(name);
   if (v === undefined) {
-    const file = referenceFile(name);
+    const file = requireReferenceFile(name);
     v = convert(JSON.parse(readFileSync(file, 'utf8')));
     cache.set(name, v);
   }
