@@ -28,11 +28,11 @@ import {
   decodeMessage,
   encodeMessage,
   makeNonce,
+  md5Hex,
   resolveConfig,
   serializeConfig,
   type Message,
 } from '@svd-train/core';
-import { md5Hex } from '@svd-train/worker';
 import {
   WORKER_BIN,
   configFile,

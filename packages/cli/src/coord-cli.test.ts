@@ -85,4 +85,11 @@ describe('svd-coord options', () => {
     expect(s).toContain('boom');
     expect(reportError(new SvdTrainError('CONFIG_INVALID', 'bad'), () => {})).toBe(EXIT_USAGE);
   });
+
+  it('failures that are not the user\'s input exit 1, not the usage code 2', () => {
+    for (const code of ['WORKERS_FAILED', 'CONNECTION_FAILED', 'PEER_TIMEOUT', 'INTERNAL'] as const) {
+      expect(reportError(new SvdTrainError(code, 'x'), () => {}), code).toBe(1);
+    }
+    expect(reportError(new SvdTrainError('CHECKPOINT_UNREADABLE', 'x'), () => {})).toBe(EXIT_USAGE);
+  });
 });

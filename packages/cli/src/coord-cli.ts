@@ -490,7 +490,7 @@ async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunCo
     dataDir: data.dir,
     initialParams: getParameters(model),
     initialBuffers: getBuffers(model),
-    ...(resume ? { resume: resume as never } : {}),
+    ...(resume ? { resume } : {}),
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
@@ -553,7 +553,12 @@ async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunCo
           if (code === 0 || stopping) return;
           io.err(`worker w${i} exited (${code ?? signal})\n`);
           if (++failed === cfg.spawn) {
-            fatal = new SvdTrainError('BACKEND_UNAVAILABLE', `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping.`);
+            // Not BACKEND_UNAVAILABLE: the workers may have died of anything (a crash, a refusal),
+            // and this is no usage error, so it exits 1, not 2.
+            fatal = new SvdTrainError(
+              'WORKERS_FAILED',
+              `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping. Fix: read the first [wN] error; if it names the engine, try --backend wasm or cpu.`,
+            );
             void coord.close('all spawned workers failed');
           }
         },

@@ -2,8 +2,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { isSvdTrainError } from '@svd-train/core';
 import { readMetrics, renderPipeline, renderReport, spectraOf, writeReport, type PipelineSummary } from './report.js';
-import { niceTicks, tickLabels } from './svg-plot.js';
+import { ema, emaSpan, linePlot, logTicks, niceTicks, tickLabels } from './svg-plot.js';
 
 describe('niceTicks', () => {
   it('[0, 1] -> 1-2-5 steps of 0.2', () => {
@@ -14,11 +15,76 @@ describe('niceTicks', () => {
   });
 });
 
+describe('logTicks', () => {
+  it('a loss axis 0.05..2 gets 1-2-5 labels, not just two decades', () => {
+    const { major, minor } = logTicks(Math.log10(0.05), Math.log10(2));
+    expect(major).toEqual([0.05, 0.1, 0.2, 0.5, 1, 2]);
+    expect(minor).toEqual([]);
+    expect(tickLabels(major)).toEqual(['0.05', '0.1', '0.2', '0.5', '1', '2']);
+  });
+  it('less than a decade (1.2..3.5) still gets at least three labels', () => {
+    expect(logTicks(Math.log10(1.5), Math.log10(9)).major).toEqual([2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(logTicks(Math.log10(1.2), Math.log10(3.5)).major).toEqual([1.5, 2, 2.5, 3, 3.5]);
+    expect(logTicks(Math.log10(1.1), Math.log10(1.9)).major).toEqual([1.2, 1.4, 1.6, 1.8]);
+  });
+  it('five decades: every decade labelled, 2..9 minor ticks; eleven decades thinned to at most 8 labels', () => {
+    const five = logTicks(-4, 1);
+    expect(five.major).toEqual([1e-4, 1e-3, 0.01, 0.1, 1, 10]);
+    expect(five.minor).toContain(0.2);
+    expect(five.minor).toContain(9e-4);
+    const wide = logTicks(-10, 1);
+    expect(wide.major.length).toBeLessThanOrEqual(8);
+    expect(wide.major.length).toBeGreaterThanOrEqual(4);
+    expect(wide.major).toContain(1);
+  });
+});
+
+describe('ema', () => {
+  it('bias-corrected: starts at the first value, keeps a constant, lags a step by its span', () => {
+    expect(ema([5, 5, 5], 10)).toEqual([5, 5, 5]);
+    expect(ema([3, 1], 1)).toEqual([3, 1]); // span 1 = no smoothing
+    const step = ema([0, 0, 0, 0, 10, 10, 10, 10, 10, 10], 3);
+    expect(step[0]).toBe(0);
+    expect(step[4]).toBeGreaterThan(0);
+    expect(step[4]).toBeLessThan(10);
+    expect(step[9]).toBeGreaterThan(step[5]!);
+    expect(emaSpan(20)).toBe(1);
+    expect(emaSpan(1000)).toBe(40);
+  });
+  it('a smooth series of 1000 noisy points: a faint raw path under its EMA, and the legend says so', () => {
+    const pts = Array.from({ length: 1000 }, (_, i) => [i, 2 - i / 1000 + (i % 2 ? 0.3 : -0.3)] as [number, number]);
+    const svg = linePlot([{ label: 'ce', points: pts, smooth: true }], { title: 'Loss', xLabel: 'step', yLabel: 'loss' });
+    expect((svg.match(/<path /g) ?? []).length).toBe(2);
+    expect(svg).toContain('stroke-opacity="0.25"');
+    expect(svg).toContain('ce: EMA span 40 (raw faint)');
+  });
+});
+
 describe('report', () => {
   it('skips a torn last line of metrics.jsonl', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rep-'));
     writeFileSync(join(dir, 'metrics.jsonl'), '{"kind":"step","step":0,"ce":2.3}\n{"kind":"st');
     expect(readMetrics(join(dir, 'metrics.jsonl'))).toEqual([{ kind: 'step', step: 0, ce: 2.3 }]);
+    // torn last line followed only by blank lines is still the last line
+    writeFileSync(join(dir, 'metrics.jsonl'), '{"kind":"step","step":0,"ce":2.3}\n{"kind":"st\n\n');
+    expect(readMetrics(join(dir, 'metrics.jsonl'))).toEqual([{ kind: 'step', step: 0, ce: 2.3 }]);
+  });
+
+  it('a malformed line before the last is DATA_CORRUPT naming the file and the line number', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rep-'));
+    const path = join(dir, 'metrics.jsonl');
+    for (const bad of ['{"kind":"st', '[1,2]', 'null']) {
+      writeFileSync(path, `{"kind":"step","step":0,"ce":2.3}\n\n${bad}\n{"kind":"step","step":1,"ce":2.2}\n`);
+      let err: unknown;
+      try {
+        readMetrics(path);
+      } catch (e) {
+        err = e;
+      }
+      expect(isSvdTrainError(err, 'DATA_CORRUPT'), String(err)).toBe(true);
+      expect((err as Error).message).toContain(`${path} line 3 of 4 is malformed`);
+      expect((err as Error).message).toContain('Fix:');
+    }
   });
 
   it('renders self-contained HTML with one line plot per metric and a path per series', () => {
@@ -40,13 +106,25 @@ describe('report', () => {
     expect(html).not.toContain('NaN');
     // nested loss terms (the coordinator's metrics format) are plotted, not dropped
     expect(html.split('Regularizer terms: singular-value sparsity')[1]!.split('</svg>')[0]).toContain('<path');
+    // rank per layer: one marker per layer and series (3 series x 1 layer + 3 legend dots), no line
+    const rank = html.split('Effective rank per layer')[1]!.split('</svg>')[0]!;
+    expect(rank).not.toContain('<path');
+    expect((rank.match(/<circle /g) ?? []).length).toBe(6);
+    // the log loss axis has more than two labels
+    const loss = html.split('>Loss<')[1]!.split('</svg>')[0]!;
+    expect((loss.match(/text-anchor="end">/g) ?? []).length).toBeGreaterThanOrEqual(3);
   });
 
   it('writeReport writes runs/NAME/report.html and survives a run with no metrics', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rep-'));
     const out = writeReport(dir);
     expect(out).toBe(join(dir, 'report.html'));
-    expect(readFileSync(out, 'utf8')).toContain('no data');
+    const html = readFileSync(out, 'utf8');
+    expect(html).toContain('no data');
+    // titled by the run's name, never by the absolute path of the machine that wrote it
+    const name = dir.split('/').pop()!;
+    expect(html).toContain(`<title>svd-train report: ${name}</title>`);
+    expect(html).not.toContain(dir);
   });
 
   it('the pipeline section: before / after pruning / after fine-tuning, the accuracy-vs-MACs curve with the fine-tuned point marked', () => {

@@ -12,8 +12,8 @@
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { effectiveRank, singularValues } from '@svd-train/core';
+import { basename, join, resolve } from 'node:path';
+import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
@@ -68,17 +68,37 @@ export interface ReportInput {
   notes?: string[];
 }
 
-/** Parses metrics.jsonl; a torn last line (a killed coordinator) is skipped, not fatal. */
+/**
+ * Parses metrics.jsonl. Only the last line may be torn (the coordinator was killed mid-append)
+ * and is then skipped. A malformed line anywhere else means the file was damaged or edited, and
+ * plotting around it would hide that, so it is DATA_CORRUPT naming the line number.
+ */
 export function readMetrics(path: string): Record<string, unknown>[] {
   if (!existsSync(path)) return [];
+  const lines = readFileSync(path, 'utf8').split('\n');
+  let last = lines.length - 1;
+  while (last >= 0 && !lines[last].trim()) last--;
   const out: Record<string, unknown>[] = [];
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
+  for (let i = 0; i <= last; i++) {
+    const line = lines[i];
     if (!line.trim()) continue;
+    let r: unknown;
+    let why = 'not a JSON object';
     try {
-      const r = JSON.parse(line) as unknown;
-      if (r && typeof r === 'object') out.push(r as Record<string, unknown>);
-    } catch {
-      /* partial line from an interrupted write */
+      r = JSON.parse(line);
+    } catch (e) {
+      why = (e as Error).message;
+    }
+    if (r !== null && typeof r === 'object' && !Array.isArray(r)) {
+      out.push(r as Record<string, unknown>);
+    } else if (i !== last) {
+      const shown = line.length > 80 ? `${line.slice(0, 80)}…` : line;
+      throw new SvdTrainError(
+        'DATA_CORRUPT',
+        `${path} line ${i + 1} of ${last + 1} is malformed (${why}): ${JSON.stringify(shown)}; expected one JSON object per line, ` +
+          'and only the last line may be cut short (a killed run). Fix: repair or delete that line, or resume the run (--resume rewrites the file).',
+        { path, line: i + 1 },
+      );
     }
   }
   return out;
@@ -112,12 +132,12 @@ export function renderReport(inp: ReportInput): string {
 
   const figs: string[] = [];
   figs.push(linePlot([
-    { label: 'train cross-entropy', points: pts(steps, sx, 'loss.ce', 'ce', 'loss') },
-    { label: 'train total loss', points: pts(steps, sx, 'loss.total', 'total'), dashed: true },
+    { label: 'train cross-entropy', points: pts(steps, sx, 'loss.ce', 'ce', 'loss'), smooth: true },
+    { label: 'train total loss', points: pts(steps, sx, 'loss.total', 'total'), dashed: true, smooth: true },
     { label: 'test loss', points: pts(epochs.map((r) => ({ ...r, step: num(r, 'step', 'endStep') })), sx, 'testLoss') },
   ], { title: 'Loss', xLabel: 'step', yLabel: 'loss', logY: true }));
   figs.push(linePlot([
-    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'trainAcc', 'acc')) },
+    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'trainAcc', 'acc')), smooth: true },
     { label: 'train acc (epoch mean)', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'trainAcc')), dashed: true },
     { label: 'test acc', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'testAcc')) },
   ], { title: 'Accuracy', xLabel: 'step', yLabel: 'accuracy %' }));
@@ -126,8 +146,8 @@ export function renderReport(inp: ReportInput): string {
     { label: 'train acc', points: pct(pts(epochs, ex, 'trainAcc')), color: PALETTE[0] },
   ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %' }));
   // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
-  figs.push(linePlot([{ label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth') }], { title: 'Regularizer terms: orthogonality', xLabel: 'step', yLabel: 'L_o (unweighted)' }));
-  figs.push(linePlot([{ label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity'), color: PALETTE[1] }], { title: 'Regularizer terms: singular-value sparsity', xLabel: 'step', yLabel: 'L_s (unweighted)' }));
+  figs.push(linePlot([{ label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth'), smooth: true }], { title: 'Regularizer terms: orthogonality', xLabel: 'step', yLabel: 'L_o (unweighted)' }));
+  figs.push(linePlot([{ label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity'), color: PALETTE[1], smooth: true }], { title: 'Regularizer terms: singular-value sparsity', xLabel: 'step', yLabel: 'L_s (unweighted)' }));
   const rankEpochs = epochs.filter((r) => r.effectiveRanks && typeof r.effectiveRanks === 'object' && Object.keys(r.effectiveRanks).length > 0);
   if (rankEpochs.length) {
     const total = (r: Record<string, unknown>) => Object.values(r.effectiveRanks as Record<string, number>).reduce((a, b) => a + b, 0);
@@ -136,7 +156,7 @@ export function renderReport(inp: ReportInput): string {
     }));
   }
   figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
-  figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput') }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
+  figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput'), smooth: true }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
 
   // Spectra: |s| sorted descending on a log scale; one line per layer, normalized index so wide
   // and narrow layers share an axis.
@@ -150,11 +170,13 @@ export function renderReport(inp: ReportInput): string {
   const rankRows = inp.spectra
     .map((sp) => `<tr><td>${esc(sp.layer)}</td><td>${sp.s.length}</td><td>${effectiveRank(sp.s, 0.01)}</td><td>${effectiveRank(sp.s, 0.05)}</td></tr>`)
     .join('');
+  // Markers, not lines: neighbouring layers are separate things, and a line between them would
+  // read as a trend along the network.
   const rankFig = linePlot([
-    { label: 'rank @ energy 0.01', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.01)] as [number, number]) },
-    { label: 'rank @ energy 0.05', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.05)] as [number, number]) },
-    { label: 'full rank', points: inp.spectra.map((sp, i) => [i, sp.s.length] as [number, number]), dashed: true, color: '#999' },
-  ], { title: 'Effective rank per layer', xLabel: 'layer index (table below)', yLabel: 'rank', width: 760 });
+    { label: 'full rank', points: inp.spectra.map((sp, i) => [i, sp.s.length] as [number, number]), color: '#bbb', style: 'markers', marker: 5 },
+    { label: 'rank @ energy 0.01', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.01)] as [number, number]), style: 'markers' },
+    { label: 'rank @ energy 0.05', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.05)] as [number, number]), style: 'markers', marker: 2.5 },
+  ], { title: 'Effective rank per layer', xLabel: 'layer index (table below)', yLabel: 'rank', width: 760, legend: 'below' });
   const plainRow = inp.macs.find((r) => r.label.startsWith('plain'));
   const macsFig = inp.macs.length
     ? barChart(inp.macs.map((f) => ({ label: f.label, value: f.macs / 1e6, color: f === plainRow ? '#999' : undefined })), { title: 'MACs per image: plain ResNet, this model, pruned', yLabel: 'million MACs per image (FLOPs = 2·MACs)' }) +
@@ -228,7 +250,9 @@ export function writeReport(
   const cfgPath = join(runDir, 'config.json');
   const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : null;
   const html = renderReport({
-    title: `svd-train report: ${runDir}`,
+    // The run's name, not the path: the page is shared and opened elsewhere, where the path of
+    // the machine that wrote it means nothing (and tells more than it should).
+    title: `svd-train report: ${basename(resolve(runDir))}`,
     config,
     records: readMetrics(join(runDir, 'metrics.jsonl')),
     spectra: spectraOf(extras.params ?? []),

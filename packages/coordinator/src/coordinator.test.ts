@@ -392,10 +392,12 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
     const h = await harness(cfg);
     const stuck = h.spawn({ name: 'stuck', onStep: () => 'stall' });
     await expect(h.coord.start()).rejects.toThrow(/stuck.*stalled/);
-    // The workers hear that the run was aborted, and why, not "training finished".
+    // The workers hear the code, not "training finished": RUN_ABORTED (so they exit rather than
+    // reconnect), naming the fault that ended the run.
     await stuck.closed;
     expect(stuck.error?.code).toBe('RUN_ABORTED');
-    expect(stuck.error?.message).toMatch(/\[ROUND_MISMATCH\].*stuck.*stalled/);
+    expect(stuck.error?.message).toContain('[PEER_TIMEOUT]');
+    expect(stuck.error?.message).toMatch(/stuck.*stalled/);
     expect(stuck.received.some((m) => m.type === 'shutdown')).toBe(false);
   });
 

@@ -77,7 +77,6 @@ import { StallDetector } from './stall-detector.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
-/** What the coordinator checkpoints; the same shape as core's `Checkpoint`. */
 /** What the coordinator saves and resumes from: core's checkpoint, so there is one definition. */
 export type CoordinatorCheckpoint = Checkpoint;
 
@@ -555,7 +554,7 @@ export class Coordinator {
         this.authed.add(peer.socket);
         this.authedCount++;
         setReceiveLimit(peer.ws, this.authedFrameLimit());
-        this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config) as unknown as Record<string, unknown>, configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
+        this.send(peer, { type: 'welcome', workerId: peer.id, config: serializeConfig(this.config), configHash: this.configHash, datasetInfo: this.opts.datasetInfo });
         return;
       case 'manifest':
         if (msg.type === 'data-request') {
@@ -862,13 +861,15 @@ export class Coordinator {
     if (!peer) return;
     const why = `no answer to ${what} within ${Math.round(ms)} ms (--step-timeout-ms ${this.config.stepTimeoutMs})`;
     if (this.config.stallAction === 'abort') {
-      this.fatal = new SvdTrainError('ROUND_MISMATCH', `worker ${peer.name} stalled: ${why}; aborting as --stall-action abort says`);
+      this.fatal = new SvdTrainError('PEER_TIMEOUT', `worker ${peer.name} stalled: ${why}; aborting as --stall-action abort says`);
       this.log('error', this.fatal.message);
       this.job?.reject(this.fatal);
       this.wake();
       return;
     }
-    this.dropPeer(peer, 'ROUND_MISMATCH', `stalled: ${why}`);
+    // A stall is a peer that did not answer in time, not a malformed round: PEER_TIMEOUT, which the
+    // worker treats as retryable (it reconnects), as it did before.
+    this.dropPeer(peer, 'PEER_TIMEOUT', `stalled: ${why}`);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -1092,7 +1093,7 @@ export class Coordinator {
     const st = sampler.state();
     await this.opts.saveCheckpoint({
       version: 1,
-      config: serializeConfig(this.config) as unknown as Record<string, unknown>,
+      config: serializeConfig(this.config),
       configHash: this.configHash,
       step,
       epoch: sampler.currentEpoch,

@@ -4,10 +4,9 @@
  * Files are read lazily and kept in memory once read (CIFAR-10 is ~180 MB), and only files the
  * coordinator announced in `datasetInfo.md5s` are served, so a worker cannot read arbitrary paths.
  */
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DATA_CHUNK_BYTES, SvdTrainError, type DataChunkMessage } from '@svd-train/core';
+import { DATA_CHUNK_BYTES, SvdTrainError, md5Hex, type DataChunkMessage } from '@svd-train/core';
 
 // Chunk size (core, so the worker bounds data-chunk frames by it): small enough to interleave with other traffic.
 export { DATA_CHUNK_BYTES };
@@ -37,7 +36,7 @@ export class DatasetServer {
       } catch (e) {
         throw new SvdTrainError('DATA_MISSING', `cannot read dataset file ${join(this.dir, file)}: ${(e as Error).message}`);
       }
-      hit = { bytes, md5: createHash('md5').update(bytes).digest('hex') };
+      hit = { bytes, md5: md5Hex(bytes) };
       this.cache.set(file, hit);
     }
     return hit;

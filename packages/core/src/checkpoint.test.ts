@@ -2,7 +2,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { checkpointFileName, latestCheckpoint, loadCheckpoint, saveCheckpoint, type Checkpoint } from './checkpoint.js';
+import { checkpointFileName, latestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint, type Checkpoint } from './checkpoint.js';
 import { isSvdTrainError } from './errors.js';
 
 const dirs: string[] = [];
@@ -120,6 +120,18 @@ describe('checkpoint', () => {
     // the next save cleans leftover temp files
     saveCheckpoint(dir, makeCkpt(400));
     expect(readdirSync(dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
+  it('only a missing folder means "no checkpoints"; an unlistable one is CHECKPOINT_UNREADABLE naming it', () => {
+    const dir = tempDir();
+    expect(listCheckpoints(join(dir, 'missing'))).toEqual([]);
+    // A file where the folder should be (ENOTDIR) stands for every other readdir failure
+    // (EACCES cannot be provoked portably: tests may run as root).
+    const file = join(dir, 'not-a-folder');
+    writeFileSync(file, 'x');
+    expectCode(() => listCheckpoints(file), 'CHECKPOINT_UNREADABLE', /not-a-folder.*ENOTDIR.*Fix:/);
+    // resuming must not quietly start from step 0 over it
+    expectCode(() => latestCheckpoint(file), 'CHECKPOINT_UNREADABLE');
   });
 
   it('saves and loads a 45 MB parameter set in well under a few seconds', () => {

@@ -145,13 +145,25 @@ function fsyncDir(dir: string): void {
   }
 }
 
-/** Checkpoint files in `dir`, newest step first. */
+/**
+ * Checkpoint files in `dir`, newest step first. A folder that does not exist holds no checkpoints
+ * (a fresh run); any other failure to read it (EACCES, ENOTDIR, EIO) throws CHECKPOINT_UNREADABLE,
+ * because treating it as empty would silently restart a run from step 0 instead of resuming it.
+ */
 export function listCheckpoints(dir: string): { path: string; step: number }[] {
   let names: string[];
   try {
     names = readdirSync(dir);
-  } catch {
-    return [];
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return [];
+    throw new SvdTrainError(
+      'CHECKPOINT_UNREADABLE',
+      `checkpoint folder ${dir} cannot be listed (${code ?? (e as Error).message}); expected a readable folder of ckpt-….svdckpt files (or none yet). ` +
+        'Fix: check that the path is a folder and that this user may read it, or point --out/--resume at another run',
+      { dir, errno: code },
+      { cause: e },
+    );
   }
   const out: { path: string; step: number }[] = [];
   for (const n of names) {

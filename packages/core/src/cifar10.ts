@@ -138,9 +138,17 @@ export interface Cifar10FileReport {
   md5: string | null;
 }
 
+/**
+ * md5 hex of bytes (or a string, as UTF-8): the one helper the coordinator (dataset-server), the
+ * worker (data cache) and the CLI use, so every side names a dataset file by the same digest.
+ */
+export function md5Hex(data: Uint8Array | string): string {
+  return createHash('md5').update(data).digest('hex');
+}
+
 /** md5 hex of a file (files here are at most ~30 MB, so one read is fine). */
 export function md5File(path: string): string {
-  return createHash('md5').update(readFileSync(path)).digest('hex');
+  return md5Hex(readFileSync(path));
 }
 
 /**

@@ -1,8 +1,9 @@
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { defaultCacheDir, missingCifar10Files, resolveDataDir } from './data-dir.js';
+import { cacheRoot, defaultCacheDir, missingCifar10Files, resolveDataDir } from './data-dir.js';
+import { md5Hex, md5File } from './cifar10.js';
 import { SvdTrainError } from './errors.js';
 import { writeSyntheticCifar10 } from './synthetic-cifar10.js';
 import { thrown } from './test-support/thrown.js';
@@ -18,6 +19,22 @@ describe('defaultCacheDir', () => {
   it('honours XDG_CACHE_HOME, else ~/.cache', () => {
     expect(defaultCacheDir({ XDG_CACHE_HOME: '/xdg' })).toBe('/xdg/svd-train/cifar-10-batches-bin');
     expect(defaultCacheDir({ HOME: '/home/u' })).toBe('/home/u/.cache/svd-train/cifar-10-batches-bin');
+  });
+  it('one cache root for CLI and worker: SVD_TRAIN_CACHE wins over XDG_CACHE_HOME, a relative XDG is ignored', () => {
+    expect(cacheRoot({ SVD_TRAIN_CACHE: '/c', XDG_CACHE_HOME: '/xdg', HOME: '/home/u' })).toBe('/c');
+    expect(defaultCacheDir({ SVD_TRAIN_CACHE: '/c' })).toBe('/c/cifar-10-batches-bin');
+    expect(cacheRoot({ XDG_CACHE_HOME: '/xdg', HOME: '/home/u' })).toBe('/xdg/svd-train');
+    expect(cacheRoot({ XDG_CACHE_HOME: 'rel', HOME: '/home/u' })).toBe('/home/u/.cache/svd-train');
+    expect(cacheRoot({ SVD_TRAIN_CACHE: '', HOME: '/home/u' })).toBe('/home/u/.cache/svd-train');
+  });
+});
+
+describe('md5Hex', () => {
+  it('RFC 1321 vectors for bytes and strings; md5File agrees on the same bytes', () => {
+    expect(md5Hex('')).toBe('d41d8cd98f00b204e9800998ecf8427e');
+    expect(md5Hex('abc')).toBe('900150983cd24fb0d6963f7d28e17f72');
+    expect(md5Hex(new TextEncoder().encode('abc'))).toBe('900150983cd24fb0d6963f7d28e17f72');
+    expect(md5File(join(flagDir, 'test_batch.bin'))).toBe(md5Hex(readFileSync(join(flagDir, 'test_batch.bin'))));
   });
 });
 

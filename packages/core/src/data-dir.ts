@@ -1,6 +1,7 @@
 /**
  * Where the CIFAR-10 files live: the --data flag, then SVD_TRAIN_DATA, then the user cache
- * (~/.cache/svd-train/cifar-10-batches-bin, honouring XDG_CACHE_HOME).
+ * (`cacheRoot()`/cifar-10-batches-bin: $SVD_TRAIN_CACHE, else $XDG_CACHE_HOME/svd-train, else
+ * ~/.cache/svd-train).
  *
  * A folder given explicitly is never silently replaced by another one: if it lacks the data the
  * error says so, and says exactly how to get the data.
@@ -34,11 +35,24 @@ export interface DataDir {
   source: DataDirSource;
 }
 
-/** `$XDG_CACHE_HOME/svd-train/cifar-10-batches-bin`, or `~/.cache/svd-train/cifar-10-batches-bin`. */
-export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+/** Moves svd-train's whole cache (downloaded CIFAR-10, datasets a worker fetched). */
+export const CACHE_ENV_VAR = 'SVD_TRAIN_CACHE';
+
+/**
+ * svd-train's cache root, the one rule for every package: $SVD_TRAIN_CACHE, else
+ * `$XDG_CACHE_HOME/svd-train` (XDG requires an absolute path; a relative one is ignored), else
+ * `~/.cache/svd-train`. The CLI's downloaded CIFAR-10 and the worker's fetched datasets live below it.
+ */
+export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
+  const own = env[CACHE_ENV_VAR];
+  if (own) return resolve(own);
   const xdg = env.XDG_CACHE_HOME;
-  const root = xdg && xdg.startsWith('/') ? xdg : join(env.HOME || homedir(), '.cache');
-  return join(root, CACHE_APP_DIRNAME, CIFAR10_DIRNAME);
+  return join(xdg && xdg.startsWith('/') ? xdg : join(env.HOME || homedir(), '.cache'), CACHE_APP_DIRNAME);
+}
+
+/** `cacheRoot()/cifar-10-batches-bin`: where `download` puts CIFAR-10 and where training finds it. */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  return join(cacheRoot(env), CIFAR10_DIRNAME);
 }
 
 /** Names of the data files missing from `dir` (empty when all six are there). */

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { assert, isSvdTrainError, SvdTrainError, ERROR_CODES } from './errors.js';
+import { assert, isErrorCode, isSvdTrainError, SvdTrainError, ERROR_CODES } from './errors.js';
 
 describe('SvdTrainError', () => {
   it('carries code, details and a stable name', () => {
@@ -18,6 +18,11 @@ describe('SvdTrainError', () => {
     for (const c of ['CONFIG_INVALID', 'CONFIG_UNKNOWN_KEY', 'DATA_MISSING', 'DATA_CORRUPT', 'NON_FINITE', 'AUTH_FAILED', 'ROUND_MISMATCH', 'BACKEND_UNAVAILABLE']) {
       expect(ERROR_CODES).toContain(c);
     }
+  });
+
+  it('isErrorCode accepts exactly the listed codes (a code from the wire is checked, not cast)', () => {
+    for (const c of ERROR_CODES) expect(isErrorCode(c)).toBe(true);
+    for (const v of ['', 'SOMETHING_NEW', 'auth_failed', 'toString', 42, null, undefined, ['AUTH_FAILED']]) expect(isErrorCode(v)).toBe(false);
   });
 });
 

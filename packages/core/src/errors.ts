@@ -34,6 +34,12 @@ export const ERROR_CODES = [
   /** The coordinator stopped the run with an error; sent to workers so they exit non-zero. */
   'RUN_ABORTED',
   'PEER_TIMEOUT',
+  /** A checkpoint folder exists but cannot be listed (permissions, not a folder, I/O error). */
+  'CHECKPOINT_UNREADABLE',
+  /** A worker gave up reaching the coordinator after its allowed number of attempts. */
+  'CONNECTION_FAILED',
+  /** Every worker `svd-coord start --spawn` launched exited with an error: nobody is left to train. */
+  'WORKERS_FAILED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -49,6 +55,14 @@ export class SvdTrainError extends Error {
     this.code = code;
     if (details !== undefined) this.details = details;
   }
+}
+
+/**
+ * True when `v` is one of ERROR_CODES. Codes that arrive over the wire are plain strings (a newer
+ * peer may send a code this build does not know), so they are checked here before being typed.
+ */
+export function isErrorCode(v: unknown): v is ErrorCode {
+  return typeof v === 'string' && (ERROR_CODES as readonly string[]).includes(v);
 }
 
 /** True when `e` is an SvdTrainError, optionally with the given code. */

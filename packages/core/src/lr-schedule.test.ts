@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { cosineLr, lrAt, momentumAt, multistepLr, onecycleLr, type MomentumScheduleConfig, type ScheduleConfig } from './lr-schedule.js';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { referenceFile, referenceMissing } from './testing.js';
 
 /** Golden values printed once by PyTorch 2 (`param_groups[0]['lr']` before each optimizer.step()). */
 const TORCH_ONECYCLE_20 = [0.0040000000000000036, 0.013167184270002533, 0.037167184270002526, 0.06683281572999747, 0.09083281572999748, 0.1, 0.09874640062350874, 0.09504846320134738, 0.089091617757105, 0.0811745653949763, 0.07169430017913009, 0.06112620219362893, 0.0500002, 0.03887419780637107, 0.028306099820869922, 0.0188258346050237, 0.010908782242895003, 0.004951936798652629, 0.0012539993764912555, 4e-7];
@@ -39,8 +40,8 @@ describe('lr schedules vs PyTorch', () => {
     TORCH_MULTISTEP_3_6.forEach((v, s) => expect(lrAt({ ...BASE, schedule: 'multistep', milestones: [1, 2] }, s, 3)).toBe(v));
   });
 
-  it.skipIf(!existsSync('/work/shared/reference/optim.json'))('multistep milestones [2,4] in steps reproduces optim.json lr_used_at_step bit for bit', () => {
-    const ref = JSON.parse(readFileSync('/work/shared/reference/optim.json', 'utf8'));
+  it.skipIf(referenceMissing('optim'))('multistep milestones [2,4] in steps reproduces optim.json lr_used_at_step bit for bit', () => {
+    const ref = JSON.parse(readFileSync(referenceFile('optim'), 'utf8'));
     const used: number[] = ref.variants.sgd_momentum_multistep.lr_used_at_step;
     expect(used.map((_, s) => multistepLr(0.1, [2, 4], 0.1, s))).toEqual(used);
     expect(used.map((_, s) => lrAt({ ...BASE, schedule: 'multistep', milestones: [2, 4], epochs: 5 }, s, 1))).toEqual(used);

@@ -77,3 +77,20 @@ export class Rng {
     return new Rng(st.s);
   }
 }
+
+/**
+ * mulberry32: a tiny sequential PRNG returning floats in [0, 1). It is the stream that synthetic
+ * CIFAR-10 (`writeSyntheticCifar10`) and layers' initial SVD weights (`seededNormal`) draw from,
+ * kept separate from `Rng` because changing either generator would change every synthetic file and
+ * every initial weight, and with them the golden values that tests and parity checks pin.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

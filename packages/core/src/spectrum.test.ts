@@ -1,12 +1,25 @@
 import { describe, expect, it } from 'vitest';
-import { effectiveRank, effectiveRanks, singularValues } from './spectrum.js';
+import { effectiveRank, effectiveRanks, selectRankByEnergy, singularValues } from './spectrum.js';
 
 describe('effectiveRank', () => {
   it('s=[3,2,1] (energies 9,4,1 of 14): e=0.01 -> 3, e=0.3 -> 2, e=0.5 -> 1', () => {
     expect(effectiveRank([1, 3, 2], 0.01)).toBe(3);
     expect(effectiveRank([1, 3, 2], 0.3)).toBe(2);
     expect(effectiveRank([1, 3, 2], 0.5)).toBe(1);
-    expect(effectiveRank([0, 0], 0.01)).toBe(0);
+  });
+  it('an all-zero vector: rank 1 for every e, the one value pruning keeps so the layer keeps a shape', () => {
+    // Pruning and the effective rank used to disagree here (prune kept 1, the rank said 0); they
+    // are one rule now, so the logged rank is what `prune --energy e` leaves.
+    for (const e of [0.01, 0.5]) {
+      expect(selectRankByEnergy([0, 0, 0], e)).toEqual({ k: 1, keptIndices: [0] });
+      expect(effectiveRank([0, 0, 0], e)).toBe(1);
+    }
+    expect(effectiveRank([0, 0, 0], 0)).toBe(3);
+    expect(selectRankByEnergy([], 0.01)).toEqual({ k: 0, keptIndices: [] });
+  });
+  it('e=0 keeps every value even where the float64 partial sums reach the total early', () => {
+    expect(effectiveRank([1, 1e-9, 0], 0)).toBe(3);
+    expect(selectRankByEnergy([1, 1e-9, 0], 0).keptIndices).toEqual([0, 1, 2]);
   });
   it('uses |s| (negative singular values count by magnitude)', () => {
     expect(effectiveRank([-3, 0.001], 0.01)).toBe(1);

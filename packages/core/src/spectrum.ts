@@ -4,19 +4,43 @@
  */
 
 /**
- * Effective rank at energy e: the fewest leading singular values (by magnitude) whose squares hold
- * at least (1 − e) of Σs². The rule `pruneByEnergy(model, e)` keeps; 0 for an all-zero vector.
+ * The energy rule, the one copy that pruning (layers' `pruneByEnergy`), the per-epoch effective
+ * ranks and the report all use: with w = s², keep the smallest k whose top-k energy is at least
+ * (1 − e)·Σw, i.e. remove at most a fraction e of the energy. Uses |s| because s is a free
+ * parameter and can change sign during training. e = 0 keeps every value: the float64 partial sums
+ * reach Σw before the last values of a steep spectrum are added, and dropping those would change
+ * the shapes (and the numbers) of a prune that promises to remove nothing. An all-zero vector keeps
+ * one value, so that a pruned layer still has a well-formed (rank ≥ 1) shape.
+ * Checked against PyTorch's prune.json (layers' prune.test.ts).
+ * @param s singular values [r], any order, any sign.
+ * @param energy fraction e ∈ [0, 1) of the energy that may be removed.
+ * @returns k and the kept positions in the original `s`, ascending.
+ */
+export function selectRankByEnergy(s: ArrayLike<number>, energy: number): { k: number; keptIndices: number[] } {
+  const n = s.length;
+  if (energy === 0) return { k: n, keptIndices: Array.from({ length: n }, (_, i) => i) };
+  // float64 accumulation: the reference keeps every threshold ≥ 1e-5·Σw from the partial sums.
+  const w = Array.from(s, (v) => v * v);
+  const order = w.map((_, i) => i).sort((a, b) => w[b]! - w[a]! || a - b);
+  const total = w.reduce((a, b) => a + b, 0);
+  const target = (1 - energy) * total;
+  let k = 0;
+  let acc = 0;
+  while (k < n && (acc < target || k === 0)) {
+    acc += w[order[k]!]!;
+    k++;
+  }
+  const keptIndices = order.slice(0, k).sort((a, b) => a - b);
+  return { k, keptIndices };
+}
+
+/**
+ * Effective rank at energy e: how many singular values `selectRankByEnergy(s, e)` keeps, which is
+ * what `svd-coord prune --energy e` would leave the layer with (1 for an all-zero vector, the
+ * length of `s` at e = 0).
  */
 export function effectiveRank(s: ArrayLike<number>, e = 0.01): number {
-  const sq = Array.from(s, (v) => v * v).sort((a, b) => b - a);
-  const total = sq.reduce((a, b) => a + b, 0);
-  if (total === 0) return 0;
-  let acc = 0;
-  for (let i = 0; i < sq.length; i++) {
-    acc += sq[i]!;
-    if (acc >= (1 - e) * total) return i + 1;
-  }
-  return sq.length;
+  return selectRankByEnergy(s, e).k;
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   CIFAR_SPLIT_FILES,
 } from './cifar10.js';
 import { SvdTrainError } from './errors.js';
+import { mulberry32 } from './rng.js';
 
 export interface SyntheticCifar10Options {
   /** Train records, spread over data_batch_1..5 (at least 5: every file needs one record). */
@@ -25,18 +26,6 @@ export interface SyntheticCifar10Options {
   test: number;
   /** Seed of the generator; the same seed writes the same bytes. */
   seed?: number;
-}
-
-/** mulberry32: a tiny deterministic PRNG returning floats in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Mean colour (R, G, B) of each class, spread over the colour cube. */

@@ -10,14 +10,7 @@
  * loaded from JSON, pruned or rebuilt.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
-
-/** A named float32 tensor as it travels on the wire (same shape as core's protocol WireTensor). */
-export interface WireTensor {
-  name: string;
-  shape: number[];
-  data: Float32Array;
-}
+import { SvdTrainError, type WireTensor } from '@svd-train/core';
 
 export interface NamedVariable {
   /** PyTorch state_dict name, e.g. 'layers.3.shortcut.0.U'. */

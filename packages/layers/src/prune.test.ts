@@ -1,7 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, expectClose, type RefTensor } from './test-support/index.js';
-import { selectRankByEnergy, selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks } from './prune.js';
+import { selectRankByEnergy } from '@svd-train/core';
+import { selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks } from './prune.js';
 import { buildResNet } from './resnet.js';
 import { namedParameters, getBuffers, setBuffers, getParameters, setParameters } from './parameter-names.js';
 import { SVDConv2D } from './svd-conv2d.js';

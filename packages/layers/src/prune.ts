@@ -5,41 +5,11 @@
  * is cheaper at its new rank: a layer's MACs never grow by pruning, and energy 0 changes nothing.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
+import { selectRankByEnergy, SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { countMacs, type ComputeForm } from './macs.js';
 import { moduleNameFor } from './parameter-names.js';
-
-/**
- * The energy rule: with w = s², keep the smallest k whose top-k energy is at least (1 − e)·Σw,
- * i.e. remove at most a fraction e of the energy. Uses |s| because s is a free parameter and can
- * change sign during training. e = 0 keeps every value: the float64 partial sums reach Σw before
- * the last values of a steep spectrum are added, and dropping those would change the shapes (and
- * the numbers) of a prune that promises to remove nothing.
- * @param s singular values [r], any order, any sign.
- * @param energy fraction e ∈ [0, 1) of the energy that may be removed.
- * @returns k and the kept positions in the original `s`, ascending.
- */
-export function selectRankByEnergy(s: ArrayLike<number>, energy: number): { k: number; keptIndices: number[] } {
-  const n = s.length;
-  if (energy === 0) return { k: n, keptIndices: Array.from({ length: n }, (_, i) => i) };
-  // float64 accumulation: the reference keeps every threshold ≥ 1e-5·Σw from the partial sums.
-  const w = Array.from(s, (v) => v * v);
-  const order = w.map((_, i) => i).sort((a, b) => w[b]! - w[a]! || a - b);
-  const total = w.reduce((a, b) => a + b, 0);
-  const target = (1 - energy) * total;
-  let k = 0;
-  let acc = 0;
-  while (k < n && (acc < target || k === 0)) {
-    acc += w[order[k]!]!;
-    k++;
-  }
-  // An all-zero layer keeps one value so the layer still has a well-formed (rank ≥ 1) shape.
-  if (n > 0 && k === 0) k = 1;
-  const keptIndices = order.slice(0, k).sort((a, b) => a - b);
-  return { k, keptIndices };
-}
 
 /** Keeps the singular values with |s| > tau (at least one, the largest, so shapes stay valid). */
 export function selectRankByThreshold(s: ArrayLike<number>, tau: number): { k: number; keptIndices: number[] } {

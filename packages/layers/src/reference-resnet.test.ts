@@ -8,7 +8,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, relErr, forEachBackend, TEST_ENGINES, FAST_ENGINES, refToNhwc, TOL, type RefTensor } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
-import { setParameters, setBuffers, getBuffers, namedParameters, type WireTensor } from './parameter-names.js';
+import type { WireTensor } from '@svd-train/core';
+import { setParameters, setBuffers, getBuffers, namedParameters } from './parameter-names.js';
 import { computeGradients, evaluate } from './train-step.js';
 
 interface RefResNet {

@@ -15,7 +15,7 @@
  * factors reconstruct has exactly the He-normal statistics a plain conv would have.
  */
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
-import { SvdTrainError } from '@svd-train/core';
+import { mulberry32, SvdTrainError } from '@svd-train/core';
 
 /** How a conv weight is split into a matrix; dense layers use `'dense'`. */
 export type Decomposition = 'channel' | 'spatial';
@@ -57,21 +57,9 @@ export function fullRank(kind: MatrixKind, g: WeightGeometry): number {
   return Math.min(m, p);
 }
 
-/** mulberry32: a small, fast, seedable 32-bit PRNG (deterministic init across processes). */
-export function seededUniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Standard normal draws (Box–Muller over `seededUniform`). */
+/** Standard normal draws (Box–Muller over core's `mulberry32`: deterministic init across processes). */
 export function seededNormal(seed: number): () => number {
-  const u = seededUniform(seed);
+  const u = mulberry32(seed);
   let spare: number | undefined;
   return () => {
     if (spare !== undefined) {

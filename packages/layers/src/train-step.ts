@@ -5,12 +5,11 @@
  * inference-mode evaluation used for the test set.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, type WireTensor } from '@svd-train/core';
 import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
-import { namedParameters, getBuffers, type WireTensor } from './parameter-names.js';
+import { namedParameters, getBuffers } from './parameter-names.js';
 
 export { getParameters, setParameters, getBuffers, setBuffers, namedParameters, namedBuffers } from './parameter-names.js';
-export type { WireTensor } from './parameter-names.js';
 
 /** Weights of the regularizers and the sparsity kind (RunConfig `lambdaO`, `lambdaS`, `sparsity`). */
 export type RegularizationOptions = SvdRegularizationOptions;

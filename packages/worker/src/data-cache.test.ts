@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SvdTrainError } from '@svd-train/core';
-import { cacheFolderFor, ensureDataset, md5Hex } from './data-cache.js';
+import { md5Hex } from '@svd-train/core';
+import { cacheFolderFor, ensureDataset } from './data-cache.js';
 
 const files = { 'data_batch_1.bin': new Uint8Array([1, 2, 3]), 'test_batch.bin': new Uint8Array(1000).fill(7) };
 const info = { trainCount: 1, testCount: 1, md5s: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, md5Hex(v)])) };

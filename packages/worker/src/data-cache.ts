@@ -11,18 +11,12 @@
  * are accepted, and each path is resolved and checked to lie directly inside the cache folder
  * before anything is read or written there.
  */
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { CIFAR_FILES, SvdTrainError, type DatasetInfo } from '@svd-train/core';
+import { CIFAR_FILES, SvdTrainError, md5Hex, type DatasetInfo } from '@svd-train/core';
 
 /** Fetches one whole dataset file from the coordinator. */
 export type FileFetcher = (file: string) => Promise<Uint8Array>;
-
-export function md5Hex(bytes: Uint8Array): string {
-  return createHash('md5').update(bytes).digest('hex');
-}
 
 function fileMatches(dir: string, name: string, md5: string): boolean {
   const p = datasetFilePath(dir, name);
@@ -34,16 +28,9 @@ export function folderMatches(dir: string, info: DatasetInfo): boolean {
   return Object.entries(info.md5s).every(([name, md5]) => fileMatches(dir, name, md5));
 }
 
-/** Default cache root: $SVD_TRAIN_CACHE, else ~/.cache/svd-train. */
-export function defaultCacheRoot(env: NodeJS.ProcessEnv = process.env): string {
-  return env.SVD_TRAIN_CACHE ?? join(homedir(), '.cache', 'svd-train');
-}
-
 /** The cache folder for one dataset: named by a hash of its md5s, so different data never mixes. */
 export function cacheFolderFor(root: string, info: DatasetInfo): string {
-  const key = createHash('md5')
-    .update(Object.entries(info.md5s).sort(([a], [b]) => a.localeCompare(b)).map(([f, m]) => `${f}:${m}`).join('\n'))
-    .digest('hex');
+  const key = md5Hex(Object.entries(info.md5s).sort(([a], [b]) => a.localeCompare(b)).map(([f, m]) => `${f}:${m}`).join('\n'));
   return join(root, 'datasets', key);
 }
 

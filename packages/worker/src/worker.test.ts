@@ -16,6 +16,7 @@ import {
   SvdTrainError,
   authProof,
   makeNonce,
+  md5Hex,
   configHash,
   decodeMessage,
   encodeMessage,
@@ -24,7 +25,6 @@ import {
   writeSyntheticCifar10,
   type Message,
 } from '@svd-train/core';
-import { md5Hex } from './data-cache.js';
 import { buildResNet, getBuffers, getParameters } from '@svd-train/layers';
 import { depthOf, runWorker } from './worker.js';
 

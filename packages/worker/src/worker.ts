@@ -28,7 +28,9 @@ import {
   assembleBatch,
   authProof,
   configHash,
+  cacheRoot,
   escapeForLog,
+  isErrorCode,
   makeNonce,
   parseConfig,
   readCifar10,
@@ -36,6 +38,7 @@ import {
   verifyAuthProof,
   CIFAR_FILES,
   type Cifar10Split,
+  type ErrorCode,
   type Message,
   type RunConfig,
   type TensorSpec,
@@ -55,7 +58,7 @@ import { backoffDelay } from './backoff.js';
 import { sliceGradients } from './chunked-gradients.js';
 import { checkCounts, checkDatasetInfo, checkEval, checkStep, checkWeights, outOfOrder } from './coordinator-checks.js';
 import { Connection, isClose } from './connection.js';
-import { defaultCacheRoot, ensureDataset } from './data-cache.js';
+import { ensureDataset } from './data-cache.js';
 
 export interface WorkerOptions {
   /** `ws://HOST:PORT` of the coordinator. */
@@ -73,7 +76,7 @@ export interface WorkerOptions {
   name?: string;
   /** A local CIFAR-10 folder to use instead of fetching from the coordinator (if its md5s match). */
   dataDir?: string | null;
-  /** Where fetched data is cached (default $SVD_TRAIN_CACHE or ~/.cache/svd-train). */
+  /** Where fetched data is cached (default core's `cacheRoot()`: $SVD_TRAIN_CACHE, $XDG_CACHE_HOME/svd-train or ~/.cache/svd-train). */
   cacheDir?: string;
   /** Log sink (one line per call). */
   log?: (line: string) => void;
@@ -94,10 +97,7 @@ export interface WorkerResult {
 type Model = ReturnType<typeof buildResNet>;
 
 /** Refusals that retrying cannot fix: the worker stops instead of reconnecting. */
-const FATAL_CODES = new Set(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE', 'RUN_ABORTED']);
-
-/** Our own verdicts on a coordinator that broke the protocol: the worker exits rather than reconnect to it. */
-const VIOLATION_CODES = new Set(['PROTOCOL_INVALID', 'PROTOCOL_VERSION', 'FRAME_TOO_LARGE', 'NON_FINITE', 'SHAPE_MISMATCH', 'AUTH_FAILED', 'CONFIG_INVALID']);
+const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE', 'RUN_ABORTED']);
 
 /** TLS errors that mean "this certificate is not trusted", which retrying cannot fix. */
 const TLS_TRUST_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ALTNAME|HOSTNAME/;
@@ -179,7 +179,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
       failures++;
       if (opts.maxAttempts !== undefined && failures >= opts.maxAttempts) {
         throw new SvdTrainError(
-          'CONNECTION_FAILED' as never,
+          'CONNECTION_FAILED',
           `Could not reach the coordinator at ${opts.coordinator} after ${failures} attempts (${(e as Error).message}). ` +
             'Fix: start it with `svd-coord start`, or check host, port and firewall.',
         );
@@ -305,8 +305,9 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         const hash = configHash(cfg);
         if (msg.configHash && msg.configHash !== hash) {
           return violated(
+            // The coordinator reports the same mismatch as MANIFEST_MISMATCH: one code for one fault.
             new SvdTrainError(
-              'CONFIG_INVALID',
+              'MANIFEST_MISMATCH',
               `Config hash mismatch: coordinator says ${escapeForLog(msg.configHash, 80)}, this worker computes ${hash}. Fix: run the same svd-train version on both sides.`,
             ),
           );
@@ -326,7 +327,7 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         if (!st.train) {
           const dir = await ensureDataset(msg.datasetInfo, {
             localDir: localData,
-            cacheRoot: opts.cacheDir ?? defaultCacheRoot(),
+            cacheRoot: opts.cacheDir ?? cacheRoot(),
             log,
             fetch: (file) => fetchFile(conn, file, handshakeMs),
           });
@@ -398,9 +399,10 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
       case 'error': {
         const code = msg.code;
         log(`coordinator error ${escapeForLog(code, 40)}: ${escapeForLog(msg.message)}`);
-        if (FATAL_CODES.has(code)) {
+        // An unknown code (from a newer coordinator) is logged above and treated as retryable.
+        if (isErrorCode(code) && FATAL_CODES.has(code)) {
           const what = code === 'RUN_ABORTED' ? 'The coordinator stopped the run' : 'Coordinator refused this worker';
-          return new SessionEnded(code, new SvdTrainError(code as never, `${what}: ${escapeForLog(msg.message)}`), false, handshakeDone);
+          return new SessionEnded(code, new SvdTrainError(code, `${what}: ${escapeForLog(msg.message)}`), false, handshakeDone);
         }
         break;
       }

@@ -38,7 +38,7 @@ export function setFilterGradAlgorithm(a: FilterGradAlgorithm): FilterGradAlgori
 function call(name: string, backend: BackendLike, inputs: Record<string, TensorInfo>, attrs: NamedAttrMap): TensorInfo {
   const k = tf.getKernel(name, 'wasm');
   if (!k) throw new Error(`wasm kernel ${name} is not registered; Conv2DBackpropFilter needs it`);
-  const out = k.kernelFunc({ inputs, backend: backend as never, attrs });
+  const out = k.kernelFunc({ inputs, backend, attrs });
   return Array.isArray(out) ? (out[0] as TensorInfo) : (out as TensorInfo);
 }
 
@@ -128,7 +128,7 @@ function viaConv(
   const conv2d = tf.getKernel('Conv2D', 'wasm')!.kernelFunc;
   const r = conv2d({
     inputs: { x: xT, filter: dyT },
-    backend: be as never,
+    backend: be,
     attrs: {
       strides: [1, 1],
       pad: [[0, 0], [pad.top, pad.bottom], [pad.left, pad.right], [0, 0]],

@@ -59,7 +59,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
       const conv2d = tf.getKernel('Conv2D', 'wasm')!.kernelFunc;
       return conv2d({
         inputs: { x: dy, filter: flipped },
-        backend: be as never,
+        backend: be,
         attrs: {
           strides: [1, 1],
           pad: [[0, 0], [kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right], [0, 0]],
@@ -78,7 +78,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
     }
     const dy3: TensorInfo = { dataId: dy.dataId, shape: [1, m, f], dtype: 'float32' };
     const mm = tf.getKernel('BatchMatMul', 'wasm')!.kernelFunc;
-    const dcols = mm({ inputs: { a: dy3, b: wT }, backend: be as never, attrs: { transposeA: false, transposeB: false } as unknown as NamedAttrMap }) as TensorInfo;
+    const dcols = mm({ inputs: { a: dy3, b: wT }, backend: be, attrs: { transposeA: false, transposeB: false } as unknown as NamedAttrMap }) as TensorInfo;
     owned.push(dcols);
     const dx = be.makeOutput([n, h, w, c], 'float32');
     const out = be.typedArrayFromHeap(dx);

@@ -1,13 +1,15 @@
 /**
- * Loads the PyTorch reference dumps in /work/shared/reference (format: reference README "Encoding").
+ * Loads the PyTorch reference dumps (format: reference README "Encoding") from the folder every
+ * package uses: SVD_TRAIN_REFERENCE_DIR, else `../shared/reference` next to the repository (core's
+ * `referenceDir`). A missing dump fails the test that reads it; these suites never skip.
  * Every `{shape, dtype, data}` object becomes a RefTensor whose `data` is a Float32Array, which
  * holds the exact float32 values the files encode (never compare the raw float64 parse).
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { referenceDir, requireReferenceFile } from '@svd-train/core/testing';
 
-export const REFERENCE_DIR = process.env.SVD_TRAIN_REFERENCE_DIR ?? '/work/shared/reference';
+export const REFERENCE_DIR = referenceDir();
 
 export interface RefTensor {
   shape: number[];
@@ -44,7 +46,7 @@ const cache = new Map<string, unknown>();
 export function loadReference<T = any>(name: string): T {
   let v = cache.get(name);
   if (v === undefined) {
-    const file = join(REFERENCE_DIR, name.endsWith('.json') ? name : `${name}.json`);
+    const file = requireReferenceFile(name);
     v = convert(JSON.parse(readFileSync(file, 'utf8')));
     cache.set(name, v);
   }

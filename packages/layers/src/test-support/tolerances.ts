@@ -1,6 +1,6 @@
 /**
  * The one place where test tolerances live (STYLE.md: "Keep tolerances in one place").
- * Values follow /work/shared/reference/README.md "Suggested tolerances (float32 implementations)".
+ * Values follow ../shared/reference/README.md "Suggested tolerances (float32 implementations)".
  */
 export const TOL = {
   /** Per-tensor ‖a − b‖₂ / ‖b‖₂ for forward outputs, logits, gradients, running stats. */
