@@ -10,13 +10,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
+import type { WasmBackend } from './wasm-backend.js';
 
 export const COLUMN_SUM = 'SvdColumnSum';
-
-interface BackendLike {
-  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
-  typedArrayFromHeap(t: TensorInfo): Float32Array;
-}
 
 /**
  * Σ_r x[r, c] for a row-major [m, c] matrix, accumulated in float64. Columns go in blocks of 8
@@ -42,7 +38,7 @@ export function columnSumInto(x: Float32Array, m: number, c: number, out: Float3
 }
 
 export const columnSumWasm: KernelFunc = ({ inputs, backend }) => {
-  const be = backend as unknown as BackendLike;
+  const be = backend as unknown as WasmBackend;
   const { x } = inputs as { x: TensorInfo };
   if (x.shape.length !== 2 || x.dtype !== 'float32') {
     throw new Error(`${COLUMN_SUM} (wasm): expected a float32 [M, C] matrix, got ${x.dtype} [${x.shape}]`);

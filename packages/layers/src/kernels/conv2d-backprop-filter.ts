@@ -13,13 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo, NamedAttrMap } from '@tensorflow/tfjs';
-
-/** The parts of tfjs-backend-wasm's BackendWasm we use (it is not exported as a type we can import). */
-interface BackendLike {
-  disposeData(dataId: object, force?: boolean): boolean;
-  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
-  typedArrayFromHeap(t: TensorInfo): Float32Array;
-}
+import type { WasmBackend } from './wasm-backend.js';
 
 /**
  * 'auto' (default): the conv formulation at stride 1, im2col + matmul otherwise (at stride 2 the
@@ -35,7 +29,7 @@ export function setFilterGradAlgorithm(a: FilterGradAlgorithm): FilterGradAlgori
 }
 
 /** Calls another registered wasm kernel by name; the caller owns (and must dispose) the result. */
-function call(name: string, backend: BackendLike, inputs: Record<string, TensorInfo>, attrs: NamedAttrMap): TensorInfo {
+function call(name: string, backend: WasmBackend, inputs: Record<string, TensorInfo>, attrs: NamedAttrMap): TensorInfo {
   const k = tf.getKernel(name, 'wasm');
   if (!k) throw new Error(`wasm kernel ${name} is not registered; Conv2DBackpropFilter needs it`);
   const out = k.kernelFunc({ inputs, backend, attrs });
@@ -96,7 +90,7 @@ function im2colT(
  * (1.4-2x faster than im2col + matmul at stride 1).
  */
 function viaConv(
-  be: BackendLike, x: TensorInfo, dy: TensorInfo,
+  be: WasmBackend, x: TensorInfo, dy: TensorInfo,
   n: number, h: number, w: number, c: number, kh: number, kw: number, ho: number, wo: number,
   sh: number, sw: number, f: number,
   pad: { top: number; bottom: number; left: number; right: number },
@@ -155,7 +149,7 @@ function viaConv(
 }
 
 export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs }) => {
-  const be = backend as unknown as BackendLike;
+  const be = backend as unknown as WasmBackend;
   const { x, dy } = inputs as { x: TensorInfo; dy: TensorInfo };
   const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
   if (dataFormat !== undefined && dataFormat !== 'NHWC') {

@@ -11,15 +11,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo, NamedAttrMap } from '@tensorflow/tfjs';
-
-interface BackendLike {
-  disposeData(dataId: object, force?: boolean): boolean;
-  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
-  typedArrayFromHeap(t: TensorInfo): Float32Array;
-}
+import type { WasmBackend } from './wasm-backend.js';
 
 export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) => {
-  const be = backend as unknown as BackendLike;
+  const be = backend as unknown as WasmBackend;
   const { dy, filter } = inputs as { dy: TensorInfo; filter: TensorInfo };
   const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as tf.Conv2DBackpropInputAttrs;
   if (dataFormat !== undefined && dataFormat !== 'NHWC') {

@@ -7,14 +7,11 @@
  * wasm's own Reshape do.
  */
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
-
-interface BackendLike {
-  incRef(dataId: object): void;
-}
+import type { WasmBackend } from './wasm-backend.js';
 
 export const identityWasm: KernelFunc = ({ inputs, backend }) => {
   const { x } = inputs as { x: TensorInfo };
-  (backend as unknown as BackendLike).incRef(x.dataId);
+  (backend as unknown as WasmBackend).incRef(x.dataId);
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 };
 

@@ -16,12 +16,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import type { NativeAddon } from '@svd-train/native';
-
-interface BackendLike {
-  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
-  typedArrayFromHeap(t: TensorInfo): Float32Array;
-  disposeData(dataId: object, force?: boolean): boolean;
-}
+import type { WasmBackend } from './wasm-backend.js';
 
 /** Kernel names of our own batch-norm and ReLU-gradient ops (see batch-norm.ts, relu-grad.ts). */
 export const BN_TRAIN = 'SvdBatchNormTrain';
@@ -58,7 +53,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     outShape: (info: tf.backend_util.Conv2DInfo) => number[],
     run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[]) => void,
   ): KernelFunc => (args) => {
-    const be = args.backend as unknown as BackendLike;
+    const be = args.backend as unknown as WasmBackend;
     const ins = args.inputs as Record<string, TensorInfo>;
     const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
     const [a, b] = [ins[inputNames[0]]!, ins[inputNames[1]]!];
@@ -102,7 +97,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     if ((act !== 'linear' && act !== 'relu') || ins.preluActivationWeights || (ins.bias && ins.bias.dtype !== 'float32')) return fallback('FusedConv2D')(args);
     const y = conv2d({ ...args, inputs: { x: ins.x!, filter: ins.filter! } }) as TensorInfo;
     if (ins.bias || act === 'relu') {
-      const be = args.backend as unknown as BackendLike;
+      const be = args.backend as unknown as WasmBackend;
       const out = be.typedArrayFromHeap(y);
       const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : null;
       const f = y.shape[3]!;
@@ -123,7 +118,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 
   const batchMatMul: KernelFunc = (args) => {
     const { inputs, backend, attrs } = args;
-    const be = backend as unknown as BackendLike;
+    const be = backend as unknown as WasmBackend;
     const { a, b } = inputs as { a: TensorInfo; b: TensorInfo };
     const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
     const ra = a.shape.length;
@@ -153,7 +148,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   };
 
   const bnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
-    const be = backend as unknown as BackendLike;
+    const be = backend as unknown as WasmBackend;
     const { x, gamma, beta } = inputs as { x: TensorInfo; gamma: TensorInfo; beta: TensorInfo };
     const { epsilon } = attrs as unknown as { epsilon: number };
     const c = x.shape[x.shape.length - 1]!;
@@ -167,7 +162,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   };
 
   const bnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
-    const be = backend as unknown as BackendLike;
+    const be = backend as unknown as WasmBackend;
     const { x, dy, mean, variance, gamma } = inputs as Record<'x' | 'dy' | 'mean' | 'variance' | 'gamma', TensorInfo>;
     const { epsilon } = attrs as unknown as { epsilon: number };
     const c = x.shape[x.shape.length - 1]!;
@@ -181,7 +176,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   };
 
   const reluGrad: KernelFunc = ({ inputs, backend }) => {
-    const be = backend as unknown as BackendLike;
+    const be = backend as unknown as WasmBackend;
     const { dy, x } = inputs as { dy: TensorInfo; x: TensorInfo };
     const dx = be.makeOutput([...x.shape], 'float32');
     addon.reluGrad(be.typedArrayFromHeap(dy), be.typedArrayFromHeap(x), be.typedArrayFromHeap(dx));

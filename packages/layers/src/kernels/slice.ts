@@ -7,11 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
-
-interface BackendLike {
-  makeOutput(shape: number[], dtype: string): TensorInfo;
-  typedArrayFromHeap(t: TensorInfo): Float32Array | Int32Array | Uint8Array;
-}
+import type { WasmBackend } from './wasm-backend.js';
 
 /** Copies x[begin : begin + size] (row-major) into out. Exported for tests. */
 export function sliceInto(
@@ -43,7 +39,7 @@ export function sliceInto(
 let stock: KernelFunc | undefined;
 
 export const sliceWasm: KernelFunc = (args) => {
-  const be = args.backend as unknown as BackendLike;
+  const be = args.backend as unknown as WasmBackend;
   const { x } = args.inputs as { x: TensorInfo };
   const { begin, size } = args.attrs as unknown as tf.SliceAttrs;
   if (x.dtype === 'string' || x.dtype === 'complex64' || x.shape.length === 0) return stock!(args);
