@@ -18,7 +18,7 @@ import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import type { NativeAddon } from '@svd-train/native';
 import type { WasmBackend } from './wasm-backend.js';
 
-/** Kernel names of our own batch-norm and ReLU-gradient ops (see batch-norm.ts, relu-grad.ts). */
+/** Kernel names of our own batch-norm and ReLU-gradient ops (used by batch-norm.ts and the Relu gradient below). */
 export const BN_TRAIN = 'SvdBatchNormTrain';
 export const BN_GRAD = 'SvdBatchNormGrad';
 export const RELU_GRAD = 'SvdReluGrad';
@@ -92,19 +92,19 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
    */
   const fusedConv2d: KernelFunc = (args) => {
     const ins = args.inputs as Record<string, TensorInfo | undefined>;
-    const { activation } = args.attrs as unknown as { activation?: string };
+    const { activation, dataFormat } = args.attrs as unknown as { activation?: string; dataFormat?: string };
     const act = activation ?? 'linear';
-    if ((act !== 'linear' && act !== 'relu') || ins.preluActivationWeights || (ins.bias && ins.bias.dtype !== 'float32')) return fallback('FusedConv2D')(args);
+    const f = ins.filter!.shape[3]!;
+    // The bias pass below runs over the last axis, so it needs NHWC; and a bias must be one value
+    // per output channel (or one for all). Anything else is the wasm kernel's to handle.
+    const biasSize = ins.bias ? ins.bias.shape.reduce((p, d) => p * d, 1) : 0;
+    const biasOk = !ins.bias || (ins.bias.dtype === 'float32' && (biasSize === f || biasSize === 1));
+    if ((act !== 'linear' && act !== 'relu') || ins.preluActivationWeights || !biasOk || !isNhwc(dataFormat)) return fallback('FusedConv2D')(args);
     const y = conv2d({ ...args, inputs: { x: ins.x!, filter: ins.filter! } }) as TensorInfo;
     if (ins.bias || act === 'relu') {
       const be = args.backend as unknown as WasmBackend;
       const out = be.typedArrayFromHeap(y);
       const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : null;
-      const f = y.shape[3]!;
-      if (bias && bias.length !== f && bias.length !== 1) {
-        be.disposeData(y.dataId);
-        return fallback('FusedConv2D')(args);
-      }
       for (let i = 0; i < out.length; i += f) {
         for (let j = 0; j < f; j++) {
           let v = out[i + j]! + (bias ? bias[bias.length === 1 ? 0 : j]! : 0);
