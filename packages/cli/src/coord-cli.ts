@@ -40,6 +40,7 @@ import {
   noDecayParameterNames,
   plainResNetCost,
   pruneByEnergy,
+  energyForMacs,
   setBuffers,
   setParameters,
   svdRanks,
@@ -90,7 +91,8 @@ const START_OPTIONS: [string, string][] = [
   ['--backend <name>', 'engine for spawned workers: auto | tensorflow | native | wasm | cpu (default auto: the first that loads, in that order)'],
   ['--threads <n>', 'oneDNN threads per spawned worker on the native engine (default 1: one worker per core)'],
   ['--prune-energy <e>', 'after training, prune singular values holding at most a fraction e of each layer\'s energy, evaluate before/after and a sweep of energies (writes pipeline.json)'],
-  ['--finetune-epochs <n>', 'with --prune-energy: then fine-tune the pruned model for n epochs in <out>/finetune (default 0)'],
+  ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
+  ['--finetune-epochs <n>', 'with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default 0)'],
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
   ['--sweep-energies <list>', 'energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default 0.001,0.003,0.01,0.03,0.05,0.1,0.2)'],
 ];
@@ -295,7 +297,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   const trained = await trainPhase(cfg, ctx);
-  if (cfg.pruneEnergy !== null) await pruneAndFinetune(trained, outDir, ctx);
+  if (cfg.pruneEnergy !== null || cfg.pruneMacs !== null) await pruneAndFinetune(trained, outDir, ctx);
   try {
     await reportCommand(outDir, { out: io.err, err: io.err });
   } catch (e) {
@@ -315,7 +317,6 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
  */
 async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext): Promise<PipelineSummary> {
   const { io } = ctx;
-  const e = cfg.pruneEnergy!;
   const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
   if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
   const test = readCifar10(ctx.dataDir, 'test');
@@ -330,6 +331,12 @@ async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContex
     return { energy, acc: r.acc, loss: r.loss, macs: c.total, params: c.params, exportParams: c.exportParams };
   };
   const plain = plainResNetCost({ depth: depthOf(cfg.model) });
+  let e = cfg.pruneEnergy ?? 0;
+  if (cfg.pruneMacs !== null) {
+    const found = energyForMacs(model, cfg.pruneMacs);
+    e = found.energy;
+    io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)\n`);
+  }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images\n`);
   const full = point(model, 0);
   const sweep: PipelinePoint[] = [full];

@@ -288,4 +288,14 @@ describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
     const h = configHash(parseConfig({}));
     expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, sweepEnergies: [0.1] }))).toBe(h);
   });
+
+  it('take a MAC budget instead of an energy, but not both', () => {
+    const c = resolveConfig({ pruneMacs: '13.6e6', finetuneEpochs: '2' }, undefined, {});
+    expect([c.pruneMacs, c.pruneEnergy, c.finetuneEpochs]).toEqual([13.6e6, null, 2]);
+    const both = thrown(() => parseConfig({ pruneMacs: 1e6, pruneEnergy: 0.01 }));
+    expect(both.code).toBe('CONFIG_INVALID');
+    expect(both.message).toMatch(/pruneMacs|prune-macs/);
+    expect(thrown(() => parseConfig({ pruneMacs: -5 })).code).toBe('CONFIG_INVALID');
+    expect(configHash(parseConfig({ pruneMacs: 1e6 }))).toBe(configHash(parseConfig({})));
+  });
 });

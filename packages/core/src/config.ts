@@ -74,6 +74,7 @@ export const RunConfigSchema = z
     limitTrain: int(1).nullable().default(DEFAULTS.limitTrain),
     limitTest: int(1).nullable().default(DEFAULTS.limitTest),
     pruneEnergy: z.number().min(0).lt(1).nullable().default(DEFAULTS.pruneEnergy),
+    pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
     finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
     sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
@@ -128,8 +129,11 @@ export const RunConfigSchema = z
     if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
       ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
     }
-    if (c.pruneEnergy === null && c.finetuneEpochs > 0) {
-      ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });
+    if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
+      ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy or --prune-macs: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });
+    }
+    if (c.pruneEnergy !== null && c.pruneMacs !== null) {
+      ctx.addIssue({ code: 'custom', path: ['pruneMacs'], message: `null when pruneEnergy is set (${c.pruneEnergy}): give either an energy or a MAC budget, not both` });
     }
     if (c.stallWarnMs > c.stepTimeoutMs) {
       ctx.addIssue({
@@ -182,6 +186,7 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   // What happens after the training phase: it changes none of that phase's steps or checkpoints
   // (the fine-tuning phase is its own run, whose config hashes its ranks, epochs and lr).
   'pruneEnergy',
+  'pruneMacs',
   'finetuneEpochs',
   'finetuneLr',
   'sweepEnergies',
@@ -276,7 +281,7 @@ function normalizeKeys(raw: Record<string, unknown>, origin: string, flagStyle: 
 
 /** Kind of each field, for turning CLI strings ("0.1", "false", "81,122") into typed values. */
 function fieldKind(key: ConfigKey): 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 'string' {
-  if (key === 'limitTrain' || key === 'limitTest' || key === 'pruneEnergy' || key === 'finetuneLr') return 'number|null';
+  if (key === 'limitTrain' || key === 'limitTest' || key === 'pruneEnergy' || key === 'pruneMacs' || key === 'finetuneLr') return 'number|null';
   if (key === 'ranks') return 'ranks';
   const d: unknown = DEFAULTS[key];
   if (typeof d === 'number') return 'number';

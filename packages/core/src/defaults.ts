@@ -72,6 +72,8 @@ export const DEFAULTS = Object.freeze({
   // energies without fine-tuning (the accuracy-vs-MACs curve), then fine-tune for finetuneEpochs
   // at peak lr finetuneLr (null: lr / 10) without the sparsity term. null: train only.
   pruneEnergy: null as number | null,
+  // Or a budget: prune at the smallest energy whose model costs at most pruneMacs MACs per image.
+  pruneMacs: null as number | null,
   finetuneEpochs: 0,
   finetuneLr: null as number | null,
   sweepEnergies: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2] as number[],

@@ -7,7 +7,7 @@ export { buildResNet, plainResNetCost, type BuildResNetOptions, type ResNetDepth
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
 export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
-export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
+export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, expectClose, type RefTensor } from './test-support/index.js';
 import { selectRankByEnergy } from '@svd-train/core';
-import { selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks } from './prune.js';
+import { selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks, energyForMacs } from './prune.js';
 import { buildResNet } from './resnet.js';
 import { namedParameters, getBuffers, setBuffers, getParameters, setParameters } from './parameter-names.js';
 import { SVDConv2D } from './svd-conv2d.js';
@@ -83,6 +83,29 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
     tf.dispose([x, want, got]);
     model.dispose();
     pruned.dispose();
+  });
+
+  it('energyForMacs finds the smallest energy that meets a MAC budget', () => {
+    const model = build();
+    randomise(model);
+    const full = countMacs(model).total;
+    const target = Math.round(full * 0.6);
+    const { energy, macs } = energyForMacs(model, target);
+    const at = (e: number) => {
+      const { model: m } = pruneByEnergy(model, e);
+      const t = countMacs(m).total;
+      m.dispose();
+      return t;
+    };
+    expect(macs).toBe(at(energy));
+    expect(macs).toBeLessThanOrEqual(target);
+    // Just below the energy found, the budget is not met: it is the smallest (to the rounding).
+    expect(at(energy * 0.98 - 1e-4)).toBeGreaterThan(target);
+    expect(energyForMacs(model, full)).toEqual({ energy: 0, macs: full });
+    const err = (() => { try { energyForMacs(model, 10); } catch (e) { return e as { code: string; message: string }; } return null; })();
+    expect(err?.code).toBe('CONFIG_INVALID');
+    expect(err?.message).toMatch(/below what pruning can reach/);
+    model.dispose();
   });
 
   it('threshold pruning: ranks equal the count of |s| > tau, no layer costs more, a cut rank costs less or switches form', () => {

@@ -140,3 +140,45 @@ export function pruneByThreshold(model: tf.LayersModel, tau: number): PruneResul
   if (!(tau >= 0)) throw new SvdTrainError('CONFIG_INVALID', `prune threshold ${tau}; expected a number ≥ 0`);
   return pruneModel(model, (s) => selectRankByThreshold(s, tau));
 }
+
+/**
+ * The smallest pruning energy whose pruned model costs at most `targetMacs` per image (counted as
+ * `countMacs` counts, in the form each layer runs). MACs only fall as the energy grows, so this
+ * bisects on e in [0, 1) to within `tol`. Throws CONFIG_INVALID when even the cheapest prune that
+ * keeps one singular value per layer costs more than the target, naming that cost.
+ */
+export function energyForMacs(model: tf.LayersModel, targetMacs: number, tol = 1e-4): { energy: number; macs: number } {
+  if (!(targetMacs > 0)) throw new SvdTrainError('CONFIG_INVALID', `MAC target ${targetMacs}; expected a positive number of MACs per image`);
+  const macsAt = (e: number): number => {
+    const { model: pruned } = pruneByEnergy(model, e);
+    const m = countMacs(pruned).total;
+    pruned.dispose();
+    return m;
+  };
+  const full = countMacs(model).total;
+  if (full <= targetMacs) return { energy: 0, macs: full };
+  let lo = 0;
+  let hi = 1 - 1e-9;
+  const floor = macsAt(hi);
+  if (floor > targetMacs) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `MAC target ${targetMacs} per image is below what pruning can reach (${floor} MACs with one singular value per layer; the unpruned model costs ${full}). Fix: raise the target, or give an energy instead.`,
+    );
+  }
+  let hiMacs = floor;
+  while (hi - lo > tol) {
+    const mid = (lo + hi) / 2;
+    const m = macsAt(mid);
+    if (m <= targetMacs) {
+      hi = mid;
+      hiMacs = m;
+    } else lo = mid;
+  }
+  // Rounded up to 3 significant digits, for logs and file names: a larger energy prunes at least
+  // as much, so it still meets the target.
+  const unit = 10 ** (Math.floor(Math.log10(hi)) - 2);
+  const short = Number((Math.ceil(hi / unit) * unit).toPrecision(3));
+  if (short >= hi && short < 1) return { energy: short, macs: macsAt(short) };
+  return { energy: hi, macs: hiMacs };
+}
