@@ -70,6 +70,7 @@ def main():
     ap.add_argument('--bn-groups', type=int, default=1)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=0)
+    ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists')
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -98,7 +99,21 @@ def main():
         opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch, cycle_momentum=not a.no_momentum_cycle)
     t0 = time.time()
     history = []
-    for epoch in range(a.stop_after or a.epochs):
+    first = 0
+    if a.checkpoint and os.path.exists(a.checkpoint):
+        ck = torch.load(a.checkpoint)
+        if ck['args']['epochs'] != a.epochs or ck['args']['batch'] != a.batch or ck['args']['lr'] != a.lr:
+            raise SystemExit(f"--checkpoint {a.checkpoint} is of another schedule ({ck['args']}); use another path")
+        model.load_state_dict(ck['model'])
+        opt.load_state_dict(ck['opt'])
+        sched.load_state_dict(ck['sched'])
+        gen.set_state(ck['gen'])
+        torch.set_rng_state(ck['rng'])
+        history = ck['history']
+        first = len(history)
+        t0 -= history[-1]['seconds'] if history else 0
+        print(f'resumed from {a.checkpoint} after epoch {first}', flush=True)
+    for epoch in range(first, a.stop_after or a.epochs):
         perm = torch.randperm(xtr.shape[0], generator=gen)
         correct = seen = 0
         for step in range(steps_per_epoch):
@@ -118,6 +133,11 @@ def main():
         row = {'epoch': epoch + 1, 'train_acc': correct / seen, 'test_acc': test, 'seconds': time.time() - t0}
         history.append(row)
         print(f"epoch {row['epoch']}: train {row['train_acc']:.4f} test {row['test_acc']:.4f} ({row['seconds']:.0f} s)", flush=True)
+        if a.checkpoint:
+            tmp = a.checkpoint + '.tmp'
+            torch.save({'args': vars(a), 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
+                        'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history}, tmp)
+            os.replace(tmp, a.checkpoint)
     print(json.dumps({'args': vars(a), 'history': history}))
 
 
