@@ -1,4 +1,3 @@
-/// <reference path="./ws-shim.d.ts" />
 /**
  * One WebSocket connection from a worker to the coordinator, as an ordered inbox of decoded
  * messages. The worker handles messages strictly one at a time (a step must finish before the next

@@ -1,4 +1,3 @@
-/// <reference path="./ws-shim.d.ts" />
 /**
  * runWorker against a scripted fake coordinator (a bare ws server speaking core's protocol): the
  * handshake answers the challenge with the HMAC of the nonce, fetches missing data in chunks and
