@@ -8,7 +8,7 @@
  * the stride or the width changes, else identity; then global average pooling and `fc`.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, type RunConfig } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { SvdBatchNorm } from './batch-norm.js';
@@ -86,6 +86,20 @@ function svdFullRanks(a: Arch & { decomposition: 'channel' | 'spatial'; numClass
   }
   out.set('fc', Math.min(cin, a.numClasses));
   return out;
+}
+
+/** buildResNet's depth for a config model name: 'resnet20' -> 20, 'resnet18' -> 'resnet18'. */
+export function depthOf(model: RunConfig['model']): ResNetDepth {
+  return model === 'resnet18' ? 'resnet18' : (Number(model.slice('resnet'.length)) as Exclude<ResNetDepth, 'resnet18'>);
+}
+
+/**
+ * The model a run config describes, seeded from the run seed. The coordinator's CLI (initial
+ * weights, checkpoint commands) and every worker build it this way, so their parameter names and
+ * shapes agree, and a run (and the parity tests' single-process reference) is reproducible.
+ */
+export function buildResNetForConfig(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'ranks'>): tf.LayersModel {
+  return buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
 }
 
 /** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */
