@@ -10,7 +10,7 @@
  * count as signs of life).
  */
 import WebSocket, { type RawData } from 'ws';
-import { HANDSHAKE_MAX_BYTES, SvdTrainError, decodeMessage, encodeMessage, escapeForLog, setReceiveLimit, type Message } from '@svd-train/core';
+import { DEFAULTS, HANDSHAKE_MAX_BYTES, SvdTrainError, decodeMessage, encodeMessage, escapeForLog, setReceiveLimit, type Message } from '@svd-train/core';
 
 /** Why a connection ended, as seen by the worker; `error` when the coordinator broke the protocol or went silent. */
 export type CloseInfo = { code: number; reason: string; error?: SvdTrainError };
@@ -54,7 +54,7 @@ export class Connection {
       // from forged requests; a worker is a Node process talking to its own coordinator.
       const ws = new WebSocket(url, {
         maxPayload: HANDSHAKE_MAX_BYTES,
-        handshakeTimeout: opts.handshakeTimeoutMs ?? 30_000,
+        handshakeTimeout: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs,
         generateMask: (mask: Buffer) => void mask.fill(0),
         perMessageDeflate: false,
         ...(opts.ca !== undefined ? { ca: opts.ca } : {}),

@@ -24,8 +24,8 @@ import {
   writeSyntheticCifar10,
   type Message,
 } from '@svd-train/core';
-import { buildResNet, getBuffers, getParameters } from '@svd-train/layers';
-import { depthOf, runWorker } from './worker.js';
+import { buildResNet, depthOf, getBuffers, getParameters } from '@svd-train/layers';
+import { runWorker } from './worker.js';
 
 const TOKEN = 'tok';
 

@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import {
   CIFAR_OFFICIAL_FILE_BYTES,
   DATA_CHUNK_FRAME_BYTES,
+  DEFAULTS,
   IDLE_TIMEOUT_MS,
   PROTOCOL_VERSION,
   SvdTrainError,
@@ -45,8 +46,8 @@ import {
   type WireTensor,
 } from '@svd-train/core';
 import {
-  buildResNet,
-  evaluate,
+  buildResNetForConfig,
+  evaluateSplit,
   initEngine,
   type BackendChoice,
   getBuffers,
@@ -94,18 +95,13 @@ export interface WorkerResult {
   steps: number;
 }
 
-type Model = ReturnType<typeof buildResNet>;
+type Model = ReturnType<typeof buildResNetForConfig>;
 
 /** Refusals that retrying cannot fix: the worker stops instead of reconnecting. */
 const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['AUTH_FAILED', 'PROTOCOL_VERSION', 'MANIFEST_MISMATCH', 'CONFIG_INVALID', 'BACKEND_UNAVAILABLE', 'RUN_ABORTED']);
 
 /** TLS errors that mean "this certificate is not trusted", which retrying cannot fix. */
 const TLS_TRUST_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ALTNAME|HOSTNAME/;
-
-/** Depth argument of buildResNet for a config model name. */
-export function depthOf(model: RunConfig['model']): 20 | 32 | 44 | 56 | 110 | 'resnet18' {
-  return model === 'resnet18' ? 'resnet18' : (Number(model.slice('resnet'.length)) as 20 | 32 | 44 | 56 | 110);
-}
 
 class SessionEnded {
   constructor(
@@ -146,14 +142,13 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
       `--coordinator ${JSON.stringify(opts.coordinator)} is not a WebSocket URL; expected ws://HOST:PORT, e.g. ws://10.0.0.5:7733.`,
     );
   }
-  let backend = opts.backend ?? 'auto';
+  const backend = opts.backend ?? DEFAULTS.backend;
   if (opts.cpu) {
     // "No GPU": hide the CUDA devices before any native TensorFlow loads.
     process.env.CUDA_VISIBLE_DEVICES = '-1';
     if (backend === 'tensorflow') log('--cpu: TensorFlow native backend will run on CPU');
   }
   const engine = await initEngine({ backend, ...(opts.threads !== undefined ? { threads: opts.threads } : {}), ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
-  backend = engine.backend as typeof backend;
   log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
   const name = opts.name ?? `${hostname()}:${process.pid}`;
@@ -239,7 +234,7 @@ const STAGE_WAITS: Record<Stage, string> = {
 
 async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Promise<SessionEnded> {
   const { log } = opts;
-  const handshakeMs = opts.handshakeTimeoutMs ?? 30_000;
+  const handshakeMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
   let handshakeDone = false;
   let stage: Stage = 'challenge';
   let trainCount = 0;
@@ -314,7 +309,7 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
         }
         if (st.hash !== hash || !st.model) {
           st.model?.dispose();
-          st.model = buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
+          st.model = buildResNetForConfig(cfg);
           st.hash = hash;
           st.config = cfg;
           st.train = st.test = null;
@@ -377,22 +372,10 @@ async function session(conn: Connection, opts: SessionOpts, st: WorkerState): Pr
       case 'eval': {
         if (stage !== 'ready') return violated(outOfOrder('eval', `waiting for ${STAGE_WAITS[stage]}`));
         checkEval(msg, msg.split === 'train' ? trainCount : testCount);
-        const idx = msg.indices;
         const split = msg.split === 'train' ? st.train! : st.test!;
         const t0 = performance.now();
-        let correct = 0;
-        let lossSum = 0;
-        let n = 0;
         // Same heap cap as training: evaluate in chunks.
-        const chunk = st.config!.maxWorkerBatch;
-        for (let lo = 0; lo < idx.length; lo += chunk) {
-          const part = idx.subarray(lo, Math.min(idx.length, lo + chunk));
-          const { x, y } = assembleBatch(split, part, { seed: 0, epoch: 0, augment: false });
-          const r = evaluate(st.model!, x, y);
-          correct += r.correct;
-          lossSum += r.lossSum;
-          n += r.n;
-        }
+        const { correct, lossSum, n } = evaluateSplit(st.model!, split, msg.indices, st.config!.maxWorkerBatch);
         await conn.send({ type: 'eval-result', evalId: msg.evalId, correct, lossSum, n, computeMs: performance.now() - t0 });
         break;
       }
