@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SvdTrainError } from '@svd-train/core';
-import { buildCoordProgram, configFromOptions } from './coord-cli.js';
+import { buildCoordProgram } from './coord-cli.js';
+import { configFromOptions } from './commands/start.js';
 import { EXIT_USAGE, reportError } from './cli-errors.js';
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {

@@ -1,4 +1,5 @@
-export { runCoordCli, buildCoordProgram, configFromOptions } from './coord-cli.js';
+export { runCoordCli, buildCoordProgram } from './coord-cli.js';
+export { configFromOptions, type StartOptions } from './commands/start.js';
 export { runWorkerCli, buildWorkerProgram } from './worker-cli.js';
 export { renderReport, writeReport, readMetrics, effectiveRank, spectraOf, type ReportInput, type Spectrum, type MacsRow, type PipelineSummary, type PipelinePoint } from './report.js';
 export { linePlot, barChart, niceTicks, type Series, type PlotOptions } from './svg-plot.js';

@@ -1,10 +1,15 @@
 /** `svd-worker`: one training worker (one per GPU) that connects to `svd-coord start`. */
 import { Command } from 'commander';
-import { BACKENDS } from '@svd-train/core';
+import { BACKENDS, DEFAULTS } from '@svd-train/core';
 import { runWorker } from '@svd-train/worker';
 import { readFileSync } from 'node:fs';
 import { parseNumberOption, reportError, usageError, quietOnClosedStdout } from './cli-errors.js';
 import { resolveToken } from './secrets.js';
+
+/** Membership in BACKENDS as a type guard, so a checked --backend needs no cast. */
+function isBackend(s: string): s is (typeof BACKENDS)[number] {
+  return (BACKENDS as readonly string[]).includes(s);
+}
 
 export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Command {
   return new Command('svd-worker')
@@ -13,24 +18,25 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
     .requiredOption('--coordinator <url>', 'coordinator address, wss://HOST:PORT (or ws:// on a trusted network)')
     .option('--gpu <n>', 'GPU index (tfjs-node-gpu)', parseNumberOption('--gpu', 'a GPU index ≥ 0, e.g. 0', (n) => Number.isInteger(n) && n >= 0))
     .option('--cpu', 'use no GPU')
-    .option('--backend <name>', `compute engine: ${BACKENDS.join(' | ')} (default auto: the first that loads, in that order)`)
-    .option('--threads <n>', 'oneDNN threads on the native engine (default 1: run one worker per core)', parseNumberOption('--threads', 'a whole number of threads ≥ 1, e.g. 2', (n) => Number.isInteger(n) && n >= 1 && n <= 1024))
+    .option('--backend <name>', `compute engine: ${BACKENDS.join(' | ')} (default ${DEFAULTS.backend}: the first that loads, in that order)`)
+    .option('--threads <n>', `oneDNN threads on the native engine (default ${DEFAULTS.threads}: run one worker per core)`, parseNumberOption('--threads', 'a whole number of threads ≥ 1, e.g. 2', (n) => Number.isInteger(n) && n >= 1 && n <= 1024))
     .option('--token-file <file>', 'read the shared token from the first line of this file (stays out of `ps`; or set SVD_TRAIN_TOKEN)')
     .option('--token <secret>', 'shared token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN')
     .option('--ca <file>', 'PEM certificate(s) the wss:// coordinator\'s certificate must chain to (e.g. its self-signed certificate)')
-    .option('--handshake-timeout-ms <n>', 'give up on a coordinator that does not answer a handshake stage within this long (default 30000)', parseNumberOption('--handshake-timeout-ms', 'milliseconds ≥ 100, e.g. 30000', (n) => Number.isInteger(n) && n >= 100))
+    .option('--handshake-timeout-ms <n>', `give up on a coordinator that does not answer a handshake stage within this long (default ${DEFAULTS.handshakeTimeoutMs})`, parseNumberOption('--handshake-timeout-ms', 'milliseconds ≥ 100, e.g. 30000', (n) => Number.isInteger(n) && n >= 100))
     .option('--data <dir>', 'local CIFAR-10 copy (used if it matches the coordinator\'s md5s)')
     .option('--name <name>', 'name shown in the coordinator\'s logs')
     .addHelpText('after', '\nExample:\n  svd-worker --gpu 0 --coordinator wss://10.0.0.5:7733 --ca cert.pem --token-file token.txt')
     .action(async (o: { coordinator: string; gpu?: number; cpu?: boolean; backend?: string; threads?: number; token?: string; tokenFile?: string; ca?: string; handshakeTimeoutMs?: number; data?: string; name?: string }) => {
-      if (o.backend && !(BACKENDS as readonly string[]).includes(o.backend)) {
-        throw usageError(`--backend ${JSON.stringify(o.backend)} is not valid; expected one of ${BACKENDS.join(', ')}. Fix: e.g. --backend wasm.`);
+      const backend = o.backend ?? DEFAULTS.backend;
+      if (!isBackend(backend)) {
+        throw usageError(`--backend ${JSON.stringify(backend)} is not valid; expected one of ${BACKENDS.join(', ')}. Fix: e.g. --backend wasm.`);
       }
       const r = await runWorker({
         coordinator: o.coordinator,
         gpu: o.gpu,
         cpu: o.cpu,
-        backend: (o.backend ?? 'auto') as (typeof BACKENDS)[number],
+        backend,
         threads: o.threads,
         token: resolveToken(o, (m) => process.stderr.write(m)),
         ...(o.ca !== undefined ? { ca: readCa(o.ca) } : {}),

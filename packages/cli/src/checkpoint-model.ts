@@ -1,0 +1,108 @@
+/**
+ * A checkpoint and the model it holds, for the commands that work on checkpoints (eval, prune,
+ * export, report) and for the pipeline after training: which file a path means, the per-layer
+ * ranks a checkpoint was pruned to, its model with its weights, and writing a pruned one.
+ */
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import {
+  configHash,
+  latestCheckpoint,
+  loadCheckpoint,
+  parseConfig,
+  resolveConfig,
+  saveCheckpoint,
+  serializeConfig,
+  type Checkpoint,
+  type RunConfig,
+} from '@svd-train/core';
+import { buildResNetForConfig, getBuffers, getParameters, initEngine, setBuffers, setParameters, svdRanks } from '@svd-train/layers';
+import { usageError } from './cli-errors.js';
+import type { CliIo } from './cli-io.js';
+
+export type Model = ReturnType<typeof buildResNetForConfig>;
+
+/**
+ * Per-layer ranks of a checkpoint: those of its config (`svd-coord prune` writes them), else, for
+ * pruned checkpoints written before configs had ranks, read off the `….s` shapes when they differ
+ * from the full-rank model of `cfg`. null when the checkpoint is full rank.
+ */
+export function checkpointRanks(ckpt: Checkpoint, cfg: RunConfig): Record<string, number> | null {
+  const own = parseConfig(ckpt.config).ranks;
+  if (own !== null) return own;
+  const fromShapes: Record<string, number> = {};
+  for (const t of ckpt.params) if (t.name.endsWith('.s') && t.shape.length === 1) fromShapes[t.name.slice(0, -2)] = t.shape[0]!;
+  if (Object.keys(fromShapes).length === 0) return null;
+  const full = buildResNetForConfig({ ...cfg, ranks: null });
+  const fullRanks = svdRanks(full);
+  full.dispose();
+  return Object.entries(fromShapes).some(([m, r]) => fullRanks[m] !== r) ? fromShapes : null;
+}
+
+export function loadCheckpointFile(path: string): Checkpoint {
+  if (!existsSync(path)) throw usageError(`Checkpoint ${JSON.stringify(path)} does not exist. Fix: pass a file from runs/NAME/checkpoints/.`);
+  return loadCheckpoint(path);
+}
+
+/** Loads a checkpoint into its model, on `backend` (default: the backend its run was configured with). */
+export async function modelFromCheckpoint(path: string, backend?: string, io?: CliIo): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
+  const ckpt = loadCheckpointFile(path);
+  let cfg = resolveConfig(backend ? { backend } : {}, ckpt.config, {});
+  const engine = await initEngine({ backend: cfg.backend });
+  io?.err(`backend ${engine.reason}\n`);
+  cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
+  const model = buildResNetForConfig(cfg);
+  setParameters(model, ckpt.params);
+  if (ckpt.buffers.length) setBuffers(model, ckpt.buffers);
+  return { ckpt, model, cfg };
+}
+
+/**
+ * The checkpoint file `eval` (and the other checkpoint commands) should read: the file itself, or
+ * for a run folder (or its checkpoints/ folder) the latest valid checkpoint in it, said out loud.
+ */
+export function checkpointArgument(path: string, io: CliIo): string {
+  if (!existsSync(path) || !statSync(path).isDirectory()) return path;
+  for (const dir of [join(path, 'checkpoints'), path]) {
+    if (!existsSync(dir)) continue;
+    const latest = latestCheckpoint(dir, { onWarning: (m) => io.err(`warning: ${m}\n`) });
+    if (latest) {
+      io.err(`${path} is a folder: using its latest checkpoint, ${latest.path} (step ${latest.checkpoint.step})\n`);
+      return latest.path;
+    }
+  }
+  throw usageError(
+    `${JSON.stringify(path)} is a folder without checkpoints; expected a checkpoint file (ckpt-….svdckpt) or a run folder holding checkpoints/. ` +
+      'Fix: pass e.g. runs/NAME/checkpoints/ckpt-0000000100.svdckpt, or the run folder of a run that has written a checkpoint.',
+  );
+}
+
+/**
+ * Writes `pruned` as a checkpoint derived from `ckpt`. The config carries the new ranks, so its
+ * hash and every model built from it (start --from, eval, workers) have the pruned shapes. The
+ * optimizer state is dropped: its momentum buffers have the old shapes, and fine-tuning starts a
+ * fresh optimizer anyway. `out` is a folder (the file gets the usual ckpt-<step> name) or, ending
+ * in .svdckpt, the file itself. Returns the written path.
+ */
+export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string): string {
+  const outFile = out.endsWith('.svdckpt') ? resolve(out) : null;
+  if (outFile) mkdirSync(dirname(outFile), { recursive: true });
+  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.prune-')) : out;
+  // The pipeline keys describe the run that made it, not this model: a later start --from must not re-prune.
+  const prunedCfg: RunConfig = { ...cfg, ranks: svdRanks(pruned), pruneEnergy: null, finetuneEpochs: 0 };
+  const written = saveCheckpoint(outDir, {
+    ...ckpt,
+    config: serializeConfig(prunedCfg),
+    configHash: configHash(prunedCfg),
+    params: getParameters(pruned),
+    buffers: getBuffers(pruned),
+    optimizer: { kind: ckpt.optimizer.kind, step: 0, slots: {} },
+    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: energy },
+  });
+  if (!outFile) return written;
+  // Written complete in a private folder first, then renamed: never a half file at --out, and
+  // never a clash with a checkpoint of the same step already in the target folder.
+  renameSync(written, outFile);
+  rmSync(outDir, { recursive: true, force: true });
+  return outFile;
+}

@@ -1,0 +1,150 @@
+/**
+ * The method after training, `svd-coord start --prune-energy e | --prune-macs N [--finetune-epochs
+ * k]`: evaluate the trained model and a sweep of pruning energies, save the model pruned at e,
+ * fine-tune it, and write pipeline.json for the report.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SvdTrainError, configHash, latestCheckpoint, readCifar10, type RunConfig } from '@svd-train/core';
+import {
+  buildResNetForConfig,
+  countMacs,
+  depthOf,
+  energyForMacs,
+  evaluateSplit,
+  plainResNetCost,
+  pruneByEnergy,
+  setBuffers,
+  setParameters,
+  svdRanks,
+} from '@svd-train/layers';
+import { writePrunedCheckpoint, type Model } from './checkpoint-model.js';
+import { reportCommand } from './commands/report.js';
+import { trainPhase, type StartContext } from './train-phase.js';
+import type { PipelinePoint, PipelineSummary } from './report.js';
+
+/**
+ * The method after training (`start --prune-energy e [--finetune-epochs k]`), on the training
+ * phase's final checkpoint: test accuracy of the trained model; a sweep of energies pruned and
+ * evaluated without fine-tuning (the accuracy-vs-MACs curve, cheap: one inference pass each);
+ * the model pruned at e saved as <out>/pruned-e<e>.svdckpt; then, with k > 0, a fine-tuning run
+ * in <out>/finetune (its own config, metrics and checkpoints; fresh optimizer, peak lr
+ * finetuneLr or lr/10, no sparsity term) and its test accuracy. Everything goes to
+ * <out>/pipeline.json, which the report plots.
+ */
+export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext): Promise<PipelineSummary> {
+  const { io } = ctx;
+  const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
+  if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
+  const test = readCifar10(ctx.dataDir, 'test');
+  const n = Math.min(test.count, cfg.limitTest ?? test.count);
+  const chunk = cfg.maxWorkerBatch;
+  const firstN = Int32Array.from({ length: n }, (_, i) => i);
+  const model = buildResNetForConfig(cfg);
+  setParameters(model, latest.checkpoint.params);
+  if (latest.checkpoint.buffers.length) setBuffers(model, latest.checkpoint.buffers);
+  const point = (m: Model, energy: number): PipelinePoint => {
+    const c = countMacs(m);
+    const r = evaluateSplit(m, test, firstN, chunk);
+    return { energy, acc: r.correct / n, loss: r.lossSum / n, macs: c.total, params: c.params, exportParams: c.exportParams };
+  };
+  const plain = plainResNetCost({ depth: depthOf(cfg.model) });
+  let e = cfg.pruneEnergy ?? 0;
+  if (cfg.pruneMacs !== null) {
+    const found = energyForMacs(model, cfg.pruneMacs);
+    e = found.energy;
+    io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)\n`);
+  }
+  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images\n`);
+  const full = point(model, 0);
+  const sweep: PipelinePoint[] = [full];
+  let prunedPoint: PipelinePoint | null = null;
+  let prunedPath = '';
+  let ranks: Record<string, number> = {};
+  for (const energy of [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b)) {
+    if (energy === 0) continue;
+    const { model: pruned } = pruneByEnergy(model, energy);
+    const p = point(pruned, energy);
+    sweep.push(p);
+    io.err(`  e=${energy}: test accuracy ${(100 * p.acc).toFixed(2)}%, ${(p.macs / 1e6).toFixed(2)}M MACs (${((100 * p.macs) / plain.macs).toFixed(1)}% of plain ${cfg.model})\n`);
+    if (energy === e) {
+      prunedPoint = p;
+      ranks = svdRanks(pruned);
+      prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, pruned, e, join(outDir, `pruned-e${e}.svdckpt`));
+    }
+    pruned.dispose();
+  }
+  model.dispose();
+  if (e === 0) {
+    // Energy 0 prunes nothing: the "pruned" model is the trained one, saved as such for fine-tuning.
+    const again = buildResNetForConfig(cfg);
+    setParameters(again, latest.checkpoint.params);
+    if (latest.checkpoint.buffers.length) setBuffers(again, latest.checkpoint.buffers);
+    prunedPoint = full;
+    ranks = svdRanks(again);
+    prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, again, 0, join(outDir, 'pruned-e0.svdckpt'));
+    again.dispose();
+  }
+  const summary: PipelineSummary = {
+    model: cfg.model,
+    energy: e,
+    testImages: n,
+    plain: { macs: plain.macs, params: plain.params },
+    trained: full,
+    pruned: prunedPoint!,
+    prunedCheckpoint: prunedPath,
+    finetuned: null,
+    sweep,
+  };
+  const write = () => writeFileSync(join(outDir, 'pipeline.json'), JSON.stringify(summary, null, 2) + '\n');
+  write();
+  if (cfg.finetuneEpochs > 0) {
+    const ftDir = join(outDir, 'finetune');
+    const lr = cfg.finetuneLr ?? cfg.lr / 10;
+    const ftCfg: RunConfig = {
+      ...cfg,
+      from: prunedPath,
+      ranks,
+      epochs: cfg.finetuneEpochs,
+      lr,
+      lambdaS: 0,
+      pruneEnergy: null,
+      finetuneEpochs: 0,
+      out: ftDir,
+      resume: false,
+    };
+    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term, in ${ftDir}\n`);
+    const ft = await trainPhase(ftCfg, ctx);
+    const last = latestCheckpoint(join(ftDir, 'checkpoints'), { configHash: configHash(ft) });
+    if (!last) throw new SvdTrainError('CHECKPOINT_CORRUPT', `fine-tuning wrote no valid checkpoint in ${join(ftDir, 'checkpoints')}; expected one at its end. Fix: rerun, or fine-tune with start --from ${prunedPath}.`);
+    const m = buildResNetForConfig(ft);
+    setParameters(m, last.checkpoint.params);
+    if (last.checkpoint.buffers.length) setBuffers(m, last.checkpoint.buffers);
+    summary.finetuned = { ...point(m, e), epochs: cfg.finetuneEpochs, lr, run: 'finetune' };
+    m.dispose();
+    write();
+    try {
+      await reportCommand(ftDir, { out: io.err, err: io.err });
+    } catch (err) {
+      io.err(`fine-tuning report not written: ${(err as Error).message}\n`);
+    }
+  }
+  io.err(`${describePipeline(summary)}\n`);
+  return summary;
+}
+
+/** The pipeline's before / after table, for the terminal. */
+export function describePipeline(p: PipelineSummary): string {
+  const pct = (x: number) => `${((100 * x) / p.plain.macs).toFixed(1)}%`;
+  const rows: [string, PipelinePoint | null][] = [
+    ['trained, full rank', p.trained],
+    [`pruned at e=${p.energy}`, p.pruned],
+    [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],
+  ];
+  const lines = [
+    `pipeline result on ${p.testImages} test images (MACs per image; FLOPs = 2·MACs):`,
+    ...rows.filter(([, r]) => r).map(([label, r]) => `  ${label.padEnd(24)} test accuracy ${(100 * r!.acc).toFixed(2).padStart(6)}%  ${(r!.macs / 1e6).toFixed(2).padStart(7)}M MACs (${pct(r!.macs)} of plain ${p.model})  ${r!.exportParams} weights`),
+    `  ${`plain ${p.model}`.padEnd(24)} ${' '.repeat(22)}${(p.plain.macs / 1e6).toFixed(2).padStart(7)}M MACs (100%)  ${p.plain.params} weights`,
+  ];
+  return lines.join('\n');
+}

@@ -1,0 +1,211 @@
+/**
+ * One training run of `svd-coord start`: the coordinator on a resolved config, the local workers
+ * of --spawn, checkpoints, metrics and progress output. `start` runs it once, and the pipeline a
+ * second time to fine-tune the pruned model.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import {
+  EpochSampler,
+  ProgressBar,
+  SvdTrainError,
+  configHash,
+  latestCheckpoint,
+  saveCheckpoint,
+  serializeConfig,
+  type Checkpoint,
+  type DatasetInfo,
+  type RunConfig,
+} from '@svd-train/core';
+import { buildResNetForConfig, getBuffers, getParameters, noDecayParameterNames } from '@svd-train/layers';
+import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
+import { usageError } from './cli-errors.js';
+import type { CliIo } from './cli-io.js';
+import { checkpointRanks, loadCheckpointFile } from './checkpoint-model.js';
+import type { readTlsFiles } from './secrets.js';
+import { spawnWorkers } from './spawn-workers.js';
+
+/** Shared by both phases of `start`: where the data is and who prints. */
+export interface StartContext {
+  dataDir: string;
+  info: DatasetInfo;
+  io: CliIo;
+  /** --tls-cert/--tls-key read, and the certificate's path (spawned workers trust exactly it). */
+  tls?: { tls: NonNullable<ReturnType<typeof readTlsFiles>>; certPath: string };
+}
+
+/**
+ * Refuses a --from checkpoint whose tensors do not fit the model the config builds (another
+ * --model or --decomposition, or --ranks other than the checkpoint's): workers build from the
+ * config, so they could never take it.
+ */
+function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[], path: string): void {
+  const got = new Map(ckpt.params.map((t) => [t.name, t.shape]));
+  for (const w of want) {
+    const g = got.get(w.name);
+    if (!g || g.join(',') !== w.shape.join(',')) {
+      throw new SvdTrainError(
+        'CHECKPOINT_CONFIG_MISMATCH',
+        `--from ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the model of this config has [${w.shape.join(', ')}]. ` +
+          'Fix: pass the same --model and --decomposition as the checkpoint, and no --ranks (the checkpoint\'s own ranks are then used).',
+      );
+    }
+  }
+}
+
+/**
+ * One training run of `start` (the whole run, or the fine-tuning phase of the pipeline): the
+ * coordinator on `cfg`, spawned workers, checkpoints and metrics in `cfg.out`. Returns the config
+ * it trained (with the --from checkpoint's ranks filled in).
+ */
+export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunConfig> {
+  let cfg = startCfg;
+  const { io, info } = ctx;
+  const data = { dir: ctx.dataDir };
+  const outDir = resolve(cfg.out);
+  let fromCkpt: Checkpoint | undefined;
+  if (cfg.from) {
+    // Fine-tuning (also when resuming a fine-tuning run): the model takes the checkpoint's
+    // per-layer ranks unless the user gave some, so a pruned checkpoint builds its smaller
+    // shapes here and, through the config, on every worker. They are part of the config hash.
+    fromCkpt = loadCheckpointFile(cfg.from);
+    if (cfg.ranks === null) {
+      const ranks = checkpointRanks(fromCkpt, cfg);
+      if (ranks) {
+        cfg = { ...cfg, ranks };
+        io.err(`--from ${cfg.from}: per-layer ranks of the checkpoint (${Object.values(ranks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(ranks).length} SVD layers)\n`);
+      }
+    }
+  }
+  const hash = configHash(cfg);
+  const ckptDir = join(outDir, 'checkpoints');
+  let resume: Checkpoint | undefined;
+  let from: Checkpoint | undefined;
+  if (cfg.resume) {
+    const latest = latestCheckpoint(ckptDir, { configHash: hash, onWarning: (m) => io.err(`warning: ${m}\n`) });
+    if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
+    resume = latest.checkpoint;
+    const total = EpochSampler.fromState(resume.sampler).stepsPerEpoch * cfg.epochs;
+    if (resume.step >= total) {
+      // Nothing to train: starting the server would wait for workers forever.
+      io.err(
+        `--resume: the run in ${outDir} already finished: ${latest.path} is at step ${resume.step} of ${total} (${cfg.epochs} epochs); nothing to do. ` +
+          `Fix: to train longer, fine-tune from it with \`svd-coord start --from ${latest.path} --epochs N --out NEW_DIR\`; to evaluate it, \`svd-coord eval ${latest.path}\`.\n`,
+      );
+      // The training phase is over; with --prune-energy the pipeline goes on from its checkpoint.
+      return cfg;
+    }
+    io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
+  } else if (fromCkpt) {
+    // Weights and BN statistics only: the optimizer, schedule, sampler and step count start fresh.
+    from = fromCkpt;
+    io.err(`fine-tuning from ${cfg.from} (step ${from.step}); fresh optimizer and schedule\n`);
+  }
+  // The model is built even when resuming: its manifest and BN parameter names are authoritative.
+  const model = buildResNetForConfig(cfg);
+  if (from) checkShapes(from, getParameters(model), cfg.from!);
+  mkdirSync(ckptDir, { recursive: true });
+  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
+
+  const tty = Boolean(process.stderr.isTTY);
+  let bar: ProgressBar | null = null;
+  let stepsPerEpoch: number | null = null;
+  let barDrawn = false;
+  const newBar = (epoch: number) =>
+    new ProgressBar({ label: `epoch ${epoch + 1}/${cfg.epochs}`, total: stepsPerEpoch ?? Math.ceil(info.trainCount / cfg.batch), unit: 'steps' });
+  const coord = new Coordinator({
+    config: cfg,
+    datasetInfo: info,
+    dataDir: data.dir,
+    initialParams: getParameters(model),
+    initialBuffers: getBuffers(model),
+    ...(resume ? { resume } : {}),
+    ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
+    noDecay: noDecayParameterNames(model),
+    expectWorkers: cfg.spawn,
+    ...(ctx.tls ? { tls: ctx.tls.tls } : {}),
+    saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c, { keep: cfg.keepCheckpoints }),
+    metricsPath: join(outDir, 'metrics.jsonl'),
+    onLog: (level: LogLevel, line: string) => {
+      if (level === 'debug') return;
+      // End a half-drawn bar line first, so the log line starts at column 0.
+      if (barDrawn) io.err('\n');
+      barDrawn = false;
+      io.err(`${level === 'info' ? '' : `${level}: `}${line}\n`);
+    },
+    onStep: (s: StepEvent) => {
+      const note = `${Math.round(s.imgPerSec)} img/s loss ${s.loss.ce.toFixed(3)} acc ${(100 * s.trainAcc).toFixed(1)}%`;
+      if (tty) {
+        bar ??= newBar(s.epoch);
+        bar.update(s.stepInEpoch + 1, note);
+        barDrawn = s.stepInEpoch + 1 < s.stepsPerEpoch;
+      } else if (s.step % 10 === 0 || s.stepInEpoch === s.stepsPerEpoch - 1) {
+        io.err(`step ${s.step + 1}/${s.totalSteps} epoch ${s.epoch + 1} ${note} lr ${s.lr.toExponential(2)} workers ${s.workers}\n`);
+      }
+      stepsPerEpoch = s.stepsPerEpoch;
+    },
+    // The coordinator logs the epoch line itself (onLog); here the bar of the next epoch starts,
+    // so its rate and ETA count from the epoch's start rather than from its first step's end.
+    onEpoch: (e: EpochEvent) => {
+      bar?.done();
+      bar = tty && e.epoch + 1 < cfg.epochs ? newBar(e.epoch + 1) : null;
+    },
+    onWorkerJoin: () => {
+      if (tty && !bar && stepsPerEpoch === null) bar = newBar(resume?.epoch ?? 0);
+    },
+  });
+  let workers: ReturnType<typeof spawnWorkers> | null = null;
+  let fatal: SvdTrainError | null = null;
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    io.err(`received ${sig}; stopping\n`);
+    void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const { port } = await coord.listen();
+    if (cfg.spawn > 0) {
+      let failed = 0;
+      workers = spawnWorkers(cfg.spawn, {
+        port,
+        backend: cfg.backend,
+        threads: cfg.threads,
+        token: cfg.token,
+        // Spawned workers verify the certificate against itself, so it must name 127.0.0.1.
+        ...(ctx.tls ? { tlsCa: ctx.tls.certPath } : {}),
+        data: data.dir,
+        write: io.err,
+        // A spawned worker that exits with an error was refused or crashed; if all of them did,
+        // nobody is left to train and waiting would hang forever.
+        onExit: (i, code, signal) => {
+          if (code === 0 || stopping) return;
+          io.err(`worker w${i} exited (${code ?? signal})\n`);
+          if (++failed === cfg.spawn) {
+            // Not BACKEND_UNAVAILABLE: the workers may have died of anything (a crash, a refusal),
+            // and this is no usage error, so it exits 1, not 2.
+            fatal = new SvdTrainError(
+              'WORKERS_FAILED',
+              `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping. Fix: read the first [wN] error; if it names the engine, try --backend wasm or cpu.`,
+            );
+            void coord.close('all spawned workers failed');
+          }
+        },
+      });
+    }
+    const summary = await coord.start().catch((e: unknown) => {
+      throw fatal ?? e;
+    });
+    if (fatal) throw fatal;
+    const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
+    io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
+  } finally {
+    stopping = true;
+    await workers?.killAll();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    // The pipeline runs a second phase in this process: free this one's initial weights.
+    model.dispose();
+  }
+  return cfg;
+}
