@@ -39,6 +39,7 @@ export function checkpointRanks(ckpt: Checkpoint, cfg: RunConfig): Record<string
   return Object.entries(fromShapes).some(([m, r]) => fullRanks[m] !== r) ? fromShapes : null;
 }
 
+/** Reads a checkpoint; a path that does not exist is the user's mistake (exit 2), not a corrupt file. */
 export function loadCheckpointFile(path: string): Checkpoint {
   if (!existsSync(path)) throw usageError(`Checkpoint ${JSON.stringify(path)} does not exist. Fix: pass a file from runs/NAME/checkpoints/.`);
   return loadCheckpoint(path);
