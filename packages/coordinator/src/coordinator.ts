@@ -32,16 +32,14 @@ import {
   momentumAt,
   effectiveRanks,
   serializeConfig,
-  type Checkpoint,
-  type DatasetInfo,
   type EvalResultMessage,
   type GradientsMessage,
   type Optimizer,
   type ParamSet,
   type RunConfig,
-  type WireTensor,
 } from '@svd-train/core';
 import { AllReduce } from './all-reduce.js';
+import type { CoordinatorOptions, TrainingSummary } from './coordinator-options.js';
 import { DatasetServer } from './dataset-server.js';
 import { authPolicy } from './handshake.js';
 import { JobScheduler, type Answer, type JobMeta, type Task } from './job-scheduler.js';
@@ -51,65 +49,13 @@ import type { PeerSession } from './peer-session.js';
 import type { LogLevel } from './quiet-log.js';
 import { checkGradients } from './round.js';
 import { StallDetector } from './stall-detector.js';
-import { EpochTotals, evalTotals, stepLine, stepTotals, workerTimings, type StepEvent } from './step-metrics.js';
+import { EpochTotals, evalTotals, stepEvent, stepLine, stepTotals, workerTimings } from './step-metrics.js';
 import { WeightStore, firstNonFinite } from './weight-store.js';
 
 export type { LogLevel } from './quiet-log.js';
 export type { StepEvent } from './step-metrics.js';
+export type { CoordinatorCheckpoint, CoordinatorOptions, TrainingSummary } from './coordinator-options.js';
 export { OUTLIER_RATIO, MAX_SLICE_FAULTS } from './job-scheduler.js';
-
-/** What the coordinator saves and resumes from: core's checkpoint, so there is one definition. */
-export type CoordinatorCheckpoint = Checkpoint;
-
-export interface TrainingSummary {
-  steps: number;
-  epochs: number;
-  finalTestAcc: number | null;
-  finalTrainAcc: number | null;
-  params: WireTensor[];
-  buffers: WireTensor[];
-  wallMs: number;
-  /** `resume` was given a checkpoint of a run that had already trained all its steps. */
-  alreadyFinished?: boolean;
-}
-
-export interface CoordinatorOptions {
-  config: RunConfig;
-  /** Sizes (after limitTrain/limitTest) and md5s of the dataset the workers train on. */
-  datasetInfo: DatasetInfo;
-  /** Folder of the dataset files, to serve workers that have no copy; without it such workers are refused. */
-  dataDir?: string;
-  /** Authoritative initial weights (the CLI builds the model with @svd-train/layers). */
-  initialParams?: WireTensor[];
-  initialBuffers?: WireTensor[];
-  /** The manifest every worker must present; default: the initial weights' specs, else the first worker's. */
-  expectedManifest?: { params: { name: string; shape: number[] }[]; buffers: { name: string; shape: number[] }[] };
-  /** Resume exactly from this checkpoint (weights, optimizer, sampler position). */
-  resume?: CoordinatorCheckpoint;
-  /** Fine-tune: start from these weights with a fresh optimizer and sampler. */
-  from?: { params: WireTensor[]; buffers: WireTensor[] };
-  /**
-   * Workers expected at the start (the ones `--spawn` launches): the first step waits up to
-   * handshakeTimeoutMs for this many, so that it does not start on whichever joined first, then goes
-   * on with at least minWorkers.
-   */
-  expectWorkers?: number;
-  /** Parameters never weight-decayed (BN gammas/betas: their names look like conv weights). */
-  noDecay?: Iterable<string>;
-  /** Persists a checkpoint (atomically); called every epoch and every checkpointEvery steps. */
-  saveCheckpoint?: (ckpt: CoordinatorCheckpoint) => void | Promise<void>;
-  /** metrics.jsonl path; null/undefined writes none. */
-  metricsPath?: string | null;
-  /** Learning rate at a global step; default core's lrAt(config, step, stepsPerEpoch). */
-  lrAt?: (step: number, stepsPerEpoch: number) => number;
-  onStep?: (e: StepEvent) => void;
-  onEpoch?: (e: EpochEvent) => void;
-  onLog?: (level: LogLevel, msg: string) => void;
-  /** A worker finished its handshake. */
-  onWorkerJoin?: (w: { id: string; name: string; backend: string; device: string }) => void;
-  /** PEM certificate chain and private key: serve wss:// instead of ws://. */
-  tls?: { cert: string | Buffer; key: string | Buffer };
-}
 
 const now = (): number => performance.now();
 
@@ -408,21 +354,7 @@ export class Coordinator {
       epochTotals.add(totals);
       const line = stepLine({ step: b.step, epoch: b.epoch, lr, momentum }, totals, { stepMs, reduceMs }, workerTimings(answers));
       this.metrics.write(line);
-      this.opts.onStep?.({
-        step: b.step,
-        epoch: b.epoch,
-        stepInEpoch: b.stepInEpoch,
-        stepsPerEpoch: spe,
-        totalSteps,
-        lr,
-        loss: line.loss,
-        trainAcc: line.trainAcc,
-        n: line.n,
-        stepMs,
-        imgPerSec: line.imgPerSec,
-        workers: this.liveWorkers,
-        slices: answers.filter((a) => a.indices.length > 0).map((a) => ({ worker: a.worker?.name ?? '?', indices: a.indices })),
-      });
+      this.opts.onStep?.(stepEvent({ stepInEpoch: b.stepInEpoch, stepsPerEpoch: spe, totalSteps }, line, this.liveWorkers, answers));
 
       const epochEnd = b.stepInEpoch === spe - 1;
       if (epochEnd) {

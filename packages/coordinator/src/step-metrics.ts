@@ -89,6 +89,30 @@ export function stepLine(
   };
 }
 
+/** The `onStep` event of a step: its metrics line, where it sits in the run, and who computed which samples. */
+export function stepEvent(
+  at: { stepInEpoch: number; stepsPerEpoch: number; totalSteps: number },
+  line: StepMetrics,
+  liveWorkers: number,
+  answers: readonly { worker: { readonly name: string } | null; indices: Int32Array }[],
+): StepEvent {
+  return {
+    step: line.step,
+    epoch: line.epoch,
+    stepInEpoch: at.stepInEpoch,
+    stepsPerEpoch: at.stepsPerEpoch,
+    totalSteps: at.totalSteps,
+    lr: line.lr,
+    loss: line.loss,
+    trainAcc: line.trainAcc,
+    n: line.n,
+    stepMs: line.stepMs,
+    imgPerSec: line.imgPerSec,
+    workers: liveWorkers,
+    slices: answers.filter((a) => a.indices.length > 0).map((a) => ({ worker: a.worker?.name ?? '?', indices: a.indices })),
+  };
+}
+
 /** Running totals of the current epoch (train loss and accuracy, sample-weighted, and its wall time). */
 export class EpochTotals {
   private loss = 0;
