@@ -106,10 +106,11 @@ describe('report', () => {
     expect(html).not.toContain('NaN');
     // nested loss terms (the coordinator's metrics format) are plotted, not dropped
     expect(html.split('Regularizer terms: singular-value sparsity')[1]!.split('</svg>')[0]).toContain('<path');
-    // rank per layer: one marker per layer and series (3 series x 1 layer + 3 legend dots), no line
-    const rank = html.split('Effective rank per layer')[1]!.split('</svg>')[0]!;
+    // rank per layer: bars (full rank, rank kept), no line between layers
+    const rank = html.split('>Rank per layer<')[1]!.split('</svg>')[0]!;
     expect(rank).not.toContain('<path');
-    expect((rank.match(/<circle /g) ?? []).length).toBe(6);
+    expect((rank.match(/<rect [^>]*><title>/g) ?? []).length).toBe(2);
+    expect(rank).toContain('<title>layers.0: full rank 3</title>');
     // the log loss axis has more than two labels
     const loss = html.split('>Loss<')[1]!.split('</svg>')[0]!;
     expect((loss.match(/text-anchor="end">/g) ?? []).length).toBeGreaterThanOrEqual(3);
@@ -123,7 +124,8 @@ describe('report', () => {
     expect(html).toContain('no data');
     // titled by the run's name, never by the absolute path of the machine that wrote it
     const name = dir.split('/').pop()!;
-    expect(html).toContain(`<title>svd-train report: ${name}</title>`);
+    expect(html).toContain(`<title>${name} · svd-train report</title>`);
+    expect(html).toContain(`<h1>${name}</h1>`);
     expect(html).not.toContain(dir);
   });
 
@@ -140,9 +142,13 @@ describe('report', () => {
     expect(html).toContain('<td>after fine-tuning 2 epoch(s), peak lr 0.01</td><td>88.00%</td>');
     const curve = html.split('Test accuracy vs MACs per image')[1]!.split('</svg>')[0]!;
     expect(curve).toContain('fine-tuned (e=0.05, 2 ep)');
-    // The fine-tuned model and the pruned one are single points, drawn as markers.
-    expect((curve.match(/<circle /g) ?? []).length).toBe(2);
-    expect(curve).toContain('r="6"');
+    // The sweep is a line with a marker per point, the fine-tuned model and the pruned one single
+    // points: 3 + 1 + 1 markers in the plot and one per marked series in the legend (sweep,
+    // fine-tuned, pruned); the fine-tuned one is the large one.
+    expect((curve.match(/<circle /g) ?? []).length).toBe(5 + 3);
+    expect((curve.match(/<circle [^>]*r="6"/g) ?? []).length).toBe(1);
+    expect(curve).toContain('fine-tuned 88.00%');
+    expect(curve).toContain('>plain resnet20<');
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
   });
 });
