@@ -19,7 +19,7 @@ import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
 import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
 import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
-import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type Series, type VerticalMark } from './svg-plot.js';
+import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type PlotOptions, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
 export interface Spectrum {
@@ -151,20 +151,23 @@ function configLine(cfg: Record<string, unknown> | null): string {
  * The per-step charts twice, against the step and against wall-clock time, with a switch between
  * them that needs no script (radio buttons and CSS): the page stays one offline file.
  */
-function stepAndTimeCharts(run: RunMetrics, charts: (x: { of: (r: StepRow) => number; label: string; marks: VerticalMark[] }) => string[]): string {
+function stepAndTimeCharts(run: RunMetrics, charts: (x: { of: (r: StepRow) => number; axis: Pick<PlotOptions, 'xLabel' | 'marks' | 'xRange'> }) => string[]): string {
   const { steps, epochs, startMs } = run;
   const spanMs = steps.length ? steps[steps.length - 1]!.timeMs - startMs : NaN;
   const hours = finite(spanMs) && spanMs > 3 * 3600e3;
   const unit = hours ? 3600e3 : 60e3;
   const epochMarks = (of: (e: EpochRow) => number) =>
     epochs.length <= 30 ? epochs.filter((e) => finite(of(e))).map((e) => ({ x: of(e), label: `ep ${e.epoch + 1}` })) : [];
-  const byStep = charts({ of: (r) => r.step, label: 'step', marks: epochMarks((e) => e.step) });
+  const byStep = charts({ of: (r) => r.step, axis: { xLabel: 'step', marks: epochMarks((e) => e.step) } });
   const hasTime = steps.some((r) => finite(r.timeMs)) && finite(startMs);
   if (!hasTime) return `<div class="grid">${byStep.join('')}</div><p class="note">No wall-clock times in metrics.jsonl (an older run): charts against steps only.</p>`;
   const byTime = charts({
     of: (r) => Math.max(0, (r.timeMs - startMs) / unit),
-    label: `wall-clock ${hours ? 'hours' : 'minutes'} since the first step`,
-    marks: epochMarks((e) => (e.timeMs - startMs) / unit),
+    axis: {
+      xLabel: `wall-clock ${hours ? 'hours' : 'minutes'} since the first step`,
+      marks: epochMarks((e) => (e.timeMs - startMs) / unit),
+      xRange: [0, spanMs / unit],
+    },
   });
   return (
     '<div class="xswitch"><span>x axis:</span><input type="radio" name="xaxis" id="x-step" checked><label for="x-step">step</label>' +
@@ -176,7 +179,7 @@ function stepAndTimeCharts(run: RunMetrics, charts: (x: { of: (r: StepRow) => nu
 function trainingSection(run: RunMetrics): string {
   const { steps, epochs } = run;
   const at = (x: (r: StepRow) => number, y: (r: StepRow) => number) => steps.map((r) => [x(r), y(r)] as [number, number]);
-  const perStep = stepAndTimeCharts(run, ({ of, label, marks }) => {
+  const perStep = stepAndTimeCharts(run, ({ of, axis }) => {
     // Test results sit at the x of the epoch's last step.
     const endOf = (e: EpochRow) => {
       const s = steps.find((r) => r.step === e.step - 1);
@@ -188,17 +191,17 @@ function trainingSection(run: RunMetrics): string {
         { label: 'train cross-entropy', points: at(of, (r) => r.ce), smooth: true },
         { label: 'train total loss', points: at(of, (r) => r.total), dashed: true, smooth: true },
         { label: 'test loss', points: epochAt((e) => e.testLoss), style: 'line+markers', color: PALETTE[2] },
-      ], { title: 'Loss', xLabel: label, yLabel: 'loss', logY: true, marks, legend: 'below' }),
+      ], { title: 'Loss', ...axis, yLabel: 'loss', logY: true, legend: 'below' }),
       linePlot([
         { label: 'train acc (batch)', points: at(of, (r) => 100 * r.trainAcc), smooth: true },
         { label: 'train acc (epoch mean)', points: epochAt((e) => 100 * e.trainAcc), dashed: true, style: 'line+markers', color: PALETTE[3] },
         { label: 'test acc', points: epochAt((e) => 100 * e.testAcc), style: 'line+markers', color: PALETTE[2] },
-      ], { title: 'Accuracy', xLabel: label, yLabel: 'accuracy %', marks, legend: 'below' }),
+      ], { title: 'Accuracy', ...axis, yLabel: 'accuracy %', legend: 'below' }),
       // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
-      linePlot([{ label: 'orthogonality L_o', points: at(of, (r) => r.orth), smooth: true }], { title: 'Regularizer terms: orthogonality', xLabel: label, yLabel: 'L_o (unweighted)', marks }),
-      linePlot([{ label: 'sparsity L_s', points: at(of, (r) => r.sparsity), color: PALETTE[1], smooth: true }], { title: 'Regularizer terms: singular-value sparsity', xLabel: label, yLabel: 'L_s (unweighted)', marks }),
-      linePlot([{ label: 'learning rate', points: at(of, (r) => r.lr) }], { title: 'Learning rate', xLabel: label, yLabel: 'lr', marks }),
-      linePlot([{ label: 'images/s', points: at(of, (r) => r.imgPerSec), smooth: true }], { title: 'Throughput', xLabel: label, yLabel: 'images / s', marks }),
+      linePlot([{ label: 'orthogonality L_o', points: at(of, (r) => r.orth), smooth: true }], { title: 'Regularizer terms: orthogonality', ...axis, yLabel: 'L_o (unweighted)' }),
+      linePlot([{ label: 'sparsity L_s', points: at(of, (r) => r.sparsity), color: PALETTE[1], smooth: true }], { title: 'Regularizer terms: singular-value sparsity', ...axis, yLabel: 'L_s (unweighted)' }),
+      linePlot([{ label: 'learning rate', points: at(of, (r) => r.lr) }], { title: 'Learning rate', ...axis, yLabel: 'lr' }),
+      linePlot([{ label: 'images/s', points: at(of, (r) => r.imgPerSec), smooth: true }], { title: 'Throughput', ...axis, yLabel: 'images / s' }),
     ];
   });
   const perEpoch: string[] = [];

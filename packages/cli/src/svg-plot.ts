@@ -212,13 +212,15 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   for (const mk of o.marks ?? []) {
     if (!(mk.x >= x0 && mk.x <= x1)) continue;
     parts.push(`<line x1="${sx(mk.x)}" x2="${sx(mk.x)}" y1="${m.t}" y2="${m.t + ph}" stroke="${mk.color ?? '#999'}" stroke-dasharray="4 3"/>`);
-    if (mk.label) parts.push(`<text x="${sx(mk.x) + 3}" y="${m.t + ph - 4}" fill="${mk.color ?? '#777'}" font-size="10">${esc(mk.label)}</text>`);
+    // The label goes right of the line, or left of it near the right edge so it stays inside.
+    const right = sx(mk.x) < m.l + pw * 0.75;
+    if (mk.label) parts.push(`<text x="${sx(mk.x) + (right ? 3 : -3)}" y="${m.t + ph - 4}" text-anchor="${right ? 'start' : 'end'}" fill="${mk.color ?? '#777'}" font-size="10">${esc(mk.label)}</text>`);
   }
   parts.push(`<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`);
   parts.push(`<text x="${m.l + pw / 2}" y="${H - 8}" text-anchor="middle" font-size="12">${esc(o.xLabel)}</text>`);
   parts.push(`<text transform="translate(14 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(o.yLabel)}${o.logY ? ' (log)' : ''}</text>`);
   // Clip to the plot area so a fixed range cuts lines at the frame.
-  const clip = `clip${Math.abs(hashString([o.title, o.subtitle, o.xLabel, W, H].join("|")))}`;
+  const clip = `clip${Math.abs(hashString([o.title, o.subtitle, o.xLabel, W, H].join('|')))}`;
   parts.push(`<clipPath id="${clip}"><rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}"/></clipPath><g clip-path="url(#${clip})">`);
   const path = (pts: [number, number][]) => thin(pts).map(([x, y], i) => `${i ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(ty(y)).toFixed(1)}`).join('');
   const dots = (s: (typeof live)[number], r: number) => s.points.map(([x, y]) => `<circle cx="${sx(x).toFixed(1)}" cy="${sy(ty(y)).toFixed(1)}" r="${r}" fill="${s.color}"/>`).join('');
