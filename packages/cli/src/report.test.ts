@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -127,6 +127,14 @@ describe('report', () => {
     expect(html).toContain(`<title>${name} · svd-train report</title>`);
     expect(html).toContain(`<h1>${name}</h1>`);
     expect(html).not.toContain(dir);
+    // a pipeline's fine-tuning run is named after its parent run; notes name files relative to the run
+    const ft = join(dir, 'finetune');
+    mkdirSync(ft);
+    writeFileSync(join(ft, 'config.json'), JSON.stringify({ model: 'resnet20' }));
+    const ftHtml = readFileSync(writeReport(ft, { notes: [`Spectra and MACs from ${join(ft, 'checkpoints', 'ckpt-1.svdckpt')} (step 1).`] }), 'utf8');
+    expect(ftHtml).toContain(`<h1>${name}/finetune · resnet20</h1>`);
+    expect(ftHtml).toContain('Spectra and MACs from checkpoints/ckpt-1.svdckpt (step 1).');
+    expect(ftHtml).not.toContain(dir);
   });
 
   it('the pipeline section: before / after pruning / after fine-tuning, the accuracy-vs-MACs curve with the fine-tuned point marked', () => {

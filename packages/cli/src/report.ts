@@ -14,7 +14,7 @@
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { basename, isAbsolute, join, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
 import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
@@ -425,8 +425,10 @@ export function writeReport(
   // machine that wrote it means nothing (and tells more than it should). Notes name files inside
   // the run folder relative to it, for the same reason.
   const root = resolve(runDir);
+  // A pipeline's fine-tuning run lives in <run>/finetune: name it after its parent run too.
+  const name = basename(root) === 'finetune' ? `${basename(dirname(root))}/finetune` : basename(root);
   const html = renderReport({
-    title: basename(root),
+    title: name,
     config,
     records: readMetrics(join(runDir, 'metrics.jsonl')),
     spectra: spectraOf(extras.params ?? []),
