@@ -245,7 +245,10 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   // Point labels: above-right of the point, else below-right, above-left, below-left, whichever
   // first overlaps no label already placed and stays in the plot; a label with no room is left out
   // (the tables next to the plots list every value).
-  const placed: { x: number; y: number; w: number }[] = [];
+  // Every marker counts as placed (a box as tall as a label around it), so labels avoid them too.
+  const placed: { x: number; y: number; w: number }[] = live
+    .filter((s) => s.style === 'markers' || s.style === 'line+markers' || s.points.length === 1)
+    .flatMap((s) => s.points.map(([x, y]) => ({ x: sx(x) - 4, y: sy(ty(y)) + 5, w: 8 })));
   for (const s of live) {
     s.pointLabels?.forEach((text, i) => {
       const p = s.points[i];
