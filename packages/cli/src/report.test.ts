@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -106,10 +106,11 @@ describe('report', () => {
     expect(html).not.toContain('NaN');
     // nested loss terms (the coordinator's metrics format) are plotted, not dropped
     expect(html.split('Regularizer terms: singular-value sparsity')[1]!.split('</svg>')[0]).toContain('<path');
-    // rank per layer: one marker per layer and series (3 series x 1 layer + 3 legend dots), no line
-    const rank = html.split('Effective rank per layer')[1]!.split('</svg>')[0]!;
+    // rank per layer: bars (full rank, rank kept), no line between layers
+    const rank = html.split('>Rank per layer<')[1]!.split('</svg>')[0]!;
     expect(rank).not.toContain('<path');
-    expect((rank.match(/<circle /g) ?? []).length).toBe(6);
+    expect((rank.match(/<rect [^>]*><title>/g) ?? []).length).toBe(2);
+    expect(rank).toContain('<title>layers.0: full rank 3</title>');
     // the log loss axis has more than two labels
     const loss = html.split('>Loss<')[1]!.split('</svg>')[0]!;
     expect((loss.match(/text-anchor="end">/g) ?? []).length).toBeGreaterThanOrEqual(3);
@@ -123,8 +124,17 @@ describe('report', () => {
     expect(html).toContain('no data');
     // titled by the run's name, never by the absolute path of the machine that wrote it
     const name = dir.split('/').pop()!;
-    expect(html).toContain(`<title>svd-train report: ${name}</title>`);
+    expect(html).toContain(`<title>${name} · svd-train report</title>`);
+    expect(html).toContain(`<h1>${name}</h1>`);
     expect(html).not.toContain(dir);
+    // a pipeline's fine-tuning run is named after its parent run; notes name files relative to the run
+    const ft = join(dir, 'finetune');
+    mkdirSync(ft);
+    writeFileSync(join(ft, 'config.json'), JSON.stringify({ model: 'resnet20' }));
+    const ftHtml = readFileSync(writeReport(ft, { notes: [`Spectra and MACs from ${join(ft, 'checkpoints', 'ckpt-1.svdckpt')} (step 1).`] }), 'utf8');
+    expect(ftHtml).toContain(`<h1>${name}/finetune · resnet20</h1>`);
+    expect(ftHtml).toContain('Spectra and MACs from checkpoints/ckpt-1.svdckpt (step 1).');
+    expect(ftHtml).not.toContain(dir);
   });
 
   it('the pipeline section: before / after pruning / after fine-tuning, the accuracy-vs-MACs curve with the fine-tuned point marked', () => {
@@ -140,9 +150,112 @@ describe('report', () => {
     expect(html).toContain('<td>after fine-tuning 2 epoch(s), peak lr 0.01</td><td>88.00%</td>');
     const curve = html.split('Test accuracy vs MACs per image')[1]!.split('</svg>')[0]!;
     expect(curve).toContain('fine-tuned (e=0.05, 2 ep)');
-    // The fine-tuned model and the pruned one are single points, drawn as markers.
-    expect((curve.match(/<circle /g) ?? []).length).toBe(2);
-    expect(curve).toContain('r="6"');
+    // The sweep is a line with a marker per point, the fine-tuned model and the pruned one single
+    // points: 3 + 1 + 1 markers in the plot and one per marked series in the legend (sweep,
+    // fine-tuned, pruned); the fine-tuned one is the large one.
+    expect((curve.match(/<circle /g) ?? []).length).toBe(5 + 3);
+    expect((curve.match(/<circle [^>]*r="6"/g) ?? []).length).toBe(1);
+    expect(curve).toContain('fine-tuned 88.00%');
+    expect(curve).toContain('>plain resnet20<');
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
+  });
+});
+
+describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
+  // ResNet-20's SVD layers as the coordinator names them: stem, 9 blocks × 2 convs, 2 shortcuts, fc.
+  const layers = ['stem.0', ...Array.from({ length: 9 }, (_, b) => [`layers.${b}.conv1`, `layers.${b}.conv2`, ...(b === 3 || b === 6 ? [`layers.${b}.shortcut.0`] : [])]).flat(), 'fc'];
+  const width = (l: string) => (l === 'fc' ? 10 : /^layers\.[3-5]\./.test(l) ? 32 : /^layers\.[6-8]\./.test(l) ? 64 : 16);
+  // s_i = 2^-i: each value holds 3/4 of the energy left, so the rank kept at e is the same for every
+  // layer of at least that width (e=0.01 keeps 4, e=0.05 keeps 3); one sign flipped, as training can.
+  const params = layers.flatMap((l) => [
+    { name: `${l}.U`, data: new Float32Array(4) },
+    { name: `${l}.s`, data: Float32Array.from({ length: width(l) }, (_, i) => (i === 1 ? -1 : 1) * 2 ** -i) },
+  ]);
+  const t0 = Date.parse('2026-11-29T02:00:00.000Z');
+  const records = [
+    ...Array.from({ length: 60 }, (_, s) => ({
+      kind: 'step', step: s, epoch: s < 30 ? 0 : 1, lr: 0.1, momentum: 0.9,
+      loss: { ce: 10 * 0.9 ** s, orth: 1e-3, sparsity: 50 - s / 10, total: 11 * 0.9 ** s },
+      trainAcc: s / 60, n: 128, stepMs: 1000, reduceMs: 5 + (s % 3), imgPerSec: 128,
+      workers: [
+        { worker: 'w0@gpu-a', n: 64, computeMs: 100 + (s % 3) * 10, commMs: 20 },
+        { worker: 'w1@gpu-b', n: 64, computeMs: 400, commMs: 30 + (s % 2) * 10 },
+      ],
+      time: new Date(t0 + (s + 1) * 60_000).toISOString(),
+    })),
+    { kind: 'epoch', epoch: 0, step: 30, trainLoss: 1, trainAcc: 0.3, testAcc: 0.4, testLoss: 1.2, epochMs: 1, effectiveRanks: {}, time: new Date(t0 + 31 * 60_000).toISOString() },
+    { kind: 'epoch', epoch: 1, step: 60, trainLoss: 0.8, trainAcc: 0.5, testAcc: 0.55, testLoss: 1.1, epochMs: 1, effectiveRanks: {}, time: new Date(t0 + 61 * 60_000).toISOString() },
+  ];
+  const html = renderReport({ title: 'resnet20-hoyer', config: { model: 'resnet20', decomposition: 'channel', sparsity: 'hoyer', lambdaS: 0.07 }, records, spectra: spectraOf(params), macs: [{ label: 'plain resnet20', macs: 40.8e6 }, { label: 'pruned e=0.01', macs: 12e6 }] });
+
+  it('is titled by the run name and the model', () => {
+    expect(html).toContain('<title>resnet20-hoyer · resnet20 · svd-train report</title>');
+    expect(html).toContain('<h1>resnet20-hoyer · resnet20</h1>');
+    expect(html).toContain('epoch 2: test accuracy 55.00%');
+    expect(html).toContain('60 steps · 59 min 1 s wall-clock');
+    expect(html).not.toContain('NaN');
+  });
+
+  it('one spectrum panel per SVD layer, in order, each with the cut of the default energy 0.01, said so', () => {
+    const panels = html.match(/<svg class="spectrum" data-layer="([^"]+)"/g) ?? [];
+    expect(panels.length).toBe(22);
+    expect(panels.map((p) => /data-layer="([^"]+)"/.exec(p)![1])).toEqual(layers);
+    const panel = (l: string) => html.split(`data-layer="${l}"`)[1]!.split('</svg>')[0]!;
+    expect(panel('stem.0')).toContain('keeps 4 of 16');
+    expect(panel('layers.7.conv1')).toContain('keeps 4 of 64');
+    expect(panel('fc')).toContain('keeps 4 of 10');
+    for (const l of layers) expect(panel(l)).toContain('class="cut"');
+    expect(html).toContain('e = 0.01, a default: this run has no pipeline.json');
+  });
+
+  it('the cut follows the pipeline energy when there is one', () => {
+    const pt = (energy: number, macs: number) => ({ energy, acc: 0.5, loss: 1, macs, params: 1, exportParams: 1 });
+    const pipeline: PipelineSummary = { model: 'resnet20', energy: 0.05, testImages: 10, plain: { macs: 40e6, params: 1 }, trained: pt(0, 40e6), pruned: pt(0.05, 9e6), prunedCheckpoint: 'p', finetuned: null, sweep: [pt(0, 40e6), pt(0.05, 9e6)] };
+    const withPipeline = renderReport({ title: 'r', config: null, records: [], spectra: spectraOf(params), macs: [], pipeline });
+    expect(withPipeline.split('data-layer="stem.0"')[1]!.split('</svg>')[0]).toContain('keeps 3 of 16');
+    expect(withPipeline).toContain('the energy this run pruned at (pipeline.json: e = 0.05)');
+    expect(withPipeline.split('>Rank per layer<')[1]!.split('</svg>')[0]).toContain('<title>fc: rank kept at e = 0.05 3</title>');
+  });
+
+  it('rank per layer: a full-rank bar and a kept-rank bar per layer, no connecting line', () => {
+    const rank = html.split('>Rank per layer<')[1]!.split('</svg>')[0]!;
+    expect((rank.match(/<rect [^>]*><title>/g) ?? []).length).toBe(44);
+    expect(rank).not.toContain('<path');
+    expect(rank).toContain('<title>layers.6.shortcut.0: full rank 64</title>');
+  });
+
+  it('per-worker timing: medians of compute, communication and reduce per step, by worker id', () => {
+    const section = html.split('<h2 id="workers">')[1]!.split('<h2>')[0]!;
+    expect(section).toContain('>w0@gpu-a<');
+    expect(section).toContain('>w1@gpu-b<');
+    // compute 100/110/120 → median 110; comm 30/40 → median 35; reduce 5/6/7 → median 6
+    expect(section).toContain('<td>w0@gpu-a</td><td>60</td><td>64</td><td>110 ms</td>');
+    expect(section).toContain('<td>w1@gpu-b</td><td>60</td><td>64</td><td>400 ms</td><td>400 ms</td><td>35 ms</td>');
+    expect(section).toContain('<td>6.0 ms</td>');
+    // one stacked bar per worker: compute, communication, reduce
+    const bars = section.split('Median time per step, by worker')[1]!.split('</svg>')[0]!;
+    expect(bars).toContain('>441 ms<'); // 400 + 35 + 6 (w1's total, printed after its bar)
+  });
+
+  it('per-batch curves are smoothed over a faint raw line, against steps and against wall-clock time', () => {
+    const loss = html.split('>Loss<');
+    expect(loss.length).toBe(3); // one by step, one by time
+    const byStep = loss[1]!.split('</svg>')[0]!;
+    const byTime = loss[2]!.split('</svg>')[0]!;
+    expect(byStep).toContain('stroke-opacity="0.25"');
+    expect(byStep).toContain('train cross-entropy: EMA span 2 (raw faint)');
+    expect(byStep).toContain('>step<');
+    expect(byTime).toContain('>wall-clock minutes since the first step<');
+    expect(html).toMatch(/<input type="radio" name="xaxis" id="x-step" checked>/);
+    // the loss spans 10 .. 0.02 on a log axis: every decade labelled
+    for (const d of ['>0.1<', '>1<', '>10<']) expect(byStep).toContain(d);
+  });
+
+  it('MACs: horizontal bars whose value labels stay below the title, in MACs (FLOPs = 2·MACs)', () => {
+    const macs = html.split('MACs per image: plain ResNet, this model, pruned')[1]!.split('</svg>')[0]!;
+    const ys = [...macs.matchAll(/<text [^>]*y="([\d.]+)"[^>]*>([^<]*)</g)].map((m) => [Number(m[1]), m[2]] as const);
+    expect(ys.find(([, t]) => t === '12.00M (29.4%)')).toBeDefined();
+    for (const [y] of ys) expect(y).toBeGreaterThan(30);
+    expect(macs).toContain('million MACs per image (FLOPs = 2·MACs)');
   });
 });

@@ -1,9 +1,11 @@
 /**
- * `svd-coord report runs/NAME`: one self-contained HTML file (inline SVG, no external assets)
- * that shows how a run went: loss and accuracy curves, the regularizer terms over time, the
- * singular-value spectrum and effective rank of every SVD layer, MACs per image before and after
- * pruning against the plain ResNet, and, for a `start --prune-energy` run, the pipeline: accuracy
- * before pruning, after pruning and after fine-tuning, and the accuracy-vs-MACs curve.
+ * `svd-coord report runs/NAME`: one self-contained HTML file (inline SVG, no script, no external
+ * assets) that shows how a run went: loss and accuracy curves (per-batch values EMA-smoothed,
+ * against the step or wall-clock time), the regularizer terms over time, each worker's compute,
+ * communication and reduce time per step, the singular-value spectrum of every SVD layer with the
+ * pruning energy's cut and the rank it keeps, MACs per image before and after pruning against the
+ * plain ResNet, and, for a `start --prune-energy` run, the pipeline: accuracy before pruning, after
+ * pruning and after fine-tuning, and the accuracy-vs-MACs curve.
  *
  * Units: MACs (multiply-accumulates) per image, counted in the form each layer runs; FLOPs = 2·MACs.
  *
@@ -12,9 +14,12 @@
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
-import { barChart, linePlot, PALETTE, type Series } from './svg-plot.js';
+import type { WorkerTiming } from '@svd-train/coordinator';
+import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
+import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
+import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type PlotOptions, type Series } from './svg-plot.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
 export interface Spectrum {
@@ -59,7 +64,10 @@ export interface PipelineSummary {
 }
 
 export interface ReportInput {
+  /** The run's name (its folder's basename), never a path. */
   title: string;
+  /** Model name shown next to the title; default: `config.model`. */
+  model?: string;
   config: Record<string, unknown> | null;
   records: Record<string, unknown>[];
   spectra: Spectrum[];
@@ -104,101 +112,242 @@ export function readMetrics(path: string): Record<string, unknown>[] {
   return out;
 }
 
-const kindOf = (r: Record<string, unknown>) => String(r.kind ?? r.type ?? (r.step !== undefined && r.testAcc === undefined ? 'step' : 'epoch'));
-/** First numeric field among `keys`; a key may be a dotted path ('loss.ce'). */
-const num = (r: Record<string, unknown>, ...keys: string[]): number => {
-  for (const k of keys) {
-    let v: unknown = r;
-    for (const part of k.split('.')) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
-    if (typeof v === 'number') return v;
-  }
-  return NaN;
-};
-
 export { effectiveRank };
 
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const esc = escapeXml;
+
+/** Pruning energy the spectra and rank bars show when the run has no pipeline.json to take it from. */
+export const DEFAULT_REPORT_ENERGY = 0.01;
+
+const pctText = (acc: number) => `${(100 * acc).toFixed(2)}%`;
+const finite = (x: number) => Number.isFinite(x);
+
+/** "1 h 23 min", "4 min 10 s", "12 s". */
+export function formatDuration(ms: number): string {
+  if (!finite(ms) || ms < 0) return '–';
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+/** The run's one-line description from its config: model, decomposition, regularizers, optimizer. */
+function configLine(cfg: Record<string, unknown> | null): string {
+  if (!cfg) return '';
+  const str = (k: string) => (typeof cfg[k] === 'string' || typeof cfg[k] === 'number' || typeof cfg[k] === 'boolean' ? String(cfg[k]) : undefined);
+  const parts = [
+    cfg.svd === false ? 'plain (no SVD)' : str('decomposition') && `SVD ${str('decomposition')}`,
+    str('sparsity') && str('sparsity') !== 'none' ? `${str('sparsity')} λ_s=${str('lambdaS')}` : undefined,
+    str('lambdaO') && `λ_o=${str('lambdaO')}`,
+    str('optimizer') && `${str('optimizer')} lr ${str('lr')} (${str('schedule') ?? ''})`,
+    str('batch') && `batch ${str('batch')}`,
+    str('epochs') && `${str('epochs')} epochs`,
+    str('from') && `from ${basename(str('from')!)}`,
+  ];
+  return parts.filter((p): p is string => !!p).join(' · ');
+}
+
+/**
+ * The per-step charts twice, against the step and against wall-clock time, with a switch between
+ * them that needs no script (radio buttons and CSS): the page stays one offline file.
+ */
+function stepAndTimeCharts(run: RunMetrics, charts: (x: { of: (r: StepRow) => number; axis: Pick<PlotOptions, 'xLabel' | 'marks' | 'xRange'> }) => string[]): string {
+  const { steps, epochs, startMs } = run;
+  const spanMs = steps.length ? steps[steps.length - 1]!.timeMs - startMs : NaN;
+  const hours = finite(spanMs) && spanMs > 3 * 3600e3;
+  const unit = hours ? 3600e3 : 60e3;
+  const epochMarks = (of: (e: EpochRow) => number) =>
+    epochs.length <= 30 ? epochs.filter((e) => finite(of(e))).map((e) => ({ x: of(e), label: `ep ${e.epoch + 1}` })) : [];
+  const byStep = charts({ of: (r) => r.step, axis: { xLabel: 'step', marks: epochMarks((e) => e.step) } });
+  const hasTime = steps.some((r) => finite(r.timeMs)) && finite(startMs);
+  if (!hasTime) return `<div class="grid">${byStep.join('')}</div><p class="note">No wall-clock times in metrics.jsonl (an older run): charts against steps only.</p>`;
+  const byTime = charts({
+    of: (r) => Math.max(0, (r.timeMs - startMs) / unit),
+    axis: {
+      xLabel: `wall-clock ${hours ? 'hours' : 'minutes'} since the first step`,
+      marks: epochMarks((e) => (e.timeMs - startMs) / unit),
+      xRange: [0, spanMs / unit],
+    },
+  });
+  return (
+    '<div class="xswitch"><span>x axis:</span><input type="radio" name="xaxis" id="x-step" checked><label for="x-step">step</label>' +
+    '<input type="radio" name="xaxis" id="x-time"><label for="x-time">wall-clock time</label>' +
+    `<div class="grid by-step">${byStep.join('')}</div><div class="grid by-time">${byTime.join('')}</div></div>`
+  );
+}
+
+function trainingSection(run: RunMetrics): string {
+  const { steps, epochs } = run;
+  const at = (x: (r: StepRow) => number, y: (r: StepRow) => number) => steps.map((r) => [x(r), y(r)] as [number, number]);
+  const perStep = stepAndTimeCharts(run, ({ of, axis }) => {
+    // Test results sit at the x of the epoch's last step.
+    const endOf = (e: EpochRow) => {
+      const s = steps.find((r) => r.step === e.step - 1);
+      return s ? of(s) : NaN;
+    };
+    const epochAt = (y: (e: EpochRow) => number) => epochs.map((e) => [endOf(e), y(e)] as [number, number]);
+    return [
+      linePlot([
+        { label: 'train cross-entropy', points: at(of, (r) => r.ce), smooth: true },
+        { label: 'train total loss', points: at(of, (r) => r.total), dashed: true, smooth: true },
+        { label: 'test loss', points: epochAt((e) => e.testLoss), style: 'line+markers', color: PALETTE[2] },
+      ], { title: 'Loss', ...axis, yLabel: 'loss', logY: true, legend: 'below' }),
+      linePlot([
+        { label: 'train acc (batch)', points: at(of, (r) => 100 * r.trainAcc), smooth: true },
+        { label: 'train acc (epoch mean)', points: epochAt((e) => 100 * e.trainAcc), dashed: true, style: 'line+markers', color: PALETTE[3] },
+        { label: 'test acc', points: epochAt((e) => 100 * e.testAcc), style: 'line+markers', color: PALETTE[2] },
+      ], { title: 'Accuracy', ...axis, yLabel: 'accuracy %', legend: 'below' }),
+      // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
+      linePlot([{ label: 'orthogonality L_o', points: at(of, (r) => r.orth), smooth: true }], { title: 'Regularizer terms: orthogonality', ...axis, yLabel: 'L_o (unweighted)' }),
+      linePlot([{ label: 'sparsity L_s', points: at(of, (r) => r.sparsity), color: PALETTE[1], smooth: true }], { title: 'Regularizer terms: singular-value sparsity', ...axis, yLabel: 'L_s (unweighted)' }),
+      linePlot([{ label: 'learning rate', points: at(of, (r) => r.lr) }], { title: 'Learning rate', ...axis, yLabel: 'lr' }),
+      linePlot([{ label: 'images/s', points: at(of, (r) => r.imgPerSec), smooth: true }], { title: 'Throughput', ...axis, yLabel: 'images / s' }),
+    ];
+  });
+  const perEpoch: string[] = [];
+  const ex = (e: EpochRow) => e.epoch + 1; // metrics.jsonl counts epochs from 0; people count from 1.
+  perEpoch.push(linePlot([
+    { label: 'test acc', points: epochs.map((e) => [ex(e), 100 * e.testAcc] as [number, number]), color: PALETTE[2], style: 'line+markers' },
+    { label: 'train acc', points: epochs.map((e) => [ex(e), 100 * e.trainAcc] as [number, number]), color: PALETTE[0], style: 'line+markers' },
+  ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %', legend: 'below', xInteger: true }));
+  const rankEpochs = epochs.filter((e) => Object.keys(e.effectiveRanks).length > 0);
+  if (rankEpochs.length) {
+    const total = (e: EpochRow) => Object.values(e.effectiveRanks).reduce((a, b) => a + b, 0);
+    perEpoch.push(linePlot([{ label: 'Σ effective rank (energy 0.01)', points: rankEpochs.map((e) => [ex(e), total(e)] as [number, number]), color: PALETTE[2], style: 'line+markers' }], {
+      title: 'Effective rank over training (sum over SVD layers)', xLabel: 'epoch', yLabel: 'Σ rank', legend: 'below', xInteger: true,
+    }));
+  }
+  return `<h2>Training</h2>${perStep}<div class="grid">${perEpoch.join('')}</div>`;
+}
+
+const TIMING_COLORS = { compute: '#1f77b4', comm: '#ff7f0e', reduce: '#7f7f7f' };
+
+/** Per worker: median compute, communication and reduce time per step (stacked bars, a table) and compute time over the steps. */
+function workerSection(run: RunMetrics): string {
+  const ws = workerTimings(run.steps);
+  if (!ws.length) return '<h2 id="workers">Workers: time per step</h2><p class="note">No per-worker timing in metrics.jsonl (an older run).</p>';
+  const ms = (v: number) => (finite(v) ? `${v < 10 ? v.toFixed(1) : Math.round(v)} ms` : '–');
+  const bars = hBarChart(
+    ws.map((w) => ({
+      label: w.worker,
+      segments: [
+        { value: w.computeMs.median, color: TIMING_COLORS.compute },
+        { value: w.commMs.median, color: TIMING_COLORS.comm },
+        { value: w.reduceMs.median, color: TIMING_COLORS.reduce },
+      ],
+      note: `${ms(w.computeMs.median + w.commMs.median + (finite(w.reduceMs.median) ? w.reduceMs.median : 0))}`,
+    })),
+    {
+      title: 'Median time per step, by worker',
+      valueLabel: 'ms per step',
+      segmentLabels: [
+        { label: 'compute (forward + backward)', color: TIMING_COLORS.compute },
+        { label: 'communication (round trip − compute)', color: TIMING_COLORS.comm },
+        { label: 'coordinator reduce + optimizer', color: TIMING_COLORS.reduce },
+      ],
+      width: 620,
+      valueFormat: ms,
+    },
+  );
+  const table =
+    '<table><tr><th>worker</th><th>steps</th><th>images / step</th><th>compute median</th><th>compute p90</th><th>comm median</th><th>comm p90</th><th>reduce median</th><th>compute img/s</th></tr>' +
+    ws
+      .map((w) => `<tr><td>${esc(w.worker)}</td><td>${w.steps}</td><td>${w.n}</td><td>${ms(w.computeMs.median)}</td><td>${ms(w.computeMs.p90)}</td><td>${ms(w.commMs.median)}</td><td>${ms(w.commMs.p90)}</td><td>${ms(w.reduceMs.median)}</td><td>${finite(w.n / w.computeMs.median) ? ((1000 * w.n) / w.computeMs.median).toFixed(1) : '–'}</td></tr>`)
+      .join('') +
+    '</table>';
+  const of = (w: WorkerTimingSummary, y: (x: WorkerTiming) => number) =>
+    run.steps.flatMap((s) => s.workers.filter((x) => x.worker === w.worker).map((x) => [s.step, y(x)] as [number, number]));
+  const series: Series[] = ws.flatMap((w, i) => [
+    { label: `${w.worker} compute`, points: of(w, (x) => x.computeMs), color: PALETTE[i % PALETTE.length], smooth: true },
+    { label: `${w.worker} communication`, points: of(w, (x) => x.commMs), color: PALETTE[i % PALETTE.length], smooth: true, dashed: true },
+  ]);
+  series.push({ label: 'coordinator reduce', points: run.steps.map((s) => [s.step, s.reduceMs] as [number, number]), color: TIMING_COLORS.reduce, smooth: true });
+  const overSteps = linePlot(series, { title: 'Time per step, by worker', xLabel: 'step', yLabel: 'ms', logY: true, legend: 'below' });
+  return (
+    '<h2 id="workers">Workers: time per step</h2>' +
+    `<div class="grid">${bars}${overSteps}</div>${table}` +
+    '<p class="note">A synchronous step waits for its slowest worker: step time ≈ max over workers of (compute + communication) + reduce. ' +
+    'Communication is each worker\'s round trip minus its compute time (serialization, transfer, queueing); reduce is the coordinator\'s validation, all-reduce and optimizer step.</p>'
+  );
+}
+
+function spectraSection(spectra: Spectrum[], pipeline: PipelineSummary | null | undefined, checkpointNote: string): string {
+  if (!spectra.length) return '<h2>Singular values</h2><p class="note">No checkpoint with singular values found: no spectra or ranks.</p>';
+  const energy = pipeline ? pipeline.energy : DEFAULT_REPORT_ENERGY;
+  const source = pipeline
+    ? `the energy this run pruned at (pipeline.json: e = ${energy})`
+    : `e = ${energy}, a default: this run has no pipeline.json; \`svd-coord prune --energy e\` takes any e`;
+  const panels = spectrumPanels(spectra, energy);
+  const caption =
+    `<p class="note">Each SVD layer's singular values, |s| / max |s| sorted descending, log scale shared by all ${spectra.length} panels. ` +
+    `Dashed line: the energy cut at ${source}; the red values right of it hold at most a fraction e of the layer's energy (Σ s²) and pruning removes them. ` +
+    `Values below ${SPECTRUM_FLOOR.toExponential().replace('e+', 'e')} (or exactly 0) are drawn hollow on the bottom edge.${checkpointNote ? ` ${esc(checkpointNote)}` : ''}</p>`;
+  const layers = spectra.map((sp) => sp.layer);
+  const full = spectra.map((sp) => sp.s.length);
+  const keep = (e: number) => spectra.map((sp) => effectiveRank(sp.s, e));
+  const rankFig = columnChart(layers, [
+    { label: 'full rank', values: full, color: '#ccc', width: 0.8 },
+    { label: `rank kept at e = ${energy}`, values: keep(energy), color: PALETTE[0], width: 0.5 },
+  ], { title: 'Rank per layer', yLabel: 'rank', width: 1000, height: 260 });
+  const energies = [...new Set([0.01, 0.05, energy])].sort((a, b) => a - b);
+  const rankRows = spectra
+    .map((sp) => `<tr><td>${esc(sp.layer)}</td><td>${sp.s.length}</td>${energies.map((e) => `<td>${effectiveRank(sp.s, e)}</td>`).join('')}</tr>`)
+    .join('');
+  return (
+    `<h2>Singular values</h2>${caption}<div class="multiples">${panels.join('')}</div>${rankFig}` +
+    `<details><summary>ranks per layer (table)</summary><table><tr><th>layer</th><th>full rank</th>${energies.map((e) => `<th>rank @${e}</th>`).join('')}</tr>${rankRows}</table></details>`
+  );
+}
+
+function macsSection(macs: MacsRow[]): string {
+  if (!macs.length) return '<h2>Pruning: MACs</h2><p class="note">MACs before/after pruning: not available (no checkpoint, or the layers package could not count MACs).</p>';
+  const plainRow = macs.find((r) => r.label.startsWith('plain'));
+  const ofPlain = (v: number) => (plainRow ? `${((100 * v) / plainRow.macs).toFixed(1)}%` : '–');
+  const fig = hBarChart(
+    macs.map((f, i) => ({ label: f.label, segments: [{ value: f.macs / 1e6, color: f === plainRow ? '#999' : PALETTE[i % PALETTE.length] }], note: `${(f.macs / 1e6).toFixed(2)}M${plainRow ? ` (${ofPlain(f.macs)})` : ''}` })),
+    { title: 'MACs per image: plain ResNet, this model, pruned', valueLabel: 'million MACs per image (FLOPs = 2·MACs)', width: 640 },
+  );
+  const table =
+    `<table><tr><th>model</th><th>MACs / image</th><th>% of plain</th><th>weights (form that runs)</th></tr>${macs
+      .map((r) => `<tr><td>${esc(r.label)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${ofPlain(r.macs)}</td><td>${r.params ?? '–'}</td></tr>`)
+      .join('')}</table>`;
+  return `<h2>Pruning: MACs</h2><div class="grid">${fig}${table}</div><p class="note">MACs (multiply-accumulates) per image, each layer counted in the form it runs (merged or factored); FLOPs = 2·MACs.</p>`;
+}
 
 /** Renders the report HTML. Pure: tests feed it records directly. */
 export function renderReport(inp: ReportInput): string {
-  const steps = inp.records.filter((r) => kindOf(r) === 'step');
-  const epochs = inp.records.filter((r) => kindOf(r) === 'epoch');
-  const sx = (r: Record<string, unknown>) => num(r, 'step');
-  // metrics.jsonl counts epochs from 0; people count from 1.
-  const ex = (r: Record<string, unknown>) => num(r, 'epoch') + 1;
-  const pts = (rs: Record<string, unknown>[], x: (r: Record<string, unknown>) => number, ...keys: string[]) =>
-    rs.map((r) => [x(r), num(r, ...keys)] as [number, number]);
-  const pct = (p: [number, number][]) => p.map(([a, b]) => [a, b <= 1 ? b * 100 : b] as [number, number]);
-
-  const figs: string[] = [];
-  figs.push(linePlot([
-    { label: 'train cross-entropy', points: pts(steps, sx, 'loss.ce', 'ce', 'loss'), smooth: true },
-    { label: 'train total loss', points: pts(steps, sx, 'loss.total', 'total'), dashed: true, smooth: true },
-    { label: 'test loss', points: pts(epochs.map((r) => ({ ...r, step: num(r, 'step', 'endStep') })), sx, 'testLoss') },
-  ], { title: 'Loss', xLabel: 'step', yLabel: 'loss', logY: true }));
-  figs.push(linePlot([
-    { label: 'train acc (batch)', points: pct(pts(steps, sx, 'trainAcc', 'acc')), smooth: true },
-    { label: 'train acc (epoch mean)', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'trainAcc')), dashed: true },
-    { label: 'test acc', points: pct(pts(epochs.filter((r) => Number.isFinite(num(r, 'step'))), sx, 'testAcc')) },
-  ], { title: 'Accuracy', xLabel: 'step', yLabel: 'accuracy %' }));
-  figs.push(linePlot([
-    { label: 'test acc', points: pct(pts(epochs, ex, 'testAcc')), color: PALETTE[1] },
-    { label: 'train acc', points: pct(pts(epochs, ex, 'trainAcc')), color: PALETTE[0] },
-  ], { title: 'Accuracy per epoch', xLabel: 'epoch', yLabel: 'accuracy %' }));
-  // Two plots: the terms differ by orders of magnitude, and each one's trend is what matters.
-  figs.push(linePlot([{ label: 'orthogonality L_o', points: pts(steps, sx, 'loss.orth', 'orth'), smooth: true }], { title: 'Regularizer terms: orthogonality', xLabel: 'step', yLabel: 'L_o (unweighted)' }));
-  figs.push(linePlot([{ label: 'sparsity L_s', points: pts(steps, sx, 'loss.sparsity', 'sparsity'), color: PALETTE[1], smooth: true }], { title: 'Regularizer terms: singular-value sparsity', xLabel: 'step', yLabel: 'L_s (unweighted)' }));
-  const rankEpochs = epochs.filter((r) => r.effectiveRanks && typeof r.effectiveRanks === 'object' && Object.keys(r.effectiveRanks).length > 0);
-  if (rankEpochs.length) {
-    const total = (r: Record<string, unknown>) => Object.values(r.effectiveRanks as Record<string, number>).reduce((a, b) => a + b, 0);
-    figs.push(linePlot([{ label: 'Σ effective rank (energy 0.01)', points: rankEpochs.map((r) => [ex(r), total(r)] as [number, number]), color: PALETTE[2] }], {
-      title: 'Effective rank over training (sum over SVD layers)', xLabel: 'epoch', yLabel: 'Σ rank',
-    }));
-  }
-  figs.push(linePlot([{ label: 'learning rate', points: pts(steps, sx, 'lr') }], { title: 'Learning rate', xLabel: 'step', yLabel: 'lr' }));
-  figs.push(linePlot([{ label: 'images/s', points: pts(steps, sx, 'imgPerSec', 'throughput'), smooth: true }], { title: 'Throughput', xLabel: 'step', yLabel: 'images / s' }));
-
-  // Spectra: |s| sorted descending on a log scale; one line per layer, normalized index so wide
-  // and narrow layers share an axis.
-  const spec = inp.spectra.map((sp, i) => {
-    const v = Array.from(sp.s, Math.abs).sort((a, b) => b - a);
-    return { label: sp.layer, points: v.map((y, k) => [v.length > 1 ? k / (v.length - 1) : 0, y] as [number, number]), color: PALETTE[i % PALETTE.length] } as Series;
-  });
-  const specFig = linePlot(spec.length > 10 ? spec.filter((_, i) => i % Math.ceil(spec.length / 10) === 0) : spec, {
-    title: 'Singular-value spectra (latest checkpoint)', xLabel: 'normalized index (0 = largest)', yLabel: '|s|', logY: true, width: 760, height: 380,
-  });
-  const rankRows = inp.spectra
-    .map((sp) => `<tr><td>${esc(sp.layer)}</td><td>${sp.s.length}</td><td>${effectiveRank(sp.s, 0.01)}</td><td>${effectiveRank(sp.s, 0.05)}</td></tr>`)
-    .join('');
-  // Markers, not lines: neighbouring layers are separate things, and a line between them would
-  // read as a trend along the network.
-  const rankFig = linePlot([
-    { label: 'full rank', points: inp.spectra.map((sp, i) => [i, sp.s.length] as [number, number]), color: '#bbb', style: 'markers', marker: 5 },
-    { label: 'rank @ energy 0.01', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.01)] as [number, number]), style: 'markers' },
-    { label: 'rank @ energy 0.05', points: inp.spectra.map((sp, i) => [i, effectiveRank(sp.s, 0.05)] as [number, number]), style: 'markers', marker: 2.5 },
-  ], { title: 'Effective rank per layer', xLabel: 'layer index (table below)', yLabel: 'rank', width: 760, legend: 'below' });
-  const plainRow = inp.macs.find((r) => r.label.startsWith('plain'));
-  const macsFig = inp.macs.length
-    ? barChart(inp.macs.map((f) => ({ label: f.label, value: f.macs / 1e6, color: f === plainRow ? '#999' : undefined })), { title: 'MACs per image: plain ResNet, this model, pruned', yLabel: 'million MACs per image (FLOPs = 2·MACs)' }) +
-      `<table><tr><th>model</th><th>MACs / image</th><th>% of plain</th><th>weights (form that runs)</th></tr>${inp.macs
-        .map((r) => `<tr><td>${esc(r.label)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${plainRow ? ((100 * r.macs) / plainRow.macs).toFixed(1) + '%' : '–'}</td><td>${r.params ?? '–'}</td></tr>`)
-        .join('')}</table>`
-    : '<p class="note">MACs before/after pruning: not available (no checkpoint, or the layers package could not count MACs).</p>';
-  const pipelineHtml = inp.pipeline ? renderPipeline(inp.pipeline) : '<p class="note">No pipeline.json: this run did not prune and fine-tune (start --prune-energy e --finetune-epochs k does).</p>';
-
+  const run = runMetrics(inp.records);
+  const { steps, epochs } = run;
+  const model = inp.model ?? (typeof inp.config?.model === 'string' ? inp.config.model : undefined);
+  const heading = model ? `${inp.title} · ${model}` : inp.title;
+  const lastTest = [...epochs].reverse().find((e) => finite(e.testAcc));
   const last = epochs[epochs.length - 1];
-  const summary = last
-    ? `epoch ${ex(last)}: test accuracy ${(num(last, 'testAcc') * (num(last, 'testAcc') <= 1 ? 100 : 1)).toFixed(2)}%`
-    : `${steps.length} steps recorded, no epoch finished`;
+  const best = epochs.reduce<EpochRow | undefined>((b, e) => (finite(e.testAcc) && (!b || e.testAcc > b.testAcc) ? e : b), undefined);
+  const lastStep = steps[steps.length - 1];
+  const facts = [
+    last ? `epoch ${last.epoch + 1}: test accuracy ${lastTest ? pctText(lastTest.testAcc) : '–'}` : `${steps.length} steps recorded, no epoch finished`,
+    best && lastTest && best !== lastTest ? `best ${pctText(best.testAcc)} after epoch ${best.epoch + 1}` : '',
+    steps.length ? `${steps.length} steps` : '',
+    lastStep && finite(run.startMs) && finite(lastStep.timeMs) ? `${formatDuration(lastStep.timeMs - run.startMs)} wall-clock` : '',
+    finite(median(steps.map((r) => r.imgPerSec))) ? `median ${Math.round(median(steps.map((r) => r.imgPerSec)))} images/s` : '',
+  ].filter(Boolean);
+  const cfgLine = configLine(inp.config);
   const cfg = inp.config ? `<details><summary>run config</summary><pre>${esc(JSON.stringify(inp.config, null, 2))}</pre></details>` : '';
-  return `<!doctype html><html><head><meta charset="utf-8"><title>${esc(inp.title)}</title><style>
-body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
-.grid{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}td:first-child{text-align:left}
-</style></head><body><h1>${esc(inp.title)}</h1><p>${esc(summary)}</p>${(inp.notes ?? []).map((n) => `<p class="note">${esc(n)}</p>`).join('')}
-<h2>Training</h2><div class="grid">${figs.join('')}</div>
-<h2>Singular values</h2><div class="grid">${specFig}${rankFig}</div>
-${rankRows ? `<table><tr><th>layer</th><th>full rank</th><th>rank @0.01</th><th>rank @0.05</th></tr>${rankRows}</table>` : '<p class="note">No checkpoint with singular values found.</p>'}
-<h2>Pruning: MACs</h2>${macsFig}
+  const checkpointNote = (inp.notes ?? []).find((n) => n.startsWith('Spectra and MACs from')) ?? '';
+  const pipelineHtml = inp.pipeline
+    ? renderPipeline(inp.pipeline)
+    : '<p class="note">No pipeline.json: this run did not prune and fine-tune (start --prune-energy e --finetune-epochs k does).</p>';
+  return `<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>${esc(heading)} · svd-train report</title><style>
+body{font-family:sans-serif;margin:24px;color:#222;max-width:1240px}h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+.sub{color:#555;margin-top:0}.grid{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.multiples{display:flex;flex-wrap:wrap;gap:4px}.note{color:#666;font-size:13px}
+table{border-collapse:collapse;font-size:12px;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
+.xswitch>span{font-size:13px;color:#555;margin-right:6px}.xswitch>input{margin-left:10px}.xswitch>label{font-size:13px}
+.by-time{display:none}#x-time:checked~.by-time{display:flex}#x-time:checked~.by-step{display:none}.xswitch>.grid{margin-top:8px}
+</style></head><body><h1>${esc(heading)}</h1>${cfgLine ? `<p class="sub">${esc(cfgLine)}</p>` : ''}<p>${esc(facts.join(' · '))}</p>${(inp.notes ?? []).map((n) => `<p class="note">${esc(n)}</p>`).join('')}
+${trainingSection(run)}
+${workerSection(run)}
+${spectraSection(inp.spectra, inp.pipeline, checkpointNote)}
+${macsSection(inp.macs)}
 <h2>Train → prune → fine-tune</h2>${pipelineHtml}
 ${cfg}</body></html>`;
 }
@@ -211,22 +360,45 @@ export function renderPipeline(p: PipelineSummary): string {
     [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
     [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],
   ];
+  const ftLink = p.finetuned && p.finetuned.run && !isAbsolute(p.finetuned.run) ? ` The fine-tuning run has its own report: <a href="${esc(p.finetuned.run)}/report.html">${esc(p.finetuned.run)}/report.html</a>.` : '';
   const table =
     `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
     rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${(100 * r.acc).toFixed(2)}%</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
     `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
-    `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.</p>`;
-  const sweep = [...p.sweep].sort((a, b) => a.macs - b.macs);
-  const accs = [...sweep.map((q) => q.acc), ...(p.finetuned ? [p.finetuned.acc] : [])].map((a) => 100 * a);
+    `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
+  // The sweep as a curve from cheap to expensive; points of equal MACs (energies too small to
+  // remove anything) are one point, labelled with the smallest and largest energy.
+  const byMacs = new Map<number, PipelinePoint[]>();
+  for (const q of p.sweep) byMacs.set(q.macs, [...(byMacs.get(q.macs) ?? []), q]);
+  const sweep = [...byMacs.entries()].sort((a, b) => a[0] - b[0]).map(([, qs]) => {
+    const es = qs.map((q) => q.energy).sort((a, b) => a - b);
+    const name = (e: number) => (e === 0 ? '0 (trained)' : String(e));
+    const label = es.length > 1 ? `e=${name(es[0]!)}…${es[es.length - 1]}` : `e=${name(es[0]!)}`;
+    return { q: qs.find((q) => q.energy === es[0])!, label };
+  });
   const series: Series[] = [
-    { label: 'pruned, no fine-tuning (sweep of e)', points: sweep.map((q) => [q.macs / 1e6, 100 * q.acc] as [number, number]), color: PALETTE[0] },
+    { label: 'pruned, no fine-tuning (sweep of e)', points: sweep.map(({ q }) => [q.macs / 1e6, 100 * q.acc] as [number, number]), color: PALETTE[0], style: 'line+markers', pointLabels: sweep.map((s) => s.label) },
   ];
   // The fine-tuned point is larger and drawn before the pruned one, so both stay visible where they
   // land on each other (same MACs, and the same accuracy when fine-tuning gained nothing).
-  if (p.finetuned) series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6 });
+  if (p.finetuned) {
+    series.push({ label: 'fine-tuning gain', points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc], [p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], dashed: true });
+    series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6, pointLabels: [`fine-tuned ${pctText(p.finetuned.acc)}`] });
+  }
   series.push({ label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] });
-  series.push({ label: `plain ${p.model} MACs`, points: [[p.plain.macs / 1e6, Math.min(...accs)], [p.plain.macs / 1e6, Math.max(...accs)]], color: '#999', dashed: true });
-  const curve = linePlot(series, { title: 'Test accuracy vs MACs per image', xLabel: 'million MACs per image', yLabel: 'test accuracy %', width: 640, height: 360 });
+  const xs = [...p.sweep.map((q) => q.macs), p.plain.macs, ...(p.finetuned ? [p.finetuned.macs] : [])].map((v) => v / 1e6);
+  const xPad = Math.max(0.5, 0.06 * (Math.max(...xs) - Math.min(...xs)));
+  const curve = linePlot(series, {
+    title: 'Test accuracy vs MACs per image',
+    subtitle: `${p.testImages} test images; pruned models not fine-tuned unless marked`,
+    xLabel: 'million MACs per image (FLOPs = 2·MACs)',
+    yLabel: 'test accuracy %',
+    width: 700,
+    height: 400,
+    legend: 'below',
+    xRange: [Math.max(0, Math.min(...xs) - xPad), Math.max(...xs) + xPad],
+    marks: [{ x: p.plain.macs / 1e6, label: `plain ${p.model}`, color: '#777' }],
+  });
   const sweepTable =
     '<table><tr><th>energy e</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>' +
     [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${(100 * q.acc).toFixed(2)}%</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
@@ -249,16 +421,20 @@ export function writeReport(
 ): string {
   const cfgPath = join(runDir, 'config.json');
   const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : null;
+  // The run's name, not the path: the page is shared and opened elsewhere, where the path of the
+  // machine that wrote it means nothing (and tells more than it should). Notes name files inside
+  // the run folder relative to it, for the same reason.
+  const root = resolve(runDir);
+  // A pipeline's fine-tuning run lives in <run>/finetune: name it after its parent run too.
+  const name = basename(root) === 'finetune' ? `${basename(dirname(root))}/finetune` : basename(root);
   const html = renderReport({
-    // The run's name, not the path: the page is shared and opened elsewhere, where the path of
-    // the machine that wrote it means nothing (and tells more than it should).
-    title: `svd-train report: ${basename(resolve(runDir))}`,
+    title: name,
     config,
     records: readMetrics(join(runDir, 'metrics.jsonl')),
     spectra: spectraOf(extras.params ?? []),
     macs: extras.macs ?? [],
     pipeline: extras.pipeline ?? null,
-    notes: extras.notes ?? [],
+    notes: (extras.notes ?? []).map((n) => n.split(root + sep).join('')),
   });
   const out = join(runDir, 'report.html');
   writeFileSync(out, html);
