@@ -6,7 +6,7 @@ export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type 
 export { buildResNet, plainResNetCost, type BuildResNetOptions, type ResNetDepth } from './resnet.js';
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
-export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
+export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';

@@ -169,7 +169,7 @@ export function setBuffers(model: tf.LayersModel, tensors: readonly WireTensor[]
 export function noDecayParameterNames(model: tf.LayersModel): string[] {
   const bnVars = new Set(
     model.layers
-      .filter((l) => ['SvdBatchNorm', 'BatchNormalization'].includes(l.getClassName()))
+      .filter((l) => ['SVDBatchNorm', 'BatchNormalization'].includes(l.getClassName()))
       .flatMap((l) => l.trainableWeights.map((w) => w.name)),
   );
   return namedParameters(model)
