@@ -1,5 +1,5 @@
 export { initEngine, type BackendChoice, type InitEngineOptions, type EngineInfo } from './engine.js';
-export * from './svd-init.js';
+export { svdFromWeight, type Decomposition, type MatrixKind, type SvdFactors, type SvdFromWeightOptions, type TensorLike } from './svd-init.js';
 export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';
