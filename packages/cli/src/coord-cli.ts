@@ -169,7 +169,7 @@ function loadCheckpointFile(path: string): Checkpoint {
 async function modelFromCheckpoint(path: string, backend?: string, io?: Out): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
   const ckpt = loadCheckpointFile(path);
   let cfg = resolveConfig(backend ? { backend } : {}, ckpt.config as Record<string, unknown>, {});
-  const engine = await initEngine({ backend: cfg.backend });
+  const engine = await initEngine({ backend: cfg.backend, resolveFrom: import.meta.url });
   io?.err(`backend ${engine.reason}\n`);
   cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
   const model = modelFor(cfg);
@@ -293,7 +293,7 @@ async function startCommand(opts: Record<string, unknown>, io: Out): Promise<num
   // not part of the config hash.
   cfg = { ...cfg, data: data.dir };
   const info = datasetInfoFor(data.dir, cfg);
-  const engine = await initEngine({ backend: 'auto' });
+  const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   const trained = await trainPhase(cfg, ctx);
