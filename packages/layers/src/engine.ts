@@ -92,7 +92,7 @@ function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', b
   if (!p) {
     p = (async () => {
       const entry = await resolveEngine(pkg, bases);
-      if (entry === undefined) return { ok: false, message: `not installed (add it to the app's optionalDependencies)` };
+      if (entry === undefined) return { ok: false, message: `not installed; add it to the app's optionalDependencies` };
       if (pkg === '@tensorflow/tfjs-node-gpu' && gpu !== undefined) {
         // Must be set before libtensorflow initialises CUDA, i.e. before the import below.
         process.env.CUDA_VISIBLE_DEVICES = String(gpu);
