@@ -70,13 +70,13 @@ describe('initEngine', () => {
           `const info = await initEngine({ backend: 'auto', resolveFrom: ${JSON.stringify(pathToFileURL(join(app, 'main.js')).href)} });\n` +
           `console.log('REASON ' + info.reason);\n`,
       );
-      const r = spawnSync(process.execPath, ['--conditions=source', '--import', 'tsx', script], { encoding: 'utf8', timeout: 60_000 });
+      const r = spawnSync(process.execPath, ['--conditions=source', '--import', 'tsx', script], { encoding: 'utf8', timeout: 240_000 });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/REASON .*tfjs-node-gpu not loadable \(the app's own tfjs-node-gpu\), tfjs-node not loadable \(the app's own tfjs-node\)/);
     } finally {
       rmSync(app, { recursive: true, force: true });
     }
-  });
+  }, 300_000); // a fresh process with tsx: ~7 s idle, much more on a busy machine
 
   it.runIf(process.env.SVD_TRAIN_REQUIRE_NATIVE === '1')('SVD_TRAIN_REQUIRE_NATIVE=1 (CI): the native addon loads, so the native suites ran', () => {
     const nat = loadNative();
