@@ -49,7 +49,7 @@ export function loadCheckpointFile(path: string): Checkpoint {
 export async function modelFromCheckpoint(path: string, backend?: string, io?: CliIo): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
   const ckpt = loadCheckpointFile(path);
   let cfg = resolveConfig(backend ? { backend } : {}, ckpt.config, {});
-  const engine = await initEngine({ backend: cfg.backend });
+  const engine = await initEngine({ backend: cfg.backend, resolveFrom: import.meta.url });
   io?.err(`backend ${engine.reason}\n`);
   cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
   const model = buildResNetForConfig(cfg);

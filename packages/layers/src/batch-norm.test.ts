@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { batchNormTrain, SvdBatchNorm } from './batch-norm.js';
+import { batchNormTrain, SVDBatchNorm } from './batch-norm.js';
 import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend, TEST_ENGINES, seededUniform } from './test-support/index.js';
 
 /** Float64 hand computation: per-channel mean, biased var, y, over a [M, C] row-major view. */
@@ -87,10 +87,10 @@ forEachBackend(TEST_ENGINES, (backend) => {
     });
   });
 
-  describe('SvdBatchNorm', () => {
+  describe('SVDBatchNorm', () => {
     it(`x=[${X_SHAPE}] train mode: batch stats, PyTorch running update (unbiased var); eval uses running stats`, () => {
       const xd = seededUniform(360, 11, 2, 0.7);
-      const layer = new SvdBatchNorm({});
+      const layer = new SVDBatchNorm({});
       const x = tf.tensor4d(xd, X_SHAPE);
       const ones = new Float32Array(C).fill(1);
       const zeros = new Float32Array(C);
@@ -115,7 +115,7 @@ forEachBackend(TEST_ENGINES, (backend) => {
     });
 
     it('x=[8,5] (2D) momentum 0.3: two train steps compound like PyTorch', () => {
-      const layer = new SvdBatchNorm({ momentum: 0.3, epsilon: 1e-3 });
+      const layer = new SVDBatchNorm({ momentum: 0.3, epsilon: 1e-3 });
       let rm = new Float64Array(5);
       let rv = new Float64Array(5).fill(1);
       for (const seed of [21, 22]) {
@@ -136,7 +136,7 @@ forEachBackend(TEST_ENGINES, (backend) => {
 
     it('gradients reach gamma and beta through a model; serialization round-trips', () => {
       const input = tf.input({ shape: [4, 5, 6] });
-      const bn = new SvdBatchNorm({ name: 'bn', epsilon: 2e-5, momentum: 0.2 });
+      const bn = new SVDBatchNorm({ name: 'bn', epsilon: 2e-5, momentum: 0.2 });
       const model = tf.model({ inputs: input, outputs: bn.apply(input) as tf.SymbolicTensor });
       const x = tf.tensor4d(seededUniform(360, 12), X_SHAPE);
       const { grads } = tf.variableGrads(() => (model.apply(x, { training: true }) as tf.Tensor).mul(tf.range(0, 360).reshape(X_SHAPE)).sum() as tf.Scalar);
@@ -146,16 +146,42 @@ forEachBackend(TEST_ENGINES, (backend) => {
       const cfg = bn.getConfig();
       expect(cfg.epsilon).toBe(2e-5);
       expect(cfg.momentum).toBe(0.2);
-      const back = tf.serialization.SerializationMap.getMap().classNameMap['SvdBatchNorm'];
+      const back = tf.serialization.SerializationMap.getMap().classNameMap['SVDBatchNorm'];
       expect(back).toBeDefined();
       const json = model.toJSON(undefined, false) as unknown as { config: { layers: Array<{ class_name: string }> } };
-      expect(json.config.layers.map((l) => l.class_name)).toContain('SvdBatchNorm');
+      expect(json.config.layers.map((l) => l.class_name)).toContain('SVDBatchNorm');
       x.dispose();
       model.dispose();
     });
 
+    it("a model saved under the old class name 'SvdBatchNorm' still loads, as an SVDBatchNorm with the same outputs", async () => {
+      const input = tf.input({ shape: [4, 5, 6] });
+      const bn = new SVDBatchNorm({ name: 'bn', epsilon: 2e-5, momentum: 0.2 });
+      const model = tf.model({ inputs: input, outputs: bn.apply(input) as tf.SymbolicTensor });
+      model.setWeights([0, 1, 2, 3].map((k) => tf.tensor1d(seededUniform(C, 30 + k, 0.5, k === 3 ? 1 : 0))));
+      let artifacts: tf.io.ModelArtifacts | undefined;
+      await model.save(tf.io.withSaveHandler(async (a) => ((artifacts = a), { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } })));
+      // What a model saved before the rename looks like.
+      const topology = JSON.stringify(artifacts!.modelTopology);
+      expect(topology).toContain('"class_name":"SVDBatchNorm"');
+      const legacy = { ...artifacts!, modelTopology: JSON.parse(topology.replaceAll('"SVDBatchNorm"', '"SvdBatchNorm"')) as object };
+      const loaded = await tf.loadLayersModel(tf.io.fromMemory(legacy));
+      const layer = loaded.getLayer('bn');
+      expect(layer).toBeInstanceOf(SVDBatchNorm);
+      expect(layer.getClassName()).toBe('SVDBatchNorm');
+      expect((layer as SVDBatchNorm).epsilon).toBe(2e-5);
+      expect((layer as SVDBatchNorm).momentum).toBe(0.2);
+      const x = tf.tensor4d(seededUniform(360, 14), X_SHAPE);
+      const want = model.predict(x) as tf.Tensor;
+      const got = loaded.predict(x) as tf.Tensor;
+      expectClose('loaded eval y', got, want.dataSync(), 0);
+      tf.dispose([x, want, got]);
+      model.dispose();
+      loaded.dispose();
+    });
+
     it('train-mode forward leaks nothing', async () => {
-      const layer = new SvdBatchNorm({});
+      const layer = new SVDBatchNorm({});
       const x = tf.tensor4d(seededUniform(360, 13), X_SHAPE);
       tf.tidy(() => {
         layer.apply(x, { training: true }); // builds the weights
@@ -165,7 +191,7 @@ forEachBackend(TEST_ENGINES, (backend) => {
           layer.apply(x, { training: true });
           layer.apply(x, { training: false });
         });
-      }, 'SvdBatchNorm.apply');
+      }, 'SVDBatchNorm.apply');
       x.dispose();
       layer.dispose();
     });

@@ -143,7 +143,7 @@ export function batchNormInfer(
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tf.layers.Layer>[0]>;
 
-export interface SvdBatchNormArgs extends LayerArgs {
+export interface SVDBatchNormArgs extends LayerArgs {
   /** Added to the variance before the square root. Default 1e-5 (PyTorch). */
   epsilon?: number;
   /**
@@ -161,8 +161,8 @@ export interface SvdBatchNormArgs extends LayerArgs {
  *
  * Input [N, H, W, C] (NHWC) or [N, C].
  */
-export class SvdBatchNorm extends tf.layers.Layer {
-  static className = 'SvdBatchNorm';
+export class SVDBatchNorm extends tf.layers.Layer {
+  static className = 'SVDBatchNorm';
   readonly epsilon: number;
   readonly momentum: number;
   private gamma!: tf.LayerVariable;
@@ -170,7 +170,7 @@ export class SvdBatchNorm extends tf.layers.Layer {
   private movingMean!: tf.LayerVariable;
   private movingVariance!: tf.LayerVariable;
 
-  constructor(args: SvdBatchNormArgs = {}) {
+  constructor(args: SVDBatchNormArgs = {}) {
     super(args);
     this.epsilon = args.epsilon ?? 1e-5;
     this.momentum = args.momentum ?? 0.1;
@@ -181,7 +181,7 @@ export class SvdBatchNorm extends tf.layers.Layer {
     const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
     const c = shape[shape.length - 1];
     if (c == null) {
-      throw new SvdTrainError('SHAPE_MISMATCH', `SvdBatchNorm ${this.name}: the channel axis of input [${shape}] must be known`);
+      throw new SvdTrainError('SHAPE_MISMATCH', `SVDBatchNorm ${this.name}: the channel axis of input [${shape}] must be known`);
     }
     this.gamma = this.addWeight('gamma', [c], 'float32', tf.initializers.ones(), undefined, true);
     this.beta = this.addWeight('beta', [c], 'float32', tf.initializers.zeros(), undefined, true);
@@ -217,4 +217,11 @@ export class SvdBatchNorm extends tf.layers.Layer {
     return { ...super.getConfig(), epsilon: this.epsilon, momentum: this.momentum };
   }
 }
-tf.serialization.registerClass(SvdBatchNorm);
+tf.serialization.registerClass(SVDBatchNorm);
+/**
+ * The class name before the rename to match SVDConv2D/SVDDense. Models saved then (`fileSystemIO`,
+ * `saveToMemory`) carry `"class_name": "SvdBatchNorm"`; deserialization looks class names up in this
+ * map, so the old name still loads, as an SVDBatchNorm (and is saved under the new name).
+ */
+const LEGACY_BATCH_NORM_CLASS_NAME = 'SvdBatchNorm';
+tf.serialization.SerializationMap.getMap().classNameMap[LEGACY_BATCH_NORM_CLASS_NAME] = [SVDBatchNorm, SVDBatchNorm.fromConfig];

@@ -1,4 +1,9 @@
 import { describe, it, expect } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { isSvdTrainError } from '@svd-train/core';
 import { loadNative } from '@svd-train/native';
@@ -45,6 +50,33 @@ describe('initEngine', () => {
     expect((err as Error).message).toMatch(/approve-builds/);
     expect((err as Error).message).toMatch(/--backend wasm/);
   });
+
+  it('resolveFrom: tfjs-node(-gpu) are looked up from the app first (optional peers layers itself may not see)', () => {
+    // A fresh process (engine attempts are cached per process) with an "app" whose own tfjs-node and
+    // tfjs-node-gpu are stand-ins that throw a message naming themselves.
+    const app = mkdtempSync(join(tmpdir(), 'svd-engine-app-'));
+    try {
+      for (const pkg of ['tfjs-node', 'tfjs-node-gpu']) {
+        const dir = join(app, 'node_modules', '@tensorflow', pkg);
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: `@tensorflow/${pkg}`, version: '4.22.0', main: 'index.js' }));
+        writeFileSync(join(dir, 'index.js'), `throw new Error('the app\\'s own ${pkg}');\n`);
+      }
+      const script = join(app, 'probe.mts');
+      const engine = pathToFileURL(fileURLToPath(new URL('./engine.ts', import.meta.url))).href;
+      writeFileSync(
+        script,
+        `import { initEngine } from ${JSON.stringify(engine)};\n` +
+          `const info = await initEngine({ backend: 'auto', resolveFrom: ${JSON.stringify(pathToFileURL(join(app, 'main.js')).href)} });\n` +
+          `console.log('REASON ' + info.reason);\n`,
+      );
+      const r = spawnSync(process.execPath, ['--conditions=source', '--import', 'tsx', script], { encoding: 'utf8', timeout: 240_000 });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/REASON .*tfjs-node-gpu not loadable \(the app's own tfjs-node-gpu\), tfjs-node not loadable \(the app's own tfjs-node\)/);
+    } finally {
+      rmSync(app, { recursive: true, force: true });
+    }
+  }, 300_000); // a fresh process with tsx: ~7 s idle, much more on a busy machine
 
   it.runIf(process.env.SVD_TRAIN_REQUIRE_NATIVE === '1')('SVD_TRAIN_REQUIRE_NATIVE=1 (CI): the native addon loads, so the native suites ran', () => {
     const nat = loadNative();

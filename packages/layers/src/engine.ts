@@ -3,7 +3,7 @@
  * kernels on it.
  *
  * Why this module exists: the native backends (`@tensorflow/tfjs-node-gpu`, `@tensorflow/tfjs-node`)
- * are optional dependencies whose install scripts may not have run, so importing them can throw; and
+ * are optional peer dependencies whose install scripts may not have run, so importing them can throw; and
  * `tf.setBackend` reports failure by returning `false` rather than throwing. Both must be checked, and
  * the reason for the final choice is reported so a user can see why a run is slow.
  *
@@ -36,6 +36,14 @@ export interface InitEngineOptions {
    * engines (wasm is single-threaded under Node).
    */
   threads?: number;
+  /**
+   * Where the optional TensorFlow engines (`@tensorflow/tfjs-node-gpu`, `@tensorflow/tfjs-node`) are
+   * resolved from: an absolute path or file URL of a module in the app that depends on them (pass
+   * `import.meta.url`). They are optional peer dependencies of this package, so under pnpm's strict
+   * layout only the app that lists them can see them. Default: the main script (`process.argv[1]`),
+   * then this package's own location (where npm, or pnpm for a consumer that has them, puts peers).
+   */
+  resolveFrom?: string | URL;
 }
 
 export interface EngineInfo {
@@ -63,10 +71,28 @@ function errMessage(e: unknown): string {
   return first.length > 240 ? `${first.slice(0, 240)}…` : first;
 }
 
-function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', gpu?: number): Promise<NativeAttempt> {
+/**
+ * The entry file of an optional engine package as seen from the first of `bases` that can see it
+ * (the app first: the package is an optional peer, so this package alone may not see it).
+ */
+async function resolveEngine(pkg: string, bases: readonly (string | URL)[]): Promise<string | undefined> {
+  const { createRequire } = await import('node:module');
+  for (const base of bases) {
+    try {
+      return createRequire(base).resolve(pkg);
+    } catch {
+      // Not visible from this base; try the next.
+    }
+  }
+  return undefined;
+}
+
+function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', bases: readonly (string | URL)[], gpu?: number): Promise<NativeAttempt> {
   let p = nativeAttempts.get(pkg);
   if (!p) {
     p = (async () => {
+      const entry = await resolveEngine(pkg, bases);
+      if (entry === undefined) return { ok: false, message: `not installed; add it to the app's optionalDependencies` };
       if (pkg === '@tensorflow/tfjs-node-gpu' && gpu !== undefined) {
         // Must be set before libtensorflow initialises CUDA, i.e. before the import below.
         process.env.CUDA_VISIBLE_DEVICES = String(gpu);
@@ -80,7 +106,8 @@ function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', g
         warn(...args);
       };
       try {
-        await import(pkg);
+        const { pathToFileURL } = await import('node:url');
+        await import(pathToFileURL(entry).href);
       } catch (e) {
         const msg = errMessage(e);
         // The usual case on a fresh install: pnpm did not run the package's install script.
@@ -165,9 +192,10 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
   };
 
   if (choice === 'auto' || choice === 'tensorflow') {
+    const bases = [opts.resolveFrom ?? process.argv[1], import.meta.url].filter((b): b is string | URL => b !== undefined && b !== '');
     for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
       const short = pkg.slice('@tensorflow/'.length);
-      const loaded = await tryNative(pkg, opts.gpu);
+      const loaded = await tryNative(pkg, bases, opts.gpu);
       if (!loaded.ok) {
         skipped.push(`${short} not loadable (${loaded.message})`);
         continue;

@@ -9,7 +9,7 @@
  *   SVD layer is written in the form it runs (the same MAC-based choice as `call` and `countMacs`):
  *   merged, one Conv2D (or Dense) with W = U·diag(s)·Vᵀ, which at full rank is exactly the plain
  *   layer; or factored, the two convs (dense layers) of the rank-r bottleneck. Padding is explicit
- *   (ZeroPadding2D + 'valid'). Each SvdBatchNorm becomes a stock BatchNormalization with the same
+ *   (ZeroPadding2D + 'valid'). Each SVDBatchNorm becomes a stock BatchNormalization with the same
  *   epsilon and statistics or, with `foldBatchNorm`, is folded into the conv before it (scale the
  *   filter per output channel, add a bias), which removes a pass over the activations. The export
  *   is for inference: the training-mode BN of tfjs differs from PyTorch's (biased running
@@ -25,7 +25,7 @@ import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { SvdBatchNorm } from './batch-norm.js';
+import { SVDBatchNorm } from './batch-norm.js';
 
 const MODEL_JSON = 'model.json';
 const WEIGHTS_BIN = 'weights.bin';
@@ -247,7 +247,7 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
         push(N, 'Dense', dense(N, layer.units, layer.useBias));
         weights.set(`${N}_v`, [vs!]);
         weights.set(N, [ut!, ...bias]);
-      } else if (layer instanceof SvdBatchNorm) {
+      } else if (layer instanceof SVDBatchNorm) {
         push(N, 'BatchNormalization', {
           axis: -1,
           // tfjs momentum is the weight of the old value: PyTorch 0.1 ≡ tfjs 0.9.

@@ -1,12 +1,12 @@
 export { initEngine, type BackendChoice, type InitEngineOptions, type EngineInfo } from './engine.js';
-export * from './svd-init.js';
+export { svdFromWeight, type Decomposition, type MatrixKind, type SvdFactors, type SvdFromWeightOptions, type TensorLike } from './svd-init.js';
 export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';
 export { buildResNet, buildResNetForConfig, depthOf, plainResNetCost, type BuildResNetOptions, type ResNetDepth } from './resnet.js';
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
-export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
+export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';

@@ -7,7 +7,10 @@
  * names (module registration order of the reference CifarResNet: stem, blocks in index order with
  * conv1, bn1, conv2, bn2, shortcut.0, shortcut.1, then fc), not from `model.layers`, whose
  * topological order is not the registration order. So it also works for models that were
- * loaded from JSON, pruned or rebuilt.
+ * loaded from JSON, pruned or rebuilt. Modules outside that scheme (a custom tf.sequential or
+ * tf.model with its own layer names) come after it, each layer's weights together, in
+ * `model.layers` order: the one order such a model has, the same in every process that builds or
+ * loads it.
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError, type WireTensor } from '@svd-train/core';
@@ -45,16 +48,21 @@ const WEIGHT_MAP: Record<string, { torch: string; buffer: boolean; rank: number 
 
 const BLOCK_PARTS = ['conv1', 'bn1', 'conv2', 'bn2', 'shortcut.0', 'shortcut.1'];
 
-/** Sort key of a module in PyTorch registration order. */
-function moduleKey(mod: string): number[] {
+/**
+ * Sort key of a module: PyTorch registration order for the ResNets' module names; a module that
+ * is not one of them sorts by `layerIndex` (its index in `model.layers`) after them (or after the
+ * known parts of its block), so its weights stay together instead of interleaving with another
+ * unrecognised module's.
+ */
+function moduleKey(mod: string, layerIndex: number): number[] {
   if (mod.startsWith('stem.')) return [0, Number(mod.slice(5)) || 0];
   const m = /^layers\.(\d+)\.(.+)$/.exec(mod);
   if (m) {
     const part = BLOCK_PARTS.indexOf(m[2]!);
-    return [1, Number(m[1]), part < 0 ? 99 : part];
+    return part < 0 ? [1, Number(m[1]), BLOCK_PARTS.length, layerIndex] : [1, Number(m[1]), part];
   }
   if (mod === 'fc') return [2];
-  return [3];
+  return [3, layerIndex];
 }
 
 function compareKeys(a: number[], b: number[]): number {
@@ -72,7 +80,7 @@ function suffixOf(v: tf.LayerVariable): string {
 
 function collect(model: tf.LayersModel, buffers: boolean): NamedVariable[] {
   const out: { name: string; variable: tf.LayerVariable; key: number[] }[] = [];
-  for (const layer of model.layers) {
+  for (const [layerIndex, layer] of model.layers.entries()) {
     if (layer.weights.length === 0) continue;
     const mod = moduleNameFor(layer.name);
     for (const v of layer.weights) {
@@ -85,7 +93,7 @@ function collect(model: tf.LayersModel, buffers: boolean): NamedVariable[] {
         );
       }
       if (info.buffer !== buffers) continue;
-      out.push({ name: `${mod}.${info.torch}`, variable: v, key: [...moduleKey(mod), 100 + info.rank] });
+      out.push({ name: `${mod}.${info.torch}`, variable: v, key: [...moduleKey(mod, layerIndex), 100 + info.rank] });
     }
   }
   // Stable sort: modules in registration order, parameters in their in-module order.
@@ -169,7 +177,7 @@ export function setBuffers(model: tf.LayersModel, tensors: readonly WireTensor[]
 export function noDecayParameterNames(model: tf.LayersModel): string[] {
   const bnVars = new Set(
     model.layers
-      .filter((l) => ['SvdBatchNorm', 'BatchNormalization'].includes(l.getClassName()))
+      .filter((l) => ['SVDBatchNorm', 'BatchNormalization'].includes(l.getClassName()))
       .flatMap((l) => l.trainableWeights.map((w) => w.name)),
   );
   return namedParameters(model)

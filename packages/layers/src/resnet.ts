@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError, type RunConfig } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { SvdBatchNorm } from './batch-norm.js';
+import { SVDBatchNorm } from './batch-norm.js';
 import { layerNameFor } from './parameter-names.js';
 import { countMacs } from './macs.js';
 
@@ -179,7 +179,7 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
     }).apply(x) as tf.SymbolicTensor;
   };
   const bn = (module: string, x: tf.SymbolicTensor) =>
-    new SvdBatchNorm({ name: layerNameFor(module) }).apply(x) as tf.SymbolicTensor;
+    new SVDBatchNorm({ name: layerNameFor(module) }).apply(x) as tf.SymbolicTensor;
   const relu = (name: string, x: tf.SymbolicTensor) => tf.layers.reLU({ name }).apply(x) as tf.SymbolicTensor;
 
   const input = tf.input({ shape: inputShape, name: 'input' });

@@ -148,7 +148,9 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
     process.env.CUDA_VISIBLE_DEVICES = '-1';
     if (backend === 'tensorflow') log('--cpu: TensorFlow native backend will run on CPU');
   }
-  const engine = await initEngine({ backend, ...(opts.threads !== undefined ? { threads: opts.threads } : {}), ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
+  // resolveFrom: tfjs-node(-gpu) are this package's optional dependencies, which layers (whose optional
+  // peers they are) cannot see under pnpm's strict layout.
+  const engine = await initEngine({ backend, resolveFrom: import.meta.url, ...(opts.threads !== undefined ? { threads: opts.threads } : {}), ...(opts.gpu !== undefined && !opts.cpu ? { gpu: opts.gpu } : {}) });
   log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
   const name = opts.name ?? `${hostname()}:${process.pid}`;

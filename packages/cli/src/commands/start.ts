@@ -149,7 +149,7 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   // not part of the config hash.
   cfg = { ...cfg, data: data.dir };
   const info = datasetInfoFor(data.dir, cfg);
-  const engine = await initEngine({ backend: 'auto' });
+  const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   const trained = await trainPhase(cfg, ctx);
