@@ -23,7 +23,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
-import type { SerializedRunConfig } from './config.js';
+import type { SerializedRunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 import type { OptimizerState } from './optimizers.js';
 import type { WireTensor } from './protocol.js';

@@ -1,7 +1,7 @@
 /**
  * Every default value of svd-train, in one place.
  *
- * `resolveConfig()` (config.ts) fills a run config from `DEFAULTS`; the dataset code (cifar10-*.ts)
+ * `resolveConfig()` (config/resolve.ts) fills a run config from `DEFAULTS`; the dataset code (cifar10-*.ts)
  * reads the download URL, checksums and cache location from here. Change a default here and
  * nowhere else.
  */
@@ -20,7 +20,7 @@ export const BACKENDS = ['auto', 'tensorflow', 'native', 'wasm', 'cpu'] as const
 
 /**
  * Default run configuration (camelCase; the CLI flag of each field is its kebab-case name).
- * Typed loosely here on purpose: config.ts checks `DEFAULTS` against `RunConfig` at compile time.
+ * Typed loosely here on purpose: config/schema.ts checks `DEFAULTS` against `RunConfig` at compile time.
  */
 export const DEFAULTS = Object.freeze({
   // Model
