@@ -1,15 +1,15 @@
-export { initEngine, type BackendChoice, type InitEngineOptions, type EngineInfo } from './engine.js';
+export { initEngine, type InitEngineOptions, type EngineInfo } from './engine.js';
 export * from './svd-init.js';
 export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';
-export { buildResNet, plainResNetCost, type BuildResNetOptions, type ResNetDepth } from './resnet.js';
+export { buildResNet, plainResNetCost, type BuildResNetOptions } from './resnet.js';
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
 export { SvdBatchNorm, batchNormTrain, batchNormInfer, type SvdBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
-export { l1, hoyer, hoyerSquare, sparsityPenalty, type SparsityKind } from './sparsity.js';
+export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 export { computeGradients, evaluate, type GradientResult, type RegularizationOptions } from './train-step.js';
 export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers, type StockExportOptions } from './export.js';

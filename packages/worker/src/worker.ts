@@ -37,9 +37,11 @@ import {
   tensorFrameBytes,
   verifyAuthProof,
   CIFAR_FILES,
+  type BackendChoice,
   type Cifar10Split,
   type ErrorCode,
   type Message,
+  type ResNetDepth,
   type RunConfig,
   type TensorSpec,
   type WireTensor,
@@ -48,7 +50,6 @@ import {
   buildResNet,
   evaluate,
   initEngine,
-  type BackendChoice,
   getBuffers,
   getParameters,
   setBuffers,
@@ -103,8 +104,8 @@ const FATAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['AUTH_FAILED', '
 const TLS_TRUST_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ALTNAME|HOSTNAME/;
 
 /** Depth argument of buildResNet for a config model name. */
-export function depthOf(model: RunConfig['model']): 20 | 32 | 44 | 56 | 110 | 'resnet18' {
-  return model === 'resnet18' ? 'resnet18' : (Number(model.slice('resnet'.length)) as 20 | 32 | 44 | 56 | 110);
+export function depthOf(model: RunConfig['model']): ResNetDepth {
+  return model === 'resnet18' ? 'resnet18' : (Number(model.slice('resnet'.length)) as ResNetDepth);
 }
 
 class SessionEnded {
