@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import type { SerializedRunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 import type { OptimizerState } from './optimizers.js';
-import type { WireTensor } from './protocol.js';
+import type { WireTensor } from './tensor.js';
 import type { RngState } from './rng.js';
 import type { SamplerState } from './sampler.js';
 

@@ -74,7 +74,7 @@ async function handshake(recv: () => Promise<Message>, send: (m: Message) => voi
   send({ type: 'challenge', nonce: nonces.coordinator, authRequired: true, proof: authProof(TOKEN, 'coordinator', nonces) });
   const auth = await recv();
   expect(auth).toEqual({ type: 'auth', mac: authProof(TOKEN, 'worker', nonces) });
-  send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
+  send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg), configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
   const requested: string[] = [];
   for (;;) {
     const m = await recv();
@@ -236,7 +236,7 @@ describe('runWorker against a scripted coordinator', () => {
       const nonces = { worker: hello.nonce, coordinator: makeNonce() };
       send({ type: 'challenge', nonce: nonces.coordinator, authRequired: true, proof: authProof(TOKEN, 'coordinator', nonces) });
       await recv(); // auth
-      send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
+      send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg), configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
       const req = await recv();
       expect(req.type).toBe('data-request');
       send({ type: 'error', code: 'DATA_MISSING', message: 'no data here' }); // the fetch fails
