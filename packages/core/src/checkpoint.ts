@@ -43,7 +43,8 @@ const LITTLE_ENDIAN = endianness() === 'LE';
 export interface Checkpoint {
   /** Checkpoint content version (CHECKPOINT_FORMAT_VERSION when written by this code). */
   version: number;
-  config: SerializedRunConfig | Record<string, unknown>;
+  /** serializeConfig() of the run that wrote it (the header is trusted once its sha256 and version check out). */
+  config: SerializedRunConfig;
   configHash: string;
   /** Optimizer steps completed. */
   step: number;
