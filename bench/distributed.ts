@@ -24,12 +24,12 @@ import {
   decodeMessage,
   makeNonce,
   encodeMessage,
-  gradientsFrameTemplate,
   parseConfig,
   type Message,
   type TensorSpec,
   type WireTensor,
 } from '@svd-train/core';
+import { gradientsFrameTemplate } from '@svd-train/core/testing';
 import { Coordinator } from '@svd-train/coordinator';
 
 // `ws` is a dependency of the coordinator, not of the workspace root that bench/ runs from:

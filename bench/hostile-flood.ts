@@ -31,13 +31,13 @@ import {
   authProof,
   decodeMessage,
   encodeMessage,
-  gradientsFrameTemplate,
   makeNonce,
   parseConfig,
   type Message,
   type TensorSpec,
   type WireTensor,
 } from '@svd-train/core';
+import { gradientsFrameTemplate } from '@svd-train/core/testing';
 import { Coordinator } from '@svd-train/coordinator';
 
 // `ws` is a dependency of the coordinator, not of the workspace root (see bench/distributed.ts).

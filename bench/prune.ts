@@ -22,7 +22,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadCheckpoint } from '@svd-train/core';
+import { loadCheckpoint, type BackendChoice } from '@svd-train/core';
 import {
   buildResNet,
   computeGradients,
@@ -36,7 +36,6 @@ import {
   pruneByEnergy,
   setBuffers,
   setParameters,
-  type BackendChoice,
 } from '@svd-train/layers';
 import { median, rand } from './lib/stats.js';
 

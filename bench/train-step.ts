@@ -16,7 +16,8 @@ import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { initEngine, buildResNet, computeGradients, profileKernels, type BackendChoice } from '@svd-train/layers';
+import { initEngine, buildResNet, computeGradients, profileKernels } from '@svd-train/layers';
+import type { BackendChoice } from '@svd-train/core';
 import { median, rand } from './lib/stats.js';
 
 const args = process.argv.slice(2);

@@ -103,7 +103,7 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(pruned).not.toBeNull();
     const p = loadCheckpoint(pruned!);
     const orig = loadCheckpoint(ckpt);
-    const ranks = (p.config as { ranks: Record<string, number> | null }).ranks!;
+    const ranks = p.config.ranks!;
     const sShapes = Object.fromEntries(p.params.filter((t) => t.name.endsWith('.s')).map((t) => [t.name.slice(0, -2), t.shape[0]]));
     expect(ranks).toEqual(sShapes);
     expect(Object.entries(ranks).some(([m, r]) => orig.params.find((t) => t.name === `${m}.s`)!.shape[0]! > r)).toBe(true);
@@ -133,7 +133,7 @@ describe('svd-coord eval / prune / export / report', () => {
     const shapes = (ts: { name: string; shape: number[] }[]) => ts.map((t) => [t.name, ...t.shape]);
     expect(shapes(tuned.params)).toEqual(shapes(p.params));
     expect(shapes(tuned.buffers)).toEqual(shapes(p.buffers));
-    expect((tuned.config as { ranks: unknown }).ranks).toEqual((p.config as { ranks: unknown }).ranks);
+    expect(tuned.config.ranks).toEqual(p.config.ranks);
     expect(tuned.configHash).toBe(configHash(parseConfig(tuned.config)));
     // A fresh optimizer whose momentum buffers have the pruned shapes, and weights that moved.
     expect(tuned.optimizer.step).toBe(2);
@@ -141,11 +141,11 @@ describe('svd-coord eval / prune / export / report', () => {
     for (const t of p.params) expect([t.name, momentum[t.name]?.length]).toEqual([t.name, t.data.length]);
     const moved = tuned.params.some((t, i) => t.data.some((v, j) => v !== p.params[i]!.data[j]));
     expect(moved).toBe(true);
-    expect(JSON.parse(readFileSync(join(dest, 'config.json'), 'utf8')).ranks).toEqual((p.config as { ranks: unknown }).ranks);
+    expect(JSON.parse(readFileSync(join(dest, 'config.json'), 'utf8')).ranks).toEqual(p.config.ranks);
   });
 
   it('start --from a pruned checkpoint with --ranks that do not fit it is refused, naming the tensor and the fix', async () => {
-    const fc = (loadCheckpoint(pruned!).config as { ranks: Record<string, number> }).ranks.fc!;
+    const fc = loadCheckpoint(pruned!).config.ranks!.fc!;
     const port = await freePort();
     const args = [...tinyRunFlags({ data, out: tempDir(), port, epochs: 1, limitTrain: 12, batch: 12 }), '--from', pruned!, '--ranks', `fc=${fc === 1 ? 2 : fc - 1}`];
     const r = await coord(['start', ...args]);

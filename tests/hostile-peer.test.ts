@@ -128,7 +128,7 @@ describe('rogue coordinator against a real svd-worker', () => {
     c.send({
       type: 'welcome',
       workerId: 'rogue-1',
-      config: serializeConfig(cfg) as unknown as Record<string, unknown>,
+      config: serializeConfig(cfg),
       configHash: configHash(cfg),
       datasetInfo: { trainCount: 24, testCount: 12, md5s },
       ...opts.welcome,
@@ -254,7 +254,7 @@ describe('rogue coordinator against a real svd-worker', () => {
     const chunk = new Uint8Array(4 * 1024 * 1024);
     const rogue = await rogueCoordinator(async (c) => {
       await handshake(c, { upTo: 'auth' });
-      c.send({ type: 'welcome', workerId: 'rogue-1', config: serializeConfig(cfg) as unknown as Record<string, unknown>, configHash: configHash(cfg), datasetInfo: { trainCount: 24, testCount: 12, md5s } });
+      c.send({ type: 'welcome', workerId: 'rogue-1', config: serializeConfig(cfg), configHash: configHash(cfg), datasetInfo: { trainCount: 24, testCount: 12, md5s } });
       const req = await c.recv();
       if (req?.type !== 'data-request') return;
       for (let i = 0; i < 12 && c.ws.readyState === WebSocket.OPEN; i++) {

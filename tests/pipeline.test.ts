@@ -58,7 +58,7 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
   it('saves the model pruned at e with its ranks, and fine-tunes it in <out>/finetune without the sparsity term', () => {
     expect(existsSync(p.prunedCheckpoint)).toBe(true);
     const pruned = loadCheckpoint(p.prunedCheckpoint);
-    const ranks = (pruned.config as { ranks: Record<string, number> }).ranks;
+    const ranks = pruned.config.ranks!;
     const ft = JSON.parse(readFileSync(join(out, 'finetune', 'config.json'), 'utf8'));
     expect([ft.ranks, ft.lambdaS, ft.epochs, ft.lr, ft.from, ft.pruneEnergy]).toEqual([ranks, 0, 1, 0.01, p.prunedCheckpoint, null]);
     expect(existsSync(join(out, 'finetune', 'metrics.jsonl'))).toBe(true);

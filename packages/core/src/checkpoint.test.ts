@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkpointFileName, latestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint, type Checkpoint } from './checkpoint.js';
+import { serializeConfig } from './config/hash.js';
+import { parseConfig } from './config/resolve.js';
 import { isSvdTrainError } from './errors.js';
 
 const dirs: string[] = [];
@@ -20,7 +22,7 @@ function makeCkpt(step: number, hash = 'abc123'): Checkpoint {
   const s = Float32Array.of(3.5, -0, 1e-38, -2.25);
   return {
     version: 1,
-    config: { model: 'resnet20', lr: 0.1, milestones: [81, 122] },
+    config: serializeConfig(parseConfig({ model: 'resnet20', lr: 0.1, milestones: [81, 122] })),
     configHash: hash,
     step,
     epoch: Math.floor(step / 10),

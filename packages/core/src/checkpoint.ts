@@ -23,10 +23,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
-import type { SerializedRunConfig } from './config.js';
+import type { SerializedRunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 import type { OptimizerState } from './optimizers.js';
-import type { WireTensor } from './protocol.js';
+import type { WireTensor } from './tensor.js';
 import type { RngState } from './rng.js';
 import type { SamplerState } from './sampler.js';
 
@@ -43,7 +43,8 @@ const LITTLE_ENDIAN = endianness() === 'LE';
 export interface Checkpoint {
   /** Checkpoint content version (CHECKPOINT_FORMAT_VERSION when written by this code). */
   version: number;
-  config: SerializedRunConfig | Record<string, unknown>;
+  /** serializeConfig() of the run that wrote it (the header is trusted once its sha256 and version check out). */
+  config: SerializedRunConfig;
   configHash: string;
   /** Optimizer steps completed. */
   step: number;

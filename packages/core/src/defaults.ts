@@ -1,26 +1,37 @@
 /**
  * Every default value of svd-train, in one place.
  *
- * `resolveConfig()` (config.ts) fills a run config from `DEFAULTS`; the dataset code (cifar10-*.ts)
+ * `resolveConfig()` (config/resolve.ts) fills a run config from `DEFAULTS`; the dataset code (cifar10-*.ts)
  * reads the download URL, checksums and cache location from here. Change a default here and
  * nowhere else.
  */
 
 /** ResNet variants the model builder knows (CIFAR ResNet-6n+2 and the ImageNet-style ResNet-18). */
 export const MODELS = ['resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'resnet18'] as const;
+/**
+ * The depth argument of the model builder (`buildResNet` in layers), one per entry of `MODELS`:
+ * a CIFAR ResNet-(6n+2) depth, or `'resnet18'` for the CIFAR variant of ResNet-18.
+ */
+export const RESNET_DEPTHS = [20, 32, 44, 56, 110, 'resnet18'] as const;
+export type ResNetDepth = (typeof RESNET_DEPTHS)[number];
+/** How a conv weight is split into a matrix before the SVD (layers' svd-init.ts). */
 export const DECOMPOSITIONS = ['channel', 'spatial'] as const;
+export type Decomposition = (typeof DECOMPOSITIONS)[number];
 export const FORWARD_MODES = ['auto', 'reconstruct', 'factored'] as const;
+/** Singular-value sparsity penalty: Hoyer ‖s‖₁/‖s‖₂, L1, Hoyer-square, or none. */
 export const SPARSITIES = ['hoyer', 'l1', 'hoyer2', 'none'] as const;
+export type SparsityKind = (typeof SPARSITIES)[number];
 export const OPTIMIZERS = ['sgd', 'adam'] as const;
 export const SCHEDULES = ['onecycle', 'multistep', 'cosine', 'constant'] as const;
 export const STALL_ACTIONS = ['drop', 'abort'] as const;
 export const DECAY_ON = ['all', 'factors'] as const;
 /** Compute engines; 'native' is oneDNN on the wasm backend (@svd-train/native). `auto` tries them in this order. */
 export const BACKENDS = ['auto', 'tensorflow', 'native', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKENDS)[number];
 
 /**
  * Default run configuration (camelCase; the CLI flag of each field is its kebab-case name).
- * Typed loosely here on purpose: config.ts checks `DEFAULTS` against `RunConfig` at compile time.
+ * Typed loosely here on purpose: config/schema.ts checks `DEFAULTS` against `RunConfig` at compile time.
  */
 export const DEFAULTS = Object.freeze({
   // Model

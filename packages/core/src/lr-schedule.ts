@@ -6,7 +6,7 @@
  * `step` is 0-based: `lrAt(cfg, 0, …)` is the lr of the first optimizer step, which is what
  * PyTorch uses after `scheduler.step()` has been called `step` times.
  */
-import type { RunConfig } from './config.js';
+import type { RunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 
 export type ScheduleConfig = Pick<

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createOptimizer, defaultDecays, type OptimizerConfig, type ParamSet } from './optimizers.js';
 import { lrAt, momentumAt } from './lr-schedule.js';
-import { parseConfig } from './config.js';
+import { parseConfig } from './config/resolve.js';
 import { referenceFile, referenceMissing } from './testing.js';
 
 const REF = referenceFile('optim');

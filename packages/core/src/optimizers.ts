@@ -6,7 +6,7 @@
  * exactly (checked against ../shared/reference/optim.json), so a run can be compared with the
  * PyTorch reference implementation step by step. Each update is one pass over each tensor, in place.
  */
-import type { RunConfig } from './config.js';
+import type { RunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 
 /** Parameters (or gradients) by PyTorch state_dict name, in `named_parameters()` order. */

@@ -7,11 +7,15 @@
  * `referenceDir()`, so one variable moves them for all suites. A missing dump may skip a test on
  * a developer machine, but under CI (`process.env.CI` set) it is an error: a parity test that
  * silently skips in CI proves nothing.
+ *
+ * `gradientsFrameTemplate` builds gradients frames for simulated workers (tests, benchmarks).
  */
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SvdTrainError } from './errors.js';
+import { packValue } from './protocol/codec.js';
+import type { GradientsMessage } from './protocol/messages.js';
 
 /**
  * The repository root: this module is `packages/core/src/testing.ts` in the source tree and
@@ -58,4 +62,28 @@ export function requireReferenceFile(name: string, env: NodeJS.ProcessEnv = proc
   const file = referenceFile(name, env);
   if (!existsSync(file)) throw missing(file, env, '');
   return file;
+}
+
+/**
+ * A gradients frame split so that a simulated worker (tests, benchmarks) can answer any
+ * (step, attempt, n) without re-encoding megabytes: `prefix` holds everything else including the
+ * tensors, `tail(...)` the three small trailing fields. Sending `prefix` then `tail` as one
+ * fragmented WebSocket message (or concatenating them) gives a valid frame for `decodeMessage`.
+ */
+export function gradientsFrameTemplate(body: Omit<GradientsMessage, 'type' | 'step' | 'attempt' | 'n'>): {
+  prefix: Uint8Array;
+  tail: (step: number, attempt: number, n: number) => Uint8Array;
+} {
+  const tail = (step: number, attempt: number, n: number): Uint8Array => {
+    const parts = ['step', step, 'attempt', attempt, 'n', n].map((v) => packValue(v));
+    return Buffer.concat(parts);
+  };
+  // Key order is encoding order: step/attempt/n last, so they form the frame's tail.
+  const full = packValue({ type: 'gradients', grads: body.grads, buffers: body.buffers, loss: body.loss, correct: body.correct, computeMs: body.computeMs, step: 0, attempt: 0, n: 0 });
+  const t0 = tail(0, 0, 0);
+  const prefix = full.subarray(0, full.length - t0.length);
+  if (Buffer.compare(full.subarray(full.length - t0.length), t0) !== 0) {
+    throw new SvdTrainError('INTERNAL', 'gradientsFrameTemplate: msgpack encoder did not place the trailing fields last');
+  }
+  return { prefix, tail };
 }

@@ -8,7 +8,7 @@
  * happens on the frame header's declared length, before a byte of the payload is buffered.
  */
 import { SvdTrainError } from './errors.js';
-import { shapeSize, type TensorSpec } from './protocol.js';
+import { shapeSize, type TensorSpec } from './tensor.js';
 
 /**
  * Largest frame before authentication, either direction: hello, challenge, auth, error and the

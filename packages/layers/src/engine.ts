@@ -12,20 +12,16 @@
  * because only the union package registers the gradients.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, type BackendChoice } from '@svd-train/core';
 import { loadNative } from '@svd-train/native';
 import { registerWasmKernels } from './kernels/register.js';
 import { registerNativeKernels, unregisterNativeKernels } from './kernels/native.js';
 
-/**
- * Which engine to use; `'auto'` tries tfjs-node-gpu, tfjs-node, native, wasm, cpu in that order.
- * `'native'` is the wasm backend with oneDNN kernels (`@svd-train/native`) for convolutions,
- * matmul, batch norm and the ReLU gradient.
- */
-export type BackendChoice = 'auto' | 'tensorflow' | 'native' | 'wasm' | 'cpu';
-
 export interface InitEngineOptions {
-  /** Default `'auto'`. `'tensorflow'` means tfjs-node-gpu or tfjs-node and fails if neither loads. */
+  /**
+   * Which engine to use (core's `BACKENDS`); `'auto'` tries tfjs-node-gpu, tfjs-node, native, wasm,
+   * cpu in that order. `'native'` is the wasm backend with oneDNN kernels (`@svd-train/native`) for
+   * convolutions, matmul, batch norm and the ReLU gradient. Default `'auto'`. `'tensorflow'` means tfjs-node-gpu or tfjs-node and fails if neither loads. */
   backend?: BackendChoice;
   /** GPU index for tfjs-node-gpu; sets CUDA_VISIBLE_DEVICES before the native module loads. */
   gpu?: number;

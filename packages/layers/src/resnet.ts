@@ -8,14 +8,12 @@
  * the stride or the width changes, else identity; then global average pooling and `fc`.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError, type RunConfig } from '@svd-train/core';
+import { SvdTrainError, type RunConfig, type ResNetDepth } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { SVDBatchNorm } from './batch-norm.js';
 import { layerNameFor } from './parameter-names.js';
 import { countMacs } from './macs.js';
-
-export type ResNetDepth = 20 | 32 | 44 | 56 | 110 | 'resnet18';
 
 export interface BuildResNetOptions {
   /** CIFAR ResNet-(6n+2) depth, or the CIFAR variant of ResNet-18. */

@@ -4,6 +4,7 @@
  * differentiable; at s = 0 the subgradient sign(0) = 0 is used (tfjs abs' gradient).
  */
 import * as tf from '@tensorflow/tfjs';
+import type { SparsityKind } from '@svd-train/core';
 
 /** ‖s‖₁ for s [r]; ∂/∂s = sign(s). */
 export function l1(s: tf.Tensor): tf.Scalar {
@@ -22,8 +23,6 @@ export function hoyer(s: tf.Tensor): tf.Scalar {
 export function hoyerSquare(s: tf.Tensor): tf.Scalar {
   return tf.tidy(() => tf.div(tf.square(tf.sum(tf.abs(s))), tf.sum(tf.square(s))) as tf.Scalar);
 }
-
-export type SparsityKind = 'hoyer' | 'l1' | 'hoyer2' | 'none';
 
 /** The penalty named by a config's `sparsity` field ('none' gives 0, still a differentiable scalar). */
 export function sparsityPenalty(kind: SparsityKind, s: tf.Tensor): tf.Scalar {

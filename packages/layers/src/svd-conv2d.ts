@@ -28,8 +28,8 @@
  * even input pads 0 before and 1 after; a numeric padding here means the PyTorch convention.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
-import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type Decomposition, type SvdFactors } from './svd-init.js';
+import { SvdTrainError, type Decomposition } from '@svd-train/core';
+import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
 import { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 

@@ -5,7 +5,8 @@
  * size and the batch. One module so the layers, the MAC count (macs.ts) and the stock export
  * (export.ts) make the same choice.
  */
-import { matrixDims, type Decomposition } from './svd-init.js';
+import type { Decomposition } from '@svd-train/core';
+import { matrixDims } from './svd-init.js';
 
 /**
  * Multiply-adds of the two forwards, per image. `reconstruct` and `factored` are the convolutions

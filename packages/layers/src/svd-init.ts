@@ -15,10 +15,9 @@
  * factors reconstruct has exactly the He-normal statistics a plain conv would have.
  */
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
-import { mulberry32, SvdTrainError } from '@svd-train/core';
+import { mulberry32, SvdTrainError, type Decomposition } from '@svd-train/core';
 
-/** How a conv weight is split into a matrix; dense layers use `'dense'`. */
-export type Decomposition = 'channel' | 'spatial';
+/** How a weight is split into a matrix: a conv's `Decomposition` (core), or `'dense'`. */
 export type MatrixKind = Decomposition | 'dense';
 
 /** The factors of one SVD layer, row-major. Identical in our (tfjs) layers and the PyTorch reference. */

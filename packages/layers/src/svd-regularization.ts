@@ -4,11 +4,11 @@
  * the layers' variables directly and builds a differentiable graph.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, type SparsityKind } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { orthogonalityPenalty } from './orthogonality.js';
-import { sparsityPenalty, type SparsityKind } from './sparsity.js';
+import { sparsityPenalty } from './sparsity.js';
 
 export interface SvdRegularizationOptions {
   lambdaO: number;

@@ -2,22 +2,12 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  CONFIG_KEYS,
-  RUN_LOCAL_KEYS,
-  RunConfigSchema,
-  canonicalJson,
-  closestConfigKey,
-  configHash,
-  parseConfig,
-  resolveConfig,
-  serializeConfig,
-  toCamelCase,
-  toKebabCase,
-} from './config.js';
-import { DEFAULTS } from './defaults.js';
-import { SvdTrainError } from './errors.js';
-import { thrown } from './test-support/thrown.js';
+import { DEFAULTS } from '../defaults.js';
+import { SvdTrainError } from '../errors.js';
+import { thrown } from '../test-support/thrown.js';
+import { RUN_LOCAL_KEYS, canonicalJson, configHash, serializeConfig } from './hash.js';
+import { closestConfigKey, parseConfig, resolveConfig, toCamelCase, toKebabCase } from './resolve.js';
+import { CONFIG_KEYS, RunConfigSchema } from './schema.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-config-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

@@ -1,0 +1,154 @@
+/**
+ * The run configuration's shape: one zod schema, every field's default from `DEFAULTS`, and the
+ * types inferred from it (`RunConfig`, `SerializedRunConfig`).
+ *
+ * Config flows one way: CLI flags, environment and an optional JSON file go through
+ * `resolveConfig()` (resolve.ts), the result is validated by `RunConfigSchema`, and
+ * `serializeConfig()` (hash.ts) turns it into the plain object that the coordinator sends to workers
+ * in the handshake and stores in checkpoints.
+ */
+import { z } from 'zod';
+import {
+  BACKENDS,
+  DECAY_ON,
+  DECOMPOSITIONS,
+  DEFAULTS,
+  FORWARD_MODES,
+  MODELS,
+  OPTIMIZERS,
+  SCHEDULES,
+  SPARSITIES,
+  STALL_ACTIONS,
+} from '../defaults.js';
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.int().min(min).max(max);
+const nonNeg = () => z.number().min(0);
+const positive = () => z.number().positive();
+const path = () => z.string().min(1);
+
+/**
+ * PyTorch module names of the SVD layers our ResNets have (resnet.ts): the stem conv, the convs of
+ * each block, the 1×1 shortcut conv and the classifier. Keys of `ranks` must be one of these.
+ */
+export const SVD_MODULE_NAME_RE = /^(stem\.0|layers\.\d+\.(conv1|conv2|shortcut\.0)|fc)$/;
+
+/** Shape of a run config; every field has a default from `DEFAULTS`. */
+export const RunConfigSchema = z
+  .strictObject({
+    model: z.enum(MODELS).default(DEFAULTS.model),
+    svd: z.boolean().default(DEFAULTS.svd),
+    decomposition: z.enum(DECOMPOSITIONS).default(DEFAULTS.decomposition),
+    forward: z.enum(FORWARD_MODES).default(DEFAULTS.forward),
+    ranks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.ranks),
+    sparsity: z.enum(SPARSITIES).default(DEFAULTS.sparsity),
+    lambdaO: nonNeg().default(DEFAULTS.lambdaO),
+    lambdaS: nonNeg().default(DEFAULTS.lambdaS),
+    optimizer: z.enum(OPTIMIZERS).default(DEFAULTS.optimizer),
+    lr: nonNeg().default(DEFAULTS.lr),
+    momentum: z.number().min(0).lt(1).default(DEFAULTS.momentum),
+    nesterov: z.boolean().default(DEFAULTS.nesterov),
+    weightDecay: nonNeg().default(DEFAULTS.weightDecay),
+    decayOn: z.enum(DECAY_ON).default(DEFAULTS.decayOn),
+    adamBetas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default((): [number, number] => [DEFAULTS.adamBetas[0], DEFAULTS.adamBetas[1]]),
+    adamEps: positive().default(DEFAULTS.adamEps),
+    schedule: z.enum(SCHEDULES).default(DEFAULTS.schedule),
+    milestones: z.array(int(1)).default(() => [...DEFAULTS.milestones]),
+    gamma: positive().default(DEFAULTS.gamma),
+    warmupEpochs: nonNeg().default(DEFAULTS.warmupEpochs),
+    cycleMomentum: z.boolean().default(DEFAULTS.cycleMomentum),
+    baseMomentum: z.number().min(0).lt(1).default(DEFAULTS.baseMomentum),
+    maxMomentum: z.number().min(0).lt(1).default(DEFAULTS.maxMomentum),
+    pctStart: z.number().gt(0).lt(1).default(DEFAULTS.pctStart),
+    divFactor: positive().default(DEFAULTS.divFactor),
+    finalDivFactor: positive().default(DEFAULTS.finalDivFactor),
+    epochs: int(1).default(DEFAULTS.epochs),
+    batch: int(1).default(DEFAULTS.batch),
+    seed: int(0).default(DEFAULTS.seed),
+    augment: z.boolean().default(DEFAULTS.augment),
+    data: path().nullable().default(DEFAULTS.data),
+    limitTrain: int(1).nullable().default(DEFAULTS.limitTrain),
+    limitTest: int(1).nullable().default(DEFAULTS.limitTest),
+    pruneEnergy: z.number().min(0).lt(1).nullable().default(DEFAULTS.pruneEnergy),
+    pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
+    finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
+    finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
+    sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
+    host: z.string().min(1).default(DEFAULTS.host),
+    port: int(0, 65535).default(DEFAULTS.port),
+    minWorkers: int(1).default(DEFAULTS.minWorkers),
+    spawn: int(0).default(DEFAULTS.spawn),
+    out: path().default(DEFAULTS.out),
+    resume: z.boolean().default(DEFAULTS.resume),
+    from: path().nullable().default(DEFAULTS.from),
+    token: z.string().min(1).nullable().default(DEFAULTS.token),
+    insecure: z.boolean().default(DEFAULTS.insecure),
+    evalEvery: int(0).default(DEFAULTS.evalEvery),
+    checkpointEvery: int(0).default(DEFAULTS.checkpointEvery),
+    keepCheckpoints: int(1).default(DEFAULTS.keepCheckpoints),
+    stepTimeoutMs: int(1).default(DEFAULTS.stepTimeoutMs),
+    stallWarnMs: int(1).default(DEFAULTS.stallWarnMs),
+    stallAction: z.enum(STALL_ACTIONS).default(DEFAULTS.stallAction),
+    handshakeTimeoutMs: int(1).default(DEFAULTS.handshakeTimeoutMs),
+    maxMessageBytes: int(1024).default(DEFAULTS.maxMessageBytes),
+    maxWorkerBatch: int(1).default(DEFAULTS.maxWorkerBatch),
+    backend: z.enum(BACKENDS).default(DEFAULTS.backend),
+    threads: int(1, 1024).default(DEFAULTS.threads),
+  })
+  .superRefine((c, ctx) => {
+    for (const key of Object.keys(c.ranks ?? {})) {
+      if (!SVD_MODULE_NAME_RE.test(key)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ranks', key],
+          message: `a PyTorch module name of an SVD layer as key ('stem.0', 'layers.K.conv1', 'layers.K.conv2', 'layers.K.shortcut.0' or 'fc'), not ${JSON.stringify(key)}`,
+        });
+      }
+    }
+    if (c.ranks !== null && Object.keys(c.ranks).length > 0 && !c.svd) {
+      ctx.addIssue({ code: 'custom', path: ['ranks'], message: 'null with svd off: only SVD layers have a rank' });
+    }
+    for (let i = 1; i < c.milestones.length; i++) {
+      if (c.milestones[i]! <= c.milestones[i - 1]!) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['milestones'],
+          message: `strictly ascending epochs (element ${i} = ${c.milestones[i]} is not above ${c.milestones[i - 1]})`,
+        });
+        break;
+      }
+    }
+    if (c.optimizer === 'sgd' && c.nesterov && c.momentum === 0) {
+      // PyTorch refuses this combination too: Nesterov without momentum is plain SGD in disguise.
+      ctx.addIssue({ code: 'custom', path: ['momentum'], message: 'momentum > 0 when nesterov is on (or pass --no-nesterov)' });
+    }
+    if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
+      ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
+    }
+    if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
+      ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy or --prune-macs: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });
+    }
+    if (c.pruneEnergy !== null && c.pruneMacs !== null) {
+      ctx.addIssue({ code: 'custom', path: ['pruneMacs'], message: `null when pruneEnergy is set (${c.pruneEnergy}): give either an energy or a MAC budget, not both` });
+    }
+    if (c.stallWarnMs > c.stepTimeoutMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['stallWarnMs'],
+        message: `at most stepTimeoutMs (${c.stepTimeoutMs}): the stall warning must come before the step timeout`,
+      });
+    }
+  });
+
+/** A fully resolved, validated run configuration. */
+export type RunConfig = z.output<typeof RunConfigSchema>;
+/** What `serializeConfig` returns: the run config as plain JSON, without the secret token. */
+export type SerializedRunConfig = Omit<RunConfig, 'token'>;
+/** A config field name (camelCase). */
+export type ConfigKey = keyof RunConfig;
+
+// Compile-time check that the defaults table and the schema agree.
+const _defaultsMatchSchema: RunConfig = DEFAULTS;
+void _defaultsMatchSchema;
+
+/** All config keys, in schema order (camelCase). */
+export const CONFIG_KEYS = Object.freeze(Object.keys(RunConfigSchema.shape) as ConfigKey[]);
