@@ -12,10 +12,13 @@ export { SvdTrainError, assert, isErrorCode, isSvdTrainError, type ErrorCode } f
 
 export {
   BACKENDS,
+  DECAY_ON,
   DECOMPOSITIONS,
   DEFAULTS,
   MODELS,
+  OPTIMIZERS,
   RESNET_DEPTHS,
+  SCHEDULES,
   SPARSITIES,
   type BackendChoice,
   type Decomposition,
