@@ -136,15 +136,14 @@ describe('checkpoint', () => {
     expectCode(() => latestCheckpoint(file), 'CHECKPOINT_UNREADABLE');
   });
 
-  it('saves and loads a 45 MB parameter set in well under a few seconds', () => {
+  it('round-trips a 45 MB parameter set (speed is for benchmarks, not tests)', () => {
     const dir = tempDir();
     const c = makeCkpt(7);
-    c.params = [{ name: 'big', shape: [11_250_000], data: new Float32Array(11_250_000).fill(0.5) }];
+    const data = new Float32Array(11_250_000).map((_, i) => (i % 1013) / 7);
+    c.params = [{ name: 'big', shape: [11_250_000], data }];
     c.optimizer.slots = { momentum_buffer: {} };
-    const t = performance.now();
-    const p = saveCheckpoint(dir, c);
-    const r = loadCheckpoint(p);
-    expect(r.params[0].data[11_249_999]).toBe(0.5);
-    expect(performance.now() - t).toBeLessThan(5000);
+    const r = loadCheckpoint(saveCheckpoint(dir, c));
+    expect(r.params[0].shape).toEqual([11_250_000]);
+    expect(Buffer.from(r.params[0].data.buffer, r.params[0].data.byteOffset, r.params[0].data.byteLength).equals(Buffer.from(data.buffer))).toBe(true);
   });
 });
