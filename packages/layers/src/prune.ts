@@ -144,10 +144,11 @@ export function pruneByThreshold(model: tf.LayersModel, tau: number): PruneResul
 /**
  * The smallest pruning energy whose pruned model costs at most `targetMacs` per image (counted as
  * `countMacs` counts, in the form each layer runs). MACs only fall as the energy grows, so this
- * bisects on e in [0, 1) to within `tol`. Throws CONFIG_INVALID when even the cheapest prune that
+ * bisects on e in [0, 1) to within a fraction `relTol` of e (relative, because trained spectra are so
+ * sparse that the answer can be far below any fixed step, e.g. 1e-6), down to e = 1e-12. Throws CONFIG_INVALID when even the cheapest prune that
  * keeps one singular value per layer costs more than the target, naming that cost.
  */
-export function energyForMacs(model: tf.LayersModel, targetMacs: number, tol = 1e-4): { energy: number; macs: number } {
+export function energyForMacs(model: tf.LayersModel, targetMacs: number, relTol = 1e-3): { energy: number; macs: number } {
   if (!(targetMacs > 0)) throw new SvdTrainError('CONFIG_INVALID', `MAC target ${targetMacs}; expected a positive number of MACs per image`);
   const macsAt = (e: number): number => {
     const { model: pruned } = pruneByEnergy(model, e);
@@ -167,7 +168,7 @@ export function energyForMacs(model: tf.LayersModel, targetMacs: number, tol = 1
     );
   }
   let hiMacs = floor;
-  while (hi - lo > tol) {
+  while (hi - lo > relTol * hi && hi > 1e-12) {
     const mid = (lo + hi) / 2;
     const m = macsAt(mid);
     if (m <= targetMacs) {
