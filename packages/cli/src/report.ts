@@ -153,7 +153,7 @@ function configLine(cfg: Record<string, unknown> | null): string {
  */
 function stepAndTimeCharts(run: RunMetrics, charts: (x: { of: (r: StepRow) => number; axis: Pick<PlotOptions, 'xLabel' | 'marks' | 'xRange'> }) => string[]): string {
   const { steps, epochs, startMs } = run;
-  const spanMs = steps.length ? steps[steps.length - 1]!.timeMs - startMs : NaN;
+  const spanMs = steps.length ? steps[steps.length - 1].timeMs - startMs : NaN;
   const hours = finite(spanMs) && spanMs > 3 * 3600e3;
   const unit = hours ? 3600e3 : 60e3;
   const epochMarks = (of: (e: EpochRow) => number) =>
@@ -373,7 +373,7 @@ export function renderPipeline(p: PipelineSummary): string {
   const sweep = [...byMacs.entries()].sort((a, b) => a[0] - b[0]).map(([, qs]) => {
     const es = qs.map((q) => q.energy).sort((a, b) => a - b);
     const name = (e: number) => (e === 0 ? '0 (trained)' : String(e));
-    const label = es.length > 1 ? `e=${name(es[0]!)}…${es[es.length - 1]}` : `e=${name(es[0]!)}`;
+    const label = es.length > 1 ? `e=${name(es[0])}…${es[es.length - 1]}` : `e=${name(es[0])}`;
     return { q: qs.find((q) => q.energy === es[0])!, label };
   });
   const series: Series[] = [

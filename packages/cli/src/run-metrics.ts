@@ -142,7 +142,7 @@ export function quantile(values: readonly number[], q: number): number {
   const pos = (v.length - 1) * q;
   const lo = Math.floor(pos);
   const hi = Math.ceil(pos);
-  return v[lo]! + (v[hi]! - v[lo]!) * (pos - lo);
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
 
 /** Per-worker timing summary over the steps each worker took part in. */

@@ -16,7 +16,7 @@ function readFlagFile(flag: string, path: string): Buffer {
 
 /** The token in `path`: its first line, without surrounding whitespace. */
 export function readTokenFile(path: string, warn?: (s: string) => void): string {
-  const token = readFlagFile('--token-file', path).toString('utf8').split(/\r?\n/)[0]!.trim();
+  const token = readFlagFile('--token-file', path).toString('utf8').split(/\r?\n/)[0].trim();
   if (!token) throw usageError(`--token-file ${JSON.stringify(path)} is empty; expected the shared token on its first line. Fix: e.g. \`openssl rand -hex 32 > ${path}\`.`);
   try {
     // Other users reading the token file could join the run; say so rather than refuse.

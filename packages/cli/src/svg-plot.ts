@@ -154,7 +154,7 @@ function thin<T>(pts: readonly T[]): T[] {
   if (pts.length <= MAX_PATH_POINTS) return [...pts];
   const k = Math.ceil(pts.length / MAX_PATH_POINTS);
   const out = pts.filter((_, i) => i % k === 0);
-  if ((pts.length - 1) % k !== 0) out.push(pts[pts.length - 1]!);
+  if ((pts.length - 1) % k !== 0) out.push(pts[pts.length - 1]);
   return out;
 }
 
@@ -172,7 +172,7 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   const ph = H - m.t - m.b;
   const ty = (v: number) => (o.logY ? Math.log10(v) : v);
   const live = series
-    .map((s, i) => ({ ...s, color: s.color ?? PALETTE[i % PALETTE.length]!, points: s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!o.logY || y > 0)) }))
+    .map((s, i) => ({ ...s, color: s.color ?? PALETTE[i % PALETTE.length], points: s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!o.logY || y > 0)) }))
     .filter((s) => s.points.length > 0);
   const legend = o.legend ?? 'inside';
   const below = legend === 'below' && live.length > 0;
@@ -235,7 +235,7 @@ export function linePlot(series: Series[], o: PlotOptions): string {
     if (span > 1) {
       const smoothed = ema(s.points.map((p) => p[1]), span);
       parts.push(`<path d="${path(s.points)}" fill="none" stroke="${s.color}" stroke-width="1" stroke-opacity="0.25"${dash}/>`);
-      parts.push(`<path d="${path(s.points.map((p, i) => [p[0], smoothed[i]!]))}" fill="none" stroke="${s.color}" stroke-width="1.8"${dash}/>`);
+      parts.push(`<path d="${path(s.points.map((p, i) => [p[0], smoothed[i]]))}" fill="none" stroke="${s.color}" stroke-width="1.8"${dash}/>`);
     } else parts.push(`<path d="${path(s.points)}" fill="none" stroke="${s.color}" stroke-width="1.6"${dash}/>`);
     if (s.style === 'line+markers' || s.points.length === 1) markerLayers.push(dots(s, s.marker ?? 3));
   }
@@ -340,7 +340,7 @@ export function hBarChart(bars: HBar[], o: HBarOptions): string {
   const max = Math.max(1e-12, ...totals);
   // Room after the longest bar for its value label.
   const ticks = niceTicks(0, max * 1.18, 5);
-  const top = Math.max(max * 1.18, ticks[ticks.length - 1]!);
+  const top = Math.max(max * 1.18, ticks[ticks.length - 1]);
   const sx = (v: number) => m.l + (v / top) * pw;
   const parts = [svgHead(W, H, o.title)];
   for (const e of legend) parts.push(`<rect x="${e.x}" y="${e.y}" width="12" height="10" fill="${e.color}"/><text x="${e.x + 16}" y="${e.y + 9}">${esc(e.label)}</text>`);
@@ -357,7 +357,7 @@ export function hBarChart(bars: HBar[], o: HBarOptions): string {
       x += v;
     });
     parts.push(`<text x="${m.l - 6}" y="${(y + h / 2 + 4).toFixed(1)}" text-anchor="end">${esc(b.label)}</text>`);
-    parts.push(`<text x="${(sx(x) + 4).toFixed(1)}" y="${(y + h / 2 + 4).toFixed(1)}">${esc(b.note ?? fmt(totals[i]!))}</text>`);
+    parts.push(`<text x="${(sx(x) + 4).toFixed(1)}" y="${(y + h / 2 + 4).toFixed(1)}">${esc(b.note ?? fmt(totals[i]))}</text>`);
   });
   parts.push(`<line x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}" stroke="#444"/><line x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}" stroke="#444"/>`);
   parts.push(`<text x="${m.l + pw / 2}" y="${H - 8}" text-anchor="middle" font-size="12">${esc(o.valueLabel)}</text></svg>`);
@@ -392,7 +392,7 @@ export function columnChart(categories: string[], series: ColumnSeries[], o: { t
   const ph = H - m.t - m.b;
   const max = Math.max(1e-12, ...series.flatMap((s) => s.values.filter(Number.isFinite)));
   const ticks = niceTicks(0, max, 5);
-  const top = Math.max(max, ticks[ticks.length - 1]!);
+  const top = Math.max(max, ticks[ticks.length - 1]);
   const sy = (v: number) => m.t + ph - (v / top) * ph;
   const slot = pw / Math.max(1, categories.length);
   const parts = [svgHead(W, H, o.title, o.subtitle)];

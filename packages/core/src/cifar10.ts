@@ -109,7 +109,7 @@ export function readCifar10(dir: string, split: Cifar10SplitName): Cifar10Split 
   for (const { path, buf, n } of buffers) {
     for (let r = 0; r < n; r++) {
       const off = r * CIFAR_RECORD_BYTES;
-      const label = buf[off]!;
+      const label = buf[off];
       if (label >= CIFAR_NUM_CLASSES) {
         throw new SvdTrainError(
           'DATA_CORRUPT',

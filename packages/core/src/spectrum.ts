@@ -21,13 +21,13 @@ export function selectRankByEnergy(s: ArrayLike<number>, energy: number): { k: n
   if (energy === 0) return { k: n, keptIndices: Array.from({ length: n }, (_, i) => i) };
   // float64 accumulation: the reference keeps every threshold ≥ 1e-5·Σw from the partial sums.
   const w = Array.from(s, (v) => v * v);
-  const order = w.map((_, i) => i).sort((a, b) => w[b]! - w[a]! || a - b);
+  const order = w.map((_, i) => i).sort((a, b) => w[b] - w[a] || a - b);
   const total = w.reduce((a, b) => a + b, 0);
   const target = (1 - energy) * total;
   let k = 0;
   let acc = 0;
   while (k < n && (acc < target || k === 0)) {
-    acc += w[order[k]!]!;
+    acc += w[order[k]];
     k++;
   }
   const keptIndices = order.slice(0, k).sort((a, b) => a - b);

@@ -46,14 +46,14 @@ function fillRecords(out: Uint8Array, n: number, rand: () => number): void {
     const kx = Math.cos(angle) * freq;
     const ky = Math.sin(angle) * freq;
     const phase = rand() * 2 * Math.PI;
-    const colour = CLASS_COLOURS[label]!;
+    const colour = CLASS_COLOURS[label];
     for (let c = 0; c < 3; c++) {
       const plane = base + 1 + c * S * S;
       for (let y = 0; y < S; y++) {
         for (let x = 0; x < S; x++) {
           const stripe = 45 * Math.sin(kx * x + ky * y + phase);
           const noise = (rand() - 0.5) * 60;
-          const v = colour[c]! + stripe + noise;
+          const v = colour[c] + stripe + noise;
           out[plane + y * S + x] = v < 0 ? 0 : v > 255 ? 255 : Math.round(v);
         }
       }

@@ -33,7 +33,7 @@ export interface BatchNormTrainResult {
  * @param beta [C]
  */
 export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): BatchNormTrainResult {
-  const c = x.shape[x.rank - 1]!;
+  const c = x.shape[x.rank - 1];
   if (gamma.size !== c || beta.size !== c) {
     throw new SvdTrainError(
       'SHAPE_MISMATCH',
@@ -109,10 +109,10 @@ function fusedForward(eps: number): BnForward {
   return (xIn, g, b, save, keep) => {
     const [y, mean, variance] = tf.engine().runKernel(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps }) as tf.Tensor[];
     // mean and variance are also saved for the backward, which disposes them: keep copies.
-    keep(tf.clone(mean!) as tf.Tensor1D, tf.clone(variance!) as tf.Tensor1D);
-    save([xIn, mean!, variance!, g]);
+    keep(tf.clone(mean) as tf.Tensor1D, tf.clone(variance) as tf.Tensor1D);
+    save([xIn, mean, variance, g]);
     return {
-      value: y!,
+      value: y,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, sm, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
         const inputs = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
@@ -195,12 +195,12 @@ export class SVDBatchNorm extends tf.layers.Layer {
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: { training?: boolean }): tf.Tensor {
-    const x = Array.isArray(inputs) ? inputs[0]! : inputs;
+    const x = Array.isArray(inputs) ? inputs[0] : inputs;
     if (!kwargs?.training) {
       return batchNormInfer(x, this.movingMean.read(), this.movingVariance.read(), this.gamma.read(), this.beta.read(), this.epsilon);
     }
     const { y, mean, variance } = batchNormTrain(x, this.gamma.read(), this.beta.read(), this.epsilon);
-    const n = x.size / x.shape[x.rank - 1]!;
+    const n = x.size / x.shape[x.rank - 1];
     const mom = this.momentum;
     tf.tidy(() => {
       // PyTorch stores the unbiased variance in running_var (and uses the biased one to normalise).

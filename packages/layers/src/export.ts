@@ -65,7 +65,7 @@ export function fileSystemIO(dir: string): tf.io.IOHandler {
       if (bytes.byteLength !== need) {
         throw new SvdTrainError('CHECKPOINT_CORRUPT', `${join(dir, WEIGHTS_BIN)} has ${bytes.byteLength} bytes, expected ${need} for the manifest`);
       }
-      const weightData = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+      const weightData = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
       return tf.io.getModelArtifactsForJSONSync(json, specs, weightData);
     },
   };
@@ -150,7 +150,7 @@ function foldBatchNorms(layers: LayerEntry[], weights: Map<string, tf.Tensor[]>,
   for (const l of layers) {
     const entry = { ...l, inboundNodes: renameInbound(l.inboundNodes, alias) };
     const src = inboundNames(l.inboundNodes);
-    const prev = src.length === 1 ? byName.get(src[0]!) : undefined;
+    const prev = src.length === 1 ? byName.get(src[0]) : undefined;
     if (l.className !== 'BatchNormalization' || isOutput.has(l.name) || !prev || prev.className !== 'Conv2D' || consumers.get(prev.name) !== 1) {
       out.push(entry);
       continue;
@@ -159,9 +159,9 @@ function foldBatchNorms(layers: LayerEntry[], weights: Map<string, tf.Tensor[]>,
     const [kernel, bias] = weights.get(prev.name)!;
     const eps = l.config.epsilon as number;
     const folded = tf.tidy(() => {
-      const scale = tf.div(gamma!, tf.sqrt(tf.add(variance!, eps)));
-      const b = bias ? tf.sub(bias, mean!) : tf.neg(mean!);
-      return [tf.mul(kernel!, scale), tf.add(tf.mul(b, scale), beta!)];
+      const scale = tf.div(gamma, tf.sqrt(tf.add(variance, eps)));
+      const b = bias ? tf.sub(bias, mean) : tf.neg(mean);
+      return [tf.mul(kernel, scale), tf.add(tf.mul(b, scale), beta)];
     });
     owned.push(...folded);
     weights.set(prev.name, folded);
@@ -196,11 +196,11 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
       if (layer instanceof SVDConv2D) {
         const { n, c, kh, kw } = layer.geometry();
         const r = layer.rank;
-        const [, h, w] = firstShape(layer.inboundNodes[0]!.inputShapes) as number[];
-        const [top, bottom, left, right] = layer.explicitPadding(h!, w!);
+        const [, h, w] = firstShape(layer.inboundNodes[0].inputShapes) as number[];
+        const [top, bottom, left, right] = layer.explicitPadding(h, w);
         const [sh, sw] = layer.strides;
         const bias = layer.bias ? [layer.bias.read()] : [];
-        if (layer.forwardFor(h!, w!) === 'reconstruct') {
+        if (layer.forwardFor(h, w) === 'reconstruct') {
           const k = layer.reconstructWeight();
           owned.push(k);
           if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
@@ -219,7 +219,7 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
             tf.reshape(tf.transpose(tf.reshape(U, [n, kw, r]), [1, 2, 0]), [1, kw, r, n]),
           ];
         });
-        owned.push(k1!, k2!);
+        owned.push(k1, k2);
         if (layer.decomposition === 'channel') {
           if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
           push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, kw], [sh, sw], false));
@@ -230,8 +230,8 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
           if (left || right) push(`${N}_pad_w`, 'ZeroPadding2D', { padding: [[0, 0], [left, right]], dataFormat: 'channelsLast' });
           push(N, 'Conv2D', conv(N, n, [1, kw], [1, sw], layer.useBias));
         }
-        weights.set(`${N}_v`, [k1!]);
-        weights.set(N, [k2!, ...bias]);
+        weights.set(`${N}_v`, [k1]);
+        weights.set(N, [k2, ...bias]);
       } else if (layer instanceof SVDDense) {
         const bias = layer.bias ? [layer.bias.read()] : [];
         if (layer.forwardFor() === 'reconstruct') {
@@ -242,11 +242,11 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
           continue;
         }
         const [vs, ut] = tf.tidy(() => [tf.mul(layer.V.read(), layer.s.read()), tf.transpose(layer.U.read())]);
-        owned.push(vs!, ut!);
+        owned.push(vs, ut);
         push(`${N}_v`, 'Dense', dense(`${N}_v`, layer.rank, false));
         push(N, 'Dense', dense(N, layer.units, layer.useBias));
         weights.set(`${N}_v`, [vs!]);
-        weights.set(N, [ut!, ...bias]);
+        weights.set(N, [ut, ...bias]);
       } else if (layer instanceof SVDBatchNorm) {
         push(N, 'BatchNormalization', {
           axis: -1,

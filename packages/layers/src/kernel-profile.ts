@@ -25,7 +25,7 @@ export function profileKernels<T>(fn: () => T, byShape = false): { result: T; wa
   const times = new Map<string, KernelTime>();
   const originals = configs.map((c) => c.kernelFunc);
   configs.forEach((c, i) => {
-    const f = originals[i]!;
+    const f = originals[i];
     const entry = (args: Parameters<KernelFunc>[0]): KernelTime => {
       const key = byShape
         ? `${c.kernelName} ${Object.values(args.inputs).map((t) => `[${t?.shape.join(',')}]`).join(' ')}`
@@ -45,7 +45,7 @@ export function profileKernels<T>(fn: () => T, byShape = false): { result: T; wa
         e.ms += performance.now() - t;
         e.calls++;
       }
-    }) as KernelFunc;
+    });
   });
   const t0 = performance.now();
   try {

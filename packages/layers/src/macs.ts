@@ -55,11 +55,11 @@ function layerCost(layer: tf.layers.Layer, inShape: tf.Shape, outShape: tf.Shape
   const perBatch = (x: number) => (Number.isFinite(batch) ? x / Math.max(batch, 1) : 0);
   if (layer instanceof SVDConv2D) {
     const [, h, w] = inShape as number[];
-    const cost = layer.forwardCost(h!, w!);
+    const cost = layer.forwardCost(h, w);
     const { n, c, kh, kw } = layer.geometry();
     const bias = layer.useBias ? n : 0;
     const r = layer.rank;
-    if (layer.forwardFor(h!, w!, batch) === 'reconstruct') {
+    if (layer.forwardFor(h, w, batch) === 'reconstruct') {
       return { macs: cost.reconstruct + perBatch(cost.rebuild), exportParams: n * c * kh * kw + bias, form: 'merged' };
     }
     // Factored stores (V·s)ᵀ as the first conv and U as the second: (m + p)·r weights.
@@ -77,15 +77,15 @@ function layerCost(layer: tf.layers.Layer, inShape: tf.Shape, outShape: tf.Shape
   const cls = layer.getClassName();
   const exportParams = countParams(layer);
   if (cls === 'Conv2D') {
-    const kernel = layer.getWeights()[0]!; // [kh, kw, cin, cout]
+    const kernel = layer.getWeights()[0]; // [kh, kw, cin, cout]
     const [kh, kw, cin, cout] = kernel.shape as number[];
     const [, oh, ow] = outShape as number[];
-    return { macs: oh! * ow! * kh! * kw! * cin! * cout!, exportParams, form: 'plain' };
+    return { macs: oh * ow * kh * kw * cin * cout, exportParams, form: 'plain' };
   }
   if (cls === 'Dense') {
-    const [cin, cout] = layer.getWeights()[0]!.shape as number[];
+    const [cin, cout] = layer.getWeights()[0].shape as number[];
     const positions = sizeOf(inShape.slice(1, -1));
-    return { macs: positions * cin! * cout!, exportParams, form: 'plain' };
+    return { macs: positions * cin * cout, exportParams, form: 'plain' };
   }
   return { macs: 0, exportParams, form: 'plain' };
 }
@@ -96,7 +96,7 @@ function layerCost(layer: tf.layers.Layer, inShape: tf.Shape, outShape: tf.Shape
  * @throws SvdTrainError SHAPE_MISMATCH when `inputShape` differs from the model's fixed input.
  */
 export function countMacs(model: tf.LayersModel, opts: CountMacsOptions = {}): { total: number; params: number; exportParams: number; perLayer: LayerMacs[] } {
-  const own = firstShape(model.inputs[0]!.shape).slice(1);
+  const own = firstShape(model.inputs[0].shape).slice(1);
   const { inputShape } = opts;
   const batch = opts.batch ?? Infinity;
   if (!(batch >= 1)) throw new SvdTrainError('CONFIG_INVALID', `countMacs batch ${batch}; expected a number ≥ 1 (or Infinity for a filter built once)`);

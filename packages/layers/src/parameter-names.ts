@@ -58,7 +58,7 @@ function moduleKey(mod: string, layerIndex: number): number[] {
   if (mod.startsWith('stem.')) return [0, Number(mod.slice(5)) || 0];
   const m = /^layers\.(\d+)\.(.+)$/.exec(mod);
   if (m) {
-    const part = BLOCK_PARTS.indexOf(m[2]!);
+    const part = BLOCK_PARTS.indexOf(m[2]);
     return part < 0 ? [1, Number(m[1]), BLOCK_PARTS.length, layerIndex] : [1, Number(m[1]), part];
   }
   if (mod === 'fc') return [2];
@@ -75,7 +75,7 @@ function compareKeys(a: number[], b: number[]): number {
 
 function suffixOf(v: tf.LayerVariable): string {
   const parts = v.originalName.split('/');
-  return parts[parts.length - 1]!;
+  return parts[parts.length - 1];
 }
 
 function collect(model: tf.LayersModel, buffers: boolean): NamedVariable[] {

@@ -16,8 +16,8 @@ export function selectRankByThreshold(s: ArrayLike<number>, tau: number): { k: n
   const kept: number[] = [];
   let best = 0;
   for (let i = 0; i < s.length; i++) {
-    if (Math.abs(s[i]!) > tau) kept.push(i);
-    if (Math.abs(s[i]!) > Math.abs(s[best]!)) best = i;
+    if (Math.abs(s[i]) > tau) kept.push(i);
+    if (Math.abs(s[i]) > Math.abs(s[best])) best = i;
   }
   if (kept.length === 0 && s.length > 0) kept.push(best);
   return { k: kept.length, keptIndices: kept };

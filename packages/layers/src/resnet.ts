@@ -69,13 +69,13 @@ function convFullRank(decomposition: 'channel' | 'spatial', cin: number, filters
 
 /** Module name -> full rank of every SVD layer the builder creates, in build order (same walk as buildResNet). */
 function svdFullRanks(a: Arch & { decomposition: 'channel' | 'spatial'; numClasses: number; inChannels: number }): Map<string, number> {
-  const out = new Map<string, number>([['stem.0', convFullRank(a.decomposition, a.inChannels, a.widths[0]!, 3)]]);
-  let cin = a.widths[0]!;
+  const out = new Map<string, number>([['stem.0', convFullRank(a.decomposition, a.inChannels, a.widths[0], 3)]]);
+  let cin = a.widths[0];
   let k = 0;
   for (let stage = 0; stage < a.widths.length; stage++) {
-    for (let b = 0; b < a.blocks[stage]!; b++, k++) {
-      const stride = b === 0 ? a.strides[stage]! : 1;
-      const cout = a.widths[stage]!;
+    for (let b = 0; b < a.blocks[stage]; b++, k++) {
+      const stride = b === 0 ? a.strides[stage] : 1;
+      const cout = a.widths[stage];
       out.set(`layers.${k}.conv1`, convFullRank(a.decomposition, cin, cout, 3));
       out.set(`layers.${k}.conv2`, convFullRank(a.decomposition, cout, cout, 3));
       if (stride !== 1 || cin !== cout) out.set(`layers.${k}.shortcut.0`, convFullRank(a.decomposition, cin, cout, 1));
@@ -181,15 +181,15 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   const relu = (name: string, x: tf.SymbolicTensor) => tf.layers.reLU({ name }).apply(x) as tf.SymbolicTensor;
 
   const input = tf.input({ shape: inputShape, name: 'input' });
-  let x = conv('stem.0', input, inputShape[2], widths[0]!, 3, 1, 1);
+  let x = conv('stem.0', input, inputShape[2], widths[0], 3, 1, 1);
   x = bn('stem.1', x);
   x = relu('stem_relu', x);
-  let cin = widths[0]!;
+  let cin = widths[0];
   let k = 0;
   for (let stage = 0; stage < widths.length; stage++) {
-    for (let b = 0; b < blocks[stage]!; b++, k++) {
-      const stride = b === 0 ? strides[stage]! : 1;
-      const cout = widths[stage]!;
+    for (let b = 0; b < blocks[stage]; b++, k++) {
+      const stride = b === 0 ? strides[stage] : 1;
+      const cout = widths[stage];
       const p = `layers.${k}`;
       let out = conv(`${p}.conv1`, x, cin, cout, 3, stride, 1);
       out = relu(`${layerNameFor(p)}_relu1`, bn(`${p}.bn1`, out));

@@ -245,7 +245,7 @@ export class SVDConv2D extends tf.layers.Layer {
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     return tf.tidy(() => {
-      const x = (Array.isArray(inputs) ? inputs[0]! : inputs) as tf.Tensor4D;
+      const x = (Array.isArray(inputs) ? inputs[0] : inputs) as tf.Tensor4D;
       if (x.rank !== 4 || x.shape[3] !== this.inChannels) {
         throw new SvdTrainError('SHAPE_MISMATCH', `${this.name}: input [${x.shape}]; expected NHWC with ${this.inChannels} channels`);
       }

@@ -41,7 +41,7 @@ export function writeFactors(
 ): void {
   const want = [vars.U.shape, vars.s.shape, vars.V.shape];
   const got = [[f.m, f.r], [f.r], [f.p, f.r]];
-  if (want.some((w, i) => w.length !== got[i]!.length || w.some((d, j) => d !== got[i]![j]))) {
+  if (want.some((w, i) => w.length !== got[i].length || w.some((d, j) => d !== got[i][j]))) {
     throw new SvdTrainError(
       'SHAPE_MISMATCH',
       `${layer}: factors U [${got[0]}], s [${got[1]}], V [${got[2]}] do not fit the layer's ` +
@@ -164,7 +164,7 @@ export class SVDDense extends tf.layers.Layer {
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
     return tf.tidy(() => {
-      const x = Array.isArray(inputs) ? inputs[0]! : inputs;
+      const x = Array.isArray(inputs) ? inputs[0] : inputs;
       const lead = x.shape.slice(0, -1);
       const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape(x, [-1, this.inFeatures]) as tf.Tensor2D;
       let y: tf.Tensor;

@@ -132,7 +132,7 @@ export function matrixFromFactors(f: SvdFactors): Float64Array {
   for (let a = 0; a < m; a++)
     for (let b = 0; b < p; b++) {
       let acc = 0;
-      for (let k = 0; k < r; k++) acc += U[a * r + k]! * s[k]! * V[b * r + k]!;
+      for (let k = 0; k < r; k++) acc += U[a * r + k] * s[k] * V[b * r + k];
       out[a * p + b] = acc;
     }
   return out;
@@ -150,7 +150,7 @@ export function svdOfMatrix(mat: ArrayLike<number>, m: number, p: number, rank =
     );
   }
   const M = new Matrix(m, p);
-  for (let a = 0; a < m; a++) for (let b = 0; b < p; b++) M.set(a, b, mat[a * p + b]!);
+  for (let a = 0; a < m; a++) for (let b = 0; b < p; b++) M.set(a, b, mat[a * p + b]);
   const svd = new SingularValueDecomposition(M, {
     computeLeftSingularVectors: true,
     computeRightSingularVectors: true,
@@ -160,13 +160,13 @@ export function svdOfMatrix(mat: ArrayLike<number>, m: number, p: number, rank =
   const Vf = svd.rightSingularVectors;
   const d = svd.diagonal;
   // ml-matrix returns them sorted descending already; sort defensively so truncation keeps the largest.
-  const order = d.map((_, i) => i).sort((x, y) => d[y]! - d[x]!);
+  const order = d.map((_, i) => i).sort((x, y) => d[y] - d[x]);
   const r = rank;
   const U = new Float32Array(m * r);
   const V = new Float32Array(p * r);
   const s = new Float32Array(r);
   for (let k = 0; k < r; k++) {
-    const src = order[k]!;
+    const src = order[k];
     s[k] = d[src]!;
     for (let a = 0; a < m; a++) U[a * r + k] = Uf.get(a, src);
     for (let b = 0; b < p; b++) V[b * r + k] = Vf.get(b, src);
@@ -226,10 +226,10 @@ export function svdFromWeight(
   checkLength(weight.length, shape.reduce((a, b) => a * b, 1), 'weight');
   if (shape.length === 2) {
     kind = 'dense';
-    if (opts.layout === 'pytorch') g = { n: shape[0]!, c: shape[1]!, kh: 1, kw: 1 };
+    if (opts.layout === 'pytorch') g = { n: shape[0], c: shape[1], kh: 1, kw: 1 };
     else {
       // tfjs dense kernel (in, out) is Wᵀ.
-      const [inF, outF] = [shape[0]!, shape[1]!];
+      const [inF, outF] = [shape[0], shape[1]];
       g = { n: outF, c: inF, kh: 1, kw: 1 };
       const t = new Float32Array(weight.length);
       for (let k = 0; k < inF; k++) for (let o = 0; o < outF; o++) t[o * inF + k] = weight[k * outF + o]!;
@@ -238,10 +238,10 @@ export function svdFromWeight(
   } else if (shape.length === 4) {
     kind = opts.decomposition ?? 'channel';
     if (kind === 'dense') kind = 'channel';
-    if (opts.layout === 'pytorch') g = { n: shape[0]!, c: shape[1]!, kh: shape[2]!, kw: shape[3]! };
+    if (opts.layout === 'pytorch') g = { n: shape[0], c: shape[1], kh: shape[2], kw: shape[3] };
     else {
       // tfjs filter F[i, j, ci, ni] = W[ni, ci, i, j].
-      const [kh, kw, c, n] = [shape[0]!, shape[1]!, shape[2]!, shape[3]!];
+      const [kh, kw, c, n] = [shape[0], shape[1], shape[2], shape[3]];
       g = { n, c, kh, kw };
       const t = new Float32Array(weight.length);
       for (let i = 0; i < kh; i++)

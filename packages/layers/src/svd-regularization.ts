@@ -33,7 +33,7 @@ export function svdLayers(model: tf.LayersModel | tf.layers.Layer): (SVDConv2D |
     const inner = (l as unknown as { layers?: tf.layers.Layer[] }).layers;
     if (Array.isArray(inner)) inner.forEach(visit);
   };
-  visit(model as tf.layers.Layer);
+  visit(model);
   return out;
 }
 
@@ -53,8 +53,8 @@ export function svdRegularization(model: tf.LayersModel | tf.layers.Layer, opts:
       orthTerms.push(orthogonalityPenalty(l.U.read(), l.V.read()));
       if (opts.sparsity !== 'none') sparseTerms.push(sparsityPenalty(opts.sparsity, l.s.read()));
     }
-    const orth = (orthTerms.length ? tf.addN(orthTerms) : tf.scalar(0)) as tf.Scalar;
-    const sparsity = (sparseTerms.length ? tf.addN(sparseTerms) : tf.scalar(0)) as tf.Scalar;
+    const orth = (orthTerms.length ? tf.addN(orthTerms) : tf.scalar(0));
+    const sparsity = (sparseTerms.length ? tf.addN(sparseTerms) : tf.scalar(0));
     const total = tf.add(tf.mul(orth, opts.lambdaO), tf.mul(sparsity, opts.lambdaS)) as tf.Scalar;
     return { total, orth, sparsity };
   });

@@ -33,7 +33,7 @@ export interface GradientResult {
 }
 
 function inputTensor(model: tf.LayersModel, x: Float32Array, n: number): tf.Tensor4D {
-  const shape = model.inputs[0]!.shape.slice(1) as number[];
+  const shape = model.inputs[0].shape.slice(1) as number[];
   const per = shape.reduce((a, b) => a * b, 1);
   if (x.length !== n * per) {
     throw new SvdTrainError(
@@ -41,7 +41,7 @@ function inputTensor(model: tf.LayersModel, x: Float32Array, n: number): tf.Tens
       `input has ${x.length} values for ${n} labels; expected ${n}×[${shape.join(',')}] = ${n * per} (NHWC)`,
     );
   }
-  return tf.tensor4d(x, [n, shape[0]!, shape[1]!, shape[2]!]);
+  return tf.tensor4d(x, [n, shape[0], shape[1], shape[2]]);
 }
 
 /** Sum over the batch of −log softmax(logits)[y]. logits [n, k], labels [n] int32. */
@@ -77,16 +77,16 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
       parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT)].map((t) => tf.keep(t));
       return total;
     }, params.map((p) => p.variable.read() as tf.Variable));
-    return [...parts, ...params.map((p) => grads[(p.variable.read() as tf.Variable).name]!)];
+    return [...parts, ...params.map((p) => grads[(p.variable.read() as tf.Variable).name])];
   });
   try {
-    const [ce, orth, sparsity, total, correct] = out.slice(0, 5).map((t) => t.dataSync()[0]!);
+    const [ce, orth, sparsity, total, correct] = out.slice(0, 5).map((t) => t.dataSync()[0]);
     const grads = params.map((p, i) => ({
       name: p.name,
       shape: [...p.variable.shape] as number[],
-      data: Float32Array.from(out[5 + i]!.dataSync() as Float32Array),
+      data: Float32Array.from(out[5 + i].dataSync() as Float32Array),
     }));
-    return { grads, buffers: getBuffers(model), ce: ce!, orth: orth!, sparsity: sparsity!, total: total!, correct: correct!, n };
+    return { grads, buffers: getBuffers(model), ce: ce, orth: orth, sparsity: sparsity, total: total, correct: correct, n };
   } finally {
     tf.dispose(out);
   }
@@ -109,9 +109,9 @@ export function evaluate(model: tf.LayersModel, x: Float32Array, y: Int32Array, 
       const logits = model.apply(xT, { training: false }) as tf.Tensor;
       return [countCorrect(logits, yT), crossEntropySum(logits, yT)];
     });
-    correct += c!.dataSync()[0]!;
-    lossSum += l!.dataSync()[0]!;
-    tf.dispose([c!, l!]);
+    correct += c.dataSync()[0];
+    lossSum += l.dataSync()[0];
+    tf.dispose([c, l]);
   }
   return { correct, lossSum, n };
 }

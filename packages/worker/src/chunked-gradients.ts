@@ -26,12 +26,12 @@ export type SliceGradients = ReturnType<typeof computeGradients>;
 /** Adds `w·src` into `dst` element-wise (tensors matched by position; names and shapes checked). */
 function axpy(dst: WireTensor[], src: WireTensor[], w: number): void {
   for (let t = 0; t < dst.length; t++) {
-    const d = dst[t]!.data;
-    const s = src[t]!.data;
-    if (dst[t]!.name !== src[t]!.name || d.length !== s.length) {
-      throw new Error(`chunk gradients disagree at tensor ${t}: ${dst[t]!.name}[${d.length}] vs ${src[t]!.name}[${s.length}]`);
+    const d = dst[t].data;
+    const s = src[t].data;
+    if (dst[t].name !== src[t].name || d.length !== s.length) {
+      throw new Error(`chunk gradients disagree at tensor ${t}: ${dst[t].name}[${d.length}] vs ${src[t].name}[${s.length}]`);
     }
-    for (let i = 0; i < d.length; i++) d[i] += w * s[i]!;
+    for (let i = 0; i < d.length; i++) d[i] += w * s[i];
   }
 }
 

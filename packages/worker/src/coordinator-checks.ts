@@ -47,8 +47,8 @@ export function checkWeights(msg: WeightsMessage, manifest: { params: readonly T
     if (kind === 'buffers' && got.length === 0) continue;
     if (got.length !== want.length) throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent weights with ${got.length} ${kind}; this worker's model has ${want.length}`);
     for (let i = 0; i < want.length; i++) {
-      const g = got[i]!;
-      const w = want[i]!;
+      const g = got[i];
+      const w = want[i];
       if (g.name !== w.name || g.shape.length !== w.shape.length || g.shape.some((d, k) => d !== w.shape[k])) {
         throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent ${kind}[${i}] '${g.name.slice(0, 80)}' [${g.shape.join(', ')}]; this worker's model has '${w.name}' [${w.shape.join(', ')}] there`);
       }
@@ -60,7 +60,7 @@ export function checkWeights(msg: WeightsMessage, manifest: { params: readonly T
 function checkIndices(indices: Int32Array, count: number, max: number, what: string): void {
   if (indices.length < 1 || indices.length > max) throw violation(`${what} with ${indices.length} sample indices; expected 1 to ${max}`);
   for (let i = 0; i < indices.length; i++) {
-    if (indices[i]! >= count) throw violation(`${what} with sample index ${indices[i]} at position ${i}; expected indices below ${count}`);
+    if (indices[i] >= count) throw violation(`${what} with sample index ${indices[i]} at position ${i}; expected indices below ${count}`);
   }
 }
 

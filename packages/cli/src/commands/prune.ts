@@ -19,12 +19,12 @@ interface PruneOptions {
 /** A per-layer report (one object per layer, the same keys in each) as an aligned text table. */
 export function describeLayers(rows: readonly object[]): string {
   if (!rows.length) return JSON.stringify(rows, null, 2);
-  const keys = Object.keys(rows[0]!);
+  const keys = Object.keys(rows[0]);
   const cell = (v: unknown) => String(typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v);
   const table = [keys.map((k) => k.replace(/^macs/, 'MACs')), ...rows.map((r) => keys.map((k) => cell(new Map(Object.entries(r)).get(k))))];
-  const widths = keys.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  const widths = keys.map((_, i) => Math.max(...table.map((row) => row[i].length)));
   // Names left-aligned, numbers right-aligned.
-  return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+  return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')).join('\n');
 }
 
 async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Promise<number> {

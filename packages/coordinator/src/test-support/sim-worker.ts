@@ -89,7 +89,7 @@ export class SimWorker {
       this.send({ type: 'hello', protocolVersion: opts.protocolVersion ?? PROTOCOL_VERSION, workerName: opts.name ?? 'sim', backend: 'sim', device: 'none', capabilities: [], pid: process.pid, hostname: 'localhost', hasData: true, nonce: this.nonce }),
     );
     this.ws.on('message', (data) => {
-      const msg = decodeMessage(data as Uint8Array, { maxBytes: 1 << 30 });
+      const msg = decodeMessage(data, { maxBytes: 1 << 30 });
       if (msg.type !== 'weights') this.received.push(msg);
       void this.handle(msg, onReady);
     });

@@ -37,21 +37,21 @@ function describeSource(key: string, s: Source | undefined): string {
 function levenshtein(a: string, b: string): number {
   const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
+    let diag = prev[0];
     prev[0] = i;
     for (let j = 1; j <= b.length; j++) {
-      const tmp = prev[j]!;
-      prev[j] = Math.min(prev[j]! + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      const tmp = prev[j];
+      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
       diag = tmp;
     }
   }
-  return prev[b.length]!;
+  return prev[b.length];
 }
 
 /** The valid config key closest to `key` (ignoring case, dashes and underscores). */
 export function closestConfigKey(key: string): string {
   const norm = (s: string) => s.toLowerCase().replace(/[-_]/g, '');
-  let best: string = CONFIG_KEYS[0]!;
+  let best: string = CONFIG_KEYS[0];
   let bestD = Infinity;
   for (const k of CONFIG_KEYS) {
     const d = levenshtein(norm(key), norm(k));
@@ -167,9 +167,9 @@ function parseRanks(v: string): Record<string, number> | null | undefined {
   const out: Record<string, number> = {};
   for (const part of t.split(',')) {
     const m = /^\s*([^=\s]+)\s*=\s*(\S+)\s*$/.exec(part);
-    const n = m ? toNumber(m[2]!) : undefined;
+    const n = m ? toNumber(m[2]) : undefined;
     if (!m || n === undefined) return undefined;
-    out[m[1]!] = n;
+    out[m[1]] = n;
   }
   return out;
 }
@@ -293,6 +293,6 @@ export function parseConfig(obj: unknown): RunConfig {
     throw new SvdTrainError('CONFIG_INVALID', `Run config must be an object; got ${fmt(obj)}.`);
   }
   const values = normalizeKeys(obj as Record<string, unknown>, 'config object', false);
-  const sources = Object.fromEntries(Object.keys(values).map((k) => [k, { kind: 'object', name: '' } as Source]));
+  const sources = Object.fromEntries(Object.keys(values).map((k) => [k, { kind: 'object', name: '' }]));
   return validate(values, sources);
 }

@@ -108,7 +108,7 @@ export const RunConfigSchema = z
       ctx.addIssue({ code: 'custom', path: ['ranks'], message: 'null with svd off: only SVD layers have a rank' });
     }
     for (let i = 1; i < c.milestones.length; i++) {
-      if (c.milestones[i]! <= c.milestones[i - 1]!) {
+      if (c.milestones[i] <= c.milestones[i - 1]) {
         ctx.addIssue({
           code: 'custom',
           path: ['milestones'],

@@ -131,7 +131,7 @@ export function scanMsgpack(bytes: Uint8Array, maxItems = MAX_FRAME_ITEMS, maxDe
     pending[pending.length - 1]--;
     if (++items > maxItems) scanInvalid(`more than ${maxItems} items`);
     if (off >= n) scanInvalid(`frame ends at byte ${n} with values still declared`);
-    const b = bytes[off++]!;
+    const b = bytes[off++];
     if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) continue;
     if (b >= 0x80 && b <= 0x8f) { container(2 * (b & 0x0f), 'map'); continue; }
     if (b >= 0x90 && b <= 0x9f) { container(b & 0x0f, 'array'); continue; }

@@ -91,7 +91,7 @@ export function validateMessage(raw: unknown, opts: ValidateOptions = {}): Messa
     invalid('message', `unknown type ${JSON.stringify(type)?.slice(0, 64)}; expected one of ${MESSAGE_TYPES.join(', ')}`);
   }
   const r = MessageSchema.safeParse(raw);
-  if (!r.success) throw issueError(type, raw, r.error.issues[0]!);
+  if (!r.success) throw issueError(type, raw, r.error.issues[0]);
   if (!opts.skipFiniteCheck) checkFinite(r.data);
   return r.data;
 }

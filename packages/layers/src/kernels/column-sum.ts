@@ -24,15 +24,15 @@ export function columnSumInto(x: Float32Array, m: number, c: number, out: Float3
   for (; j + 8 <= c; j += 8) {
     let a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
     for (let o = j, end = m * c; o < end; o += c) {
-      a0 += x[o]!; a1 += x[o + 1]!; a2 += x[o + 2]!; a3 += x[o + 3]!;
-      a4 += x[o + 4]!; a5 += x[o + 5]!; a6 += x[o + 6]!; a7 += x[o + 7]!;
+      a0 += x[o]; a1 += x[o + 1]; a2 += x[o + 2]; a3 += x[o + 3];
+      a4 += x[o + 4]; a5 += x[o + 5]; a6 += x[o + 6]; a7 += x[o + 7];
     }
     out[j] = a0; out[j + 1] = a1; out[j + 2] = a2; out[j + 3] = a3;
     out[j + 4] = a4; out[j + 5] = a5; out[j + 6] = a6; out[j + 7] = a7;
   }
   for (; j < c; j++) {
     let a = 0;
-    for (let o = j, end = m * c; o < end; o += c) a += x[o]!;
+    for (let o = j, end = m * c; o < end; o += c) a += x[o];
     out[j] = a;
   }
 }

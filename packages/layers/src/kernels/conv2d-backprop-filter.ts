@@ -33,7 +33,7 @@ function call(name: string, backend: WasmBackend, inputs: Record<string, TensorI
   const k = tf.getKernel(name, 'wasm');
   if (!k) throw new Error(`wasm kernel ${name} is not registered; Conv2DBackpropFilter needs it`);
   const out = k.kernelFunc({ inputs, backend, attrs });
-  return Array.isArray(out) ? (out[0] as TensorInfo) : (out as TensorInfo);
+  return Array.isArray(out) ? (out[0]) : (out);
 }
 
 /**
@@ -119,7 +119,7 @@ function viaConv(
         for (let q = 0; q < f; q++) dd[o + q] = ds[t + q]!;
       }
   }
-  const conv2d = tf.getKernel('Conv2D', 'wasm')!.kernelFunc;
+  const conv2d = tf.getKernel('Conv2D', 'wasm').kernelFunc;
   const r = conv2d({
     inputs: { x: xT, filter: dyT },
     backend: be,
@@ -128,7 +128,7 @@ function viaConv(
       pad: [[0, 0], [pad.top, pad.bottom], [pad.left, pad.right], [0, 0]],
       dataFormat: 'NHWC',
       dilations: [sh, sw],
-    } as unknown as NamedAttrMap,
+    },
   }) as TensorInfo;
   owned.push(r);
   const [, rh, rw] = r.shape as [number, number, number, number];
@@ -160,7 +160,7 @@ export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs })
   }
   const conv = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
-    filterShape as [number, number, number, number],
+    filterShape,
     strides,
     1,
     pad,
@@ -168,7 +168,7 @@ export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs })
     false,
     'channelsLast',
   );
-  const [kh, kw, c, f] = filterShape as [number, number, number, number];
+  const [kh, kw, c, f] = filterShape;
   const [n, h, w] = x.shape as [number, number, number, number];
   const { outHeight: ho, outWidth: wo, strideHeight: sh, strideWidth: sw } = conv;
   const m = n * ho * wo;
@@ -182,7 +182,7 @@ export const conv2dBackpropFilterWasm: KernelFunc = ({ inputs, backend, attrs })
     im2colT(be.typedArrayFromHeap(x), be.typedArrayFromHeap(colsT), n, h, w, c, kh, kw, ho, wo, sh, sw, conv.padInfo.top, conv.padInfo.left);
     const dy3 = call('Reshape', be, { x: dy }, { shape: [1, m, f] });
     owned.push(dy3);
-    const dw3 = call('BatchMatMul', be, { a: colsT, b: dy3 }, { transposeA: false, transposeB: false } as unknown as NamedAttrMap);
+    const dw3 = call('BatchMatMul', be, { a: colsT, b: dy3 }, { transposeA: false, transposeB: false });
     owned.push(dw3);
     return call('Reshape', be, { x: dw3 }, { shape: [kh, kw, c, f] });
   } finally {

@@ -21,7 +21,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
     throw new Error(`Conv2DBackpropInput (wasm): only NHWC is supported, got dataFormat=${dataFormat}`);
   }
   const conv = tf.backend_util.computeConv2DInfo(
-    inputShape as [number, number, number, number],
+    inputShape,
     filter.shape as [number, number, number, number],
     strides,
     1,
@@ -31,7 +31,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
     'channelsLast',
   );
   const [kh, kw, c, f] = filter.shape as [number, number, number, number];
-  const [n, h, w] = inputShape as [number, number, number, number];
+  const [n, h, w] = inputShape;
   const { outHeight: ho, outWidth: wo, strideHeight: sh, strideWidth: sw } = conv;
   const { top, left } = conv.padInfo;
   const m = n * ho * wo;
@@ -51,7 +51,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
         for (let j = 0; j < kw; j++)
           for (let ci = 0; ci < c; ci++)
             for (let q = 0; q < f; q++) dst[(((kh - 1 - i) * kw + (kw - 1 - j)) * f + q) * c + ci] = src[((i * kw + j) * c + ci) * f + q]!;
-      const conv2d = tf.getKernel('Conv2D', 'wasm')!.kernelFunc;
+      const conv2d = tf.getKernel('Conv2D', 'wasm').kernelFunc;
       return conv2d({
         inputs: { x: dy, filter: flipped },
         backend: be,
@@ -60,8 +60,8 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
           pad: [[0, 0], [kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right], [0, 0]],
           dataFormat: 'NHWC',
           dilations: [1, 1],
-        } as unknown as NamedAttrMap,
-      }) as TensorInfo;
+        },
+      });
     }
     // Wᵀ [F, K] from the filter [kh, kw, C, F] = [K, F] row-major.
     const wT = be.makeOutput([1, f, k], 'float32');
@@ -72,8 +72,8 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
       for (let r = 0; r < k; r++) for (let q = 0; q < f; q++) dst[q * k + r] = src[r * f + q]!;
     }
     const dy3: TensorInfo = { dataId: dy.dataId, shape: [1, m, f], dtype: 'float32' };
-    const mm = tf.getKernel('BatchMatMul', 'wasm')!.kernelFunc;
-    const dcols = mm({ inputs: { a: dy3, b: wT }, backend: be, attrs: { transposeA: false, transposeB: false } as unknown as NamedAttrMap }) as TensorInfo;
+    const mm = tf.getKernel('BatchMatMul', 'wasm').kernelFunc;
+    const dcols = mm({ inputs: { a: dy3, b: wT }, backend: be, attrs: { transposeA: false, transposeB: false } }) as TensorInfo;
     owned.push(dcols);
     const dx = be.makeOutput([n, h, w, c], 'float32');
     const out = be.typedArrayFromHeap(dx);
@@ -91,7 +91,7 @@ export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) 
               if (iw < 0 || iw >= w) continue;
               const o = ((b * h + ih) * w + iw) * c;
               const s = row + (i * kw + j) * c;
-              for (let ci = 0; ci < c; ci++) out[o + ci]! += cols[s + ci]!;
+              for (let ci = 0; ci < c; ci++) out[o + ci] += cols[s + ci];
             }
           }
         }

@@ -56,7 +56,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const be = args.backend as unknown as WasmBackend;
     const ins = args.inputs as Record<string, TensorInfo>;
     const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
-    const [a, b] = [ins[inputNames[0]]!, ins[inputNames[1]]!];
+    const [a, b] = [ins[inputNames[0]], ins[inputNames[1]]];
     const g = geometry(ins, attrs);
     if (!isNhwc(attrs.dataFormat) || !allF32(a, b) || g.x.length !== 4 || g.filter.length !== 4) return fallback(name)(args);
     const info = tf.backend_util.computeConv2DInfo(g.x as Conv4, g.filter as Conv4, attrs.strides, g.dilations, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
@@ -68,19 +68,19 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 
   const conv2d = convKernel(
     'Conv2D', ['x', 'filter'],
-    (ins, attrs) => ({ x: ins.x!.shape, filter: ins.filter!.shape, dilations: (attrs as unknown as tf.Conv2DAttrs).dilations }),
-    (info) => info.outShape as number[],
+    (ins, attrs) => ({ x: ins.x.shape, filter: ins.filter.shape, dilations: (attrs as unknown as tf.Conv2DAttrs).dilations }),
+    (info) => info.outShape,
     (x, w, y, shape) => addon.conv2d(x, w, y, shape),
   );
   const conv2dBackpropInput = convKernel(
     'Conv2DBackpropInput', ['dy', 'filter'],
-    (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter!.shape, dilations: 1 }),
+    (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter.shape, dilations: 1 }),
     (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
     (dy, w, dx, shape) => addon.conv2dBackpropInput(dy, w, dx, shape),
   );
   const conv2dBackpropFilter = convKernel(
     'Conv2DBackpropFilter', ['x', 'dy'],
-    (ins, attrs) => ({ x: ins.x!.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
+    (ins, attrs) => ({ x: ins.x.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
     (info) => [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
     (x, dy, dw, shape) => addon.conv2dBackpropFilter(x, dy, dw, shape),
   );
@@ -94,7 +94,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const ins = args.inputs as Record<string, TensorInfo | undefined>;
     const { activation, dataFormat } = args.attrs as unknown as { activation?: string; dataFormat?: string };
     const act = activation ?? 'linear';
-    const f = ins.filter!.shape[3]!;
+    const f = ins.filter!.shape[3];
     // The bias pass below runs over the last axis, so it needs NHWC; and a bias must be one value
     // per output channel (or one for all). Anything else is the wasm kernel's to handle.
     const biasSize = ins.bias ? ins.bias.shape.reduce((p, d) => p * d, 1) : 0;
@@ -107,7 +107,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
       const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : null;
       for (let i = 0; i < out.length; i += f) {
         for (let j = 0; j < f; j++) {
-          let v = out[i + j]! + (bias ? bias[bias.length === 1 ? 0 : j]! : 0);
+          let v = out[i + j] + (bias ? bias[bias.length === 1 ? 0 : j] : 0);
           if (act === 'relu' && v < 0) v = 0;
           out[i + j] = v;
         }
@@ -132,10 +132,10 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     // fancier (partial broadcasting across several batch dims) goes to the stock kernel.
     const sameOuter = outerA.length === outerB.length && outerA.every((d, i) => d === outerB[i]);
     if (!sameOuter && batchA !== 1 && batchB !== 1) return fallback('BatchMatMul')(args);
-    const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
-    const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
-    const kb = transposeB ? b.shape[rb - 1]! : b.shape[rb - 2]!;
-    const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+    const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+    const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+    const kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
+    const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
     if (k !== kb) return fallback('BatchMatMul')(args); // the stock kernel throws tfjs' own message
     if (m * n === 0) return fallback('BatchMatMul')(args);
     const outer = batchA >= batchB ? outerA : outerB;
@@ -151,7 +151,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const be = backend as unknown as WasmBackend;
     const { x, gamma, beta } = inputs as { x: TensorInfo; gamma: TensorInfo; beta: TensorInfo };
     const { epsilon } = attrs as unknown as { epsilon: number };
-    const c = x.shape[x.shape.length - 1]!;
+    const c = x.shape[x.shape.length - 1];
     const m = x.shape.reduce((p, d) => p * d, 1) / c;
     const y = be.makeOutput([...x.shape], 'float32');
     const mean = be.makeOutput([c], 'float32');
@@ -165,7 +165,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const be = backend as unknown as WasmBackend;
     const { x, dy, mean, variance, gamma } = inputs as Record<'x' | 'dy' | 'mean' | 'variance' | 'gamma', TensorInfo>;
     const { epsilon } = attrs as unknown as { epsilon: number };
-    const c = x.shape[x.shape.length - 1]!;
+    const c = x.shape[x.shape.length - 1];
     const m = x.shape.reduce((p, d) => p * d, 1) / c;
     const dx = be.makeOutput([...x.shape], 'float32');
     const dg = be.makeOutput([c], 'float32');

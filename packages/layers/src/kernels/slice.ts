@@ -19,18 +19,18 @@ export function sliceInto(
   let inner = rank - 1;
   while (inner > 0 && size[inner] === shape[inner]) inner--;
   let run = 1;
-  for (let a = inner; a < rank; a++) run *= size[a]!;
+  for (let a = inner; a < rank; a++) run *= size[a];
   const strides = new Array<number>(rank);
   strides[rank - 1] = 1;
-  for (let a = rank - 2; a >= 0; a--) strides[a] = strides[a + 1]! * shape[a + 1]!;
+  for (let a = rank - 2; a >= 0; a--) strides[a] = strides[a + 1] * shape[a + 1];
   const idx = new Array<number>(inner).fill(0);
   const runs = out.length / Math.max(run, 1);
   for (let r = 0, o = 0; r < runs; r++, o += run) {
-    let src = begin[inner]! * strides[inner]!;
-    for (let a = 0; a < inner; a++) src += (begin[a]! + idx[a]!) * strides[a]!;
+    let src = begin[inner] * strides[inner];
+    for (let a = 0; a < inner; a++) src += (begin[a] + idx[a]) * strides[a];
     out.set(x.subarray(src, src + run), o);
     for (let a = inner - 1; a >= 0; a--) {
-      if (++idx[a]! < size[a]!) break;
+      if (++idx[a] < size[a]) break;
       idx[a] = 0;
     }
   }

@@ -33,9 +33,9 @@ export function relErr(a: Numeric, b: Numeric): number {
   let num = 0;
   let den = 0;
   for (let i = 0; i < x.length; i++) {
-    const d = x[i]! - y[i]!;
+    const d = x[i] - y[i];
     num += d * d;
-    den += y[i]! * y[i]!;
+    den += y[i] * y[i];
   }
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
@@ -57,7 +57,7 @@ export function expectClose(label: string, actual: Numeric, expected: Numeric, t
   let worst = -1;
   let maxAbs = 0;
   for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - e[i]!);
+    const d = Math.abs(a[i] - e[i]);
     if (!(d <= maxAbs)) {
       // NaN compares false, so a NaN difference always becomes the worst element.
       maxAbs = d;

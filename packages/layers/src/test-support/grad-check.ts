@@ -61,7 +61,7 @@ export function gradCheck(
     const d = y.dataSync();
     y.dispose();
     let s = 0;
-    for (let i = 0; i < d.length; i++) s += d[i]! * r[i]!;
+    for (let i = 0; i < d.length; i++) s += d[i] * r[i];
     return s;
   };
   const analytic = tf.tidy(() => tf.grads((...xs: tf.Tensor[]) => tf.sum(tf.mul(f(...xs), rT)))(inputs));
@@ -74,10 +74,10 @@ export function gradCheck(
       if (n <= maxPer) for (let i = 0; i < n; i++) idx.push(i);
       else for (let i = 0; i < maxPer; i++) idx.push(Math.floor(rand() * n));
       const num: number[] = [];
-      const ana = analytic[k]!.dataSync();
+      const ana = analytic[k].dataSync();
       const anaSel: number[] = [];
       for (const i of idx) {
-        const v = base[i]!;
+        const v = base[i];
         const up = Math.fround(v + eps);
         const dn = Math.fround(v - eps);
         const at = (val: number): number => {
@@ -90,14 +90,14 @@ export function gradCheck(
           return l;
         };
         num.push((at(up) - at(dn)) / (up - dn));
-        anaSel.push(ana[i]!);
+        anaSel.push(ana[i]);
       }
       const e = relErr(anaSel, num);
       relErrs.push(e);
       if (!(e <= tol)) {
         let worst = 0;
         for (let j = 0; j < num.length; j++) {
-          if (Math.abs(anaSel[j]! - num[j]!) > Math.abs(anaSel[worst]! - num[worst]!)) worst = j;
+          if (Math.abs(anaSel[j] - num[j]) > Math.abs(anaSel[worst] - num[worst])) worst = j;
         }
         throw new Error(
           `${label}: input ${k} (shape [${x.shape.join(',')}]) gradient rel err ${e.toExponential(3)} > ${tol}; ` +
