@@ -29,6 +29,7 @@ import type { CliIo, SetExitCode } from '../cli-io.js';
 import { pruneAndFinetune } from '../prune-pipeline.js';
 import { readTlsFiles, resolveToken } from '../secrets.js';
 import { trainPhase, type StartContext } from '../train-phase.js';
+import { coerceFlagValues } from '../flag-values.js';
 import { reportCommand } from './report.js';
 
 /** A default as the help shows it, read from DEFAULTS so that the help cannot drift from resolveConfig. */
@@ -39,7 +40,7 @@ function shown(key: keyof typeof DEFAULTS): string {
   return String(v);
 }
 
-/** [flag, description]; values stay strings and resolveConfig converts them. */
+/** [flag, description]; values stay strings and `coerceFlagValues` converts them. */
 const START_OPTIONS: [string, string][] = [
   ['--model <name>', `${MODELS.join(' | ')} (default ${shown('model')})`],
   ['--decomposition <kind>', `${DECOMPOSITIONS.join(' | ')} (default ${shown('decomposition')})`],
@@ -97,7 +98,7 @@ function addStartOptions(cmd: Command): Command {
 
 /**
  * The options commander hands `start`: the CLI-only ones by name, every training option as the
- * string typed (resolveConfig converts and checks it).
+ * string typed (`coerceFlagValues` converts it, resolveConfig checks it).
  */
 export interface StartOptions {
   config?: string;
@@ -123,7 +124,7 @@ export function configFromOptions(opts: StartOptions, env: NodeJS.ProcessEnv = p
   if (augment === false) flags.augment = false;
   if (nesterov === false) flags.nesterov = false;
   if (cycleMomentum === false) flags.cycleMomentum = false;
-  return resolveConfig(flags, typeof config === 'string' ? config : undefined, env);
+  return resolveConfig(coerceFlagValues(flags), typeof config === 'string' ? config : undefined, env);
 }
 
 /** What the coordinator tells workers about the data: sizes after the limits, md5 of every file. */

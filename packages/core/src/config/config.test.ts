@@ -70,15 +70,6 @@ describe('resolveConfig precedence: flags > env > file > defaults', () => {
     expect(c.weightDecay).toBe(1e-4);
   });
 
-  it('converts string flag values by field type', () => {
-    const c = resolveConfig(
-      { lr: '0.05', nesterov: 'false', milestones: '10,20', 'limit-train': '500', limitTest: 'none', port: '0' },
-      undefined,
-      {},
-    );
-    expect(c).toMatchObject({ lr: 0.05, nesterov: false, milestones: [10, 20], limitTrain: 500, limitTest: null, port: 0 });
-  });
-
   it('accepts an already parsed object as the file layer', () => {
     expect(resolveConfig({}, { epochs: 7 }, {}).epochs).toBe(7);
   });
@@ -129,7 +120,7 @@ describe('resolveConfig errors', () => {
     expect(resolveConfig({ momentum: 0, nesterov: false }, undefined, {}).momentum).toBe(0);
     expect(thrown(() => resolveConfig({ stallWarnMs: 200000 }, undefined, {})).message).toContain('stallWarnMs');
     // --step-timeout-ms below the default 30 s warning works alone: the warning follows it.
-    const short = resolveConfig({ 'step-timeout-ms': '10000' }, undefined, {});
+    const short = resolveConfig({ 'step-timeout-ms': 10000 }, undefined, {});
     expect([short.stepTimeoutMs, short.stallWarnMs]).toEqual([10000, 2500]);
     expect(resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 9000 }, undefined, {}).stallWarnMs).toBe(9000);
     expect(thrown(() => resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 20000 }, undefined, {})).message).toContain('stallWarnMs');
@@ -216,10 +207,8 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
     expect(parseConfig({ ranks: r }).ranks).toEqual(r);
   });
 
-  it('parses the --ranks flag as JSON or module=rank pairs, and none as null', () => {
-    expect(resolveConfig({ ranks: '{"fc": 4, "stem.0": 2}' }, undefined, {}).ranks).toEqual({ fc: 4, 'stem.0': 2 });
-    expect(resolveConfig({ ranks: 'stem.0=3, layers.0.conv1=4' }, undefined, {}).ranks).toEqual({ 'stem.0': 3, 'layers.0.conv1': 4 });
-    expect(resolveConfig({ ranks: 'none' }, { ranks: { fc: 2 } }, {}).ranks).toBeNull();
+  it('lets a null flag clear the file\'s ranks', () => {
+    expect(resolveConfig({ ranks: null }, { ranks: { fc: 2 } }, {}).ranks).toBeNull();
   });
 
   it('refuses non-positive or fractional ranks, naming the layer', () => {
@@ -228,7 +217,7 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
       expect(e.code).toBe('CONFIG_INVALID');
       expect(e.message).toContain('ranks.layers.3.conv1');
     }
-    expect(thrown(() => resolveConfig({ ranks: 'fc=x' }, undefined, {})).message).toContain('fc=x');
+    expect(thrown(() => resolveConfig({ ranks: 'fc=x' }, undefined, {})).message).toContain('ranks = "fc=x"');
   });
 
   it('refuses keys that are not SVD module names (typos, tfjs layer names, BN modules)', () => {
@@ -261,10 +250,14 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
 });
 
 describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
-  it('flags arrive as strings and become numbers; "none" clears the energy', () => {
-    const c = resolveConfig({ pruneEnergy: '0.01', finetuneEpochs: '10', finetuneLr: '0.02', sweepEnergies: '0.01,0.05' }, undefined, {});
+  it('take numbers, and null clears the energy', () => {
+    const c = resolveConfig({ pruneEnergy: 0.01, finetuneEpochs: 10, finetuneLr: 0.02, sweepEnergies: [0.01, 0.05] }, undefined, {});
     expect([c.pruneEnergy, c.finetuneEpochs, c.finetuneLr, c.sweepEnergies]).toEqual([0.01, 10, 0.02, [0.01, 0.05]]);
-    expect(resolveConfig({ pruneEnergy: 'none' }, undefined, {}).pruneEnergy).toBeNull();
+    expect(resolveConfig({ pruneEnergy: null }, { pruneEnergy: 0.1 }, {}).pruneEnergy).toBeNull();
+  });
+
+  it('leave flag text to the CLI: a string is refused, not guessed at', () => {
+    expect(thrown(() => resolveConfig({ pruneEnergy: '0.01' }, undefined, {})).message).toMatch(/pruneEnergy = "0.01" \(from flag --prune-energy\)/);
   });
 
   it('refuses an energy outside [0, 1) and fine-tuning without pruning, naming the fix', () => {
@@ -280,7 +273,7 @@ describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
   });
 
   it('take a MAC budget instead of an energy, but not both', () => {
-    const c = resolveConfig({ pruneMacs: '13.6e6', finetuneEpochs: '2' }, undefined, {});
+    const c = resolveConfig({ pruneMacs: 13.6e6, finetuneEpochs: 2 }, undefined, {});
     expect([c.pruneMacs, c.pruneEnergy, c.finetuneEpochs]).toEqual([13.6e6, null, 2]);
     const both = thrown(() => parseConfig({ pruneMacs: 1e6, pruneEnergy: 0.01 }));
     expect(both.code).toBe('CONFIG_INVALID');

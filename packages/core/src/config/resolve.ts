@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULTS, ENV_VARS } from '../defaults.js';
 import { SvdTrainError } from '../errors.js';
-import { CONFIG_KEYS, RunConfigSchema, type ConfigKey, type RunConfig } from './schema.js';
+import { CONFIG_KEYS, RunConfigSchema, type RunConfig } from './schema.js';
 
 /** `lambdaO` -> `lambda-o`, `stepTimeoutMs` -> `step-timeout-ms` (the CLI flag name). */
 export function toKebabCase(key: string): string {
@@ -95,85 +95,6 @@ function normalizeKeys(raw: Record<string, unknown>, origin: string, flagStyle: 
   return out;
 }
 
-/** Kind of each field, for turning CLI strings ("0.1", "false", "81,122") into typed values. */
-function fieldKind(key: ConfigKey): 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 'string' {
-  if (key === 'limitTrain' || key === 'limitTest' || key === 'pruneEnergy' || key === 'pruneMacs' || key === 'finetuneLr') return 'number|null';
-  if (key === 'ranks') return 'ranks';
-  const d: unknown = DEFAULTS[key];
-  if (typeof d === 'number') return 'number';
-  if (typeof d === 'boolean') return 'boolean';
-  if (Array.isArray(d)) return 'numbers';
-  return 'string';
-}
-
-function toNumber(s: string): number | undefined {
-  const t = s.trim();
-  if (t === '') return undefined;
-  const n = Number(t);
-  return Number.isNaN(n) ? undefined : n;
-}
-
-/**
- * Flags may reach us as strings when the CLI declares no parser; convert them by field kind.
- * A string that does not parse is left alone so the schema reports it with its original text.
- */
-function coerceStrings(values: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [key, v] of Object.entries(values)) {
-    out[key] = v;
-    if (typeof v !== 'string') continue;
-    const kind = fieldKind(key as ConfigKey);
-    if (kind === 'number') {
-      const n = toNumber(v);
-      if (n !== undefined) out[key] = n;
-    } else if (kind === 'number|null') {
-      if (/^(null|none)$/i.test(v.trim())) out[key] = null;
-      else {
-        const n = toNumber(v);
-        if (n !== undefined) out[key] = n;
-      }
-    } else if (kind === 'boolean') {
-      if (/^(true|1|yes)$/i.test(v.trim())) out[key] = true;
-      else if (/^(false|0|no)$/i.test(v.trim())) out[key] = false;
-    } else if (kind === 'ranks') {
-      const parsed = parseRanks(v);
-      if (parsed !== undefined) out[key] = parsed;
-    } else if (kind === 'numbers') {
-      const parts = v.replace(/^\s*\[|\]\s*$/g, '').split(',');
-      const nums = parts.map(toNumber);
-      if (v.trim() === '' || /^\[\s*\]$/.test(v.trim())) out[key] = [];
-      else if (nums.every((n) => n !== undefined)) out[key] = nums;
-    }
-  }
-  return out;
-}
-
-/**
- * `--ranks` text: 'none'/'null', a JSON object ('{"fc": 5}') or 'module=rank' pairs separated by
- * commas ('stem.0=3,layers.0.conv1=4'). Returns undefined when it is none of these, so the schema
- * reports the original text.
- */
-function parseRanks(v: string): Record<string, number> | null | undefined {
-  const t = v.trim();
-  if (/^(null|none)$/i.test(t)) return null;
-  if (t.startsWith('{')) {
-    try {
-      const o: unknown = JSON.parse(t);
-      return o !== null && typeof o === 'object' && !Array.isArray(o) ? (o as Record<string, number>) : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-  const out: Record<string, number> = {};
-  for (const part of t.split(',')) {
-    const m = /^\s*([^=\s]+)\s*=\s*(\S+)\s*$/.exec(part);
-    const n = m ? toNumber(m[2]) : undefined;
-    if (!m || n === undefined) return undefined;
-    out[m[1]] = n;
-  }
-  return out;
-}
-
 function readConfigFile(file: string): Record<string, unknown> {
   let text: string;
   try {
@@ -215,7 +136,7 @@ function valueAt(obj: Record<string, unknown>, path: readonly PropertyKey[]): un
 
 function fmt(v: unknown): string {
   if (v === undefined) return 'nothing';
-  return JSON.stringify(v) ?? String(v);
+  return JSON.stringify(v) ?? `a ${typeof v}`;
 }
 
 function validate(merged: Record<string, unknown>, sources: Record<string, Source>): RunConfig {
@@ -242,8 +163,8 @@ function validate(merged: Record<string, unknown>, sources: Record<string, Sourc
  * SVD_TRAIN_TOKEN -> token) > JSON `file` > DEFAULTS.
  *
  * @param flags CLI options; camelCase or kebab-case keys; `undefined` values are ignored (so the CLI
- *   must not give its options commander defaults, or they would hide the file and env). String
- *   values are converted by field type ("0.1", "false", "81,122", "none").
+ *   must not give its options commander defaults, or they would hide the file and env). Values
+ *   are typed: the CLI converts flag text first (cli's `coerceFlagValues`).
  * @param file path to a JSON config file (or an already parsed object, e.g. a checkpoint's config).
  * @param env environment, `process.env` when omitted.
  * @throws SvdTrainError CONFIG_UNKNOWN_KEY (names the key and the closest valid one),
@@ -273,7 +194,7 @@ export function resolveConfig(
     if (v !== undefined && v !== '') fromEnv[key] = v;
   }
   layer(fromEnv, (k) => ({ kind: 'env', name: ENV_VARS[k as keyof typeof ENV_VARS] }));
-  layer(coerceStrings(normalizeKeys(flags, 'command-line flags', true)), () => ({ kind: 'flag', name: '' }));
+  layer(normalizeKeys(flags, 'command-line flags', true), () => ({ kind: 'flag', name: '' }));
   // The stall warning must come before the step timeout. When only --step-timeout-ms is given and
   // it is below the default warning (30 s), the warning follows it (a quarter of it) instead of
   // refusing the flag for a key the user never set.
@@ -293,6 +214,6 @@ export function parseConfig(obj: unknown): RunConfig {
     throw new SvdTrainError('CONFIG_INVALID', `Run config must be an object; got ${fmt(obj)}.`);
   }
   const values = normalizeKeys(obj as Record<string, unknown>, 'config object', false);
-  const sources = Object.fromEntries(Object.keys(values).map((k) => [k, { kind: 'object', name: '' }]));
+  const sources = Object.fromEntries(Object.keys(values).map((k): [string, Source] => [k, { kind: 'object', name: '' }]));
   return validate(values, sources);
 }
