@@ -76,7 +76,7 @@ function kindOf(r: Raw): 'step' | 'epoch' | 'other' {
 function workersOf(v: unknown): WorkerTiming[] {
   if (!Array.isArray(v)) return [];
   return v.filter(isObject).map((w) => ({
-    worker: String(w.worker ?? '?'),
+    worker: typeof w.worker === 'string' || typeof w.worker === 'number' ? String(w.worker) : '?',
     n: numberField(w, 'n'),
     computeMs: numberField(w, 'computeMs'),
     commMs: numberField(w, 'commMs'),

@@ -155,7 +155,9 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
     },
   });
   let workers: ReturnType<typeof spawnWorkers> | null = null;
-  let fatal: SvdTrainError | null = null;
+  // Set by the workers' exit callback. A property, not a `let`: TypeScript would narrow a local
+  // initialised to null to null for good, as it cannot see the callback assign it.
+  const failure: { fatal?: SvdTrainError } = {};
   let stopping = false;
   const onSignal = (sig: NodeJS.Signals) => {
     io.err(`received ${sig}; stopping\n`);
@@ -184,7 +186,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
           if (++failed === cfg.spawn) {
             // Not BACKEND_UNAVAILABLE: the workers may have died of anything (a crash, a refusal),
             // and this is no usage error, so it exits 1, not 2.
-            fatal = new SvdTrainError(
+            failure.fatal = new SvdTrainError(
               'WORKERS_FAILED',
               `all ${cfg.spawn} spawned worker(s) exited with an error (see their [wN] lines above); stopping. Fix: read the first [wN] error; if it names the engine, try --backend wasm or cpu.`,
             );
@@ -194,9 +196,10 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
       });
     }
     const summary = await coord.start().catch((e: unknown) => {
-      throw fatal ?? e;
+      if (failure.fatal) throw failure.fatal;
+      throw e;
     });
-    if (fatal) throw fatal;
+    if (failure.fatal) throw failure.fatal;
     const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
     io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
   } finally {

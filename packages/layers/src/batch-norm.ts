@@ -75,10 +75,10 @@ function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, forward
 function opsForward(m: number, c: number, eps: number): BnForward {
   return (xIn, g, b, save, keep) => {
     // The forward of a customGrad runs with the tape off, so these stats cost no backward work.
-    const x2 = tf.reshape(xIn, [m, c]) as tf.Tensor2D;
-    const mean = tf.div(columnSum(x2), m) as tf.Tensor1D;
-    const xc = tf.sub(x2, mean);
-    const variance = tf.div(columnSum(tf.square(xc) as tf.Tensor2D), m) as tf.Tensor1D;
+    const x2 = tf.reshape<tf.Rank.R2>(xIn, [m, c]);
+    const mean = tf.div<tf.Tensor1D>(columnSum(x2), m);
+    const xc = tf.sub<tf.Tensor2D>(x2, mean);
+    const variance = tf.div<tf.Tensor1D>(columnSum(tf.square(xc)), m);
     const invstd = tf.rsqrt(tf.add(variance, eps));
     const xhat = tf.mul(xc, invstd);
     const y = tf.reshape(tf.add(tf.mul(xhat, g), b), xIn.shape);
@@ -88,9 +88,9 @@ function opsForward(m: number, c: number, eps: number): BnForward {
       value: y,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, si, sg] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
-        const dy2 = tf.reshape(dy, [m, c]) as tf.Tensor2D;
+        const dy2 = tf.reshape<tf.Rank.R2>(dy, [m, c]);
         const sumDy = columnSum(dy2);
-        const sumDyXhat = columnSum(tf.mul(dy2, sx) as tf.Tensor2D);
+        const sumDyXhat = columnSum(tf.mul<tf.Tensor2D>(dy2, sx));
         const scale = tf.mul(sg, si);
         const inner = tf.sub(tf.sub(dy2, tf.div(sumDy, m)), tf.mul(sx, tf.div(sumDyXhat, m)));
         const dx = tf.reshape(tf.mul(inner, scale), dy.shape);
@@ -107,7 +107,7 @@ function opsForward(m: number, c: number, eps: number): BnForward {
  */
 function fusedForward(eps: number): BnForward {
   return (xIn, g, b, save, keep) => {
-    const [y, mean, variance] = tf.engine().runKernel(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps }) as tf.Tensor[];
+    const [y, mean, variance] = tf.engine().runKernel<tf.Tensor[]>(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps });
     // mean and variance are also saved for the backward, which disposes them: keep copies.
     keep(tf.clone(mean) as tf.Tensor1D, tf.clone(variance) as tf.Tensor1D);
     save([xIn, mean, variance, g]);
@@ -116,7 +116,7 @@ function fusedForward(eps: number): BnForward {
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sx, sm, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
         const inputs = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
-        return tf.engine().runKernel(BN_GRAD, inputs, { epsilon: eps }) as tf.Tensor[];
+        return tf.engine().runKernel<tf.Tensor[]>(BN_GRAD, inputs, { epsilon: eps });
       },
     };
   };
@@ -224,4 +224,7 @@ tf.serialization.registerClass(SVDBatchNorm);
  * map, so the old name still loads, as an SVDBatchNorm (and is saved under the new name).
  */
 const LEGACY_BATCH_NORM_CLASS_NAME = 'SvdBatchNorm';
-tf.serialization.SerializationMap.getMap().classNameMap[LEGACY_BATCH_NORM_CLASS_NAME] = [SVDBatchNorm, SVDBatchNorm.fromConfig];
+tf.serialization.SerializationMap.getMap().classNameMap[LEGACY_BATCH_NORM_CLASS_NAME] = [
+  SVDBatchNorm,
+  (cls, config) => SVDBatchNorm.fromConfig(cls, config),
+];

@@ -157,14 +157,14 @@ function loadWasm(): Promise<NativeAttempt> {
 async function wasmDistDir(): Promise<string | undefined> {
   try {
     const { createRequire } = await import('node:module');
-    const { dirname, join } = await import('node:path');
+    const path = await import('node:path');
     const { existsSync } = await import('node:fs');
     const require = createRequire(import.meta.url);
     const main = require.resolve('@tensorflow/tfjs-backend-wasm');
     // main is …/tfjs-backend-wasm/dist/index.js (or dist/tf-backend-wasm.node.js).
-    let dir = dirname(main);
-    if (!existsSync(join(dir, 'tfjs-backend-wasm.wasm'))) dir = join(dir, '..', 'dist');
-    if (!existsSync(join(dir, 'tfjs-backend-wasm.wasm'))) return undefined;
+    let dir = path.dirname(main);
+    if (!existsSync(path.join(dir, 'tfjs-backend-wasm.wasm'))) dir = path.join(dir, '..', 'dist');
+    if (!existsSync(path.join(dir, 'tfjs-backend-wasm.wasm'))) return undefined;
     return dir.endsWith('/') ? dir : `${dir}/`;
   } catch {
     return undefined;

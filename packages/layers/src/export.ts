@@ -33,7 +33,7 @@ const WEIGHTS_BIN = 'weights.bin';
 /** IOHandler for `model.save(fileSystemIO(dir))` and `tf.loadLayersModel(fileSystemIO(dir))`. */
 export function fileSystemIO(dir: string): tf.io.IOHandler {
   return {
-    async save(artifacts: tf.io.ModelArtifacts): Promise<tf.io.SaveResult> {
+    save: (artifacts: tf.io.ModelArtifacts): Promise<tf.io.SaveResult> => settle(() => {
       mkdirSync(dir, { recursive: true });
       const weights = artifacts.weightData ? tf.io.CompositeArrayBuffer.join(artifacts.weightData) : new ArrayBuffer(0);
       const json = {
@@ -51,8 +51,8 @@ export function fileSystemIO(dir: string): tf.io.IOHandler {
       renameSync(join(dir, `${WEIGHTS_BIN}.tmp`), join(dir, WEIGHTS_BIN));
       renameSync(join(dir, `${MODEL_JSON}.tmp`), join(dir, MODEL_JSON));
       return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
-    },
-    async load(): Promise<tf.io.ModelArtifacts> {
+    }),
+    load: (): Promise<tf.io.ModelArtifacts> => settle(() => {
       let json: tf.io.ModelJSON;
       try {
         json = JSON.parse(readFileSync(join(dir, MODEL_JSON), 'utf8')) as tf.io.ModelJSON;
@@ -67,18 +67,25 @@ export function fileSystemIO(dir: string): tf.io.IOHandler {
       }
       const weightData = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
       return tf.io.getModelArtifactsForJSONSync(json, specs, weightData);
-    },
+    }),
   };
+}
+
+/** Runs `f` now and hands its result (or its throw, as a rejection) over as a promise. */
+function settle<T>(f: () => T): Promise<T> {
+  return new Promise((resolve) => resolve(f()));
 }
 
 /** Saves `model` to an in-memory artifacts object (model.json content + weights). */
 export async function saveToMemory(model: tf.LayersModel): Promise<tf.io.ModelArtifacts> {
   let out: tf.io.ModelArtifacts | undefined;
   await model.save(
-    tf.io.withSaveHandler(async (a) => {
-      out = a;
-      return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(a) };
-    }),
+    tf.io.withSaveHandler((a) =>
+      settle(() => {
+        out = a;
+        return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(a) };
+      }),
+    ),
   );
   return out!;
 }
@@ -241,11 +248,11 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
           weights.set(N, [k, ...bias]);
           continue;
         }
-        const [vs, ut] = tf.tidy(() => [tf.mul(layer.V.read(), layer.s.read()), tf.transpose(layer.U.read())]);
+        const [vs, ut] = tf.tidy((): [tf.Tensor, tf.Tensor] => [tf.mul(layer.V.read(), layer.s.read()), tf.transpose(layer.U.read())]);
         owned.push(vs, ut);
         push(`${N}_v`, 'Dense', dense(`${N}_v`, layer.rank, false));
         push(N, 'Dense', dense(N, layer.units, layer.useBias));
-        weights.set(`${N}_v`, [vs!]);
+        weights.set(`${N}_v`, [vs]);
         weights.set(N, [ut, ...bias]);
       } else if (layer instanceof SVDBatchNorm) {
         push(N, 'BatchNormalization', {

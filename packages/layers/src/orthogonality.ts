@@ -15,6 +15,6 @@ export function orthogonalityPenalty(U: tf.Tensor, V: tf.Tensor): tf.Scalar {
     const r = U.shape[1]!;
     const eye = tf.eye(r);
     const gram = (A: tf.Tensor): tf.Tensor => tf.sum(tf.square(tf.sub(tf.matMul(A as tf.Tensor2D, A as tf.Tensor2D, true, false), eye)));
-    return tf.div(tf.add(gram(U), gram(V)), r * r) as tf.Scalar;
+    return tf.div<tf.Scalar>(tf.add(gram(U), gram(V)), r * r);
   });
 }

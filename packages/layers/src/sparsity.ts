@@ -8,7 +8,7 @@ import type { SparsityKind } from '@svd-train/core';
 
 /** ‖s‖₁ for s [r]; ∂/∂s = sign(s). */
 export function l1(s: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.sum(tf.abs(s)) as tf.Scalar);
+  return tf.tidy(() => tf.sum<tf.Scalar>(tf.abs(s)));
 }
 
 /**
@@ -16,12 +16,12 @@ export function l1(s: tf.Tensor): tf.Scalar {
  * ∂/∂s = sign(s)/‖s‖₂ − ‖s‖₁·s/‖s‖₂³.
  */
 export function hoyer(s: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.div(tf.sum(tf.abs(s)), tf.sqrt(tf.sum(tf.square(s)))) as tf.Scalar);
+  return tf.tidy(() => tf.div<tf.Scalar>(tf.sum(tf.abs(s)), tf.sqrt(tf.sum(tf.square(s)))));
 }
 
 /** Hoyer-square ‖s‖₁² / ‖s‖₂² (the paper's DeepHoyer variant; smoother near sparse optima). */
 export function hoyerSquare(s: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.div(tf.square(tf.sum(tf.abs(s))), tf.sum(tf.square(s))) as tf.Scalar);
+  return tf.tidy(() => tf.div<tf.Scalar>(tf.square(tf.sum(tf.abs(s))), tf.sum(tf.square(s))));
 }
 
 /** The penalty named by a config's `sparsity` field ('none' gives 0, still a differentiable scalar). */

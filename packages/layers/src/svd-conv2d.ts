@@ -236,11 +236,11 @@ export class SVDConv2D extends tf.layers.Layer {
       const Mt = tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true);
       if (this.decomposition === 'channel') {
         // Mᵀ[(ci*kh+i)*kw+j, ni] → [c, kh, kw, n] → [kh, kw, c, n].
-        return tf.transpose(tf.reshape(Mt, [c, kh, kw, n]), [1, 2, 0, 3]);
+        return tf.transpose<tf.Tensor4D>(tf.reshape(Mt, [c, kh, kw, n]), [1, 2, 0, 3]);
       }
       // Mᵀ[ci*kh+i, ni*kw+j] → [c, kh, n, kw] → [kh, kw, c, n].
-      return tf.transpose(tf.reshape(Mt, [c, kh, n, kw]), [1, 3, 0, 2]);
-    }) as tf.Tensor4D;
+      return tf.transpose<tf.Tensor4D>(tf.reshape(Mt, [c, kh, n, kw]), [1, 3, 0, 2]);
+    });
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
@@ -270,15 +270,15 @@ export class SVDConv2D extends tf.layers.Layer {
     const U = this.U.read(); // m × r
     if (this.decomposition === 'channel') {
       // K1 (PyTorch (r, c, kh, kw)) = (V·s)ᵀ; tfjs layout (kh, kw, c, r).
-      const k1 = tf.transpose(tf.reshape(Vs, [c, kh, kw, r]), [1, 2, 0, 3]) as tf.Tensor4D;
+      const k1 = tf.transpose<tf.Tensor4D>(tf.reshape(Vs, [c, kh, kw, r]), [1, 2, 0, 3]);
       const h1 = tf.conv2d(x, k1, this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
-      const k2 = tf.reshape(tf.transpose(U), [1, 1, r, n]) as tf.Tensor4D;
+      const k2 = tf.reshape<tf.Rank.R4>(tf.transpose(U), [1, 1, r, n]);
       return tf.conv2d(h1, k2, 1, 'valid');
     }
     // spatial: K1 (r, c, kh, 1) = (V·s)ᵀ, tfjs (kh, 1, c, r); K2[ni,ρ,0,j] = U[ni*kw+j, ρ], tfjs (1, kw, r, n).
-    const k1 = tf.reshape(tf.transpose(tf.reshape(Vs, [c, kh, r]), [1, 0, 2]), [kh, 1, c, r]) as tf.Tensor4D;
+    const k1 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(Vs, [c, kh, r]), [1, 0, 2]), [kh, 1, c, r]);
     const h1 = tf.conv2d(x, k1, [this.strides[0], 1], [[0, 0], [p.top, p.bottom], [0, 0], [0, 0]]);
-    const k2 = tf.reshape(tf.transpose(tf.reshape(U, [n, kw, r]), [1, 2, 0]), [1, kw, r, n]) as tf.Tensor4D;
+    const k2 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(U, [n, kw, r]), [1, 2, 0]), [1, kw, r, n]);
     return tf.conv2d(h1, k2, [1, this.strides[1]], [[0, 0], [0, 0], [p.left, p.right], [0, 0]]);
   }
 

@@ -143,7 +143,7 @@ export class SVDDense extends tf.layers.Layer {
 
   /** The tfjs dense kernel [in, units] = V · diag(s) · Uᵀ (the PyTorch weight transposed). */
   reconstructKernel(): tf.Tensor2D {
-    return tf.tidy(() => tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true)) as tf.Tensor2D;
+    return tf.tidy(() => tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true));
   }
 
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {
@@ -166,7 +166,7 @@ export class SVDDense extends tf.layers.Layer {
     return tf.tidy(() => {
       const x = Array.isArray(inputs) ? inputs[0] : inputs;
       const lead = x.shape.slice(0, -1);
-      const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape(x, [-1, this.inFeatures]) as tf.Tensor2D;
+      const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape<tf.Rank.R2>(x, [-1, this.inFeatures]);
       let y: tf.Tensor;
       if (this.forwardFor(x2.shape[0]) === 'reconstruct') {
         y = tf.matMul(x2, this.reconstructKernel());

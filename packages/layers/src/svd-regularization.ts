@@ -55,7 +55,7 @@ export function svdRegularization(model: tf.LayersModel | tf.layers.Layer, opts:
     }
     const orth = (orthTerms.length ? tf.addN(orthTerms) : tf.scalar(0));
     const sparsity = (sparseTerms.length ? tf.addN(sparseTerms) : tf.scalar(0));
-    const total = tf.add(tf.mul(orth, opts.lambdaO), tf.mul(sparsity, opts.lambdaS)) as tf.Scalar;
+    const total = tf.add<tf.Scalar>(tf.mul(orth, opts.lambdaO), tf.mul(sparsity, opts.lambdaS));
     return { total, orth, sparsity };
   });
   return res;

@@ -51,7 +51,7 @@ function crossEntropySum(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
 }
 
 function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
-  return tf.sum(tf.equal(tf.argMax(logits, 1), labels).asType('int32')) as tf.Scalar;
+  return tf.sum<tf.Scalar>(tf.equal(tf.argMax(logits, 1), labels).asType('int32'));
 }
 
 /**
@@ -70,9 +70,9 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
     let parts: tf.Tensor[] = [];
     const { grads } = tf.variableGrads(() => {
       const logits = model.apply(xT, { training: true }) as tf.Tensor;
-      const ce = tf.div(crossEntropySum(logits, yT), n) as tf.Scalar;
+      const ce = tf.div<tf.Scalar>(crossEntropySum(logits, yT), n);
       const r = svdRegularization(model, reg);
-      const total = tf.add(ce, r.total) as tf.Scalar;
+      const total = tf.add<tf.Scalar>(ce, r.total);
       // Kept so they survive variableGrads' own tidy; the outer tidy frees them.
       parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT)].map((t) => tf.keep(t));
       return total;

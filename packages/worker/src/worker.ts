@@ -42,7 +42,6 @@ import {
   type Cifar10Split,
   type ErrorCode,
   type Message,
-  type ResNetDepth,
   type RunConfig,
   type TensorSpec,
   type WireTensor,
@@ -167,7 +166,8 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
     try {
       conn = await Connection.open(opts.coordinator, { handshakeTimeoutMs: opts.handshakeTimeoutMs, ca: opts.ca });
     } catch (e) {
-      const code = String((e as { code?: unknown }).code ?? '');
+      const raw = (e as { code?: unknown }).code;
+      const code = typeof raw === 'string' ? raw : '';
       if (TLS_TRUST_ERRORS.test(code)) {
         throw new SvdTrainError(
           'AUTH_FAILED',

@@ -50,11 +50,16 @@ function toBytes(input: FrameInput): Uint8Array {
   if (input instanceof Uint8Array) return input;
   if (input instanceof ArrayBuffer) return new Uint8Array(input);
   if (Array.isArray(input)) {
+    const chunks: Uint8Array[] = [];
     let len = 0;
-    for (const c of input) len += c.byteLength;
+    for (const c of input as unknown[]) {
+      if (!(c instanceof Uint8Array)) throw new SvdTrainError('PROTOCOL_INVALID', 'frame fragment is not binary data; expected Uint8Array chunks');
+      chunks.push(c);
+      len += c.byteLength;
+    }
     const out = new Uint8Array(len);
     let off = 0;
-    for (const c of input) {
+    for (const c of chunks) {
       out.set(c, off);
       off += c.byteLength;
     }

@@ -58,7 +58,7 @@ export const columnSumWasmConfig: KernelConfig = { kernelName: COLUMN_SUM, backe
  */
 export function columnSum(x2: tf.Tensor2D): tf.Tensor1D {
   if (tf.getBackend() === 'wasm' && tf.getKernel(COLUMN_SUM, 'wasm') != null) {
-    return tf.engine().runKernel(COLUMN_SUM, { x: x2 }, {}) as tf.Tensor1D;
+    return tf.engine().runKernel<tf.Tensor1D>(COLUMN_SUM, { x: x2 }, {});
   }
   return tf.sum(x2, 0);
 }

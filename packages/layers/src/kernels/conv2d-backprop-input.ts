@@ -10,7 +10,7 @@
  * 'same'/'valid'/explicit padding, dilation 1, NHWC) as conv2d-backprop-filter.ts.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { KernelConfig, KernelFunc, TensorInfo, NamedAttrMap } from '@tensorflow/tfjs';
+import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import type { WasmBackend } from './wasm-backend.js';
 
 export const conv2dBackpropInputWasm: KernelFunc = ({ inputs, backend, attrs }) => {

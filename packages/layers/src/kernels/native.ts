@@ -213,7 +213,7 @@ function reluGradConfig(stock: tf.GradConfig): tf.GradConfig {
     gradFunc: (dy, saved, attrs) => {
       if (tf.getKernel(RELU_GRAD, tf.getBackend()) == null || dy instanceof Array) return stock.gradFunc(dy, saved, attrs);
       const [x] = saved as [tf.Tensor];
-      return { x: () => tf.engine().runKernel(RELU_GRAD, { dy, x }, {}) as tf.Tensor };
+      return { x: () => tf.engine().runKernel<tf.Tensor>(RELU_GRAD, { dy, x }, {}) };
     },
   };
 }
