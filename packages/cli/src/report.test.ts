@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isSvdTrainError } from '@svd-train/core';
 import { readMetrics, renderPipeline, renderReport, spectraOf, writeReport, type PipelineSummary } from './report.js';
-import { ema, emaSpan, linePlot, logTicks, niceTicks, tickLabels } from './svg-plot.js';
+import { ema, emaSpan, logTicks, niceTicks, tickLabels } from './plot-scales.js';
+import { linePlot } from './svg-plot.js';
 
 describe('niceTicks', () => {
   it('[0, 1] -> 1-2-5 steps of 0.2', () => {

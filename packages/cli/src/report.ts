@@ -14,12 +14,16 @@
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
+import { basename, dirname, join, resolve, sep } from 'node:path';
 import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
 import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
 import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
+import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
 import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type PlotOptions, type Series } from './svg-plot.js';
+
+export type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
+export { renderPipeline } from './report-pipeline.js';
 
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
 export interface Spectrum {
@@ -33,34 +37,6 @@ export interface MacsRow {
   macs: number;
   /** Weights in the form that runs (what the stock export stores). */
   params?: number;
-}
-
-/** One evaluated model of the pipeline (pipeline.json). */
-export interface PipelinePoint {
-  /** Pruning energy (0: not pruned). */
-  energy: number;
-  /** Test accuracy in [0, 1] and mean cross-entropy. */
-  acc: number;
-  loss: number;
-  /** MACs per image in the form each layer runs; FLOPs = 2·MACs. */
-  macs: number;
-  /** Stored parameters (U, s, V, BN, …) and the weights of the form that runs. */
-  params: number;
-  exportParams: number;
-}
-
-/** pipeline.json: what `start --prune-energy e [--finetune-epochs k]` measured. */
-export interface PipelineSummary {
-  model: string;
-  energy: number;
-  testImages: number;
-  plain: { macs: number; params: number };
-  trained: PipelinePoint;
-  pruned: PipelinePoint;
-  prunedCheckpoint: string;
-  finetuned: (PipelinePoint & { epochs: number; lr: number; run: string }) | null;
-  /** The accuracy-vs-MACs curve: the trained model (energy 0) and each sweep energy, no fine-tuning. */
-  sweep: PipelinePoint[];
 }
 
 export interface ReportInput {
@@ -350,60 +326,6 @@ ${spectraSection(inp.spectra, inp.pipeline, checkpointNote)}
 ${macsSection(inp.macs)}
 <h2>Train → prune → fine-tune</h2>${pipelineHtml}
 ${cfg}</body></html>`;
-}
-
-/** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
-export function renderPipeline(p: PipelineSummary): string {
-  const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
-  const rows: [string, PipelinePoint | null][] = [
-    ['trained, before pruning', p.trained],
-    [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
-    [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],
-  ];
-  const ftLink = p.finetuned && p.finetuned.run && !isAbsolute(p.finetuned.run) ? ` The fine-tuning run has its own report: <a href="${esc(p.finetuned.run)}/report.html">${esc(p.finetuned.run)}/report.html</a>.` : '';
-  const table =
-    `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
-    rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${(100 * r.acc).toFixed(2)}%</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
-    `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
-    `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
-  // The sweep as a curve from cheap to expensive; points of equal MACs (energies too small to
-  // remove anything) are one point, labelled with the smallest and largest energy.
-  const byMacs = new Map<number, PipelinePoint[]>();
-  for (const q of p.sweep) byMacs.set(q.macs, [...(byMacs.get(q.macs) ?? []), q]);
-  const sweep = [...byMacs.entries()].sort((a, b) => a[0] - b[0]).map(([, qs]) => {
-    const es = qs.map((q) => q.energy).sort((a, b) => a - b);
-    const name = (e: number) => (e === 0 ? '0 (trained)' : String(e));
-    const label = es.length > 1 ? `e=${name(es[0])}…${es[es.length - 1]}` : `e=${name(es[0])}`;
-    return { q: qs.find((q) => q.energy === es[0])!, label };
-  });
-  const series: Series[] = [
-    { label: 'pruned, no fine-tuning (sweep of e)', points: sweep.map(({ q }) => [q.macs / 1e6, 100 * q.acc] as [number, number]), color: PALETTE[0], style: 'line+markers', pointLabels: sweep.map((s) => s.label) },
-  ];
-  // The fine-tuned point is larger and drawn before the pruned one, so both stay visible where they
-  // land on each other (same MACs, and the same accuracy when fine-tuning gained nothing).
-  if (p.finetuned) {
-    series.push({ label: 'fine-tuning gain', points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc], [p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], dashed: true });
-    series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6, pointLabels: [`fine-tuned ${pctText(p.finetuned.acc)}`] });
-  }
-  series.push({ label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] });
-  const xs = [...p.sweep.map((q) => q.macs), p.plain.macs, ...(p.finetuned ? [p.finetuned.macs] : [])].map((v) => v / 1e6);
-  const xPad = Math.max(0.5, 0.06 * (Math.max(...xs) - Math.min(...xs)));
-  const curve = linePlot(series, {
-    title: 'Test accuracy vs MACs per image',
-    subtitle: `${p.testImages} test images; pruned models not fine-tuned unless marked`,
-    xLabel: 'million MACs per image (FLOPs = 2·MACs)',
-    yLabel: 'test accuracy %',
-    width: 700,
-    height: 400,
-    legend: 'below',
-    xRange: [Math.max(0, Math.min(...xs) - xPad), Math.max(...xs) + xPad],
-    marks: [{ x: p.plain.macs / 1e6, label: `plain ${p.model}`, color: '#777' }],
-  });
-  const sweepTable =
-    '<table><tr><th>energy e</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>' +
-    [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${(100 * q.acc).toFixed(2)}%</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
-    '</table>';
-  return `${table}<div class="grid">${curve}${sweepTable}</div>`;
 }
 
 /** Singular-value vectors of a parameter list (names ending in `.s`). */

@@ -5,7 +5,8 @@
  * `selectRankByEnergy`, the one copy of that rule).
  */
 import { effectiveRank } from '@svd-train/core';
-import { escapeXml as esc, logTicks, tickLabels } from './svg-plot.js';
+import { logTicks, tickLabels } from './plot-scales.js';
+import { escapeXml as esc } from './svg-plot.js';
 
 /** Smallest s/s_max a panel shows; smaller values (and exact zeros) sit on the bottom edge, hollow. */
 export const SPECTRUM_FLOOR = 1e-6;
