@@ -7,8 +7,8 @@ function resolveFlags(flags: Record<string, unknown>, file?: Record<string, unkn
 }
 
 describe('coerceFlagValues (flag text → typed config values)', () => {
-  it('converts by field kind, for camelCase and kebab-case keys', () => {
-    const c = resolveFlags({ lr: '0.05', nesterov: 'false', milestones: '10,20', 'limit-train': '500', limitTest: 'none', port: '0' });
+  it('converts by field kind', () => {
+    const c = resolveFlags({ lr: '0.05', nesterov: 'false', milestones: '10,20', limitTrain: '500', limitTest: 'none', port: '0' });
     expect(c).toMatchObject({ lr: 0.05, nesterov: false, milestones: [10, 20], limitTrain: 500, limitTest: null, port: 0 });
   });
 

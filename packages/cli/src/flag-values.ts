@@ -12,10 +12,6 @@ type FieldKind = 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 's
 /** Fields whose default is null but whose values are numbers. */
 const NULLABLE_NUMBERS = new Set(['limitTrain', 'limitTest', 'pruneEnergy', 'pruneMacs', 'finetuneLr']);
 
-function camel(key: string): string {
-  return key.replace(/[-_]([a-z])/g, (_, c: string) => c.toUpperCase());
-}
-
 function fieldKind(key: string): FieldKind {
   if (NULLABLE_NUMBERS.has(key)) return 'number|null';
   if (key === 'ranks') return 'ranks';
@@ -84,13 +80,13 @@ function coerce(kind: FieldKind, v: string): unknown {
 }
 
 /**
- * Converts the string values of `flags` (camelCase or kebab-case keys) by field kind; other values
- * and unknown keys pass through for `resolveConfig` to check and report.
+ * Converts the string values of `flags` by field kind. Keys are camelCase, as commander gives them;
+ * other values and unknown keys pass through for `resolveConfig` to check and report.
  */
 export function coerceFlagValues(flags: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(flags)) {
-    out[key] = typeof v === 'string' ? coerce(fieldKind(camel(key)), v) : v;
+    out[key] = typeof v === 'string' ? coerce(fieldKind(key), v) : v;
   }
   return out;
 }
