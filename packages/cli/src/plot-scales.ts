@@ -82,3 +82,6 @@ export function tickLabels(ticks: number[]): string[] {
   }
   return ticks.map(String);
 }
+
+/** An accuracy in [0, 1] as text: 0.9074 → "90.74%". */
+export const pctText = (acc: number): string => `${(100 * acc).toFixed(2)}%`;

@@ -4,9 +4,8 @@
  * curve of the energy sweep with the fine-tuned point marked.
  */
 import { isAbsolute } from 'node:path';
+import { pctText } from './plot-scales.js';
 import { escapeXml as esc, linePlot, PALETTE, type Series } from './svg-plot.js';
-
-const pctText = (acc: number) => `${(100 * acc).toFixed(2)}%`;
 
 /** One evaluated model of the pipeline (pipeline.json). */
 export interface PipelinePoint {
@@ -47,7 +46,7 @@ export function renderPipeline(p: PipelineSummary): string {
   const ftLink = p.finetuned && p.finetuned.run && !isAbsolute(p.finetuned.run) ? ` The fine-tuning run has its own report: <a href="${esc(p.finetuned.run)}/report.html">${esc(p.finetuned.run)}/report.html</a>.` : '';
   const table =
     `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
-    rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${(100 * r.acc).toFixed(2)}%</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
+    rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${pctText(r.acc)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
     `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
     `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
   // The sweep as a curve from cheap to expensive; points of equal MACs (energies too small to
@@ -85,7 +84,7 @@ export function renderPipeline(p: PipelineSummary): string {
   });
   const sweepTable =
     '<table><tr><th>energy e</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>' +
-    [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${(100 * q.acc).toFixed(2)}%</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
+    [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${pctText(q.acc)}</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
     '</table>';
   return `${table}<div class="grid">${curve}${sweepTable}</div>`;
 }

@@ -19,6 +19,7 @@ import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
 import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
 import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
+import { pctText } from './plot-scales.js';
 import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
 import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type PlotOptions, type Series } from './svg-plot.js';
 
@@ -95,7 +96,6 @@ const esc = escapeXml;
 /** Pruning energy the spectra and rank bars show when the run has no pipeline.json to take it from. */
 export const DEFAULT_REPORT_ENERGY = 0.01;
 
-const pctText = (acc: number) => `${(100 * acc).toFixed(2)}%`;
 const finite = (x: number) => Number.isFinite(x);
 
 /** "1 h 23 min", "4 min 10 s", "12 s". */
