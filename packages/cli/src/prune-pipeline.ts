@@ -21,7 +21,7 @@ import {
 import { writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
 import { trainPhase, type StartContext } from './train-phase.js';
-import type { PipelinePoint, PipelineSummary } from './report.js';
+import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
 /**
  * The method after training (`start --prune-energy e [--finetune-epochs k]`), on the training

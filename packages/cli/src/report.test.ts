@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isSvdTrainError } from '@svd-train/core';
-import { readMetrics, renderPipeline, renderReport, spectraOf, writeReport, type PipelineSummary } from './report.js';
+import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
+import { readMetrics, renderReport, spectraOf, writeReport } from './report.js';
 import { ema, emaSpan, logTicks, niceTicks, tickLabels } from './plot-scales.js';
 import { linePlot } from './svg-plot.js';
 

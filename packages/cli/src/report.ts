@@ -23,9 +23,6 @@ import { pctText } from './plot-scales.js';
 import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
 import { columnChart, escapeXml, hBarChart, linePlot, PALETTE, type PlotOptions, type Series } from './svg-plot.js';
 
-export type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
-export { renderPipeline } from './report-pipeline.js';
-
 /** One singular-value vector from a checkpoint (a parameter named `*.s`). */
 export interface Spectrum {
   layer: string;

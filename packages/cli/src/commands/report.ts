@@ -10,7 +10,8 @@ import { countMacs, depthOf, plainResNetCost, pruneByEnergy } from '@svd-train/l
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { modelFromCheckpoint, type Model } from '../checkpoint-model.js';
-import { writeReport, type MacsRow, type PipelineSummary } from '../report.js';
+import type { PipelineSummary } from '../report-pipeline.js';
+import { writeReport, type MacsRow } from '../report.js';
 
 /** MACs per image of the plain ResNet of `cfg.model`, the SVD model and its prunes at `energies`. */
 function macsAtEnergies(model: Model, cfg: RunConfig, energies: number[]): MacsRow[] {
