@@ -31,6 +31,7 @@ import {
 } from '@svd-train/core';
 import { gradientsFrameTemplate } from '@svd-train/core/testing';
 import { Coordinator } from '@svd-train/coordinator';
+import { runTorchScript } from './lib/torch.js';
 
 // `ws` is a dependency of the coordinator, not of the workspace root that bench/ runs from:
 // resolve it the way the coordinator does instead of adding a root dependency for one script.
@@ -203,17 +204,12 @@ async function benchRealWorkers(): Promise<void> {
     rows.push({ engine, k, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
     console.error(`  real ${engine} K=${k}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
   }
-  let torch: number | undefined;
-  if (existsSync('/usr/bin/python3')) {
-    const script = join(root, 'bench/train_step_torch.py');
-    // The same allocator settings as bench/train-step.ts (see TORCH_MALLOC_ENV there).
-    const env = { ...process.env, MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '68719476736', MALLOC_TOP_PAD_: '1073741824' };
-    const t = spawnSync('/usr/bin/python3', [script, '--batches', '128', '--reps', '5', '--warmup', '2', '--threads', String(cpus().length)], { encoding: 'utf8', env });
-    if (t.status === 0) {
-      const j = JSON.parse(t.stdout.trim().split('\n').pop()!) as { results: { model: string; img_per_s: number }[] };
-      torch = j.results.find((x) => x.model === 'svd reconstruct')?.img_per_s;
-    }
-  }
+  const t = runTorchScript<{ results: { model: string; img_per_s: number }[] }>(
+    join(root, 'bench/train_step_torch.py'),
+    ['--batches', '128', '--reps', '5', '--warmup', '2', '--threads', String(cpus().length)],
+    'torch baseline',
+  );
+  const torch = t?.results.find((x) => x.model === 'svd reconstruct')?.img_per_s;
   console.log(`\nReal workers, SVD-ResNet-20 (channel), batch 128, ${limit} CIFAR-10 train samples, ${cpus().length} cpus shared by coordinator and workers`);
   console.log(`| engine | workers | img/s (median step) | steps | scaling efficiency | vs torch ${cpus().length} thr (${torch ? torch.toFixed(1) : 'not run'} img/s) |`);
   console.log('|---|---:|---:|---:|---:|---:|');

@@ -1,6 +1,7 @@
 /**
  * Does pruning pay? `pnpm bench prune [--backend auto|wasm|cpu|tensorflow] [--batch 64]
- * [--infer-batch 256] [--reps 5] [--warmup 2] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]`.
+ * [--infer-batch 256] [--reps 5] [--warmup 2] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]
+ * [--profile] [--no-torch] [--ranks-ckpt FILE]`.
  *
  * Times, on one engine in one run, ResNet-20 at full rank against the same model pruned at several
  * energies: one training step (`computeGradients`: train-mode forward, CE + both SVD regularizers,
@@ -15,12 +16,19 @@
  * s_j = exp(−8·j/r) in every layer (energy e then keeps about ln(1/e)/16 of each rank). One more
  * row uses the real per-layer ranks of the 3-epoch run pruned at e=0.01
  * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
- * merged or all factored, to check the MAC-based choice against measured time. Two inference-only
+ * merged or all factored, to check the MAC-based choice against measured time. `--ranks-ckpt` takes
+ * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`). Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
- * (their speed-up is against the full-rank export).
+ * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
+ * real-ranks model, the time per kernel of one training step and one inference, to show where a
+ * pruned model's time goes.
+ *
+ * Is the speed-up ours to gain, or the ranks'? bench/prune_torch.py times the full-rank and the
+ * real-ranks model in PyTorch (1 thread, each layer in the same cheaper form), and the table adds
+ * PyTorch's speed-ups beside ours (`--no-torch` skips it).
  */
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadCheckpoint, type BackendChoice } from '@svd-train/core';
 import {
@@ -33,11 +41,13 @@ import {
   initEngine,
   moduleNameFor,
   plainResNetCost,
+  profileKernels,
   pruneByEnergy,
   setBuffers,
   setParameters,
 } from '@svd-train/layers';
 import { median, rand } from './lib/stats.js';
+import { runTorchScript } from './lib/torch.js';
 
 const args = process.argv.slice(2);
 const arg = (k: string) => {
@@ -51,6 +61,8 @@ const reps = Math.max(3, Number(arg('--reps') ?? 5));
 const warmup = Number(arg('--warmup') ?? 2);
 const energies = (arg('--energies') ?? '0.001,0.01,0.05,0.1').split(',').map(Number);
 const ckptPath = arg('--ckpt');
+const profile = args.includes('--profile');
+const withTorch = !args.includes('--no-torch');
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 
@@ -83,6 +95,13 @@ function recordedRanks(): Record<string, number> {
   return out;
 }
 
+/** The per-layer ranks of a pruned checkpoint: the length of each layer's s. */
+function ranksOf(path: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const p of loadCheckpoint(path).params) if (p.name.endsWith('.s')) out[p.name.slice(0, -2)] = p.data.length;
+  return out;
+}
+
 const info = await initEngine({ backend });
 console.error(`backend ${info.reason}`);
 const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
@@ -110,16 +129,18 @@ interface Variant {
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
-const ranks = recordedRanks();
+const ranksCkpt = arg('--ranks-ckpt');
+const ranks = ranksCkpt ? ranksOf(ranksCkpt) : recordedRanks();
+const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
 for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
-  const label = forward === 'auto' ? 'real ranks e=0.01 (3-ep run)' : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
+  const label = forward === 'auto' ? realLabel : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
   variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, forward, seed: 1 }), train: true });
 }
 variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
 // The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
 const realRanks = variants.find((v) => v.label.startsWith('real ranks'))!.model;
 variants.push({ label: 'full rank, stock export + folded BN', model: exportToStockLayers(base, { foldBatchNorm: true }), train: false });
-variants.push({ label: 'real ranks e=0.01, stock export + folded BN', model: exportToStockLayers(realRanks, { foldBatchNorm: true }), train: false });
+variants.push({ label: `${realLabel}, stock export + folded BN`, model: exportToStockLayers(realRanks, { foldBatchNorm: true }), train: false });
 
 const xTrain = rand(batch * 32 * 32 * 3, 1);
 const yTrain = Int32Array.from({ length: batch }, (_, i) => i % 10);
@@ -131,7 +152,6 @@ const trainS = new Map(timeInterleaved(trainable.map((v) => () => void computeGr
 // Eval-mode forward of the whole batch at once, plus the arg-max and loss read-back.
 const inferS = timeInterleaved(variants.map((v) => () => void evaluate(v.model, xInfer, yInfer, inferBatch)));
 const rows = variants.map((v, i) => ({ label: v.label, macs: countMacs(v.model).total, train: v.train ? batch / trainS.get(v)! : NaN, infer: inferBatch / inferS[i]! }));
-for (const v of variants) v.model.dispose();
 const full = rows[0]!;
 const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
@@ -145,3 +165,43 @@ for (const r of rows) {
     `| ${r.label} | ${(r.macs / 1e6).toFixed(2)}M | ${((100 * r.macs) / plain.macs).toFixed(1)}% | ${fmt(r.train)} | ${fmt(r.train / ref.train, 2)} | ${fmt(r.infer)} | ${fmt(r.infer / ref.infer, 2)} |`,
   );
 }
+
+if (withTorch) {
+  type TorchPrune = { threads: number; torch: string; results: Record<'full rank' | 'pruned', { train_img_per_s: number; infer_img_per_s: number }> };
+  const t = runTorchScript<TorchPrune>(
+    join(root, 'bench/prune_torch.py'),
+    ['--ranks', JSON.stringify(ranks), '--batch', String(batch), '--infer-batch', String(inferBatch), '--reps', String(reps), '--warmup', String(warmup), '--threads', '1'],
+    'torch baseline',
+  );
+  const ours = rows.find((r) => r.label.startsWith('real ranks'))!;
+  if (t) {
+    const [f, p] = [t.results['full rank'], t.results.pruned];
+    console.log(`\nThe same full-rank and ${realLabel} models in PyTorch ${t.torch}, ${t.threads} thread, each layer in the same form, run after the table above:\n`);
+    console.log('| engine | train img/s full | train img/s pruned | train × full | infer img/s full | infer img/s pruned | infer × full |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|');
+    console.log(`| ${info.backend} | ${fmt(full.train)} | ${fmt(ours.train)} | ${fmt(ours.train / full.train, 2)} | ${fmt(full.infer)} | ${fmt(ours.infer)} | ${fmt(ours.infer / full.infer, 2)} |`);
+    console.log(`| torch | ${fmt(f.train_img_per_s)} | ${fmt(p.train_img_per_s)} | ${fmt(p.train_img_per_s / f.train_img_per_s, 2)} | ${fmt(f.infer_img_per_s)} | ${fmt(p.infer_img_per_s)} | ${fmt(p.infer_img_per_s / f.infer_img_per_s, 2)} |`);
+  }
+}
+
+if (profile) {
+  const models = [
+    { label: 'full rank', model: base },
+    { label: realLabel, model: realRanks },
+  ];
+  for (const { label, model } of models) {
+    for (const [what, run] of [
+      [`train step, batch ${batch}`, () => void computeGradients(model, xTrain, yTrain, reg)],
+      [`inference, batch ${inferBatch}`, () => void evaluate(model, xInfer, yInfer, inferBatch)],
+    ] as const) {
+      run();
+      const p = profileKernels(run);
+      const inKernels = p.kernels.reduce((a, k) => a + k.ms, 0);
+      console.log(`\n${label}, ${what}: ${p.wallMs.toFixed(0)} ms, ${inKernels.toFixed(0)} ms in kernels (the rest is tfjs dispatch, autograd tape and JS)\n`);
+      console.log('| kernel | ms | share | calls |');
+      console.log('|---|---:|---:|---:|');
+      for (const k of p.kernels.slice(0, 14)) console.log(`| ${k.kernel} | ${k.ms.toFixed(1)} | ${((100 * k.ms) / p.wallMs).toFixed(0)}% | ${k.calls} |`);
+    }
+  }
+}
+for (const v of variants) v.model.dispose();

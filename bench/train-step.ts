@@ -11,14 +11,13 @@
  * and the table shows engine/torch ratios and which BLAS torch used. `--profile` adds the time
  * per tfjs kernel of one SVD-reconstruct step at the largest batch, per engine.
  */
-import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initEngine, buildResNet, computeGradients, profileKernels } from '@svd-train/layers';
 import type { BackendChoice } from '@svd-train/core';
 import { median, rand } from './lib/stats.js';
+import { runTorchScript } from './lib/torch.js';
 
 const args = process.argv.slice(2);
 const arg = (k: string) => {
@@ -81,27 +80,15 @@ for (const want of engines) {
   }
 }
 
-/**
- * PyTorch's CPU allocator hands every freed activation back to glibc, which unmaps blocks over its
- * mmap threshold; at batch 128 each step then page-faults its activations in again, and measured
- * here 1.5-3x slower than at batch 32. These settings keep freed memory in the heap (what a
- * jemalloc/tcmalloc set-up gives), so the baseline is PyTorch at its best, not its allocator.
- */
-const TORCH_MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '68719476736', MALLOC_TOP_PAD_: '1073741824' };
-
 type TorchOut = { threads: number; torch: string; blas?: string; results: { model: string; batch: number; img_per_s: number }[] };
 const torchRuns: TorchOut[] = [];
 const script = join(dirname(fileURLToPath(import.meta.url)), 'train_step_torch.py');
-if (withTorch && existsSync('/usr/bin/python3')) {
+if (withTorch) {
   // PyTorch's own default here is 1 thread (it counts physical cores), so the second run asks for
   // every logical core explicitly.
   for (const threads of [...new Set([1, availableParallelism()])]) {
-    const r = spawnSync('/usr/bin/python3', [script, '--batches', batches.join(','), '--reps', String(reps), '--warmup', String(warmup), '--threads', String(threads)], {
-      encoding: 'utf8',
-      env: { ...process.env, ...TORCH_MALLOC_ENV },
-    });
-    if (r.status === 0) torchRuns.push(JSON.parse(r.stdout.trim().split('\n').pop()!) as TorchOut);
-    else console.error(`torch baseline skipped (threads=${threads}): ${(r.stderr || r.error?.message || '').split('\n').slice(-2).join(' ')}`);
+    const out = runTorchScript<TorchOut>(script, ['--batches', batches.join(','), '--reps', String(reps), '--warmup', String(warmup), '--threads', String(threads)], `torch baseline (threads=${threads})`);
+    if (out) torchRuns.push(out);
   }
 }
 
