@@ -33,6 +33,11 @@ const CONV_CASES: ConvCase[] = [
   { x: [2, 11, 10, 3], k: [5, 3], f: 4, s: [3, 2], pad: p(2, 1, 0, 2) },
   { x: [1, 5, 5, 1], k: [3, 3], f: 1, s: [1, 1], pad: 1 },
   { x: [2, 4, 4, 16], k: [3, 3], f: 16, s: [1, 1], pad: p(1, 1, 1, 1) },
+  // Pointwise (1×1, stride 1, no padding) runs as a matmul: few input channels (the second half
+  // of a factored layer), many, and 1×1 with padding or dilation-free 'same', which stays a conv.
+  { x: [2, 5, 7, 2], k: [1, 1], f: 16, s: [1, 1], pad: 'valid' },
+  { x: [1, 3, 4, 24], k: [1, 1], f: 9, s: [1, 1], pad: 'same' },
+  { x: [2, 4, 4, 3], k: [1, 1], f: 5, s: [1, 1], pad: p(1, 0, 0, 1) },
 ];
 const convName = (c: ConvCase) =>
   `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
