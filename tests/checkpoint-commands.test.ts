@@ -81,6 +81,8 @@ describe('svd-coord eval / prune / export / report', () => {
     const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', dest]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/rankBefore\s+rankAfter/);
+    // The run's own data folder is found: the pruned model's BN statistics are re-estimated on it.
+    expect(r.out).toMatch(/batch-norm statistics re-estimated on \d+ training images from /);
     const m = r.out.match(/params (\d+) -> (\d+)/)!;
     expect(Number(m[2])).toBeLessThan(Number(m[1]));
     const files = readdirSync(dest).filter((f) => f.endsWith('.svdckpt'));
@@ -173,8 +175,14 @@ describe('svd-coord eval / prune / export / report', () => {
   });
 
   it('prune --energy 0 changes no number: every rank, parameter count, MAC count and form stays', async () => {
-    const r = await coord(['prune', ckpt, '--energy', '0', '--out', tempDir()]);
+    const dest = join(tempDir(), 'e0.svdckpt');
+    const r = await coord(['prune', ckpt, '--energy', '0', '--out', dest]);
     expect(r.code, r.out).toBe(0);
+    // No rank removed, so no batch-norm re-estimation either: weights and BN statistics as trained.
+    expect(r.out).not.toContain('re-estimated');
+    const [src, got] = [loadCheckpoint(ckpt), loadCheckpoint(dest)];
+    expect(got.params).toEqual(src.params);
+    expect(got.buffers).toEqual(src.buffers);
     const rows = r.out.split('\n').filter((l) => /^(stem|layers|fc)/.test(l)).map((l) => l.trim().split(/\s+/));
     expect(rows.length).toBe(22);
     // name rankBefore rankAfter paramsBefore paramsAfter MACsBefore MACsAfter formBefore formAfter

@@ -18,6 +18,7 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
   let p: {
     energy: number;
     testImages: number;
+    bnRecalibrationImages: number;
     plain: { macs: number; params: number };
     trained: Point;
     pruned: Point;
@@ -46,6 +47,9 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
   it('evaluates the trained model and every sweep energy; the trained full-rank model costs exactly the plain ResNet-20', () => {
     expect(p.energy).toBe(0.2);
     expect(p.testImages).toBe(12);
+    // Each pruned model's BN statistics are re-estimated on the (limited) train split first.
+    expect(p.bnRecalibrationImages).toBe(12);
+    expect(log).toContain('batch-norm statistics re-estimated on 12 training images first');
     expect(p.sweep.map((q) => q.energy)).toEqual([0, 0.05, 0.2, 0.4]);
     expect(p.trained.macs).toBe(p.plain.macs);
     // Every layer merged at full rank: the same weights as the plain model, BN statistics included.

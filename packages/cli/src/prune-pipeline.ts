@@ -14,6 +14,8 @@ import {
   evaluateSplit,
   plainResNetCost,
   pruneByEnergy,
+  recalibrateBatchNorm,
+  BN_RECALIBRATION_IMAGES,
   setBuffers,
   setParameters,
   svdRanks,
@@ -26,7 +28,9 @@ import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 /**
  * The method after training (`start --prune-energy e [--finetune-epochs k]`), on the training
  * phase's final checkpoint: test accuracy of the trained model; a sweep of energies pruned and
- * evaluated without fine-tuning (the accuracy-vs-MACs curve, cheap: one inference pass each);
+ * evaluated without fine-tuning (the accuracy-vs-MACs curve, cheap: one inference pass each,
+ * after re-estimating the batch-norm statistics of each pruned model on BN_RECALIBRATION_IMAGES
+ * training images, see recalibrateBatchNorm);
  * the model pruned at e saved as <out>/pruned-e<e>.svdckpt; then, with k > 0, a fine-tuning run
  * in <out>/finetune (its own config, metrics and checkpoints; fresh optimizer, peak lr
  * finetuneLr or lr/10, no sparsity term) and its test accuracy. Everything goes to
@@ -43,6 +47,12 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   const model = buildResNetForConfig(cfg);
   setParameters(model, latest.checkpoint.params);
   if (latest.checkpoint.buffers.length) setBuffers(model, latest.checkpoint.buffers);
+  // Evenly spaced over the (possibly limited) train split, the same images for every energy.
+  const train = readCifar10(ctx.dataDir, 'train');
+  const trainN = Math.min(train.count, cfg.limitTrain ?? train.count);
+  const calN = Math.min(BN_RECALIBRATION_IMAGES, trainN);
+  const calIdx = Int32Array.from({ length: calN }, (_, i) => Math.floor((i * trainN) / calN));
+  const calChunk = Math.min(cfg.batch, chunk);
   const point = (m: Model, energy: number): PipelinePoint => {
     const c = countMacs(m);
     const r = evaluateSplit(m, test, firstN, chunk);
@@ -55,7 +65,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     e = found.energy;
     io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)\n`);
   }
-  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images\n`);
+  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
   const full = point(model, 0);
   const sweep: PipelinePoint[] = [full];
   let prunedPoint: PipelinePoint | null = null;
@@ -63,7 +73,9 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   let ranks: Record<string, number> = {};
   for (const energy of [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b)) {
     if (energy === 0) continue;
-    const { model: pruned } = pruneByEnergy(model, energy);
+    const { model: pruned, report } = pruneByEnergy(model, energy);
+    // Nothing removed, nothing to re-estimate: the point then is the trained model's, to the digit.
+    if (report.some((r) => r.rankAfter < r.rankBefore)) recalibrateBatchNorm(pruned, train, calIdx, calChunk);
     const p = point(pruned, energy);
     sweep.push(p);
     io.err(`  e=${energy}: test accuracy ${(100 * p.acc).toFixed(2)}%, ${(p.macs / 1e6).toFixed(2)}M MACs (${((100 * p.macs) / plain.macs).toFixed(1)}% of plain ${cfg.model})\n`);
@@ -89,6 +101,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     model: cfg.model,
     energy: e,
     testImages: n,
+    bnRecalibrationImages: calN,
     plain: { macs: plain.macs, params: plain.params },
     trained: full,
     pruned: prunedPoint!,

@@ -26,6 +26,8 @@ export interface PipelineSummary {
   model: string;
   energy: number;
   testImages: number;
+  /** Training images each pruned model's batch-norm statistics were re-estimated on (absent: none, older runs). */
+  bnRecalibrationImages?: number;
   plain: { macs: number; params: number };
   trained: PipelinePoint;
   pruned: PipelinePoint;
@@ -48,7 +50,7 @@ export function renderPipeline(p: PipelineSummary): string {
     `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
     rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${pctText(r.acc)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
     `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
-    `<p class="note">Test accuracy on ${p.testImages} test images. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
+    `<p class="note">Test accuracy on ${p.testImages} test images${p.bnRecalibrationImages ? `; each pruned model's batch-norm statistics re-estimated on ${p.bnRecalibrationImages} training images before it was evaluated` : ''}. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
   // The sweep as a curve from cheap to expensive; points of equal MACs (energies too small to
   // remove anything) are one point, labelled with the smallest and largest energy.
   const byMacs = new Map<number, PipelinePoint[]>();

@@ -165,6 +165,12 @@ export class SVDBatchNorm extends tf.layers.Layer {
   static className = 'SVDBatchNorm';
   readonly epsilon: number;
   readonly momentum: number;
+  /**
+   * When set, train-mode calls use this momentum instead of `momentum` (not saved with the
+   * layer): `recalibrateBatchNorm` sets 1/(k+1) for its k-th batch, so the running statistics
+   * become the plain mean over its batches.
+   */
+  momentumOverride: number | null = null;
   private gamma!: tf.LayerVariable;
   private beta!: tf.LayerVariable;
   private movingMean!: tf.LayerVariable;
@@ -201,7 +207,7 @@ export class SVDBatchNorm extends tf.layers.Layer {
     }
     const { y, mean, variance } = batchNormTrain(x, this.gamma.read(), this.beta.read(), this.epsilon);
     const n = x.size / x.shape[x.rank - 1];
-    const mom = this.momentum;
+    const mom = this.momentumOverride ?? this.momentum;
     tf.tidy(() => {
       // PyTorch stores the unbiased variance in running_var (and uses the biased one to normalise).
       const unbiased = n > 1 ? tf.mul(variance, n / (n - 1)) : variance;

@@ -2,8 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { assembleBatch, type SplitLike } from '@svd-train/core';
 import { expectNoLeakedTensors } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
+import * as tf from '@tensorflow/tfjs';
 import { evaluate } from './train-step.js';
-import { evaluateSplit } from './evaluate.js';
+import { evaluateSplit, recalibrateBatchNorm } from './evaluate.js';
+import { SVDBatchNorm } from './batch-norm.js';
+import { getBuffers, getParameters, setBuffers } from './parameter-names.js';
 
 const tiny = () => buildResNet({ depth: 20, widths: [3, 4, 4], blocks: [1, 1, 1], strides: [1, 2, 2], seed: 5 });
 
@@ -53,6 +56,57 @@ describe('evaluateSplit', () => {
     expect(evaluateSplit(model, split(2), [], 4)).toEqual({ correct: 0, lossSum: 0, n: 0 });
     expect(() => evaluateSplit(model, split(2), [0], 0)).toThrow(/chunk 0/);
     expect(() => evaluateSplit(model, split(2), [0], 1.5)).toThrow(/chunk 1\.5/);
+    model.dispose();
+  });
+});
+
+describe('recalibrateBatchNorm', () => {
+  /** Running statistics far from anything the data gives: what a pruned model's stale ones stand for. */
+  const spoil = (model: ReturnType<typeof tiny>) =>
+    setBuffers(model, getBuffers(model).map((b) => ({ ...b, data: b.data.map((_, i) => (b.name.endsWith('Mean') ? 5 + i : 40 + i)) })));
+  const logits = (model: ReturnType<typeof tiny>, x: Float32Array, n: number, training: boolean) =>
+    tf.tidy(() => (model.apply(tf.tensor4d(x, [n, 32, 32, 3]), { training }) as tf.Tensor).dataSync() as Float32Array);
+
+  it('on one chunk of 8 images: eval mode then gives what train mode gives on those images; weights untouched', async () => {
+    const model = tiny();
+    const data = split(8);
+    const idx = [0, 1, 2, 3, 4, 5, 6, 7];
+    const { x } = assembleBatch(data, idx, { seed: 0, epoch: 0, augment: false });
+    spoil(model);
+    const weights = getParameters(model);
+    const before = logits(model, x, 8, false);
+    const want = logits(model, x, 8, true);
+    spoil(model); // the train-mode call above moved the running statistics
+    const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
+    expect(maxDiff(before, want)).toBeGreaterThan(0.1);
+    const used = await expectNoLeakedTensors(() => recalibrateBatchNorm(model, data, Int32Array.from(idx), 8), 'recalibrateBatchNorm');
+    expect(used).toBe(8);
+    // Running variance is the unbiased one (×n/(n−1), n ≥ 8·8·8 here), so equal to ~1e-3.
+    expect(maxDiff(logits(model, x, 8, false), want)).toBeLessThan(1e-2 * Math.max(1, ...want.map(Math.abs)));
+    expect(getParameters(model)).toEqual(weights);
+    for (const l of model.layers) if (l instanceof SVDBatchNorm) expect(l.momentumOverride).toBeNull();
+    model.dispose();
+  });
+
+  it('over chunks A and B: the running statistics are the mean of what A alone and B alone give', () => {
+    const model = tiny();
+    const data = split(8);
+    const stats = (idx: number[], chunk: number) => {
+      spoil(model);
+      recalibrateBatchNorm(model, data, Int32Array.from(idx), chunk);
+      return getBuffers(model);
+    };
+    const a = stats([0, 1, 2, 3], 4);
+    const b = stats([4, 5, 6, 7], 4);
+    const ab = stats([0, 1, 2, 3, 4, 5, 6, 7], 4);
+    expect(ab.length).toBeGreaterThan(0);
+    ab.forEach((t, k) => t.data.forEach((v, i) => expect(v).toBeCloseTo((a[k]!.data[i]! + b[k]!.data[i]!) / 2, 4)));
+    model.dispose();
+  });
+
+  it('a chunk that is not a whole number > 0 is refused', () => {
+    const model = tiny();
+    expect(() => recalibrateBatchNorm(model, split(2), [0, 1], 0)).toThrow(/chunk 0/);
     model.dispose();
   });
 });

@@ -32,7 +32,8 @@ export interface GradientResult {
   n: number;
 }
 
-function inputTensor(model: tf.LayersModel, x: Float32Array, n: number): tf.Tensor4D {
+/** The NHWC input tensor of `n` images for `model`, with a clear error when the sizes disagree. */
+export function inputTensor(model: tf.LayersModel, x: Float32Array, n: number): tf.Tensor4D {
   const shape = model.inputs[0].shape.slice(1) as number[];
   const per = shape.reduce((a, b) => a * b, 1);
   if (x.length !== n * per) {

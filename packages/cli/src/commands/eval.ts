@@ -16,10 +16,10 @@ interface EvalOptions {
 }
 
 /**
- * The test data for `eval`: --data, else the folder the run trained on (stored absolute), else the
+ * The CIFAR-10 folder for `eval` and `prune`: --data, else the folder the run trained on (stored absolute), else the
  * usual SVD_TRAIN_DATA / cache lookup, so a checkpoint moved to another machine still evaluates.
  */
-function evalDataDir(flag: string | undefined, runData: string | null, io: CliIo): string {
+export function runDataDir(flag: string | undefined, runData: string | null, io: CliIo): string {
   if (flag) return resolveDataDir({ flag }).dir;
   if (runData) {
     try {
@@ -34,7 +34,7 @@ function evalDataDir(flag: string | undefined, runData: string | null, io: CliIo
 async function evalCommand(pathArg: string, opts: EvalOptions, io: CliIo): Promise<number> {
   const path = checkpointArgument(pathArg, io);
   const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
-  const test = readCifar10(evalDataDir(opts.data, cfg.data, io), 'test');
+  const test = readCifar10(runDataDir(opts.data, cfg.data, io), 'test');
   let limit: number | null = null;
   if (opts.limitTest !== undefined) {
     limit = Number(opts.limitTest);

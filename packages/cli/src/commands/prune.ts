@@ -1,19 +1,23 @@
 /**
  * `svd-coord prune CKPT --energy e`: drop the singular values holding at most a fraction e of each
- * layer's energy, print what that does to ranks, parameters and MACs, and write the smaller
- * checkpoint.
+ * layer's energy, print what that does to ranks, parameters and MACs, re-estimate the batch-norm
+ * statistics on training images (unless --no-recalibrate-bn), and write the smaller checkpoint.
  */
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { countMacs, depthOf, plainResNetCost, pruneByEnergy } from '@svd-train/layers';
+import { readCifar10 } from '@svd-train/core';
+import { countMacs, depthOf, plainResNetCost, pruneByEnergy, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint, writePrunedCheckpoint } from '../checkpoint-model.js';
+import { runDataDir } from './eval.js';
 
 interface PruneOptions {
   energy: string;
   out?: string;
   backend?: string;
+  data?: string;
+  recalibrateBn: boolean;
 }
 
 /** A per-layer report (one object per layer, the same keys in each) as an aligned text table. */
@@ -46,6 +50,24 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
     `whole model: MACs/image ${before.total} (${pct(before.total)} of plain ${cfg.model}) -> ${after.total} (${pct(after.total)}); ` +
       `stock-export weights ${before.exportParams} -> ${after.exportParams}; plain ${cfg.model}: ${plain.macs} MACs, ${plain.params} weights. FLOPs = 2·MACs.\n`,
   );
+  // Nothing removed (e.g. --energy 0): nothing to re-estimate, and the checkpoint stays the same in every number.
+  if (opts.recalibrateBn && report.some((r) => r.rankAfter < r.rankBefore)) {
+    // Pruning shifts every layer's output a little; the trained running statistics no longer fit
+    // (recalibrateBatchNorm). Without data the pruned model is still written, with a warning.
+    let dir: string | null = null;
+    try {
+      dir = runDataDir(opts.data, cfg.data, io);
+    } catch (err) {
+      if (opts.data) throw err;
+      io.err(`warning: batch-norm statistics not re-estimated: ${(err as Error).message} Pass --data DIR, or --no-recalibrate-bn to silence this.\n`);
+    }
+    if (dir) {
+      const train = readCifar10(dir, 'train');
+      const n = Math.min(BN_RECALIBRATION_IMAGES, train.count);
+      recalibrateBatchNorm(pruned, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * train.count) / n)), Math.min(cfg.batch, cfg.maxWorkerBatch));
+      io.out(`batch-norm statistics re-estimated on ${n} training images from ${dir}\n`);
+    }
+  }
   const final = writePrunedCheckpoint(ckpt, cfg, pruned, e, opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`));
   model.dispose();
   pruned.dispose();
@@ -62,5 +84,7 @@ export function registerPruneCommand(program: Command, io: CliIo, setCode: SetEx
     .requiredOption('--energy <e>', 'energy fraction to drop, e.g. 0.01')
     .option('--out <path>', 'folder for the pruned checkpoint, or a file name ending in .svdckpt (default: pruned-e<E>/ next to the input)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
+    .option('--data <dir>', `CIFAR-10 folder whose training images re-estimate the batch-norm statistics (${BN_RECALIBRATION_IMAGES} of them; default: the run's, then SVD_TRAIN_DATA, then the cache)`)
+    .option('--no-recalibrate-bn', 'keep the trained batch-norm statistics (pruning shifts them; re-estimating costs one forward pass over the images)')
     .action(async (p: string, o: PruneOptions) => setCode(await pruneCommand(p, o, io)));
 }
