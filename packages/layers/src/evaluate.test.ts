@@ -104,8 +104,15 @@ describe('recalibrateBatchNorm', () => {
     model.dispose();
   });
 
-  it('a chunk that is not a whole number > 0 is refused', () => {
+  it('a last chunk of one image is left out of the count and the statistics; a chunk that is not a whole number > 0 is refused', () => {
     const model = tiny();
+    const data = split(5);
+    spoil(model);
+    expect(recalibrateBatchNorm(model, data, [0, 1, 2, 3, 4], 2)).toBe(4);
+    const twoChunks = getBuffers(model);
+    spoil(model);
+    recalibrateBatchNorm(model, data, [0, 1, 2, 3], 2);
+    expect(getBuffers(model)).toEqual(twoChunks);
     expect(() => recalibrateBatchNorm(model, split(2), [0, 1], 0)).toThrow(/chunk 0/);
     model.dispose();
   });

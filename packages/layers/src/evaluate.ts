@@ -54,13 +54,14 @@ export const BN_RECALIBRATION_IMAGES = 4096;
  *
  * Why: pruning changes every layer's output a little, and the running statistics the trained
  * model kept no longer fit; measured on a pruned SVD-ResNet-20, re-estimating them on 4,096
- * training images raised test accuracy from 48% to 78% before any fine-tuning. Weights are not
- * touched. Returns the number of images used.
+ * training images raised test accuracy from 47.8% to 74.9% before any fine-tuning. Weights are
+ * not touched. Returns the number of images used (a last chunk of one image is left out).
  */
 export function recalibrateBatchNorm(model: tf.LayersModel, split: SplitLike, indices: ArrayLike<number>, chunk: number): number {
   checkChunk('recalibrateBatchNorm', chunk);
   const bns = model.layers.filter((l): l is SVDBatchNorm => l instanceof SVDBatchNorm);
   const idx = Int32Array.from(indices);
+  let used = 0;
   try {
     for (let lo = 0, k = 0; lo < idx.length; lo += chunk, k++) {
       const ids = idx.subarray(lo, Math.min(idx.length, lo + chunk));
@@ -69,9 +70,10 @@ export function recalibrateBatchNorm(model: tf.LayersModel, split: SplitLike, in
       const { x } = assembleBatch(split, ids, { seed: 0, epoch: 0, augment: false });
       for (const bn of bns) bn.momentumOverride = 1 / (k + 1);
       tf.tidy(() => void model.apply(inputTensor(model, x, ids.length), { training: true }));
+      used += ids.length;
     }
   } finally {
     for (const bn of bns) bn.momentumOverride = null;
   }
-  return idx.length;
+  return used;
 }
