@@ -15,8 +15,20 @@ import {
   serializeConfig,
   type Checkpoint,
   type RunConfig,
+  type SplitLike,
 } from '@svd-train/core';
-import { buildResNetForConfig, getBuffers, getParameters, initEngine, setBuffers, setParameters, svdRanks } from '@svd-train/layers';
+import {
+  BN_RECALIBRATION_IMAGES,
+  buildResNetForConfig,
+  getBuffers,
+  getParameters,
+  initEngine,
+  recalibrateBatchNorm,
+  setBuffers,
+  setParameters,
+  svdRanks,
+  type PruneLayerReport,
+} from '@svd-train/layers';
 import { usageError } from './cli-errors.js';
 import type { CliIo } from './cli-io.js';
 
@@ -106,4 +118,21 @@ export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: 
   renameSync(written, outFile);
   rmSync(outDir, { recursive: true, force: true });
   return outFile;
+}
+
+/**
+ * Re-estimates a pruned model's batch-norm statistics (recalibrateBatchNorm) on
+ * BN_RECALIBRATION_IMAGES training images spread evenly over the first `count` of `train`, in
+ * chunks of `chunk`; the same images for every call. Does nothing when the prune removed no rank,
+ * so a no-op prune stays one in every number. Returns the images used (0: none).
+ */
+export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number): number {
+  if (!removesRank(report)) return 0;
+  const n = Math.min(BN_RECALIBRATION_IMAGES, count);
+  return recalibrateBatchNorm(pruned, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk);
+}
+
+/** Whether a prune removed any singular value (a prune at energy 0, or too small an energy, removes none). */
+export function removesRank(report: readonly PruneLayerReport[]): boolean {
+  return report.some((r) => r.rankAfter < r.rankBefore);
 }

@@ -14,13 +14,12 @@ import {
   evaluateSplit,
   plainResNetCost,
   pruneByEnergy,
-  recalibrateBatchNorm,
   BN_RECALIBRATION_IMAGES,
   setBuffers,
   setParameters,
   svdRanks,
 } from '@svd-train/layers';
-import { writePrunedCheckpoint, type Model } from './checkpoint-model.js';
+import { recalibratePruned, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
 import { trainPhase, type StartContext } from './train-phase.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
@@ -47,12 +46,10 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   const model = buildResNetForConfig(cfg);
   setParameters(model, latest.checkpoint.params);
   if (latest.checkpoint.buffers.length) setBuffers(model, latest.checkpoint.buffers);
-  // Evenly spaced over the (possibly limited) train split, the same images for every energy.
+  // BN re-estimation images: spread over the (possibly limited) train split, the same for every energy.
   const train = readCifar10(ctx.dataDir, 'train');
   const trainN = Math.min(train.count, cfg.limitTrain ?? train.count);
   const calN = Math.min(BN_RECALIBRATION_IMAGES, trainN);
-  const calIdx = Int32Array.from({ length: calN }, (_, i) => Math.floor((i * trainN) / calN));
-  const calChunk = Math.min(cfg.batch, chunk);
   const point = (m: Model, energy: number): PipelinePoint => {
     const c = countMacs(m);
     const r = evaluateSplit(m, test, firstN, chunk);
@@ -74,8 +71,8 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   for (const energy of [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b)) {
     if (energy === 0) continue;
     const { model: pruned, report } = pruneByEnergy(model, energy);
-    // Nothing removed, nothing to re-estimate: the point then is the trained model's, to the digit.
-    if (report.some((r) => r.rankAfter < r.rankBefore)) recalibrateBatchNorm(pruned, train, calIdx, calChunk);
+    // Nothing removed, nothing re-estimated: the point then is the trained model's, to the digit.
+    recalibratePruned(pruned, report, train, trainN, Math.min(cfg.batch, chunk));
     const p = point(pruned, energy);
     sweep.push(p);
     io.err(`  e=${energy}: test accuracy ${(100 * p.acc).toFixed(2)}%, ${(p.macs / 1e6).toFixed(2)}M MACs (${((100 * p.macs) / plain.macs).toFixed(1)}% of plain ${cfg.model})\n`);

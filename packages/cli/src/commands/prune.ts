@@ -6,10 +6,10 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { readCifar10 } from '@svd-train/core';
-import { countMacs, depthOf, plainResNetCost, pruneByEnergy, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
+import { countMacs, depthOf, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { checkpointArgument, modelFromCheckpoint, writePrunedCheckpoint } from '../checkpoint-model.js';
+import { checkpointArgument, modelFromCheckpoint, recalibratePruned, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
 interface PruneOptions {
@@ -51,7 +51,7 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
       `stock-export weights ${before.exportParams} -> ${after.exportParams}; plain ${cfg.model}: ${plain.macs} MACs, ${plain.params} weights. FLOPs = 2·MACs.\n`,
   );
   // Nothing removed (e.g. --energy 0): nothing to re-estimate, and the checkpoint stays the same in every number.
-  if (opts.recalibrateBn && report.some((r) => r.rankAfter < r.rankBefore)) {
+  if (opts.recalibrateBn && removesRank(report)) {
     // Pruning shifts every layer's output a little; the trained running statistics no longer fit
     // (recalibrateBatchNorm). Without data the pruned model is still written, with a warning.
     let dir: string | null = null;
@@ -63,8 +63,7 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
     }
     if (dir) {
       const train = readCifar10(dir, 'train');
-      const n = Math.min(BN_RECALIBRATION_IMAGES, train.count);
-      recalibrateBatchNorm(pruned, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * train.count) / n)), Math.min(cfg.batch, cfg.maxWorkerBatch));
+      const n = recalibratePruned(pruned, report, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch));
       io.out(`batch-norm statistics re-estimated on ${n} training images from ${dir}\n`);
     }
   }
