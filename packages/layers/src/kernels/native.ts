@@ -44,7 +44,7 @@ const padOk = (info: tf.backend_util.Conv2DInfo) =>
 /**
  * A 1×1 convolution with stride 1, no padding and no dilation is a matmul over the pixels, and
  * runs as one: oneDNN's NHWC convolution takes a slow path when the input has few channels (a
- * 1×1 conv from 2 to 16 channels, the second half of a rank-2 factored layer, measured ~15×
+ * 1×1 conv from 2 to 16 channels, the second half of a rank-2 factored layer, measured ~18×
  * slower than the same matmul), which made pruned models barely faster than full rank.
  */
 function isPointwise(info: tf.backend_util.Conv2DInfo): boolean {
