@@ -1,90 +1,206 @@
-"""PyTorch reference training run of the README recipe, to compare svd-train's accuracy against.
+"""PyTorch reference of svd-train's whole method: train, then optionally prune and fine-tune.
 
 SVD-ResNet-20 (channel decomposition), CE + lambda_o * orth + lambda_s * Hoyer, SGD Nesterov
 momentum 0.9, one-cycle lr peaking at 0.1, weight decay 5e-4, batch 128, crop + flip, on the real
-CIFAR-10 binary batches. The switches reproduce svd-train's choices one at a time, so that an
-accuracy gap can be traced to a choice rather than guessed at:
+CIFAR-10 binary batches. It exists to compare svd-train's accuracy against, and to try schedules
+cheaply before one is run in svd-train (on a GPU, with --device cuda, an epoch takes seconds).
+The switches reproduce svd-train's choices one at a time, so that an accuracy gap can be traced to
+a choice rather than guessed at:
 
   --no-momentum-cycle   constant momentum (PyTorch's OneCycleLR cycles it 0.95 -> 0.85 -> 0.95)
   --no-decay-s          no weight decay on singular values, BN parameters and biases
+                        (svd-train's --decay-on factors)
   --bn-groups G         batch norm over G sub-batches of 128/G (svd-train: one group per worker)
+  --sparsity-start F    no sparsity term for the first fraction F of the steps (svd-train has no
+                        such option yet; this is for trying the schedule first)
+
+The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetune-epochs`:
+  --prune-energy E | --prune-macs N   after training, remove the smallest singular values holding at
+                        most a fraction E of each layer's energy (sum of s^2), or pick the smallest E
+                        whose model costs at most N MACs per image; every layer then runs in its
+                        cheaper form by MACs. Batch-norm statistics are re-estimated on 4,096
+                        evenly spread training images (no augmentation) before each evaluation,
+                        and for a sweep of energies, as svd-train does.
+  --finetune-epochs N [--finetune-lr X]   then fine-tune the pruned model (one-cycle, peak X,
+                        default lr/10, no sparsity term).
 
 Usage: /usr/bin/python3 bench/torch_train.py --data ../shared/cifar-10-batches-bin --epochs 1
-Prints one line per epoch (train and test accuracy, seconds) and a final JSON line.
+Prints one line per epoch (train and test accuracy, seconds), the pipeline's table, and a final
+JSON line. --checkpoint PATH resumes both stages after a stop.
 """
 import argparse
+import copy
 import json
+import math
 import os
 import time
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from train_step_torch import ResNet20, SVDConv, SVDDense, regularizers
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
+SWEEP = (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2)  # svd-train's default --sweep-energies
+BN_RECALIBRATION_IMAGES = 4096  # svd-train's, as are the chunk and the evenly spread indices
+BN_CHUNK = 256
+PLAIN_RESNET20_MACS = 40813184
 
 
-def load(data, names):
+def load(data, names, limit=0):
     raw = np.concatenate([np.fromfile(os.path.join(data, n), dtype=np.uint8).reshape(-1, 3073) for n in names])
+    if limit:
+        raw = raw[:limit]
     x = raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
     return torch.from_numpy((x - MEAN) / STD), torch.from_numpy(raw[:, 0].astype(np.int64))
 
 
 def augment(x, gen):
+    """Random 32x32 crop of the 4-pixel zero-padded image, then a horizontal flip with p = 0.5. The
+    draws come from `gen` (CPU) in the same order whatever the device, so runs repeat across devices."""
     n = x.shape[0]
+    dx = torch.randint(0, 9, (n,), generator=gen).to(x.device)
+    dy = torch.randint(0, 9, (n,), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     padded = F.pad(x, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    out = torch.empty_like(x)
-    for i in range(n):
-        img = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
-        out[i] = img.flip(2) if flip[i] else img
-    return out
+    ar = torch.arange(32, device=x.device)
+    rows = (dy[:, None] + ar)[:, None, :, None]
+    cols = torch.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)[:, None, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
 
 
 def evaluate(model, x, y, batch=1000):
+    was = model.training
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
             correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
-    model.train()
+    model.train(was)
     return correct / x.shape[0]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--data', default='../shared/cifar-10-batches-bin')
-    ap.add_argument('--epochs', type=int, default=3)
-    ap.add_argument('--stop-after', type=int, default=0, help='stop after this many epochs (the schedule still spans --epochs)')
-    ap.add_argument('--batch', type=int, default=128)
-    ap.add_argument('--lr', type=float, default=0.1)
-    ap.add_argument('--lambda-o', type=float, default=1.0)
-    ap.add_argument('--lambda-s', type=float, default=0.07)
-    ap.add_argument('--no-momentum-cycle', action='store_true')
-    ap.add_argument('--no-decay-s', action='store_true')
-    ap.add_argument('--bn-groups', type=int, default=1)
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--threads', type=int, default=0)
-    ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists')
-    a = ap.parse_args()
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    gen = torch.Generator().manual_seed(a.seed)
-    xtr, ytr = load(a.data, [f'data_batch_{i}.bin' for i in range(1, 6)])
-    xte, yte = load(a.data, ['test_batch.bin'])
-    model = ResNet20('reconstruct').train()
+def svd_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (SVDConv, SVDDense))]
+
+
+def output_sizes(model, device):
+    """Output height x width of every SVD conv, from one forward pass of a single image."""
+    sizes, hooks = {}, []
+    for name, m in svd_layers(model):
+        if isinstance(m, SVDConv):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: sizes.__setitem__(name, o.shape[2] * o.shape[3])))
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def layer_macs(m, r, hw):
+    """MACs per image of one SVD layer at rank r in its cheaper form, as svd-train's countMacs."""
+    if isinstance(m, SVDConv):
+        merged = m.k * m.k * m.cin * m.cout
+        factored = r * (m.k * m.k * m.cin + m.cout)
+        return hw * min(merged, factored)
+    fout, fin = m.U.shape[0], m.V.shape[0]
+    return min(fin * fout, r * (fin + fout))
+
+
+def keep_by_energy(s, energy):
+    """Indices of the singular values that stay: svd-train's selectRankByEnergy (largest first until
+    at least 1 - energy of sum(s^2) is kept; at least one; energy 0 keeps all)."""
+    n = s.shape[0]
+    if energy == 0:
+        return list(range(n))
+    w = (s.detach().double().cpu() ** 2).tolist()
+    order = sorted(range(n), key=lambda i: (-w[i], i))
+    target, acc, k = (1 - energy) * sum(w), 0.0, 0
+    while k < n and (acc < target or k == 0):
+        acc += w[order[k]]
+        k += 1
+    return sorted(order[:k])
+
+
+def macs_at(model, sizes, energy):
+    return sum(layer_macs(m, len(keep_by_energy(m.s, energy)), sizes.get(n, 1)) for n, m in svd_layers(model))
+
+
+def energy_for_macs(model, sizes, target):
+    """The smallest energy whose pruned model costs at most `target` MACs per image (bisection; MACs
+    only fall as the energy grows), rounded up to 3 significant digits where that still fits."""
+    if macs_at(model, sizes, 0) <= target:
+        return 0.0
+    lo, hi = 0.0, 1.0 - 1e-9
+    if macs_at(model, sizes, hi) > target:
+        raise SystemExit(f'--prune-macs {target:g} is below what pruning can reach; raise it, or give --prune-energy instead')
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if macs_at(model, sizes, mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    scale = 10.0 ** (math.floor(math.log10(hi)) - 2)
+    short = float(f'{math.ceil(hi / scale) * scale:.3g}')  # a larger energy prunes at least as much
+    return short if hi <= short < 1 else hi
+
+
+def prune(model, energy, ranks=None):
+    """A copy of `model` with each SVD layer cut to the singular triplets `keep_by_energy` keeps (or
+    the first ranks[name] of them), every layer in its cheaper form by MACs. Returns it and the ranks."""
+    pruned = copy.deepcopy(model)
+    out = {}
+    for name, m in svd_layers(pruned):
+        keep = list(range(ranks[name])) if ranks else keep_by_energy(m.s, energy)
+        idx = torch.tensor(keep, device=m.s.device)
+        with torch.no_grad():
+            m.U = nn.Parameter(m.U[:, idx].contiguous())
+            m.s = nn.Parameter(m.s[idx].contiguous())
+            m.V = nn.Parameter(m.V[:, idx].contiguous())
+        if isinstance(m, SVDConv):
+            r = len(keep)
+            m.mode = 'reconstruct' if m.k * m.k * m.cin * m.cout <= r * (m.k * m.k * m.cin + m.cout) else 'factored'
+        out[name] = len(keep)
+    return pruned, out
+
+
+def recalibrate_bn(model, x):
+    """Re-estimates every BN's running statistics as the mean over chunks of train-mode batch
+    statistics (momentum None) on `x`; no gradients, no weight change. Returns the images used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.reset_running_stats()
+        b.momentum = None
+    was = model.training
+    model.train()
+    used = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], BN_CHUNK):
+            chunk = x[i:i + BN_CHUNK]
+            if chunk.shape[0] < 2:  # one image has no variance to estimate
+                break
+            model(chunk)
+            used += chunk.shape[0]
+    for b, mo in zip(bns, saved):
+        b.momentum = mo
+    model.train(was)
+    return used
+
+
+def make_optimizer(model, a, lr, epochs, steps_per_epoch):
     no_decay = set()
     if a.no_decay_s:
         for m in model.modules():
             if isinstance(m, (SVDConv, SVDDense)):
                 no_decay.add(id(m.s))
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d):
                 no_decay.update((id(m.weight), id(m.bias)))
             if isinstance(m, SVDDense):
                 no_decay.add(id(m.bias))
@@ -93,29 +209,47 @@ def main():
         {'params': [p for p in params if id(p) not in no_decay], 'weight_decay': 5e-4},
         {'params': [p for p in params if id(p) in no_decay], 'weight_decay': 0.0},
     ]
-    opt = torch.optim.SGD(groups, lr=a.lr, momentum=0.9, nesterov=True)
-    steps_per_epoch = xtr.shape[0] // a.batch
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch, cycle_momentum=not a.no_momentum_cycle)
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, cycle_momentum=not a.no_momentum_cycle)
+    return opt, sched
+
+
+def save_atomic(obj, path):
+    tmp = path + '.tmp'
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None):
+    """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`."""
+    xtr, ytr, xte, yte = data
+    gen = torch.Generator().manual_seed(a.seed if stage == 'train' else a.seed + 1)
+    steps_per_epoch = xtr.shape[0] // a.batch
+    total = epochs * steps_per_epoch
+    opt, sched = make_optimizer(model, a, lr, epochs, steps_per_epoch)
     t0 = time.time()
     history = []
-    first = 0
-    if a.checkpoint and os.path.exists(a.checkpoint):
-        ck = torch.load(a.checkpoint)
-        if ck['args']['epochs'] != a.epochs or ck['args']['batch'] != a.batch or ck['args']['lr'] != a.lr:
-            raise SystemExit(f"--checkpoint {a.checkpoint} is of another schedule ({ck['args']}); use another path")
+    if ck_path and os.path.exists(ck_path):
+        ck = torch.load(ck_path, map_location=xtr.device)
+        keys = ('epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr') if stage == 'finetune' else ())
+        for k in keys:
+            was, now = ck['args'].get(k, 0.0 if k == 'sparsity_start' else None), vars(a).get(k)
+            if was != now:
+                raise SystemExit(f'--checkpoint {ck_path}: {k} {was} there, {now} now; it is of another schedule. Fix: use another path, or the same flags')
         model.load_state_dict(ck['model'])
         opt.load_state_dict(ck['opt'])
         sched.load_state_dict(ck['sched'])
         gen.set_state(ck['gen'])
         torch.set_rng_state(ck['rng'])
         history = ck['history']
-        first = len(history)
         t0 -= history[-1]['seconds'] if history else 0
-        print(f'resumed from {a.checkpoint} after epoch {first}', flush=True)
-    for epoch in range(first, a.stop_after or a.epochs):
-        perm = torch.randperm(xtr.shape[0], generator=gen)
-        correct = seen = 0
+        print(f'{stage}: resumed from {ck_path} after epoch {len(history)}', flush=True)
+    stop = min(epochs, a.stop_after) if (a.stop_after and stage == 'train') else epochs
+    for epoch in range(len(history), stop):
+        perm = torch.randperm(xtr.shape[0], generator=gen).to(xtr.device)
+        correct = torch.zeros((), device=xtr.device)
+        seen = 0
         for step in range(steps_per_epoch):
             idx = perm[step * a.batch:(step + 1) * a.batch]
             x, y = augment(xtr[idx], gen), ytr[idx]
@@ -124,21 +258,101 @@ def main():
             logits = torch.cat([model(x[i:i + sub]) for i in range(0, a.batch, sub)])
             ce = F.cross_entropy(logits, y)
             orth, sp = regularizers(model)
-            (ce + a.lambda_o * orth + a.lambda_s * sp).backward()
+            ls = lambda_s if epoch * steps_per_epoch + step >= a.sparsity_start * total else 0.0
+            (ce + a.lambda_o * orth + ls * sp).backward()
             opt.step()
             sched.step()
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(1) == y).sum()
             seen += a.batch
         test = evaluate(model, xte, yte)
-        row = {'epoch': epoch + 1, 'train_acc': correct / seen, 'test_acc': test, 'seconds': time.time() - t0}
+        row = {'epoch': epoch + 1, 'train_acc': correct.item() / seen, 'test_acc': test, 'seconds': time.time() - t0}
         history.append(row)
-        print(f"epoch {row['epoch']}: train {row['train_acc']:.4f} test {row['test_acc']:.4f} ({row['seconds']:.0f} s)", flush=True)
-        if a.checkpoint:
-            tmp = a.checkpoint + '.tmp'
-            torch.save({'args': vars(a), 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                        'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history}, tmp)
-            os.replace(tmp, a.checkpoint)
-    print(json.dumps({'args': vars(a), 'history': history}))
+        print(f"{stage} epoch {row['epoch']}: train {row['train_acc']:.4f} test {row['test_acc']:.4f} ({row['seconds']:.0f} s)", flush=True)
+        if ck_path:
+            save_atomic({'args': vars(a), 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
+                         'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history, **(extra or {})}, ck_path)
+    return history
+
+
+def pipeline(model, a, data, device):
+    xtr, ytr, xte, yte = data
+    sizes = output_sizes(model, device)
+    n = min(BN_RECALIBRATION_IMAGES, xtr.shape[0])
+    cal = xtr[torch.tensor([(i * xtr.shape[0]) // n for i in range(n)], device=device)]
+    energy = a.prune_energy if a.prune_macs is None else energy_for_macs(model, sizes, a.prune_macs)
+
+    def point(e):
+        pruned, ranks = prune(model, e)
+        if any(ranks[k] < m.s.shape[0] for k, m in svd_layers(model)):
+            recalibrate_bn(pruned, cal)
+        return pruned, ranks, {'energy': e, 'acc': evaluate(pruned, xte, yte), 'macs': macs_at(model, sizes, e)}
+
+    trained = {'acc': evaluate(model, xte, yte), 'macs': macs_at(model, sizes, 0)}
+    print(f"pipeline: trained, full rank: test {trained['acc']:.4f}, {trained['macs'] / 1e6:.2f}M MACs", flush=True)
+    sweep = []
+    for e in sorted(set(SWEEP) | {energy}):
+        _, _, p = point(e)
+        sweep.append(p)
+        print(f"  e={e:g}: test {p['acc']:.4f}, {p['macs'] / 1e6:.2f}M MACs ({100 * p['macs'] / PLAIN_RESNET20_MACS:.1f}% of plain), BN re-estimated", flush=True)
+    pruned, ranks, at = point(energy)
+    out = {'energy': energy, 'plain_macs': PLAIN_RESNET20_MACS, 'trained': trained, 'pruned': at, 'ranks': ranks, 'sweep': sweep, 'finetuned': None}
+    if a.finetune_epochs > 0:
+        lr = a.finetune_lr if a.finetune_lr is not None else a.lr / 10
+        ck = a.checkpoint + '.finetune' if a.checkpoint else ''
+        hist = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks})
+        out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
+    for label, p in (('trained, full rank', trained), (f'pruned at e={energy:g}', at), ('fine-tuned', out['finetuned'])):
+        if p:
+            print(f"  {label:24} test {100 * p['acc']:6.2f}%  {p['macs'] / 1e6:6.2f}M MACs ({100 * p['macs'] / PLAIN_RESNET20_MACS:.1f}% of plain)", flush=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--data', default='../shared/cifar-10-batches-bin')
+    ap.add_argument('--epochs', type=int, default=3)
+    ap.add_argument('--stop-after', type=int, default=0, help='stop training after this many epochs (the schedule still spans --epochs)')
+    ap.add_argument('--batch', type=int, default=128)
+    ap.add_argument('--lr', type=float, default=0.1)
+    ap.add_argument('--lambda-o', type=float, default=1.0)
+    ap.add_argument('--lambda-s', type=float, default=0.07)
+    ap.add_argument('--sparsity-start', type=float, default=0.0, help='fraction of the training steps before the sparsity term starts')
+    ap.add_argument('--no-momentum-cycle', action='store_true')
+    ap.add_argument('--no-decay-s', action='store_true')
+    ap.add_argument('--bn-groups', type=int, default=1)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--threads', type=int, default=0)
+    ap.add_argument('--device', default='auto', help='cpu, cuda or auto (cuda when available)')
+    ap.add_argument('--limit-train', type=int, default=0, help='use only the first N training images (smoke tests)')
+    ap.add_argument('--limit-test', type=int, default=0, help='use only the first N test images')
+    ap.add_argument('--prune-energy', type=float, default=None)
+    ap.add_argument('--prune-macs', type=float, default=None)
+    ap.add_argument('--finetune-epochs', type=int, default=0)
+    ap.add_argument('--finetune-lr', type=float, default=None)
+    ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists; the fine-tuning stage uses PATH.finetune')
+    a = ap.parse_args()
+    if a.prune_energy is not None and a.prune_macs is not None:
+        raise SystemExit('give --prune-energy or --prune-macs, not both')
+    if a.prune_energy is not None and not 0 <= a.prune_energy < 1:
+        raise SystemExit(f'--prune-energy {a.prune_energy}: expected a fraction in [0, 1)')
+    if not 0 <= a.sparsity_start < 1:
+        raise SystemExit(f'--sparsity-start {a.sparsity_start}: expected a fraction of the schedule in [0, 1)')
+    if a.batch % a.bn_groups:
+        raise SystemExit(f'--bn-groups {a.bn_groups} does not divide --batch {a.batch}')
+    device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    print(f'torch {torch.__version__} on {device}', flush=True)
+    torch.manual_seed(a.seed)
+    xtr, ytr = load(a.data, [f'data_batch_{i}.bin' for i in range(1, 6)], a.limit_train)
+    xte, yte = load(a.data, ['test_batch.bin'], a.limit_test)
+    data = tuple(t.to(device) for t in (xtr, ytr, xte, yte))
+    model = ResNet20('reconstruct').to(device).train()
+    history = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint)
+    result = {'args': vars(a), 'device': str(device), 'history': history}
+    if len(history) == a.epochs and (a.prune_energy is not None or a.prune_macs is not None):
+        result['pipeline'] = pipeline(model, a, data, device)
+    print(json.dumps(result))
 
 
 if __name__ == '__main__':

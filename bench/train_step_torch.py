@@ -90,13 +90,15 @@ class ResNet20(nn.Module):
 
 
 def regularizers(model):
-    orth = torch.zeros(())
-    sparsity = torch.zeros(())
+    dev = next(model.parameters()).device
+    orth = torch.zeros((), device=dev)
+    sparsity = torch.zeros((), device=dev)
     for m in model.modules():
         if isinstance(m, (SVDConv, SVDDense)):
             r = m.s.shape[0]
-            eu = m.U.t() @ m.U - torch.eye(r)
-            ev = m.V.t() @ m.V - torch.eye(r)
+            eye = torch.eye(r, device=dev)
+            eu = m.U.t() @ m.U - eye
+            ev = m.V.t() @ m.V - eye
             orth = orth + ((eu ** 2).sum() + (ev ** 2).sum()) / r ** 2
             sparsity = sparsity + m.s.abs().sum() / m.s.norm()
     return orth, sparsity
