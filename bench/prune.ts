@@ -16,7 +16,8 @@
  * s_j = exp(−8·j/r) in every layer (energy e then keeps about ln(1/e)/16 of each rank). One more
  * row uses the real per-layer ranks of the 3-epoch run pruned at e=0.01
  * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
- * merged or all factored, to check the MAC-based choice against measured time. `--ranks-ckpt` takes
+ * merged or all factored, to check the MAC-based choice against measured time; on the native
+ * engine one more row runs it with every conv on oneDNN (our small-OC kernels off). `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`). Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
@@ -46,6 +47,7 @@ import {
   setBuffers,
   setParameters,
 } from '@svd-train/layers';
+import { loadNative } from '@svd-train/native';
 import { median, rand } from './lib/stats.js';
 import { runTorchScript } from './lib/torch.js';
 
@@ -126,6 +128,8 @@ interface Variant {
   model: ReturnType<typeof buildResNet>;
   /** false: an inference-only export, timed for inference only. */
   train: boolean;
+  /** false: timed with the native engine's small-OC kernels switched off. */
+  smallOc?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
@@ -135,6 +139,12 @@ const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real rank
 for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
   const label = forward === 'auto' ? realLabel : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
   variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, forward, seed: 1 }), train: true });
+}
+// On the native engine: the real-ranks model once more with every conv on oneDNN, to show what
+// the small-OC kernels (packages/native/src/small_oc_conv.cc) gain.
+const addon = info.backend === 'native' ? loadNative() : null;
+if (addon?.ok) {
+  variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: true, smallOc: false });
 }
 variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
 // The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
@@ -148,9 +158,18 @@ const xInfer = rand(inferBatch * 32 * 32 * 3, 2);
 const yInfer = Int32Array.from({ length: inferBatch }, (_, i) => i % 10);
 console.error(`timing ${variants.length} models in ${reps} interleaved rounds after ${warmup} warm-up rounds`);
 const trainable = variants.filter((v) => v.train);
-const trainS = new Map(timeInterleaved(trainable.map((v) => () => void computeGradients(v.model, xTrain, yTrain, reg))).map((t, i) => [trainable[i]!, t]));
+/** Runs f with the variant's small-OC setting, and leaves them on. */
+const withKernels = (v: Variant, f: () => void) => () => {
+  if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([0]);
+  try {
+    f();
+  } finally {
+    if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
+  }
+};
+const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));
 // Eval-mode forward of the whole batch at once, plus the arg-max and loss read-back.
-const inferS = timeInterleaved(variants.map((v) => () => void evaluate(v.model, xInfer, yInfer, inferBatch)));
+const inferS = timeInterleaved(variants.map((v) => withKernels(v, () => void evaluate(v.model, xInfer, yInfer, inferBatch))));
 const rows = variants.map((v, i) => ({ label: v.label, macs: countMacs(v.model).total, train: v.train ? batch / trainS.get(v)! : NaN, infer: inferBatch / inferS[i]! }));
 const full = rows[0]!;
 const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;

@@ -221,8 +221,15 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
       if (act.ok) {
         registerNativeKernels(nat.addon);
         nat.addon.setThreads([opts.threads ?? 1]);
+        // Our AVX-512 kernels for convs with few output channels (small_oc_conv.cc) are on by
+        // default; SVD_TRAIN_SMALL_OC=0 leaves every conv to oneDNN.
+        const smallOc = process.env.SVD_TRAIN_SMALL_OC !== '0';
+        nat.addon.setSmallOcKernels([smallOc ? 1 : 0]);
         const t = nat.addon.getThreads();
-        return done('native', `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${choice === 'native' ? ', requested' : ''}`);
+        return done(
+          'native',
+          `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${smallOc ? '' : ', small-OC kernels off (SVD_TRAIN_SMALL_OC=0)'}${choice === 'native' ? ', requested' : ''}`,
+        );
       }
       skipped.push(`native not usable (${act.message})`);
     } else {

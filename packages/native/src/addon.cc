@@ -20,6 +20,8 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include "small_oc_conv.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -185,6 +187,21 @@ struct ConvShape {
   }
 };
 
+svd_small_oc::Geom SmallGeom(const ConvShape& s) {
+  return {s.n, s.h, s.w, s.c, s.f, s.kh, s.kw, s.oh, s.ow, s.sh, s.sw, s.pt, s.pl};
+}
+
+// Our own kernels for few output channels (small_oc_conv.h) instead of oneDNN, for the forward
+// and the filter gradient, when they apply and are switched on (setSmallOcKernels; on by default).
+// implementations() lists the shape keys they ran as "svd:small_oc_avx512".
+bool g_small_oc = true;
+std::map<std::string, std::string> small_oc_keys;
+bool UseSmallOc(const ConvShape& s, const std::string& key, bool forward) {
+  if (!g_small_oc || !svd_small_oc::Applies(SmallGeom(s), s.dh, s.dw, forward)) return false;
+  small_oc_keys.emplace(key, "svd:small_oc_avx512");
+  return true;
+}
+
 struct ConvFwd {
   dnnl::convolution_forward prim;
   Port x, w, y;
@@ -215,6 +232,10 @@ Napi::Value Conv2D(const Napi::CallbackInfo& info) {
     float* w = F32(info, 1, s.ws(), "filter");
     float* y = F32(info, 2, s.ys(), "y");
     std::string key = Key("f", p);
+    if (UseSmallOc(s, key, true)) {
+      svd_small_oc::Forward(SmallGeom(s), x, w, y);
+      return info.Env().Undefined();
+    }
     auto& e = conv_fwd[key];
     if (!e) {
       auto c = std::make_unique<ConvFwd>();
@@ -283,6 +304,10 @@ Napi::Value Conv2DBackpropFilter(const Napi::CallbackInfo& info) {
     float* dy = F32(info, 1, s.ys(), "dy");
     float* dw = F32(info, 2, s.ws(), "dw");
     std::string key = Key("w", p);
+    if (UseSmallOc(s, key, false)) {
+      svd_small_oc::BackwardWeights(SmallGeom(s), x, dy, dw);
+      return info.Env().Undefined();
+    }
     auto& e = conv_bwd_weights[key];
     if (!e) {
       auto c = std::make_unique<ConvBwdWeights>();
@@ -551,7 +576,19 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
   for (auto& [k, v] : conv_fwd) o.Set(k, v->impl);
   for (auto& [k, v] : conv_bwd_data) o.Set(k, v->impl);
   for (auto& [k, v] : conv_bwd_weights) o.Set(k, v->impl);
+  for (auto& [k, v] : small_oc_keys) o.Set(k, v);
   return o;
+}
+
+// setSmallOcKernels([on]): 1 runs convolutions with few output channels on small_oc_conv.cc's
+// kernels where they apply (the default), 0 always on oneDNN (for benchmarks and tests).
+Napi::Value SetSmallOcKernels(const Napi::CallbackInfo& info) {
+  return Guard(info, "setSmallOcKernels", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "on");
+    g_small_oc = p[0] != 0;
+    small_oc_keys.clear();
+    return info.Env().Undefined();
+  });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -569,6 +606,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
+  exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));
   return exports;
 }
 

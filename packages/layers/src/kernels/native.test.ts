@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
@@ -39,6 +40,28 @@ const CONV_CASES: ConvCase[] = [
   { x: [1, 3, 4, 24], k: [1, 1], f: 9, s: [1, 1], pad: 'same' },
   { x: [2, 4, 4, 3], k: [1, 1], f: 5, s: [1, 1], pad: p(1, 0, 0, 1) },
 ];
+// Few output channels from a multiple of 16 input channels: the forward and filter gradient run on
+// our AVX-512 kernels (small_oc_conv.cc) where the CPU has AVX-512 (the forward up to f = 5). Rows whose width is not a whole
+// number of pixel blocks (16/f per block), strides, asymmetric and 'valid' padding, k×1 and 1×k,
+// every f from 1 to 8, two channel blocks, and f = 9, which is oneDNN's again.
+const SMALL_OC_CASES: ConvCase[] = [
+  { x: [2, 7, 9, 16], k: [3, 3], f: 1, s: [1, 1], pad: p(1, 1, 1, 1) },
+  { x: [1, 6, 19, 16], k: [3, 3], f: 2, s: [1, 1], pad: 'same' },
+  { x: [2, 9, 11, 16], k: [3, 3], f: 3, s: [2, 2], pad: p(1, 1, 1, 1) },
+  { x: [3, 4, 6, 16], k: [3, 3], f: 4, s: [1, 1], pad: p(1, 1, 1, 1) },
+  { x: [2, 8, 8, 32], k: [3, 3], f: 5, s: [1, 1], pad: p(0, 2, 2, 0) },
+  { x: [1, 6, 10, 16], k: [3, 1], f: 6, s: [2, 1], pad: p(1, 1, 0, 0) },
+  { x: [1, 6, 10, 16], k: [1, 3], f: 7, s: [1, 2], pad: p(0, 0, 1, 1) },
+  { x: [3, 5, 17, 16], k: [3, 3], f: 8, s: [1, 1], pad: 'valid' },
+  { x: [1, 5, 5, 16], k: [3, 3], f: 9, s: [1, 1], pad: p(1, 1, 1, 1) },
+];
+const hasAvx512 = (() => {
+  try {
+    return /\bavx512f\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return false;
+  }
+})();
 const convName = (c: ConvCase) =>
   `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
 
@@ -99,6 +122,32 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
       expectClose(`${convName(c)} y`, got.y, want.y, TOL.backendRel * 10);
       expectClose(`${convName(c)} dx`, got.dx, want.dx, TOL.backendRel * 10);
       expectClose(`${convName(c)} dw`, got.dw, want.dw, TOL.backendRel * 10);
+    });
+  }
+
+  for (const [i, c] of SMALL_OC_CASES.entries()) {
+    it(`small-OC kernels, and oneDNN with them off: ${convName(c)}`, async () => {
+      const want = await onBackend('cpu', () => convAll(c, 7 * i + 3));
+      for (const on of [1, 0] as const) {
+        const tag = `${convName(c)} small-OC ${on ? 'on' : 'off'}`;
+        // Inside onBackend: initEngine sets the switch from SVD_TRAIN_SMALL_OC, and clears the record of which ran.
+        const { got, ours } = await onBackend('native', () => {
+          native.ok && native.addon.setSmallOcKernels([on]);
+          try {
+            const got = convAll(c, 7 * i + 3);
+            const ours = Object.values(native.ok ? native.addon.implementations() : {}).filter((v) => v === 'svd:small_oc_avx512').length;
+            return { got, ours };
+          } finally {
+            native.ok && native.addon.setSmallOcKernels([1]);
+          }
+        });
+        expectClose(`${tag} y`, got.y, want.y, TOL.backendRel * 10);
+        expectClose(`${tag} dx`, got.dx, want.dx, TOL.backendRel * 10);
+        expectClose(`${tag} dw`, got.dw, want.dw, TOL.backendRel * 10);
+        // Which kernels ran, on an AVX-512 CPU: ours for the forward when f <= 5, for the filter
+        // gradient when f <= 8; never when off.
+        expect(ours, tag).toBe(on && hasAvx512 ? Number(c.f <= 5) + Number(c.f <= 8) : 0);
+      }
     });
   }
 

@@ -1,0 +1,39 @@
+// Convolutions with few output channels (1 <= F <= 8) from a multiple of 16 input
+// channels: the first half of a low-rank factored layer, a k x k conv from C channels to the rank r.
+//
+// Why: oneDNN's AVX-512 convolutions compute output channels 16 at a time, so a 3x3 conv from 16
+// channels to rank 1, 2, 3 or 5 costs what the full-rank conv to 16 costs (measured ~8 ms each at
+// batch 256, 32x32), and a pruned model's stage-1 layers got no faster. These kernels keep the
+// input channels in the vector lanes, read NHWC in place (no copy), and do work proportional to F:
+//   - forward: one accumulator per (output pixel, output channel), 16 of them per block of pixels,
+//     reduced across lanes together by a transpose tree (one pass per 16 outputs, not per output);
+//   - filter gradient: one accumulator per (tap, 16 input channels, output channel), the output
+//     gradient broadcast, so nothing needs a reduction across lanes.
+// oneDNN's input gradient is already fast for few output channels and stays. Images run in parallel
+// over OpenMP threads (the count setThreads gives oneDNN).
+#pragma once
+#include <cstdint>
+
+namespace svd_small_oc {
+
+// The most output channels each kernel takes: beyond them oneDNN was as fast or faster (forward,
+// measured at batch 64 on 32x32x16, 16x16x32 and 8x8x64 inputs: 1.2-2.7x faster for F <= 5, 0.8-1.35x at F = 8;
+// filter gradient 1.9-3.5x faster for F <= 5, 1.2-1.9x at F = 8).
+constexpr int64_t kSmallOcMaxFForward = 5;
+constexpr int64_t kSmallOcMaxFFilter = 8;
+
+// The conv2d shape of addon.cc: x NHWC [n,h,w,c], w HWIO [kh,kw,c,f], y NHWC [n,oh,ow,f];
+// stride sh/sw, zero padding pt (top) / pl (left), the bottom/right padding implied by oh/ow.
+struct Geom {
+  int64_t n, h, w, c, f, kh, kw, oh, ow, sh, sw, pt, pl;
+};
+
+// Whether these kernels take the shape: AVX-512F at run time, c a multiple of 16 (at most 256),
+// 1 <= f <= kSmallOcMaxFForward (forward) or kSmallOcMaxFFilter (filter gradient), at most 9 taps,
+// dilation 1 (dh, dw as tfjs counts them, 1 = dense).
+bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward);
+
+void Forward(const Geom& g, const float* x, const float* w, float* y);
+void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw);
+
+}  // namespace svd_small_oc
