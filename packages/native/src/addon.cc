@@ -479,6 +479,43 @@ SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t 
   for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+// affine(x, scale, shift, y, [M, C, relu]): y[i,j] = x[i,j]·scale[j] + shift[j], then max(·, 0)
+// when relu is 1; scale and shift have C elements, or 0 for none (1 and 0). One pass where tfjs
+// makes two or three: eval-mode batch norm, and a conv's bias and ReLU. y may be x.
+SVD_CLONES void AffineImpl(const float* x, const float* scale, const float* shift, float* y, int64_t m, int64_t c,
+                           bool relu) {
+  for (int64_t i = 0; i < m; i++) {
+    const float* xr = x + i * c;
+    float* yr = y + i * c;
+    for (int64_t j = 0; j < c; j++) {
+      float v = xr[j] * (scale ? scale[j] : 1.0f) + (shift ? shift[j] : 0.0f);
+      yr[j] = relu && v < 0.0f ? 0.0f : v;
+    }
+  }
+}
+
+Napi::Value Affine(const Napi::CallbackInfo& info) {
+  return Guard(info, "affine", [&]() -> Napi::Value {
+    auto p = Ints(info, 4, 3, "shape");
+    int64_t m = p[0], c = p[1];
+    if (c < 1 || p[2] > 1) throw ArgError("affine shape must be [M, C >= 1, relu 0 or 1]");
+    const size_t n = static_cast<size_t>(m * c);
+    const float* x = F32(info, 0, n, "x");
+    float* y = F32(info, 3, n, "y");
+    auto optional = [&](size_t i, const char* name) -> const float* {
+      if (i < info.Length() && info[i].IsTypedArray() && info[i].As<Napi::TypedArray>().ElementLength() == 0) {
+        F32(info, i, 0, name);  // still a Float32Array
+        return nullptr;
+      }
+      return F32(info, i, static_cast<size_t>(c), name);
+    };
+    const float* scale = optional(1, "scale");
+    const float* shift = optional(2, "shift");
+    AffineImpl(x, scale, shift, y, m, c, p[2] == 1);
+    return info.Env().Undefined();
+  });
+}
+
 // batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps): y = (x−mean)·invstd·gamma+beta,
 // mean and biased variance per channel.
 Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
@@ -601,6 +638,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
+  exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

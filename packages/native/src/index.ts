@@ -46,6 +46,11 @@ export interface NativeAddon {
   ): void;
   /** dx = x > 0 ? dy : 0, elementwise; all three the same length. */
   reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
+  /**
+   * y[i, j] = x[i, j]·scale[j] + shift[j] over [M, C], then max(·, 0) when relu is 1; scale or
+   * shift may be empty (none). One pass; y may be x.
+   */
+  affine(x: Float32Array, scale: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number]): void;
   /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
   setThreads(threads: readonly [number]): void;
   getThreads(): number;

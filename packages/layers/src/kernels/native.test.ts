@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
-import { batchNormTrain } from '../batch-norm.js';
+import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
+import { AFFINE } from './native.js';
 import { TOL, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -170,11 +171,15 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
         const a = tf.fused.conv2d({ x, filter: w, strides: 2, pad: 'same', bias, activation: 'relu' });
         const b = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'valid' });
         const c = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'same', bias, activation: 'elu' }); // the wasm kernel's
-        return [a, b, c].map((t) => t.dataSync() as Float32Array);
+        const d = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'same', bias: tf.tensor1d([-0.25]), activation: 'relu' });
+        const e = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'same', activation: 'relu' });
+        return [a, b, c, d, e].map((t) => t.dataSync() as Float32Array);
       });
     const want = await onBackend('cpu', run);
     const got = await onBackend('native', run);
-    ['bias+relu', 'plain', 'bias+elu (stock)'].forEach((n, k) => expectClose(`fused conv ${n}`, got[k]!, want[k]!, TOL.backendRel * 10));
+    ['bias+relu', 'plain', 'bias+elu (stock)', 'one bias for all channels+relu', 'relu alone'].forEach((n, k) =>
+      expectClose(`fused conv ${n}`, got[k]!, want[k]!, TOL.backendRel * 10),
+    );
   });
 
   for (const [i, c] of MAT_CASES.entries()) {
@@ -213,6 +218,26 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     }
   });
 
+  it('eval-mode batch norm (one SvdAffine pass) and its gradients x=[2,3,4,5] and x=[7,16]', async () => {
+    const run = (shape: number[]) => () =>
+      tf.tidy(() => {
+        const c = shape[shape.length - 1]!;
+        const x = tf.tensor(seededUniform(shape.reduce((a, b) => a * b, 1), 41), shape);
+        const [mean, gamma, beta] = [42, 43, 44].map((seed) => tf.tensor1d(seededUniform(c, seed)));
+        const variance = tf.abs(tf.tensor1d(seededUniform(c, 45)));
+        const r = tf.tensor(seededUniform(x.size, 46), shape);
+        const f = (xa: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => batchNormInfer(xa, mean!, variance, g, b, 1e-5);
+        const [dx, dg, db] = tf.grads((xa: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(xa, g, b), r)))([x, gamma!, beta!]);
+        return [f(x, gamma!, beta!), dx!, dg!, db!].map((t) => t.dataSync() as Float32Array);
+      });
+    for (const shape of [[2, 3, 4, 5], [7, 16]]) {
+      const want = await onBackend('cpu', run(shape));
+      const got = await onBackend('native', run(shape));
+      expect(tf.getKernel(AFFINE, 'wasm'), 'SvdAffine is registered while the native kernels are').toBeDefined();
+      ['y', 'dx', 'dgamma', 'dbeta'].forEach((n, k) => expectClose(`bn infer [${shape}] ${n}`, got[k]!, want[k]!, TOL.backendRel * 10));
+    }
+  });
+
   it('ReLU gradient kernel x=[2,3,4,5] matches dy·step(x), ties at 0 included', async () => {
     const run = () =>
       tf.tidy(() => {
@@ -245,7 +270,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     });
   });
 
-  it('leaks no tensors or backend buffers through conv, matmul, batch norm and ReLU, forward and backward', async () => {
+  it('leaks no tensors or backend buffers through conv, matmul, batch norm (train and eval) and ReLU, forward and backward', async () => {
     await onBackend('native', () =>
       expectNoLeakedTensors(() => {
         convAll(CONV_CASES[1]!, 1);
@@ -256,6 +281,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
           const b = tf.zeros([3]);
           tf.grads((xa: tf.Tensor, ga: tf.Tensor) => tf.sum(tf.relu(batchNormTrain(xa, ga, b, 1e-5).y)))([x, g]);
           batchNormTrain(x, g, b, 1e-5).mean.dispose();
+          tf.grads((xa: tf.Tensor, ga: tf.Tensor) => tf.sum(batchNormInfer(xa, b, g, ga, b, 1e-5)))([x, g]);
         });
       }, 'native kernels'),
     );
@@ -283,6 +309,11 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.batchNormForward(f(6), f(3), f(3), f(6), f(3), f(3), [2, 3], Number.NaN))).toBe('no error');
     expect(code(() => a.matmul(new Int32Array(6) as unknown as Float32Array, f(6), f(4), [1, 1, 2, 3, 2, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: matmul: a must be a Float32Array/);
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
+    expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 0]))).toBe('no error');
+    expect(code(() => a.affine(f(6), f(0), f(0), f(6), [2, 3, 1]))).toBe('no error');
+    expect(code(() => a.affine(f(6), f(2), f(3), f(6), [2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: scale has 2 elements; expected 3/);
+    expect(code(() => a.affine(f(6), f(3), f(3), f(5), [2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: y has 5 elements; expected 6/);
+    expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: .*relu 0 or 1/);
   });
 
   it('an int32 matmul is not ours: it reaches the stock wasm kernel (and its own error), not oneDNN', async () => {

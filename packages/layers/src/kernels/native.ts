@@ -22,6 +22,8 @@ import type { WasmBackend } from './wasm-backend.js';
 export const BN_TRAIN = 'SvdBatchNormTrain';
 export const BN_GRAD = 'SvdBatchNormGrad';
 export const RELU_GRAD = 'SvdReluGrad';
+/** y = x·scale + shift over the last axis, one pass (eval-mode batch norm); see `affine`. */
+export const AFFINE = 'SvdAffine';
 
 type Conv4 = [number, number, number, number];
 
@@ -110,7 +112,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 
   /**
    * tfjs-layers' Conv2D runs `FusedConv2D` (conv, optional bias, optional activation). oneDNN does
-   * the conv; the bias and a ReLU, when asked for, are one JS pass over the output. Other
+   * the conv; the bias and a ReLU, when asked for, are one native pass over the output. Other
    * activations (and PReLU weights) go to the wasm kernel.
    */
   const fusedConv2d: KernelFunc = (args) => {
@@ -127,14 +129,10 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     if (ins.bias || act === 'relu') {
       const be = args.backend as unknown as WasmBackend;
       const out = be.typedArrayFromHeap(y);
-      const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : null;
-      for (let i = 0; i < out.length; i += f) {
-        for (let j = 0; j < f; j++) {
-          let v = out[i + j] + (bias ? bias[bias.length === 1 ? 0 : j] : 0);
-          if (act === 'relu' && v < 0) v = 0;
-          out[i + j] = v;
-        }
-      }
+      // A single bias value for all channels becomes one per channel: the addon takes C or none.
+      const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : new Float32Array(0);
+      const shift = bias.length === 1 && f !== 1 ? new Float32Array(f).fill(bias[0]!) : bias;
+      addon.affine(out, new Float32Array(0), shift, out, [out.length / f, f, act === 'relu' ? 1 : 0]);
     }
     return y;
   };
@@ -206,6 +204,16 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return dx;
   };
 
+  const affine: KernelFunc = ({ inputs, backend }) => {
+    const be = backend as unknown as WasmBackend;
+    const { x, scale, shift } = inputs as Record<'x' | 'scale' | 'shift', TensorInfo>;
+    const c = x.shape[x.shape.length - 1]!;
+    const y = be.makeOutput([...x.shape], 'float32');
+    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    addon.affine(v(x), v(scale), v(shift), v(y), [x.shape.reduce((p, d) => p * d, 1) / c, c, 0]);
+    return y;
+  };
+
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
@@ -216,8 +224,22 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k(BN_TRAIN, bnTrain),
     k(BN_GRAD, bnGrad),
     k(RELU_GRAD, reluGrad),
+    k(AFFINE, affine),
   ];
 }
+
+// SvdAffine's gradient, registered once for every backend (only the native engine has the kernel):
+// what tfjs would give for x·scale + shift with scale and shift broadcast over the last axis.
+tf.registerGradient({
+  kernelName: AFFINE,
+  inputsToSave: ['x', 'scale'],
+  gradFunc: (dy, saved) => {
+    const [x, scale] = saved as [tf.Tensor, tf.Tensor];
+    const g = dy as tf.Tensor;
+    const outer = g.shape.slice(0, -1).map((_, i) => i);
+    return { x: () => tf.mul(g, scale), scale: () => tf.sum(tf.mul(g, x), outer), shift: () => tf.sum(g, outer) };
+  },
+});
 
 /** The kernels ours replaced (undefined: there was none), to restore and to fall back on. */
 let saved: Map<string, KernelConfig | undefined> | undefined;
