@@ -131,7 +131,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
       const out = be.typedArrayFromHeap(y);
       // A single bias value for all channels becomes one per channel: the addon takes C or none.
       const bias = ins.bias ? be.typedArrayFromHeap(ins.bias) : new Float32Array(0);
-      const shift = bias.length === 1 && f !== 1 ? new Float32Array(f).fill(bias[0]!) : bias;
+      const shift = bias.length === 1 && f !== 1 ? new Float32Array(f).fill(bias[0]) : bias;
       addon.affine(out, new Float32Array(0), shift, out, [out.length / f, f, act === 'relu' ? 1 : 0]);
     }
     return y;
@@ -207,7 +207,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   const affine: KernelFunc = ({ inputs, backend }) => {
     const be = backend as unknown as WasmBackend;
     const { x, scale, shift } = inputs as Record<'x' | 'scale' | 'shift', TensorInfo>;
-    const c = x.shape[x.shape.length - 1]!;
+    const c = x.shape[x.shape.length - 1];
     const y = be.makeOutput([...x.shape], 'float32');
     const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
     addon.affine(v(x), v(scale), v(shift), v(y), [x.shape.reduce((p, d) => p * d, 1) / c, c, 0]);
