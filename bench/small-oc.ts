@@ -1,0 +1,81 @@
+/**
+ * Our few-output-channel conv kernels against oneDNN, layer by layer: `pnpm bench small-oc
+ * [--batch 64] [--reps 15]`.
+ *
+ * For the 3×3 convs a pruned ResNet-20 runs in its first factored half (32×32×16, 16×16×32 and
+ * 8×8×64 inputs, stride 1, and 32×32×16 at stride 2) to 1, 2, 3, 5 and 8 output channels, times the
+ * forward and the filter gradient through the addon directly, with the small-OC kernels switched on
+ * and off in the same process, and checks that both give the same numbers. The time is the minimum
+ * of `--reps` calls after two warm-up calls: these calls take milliseconds, so on a shared machine
+ * the minimum is the run that was not interrupted. The addon only takes a shape when the CPU has
+ * AVX-512 and the channel counts fit (see packages/native/src/small_oc_conv.h); elsewhere both
+ * columns are oneDNN's.
+ */
+import { loadNative } from '@svd-train/native';
+import { rand } from './lib/stats.js';
+
+const args = process.argv.slice(2);
+const arg = (k: string, d: string) => {
+  const i = args.indexOf(k);
+  return i >= 0 ? args[i + 1]! : d;
+};
+const batch = Number(arg('--batch', '64'));
+const reps = Math.max(3, Number(arg('--reps', '15')));
+const nat = loadNative();
+if (!nat.ok) {
+  console.error(`the native addon is not available (${nat.reason}); fix: ${nat.fix}`);
+  process.exit(2);
+}
+const a = nat.addon;
+
+function best(fn: () => void): number {
+  fn();
+  fn();
+  let t = Infinity;
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    t = Math.min(t, performance.now() - t0);
+  }
+  return t;
+}
+
+/** Largest |difference| relative to the largest |value| of `want`. */
+function relErr(got: Float32Array, want: Float32Array): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < want.length; i++) {
+    d = Math.max(d, Math.abs(got[i]! - want[i]!));
+    m = Math.max(m, Math.abs(want[i]!));
+  }
+  return d / Math.max(m, 1e-30);
+}
+
+console.log(`\n3×3 convs, batch ${batch}, pad 1: ms (min of ${reps}); × = oneDNN / ours\n`);
+console.log('| input | stride | out ch | fwd oneDNN | fwd ours | fwd × | filter grad oneDNN | filter grad ours | filter grad × | max rel diff |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const [h, c, s] of [
+  [32, 16, 1],
+  [32, 16, 2],
+  [16, 32, 1],
+  [8, 64, 1],
+] as const) {
+  for (const f of [1, 2, 3, 5, 8]) {
+    const oh = Math.floor((h + 2 - 3) / s) + 1;
+    const shape = [batch, h, h, c, f, 3, 3, oh, oh, s, s, 1, 1, 1, 1, 1, 1];
+    const x = rand(batch * h * h * c, 1);
+    const w = rand(9 * c * f, 2);
+    const dy = rand(batch * oh * oh * f, 3);
+    const y = [new Float32Array(dy.length), new Float32Array(dy.length)];
+    const dw = [new Float32Array(w.length), new Float32Array(w.length)];
+    const t: number[] = [];
+    for (const on of [0, 1]) {
+      a.setSmallOcKernels([on]);
+      t.push(best(() => a.conv2d(x, w, y[on]!, shape)), best(() => a.conv2dBackpropFilter(x, dy, dw[on]!, shape)));
+    }
+    a.setSmallOcKernels([1]);
+    const [f0, w0, f1, w1] = t as [number, number, number, number];
+    const err = Math.max(relErr(y[1]!, y[0]!), relErr(dw[1]!, dw[0]!));
+    console.log(`| ${h}×${h}×${c} | ${s} | ${f} | ${f0.toFixed(2)} | ${f1.toFixed(2)} | ${(f0 / f1).toFixed(2)} | ${w0.toFixed(2)} | ${w1.toFixed(2)} | ${(w0 / w1).toFixed(2)} | ${err.toExponential(1)} |`);
+  }
+}
