@@ -261,3 +261,12 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
     expect(macs).toContain('million MACs per image (FLOPs = 2·MACs)');
   });
 });
+
+describe('linePlot on a long run', () => {
+  it('plots 2 x 200,000 points without spreading them into Math.min/max (the stack overflowed at ~27k steps x 2 workers)', () => {
+    const pts = (k: number): [number, number][] => Array.from({ length: 200_000 }, (_, i) => [i, Math.sin(i / 1000) + k]);
+    const svg = linePlot([{ label: 'w0', points: pts(0) }, { label: 'w1', points: pts(1) }], { title: 't', xLabel: 'step', yLabel: 'ms' });
+    expect(svg).toMatch(/^<svg/);
+    expect(svg).toContain('<path');
+  });
+});

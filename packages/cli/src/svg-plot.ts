@@ -57,6 +57,17 @@ export interface PlotOptions {
   xInteger?: boolean;
 }
 
+/** [min, max] by a loop: spreading a long run's per-step series into Math.min overflows the stack. */
+function extent(v: readonly number[]): [number, number] {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const x of v) {
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+  }
+  return [lo, hi];
+}
+
 export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
 
 /** Text for SVG/HTML: escapes &, <, > and ". */
@@ -102,8 +113,8 @@ export function linePlot(series: Series[], o: PlotOptions): string {
   if (live.length === 0) return `${head}<text x="${W / 2}" y="${H / 2}" text-anchor="middle" fill="#888">no data</text></svg>`;
   const xs = live.flatMap((s) => s.points.map((p) => p[0]));
   const ys = live.flatMap((s) => s.points.map((p) => ty(p[1])));
-  let [x0, x1] = o.xRange ?? [Math.min(...xs), Math.max(...xs)];
-  let [y0, y1] = o.yRange ? [ty(o.yRange[0]), ty(o.yRange[1])] : [Math.min(...ys), Math.max(...ys)];
+  let [x0, x1] = o.xRange ?? extent(xs);
+  let [y0, y1] = o.yRange ? [ty(o.yRange[0]), ty(o.yRange[1])] : extent(ys);
   if (x1 === x0) [x0, x1] = [x0 - 1, x1 + 1];
   if (y1 === y0) [y0, y1] = [y0 - (Math.abs(y0) || 1) * 0.1, y1 + (Math.abs(y1) || 1) * 0.1];
   if (!o.yRange) {
