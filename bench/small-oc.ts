@@ -3,7 +3,7 @@
  * [--batch 64] [--reps 15]`.
  *
  * For the 3×3 convs a pruned ResNet-20 runs in its first factored half (32×32×16, 16×16×32 and
- * 8×8×64 inputs, stride 1, and 32×32×16 at stride 2) to 1, 2, 3, 5 and 8 output channels, times the
+ * 8×8×64 inputs, stride 1, and 32×32×16 at stride 2) to 1, 2, 3, 5, 8, 10, 12 and 13 output channels, times the
  * forward and the filter gradient through the addon directly, with the small-OC kernels switched on
  * and off in the same process, and checks that both give the same numbers. The time is the minimum
  * of `--reps` calls after two warm-up calls: these calls take milliseconds, so on a shared machine
@@ -60,7 +60,7 @@ for (const [h, c, s] of [
   [16, 32, 1],
   [8, 64, 1],
 ] as const) {
-  for (const f of [1, 2, 3, 5, 8]) {
+  for (const f of [1, 2, 3, 5, 8, 10, 12, 13]) {
     const oh = Math.floor((h + 2 - 3) / s) + 1;
     const shape = [batch, h, h, c, f, 3, 3, oh, oh, s, s, 1, 1, 1, 1, 1, 1];
     const x = rand(batch * h * h * c, 1);

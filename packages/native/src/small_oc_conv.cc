@@ -32,33 +32,96 @@ bool HasAvx512() {
 
 namespace {
 
-// Lane j of the result holds the sum of the 16 lanes of a[j]. Four levels of pairwise
-// shuffle-and-add (15 adds for 16 sums, instead of a full reduction per output); the last level
-// leaves accumulator 4k+q in lane 4q+k, which the final permutation undoes.
-inline __m512 SumLanes16(const __m512* a) {
-  __m512 b[8], c[4], d[2];
+// r[i] <- column i of the 16 rows r[0..15], up to the lane order kLanePerm gives. Three levels of
+// unpack/shuffle; the rows come out permuted, and ToLanes/FromLanes store each to where it belongs.
+inline void Transpose16(__m512 r[16]) {
+  __m512 t[16];
   for (int i = 0; i < 8; i++) {
-    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
   }
   for (int i = 0; i < 4; i++) {
-    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
   }
-  for (int i = 0; i < 2; i++) {
-    d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44), _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xEE));
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 4; j++) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; j++) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
   }
-  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(order, e);
 }
 
-// y of image n. wt is the filter as [tap][o][c] (c contiguous). A block is P = 16/F neighbouring
-// output pixels of one row, whose P*F outputs are contiguous in NHWC y: one masked store.
+// Which column of the input Transpose16 leaves in r[i]: found once by transposing a known block,
+// so the shuffle sequence above and this table cannot disagree.
+struct LanePerm {
+  int col[16];
+  LanePerm() {
+    __m512 r[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    Transpose16(r);
+    float lane0[16];
+    for (int i = 0; i < 16; i++) {
+      _mm512_storeu_ps(lane0, r[i]);
+      col[i] = static_cast<int>(lane0[0]);
+    }
+  }
+};
+const LanePerm& Perm() {
+  static const LanePerm p;
+  return p;
+}
+
+// rows: nrows (<= 16) rows of k floats, `stride` apart (one image each); rows past nrows read as
+// zero. out [k][16]: element j of out[i] is rows[j][i], so one vector holds one value of 16 images.
+void ToLanes(const float* rows, int64_t stride, int nrows, int64_t k, float* out) {
+  const int* col = Perm().col;
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 r[16];
+    for (int j = 0; j < 16; j++) r[j] = j < nrows ? _mm512_loadu_ps(rows + j * stride + i) : _mm512_setzero_ps();
+    Transpose16(r);
+    for (int q = 0; q < 16; q++) _mm512_storeu_ps(out + (i + col[q]) * 16, r[q]);
+  }
+  for (; i < k; i++)
+    for (int j = 0; j < 16; j++) out[i * 16 + j] = j < nrows ? rows[j * stride + i] : 0.0f;
+}
+
+// The inverse: in [k][16] -> rows j < nrows of k floats, `stride` apart.
+void FromLanes(const float* in, int64_t k, float* rows, int64_t stride, int nrows) {
+  const int* col = Perm().col;
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 r[16];
+    for (int q = 0; q < 16; q++) r[q] = _mm512_loadu_ps(in + (i + q) * 16);
+    Transpose16(r);
+    for (int q = 0; q < 16; q++)
+      if (col[q] < nrows) _mm512_storeu_ps(rows + col[q] * stride + i, r[q]);
+  }
+  for (; i < k; i++)
+    for (int j = 0; j < nrows; j++) rows[j * stride + i] = in[i * 16 + j];
+}
+
+// Output pixels per block: P*F accumulators, F broadcast weights and one input vector in the 32
+// registers (F <= 8); beyond that the weights are broadcast from memory inside each FMA.
 template <int F>
-void ForwardImage(const Geom& g, const float* x, const float* wt, float* y, int64_t n) {
-  constexpr int P = F == 3 ? 4 : 16 / F;  // 5 pixels of 3 spilled registers (measured 1.6x slower)
-  const int64_t C = g.c, CB = C / 16;
-  const float* xn = x + n * g.h * g.w * C;
-  float* yn = y + n * g.oh * g.ow * F;
+constexpr int PixelsPerBlock() {
+  return F == 1 ? 8 : F == 2 ? 6 : F <= 4 ? 5 : F <= 6 ? 4 : F == 7 ? 3 : F <= 10 ? 2 : 1;
+}
+
+// 16 images at once. xt [h][w][c][16 images], yt [oh][ow][F][16 images], w HWIO [tap][c][F]. Every
+// vector holds one value of 16 images, so a tap and an input channel give F FMAs with the weights
+// broadcast, and nothing needs a reduction across lanes.
+template <int F>
+void GroupForward(const Geom& g, const float* xt, const float* w, float* yt) {
+  constexpr int P = PixelsPerBlock<F>();
+  constexpr bool kHoist = F <= 8;
+  const int64_t C = g.c;
   for (int64_t oh = 0; oh < g.oh; oh++) {
     const int64_t ih0 = oh * g.sh - g.pt;
     const int64_t kh_lo = std::max<int64_t>(0, -ih0), kh_hi = std::min<int64_t>(g.kh, g.h - ih0);
@@ -66,44 +129,68 @@ void ForwardImage(const Geom& g, const float* x, const float* wt, float* y, int6
       const int np = static_cast<int>(std::min<int64_t>(P, g.ow - ow0));
       const int64_t iwb = ow0 * g.sw - g.pl;  // input column of pixel p, tap kw: iwb + p*sw + kw
       const bool inner = np == P && iwb >= 0 && iwb + (P - 1) * g.sw + g.kw <= g.w;
-      __m512 acc[16];
-      for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+      __m512 acc[P][F];
+      for (int p = 0; p < P; p++)
+        for (int o = 0; o < F; o++) acc[p][o] = _mm512_setzero_ps();
       for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
-        const float* xrow = xn + (ih0 + kh) * g.w * C;
+        const float* xrow = xt + (ih0 + kh) * g.w * C * 16;
         for (int64_t kw = 0; kw < g.kw; kw++) {
-          const float* wp = wt + (kh * g.kw + kw) * F * C;
-          for (int64_t cb = 0; cb < CB; cb++) {
-            __m512 wv[F];
+          const float* wp = w + (kh * g.kw + kw) * C * F;
+          if (inner) {
+            const float* xp = xrow + (iwb + kw) * C * 16;
+            for (int64_t c = 0; c < C; c++) {
+              __m512 wv[kHoist ? F : 1];
+              if constexpr (kHoist) {
 #pragma GCC unroll 8
-            for (int o = 0; o < F; o++) wv[o] = _mm512_loadu_ps(wp + o * C + cb * 16);
+                for (int o = 0; o < F; o++) wv[o] = _mm512_set1_ps(wp[c * F + o]);
+              }
+#pragma GCC unroll 8
+              for (int p = 0; p < P; p++) {
+                const __m512 xv = _mm512_loadu_ps(xp + (p * g.sw * C + c) * 16);
 #pragma GCC unroll 16
-            for (int p = 0; p < P; p++) {
+                for (int o = 0; o < F; o++)
+                  acc[p][o] = _mm512_fmadd_ps(xv, kHoist ? wv[kHoist ? o : 0] : _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
+              }
+            }
+          } else {
+            for (int p = 0; p < np; p++) {
               const int64_t iw = iwb + p * g.sw + kw;
-              if (!inner && (p >= np || iw < 0 || iw >= g.w)) continue;
-              const __m512 xv = _mm512_loadu_ps(xrow + iw * C + cb * 16);
-#pragma GCC unroll 8
-              for (int o = 0; o < F; o++) acc[p * F + o] = _mm512_fmadd_ps(xv, wv[o], acc[p * F + o]);
+              if (iw < 0 || iw >= g.w) continue;
+              const float* xp = xrow + iw * C * 16;
+              for (int64_t c = 0; c < C; c++) {
+                const __m512 xv = _mm512_loadu_ps(xp + c * 16);
+#pragma GCC unroll 16
+                for (int o = 0; o < F; o++) acc[p][o] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
+              }
             }
           }
         }
       }
-      const __mmask16 keep = static_cast<__mmask16>((1u << (np * F)) - 1u);
-      _mm512_mask_storeu_ps(yn + (oh * g.ow + ow0) * F, keep, SumLanes16(acc));
+      for (int p = 0; p < np; p++)
+        for (int o = 0; o < F; o++) _mm512_storeu_ps(yt + ((oh * g.ow + ow0 + p) * F + o) * 16, acc[p][o]);
     }
   }
 }
 
+// Groups of 16 images: NHWC in -> lanes, the convolution, lanes -> NHWC out. The two transposes
+// cost a pass over x and y each, and buy vectors that need no reduction (measured 1.3-2.4x faster
+// than the per-image kernel it replaced, which summed 16 channel lanes per output). Scratch is per
+// thread and kept between calls (it is at most 16 images of x: 1 MiB for 32x32x16).
 template <int F>
 void ForwardAll(const Geom& g, const float* x, const float* w, float* y) {
-  // HWIO [t][c][o] -> [t][o][c], so that one load gives 16 input channels of one output channel.
-  const int64_t T = g.kh * g.kw, C = g.c;
-  std::vector<float> wt(T * F * C);
-  for (int64_t t = 0; t < T; t++)
-    for (int64_t c = 0; c < C; c++)
-      for (int o = 0; o < F; o++) wt[(t * F + o) * C + c] = w[(t * C + c) * F + o];
-  const int threads = omp_get_max_threads();
-#pragma omp parallel for schedule(static) if (threads > 1 && g.n > 1)
-  for (int64_t n = 0; n < g.n; n++) ForwardImage<F>(g, x, wt.data(), y, n);
+  const int64_t kin = g.h * g.w * g.c, kout = g.oh * g.ow * F, groups = (g.n + 15) / 16;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t gi = 0; gi < groups; gi++) {
+    static thread_local std::vector<float> xt, yt;
+    if (xt.size() < static_cast<size_t>(kin * 16)) xt.resize(kin * 16);
+    if (yt.size() < static_cast<size_t>(kout * 16)) yt.resize(kout * 16);
+    const int64_t n0 = gi * 16;
+    const int nr = static_cast<int>(std::min<int64_t>(16, g.n - n0));
+    ToLanes(x + n0 * kin, kin, nr, kin, xt.data());
+    GroupForward<F>(g, xt.data(), w, yt.data());
+    FromLanes(yt.data(), kout, y + n0 * kout, kout, nr);
+  }
 }
 
 // Adds images [n_lo, n_hi)'s filter gradient into part, laid out [tap][cb][o][16 lanes]. The
@@ -193,6 +280,10 @@ void Forward(const Geom& g, const float* x, const float* w, float* y) {
     case 6: return ForwardAll<6>(g, x, w, y);
     case 7: return ForwardAll<7>(g, x, w, y);
     case 8: return ForwardAll<8>(g, x, w, y);
+    case 9: return ForwardAll<9>(g, x, w, y);
+    case 10: return ForwardAll<10>(g, x, w, y);
+    case 11: return ForwardAll<11>(g, x, w, y);
+    case 12: return ForwardAll<12>(g, x, w, y);
     default: std::abort();  // Applies() said no; addon.cc never calls it then
   }
 }

@@ -1,14 +1,18 @@
-// Convolutions with few output channels (1 <= F <= 8) from a multiple of 16 input
-// channels: the first half of a low-rank factored layer, a k x k conv from C channels to the rank r.
+// Convolutions with few output channels (F <= 12 forward, F <= 8 filter gradient) from a multiple
+// of 16 input channels: the first half of a low-rank factored layer, a k x k conv from C channels
+// to the rank r.
 //
 // Why: oneDNN's AVX-512 convolutions compute output channels 16 at a time, so a 3x3 conv from 16
 // channels to rank 1, 2, 3 or 5 costs what the full-rank conv to 16 costs (measured ~8 ms each at
 // batch 256, 32x32), and a pruned model's stage-1 layers got no faster. These kernels keep the
-// input channels in the vector lanes, read NHWC in place (no copy), and do work proportional to F:
-//   - forward: one accumulator per (output pixel, output channel), 16 of them per block of pixels,
-//     reduced across lanes together by a transpose tree (one pass per 16 outputs, not per output);
-//   - filter gradient: one accumulator per (tap, 16 input channels, output channel), the output
-//     gradient broadcast, so nothing needs a reduction across lanes.
+// work proportional to F, and nothing needs a reduction across vector lanes:
+//   - forward: 16 images at once. A group's input is transposed so that one vector holds one
+//     value of 16 images; each (tap, input channel) then gives F FMAs with the weights broadcast,
+//     into one accumulator per (output pixel, output channel), and the output is transposed back
+//     to NHWC. (The first version kept 16 input channels in the lanes and summed them per output;
+//     the reductions and loads made it 1.3-2.4x slower than this one.)
+//   - filter gradient: input channels in the lanes, read NHWC in place; one accumulator per (tap,
+//     16 input channels, output channel), the output gradient broadcast.
 // oneDNN's input gradient is already fast for few output channels and stays. Images run in parallel
 // over OpenMP threads (the count setThreads gives oneDNN).
 #pragma once
@@ -16,10 +20,12 @@
 
 namespace svd_small_oc {
 
-// The most output channels each kernel takes: beyond them oneDNN was as fast or faster (forward,
-// measured at batch 64 on 32x32x16, 16x16x32 and 8x8x64 inputs: 1.2-2.7x faster for F <= 5, 0.8-1.35x at F = 8;
-// filter gradient 1.9-3.5x faster for F <= 5, 1.2-1.9x at F = 8).
-constexpr int64_t kSmallOcMaxFForward = 5;
+// The most output channels each kernel takes: beyond them oneDNN was as fast or faster (`pnpm bench
+// small-oc`, batch 64, 32x32x16 at stride 1 and 2, 16x16x32 and 8x8x64: forward 1.5-3.6x faster
+// than oneDNN for F <= 8, 0.97-1.5x at F = 10-12, 0.7-1.15x at 13-16, and mostly slower above,
+// where oneDNN's cost steps at 16 and 32 but ours grows with F; filter gradient 1.9-3.5x faster
+// for F <= 5, 1.2-1.9x at F = 8).
+constexpr int64_t kSmallOcMaxFForward = 12;
 constexpr int64_t kSmallOcMaxFFilter = 8;
 
 // The conv2d shape of addon.cc: x NHWC [n,h,w,c], w HWIO [kh,kw,c,f], y NHWC [n,oh,ow,f];
