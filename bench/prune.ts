@@ -17,7 +17,8 @@
  * row uses the real per-layer ranks of the 3-epoch run pruned at e=0.01
  * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
  * merged or all factored, to check the MAC-based choice against measured time; on the native
- * engine one more row runs it with every conv on oneDNN (our small-OC kernels off). `--ranks-ckpt` takes
+ * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), and one with batch
+ * norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`). Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
@@ -146,6 +147,9 @@ const addon = info.backend === 'native' ? loadNative() : null;
 if (addon?.ok) {
   variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: true, smallOc: false });
 }
+// The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
+// (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
+variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1, fuseBatchNorm: false }), train: true });
 variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
 // The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
 const realRanks = variants.find((v) => v.label.startsWith('real ranks'))!.model;

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { batchNormTrain, SVDBatchNorm } from './batch-norm.js';
+import { batchNormInfer, batchNormTrain, SVDBatchNorm } from './batch-norm.js';
 import { TOL, expectClose, gradCheck, expectNoLeakedTensors, forEachBackend, TEST_ENGINES, seededUniform } from './test-support/index.js';
 
 /** Float64 hand computation: per-channel mean, biased var, y, over a [M, C] row-major view. */
@@ -54,6 +54,54 @@ forEachBackend(TEST_ENGINES, (backend) => {
       tf.dispose([x, g, b, dy, ...ours, ...stock]);
     });
 
+    // The fusions: a residual added after the normalisation, then a ReLU, against the same ops
+    // composed from the stock formulation (tfjs' own gradients for add and relu).
+    for (const [relu, residual] of [[true, true], [true, false], [false, true]] as const) {
+      it(`x=[${X_SHAPE}] relu ${relu}, residual ${residual}: forward and every gradient match stock ops composed`, () => {
+        const x = tf.tensor4d(seededUniform(360, 11, 1.5, -0.2), X_SHAPE);
+        const g = tf.tensor1d(seededUniform(C, 12, 0.5, 1));
+        const b = tf.tensor1d(seededUniform(C, 13, 0.3));
+        const r = tf.tensor4d(seededUniform(360, 14, 1.2), X_SHAPE);
+        const dy = tf.tensor4d(seededUniform(360, 15), X_SHAPE);
+        const stock = (a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor, rr: tf.Tensor) => {
+          const y = stockBN(a as tf.Tensor4D, gg as tf.Tensor1D, bb as tf.Tensor1D, 1e-5);
+          const sum = residual ? tf.add(y, rr) : y;
+          return relu ? tf.relu(sum) : sum;
+        };
+        const ours = (a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor, rr: tf.Tensor) =>
+          batchNormTrain(a, gg, bb, 1e-5, { relu, residual: residual ? rr : undefined }).y;
+        expectClose(`${backend} y`, ours(x, g, b, r), stock(x, g, b, r), TOL.tensorRel);
+        // Without a residual, r is no input of the op (tfjs refuses a gradient with respect to it).
+        const loss = (fn: typeof stock) => (a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor, rr?: tf.Tensor) => tf.sum(tf.mul(fn(a, gg, bb, rr ?? r), dy));
+        const wrt = residual ? [x, g, b, r] : [x, g, b];
+        const got = tf.grads(loss(ours))(wrt);
+        const want = tf.grads(loss(stock))(wrt);
+        expect(got.length).toBe(wrt.length);
+        ['dx', 'dgamma', 'dbeta', 'dresidual'].slice(0, wrt.length).forEach((n, i) => expectClose(`${backend} ${n}`, got[i]!, want[i]!, TOL.tensorRel));
+        // Eval mode, with fixed statistics: the one-pass affine (native) or the ops, and its gradient.
+        const [mean, variance] = [tf.tensor1d(seededUniform(C, 16, 0.5)), tf.tensor1d(seededUniform(C, 17, 0.4, 0.8))];
+        const evalOurs = (a: tf.Tensor, rr: tf.Tensor) => batchNormInfer(a, mean, variance, g, b, 1e-5, { relu, residual: residual ? rr : undefined });
+        const evalStock = (a: tf.Tensor, rr: tf.Tensor) => {
+          const y = tf.batchNorm(a, mean, variance, b, g, 1e-5);
+          const sum = residual ? tf.add(y, rr) : y;
+          return relu ? tf.relu(sum) : sum;
+        };
+        expectClose(`${backend} eval y`, evalOurs(x, r), evalStock(x, r), TOL.tensorRel);
+        const evalLoss = (fn: typeof evalStock) => (a: tf.Tensor, rr?: tf.Tensor) => tf.sum(tf.mul(fn(a, rr ?? r), dy));
+        const ewrt = residual ? [x, r] : [x];
+        const ge = tf.grads(evalLoss(evalOurs))(ewrt);
+        const we = tf.grads(evalLoss(evalStock))(ewrt);
+        ['eval dx', 'eval dresidual'].slice(0, ewrt.length).forEach((n, i) => expectClose(`${backend} ${n}`, ge[i]!, we[i]!, TOL.tensorRel));
+        tf.dispose([x, g, b, r, dy, mean, variance, ...got, ...want, ...ge, ...we]);
+      });
+    }
+
+    it('a residual of another shape is refused, naming both shapes', () => {
+      const x = tf.ones([2, 3, 3, 4]);
+      expect(() => batchNormTrain(x, tf.ones([4]), tf.zeros([4]), 1e-5, { residual: tf.ones([2, 3, 3, 2]) })).toThrow(/residual \[2,3,3,2\] must have the shape of x \[2,3,3,4\]/);
+      tf.dispose(x);
+    });
+
     it('x=[5,3] (2D input) gradient check by central differences', () => {
       const x = tf.tensor2d(seededUniform(15, 8, 1.5), [5, 3]);
       const g = tf.tensor1d([1.2, 0.7, -0.9]);
@@ -82,6 +130,9 @@ forEachBackend(TEST_ENGINES, (backend) => {
         tf.tidy(() => {
           batchNormTrain(x, g, b, 1e-5);
         });
+        const fused = tf.grads((a: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor, rr: tf.Tensor) =>
+          batchNormTrain(a, gg, bb, 1e-5, { relu: true, residual: rr }).y.square().sum())([x, g, b, x]);
+        tf.dispose(fused);
       }, 'batchNormTrain');
       tf.dispose([x, g, b]);
     });
@@ -152,6 +203,33 @@ forEachBackend(TEST_ENGINES, (backend) => {
       expect(json.config.layers.map((l) => l.class_name)).toContain('SVDBatchNorm');
       x.dispose();
       model.dispose();
+    });
+
+    it('residual + relu layer: two inputs, saves and loads with its fusion, same outputs in both modes; a wrong input count is refused', async () => {
+      const [a, r] = [tf.input({ shape: [4, 5, 6] }), tf.input({ shape: [4, 5, 6] })];
+      const bn = new SVDBatchNorm({ name: 'bn2', activation: 'relu', residual: true });
+      const model = tf.model({ inputs: [a, r], outputs: bn.apply([a, r]) as tf.SymbolicTensor });
+      model.setWeights([0, 1, 2, 3].map((k) => tf.tensor1d(seededUniform(C, 40 + k, 0.5, k === 3 ? 1 : 0))));
+      const cfg = bn.getConfig();
+      expect([cfg.activation, cfg.residual]).toEqual(['relu', true]);
+      let artifacts: tf.io.ModelArtifacts | undefined;
+      await model.save(tf.io.withSaveHandler(async (x) => ((artifacts = x), { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } })));
+      const loaded = await tf.loadLayersModel(tf.io.fromMemory(artifacts!));
+      const x = tf.tensor4d(seededUniform(360, 44, 1.5), X_SHAPE);
+      const res = tf.tensor4d(seededUniform(360, 45, 1.5), X_SHAPE);
+      // Eval mode: the stored statistics; expected by hand from them.
+      const [gamma, beta, mm, mv] = model.getWeights();
+      const want = tf.relu(tf.add(tf.batchNorm(x, mm!, mv!, beta!, gamma!, 1e-5), res));
+      for (const m of [model, loaded]) expectClose(`${backend} eval`, m.predict([x, res]) as tf.Tensor, want, TOL.tensorRel);
+      // Train mode on both: batch statistics, the same outputs.
+      const t1 = model.apply([x, res], { training: true }) as tf.Tensor;
+      const t2 = loaded.apply([x, res], { training: true }) as tf.Tensor;
+      expectClose(`${backend} train`, t1, t2, TOL.tensorRel);
+      expect(() => new SVDBatchNorm({ name: 'one', residual: true }).apply(a)).toThrow(/residual: true takes two inputs/);
+      expect(() => new SVDBatchNorm({ name: 'bad', activation: 'tanh' as 'relu' })).toThrow(/activation 'tanh'; expected 'linear' or 'relu'/);
+      tf.dispose([x, res, want, t1, t2]);
+      model.dispose();
+      loaded.dispose();
     });
 
     it("a model saved under the old class name 'SvdBatchNorm' still loads, as an SVDBatchNorm with the same outputs", async () => {

@@ -22,8 +22,20 @@ export interface BatchNormTrainResult {
 }
 
 /**
+ * What may follow batch norm in the same op: `residual` (same shape as x) is added, then `relu`
+ * applies max(·, 0). A residual block's bn2 + shortcut + ReLU, or bn1 + ReLU. On the native engine
+ * this is one kernel forward and one backward instead of three or four passes over the
+ * activations; elsewhere it is the same ops composed.
+ */
+export interface BatchNormFusion {
+  residual?: tf.Tensor;
+  relu?: boolean;
+}
+
+/**
  * Train-mode batch norm over every axis but the last (NHWC [N,H,W,C] or [N,C]):
- * y = (x − mean) / √(var + eps) · gamma + beta with the biased batch variance.
+ * y = (x − mean) / √(var + eps) · gamma + beta with the biased batch variance, then `fuse`
+ * (y + residual, ReLU) when given.
  *
  * Gradient (M = N·H·W, x̂ = (x − mean)·invstd):
  * dx = gamma·invstd/M · (M·dy − Σdy − x̂·Σ(dy·x̂)), dgamma = Σ(dy·x̂), dbeta = Σdy.
@@ -32,7 +44,7 @@ export interface BatchNormTrainResult {
  * @param gamma [C]
  * @param beta [C]
  */
-export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): BatchNormTrainResult {
+export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number, fuse: BatchNormFusion = {}): BatchNormTrainResult {
   const c = x.shape[x.rank - 1];
   if (gamma.size !== c || beta.size !== c) {
     throw new SvdTrainError(
@@ -40,12 +52,30 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
       `batchNormTrain: gamma [${gamma.shape}] and beta [${beta.shape}] must have ${c} elements (the channels of x [${x.shape}])`,
     );
   }
-  return withBatchStats(x, gamma, beta, tf.getKernel(BN_TRAIN, tf.getBackend()) != null ? fusedForward(eps) : opsForward(x.size / c, c, eps));
+  checkResidual('batchNormTrain', x, fuse.residual);
+  if (tf.getKernel(BN_TRAIN, tf.getBackend()) != null) return withBatchStats(x, gamma, beta, fuse.residual, fusedForward(eps, fuse.relu === true, fuse.residual !== undefined));
+  const r = withBatchStats(x, gamma, beta, undefined, opsForward(x.size / c, c, eps));
+  return { ...r, y: compose(r.y, fuse) };
 }
 
-/** A customGrad forward of batch norm that also reports the batch stats it computed (via `keep`). */
+function checkResidual(op: string, x: tf.Tensor, residual: tf.Tensor | undefined): void {
+  if (residual && (residual.rank !== x.rank || residual.shape.some((d, i) => d !== x.shape[i]))) {
+    throw new SvdTrainError('SHAPE_MISMATCH', `${op}: residual [${residual.shape}] must have the shape of x [${x.shape}]`);
+  }
+}
+
+/** The fusion as separate ops (backends without the fused kernels), with tfjs' own gradients. */
+function compose(y: tf.Tensor, fuse: BatchNormFusion): tf.Tensor {
+  const sum = fuse.residual ? tf.add(y, fuse.residual) : y;
+  return fuse.relu ? tf.relu(sum) : sum;
+}
+
+/**
+ * A customGrad forward of batch norm that also reports the batch stats it computed (via `keep`).
+ * `res` is the residual input when the op has one (its gradient comes last).
+ */
 type BnForward = (
-  xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc,
+  xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, res: tf.Tensor | undefined, save: tf.GradSaveFunc,
   keep: (mean: tf.Tensor1D, variance: tf.Tensor1D) => void,
 ) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
 
@@ -53,17 +83,19 @@ type BnForward = (
  * Runs `forward` as a custom-gradient op and hands its batch stats back in the caller's scope:
  * inside the op they are `keep`-ed (or they would be freed with its scope), then cloned out here.
  */
-function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, forward: BnForward): BatchNormTrainResult {
+function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, residual: tf.Tensor | undefined, forward: BnForward): BatchNormTrainResult {
   let keptMean: tf.Tensor1D | undefined;
   let keptVar: tf.Tensor1D | undefined;
   const op = tf.customGrad((...args) => {
-    const [xIn, g, b, save] = args as [tf.Tensor, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-    return forward(xIn, g, b, save, (mean, variance) => {
+    const save = args[args.length - 1] as unknown as tf.GradSaveFunc;
+    const [xIn, g, b] = args as tf.Tensor[];
+    const res = residual ? (args[3] as tf.Tensor) : undefined;
+    return forward(xIn, g, b, res, save, (mean, variance) => {
       keptMean = tf.keep(mean);
       keptVar = tf.keep(variance);
     });
   });
-  const y = op(x, gamma, beta);
+  const y = residual ? op(x, gamma, beta, residual) : op(x, gamma, beta);
   const mean = tf.clone(keptMean!);
   const variance = tf.clone(keptVar!);
   keptMean!.dispose();
@@ -73,7 +105,7 @@ function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, forward
 
 /** Batch norm from broadcasting elementwise ops and column sums (every backend). */
 function opsForward(m: number, c: number, eps: number): BnForward {
-  return (xIn, g, b, save, keep) => {
+  return (xIn, g, b, _res, save, keep) => {
     // The forward of a customGrad runs with the tape off, so these stats cost no backward work.
     const x2 = tf.reshape<tf.Rank.R2>(xIn, [m, c]);
     const mean = tf.div<tf.Tensor1D>(columnSum(x2), m);
@@ -103,20 +135,26 @@ function opsForward(m: number, c: number, eps: number): BnForward {
 /**
  * Batch norm as two fused kernels (the native engine's `SvdBatchNormTrain` and `SvdBatchNormGrad`):
  * two passes over x forward and two backward instead of about ten elementwise ops, and the
- * backward keeps x, mean and variance rather than x̂.
+ * backward keeps x, mean and variance rather than x̂. With `relu` and a residual, the same two
+ * kernels add the residual and apply the ReLU in their last pass, and the backward masks dy by
+ * the saved output (y > 0) and returns the residual's gradient too.
  */
-function fusedForward(eps: number): BnForward {
-  return (xIn, g, b, save, keep) => {
-    const [y, mean, variance] = tf.engine().runKernel<tf.Tensor[]>(BN_TRAIN, { x: xIn, gamma: g, beta: b }, { epsilon: eps });
+function fusedForward(eps: number, relu: boolean, residual: boolean): BnForward {
+  return (xIn, g, b, res, save, keep) => {
+    const inputs: Record<string, tf.Tensor> = { x: xIn, gamma: g, beta: b };
+    if (res) inputs.residual = res;
+    const [y, mean, variance] = tf.engine().runKernel<tf.Tensor[]>(BN_TRAIN, inputs, { epsilon: eps, relu });
     // mean and variance are also saved for the backward, which disposes them: keep copies.
     keep(tf.clone(mean) as tf.Tensor1D, tf.clone(variance) as tf.Tensor1D);
-    save([xIn, mean, variance, g]);
+    // The output is saved for the ReLU's mask: the next layer keeps it anyway (it is its input).
+    save(relu ? [xIn, mean, variance, g, y] : [xIn, mean, variance, g]);
     return {
       value: y,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sm, sv, sg] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
-        const inputs = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
-        return tf.engine().runKernel<tf.Tensor[]>(BN_GRAD, inputs, { epsilon: eps });
+        const [sx, sm, sv, sg, sy] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D, tf.Tensor | undefined];
+        const gin: Record<string, tf.Tensor> = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
+        if (sy) gin.y = sy;
+        return tf.engine().runKernel<tf.Tensor[]>(BN_GRAD, gin, { epsilon: eps, residual });
       },
     };
   };
@@ -133,16 +171,20 @@ export function batchNormInfer(
   gamma: tf.Tensor,
   beta: tf.Tensor,
   eps: number,
+  fuse: BatchNormFusion = {},
 ): tf.Tensor {
+  checkResidual('batchNormInfer', x, fuse.residual);
   return tf.tidy(() => {
     const scale = tf.mul(gamma, tf.rsqrt(tf.add(variance, eps)));
     const shift = tf.sub(beta, tf.mul(mean, scale));
-    // One native pass where the engine has it, instead of a wasm Multiply and a broadcasting Add
-    // over [N,H,W,C] (large in a profile on a busy machine; about 1% of inference when quiet).
-    if (x.dtype === 'float32' && tf.getKernel(AFFINE, tf.getBackend()) != null) {
-      return tf.engine().runKernel<tf.Tensor>(AFFINE, { x, scale, shift }, {});
+    // One native pass where the engine has it (with the residual and the ReLU), instead of a wasm
+    // Multiply, a broadcasting Add and up to two more passes over [N,H,W,C].
+    if (x.dtype === 'float32' && (!fuse.residual || fuse.residual.dtype === 'float32') && tf.getKernel(AFFINE, tf.getBackend()) != null) {
+      const inputs: Record<string, tf.Tensor> = { x, scale, shift };
+      if (fuse.residual) inputs.residual = fuse.residual;
+      return tf.engine().runKernel<tf.Tensor>(AFFINE, inputs, { relu: fuse.relu === true });
     }
-    return tf.add(tf.mul(x, scale), shift);
+    return compose(tf.add(tf.mul(x, scale), shift), fuse);
   });
 }
 
@@ -156,6 +198,14 @@ export interface SVDBatchNormArgs extends LayerArgs {
    * (tfjs-layers calls 1 − this value "momentum".)
    */
   momentum?: number;
+  /** 'relu': max(·, 0) after the normalisation (and the residual). Default 'linear'. */
+  activation?: 'linear' | 'relu';
+  /**
+   * When true the layer takes two inputs, [x, residual], and adds the residual (same shape) after
+   * the normalisation, before the activation: a residual block's bn2 + shortcut + ReLU as one
+   * layer. Default false.
+   */
+  residual?: boolean;
 }
 
 /**
@@ -170,6 +220,8 @@ export class SVDBatchNorm extends tf.layers.Layer {
   static className = 'SVDBatchNorm';
   readonly epsilon: number;
   readonly momentum: number;
+  readonly activation: 'linear' | 'relu';
+  readonly residual: boolean;
   /**
    * When set, train-mode calls use this momentum instead of `momentum` (not saved with the
    * layer): `recalibrateBatchNorm` sets 1/(k+1) for its k-th batch, so the running statistics
@@ -185,11 +237,24 @@ export class SVDBatchNorm extends tf.layers.Layer {
     super(args);
     this.epsilon = args.epsilon ?? 1e-5;
     this.momentum = args.momentum ?? 0.1;
+    const activation = args.activation ?? 'linear';
+    if (activation !== 'linear' && activation !== 'relu') {
+      throw new SvdTrainError('CONFIG_INVALID', `SVDBatchNorm ${args.name ?? ''}: activation '${String(activation)}'; expected 'linear' or 'relu'`);
+    }
+    this.activation = activation;
+    this.residual = args.residual === true;
     this.supportsMasking = true;
   }
 
   override build(inputShape: tf.Shape | tf.Shape[]): void {
-    const shape = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const multi = Array.isArray(inputShape[0]);
+    if (multi !== this.residual || (multi && inputShape.length !== 2)) {
+      throw new SvdTrainError(
+        'SHAPE_MISMATCH',
+        `SVDBatchNorm ${this.name}: ${this.residual ? 'residual: true takes two inputs, [x, residual]' : 'takes one input'}; got ${multi ? `${inputShape.length} inputs` : 'one input'}`,
+      );
+    }
+    const shape = (multi ? inputShape[0] : inputShape) as tf.Shape;
     const c = shape[shape.length - 1];
     if (c == null) {
       throw new SvdTrainError('SHAPE_MISMATCH', `SVDBatchNorm ${this.name}: the channel axis of input [${shape}] must be known`);
@@ -202,15 +267,16 @@ export class SVDBatchNorm extends tf.layers.Layer {
   }
 
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape | tf.Shape[] {
-    return inputShape;
+    return Array.isArray(inputShape[0]) ? (inputShape[0]) : inputShape;
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: { training?: boolean }): tf.Tensor {
     const x = Array.isArray(inputs) ? inputs[0] : inputs;
+    const fuse: BatchNormFusion = { relu: this.activation === 'relu', residual: this.residual && Array.isArray(inputs) ? inputs[1] : undefined };
     if (!kwargs?.training) {
-      return batchNormInfer(x, this.movingMean.read(), this.movingVariance.read(), this.gamma.read(), this.beta.read(), this.epsilon);
+      return batchNormInfer(x, this.movingMean.read(), this.movingVariance.read(), this.gamma.read(), this.beta.read(), this.epsilon, fuse);
     }
-    const { y, mean, variance } = batchNormTrain(x, this.gamma.read(), this.beta.read(), this.epsilon);
+    const { y, mean, variance } = batchNormTrain(x, this.gamma.read(), this.beta.read(), this.epsilon, fuse);
     const n = x.size / x.shape[x.rank - 1];
     const mom = this.momentumOverride ?? this.momentum;
     tf.tidy(() => {
@@ -225,7 +291,14 @@ export class SVDBatchNorm extends tf.layers.Layer {
   }
 
   override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), epsilon: this.epsilon, momentum: this.momentum };
+    // activation and residual only when set, so a plain layer's config is what it always was.
+    return {
+      ...super.getConfig(),
+      epsilon: this.epsilon,
+      momentum: this.momentum,
+      ...(this.activation !== 'linear' ? { activation: this.activation } : {}),
+      ...(this.residual ? { residual: true } : {}),
+    };
   }
 }
 tf.serialization.registerClass(SVDBatchNorm);

@@ -97,7 +97,9 @@ describe('exportToStockLayers', () => {
       const stock = exportToStockLayers(m);
       expect(stock.layers.filter((l) => l.name.endsWith('_v')).map((l) => l.name)).toEqual([]);
       const plain = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], strides: [1, 2, 2], svd: false, seed: 1 });
-      const weights = (x: tf.LayersModel) => x.layers.filter((l) => ['Conv2D', 'Dense'].includes(l.getClassName())).map((l) => [l.name, ...l.getWeights().map((w) => w.shape.join('x'))]);
+      // By name: the two graphs may list parallel branches (conv2, shortcut) in either order.
+      const weights = (x: tf.LayersModel) =>
+        x.layers.filter((l) => ['Conv2D', 'Dense'].includes(l.getClassName())).map((l) => [l.name, ...l.getWeights().map((w) => w.shape.join('x'))]).sort((a, b) => a[0]!.localeCompare(b[0]!));
       expect(weights(stock)).toEqual(weights(plain));
       expect(countMacs(stock).total).toBe(countMacs(plain).total);
       expect(countMacs(m).exportParams).toBe(countMacs(stock).exportParams);

@@ -10,7 +10,8 @@
  *   merged, one Conv2D (or Dense) with W = U·diag(s)·Vᵀ, which at full rank is exactly the plain
  *   layer; or factored, the two convs (dense layers) of the rank-r bottleneck. Padding is explicit
  *   (ZeroPadding2D + 'valid'). Each SVDBatchNorm becomes a stock BatchNormalization with the same
- *   epsilon and statistics or, with `foldBatchNorm`, is folded into the conv before it (scale the
+ *   epsilon and statistics (followed by Add and ReLU layers where it carries a residual and a
+ *   ReLU) or, with `foldBatchNorm`, is folded into the conv before it (scale the
  *   filter per output channel, add a bias), which removes a pass over the activations. The export
  *   is for inference: the training-mode BN of tfjs differs from PyTorch's (biased running
  *   variance), which does not matter once the statistics are fixed.
@@ -255,7 +256,13 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
         weights.set(`${N}_v`, [vs]);
         weights.set(N, [ut, ...bias]);
       } else if (layer instanceof SVDBatchNorm) {
-        push(N, 'BatchNormalization', {
+        // A fused layer (ReLU, residual) becomes BN `N_bn`, then Add `N_add` with the residual,
+        // then ReLU `N`: the last keeps the name the layers after it refer to.
+        const fused = layer.residual || layer.activation === 'relu';
+        const bnName = fused ? `${N}_bn` : N;
+        const [[main, ...rest]] = entry.inboundNodes as unknown[][][];
+        if (fused) inbound = [[main]];
+        push(bnName, 'BatchNormalization', {
           axis: -1,
           // tfjs momentum is the weight of the old value: PyTorch 0.1 ≡ tfjs 0.9.
           momentum: 1 - layer.momentum,
@@ -265,7 +272,12 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
           trainable: true,
         });
         const bySuffix = new Map(layer.weights.map((w) => [w.originalName.split('/').pop()!, w.read()]));
-        weights.set(N, ['gamma', 'beta', 'movingMean', 'movingVariance'].map((k) => bySuffix.get(k)!));
+        weights.set(bnName, ['gamma', 'beta', 'movingMean', 'movingVariance'].map((k) => bySuffix.get(k)!));
+        if (layer.residual) {
+          inbound = [[...(inbound as unknown[][])[0], ...rest]];
+          push(layer.activation === 'relu' ? `${N}_add` : N, 'Add', { trainable: true });
+        }
+        if (layer.activation === 'relu') push(N, 'ReLU', { maxValue: null, trainable: true });
       } else {
         layers.push(entry);
         // getWeights() returns the variables themselves (not copies): never dispose them.

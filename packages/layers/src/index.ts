@@ -6,7 +6,7 @@ export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type 
 export { buildResNet, buildResNetForConfig, depthOf, plainResNetCost, type BuildResNetOptions } from './resnet.js';
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
-export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult } from './batch-norm.js';
+export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult, type BatchNormFusion } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';

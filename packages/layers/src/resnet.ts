@@ -44,6 +44,12 @@ export interface BuildResNetOptions {
   ranks?: Readonly<Record<string, number>> | null;
   /** Base seed of the initialisation; layer i uses seed + i (default 0). */
   seed?: number;
+  /**
+   * Each batch norm carries the ReLU (and in bn2 the shortcut's add) that follows it, as one layer
+   * and, on the native engine, one kernel each way (default true). false builds separate ReLU and
+   * Add layers, as models did before; the outputs are the same. For benchmarks (bench prune).
+   */
+  fuseBatchNorm?: boolean;
   /** Input [H, W, C] (default [32, 32, 3]). */
   inputShape?: [number, number, number];
 }
@@ -176,14 +182,26 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
       seed,
     }).apply(x) as tf.SymbolicTensor;
   };
+  // Batch norm carries what follows it (the ReLU; in bn2, the shortcut's add first): one layer,
+  // and on the native engine one kernel each way, instead of two or three passes over the
+  // activations.
   const bn = (module: string, x: tf.SymbolicTensor) =>
     new SVDBatchNorm({ name: layerNameFor(module) }).apply(x) as tf.SymbolicTensor;
-  const relu = (name: string, x: tf.SymbolicTensor) => tf.layers.reLU({ name }).apply(x) as tf.SymbolicTensor;
+  const fuse = opts.fuseBatchNorm ?? true;
+  const bnRelu = (module: string, x: tf.SymbolicTensor, shortcut?: tf.SymbolicTensor): tf.SymbolicTensor => {
+    if (fuse) {
+      return new SVDBatchNorm({ name: layerNameFor(module), activation: 'relu', residual: shortcut !== undefined })
+        .apply(shortcut ? [x, shortcut] : x) as tf.SymbolicTensor;
+    }
+    const name = layerNameFor(module);
+    let y = bn(module, x);
+    if (shortcut) y = tf.layers.add({ name: `${name}_add` }).apply([y, shortcut]) as tf.SymbolicTensor;
+    return tf.layers.reLU({ name: `${name}_relu` }).apply(y) as tf.SymbolicTensor;
+  };
 
   const input = tf.input({ shape: inputShape, name: 'input' });
   let x = conv('stem.0', input, inputShape[2], widths[0], 3, 1, 1);
-  x = bn('stem.1', x);
-  x = relu('stem_relu', x);
+  x = bnRelu('stem.1', x);
   let cin = widths[0];
   let k = 0;
   for (let stage = 0; stage < widths.length; stage++) {
@@ -192,12 +210,10 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
       const cout = widths[stage];
       const p = `layers.${k}`;
       let out = conv(`${p}.conv1`, x, cin, cout, 3, stride, 1);
-      out = relu(`${layerNameFor(p)}_relu1`, bn(`${p}.bn1`, out));
-      out = bn(`${p}.bn2`, conv(`${p}.conv2`, out, cout, cout, 3, 1, 1));
+      out = bnRelu(`${p}.bn1`, out);
       let short = x;
       if (stride !== 1 || cin !== cout) short = bn(`${p}.shortcut.1`, conv(`${p}.shortcut.0`, x, cin, cout, 1, stride, 0));
-      x = tf.layers.add({ name: `${layerNameFor(p)}_add` }).apply([out, short]) as tf.SymbolicTensor;
-      x = relu(`${layerNameFor(p)}_relu2`, x);
+      x = bnRelu(`${p}.bn2`, conv(`${p}.conv2`, out, cout, cout, 3, 1, 1), short);
       cin = cout;
     }
   }

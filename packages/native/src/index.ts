@@ -34,23 +34,32 @@ export interface NativeAddon {
    * a is [BA,M,K] ([BA,K,M] when transposed), b [BB,K,N] ([BB,N,K]); a batch of 1 broadcasts.
    */
   matmul(a: Float32Array, b: Float32Array, c: Float32Array, shape: readonly number[]): void;
-  /** Train-mode batch norm over a row-major [M, C] view: y, batch mean and biased variance. */
+  /**
+   * Train-mode batch norm over a row-major [M, C] view: y, batch mean and biased variance; y gets
+   * `residual` added and then max(·, 0) when relu is 1 (a residual block's bn + shortcut + ReLU).
+   */
   batchNormForward(
     x: Float32Array, gamma: Float32Array, beta: Float32Array,
     y: Float32Array, mean: Float32Array, variance: Float32Array, shape: readonly [number, number], eps: number,
+    residual?: Float32Array, relu?: 0 | 1,
   ): void;
-  /** The batch-norm gradient given the forward's mean and variance: dx, dgamma, dbeta. */
+  /**
+   * The batch-norm gradient given the forward's mean and variance: dx, dgamma, dbeta. With `y`, the
+   * output of a forward with relu, dy is first masked by y > 0; `dResidual` receives the (masked)
+   * dy, the gradient of a residual the forward added. Empty arrays stand for none.
+   */
   batchNormBackward(
     x: Float32Array, dy: Float32Array, mean: Float32Array, variance: Float32Array, gamma: Float32Array,
     dx: Float32Array, dGamma: Float32Array, dBeta: Float32Array, shape: readonly [number, number], eps: number,
+    y?: Float32Array, dResidual?: Float32Array,
   ): void;
   /** dx = x > 0 ? dy : 0, elementwise; all three the same length. */
   reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
   /**
-   * y[i, j] = x[i, j]·scale[j] + shift[j] over [M, C], then max(·, 0) when relu is 1; scale or
-   * shift may be empty (none). One pass; y may be x.
+   * y[i, j] = x[i, j]·scale[j] + shift[j] (+ residual[i, j]) over [M, C], then max(·, 0) when relu
+   * is 1; scale or shift may be empty (none). One pass; y may be x.
    */
-  affine(x: Float32Array, scale: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number]): void;
+  affine(x: Float32Array, scale: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number], residual?: Float32Array): void;
   /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
   setThreads(threads: readonly [number]): void;
   getThreads(): number;

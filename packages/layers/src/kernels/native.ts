@@ -168,32 +168,36 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return c;
   };
 
+  // Batch norm's optional fusions (attrs `relu`, input `residual`): y = relu(bn(x) + residual).
+  const none = new Float32Array(0);
   const bnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
-    const { x, gamma, beta } = inputs as { x: TensorInfo; gamma: TensorInfo; beta: TensorInfo };
-    const { epsilon } = attrs as unknown as { epsilon: number };
+    const { x, gamma, beta, residual } = inputs as { x: TensorInfo; gamma: TensorInfo; beta: TensorInfo; residual?: TensorInfo };
+    const { epsilon, relu } = attrs as unknown as { epsilon: number; relu?: boolean };
     const c = x.shape[x.shape.length - 1];
     const m = x.shape.reduce((p, d) => p * d, 1) / c;
     const y = be.makeOutput([...x.shape], 'float32');
     const mean = be.makeOutput([c], 'float32');
     const variance = be.makeOutput([c], 'float32');
     const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
-    addon.batchNormForward(v(x), v(gamma), v(beta), v(y), v(mean), v(variance), [m, c], epsilon);
+    addon.batchNormForward(v(x), v(gamma), v(beta), v(y), v(mean), v(variance), [m, c], epsilon, residual ? v(residual) : none, relu ? 1 : 0);
     return [y, mean, variance];
   };
 
   const bnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
-    const { x, dy, mean, variance, gamma } = inputs as Record<'x' | 'dy' | 'mean' | 'variance' | 'gamma', TensorInfo>;
-    const { epsilon } = attrs as unknown as { epsilon: number };
+    // y: the fused forward's output, present when it applied a ReLU (its gradient masks dy).
+    const { x, dy, mean, variance, gamma, y } = inputs as Record<'x' | 'dy' | 'mean' | 'variance' | 'gamma', TensorInfo> & { y?: TensorInfo };
+    const { epsilon, residual } = attrs as unknown as { epsilon: number; residual?: boolean };
     const c = x.shape[x.shape.length - 1];
     const m = x.shape.reduce((p, d) => p * d, 1) / c;
     const dx = be.makeOutput([...x.shape], 'float32');
     const dg = be.makeOutput([c], 'float32');
     const db = be.makeOutput([c], 'float32');
+    const dres = residual ? be.makeOutput([...x.shape], 'float32') : undefined;
     const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
-    addon.batchNormBackward(v(x), v(dy), v(mean), v(variance), v(gamma), v(dx), v(dg), v(db), [m, c], epsilon);
-    return [dx, dg, db];
+    addon.batchNormBackward(v(x), v(dy), v(mean), v(variance), v(gamma), v(dx), v(dg), v(db), [m, c], epsilon, y ? v(y) : none, dres ? v(dres) : none);
+    return dres ? [dx, dg, db, dres] : [dx, dg, db];
   };
 
   const reluGrad: KernelFunc = ({ inputs, backend }) => {
@@ -204,13 +208,14 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return dx;
   };
 
-  const affine: KernelFunc = ({ inputs, backend }) => {
+  const affine: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
-    const { x, scale, shift } = inputs as Record<'x' | 'scale' | 'shift', TensorInfo>;
+    const { x, scale, shift, residual } = inputs as Record<'x' | 'scale' | 'shift', TensorInfo> & { residual?: TensorInfo };
+    const { relu } = (attrs ?? {}) as { relu?: boolean };
     const c = x.shape[x.shape.length - 1];
     const y = be.makeOutput([...x.shape], 'float32');
     const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
-    addon.affine(v(x), v(scale), v(shift), v(y), [x.shape.reduce((p, d) => p * d, 1) / c, c, 0]);
+    addon.affine(v(x), v(scale), v(shift), v(y), [x.shape.reduce((p, d) => p * d, 1) / c, c, relu ? 1 : 0], residual ? v(residual) : none);
     return y;
   };
 
@@ -229,15 +234,18 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 }
 
 // SvdAffine's gradient, registered once for every backend (only the native engine has the kernel):
-// what tfjs would give for x·scale + shift with scale and shift broadcast over the last axis.
+// what tfjs would give for relu(x·scale + shift + residual) with scale and shift broadcast over the
+// last axis (the ReLU's mask from the saved output, as tfjs' Relu gradient takes it from x > 0).
 tf.registerGradient({
   kernelName: AFFINE,
   inputsToSave: ['x', 'scale'],
-  gradFunc: (dy, saved) => {
-    const [x, scale] = saved as [tf.Tensor, tf.Tensor];
-    const g = dy as tf.Tensor;
+  outputsToSave: [true],
+  gradFunc: (dy, saved, attrs) => {
+    const [x, scale, y] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+    const relu = (attrs as { relu?: boolean } | undefined)?.relu === true;
+    const g = relu ? tf.mul(dy as tf.Tensor, tf.step(y)) : (dy as tf.Tensor);
     const outer = g.shape.slice(0, -1).map((_, i) => i);
-    return { x: () => tf.mul(g, scale), scale: () => tf.sum(tf.mul(g, x), outer), shift: () => tf.sum(g, outer) };
+    return { x: () => tf.mul(g, scale), scale: () => tf.sum(tf.mul(g, x), outer), shift: () => tf.sum(g, outer), residual: () => g };
   },
 });
 
