@@ -82,6 +82,10 @@ describe('exportToStockLayers', () => {
       const layerClasses = (artifacts.modelTopology as { config: { layers: { class_name: string }[] } }).config.layers.map((l) => l.class_name);
       expect(layerClasses.filter((c) => !STOCK.has(c))).toEqual([]);
       expect(JSON.stringify(artifacts.modelTopology)).not.toMatch(/SVD|SvdBatchNorm/);
+      // Each batch norm keeps its module's name and class; what it carried follows as N_add, N_relu.
+      const byName = new Map(stock.layers.map((l) => [l.name, l.getClassName()]));
+      for (const bn of ['stem_1', 'layers_0_bn1', 'layers_0_bn2', 'layers_1_shortcut_1', 'layers_2_bn2']) expect([bn, byName.get(bn)]).toEqual([bn, 'BatchNormalization']);
+      expect([byName.get('layers_0_bn1_relu'), byName.get('layers_0_bn2_add'), byName.get('layers_0_bn2_relu')]).toEqual(['ReLU', 'Add', 'ReLU']);
       const loaded = await tf.loadLayersModel(tf.io.fromMemory(artifacts));
       const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 6);
       const [a, b] = [m.predict(x) as tf.Tensor, loaded.predict(x) as tf.Tensor];

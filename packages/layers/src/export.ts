@@ -193,10 +193,12 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
   const weights = new Map<string, tf.Tensor[]>();
   const owned: tf.Tensor[] = [];
   try {
+    // A fused batch norm's output is its last added layer (N_add or N_relu): later layers read that.
+    const alias = new Map<string, string>();
     for (const entry of cfg.layers) {
       const layer = model.getLayer(entry.name);
       const N = entry.name;
-      let inbound = entry.inboundNodes;
+      let inbound = renameInbound(entry.inboundNodes, alias);
       const push = (name: string, className: string, config: Record<string, unknown>): void => {
         layers.push({ name, className, config: { ...config, name }, inboundNodes: inbound });
         inbound = [[[name, 0, 0, {}]]];
@@ -256,13 +258,11 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
         weights.set(`${N}_v`, [vs]);
         weights.set(N, [ut, ...bias]);
       } else if (layer instanceof SVDBatchNorm) {
-        // A fused layer (ReLU, residual) becomes BN `N_bn`, then Add `N_add` with the residual,
-        // then ReLU `N`: the last keeps the name the layers after it refer to.
-        const fused = layer.residual || layer.activation === 'relu';
-        const bnName = fused ? `${N}_bn` : N;
-        const [[main, ...rest]] = entry.inboundNodes as unknown[][][];
-        if (fused) inbound = [[main]];
-        push(bnName, 'BatchNormalization', {
+        // A fused layer (ReLU, residual) becomes BN `N`, then Add `N_add` with the residual, then
+        // ReLU `N_relu`; the layers after it read the last one.
+        const [[main, ...rest]] = inbound as unknown[][][];
+        if (layer.residual) inbound = [[main]];
+        push(N, 'BatchNormalization', {
           axis: -1,
           // tfjs momentum is the weight of the old value: PyTorch 0.1 ≡ tfjs 0.9.
           momentum: 1 - layer.momentum,
@@ -272,18 +272,21 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
           trainable: true,
         });
         const bySuffix = new Map(layer.weights.map((w) => [w.originalName.split('/').pop()!, w.read()]));
-        weights.set(bnName, ['gamma', 'beta', 'movingMean', 'movingVariance'].map((k) => bySuffix.get(k)!));
+        weights.set(N, ['gamma', 'beta', 'movingMean', 'movingVariance'].map((k) => bySuffix.get(k)!));
+        let last = N;
         if (layer.residual) {
           inbound = [[...(inbound as unknown[][])[0], ...rest]];
-          push(layer.activation === 'relu' ? `${N}_add` : N, 'Add', { trainable: true });
+          push((last = `${N}_add`), 'Add', { trainable: true });
         }
-        if (layer.activation === 'relu') push(N, 'ReLU', { maxValue: null, trainable: true });
+        if (layer.activation === 'relu') push((last = `${N}_relu`), 'ReLU', { maxValue: null, trainable: true });
+        if (last !== N) alias.set(N, last);
       } else {
-        layers.push(entry);
+        layers.push({ ...entry, inboundNodes: inbound });
         // getWeights() returns the variables themselves (not copies): never dispose them.
         if (layer.weights.length > 0) weights.set(N, layer.getWeights());
       }
     }
+    cfg.outputLayers = renameInbound([cfg.outputLayers], alias)[0] as unknown[];
     if (opts.foldBatchNorm) layers = foldBatchNorms(layers, weights, cfg.outputLayers, owned);
     const fromConfig = (tf.LayersModel as unknown as { fromConfig: (cls: unknown, c: unknown) => tf.LayersModel }).fromConfig;
     const out = fromConfig(tf.LayersModel, { ...cfg, name: `${cfg.name}_stock`, layers });
