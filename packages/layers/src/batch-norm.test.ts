@@ -96,6 +96,15 @@ forEachBackend(TEST_ENGINES, (backend) => {
       });
     }
 
+    it('x=[2,3,2,4] relu + residual: gradient check by central differences (x, gamma, beta, residual)', () => {
+      const x = tf.tensor4d(seededUniform(48, 21, 1.5), [2, 3, 2, 4]);
+      const g = tf.tensor1d([1.2, 0.7, -0.9, 1.1]);
+      const b = tf.tensor1d([0.1, -0.2, 0.3, 0]);
+      const r = tf.tensor4d(seededUniform(48, 22, 1.5), [2, 3, 2, 4]);
+      gradCheck((a, gg, bb, rr) => batchNormTrain(a!, gg!, bb!, 1e-5, { relu: true, residual: rr }).y, [x, g, b, r], { label: `${backend} bn+res+relu` });
+      tf.dispose([x, g, b, r]);
+    });
+
     it('a residual of another shape is refused, naming both shapes', () => {
       const x = tf.ones([2, 3, 3, 4]);
       expect(() => batchNormTrain(x, tf.ones([4]), tf.zeros([4]), 1e-5, { residual: tf.ones([2, 3, 3, 2]) })).toThrow(/residual \[2,3,3,2\] must have the shape of x \[2,3,3,4\]/);
