@@ -311,6 +311,10 @@ export class Coordinator {
       this.log('info', `resuming at step ${resume.step} (epoch ${resume.epoch})`);
     }
 
+    if (cfg.sparsityStart > 0 && cfg.lambdaS > 0) {
+      const first = Math.ceil(cfg.sparsityStart * totalSteps);
+      this.log('info', `sparsity term (λ_s ${cfg.lambdaS}) from step ${first} of ${totalSteps} (--sparsity-start ${cfg.sparsityStart}, epoch ${Math.floor(first / spe) + 1})`);
+    }
     const expect = Math.max(this.minLive(), this.opts.expectWorkers ?? 0);
     this.log('info', `waiting for ${expect} worker(s)`);
     if (expect > this.minLive() && !(await this.waitForWorkers(expect, now() + cfg.handshakeTimeoutMs))) {

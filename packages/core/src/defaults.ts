@@ -46,6 +46,8 @@ export const DEFAULTS = Object.freeze({
   sparsity: 'hoyer',
   lambdaO: 1,
   lambdaS: 0.07,
+  // Fraction of the training steps before the sparsity term starts (0 = from the first step).
+  sparsityStart: 0,
   // Optimizer
   optimizer: 'sgd',
   lr: 0.1,

@@ -98,7 +98,7 @@ export {
 export { escapeForLog } from './log-escape.js';
 
 export { createOptimizer, type CreateOptimizerOptions, type Optimizer, type OptimizerConfig, type OptimizerState, type ParamSet } from './optimizers.js';
-export { lrAt, momentumAt, type MomentumScheduleConfig, type ScheduleConfig } from './lr-schedule.js';
+export { lrAt, momentumAt, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
 export {
   latestCheckpoint,
   loadCheckpoint,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cosineLr, lrAt, momentumAt, multistepLr, onecycleLr, type MomentumScheduleConfig, type ScheduleConfig } from './lr-schedule.js';
+import { cosineLr, lrAt, momentumAt, multistepLr, onecycleLr, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig } from './lr-schedule.js';
 import { readFileSync } from 'node:fs';
 import { referenceFile, referenceMissing } from './testing.js';
 
@@ -67,5 +67,19 @@ describe('momentum schedule', () => {
     expect(momentumAt({ ...MOM, cycleMomentum: false }, 7, 5)).toBe(0.9);
     expect(momentumAt({ ...MOM, schedule: 'cosine' }, 7, 5)).toBe(0.9);
     expect(momentumAt({ ...MOM, schedule: 'multistep', optimizer: 'adam' }, 7, 5)).toBe(0.8);
+  });
+});
+
+describe('sparsity schedule', () => {
+  it('is 0 before the start fraction of the steps and λ_s from there, as torch_train.py --sparsity-start', () => {
+    const cfg = { lambdaS: 0.012, sparsityStart: 0.3, epochs: 10 };
+    // 10 epochs × 7 steps = 70 steps; torch_train: step >= 0.3 · 70 = 21.
+    expect(sparsityWeightAt(cfg, 20, 7)).toBe(0);
+    expect(sparsityWeightAt(cfg, 21, 7)).toBe(0.012);
+    expect(sparsityWeightAt(cfg, 69, 7)).toBe(0.012);
+    expect(sparsityWeightAt({ ...cfg, sparsityStart: 0 }, 0, 7)).toBe(0.012);
+    // A start between steps rounds up: 0.25 · 70 = 17.5, so step 17 is off and 18 on.
+    expect(sparsityWeightAt({ ...cfg, sparsityStart: 0.25 }, 17, 7)).toBe(0);
+    expect(sparsityWeightAt({ ...cfg, sparsityStart: 0.25 }, 18, 7)).toBe(0.012);
   });
 });

@@ -107,3 +107,14 @@ export function momentumAt(cfg: MomentumScheduleConfig, step: number, stepsPerEp
   }
   return cfg.optimizer === 'adam' ? cfg.adamBetas[0] : cfg.momentum;
 }
+
+export type SparsityScheduleConfig = Pick<RunConfig, 'lambdaS' | 'sparsityStart' | 'epochs'>;
+
+/**
+ * The sparsity weight λ_s of optimizer step `step`: 0 for the first `sparsityStart` fraction of the
+ * run's steps, then `lambdaS` (bench/torch_train.py's `--sparsity-start`, step for step). Workers
+ * call it with the step number of each step message, so both ends agree without more state.
+ */
+export function sparsityWeightAt(cfg: SparsityScheduleConfig, step: number, stepsPerEpoch: number): number {
+  return step >= cfg.sparsityStart * cfg.epochs * stepsPerEpoch ? cfg.lambdaS : 0;
+}

@@ -24,6 +24,7 @@ import {
   makeNonce,
   parseConfig,
   readCifar10,
+  sparsityWeightAt,
   tensorFrameBytes,
   verifyAuthProof,
   CIFAR_FILES,
@@ -219,7 +220,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         const t0 = performance.now();
         if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
-        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: cfg.lambdaS, sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
+        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, Math.ceil(trainCount / cfg.batch)), sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
         const computeMs = performance.now() - t0;
         st.steps++;
         await conn.send({

@@ -64,7 +64,7 @@ async function fakeCoordinator(script: Script): Promise<{ url: string; close(): 
 
 const cfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', augment: true }, undefined, {});
 
-async function handshake(recv: () => Promise<Message>, send: (m: Message) => void, md5s: Record<string, string>, serveDir: string | null) {
+async function handshake(recv: () => Promise<Message>, send: (m: Message) => void, md5s: Record<string, string>, serveDir: string | null, config = cfg) {
   const hello = await recv();
   expect(hello.type).toBe('hello');
   if (hello.type !== 'hello') throw new Error();
@@ -73,7 +73,7 @@ async function handshake(recv: () => Promise<Message>, send: (m: Message) => voi
   send({ type: 'challenge', nonce: nonces.coordinator, authRequired: true, proof: authProof(TOKEN, 'coordinator', nonces) });
   const auth = await recv();
   expect(auth).toEqual({ type: 'auth', mac: authProof(TOKEN, 'worker', nonces) });
-  send({ type: 'welcome', workerId: 'w0', config: serializeConfig(cfg), configHash: configHash(cfg), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
+  send({ type: 'welcome', workerId: 'w0', config: serializeConfig(config), configHash: configHash(config), datasetInfo: { trainCount: 8, testCount: 4, md5s } });
   const requested: string[] = [];
   for (;;) {
     const m = await recv();
@@ -137,6 +137,36 @@ describe('runWorker against a scripted coordinator', () => {
     expect(seen.reconnected).toBe(true);
     expect(log.join('\n')).toMatch(/backend wasm/);
     expect(log.join('\n')).toMatch(/reconnecting/);
+  });
+
+  it('--sparsity-start: the sparsity term is off for the first fraction of the steps, then weighs λ_s', async () => {
+    const { dir, md5s } = dataset();
+    // 8 images, batch 4, 2 epochs: 4 steps; start 0.5 turns the term on at step 2.
+    const sched = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', epochs: 2, lambdaO: 0.5, lambdaS: 0.07, sparsityStart: 0.5 }, undefined, {});
+    const losses: { ce: number; orth: number; sparsity: number; total: number }[] = [];
+    const fake = await fakeCoordinator(async (_ws, recv, send) => {
+      const { manifest } = await handshake(recv, send, md5s, dir, sched);
+      const fill = (specs: { name: string; shape: number[] }[]) => specs.map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.05) }));
+      send({ type: 'weights', step: 0, params: fill(manifest.params), buffers: [] });
+      for (const step of [0, 1, 2, 3]) {
+        send({ type: 'step', step, epoch: step >> 1, seed: 0, indices: Int32Array.from([0, 1]), lr: 0.1, attempt: 0 });
+        const g = await recv();
+        if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
+        losses.push(g.loss);
+      }
+      send({ type: 'shutdown', reason: 'done' });
+    });
+    try {
+      await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} });
+    } finally {
+      fake.close();
+    }
+    expect(losses).toHaveLength(4);
+    for (const [i, l] of losses.entries()) {
+      expect(l.sparsity).toBeGreaterThan(1); // reported either way
+      const lambdaS = i < 2 ? 0 : 0.07;
+      expect(l.total).toBeCloseTo(l.ce + 0.5 * l.orth + lambdaS * l.sparsity, 4);
+    }
   });
 
   it('a refusal (AUTH_FAILED) ends the worker with that error instead of retrying', async () => {

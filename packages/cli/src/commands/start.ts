@@ -47,6 +47,7 @@ const START_OPTIONS: [string, string][] = [
   ['--sparsity <kind>', `singular-value sparsity: ${SPARSITIES.join(' | ')} (default ${shown('sparsity')})`],
   ['--lambda-o <x>', `orthogonality weight λ_o (default ${shown('lambdaO')})`],
   ['--lambda-s <x>', `sparsity weight λ_s (default ${shown('lambdaS')})`],
+  ['--sparsity-start <f>', `no sparsity term for the first fraction f of the training steps, in [0, 1) (default ${shown('sparsityStart')})`],
   ['--optimizer <name>', `${OPTIMIZERS.join(' | ')} (default ${shown('optimizer')})`],
   ['--lr <x>', `peak learning rate (default ${shown('lr')})`],
   ['--momentum <x>', `SGD momentum when it does not cycle (default ${shown('momentum')})`],

@@ -125,6 +125,8 @@ describe('resolveConfig errors', () => {
     expect(resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 9000 }, undefined, {}).stallWarnMs).toBe(9000);
     expect(thrown(() => resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 20000 }, undefined, {})).message).toContain('stallWarnMs');
     expect(thrown(() => resolveConfig({ adamBetas: [0.9, 1] }, undefined, {})).message).toContain('adamBetas.1 = 1');
+    expect(thrown(() => resolveConfig({ sparsityStart: 1 }, undefined, {})).message).toContain('sparsityStart = 1');
+    expect(resolveConfig({ 'sparsity-start': 0.3 }, undefined, {}).sparsityStart).toBe(0.3);
   });
 
   it('reports a missing or malformed config file', () => {

@@ -43,6 +43,7 @@ export const RunConfigSchema = z
     sparsity: z.enum(SPARSITIES).default(DEFAULTS.sparsity),
     lambdaO: nonNeg().default(DEFAULTS.lambdaO),
     lambdaS: nonNeg().default(DEFAULTS.lambdaS),
+    sparsityStart: z.number().min(0).lt(1).default(DEFAULTS.sparsityStart),
     optimizer: z.enum(OPTIMIZERS).default(DEFAULTS.optimizer),
     lr: nonNeg().default(DEFAULTS.lr),
     momentum: z.number().min(0).lt(1).default(DEFAULTS.momentum),
