@@ -86,6 +86,13 @@ describe('exportToStockLayers', () => {
       const byName = new Map(stock.layers.map((l) => [l.name, l.getClassName()]));
       for (const bn of ['stem_1', 'layers_0_bn1', 'layers_0_bn2', 'layers_1_shortcut_1', 'layers_2_bn2']) expect([bn, byName.get(bn)]).toEqual([bn, 'BatchNormalization']);
       expect([byName.get('layers_0_bn1_relu'), byName.get('layers_0_bn2_add'), byName.get('layers_0_bn2_relu')]).toEqual(['ReLU', 'Add', 'ReLU']);
+      // Stride-1 convs pad with 'same'; only the stride-2 3×3 convs (layers.1/2.conv1) keep a ZeroPadding2D.
+      const pads = stock.layers.filter((l) => l.getClassName() === 'ZeroPadding2D').map((l) => l.name);
+      expect(pads).toEqual(['layers_1_conv1_pad', 'layers_2_conv1_pad']);
+      const convCfg = (l: tf.layers.Layer) => l.getConfig() as { padding: string; strides: number[]; kernelSize: number[] };
+      const same = stock.layers.filter((l) => l.getClassName() === 'Conv2D' && convCfg(l).padding === 'same');
+      expect(same.length).toBeGreaterThan(4);
+      for (const l of same) expect([l.name, convCfg(l).strides]).toEqual([l.name, [1, 1]]);
       const loaded = await tf.loadLayersModel(tf.io.fromMemory(artifacts));
       const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 6);
       const [a, b] = [m.predict(x) as tf.Tensor, loaded.predict(x) as tf.Tensor];
@@ -105,6 +112,10 @@ describe('exportToStockLayers', () => {
       const weights = (x: tf.LayersModel) =>
         x.layers.filter((l) => ['Conv2D', 'Dense'].includes(l.getClassName())).map((l) => [l.name, ...l.getWeights().map((w) => w.shape.join('x'))]).sort((a, b) => a[0]!.localeCompare(b[0]!));
       expect(weights(stock)).toEqual(weights(plain));
+      // The same padding layers and conv paddings as the plain ResNet builds.
+      const padding = (x: tf.LayersModel) =>
+        x.layers.filter((l) => ['Conv2D', 'ZeroPadding2D'].includes(l.getClassName())).map((l) => `${l.name}:${JSON.stringify((l.getConfig() as { padding: unknown }).padding)}`).sort();
+      expect(padding(stock)).toEqual(padding(plain));
       expect(countMacs(stock).total).toBe(countMacs(plain).total);
       expect(countMacs(m).exportParams).toBe(countMacs(stock).exportParams);
       [m, stock, plain].forEach((q) => q.dispose());
@@ -141,6 +152,10 @@ describe('exportToStockLayers', () => {
       const folded = exportToStockLayers(pruned, { foldBatchNorm: true });
       expect(folded.layers.filter((l) => l.getClassName() === 'BatchNormalization').map((l) => l.name)).toEqual([]);
       expect(folded.layers.filter((l) => l.getClassName() === 'Conv2D' && !l.name.endsWith('_v')).every((l) => l.getWeights().length === 2)).toBe(true);
+      // Factored too, a ZeroPadding2D feeds only a conv that strides 2 along a padded axis.
+      const padFed = folded.layers.filter((l) => l.getClassName() === 'Conv2D' && l.inboundNodes[0]!.inboundLayers[0]!.getClassName() === 'ZeroPadding2D');
+      expect(padFed.length).toBeGreaterThan(0);
+      for (const l of padFed) expect([l.name, (l.getConfig() as { strides: number[] }).strides.includes(2)]).toEqual([l.name, true]);
       const x = tf.randomNormal([3, 32, 32, 3], 0, 1, 'float32', 9);
       const [a, b] = [pruned.predict(x) as tf.Tensor, folded.predict(x) as tf.Tensor];
       expectClose(`folded ${decomposition} logits`, b, a, 1e-5);

@@ -27,6 +27,7 @@ import { SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { SVDBatchNorm } from './batch-norm.js';
+import { sameMatchesPadding } from './padding.js';
 
 const MODEL_JSON = 'model.json';
 const WEIGHTS_BIN = 'weights.bin';
@@ -117,12 +118,12 @@ function firstShape(s: tf.Shape | tf.Shape[]): tf.Shape {
   return (Array.isArray(s[0]) ? s[0] : s) as tf.Shape;
 }
 
-const conv = (name: string, filters: number, kernelSize: number[], strides: number[], useBias: boolean): Record<string, unknown> => ({
+const conv = (name: string, filters: number, kernelSize: number[], strides: number[], useBias: boolean, padding: 'valid' | 'same' = 'valid'): Record<string, unknown> => ({
   name,
   filters,
   kernelSize,
   strides,
-  padding: 'valid',
+  padding,
   dataFormat: 'channelsLast',
   dilationRate: [1, 1],
   activation: 'linear',
@@ -184,7 +185,8 @@ function foldBatchNorms(layers: LayerEntry[], weights: Map<string, tf.Tensor[]>,
 /**
  * The same network in stock tfjs-layers classes only (inference semantics; see the module doc).
  * Layer names: a merged SVD layer N stays `N`; a factored one becomes `N_v` (first factor) and `N`
- * (second factor, + bias); ZeroPadding2D layers `N_pad*` go in front where a conv pads. With
+ * (second factor, + bias); ZeroPadding2D layers `N_pad*` go in front where a conv pads and
+ * 'same' would pad otherwise (stride 2). With
  * `foldBatchNorm` the BN layers after convs are gone. The graph is otherwise unchanged.
  */
 export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOptions = {}): tf.LayersModel {
@@ -210,11 +212,18 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
         const [top, bottom, left, right] = layer.explicitPadding(h, w);
         const [sh, sw] = layer.strides;
         const bias = layer.bias ? [layer.bias.read()] : [];
+        // A k×k conv: 'same' where it pads as PyTorch does, else ZeroPadding2D in front and 'valid'.
+        const padded = (name: string, k: [number, number], strides: [number, number], pads: [number, number, number, number]): 'same' | 'valid' => {
+          if (sameMatchesPadding(k, strides, pads)) return 'same';
+          const [pt, pb, pl, pr] = pads;
+          if (pt || pb || pl || pr) push(name, 'ZeroPadding2D', { padding: [[pt, pb], [pl, pr]], dataFormat: 'channelsLast' });
+          return 'valid';
+        };
         if (layer.forwardFor(h, w) === 'reconstruct') {
           const k = layer.reconstructWeight();
           owned.push(k);
-          if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
-          push(N, 'Conv2D', conv(N, n, [kh, kw], [sh, sw], layer.useBias));
+          const padding = padded(`${N}_pad`, [kh, kw], [sh, sw], [top, bottom, left, right]);
+          push(N, 'Conv2D', conv(N, n, [kh, kw], [sh, sw], layer.useBias, padding));
           weights.set(N, [k, ...bias]);
           continue;
         }
@@ -231,14 +240,14 @@ export function exportToStockLayers(model: tf.LayersModel, opts: StockExportOpti
         });
         owned.push(k1, k2);
         if (layer.decomposition === 'channel') {
-          if (top || bottom || left || right) push(`${N}_pad`, 'ZeroPadding2D', { padding: [[top, bottom], [left, right]], dataFormat: 'channelsLast' });
-          push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, kw], [sh, sw], false));
+          const padding = padded(`${N}_pad`, [kh, kw], [sh, sw], [top, bottom, left, right]);
+          push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, kw], [sh, sw], false, padding));
           push(N, 'Conv2D', conv(N, n, [1, 1], [1, 1], layer.useBias));
         } else {
-          if (top || bottom) push(`${N}_pad_h`, 'ZeroPadding2D', { padding: [[top, bottom], [0, 0]], dataFormat: 'channelsLast' });
-          push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, 1], [sh, 1], false));
-          if (left || right) push(`${N}_pad_w`, 'ZeroPadding2D', { padding: [[0, 0], [left, right]], dataFormat: 'channelsLast' });
-          push(N, 'Conv2D', conv(N, n, [1, kw], [1, sw], layer.useBias));
+          const padH = padded(`${N}_pad_h`, [kh, 1], [sh, 1], [top, bottom, 0, 0]);
+          push(`${N}_v`, 'Conv2D', conv(`${N}_v`, r, [kh, 1], [sh, 1], false, padH));
+          const padW = padded(`${N}_pad_w`, [1, kw], [1, sw], [0, 0, left, right]);
+          push(N, 'Conv2D', conv(N, n, [1, kw], [1, sw], layer.useBias, padW));
         }
         weights.set(`${N}_v`, [k1]);
         weights.set(N, [k2, ...bias]);

@@ -14,6 +14,7 @@ import { SVDDense } from './svd-dense.js';
 import { SVDBatchNorm } from './batch-norm.js';
 import { layerNameFor } from './parameter-names.js';
 import { countMacs } from './macs.js';
+import { sameMatchesPadding } from './padding.js';
 
 export interface BuildResNetOptions {
   /** CIFAR ResNet-(6n+2) depth, or the CIFAR variant of ResNet-18. */
@@ -153,16 +154,17 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
     const name = layerNameFor(module);
     const seed = baseSeed + layerIndex++;
     if (!svd) {
-      // PyTorch padding p on every side: explicit zero padding then a 'valid' conv ('same' pads
-      // asymmetrically at stride 2).
-      const padded = pad > 0 ? (tf.layers.zeroPadding2d({ padding: pad, name: `${name}_pad` }).apply(x) as tf.SymbolicTensor) : x;
+      // PyTorch padding p on every side: 'same' where that is what it does (stride 1), else explicit
+      // zero padding then a 'valid' conv ('same' pads after only at stride 2).
+      const same = sameMatchesPadding([k, k], [stride, stride], [pad, pad, pad, pad]);
+      const padded = pad > 0 && !same ? (tf.layers.zeroPadding2d({ padding: pad, name: `${name}_pad` }).apply(x) as tf.SymbolicTensor) : x;
       return tf.layers
         .conv2d({
           name,
           filters,
           kernelSize: k,
           strides: stride,
-          padding: 'valid',
+          padding: same ? 'same' : 'valid',
           useBias: false,
           kernelInitializer: tf.initializers.heNormal({ seed }),
         })

@@ -48,11 +48,14 @@ def main():
             (top, bottom), (left, right) = lc["padding"]
             y = F.pad(ins[0], (left, right, top, bottom))
         elif cls == "Conv2D":
-            if lc["padding"] != "valid" or lc.get("dilation_rate", [1, 1]) != [1, 1] or lc.get("activation", "linear") != "linear":
-                raise SystemExit(f"{name}: only 'valid', undilated, linear convs are read here")
+            kh, kw = lc["kernel_size"]
+            # 'same' at stride 1 with odd kernels pads (k - 1) / 2 on each side, as PyTorch's padding does.
+            same_ok = lc["padding"] == "same" and list(lc["strides"]) == [1, 1] and kh % 2 == 1 and kw % 2 == 1
+            if (lc["padding"] != "valid" and not same_ok) or lc.get("dilation_rate", [1, 1]) != [1, 1] or lc.get("activation", "linear") != "linear":
+                raise SystemExit(f"{name}: only 'valid' (or stride-1 'same' with odd kernels), undilated, linear convs are read here")
             k = weight(name, "kernel").permute(3, 2, 0, 1)  # HWIO -> OIHW
             b = weight(name, "bias") if lc["use_bias"] else None
-            y = F.conv2d(ins[0], k, b, stride=tuple(lc["strides"]))
+            y = F.conv2d(ins[0], k, b, stride=tuple(lc["strides"]), padding=(kh // 2, kw // 2) if same_ok else 0)
         elif cls == "BatchNormalization":
             y = F.batch_norm(ins[0], weight(name, "moving_mean"), weight(name, "moving_variance"),
                              weight(name, "gamma"), weight(name, "beta"), False, 0.0, lc["epsilon"])
