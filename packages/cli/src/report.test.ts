@@ -196,6 +196,12 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
     expect(html).toContain('epoch 2: test accuracy 55.00%');
     expect(html).toContain('60 steps · 59 min 1 s wall-clock');
     expect(html).not.toContain('NaN');
+    expect(html).toContain('SVD channel · hoyer λ_s=0.07</p>');
+  });
+
+  it('names a delayed sparsity term in the config line', () => {
+    const delayed = renderReport({ title: 't', config: { model: 'resnet20', decomposition: 'channel', sparsity: 'hoyer', lambdaS: 0.015, sparsityStart: 0.3 }, records, spectra: spectraOf(params), macs: [] });
+    expect(delayed).toContain('hoyer λ_s=0.015 from 30% of the steps');
   });
 
   it('one spectrum panel per SVD layer, in order, each with the cut of the default energy 0.01, said so', () => {

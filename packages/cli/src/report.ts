@@ -110,7 +110,9 @@ function configLine(cfg: Record<string, unknown> | null): string {
   const str = (k: string) => (typeof cfg[k] === 'string' || typeof cfg[k] === 'number' || typeof cfg[k] === 'boolean' ? String(cfg[k]) : undefined);
   const parts = [
     cfg.svd === false ? 'plain (no SVD)' : str('decomposition') && `SVD ${str('decomposition')}`,
-    str('sparsity') && str('sparsity') !== 'none' ? `${str('sparsity')} λ_s=${str('lambdaS')}` : undefined,
+    str('sparsity') && str('sparsity') !== 'none'
+      ? `${str('sparsity')} λ_s=${str('lambdaS')}${Number(cfg.sparsityStart) > 0 ? ` from ${Math.round(100 * Number(cfg.sparsityStart))}% of the steps` : ''}`
+      : undefined,
     str('lambdaO') && `λ_o=${str('lambdaO')}`,
     str('optimizer') && `${str('optimizer')} lr ${str('lr')} (${str('schedule') ?? ''})`,
     str('batch') && `batch ${str('batch')}`,
