@@ -11,8 +11,8 @@ a choice rather than guessed at:
   --no-decay-s          no weight decay on singular values, BN parameters and biases
                         (svd-train's --decay-on factors)
   --bn-groups G         batch norm over G sub-batches of 128/G (svd-train: one group per worker)
-  --sparsity-start F    no sparsity term for the first fraction F of the steps (svd-train has no
-                        such option yet; this is for trying the schedule first)
+  --sparsity-start F    no sparsity term for the first fraction F of the steps (svd-train's
+                        --sparsity-start, step for step)
 
 The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetune-epochs`:
   --prune-energy E | --prune-macs N   after training, remove the smallest singular values holding at
