@@ -13,6 +13,7 @@ import {
   latestCheckpoint,
   saveCheckpoint,
   serializeConfig,
+  stepsPerEpoch as stepsInEpoch,
   type Checkpoint,
   type DatasetInfo,
   type RunConfig,
@@ -112,7 +113,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
   let stepsPerEpoch: number | null = null;
   let barDrawn = false;
   const newBar = (epoch: number) =>
-    new ProgressBar({ label: `epoch ${epoch + 1}/${cfg.epochs}`, total: stepsPerEpoch ?? Math.ceil(info.trainCount / cfg.batch), unit: 'steps' });
+    new ProgressBar({ label: `epoch ${epoch + 1}/${cfg.epochs}`, total: stepsPerEpoch ?? stepsInEpoch(info.trainCount, cfg.batch), unit: 'steps' });
   const coord = new Coordinator({
     config: cfg,
     datasetInfo: info,

@@ -30,6 +30,7 @@ import {
   createOptimizer,
   lrAt as scheduleLrAt,
   momentumAt,
+  sparsityStartStep,
   effectiveRanks,
   serializeConfig,
   type EvalResultMessage,
@@ -312,7 +313,7 @@ export class Coordinator {
     }
 
     if (cfg.sparsityStart > 0 && cfg.lambdaS > 0) {
-      const first = Math.ceil(cfg.sparsityStart * totalSteps);
+      const first = sparsityStartStep(cfg, spe);
       this.log('info', `sparsity term (λ_s ${cfg.lambdaS}) from step ${first} of ${totalSteps} (--sparsity-start ${cfg.sparsityStart}, epoch ${Math.floor(first / spe) + 1})`);
     }
     const expect = Math.max(this.minLive(), this.opts.expectWorkers ?? 0);

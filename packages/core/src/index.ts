@@ -54,7 +54,7 @@ export {
   type EnsureCifar10Options,
 } from './cifar10-download.js';
 export { CIFAR_MEAN, CIFAR_STD, assembleBatch, type AssembleOptions, type Batch, type SplitLike } from './input-pipeline.js';
-export { EpochSampler, epochPermutation, splitBatch, type EpochSamplerOptions, type SampledBatch, type SamplerState } from './sampler.js';
+export { EpochSampler, epochPermutation, splitBatch, stepsPerEpoch, type EpochSamplerOptions, type SampledBatch, type SamplerState } from './sampler.js';
 export { mulberry32, type RngState } from './rng.js';
 export { ProgressBar, type ProgressBarOptions, type ProgressStream } from './progress-bar.js';
 
@@ -98,7 +98,7 @@ export {
 export { escapeForLog } from './log-escape.js';
 
 export { createOptimizer, type CreateOptimizerOptions, type Optimizer, type OptimizerConfig, type OptimizerState, type ParamSet } from './optimizers.js';
-export { lrAt, momentumAt, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
+export { lrAt, momentumAt, sparsityStartStep, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
 export {
   latestCheckpoint,
   loadCheckpoint,

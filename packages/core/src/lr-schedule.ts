@@ -110,11 +110,16 @@ export function momentumAt(cfg: MomentumScheduleConfig, step: number, stepsPerEp
 
 export type SparsityScheduleConfig = Pick<RunConfig, 'lambdaS' | 'sparsityStart' | 'epochs'>;
 
+/** The first optimizer step with the sparsity term: the first at or after the `sparsityStart` fraction of the run. */
+export function sparsityStartStep(cfg: SparsityScheduleConfig, stepsPerEpoch: number): number {
+  return Math.ceil(cfg.sparsityStart * cfg.epochs * stepsPerEpoch);
+}
+
 /**
  * The sparsity weight λ_s of optimizer step `step`: 0 for the first `sparsityStart` fraction of the
  * run's steps, then `lambdaS` (bench/torch_train.py's `--sparsity-start`, step for step). Workers
  * call it with the step number of each step message, so both ends agree without more state.
  */
 export function sparsityWeightAt(cfg: SparsityScheduleConfig, step: number, stepsPerEpoch: number): number {
-  return step >= cfg.sparsityStart * cfg.epochs * stepsPerEpoch ? cfg.lambdaS : 0;
+  return step >= sparsityStartStep(cfg, stepsPerEpoch) ? cfg.lambdaS : 0;
 }

@@ -120,6 +120,14 @@ export interface SampledBatch {
   indices: Int32Array;
 }
 
+/**
+ * Steps in an epoch of `size` samples at `batch` per step: the last partial batch counts unless
+ * `dropLast`. The coordinator's sampler and every worker derive the step count from this one rule.
+ */
+export function stepsPerEpoch(size: number, batch: number, dropLast = false): number {
+  return dropLast ? Math.floor(size / batch) : Math.ceil(size / batch);
+}
+
 /** Walks epochs of shuffled global batches; see the module header. */
 export class EpochSampler {
   readonly size: number;
@@ -147,7 +155,7 @@ export class EpochSampler {
 
   /** Steps per epoch (the last partial batch counts unless dropLast). */
   get stepsPerEpoch(): number {
-    return this.dropLast ? Math.floor(this.size / this.batch) : Math.ceil(this.size / this.batch);
+    return stepsPerEpoch(this.size, this.batch, this.dropLast);
   }
 
   /** Samples each epoch actually uses. */

@@ -454,7 +454,6 @@ SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t 
 // by y > 0, the ReLU's gradient, in one flat pass (the ReLU-gradient select, which vectorizes; a
 // branch per element inside the sums mispredicted on ReLU's pattern and measured 2.4x slower) into
 // dres, the residual's gradient, or a scratch buffer kept between calls.
-
 SVD_CLONES void BnBackwardImpl(const float* x, const float* dy_in, const float* mean, const float* var, const float* g,
                                float* dx, float* dg, float* db, int64_t m, int64_t c, double eps, const float* y,
                                float* dres) {

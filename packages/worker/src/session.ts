@@ -25,6 +25,7 @@ import {
   parseConfig,
   readCifar10,
   sparsityWeightAt,
+  stepsPerEpoch,
   tensorFrameBytes,
   verifyAuthProof,
   CIFAR_FILES,
@@ -220,7 +221,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         const t0 = performance.now();
         if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
-        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, Math.ceil(trainCount / cfg.batch)), sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
+        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
         const computeMs = performance.now() - t0;
         st.steps++;
         await conn.send({
