@@ -38,6 +38,9 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
       '--prune-energy', '0.2',
       '--sweep-energies', '0.05,0.4',
       '--finetune-epochs', '1',
+      // Distillation belongs to the fine-tuning: the trained model teaches the pruned one.
+      '--distill-alpha', '0.5',
+      '--distill-temperature', '2',
     ]);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
     log = c.output();
@@ -68,6 +71,21 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
     expect(existsSync(join(out, 'finetune', 'metrics.jsonl'))).toBe(true);
     expect(p.finetuned).not.toBeNull();
     expect([p.finetuned!.epochs, p.finetuned!.macs]).toEqual([1, p.pruned.macs]);
+  });
+
+  it('distills only while fine-tuning, from the trained checkpoint it pruned, and logs the distillation term', () => {
+    const train = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    expect([train.distillAlpha, train.teacher]).toEqual([0, null]);
+    const ft = JSON.parse(readFileSync(join(out, 'finetune', 'config.json'), 'utf8'));
+    expect([ft.distillAlpha, ft.distillTemperature, ft.teacherRanks]).toEqual([0.5, 2, null]);
+    expect(ft.teacher).toMatch(/[/\\]checkpoints[/\\]ckpt-\d+\.svdckpt$/);
+    expect(loadCheckpoint(ft.teacher).params.find((t) => t.name === 'fc.s')!.shape).toEqual([10]);
+    expect(log).toContain(`distilling from --teacher ${ft.teacher}`);
+    const steps = readFileSync(join(out, 'finetune', 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.kind === 'step');
+    expect(steps.length).toBeGreaterThan(0);
+    for (const r of steps) expect(r.loss.distill).toBeGreaterThan(0);
+    const trainSteps = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.kind === 'step');
+    for (const r of trainSteps) expect(r.loss.distill).toBeUndefined();
   });
 
   it('prints the before / after table and writes the report with the curve and the fine-tuned point', () => {

@@ -24,6 +24,14 @@ import { reportCommand } from './commands/report.js';
 import { trainPhase, type StartContext } from './train-phase.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
+/** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
+export interface FinetuneDistill {
+  alpha: number;
+  temperature: number;
+  teacher: string | null;
+  teacherRanks: Record<string, number> | null;
+}
+
 /**
  * The method after training (`start --prune-energy e [--finetune-epochs k]`), on the training
  * phase's final checkpoint: test accuracy of the trained model; a sweep of energies pruned and
@@ -35,7 +43,7 @@ import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
  * finetuneLr or lr/10, no sparsity term) and its test accuracy. Everything goes to
  * <out>/pipeline.json, which the report plots.
  */
-export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext): Promise<PipelineSummary> {
+export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext, distill: FinetuneDistill | null = null): Promise<PipelineSummary> {
   const { io } = ctx;
   const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
   if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
@@ -122,8 +130,18 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
       finetuneEpochs: 0,
       out: ftDir,
       resume: false,
+      ...(distill
+        ? {
+            distillAlpha: distill.alpha,
+            distillTemperature: distill.temperature,
+            // The trained model (the checkpoint just pruned) teaches unless the user named a teacher.
+            teacher: distill.teacher ?? latest.path,
+            teacherRanks: distill.teacher ? distill.teacherRanks : null,
+          }
+        : {}),
     };
-    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term, in ${ftDir}\n`);
+    const kd = distill ? `, distilled from ${distill.teacher ?? 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
+    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term${kd}, in ${ftDir}\n`);
     const ft = await trainPhase(ftCfg, ctx);
     const last = latestCheckpoint(join(ftDir, 'checkpoints'), { configHash: configHash(ft) });
     if (!last) throw new SvdTrainError('CHECKPOINT_CORRUPT', `fine-tuning wrote no valid checkpoint in ${join(ftDir, 'checkpoints')}; expected one at its end. Fix: rerun, or fine-tune with start --from ${prunedPath}.`);

@@ -204,6 +204,12 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
     expect(delayed).toContain('hoyer λ_s=0.015 from 30% of the steps');
   });
 
+  it('names the teacher of a distilled run in the config line, and no teacher when α is 0', () => {
+    const cfg = { model: 'resnet20', decomposition: 'channel', distillAlpha: 0.5, distillTemperature: 4, teacher: '/runs/a/checkpoints/ckpt-0000019550.svdckpt' };
+    expect(renderReport({ title: 't', config: cfg, records, spectra: spectraOf(params), macs: [] })).toContain('distilled from ckpt-0000019550.svdckpt (α 0.5, T 4)');
+    expect(renderReport({ title: 't', config: { ...cfg, distillAlpha: 0 }, records, spectra: spectraOf(params), macs: [] })).not.toContain('distilled');
+  });
+
   it('one spectrum panel per SVD layer, in order, each with the cut of the default energy 0.01, said so', () => {
     const panels = html.match(/<svg class="spectrum" data-layer="([^"]+)"/g) ?? [];
     expect(panels.length).toBe(22);

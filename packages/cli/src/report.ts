@@ -118,6 +118,7 @@ function configLine(cfg: Record<string, unknown> | null): string {
     str('batch') && `batch ${str('batch')}`,
     str('epochs') && `${str('epochs')} epochs`,
     str('from') && `from ${basename(str('from')!)}`,
+    Number(cfg.distillAlpha) > 0 && str('teacher') ? `distilled from ${basename(str('teacher')!)} (α ${str('distillAlpha')}, T ${str('distillTemperature')})` : undefined,
   ];
   return parts.filter((p): p is string => !!p).join(' · ');
 }

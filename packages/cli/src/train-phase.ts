@@ -40,18 +40,45 @@ export interface StartContext {
  * --model or --decomposition, or --ranks other than the checkpoint's): workers build from the
  * config, so they could never take it.
  */
-function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[], path: string): void {
+function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[], flag: '--from' | '--teacher', path: string): void {
   const got = new Map(ckpt.params.map((t) => [t.name, t.shape]));
   for (const w of want) {
     const g = got.get(w.name);
     if (!g || g.join(',') !== w.shape.join(',')) {
       throw new SvdTrainError(
         'CHECKPOINT_CONFIG_MISMATCH',
-        `--from ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the model of this config has [${w.shape.join(', ')}]. ` +
-          'Fix: pass the same --model and --decomposition as the checkpoint, and no --ranks (the checkpoint\'s own ranks are then used).',
+        `${flag} ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the ${flag === '--teacher' ? 'teacher' : 'model'} of this config has [${w.shape.join(', ')}]. ` +
+          (flag === '--teacher'
+            ? 'Fix: the teacher must be a checkpoint of the same --model and --decomposition (full rank or pruned).'
+            : 'Fix: pass the same --model and --decomposition as the checkpoint, and no --ranks (the checkpoint\'s own ranks are then used).'),
       );
     }
   }
+}
+
+/**
+ * The teacher of a distilling run (config.distillAlpha > 0): its checkpoint read, its per-layer
+ * ranks filled into config.teacherRanks (so every worker builds its shapes), and its tensors
+ * checked against that model. Returns the config and the weights the coordinator sends.
+ */
+function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { params: Checkpoint['params']; buffers: Checkpoint['buffers'] } } {
+  const path = cfg.teacher;
+  if (!path) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
+  const ckpt = loadCheckpointFile(path);
+  if (ckpt.buffers.length === 0) {
+    throw new SvdTrainError('CHECKPOINT_CONFIG_MISMATCH', `--teacher ${path}: the checkpoint has no batch-norm statistics, and the teacher runs in eval mode. Fix: pass a checkpoint written by svd-coord start or prune.`);
+  }
+  const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, cfg);
+  const withRanks: RunConfig = { ...cfg, teacherRanks };
+  const model = buildResNetForConfig({ ...withRanks, ranks: teacherRanks });
+  try {
+    checkShapes(ckpt, getParameters(model), '--teacher', path);
+  } finally {
+    model.dispose();
+  }
+  const sv = teacherRanks ? `${Object.values(teacherRanks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(teacherRanks).length} pruned layers` : 'full rank';
+  io.err(`distilling from --teacher ${path} (step ${ckpt.step}, ${sv}): data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}\n`);
+  return { cfg: withRanks, teacher: { params: ckpt.params, buffers: ckpt.buffers } };
 }
 
 /**
@@ -78,6 +105,8 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
       }
     }
   }
+  let teacher: ReturnType<typeof loadTeacher>['teacher'] | undefined;
+  if (cfg.distillAlpha > 0) ({ cfg, teacher } = loadTeacher(cfg, io));
   const hash = configHash(cfg);
   const ckptDir = join(outDir, 'checkpoints');
   let resume: Checkpoint | undefined;
@@ -104,7 +133,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
   }
   // The model is built even when resuming: its manifest and BN parameter names are authoritative.
   const model = buildResNetForConfig(cfg);
-  if (from) checkShapes(from, getParameters(model), cfg.from!);
+  if (from) checkShapes(from, getParameters(model), '--from', cfg.from!);
   mkdirSync(ckptDir, { recursive: true });
   writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
 
@@ -122,6 +151,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
     initialBuffers: getBuffers(model),
     ...(resume ? { resume } : {}),
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
+    ...(teacher ? { teacher } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
     ...(ctx.tls ? { tls: ctx.tls.tls } : {}),

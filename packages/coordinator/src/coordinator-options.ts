@@ -35,6 +35,12 @@ export interface CoordinatorOptions {
   expectedManifest?: { params: { name: string; shape: number[] }[]; buffers: { name: string; shape: number[] }[] };
   /** Resume exactly from this checkpoint (weights, optimizer, sampler position). */
   resume?: CoordinatorCheckpoint;
+  /**
+   * The teacher's weights, required while config.distillAlpha > 0 (and refused otherwise): sent to
+   * every worker once per connection. Its tensors must fit the model of config.teacherRanks; the
+   * CLI checks that, and each worker checks it again.
+   */
+  teacher?: { params: WireTensor[]; buffers: WireTensor[] };
   /** Fine-tune: start from these weights with a fresh optimizer and sampler. */
   from?: { params: WireTensor[]; buffers: WireTensor[] };
   /**

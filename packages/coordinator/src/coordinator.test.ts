@@ -479,6 +479,12 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     expect(() => new Coordinator({ config: config({ host: '0.0.0.0' }), datasetInfo: { trainCount: 1, testCount: 0, md5s: {} } })).toThrow(/token/);
   });
 
+  it('distills only with teacher weights, and takes teacher weights only when it distills', () => {
+    const info = { trainCount: 1, testCount: 0, md5s: {} };
+    expect(() => new Coordinator({ config: config({ distillAlpha: 0.5, teacher: '/t.svdckpt' }), datasetInfo: info })).toThrow(/distillAlpha is 0.5 but no teacher weights/);
+    expect(() => new Coordinator({ config: config(), datasetInfo: info, teacher: initial() })).toThrow(/teacher weights were given but distillAlpha is 0/);
+  });
+
   it('refuses a protocol-version mismatch naming both versions', async () => {
     const h = await harness(config());
     const old = h.spawn({ protocolVersion: 99 });

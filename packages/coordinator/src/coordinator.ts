@@ -32,6 +32,7 @@ import {
   momentumAt,
   sparsityStartStep,
   effectiveRanks,
+  encodeMessage,
   serializeConfig,
   type EvalResultMessage,
   type GradientsMessage,
@@ -106,6 +107,15 @@ export class Coordinator {
       const dropped = this.metrics.truncateAfter(opts.resume.step);
       if (dropped) this.log('info', `metrics.jsonl: dropped ${dropped} line(s) written after the checkpoint at step ${opts.resume.step}; those steps are trained again`);
     }
+    const distills = opts.config.distillAlpha > 0;
+    if (distills !== Boolean(opts.teacher)) {
+      throw new SvdTrainError(
+        'CONFIG_INVALID',
+        distills
+          ? `distillAlpha is ${opts.config.distillAlpha} but no teacher weights were given. Fix: pass --teacher CKPT (svd-coord start loads it).`
+          : 'teacher weights were given but distillAlpha is 0. Fix: set --distill-alpha above 0, or drop the teacher.',
+      );
+    }
     this.weights = new WeightStore(opts.expectedManifest);
     if (initial) this.weights.set(initial.params, initial.buffers, 'coordinator');
     this.server = new PeerServer({
@@ -115,6 +125,7 @@ export class Coordinator {
       datasetInfo: opts.datasetInfo,
       dataServer,
       weights: this.weights,
+      teacherFrame: opts.teacher ? encodeMessage({ type: 'teacher', params: opts.teacher.params, buffers: opts.teacher.buffers }) : null,
       tls: opts.tls,
       log: (level, msg) => this.log(level, msg),
       onReady: (peer) => this.onPeerReady(peer),

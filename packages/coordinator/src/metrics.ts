@@ -21,7 +21,8 @@ export interface StepMetrics {
   lr: number;
   /** SGD momentum (Adam β1) of this step: the one-cycle value when momentum cycles. */
   momentum: number;
-  loss: { ce: number; orth: number; sparsity: number; total: number };
+  /** `distill` (T²·KL to the teacher, sample-weighted) only while the run distills. */
+  loss: { ce: number; orth: number; sparsity: number; total: number; distill?: number };
   trainAcc: number;
   n: number;
   stepMs: number;

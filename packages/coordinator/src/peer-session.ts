@@ -42,6 +42,8 @@ export interface SessionHost {
   /** Serves dataset files to workers without a copy; null refuses them. */
   readonly dataServer: DatasetServer | null;
   readonly weights: WeightStore;
+  /** The encoded `teacher` message while the run distills (sent once per connection, before the first weights); null otherwise. */
+  readonly teacherFrame: Uint8Array | null;
   /** Largest frame an authenticated peer may send. */
   authedFrameLimit(): number;
   /** The peer proved the token. */
@@ -188,6 +190,8 @@ export class PeerSession {
           throw new SvdTrainError('MANIFEST_MISMATCH', `worker computes config hash ${msg.configHash}, the coordinator ${host.configHash}; run the same svd-train version on both`);
         }
         host.weights.admit(msg, this.name);
+        // Before `ready` sends the first weights: the worker expects the teacher first.
+        if (host.teacherFrame) this.send(host.teacherFrame);
         this.state = 'ready';
         // Now the manifest is known for certain: from here on a frame is at most one model's tensors.
         setReceiveLimit(this.ws, host.authedFrameLimit());

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import type { GradientsMessage } from '@svd-train/core';
 import { EpochTotals, evalTotals, stepTotals, workerTimings } from './step-metrics.js';
 
-const g = (n: number, correct: number, loss: { ce: number; orth: number; sparsity: number; total: number }, computeMs = 0): GradientsMessage => ({
+const g = (n: number, correct: number, loss: { ce: number; orth: number; sparsity: number; total: number; distill?: number }, computeMs = 0): GradientsMessage => ({
   type: 'gradients',
   step: 0,
   attempt: 1,
@@ -20,6 +20,12 @@ describe('step metrics', () => {
     expect(t.n).toBe(4);
     expect(t.correct).toBe(3);
     expect(t.loss).toEqual({ ce: (3 * 1 + 5) / 4, orth: 0.5, sparsity: 2, total: (3 * 4 + 8) / 4 });
+  });
+
+  it('the distillation term, when the workers report one, is sample-weighted like CE; absent otherwise', () => {
+    const t = stepTotals([g(3, 2, { ce: 1, orth: 0.5, sparsity: 0, total: 4, distill: 2 }), g(1, 1, { ce: 5, orth: 0.5, sparsity: 0, total: 8, distill: 6 })]);
+    expect(t.loss.distill).toBe((3 * 2 + 6) / 4);
+    expect('distill' in stepTotals([g(2, 1, { ce: 1, orth: 0, sparsity: 0, total: 1 })]).loss).toBe(false);
   });
 
   it('no slices: zeros, not NaN', () => {

@@ -37,7 +37,8 @@ export interface StepTotals {
 export function stepTotals(contribs: readonly GradientsMessage[]): StepTotals {
   let n = 0;
   let correct = 0;
-  const loss = { ce: 0, orth: 0, sparsity: 0, total: 0 };
+  const loss: StepMetrics['loss'] = { ce: 0, orth: 0, sparsity: 0, total: 0 };
+  let distill: number | null = null;
   for (const g of contribs) {
     n += g.n;
     correct += g.correct;
@@ -46,7 +47,10 @@ export function stepTotals(contribs: readonly GradientsMessage[]): StepTotals {
     loss.ce += g.loss.ce * g.n;
     loss.orth += g.loss.orth;
     loss.sparsity += g.loss.sparsity;
+    // Like CE, a per-sample mean.
+    if (g.loss.distill !== undefined) distill = (distill ?? 0) + g.loss.distill * g.n;
   }
+  if (distill !== null) loss.distill = distill / Math.max(1, n);
   loss.ce /= Math.max(1, n);
   loss.orth /= Math.max(1, contribs.length);
   loss.sparsity /= Math.max(1, contribs.length);

@@ -89,6 +89,15 @@ export const DEFAULTS = Object.freeze({
   pruneMacs: null as number | null,
   finetuneEpochs: 0,
   finetuneLr: null as number | null,
+  // Knowledge distillation (Hinton et al. 2015): the data term becomes (1 − α)·CE + α·T²·KL(teacher
+  // ‖ student) at temperature T, with the teacher's eval-mode logits on the same augmented batch.
+  // α 0 = off. With the pipeline's fine-tuning the teacher is the trained model unless `teacher`
+  // names a checkpoint; otherwise `teacher` is required. teacherRanks are the teacher checkpoint's
+  // per-layer ranks (filled in from it; null = full rank).
+  distillAlpha: 0,
+  distillTemperature: 4,
+  teacher: null as string | null,
+  teacherRanks: null as Record<string, number> | null,
   sweepEnergies: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2] as number[],
   // Coordinator / workers (run-local: not part of the config hash)
   host: '127.0.0.1',

@@ -77,6 +77,7 @@ export {
   type MessageType,
   type ShutdownMessage,
   type StepMessage,
+  type TeacherMessage,
   type WeightsMessage,
   type WelcomeMessage,
 } from './protocol/messages.js';

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { expectNoLeakedTensors, TOL } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
-import { computeGradients, evaluate } from './train-step.js';
+import { computeGradients, evaluate, teacherLogits } from './train-step.js';
 import { getParameters, setParameters, getBuffers, setBuffers } from './parameter-names.js';
 
 const tiny = () => buildResNet({ depth: 20, widths: [3, 4, 4], blocks: [1, 1, 1], strides: [1, 2, 2], inputShape: [8, 8, 3], seed: 11 });
@@ -66,6 +66,96 @@ describe('computeGradients', () => {
     const model = tiny();
     const { x, y } = batch(2, 1);
     expect(() => computeGradients(model, x.subarray(1), y, reg)).toThrow(/expected 2×\[8,8,3\]/);
+    model.dispose();
+  });
+});
+
+describe('computeGradients with a teacher (distillation)', () => {
+  /** T²·KL(softmax(t/T) ‖ softmax(s/T)) per sample, averaged, in plain float64 JS. */
+  function klMean(s: Float32Array, t: Float32Array, n: number, T: number): number {
+    const k = s.length / n;
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const logSoftmax = (v: Float32Array) => {
+        const row = Array.from(v.subarray(i * k, (i + 1) * k), (z) => z / T);
+        const m = Math.max(...row);
+        const lse = m + Math.log(row.reduce((a, z) => a + Math.exp(z - m), 0));
+        return row.map((z) => z - lse);
+      };
+      const lp = logSoftmax(t);
+      const lq = logSoftmax(s);
+      for (let j = 0; j < k; j++) sum += Math.exp(lp[j]!) * (lp[j]! - lq[j]!);
+    }
+    return (T * T * sum) / n;
+  }
+  const noReg = { lambdaO: 0, lambdaS: 0, sparsity: 'hoyer' as const };
+
+  it('reports T²·KL(teacher ‖ student) and the α-mix of it with the cross-entropy', () => {
+    const model = tiny();
+    const { x, y } = batch(4, 5);
+    const b0 = getBuffers(model);
+    // The student's own train-mode logits, from the same BN start.
+    const student = tf.tidy(() => (model.apply(tf.tensor4d(x, [4, 8, 8, 3]), { training: true }) as tf.Tensor).dataSync() as Float32Array);
+    setBuffers(model, b0);
+    const teacher = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i * 1.7) * 3);
+    const r = computeGradients(model, x, y, reg, { logits: teacher, alpha: 0.3, temperature: 2 });
+    expect(r.distill).toBeCloseTo(klMean(student, teacher, 4, 2), 4);
+    expect(r.data).toBeCloseTo(0.7 * r.ce + 0.3 * r.distill, 5);
+    expect(r.total).toBeCloseTo(r.data + reg.lambdaO * r.orth + reg.lambdaS * r.sparsity, 5);
+    model.dispose();
+  });
+
+  it('a teacher that agrees with the student adds no gradient: the gradients are (1 − α) of the plain ones', () => {
+    const model = tiny();
+    const { x, y } = batch(4, 9);
+    const b0 = getBuffers(model);
+    const plain = computeGradients(model, x, y, noReg);
+    setBuffers(model, b0);
+    const own = tf.tidy(() => (model.apply(tf.tensor4d(x, [4, 8, 8, 3]), { training: true }) as tf.Tensor).dataSync() as Float32Array);
+    setBuffers(model, b0);
+    const kd = computeGradients(model, x, y, noReg, { logits: own, alpha: 0.25, temperature: 4 });
+    expect(kd.distill).toBeCloseTo(0, 5);
+    for (let t = 0; t < plain.grads.length; t++) {
+      const a = plain.grads[t]!.data;
+      const b = kd.grads[t]!.data;
+      for (let i = 0; i < a.length; i++) expect(b[i]).toBeCloseTo(0.75 * a[i]!, 5);
+    }
+    model.dispose();
+  });
+
+  it('central differences of the distilled total agree with its gradient', () => {
+    const model = tiny();
+    const { x, y } = batch(4, 13);
+    const buffers0 = getBuffers(model);
+    const params = getParameters(model);
+    const teacher = Float32Array.from({ length: 40 }, (_, i) => Math.cos(i * 0.9) * 4);
+    const d = { logits: teacher, alpha: 0.8, temperature: 3 };
+    const r = computeGradients(model, x, y, noReg, d);
+    const ana: number[] = [];
+    const num: number[] = [];
+    for (const [name, i] of [['fc.bias', 3], ['fc.bias', 7], ['fc.U', 5], ['fc.s', 1]] as const) {
+      const p = params.find((q) => q.name === name)!;
+      const at = (v: number) => {
+        setParameters(model, params.map((q) => (q.name === name ? { ...q, data: q.data.map((z, j) => (j === i ? v : z)) } : q)));
+        setBuffers(model, buffers0);
+        return computeGradients(model, x, y, noReg, d).total;
+      };
+      const up = Math.fround(p.data[i]! + 1e-2);
+      const dn = Math.fround(p.data[i]! - 1e-2);
+      num.push((at(up) - at(dn)) / (up - dn));
+      ana.push(r.grads.find((g) => g.name === name)!.data[i]!);
+    }
+    const err = Math.hypot(...ana.map((a, k) => a - num[k]!)) / Math.hypot(...num);
+    expect(err, `analytic ${ana} vs numeric ${num}`).toBeLessThan(4 * TOL.gradcheckRel);
+    model.dispose();
+  });
+
+  it('teacherLogits is the eval-mode forward, and a wrong-sized teacher is refused', () => {
+    const model = tiny();
+    const { x, y } = batch(3, 2);
+    const want = tf.tidy(() => (model.apply(tf.tensor4d(x, [3, 8, 8, 3]), { training: false }) as tf.Tensor).dataSync() as Float32Array);
+    expect(Array.from(teacherLogits(model, x, 3))).toEqual(Array.from(want));
+    expect(() => computeGradients(model, x, y, reg, { logits: new Float32Array(20), alpha: 0.5, temperature: 4 })).toThrow(/teacher logits have 20 values for 3 samples; expected 3×10/);
     model.dispose();
   });
 });

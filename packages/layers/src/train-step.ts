@@ -1,6 +1,6 @@
 /**
- * One worker-side training step's math: the loss (mean softmax cross-entropy + the SVD
- * regularizers), its gradient for every parameter, and the BN running statistics after the
+ * One worker-side training step's math: the loss (mean softmax cross-entropy, or with a teacher
+ * its mix with the distillation term, + the SVD regularizers), its gradient for every parameter, and the BN running statistics after the
  * train-mode forward. The worker sends these over the wire; the coordinator averages them. Also the
  * inference-mode evaluation used for the test set.
  */
@@ -25,7 +25,11 @@ export interface GradientResult {
   orth: number;
   /** Sparsity penalty summed over SVD layers (before λ_s). */
   sparsity: number;
-  /** ce + λ_o·orth + λ_s·sparsity. */
+  /** T²·KL(teacher ‖ student) averaged over the batch when distilling, else 0. */
+  distill: number;
+  /** The data term: ce, or (1 − α)·ce + α·distill when distilling. */
+  data: number;
+  /** data + λ_o·orth + λ_s·sparsity. */
   total: number;
   /** Correctly classified samples in this batch (train-mode logits). */
   correct: number;
@@ -51,6 +55,38 @@ function crossEntropySum(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
   return tf.neg(tf.sum(tf.mul(tf.oneHot(labels, k).asType('float32'), tf.logSoftmax(logits)))) as tf.Scalar;
 }
 
+/**
+ * Knowledge distillation (Hinton et al. 2015), as a worker computes it: the teacher's logits on
+ * the same (augmented) images, a weight α for the distillation term and its temperature T.
+ */
+export interface DistillTarget {
+  /** Teacher logits [n, classes], row-major (`teacherLogits`). */
+  logits: Float32Array;
+  alpha: number;
+  temperature: number;
+}
+
+/**
+ * Sum over the batch of T²·KL(softmax(t/T) ‖ softmax(s/T)), PyTorch's
+ * `T*T * F.kl_div(F.log_softmax(s/T), F.softmax(t/T), reduction='sum')`. The T² keeps the
+ * gradient's scale independent of T.
+ */
+function distillSum(logits: tf.Tensor, teacher: tf.Tensor, temperature: number): tf.Scalar {
+  const logP = tf.logSoftmax(tf.div(teacher, temperature));
+  const logQ = tf.logSoftmax(tf.div(logits, temperature));
+  return tf.mul<tf.Scalar>(tf.sum(tf.mul(tf.exp(logP), tf.sub(logP, logQ))), temperature * temperature);
+}
+
+/** Eval-mode (running statistics) logits of `model` on `n` images, as [n·classes] row-major. */
+export function teacherLogits(model: tf.LayersModel, x: Float32Array, n: number): Float32Array {
+  const out = tf.tidy(() => model.apply(inputTensor(model, x, n), { training: false }) as tf.Tensor);
+  try {
+    return Float32Array.from(out.dataSync() as Float32Array);
+  } finally {
+    out.dispose();
+  }
+}
+
 function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
   return tf.sum<tf.Scalar>(tf.equal(tf.argMax(logits, 1), labels).asType('int32'));
 }
@@ -61,7 +97,7 @@ function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
  * @param x images [n, H, W, C] NHWC, normalized, flattened.
  * @param y labels [n].
  */
-export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int32Array, reg: RegularizationOptions): GradientResult {
+export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int32Array, reg: RegularizationOptions, distill?: DistillTarget): GradientResult {
   const n = y.length;
   if (n === 0) throw new SvdTrainError('SHAPE_MISMATCH', 'computeGradients got an empty batch; expected at least one sample');
   const params = namedParameters(model);
@@ -72,22 +108,32 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
     const { grads } = tf.variableGrads(() => {
       const logits = model.apply(xT, { training: true }) as tf.Tensor;
       const ce = tf.div<tf.Scalar>(crossEntropySum(logits, yT), n);
+      let kd: tf.Scalar = tf.scalar(0);
+      let data: tf.Scalar = ce;
+      if (distill) {
+        const classes = logits.shape[1]!;
+        if (distill.logits.length !== n * classes) {
+          throw new SvdTrainError('SHAPE_MISMATCH', `teacher logits have ${distill.logits.length} values for ${n} samples; expected ${n}×${classes}`);
+        }
+        kd = tf.div<tf.Scalar>(distillSum(logits, tf.tensor2d(distill.logits, [n, classes]), distill.temperature), n);
+        data = tf.add<tf.Scalar>(tf.mul(ce, 1 - distill.alpha), tf.mul(kd, distill.alpha));
+      }
       const r = svdRegularization(model, reg);
-      const total = tf.add<tf.Scalar>(ce, r.total);
+      const total = tf.add<tf.Scalar>(data, r.total);
       // Kept so they survive variableGrads' own tidy; the outer tidy frees them.
-      parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT)].map((t) => tf.keep(t));
+      parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT), kd, data].map((t) => tf.keep(t));
       return total;
     }, params.map((p) => p.variable.read() as tf.Variable));
     return [...parts, ...params.map((p) => grads[(p.variable.read() as tf.Variable).name])];
   });
   try {
-    const [ce, orth, sparsity, total, correct] = out.slice(0, 5).map((t) => t.dataSync()[0]);
+    const [ce, orth, sparsity, total, correct, kd, data] = out.slice(0, 7).map((t) => t.dataSync()[0]);
     const grads = params.map((p, i) => ({
       name: p.name,
       shape: [...p.variable.shape] as number[],
-      data: Float32Array.from(out[5 + i].dataSync() as Float32Array),
+      data: Float32Array.from(out[7 + i].dataSync() as Float32Array),
     }));
-    return { grads, buffers: getBuffers(model), ce: ce, orth: orth, sparsity: sparsity, total: total, correct: correct, n };
+    return { grads, buffers: getBuffers(model), ce, orth, sparsity, distill: kd, data, total, correct, n };
   } finally {
     tf.dispose(out);
   }

@@ -14,10 +14,17 @@
  * the same rule the coordinator applies across workers.
  */
 import type { WireTensor } from '@svd-train/core';
-import { computeGradients, getBuffers, setBuffers } from '@svd-train/layers';
+import { computeGradients, getBuffers, setBuffers, teacherLogits } from '@svd-train/layers';
 
 type Model = Parameters<typeof computeGradients>[0];
 type Reg = Parameters<typeof computeGradients>[3];
+
+/** Distillation for a slice: the teacher model (eval mode) with α and T; see computeGradients. */
+export interface SliceDistill {
+  teacher: Model;
+  alpha: number;
+  temperature: number;
+}
 
 /** What a worker reports for one step (all loss terms are sample-means over the slice): the same
  * record as one `computeGradients` call, so a chunked slice and a whole one look alike. */
@@ -44,9 +51,13 @@ function scaledCopy(src: WireTensor[], w: number): WireTensor[] {
  * @param y labels [n].
  * @param maxChunk largest number of samples per forward/backward.
  */
-export function sliceGradients(model: Model, x: Float32Array, y: Int32Array, reg: Reg, maxChunk: number): SliceGradients {
+export function sliceGradients(model: Model, x: Float32Array, y: Int32Array, reg: Reg, maxChunk: number, distill?: SliceDistill): SliceGradients {
   const n = y.length;
-  if (n <= maxChunk) return computeGradients(model, x, y, reg);
+  // The teacher's logits of a chunk, computed in eval mode on the same images (its BN running
+  // statistics never change).
+  const target = (cx: Float32Array, cn: number) =>
+    distill ? { logits: teacherLogits(distill.teacher, cx, cn), alpha: distill.alpha, temperature: distill.temperature } : undefined;
+  if (n <= maxChunk) return computeGradients(model, x, y, reg, target(x, n));
   const per = x.length / n;
   const start = getBuffers(model);
   let acc: SliceGradients | null = null;
@@ -56,23 +67,26 @@ export function sliceGradients(model: Model, x: Float32Array, y: Int32Array, reg
     const hi = Math.min(n, lo + maxChunk);
     const w = (hi - lo) / n;
     setBuffers(model, start);
-    const r = computeGradients(model, x.subarray(lo * per, hi * per), y.subarray(lo, hi), reg);
+    const cx = x.subarray(lo * per, hi * per);
+    const r = computeGradients(model, cx, y.subarray(lo, hi), reg, target(cx, hi - lo));
     if (!acc) {
-      // total = ce + weighted regularizers; the regularizer part is the same in every chunk.
-      regTotal = r.total - r.ce;
-      acc = { ...r, grads: scaledCopy(r.grads, w), ce: r.ce * w, correct: r.correct, n: r.n };
+      // total = data term + weighted regularizers; the regularizer part is the same in every chunk.
+      regTotal = r.total - r.data;
+      acc = { ...r, grads: scaledCopy(r.grads, w), ce: r.ce * w, distill: r.distill * w, data: r.data * w, correct: r.correct, n: r.n };
       bufs = scaledCopy(r.buffers, w);
     } else {
       axpy(acc.grads, r.grads, w);
       axpy(bufs!, r.buffers, w);
       acc.ce += r.ce * w;
+      acc.distill += r.distill * w;
+      acc.data += r.data * w;
       acc.correct += r.correct;
       acc.n += r.n;
     }
   }
   // The regularizers depend on the parameters only: equal in every chunk, so taken once.
   acc!.buffers = bufs!;
-  acc!.total = acc!.ce + regTotal;
+  acc!.total = acc!.data + regTotal;
   setBuffers(model, acc!.buffers);
   return acc!;
 }

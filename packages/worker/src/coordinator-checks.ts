@@ -37,20 +37,27 @@ export function checkCounts(info: DatasetInfo, trainHeld: number, testHeld: numb
   if (info.testCount > testHeld) throw violation(`testCount ${info.testCount}; the dataset it named holds ${testHeld} test samples`);
 }
 
-/** weights: exactly this worker's manifest (names, order, shapes), every value finite. */
-export function checkWeights(msg: WeightsMessage, manifest: { params: readonly TensorSpec[]; buffers: readonly TensorSpec[] }): void {
+/**
+ * weights (or the teacher's): exactly the manifest of the model they are for (names, order,
+ * shapes), every value finite. `what` names that model in errors.
+ */
+export function checkWeights(
+  msg: Pick<WeightsMessage, 'params' | 'buffers'>,
+  manifest: { params: readonly TensorSpec[]; buffers: readonly TensorSpec[] },
+  what = "this worker's model",
+): void {
   for (const [kind, got, want] of [
     ['parameters', msg.params, manifest.params],
     ['buffers', msg.buffers, manifest.buffers],
   ] as const) {
     // Buffers may be omitted (a coordinator that has none yet); parameters never.
     if (kind === 'buffers' && got.length === 0) continue;
-    if (got.length !== want.length) throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent weights with ${got.length} ${kind}; this worker's model has ${want.length}`);
+    if (got.length !== want.length) throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent weights with ${got.length} ${kind}; ${what} has ${want.length}`);
     for (let i = 0; i < want.length; i++) {
       const g = got[i];
       const w = want[i];
       if (g.name !== w.name || g.shape.length !== w.shape.length || g.shape.some((d, k) => d !== w.shape[k])) {
-        throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent ${kind}[${i}] '${g.name.slice(0, 80)}' [${g.shape.join(', ')}]; this worker's model has '${w.name}' [${w.shape.join(', ')}] there`);
+        throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent ${kind}[${i}] '${g.name.slice(0, 80)}' [${g.shape.join(', ')}]; ${what} has '${w.name}' [${w.shape.join(', ')}] there`);
       }
       assertFinite(g.data, g.name, "coordinator's weights");
     }

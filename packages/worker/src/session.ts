@@ -73,6 +73,8 @@ export interface WorkerState {
   test: Cifar10Split | null;
   /** The model's parameter and buffer specs (what `weights` must match). */
   manifest: { params: TensorSpec[]; buffers: TensorSpec[] } | null;
+  /** While the run distills: the teacher model (config.teacherRanks) and its manifest (what `teacher` must match). */
+  teacher: { model: Model; manifest: { params: TensorSpec[]; buffers: TensorSpec[] } } | null;
   steps: number;
   /**
    * BN running statistics of the last `weights` broadcast. Every slice starts from them: a worker
@@ -93,6 +95,8 @@ interface SessionOpts extends Omit<WorkerOptions, 'backend'> {
 /** Where a session is, for checking that each message comes in its place. */
 type Stage = 'challenge' | 'welcome' | 'weights' | 'ready';
 
+const specOf = (t: WireTensor): TensorSpec => ({ name: t.name, shape: [...t.shape] });
+
 const STAGE_WAITS: Record<Stage, string> = {
   challenge: 'the challenge',
   welcome: 'the welcome',
@@ -107,6 +111,8 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
   let stage: Stage = 'challenge';
   let trainCount = 0;
   let testCount = 0;
+  // Sent once per connection, before the first weights, when the run distills.
+  let teacherLoaded = false;
   const nonce = makeNonce();
   const localData = opts.dataDir ?? process.env.SVD_TRAIN_DATA ?? null;
   await conn.send({
@@ -181,12 +187,19 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           st.hash = hash;
           st.config = cfg;
           st.train = st.test = null;
-          const spec = (t: WireTensor) => ({ name: t.name, shape: [...t.shape] });
-          st.manifest = { params: getParameters(st.model).map(spec), buffers: getBuffers(st.model).map(spec) };
+          st.manifest = { params: getParameters(st.model).map(specOf), buffers: getBuffers(st.model).map(specOf) };
           log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}${cfg.ranks ? `, ${Object.keys(cfg.ranks).length} per-layer ranks` : ''}) built; config ${hash.slice(0, 12)}`);
+          st.teacher?.model.dispose();
+          st.teacher = null;
+          if (cfg.distillAlpha > 0) {
+            // The teacher's weights come over the wire; its shapes are the config's to say.
+            const model = buildResNetForConfig({ ...cfg, ranks: cfg.teacherRanks });
+            st.teacher = { model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } };
+            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${cfg.model} teacher`);
+          }
         }
-        // From here a frame may carry one model's tensors or one dataset chunk, nothing larger.
-        conn.setLimit(Math.max(DATA_CHUNK_FRAME_BYTES, tensorFrameBytes(st.manifest!)));
+        // From here a frame may carry one model's tensors (the teacher's too) or one dataset chunk, nothing larger.
+        conn.setLimit(Math.max(DATA_CHUNK_FRAME_BYTES, tensorFrameBytes(st.manifest!), st.teacher ? tensorFrameBytes(st.teacher.manifest) : 0));
         if (!st.train) {
           const dir = await ensureDataset(msg.datasetInfo, {
             localDir: localData,
@@ -205,8 +218,20 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         stage = 'weights';
         break;
       }
+      case 'teacher': {
+        if (stage !== 'weights') return violated(outOfOrder('teacher', `waiting for ${STAGE_WAITS[stage]}`));
+        if (!st.teacher || teacherLoaded) {
+          return violated(outOfOrder('teacher', st.teacher ? 'the teacher was already sent on this connection' : 'this run does not distill (distillAlpha 0)'));
+        }
+        checkWeights(msg, st.teacher.manifest, 'the teacher model of this config (teacherRanks)');
+        setParameters(st.teacher.model, msg.params);
+        if (msg.buffers.length) setBuffers(st.teacher.model, msg.buffers);
+        teacherLoaded = true;
+        break;
+      }
       case 'weights': {
         if (stage !== 'weights' && stage !== 'ready') return violated(outOfOrder('weights', `waiting for ${STAGE_WAITS[stage]}`));
+        if (st.teacher && !teacherLoaded) return violated(outOfOrder('weights', 'waiting for the teacher (this run distills: the teacher comes first)'));
         checkWeights(msg, st.manifest!);
         setParameters(st.model!, msg.params);
         if (msg.buffers.length) setBuffers(st.model!, msg.buffers);
@@ -221,7 +246,9 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         const t0 = performance.now();
         if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
-        const r = sliceGradients(st.model!, x, y, { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity }, cfg.maxWorkerBatch);
+        const reg = { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity };
+        const distill = st.teacher ? { teacher: st.teacher.model, alpha: cfg.distillAlpha, temperature: cfg.distillTemperature } : undefined;
+        const r = sliceGradients(st.model!, x, y, reg, cfg.maxWorkerBatch, distill);
         const computeMs = performance.now() - t0;
         st.steps++;
         await conn.send({
@@ -231,7 +258,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           n: r.n,
           grads: r.grads,
           buffers: r.buffers,
-          loss: { ce: r.ce, orth: r.orth, sparsity: r.sparsity, total: r.total },
+          loss: { ce: r.ce, orth: r.orth, sparsity: r.sparsity, total: r.total, ...(distill ? { distill: r.distill } : {}) },
           correct: r.correct,
           computeMs,
         });

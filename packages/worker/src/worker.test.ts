@@ -24,7 +24,7 @@ import {
   writeSyntheticCifar10,
   type Message,
 } from '@svd-train/core';
-import { buildResNet, depthOf, getBuffers, getParameters } from '@svd-train/layers';
+import { buildResNet, buildResNetForConfig, depthOf, getBuffers, getParameters } from '@svd-train/layers';
 import { runWorker } from './worker.js';
 
 const TOKEN = 'tok';
@@ -166,6 +166,67 @@ describe('runWorker against a scripted coordinator', () => {
       expect(l.sparsity).toBeGreaterThan(1); // reported either way
       const lambdaS = i < 2 ? 0 : 0.07;
       expect(l.total).toBeCloseTo(l.ce + 0.5 * l.orth + lambdaS * l.sparsity, 4);
+    }
+  });
+
+  it('distillation: the teacher comes before the weights, and its eval-mode logits enter the loss as (1 − α)·CE + α·T²·KL', async () => {
+    const { dir, md5s } = dataset();
+    const kdCfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', lambdaO: 0.5, lambdaS: 0, distillAlpha: 0.4, distillTemperature: 3, teacher: '/t.svdckpt' }, undefined, {});
+    const teacherModel = buildResNetForConfig({ ...kdCfg, seed: 9 });
+    const teacher = { params: getParameters(teacherModel), buffers: getBuffers(teacherModel) };
+    teacherModel.dispose();
+    const losses: Extract<Message, { type: 'gradients' }>['loss'][] = [];
+    const fake = await fakeCoordinator(async (_ws, recv, send) => {
+      const { manifest } = await handshake(recv, send, md5s, dir, kdCfg);
+      const fill = (specs: { name: string; shape: number[] }[]) => specs.map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.05) }));
+      send({ type: 'teacher', ...teacher });
+      send({ type: 'weights', step: 0, params: fill(manifest.params), buffers: [] });
+      send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from([0, 1, 2]), lr: 0.1, attempt: 0 });
+      const g = await recv();
+      if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
+      losses.push(g.loss);
+      send({ type: 'shutdown', reason: 'done' });
+    });
+    try {
+      await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} });
+    } finally {
+      fake.close();
+    }
+    const [l] = losses;
+    expect(l!.distill).toBeGreaterThan(1e-3);
+    expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
+  });
+
+  it('distillation refusals: weights before the teacher, a teacher of the wrong shape, a teacher for a run that does not distill', async () => {
+    const { dir, md5s } = dataset();
+    const kdCfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', distillAlpha: 0.5, teacher: '/t.svdckpt' }, undefined, {});
+    const specsOf = (c: typeof cfg) => {
+      const m = buildResNetForConfig(c);
+      const w = { params: getParameters(m), buffers: getBuffers(m) };
+      m.dispose();
+      return w;
+    };
+    const full = specsOf(kdCfg);
+    const cases: [string, typeof cfg, (send: (m: Message) => void, manifest: { params: { name: string; shape: number[] }[] }) => void, RegExp][] = [
+      ['weights first', kdCfg, (send) => send({ type: 'weights', step: 0, params: full.params, buffers: [] }), /'weights' while waiting for the teacher/],
+      ['pruned teacher for a full-rank config', kdCfg, (send) => send({ type: 'teacher', ...specsOf({ ...kdCfg, ranks: { fc: 2 } }) }), /teacher model of this config/],
+      ['no distillation', cfg, (send) => send({ type: 'teacher', ...full }), /'teacher' while this run does not distill/],
+    ];
+    for (const [what, config, act, want] of cases) {
+      let told: Message | null = null;
+      const fake = await fakeCoordinator(async (_ws, recv, send) => {
+        const { manifest } = await handshake(recv, send, md5s, dir, config);
+        act(send, manifest);
+        told = await recv();
+      });
+      try {
+        const err = await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} }).catch((e: unknown) => e);
+        expect((err as Error).message, what).toMatch(want);
+        await new Promise((r) => setTimeout(r, 50));
+        expect(told, what).toMatchObject({ type: 'error' });
+      } finally {
+        fake.close();
+      }
     }
   });
 

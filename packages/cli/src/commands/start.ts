@@ -79,6 +79,9 @@ const START_OPTIONS: [string, string][] = [
   ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
   ['--finetune-epochs <n>', `with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default ${shown('finetuneEpochs')})`],
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
+  ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only, and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
+  ['--distill-temperature <t>', `softmax temperature T of the distillation term (default ${shown('distillTemperature')})`],
+  ['--teacher <ckpt>', 'checkpoint of the teacher (same --model and --decomposition, full rank or pruned); required with --distill-alpha outside the pipeline\'s fine-tuning'],
   ['--sweep-energies <list>', `energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default ${shown('sweepEnergies')})`],
 ];
 
@@ -141,6 +144,11 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
   };
 }
 
+/** `cfg` with distillation off (its other fields back at their defaults). */
+function withoutDistillation(cfg: RunConfig): RunConfig {
+  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null };
+}
+
 async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   let cfg = configFromOptions(opts, process.env, io.err);
   const tls = readTlsFiles(opts);
@@ -154,8 +162,15 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
-  const trained = await trainPhase(cfg, ctx);
-  if (cfg.pruneEnergy !== null || cfg.pruneMacs !== null) await pruneAndFinetune(trained, outDir, ctx);
+  const pipeline = cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
+  // In the pipeline with fine-tuning, distillation is the fine-tuning's: the training phase runs
+  // (and hashes, and resumes) without it.
+  const distillLater = pipeline && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
+  const trained = await trainPhase(distillLater ? withoutDistillation(cfg) : cfg, ctx);
+  if (pipeline) {
+    const distill = distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks } : null;
+    await pruneAndFinetune(trained, outDir, ctx, distill);
+  }
   try {
     await reportCommand(outDir, { out: io.err, err: io.err });
   } catch (e) {

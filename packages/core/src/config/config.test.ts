@@ -251,6 +251,42 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
   });
 });
 
+describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)', () => {
+  const base = parseConfig({});
+
+  it('is off by default and then changes no hash, whatever the other distillation fields say', () => {
+    expect([base.distillAlpha, base.distillTemperature, base.teacher, base.teacherRanks]).toEqual([0, 4, null, null]);
+    const h = configHash(base);
+    expect(configHash(parseConfig({ distillTemperature: 2, teacher: 't.svdckpt' }))).toBe(h);
+    const { distillAlpha: _a, distillTemperature: _t, teacher: _p, teacherRanks: _r, ...without } = serializeConfig(base);
+    expect(configHash(without as typeof base)).toBe(h);
+  });
+
+  it('is hashed when on: α, T, the teacher and its ranks each change the math', () => {
+    const on = parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt' });
+    const h = configHash(on);
+    expect(h).not.toBe(configHash(base));
+    for (const other of [{ distillAlpha: 0.6 }, { distillTemperature: 2 }, { teacher: 'u.svdckpt' }, { teacherRanks: { fc: 3 } }]) {
+      expect(configHash(parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', ...other }))).not.toBe(h);
+    }
+  });
+
+  it('needs a teacher, except in the pipeline with fine-tuning (the trained model teaches)', () => {
+    const e = thrown(() => resolveConfig({ distillAlpha: 0.5 }, undefined, {}));
+    expect(e.message).toContain('teacher');
+    expect(e.message).toContain('--teacher CKPT');
+    expect(resolveConfig({ distillAlpha: 0.5, pruneMacs: 13.6e6, finetuneEpochs: 2 }, undefined, {}).teacher).toBeNull();
+    expect(() => resolveConfig({ distillAlpha: 0.5, pruneMacs: 13.6e6 }, undefined, {})).toThrow(/teacher/);
+  });
+
+  it('refuses α outside [0, 1], a non-positive T and bad teacher ranks, naming the field', () => {
+    expect(thrown(() => resolveConfig({ distillAlpha: 1.5, teacher: 't' }, undefined, {})).message).toContain('distillAlpha = 1.5');
+    expect(thrown(() => resolveConfig({ distillTemperature: 0 }, undefined, {})).message).toContain('distillTemperature = 0');
+    expect(thrown(() => parseConfig({ teacherRanks: { 'layers.x': 2 } })).message).toContain('teacherRanks.layers.x');
+    expect(thrown(() => parseConfig({ teacherRanks: { fc: 0 } })).message).toContain('teacherRanks.fc');
+  });
+});
+
 describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
   it('take numbers, and null clears the energy', () => {
     const c = resolveConfig({ pruneEnergy: 0.01, finetuneEpochs: 10, finetuneLr: 0.02, sweepEnergies: [0.01, 0.05] }, undefined, {});

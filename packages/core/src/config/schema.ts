@@ -73,6 +73,10 @@ export const RunConfigSchema = z
     pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
     finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
+    distillAlpha: z.number().min(0).max(1).default(DEFAULTS.distillAlpha),
+    distillTemperature: positive().default(DEFAULTS.distillTemperature),
+    teacher: path().nullable().default(DEFAULTS.teacher),
+    teacherRanks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.teacherRanks),
     sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
     host: z.string().min(1).default(DEFAULTS.host),
     port: int(0, 65535).default(DEFAULTS.port),
@@ -96,11 +100,11 @@ export const RunConfigSchema = z
     threads: int(1, 1024).default(DEFAULTS.threads),
   })
   .superRefine((c, ctx) => {
-    for (const key of Object.keys(c.ranks ?? {})) {
+    for (const [field, key] of [...Object.keys(c.ranks ?? {}).map((k) => ['ranks', k] as const), ...Object.keys(c.teacherRanks ?? {}).map((k) => ['teacherRanks', k] as const)]) {
       if (!SVD_MODULE_NAME_RE.test(key)) {
         ctx.addIssue({
           code: 'custom',
-          path: ['ranks', key],
+          path: [field, key],
           message: `a PyTorch module name of an SVD layer as key ('stem.0', 'layers.K.conv1', 'layers.K.conv2', 'layers.K.shortcut.0' or 'fc'), not ${JSON.stringify(key)}`,
         });
       }
@@ -124,6 +128,17 @@ export const RunConfigSchema = z
     }
     if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
       ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
+    }
+    if (c.teacherRanks !== null && Object.keys(c.teacherRanks).length > 0 && !c.svd) {
+      ctx.addIssue({ code: 'custom', path: ['teacherRanks'], message: 'null with svd off: only SVD layers have a rank' });
+    }
+    const pipelineTeacher = (c.pruneEnergy !== null || c.pruneMacs !== null) && c.finetuneEpochs > 0;
+    if (c.distillAlpha > 0 && c.teacher === null && !pipelineTeacher) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['teacher'],
+        message: `a checkpoint path when distillAlpha is ${c.distillAlpha}: distillation needs a teacher (pass --teacher CKPT, or use it with --prune-energy/--prune-macs and --finetune-epochs, where the trained model teaches)`,
+      });
     }
     if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
       ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy or --prune-macs: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });

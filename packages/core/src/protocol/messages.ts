@@ -17,7 +17,7 @@ import type { ErrorCode } from '../errors.js';
 import { TensorSpecSchema, WireTensorSchema } from '../tensor.js';
 
 /** Bumped on every incompatible change of a message shape. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /**
  * What a schema may attach to an issue (`params`) beyond its expectation text: the error code when
@@ -101,7 +101,14 @@ export type DatasetInfo = z.output<typeof DatasetInfoSchema>;
 
 /** Loss terms of one forward pass, averaged over the worker's sub-batch. */
 export const LossTermsSchema = z.object(
-  { ce: finite(), orth: finite(), sparsity: finite(), total: finite() },
+  {
+    ce: finite(),
+    orth: finite(),
+    sparsity: finite(),
+    total: finite(),
+    /** T²·KL(teacher ‖ student) while distilling; absent otherwise. */
+    distill: finite().optional(),
+  },
   { error: 'an object {ce, orth, sparsity, total}' },
 );
 export type LossTerms = z.output<typeof LossTermsSchema>;
@@ -235,6 +242,18 @@ export const WeightsMessageSchema = z.object({
 export type WeightsMessage = z.output<typeof WeightsMessageSchema>;
 
 /**
+ * C -> W, once per connection before the first `weights`, only when the run distills
+ * (config.distillAlpha > 0): the teacher's parameters and BN buffers, in the manifest order of the
+ * model that config.teacherRanks builds. The worker checks names and shapes against that model.
+ */
+export const TeacherMessageSchema = z.object({
+  type: z.literal('teacher'),
+  params: tensors(),
+  buffers: tensors(),
+});
+export type TeacherMessage = z.output<typeof TeacherMessageSchema>;
+
+/**
  * C -> W: compute gradients for global step `step` on dataset samples `indices` (this worker's
  * slice of the global batch). `attempt` increases when a slice is re-assigned after a failure,
  * so late answers to an older attempt are recognisable. `lr` is for logging only.
@@ -314,6 +333,7 @@ export const MessageSchema = z.discriminatedUnion('type', [
   DataRequestMessageSchema,
   DataChunkMessageSchema,
   WeightsMessageSchema,
+  TeacherMessageSchema,
   StepMessageSchema,
   GradientsMessageSchema,
   EvalMessageSchema,

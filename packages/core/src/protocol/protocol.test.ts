@@ -27,6 +27,8 @@ const SAMPLES: Message[] = [
   { type: 'eval-result', evalId: 1, n: 2, correct: 1, lossSum: 4.2 },
   { type: 'error', code: 'AUTH_FAILED', message: 'nope' },
   { type: 'shutdown', reason: 'done' },
+  { type: 'teacher', params: [t('a', [2, 3]), t('b', [])], buffers: [t('bn', [4])] },
+  { type: 'gradients', step: 4, attempt: 0, n: 3, grads: [t('a', [2, 3], -1)], buffers: [], loss: { ce: 2.3, orth: 0.1, sparsity: 0, total: 2.1, distill: 1.5 }, correct: 2, computeMs: 9 },
 ];
 
 /** Encodes an arbitrary object the way a hostile peer could. */
@@ -120,6 +122,7 @@ describe('protocol validation', () => {
     expect(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, ce: NaN } }))).toThrow(/field 'ce' is NaN; expected a finite number/);
     expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, total: Infinity } })))).toBe('NON_FINITE');
     expect(codeOf(() => decodeMessage(raw.pack({ ...g, loss: { ...g.loss, ce: 'x' } })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(encodeMessage({ ...g, loss: { ...g.loss, distill: NaN } })))).toBe('NON_FINITE');
     expect(() => decodeMessage(raw.pack({ ...SAMPLES[9], lr: NaN }))).toThrow(/field 'lr' is NaN; expected a number/);
   });
 });
