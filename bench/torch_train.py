@@ -23,6 +23,10 @@ The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetu
                         and for a sweep of energies, as svd-train does.
   --finetune-epochs N [--finetune-lr X]   then fine-tune the pruned model (one-cycle, peak X,
                         default lr/10, no sparsity term).
+  --distill-alpha A [--distill-temperature T]   while fine-tuning, the data term is
+                        (1 - A)*CE + A*T^2*KL(teacher || model), the trained full-rank model
+                        teaching in eval mode on the same augmented batch (svd-train's
+                        --distill-alpha in the pipeline).
 
 Usage: /usr/bin/python3 bench/torch_train.py --data ../shared/cifar-10-batches-bin --epochs 1
 Prints one line per epoch (train and test accuracy, seconds), the pipeline's table, and a final
@@ -221,8 +225,15 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None):
-    """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`."""
+def distill_term(logits, teacher_logits, temperature):
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch (svd-train's distillSum / n)."""
+    return temperature * temperature * F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                                                reduction='batchmean', log_target=True)
+
+
+def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None):
+    """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`.
+    With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha)."""
     xtr, ytr, xte, yte = data
     gen = torch.Generator().manual_seed(a.seed if stage == 'train' else a.seed + 1)
     steps_per_epoch = xtr.shape[0] // a.batch
@@ -232,9 +243,10 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None):
     history = []
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
-        keys = ('epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr') if stage == 'finetune' else ())
+        keys = ('epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
+        absent = {'sparsity_start': 0.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
         for k in keys:
-            was, now = ck['args'].get(k, 0.0 if k == 'sparsity_start' else None), vars(a).get(k)
+            was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
                 raise SystemExit(f'--checkpoint {ck_path}: {k} {was} there, {now} now; it is of another schedule. Fix: use another path, or the same flags')
         model.load_state_dict(ck['model'])
@@ -257,9 +269,14 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None):
             sub = a.batch // a.bn_groups
             logits = torch.cat([model(x[i:i + sub]) for i in range(0, a.batch, sub)])
             ce = F.cross_entropy(logits, y)
+            data_term = ce
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                data_term = (1 - a.distill_alpha) * ce + a.distill_alpha * distill_term(logits, t_logits, a.distill_temperature)
             orth, sp = regularizers(model)
             ls = lambda_s if epoch * steps_per_epoch + step >= a.sparsity_start * total else 0.0
-            (ce + a.lambda_o * orth + ls * sp).backward()
+            (data_term + a.lambda_o * orth + ls * sp).backward()
             opt.step()
             sched.step()
             correct += (logits.argmax(1) == y).sum()
@@ -299,7 +316,12 @@ def pipeline(model, a, data, device):
     if a.finetune_epochs > 0:
         lr = a.finetune_lr if a.finetune_lr is not None else a.lr / 10
         ck = a.checkpoint + '.finetune' if a.checkpoint else ''
-        hist = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks})
+        teacher = None
+        if a.distill_alpha > 0:
+            teacher = copy.deepcopy(model).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        hist = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher)
         out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
     for label, p in (('trained, full rank', trained), (f'pruned at e={energy:g}', at), ('fine-tuned', out['finetuned'])):
         if p:
@@ -329,6 +351,8 @@ def main():
     ap.add_argument('--prune-macs', type=float, default=None)
     ap.add_argument('--finetune-epochs', type=int, default=0)
     ap.add_argument('--finetune-lr', type=float, default=None)
+    ap.add_argument('--distill-alpha', type=float, default=0.0, help='fine-tuning: weight of the distillation term (the trained model teaches)')
+    ap.add_argument('--distill-temperature', type=float, default=4.0)
     ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists; the fine-tuning stage uses PATH.finetune')
     a = ap.parse_args()
     if a.prune_energy is not None and a.prune_macs is not None:
