@@ -210,6 +210,13 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
     expect(renderReport({ title: 't', config: { ...cfg, distillAlpha: 0 }, records, spectra: spectraOf(params), macs: [] })).not.toContain('distilled');
   });
 
+  it('plots the distillation term in the loss chart only when the steps carry one', () => {
+    const label = 'distillation T²·KL (teacher)';
+    expect(html).not.toContain(label);
+    const kd = records.map((r) => ('loss' in r ? { ...r, loss: { ...r.loss, distill: 0.5 } } : r));
+    expect(renderReport({ title: 't', config: null, records: kd, spectra: spectraOf(params), macs: [] })).toContain(label);
+  });
+
   it('one spectrum panel per SVD layer, in order, each with the cut of the default energy 0.01, said so', () => {
     const panels = html.match(/<svg class="spectrum" data-layer="([^"]+)"/g) ?? [];
     expect(panels.length).toBe(22);

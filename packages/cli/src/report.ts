@@ -167,6 +167,9 @@ function trainingSection(run: RunMetrics): string {
         { label: 'train cross-entropy', points: at(of, (r) => r.ce), smooth: true },
         { label: 'train total loss', points: at(of, (r) => r.total), dashed: true, smooth: true },
         { label: 'test loss', points: epochAt((e) => e.testLoss), style: 'line+markers', color: PALETTE[2] },
+        ...(steps.some((r) => Number.isFinite(r.distill))
+          ? [{ label: 'distillation T²·KL (teacher)', points: at(of, (r) => r.distill), smooth: true, color: PALETTE[4] }]
+          : []),
       ], { title: 'Loss', ...axis, yLabel: 'loss', logY: true, legend: 'below' }),
       linePlot([
         { label: 'train acc (batch)', points: at(of, (r) => 100 * r.trainAcc), smooth: true },

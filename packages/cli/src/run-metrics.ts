@@ -15,6 +15,8 @@ export interface StepRow {
   total: number;
   orth: number;
   sparsity: number;
+  /** T²·KL to the teacher while distilling; NaN otherwise. */
+  distill: number;
   /** Batch accuracy in [0, 1]. */
   trainAcc: number;
   imgPerSec: number;
@@ -105,6 +107,7 @@ export function runMetrics(records: readonly Raw[]): RunMetrics {
         total: numberField(r, 'loss.total', 'total'),
         orth: numberField(r, 'loss.orth', 'orth'),
         sparsity: numberField(r, 'loss.sparsity', 'sparsity'),
+        distill: numberField(r, 'loss.distill'),
         trainAcc: fraction(numberField(r, 'trainAcc', 'acc')),
         imgPerSec: numberField(r, 'imgPerSec', 'throughput'),
         stepMs: numberField(r, 'stepMs'),
