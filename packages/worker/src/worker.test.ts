@@ -139,17 +139,21 @@ describe('runWorker against a scripted coordinator', () => {
     expect(log.join('\n')).toMatch(/reconnecting/);
   });
 
-  it('--sparsity-start: the sparsity term is off for the first fraction of the steps, then weighs λ_s', async () => {
+  type Loss = Extract<Message, { type: 'gradients' }>['loss'];
+  /**
+   * Runs a worker against a coordinator that sends `before` (e.g. the teacher), constant weights,
+   * then one step of 2 samples per entry of `epochs` (its epoch), and returns the reported losses.
+   */
+  async function stepLosses(config: typeof cfg, epochs: number[], before: Message[] = []): Promise<Loss[]> {
     const { dir, md5s } = dataset();
-    // 8 images, batch 4, 2 epochs: 4 steps; start 0.5 turns the term on at step 2.
-    const sched = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', epochs: 2, lambdaO: 0.5, lambdaS: 0.07, sparsityStart: 0.5 }, undefined, {});
-    const losses: { ce: number; orth: number; sparsity: number; total: number }[] = [];
+    const losses: Loss[] = [];
     const fake = await fakeCoordinator(async (_ws, recv, send) => {
-      const { manifest } = await handshake(recv, send, md5s, dir, sched);
+      const { manifest } = await handshake(recv, send, md5s, dir, config);
       const fill = (specs: { name: string; shape: number[] }[]) => specs.map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.05) }));
+      for (const m of before) send(m);
       send({ type: 'weights', step: 0, params: fill(manifest.params), buffers: [] });
-      for (const step of [0, 1, 2, 3]) {
-        send({ type: 'step', step, epoch: step >> 1, seed: 0, indices: Int32Array.from([0, 1]), lr: 0.1, attempt: 0 });
+      for (const [step, epoch] of epochs.entries()) {
+        send({ type: 'step', step, epoch, seed: 0, indices: Int32Array.from([0, 1]), lr: 0.1, attempt: 0 });
         const g = await recv();
         if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
         losses.push(g.loss);
@@ -161,6 +165,13 @@ describe('runWorker against a scripted coordinator', () => {
     } finally {
       fake.close();
     }
+    return losses;
+  }
+
+  it('--sparsity-start: the sparsity term is off for the first fraction of the steps, then weighs λ_s', async () => {
+    // 8 images, batch 4, 2 epochs: 4 steps; start 0.5 turns the term on at step 2.
+    const sched = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', epochs: 2, lambdaO: 0.5, lambdaS: 0.07, sparsityStart: 0.5 }, undefined, {});
+    const losses = await stepLosses(sched, [0, 0, 1, 1]);
     expect(losses).toHaveLength(4);
     for (const [i, l] of losses.entries()) {
       expect(l.sparsity).toBeGreaterThan(1); // reported either way
@@ -170,29 +181,11 @@ describe('runWorker against a scripted coordinator', () => {
   });
 
   it('distillation: the teacher comes before the weights, and its eval-mode logits enter the loss as (1 − α)·CE + α·T²·KL', async () => {
-    const { dir, md5s } = dataset();
     const kdCfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', lambdaO: 0.5, lambdaS: 0, distillAlpha: 0.4, distillTemperature: 3, teacher: '/t.svdckpt' }, undefined, {});
     const teacherModel = buildResNetForConfig({ ...kdCfg, seed: 9 });
     const teacher = { params: getParameters(teacherModel), buffers: getBuffers(teacherModel) };
     teacherModel.dispose();
-    const losses: Extract<Message, { type: 'gradients' }>['loss'][] = [];
-    const fake = await fakeCoordinator(async (_ws, recv, send) => {
-      const { manifest } = await handshake(recv, send, md5s, dir, kdCfg);
-      const fill = (specs: { name: string; shape: number[] }[]) => specs.map((t) => ({ ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)).fill(0.05) }));
-      send({ type: 'teacher', ...teacher });
-      send({ type: 'weights', step: 0, params: fill(manifest.params), buffers: [] });
-      send({ type: 'step', step: 0, epoch: 0, seed: 0, indices: Int32Array.from([0, 1, 2]), lr: 0.1, attempt: 0 });
-      const g = await recv();
-      if (g.type !== 'gradients') throw new Error(`expected gradients, got ${g.type}`);
-      losses.push(g.loss);
-      send({ type: 'shutdown', reason: 'done' });
-    });
-    try {
-      await runWorker({ coordinator: fake.url, backend: 'wasm', token: TOKEN, cacheDir: mkdtempSync(join(tmpdir(), 'wk-cache-')), log: () => {} });
-    } finally {
-      fake.close();
-    }
-    const [l] = losses;
+    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', ...teacher }]);
     expect(l!.distill).toBeGreaterThan(1e-3);
     expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
   });
