@@ -18,7 +18,7 @@ import {
   type DatasetInfo,
   type RunConfig,
 } from '@svd-train/core';
-import { buildResNetForConfig, getBuffers, getParameters, noDecayParameterNames } from '@svd-train/layers';
+import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, noDecayParameterNames } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
 import { usageError } from './cli-errors.js';
 import type { CliIo } from './cli-io.js';
@@ -70,7 +70,7 @@ function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { pa
   }
   const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, cfg);
   const withRanks: RunConfig = { ...cfg, teacherRanks };
-  const model = buildResNetForConfig({ ...withRanks, ranks: teacherRanks });
+  const model = buildTeacherForConfig(withRanks);
   try {
     checkShapes(ckpt, getParameters(model), '--teacher', path);
   } finally {

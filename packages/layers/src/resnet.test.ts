@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, type RefTensor } from './test-support/index.js';
-import { buildResNet } from './resnet.js';
+import { buildResNet, buildTeacherForConfig } from './resnet.js';
 import { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames } from './parameter-names.js';
 import { svdRanks } from './prune.js';
 
@@ -105,6 +105,15 @@ describe('buildResNet', () => {
     expect(() => buildResNet({ ...tinyOpts(), ranks: { fc: 0 } })).toThrow(/\[1, 10\]/);
     expect(() => buildResNet({ ...tinyOpts(), svd: false, ranks: { fc: 2 } })).toThrow(/svd: false/);
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('buildTeacherForConfig builds at teacherRanks, and its rank errors name teacherRanks', () => {
+    const cfg = { model: 'resnet20', svd: true, decomposition: 'channel', forward: 'auto', seed: 0 } as const;
+    const t = buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 3 } });
+    expect(svdRanks(t)).toMatchObject({ fc: 3, 'layers.0.conv1': 16 });
+    t.dispose();
+    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 11 } })).toThrow(/^teacherRanks\['fc'\] = 11; expected an integer in \[1, 10\]/);
+    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { nope: 1 } })).toThrow(/^teacherRanks name 'nope'/);
   });
 
   it('noDecayParameterNames: BN gammas/betas and biases, no conv or SVD factors', () => {

@@ -43,6 +43,8 @@ export interface BuildResNetOptions {
    * every rank must be at most that layer's full rank.
    */
   ranks?: Readonly<Record<string, number>> | null;
+  /** The config field `ranks` came from, for error messages (default 'ranks'; e.g. 'teacherRanks'). */
+  ranksField?: string;
   /** Base seed of the initialisation; layer i uses seed + i (default 0). */
   seed?: number;
   /**
@@ -107,6 +109,23 @@ export function buildResNetForConfig(cfg: Pick<RunConfig, 'model' | 'svd' | 'dec
   return buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
 }
 
+/**
+ * The teacher model a distilling run config describes: the run's architecture at
+ * config.teacherRanks (full rank when null). Errors about those ranks name `teacherRanks`.
+ */
+export function buildTeacherForConfig(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'teacherRanks'>): tf.LayersModel {
+  return buildResNet({
+    depth: depthOf(cfg.model),
+    svd: cfg.svd,
+    decomposition: cfg.decomposition,
+    numClasses: 10,
+    forward: cfg.forward,
+    ranks: cfg.teacherRanks,
+    ranksField: 'teacherRanks',
+    seed: cfg.seed,
+  });
+}
+
 /** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */
 export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   const base = archFor(opts.depth);
@@ -127,10 +146,11 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
   let layerIndex = 0;
   const inputShape = opts.inputShape ?? [32, 32, 3];
   const ranks = opts.ranks ?? {};
+  const field = opts.ranksField ?? 'ranks';
   // Checked before any layer exists, so a bad override leaks no weights.
   if (Object.keys(ranks).length > 0) {
     if (!svd) {
-      throw new SvdTrainError('CONFIG_INVALID', `ranks ${JSON.stringify(ranks)} given for a model without SVD layers (svd: false); drop them or build with svd: true`);
+      throw new SvdTrainError('CONFIG_INVALID', `${field} ${JSON.stringify(ranks)} given for a model without SVD layers (svd: false); drop them or build with svd: true`);
     }
     const full = svdFullRanks({ widths, blocks, strides, decomposition, numClasses, inChannels: inputShape[2] });
     for (const [module, r] of Object.entries(ranks)) {
@@ -138,11 +158,11 @@ export function buildResNet(opts: BuildResNetOptions): tf.LayersModel {
       if (f === undefined) {
         throw new SvdTrainError(
           'CONFIG_INVALID',
-          `ranks name '${module}', which is not an SVD layer of this model; its SVD layers are ${[...full.keys()].join(', ')}`,
+          `${field} name '${module}', which is not an SVD layer of this model; its SVD layers are ${[...full.keys()].join(', ')}`,
         );
       }
       if (!Number.isInteger(r) || r < 1 || r > f) {
-        throw new SvdTrainError('CONFIG_INVALID', `ranks['${module}'] = ${r}; expected an integer in [1, ${f}] (the layer's full rank)`);
+        throw new SvdTrainError('CONFIG_INVALID', `${field}['${module}'] = ${r}; expected an integer in [1, ${f}] (the layer's full rank)`);
       }
     }
   }

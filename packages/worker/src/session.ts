@@ -38,6 +38,7 @@ import {
 } from '@svd-train/core';
 import {
   buildResNetForConfig,
+  buildTeacherForConfig,
   evaluateSplit,
   getBuffers,
   getParameters,
@@ -193,7 +194,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           st.teacher = null;
           if (cfg.distillAlpha > 0) {
             // The teacher's weights come over the wire; its shapes are the config's to say.
-            const model = buildResNetForConfig({ ...cfg, ranks: cfg.teacherRanks });
+            const model = buildTeacherForConfig(cfg);
             st.teacher = { model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } };
             log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${cfg.model} teacher`);
           }
