@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadCheckpoint } from '@svd-train/core';
-import { freePort, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
+import { freePort, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
 interface Point { energy: number; acc: number; macs: number; params: number; exportParams: number }
 
@@ -97,4 +97,30 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
     expect(html).toContain('<td>trained, before pruning</td>');
     expect(html).toContain('<td>plain resnet20 (reference)</td>');
   });
+});
+
+describe('the pipeline with a worker started by hand (no --spawn)', () => {
+  it('tells the worker to reconnect after the training, so that it fine-tunes too, then to exit', async () => {
+    requireBuild();
+    const data = syntheticData(12, 12);
+    const out = tempDir();
+    const port = await freePort();
+    const c = startCoordinator([
+      ...tinyRunFlags({ data, out, port, epochs: 1, limitTrain: 12, batch: 12 }),
+      '--prune-energy', '0.2', '--sweep-energies', '0.4', '--finetune-epochs', '1',
+    ]);
+    await waitForPort(port, 60_000, c);
+    const w = startWorker(port, ['--data', data]);
+    try {
+      expect(await c.exited, c.output().slice(-3000)).toBe(0);
+      expect(await w.exited, w.output().slice(-3000)).toBe(0);
+    } finally {
+      w.kill('SIGKILL');
+    }
+    expect(w.output()).toMatch(/connection lost \(training finished; the coordinator goes on with another run\); reconnecting/);
+    expect(w.output()).toMatch(/worker done after 2 steps: training finished/);
+    expect(stepRecords(out).length).toBe(1);
+    expect(stepRecords(join(out, 'finetune')).length).toBe(1);
+    expect(JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).finetuned).not.toBeNull();
+  }, 240_000);
 });

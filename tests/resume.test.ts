@@ -2,9 +2,11 @@
  * Resume after killing the coordinator (kill -9 after a mid-run checkpoint) must reach the same
  * parameters as an uninterrupted run: same data order, same augmentation, same optimizer state.
  * The workers are separate processes that reconnect (with backoff) to the restarted coordinator.
+ * A pipeline stopped while fine-tuning resumes its fine-tuning, and a fresh start into a folder
+ * that holds a run is refused.
  */
 import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { finalCheckpoint, freePort, maxDiff, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
@@ -56,5 +58,51 @@ describe('resume', () => {
     expect(p.diff, `worst at ${p.where}`).toBeLessThanOrEqual(RESUME_TOL);
     const bu = maxDiff(ca.buffers, cb.buffers);
     expect(bu.diff, `worst at ${bu.where}`).toBeLessThanOrEqual(RESUME_TOL);
+  });
+
+  it('a pipeline stopped while fine-tuning: a fresh start there is refused, --resume goes on with the fine-tuning from its checkpoint and ends as the uninterrupted pipeline', async () => {
+    requireBuild();
+    const data = syntheticData(24, 12);
+    // 2 training steps, then 10 fine-tuning steps with a checkpoint every 2.
+    const flags = (out: string, port: number) => [
+      ...tinyRunFlags({ data, out, port, epochs: 1, limitTrain: 24, batch: 12 }),
+      '--spawn', '1', '--checkpoint-every', '2', '--prune-energy', '0.2', '--sweep-energies', '0.4', '--finetune-epochs', '5',
+    ];
+    const outA = tempDir();
+    const a = startCoordinator(flags(outA, await freePort()));
+    expect(await a.exited, a.output().slice(-3000)).toBe(0);
+
+    // B: stopped (SIGTERM, as Ctrl-C) once the fine-tuning has written a checkpoint.
+    const outB = tempDir();
+    const portB = await freePort();
+    const ftB = join(outB, 'finetune');
+    const b1 = startCoordinator(flags(outB, portB));
+    const deadline = Date.now() + 180_000;
+    while (!(existsSync(join(ftB, 'checkpoints')) && readdirSync(join(ftB, 'checkpoints')).some((f) => f.endsWith('.svdckpt')))) {
+      if (Date.now() > deadline) throw new Error(`no fine-tuning checkpoint:\n${b1.output().slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    b1.kill('SIGTERM');
+    expect(await b1.exited, b1.output().slice(-3000)).toBe(130);
+    expect(stepRecords(ftB).length, 'the stop must land mid-fine-tuning').toBeLessThan(10);
+
+    const fresh = startCoordinator(flags(outB, portB));
+    expect(await fresh.exited).toBe(2);
+    expect(fresh.output()).toMatch(/already holds a run: \d+ checkpoint\(s\) in \S+ the latest at step 2\. .*Fix: pass --resume/);
+
+    const b2 = startCoordinator([...flags(outB, portB), '--resume']);
+    expect(await b2.exited, b2.output().slice(-3000)).toBe(0);
+    expect(b2.output()).toMatch(/already finished this phase \(\S+, step 2 of 2\); going on with the pruning/);
+    expect(b2.output()).toMatch(/resuming from \S+finetune\S+ \(step [2-8],/);
+    // Every fine-tuning step once, the same as uninterrupted, and the same final model and result.
+    expect(stepRecords(ftB).map((s) => s.step)).toEqual(stepRecords(join(outA, 'finetune')).map((s) => s.step));
+    const ca = finalCheckpoint(join(outA, 'finetune'));
+    const cb = finalCheckpoint(ftB);
+    expect(cb.step).toBe(10);
+    expect(cb.step).toBe(ca.step);
+    const p = maxDiff(ca.params, cb.params);
+    expect(p.diff, `worst at ${p.where}`).toBeLessThanOrEqual(RESUME_TOL);
+    const finetuned = (out: string) => JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).finetuned;
+    expect(finetuned(outB)).toEqual(finetuned(outA));
   });
 });

@@ -5,7 +5,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, configHash, latestCheckpoint, readCifar10, type RunConfig } from '@svd-train/core';
+import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, readCifar10, type RunConfig } from '@svd-train/core';
 import {
   buildResNetForConfig,
   countMacs,
@@ -129,7 +129,9 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
       pruneEnergy: null,
       finetuneEpochs: 0,
       out: ftDir,
-      resume: false,
+      // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
+      // first one, the fine-tuning starts afresh (its stray metrics moved aside).
+      resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
       ...(distill
         ? {
             distillAlpha: distill.alpha,
@@ -142,7 +144,10 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     };
     const kd = distill ? `, distilled from ${distill.teacher ?? 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
     io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term${kd}, in ${ftDir}\n`);
-    const ft = await trainPhase(ftCfg, ctx);
+    const ft = await trainPhase(ftCfg, ctx, {
+      next: 'going on with its evaluation',
+      freshFix: `delete ${ftDir} to fine-tune afresh (the trained model and the pruning are kept)`,
+    });
     const last = latestCheckpoint(join(ftDir, 'checkpoints'), { configHash: configHash(ft) });
     if (!last) throw new SvdTrainError('CHECKPOINT_CORRUPT', `fine-tuning wrote no valid checkpoint in ${join(ftDir, 'checkpoints')}; expected one at its end. Fix: rerun, or fine-tune with start --from ${prunedPath}.`);
     const m = buildResNetForConfig(ft);

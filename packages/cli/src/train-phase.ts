@@ -3,7 +3,7 @@
  * of --spawn, checkpoints, metrics and progress output. `start` runs it once, and the pipeline a
  * second time to fine-tune the pruned model.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   EpochSampler,
@@ -11,6 +11,7 @@ import {
   SvdTrainError,
   configHash,
   latestCheckpoint,
+  listCheckpoints,
   saveCheckpoint,
   serializeConfig,
   stepsPerEpoch as stepsInEpoch,
@@ -81,12 +82,44 @@ function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { pa
   return { cfg: withRanks, teacher: { params: ckpt.params, buffers: ckpt.buffers } };
 }
 
+/** Which run a phase is, for its messages: `start` alone, or one phase of the pipeline. */
+export interface PhaseInfo {
+  /** What comes after it, said when --resume finds it finished (e.g. 'going on with the pruning'). */
+  next?: string;
+  /** How to start this phase afresh when --resume finds nothing to resume (default: drop --resume). */
+  freshFix?: string;
+  /** Another phase follows on the same port (the pipeline's fine-tuning): workers reconnect to it. */
+  nextRunFollows?: boolean;
+}
+
+/**
+ * A fresh (not --resume) run must not write into a folder that holds another run's checkpoints:
+ * the two runs' checkpoints and metrics would mix, and the latest checkpoint could be the old
+ * run's. A metrics.jsonl without any checkpoint (a run stopped before its first one) describes
+ * nothing that can be continued: it is moved aside, not mixed in, and not deleted.
+ */
+function claimOutDir(outDir: string, ckptDir: string, io: CliIo): void {
+  const old = listCheckpoints(ckptDir);
+  if (old.length > 0) {
+    throw usageError(
+      `--out ${outDir} already holds a run: ${old.length} checkpoint(s) in ${ckptDir}, the latest at step ${old[0].step}. ` +
+        'A fresh start there would mix the two runs\' checkpoints and metrics. Fix: pass --resume to continue that run, choose another --out, or delete the folder first.',
+    );
+  }
+  const metrics = join(outDir, 'metrics.jsonl');
+  if (existsSync(metrics) && statSync(metrics).size > 0) {
+    const aside = `${metrics}.${new Date().toISOString().replace(/[:.]/g, '-')}.old`;
+    renameSync(metrics, aside);
+    io.err(`${metrics} is from a run that wrote no checkpoint; moved it to ${aside} and starting afresh\n`);
+  }
+}
+
 /**
  * One training run of `start` (the whole run, or the fine-tuning phase of the pipeline): the
  * coordinator on `cfg`, spawned workers, checkpoints and metrics in `cfg.out`. Returns the config
  * it trained (with the --from checkpoint's ranks filled in).
  */
-export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promise<RunConfig> {
+export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: PhaseInfo = {}): Promise<RunConfig> {
   let cfg = startCfg;
   const { io, info } = ctx;
   const data = { dir: ctx.dataDir };
@@ -113,20 +146,26 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
   let from: Checkpoint | undefined;
   if (cfg.resume) {
     const latest = latestCheckpoint(ckptDir, { configHash: hash, onWarning: (m) => io.err(`warning: ${m}\n`) });
-    if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: drop --resume to start fresh, or point --out at the run to continue.`);
+    if (!latest) throw usageError(`--resume: no valid checkpoint in ${ckptDir}. Fix: ${phase.freshFix ?? 'drop --resume to start fresh'}, or point --out at the run to continue.`);
     resume = latest.checkpoint;
     const total = EpochSampler.fromState(resume.sampler).stepsPerEpoch * cfg.epochs;
     if (resume.step >= total) {
       // Nothing to train: starting the server would wait for workers forever.
+      if (phase.next) {
+        io.err(`--resume: ${outDir} already finished this phase (${latest.path}, step ${resume.step} of ${total}); ${phase.next}\n`);
+        return cfg;
+      }
       io.err(
         `--resume: the run in ${outDir} already finished: ${latest.path} is at step ${resume.step} of ${total} (${cfg.epochs} epochs); nothing to do. ` +
           `Fix: to train longer, fine-tune from it with \`svd-coord start --from ${latest.path} --epochs N --out NEW_DIR\`; to evaluate it, \`svd-coord eval ${latest.path}\`.\n`,
       );
-      // The training phase is over; with --prune-energy the pipeline goes on from its checkpoint.
       return cfg;
     }
     io.err(`resuming from ${latest.path} (step ${resume.step}, epoch ${resume.epoch})\n`);
-  } else if (fromCkpt) {
+  } else {
+    claimOutDir(outDir, ckptDir, io);
+  }
+  if (!resume && fromCkpt) {
     // Weights and BN statistics only: the optimizer, schedule, sampler and step count start fresh.
     from = fromCkpt;
     io.err(`fine-tuning from ${cfg.from} (step ${from.step}); fresh optimizer and schedule\n`);
@@ -154,6 +193,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext): Promis
     ...(teacher ? { teacher } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
+    ...(phase.nextRunFollows ? { nextRunFollows: true } : {}),
     ...(ctx.tls ? { tls: ctx.tls.tls } : {}),
     saveCheckpoint: (c) => void saveCheckpoint(ckptDir, c, { keep: cfg.keepCheckpoints }),
     metricsPath: join(outDir, 'metrics.jsonl'),

@@ -49,6 +49,12 @@ export interface CoordinatorOptions {
    * on with at least minWorkers.
    */
   expectWorkers?: number;
+  /**
+   * Another run follows on this address (the pipeline's fine-tuning): at a normal end, workers are
+   * told to reconnect instead of to exit, so workers started by hand on other machines take part
+   * in it. A failed run still tells them to exit.
+   */
+  nextRunFollows?: boolean;
   /** Parameters never weight-decayed (BN gammas/betas: their names look like conv weights). */
   noDecay?: Iterable<string>;
   /** Persists a checkpoint (atomically); called every epoch and every checkpointEvery steps. */

@@ -290,7 +290,7 @@ export class Coordinator {
       await this.close(`coordinator stopped with ${err.code}`, err);
       throw e;
     }
-    await this.close(summary.alreadyFinished ? 'the run was already finished' : 'training finished');
+    await this.close(summary.alreadyFinished ? 'the run was already finished' : 'training finished', undefined, this.opts.nextRunFollows === true);
     return summary;
   }
 
@@ -455,13 +455,14 @@ export class Coordinator {
   /**
    * Tells every worker to exit and stops the server. Safe to call twice. With `failure`, workers get
    * a RUN_ABORTED error naming it instead of a shutdown, so they exit non-zero too. Never waits on a
-   * peer (see PeerServer.close).
+   * peer (see PeerServer.close). With `reconnect` (and no failure) they are told that another run
+   * follows on this address, and reconnect to it.
    */
-  async close(reason = 'coordinator shutting down', failure?: SvdTrainError): Promise<void> {
+  async close(reason = 'coordinator shutting down', failure?: SvdTrainError, reconnect = false): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.stall.clearAll();
     this.wake();
-    await this.server.close(reason, failure);
+    await this.server.close(reason, failure, reconnect);
   }
 }

@@ -195,9 +195,9 @@ export class PeerServer implements SessionHost {
    * Tells every authenticated worker to exit (a shutdown, or with `failure` a RUN_ABORTED error
    * naming it) and stops the server. Safe to call twice. Never waits on a peer: the shutdown frames
    * get at most CLOSE_GRACE_MS to leave, then every socket (workers, half-open handshakes, raw TCP
-   * that never upgraded) is destroyed.
+   * that never upgraded) is destroyed. `reconnect` tells them that another run follows here.
    */
-  async close(reason: string, failure?: SvdTrainError): Promise<void> {
+  async close(reason: string, failure?: SvdTrainError, reconnect = false): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.pingTimer) clearInterval(this.pingTimer);
@@ -206,7 +206,7 @@ export class PeerServer implements SessionHost {
       p.stopHandshakeTimer();
       // Only authenticated workers are told why; anyone else just loses the connection.
       if (p.ws.readyState === 1 && p.authenticated) {
-        const msg: Message = failure ? { type: 'error', code: 'RUN_ABORTED', message: `${reason}: [${failure.code}] ${failure.message}` } : { type: 'shutdown', reason };
+        const msg: Message = failure ? { type: 'error', code: 'RUN_ABORTED', message: `${reason}: [${failure.code}] ${failure.message}` } : { type: 'shutdown', reason, ...(reconnect ? { reconnect: true } : {}) };
         flushed.push(new Promise<void>((r) => p.ws.send(encodeMessage(msg), () => r())));
       }
       p.state = 'gone';

@@ -102,6 +102,7 @@ export { createOptimizer, type CreateOptimizerOptions, type Optimizer, type Opti
 export { lrAt, momentumAt, sparsityStartStep, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
 export {
   latestCheckpoint,
+  listCheckpoints,
   loadCheckpoint,
   saveCheckpoint,
   type Checkpoint,

@@ -285,8 +285,12 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         }
         break;
       }
-      case 'shutdown':
-        return new SessionEnded(escapeForLog(msg.reason) || 'training finished', null, true, handshakeDone);
+      case 'shutdown': {
+        const reason = escapeForLog(msg.reason) || 'training finished';
+        // Another run follows on this address (the pipeline's fine-tuning): reconnect to it.
+        if (msg.reconnect === true) return new SessionEnded(`${reason}; the coordinator goes on with another run`, null, false, handshakeDone);
+        return new SessionEnded(reason, null, true, handshakeDone);
+      }
       default:
         // hello, auth, manifest, gradients, eval-result, data-request are worker messages; a
         // data-chunk outside a transfer was never asked for.

@@ -166,7 +166,13 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   // In the pipeline with fine-tuning, distillation is the fine-tuning's: the training phase runs
   // (and hashes, and resumes) without it.
   const distillLater = pipeline && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
-  const trained = await trainPhase(distillLater ? withoutDistillation(cfg) : cfg, ctx);
+  // Workers started by hand (not --spawn) are told to reconnect at the end of the training, so that
+  // they fine-tune too.
+  const trained = await trainPhase(
+    distillLater ? withoutDistillation(cfg) : cfg,
+    ctx,
+    pipeline ? { next: 'going on with the pruning', nextRunFollows: cfg.finetuneEpochs > 0 } : {},
+  );
   if (pipeline) {
     const distill = distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks } : null;
     await pruneAndFinetune(trained, outDir, ctx, distill);

@@ -316,10 +316,16 @@ export const ErrorMessageSchema = z.object({
 });
 export type ErrorMessage = z.output<typeof ErrorMessageSchema>;
 
-/** C -> W: training is over (or the coordinator is going away); the worker should exit. */
+/**
+ * C -> W: training is over (or the coordinator is going away); the worker should exit. With
+ * `reconnect`, another run follows on the same coordinator address (the pipeline's fine-tuning
+ * after its training): the worker reconnects instead, as after a lost connection. Older workers
+ * ignore the field and exit, as before.
+ */
 export const ShutdownMessageSchema = z.object({
   type: z.literal('shutdown'),
   reason: str(),
+  reconnect: z.boolean().optional(),
 });
 export type ShutdownMessage = z.output<typeof ShutdownMessageSchema>;
 

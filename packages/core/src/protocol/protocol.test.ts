@@ -27,6 +27,7 @@ const SAMPLES: Message[] = [
   { type: 'eval-result', evalId: 1, n: 2, correct: 1, lossSum: 4.2 },
   { type: 'error', code: 'AUTH_FAILED', message: 'nope' },
   { type: 'shutdown', reason: 'done' },
+  { type: 'shutdown', reason: 'training finished', reconnect: true },
   { type: 'teacher', params: [t('a', [2, 3]), t('b', [])], buffers: [t('bn', [4])] },
   { type: 'gradients', step: 4, attempt: 0, n: 3, grads: [t('a', [2, 3], -1)], buffers: [], loss: { ce: 2.3, orth: 0.1, sparsity: 0, total: 2.1, distill: 1.5 }, correct: 2, computeMs: 9 },
 ];
@@ -81,6 +82,7 @@ describe('protocol validation', () => {
     expect(codeOf(() => decodeMessage(new Uint8Array([0xc1])))).toBe('PROTOCOL_INVALID');
     expect(codeOf(() => decodeMessage(raw.pack(5)))).toBe('PROTOCOL_INVALID');
     expect(codeOf(() => decodeMessage(raw.pack({ type: 'launch-missiles' })))).toBe('PROTOCOL_INVALID');
+    expect(codeOf(() => decodeMessage(raw.pack({ type: 'shutdown', reason: 'x', reconnect: 'yes' })))).toBe('PROTOCOL_INVALID');
   });
   it('PROTOCOL_VERSION names both versions', () => {
     const bad = raw.pack({ ...SAMPLES[0], protocolVersion: 99 });
