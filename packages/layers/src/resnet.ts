@@ -105,25 +105,23 @@ export function depthOf(model: RunConfig['model']): ResNetDepth {
  * weights, checkpoint commands) and every worker build it this way, so their parameter names and
  * shapes agree, and a run (and the parity tests' single-process reference) is reproducible.
  */
-export function buildResNetForConfig(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'ranks'>): tf.LayersModel {
-  return buildResNet({ depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, ranks: cfg.ranks, seed: cfg.seed });
+export function buildResNetForConfig(cfg: Pick<RunConfig, ConfigArch | 'ranks'>): tf.LayersModel {
+  return buildResNet({ ...archOptions(cfg), ranks: cfg.ranks });
+}
+
+/** The config fields that fix a model's architecture and initialisation, ranks aside. */
+type ConfigArch = 'model' | 'svd' | 'decomposition' | 'forward' | 'seed';
+
+function archOptions(cfg: Pick<RunConfig, ConfigArch>): BuildResNetOptions {
+  return { depth: depthOf(cfg.model), svd: cfg.svd, decomposition: cfg.decomposition, numClasses: 10, forward: cfg.forward, seed: cfg.seed };
 }
 
 /**
  * The teacher model a distilling run config describes: the run's architecture at
  * config.teacherRanks (full rank when null). Errors about those ranks name `teacherRanks`.
  */
-export function buildTeacherForConfig(cfg: Pick<RunConfig, 'model' | 'svd' | 'decomposition' | 'forward' | 'seed' | 'teacherRanks'>): tf.LayersModel {
-  return buildResNet({
-    depth: depthOf(cfg.model),
-    svd: cfg.svd,
-    decomposition: cfg.decomposition,
-    numClasses: 10,
-    forward: cfg.forward,
-    ranks: cfg.teacherRanks,
-    ranksField: 'teacherRanks',
-    seed: cfg.seed,
-  });
+export function buildTeacherForConfig(cfg: Pick<RunConfig, ConfigArch | 'teacherRanks'>): tf.LayersModel {
+  return buildResNet({ ...archOptions(cfg), ranks: cfg.teacherRanks, ranksField: 'teacherRanks' });
 }
 
 /** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */
