@@ -224,6 +224,16 @@ Cache<ConvFwd> conv_fwd;
 Cache<ConvBwdData> conv_bwd_data;
 Cache<ConvBwdWeights> conv_bwd_weights;
 
+ConvFwd& FwdPrimitive(const ConvShape& s, const std::string& key);
+void RunFwd(ConvFwd& e, float* x, float* w, float* y);
+
+// Output channels oneDNN computes for a forward of F: F itself, or 32 for 16 < F < 32. Its
+// brgconv ran such F at the cost of 64 (batch 256, 3x3 on 8x8x64: 6.6-6.7 ms for F = 18..31,
+// 4.1-4.2 ms padded to 32, 7.5 ms for 64; 16x16x32 at F = 29: 13.2 ms, 9.2 ms padded), the low
+// ranks of a pruned model's stage-3 layers. F = 13 (padded to 16) and 41 (to 48 or 64) gained
+// nothing, so they stay.
+int64_t PaddedF(int64_t f) { return f > 16 && f < 32 ? 32 : f; }
+
 Napi::Value Conv2D(const Napi::CallbackInfo& info) {
   return Guard(info, "conv2d", [&]() -> Napi::Value {
     auto p = Ints(info, 3, 17, "shape");
@@ -236,27 +246,52 @@ Napi::Value Conv2D(const Napi::CallbackInfo& info) {
       svd_small_oc::Forward(SmallGeom(s), x, w, y);
       return info.Env().Undefined();
     }
-    auto& e = conv_fwd[key];
-    if (!e) {
-      auto c = std::make_unique<ConvFwd>();
-      auto pd = s.Fwd();
-      c->prim = dnnl::convolution_forward(pd);
-      c->x = Port(s.xmd(tag::nhwc), pd.src_desc(), true, false);
-      c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
-      c->y = Port(s.ymd(tag::nhwc), pd.dst_desc(), false, true);
-      c->impl = pd.impl_info_str();
-      e = std::move(c);
+    const int64_t fp = PaddedF(s.f);
+    if (fp != s.f) {
+      // The filter's F columns with zero ones after them, into a [.., fp] output; the first F
+      // channels of each pixel are y.
+      const int64_t rows = s.kh * s.kw * s.c, pixels = s.n * s.oh * s.ow;
+      static thread_local std::vector<float> wpad, ypad;
+      wpad.assign(static_cast<size_t>(rows * fp), 0.0f);
+      ypad.resize(static_cast<size_t>(pixels * fp));
+      for (int64_t r = 0; r < rows; r++) std::copy(w + r * s.f, w + (r + 1) * s.f, wpad.data() + r * fp);
+      std::vector<int64_t> pp = p;
+      pp[4] = fp;
+      ConvFwd& e = FwdPrimitive(ConvShape(pp), Key("f", pp));
+      RunFwd(e, x, wpad.data(), ypad.data());
+      for (int64_t i = 0; i < pixels; i++) std::copy(ypad.data() + i * fp, ypad.data() + i * fp + s.f, y + i * s.f);
+      return info.Env().Undefined();
     }
-    e->x.Bind(x);
-    e->w.Bind(w);
-    e->y.Bind(y);
-    e->x.In();
-    e->w.In();
-    e->prim.execute(Strm(), {{DNNL_ARG_SRC, e->x.inner}, {DNNL_ARG_WEIGHTS, e->w.inner}, {DNNL_ARG_DST, e->y.inner}});
-    e->y.Out();
-    Strm().wait();
+    RunFwd(FwdPrimitive(s, key), x, w, y);
     return info.Env().Undefined();
   });
+}
+
+// The cached oneDNN forward for shape s (built on first use: JIT compilation costs milliseconds).
+ConvFwd& FwdPrimitive(const ConvShape& s, const std::string& key) {
+  auto& e = conv_fwd[key];
+  if (!e) {
+    auto c = std::make_unique<ConvFwd>();
+    auto pd = s.Fwd();
+    c->prim = dnnl::convolution_forward(pd);
+    c->x = Port(s.xmd(tag::nhwc), pd.src_desc(), true, false);
+    c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
+    c->y = Port(s.ymd(tag::nhwc), pd.dst_desc(), false, true);
+    c->impl = pd.impl_info_str();
+    e = std::move(c);
+  }
+  return *e;
+}
+
+void RunFwd(ConvFwd& e, float* x, float* w, float* y) {
+  e.x.Bind(x);
+  e.w.Bind(w);
+  e.y.Bind(y);
+  e.x.In();
+  e.w.In();
+  e.prim.execute(Strm(), {{DNNL_ARG_SRC, e.x.inner}, {DNNL_ARG_WEIGHTS, e.w.inner}, {DNNL_ARG_DST, e.y.inner}});
+  e.y.Out();
+  Strm().wait();
 }
 
 // conv2dBackpropInput(dy, filter, dx, shape): dx NHWC [N,H,W,C] from dy [N,OH,OW,F].

@@ -40,6 +40,10 @@ const CONV_CASES: ConvCase[] = [
   { x: [2, 5, 7, 2], k: [1, 1], f: 16, s: [1, 1], pad: 'valid' },
   { x: [1, 3, 4, 24], k: [1, 1], f: 9, s: [1, 1], pad: 'same' },
   { x: [2, 4, 4, 3], k: [1, 1], f: 5, s: [1, 1], pad: p(1, 0, 0, 1) },
+  // 16 < f < 32: the forward runs oneDNN at 32 output channels (zero filter columns) and keeps f.
+  { x: [2, 4, 4, 64], k: [3, 3], f: 18, s: [1, 1], pad: p(1, 1, 1, 1) },
+  { x: [3, 5, 5, 32], k: [3, 3], f: 29, s: [2, 2], pad: 'same' },
+  { x: [1, 6, 10, 4], k: [1, 3], f: 31, s: [1, 2], pad: p(0, 0, 1, 1) },
 ];
 // Few output channels from a multiple of 16 input channels: the forward and filter gradient run on
 // our AVX-512 kernels (small_oc_conv.cc) where the CPU has AVX-512 (the forward up to f = 12, the
@@ -243,6 +247,15 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
       expect(tf.getKernel(AFFINE, 'wasm'), 'SvdAffine is registered while the native kernels are').toBeDefined();
       ['y', 'dx', 'dgamma', 'dbeta'].forEach((n, k) => expectClose(`bn infer [${shape}] ${n}`, got[k]!, want[k]!, TOL.backendRel * 10));
     }
+  });
+
+  it('a forward with 16 < f < 32 output channels runs oneDNN at 32 and returns f', async () => {
+    const c: ConvCase = { x: [2, 4, 4, 64], k: [3, 3], f: 23, s: [1, 1], pad: p(1, 1, 1, 1) };
+    const want = await onBackend('cpu', () => convAll(c, 5));
+    const { got, keys } = await onBackend('native', () => ({ got: convAll(c, 5), keys: Object.keys(native.ok ? native.addon.implementations() : {}) }));
+    expectClose('f=23 y', got.y, want.y, TOL.backendRel * 10);
+    expect(keys).toContain('f,2,4,4,64,32,3,3,4,4,1,1,1,1,1,1,1,1');
+    expect(keys).not.toContain('f,2,4,4,64,23,3,3,4,4,1,1,1,1,1,1,1,1');
   });
 
   it('ReLU gradient kernel x=[2,3,4,5] matches dy·step(x), ties at 0 included', async () => {
