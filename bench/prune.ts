@@ -17,8 +17,9 @@
  * row uses the real per-layer ranks of the 3-epoch run pruned at e=0.01
  * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
  * merged or all factored, to check the MAC-based choice against measured time; on the native
- * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), and one with batch
- * norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
+ * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
+ * only) with each factored layer's 1×1 conv and its batch norm as two kernels (fused-inference.ts
+ * off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`). Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
@@ -46,6 +47,7 @@ import {
   profileKernels,
   pruneByEnergy,
   setBuffers,
+  setFusedInference,
   setParameters,
 } from '@svd-train/layers';
 import { loadNative } from '@svd-train/native';
@@ -131,6 +133,8 @@ interface Variant {
   train: boolean;
   /** false: timed with the native engine's small-OC kernels switched off. */
   smallOc?: boolean;
+  /** false: inference timed with each factored conv's 1×1 conv and batch norm as separate kernels. */
+  fused?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
@@ -146,6 +150,11 @@ for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
 const addon = info.backend === 'native' ? loadNative() : null;
 if (addon?.ok) {
   variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: true, smallOc: false });
+}
+// And once more with the 1×1 conv and batch norm of each factored layer as two kernels at
+// inference (fused-inference.ts off), to show what the fused SvdPointwiseAffine gains.
+if (addon?.ok) {
+  variants.push({ label: '  same, 1×1 conv and batch norm as separate kernels at inference', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: false, fused: false });
 }
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
@@ -165,10 +174,12 @@ const trainable = variants.filter((v) => v.train);
 /** Runs f with the variant's small-OC setting, and leaves them on. */
 const withKernels = (v: Variant, f: () => void) => () => {
   if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([0]);
+  if (v.fused === false) setFusedInference(false);
   try {
     f();
   } finally {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
+    setFusedInference(true);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));

@@ -160,6 +160,14 @@ function fusedForward(eps: number, relu: boolean, residual: boolean): BnForward 
   };
 }
 
+/** Eval-mode batch norm as a per-channel map y = x·scale + shift: scale = γ/√(var + eps), shift = β − mean·scale. */
+export function inferenceAffine(mean: tf.Tensor, variance: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): { scale: tf.Tensor; shift: tf.Tensor } {
+  return tf.tidy(() => {
+    const scale = tf.mul(gamma, tf.rsqrt(tf.add(variance, eps)));
+    return { scale, shift: tf.sub(beta, tf.mul(mean, scale)) };
+  });
+}
+
 /**
  * Eval-mode batch norm with given statistics: y = (x − mean)·gamma/√(var + eps) + beta.
  * @param x [..., C]; mean, variance, gamma, beta [C]
@@ -175,8 +183,7 @@ export function batchNormInfer(
 ): tf.Tensor {
   checkResidual('batchNormInfer', x, fuse.residual);
   return tf.tidy(() => {
-    const scale = tf.mul(gamma, tf.rsqrt(tf.add(variance, eps)));
-    const shift = tf.sub(beta, tf.mul(mean, scale));
+    const { scale, shift } = inferenceAffine(mean, variance, gamma, beta, eps);
     // One native pass where the engine has it (with the residual and the ReLU), instead of a wasm
     // Multiply, a broadcasting Add and up to two more passes over [N,H,W,C].
     if (x.dtype === 'float32' && (!fuse.residual || fuse.residual.dtype === 'float32') && tf.getKernel(AFFINE, tf.getBackend()) != null) {
@@ -288,6 +295,11 @@ export class SVDBatchNorm extends tf.layers.Layer {
     mean.dispose();
     variance.dispose();
     return y;
+  }
+
+  /** This layer's eval-mode map y = x·scale + shift per channel, from its running statistics. */
+  inferenceAffine(): { scale: tf.Tensor; shift: tf.Tensor } {
+    return inferenceAffine(this.movingMean.read(), this.movingVariance.read(), this.gamma.read(), this.beta.read(), this.epsilon);
   }
 
   override getConfig(): tf.serialization.ConfigDict {

@@ -257,6 +257,29 @@ export class SVDConv2D extends tf.layers.Layer {
     });
   }
 
+  /**
+   * The first half of the channel-wise factored forward: the k×k conv from c channels to the rank,
+   * with filter (V·s)ᵀ (PyTorch (r, c, kh, kw), tfjs (kh, kw, c, r)). Its output times
+   * `pointwiseMatrix()` over the channels is the layer's output (before the bias). Channel
+   * decomposition only.
+   */
+  rankSpace(x: tf.Tensor4D): tf.Tensor4D {
+    if (this.decomposition !== 'channel') {
+      throw new SvdTrainError('CONFIG_INVALID', `${this.name}: rankSpace is the channel decomposition's first conv; this layer is '${this.decomposition}'`);
+    }
+    return tf.tidy(() => {
+      const { c, kh, kw } = this.geometry();
+      const p = this.pads(x.shape[1], x.shape[2]);
+      const k1 = tf.transpose<tf.Tensor4D>(tf.reshape(tf.mul(this.V.read(), this.s.read()), [c, kh, kw, this.rank]), [1, 2, 0, 3]);
+      return tf.conv2d(x, k1, this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
+    });
+  }
+
+  /** Uᵀ, [r, n]: the 1×1 conv from the rank back to the n output channels (channel decomposition). */
+  pointwiseMatrix(): tf.Tensor2D {
+    return tf.transpose(this.U.read() as tf.Tensor2D);
+  }
+
   private callReconstruct(x: tf.Tensor4D): tf.Tensor4D {
     const p = this.pads(x.shape[1], x.shape[2]);
     return tf.conv2d(x, this.reconstructWeight(), this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
@@ -266,15 +289,11 @@ export class SVDConv2D extends tf.layers.Layer {
     const { n, c, kh, kw } = this.geometry();
     const r = this.rank;
     const p = this.pads(x.shape[1], x.shape[2]);
+    if (this.decomposition === 'channel') {
+      return tf.conv2d(this.rankSpace(x), tf.reshape<tf.Rank.R4>(this.pointwiseMatrix(), [1, 1, r, n]), 1, 'valid');
+    }
     const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
     const U = this.U.read(); // m × r
-    if (this.decomposition === 'channel') {
-      // K1 (PyTorch (r, c, kh, kw)) = (V·s)ᵀ; tfjs layout (kh, kw, c, r).
-      const k1 = tf.transpose<tf.Tensor4D>(tf.reshape(Vs, [c, kh, kw, r]), [1, 2, 0, 3]);
-      const h1 = tf.conv2d(x, k1, this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
-      const k2 = tf.reshape<tf.Rank.R4>(tf.transpose(U), [1, 1, r, n]);
-      return tf.conv2d(h1, k2, 1, 'valid');
-    }
     // spatial: K1 (r, c, kh, 1) = (V·s)ᵀ, tfjs (kh, 1, c, r); K2[ni,ρ,0,j] = U[ni*kw+j, ρ], tfjs (1, kw, r, n).
     const k1 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(Vs, [c, kh, r]), [1, 0, 2]), [kh, 1, c, r]);
     const h1 = tf.conv2d(x, k1, [this.strides[0], 1], [[0, 0], [p.top, p.bottom], [0, 0], [0, 0]]);

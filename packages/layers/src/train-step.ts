@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError, type WireTensor } from '@svd-train/core';
+import { applyInference } from './fused-inference.js';
 import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 import { namedParameters, getBuffers } from './parameter-names.js';
 
@@ -79,7 +80,7 @@ function distillSum(logits: tf.Tensor, teacher: tf.Tensor, temperature: number):
 
 /** Eval-mode (running statistics) logits of `model` on `n` images, as [n·classes] row-major. */
 export function teacherLogits(model: tf.LayersModel, x: Float32Array, n: number): Float32Array {
-  const out = tf.tidy(() => model.apply(inputTensor(model, x, n), { training: false }) as tf.Tensor);
+  const out = tf.tidy(() => applyInference(model, inputTensor(model, x, n)));
   try {
     return Float32Array.from(out.dataSync() as Float32Array);
   } finally {
@@ -153,7 +154,7 @@ export function evaluate(model: tf.LayersModel, x: Float32Array, y: Int32Array, 
     const [c, l] = tf.tidy(() => {
       const xT = inputTensor(model, x.subarray(start * per, (start + m) * per), m);
       const yT = tf.tensor1d(y.subarray(start, start + m), 'int32');
-      const logits = model.apply(xT, { training: false }) as tf.Tensor;
+      const logits = applyInference(model, xT);
       return [countCorrect(logits, yT), crossEntropySum(logits, yT)];
     });
     correct += c.dataSync()[0];

@@ -20,6 +20,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include "pointwise_affine.h"
 #include "small_oc_conv.h"
 
 #include <algorithm>
@@ -583,6 +584,25 @@ Napi::Value Affine(const Napi::CallbackInfo& info) {
   });
 }
 
+// pointwiseAffine(t, w, shift, y, [M, R, C, relu], residual?): y = t·w + shift (+ residual), then
+// max(·, 0) when relu is 1; t [M, R], w [R, C], shift [C], y and residual [M, C]. A factored
+// layer's 1×1 conv with the eval-mode batch norm after it (its scale folded into w) in one pass;
+// see pointwise_affine.h.
+Napi::Value PointwiseAffineFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "pointwiseAffine", [&]() -> Napi::Value {
+    auto p = Ints(info, 4, 4, "shape");
+    const int64_t m = p[0], r = p[1], c = p[2];
+    if (r < 1 || c < 1 || p[3] > 1) throw ArgError("pointwiseAffine shape must be [M, R >= 1, C >= 1, relu 0 or 1]");
+    const size_t mc = static_cast<size_t>(m * c);
+    const float* t = F32(info, 0, static_cast<size_t>(m * r), "t");
+    const float* w = F32(info, 1, static_cast<size_t>(r * c), "w");
+    const float* shift = F32(info, 2, static_cast<size_t>(c), "shift");
+    float* y = F32(info, 3, mc, "y");
+    svd_pointwise::PointwiseAffine(t, w, shift, y, m, r, c, p[3] == 1, OptionalF32(info, 5, mc, "residual"));
+    return info.Env().Undefined();
+  });
+}
+
 // batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps, residual?, relu?):
 // y = (x−mean)·invstd·gamma+beta (+ residual), then max(·, 0) when relu is 1; mean and biased
 // variance per channel.
@@ -717,6 +737,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("affine", Napi::Function::New(env, Affine));
+  exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

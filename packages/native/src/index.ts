@@ -60,6 +60,12 @@ export interface NativeAddon {
    * is 1; scale or shift may be empty (none). One pass; y may be x.
    */
   affine(x: Float32Array, scale: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number], residual?: Float32Array): void;
+  /**
+   * y[i, :] = t[i, :]·w + shift (+ residual[i, :]), then max(·, 0) when relu is 1; t [M, R], w [R, C],
+   * shift [C], y and residual [M, C]: a factored layer's 1×1 conv and the eval-mode batch norm after
+   * it (its scale folded into w) in one pass.
+   */
+  pointwiseAffine(t: Float32Array, w: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number, number], residual?: Float32Array): void;
   /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
   setThreads(threads: readonly [number]): void;
   getThreads(): number;

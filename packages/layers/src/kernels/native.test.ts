@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE } from './native.js';
+import { AFFINE, POINTWISE_AFFINE } from './native.js';
 import { TOL, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -258,6 +258,36 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(keys).not.toContain('f,2,4,4,64,23,3,3,4,4,1,1,1,1,1,1,1,1');
   });
 
+  // [M, R, C]: C = 16, 32, 48, 64 take the AVX-512 kernel (rows in blocks of 8, 8, 6, 4, so M is
+  // chosen to leave partial blocks), C = 24 and 1 the plain loop.
+  const PW_CASES: [number, number, number][] = [[37, 5, 16], [13, 41, 64], [9, 3, 32], [11, 2, 48], [5, 7, 24], [1, 1, 1], [64, 1, 16]];
+  for (const [m, r, c] of PW_CASES) {
+    it(`SvdPointwiseAffine [M=${m}, R=${r}] x [R, C=${c}] + shift (+ residual) (ReLU) matches t·w + shift in float64`, async () => {
+      for (const [relu, withRes] of [[false, false], [true, true], [true, false], [false, true]] as const) {
+        const t = seededUniform(m * r, 61 + m);
+        const w = seededUniform(r * c, 62 + r);
+        const shift = seededUniform(c, 63);
+        const res = seededUniform(m * c, 64);
+        const want = new Float64Array(m * c);
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < c; j++) {
+            let v = shift[j]! + (withRes ? res[i * c + j]! : 0);
+            for (let o = 0; o < r; o++) v += t[i * r + o]! * w[o * c + j]!;
+            want[i * c + j] = relu ? Math.max(v, 0) : v;
+          }
+        }
+        const got = await onBackend('native', () =>
+          tf.tidy(() => {
+            const inputs: Record<string, tf.Tensor> = { t: tf.tensor2d(t, [m, r]), w: tf.tensor2d(w, [r, c]), shift: tf.tensor1d(shift) };
+            if (withRes) inputs.residual = tf.tensor2d(res, [m, c]);
+            return tf.engine().runKernel<tf.Tensor>(POINTWISE_AFFINE, inputs, { relu }).dataSync() as Float32Array;
+          }),
+        );
+        expectClose(`pointwise [${m},${r},${c}] relu=${relu} residual=${withRes}`, got, want, TOL.backendRel * 10);
+      }
+    });
+  }
+
   it('ReLU gradient kernel x=[2,3,4,5] matches dy·step(x), ties at 0 included', async () => {
     const run = () =>
       tf.tidy(() => {
@@ -334,6 +364,13 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.affine(f(6), f(2), f(3), f(6), [2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: scale has 2 elements; expected 3/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(5), [2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: y has 5 elements; expected 6/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: .*relu 0 or 1/);
+    // M = 2 rows, R = 3, C = 2: t 6, w 6, shift 2, y and residual 4.
+    expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 1], f(4)))).toBe('no error');
+    expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 0], f(0)))).toBe('no error');
+    expect(code(() => a.pointwiseAffine(f(6), f(5), f(2), f(4), [2, 3, 2, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: w has 5 elements; expected 6/);
+    expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 0], f(5)))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: residual has 5 elements; expected 4/);
+    expect(code(() => a.pointwiseAffine(f(0), f(0), f(2), f(4), [2, 0, 2, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: .*R >= 1/);
+    expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: .*relu 0 or 1/);
   });
 
   it('an int32 matmul is not ours: it reaches the stock wasm kernel (and its own error), not oneDNN', async () => {

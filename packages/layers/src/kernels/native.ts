@@ -24,6 +24,11 @@ export const BN_GRAD = 'SvdBatchNormGrad';
 export const RELU_GRAD = 'SvdReluGrad';
 /** y = x·scale + shift over the last axis, one pass (eval-mode batch norm); see `affine`. */
 export const AFFINE = 'SvdAffine';
+/**
+ * y = t·w + shift (+ residual), then ReLU, over the last axis: a factored layer's 1×1 conv and the
+ * eval-mode batch norm after it in one pass (`fused-inference.ts`). Inference only: no gradient.
+ */
+export const POINTWISE_AFFINE = 'SvdPointwiseAffine';
 
 type Conv4 = [number, number, number, number];
 
@@ -219,6 +224,17 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  const pointwiseAffine: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { t, w, shift, residual } = inputs as Record<'t' | 'w' | 'shift', TensorInfo> & { residual?: TensorInfo };
+    const { relu } = (attrs ?? {}) as { relu?: boolean };
+    const [r, c] = w.shape as [number, number];
+    const y = be.makeOutput([...t.shape.slice(0, -1), c], 'float32');
+    const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    addon.pointwiseAffine(v(t), v(w), v(shift), v(y), [t.shape.reduce((p, d) => p * d, 1) / r, r, c, relu ? 1 : 0], residual ? v(residual) : none);
+    return y;
+  };
+
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
@@ -230,6 +246,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k(BN_GRAD, bnGrad),
     k(RELU_GRAD, reluGrad),
     k(AFFINE, affine),
+    // An addon built before pointwiseAffine existed still runs; inference then takes the separate ops.
+    ...(typeof addon.pointwiseAffine === 'function' ? [k(POINTWISE_AFFINE, pointwiseAffine)] : []),
   ];
 }
 

@@ -1,0 +1,129 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
+import { applyInference, fusedInference } from './fused-inference.js';
+import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
+import { pruneByEnergy } from './prune.js';
+import { buildResNet } from './resnet.js';
+import { evaluate } from './train-step.js';
+import { expectClose, expectNoLeakedTensors, onBackend, seededUniform } from './test-support/index.js';
+import { POINTWISE_AFFINE } from './kernels/native.js';
+import { SVDConv2D } from './svd-conv2d.js';
+
+const native = loadNative();
+
+/**
+ * A small ResNet-20 (16×16 images, so the cpu reference stays quick) pruned to low ranks, with
+ * batch-norm statistics and affine parameters far from their defaults, so that a wrong scale,
+ * shift, shortcut or ReLU in the fused op shows in the output.
+ */
+function prunedModel(opts: { fuseBatchNorm?: boolean } = {}): tf.LayersModel {
+  const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3], ...opts });
+  setParameters(
+    base,
+    getParameters(base).map((p, i) =>
+      p.name.endsWith('.s')
+        ? { ...p, data: Float32Array.from(p.data, (_, j) => Math.exp((-6 * j) / p.data.length)) }
+        : /\.(weight|bias)$/.test(p.name) && !p.name.startsWith('fc')
+          ? { ...p, data: seededUniform(p.data.length, 100 + i, 0.5, p.name.endsWith('weight') ? 1 : 0) }
+          : p,
+    ),
+  );
+  setBuffers(
+    base,
+    getBuffers(base).map((b, i) => ({ ...b, data: b.name.endsWith('running_var') ? seededUniform(b.data.length, 200 + i, 0.5, 1) : seededUniform(b.data.length, 300 + i, 0.2) })),
+  );
+  const pruned = pruneByEnergy(base, 0.02).model;
+  base.dispose();
+  return pruned;
+}
+
+const X_SHAPE: [number, number, number, number] = [5, 16, 16, 3];
+
+describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one kernel, native engine)', () => {
+  for (const fuseBatchNorm of [true, false]) {
+    it(`gives model.apply's eval-mode output, on the cpu backend too, with every factored conv fused (fuseBatchNorm ${fuseBatchNorm})`, async () => {
+      const x = seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 7, 2, -1);
+      const run = () => {
+        const model = prunedModel({ fuseBatchNorm });
+        const xt = tf.tensor4d(x, X_SHAPE);
+        // Counts the fused kernel's calls (the registry hands out its config objects; put back below).
+        const cfg = tf.getKernel(POINTWISE_AFFINE, tf.getBackend());
+        const orig = cfg?.kernelFunc;
+        let calls = 0;
+        if (cfg && orig) {
+          (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
+            calls++;
+            return orig(args);
+          };
+        }
+        try {
+          const plain = tf.tidy(() => model.apply(xt, { training: false }) as tf.Tensor);
+          const fused = fusedInference(model, xt);
+          const out = { plain: plain.dataSync() as Float32Array, fused: fused ? (fused.dataSync() as Float32Array) : null, calls };
+          tf.dispose([plain, fused ?? []]);
+          const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, X_SHAPE[0]) === 'factored').length;
+          return { ...out, factored };
+        } finally {
+          if (cfg && orig) (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig;
+          xt.dispose();
+          model.dispose();
+        }
+      };
+      const want = await onBackend('cpu', run);
+      const got = await onBackend('native', run);
+      expect(want.fused, 'no fused kernel on the cpu backend').toBeFalsy();
+      expect(got.fused, 'the native engine fuses').toBeTruthy();
+      // The pruned model has factored layers, and with fuseBatchNorm false (separate ReLU and Add
+      // layers) each is still followed by its batch norm, so every one is fused.
+      expect(got.factored).toBeGreaterThan(5);
+      expect(got.calls).toBe(got.factored);
+      expect(got.plain.every(Number.isFinite) && want.plain.every(Number.isFinite), 'finite logits').toBe(true);
+      expectClose('fused vs model.apply (native)', got.fused!, got.plain, 1e-5);
+      expectClose('fused (native) vs model.apply (cpu)', got.fused!, want.plain, 1e-4);
+    });
+  }
+
+  it('evaluate() takes the fused path and counts what model.apply counts; nothing leaks', async () => {
+    await onBackend('native', async () => {
+      const model = prunedModel();
+      try {
+        const n = 12;
+        const x = seededUniform(n * 16 * 16 * 3, 9, 2, -1);
+        const y = Int32Array.from({ length: n }, (_, i) => i % 10);
+        const want = tf.tidy(() => {
+          const logits = model.apply(tf.tensor4d(x, [n, 16, 16, 3]), { training: false }) as tf.Tensor;
+          return { correct: tf.sum(tf.equal(tf.argMax(logits, 1), tf.tensor1d(y, 'int32')).asType('int32')).dataSync()[0]! };
+        });
+        const got = await expectNoLeakedTensors(() => evaluate(model, x, y, 5), 'evaluate');
+        expect(got.correct).toBe(want.correct);
+        await expectNoLeakedTensors(() => tf.tidy(() => void applyInference(model, tf.tensor4d(x, [n, 16, 16, 3])).dataSync()), 'applyInference');
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  it('full rank gives model.apply\'s output, and a model it cannot walk falls back to model.apply', async () => {
+    await onBackend('native', () => {
+      const full = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3] });
+      // A layer called twice (a shared layer) is not a graph this walk takes: model.apply runs it.
+      const inp = tf.input({ shape: [4] });
+      const dense = tf.layers.dense({ units: 4 });
+      const shared = tf.model({ inputs: inp, outputs: dense.apply(dense.apply(inp)) as tf.SymbolicTensor });
+      try {
+        tf.tidy(() => {
+          const xt = tf.tensor4d(seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 3), X_SHAPE);
+          // At full rank each layer runs its cheaper form for this batch (merged, or factored and fused).
+          expectClose('full rank', applyInference(full, xt), full.apply(xt, { training: false }) as tf.Tensor, 1e-5);
+          const v = tf.tensor2d(seededUniform(8, 4), [2, 4]);
+          expect(fusedInference(shared, v)).toBeNull();
+          expectClose('shared layer', applyInference(shared, v), shared.apply(v) as tf.Tensor, 0);
+        });
+      } finally {
+        full.dispose();
+        shared.dispose();
+      }
+    });
+  });
+});

@@ -1,0 +1,164 @@
+/**
+ * Inference with a factored layer's 1×1 conv and the batch norm after it as one op.
+ *
+ * A channel-wise factored SVD conv ends in a 1×1 conv from the rank r back to its n channels, and in
+ * the ResNets an eval-mode batch norm (with the block's ReLU, and the shortcut for bn2) follows it.
+ * Run as layers, the 1×1 conv writes [N,H,W,n] and batch norm reads it back and writes it again. On
+ * a pruned ResNet-20 those two passes were about a third of the inference time (profile at batch
+ * 256: 32 ms of 1×1 convs and 40 ms of affine passes out of 188 ms). Here the model's graph is
+ * walked layer by layer, as `model.apply` does, except that such a pair becomes one
+ * `SvdPointwiseAffine` kernel: y = act(t·(Uᵀ·diag(scale)) + shift (+ shortcut)), where t is the
+ * layer's rank-space output (`SVDConv2D.rankSpace`) and scale, shift are batch norm's eval-mode
+ * map. Mathematically it is the same function as `model.apply(x, { training: false })`; only the
+ * float rounding differs (the scale is folded into the weights).
+ *
+ * Only where the engine has the kernel (the native engine); elsewhere, and for graphs this walk
+ * does not take (a layer called more than once, several inputs or outputs), `fusedInference`
+ * returns null and callers use `model.apply`.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { SVDBatchNorm } from './batch-norm.js';
+import { POINTWISE_AFFINE } from './kernels/native.js';
+import { SVDConv2D } from './svd-conv2d.js';
+
+type Layer = tf.layers.Layer;
+type SymbolicTensor = tf.SymbolicTensor;
+
+interface Step {
+  layer: Layer;
+  /** Ids of the symbolic tensors the layer takes, in order. */
+  inputs: number[];
+  output: number;
+  /** For an SVDBatchNorm whose input 0 comes from a fusible SVDConv2D: that conv, and the id of its input. */
+  fuseWith?: { conv: SVDConv2D; input: number };
+  /** For such a conv: its batch norm, which computes the pair (the conv is then skipped). */
+  fusedInto?: SVDBatchNorm;
+}
+
+interface Plan {
+  input: number;
+  output: number;
+  steps: Step[];
+  /** How many steps read each symbolic tensor: its value is freed after the last of them. */
+  readers: Map<number, number>;
+}
+
+const plans = new WeakMap<tf.LayersModel, Plan | null>();
+
+let enabled = true;
+
+/** Turns the fusion off (false) or back on (the default), for benchmarks and tests that compare the two. */
+export function setFusedInference(on: boolean): void {
+  enabled = on;
+}
+
+/** Whether the fusion is on and the active backend has the fused kernel (the native engine). */
+export function fusedInferenceAvailable(): boolean {
+  return enabled && tf.getKernel(POINTWISE_AFFINE, tf.getBackend()) != null;
+}
+
+/**
+ * The model's eval-mode output for `x` with every (factored conv → batch norm) pair fused, or null
+ * where the engine has no fused kernel or the graph is not one this walk takes (then call
+ * `model.apply(x, { training: false })`). The caller owns the result; every intermediate is freed.
+ */
+export function fusedInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor | null {
+  if (!fusedInferenceAvailable()) return null;
+  let plan = plans.get(model);
+  if (plan === undefined) {
+    plan = makePlan(model);
+    plans.set(model, plan);
+  }
+  if (!plan || !plan.steps.some((s) => s.fuseWith)) return null;
+  return run(plan, x);
+}
+
+/** The model's eval-mode output: `fusedInference` where it applies, else `model.apply(x, { training: false })`. */
+export function applyInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
+  return fusedInference(model, x) ?? (model.apply(x, { training: false }) as tf.Tensor);
+}
+
+function makePlan(model: tf.LayersModel): Plan | null {
+  if (model.inputs.length !== 1 || model.outputs.length !== 1) return null;
+  const steps: Step[] = [];
+  const byOutput = new Map<number, Step>();
+  const readers = new Map<number, number>();
+  for (const layer of model.layers) {
+    if (layer.getClassName() === 'InputLayer') continue;
+    // A layer of this model called once: one inbound node, one output. Anything else (shared layers,
+    // nested models) is left to model.apply.
+    if (layer.inboundNodes.length !== 1) return null;
+    const node = layer.inboundNodes[0];
+    if (node.outputTensors.length !== 1) return null;
+    const step: Step = { layer, inputs: node.inputTensors.map((t: SymbolicTensor) => t.id), output: node.outputTensors[0].id };
+    for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
+    steps.push(step);
+    byOutput.set(step.output, step);
+  }
+  const output = model.outputs[0].id;
+  for (const step of steps) {
+    if (!(step.layer instanceof SVDBatchNorm)) continue;
+    const src = byOutput.get(step.inputs[0]);
+    if (!src || !(src.layer instanceof SVDConv2D) || src.layer.decomposition !== 'channel' || src.layer.useBias) continue;
+    // The conv's output must feed this batch norm only (as x), and not be the model's output.
+    if (readers.get(src.output) !== 1 || src.output === output) continue;
+    step.fuseWith = { conv: src.layer, input: src.inputs[0] };
+    src.fusedInto = step.layer;
+  }
+  return { input: model.inputs[0].id, output, steps, readers };
+}
+
+function run(plan: Plan, x: tf.Tensor): tf.Tensor {
+  const values = new Map<number, tf.Tensor>([[plan.input, x]]);
+  const left = new Map(plan.readers);
+  const release = (id: number) => {
+    const n = (left.get(id) ?? 0) - 1;
+    left.set(id, n);
+    const v = values.get(id);
+    if (n <= 0 && v && id !== plan.input && id !== plan.output) {
+      v.dispose();
+      values.delete(id);
+    }
+  };
+  try {
+    for (const step of plan.steps) {
+      // A conv that its batch norm computes (below): its input stays alive until then.
+      if (step.fusedInto) continue;
+      const ins = step.inputs.map((id) => values.get(id)!);
+      let y: tf.Tensor;
+      if (step.fuseWith) {
+        const { conv, input } = step.fuseWith;
+        const convIn = values.get(input)! as tf.Tensor4D;
+        const [batch, h, w] = convIn.shape;
+        const bn = step.layer as SVDBatchNorm;
+        const residual = bn.residual ? ins[1] : undefined;
+        y = tf.tidy(() => {
+          if (conv.forwardFor(h, w, batch) === 'factored') return pointwiseBatchNorm(conv, bn, convIn, residual);
+          // Merged is cheaper at this rank: the two layers as they are.
+          const c = conv.apply(convIn) as tf.Tensor;
+          return bn.apply(residual ? [c, residual] : c, { training: false }) as tf.Tensor;
+        });
+        release(input);
+        for (const id of step.inputs.slice(1)) release(id);
+      } else {
+        y = tf.tidy(() => step.layer.apply(ins.length === 1 ? ins[0] : ins, { training: false }) as tf.Tensor);
+        for (const id of step.inputs) release(id);
+      }
+      values.set(step.output, y);
+    }
+    const out = values.get(plan.output)!;
+    values.delete(plan.output);
+    return out;
+  } finally {
+    for (const [id, v] of values) if (id !== plan.input) v.dispose();
+  }
+}
+
+/** relu?(rankSpace(x)·(Uᵀ·diag(scale)) + shift (+ residual)) in one kernel. */
+function pointwiseBatchNorm(conv: SVDConv2D, bn: SVDBatchNorm, x: tf.Tensor4D, residual: tf.Tensor | undefined): tf.Tensor {
+  const { scale, shift } = bn.inferenceAffine();
+  const w = tf.mul(conv.pointwiseMatrix(), scale);
+  const inputs: Record<string, tf.Tensor> = { t: conv.rankSpace(x), w, shift };
+  if (residual) inputs.residual = residual;
+  return tf.engine().runKernel<tf.Tensor>(POINTWISE_AFFINE, inputs, { relu: bn.activation === 'relu' });
+}
