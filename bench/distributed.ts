@@ -166,6 +166,8 @@ async function roundOverhead(kind: 'resnet20' | 'resnet18', n: number, rounds: n
  * samples for one epoch without evaluation, and takes the median imgPerSec of the run's
  * metrics.jsonl step lines after the first two (warm-up: wasm compile, first allocations).
  * `--real [--limit-train 1280] [--real-workers 1,2] [--real-backend native,wasm] [--data DIR]`.
+ * A worker count may carry a thread count, `KxT` (e.g. `1x2`: one worker with 2 oneDNN threads,
+ * `--threads 2`); its efficiency is against K·T one-thread workers.
  * With /usr/bin/python3 and torch, PyTorch's SVD-reconstruct step at batch 128 on all cores
  * (bench/train_step_torch.py) is timed in the same run for the ratio.
  */
@@ -182,15 +184,18 @@ async function benchRealWorkers(): Promise<void> {
     return;
   }
   const limit = arg('--limit-train') ?? '1280';
-  const ks = (arg('--real-workers') ?? '1,2').split(',').map(Number);
+  const ks = (arg('--real-workers') ?? '1,2').split(',').map((w) => {
+    const [k, t] = w.split('x').map(Number);
+    return { k: k!, t: t ?? 1 };
+  });
   const engines = (arg('--real-backend') ?? 'native,wasm').split(',');
-  const rows: { engine: string; k: number; ips: number; steps: number }[] = [];
-  for (const engine of engines) for (const k of ks) {
+  const rows: { engine: string; k: number; t: number; ips: number; steps: number }[] = [];
+  for (const engine of engines) for (const { k, t: threads } of ks) {
     const out = mkdtempSync(join(tmpdir(), 'svd-bench-dist-'));
-    const flags = ['start', '--spawn', String(k), '--model', 'resnet20', '--data', data, '--out', out, '--port', '0', '--epochs', '1', '--batch', '128', '--limit-train', limit, '--eval-every', '0', '--backend', engine, '--checkpoint-every', '0'];
+    const flags = ['start', '--spawn', String(k), '--model', 'resnet20', '--data', data, '--out', out, '--port', '0', '--epochs', '1', '--batch', '128', '--limit-train', limit, '--eval-every', '0', '--backend', engine, '--checkpoint-every', '0', '--threads', String(threads)];
     const r = spawnSync(process.execPath, [cli, ...flags], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 3_600_000 });
     if (r.status !== 0) {
-      console.log(`\nreal ${engine} workers K=${k}: the run failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-2000)}`);
+      console.log(`\nreal ${engine} workers K=${k}x${threads}: the run failed (exit ${r.status}):\n${(r.stderr ?? '').slice(-2000)}`);
       rmSync(out, { recursive: true, force: true });
       continue;
     }
@@ -201,8 +206,8 @@ async function benchRealWorkers(): Promise<void> {
       .filter((l) => l.kind === 'step');
     rmSync(out, { recursive: true, force: true });
     const ips = steps.slice(Math.min(2, steps.length - 1)).map((l) => l.imgPerSec ?? 0).sort((a, b) => a - b);
-    rows.push({ engine, k, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
-    console.error(`  real ${engine} K=${k}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
+    rows.push({ engine, k, t: threads, ips: ips[Math.floor(ips.length / 2)], steps: steps.length });
+    console.error(`  real ${engine} K=${k}x${threads}: ${rows[rows.length - 1].ips.toFixed(1)} img/s`);
   }
   const t = runTorchScript<{ results: { model: string; img_per_s: number }[] }>(
     join(root, 'bench/train_step_torch.py'),
@@ -214,8 +219,8 @@ async function benchRealWorkers(): Promise<void> {
   console.log(`| engine | workers | img/s (median step) | steps | scaling efficiency | vs torch ${cpus().length} thr (${torch ? torch.toFixed(1) : 'not run'} img/s) |`);
   console.log('|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    const base = rows.find((x) => x.engine === r.engine && x.k === 1)?.ips;
-    console.log(`| ${r.engine} | ${r.k} | ${r.ips.toFixed(1)} | ${r.steps} | ${base ? ((100 * r.ips) / (r.k * base)).toFixed(0) + '%' : '-'} | ${torch ? (r.ips / torch).toFixed(2) : '-'} |`);
+    const base = rows.find((x) => x.engine === r.engine && x.k === 1 && x.t === 1)?.ips;
+    console.log(`| ${r.engine} | ${r.k}${r.t > 1 ? ` × ${r.t} threads` : ''} | ${r.ips.toFixed(1)} | ${r.steps} | ${base ? ((100 * r.ips) / (r.k * r.t * base)).toFixed(0) + '%' : '-'} | ${torch ? (r.ips / torch).toFixed(2) : '-'} |`);
   }
 }
 
