@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
-import { applyInference, fusedInference } from './fused-inference.js';
+import { applyInference, fusedInference, setFusedInference } from './fused-inference.js';
 import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
 import { pruneByEnergy } from './prune.js';
 import { buildResNet } from './resnet.js';
@@ -116,6 +116,13 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
           const xt = tf.tensor4d(seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 3), X_SHAPE);
           // At full rank each layer runs its cheaper form for this batch (merged, or factored and fused).
           expectClose('full rank', applyInference(full, xt), full.apply(xt, { training: false }) as tf.Tensor, 1e-5);
+          // Switched off (benchmarks compare the two): model.apply's path.
+          setFusedInference(false);
+          try {
+            expect(fusedInference(full, xt)).toBeNull();
+          } finally {
+            setFusedInference(true);
+          }
           const v = tf.tensor2d(seededUniform(8, 4), [2, 4]);
           expect(fusedInference(shared, v)).toBeNull();
           expectClose('shared layer', applyInference(shared, v), shared.apply(v) as tf.Tensor, 0);
