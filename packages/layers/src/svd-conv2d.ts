@@ -288,10 +288,10 @@ export class SVDConv2D extends tf.layers.Layer {
   private callFactored(x: tf.Tensor4D): tf.Tensor4D {
     const { n, c, kh, kw } = this.geometry();
     const r = this.rank;
-    const p = this.pads(x.shape[1], x.shape[2]);
     if (this.decomposition === 'channel') {
       return tf.conv2d(this.rankSpace(x), tf.reshape<tf.Rank.R4>(this.pointwiseMatrix(), [1, 1, r, n]), 1, 'valid');
     }
+    const p = this.pads(x.shape[1], x.shape[2]);
     const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
     const U = this.U.read(); // m × r
     // spatial: K1 (r, c, kh, 1) = (V·s)ᵀ, tfjs (kh, 1, c, r); K2[ni,ρ,0,j] = U[ni*kw+j, ρ], tfjs (1, kw, r, n).
