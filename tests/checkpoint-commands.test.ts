@@ -19,6 +19,7 @@ describe('svd-coord eval / prune / export / report', () => {
   let data: string;
   let ckpt: string;
   let pruned: string | null = null;
+  let tunedCkpt: string | null = null;
 
   beforeAll(async () => {
     requireBuild();
@@ -130,7 +131,8 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
     expect(c.output()).toContain('per-layer ranks of the checkpoint');
     const dir = join(dest, 'checkpoints');
-    const tuned = loadCheckpoint(join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!));
+    tunedCkpt = join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!);
+    const tuned = loadCheckpoint(tunedCkpt);
     expect(tuned.step).toBe(2);
     const shapes = (ts: { name: string; shape: number[] }[]) => ts.map((t) => [t.name, ...t.shape]);
     expect(shapes(tuned.params)).toEqual(shapes(p.params));
@@ -144,6 +146,42 @@ describe('svd-coord eval / prune / export / report', () => {
     const moved = tuned.params.some((t, i) => t.data.some((v, j) => v !== p.params[i]!.data[j]));
     expect(moved).toBe(true);
     expect(JSON.parse(readFileSync(join(dest, 'config.json'), 'utf8')).ranks).toEqual(p.config.ranks);
+  });
+
+  it('average of the pruned checkpoint and its fine-tuned one: the mean of the parameters, BN statistics re-estimated, a checkpoint eval takes', async () => {
+    const dest = join(tempDir(), 'avg.svdckpt');
+    // Newest last or first: the model and config are the newest checkpoint's either way.
+    const r = await coord(['average', tunedCkpt!, pruned!, '--out', dest]);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toContain('averaged the parameters of 2 checkpoints');
+    expect(r.out).toMatch(/batch-norm statistics re-estimated on \d+ training images/);
+    expect(r.out).toContain(`averaged checkpoint written to ${dest}`);
+    const [a, b, got] = [loadCheckpoint(pruned!), loadCheckpoint(tunedCkpt!), loadCheckpoint(dest)];
+    expect(got.config.ranks).toEqual(b.config.ranks);
+    expect(got.configHash).toBe(configHash(parseConfig(got.config)));
+    expect(got.optimizer.step).toBe(0);
+    expect(got.metrics?.averagedFrom).toEqual([tunedCkpt, pruned]);
+    let off = 0;
+    got.params.forEach((p, i) => p.data.forEach((v, j) => void (off += v === Math.fround((a.params[i]!.data[j]! + b.params[i]!.data[j]!) / 2) ? 0 : 1)));
+    expect(off).toBe(0);
+    // Re-estimated, not the mean of the running statistics.
+    const meanOfBuffers = got.buffers.every((t, i) => t.data.every((v, j) => v === Math.fround((a.buffers[i]!.data[j]! + b.buffers[i]!.data[j]!) / 2)));
+    expect(meanOfBuffers).toBe(false);
+    const e = await coord(['eval', dest, '--data', data, '--limit-test', '12']);
+    expect(e.code, e.out).toBe(0);
+  });
+
+  it('average refuses checkpoints of other ranks and a single checkpoint with exit 2, naming them', async () => {
+    const mixed = await coord(['average', ckpt, pruned!, '--out', join(tempDir(), 'x.svdckpt')]);
+    expect(mixed.code, mixed.out).toBe(2);
+    expect(mixed.out).toContain('CHECKPOINT_CONFIG_MISMATCH');
+    expect(mixed.out).toMatch(/\S+ holds (\S+) \[[\d, ]+\] where \S+ holds \1 \[[\d, ]+\]; expected the same tensors/);
+    const single = await coord(['average', ckpt]);
+    expect(single.code, single.out).toBe(2);
+    expect(single.out).toContain(`names only ${ckpt}`);
+    const bad = await coord(['average', out, '--last', '0']);
+    expect(bad.code, bad.out).toBe(2);
+    expect(bad.out).toContain('--last "0"');
   });
 
   it('start --from a pruned checkpoint with --ranks that do not fit it is refused, naming the tensor and the fix', async () => {

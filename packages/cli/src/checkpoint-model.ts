@@ -91,26 +91,27 @@ export function checkpointArgument(path: string, io: CliIo): string {
 }
 
 /**
- * Writes `pruned` as a checkpoint derived from `ckpt`. The config carries the new ranks, so its
- * hash and every model built from it (start --from, eval, workers) have the pruned shapes. The
- * optimizer state is dropped: its momentum buffers have the old shapes, and fine-tuning starts a
- * fresh optimizer anyway. `out` is a folder (the file gets the usual ckpt-<step> name) or, ending
- * in .svdckpt, the file itself. Returns the written path.
+ * Writes `model` as a checkpoint derived from `ckpt` (pruned, averaged). The config carries the
+ * model's ranks, so its hash and every model built from it (start --from, eval, workers) have its
+ * shapes. The optimizer state is dropped: its momentum buffers belong to other weights (and, pruned,
+ * other shapes), and fine-tuning starts a fresh optimizer anyway. `out` is a folder (the file gets
+ * the usual ckpt-<step> name) or, ending in .svdckpt, the file itself. `metrics` are added to the
+ * source's. Returns the written path.
  */
-export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string): string {
+export function writeDerivedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, model: Model, metrics: Record<string, unknown>, out: string): string {
   const outFile = out.endsWith('.svdckpt') ? resolve(out) : null;
   if (outFile) mkdirSync(dirname(outFile), { recursive: true });
-  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.prune-')) : out;
+  const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.derived-')) : out;
   // The pipeline keys describe the run that made it, not this model: a later start --from must not re-prune.
-  const prunedCfg: RunConfig = { ...cfg, ranks: svdRanks(pruned), pruneEnergy: null, finetuneEpochs: 0 };
+  const derivedCfg: RunConfig = { ...cfg, ranks: svdRanks(model), pruneEnergy: null, finetuneEpochs: 0 };
   const written = saveCheckpoint(outDir, {
     ...ckpt,
-    config: serializeConfig(prunedCfg),
-    configHash: configHash(prunedCfg),
-    params: getParameters(pruned),
-    buffers: getBuffers(pruned),
+    config: serializeConfig(derivedCfg),
+    configHash: configHash(derivedCfg),
+    params: getParameters(model),
+    buffers: getBuffers(model),
     optimizer: { kind: ckpt.optimizer.kind, step: 0, slots: {} },
-    metrics: { ...(ckpt.metrics ?? {}), prunedEnergy: energy },
+    metrics: { ...(ckpt.metrics ?? {}), ...metrics },
   });
   if (!outFile) return written;
   // Written complete in a private folder first, then renamed: never a half file at --out, and
@@ -120,16 +121,27 @@ export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: 
   return outFile;
 }
 
+/** writeDerivedCheckpoint for `svd-coord prune` and the pipeline: the pruned model, with the energy it was pruned at. */
+export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string): string {
+  return writeDerivedCheckpoint(ckpt, cfg, pruned, { prunedEnergy: energy }, out);
+}
+
 /**
- * Re-estimates a pruned model's batch-norm statistics (recalibrateBatchNorm) on
- * BN_RECALIBRATION_IMAGES training images spread evenly over the first `count` of `train`, in
- * chunks of `chunk`; the same images for every call. Does nothing when the prune removed no rank,
- * so a no-op prune stays one in every number. Returns the images used (0: none).
+ * Re-estimates a model's batch-norm statistics (recalibrateBatchNorm) on BN_RECALIBRATION_IMAGES
+ * training images spread evenly over the first `count` of `train`, in chunks of `chunk`; the same
+ * images for every call. Returns the images used.
+ */
+export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number): number {
+  const n = Math.min(BN_RECALIBRATION_IMAGES, count);
+  return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk);
+}
+
+/**
+ * recalibrateOnTrain for a pruned model. Does nothing when the prune removed no rank, so a no-op
+ * prune stays one in every number. Returns the images used (0: none).
  */
 export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number): number {
-  if (!removesRank(report)) return 0;
-  const n = Math.min(BN_RECALIBRATION_IMAGES, count);
-  return recalibrateBatchNorm(pruned, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk);
+  return removesRank(report) ? recalibrateOnTrain(pruned, train, count, chunk) : 0;
 }
 
 /** Whether a prune removed any singular value (a prune at energy 0, or too small an energy, removes none). */

@@ -50,6 +50,13 @@ describe('svd-coord options', () => {
     expect(help.out).toContain('--stall-warn-ms');
   });
 
+  it('--keep-checkpoints is a flag (default 3); below 1 is refused', async () => {
+    expect(configFromOptions({ keepCheckpoints: '50' }, {}).keepCheckpoints).toBe(50);
+    expect(configFromOptions({}, {}).keepCheckpoints).toBe(3);
+    expect(() => configFromOptions({ keepCheckpoints: '0' }, {})).toThrow(/keepCheckpoints/);
+    expect((await run(['start', '--help'])).out).toContain('--keep-checkpoints <n>');
+  });
+
   it('SVD_TRAIN_TOKEN supplies the token', () => {
     expect(configFromOptions({}, { SVD_TRAIN_TOKEN: 's3cret' }).token).toBe('s3cret');
   });

@@ -110,4 +110,5 @@ export {
   type LoadCheckpointOptions,
   type SaveCheckpointOptions,
 } from './checkpoint.js';
+export { averageTensors, type AverageInput } from './average.js';
 export { effectiveRank, effectiveRanks, selectRankByEnergy, singularValues } from './spectrum.js';

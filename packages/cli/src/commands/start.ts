@@ -70,6 +70,7 @@ const START_OPTIONS: [string, string][] = [
   ['--token <secret>', 'shared worker token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN'],
   ['--eval-every <n>', `evaluate on the test set every n epochs (0 = never; default ${shown('evalEvery')})`],
   ['--checkpoint-every <n>', `also checkpoint every n steps (default ${shown('checkpointEvery')})`],
+  ['--keep-checkpoints <n>', `checkpoint files to keep in <out>/checkpoints, newest first; raise it to average the epochs of a run with \`svd-coord average\` (default ${shown('keepCheckpoints')})`],
   ['--max-worker-batch <n>', `largest slice a worker computes at once (default ${shown('maxWorkerBatch')})`],
   ['--step-timeout-ms <n>', `drop a worker that has not answered a step after this long (default ${shown('stepTimeoutMs')})`],
   ['--stall-warn-ms <n>', `warn about a worker that has not answered after this long (default ${shown('stallWarnMs')}, or a quarter of a shorter --step-timeout-ms)`],
