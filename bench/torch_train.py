@@ -19,7 +19,7 @@ The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetu
                         most a fraction E of each layer's energy (sum of s^2), or pick the smallest E
                         whose model costs at most N MACs per image; every layer then runs in its
                         cheaper form by MACs. Batch-norm statistics are re-estimated on 4,096
-                        evenly spread training images (no augmentation) before each evaluation,
+                        evenly spread training images (crop + flip) before each evaluation,
                         and for a sweep of energies, as svd-train does.
   --finetune-epochs N [--finetune-lr X]   then fine-tune the pruned model (one-cycle, peak X,
                         default lr/10, no sparsity term).
@@ -295,7 +295,8 @@ def pipeline(model, a, data, device):
     xtr, ytr, xte, yte = data
     sizes = output_sizes(model, device)
     n = min(BN_RECALIBRATION_IMAGES, xtr.shape[0])
-    cal = xtr[torch.tensor([(i * xtr.shape[0]) // n for i in range(n)], device=device)]
+    # Crop + flip as in training, as svd-train's recalibrateBatchNorm does (its draws differ: another RNG).
+    cal = augment(xtr[torch.tensor([(i * xtr.shape[0]) // n for i in range(n)], device=device)], torch.Generator().manual_seed(0))
     energy = a.prune_energy if a.prune_macs is None else energy_for_macs(model, sizes, a.prune_macs)
 
     def point(e):

@@ -128,20 +128,21 @@ export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: 
 
 /**
  * Re-estimates a model's batch-norm statistics (recalibrateBatchNorm) on BN_RECALIBRATION_IMAGES
- * training images spread evenly over the first `count` of `train`, in chunks of `chunk`; the same
- * images for every call. Returns the images used.
+ * training images spread evenly over the first `count` of `train`, in chunks of `chunk`, augmented
+ * when the run trained with augmentation (`augment`); the same images for every call. Returns the
+ * images used.
  */
-export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number): number {
+export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number, augment: boolean): number {
   const n = Math.min(BN_RECALIBRATION_IMAGES, count);
-  return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk);
+  return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk, { augment });
 }
 
 /**
  * recalibrateOnTrain for a pruned model. Does nothing when the prune removed no rank, so a no-op
  * prune stays one in every number. Returns the images used (0: none).
  */
-export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number): number {
-  return removesRank(report) ? recalibrateOnTrain(pruned, train, count, chunk) : 0;
+export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number, augment: boolean): number {
+  return removesRank(report) ? recalibrateOnTrain(pruned, train, count, chunk, augment) : 0;
 }
 
 /** Whether a prune removed any singular value (a prune at energy 0, or too small an energy, removes none). */

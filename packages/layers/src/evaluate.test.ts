@@ -79,12 +79,34 @@ describe('recalibrateBatchNorm', () => {
     spoil(model); // the train-mode call above moved the running statistics
     const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
     expect(maxDiff(before, want)).toBeGreaterThan(0.1);
-    const used = await expectNoLeakedTensors(() => recalibrateBatchNorm(model, data, Int32Array.from(idx), 8), 'recalibrateBatchNorm');
+    const used = await expectNoLeakedTensors(() => recalibrateBatchNorm(model, data, Int32Array.from(idx), 8, { augment: false }), 'recalibrateBatchNorm');
     expect(used).toBe(8);
     // Running variance is the unbiased one (×n/(n−1), n ≥ 8·8·8 here), so equal to ~1e-3.
     expect(maxDiff(logits(model, x, 8, false), want)).toBeLessThan(1e-2 * Math.max(1, ...want.map(Math.abs)));
     expect(getParameters(model)).toEqual(weights);
     for (const l of model.layers) if (l instanceof SVDBatchNorm) expect(l.momentumOverride).toBeNull();
+    model.dispose();
+  });
+
+  it('by default on the images as training augments them (crop + flip, seed 0, epoch 0): eval mode then gives train mode on those', () => {
+    const model = tiny();
+    const data = split(8);
+    const idx = [0, 1, 2, 3, 4, 5, 6, 7];
+    const aug = assembleBatch(data, idx, { seed: 0, epoch: 0, augment: true }).x;
+    const plain = assembleBatch(data, idx, { seed: 0, epoch: 0, augment: false }).x;
+    const wantAug = logits(model, aug, 8, true);
+    const wantPlain = logits(model, plain, 8, true);
+    const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
+    const scale = Math.max(1, ...wantAug.map(Math.abs));
+    spoil(model);
+    recalibrateBatchNorm(model, data, Int32Array.from(idx), 8);
+    expect(maxDiff(logits(model, aug, 8, false), wantAug)).toBeLessThan(1e-2 * scale);
+    const augStats = getBuffers(model);
+    spoil(model);
+    recalibrateBatchNorm(model, data, Int32Array.from(idx), 8, { augment: false });
+    expect(maxDiff(logits(model, plain, 8, false), wantPlain)).toBeLessThan(1e-2 * scale);
+    // The two sets of statistics differ: the option is not ignored.
+    expect(getBuffers(model).some((t, k) => t.data.some((v, i) => Math.abs(v - augStats[k]!.data[i]!) > 1e-3))).toBe(true);
     model.dispose();
   });
 

@@ -13,6 +13,6 @@ export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 export { computeGradients, evaluate, teacherLogits, type DistillTarget, type GradientResult, type RegularizationOptions } from './train-step.js';
 export { applyInference, fusedInference, fusedInferenceAvailable, setFusedInference } from './fused-inference.js';
-export { evaluateSplit, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES, type EvaluateResult } from './evaluate.js';
+export { evaluateSplit, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES, type EvaluateResult, type RecalibrateOptions } from './evaluate.js';
 export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers, type StockExportOptions } from './export.js';
 export { profileKernels, type KernelTime } from './kernel-profile.js';
