@@ -151,10 +151,10 @@ describe('svd-coord eval / prune / export / report', () => {
   it('average of the pruned checkpoint and its fine-tuned one: the mean of the parameters, BN statistics re-estimated, a checkpoint eval takes', async () => {
     const dest = join(tempDir(), 'avg.svdckpt');
     // Newest last or first: the model and config are the newest checkpoint's either way.
-    const r = await coord(['average', tunedCkpt!, pruned!, '--out', dest]);
+    const r = await coord(['average', tunedCkpt!, pruned!, '--out', dest, '--bn-images', '20']);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain('averaged the parameters of 2 checkpoints');
-    expect(r.out).toMatch(/batch-norm statistics re-estimated on \d+ training images/);
+    expect(r.out).toContain('batch-norm statistics re-estimated on 20 training images');
     expect(r.out).toContain(`averaged checkpoint written to ${dest}`);
     const [a, b, got] = [loadCheckpoint(pruned!), loadCheckpoint(tunedCkpt!), loadCheckpoint(dest)];
     expect(got.config.ranks).toEqual(b.config.ranks);
@@ -181,7 +181,10 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(single.out).toContain(`names only ${ckpt}`);
     const bad = await coord(['average', out, '--last', '0']);
     expect(bad.code, bad.out).toBe(2);
-    expect(bad.out).toContain('--last "0"');
+    expect(bad.out).toContain('--last "0" is not valid; expected a whole number of checkpoints >= 1 per folder, e.g. 10. Fix: e.g. --last 10.');
+    const images = await coord(['average', out, '--bn-images', 'all']);
+    expect(images.code, images.out).toBe(2);
+    expect(images.out).toContain('--bn-images "all" is not valid');
   });
 
   it('start --from a pruned checkpoint with --ranks that do not fit it is refused, naming the tensor and the fix', async () => {

@@ -127,13 +127,13 @@ export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: 
 }
 
 /**
- * Re-estimates a model's batch-norm statistics (recalibrateBatchNorm) on BN_RECALIBRATION_IMAGES
- * training images spread evenly over the first `count` of `train`, in chunks of `chunk`, augmented
- * when the run trained with augmentation (`augment`); the same images for every call. Returns the
- * images used.
+ * Re-estimates a model's batch-norm statistics (recalibrateBatchNorm) on `images` (default
+ * BN_RECALIBRATION_IMAGES) training images spread evenly over the first `count` of `train`, in
+ * chunks of `chunk`, augmented when the run trained with augmentation (`augment`); the same images
+ * for every call. Returns the images used.
  */
-export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number, augment: boolean): number {
-  const n = Math.min(BN_RECALIBRATION_IMAGES, count);
+export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number, augment: boolean, images = BN_RECALIBRATION_IMAGES): number {
+  const n = Math.min(images, count);
   return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk, { augment });
 }
 

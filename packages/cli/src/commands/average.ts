@@ -8,15 +8,19 @@ import { existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { averageTensors, listCheckpoints, readCifar10 } from '@svd-train/core';
-import { BN_RECALIBRATION_IMAGES, setBuffers, setParameters } from '@svd-train/layers';
-import { usageError } from '../cli-errors.js';
+import { setBuffers, setParameters } from '@svd-train/layers';
+import { parseNumberOption, usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { loadCheckpointFile, modelFromCheckpoint, recalibrateOnTrain, writeDerivedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
+/** Training images the averaged model's batch-norm statistics are re-estimated on by default: one pass over CIFAR-10's, as SWA's bn_update does. */
+const SWA_BN_IMAGES = 50_000;
+
 interface AverageOptions {
   out?: string;
   last?: string;
+  bnImages?: string;
   backend?: string;
   data?: string;
   recalibrateBn: boolean;
@@ -43,13 +47,9 @@ export function checkpointsToAverage(args: readonly string[], last: number | nul
 }
 
 async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): Promise<number> {
-  let last: number | null = null;
-  if (opts.last !== undefined) {
-    last = Number(opts.last);
-    if (!(opts.last.trim() !== '' && Number.isInteger(last) && last >= 1)) {
-      throw usageError(`--last ${JSON.stringify(opts.last)} is not valid; expected a whole number of checkpoints >= 1 per folder, e.g. --last 10.`);
-    }
-  }
+  const whole = (min: number) => (n: number) => Number.isInteger(n) && n >= min;
+  const last = opts.last === undefined ? null : parseNumberOption('--last', 'a whole number of checkpoints >= 1 per folder, e.g. 10', whole(1))(opts.last);
+  const bnImages = parseNumberOption('--bn-images', 'a whole number of training images >= 2, e.g. 4096', whole(2))(opts.bnImages ?? String(SWA_BN_IMAGES));
   const files = checkpointsToAverage(args, last);
   if (files.length < 2) {
     throw usageError(`averaging needs at least 2 checkpoints; ${args.join(' ')} name${files.length === 1 ? 's only ' + files[0] : ' none'}. Fix: pass several checkpoint files or a run folder holding several (and --last >= 2).`);
@@ -70,7 +70,7 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
   if (opts.recalibrateBn) {
     // The mean of the running statistics is not the statistics of the averaged model: re-estimate them.
     const train = readCifar10(runDataDir(opts.data, cfg.data, io), 'train');
-    recalibrated = recalibrateOnTrain(model, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg.augment);
+    recalibrated = recalibrateOnTrain(model, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg.augment, bnImages);
     io.out(`batch-norm statistics re-estimated on ${recalibrated} training images\n`);
   } else {
     io.err('warning: batch-norm statistics are the mean of the checkpoints\' running statistics (--no-recalibrate-bn); they need not fit the averaged weights.\n');
@@ -91,7 +91,8 @@ export function registerAverageCommand(program: Command, io: CliIo, setCode: Set
     .option('--last <k>', 'of each folder, only the newest k checkpoints (default: all)')
     .option('--out <path>', 'folder for the averaged checkpoint, or a file name ending in .svdckpt (default: averaged-<N>.svdckpt beside the newest input)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
-    .option('--data <dir>', `CIFAR-10 folder whose training images re-estimate the batch-norm statistics (${BN_RECALIBRATION_IMAGES} of them; default: the run's, then SVD_TRAIN_DATA, then the cache)`)
+    .option('--data <dir>', 'CIFAR-10 folder whose training images re-estimate the batch-norm statistics (default: the run\'s, then SVD_TRAIN_DATA, then the cache)')
+    .option('--bn-images <n>', `training images (spread evenly, crop + flip as in the run) to re-estimate the batch-norm statistics on; one pass, as SWA does (default ${SWA_BN_IMAGES}: the whole CIFAR-10 training split)`)
     .option('--no-recalibrate-bn', 'keep the mean of the checkpoints\' running statistics (cheaper, usually worse)')
     .action(async (a: string[], o: AverageOptions) => setCode(await averageCommand(a, o, io)));
 }
