@@ -102,6 +102,18 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(loadCheckpoint(ckpt).optimizer.step).toBeGreaterThan(0); // the source is untouched
   });
 
+  it('prune and average refuse an --out that would replace a checkpoint they read (the derived one keeps its step), and leave it intact', async () => {
+    const before = readFileSync(ckpt);
+    const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', dirname(ckpt)]);
+    expect(r.code, r.out).toBe(2);
+    expect(r.out).toContain(`would replace ${ckpt}, a checkpoint this one is made from`);
+    // Checked before any work, before even the ranks are compared (these two differ).
+    const a = await coord(['average', ckpt, pruned!, '--out', pruned!]);
+    expect(a.code, a.out).toBe(2);
+    expect(a.out).toContain(`would replace ${pruned}`);
+    expect(readFileSync(ckpt).equals(before)).toBe(true);
+  });
+
   it('the pruned checkpoint carries its ranks in the config (hash included) and no optimizer state', () => {
     expect(pruned).not.toBeNull();
     const p = loadCheckpoint(pruned!);

@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import {
+  checkpointFileName,
   configHash,
   latestCheckpoint,
   loadCheckpoint,
@@ -91,14 +92,29 @@ export function checkpointArgument(path: string, io: CliIo): string {
 }
 
 /**
+ * Throws (exit 2) when writing a derived checkpoint of `step` to `out` (a .svdckpt file, or a folder
+ * where it gets the name ckpt-<step>.svdckpt) would replace one of `sources`. Commands call it before
+ * their work, so that the mistake costs nothing; writeDerivedCheckpoint calls it again.
+ */
+export function refuseToReplaceSource(out: string, step: number, sources: readonly string[]): void {
+  const target = out.endsWith('.svdckpt') ? resolve(out) : resolve(out, checkpointFileName(step));
+  if (sources.some((s) => resolve(s) === target)) {
+    throw usageError(`--out ${JSON.stringify(out)} would replace ${target}, a checkpoint this one is made from; expected another file or folder. Fix: pass --out NAME.svdckpt (or a folder without that checkpoint).`);
+  }
+}
+
+/**
  * Writes `model` as a checkpoint derived from `ckpt` (pruned, averaged). The config carries the
  * model's ranks, so its hash and every model built from it (start --from, eval, workers) have its
  * shapes. The optimizer state is dropped: its momentum buffers belong to other weights (and, pruned,
  * other shapes), and fine-tuning starts a fresh optimizer anyway. `out` is a folder (the file gets
  * the usual ckpt-<step> name) or, ending in .svdckpt, the file itself. `metrics` are added to the
- * source's. Returns the written path.
+ * source's. Refuses (exit 2) to replace any of `sources`, the checkpoints it was made from: a folder
+ * --out that holds the source would otherwise overwrite it, since the derived one keeps its step.
+ * Returns the written path.
  */
-export function writeDerivedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, model: Model, metrics: Record<string, unknown>, out: string): string {
+export function writeDerivedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, model: Model, metrics: Record<string, unknown>, out: string, sources: readonly string[]): string {
+  refuseToReplaceSource(out, ckpt.step, sources);
   const outFile = out.endsWith('.svdckpt') ? resolve(out) : null;
   if (outFile) mkdirSync(dirname(outFile), { recursive: true });
   const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.derived-')) : out;
@@ -122,8 +138,8 @@ export function writeDerivedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, model: 
 }
 
 /** writeDerivedCheckpoint for `svd-coord prune` and the pipeline: the pruned model, with the energy it was pruned at. */
-export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string): string {
-  return writeDerivedCheckpoint(ckpt, cfg, pruned, { prunedEnergy: energy }, out);
+export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: Model, energy: number, out: string, source: string): string {
+  return writeDerivedCheckpoint(ckpt, cfg, pruned, { prunedEnergy: energy }, out, [source]);
 }
 
 /**

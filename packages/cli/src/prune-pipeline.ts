@@ -87,7 +87,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     if (energy === e) {
       prunedPoint = p;
       ranks = svdRanks(pruned);
-      prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, pruned, e, join(outDir, `pruned-e${e}.svdckpt`));
+      prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, pruned, e, join(outDir, `pruned-e${e}.svdckpt`), latest.path);
     }
     pruned.dispose();
   }
@@ -99,7 +99,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     if (latest.checkpoint.buffers.length) setBuffers(again, latest.checkpoint.buffers);
     prunedPoint = full;
     ranks = svdRanks(again);
-    prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, again, 0, join(outDir, 'pruned-e0.svdckpt'));
+    prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, again, 0, join(outDir, 'pruned-e0.svdckpt'), latest.path);
     again.dispose();
   }
   const summary: PipelineSummary = {

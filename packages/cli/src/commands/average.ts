@@ -11,7 +11,7 @@ import { averageTensors, listCheckpoints, readCifar10 } from '@svd-train/core';
 import { setBuffers, setParameters } from '@svd-train/layers';
 import { parseNumberOption, usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { loadCheckpointFile, modelFromCheckpoint, recalibrateOnTrain, writeDerivedCheckpoint } from '../checkpoint-model.js';
+import { loadCheckpointFile, modelFromCheckpoint, recalibrateOnTrain, refuseToReplaceSource, writeDerivedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
 /** Training images the averaged model's batch-norm statistics are re-estimated on by default: one pass over CIFAR-10's, as SWA's bn_update does. */
@@ -60,8 +60,10 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
     return { path, step: c.step, params: c.params, buffers: c.buffers };
   });
   // The model and config are the newest checkpoint's; the others' tensors must match it (averageTensors checks).
-  const newest = inputs.reduce((a, b) => (b.step >= a.step ? b : a)).path;
-  const { ckpt, model, cfg } = await modelFromCheckpoint(newest, opts.backend, io);
+  const newest = inputs.reduce((a, b) => (b.step >= a.step ? b : a));
+  const out = opts.out ?? join(dirname(newest.path), `averaged-${files.length}.svdckpt`);
+  refuseToReplaceSource(out, newest.step, files);
+  const { ckpt, model, cfg } = await modelFromCheckpoint(newest.path, opts.backend, io);
   const mean = averageTensors(inputs);
   setParameters(model, mean.params);
   if (mean.buffers.length) setBuffers(model, mean.buffers);
@@ -75,8 +77,7 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
   } else {
     io.err('warning: batch-norm statistics are the mean of the checkpoints\' running statistics (--no-recalibrate-bn); they need not fit the averaged weights.\n');
   }
-  const out = opts.out ?? join(dirname(newest), `averaged-${files.length}.svdckpt`);
-  const written = writeDerivedCheckpoint(ckpt, cfg, model, { averagedFrom: inputs.map((i) => i.path), bnRecalibratedImages: recalibrated }, out);
+  const written = writeDerivedCheckpoint(ckpt, cfg, model, { averagedFrom: files, bnRecalibratedImages: recalibrated }, out, files);
   model.dispose();
   io.out(`averaged checkpoint written to ${written}\n`);
   return 0;

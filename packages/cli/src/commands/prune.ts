@@ -9,7 +9,7 @@ import { readCifar10 } from '@svd-train/core';
 import { countMacs, depthOf, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { checkpointArgument, modelFromCheckpoint, recalibratePruned, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
+import { checkpointArgument, modelFromCheckpoint, recalibratePruned, refuseToReplaceSource, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
 interface PruneOptions {
@@ -37,7 +37,9 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
     throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
   }
   const path = checkpointArgument(pathArg, io);
+  const out = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
+  refuseToReplaceSource(out, ckpt.step, [path]);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
   const sum = (k: 'paramsBefore' | 'paramsAfter' | 'macsBefore' | 'macsAfter') => report.reduce((a, r) => a + r[k], 0);
@@ -67,7 +69,7 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
       io.out(`batch-norm statistics re-estimated on ${n} training images from ${dir}\n`);
     }
   }
-  const final = writePrunedCheckpoint(ckpt, cfg, pruned, e, opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`));
+  const final = writePrunedCheckpoint(ckpt, cfg, pruned, e, out, path);
   model.dispose();
   pruned.dispose();
   io.out(`pruned checkpoint written to ${final}\n`);
