@@ -60,7 +60,11 @@ export function loadCheckpointFile(path: string): Checkpoint {
 
 /** Loads a checkpoint into its model, on `backend` (default: the backend its run was configured with). */
 export async function modelFromCheckpoint(path: string, backend?: string, io?: CliIo): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
-  const ckpt = loadCheckpointFile(path);
+  return modelOfCheckpoint(loadCheckpointFile(path), backend, io);
+}
+
+/** modelFromCheckpoint for a checkpoint already read (e.g. by `average`, which reads them all). */
+export async function modelOfCheckpoint(ckpt: Checkpoint, backend?: string, io?: CliIo): Promise<{ ckpt: Checkpoint; model: Model; cfg: RunConfig }> {
   let cfg = resolveConfig(backend ? { backend } : {}, ckpt.config, {});
   const engine = await initEngine({ backend: cfg.backend, resolveFrom: import.meta.url });
   io?.err(`backend ${engine.reason}\n`);

@@ -11,7 +11,7 @@ import { averageTensors, listCheckpoints, readCifar10 } from '@svd-train/core';
 import { setBuffers, setParameters } from '@svd-train/layers';
 import { parseNumberOption, usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { loadCheckpointFile, modelFromCheckpoint, recalibrateOnTrain, refuseToReplaceSource, writeDerivedCheckpoint } from '../checkpoint-model.js';
+import { loadCheckpointFile, modelOfCheckpoint, recalibrateOnTrain, refuseToReplaceSource, writeDerivedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
 /** Training images the averaged model's batch-norm statistics are re-estimated on by default: one pass over CIFAR-10's, as SWA's bn_update does. */
@@ -57,13 +57,13 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
   const inputs = files.map((path) => {
     const c = loadCheckpointFile(path);
     io.out(`  ${path}: step ${c.step}, epoch ${c.epoch}\n`);
-    return { path, step: c.step, params: c.params, buffers: c.buffers };
+    return { path, step: c.step, params: c.params, buffers: c.buffers, checkpoint: c };
   });
   // The model and config are the newest checkpoint's; the others' tensors must match it (averageTensors checks).
   const newest = inputs.reduce((a, b) => (b.step >= a.step ? b : a));
   const out = opts.out ?? join(dirname(newest.path), `averaged-${files.length}.svdckpt`);
   refuseToReplaceSource(out, newest.step, files);
-  const { ckpt, model, cfg } = await modelFromCheckpoint(newest.path, opts.backend, io);
+  const { ckpt, model, cfg } = await modelOfCheckpoint(newest.checkpoint, opts.backend, io);
   const mean = averageTensors(inputs);
   setParameters(model, mean.params);
   if (mean.buffers.length) setBuffers(model, mean.buffers);
