@@ -20,7 +20,8 @@
  * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
  * only) with each factored layer's 1×1 conv and its batch norm as two kernels (fused-inference.ts
  * off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
- * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`). Two inference-only
+ * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`), and its
+ * decomposition: a spatial checkpoint's ranks are benched against the spatial full-rank model. Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
  * real-ranks model, the time per kernel of one training step and one inference, to show where a
@@ -100,6 +101,11 @@ function recordedRanks(): Record<string, number> {
   return out;
 }
 
+/** The decomposition a checkpoint was trained with (its run config's; channel if it names none). */
+function decompositionOf(path: string): 'channel' | 'spatial' {
+  return loadCheckpoint(path).config.decomposition === 'spatial' ? 'spatial' : 'channel';
+}
+
 /** The per-layer ranks of a pruned checkpoint: the length of each layer's s. */
 function ranksOf(path: string): Record<string, number> {
   const out: Record<string, number> = {};
@@ -112,7 +118,11 @@ console.error(`backend ${info.reason}`);
 const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
 const plain = plainResNetCost({ depth: 20 });
 
-const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 1 });
+const ranksCkpt = arg('--ranks-ckpt');
+// The decomposition is the ranks checkpoint's (a spatial run's pruned model is benched against the
+// spatial full-rank model); without one, channel, the decomposition of the recorded ranks.
+const decomposition = ranksCkpt ? decompositionOf(ranksCkpt) : 'channel';
+const base = buildResNet({ depth: 20, svd: true, decomposition, seed: 1 });
 if (ckptPath) {
   const c = loadCheckpoint(ckptPath);
   setParameters(base, c.params);
@@ -138,27 +148,27 @@ interface Variant {
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
-const ranksCkpt = arg('--ranks-ckpt');
 const ranks = ranksCkpt ? ranksOf(ranksCkpt) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
 for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
   const label = forward === 'auto' ? realLabel : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
-  variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, forward, seed: 1 }), train: true });
+  variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition, ranks, forward, seed: 1 }), train: true });
 }
 // On the native engine: the real-ranks model once more with every conv on oneDNN, to show what
 // the small-OC kernels (packages/native/src/small_oc_conv.cc) gain.
 const addon = info.backend === 'native' ? loadNative() : null;
 if (addon?.ok) {
-  variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: true, smallOc: false });
+  variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, smallOc: false });
 }
 // And once more with the 1×1 conv and batch norm of each factored layer as two kernels at
 // inference (fused-inference.ts off), to show what the fused SvdPointwiseAffine gains.
-if (addon?.ok) {
-  variants.push({ label: '  same, 1×1 conv and batch norm as separate kernels at inference', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1 }), train: false, fused: false });
+// (Channel only: a spatial layer's second conv is 1×k, not 1×1, and is not fused.)
+if (addon?.ok && decomposition === 'channel') {
+  variants.push({ label: '  same, 1×1 conv and batch norm as separate kernels at inference', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, fused: false });
 }
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
-variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition: 'channel', ranks, seed: 1, fuseBatchNorm: false }), train: true });
+variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1, fuseBatchNorm: false }), train: true });
 variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
 // The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
 const realRanks = variants.find((v) => v.label.startsWith('real ranks'))!.model;
@@ -189,7 +199,7 @@ const rows = variants.map((v, i) => ({ label: v.label, macs: countMacs(v.model).
 const full = rows[0]!;
 const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
-console.log(`\nResNet-20 (channel) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);
+console.log(`\nResNet-20 (${decomposition}) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);
 console.log('| model | MACs/image | % of plain | train img/s | train × full | infer img/s | infer × full |');
 console.log('|---|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) {
@@ -200,7 +210,8 @@ for (const r of rows) {
   );
 }
 
-if (withTorch) {
+// bench/prune_torch.py builds the channel decomposition only.
+if (withTorch && decomposition === 'channel') {
   type TorchPrune = { threads: number; torch: string; results: Record<'full rank' | 'pruned', { train_img_per_s: number; infer_img_per_s: number }> };
   const t = runTorchScript<TorchPrune>(
     join(root, 'bench/prune_torch.py'),
