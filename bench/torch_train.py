@@ -1,6 +1,6 @@
 """PyTorch reference of svd-train's whole method: train, then optionally prune and fine-tune.
 
-SVD-ResNet-20 (channel decomposition), CE + lambda_o * orth + lambda_s * Hoyer, SGD Nesterov
+SVD-ResNet-20 (channel decomposition, or spatial with --decomposition spatial), CE + lambda_o * orth + lambda_s * Hoyer, SGD Nesterov
 momentum 0.9, one-cycle lr peaking at 0.1, weight decay 5e-4, batch 128, crop + flip, on the real
 CIFAR-10 binary batches. It exists to compare svd-train's accuracy against, and to try schedules
 cheaply before one is run in svd-train (on a GPU, with --device cuda, an epoch takes seconds).
@@ -92,11 +92,12 @@ def svd_layers(model):
 
 
 def output_sizes(model, device):
-    """Output height x width of every SVD conv, from one forward pass of a single image."""
+    """(input width, output height, output width) of every SVD conv, from one forward pass of a
+    single image."""
     sizes, hooks = {}, []
     for name, m in svd_layers(model):
         if isinstance(m, SVDConv):
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: sizes.__setitem__(name, o.shape[2] * o.shape[3])))
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: sizes.__setitem__(name, (i[0].shape[3], o.shape[2], o.shape[3]))))
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -107,12 +108,10 @@ def output_sizes(model, device):
     return sizes
 
 
-def layer_macs(m, r, hw):
+def layer_macs(m, r, size):
     """MACs per image of one SVD layer at rank r in its cheaper form, as svd-train's countMacs."""
     if isinstance(m, SVDConv):
-        merged = m.k * m.k * m.cin * m.cout
-        factored = r * (m.k * m.k * m.cin + m.cout)
-        return hw * min(merged, factored)
+        return min(m.costs(r, *size))
     fout, fin = m.U.shape[0], m.V.shape[0]
     return min(fin * fout, r * (fin + fout))
 
@@ -133,7 +132,7 @@ def keep_by_energy(s, energy):
 
 
 def macs_at(model, sizes, energy):
-    return sum(layer_macs(m, len(keep_by_energy(m.s, energy)), sizes.get(n, 1)) for n, m in svd_layers(model))
+    return sum(layer_macs(m, len(keep_by_energy(m.s, energy)), sizes.get(n)) for n, m in svd_layers(model))
 
 
 def energy_for_macs(model, sizes, target):
@@ -155,9 +154,10 @@ def energy_for_macs(model, sizes, target):
     return short if hi <= short < 1 else hi
 
 
-def prune(model, energy, ranks=None):
+def prune(model, sizes, energy, ranks=None):
     """A copy of `model` with each SVD layer cut to the singular triplets `keep_by_energy` keeps (or
-    the first ranks[name] of them), every layer in its cheaper form by MACs. Returns it and the ranks."""
+    the first ranks[name] of them), every layer in its cheaper form by MACs (`sizes`: output_sizes).
+    Returns it and the ranks."""
     pruned = copy.deepcopy(model)
     out = {}
     for name, m in svd_layers(pruned):
@@ -168,8 +168,8 @@ def prune(model, energy, ranks=None):
             m.s = nn.Parameter(m.s[idx].contiguous())
             m.V = nn.Parameter(m.V[:, idx].contiguous())
         if isinstance(m, SVDConv):
-            r = len(keep)
-            m.mode = 'reconstruct' if m.k * m.k * m.cin * m.cout <= r * (m.k * m.k * m.cin + m.cout) else 'factored'
+            merged, factored = m.costs(len(keep), *sizes[name])
+            m.mode = 'reconstruct' if merged <= factored else 'factored'
         out[name] = len(keep)
     return pruned, out
 
@@ -300,7 +300,7 @@ def pipeline(model, a, data, device):
     energy = a.prune_energy if a.prune_macs is None else energy_for_macs(model, sizes, a.prune_macs)
 
     def point(e):
-        pruned, ranks = prune(model, e)
+        pruned, ranks = prune(model, sizes, e)
         if any(ranks[k] < m.s.shape[0] for k, m in svd_layers(model)):
             recalibrate_bn(pruned, cal)
         return pruned, ranks, {'energy': e, 'acc': evaluate(pruned, xte, yte), 'macs': macs_at(model, sizes, e)}
@@ -333,6 +333,7 @@ def pipeline(model, a, data, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--data', default='../shared/cifar-10-batches-bin')
+    ap.add_argument('--decomposition', choices=('channel', 'spatial'), default='channel', help="conv decomposition, as svd-train's --decomposition")
     ap.add_argument('--epochs', type=int, default=3)
     ap.add_argument('--stop-after', type=int, default=0, help='stop training after this many epochs (the schedule still spans --epochs)')
     ap.add_argument('--batch', type=int, default=128)
@@ -372,7 +373,7 @@ def main():
     xtr, ytr = load(a.data, [f'data_batch_{i}.bin' for i in range(1, 6)], a.limit_train)
     xte, yte = load(a.data, ['test_batch.bin'], a.limit_test)
     data = tuple(t.to(device) for t in (xtr, ytr, xte, yte))
-    model = ResNet20('reconstruct').to(device).train()
+    model = ResNet20('reconstruct', a.decomposition).to(device).train()
     history = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint)
     result = {'args': vars(a), 'device': str(device), 'history': history}
     if len(history) == a.epochs and (a.prune_energy is not None or a.prune_macs is not None):

@@ -16,25 +16,53 @@ import torch.nn.functional as F
 
 
 class SVDConv(nn.Module):
-    """Conv whose weight is U diag(s) V^T (channel decomposition: U n x r, V (c*kh*kw) x r)."""
+    """Conv whose weight is U diag(s) V^T. Channel decomposition: U n x r, V (c*kh*kw) x r,
+    W[ni,ci,i,j] = M[ni, (ci*kh + i)*kw + j]. Spatial: U (n*kw) x r, V (c*kh) x r,
+    W[ni,ci,i,j] = M[ni*kw + j, ci*kh + i], factored as a kh x 1 conv to r channels, then a 1 x kw
+    conv (svd-train's layout; ../shared/reference/README.md). A 1 x 1 conv is the same in both."""
 
-    def __init__(self, cin, cout, k, stride, pad, mode):
+    def __init__(self, cin, cout, k, stride, pad, mode, decomp='channel'):
         super().__init__()
         self.cin, self.cout, self.k, self.stride, self.pad, self.mode = cin, cout, k, stride, pad, mode
-        w = torch.randn(cout, cin * k * k) * (2.0 / (cin * k * k)) ** 0.5
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        self.decomp = decomp if k > 1 else 'channel'
+        w = torch.randn(cout, cin, k, k) * (2.0 / (cin * k * k)) ** 0.5
+        u, s, vh = torch.linalg.svd(self.to_matrix(w), full_matrices=False)
         self.U = nn.Parameter(u.contiguous())
         self.s = nn.Parameter(s.contiguous())
         self.V = nn.Parameter(vh.t().contiguous())
 
+    def to_matrix(self, w):
+        """The decomposed matrix M of a (n, c, k, k) weight."""
+        if self.decomp == 'spatial':
+            return w.permute(0, 3, 1, 2).reshape(self.cout * self.k, self.cin * self.k)
+        return w.reshape(self.cout, -1)
+
+    def weight(self):
+        m = (self.U * self.s) @ self.V.t()
+        if self.decomp == 'spatial':
+            return m.reshape(self.cout, self.k, self.cin, self.k).permute(0, 2, 3, 1)
+        return m.reshape(self.cout, self.cin, self.k, self.k)
+
+    def costs(self, r, in_w, out_h, out_w):
+        """MACs per image of the merged and the factored forward at rank r, as svd-train's
+        svdConvForwardCost (the spatial form's first conv keeps the input's width)."""
+        merged = out_h * out_w * self.cout * self.cin * self.k * self.k
+        if self.decomp == 'spatial':
+            return merged, out_h * in_w * r * self.cin * self.k + out_h * out_w * r * self.cout * self.k
+        return merged, out_h * out_w * r * (self.cin * self.k * self.k + self.cout)
+
     def forward(self, x):
         r = self.s.shape[0]
         if self.mode == 'factored':
+            if self.decomp == 'spatial':
+                w1 = (self.V * self.s).t().reshape(r, self.cin, self.k, 1)
+                y = F.conv2d(x, w1, stride=(self.stride, 1), padding=(self.pad, 0))
+                w2 = self.U.reshape(self.cout, self.k, r).permute(0, 2, 1).reshape(self.cout, r, 1, self.k)
+                return F.conv2d(y, w2, stride=(1, self.stride), padding=(0, self.pad))
             w1 = (self.V * self.s).t().reshape(r, self.cin, self.k, self.k)
             y = F.conv2d(x, w1, stride=self.stride, padding=self.pad)
             return F.conv2d(y, self.U.reshape(self.cout, r, 1, 1))
-        w = ((self.U * self.s) @ self.V.t()).reshape(self.cout, self.cin, self.k, self.k)
-        return F.conv2d(x, w, stride=self.stride, padding=self.pad)
+        return F.conv2d(x, self.weight(), stride=self.stride, padding=self.pad)
 
 
 class SVDDense(nn.Module):
@@ -51,20 +79,20 @@ class SVDDense(nn.Module):
         return x @ (self.V * self.s) @ self.U.t() + self.bias
 
 
-def conv(cin, cout, k, stride, pad, mode):
+def conv(cin, cout, k, stride, pad, mode, decomp='channel'):
     if mode == 'plain':
         return nn.Conv2d(cin, cout, k, stride, pad, bias=False)
-    return SVDConv(cin, cout, k, stride, pad, mode)
+    return SVDConv(cin, cout, k, stride, pad, mode, decomp)
 
 
 class Block(nn.Module):
-    def __init__(self, cin, cout, stride, mode):
+    def __init__(self, cin, cout, stride, mode, decomp='channel'):
         super().__init__()
-        self.conv1, self.bn1 = conv(cin, cout, 3, stride, 1, mode), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = conv(cout, cout, 3, 1, 1, mode), nn.BatchNorm2d(cout)
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride, 1, mode, decomp), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv(cout, cout, 3, 1, 1, mode, decomp), nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, 0, mode), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride, 0, mode, decomp), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -73,13 +101,13 @@ class Block(nn.Module):
 
 
 class ResNet20(nn.Module):
-    def __init__(self, mode):
+    def __init__(self, mode, decomp='channel'):
         super().__init__()
-        self.stem = nn.Sequential(conv(3, 16, 3, 1, 1, mode), nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(conv(3, 16, 3, 1, 1, mode, decomp), nn.BatchNorm2d(16), nn.ReLU())
         layers, cin = [], 16
         for w, stride in ((16, 1), (32, 2), (64, 2)):
             for b in range(3):
-                layers.append(Block(cin, w, stride if b == 0 else 1, mode))
+                layers.append(Block(cin, w, stride if b == 0 else 1, mode, decomp))
                 cin = w
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(64, 10) if mode == 'plain' else SVDDense(64, 10)
