@@ -243,8 +243,8 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     history = []
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
-        keys = ('epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
-        absent = {'sparsity_start': 0.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
+        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
+        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
         for k in keys:
             was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
