@@ -34,7 +34,7 @@
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadCheckpoint, type BackendChoice } from '@svd-train/core';
+import { loadCheckpoint, type BackendChoice, type Checkpoint } from '@svd-train/core';
 import {
   buildResNet,
   computeGradients,
@@ -101,15 +101,10 @@ function recordedRanks(): Record<string, number> {
   return out;
 }
 
-/** The decomposition a checkpoint was trained with (its run config's; channel if it names none). */
-function decompositionOf(path: string): 'channel' | 'spatial' {
-  return loadCheckpoint(path).config.decomposition === 'spatial' ? 'spatial' : 'channel';
-}
-
 /** The per-layer ranks of a pruned checkpoint: the length of each layer's s. */
-function ranksOf(path: string): Record<string, number> {
+function ranksOf(ckpt: Checkpoint): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const p of loadCheckpoint(path).params) if (p.name.endsWith('.s')) out[p.name.slice(0, -2)] = p.data.length;
+  for (const p of ckpt.params) if (p.name.endsWith('.s')) out[p.name.slice(0, -2)] = p.data.length;
   return out;
 }
 
@@ -119,9 +114,10 @@ const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
 const plain = plainResNetCost({ depth: 20 });
 
 const ranksCkpt = arg('--ranks-ckpt');
+const ranksSource = ranksCkpt ? loadCheckpoint(ranksCkpt) : null;
 // The decomposition is the ranks checkpoint's (a spatial run's pruned model is benched against the
 // spatial full-rank model); without one, channel, the decomposition of the recorded ranks.
-const decomposition = ranksCkpt ? decompositionOf(ranksCkpt) : 'channel';
+const decomposition = ranksSource?.config.decomposition === 'spatial' ? 'spatial' : 'channel';
 const base = buildResNet({ depth: 20, svd: true, decomposition, seed: 1 });
 if (ckptPath) {
   const c = loadCheckpoint(ckptPath);
@@ -148,7 +144,7 @@ interface Variant {
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
-const ranks = ranksCkpt ? ranksOf(ranksCkpt) : recordedRanks();
+const ranks = ranksSource ? ranksOf(ranksSource) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
 for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
   const label = forward === 'auto' ? realLabel : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
