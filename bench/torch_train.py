@@ -13,6 +13,8 @@ a choice rather than guessed at:
   --bn-groups G         batch norm over G sub-batches of 128/G (svd-train: one group per worker)
   --sparsity-start F    no sparsity term for the first fraction F of the steps (svd-train's
                         --sparsity-start, step for step)
+  --sparsity-end F      no sparsity term from the fraction F of the steps on (svd-train's
+                        --sparsity-end, step for step)
 
 The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetune-epochs`:
   --prune-energy E | --prune-macs N   after training, remove the smallest singular values holding at
@@ -243,8 +245,8 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     history = []
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
-        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
-        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
+        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
+        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
         for k in keys:
             was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
@@ -275,7 +277,7 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
                     t_logits = teacher(x)
                 data_term = (1 - a.distill_alpha) * ce + a.distill_alpha * distill_term(logits, t_logits, a.distill_temperature)
             orth, sp = regularizers(model)
-            ls = lambda_s if epoch * steps_per_epoch + step >= a.sparsity_start * total else 0.0
+            ls = lambda_s if a.sparsity_start * total <= epoch * steps_per_epoch + step < a.sparsity_end * total else 0.0
             (data_term + a.lambda_o * orth + ls * sp).backward()
             opt.step()
             sched.step()
@@ -341,6 +343,7 @@ def main():
     ap.add_argument('--lambda-o', type=float, default=1.0)
     ap.add_argument('--lambda-s', type=float, default=0.07)
     ap.add_argument('--sparsity-start', type=float, default=0.0, help='fraction of the training steps before the sparsity term starts')
+    ap.add_argument('--sparsity-end', type=float, default=1.0, help='fraction of the training steps after which the sparsity term stops')
     ap.add_argument('--no-momentum-cycle', action='store_true')
     ap.add_argument('--no-decay-s', action='store_true')
     ap.add_argument('--bn-groups', type=int, default=1)
@@ -363,6 +366,8 @@ def main():
         raise SystemExit(f'--prune-energy {a.prune_energy}: expected a fraction in [0, 1)')
     if not 0 <= a.sparsity_start < 1:
         raise SystemExit(f'--sparsity-start {a.sparsity_start}: expected a fraction of the schedule in [0, 1)')
+    if not a.sparsity_start < a.sparsity_end <= 1:
+        raise SystemExit(f'--sparsity-end {a.sparsity_end}: expected a fraction of the schedule in (--sparsity-start {a.sparsity_start}, 1]')
     if a.batch % a.bn_groups:
         raise SystemExit(f'--bn-groups {a.bn_groups} does not divide --batch {a.batch}')
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))

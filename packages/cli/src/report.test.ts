@@ -202,6 +202,10 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
   it('names a delayed sparsity term in the config line', () => {
     const delayed = renderReport({ title: 't', config: { model: 'resnet20', decomposition: 'channel', sparsity: 'hoyer', lambdaS: 0.015, sparsityStart: 0.3 }, records, spectra: spectraOf(params), macs: [] });
     expect(delayed).toContain('hoyer λ_s=0.015 from 30% of the steps');
+    const ended = renderReport({ title: 't', config: { model: 'resnet20', decomposition: 'channel', sparsity: 'hoyer', lambdaS: 0.015, sparsityStart: 0, sparsityEnd: 0.8 }, records, spectra: spectraOf(params), macs: [] });
+    expect(ended).toContain('hoyer λ_s=0.015 until 80% of the steps');
+    const both = renderReport({ title: 't', config: { model: 'resnet20', decomposition: 'channel', sparsity: 'hoyer', lambdaS: 0.015, sparsityStart: 0.3, sparsityEnd: 0.8 }, records, spectra: spectraOf(params), macs: [] });
+    expect(both).toContain('hoyer λ_s=0.015 from 30% to 80% of the steps');
   });
 
   it('names the teacher of a distilled run in the config line, and no teacher when α is 0', () => {

@@ -105,13 +105,23 @@ export function formatDuration(ms: number): string {
 }
 
 /** The run's one-line description from its config: model, decomposition, regularizers, optimizer. */
+/** ' from 30% of the steps', ' until 80% of the steps', ' from 30% to 80% of the steps', or '' for the whole run. */
+function sparsityWindow(start: number, end: number): string {
+  const pct = (f: number) => `${Math.round(100 * f)}%`;
+  const from = start > 0 ? pct(start) : null;
+  const until = end < 1 ? pct(end) : null;
+  if (from && until) return ` from ${from} to ${until} of the steps`;
+  if (from) return ` from ${from} of the steps`;
+  return until ? ` until ${until} of the steps` : '';
+}
+
 function configLine(cfg: Record<string, unknown> | null): string {
   if (!cfg) return '';
   const str = (k: string) => (typeof cfg[k] === 'string' || typeof cfg[k] === 'number' || typeof cfg[k] === 'boolean' ? String(cfg[k]) : undefined);
   const parts = [
     cfg.svd === false ? 'plain (no SVD)' : str('decomposition') && `SVD ${str('decomposition')}`,
     str('sparsity') && str('sparsity') !== 'none'
-      ? `${str('sparsity')} λ_s=${str('lambdaS')}${Number(cfg.sparsityStart) > 0 ? ` from ${Math.round(100 * Number(cfg.sparsityStart))}% of the steps` : ''}`
+      ? `${str('sparsity')} λ_s=${str('lambdaS')}${sparsityWindow(Number(cfg.sparsityStart ?? 0), Number(cfg.sparsityEnd ?? 1))}`
       : undefined,
     str('lambdaO') && `λ_o=${str('lambdaO')}`,
     str('optimizer') && `${str('optimizer')} lr ${str('lr')} (${str('schedule') ?? ''})`,

@@ -30,6 +30,7 @@ import {
   createOptimizer,
   lrAt as scheduleLrAt,
   momentumAt,
+  sparsityEndStep,
   sparsityStartStep,
   effectiveRanks,
   encodeMessage,
@@ -323,9 +324,16 @@ export class Coordinator {
       this.log('info', `resuming at step ${resume.step} (epoch ${resume.epoch})`);
     }
 
-    if (cfg.sparsityStart > 0 && cfg.lambdaS > 0) {
+    if ((cfg.sparsityStart > 0 || cfg.sparsityEnd < 1) && cfg.lambdaS > 0) {
       const first = sparsityStartStep(cfg, spe);
-      this.log('info', `sparsity term (λ_s ${cfg.lambdaS}) from step ${first} of ${totalSteps} (--sparsity-start ${cfg.sparsityStart}, epoch ${Math.floor(first / spe) + 1})`);
+      const last = Math.min(sparsityEndStep(cfg, spe), totalSteps) - 1;
+      const flags = `--sparsity-start ${cfg.sparsityStart} --sparsity-end ${cfg.sparsityEnd}`;
+      if (last < first) {
+        this.log('warn', `${flags} leave the sparsity term no step of this ${totalSteps}-step run: it trains without it`);
+      } else {
+        const epochs = `epochs ${Math.floor(first / spe) + 1} to ${Math.floor(last / spe) + 1}`;
+        this.log('info', `sparsity term (λ_s ${cfg.lambdaS}) on steps ${first} to ${last} of 0 to ${totalSteps - 1}, ${epochs} (${flags})`);
+      }
     }
     const expect = Math.max(this.minLive(), this.opts.expectWorkers ?? 0);
     this.log('info', `waiting for ${expect} worker(s)`);

@@ -48,6 +48,8 @@ export const DEFAULTS = Object.freeze({
   lambdaS: 0.07,
   // Fraction of the training steps before the sparsity term starts (0 = from the first step).
   sparsityStart: 0,
+  // Fraction of the training steps after which the sparsity term stops (1 = to the last step).
+  sparsityEnd: 1,
   // Optimizer
   optimizer: 'sgd',
   lr: 0.1,

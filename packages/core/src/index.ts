@@ -99,7 +99,7 @@ export {
 export { escapeForLog } from './log-escape.js';
 
 export { createOptimizer, type CreateOptimizerOptions, type Optimizer, type OptimizerConfig, type OptimizerState, type ParamSet } from './optimizers.js';
-export { lrAt, momentumAt, sparsityStartStep, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
+export { lrAt, momentumAt, sparsityEndStep, sparsityStartStep, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
 export {
   checkpointFileName,
   latestCheckpoint,

@@ -72,7 +72,7 @@ describe('momentum schedule', () => {
 
 describe('sparsity schedule', () => {
   it('is 0 before the start fraction of the steps and λ_s from there, as torch_train.py --sparsity-start', () => {
-    const cfg = { lambdaS: 0.012, sparsityStart: 0.3, epochs: 10 };
+    const cfg = { lambdaS: 0.012, sparsityStart: 0.3, sparsityEnd: 1, epochs: 10 };
     // 10 epochs × 7 steps = 70 steps; torch_train: step >= 0.3 · 70 = 21.
     expect(sparsityWeightAt(cfg, 20, 7)).toBe(0);
     expect(sparsityWeightAt(cfg, 21, 7)).toBe(0.012);
@@ -81,5 +81,17 @@ describe('sparsity schedule', () => {
     // A start between steps rounds up: 0.25 · 70 = 17.5, so step 17 is off and 18 on.
     expect(sparsityWeightAt({ ...cfg, sparsityStart: 0.25 }, 17, 7)).toBe(0);
     expect(sparsityWeightAt({ ...cfg, sparsityStart: 0.25 }, 18, 7)).toBe(0.012);
+  });
+
+  it('is 0 again from the end fraction of the steps on, as torch_train.py --sparsity-end', () => {
+    const cfg = { lambdaS: 0.012, sparsityStart: 0, sparsityEnd: 0.8, epochs: 10 };
+    // 70 steps; the term stops at step 0.8 · 70 = 56.
+    expect(sparsityWeightAt(cfg, 0, 7)).toBe(0.012);
+    expect(sparsityWeightAt(cfg, 55, 7)).toBe(0.012);
+    expect(sparsityWeightAt(cfg, 56, 7)).toBe(0);
+    expect(sparsityWeightAt(cfg, 69, 7)).toBe(0);
+    // Both ends: on for steps 21..55 only; an end between steps rounds up like the start (0.75 · 70 = 52.5).
+    const window = { ...cfg, sparsityStart: 0.3, sparsityEnd: 0.75 };
+    expect([20, 21, 52, 53].map((s) => sparsityWeightAt(window, s, 7))).toEqual([0, 0.012, 0.012, 0]);
   });
 });

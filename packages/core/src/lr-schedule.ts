@@ -108,18 +108,24 @@ export function momentumAt(cfg: MomentumScheduleConfig, step: number, stepsPerEp
   return cfg.optimizer === 'adam' ? cfg.adamBetas[0] : cfg.momentum;
 }
 
-export type SparsityScheduleConfig = Pick<RunConfig, 'lambdaS' | 'sparsityStart' | 'epochs'>;
+export type SparsityScheduleConfig = Pick<RunConfig, 'lambdaS' | 'sparsityStart' | 'sparsityEnd' | 'epochs'>;
 
 /** The first optimizer step with the sparsity term: the first at or after the `sparsityStart` fraction of the run. */
 export function sparsityStartStep(cfg: SparsityScheduleConfig, stepsPerEpoch: number): number {
   return Math.ceil(cfg.sparsityStart * cfg.epochs * stepsPerEpoch);
 }
 
+/** The first optimizer step without the sparsity term again: the first at or after the `sparsityEnd` fraction (the step count at 1). */
+export function sparsityEndStep(cfg: SparsityScheduleConfig, stepsPerEpoch: number): number {
+  return Math.ceil(cfg.sparsityEnd * cfg.epochs * stepsPerEpoch);
+}
+
 /**
- * The sparsity weight λ_s of optimizer step `step`: 0 for the first `sparsityStart` fraction of the
- * run's steps, then `lambdaS` (bench/torch_train.py's `--sparsity-start`, step for step). Workers
- * call it with the step number of each step message, so both ends agree without more state.
+ * The sparsity weight λ_s of optimizer step `step`: `lambdaS` from the `sparsityStart` fraction of
+ * the run's steps up to the `sparsityEnd` fraction, 0 outside (bench/torch_train.py's
+ * `--sparsity-start` and `--sparsity-end`, step for step). Workers call it with the step number of
+ * each step message, so both ends agree without more state.
  */
 export function sparsityWeightAt(cfg: SparsityScheduleConfig, step: number, stepsPerEpoch: number): number {
-  return step >= sparsityStartStep(cfg, stepsPerEpoch) ? cfg.lambdaS : 0;
+  return step >= sparsityStartStep(cfg, stepsPerEpoch) && step < sparsityEndStep(cfg, stepsPerEpoch) ? cfg.lambdaS : 0;
 }

@@ -180,6 +180,17 @@ describe('runWorker against a scripted coordinator', () => {
     }
   });
 
+  it('--sparsity-end: the sparsity term weighs λ_s up to the end fraction of the steps, then is off', async () => {
+    // 4 steps; end 0.5 turns the term off at step 2.
+    const sched = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', epochs: 2, lambdaO: 0.5, lambdaS: 0.07, sparsityEnd: 0.5 }, undefined, {});
+    const losses = await stepLosses(sched, [0, 0, 1, 1]);
+    expect(losses).toHaveLength(4);
+    for (const [i, l] of losses.entries()) {
+      const lambdaS = i < 2 ? 0.07 : 0;
+      expect(l.total).toBeCloseTo(l.ce + 0.5 * l.orth + lambdaS * l.sparsity, 4);
+    }
+  });
+
   it('distillation: the teacher comes before the weights, and its eval-mode logits enter the loss as (1 − α)·CE + α·T²·KL', async () => {
     const kdCfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', lambdaO: 0.5, lambdaS: 0, distillAlpha: 0.4, distillTemperature: 3, teacher: '/t.svdckpt' }, undefined, {});
     const teacherModel = buildResNetForConfig({ ...kdCfg, seed: 9 });

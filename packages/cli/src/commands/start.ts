@@ -48,6 +48,7 @@ const START_OPTIONS: [string, string][] = [
   ['--lambda-o <x>', `orthogonality weight λ_o (default ${shown('lambdaO')})`],
   ['--lambda-s <x>', `sparsity weight λ_s (default ${shown('lambdaS')})`],
   ['--sparsity-start <f>', `no sparsity term for the first fraction f of the training steps, in [0, 1) (default ${shown('sparsityStart')})`],
+  ['--sparsity-end <f>', `no sparsity term from the fraction f of the training steps on, in (sparsity-start, 1] (default ${shown('sparsityEnd')}: to the last step)`],
   ['--optimizer <name>', `${OPTIMIZERS.join(' | ')} (default ${shown('optimizer')})`],
   ['--lr <x>', `peak learning rate (default ${shown('lr')})`],
   ['--momentum <x>', `SGD momentum when it does not cycle (default ${shown('momentum')})`],

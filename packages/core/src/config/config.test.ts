@@ -251,6 +251,27 @@ describe('ranks (per-layer SVD ranks, e.g. of a pruned checkpoint)', () => {
   });
 });
 
+describe('sparsityEnd', () => {
+  it('defaults to 1 (the term to the last step) and then changes no hash, so older checkpoints keep theirs', () => {
+    const base = parseConfig({});
+    expect(base.sparsityEnd).toBe(1);
+    const { sparsityEnd: _e, ...without } = serializeConfig(base);
+    expect(configHash(without as typeof base)).toBe(configHash(base));
+    expect(configHash(parseConfig({ sparsityEnd: 0.8 }))).not.toBe(configHash(base));
+    expect(configHash(parseConfig({ sparsityEnd: 0.8 }))).not.toBe(configHash(parseConfig({ sparsityEnd: 0.7 })));
+  });
+
+  it('takes (sparsityStart, 1] and says why otherwise', () => {
+    expect(resolveConfig({ 'sparsity-end': 0.75 }, undefined, {}).sparsityEnd).toBe(0.75);
+    expect(resolveConfig({ 'sparsity-start': 0.2, 'sparsity-end': 0.8 }, undefined, {}).sparsityEnd).toBe(0.8);
+    expect(thrown(() => resolveConfig({ sparsityEnd: 0 }, undefined, {})).message).toContain('sparsityEnd = 0');
+    expect(thrown(() => resolveConfig({ sparsityEnd: 1.5 }, undefined, {})).message).toContain('sparsityEnd = 1.5');
+    const e = thrown(() => resolveConfig({ 'sparsity-start': 0.5, 'sparsity-end': 0.4 }, undefined, {}));
+    expect(e.message).toContain('sparsityEnd = 0.4');
+    expect(e.message).toContain('above sparsityStart (0.5)');
+  });
+});
+
 describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)', () => {
   const base = parseConfig({});
 

@@ -44,6 +44,7 @@ export const RunConfigSchema = z
     lambdaO: nonNeg().default(DEFAULTS.lambdaO),
     lambdaS: nonNeg().default(DEFAULTS.lambdaS),
     sparsityStart: z.number().min(0).lt(1).default(DEFAULTS.sparsityStart),
+    sparsityEnd: z.number().gt(0).max(1).default(DEFAULTS.sparsityEnd),
     optimizer: z.enum(OPTIMIZERS).default(DEFAULTS.optimizer),
     lr: nonNeg().default(DEFAULTS.lr),
     momentum: z.number().min(0).lt(1).default(DEFAULTS.momentum),
@@ -121,6 +122,13 @@ export const RunConfigSchema = z
         });
         break;
       }
+    }
+    if (c.sparsityEnd <= c.sparsityStart) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['sparsityEnd'],
+        message: `above sparsityStart (${c.sparsityStart}): the sparsity term runs from the sparsityStart fraction of the steps to the sparsityEnd fraction, so ${c.sparsityEnd} would leave it no step`,
+      });
     }
     if (c.optimizer === 'sgd' && c.nesterov && c.momentum === 0) {
       // PyTorch refuses this combination too: Nesterov without momentum is plain SGD in disguise.
