@@ -30,6 +30,7 @@ export interface FinetuneDistill {
   temperature: number;
   teacher: string | null;
   teacherRanks: Record<string, number> | null;
+  teacherArch: RunConfig['teacherArch'];
 }
 
 /**
@@ -139,6 +140,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
             // The trained model (the checkpoint just pruned) teaches unless the user named a teacher.
             teacher: distill.teacher ?? latest.path,
             teacherRanks: distill.teacher ? distill.teacherRanks : null,
+            teacherArch: distill.teacher ? distill.teacherArch : null,
           }
         : {}),
     };

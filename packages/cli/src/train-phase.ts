@@ -12,6 +12,7 @@ import {
   configHash,
   latestCheckpoint,
   listCheckpoints,
+  parseConfig,
   saveCheckpoint,
   serializeConfig,
   stepsPerEpoch as stepsInEpoch,
@@ -50,7 +51,7 @@ function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[]
         'CHECKPOINT_CONFIG_MISMATCH',
         `${flag} ${path}: parameter ${w.name} has shape ${g ? `[${g.join(', ')}]` : 'nothing'} in the checkpoint, the ${flag === '--teacher' ? 'teacher' : 'model'} of this config has [${w.shape.join(', ')}]. ` +
           (flag === '--teacher'
-            ? 'Fix: the teacher must be a checkpoint of the same --model and --decomposition (full rank or pruned).'
+            ? 'Fix: pass a checkpoint written by svd-coord start, prune or average (any ResNet of this data set, full rank or pruned); its model comes from its own config.'
             : 'Fix: pass the same --model and --decomposition as the checkpoint, and no --ranks (the checkpoint\'s own ranks are then used).'),
       );
     }
@@ -58,19 +59,30 @@ function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[]
 }
 
 /**
- * The teacher of a distilling run (config.distillAlpha > 0): its checkpoint read, its per-layer
- * ranks filled into config.teacherRanks (so every worker builds its shapes), and its tensors
+ * The teacher of a distilling run (config.distillAlpha > 0): its checkpoint read, its architecture
+ * (model, svd, decomposition) filled into config.teacherArch where it differs from the run's, its
+ * per-layer ranks into config.teacherRanks (so every worker builds its shapes), and its tensors
  * checked against that model. Returns the config and the weights the coordinator sends.
  */
-function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { params: Checkpoint['params']; buffers: Checkpoint['buffers'] } } {
+export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { params: Checkpoint['params']; buffers: Checkpoint['buffers'] } } {
   const path = cfg.teacher;
   if (!path) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
   const ckpt = loadCheckpointFile(path);
   if (ckpt.buffers.length === 0) {
     throw new SvdTrainError('CHECKPOINT_CONFIG_MISMATCH', `--teacher ${path}: the checkpoint has no batch-norm statistics, and the teacher runs in eval mode. Fix: pass a checkpoint written by svd-coord start or prune.`);
   }
-  const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, cfg);
-  const withRanks: RunConfig = { ...cfg, teacherRanks };
+  const own = parseConfig(ckpt.config);
+  const archOf = (a: { model: string; svd: boolean; decomposition: string }) => `${a.model} ${a.svd ? `SVD ${a.decomposition}` : 'plain (no SVD)'}`;
+  if (cfg.teacherArch && archOf(cfg.teacherArch) !== archOf(own)) {
+    throw new SvdTrainError(
+      'CHECKPOINT_CONFIG_MISMATCH',
+      `--teacher ${path} is a ${archOf(own)} checkpoint, but the config's teacherArch says ${archOf(cfg.teacherArch)}. Fix: drop teacherArch from the config; it is filled in from the teacher checkpoint.`,
+    );
+  }
+  const sameArch = archOf(own) === archOf(cfg);
+  const teacherArch = sameArch ? null : { model: own.model, svd: own.svd, decomposition: own.decomposition };
+  const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, { ...cfg, ...teacherArch });
+  const withRanks: RunConfig = { ...cfg, teacherRanks, teacherArch };
   const model = buildTeacherForConfig(withRanks);
   try {
     checkShapes(ckpt, getParameters(model), '--teacher', path);
@@ -78,7 +90,8 @@ function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { pa
     model.dispose();
   }
   const sv = teacherRanks ? `${Object.values(teacherRanks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(teacherRanks).length} pruned layers` : 'full rank';
-  io.err(`distilling from --teacher ${path} (step ${ckpt.step}, ${sv}): data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}\n`);
+  const arch = teacherArch ? `${archOf(teacherArch)}, ` : '';
+  io.err(`distilling from --teacher ${path} (${arch}step ${ckpt.step}, ${sv}): data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}\n`);
   return { cfg: withRanks, teacher: { params: ckpt.params, buffers: ckpt.buffers } };
 }
 

@@ -95,11 +95,14 @@ export const DEFAULTS = Object.freeze({
   // ‖ student) at temperature T, with the teacher's eval-mode logits on the same augmented batch.
   // α 0 = off. With the pipeline's fine-tuning the teacher is the trained model unless `teacher`
   // names a checkpoint; otherwise `teacher` is required. teacherRanks are the teacher checkpoint's
-  // per-layer ranks (filled in from it; null = full rank).
+  // per-layer ranks (filled in from it; null = full rank). teacherArch is the teacher's own model,
+  // svd and decomposition where they differ from the run's (filled in from its checkpoint; null =
+  // the run's), so a channel run can learn from a spatial or plain teacher, or a deeper one.
   distillAlpha: 0,
   distillTemperature: 4,
   teacher: null as string | null,
   teacherRanks: null as Record<string, number> | null,
+  teacherArch: null as { model: (typeof MODELS)[number]; svd: boolean; decomposition: (typeof DECOMPOSITIONS)[number] } | null,
   sweepEnergies: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2] as number[],
   // Coordinator / workers (run-local: not part of the config hash)
   host: '127.0.0.1',

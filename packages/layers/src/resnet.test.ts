@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, type RefTensor } from './test-support/index.js';
-import { buildResNet, buildTeacherForConfig } from './resnet.js';
+import { buildResNet, buildResNetForConfig, buildTeacherForConfig } from './resnet.js';
 import { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames } from './parameter-names.js';
 import { svdRanks } from './prune.js';
 
@@ -109,11 +109,35 @@ describe('buildResNet', () => {
 
   it('buildTeacherForConfig builds at teacherRanks, and its rank errors name teacherRanks', () => {
     const cfg = { model: 'resnet20', svd: true, decomposition: 'channel', forward: 'auto', seed: 0 } as const;
-    const t = buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 3 } });
+    const t = buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 3 }, teacherArch: null });
     expect(svdRanks(t)).toMatchObject({ fc: 3, 'layers.0.conv1': 16 });
     t.dispose();
-    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 11 } })).toThrow(/^teacherRanks\['fc'\] = 11; expected an integer in \[1, 10\]/);
-    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { nope: 1 } })).toThrow(/^teacherRanks name 'nope'/);
+    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { fc: 11 }, teacherArch: null })).toThrow(/^teacherRanks\['fc'\] = 11; expected an integer in \[1, 10\]/);
+    expect(() => buildTeacherForConfig({ ...cfg, teacherRanks: { nope: 1 }, teacherArch: null })).toThrow(/^teacherRanks name 'nope'/);
+  });
+
+  it('buildTeacherForConfig builds teacherArch where it is set: another decomposition, no SVD, another depth', () => {
+    const cfg = { model: 'resnet20', svd: true, decomposition: 'channel', forward: 'auto', seed: 0, teacherRanks: null } as const;
+    const shapes = (m: tf.LayersModel) => new Map(getParameters(m).map((p) => [p.name, p.shape.join(',')]));
+    const [run, spatial, plain, deep] = [
+      buildTeacherForConfig({ ...cfg, teacherArch: null }),
+      buildTeacherForConfig({ ...cfg, teacherArch: { model: 'resnet20', svd: true, decomposition: 'spatial' } }),
+      buildTeacherForConfig({ ...cfg, teacherArch: { model: 'resnet20', svd: false, decomposition: 'channel' } }),
+      buildTeacherForConfig({ ...cfg, teacherArch: { model: 'resnet32', svd: true, decomposition: 'channel' } }),
+    ];
+    try {
+      const own = buildResNetForConfig({ ...cfg, ranks: null });
+      expect(shapes(run)).toEqual(shapes(own));
+      own.dispose();
+      const spatialOwn = buildResNetForConfig({ ...cfg, decomposition: 'spatial', ranks: null });
+      expect(shapes(spatial)).toEqual(shapes(spatialOwn));
+      expect(shapes(spatial)).not.toEqual(shapes(run));
+      spatialOwn.dispose();
+      expect(svdRanks(plain)).toEqual({});
+      expect(deep.countParams()).toBeGreaterThan(run.countParams());
+    } finally {
+      for (const m of [run, spatial, plain, deep]) m.dispose();
+    }
   });
 
   it('noDecayParameterNames: BN gammas/betas and biases, no conv or SVD factors', () => {

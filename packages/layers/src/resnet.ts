@@ -117,11 +117,12 @@ function archOptions(cfg: Pick<RunConfig, ConfigArch>): BuildResNetOptions {
 }
 
 /**
- * The teacher model a distilling run config describes: the run's architecture at
- * config.teacherRanks (full rank when null). Errors about those ranks name `teacherRanks`.
+ * The teacher model a distilling run config describes: config.teacherArch (the run's model, svd
+ * and decomposition when null) at config.teacherRanks (full rank when null). Errors about those
+ * ranks name `teacherRanks`.
  */
-export function buildTeacherForConfig(cfg: Pick<RunConfig, ConfigArch | 'teacherRanks'>): tf.LayersModel {
-  return buildResNet({ ...archOptions(cfg), ranks: cfg.teacherRanks, ranksField: 'teacherRanks' });
+export function buildTeacherForConfig(cfg: Pick<RunConfig, ConfigArch | 'teacherRanks' | 'teacherArch'>): tf.LayersModel {
+  return buildResNet({ ...archOptions({ ...cfg, ...cfg.teacherArch }), ranks: cfg.teacherRanks, ranksField: 'teacherRanks' });
 }
 
 /** Builds the model (functional API, NHWC input [batch, H, W, C], logits [batch, numClasses]). */

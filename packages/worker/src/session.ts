@@ -74,7 +74,7 @@ export interface WorkerState {
   test: Cifar10Split | null;
   /** The model's parameter and buffer specs (what `weights` must match). */
   manifest: { params: TensorSpec[]; buffers: TensorSpec[] } | null;
-  /** While the run distills: the teacher model (config.teacherRanks) and its manifest (what `teacher` must match). */
+  /** While the run distills: the teacher model (config.teacherArch at config.teacherRanks) and its manifest (what `teacher` must match). */
   teacher: { model: Model; manifest: { params: TensorSpec[]; buffers: TensorSpec[] } } | null;
   steps: number;
   /**
@@ -196,7 +196,8 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
             // The teacher's weights come over the wire; its shapes are the config's to say.
             const model = buildTeacherForConfig(cfg);
             st.teacher = { model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } };
-            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${cfg.model} teacher`);
+            const arch = cfg.teacherArch ? `${cfg.teacherArch.model} (${cfg.teacherArch.svd ? `SVD ${cfg.teacherArch.decomposition}` : 'plain'})` : cfg.model;
+            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${arch} teacher`);
           }
         }
         // From here a frame may carry one model's tensors (the teacher's too) or one dataset chunk, nothing larger.

@@ -201,6 +201,20 @@ describe('runWorker against a scripted coordinator', () => {
     expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
   });
 
+  it('distillation from a teacher of another architecture (teacherArch): the worker builds that model for its tensors', async () => {
+    const kdCfg = resolveConfig(
+      { batch: 4, limitTrain: 8, model: 'resnet20', lambdaO: 0.5, lambdaS: 0, distillAlpha: 0.4, distillTemperature: 3, teacher: '/t.svdckpt', teacherArch: { model: 'resnet20', svd: true, decomposition: 'spatial' } },
+      undefined,
+      {},
+    );
+    const teacherModel = buildResNetForConfig({ ...kdCfg, decomposition: 'spatial', seed: 9 });
+    const teacher = { params: getParameters(teacherModel), buffers: getBuffers(teacherModel) };
+    teacherModel.dispose();
+    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', ...teacher }]);
+    expect(l!.distill).toBeGreaterThan(1e-3);
+    expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
+  });
+
   it('distillation refusals: weights before the teacher, a teacher of the wrong shape, a teacher for a run that does not distill', async () => {
     const { dir, md5s } = dataset();
     const kdCfg = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', distillAlpha: 0.5, teacher: '/t.svdckpt' }, undefined, {});

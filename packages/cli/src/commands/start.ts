@@ -83,7 +83,7 @@ const START_OPTIONS: [string, string][] = [
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
   ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only, and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
   ['--distill-temperature <t>', `softmax temperature T of the distillation term (default ${shown('distillTemperature')})`],
-  ['--teacher <ckpt>', 'checkpoint of the teacher (same --model and --decomposition, full rank or pruned); required with --distill-alpha outside the pipeline\'s fine-tuning'],
+  ['--teacher <ckpt>', 'checkpoint of the teacher: any ResNet trained on this data set (another depth or --decomposition, plain or SVD, full rank or pruned; its own config says which); required with --distill-alpha outside the pipeline\'s fine-tuning'],
   ['--sweep-energies <list>', `energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default ${shown('sweepEnergies')})`],
 ];
 
@@ -148,7 +148,7 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
 
 /** `cfg` with distillation off (its other fields back at their defaults). */
 function withoutDistillation(cfg: RunConfig): RunConfig {
-  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null };
+  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null };
 }
 
 async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
@@ -176,7 +176,7 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
     pipeline ? { next: 'going on with the pruning', nextRunFollows: cfg.finetuneEpochs > 0 } : {},
   );
   if (pipeline) {
-    const distill = distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks } : null;
+    const distill = distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch } : null;
     await pruneAndFinetune(trained, outDir, ctx, distill);
   }
   try {

@@ -292,6 +292,20 @@ describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)
     }
   });
 
+  it('teacherArch: null by default and then unhashed (older distilled runs keep their hash); hashed when set; only known architectures', () => {
+    const on = parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt' });
+    expect(on.teacherArch).toBeNull();
+    const { teacherArch: _a, ...without } = serializeConfig(on);
+    expect(configHash(without as typeof on)).toBe(configHash(on));
+    const spatial = { model: 'resnet20', svd: true, decomposition: 'spatial' } as const;
+    expect(configHash(parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', teacherArch: spatial }))).not.toBe(configHash(on));
+    // Off, it changes nothing (distillation's fields are unhashed then).
+    expect(configHash(parseConfig({ teacherArch: spatial }))).toBe(configHash(base));
+    expect(thrown(() => resolveConfig({ teacherArch: { ...spatial, model: 'vgg16' } }, undefined, {})).message).toContain('teacherArch.model');
+    expect(thrown(() => resolveConfig({ teacherArch: { ...spatial, extra: 1 } }, undefined, {})).message).toContain('teacherArch');
+    expect(thrown(() => resolveConfig({ teacherArch: { ...spatial, svd: false }, teacherRanks: { fc: 2 } }, undefined, {})).message).toContain("teacher's svd off");
+  });
+
   it('needs a teacher, except in the pipeline with fine-tuning (the trained model teaches)', () => {
     const e = thrown(() => resolveConfig({ distillAlpha: 0.5 }, undefined, {}));
     expect(e.message).toContain('teacher');

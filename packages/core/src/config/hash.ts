@@ -71,20 +71,22 @@ export function canonicalJson(value: unknown): string {
 const RUN_LOCAL = new Set<string>(RUN_LOCAL_KEYS);
 
 /** Distillation's fields: hashed only while it is on (α > 0), so every config without it keeps the hash it had before they existed. */
-const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'teacher', 'teacherRanks'] satisfies ConfigKey[]);
+const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'teacher', 'teacherRanks', 'teacherArch'] satisfies ConfigKey[]);
 
 /**
  * sha256 (hex) of the canonical JSON of the fields that affect the math (every field except
  * `RUN_LOCAL_KEYS`). Workers and checkpoints compare it to refuse training a different model.
  * `ranks: null` (every layer full rank) is left out, so configs and checkpoints from before the
  * field existed keep their hash; any ranks given are hashed (they change the parameter shapes).
- * Likewise the distillation fields while α is 0, and `sparsityEnd` at 1 (the term to the last step).
+ * Likewise the distillation fields while α is 0, `teacherArch` while null (the teacher is the run's
+ * architecture), and `sparsityEnd` at 1 (the term to the last step).
  */
 export function configHash(cfg: RunConfig | SerializedRunConfig): string {
   const picked: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(cfg)) {
     if (RUN_LOCAL.has(k) || (k === 'ranks' && (v === null || v === undefined))) continue;
     if (k === 'sparsityEnd' && (v === 1 || v === undefined)) continue;
+    if (k === 'teacherArch' && (v === null || v === undefined)) continue;
     if (DISTILL_KEYS.has(k) && !((cfg as { distillAlpha?: number }).distillAlpha! > 0)) continue;
     picked[k] = v;
   }

@@ -78,6 +78,7 @@ export const RunConfigSchema = z
     distillTemperature: positive().default(DEFAULTS.distillTemperature),
     teacher: path().nullable().default(DEFAULTS.teacher),
     teacherRanks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.teacherRanks),
+    teacherArch: z.strictObject({ model: z.enum(MODELS), svd: z.boolean(), decomposition: z.enum(DECOMPOSITIONS) }).nullable().default(DEFAULTS.teacherArch),
     sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
     host: z.string().min(1).default(DEFAULTS.host),
     port: int(0, 65535).default(DEFAULTS.port),
@@ -137,8 +138,8 @@ export const RunConfigSchema = z
     if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
       ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
     }
-    if (c.teacherRanks !== null && Object.keys(c.teacherRanks).length > 0 && !c.svd) {
-      ctx.addIssue({ code: 'custom', path: ['teacherRanks'], message: 'null with svd off: only SVD layers have a rank' });
+    if (c.teacherRanks !== null && Object.keys(c.teacherRanks).length > 0 && !(c.teacherArch?.svd ?? c.svd)) {
+      ctx.addIssue({ code: 'custom', path: ['teacherRanks'], message: "null with the teacher's svd off: only SVD layers have a rank" });
     }
     const pipelineTeacher = (c.pruneEnergy !== null || c.pruneMacs !== null) && c.finetuneEpochs > 0;
     if (c.distillAlpha > 0 && c.teacher === null && !pipelineTeacher) {

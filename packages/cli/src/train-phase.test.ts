@@ -1,0 +1,74 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { configHash, parseConfig, saveCheckpoint, serializeConfig, type RunConfig } from '@svd-train/core';
+import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, pruneByEnergy } from '@svd-train/layers';
+import { loadTeacher } from './train-phase.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'svd-teacher-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A checkpoint of the model `cfg` describes (optionally pruned at energy e), as start or prune writes it. */
+function checkpointOf(cfg: RunConfig, name: string, e = 0): string {
+  const model = buildResNetForConfig(cfg);
+  const pruned = e > 0 ? pruneByEnergy(model, e).model : model;
+  const ranked = { ...cfg, ranks: e > 0 ? Object.fromEntries(getParameters(pruned).filter((p) => p.name.endsWith('.s')).map((p) => [p.name.slice(0, -2), p.data.length])) : null };
+  const path = saveCheckpoint(join(tmp, name), {
+    version: 1,
+    config: serializeConfig(ranked),
+    configHash: configHash(ranked),
+    step: 7,
+    epoch: 1,
+    params: getParameters(pruned),
+    buffers: getBuffers(pruned),
+    optimizer: { kind: 'sgd', step: 0, slots: {} },
+    sampler: { size: 8, batch: 4, seed: 0, dropLast: false, epoch: 1, position: 0, step: 7 },
+  });
+  if (pruned !== model) pruned.dispose();
+  model.dispose();
+  return path;
+}
+
+describe('loadTeacher', () => {
+  const student = parseConfig({ model: 'resnet20', decomposition: 'channel', distillAlpha: 0.5, teacher: '/t.svdckpt' });
+  const lines: string[] = [];
+  const io = { out: (s: string) => void lines.push(s), err: (s: string) => void lines.push(s) };
+
+  it('takes a teacher of the run\'s own architecture without teacherArch, so such configs keep their hash', () => {
+    const path = checkpointOf({ ...student, distillAlpha: 0, teacher: null }, 'same');
+    const { cfg } = loadTeacher({ ...student, teacher: path }, io);
+    expect(cfg.teacherArch).toBeNull();
+    expect(cfg.teacherRanks).toBeNull();
+    expect(configHash(cfg)).toBe(configHash({ ...student, teacher: path }));
+  });
+
+  it('fills teacherArch (and teacherRanks) from a spatial, a plain or a pruned deeper teacher\'s own config, and the teacher model fits its tensors', () => {
+    const cases: [string, Partial<RunConfig>, number, RunConfig['teacherArch']][] = [
+      ['spatial', { decomposition: 'spatial' }, 0, { model: 'resnet20', svd: true, decomposition: 'spatial' }],
+      ['plain', { svd: false }, 0, { model: 'resnet20', svd: false, decomposition: 'channel' }],
+      ['resnet32-pruned', { model: 'resnet32' }, 0.05, { model: 'resnet32', svd: true, decomposition: 'channel' }],
+    ];
+    for (const [name, arch, e, want] of cases) {
+      const path = checkpointOf({ ...student, ...arch, distillAlpha: 0, teacher: null }, name, e);
+      lines.length = 0;
+      const { cfg, teacher } = loadTeacher({ ...student, teacher: path }, io);
+      expect(cfg.teacherArch, name).toEqual(want);
+      expect(cfg.teacherRanks === null, name).toBe(e === 0);
+      expect(lines.join('')).toContain(want!.svd ? `SVD ${want!.decomposition}` : 'plain (no SVD)');
+      // What every worker builds from the config is exactly the checkpoint's tensors.
+      const m = buildTeacherForConfig(cfg);
+      expect(getParameters(m).map((p) => `${p.name}:${p.shape.join('x')}`), name).toEqual(teacher.params.map((p) => `${p.name}:${p.shape.join('x')}`));
+      m.dispose();
+      // The run's hash now says which teacher architecture it learns from.
+      expect(configHash(cfg)).not.toBe(configHash({ ...cfg, teacherArch: null }));
+    }
+  });
+
+  it('refuses a config whose teacherArch is not the checkpoint\'s, naming both', () => {
+    const path = checkpointOf({ ...student, decomposition: 'spatial', distillAlpha: 0, teacher: null }, 'mismatch');
+    expect(() => loadTeacher({ ...student, teacher: path, teacherArch: { model: 'resnet20', svd: false, decomposition: 'channel' } }, io)).toThrow(
+      /is a resnet20 SVD spatial checkpoint, but the config's teacherArch says resnet20 plain \(no SVD\)\. Fix: drop teacherArch/,
+    );
+  });
+});
