@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { configHash, parseConfig, saveCheckpoint, serializeConfig, type RunConfig } from '@svd-train/core';
-import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, pruneByEnergy } from '@svd-train/layers';
+import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
 import { loadTeacher } from './train-phase.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-teacher-'));
@@ -13,7 +13,7 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 function checkpointOf(cfg: RunConfig, name: string, e = 0): string {
   const model = buildResNetForConfig(cfg);
   const pruned = e > 0 ? pruneByEnergy(model, e).model : model;
-  const ranked = { ...cfg, ranks: e > 0 ? Object.fromEntries(getParameters(pruned).filter((p) => p.name.endsWith('.s')).map((p) => [p.name.slice(0, -2), p.data.length])) : null };
+  const ranked = { ...cfg, ranks: e > 0 ? svdRanks(pruned) : null };
   const path = saveCheckpoint(join(tmp, name), {
     version: 1,
     config: serializeConfig(ranked),

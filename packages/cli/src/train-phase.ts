@@ -9,6 +9,7 @@ import {
   EpochSampler,
   ProgressBar,
   SvdTrainError,
+  archLabel,
   configHash,
   latestCheckpoint,
   listCheckpoints,
@@ -72,14 +73,13 @@ export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teache
     throw new SvdTrainError('CHECKPOINT_CONFIG_MISMATCH', `--teacher ${path}: the checkpoint has no batch-norm statistics, and the teacher runs in eval mode. Fix: pass a checkpoint written by svd-coord start or prune.`);
   }
   const own = parseConfig(ckpt.config);
-  const archOf = (a: { model: string; svd: boolean; decomposition: string }) => `${a.model} ${a.svd ? `SVD ${a.decomposition}` : 'plain (no SVD)'}`;
-  if (cfg.teacherArch && archOf(cfg.teacherArch) !== archOf(own)) {
+  if (cfg.teacherArch && archLabel(cfg.teacherArch) !== archLabel(own)) {
     throw new SvdTrainError(
       'CHECKPOINT_CONFIG_MISMATCH',
-      `--teacher ${path} is a ${archOf(own)} checkpoint, but the config's teacherArch says ${archOf(cfg.teacherArch)}. Fix: drop teacherArch from the config; it is filled in from the teacher checkpoint.`,
+      `--teacher ${path} is a ${archLabel(own)} checkpoint, but the config's teacherArch says ${archLabel(cfg.teacherArch)}. Fix: drop teacherArch from the config; it is filled in from the teacher checkpoint.`,
     );
   }
-  const sameArch = archOf(own) === archOf(cfg);
+  const sameArch = archLabel(own) === archLabel(cfg);
   const teacherArch = sameArch ? null : { model: own.model, svd: own.svd, decomposition: own.decomposition };
   const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, { ...cfg, ...teacherArch });
   const withRanks: RunConfig = { ...cfg, teacherRanks, teacherArch };
@@ -90,7 +90,7 @@ export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teache
     model.dispose();
   }
   const sv = teacherRanks ? `${Object.values(teacherRanks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(teacherRanks).length} pruned layers` : 'full rank';
-  const arch = teacherArch ? `${archOf(teacherArch)}, ` : '';
+  const arch = teacherArch ? `${archLabel(teacherArch)}, ` : '';
   io.err(`distilling from --teacher ${path} (${arch}step ${ckpt.step}, ${sv}): data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}\n`);
   return { cfg: withRanks, teacher: { params: ckpt.params, buffers: ckpt.buffers } };
 }

@@ -27,6 +27,7 @@ export {
 } from './defaults.js';
 export { RunConfigSchema, type RunConfig, type SerializedRunConfig } from './config/schema.js';
 export { parseConfig, resolveConfig } from './config/resolve.js';
+export { archLabel } from './config/arch.js';
 export { configHash, serializeConfig } from './config/hash.js';
 
 export {

@@ -110,14 +110,19 @@ export function momentumAt(cfg: MomentumScheduleConfig, step: number, stepsPerEp
 
 export type SparsityScheduleConfig = Pick<RunConfig, 'lambdaS' | 'sparsityStart' | 'sparsityEnd' | 'epochs'>;
 
+/** The first optimizer step at or after the fraction f of the run's steps (the step count at f = 1). */
+function firstStepAt(f: number, cfg: Pick<RunConfig, 'epochs'>, stepsPerEpoch: number): number {
+  return Math.ceil(f * cfg.epochs * stepsPerEpoch);
+}
+
 /** The first optimizer step with the sparsity term: the first at or after the `sparsityStart` fraction of the run. */
 export function sparsityStartStep(cfg: SparsityScheduleConfig, stepsPerEpoch: number): number {
-  return Math.ceil(cfg.sparsityStart * cfg.epochs * stepsPerEpoch);
+  return firstStepAt(cfg.sparsityStart, cfg, stepsPerEpoch);
 }
 
 /** The first optimizer step without the sparsity term again: the first at or after the `sparsityEnd` fraction (the step count at 1). */
 export function sparsityEndStep(cfg: SparsityScheduleConfig, stepsPerEpoch: number): number {
-  return Math.ceil(cfg.sparsityEnd * cfg.epochs * stepsPerEpoch);
+  return firstStepAt(cfg.sparsityEnd, cfg, stepsPerEpoch);
 }
 
 /**

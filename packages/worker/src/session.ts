@@ -15,6 +15,7 @@ import {
   IDLE_TIMEOUT_MS,
   PROTOCOL_VERSION,
   SvdTrainError,
+  archLabel,
   assembleBatch,
   authProof,
   configHash,
@@ -196,8 +197,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
             // The teacher's weights come over the wire; its shapes are the config's to say.
             const model = buildTeacherForConfig(cfg);
             st.teacher = { model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } };
-            const arch = cfg.teacherArch ? `${cfg.teacherArch.model} (${cfg.teacherArch.svd ? `SVD ${cfg.teacherArch.decomposition}` : 'plain'})` : cfg.model;
-            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${arch} teacher`);
+            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${archLabel({ ...cfg, ...cfg.teacherArch })} teacher`);
           }
         }
         // From here a frame may carry one model's tensors (the teacher's too) or one dataset chunk, nothing larger.
