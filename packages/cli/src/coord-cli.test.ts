@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SvdTrainError } from '@svd-train/core';
 import { buildCoordProgram } from './coord-cli.js';
-import { configFromOptions } from './commands/start.js';
+import { configFromOptions, distillationPlan } from './commands/start.js';
 import { EXIT_USAGE, reportError } from './cli-errors.js';
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -55,6 +55,23 @@ describe('svd-coord options', () => {
     expect(configFromOptions({}, {}).keepCheckpoints).toBe(3);
     expect(() => configFromOptions({ keepCheckpoints: '0' }, {})).toThrow(/keepCheckpoints/);
     expect((await run(['start', '--help'])).out).toContain('--keep-checkpoints <n>');
+  });
+
+  it('distillation goes to the pipeline\'s fine-tuning alone, unless --distill-training sends --teacher to the training too', async () => {
+    const pipe = { pruneMacs: '13.6e6', finetuneEpochs: '3', distillAlpha: '0.7', teacher: 't.svdckpt' };
+    const later = distillationPlan(configFromOptions(pipe, {}));
+    expect([later.train.distillAlpha, later.train.teacher, later.train.distillTraining]).toEqual([0, null, false]);
+    expect(later.finetune).toMatchObject({ alpha: 0.7, teacher: 't.svdckpt' });
+    const both = distillationPlan(configFromOptions({ ...pipe, distillTraining: true }, {}));
+    expect([both.train.distillAlpha, both.train.teacher]).toEqual([0.7, 't.svdckpt']);
+    expect(both.finetune).toMatchObject({ alpha: 0.7, teacher: 't.svdckpt' });
+    // Outside the pipeline's fine-tuning the training is distilled either way.
+    const alone = distillationPlan(configFromOptions({ distillAlpha: '0.7', teacher: 't.svdckpt' }, {}));
+    expect([alone.train.distillAlpha, alone.finetune]).toEqual([0.7, null]);
+    // The trained model cannot teach its own training: --distill-training needs --teacher and α > 0.
+    expect(() => configFromOptions({ pruneMacs: '13.6e6', finetuneEpochs: '3', distillAlpha: '0.7', distillTraining: true }, {})).toThrow(/distillTraining = true.*--teacher CKPT/s);
+    expect(() => configFromOptions({ ...pipe, distillAlpha: '0', distillTraining: true }, {})).toThrow(/distillAlpha is 0/);
+    expect((await run(['start', '--help'])).out).toContain('--distill-training');
   });
 
   it('SVD_TRAIN_TOKEN supplies the token', () => {

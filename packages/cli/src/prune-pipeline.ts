@@ -129,6 +129,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
       lambdaS: 0,
       pruneEnergy: null,
       finetuneEpochs: 0,
+      distillTraining: false,
       out: ftDir,
       // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
       // first one, the fine-tuning starts afresh (its stray metrics moved aside).

@@ -103,6 +103,9 @@ export const DEFAULTS = Object.freeze({
   teacher: null as string | null,
   teacherRanks: null as Record<string, number> | null,
   teacherArch: null as { model: (typeof MODELS)[number]; svd: boolean; decomposition: (typeof DECOMPOSITIONS)[number] } | null,
+  // In the pipeline with fine-tuning, distillation is the fine-tuning's alone unless distillTraining
+  // is on: then `teacher` (required) teaches the training too, and the fine-tuning after it.
+  distillTraining: false,
   sweepEnergies: [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2] as number[],
   // Coordinator / workers (run-local: not part of the config hash)
   host: '127.0.0.1',

@@ -26,7 +26,7 @@ import {
 } from '@svd-train/core';
 import { initEngine } from '@svd-train/layers';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { pruneAndFinetune } from '../prune-pipeline.js';
+import { pruneAndFinetune, type FinetuneDistill } from '../prune-pipeline.js';
 import { readTlsFiles, resolveToken } from '../secrets.js';
 import { trainPhase, type StartContext } from '../train-phase.js';
 import { coerceFlagValues } from '../flag-values.js';
@@ -81,7 +81,7 @@ const START_OPTIONS: [string, string][] = [
   ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
   ['--finetune-epochs <n>', `with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default ${shown('finetuneEpochs')})`],
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
-  ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only, and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
+  ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only (see --distill-training), and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
   ['--distill-temperature <t>', `softmax temperature T of the distillation term (default ${shown('distillTemperature')})`],
   ['--teacher <ckpt>', 'checkpoint of the teacher: any ResNet trained on this data set (another depth or --decomposition, plain or SVD, full rank or pruned; its own config says which); required with --distill-alpha outside the pipeline\'s fine-tuning'],
   ['--sweep-energies <list>', `energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default ${shown('sweepEnergies')})`],
@@ -90,6 +90,7 @@ const START_OPTIONS: [string, string][] = [
 function addStartOptions(cmd: Command): Command {
   cmd.option('--config <file>', 'JSON file with any of these options (camelCase keys); flags override it');
   for (const [flags, desc] of START_OPTIONS) cmd.option(flags, desc);
+  cmd.option('--distill-training', 'with --prune-* and --finetune-epochs: --teacher teaches the training too, not only the fine-tuning (needs --teacher and --distill-alpha)');
   cmd.option('--resume', 'continue from the latest checkpoint in --out');
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
   cmd.option('--token-file <file>', 'read the shared worker token from the first line of this file (stays out of `ps`)');
@@ -148,7 +149,22 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
 
 /** `cfg` with distillation off (its other fields back at their defaults). */
 function withoutDistillation(cfg: RunConfig): RunConfig {
-  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null };
+  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, distillTraining: false };
+}
+
+/**
+ * Where a run distills. Outside the pipeline's fine-tuning, the training is distilled whenever α > 0.
+ * In the pipeline with fine-tuning, the fine-tuning is (from --teacher, or else the trained model),
+ * and the training only with --distill-training; the training phase then runs, hashes and resumes
+ * without distillation.
+ */
+export function distillationPlan(cfg: RunConfig): { train: RunConfig; finetune: FinetuneDistill | null } {
+  const pipeline = cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
+  const distillLater = pipeline && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
+  return {
+    train: distillLater && !cfg.distillTraining ? withoutDistillation(cfg) : cfg,
+    finetune: distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch } : null,
+  };
 }
 
 async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
@@ -165,20 +181,11 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   const pipeline = cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
-  // In the pipeline with fine-tuning, distillation is the fine-tuning's: the training phase runs
-  // (and hashes, and resumes) without it.
-  const distillLater = pipeline && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
+  const plan = distillationPlan(cfg);
   // Workers started by hand (not --spawn) are told to reconnect at the end of the training, so that
   // they fine-tune too.
-  const trained = await trainPhase(
-    distillLater ? withoutDistillation(cfg) : cfg,
-    ctx,
-    pipeline ? { next: 'going on with the pruning', nextRunFollows: cfg.finetuneEpochs > 0 } : {},
-  );
-  if (pipeline) {
-    const distill = distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch } : null;
-    await pruneAndFinetune(trained, outDir, ctx, distill);
-  }
+  const trained = await trainPhase(plan.train, ctx, pipeline ? { next: 'going on with the pruning', nextRunFollows: cfg.finetuneEpochs > 0 } : {});
+  if (pipeline) await pruneAndFinetune(trained, outDir, ctx, plan.finetune);
   try {
     await reportCommand(outDir, { out: io.err, err: io.err });
   } catch (e) {

@@ -272,6 +272,14 @@ describe('sparsityEnd', () => {
   });
 });
 
+describe('distillTraining', () => {
+  it('is off by default and never hashed: the training phase\'s own distillation fields say whether it distilled', () => {
+    const on = parseConfig({ distillAlpha: 0.7, teacher: 't.svdckpt', distillTraining: true, pruneMacs: 13.6e6, finetuneEpochs: 3 });
+    expect(parseConfig({}).distillTraining).toBe(false);
+    expect(configHash(on)).toBe(configHash({ ...on, distillTraining: false }));
+  });
+});
+
 describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)', () => {
   const base = parseConfig({});
 

@@ -42,6 +42,9 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'finetuneEpochs',
   'finetuneLr',
   'sweepEnergies',
+  // Where the pipeline distills: the training phase's own config carries the distillation (hashed)
+  // or not, so the switch itself changes nothing a checkpoint must match.
+  'distillTraining',
 ] as const satisfies readonly ConfigKey[]);
 
 /** The run config as a plain JSON object (schema key order, arrays copied), without the token. */

@@ -79,6 +79,7 @@ export const RunConfigSchema = z
     teacher: path().nullable().default(DEFAULTS.teacher),
     teacherRanks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.teacherRanks),
     teacherArch: z.strictObject({ model: z.enum(MODELS), svd: z.boolean(), decomposition: z.enum(DECOMPOSITIONS) }).nullable().default(DEFAULTS.teacherArch),
+    distillTraining: z.boolean().default(DEFAULTS.distillTraining),
     sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
     host: z.string().min(1).default(DEFAULTS.host),
     port: int(0, 65535).default(DEFAULTS.port),
@@ -147,6 +148,13 @@ export const RunConfigSchema = z
         code: 'custom',
         path: ['teacher'],
         message: `a checkpoint path when distillAlpha is ${c.distillAlpha}: distillation needs a teacher (pass --teacher CKPT, or use it with --prune-energy/--prune-macs and --finetune-epochs, where the trained model teaches)`,
+      });
+    }
+    if (c.distillTraining && (c.distillAlpha === 0 || c.teacher === null)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['distillTraining'],
+        message: `false without a teacher and distillAlpha > 0 (distillAlpha is ${c.distillAlpha}, teacher ${c.teacher === null ? 'none' : c.teacher}): the training is distilled from a checkpoint that exists before it (pass --teacher CKPT --distill-alpha a, or drop --distill-training)`,
       });
     }
     if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
