@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadCheckpoint } from '@svd-train/core';
+import { latestCheckpoint, loadCheckpoint } from '@svd-train/core';
 import { freePort, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
 interface Point { energy: number; acc: number; macs: number; params: number; exportParams: number }
@@ -97,6 +97,32 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
     expect(html).toContain('<td>trained, before pruning</td>');
     expect(html).toContain('<td>plain resnet20 (reference)</td>');
   });
+});
+
+describe('start --distill-training: the named teacher teaches the training and the fine-tuning', () => {
+  it('distills every training step and every fine-tuning step from --teacher', async () => {
+    requireBuild();
+    const data = syntheticData(12, 12);
+    // The teacher: a plain one-step run of the same data.
+    const teacherOut = tempDir();
+    const t = startCoordinator([...tinyRunFlags({ data, out: teacherOut, port: await freePort(), epochs: 1, limitTrain: 12, batch: 12 }), '--spawn', '1']);
+    expect(await t.exited, t.output().slice(-3000)).toBe(0);
+    const teacher = latestCheckpoint(join(teacherOut, 'checkpoints'))!.path;
+    const out = tempDir();
+    const c = startCoordinator([
+      ...tinyRunFlags({ data, out, port: await freePort(), epochs: 1, limitTrain: 12, batch: 12 }),
+      '--spawn', '1', '--prune-energy', '0.2', '--sweep-energies', '0.4', '--finetune-epochs', '1',
+      '--teacher', teacher, '--distill-alpha', '0.5', '--distill-training',
+    ]);
+    expect(await c.exited, c.output().slice(-3000)).toBe(0);
+    for (const dir of [out, join(out, 'finetune')]) {
+      const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+      expect([cfg.distillAlpha, cfg.teacher]).toEqual([0.5, teacher]);
+      const steps = stepRecords(dir);
+      expect(steps.length).toBe(1);
+      for (const r of steps) expect(r.loss.distill).toBeGreaterThan(0);
+    }
+  }, 240_000);
 });
 
 describe('the pipeline with a worker started by hand (no --spawn)', () => {
