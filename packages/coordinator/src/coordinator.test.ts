@@ -1,12 +1,13 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { WebSocket } from 'ws';
 import { createHash } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EpochSampler, HANDSHAKE_MAX_BYTES, MAX_UNAUTHENTICATED_CONNECTIONS, PROTOCOL_VERSION, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type WireTensor } from '@svd-train/core';
+import { EpochSampler, HANDSHAKE_MAX_BYTES, MAX_UNAUTHENTICATED_CONNECTIONS, PROTOCOL_VERSION, createOptimizer, effectiveRank, lrAt, momentumAt, parseConfig, type RunConfig, type SvdTrainError, type WireTensor } from '@svd-train/core';
 import { Coordinator, type CoordinatorCheckpoint, type StepEvent } from './coordinator.js';
+import { listenError } from './peer-server.js';
 import { SimWorker, fakeBuffers, fakeGradients, type SimWorkerOptions } from './test-support/sim-worker.js';
 
 const SPECS = {
@@ -415,6 +416,28 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
     expect(shape.error?.message).toMatch(/shapey.*\[12, 1\].*\[3, 4\]/);
     expectExactAccounting(h.steps, 2);
     expectParity(summary.params, reference(cfg).params, 'after bad workers');
+  });
+});
+
+describe('Coordinator listening', () => {
+  it('names a port in use, says what to do, and can listen again once it is free', async () => {
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const port = (blocker.address() as AddressInfo).port;
+    const coord = new Coordinator({ config: config({ port }), datasetInfo: { trainCount: TRAIN, testCount: TEST, md5s: {} }, initialParams: initial().params, initialBuffers: initial().buffers });
+    const err = await coord.listen().then(() => null, (e: unknown) => e as SvdTrainError);
+    expect(err?.code).toBe('LISTEN_FAILED');
+    expect(err?.message).toContain(`cannot listen on 127.0.0.1:${port}: the port is in use`);
+    expect(err?.message).toContain('--port');
+    await new Promise<void>((r) => blocker.close(() => r()));
+    expect((await coord.listen()).port).toBe(port);
+    await coord.close();
+  });
+
+  it('names an address that is not this machine\'s', () => {
+    const e = listenError(Object.assign(new Error('listen EADDRNOTAVAIL'), { code: 'EADDRNOTAVAIL' }), '10.9.9.9', 7733);
+    expect(e.message).toContain('10.9.9.9 is not an address of this machine');
+    expect(listenError(Object.assign(new Error('x'), { code: 'EACCES' }), '0.0.0.0', 80).message).toContain('--port 1024 or above');
   });
 });
 

@@ -14,6 +14,7 @@ import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
   AUTH_DEADLINE_MS,
+  DEFAULTS,
   HANDSHAKE_MAX_BYTES,
   MAX_UNAUTHENTICATED_CONNECTIONS,
   PING_INTERVAL_MS,
@@ -24,8 +25,8 @@ import {
   type EvalResultMessage,
   type GradientsMessage,
   type Message,
+  SvdTrainError,
   type RunConfig,
-  type SvdTrainError,
 } from '@svd-train/core';
 import type { DatasetServer } from './dataset-server.js';
 import { PeerSession, type SessionHost } from './peer-session.js';
@@ -115,9 +116,15 @@ export class PeerServer implements SessionHost {
       server.handleUpgrade(req, sock, head, (ws: WebSocket) => this.onConnection(ws, sock));
     });
     await new Promise<void>((resolve, reject) => {
-      http.once('error', reject);
+      const fail = (e: NodeJS.ErrnoException) => {
+        this.http = null;
+        this.server = null;
+        server.close();
+        reject(listenError(e, this.config.host, this.config.port));
+      };
+      http.once('error', fail);
       http.listen(this.config.port, this.config.host, () => {
-        http.removeListener('error', reject);
+        http.removeListener('error', fail);
         resolve();
       });
     });
@@ -275,4 +282,18 @@ export class PeerServer implements SessionHost {
     const id = `c${++this.peerCounter}-${randomUUID().slice(0, 4)}`;
     this.peers.set(id, new PeerSession(id, ws, socket, this));
   }
+}
+
+/** Why the coordinator cannot listen on host:port, in words a user can act on. */
+export function listenError(e: NodeJS.ErrnoException, host: string, port: number): SvdTrainError {
+  const where = `${host}:${port}`;
+  const why =
+    e.code === 'EADDRINUSE'
+      ? `cannot listen on ${where}: the port is in use (another coordinator, or another program). Fix: stop it, or pass --port with a free port (--port 0 picks one; the log line then names it) and point the workers at it.`
+      : e.code === 'EACCES'
+        ? `cannot listen on ${where}: permission denied (ports below 1024 need privileges). Fix: pass --port 1024 or above (default ${DEFAULTS.port}).`
+        : e.code === 'EADDRNOTAVAIL'
+          ? `cannot listen on ${where}: ${host} is not an address of this machine. Fix: pass --host with one of its addresses, or 0.0.0.0 for all of them.`
+          : `cannot listen on ${where}: ${e.message}. Fix: check --host and --port.`;
+  return new SvdTrainError('LISTEN_FAILED', why, { host, port, errno: e.code ?? null });
 }

@@ -40,6 +40,8 @@ export const ERROR_CODES = [
   'CONNECTION_FAILED',
   /** Every worker `svd-coord start --spawn` launched exited with an error: nobody is left to train. */
   'WORKERS_FAILED',
+  /** The coordinator cannot listen on its --host/--port (in use, not this machine's, no permission). */
+  'LISTEN_FAILED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
