@@ -152,6 +152,11 @@ function withoutDistillation(cfg: RunConfig): RunConfig {
   return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, distillTraining: false };
 }
 
+/** Whether `start` goes on after the training: pruning (at an energy or a MAC budget), then fine-tuning if asked. */
+function runsPipeline(cfg: RunConfig): boolean {
+  return cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
+}
+
 /**
  * Where a run distills. Outside the pipeline's fine-tuning, the training is distilled whenever α > 0.
  * In the pipeline with fine-tuning, the fine-tuning is (from --teacher, or else the trained model),
@@ -159,8 +164,7 @@ function withoutDistillation(cfg: RunConfig): RunConfig {
  * without distillation.
  */
 export function distillationPlan(cfg: RunConfig): { train: RunConfig; finetune: FinetuneDistill | null } {
-  const pipeline = cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
-  const distillLater = pipeline && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
+  const distillLater = runsPipeline(cfg) && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
   return {
     train: distillLater && !cfg.distillTraining ? withoutDistillation(cfg) : cfg,
     finetune: distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch } : null,
@@ -180,7 +184,7 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
-  const pipeline = cfg.pruneEnergy !== null || cfg.pruneMacs !== null;
+  const pipeline = runsPipeline(cfg);
   const plan = distillationPlan(cfg);
   // Workers started by hand (not --spawn) are told to reconnect at the end of the training, so that
   // they fine-tune too.
