@@ -74,6 +74,18 @@ describe('svd-coord options', () => {
     expect((await run(['start', '--help'])).out).toContain('--distill-training');
   });
 
+  it('--teacher repeated is an ensemble: the first is teacher, the others extraTeachers, and the pipeline\'s fine-tuning gets them all', async () => {
+    const cfg = configFromOptions({ pruneMacs: '13.6e6', finetuneEpochs: '3', distillAlpha: '0.7', teacher: ['a.svdckpt', 'b.svdckpt', 'c.svdckpt'] }, {});
+    expect(cfg.teacher).toBe('a.svdckpt');
+    expect(cfg.extraTeachers.map((t) => t.teacher)).toEqual(['b.svdckpt', 'c.svdckpt']);
+    const plan = distillationPlan(cfg);
+    expect(plan.finetune?.extraTeachers.map((t) => t.teacher)).toEqual(['b.svdckpt', 'c.svdckpt']);
+    expect(plan.train.extraTeachers).toEqual([]);
+    expect(configFromOptions({ distillAlpha: '0.7', teacher: ['a.svdckpt'] }, {}).extraTeachers).toEqual([]);
+    const help = (await run(['start', '--help'])).out;
+    expect(help).toMatch(/Repeat it for an\s+ensemble/);
+  });
+
   it('SVD_TRAIN_TOKEN supplies the token', () => {
     expect(configFromOptions({}, { SVD_TRAIN_TOKEN: 's3cret' }).token).toBe('s3cret');
   });

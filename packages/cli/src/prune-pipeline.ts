@@ -31,6 +31,8 @@ export interface FinetuneDistill {
   teacher: string | null;
   teacherRanks: Record<string, number> | null;
   teacherArch: RunConfig['teacherArch'];
+  /** Further teachers of an ensemble (only with `teacher`). */
+  extraTeachers: RunConfig['extraTeachers'];
 }
 
 /**
@@ -142,10 +144,11 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
             teacher: distill.teacher ?? latest.path,
             teacherRanks: distill.teacher ? distill.teacherRanks : null,
             teacherArch: distill.teacher ? distill.teacherArch : null,
+            extraTeachers: distill.teacher ? distill.extraTeachers : [],
           }
         : {}),
     };
-    const kd = distill ? `, distilled from ${distill.teacher ?? 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
+    const kd = distill ? `, distilled from ${distill.teacher ? [distill.teacher, ...distill.extraTeachers.map((t) => t.teacher)].join(' + ') : 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
     io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term${kd}, in ${ftDir}\n`);
     const ft = await trainPhase(ftCfg, ctx, {
       next: 'going on with its evaluation',

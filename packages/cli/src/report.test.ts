@@ -211,6 +211,8 @@ describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {
   it('names the teacher of a distilled run in the config line, and no teacher when α is 0', () => {
     const cfg = { model: 'resnet20', decomposition: 'channel', distillAlpha: 0.5, distillTemperature: 4, teacher: '/runs/a/checkpoints/ckpt-0000019550.svdckpt' };
     expect(renderReport({ title: 't', config: cfg, records, spectra: spectraOf(params), macs: [] })).toContain('distilled from ckpt-0000019550.svdckpt (α 0.5, T 4)');
+    const ensemble = { ...cfg, extraTeachers: [{ teacher: 'runs/b/finetuned.svdckpt', teacherRanks: null, teacherArch: null }] };
+    expect(renderReport({ title: 't', config: ensemble, records, spectra: spectraOf(params), macs: [] })).toContain('distilled from ckpt-0000019550.svdckpt + finetuned.svdckpt (α 0.5, T 4)');
     expect(renderReport({ title: 't', config: { ...cfg, distillAlpha: 0 }, records, spectra: spectraOf(params), macs: [] })).not.toContain('distilled');
   });
 

@@ -128,9 +128,15 @@ function configLine(cfg: Record<string, unknown> | null): string {
     str('batch') && `batch ${str('batch')}`,
     str('epochs') && `${str('epochs')} epochs`,
     str('from') && `from ${basename(str('from')!)}`,
-    Number(cfg.distillAlpha) > 0 && str('teacher') ? `distilled from ${basename(str('teacher')!)} (α ${str('distillAlpha')}, T ${str('distillTemperature')})` : undefined,
+    Number(cfg.distillAlpha) > 0 && str('teacher') ? `distilled from ${teacherNames(str('teacher')!, cfg.extraTeachers)} (α ${str('distillAlpha')}, T ${str('distillTemperature')})` : undefined,
   ];
   return parts.filter((p): p is string => !!p).join(' · ');
+}
+
+/** The teachers' file names, 'a.svdckpt + b.svdckpt' for an ensemble (extraTeachers from a config.json, unchecked). */
+function teacherNames(first: string, extra: unknown): string {
+  const more = Array.isArray(extra) ? extra.flatMap((t: unknown) => (t && typeof t === 'object' && typeof (t as { teacher?: unknown }).teacher === 'string' ? [(t as { teacher: string }).teacher] : [])) : [];
+  return [first, ...more].map((p) => basename(p)).join(' + ');
 }
 
 /**

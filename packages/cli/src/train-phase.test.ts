@@ -65,6 +65,29 @@ describe('loadTeacher', () => {
     }
   });
 
+  it('loads an ensemble: each of extraTeachers gets its own architecture and ranks, and its weights come back in order', () => {
+    const same = checkpointOf({ ...student, distillAlpha: 0, teacher: null }, 'ens-same');
+    const spatial = checkpointOf({ ...student, decomposition: 'spatial', distillAlpha: 0, teacher: null }, 'ens-spatial');
+    const pruned = checkpointOf({ ...student, distillAlpha: 0, teacher: null }, 'ens-pruned', 0.05);
+    lines.length = 0;
+    const two = { teacherRanks: null, teacherArch: null };
+    const { cfg, teacher, extraTeachers } = loadTeacher({ ...student, teacher: same, extraTeachers: [{ teacher: spatial, ...two }, { teacher: pruned, ...two }] }, io);
+    expect([cfg.teacher, cfg.teacherArch, cfg.teacherRanks]).toEqual([same, null, null]);
+    expect(cfg.extraTeachers.map((t) => [t.teacher, t.teacherArch?.decomposition ?? null, t.teacherRanks === null])).toEqual([
+      [spatial, 'spatial', true],
+      [pruned, null, false],
+    ]);
+    expect(lines.join('')).toContain('against the mean softened output of 3 teachers');
+    for (const [k, t] of cfg.extraTeachers.entries()) {
+      const m = buildTeacherForConfig({ ...cfg, ...t });
+      expect(getParameters(m).map((p) => `${p.name}:${p.shape.join('x')}`)).toEqual(extraTeachers[k]!.params.map((p) => `${p.name}:${p.shape.join('x')}`));
+      m.dispose();
+    }
+    expect(teacher.params.length).toBeGreaterThan(0);
+    // Each teacher's file is checked as the first one is.
+    expect(() => loadTeacher({ ...student, teacher: same, extraTeachers: [{ teacher: join(tmp, 'missing.svdckpt'), ...two }] }, io)).toThrow(/missing\.svdckpt/);
+  });
+
   it('refuses a config whose teacherArch is not the checkpoint\'s, naming both', () => {
     const path = checkpointOf({ ...student, decomposition: 'spatial', distillAlpha: 0, teacher: null }, 'mismatch');
     expect(() => loadTeacher({ ...student, teacher: path, teacherArch: { model: 'resnet20', svd: false, decomposition: 'channel' } }, io)).toThrow(

@@ -59,31 +59,31 @@ function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[]
   }
 }
 
+type TeacherWeights = { params: Checkpoint['params']; buffers: Checkpoint['buffers'] };
+type TeacherFields = Pick<RunConfig, 'teacher' | 'teacherRanks' | 'teacherArch'>;
+
 /**
- * The teacher of a distilling run (config.distillAlpha > 0): its checkpoint read, its architecture
- * (model, svd, decomposition) filled into config.teacherArch where it differs from the run's, its
- * per-layer ranks into config.teacherRanks (so every worker builds its shapes), and its tensors
- * checked against that model. Returns the config and the weights the coordinator sends.
+ * One teacher of a distilling run: its checkpoint read, its architecture (model, svd, decomposition)
+ * filled in where it differs from the run's, its per-layer ranks (so every worker builds its
+ * shapes), and its tensors checked against that model.
  */
-export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: { params: Checkpoint['params']; buffers: Checkpoint['buffers'] } } {
-  const path = cfg.teacher;
-  if (!path) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
+function loadOneTeacher(cfg: RunConfig, t: TeacherFields & { teacher: string }, io: CliIo): { fields: TeacherFields; weights: TeacherWeights } {
+  const path = t.teacher;
   const ckpt = loadCheckpointFile(path);
   if (ckpt.buffers.length === 0) {
     throw new SvdTrainError('CHECKPOINT_CONFIG_MISMATCH', `--teacher ${path}: the checkpoint has no batch-norm statistics, and the teacher runs in eval mode. Fix: pass a checkpoint written by svd-coord start or prune.`);
   }
   const own = parseConfig(ckpt.config);
-  if (cfg.teacherArch && archLabel(cfg.teacherArch) !== archLabel(own)) {
+  if (t.teacherArch && archLabel(t.teacherArch) !== archLabel(own)) {
     throw new SvdTrainError(
       'CHECKPOINT_CONFIG_MISMATCH',
-      `--teacher ${path} is a ${archLabel(own)} checkpoint, but the config's teacherArch says ${archLabel(cfg.teacherArch)}. Fix: drop teacherArch from the config; it is filled in from the teacher checkpoint.`,
+      `--teacher ${path} is a ${archLabel(own)} checkpoint, but the config's teacherArch says ${archLabel(t.teacherArch)}. Fix: drop teacherArch from the config; it is filled in from the teacher checkpoint.`,
     );
   }
   const sameArch = archLabel(own) === archLabel(cfg);
   const teacherArch = sameArch ? null : { model: own.model, svd: own.svd, decomposition: own.decomposition };
-  const teacherRanks = cfg.teacherRanks ?? checkpointRanks(ckpt, { ...cfg, ...teacherArch });
-  const withRanks: RunConfig = { ...cfg, teacherRanks, teacherArch };
-  const model = buildTeacherForConfig(withRanks);
+  const teacherRanks = t.teacherRanks ?? checkpointRanks(ckpt, { ...cfg, ...teacherArch });
+  const model = buildTeacherForConfig({ ...cfg, teacherRanks, teacherArch });
   try {
     checkShapes(ckpt, getParameters(model), '--teacher', path);
   } finally {
@@ -91,8 +91,30 @@ export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teache
   }
   const sv = teacherRanks ? `${Object.values(teacherRanks).reduce((a, b) => a + b, 0)} singular values in ${Object.keys(teacherRanks).length} pruned layers` : 'full rank';
   const arch = teacherArch ? `${archLabel(teacherArch)}, ` : '';
-  io.err(`distilling from --teacher ${path} (${arch}step ${ckpt.step}, ${sv}): data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}\n`);
-  return { cfg: withRanks, teacher: { params: ckpt.params, buffers: ckpt.buffers } };
+  io.err(`distilling from --teacher ${path} (${arch}step ${ckpt.step}, ${sv})\n`);
+  return { fields: { teacher: path, teacherRanks, teacherArch }, weights: { params: ckpt.params, buffers: ckpt.buffers } };
+}
+
+/**
+ * The teachers of a distilling run (config.distillAlpha > 0): config.teacher and each of
+ * config.extraTeachers loaded (`loadOneTeacher`), their ranks and architectures filled into the
+ * config. Returns the config and the weights the coordinator sends, in that order.
+ */
+export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: TeacherWeights; extraTeachers: TeacherWeights[] } {
+  const path = cfg.teacher;
+  if (!path) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
+  const first = loadOneTeacher(cfg, { ...cfg, teacher: path }, io);
+  const more = cfg.extraTeachers.map((t) => loadOneTeacher(cfg, t, io));
+  const n = 1 + more.length;
+  io.err(
+    `distillation: data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}` +
+      (n > 1 ? `, against the mean softened output of ${n} teachers\n` : '\n'),
+  );
+  return {
+    cfg: { ...cfg, ...first.fields, extraTeachers: more.map((m) => ({ ...m.fields, teacher: m.fields.teacher! })) },
+    teacher: first.weights,
+    extraTeachers: more.map((m) => m.weights),
+  };
 }
 
 /** Which run a phase is, for its messages: `start` alone, or one phase of the pipeline. */
@@ -152,7 +174,8 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
     }
   }
   let teacher: ReturnType<typeof loadTeacher>['teacher'] | undefined;
-  if (cfg.distillAlpha > 0) ({ cfg, teacher } = loadTeacher(cfg, io));
+  let extraTeachers: ReturnType<typeof loadTeacher>['extraTeachers'] = [];
+  if (cfg.distillAlpha > 0) ({ cfg, teacher, extraTeachers } = loadTeacher(cfg, io));
   const hash = configHash(cfg);
   const ckptDir = join(outDir, 'checkpoints');
   let resume: Checkpoint | undefined;
@@ -203,7 +226,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
     initialBuffers: getBuffers(model),
     ...(resume ? { resume } : {}),
     ...(from ? { from: { params: from.params, buffers: from.buffers } } : {}),
-    ...(teacher ? { teacher } : {}),
+    ...(teacher ? { teacher, extraTeachers } : {}),
     noDecay: noDecayParameterNames(model),
     expectWorkers: cfg.spawn,
     ...(phase.nextRunFollows ? { nextRunFollows: true } : {}),

@@ -41,6 +41,8 @@ export interface CoordinatorOptions {
    * CLI checks that, and each worker checks it again.
    */
   teacher?: { params: WireTensor[]; buffers: WireTensor[] };
+  /** The weights of config.extraTeachers, in order (one per entry, required with them): sent after `teacher`. */
+  extraTeachers?: { params: WireTensor[]; buffers: WireTensor[] }[];
   /** Fine-tune: start from these weights with a fresh optimizer and sampler. */
   from?: { params: WireTensor[]; buffers: WireTensor[] };
   /**

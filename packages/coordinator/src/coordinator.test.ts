@@ -506,6 +506,24 @@ describe('Coordinator handshake and hostile input', { timeout: 15_000 }, () => {
     const info = { trainCount: 1, testCount: 0, md5s: {} };
     expect(() => new Coordinator({ config: config({ distillAlpha: 0.5, teacher: '/t.svdckpt' }), datasetInfo: info })).toThrow(/distillAlpha is 0.5 but no teacher weights/);
     expect(() => new Coordinator({ config: config(), datasetInfo: info, teacher: initial() })).toThrow(/teacher weights were given but distillAlpha is 0/);
+    const two = config({ distillAlpha: 0.5, teacher: '/t.svdckpt', extraTeachers: [{ teacher: '/u.svdckpt' }] });
+    expect(() => new Coordinator({ config: two, datasetInfo: info, teacher: initial() })).toThrow(/names 1 further teacher\(s\) but 0 were given/);
+    expect(() => new Coordinator({ config: two, datasetInfo: info, teacher: initial(), extraTeachers: [initial(), initial()] })).toThrow(/but 2 were given/);
+  });
+
+  it('sends each teacher of an ensemble once, numbered, and trains', async () => {
+    const cfg = config({ distillAlpha: 0.5, teacher: '/t.svdckpt', extraTeachers: [{ teacher: '/u.svdckpt' }, { teacher: '/v.svdckpt' }] });
+    const teachers = [0, 1, 2].map((k) => {
+      const w = initial();
+      w.params[0]!.data[0] = k;
+      return w;
+    });
+    const h = await harness(cfg, { teacher: teachers[0], extraTeachers: teachers.slice(1) });
+    const w = h.spawn({});
+    await h.coord.start();
+    expect(w.steps).toBeGreaterThan(0);
+    const sent = w.received.flatMap((m) => (m.type === 'teacher' ? [[m.index, m.params[0]!.data[0]]] : []));
+    expect(sent).toEqual([[0, 0], [1, 1], [2, 2]]);
   });
 
   it('refuses a protocol-version mismatch naming both versions', async () => {

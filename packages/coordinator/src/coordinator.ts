@@ -117,6 +117,13 @@ export class Coordinator {
           : 'teacher weights were given but distillAlpha is 0. Fix: set --distill-alpha above 0, or drop the teacher.',
       );
     }
+    const extra = opts.extraTeachers ?? [];
+    if (extra.length !== (distills ? opts.config.extraTeachers.length : 0)) {
+      throw new SvdTrainError(
+        'CONFIG_INVALID',
+        `config.extraTeachers names ${opts.config.extraTeachers.length} further teacher(s) but ${extra.length} were given. Fix: pass one set of weights per entry (svd-coord start loads them from --teacher).`,
+      );
+    }
     this.weights = new WeightStore(opts.expectedManifest);
     if (initial) this.weights.set(initial.params, initial.buffers, 'coordinator');
     this.server = new PeerServer({
@@ -126,7 +133,7 @@ export class Coordinator {
       datasetInfo: opts.datasetInfo,
       dataServer,
       weights: this.weights,
-      teacherFrame: opts.teacher ? encodeMessage({ type: 'teacher', params: opts.teacher.params, buffers: opts.teacher.buffers }) : null,
+      teacherFrames: opts.teacher ? [opts.teacher, ...extra].map((t, index) => encodeMessage({ type: 'teacher', index, params: t.params, buffers: t.buffers })) : [],
       tls: opts.tls,
       log: (level, msg) => this.log(level, msg),
       onReady: (peer) => this.onPeerReady(peer),

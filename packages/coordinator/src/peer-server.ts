@@ -43,8 +43,8 @@ export interface PeerServerOptions {
   datasetInfo: DatasetInfo;
   dataServer: DatasetServer | null;
   weights: WeightStore;
-  /** The encoded `teacher` message while the run distills. */
-  teacherFrame?: Uint8Array | null;
+  /** The encoded `teacher` messages (one per teacher) while the run distills. */
+  teacherFrames?: Uint8Array[];
   /** PEM certificate chain and private key: serve wss:// instead of ws://. */
   tls?: { cert: string | Buffer; key: string | Buffer };
   log: LogFn;
@@ -67,7 +67,7 @@ export class PeerServer implements SessionHost {
   readonly datasetInfo: DatasetInfo;
   readonly dataServer: DatasetServer | null;
   readonly weights: WeightStore;
-  readonly teacherFrame: Uint8Array | null;
+  readonly teacherFrames: Uint8Array[];
   private server: WebSocketServer | null = null;
   private http: HttpServer | null = null;
   /** Every open TCP socket, upgraded or not, so close() can end them without waiting on a peer. */
@@ -88,7 +88,7 @@ export class PeerServer implements SessionHost {
     this.datasetInfo = opts.datasetInfo;
     this.dataServer = opts.dataServer;
     this.weights = opts.weights;
-    this.teacherFrame = opts.teacherFrame ?? null;
+    this.teacherFrames = opts.teacherFrames ?? [];
     this.quiet = new QuietLog(opts.log);
   }
 

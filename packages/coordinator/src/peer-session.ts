@@ -42,8 +42,8 @@ export interface SessionHost {
   /** Serves dataset files to workers without a copy; null refuses them. */
   readonly dataServer: DatasetServer | null;
   readonly weights: WeightStore;
-  /** The encoded `teacher` message while the run distills (sent once per connection, before the first weights); null otherwise. */
-  readonly teacherFrame: Uint8Array | null;
+  /** The encoded `teacher` messages while the run distills (each sent once per connection, before the first weights); empty otherwise. */
+  readonly teacherFrames: readonly Uint8Array[];
   /** Largest frame an authenticated peer may send. */
   authedFrameLimit(): number;
   /** The peer proved the token. */
@@ -191,7 +191,7 @@ export class PeerSession {
         }
         host.weights.admit(msg, this.name);
         // Before `ready` sends the first weights: the worker expects the teacher first.
-        if (host.teacherFrame) this.send(host.teacherFrame);
+        for (const frame of host.teacherFrames) this.send(frame);
         this.state = 'ready';
         // Now the manifest is known for certain: from here on a frame is at most one model's tensors.
         setReceiveLimit(this.ws, host.authedFrameLimit());

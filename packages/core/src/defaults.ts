@@ -103,6 +103,13 @@ export const DEFAULTS = Object.freeze({
   teacher: null as string | null,
   teacherRanks: null as Record<string, number> | null,
   teacherArch: null as { model: (typeof MODELS)[number]; svd: boolean; decomposition: (typeof DECOMPOSITIONS)[number] } | null,
+  // More teachers beside `teacher` (an ensemble): each with its own ranks and architecture, filled
+  // in from its checkpoint as for `teacher`. The target is the mean of all the teachers' logits.
+  extraTeachers: [] as {
+    teacher: string;
+    teacherRanks: Record<string, number> | null;
+    teacherArch: { model: (typeof MODELS)[number]; svd: boolean; decomposition: (typeof DECOMPOSITIONS)[number] } | null;
+  }[],
   // In the pipeline with fine-tuning, distillation is the fine-tuning's alone unless distillTraining
   // is on: then `teacher` (required) teaches the training too, and the fine-tuning after it.
   distillTraining: false,

@@ -25,7 +25,7 @@ export {
   type ResNetDepth,
   type SparsityKind,
 } from './defaults.js';
-export { RunConfigSchema, type RunConfig, type SerializedRunConfig } from './config/schema.js';
+export { MAX_TEACHERS, RunConfigSchema, type RunConfig, type SerializedRunConfig } from './config/schema.js';
 export { parseConfig, resolveConfig } from './config/resolve.js';
 export { archLabel } from './config/arch.js';
 export { configHash, serializeConfig } from './config/hash.js';

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { expectNoLeakedTensors, TOL } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
-import { computeGradients, evaluate, teacherLogits } from './train-step.js';
+import { computeGradients, ensembleLogits, evaluate, teacherLogits } from './train-step.js';
 import { getParameters, setParameters, getBuffers, setBuffers } from './parameter-names.js';
 
 const tiny = () => buildResNet({ depth: 20, widths: [3, 4, 4], blocks: [1, 1, 1], strides: [1, 2, 2], inputShape: [8, 8, 3], seed: 11 });
@@ -157,6 +157,30 @@ describe('computeGradients with a teacher (distillation)', () => {
     expect(Array.from(teacherLogits(model, x, 3))).toEqual(Array.from(want));
     expect(() => computeGradients(model, x, y, reg, { logits: new Float32Array(20), alpha: 0.5, temperature: 4 })).toThrow(/teacher logits have 20 values for 3 samples; expected 3×10/);
     model.dispose();
+  });
+
+  it('ensembleLogits: one teacher is its logits; several give logits whose softmax at T is the mean of the teachers\' softmax at T', () => {
+    const a = tiny();
+    const b = buildResNet({ depth: 20, widths: [3, 4, 4], blocks: [1, 1, 1], strides: [1, 2, 2], inputShape: [8, 8, 3], seed: 12 });
+    const { x } = batch(3, 2);
+    const T = 3;
+    expect(Array.from(ensembleLogits([a], x, 3, T))).toEqual(Array.from(teacherLogits(a, x, 3)));
+    const softmax = (row: ArrayLike<number>) => {
+      const e = Array.from(row, (v) => Math.exp(v / T));
+      const s = e.reduce((p, q) => p + q, 0);
+      return e.map((v) => v / s);
+    };
+    const [la, lb, le] = [teacherLogits(a, x, 3), teacherLogits(b, x, 3), ensembleLogits([a, b], x, 3, T)];
+    for (let i = 0; i < 3; i++) {
+      const [pa, pb, pe] = [la, lb, le].map((l) => softmax(l.subarray(i * 10, i * 10 + 10)));
+      for (let c = 0; c < 10; c++) expect(pe[c]).toBeCloseTo((pa[c]! + pb[c]!) / 2, 6);
+      // Not the logits' mean: that softmax differs whenever the teachers disagree.
+      const pm = softmax(Array.from({ length: 10 }, (_, c) => (la[i * 10 + c]! + lb[i * 10 + c]!) / 2));
+      expect(Math.max(...pm.map((v, c) => Math.abs(v - pe[c]!)))).toBeGreaterThan(1e-6);
+    }
+    expect(() => ensembleLogits([], x, 3, T)).toThrow(/no teacher models/);
+    a.dispose();
+    b.dispose();
   });
 });
 

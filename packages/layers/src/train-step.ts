@@ -88,6 +88,35 @@ export function teacherLogits(model: tf.LayersModel, x: Float32Array, n: number)
   }
 }
 
+/**
+ * The distillation target of several teachers (an ensemble) as logits: T·log of the mean of their
+ * softmax(logits/T), so that softmax(target/T) is the mean of the teachers' softened outputs, the
+ * distribution ensemble distillation matches. With one teacher it is that teacher's logits, as
+ * `teacherLogits`. Computed in float64; [n·classes] row-major.
+ */
+export function ensembleLogits(models: readonly tf.LayersModel[], x: Float32Array, n: number, temperature: number): Float32Array {
+  if (models.length === 0) throw new SvdTrainError('CONFIG_INVALID', 'ensembleLogits: no teacher models; pass at least one');
+  if (models.length === 1) return teacherLogits(models[0], x, n);
+  const each = models.map((m) => teacherLogits(m, x, n));
+  const classes = each[0].length / n;
+  const out = new Float32Array(each[0].length);
+  const mean = new Float64Array(classes);
+  for (let i = 0; i < n; i++) {
+    mean.fill(0);
+    for (const logits of each) {
+      const row = logits.subarray(i * classes, (i + 1) * classes);
+      let max = -Infinity;
+      for (const v of row) max = Math.max(max, v / temperature);
+      let sum = 0;
+      for (const v of row) sum += Math.exp(v / temperature - max);
+      for (let c = 0; c < classes; c++) mean[c] += Math.exp(row[c] / temperature - max) / sum / each.length;
+    }
+    // A class every teacher gives probability 0 (underflow) keeps a finite, very negative logit.
+    for (let c = 0; c < classes; c++) out[i * classes + c] = temperature * Math.log(Math.max(mean[c], Number.MIN_VALUE));
+  }
+  return out;
+}
+
 function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
   return tf.sum<tf.Scalar>(tf.equal(tf.argMax(logits, 1), labels).asType('int32'));
 }

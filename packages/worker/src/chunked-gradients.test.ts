@@ -56,7 +56,7 @@ describe('sliceGradients (maxWorkerBatch chunking)', () => {
     const teacher = buildResNet({ depth: 20, widths: [4, 8, 16], blocks: [1, 1, 1], svd: true, decomposition: 'channel', numClasses: 10, seed: 8, inputShape: [8, 8, 3] });
     const { x, y } = batch(10, 4);
     const start = getBuffers(m);
-    const got = sliceGradients(m, x, y, REG, 4, { teacher, alpha: 0.3, temperature: 2 });
+    const got = sliceGradients(m, x, y, REG, 4, { teachers: [teacher], alpha: 0.3, temperature: 2 });
     const parts = [[0, 4], [4, 8], [8, 10]].map(([lo, hi]) => {
       setBuffers(m, start);
       const cx = x.subarray(lo! * 192, hi! * 192);

@@ -14,14 +14,14 @@
  * the same rule the coordinator applies across workers.
  */
 import type { WireTensor } from '@svd-train/core';
-import { computeGradients, getBuffers, setBuffers, teacherLogits } from '@svd-train/layers';
+import { computeGradients, ensembleLogits, getBuffers, setBuffers } from '@svd-train/layers';
 
 type Model = Parameters<typeof computeGradients>[0];
 type Reg = Parameters<typeof computeGradients>[3];
 
-/** Distillation for a slice: the teacher model (eval mode) with α and T; see computeGradients. */
+/** Distillation for a slice: the teacher models (eval mode; several average, see ensembleLogits) with α and T; see computeGradients. */
 export interface SliceDistill {
-  teacher: Model;
+  teachers: Model[];
   alpha: number;
   temperature: number;
 }
@@ -53,10 +53,10 @@ function scaledCopy(src: WireTensor[], w: number): WireTensor[] {
  */
 export function sliceGradients(model: Model, x: Float32Array, y: Int32Array, reg: Reg, maxChunk: number, distill?: SliceDistill): SliceGradients {
   const n = y.length;
-  // The teacher's logits of a chunk, computed in eval mode on the same images (its BN running
+  // The teachers' logits of a chunk, computed in eval mode on the same images (their BN running
   // statistics never change).
   const target = (cx: Float32Array, cn: number) =>
-    distill ? { logits: teacherLogits(distill.teacher, cx, cn), alpha: distill.alpha, temperature: distill.temperature } : undefined;
+    distill ? { logits: ensembleLogits(distill.teachers, cx, cn, distill.temperature), alpha: distill.alpha, temperature: distill.temperature } : undefined;
   if (n <= maxChunk) return computeGradients(model, x, y, reg, target(x, n));
   const per = x.length / n;
   const start = getBuffers(model);

@@ -75,8 +75,11 @@ export interface WorkerState {
   test: Cifar10Split | null;
   /** The model's parameter and buffer specs (what `weights` must match). */
   manifest: { params: TensorSpec[]; buffers: TensorSpec[] } | null;
-  /** While the run distills: the teacher model (config.teacherArch at config.teacherRanks) and its manifest (what `teacher` must match). */
-  teacher: { model: Model; manifest: { params: TensorSpec[]; buffers: TensorSpec[] } } | null;
+  /**
+   * While the run distills: the teacher models (config.teacherArch at config.teacherRanks, then each
+   * of config.extraTeachers) and their manifests (what each `teacher` message must match); else empty.
+   */
+  teachers: { model: Model; manifest: { params: TensorSpec[]; buffers: TensorSpec[] } }[];
   steps: number;
   /**
    * BN running statistics of the last `weights` broadcast. Every slice starts from them: a worker
@@ -113,8 +116,8 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
   let stage: Stage = 'challenge';
   let trainCount = 0;
   let testCount = 0;
-  // Sent once per connection, before the first weights, when the run distills.
-  let teacherLoaded = false;
+  // Each teacher is sent once per connection, before the first weights, when the run distills.
+  const teachersLoaded = new Set<number>();
   const nonce = makeNonce();
   const localData = opts.dataDir ?? process.env.SVD_TRAIN_DATA ?? null;
   await conn.send({
@@ -191,17 +194,20 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           st.train = st.test = null;
           st.manifest = { params: getParameters(st.model).map(specOf), buffers: getBuffers(st.model).map(specOf) };
           log(`model ${cfg.model} (svd=${cfg.svd}, ${cfg.decomposition}${cfg.ranks ? `, ${Object.keys(cfg.ranks).length} per-layer ranks` : ''}) built; config ${hash.slice(0, 12)}`);
-          st.teacher?.model.dispose();
-          st.teacher = null;
+          for (const t of st.teachers) t.model.dispose();
+          st.teachers = [];
           if (cfg.distillAlpha > 0) {
-            // The teacher's weights come over the wire; its shapes are the config's to say.
-            const model = buildTeacherForConfig(cfg);
-            st.teacher = { model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } };
-            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from a ${cfg.teacherRanks ? 'pruned' : 'full-rank'} ${archLabel({ ...cfg, ...cfg.teacherArch })} teacher`);
+            // The teachers' weights come over the wire; their shapes are the config's to say.
+            for (const t of [cfg, ...cfg.extraTeachers]) {
+              const model = buildTeacherForConfig({ ...cfg, teacherRanks: t.teacherRanks, teacherArch: t.teacherArch });
+              st.teachers.push({ model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } });
+            }
+            const what = [cfg, ...cfg.extraTeachers].map((t) => `a ${t.teacherRanks ? 'pruned' : 'full-rank'} ${archLabel({ ...cfg, ...t.teacherArch })}`);
+            log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from ${what.length === 1 ? `${what[0]} teacher` : `${what.length} teachers (their mean softened output): ${what.join(', ')}`}`);
           }
         }
-        // From here a frame may carry one model's tensors (the teacher's too) or one dataset chunk, nothing larger.
-        conn.setLimit(Math.max(DATA_CHUNK_FRAME_BYTES, tensorFrameBytes(st.manifest!), st.teacher ? tensorFrameBytes(st.teacher.manifest) : 0));
+        // From here a frame may carry one model's tensors (a teacher's too) or one dataset chunk, nothing larger.
+        conn.setLimit(Math.max(DATA_CHUNK_FRAME_BYTES, tensorFrameBytes(st.manifest!), ...st.teachers.map((t) => tensorFrameBytes(t.manifest))));
         if (!st.train) {
           const dir = await ensureDataset(msg.datasetInfo, {
             localDir: localData,
@@ -222,18 +228,26 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
       }
       case 'teacher': {
         if (stage !== 'weights') return violated(outOfOrder('teacher', `waiting for ${STAGE_WAITS[stage]}`));
-        if (!st.teacher || teacherLoaded) {
-          return violated(outOfOrder('teacher', st.teacher ? 'the teacher was already sent on this connection' : 'this run does not distill (distillAlpha 0)'));
+        const teacher = st.teachers[msg.index];
+        if (!teacher || teachersLoaded.has(msg.index)) {
+          const why = st.teachers.length === 0
+            ? 'this run does not distill (distillAlpha 0)'
+            : teacher
+              ? `teacher ${msg.index} was already sent on this connection`
+              : `teacher ${msg.index} does not exist: this run has ${st.teachers.length} (indices 0–${st.teachers.length - 1})`;
+          return violated(outOfOrder('teacher', why));
         }
-        checkWeights(msg, st.teacher.manifest, 'the teacher model of this config (teacherRanks)');
-        setParameters(st.teacher.model, msg.params);
-        if (msg.buffers.length) setBuffers(st.teacher.model, msg.buffers);
-        teacherLoaded = true;
+        checkWeights(msg, teacher.manifest, msg.index === 0 ? 'the teacher model of this config (teacherRanks)' : `teacher ${msg.index} of this config (extraTeachers[${msg.index - 1}])`);
+        setParameters(teacher.model, msg.params);
+        if (msg.buffers.length) setBuffers(teacher.model, msg.buffers);
+        teachersLoaded.add(msg.index);
         break;
       }
       case 'weights': {
         if (stage !== 'weights' && stage !== 'ready') return violated(outOfOrder('weights', `waiting for ${STAGE_WAITS[stage]}`));
-        if (st.teacher && !teacherLoaded) return violated(outOfOrder('weights', 'waiting for the teacher (this run distills: the teacher comes first)'));
+        if (teachersLoaded.size < st.teachers.length) {
+          return violated(outOfOrder('weights', `waiting for the teachers (this run distills: they come first; ${teachersLoaded.size} of ${st.teachers.length} received)`));
+        }
         checkWeights(msg, st.manifest!);
         setParameters(st.model!, msg.params);
         if (msg.buffers.length) setBuffers(st.model!, msg.buffers);
@@ -249,7 +263,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
         const reg = { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity };
-        const distill = st.teacher ? { teacher: st.teacher.model, alpha: cfg.distillAlpha, temperature: cfg.distillTemperature } : undefined;
+        const distill = st.teachers.length ? { teachers: st.teachers.map((t) => t.model), alpha: cfg.distillAlpha, temperature: cfg.distillTemperature } : undefined;
         const r = sliceGradients(st.model!, x, y, reg, cfg.maxWorkerBatch, distill);
         const computeMs = performance.now() - t0;
         st.steps++;

@@ -196,9 +196,32 @@ describe('runWorker against a scripted coordinator', () => {
     const teacherModel = buildResNetForConfig({ ...kdCfg, seed: 9 });
     const teacher = { params: getParameters(teacherModel), buffers: getBuffers(teacherModel) };
     teacherModel.dispose();
-    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', ...teacher }]);
+    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', index: 0, ...teacher }]);
     expect(l!.distill).toBeGreaterThan(1e-3);
     expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
+  });
+
+  it('distillation from an ensemble (extraTeachers): one teacher message per index, and the term is against their mean softened output', async () => {
+    const one = resolveConfig({ batch: 4, limitTrain: 8, model: 'resnet20', lambdaO: 0.5, lambdaS: 0, distillAlpha: 0.4, distillTemperature: 3, teacher: '/t.svdckpt' }, undefined, {});
+    const two = resolveConfig({ ...serializeConfig(one), extraTeachers: [{ teacher: '/u.svdckpt' }] }, undefined, {});
+    const weightsOf = (seed: number) => {
+      const m = buildResNetForConfig({ ...one, seed });
+      const w = { params: getParameters(m), buffers: getBuffers(m) };
+      m.dispose();
+      return w;
+    };
+    const [a, b] = [weightsOf(9), weightsOf(10)];
+    const [[la], [lb], [lab], [laa]] = [
+      await stepLosses(one, [0], [{ type: 'teacher', index: 0, ...a }]),
+      await stepLosses(one, [0], [{ type: 'teacher', index: 0, ...b }]),
+      await stepLosses(two, [0], [{ type: 'teacher', index: 0, ...a }, { type: 'teacher', index: 1, ...b }]),
+      await stepLosses(two, [0], [{ type: 'teacher', index: 1, ...a }, { type: 'teacher', index: 0, ...a }]),
+    ];
+    // Two copies of one teacher are that teacher; two different ones are neither of them.
+    expect(laa!.distill).toBeCloseTo(la!.distill!, 4);
+    expect(Math.abs(lab!.distill! - la!.distill!)).toBeGreaterThan(1e-3);
+    expect(Math.abs(lab!.distill! - lb!.distill!)).toBeGreaterThan(1e-3);
+    expect(lab!.total).toBeCloseTo(0.6 * lab!.ce + 0.4 * lab!.distill! + 0.5 * lab!.orth, 4);
   });
 
   it('distillation from a teacher of another architecture (teacherArch): the worker builds that model for its tensors', async () => {
@@ -210,7 +233,7 @@ describe('runWorker against a scripted coordinator', () => {
     const teacherModel = buildResNetForConfig({ ...kdCfg, decomposition: 'spatial', seed: 9 });
     const teacher = { params: getParameters(teacherModel), buffers: getBuffers(teacherModel) };
     teacherModel.dispose();
-    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', ...teacher }]);
+    const [l] = await stepLosses(kdCfg, [0], [{ type: 'teacher', index: 0, ...teacher }]);
     expect(l!.distill).toBeGreaterThan(1e-3);
     expect(l!.total).toBeCloseTo(0.6 * l!.ce + 0.4 * l!.distill! + 0.5 * l!.orth, 4);
   });
@@ -225,10 +248,21 @@ describe('runWorker against a scripted coordinator', () => {
       return w;
     };
     const full = specsOf(kdCfg);
+    const twoCfg = resolveConfig({ ...serializeConfig(kdCfg), extraTeachers: [{ teacher: '/u.svdckpt' }] }, undefined, {});
     const cases: [string, typeof cfg, (send: (m: Message) => void, manifest: { params: { name: string; shape: number[] }[] }) => void, RegExp][] = [
       ['weights first', kdCfg, (send) => send({ type: 'weights', step: 0, params: full.params, buffers: [] }), /'weights' while waiting for the teacher/],
-      ['pruned teacher for a full-rank config', kdCfg, (send) => send({ type: 'teacher', ...specsOf({ ...kdCfg, ranks: { fc: 2 } }) }), /teacher model of this config/],
-      ['no distillation', cfg, (send) => send({ type: 'teacher', ...full }), /'teacher' while this run does not distill/],
+      ['pruned teacher for a full-rank config', kdCfg, (send) => send({ type: 'teacher', index: 0, ...specsOf({ ...kdCfg, ranks: { fc: 2 } }) }), /teacher model of this config/],
+      ['no distillation', cfg, (send) => send({ type: 'teacher', index: 0, ...full }), /'teacher' while this run does not distill/],
+      ['weights after one of two teachers', twoCfg, (send) => {
+        send({ type: 'teacher', index: 0, ...full });
+        send({ type: 'weights', step: 0, params: full.params, buffers: [] });
+      }, /waiting for the teachers .*1 of 2 received/],
+      ['a teacher index beyond the config\'s', twoCfg, (send) => send({ type: 'teacher', index: 2, ...full }), /teacher 2 does not exist: this run has 2/],
+      ['one teacher twice', twoCfg, (send) => {
+        send({ type: 'teacher', index: 1, ...full });
+        send({ type: 'teacher', index: 1, ...full });
+      }, /teacher 1 was already sent/],
+      ['a pruned second teacher for a full-rank entry', twoCfg, (send) => send({ type: 'teacher', index: 1, ...specsOf({ ...kdCfg, ranks: { fc: 2 } }) }), /teacher 1 of this config \(extraTeachers\[0\]\)/],
     ];
     for (const [what, config, act, want] of cases) {
       let told: Message | null = null;

@@ -87,7 +87,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
   log(`backend ${engine.reason}`);
   const device = opts.cpu || opts.gpu === undefined ? 'cpu' : `gpu:${opts.gpu}`;
   const name = opts.name ?? `${hostname()}:${process.pid}`;
-  const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, manifest: null, teacher: null, steps: 0, broadcastBuffers: [] };
+  const state: WorkerState = { model: null, hash: null, config: null, train: null, test: null, manifest: null, teachers: [], steps: 0, broadcastBuffers: [] };
   const token = opts.token ?? process.env.SVD_TRAIN_TOKEN ?? null;
   if (token && opts.coordinator.startsWith('ws://') && !/^ws:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:|\/|$)/.test(opts.coordinator)) {
     log(`warning: ${opts.coordinator} is plain ws://: the token stays secret, but gradients and weights travel unencrypted and a man in the middle can relay the session; use wss:// (svd-coord start --tls-cert/--tls-key, svd-worker --ca)`);

@@ -13,6 +13,7 @@ import {
   DECAY_ON,
   DECOMPOSITIONS,
   DEFAULTS,
+  MAX_TEACHERS,
   MODELS,
   OPTIMIZERS,
   SCHEDULES,
@@ -83,13 +84,18 @@ const START_OPTIONS: [string, string][] = [
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
   ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only (see --distill-training), and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
   ['--distill-temperature <t>', `softmax temperature T of the distillation term (default ${shown('distillTemperature')})`],
-  ['--teacher <ckpt>', 'checkpoint of the teacher: any ResNet trained on this data set (another depth or --decomposition, plain or SVD, full rank or pruned; its own config says which); required with --distill-alpha outside the pipeline\'s fine-tuning'],
   ['--sweep-energies <list>', `energies of the accuracy-vs-MACs curve, evaluated without fine-tuning (default ${shown('sweepEnergies')})`],
 ];
 
 function addStartOptions(cmd: Command): Command {
   cmd.option('--config <file>', 'JSON file with any of these options (camelCase keys); flags override it');
   for (const [flags, desc] of START_OPTIONS) cmd.option(flags, desc);
+  cmd.option(
+    '--teacher <ckpt>',
+    'checkpoint of the teacher: any ResNet trained on this data set (another depth or --decomposition, plain or SVD, full rank or pruned; its own config says which); required with --distill-alpha outside the pipeline\'s fine-tuning. ' +
+      `Repeat it for an ensemble (up to ${MAX_TEACHERS}): the target is the mean of the teachers' softened outputs`,
+    (path: string, prev: string[] | undefined) => [...(prev ?? []), path],
+  );
   cmd.option('--distill-training', 'with --prune-* and --finetune-epochs: --teacher teaches the training too, not only the fine-tuning (needs --teacher and --distill-alpha)');
   cmd.option('--resume', 'continue from the latest checkpoint in --out');
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
@@ -125,6 +131,12 @@ export interface StartOptions {
 export function configFromOptions(opts: StartOptions, env: NodeJS.ProcessEnv = process.env, warn: (s: string) => void = () => {}): RunConfig {
   const { config, download: _d, augment, nesterov, cycleMomentum, tokenFile, tlsCert: _c, tlsKey: _k, token, ...rest } = opts;
   const flags: Record<string, unknown> = { ...rest };
+  // --teacher may be repeated (an ensemble): the first is `teacher`, the others `extraTeachers`.
+  if (Array.isArray(rest.teacher)) {
+    const [first, ...more] = rest.teacher as string[];
+    flags.teacher = first;
+    flags.extraTeachers = more.map((teacher) => ({ teacher, teacherRanks: null, teacherArch: null }));
+  }
   // The token file wins over SVD_TRAIN_TOKEN like any flag; it goes through resolveConfig as `token`.
   if (token !== undefined || tokenFile !== undefined) flags.token = resolveToken({ token, tokenFile }, warn, env);
   // commander sets negatable options to true when absent; only an explicit --no-X overrides the config file.
@@ -149,7 +161,7 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
 
 /** `cfg` with distillation off (its other fields back at their defaults). */
 function withoutDistillation(cfg: RunConfig): RunConfig {
-  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, distillTraining: false };
+  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, extraTeachers: [], distillTraining: false };
 }
 
 /** Whether `start` goes on after the training: pruning (at an energy or a MAC budget), then fine-tuning if asked. */
@@ -167,7 +179,7 @@ export function distillationPlan(cfg: RunConfig): { train: RunConfig; finetune: 
   const distillLater = runsPipeline(cfg) && cfg.finetuneEpochs > 0 && cfg.distillAlpha > 0;
   return {
     train: distillLater && !cfg.distillTraining ? withoutDistillation(cfg) : cfg,
-    finetune: distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch } : null,
+    finetune: distillLater ? { alpha: cfg.distillAlpha, temperature: cfg.distillTemperature, teacher: cfg.teacher, teacherRanks: cfg.teacherRanks, teacherArch: cfg.teacherArch, extraTeachers: cfg.extraTeachers } : null,
   };
 }
 

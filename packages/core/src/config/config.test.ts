@@ -314,6 +314,26 @@ describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)
     expect(thrown(() => resolveConfig({ teacherArch: { ...spatial, svd: false }, teacherRanks: { fc: 2 } }, undefined, {})).message).toContain("teacher's svd off");
   });
 
+  it('extraTeachers (an ensemble): empty by default and then unhashed; hashed when given; needs the first teacher and α > 0; at most 8 teachers; their ranks checked', () => {
+    const on = parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt' });
+    expect(on.extraTeachers).toEqual([]);
+    const { extraTeachers: _x, ...without } = serializeConfig(on);
+    expect(configHash(without as typeof on)).toBe(configHash(on));
+    const two = parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', extraTeachers: [{ teacher: 'u.svdckpt' }] });
+    expect(two.extraTeachers).toEqual([{ teacher: 'u.svdckpt', teacherRanks: null, teacherArch: null }]);
+    expect(configHash(two)).not.toBe(configHash(on));
+    expect(configHash(parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', extraTeachers: [{ teacher: 'u.svdckpt', teacherRanks: { fc: 3 } }] }))).not.toBe(configHash(two));
+    expect(thrown(() => parseConfig({ extraTeachers: [{ teacher: 'u.svdckpt' }] })).message).toMatch(/extraTeachers.*empty without a teacher.*--teacher CKPT once per teacher/s);
+    expect(thrown(() => parseConfig({ teacher: 't.svdckpt', extraTeachers: [{ teacher: 'u.svdckpt' }] })).message).toContain('distillAlpha is 0');
+    const many = Array.from({ length: 8 }, (_, i) => ({ teacher: `t${i}.svdckpt` }));
+    expect(parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', extraTeachers: many.slice(0, 7) }).extraTeachers).toHaveLength(7);
+    expect(thrown(() => parseConfig({ distillAlpha: 0.5, teacher: 't.svdckpt', extraTeachers: many })).message).toContain('extraTeachers');
+    expect(thrown(() => parseConfig({ distillAlpha: 0.5, teacher: 't', extraTeachers: [{ teacher: 'u', teacherRanks: { 'layers.x': 2 } }] })).message).toContain('extraTeachers.0.teacherRanks.layers.x');
+    const plain = { model: 'resnet20', svd: false, decomposition: 'channel' } as const;
+    expect(thrown(() => parseConfig({ distillAlpha: 0.5, teacher: 't', extraTeachers: [{ teacher: 'u', teacherArch: plain, teacherRanks: { fc: 2 } }] })).message).toContain("this teacher's svd off");
+    expect(thrown(() => parseConfig({ distillAlpha: 0.5, teacher: 't', extraTeachers: [{ teacher: 'u', other: 1 }] })).message).toContain('extraTeachers');
+  });
+
   it('needs a teacher, except in the pipeline with fine-tuning (the trained model teaches)', () => {
     const e = thrown(() => resolveConfig({ distillAlpha: 0.5 }, undefined, {}));
     expect(e.message).toContain('teacher');

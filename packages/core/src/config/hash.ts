@@ -74,7 +74,7 @@ export function canonicalJson(value: unknown): string {
 const RUN_LOCAL = new Set<string>(RUN_LOCAL_KEYS);
 
 /** Distillation's fields: hashed only while it is on (α > 0), so every config without it keeps the hash it had before they existed. */
-const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'teacher', 'teacherRanks', 'teacherArch'] satisfies ConfigKey[]);
+const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'teacher', 'teacherRanks', 'teacherArch', 'extraTeachers'] satisfies ConfigKey[]);
 
 /**
  * sha256 (hex) of the canonical JSON of the fields that affect the math (every field except
@@ -82,7 +82,7 @@ const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'tea
  * `ranks: null` (every layer full rank) is left out, so configs and checkpoints from before the
  * field existed keep their hash; any ranks given are hashed (they change the parameter shapes).
  * Likewise the distillation fields while α is 0, `teacherArch` while null (the teacher is the run's
- * architecture), and `sparsityEnd` at 1 (the term to the last step).
+ * architecture), `extraTeachers` while empty (one teacher), and `sparsityEnd` at 1 (the term to the last step).
  */
 export function configHash(cfg: RunConfig | SerializedRunConfig): string {
   const picked: Record<string, unknown> = {};
@@ -90,6 +90,7 @@ export function configHash(cfg: RunConfig | SerializedRunConfig): string {
     if (RUN_LOCAL.has(k) || (k === 'ranks' && (v === null || v === undefined))) continue;
     if (k === 'sparsityEnd' && (v === 1 || v === undefined)) continue;
     if (k === 'teacherArch' && (v === null || v === undefined)) continue;
+    if (k === 'extraTeachers' && (v === undefined || (Array.isArray(v) && v.length === 0))) continue;
     if (DISTILL_KEYS.has(k) && !((cfg as { distillAlpha?: number }).distillAlpha! > 0)) continue;
     picked[k] = v;
   }

@@ -25,6 +25,11 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.int().min(min).max
 const nonNeg = () => z.number().min(0);
 const positive = () => z.number().positive();
 const path = () => z.string().min(1);
+const ranksRecord = () => z.record(z.string(), int(1));
+const archObject = () => z.strictObject({ model: z.enum(MODELS), svd: z.boolean(), decomposition: z.enum(DECOMPOSITIONS) });
+
+/** Most teachers one run distills from (`teacher` and `extraTeachers` together): each costs every step a forward. */
+export const MAX_TEACHERS = 8;
 
 /**
  * PyTorch module names of the SVD layers our ResNets have (resnet.ts): the stem conv, the convs of
@@ -77,8 +82,12 @@ export const RunConfigSchema = z
     distillAlpha: z.number().min(0).max(1).default(DEFAULTS.distillAlpha),
     distillTemperature: positive().default(DEFAULTS.distillTemperature),
     teacher: path().nullable().default(DEFAULTS.teacher),
-    teacherRanks: z.record(z.string(), int(1)).nullable().default(DEFAULTS.teacherRanks),
-    teacherArch: z.strictObject({ model: z.enum(MODELS), svd: z.boolean(), decomposition: z.enum(DECOMPOSITIONS) }).nullable().default(DEFAULTS.teacherArch),
+    teacherRanks: ranksRecord().nullable().default(DEFAULTS.teacherRanks),
+    teacherArch: archObject().nullable().default(DEFAULTS.teacherArch),
+    extraTeachers: z
+      .array(z.strictObject({ teacher: path(), teacherRanks: ranksRecord().nullable().default(null), teacherArch: archObject().nullable().default(null) }))
+      .max(MAX_TEACHERS - 1)
+      .default(() => [...DEFAULTS.extraTeachers]),
     distillTraining: z.boolean().default(DEFAULTS.distillTraining),
     sweepEnergies: z.array(z.number().min(0).lt(1)).max(64).default(() => [...DEFAULTS.sweepEnergies]),
     host: z.string().min(1).default(DEFAULTS.host),
@@ -103,11 +112,17 @@ export const RunConfigSchema = z
     threads: int(1, 1024).default(DEFAULTS.threads),
   })
   .superRefine((c, ctx) => {
-    for (const [field, key] of [...Object.keys(c.ranks ?? {}).map((k) => ['ranks', k] as const), ...Object.keys(c.teacherRanks ?? {}).map((k) => ['teacherRanks', k] as const)]) {
+    const rankKeys: (readonly (string | number)[])[] = [
+      ...Object.keys(c.ranks ?? {}).map((k) => ['ranks', k]),
+      ...Object.keys(c.teacherRanks ?? {}).map((k) => ['teacherRanks', k]),
+      ...c.extraTeachers.flatMap((t, i) => Object.keys(t.teacherRanks ?? {}).map((k) => ['extraTeachers', i, 'teacherRanks', k])),
+    ];
+    for (const where of rankKeys) {
+      const key = String(where[where.length - 1]);
       if (!SVD_MODULE_NAME_RE.test(key)) {
         ctx.addIssue({
           code: 'custom',
-          path: [field, key],
+          path: [...where],
           message: `a PyTorch module name of an SVD layer as key ('stem.0', 'layers.K.conv1', 'layers.K.conv2', 'layers.K.shortcut.0' or 'fc'), not ${JSON.stringify(key)}`,
         });
       }
@@ -141,6 +156,18 @@ export const RunConfigSchema = z
     }
     if (c.teacherRanks !== null && Object.keys(c.teacherRanks).length > 0 && !(c.teacherArch?.svd ?? c.svd)) {
       ctx.addIssue({ code: 'custom', path: ['teacherRanks'], message: "null with the teacher's svd off: only SVD layers have a rank" });
+    }
+    c.extraTeachers.forEach((t, i) => {
+      if (t.teacherRanks !== null && Object.keys(t.teacherRanks).length > 0 && !(t.teacherArch?.svd ?? c.svd)) {
+        ctx.addIssue({ code: 'custom', path: ['extraTeachers', i, 'teacherRanks'], message: "null with this teacher's svd off: only SVD layers have a rank" });
+      }
+    });
+    if (c.extraTeachers.length > 0 && (c.teacher === null || c.distillAlpha === 0)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['extraTeachers'],
+        message: `empty without a teacher and distillAlpha > 0 (distillAlpha is ${c.distillAlpha}, teacher ${c.teacher === null ? 'none' : c.teacher}): further teachers join the first one (pass --teacher CKPT once per teacher, with --distill-alpha a)`,
+      });
     }
     const pipelineTeacher = (c.pruneEnergy !== null || c.pruneMacs !== null) && c.finetuneEpochs > 0;
     if (c.distillAlpha > 0 && c.teacher === null && !pipelineTeacher) {

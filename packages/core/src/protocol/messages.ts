@@ -12,7 +12,7 @@
  */
 import { z } from 'zod';
 import { NONCE_BYTES } from '../auth.js';
-import type { SerializedRunConfig } from '../config/schema.js';
+import { MAX_TEACHERS, type SerializedRunConfig } from '../config/schema.js';
 import type { ErrorCode } from '../errors.js';
 import { TensorSpecSchema, WireTensorSchema } from '../tensor.js';
 
@@ -242,12 +242,14 @@ export const WeightsMessageSchema = z.object({
 export type WeightsMessage = z.output<typeof WeightsMessageSchema>;
 
 /**
- * C -> W, once per connection before the first `weights`, only when the run distills
- * (config.distillAlpha > 0): the teacher's parameters and BN buffers, in the manifest order of the
- * model that config.teacherRanks builds. The worker checks names and shapes against that model.
+ * C -> W, once per teacher and connection before the first `weights`, only when the run distills
+ * (config.distillAlpha > 0): a teacher's parameters and BN buffers, in the manifest order of the
+ * model its ranks build. `index` 0 (the default) is config.teacher, k ≥ 1 config.extraTeachers[k − 1].
+ * The worker checks names and shapes against that model.
  */
 export const TeacherMessageSchema = z.object({
   type: z.literal('teacher'),
+  index: z.int().min(0).max(MAX_TEACHERS - 1).default(0),
   params: tensors(),
   buffers: tensors(),
 });

@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { serializeConfig } from '../config/hash.js';
 import { parseConfig } from '../config/resolve.js';
+import { MAX_TEACHERS } from '../config/schema.js';
 import { SvdTrainError } from '../errors.js';
 import type { WireTensor } from '../tensor.js';
 import { MAX_FRAME_ITEMS, decodeMessage, encodeMessage, scanMsgpack } from './codec.js';
@@ -28,7 +29,8 @@ const SAMPLES: Message[] = [
   { type: 'error', code: 'AUTH_FAILED', message: 'nope' },
   { type: 'shutdown', reason: 'done' },
   { type: 'shutdown', reason: 'training finished', reconnect: true },
-  { type: 'teacher', params: [t('a', [2, 3]), t('b', [])], buffers: [t('bn', [4])] },
+  { type: 'teacher', index: 0, params: [t('a', [2, 3]), t('b', [])], buffers: [t('bn', [4])] },
+  { type: 'teacher', index: 2, params: [t('a', [2, 3])], buffers: [] },
   { type: 'gradients', step: 4, attempt: 0, n: 3, grads: [t('a', [2, 3], -1)], buffers: [], loss: { ce: 2.3, orth: 0.1, sparsity: 0, total: 2.1, distill: 1.5 }, correct: 2, computeMs: 9 },
 ];
 
@@ -103,6 +105,12 @@ describe('protocol validation', () => {
     expect(codeOf(() => decodeMessage(raw.pack({ ...SAMPLES[0], hasData: 1 })))).toBe('PROTOCOL_INVALID');
     expect(codeOf(() => decodeMessage(raw.pack({ type: 'weights', step: 0, params: [{ name: 'a', shape: [2], data: [1, 2] }], buffers: [] })))).toBe('PROTOCOL_INVALID');
     expect(codeOf(() => decodeMessage(raw.pack({ type: 'weights', step: 0, params: [{ name: 'a', shape: [-2], data: new Float32Array(2) }], buffers: [] })))).toBe('PROTOCOL_INVALID');
+  });
+  it('teacher: index 0 when absent (one teacher), refused outside 0..MAX_TEACHERS − 1', () => {
+    const teacher = { type: 'teacher', params: [], buffers: [] };
+    expect(decodeMessage(raw.pack(teacher))).toMatchObject({ type: 'teacher', index: 0 });
+    expect(decodeMessage(raw.pack({ ...teacher, index: MAX_TEACHERS - 1 }))).toMatchObject({ index: MAX_TEACHERS - 1 });
+    for (const index of [MAX_TEACHERS, -1, 0.5, '1']) expect(codeOf(() => decodeMessage(raw.pack({ ...teacher, index })))).toBe('PROTOCOL_INVALID');
   });
   it('SHAPE_MISMATCH when data length != product(shape)', () => {
     const m = { type: 'weights', step: 0, params: [{ name: 'conv.U', shape: [3, 3], data: new Float32Array(8) }], buffers: [] };
