@@ -99,8 +99,8 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
   });
 });
 
-describe('start --distill-training: the named teacher teaches the training and the fine-tuning', () => {
-  it('distills every training step and every fine-tuning step from --teacher', async () => {
+describe('start --distill-training: the named teachers teach the training and the fine-tuning', () => {
+  it('distills every training step and every fine-tuning step from --teacher, repeated: an ensemble of two', async () => {
     requireBuild();
     const data = syntheticData(12, 12);
     // The teacher: a plain one-step run of the same data.
@@ -112,12 +112,15 @@ describe('start --distill-training: the named teacher teaches the training and t
     const c = startCoordinator([
       ...tinyRunFlags({ data, out, port: await freePort(), epochs: 1, limitTrain: 12, batch: 12 }),
       '--spawn', '1', '--prune-energy', '0.2', '--sweep-energies', '0.4', '--finetune-epochs', '1',
-      '--teacher', teacher, '--distill-alpha', '0.5', '--distill-training',
+      '--teacher', teacher, '--teacher', teacher, '--distill-alpha', '0.5', '--distill-training',
     ]);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
+    // Each phase's worker built both teachers and took both over the wire.
+    expect(c.output().match(/distilling \(α 0\.5, T 4\) from 2 teachers/g)).toHaveLength(2);
     for (const dir of [out, join(out, 'finetune')]) {
       const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
       expect([cfg.distillAlpha, cfg.teacher]).toEqual([0.5, teacher]);
+      expect(cfg.extraTeachers).toEqual([{ teacher, teacherRanks: null, teacherArch: null }]);
       const steps = stepRecords(dir);
       expect(steps.length).toBe(1);
       for (const r of steps) expect(r.loss.distill).toBeGreaterThan(0);
