@@ -77,6 +77,15 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/12\)/);
   });
 
+  it('eval of several checkpoints prints each and their ensemble (two copies of one model: the same accuracy)', async () => {
+    const r = await coord(['eval', ckpt, out, '--data', data, '--limit-test', '12']);
+    expect(r.code, r.out).toBe(0);
+    const each = [...r.out.matchAll(/svdckpt: test accuracy (\d+\.\d\d)% \((\d+)\/12\)/g)].map((m) => m[1]);
+    expect(each).toHaveLength(2);
+    expect(each[0]).toBe(each[1]);
+    expect(r.out).toContain(`ensemble of 2 (mean softmax, what --teacher repeated distills from): test accuracy ${each[0]}%`);
+  });
+
   it('prune prints the per-layer table and writes a smaller checkpoint', async () => {
     const dest = tempDir();
     const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', dest]);

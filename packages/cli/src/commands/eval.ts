@@ -1,13 +1,14 @@
 /**
- * `svd-coord eval CKPT`: test accuracy, mean loss and MACs of a checkpoint (or of the latest one in
- * a run folder), on the whole test set unless --limit-test N.
+ * `svd-coord eval CKPT [CKPT…]`: test accuracy, mean loss and MACs of a checkpoint (or of the latest
+ * one in a run folder), on the whole test set unless --limit-test N; with several, each one's and
+ * their ensemble's (mean softmax: what distilling from them all, `--teacher` repeated, aims at).
  */
 import type { Command } from 'commander';
-import { readCifar10, resolveDataDir } from '@svd-train/core';
-import { countMacs, evaluateSplit } from '@svd-train/layers';
+import { assembleBatch, readCifar10, resolveDataDir, type Cifar10Split, type RunConfig } from '@svd-train/core';
+import { countMacs, ensembleLogits, evaluateSplit } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { checkpointArgument, modelFromCheckpoint } from '../checkpoint-model.js';
+import { checkpointArgument, modelFromCheckpoint, type Model } from '../checkpoint-model.js';
 
 interface EvalOptions {
   data?: string;
@@ -31,37 +32,69 @@ export function runDataDir(flag: string | undefined, runData: string | null, io:
   return resolveDataDir({ flag: null }).dir;
 }
 
-async function evalCommand(pathArg: string, opts: EvalOptions, io: CliIo): Promise<number> {
-  const path = checkpointArgument(pathArg, io);
-  const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
-  const test = readCifar10(runDataDir(opts.data, cfg.data, io), 'test');
+async function evalCommand(pathArgs: string[], opts: EvalOptions, io: CliIo): Promise<number> {
+  const paths = pathArgs.map((p) => checkpointArgument(p, io));
   let limit: number | null = null;
   if (opts.limitTest !== undefined) {
     limit = Number(opts.limitTest);
     if (!(opts.limitTest.trim() !== '' && Number.isInteger(limit) && limit > 0)) {
       throw usageError(`--limit-test ${JSON.stringify(opts.limitTest)} is not valid; expected a whole number of test images > 0, e.g. --limit-test 1000.`);
     }
-  } else if (cfg.limitTest !== null && cfg.limitTest < test.count) {
-    // The whole test set by default: a training run's --limit-test (a quick check) is not what a
-    // reported accuracy should silently use. Say so, and how to get the run's subset.
-    io.err(`the training run evaluated only the first ${cfg.limitTest} test images (--limit-test ${cfg.limitTest}); this uses all ${test.count}. Pass --limit-test ${cfg.limitTest} for the run's subset.\n`);
   }
-  const n = Math.min(test.count, limit ?? test.count);
-  const r = evaluateSplit(model, test, Int32Array.from({ length: n }, (_, i) => i), cfg.maxWorkerBatch);
-  const [acc, loss] = [r.correct / n, r.lossSum / n];
-  const c = countMacs(model);
-  io.out(`${path}: test accuracy ${(100 * acc).toFixed(2)}% (${r.correct}/${n}), loss ${loss.toFixed(4)}, ${(c.total / 1e6).toFixed(2)}M MACs per image\n`);
+  const loaded: { path: string; model: Model; cfg: RunConfig }[] = [];
+  try {
+    for (const path of paths) {
+      const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
+      loaded.push({ path, model, cfg });
+    }
+    const { cfg } = loaded[0]!;
+    const test = readCifar10(runDataDir(opts.data, cfg.data, io), 'test');
+    if (limit === null && cfg.limitTest !== null && cfg.limitTest < test.count) {
+      // The whole test set by default: a training run's --limit-test (a quick check) is not what a
+      // reported accuracy should silently use. Say so, and how to get the run's subset.
+      io.err(`the training run evaluated only the first ${cfg.limitTest} test images (--limit-test ${cfg.limitTest}); this uses all ${test.count}. Pass --limit-test ${cfg.limitTest} for the run's subset.\n`);
+    }
+    const n = Math.min(test.count, limit ?? test.count);
+    const indices = Int32Array.from({ length: n }, (_, i) => i);
+    for (const { path, model, cfg: c } of loaded) {
+      const r = evaluateSplit(model, test, indices, c.maxWorkerBatch);
+      io.out(`${path}: test accuracy ${(100 * r.correct / n).toFixed(2)}% (${r.correct}/${n}), loss ${(r.lossSum / n).toFixed(4)}, ${(countMacs(model).total / 1e6).toFixed(2)}M MACs per image\n`);
+    }
+    if (loaded.length > 1) {
+      const correct = ensembleCorrect(loaded.map((l) => l.model), test, indices, cfg.maxWorkerBatch);
+      const macs = loaded.reduce((a, l) => a + countMacs(l.model).total, 0);
+      io.out(`ensemble of ${loaded.length} (mean softmax, what --teacher repeated distills from): test accuracy ${(100 * correct / n).toFixed(2)}% (${correct}/${n}), ${(macs / 1e6).toFixed(2)}M MACs per image\n`);
+    }
+  } finally {
+    for (const l of loaded) l.model.dispose();
+  }
   return 0;
+}
+
+/** Test images the models' mean softmax classifies correctly (`ensembleLogits` at T = 1). */
+function ensembleCorrect(models: Model[], split: Cifar10Split, indices: Int32Array, chunk: number): number {
+  let correct = 0;
+  for (let lo = 0; lo < indices.length; lo += chunk) {
+    const { x, y } = assembleBatch(split, indices.subarray(lo, Math.min(indices.length, lo + chunk)), { seed: 0, epoch: 0, augment: false });
+    const logits = ensembleLogits(models, x, y.length, 1);
+    const classes = logits.length / y.length;
+    for (let i = 0; i < y.length; i++) {
+      let best = 0;
+      for (let c = 1; c < classes; c++) if (logits[i * classes + c]! > logits[i * classes + best]!) best = c;
+      if (best === y[i]) correct++;
+    }
+  }
+  return correct;
 }
 
 /** Adds `eval` to the `svd-coord` program. */
 export function registerEvalCommand(program: Command, io: CliIo, setCode: SetExitCode): void {
   program
     .command('eval')
-    .description('test accuracy of a checkpoint')
-    .argument('<ckpt>', 'checkpoint file, or a run folder (its latest checkpoint is used)')
+    .description('test accuracy of a checkpoint, or of several and of their ensemble')
+    .argument('<ckpt...>', 'checkpoint file, or a run folder (its latest checkpoint is used); with several, also the accuracy of their mean softmax (the target of an ensemble of teachers)')
     .option('--data <dir>', 'CIFAR-10 folder (default: the run\'s, then SVD_TRAIN_DATA, then the cache)')
     .option('--limit-test <n>', 'only the first n test images (default: the whole test set, even if the run used --limit-test)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
-    .action(async (p: string, o: EvalOptions) => setCode(await evalCommand(p, o, io)));
+    .action(async (p: string[], o: EvalOptions) => setCode(await evalCommand(p, o, io)));
 }
