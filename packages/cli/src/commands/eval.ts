@@ -47,7 +47,7 @@ async function evalCommand(pathArgs: string[], opts: EvalOptions, io: CliIo): Pr
       const { model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
       loaded.push({ path, model, cfg });
     }
-    const { cfg } = loaded[0]!;
+    const { cfg } = loaded[0];
     const test = readCifar10(runDataDir(opts.data, cfg.data, io), 'test');
     if (limit === null && cfg.limitTest !== null && cfg.limitTest < test.count) {
       // The whole test set by default: a training run's --limit-test (a quick check) is not what a
@@ -80,7 +80,7 @@ function ensembleCorrect(models: Model[], split: Cifar10Split, indices: Int32Arr
     const classes = logits.length / y.length;
     for (let i = 0; i < y.length; i++) {
       let best = 0;
-      for (let c = 1; c < classes; c++) if (logits[i * classes + c]! > logits[i * classes + best]!) best = c;
+      for (let c = 1; c < classes; c++) if (logits[i * classes + c] > logits[i * classes + best]) best = c;
       if (best === y[i]) correct++;
     }
   }
