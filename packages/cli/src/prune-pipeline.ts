@@ -5,7 +5,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, readCifar10, type RunConfig } from '@svd-train/core';
+import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, readCifar10, teachersOf, type RunConfig } from '@svd-train/core';
 import {
   buildResNetForConfig,
   countMacs,
@@ -148,7 +148,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
           }
         : {}),
     };
-    const kd = distill ? `, distilled from ${distill.teacher ? [distill.teacher, ...distill.extraTeachers.map((t) => t.teacher)].join(' + ') : 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
+    const kd = distill ? `, distilled from ${teachersOf(distill).map((t) => t.teacher).join(' + ') || 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
     io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term${kd}, in ${ftDir}\n`);
     const ft = await trainPhase(ftCfg, ctx, {
       next: 'going on with its evaluation',

@@ -16,10 +16,12 @@ import {
   parseConfig,
   saveCheckpoint,
   serializeConfig,
+  teachersOf,
   stepsPerEpoch as stepsInEpoch,
   type Checkpoint,
   type DatasetInfo,
   type RunConfig,
+  type TeacherSpec,
 } from '@svd-train/core';
 import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, noDecayParameterNames } from '@svd-train/layers';
 import { Coordinator, type EpochEvent, type LogLevel, type StepEvent } from '@svd-train/coordinator';
@@ -60,14 +62,13 @@ function checkShapes(ckpt: Checkpoint, want: { name: string; shape: number[] }[]
 }
 
 type TeacherWeights = { params: Checkpoint['params']; buffers: Checkpoint['buffers'] };
-type TeacherFields = Pick<RunConfig, 'teacher' | 'teacherRanks' | 'teacherArch'>;
 
 /**
  * One teacher of a distilling run: its checkpoint read, its architecture (model, svd, decomposition)
  * filled in where it differs from the run's, its per-layer ranks (so every worker builds its
  * shapes), and its tensors checked against that model.
  */
-function loadOneTeacher(cfg: RunConfig, t: TeacherFields & { teacher: string }, io: CliIo): { fields: TeacherFields; weights: TeacherWeights } {
+function loadOneTeacher(cfg: RunConfig, t: TeacherSpec, io: CliIo): { fields: TeacherSpec; weights: TeacherWeights } {
   const path = t.teacher;
   const ckpt = loadCheckpointFile(path);
   if (ckpt.buffers.length === 0) {
@@ -101,17 +102,16 @@ function loadOneTeacher(cfg: RunConfig, t: TeacherFields & { teacher: string }, 
  * config. Returns the config and the weights the coordinator sends, in that order.
  */
 export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teacher: TeacherWeights; extraTeachers: TeacherWeights[] } {
-  const path = cfg.teacher;
-  if (!path) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
-  const first = loadOneTeacher(cfg, { ...cfg, teacher: path }, io);
-  const more = cfg.extraTeachers.map((t) => loadOneTeacher(cfg, t, io));
+  const specs = teachersOf(cfg);
+  if (specs.length === 0) throw usageError(`--distill-alpha ${cfg.distillAlpha} needs a teacher. Fix: pass --teacher CKPT (e.g. the trained full-rank model's checkpoint).`);
+  const [first, ...more] = specs.map((t) => loadOneTeacher(cfg, t, io));
   const n = 1 + more.length;
   io.err(
     `distillation: data term (1 − ${cfg.distillAlpha})·CE + ${cfg.distillAlpha}·T²·KL at T ${cfg.distillTemperature}` +
       (n > 1 ? `, against the mean softened output of ${n} teachers\n` : '\n'),
   );
   return {
-    cfg: { ...cfg, ...first.fields, extraTeachers: more.map((m) => ({ ...m.fields, teacher: m.fields.teacher! })) },
+    cfg: { ...cfg, ...first.fields, extraTeachers: more.map((m) => m.fields) },
     teacher: first.weights,
     extraTeachers: more.map((m) => m.weights),
   };

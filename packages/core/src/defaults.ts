@@ -104,7 +104,8 @@ export const DEFAULTS = Object.freeze({
   teacherRanks: null as Record<string, number> | null,
   teacherArch: null as { model: (typeof MODELS)[number]; svd: boolean; decomposition: (typeof DECOMPOSITIONS)[number] } | null,
   // More teachers beside `teacher` (an ensemble): each with its own ranks and architecture, filled
-  // in from its checkpoint as for `teacher`. The target is the mean of all the teachers' logits.
+  // in from its checkpoint as for `teacher`. The target is the mean of all the teachers' softened
+  // outputs (softmax at temperature T).
   extraTeachers: [] as {
     teacher: string;
     teacherRanks: Record<string, number> | null;

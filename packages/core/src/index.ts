@@ -27,7 +27,7 @@ export {
 } from './defaults.js';
 export { MAX_TEACHERS, RunConfigSchema, type RunConfig, type SerializedRunConfig } from './config/schema.js';
 export { parseConfig, resolveConfig } from './config/resolve.js';
-export { archLabel } from './config/arch.js';
+export { archLabel, teachersOf, type TeacherSpec } from './config/arch.js';
 export { configHash, serializeConfig } from './config/hash.js';
 
 export {

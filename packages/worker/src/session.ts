@@ -198,11 +198,12 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           st.teachers = [];
           if (cfg.distillAlpha > 0) {
             // The teachers' weights come over the wire; their shapes are the config's to say.
-            for (const t of [cfg, ...cfg.extraTeachers]) {
+            const specs = [cfg, ...cfg.extraTeachers];
+            for (const t of specs) {
               const model = buildTeacherForConfig({ ...cfg, teacherRanks: t.teacherRanks, teacherArch: t.teacherArch });
               st.teachers.push({ model, manifest: { params: getParameters(model).map(specOf), buffers: getBuffers(model).map(specOf) } });
             }
-            const what = [cfg, ...cfg.extraTeachers].map((t) => `a ${t.teacherRanks ? 'pruned' : 'full-rank'} ${archLabel({ ...cfg, ...t.teacherArch })}`);
+            const what = specs.map((t) => `a ${t.teacherRanks ? 'pruned' : 'full-rank'} ${archLabel({ ...cfg, ...t.teacherArch })}`);
             log(`distilling (α ${cfg.distillAlpha}, T ${cfg.distillTemperature}) from ${what.length === 1 ? `${what[0]} teacher` : `${what.length} teachers (their mean softened output): ${what.join(', ')}`}`);
           }
         }

@@ -112,10 +112,11 @@ export const RunConfigSchema = z
     threads: int(1, 1024).default(DEFAULTS.threads),
   })
   .superRefine((c, ctx) => {
+    // Every teacher's fields, and where they sit in the config: `teacher` at the top, then extraTeachers[i].
+    const teachers = [{ at: [] as (string | number)[], t: c }, ...c.extraTeachers.map((t, i) => ({ at: ['extraTeachers', i], t }))];
     const rankKeys: (readonly (string | number)[])[] = [
       ...Object.keys(c.ranks ?? {}).map((k) => ['ranks', k]),
-      ...Object.keys(c.teacherRanks ?? {}).map((k) => ['teacherRanks', k]),
-      ...c.extraTeachers.flatMap((t, i) => Object.keys(t.teacherRanks ?? {}).map((k) => ['extraTeachers', i, 'teacherRanks', k])),
+      ...teachers.flatMap(({ at, t }) => Object.keys(t.teacherRanks ?? {}).map((k) => [...at, 'teacherRanks', k])),
     ];
     for (const where of rankKeys) {
       const key = String(where[where.length - 1]);
@@ -154,14 +155,11 @@ export const RunConfigSchema = z
     if (c.cycleMomentum && c.baseMomentum > c.maxMomentum) {
       ctx.addIssue({ code: 'custom', path: ['baseMomentum'], message: `at most maxMomentum (${c.maxMomentum}): one-cycle momentum falls from maxMomentum to baseMomentum` });
     }
-    if (c.teacherRanks !== null && Object.keys(c.teacherRanks).length > 0 && !(c.teacherArch?.svd ?? c.svd)) {
-      ctx.addIssue({ code: 'custom', path: ['teacherRanks'], message: "null with the teacher's svd off: only SVD layers have a rank" });
-    }
-    c.extraTeachers.forEach((t, i) => {
+    for (const { at, t } of teachers) {
       if (t.teacherRanks !== null && Object.keys(t.teacherRanks).length > 0 && !(t.teacherArch?.svd ?? c.svd)) {
-        ctx.addIssue({ code: 'custom', path: ['extraTeachers', i, 'teacherRanks'], message: "null with this teacher's svd off: only SVD layers have a rank" });
+        ctx.addIssue({ code: 'custom', path: [...at, 'teacherRanks'], message: "null with this teacher's svd off: only SVD layers have a rank" });
       }
-    });
+    }
     if (c.extraTeachers.length > 0 && (c.teacher === null || c.distillAlpha === 0)) {
       ctx.addIssue({
         code: 'custom',
