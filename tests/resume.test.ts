@@ -2,8 +2,8 @@
  * Resume after killing the coordinator (kill -9 after a mid-run checkpoint) must reach the same
  * parameters as an uninterrupted run: same data order, same augmentation, same optimizer state.
  * The workers are separate processes that reconnect (with backoff) to the restarted coordinator.
- * A pipeline stopped while fine-tuning resumes its fine-tuning, and a fresh start into a folder
- * that holds a run is refused.
+ * A pipeline stopped while fine-tuning resumes its fine-tuning (reusing its sweep and pruned model),
+ * and a fresh start into a folder that holds a run is refused.
  */
 import { describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
@@ -93,6 +93,9 @@ describe('resume', () => {
     const b2 = startCoordinator([...flags(outB, portB), '--resume']);
     expect(await b2.exited, b2.output().slice(-3000)).toBe(0);
     expect(b2.output()).toMatch(/already finished this phase \(\S+, step 2 of 2\); going on with the pruning/);
+    // The sweep and the prune are not redone: the pipeline.json of the stopped start is reused.
+    expect(b2.output()).toMatch(/pipeline: --resume: the sweep and the model pruned at e=0\.2 \(\S+pruned-e0\.2\.svdckpt\) are in \S+pipeline\.json, made from this checkpoint \(step 2\): reusing them/);
+    expect(b2.output()).not.toMatch(/evaluating the trained model and/);
     expect(b2.output()).toMatch(/resuming from \S+finetune\S+ \(step [2-8],/);
     // Every fine-tuning step once, the same as uninterrupted, and the same final model and result.
     expect(stepRecords(ftB).map((s) => s.step)).toEqual(stepRecords(join(outA, 'finetune')).map((s) => s.step));
@@ -102,7 +105,8 @@ describe('resume', () => {
     expect(cb.step).toBe(ca.step);
     const p = maxDiff(ca.params, cb.params);
     expect(p.diff, `worst at ${p.where}`).toBeLessThanOrEqual(RESUME_TOL);
-    const finetuned = (out: string) => JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).finetuned;
-    expect(finetuned(outB)).toEqual(finetuned(outA));
+    const pipeline = (out: string) => JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8'));
+    expect(pipeline(outB).finetuned).toEqual(pipeline(outA).finetuned);
+    expect(pipeline(outB).sweep).toEqual(pipeline(outA).sweep);
   });
 });

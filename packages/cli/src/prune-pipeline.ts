@@ -3,9 +3,9 @@
  * k]`: evaluate the trained model and a sweep of pruning energies, save the model pruned at e,
  * fine-tune it, and write pipeline.json for the report.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, readCifar10, teachersOf, type RunConfig } from '@svd-train/core';
+import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, loadCheckpoint, parseConfig, readCifar10, teachersOf, type RunConfig } from '@svd-train/core';
 import {
   buildResNetForConfig,
   countMacs,
@@ -73,13 +73,21 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     e = found.energy;
     io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)\n`);
   }
+  const energies = [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b);
+  const reuse = cfg.resume ? reusablePipeline(outDir, cfg, { step: latest.checkpoint.step, energy: e, energies, testImages: n, bnRecalibrationImages: calN }) : null;
+  if (reuse && 'reason' in reuse) io.err(`pipeline: --resume: evaluating and pruning again, because ${reuse.reason}\n`);
+  if (reuse && 'summary' in reuse) {
+    model.dispose();
+    io.err(`pipeline: --resume: the sweep and the model pruned at e=${e} (${reuse.summary.prunedCheckpoint}) are in ${join(outDir, 'pipeline.json')}, made from this checkpoint (step ${latest.checkpoint.step}): reusing them (delete pipeline.json to redo them)\n`);
+    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null }, reuse.ranks, latest.path, point);
+  }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
   const full = point(model, 0);
   const sweep: PipelinePoint[] = [full];
   let prunedPoint: PipelinePoint | null = null;
   let prunedPath = '';
   let ranks: Record<string, number> = {};
-  for (const energy of [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b)) {
+  for (const energy of energies) {
     if (energy === 0) continue;
     const { model: pruned, report } = pruneByEnergy(model, energy);
     // Nothing removed, nothing re-estimated: the point then is the trained model's, to the digit.
@@ -108,6 +116,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   const summary: PipelineSummary = {
     model: cfg.model,
     energy: e,
+    trainedStep: latest.checkpoint.step,
     testImages: n,
     bnRecalibrationImages: calN,
     plain: { macs: plain.macs, params: plain.params },
@@ -117,7 +126,29 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     finetuned: null,
     sweep,
   };
-  const write = () => writeFileSync(join(outDir, 'pipeline.json'), JSON.stringify(summary, null, 2) + '\n');
+  writePipelineJson(outDir, summary);
+  return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point);
+}
+
+/**
+ * The pipeline from the pruned model on: with finetuneEpochs > 0, fine-tunes `summary.prunedCheckpoint`
+ * (of per-layer `ranks`) in <out>/finetune and evaluates it with `point`; writes pipeline.json and
+ * prints the before / after table. `trainedPath` is the trained checkpoint, the default teacher.
+ */
+async function finetunePruned(
+  cfg: RunConfig,
+  outDir: string,
+  ctx: StartContext,
+  distill: FinetuneDistill | null,
+  summary: PipelineSummary,
+  ranks: Record<string, number>,
+  trainedPath: string,
+  point: (m: Model, energy: number) => PipelinePoint,
+): Promise<PipelineSummary> {
+  const { io } = ctx;
+  const e = summary.energy;
+  const prunedPath = summary.prunedCheckpoint;
+  const write = () => writePipelineJson(outDir, summary);
   write();
   if (cfg.finetuneEpochs > 0) {
     const ftDir = join(outDir, 'finetune');
@@ -141,7 +172,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
             distillAlpha: distill.alpha,
             distillTemperature: distill.temperature,
             // The trained model (the checkpoint just pruned) teaches unless the user named a teacher.
-            teacher: distill.teacher ?? latest.path,
+            teacher: distill.teacher ?? trainedPath,
             teacherRanks: distill.teacher ? distill.teacherRanks : null,
             teacherArch: distill.teacher ? distill.teacherArch : null,
             extraTeachers: distill.teacher ? distill.extraTeachers : [],
@@ -170,6 +201,74 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   }
   io.err(`${describePipeline(summary)}\n`);
   return summary;
+}
+
+/** Writes <out>/pipeline.json whole or not at all (a temp file renamed into place). */
+function writePipelineJson(outDir: string, summary: PipelineSummary): void {
+  const path = join(outDir, 'pipeline.json');
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(summary, null, 2) + '\n');
+  renameSync(tmp, path);
+}
+
+/** What a resumed pipeline's pipeline.json must have been made from to be reused. */
+export interface PipelineExpectation {
+  /** Step of the trained checkpoint being pruned. */
+  step: number;
+  energy: number;
+  /** The sweep's energies, sorted, with `energy` among them (0 is the trained model). */
+  energies: number[];
+  testImages: number;
+  bnRecalibrationImages: number;
+}
+
+const isPoint = (q: unknown): q is PipelinePoint =>
+  typeof q === 'object' && q !== null && ['energy', 'acc', 'loss', 'macs', 'params', 'exportParams'].every((k) => Number.isFinite((q as Record<string, unknown>)[k]));
+
+/**
+ * On --resume, the sweep and the pruned model an earlier start of this pipeline left in
+ * <out>/pipeline.json, when they were made from the same trained checkpoint, energy, sweep and test
+ * images and the pruned checkpoint it names is still there and is this run's (its config is `cfg`
+ * with the pruned ranks): `{ summary, ranks }`. Otherwise `{ reason }` (a file that is not what
+ * this code writes, or one of another checkpoint or settings), or null when there is no
+ * pipeline.json. Evaluating and pruning again costs minutes; reusing must never mix two runs.
+ */
+export function reusablePipeline(outDir: string, cfg: RunConfig, want: PipelineExpectation): { summary: PipelineSummary; ranks: Record<string, number> } | { reason: string } | null {
+  const path = join(outDir, 'pipeline.json');
+  if (!existsSync(path)) return null;
+  let p: PipelineSummary;
+  try {
+    p = JSON.parse(readFileSync(path, 'utf8')) as PipelineSummary;
+  } catch (err) {
+    return { reason: `${path} is not JSON (${(err as Error).message})` };
+  }
+  if (typeof p !== 'object' || p === null || !isPoint(p.trained) || !isPoint(p.pruned) || !Array.isArray(p.sweep) || !p.sweep.every(isPoint) || typeof p.prunedCheckpoint !== 'string') {
+    return { reason: `${path} does not have the fields a pipeline writes` };
+  }
+  const sweep = p.sweep.filter((q) => q.energy !== 0).map((q) => q.energy);
+  const wanted = want.energies.filter((x) => x !== 0);
+  const differs: [string, unknown, unknown][] = [
+    ['trained checkpoint step', p.trainedStep, want.step],
+    ['energy', p.energy, want.energy],
+    ['sweep energies', sweep.join(','), wanted.join(',')],
+    ['test images', p.testImages, want.testImages],
+    ['batch-norm re-estimation images', p.bnRecalibrationImages, want.bnRecalibrationImages],
+  ];
+  const bad = differs.find(([, had, expected]) => had !== expected);
+  if (bad) return { reason: `${path} has ${bad[0]} ${JSON.stringify(bad[1] ?? null)}, this run ${JSON.stringify(bad[2])}` };
+  if (!existsSync(p.prunedCheckpoint)) return { reason: `the pruned checkpoint it names, ${p.prunedCheckpoint}, is gone` };
+  let ranks: Record<string, number> | null;
+  try {
+    const pruned = loadCheckpoint(p.prunedCheckpoint);
+    ranks = parseConfig(pruned.config).ranks;
+    const own = ranks !== null && configHash({ ...cfg, ranks, pruneEnergy: null, finetuneEpochs: 0 }) === pruned.configHash;
+    if (!own || ranks === null || pruned.step !== want.step || pruned.metrics?.['prunedEnergy'] !== want.energy) {
+      return { reason: `${p.prunedCheckpoint} is not this run's model pruned at e=${want.energy} from step ${want.step}` };
+    }
+  } catch (err) {
+    return { reason: `the pruned checkpoint ${p.prunedCheckpoint} does not load (${(err as Error).message})` };
+  }
+  return { summary: p, ranks };
 }
 
 /** The pipeline's before / after table, for the terminal. */

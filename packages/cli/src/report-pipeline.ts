@@ -25,6 +25,8 @@ export interface PipelinePoint {
 export interface PipelineSummary {
   model: string;
   energy: number;
+  /** Step of the trained checkpoint that was pruned (absent: older runs). */
+  trainedStep?: number;
   testImages: number;
   /** Training images each pruned model's batch-norm statistics were re-estimated on (absent: none, older runs). */
   bnRecalibrationImages?: number;

@@ -1,0 +1,98 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { configHash, parseConfig, serializeConfig, type Checkpoint, type RunConfig } from '@svd-train/core';
+import { buildResNetForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
+import { writePrunedCheckpoint } from './checkpoint-model.js';
+import { reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
+import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'svd-pipeline-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+const cfg = parseConfig({ model: 'resnet20', decomposition: 'channel', pruneEnergy: 0.1, finetuneEpochs: 2, sweepEnergies: [0.05, 0.1] });
+const point = (energy: number): PipelinePoint => ({ energy, acc: 0.5, loss: 1.2, macs: 1e7, params: 1000, exportParams: 900 });
+const want: PipelineExpectation = { step: 7, energy: 0.1, energies: [0.05, 0.1], testImages: 100, bnRecalibrationImages: 64 };
+
+/** A run folder as the pipeline leaves it: the model pruned at e (from `of`'s config) and pipeline.json. */
+function runDir(name: string, of: RunConfig = cfg, edit: (p: PipelineSummary) => unknown = (p) => p): { dir: string; ranks: Record<string, number> } {
+  const dir = join(tmp, name);
+  mkdirSync(dir);
+  const model = buildResNetForConfig(of);
+  const trained: Checkpoint = {
+    version: 1,
+    config: serializeConfig(of),
+    configHash: configHash(of),
+    step: 7,
+    epoch: 1,
+    params: getParameters(model),
+    buffers: getBuffers(model),
+    optimizer: { kind: 'sgd', step: 7, slots: {} },
+    sampler: { size: 8, batch: 4, seed: 0, dropLast: false, epoch: 1, position: 0, step: 7 },
+  };
+  const { model: pruned } = pruneByEnergy(model, 0.1);
+  const ranks = svdRanks(pruned);
+  const prunedCheckpoint = writePrunedCheckpoint(trained, of, pruned, 0.1, join(dir, 'pruned-e0.1.svdckpt'), join(dir, 'trained.svdckpt'));
+  pruned.dispose();
+  model.dispose();
+  const summary: PipelineSummary = {
+    model: 'resnet20',
+    energy: 0.1,
+    trainedStep: 7,
+    testImages: 100,
+    bnRecalibrationImages: 64,
+    plain: { macs: 4e7, params: 270000 },
+    trained: point(0),
+    pruned: point(0.1),
+    prunedCheckpoint,
+    finetuned: null,
+    sweep: [point(0), point(0.05), point(0.1)],
+  };
+  writeFileSync(join(dir, 'pipeline.json'), JSON.stringify(edit(summary)));
+  return { dir, ranks };
+}
+
+describe('reusablePipeline (start --prune-energy … --resume)', () => {
+  it('reuses the sweep and the pruned model of the same trained checkpoint and settings, with the pruned ranks', () => {
+    const { dir, ranks } = runDir('same');
+    const r = reusablePipeline(dir, { ...cfg, resume: true }, want);
+    expect(r && 'summary' in r ? r.ranks : r).toEqual(ranks);
+    expect(r && 'summary' in r ? r.summary.sweep.map((q) => q.energy) : null).toEqual([0, 0.05, 0.1]);
+  });
+
+  it('is null without a pipeline.json (nothing to reuse, nothing to say)', () => {
+    const dir = join(tmp, 'none');
+    mkdirSync(dir);
+    expect(reusablePipeline(dir, cfg, want)).toBeNull();
+  });
+
+  it.each([
+    ['another trained checkpoint', { step: 9 }, /trained checkpoint step 7, this run 9/],
+    ['another energy', { energy: 0.2, energies: [0.05, 0.2] }, /energy 0\.1, this run 0\.2/],
+    ['another sweep', { energies: [0.02, 0.05, 0.1] }, /sweep energies "0\.05,0\.1", this run "0\.02,0\.05,0\.1"/],
+    ['fewer test images', { testImages: 50 }, /test images 100, this run 50/],
+  ])('redoes the work for %s, and says why', (name, change, reason) => {
+    const { dir } = runDir(`differs-${name.replace(/ /g, '-')}`);
+    const r = reusablePipeline(dir, cfg, { ...want, ...change });
+    expect(r && 'reason' in r ? r.reason : r).toMatch(reason);
+  });
+
+  it('refuses a file that is not what the pipeline writes, an older one without the trained step, and a pruned checkpoint that is gone', () => {
+    const junk = runDir('junk');
+    writeFileSync(join(junk.dir, 'pipeline.json'), '{"energy": 0.1, "sweep": [');
+    expect((reusablePipeline(junk.dir, cfg, want) as { reason: string }).reason).toMatch(/is not JSON/);
+    const fields = runDir('fields', cfg, (p) => ({ ...p, trained: { acc: 'high' } }));
+    expect((reusablePipeline(fields.dir, cfg, want) as { reason: string }).reason).toMatch(/does not have the fields a pipeline writes/);
+    const old = runDir('old', cfg, (p) => ({ ...p, trainedStep: undefined }));
+    expect((reusablePipeline(old.dir, cfg, want) as { reason: string }).reason).toMatch(/trained checkpoint step null, this run 7/);
+    const gone = runDir('gone');
+    rmSync(join(gone.dir, 'pruned-e0.1.svdckpt'));
+    expect((reusablePipeline(gone.dir, cfg, want) as { reason: string }).reason).toMatch(/pruned-e0\.1\.svdckpt, is gone/);
+  });
+
+  it('refuses a pruned checkpoint of another run (another config), so two runs never mix', () => {
+    const { dir } = runDir('other-run', { ...cfg, lambdaO: 0.5 });
+    expect((reusablePipeline(dir, cfg, want) as { reason: string }).reason).toMatch(/is not this run's model pruned at e=0\.1 from step 7/);
+  });
+});
