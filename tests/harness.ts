@@ -136,6 +136,7 @@ export function metrics(outDir: string): Record<string, any>[] {
 }
 
 export const stepRecords = (outDir: string) => metrics(outDir).filter((r) => (r.kind ?? r.type) === 'step');
+export const epochRecords = (outDir: string) => metrics(outDir).filter((r) => (r.kind ?? r.type) === 'epoch');
 
 /** Flags every suite uses: tiny data, wasm workers (unless `backend`), one short epoch, no eval unless asked. */
 export function tinyRunFlags(o: { data: string; out: string; port: number; batch?: number; epochs?: number; limitTrain?: number; backend?: string }): string[] {

@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { finalCheckpoint, freePort, maxDiff, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
+import { epochRecords, finalCheckpoint, freePort, maxDiff, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
 /** Same float32 ops in the same order on both runs: the tolerance only absorbs nothing-but-noise. */
 const RESUME_TOL = 1e-6;
@@ -46,11 +46,15 @@ describe('resume', () => {
       expect(await b2.exited, b2.output().slice(-3000)).toBe(0);
       expect(w.output()).toMatch(/reconnect/i);
       expect(b2.output()).toMatch(/resuming from \S+ \(step [1-9]/);
+      expect(b2.output()).not.toMatch(/epoch totals/);
     } finally {
       w.kill('SIGKILL');
     }
     // metrics.jsonl has every step once: the lines the killed run wrote past its checkpoint were dropped.
     expect(stepRecords(outB).map((s) => s.step)).toEqual(stepRecords(outA).map((s) => s.step));
+    // The epoch the kill landed in reports all its steps: its totals went on from the checkpoint's.
+    const epochTotals = (out: string) => epochRecords(out).map((e) => [e.epoch, e.trainLoss, e.trainAcc]);
+    expect(epochTotals(outB)).toEqual(epochTotals(outA));
     const ca = finalCheckpoint(outA);
     const cb = finalCheckpoint(outB);
     expect(cb.step).toBe(ca.step);

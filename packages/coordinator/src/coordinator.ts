@@ -355,6 +355,11 @@ export class Coordinator {
     const reducer = new AllReduce(manifest.params, manifest.buffers);
 
     const epochTotals = new EpochTotals(now);
+    if (resume && sampler.state().step % spe !== 0) {
+      // Mid-epoch: the epoch's train loss and accuracy go on from the checkpoint's totals.
+      const why = epochTotals.restore(resume.metrics?.epochTotals, (sampler.state().step % spe) * cfg.batch);
+      if (why) this.log('warn', `${why}; epoch ${sampler.currentEpoch + 1}'s train loss and accuracy cover only the steps after the resume`);
+    }
     let lastTest: number | null = null;
     let lastTrain: number | null = null;
     let lastCkptStep = resume?.step ?? -1;
@@ -413,11 +418,11 @@ export class Coordinator {
       }
       const early = cfg.checkpointEvery > EARLY_CHECKPOINT_STEP && b.step + 1 === EARLY_CHECKPOINT_STEP;
       if (epochEnd || early || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
-        await this.checkpoint(b.step + 1, sampler, optimizer);
+        await this.checkpoint(b.step + 1, sampler, optimizer, epochTotals);
         lastCkptStep = b.step + 1;
       }
     }
-    if (lastCkptStep !== sampler.state().step) await this.checkpoint(sampler.state().step, sampler, optimizer);
+    if (lastCkptStep !== sampler.state().step) await this.checkpoint(sampler.state().step, sampler, optimizer, epochTotals);
     return summary({ finalTestAcc: lastTest, finalTrainAcc: lastTrain });
   }
 
@@ -450,7 +455,7 @@ export class Coordinator {
     return evalTotals(answers.map((a) => a.result));
   }
 
-  private async checkpoint(step: number, sampler: EpochSampler, optimizer: Optimizer): Promise<void> {
+  private async checkpoint(step: number, sampler: EpochSampler, optimizer: Optimizer, epochTotals: EpochTotals): Promise<void> {
     if (!this.opts.saveCheckpoint) return;
     await this.opts.saveCheckpoint({
       version: 1,
@@ -462,8 +467,9 @@ export class Coordinator {
       buffers: this.weights.bufferTensors(),
       optimizer: optimizer.state(),
       sampler: sampler.state(),
-      // How many BN sub-batches a step has: a resumed run keeps it, so it equals the uninterrupted one.
-      metrics: { slicesPerStep: this.scheduler.slicesPerStep },
+      // How many BN sub-batches a step has: a resumed run keeps it, so it equals the uninterrupted one;
+      // and the epoch's totals so far, so a resume mid-epoch reports the whole epoch.
+      metrics: { slicesPerStep: this.scheduler.slicesPerStep, epochTotals: epochTotals.state() },
     });
   }
 

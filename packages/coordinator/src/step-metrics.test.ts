@@ -57,6 +57,36 @@ describe('step metrics', () => {
     expect(e.summary()).toEqual({ trainLoss: 0, trainAcc: 0, epochMs: 10 });
   });
 
+  it('a checkpoint\'s epoch totals restore the epoch so far: sums, counts and the wall time already spent', () => {
+    let clock = 100;
+    const a = new EpochTotals(() => clock);
+    a.add(stepTotals([g(3, 2, { ce: 1.5, orth: 0, sparsity: 0, total: 1.5 })]));
+    clock = 130;
+    const saved = JSON.parse(JSON.stringify(a.state()));
+    expect(saved).toEqual({ loss: 4.5, correct: 2, n: 3, ms: 30 });
+    clock = 1000;
+    const b = new EpochTotals(() => clock);
+    expect(b.restore(saved, 8)).toBeNull();
+    for (const e of [a, b]) e.add(stepTotals([g(1, 1, { ce: 0.5, orth: 0, sparsity: 0, total: 0.5 })]));
+    clock = 1010;
+    expect(b.summary()).toEqual({ trainLoss: 5 / 4, trainAcc: 3 / 4, epochMs: 40 });
+    expect(b.summary().trainLoss).toBe(a.summary().trainLoss);
+  });
+
+  it.each([
+    ['missing', undefined],
+    ['not an object', 'totals'],
+    ['a negative sum', { loss: -1, correct: 0, n: 1, ms: 0 }],
+    ['NaN', { loss: Number.NaN, correct: 0, n: 1, ms: 0 }],
+    ['a fractional count', { loss: 1, correct: 0.5, n: 1, ms: 0 }],
+    ['more correct than images', { loss: 1, correct: 3, n: 2, ms: 0 }],
+    ['more images than the steps so far can hold', { loss: 1, correct: 3, n: 9, ms: 0 }],
+  ])('refuses epoch totals that are %s, and keeps the totals empty', (_, state) => {
+    const e = new EpochTotals(() => 5);
+    expect(e.restore(state, 8)).toMatch(/epoch totals/);
+    expect(e.state()).toEqual({ loss: 0, correct: 0, n: 0, ms: 0 });
+  });
+
   it('evaluation accuracy and mean loss over all slices', () => {
     expect(
       evalTotals([

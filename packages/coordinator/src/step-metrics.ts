@@ -117,6 +117,14 @@ export function stepEvent(
   };
 }
 
+/** What a checkpoint keeps of EpochTotals: CE sum, correct and images so far, and the wall time so far. */
+export interface EpochTotalsState {
+  loss: number;
+  correct: number;
+  n: number;
+  ms: number;
+}
+
 /** Running totals of the current epoch (train loss and accuracy, sample-weighted, and its wall time). */
 export class EpochTotals {
   private loss = 0;
@@ -136,6 +144,35 @@ export class EpochTotals {
 
   summary(): { trainLoss: number; trainAcc: number; epochMs: number } {
     return { trainLoss: this.loss / Math.max(1, this.n), trainAcc: this.correct / Math.max(1, this.n), epochMs: this.now() - this.t0 };
+  }
+
+  /**
+   * The totals so far, for a checkpoint: a run resumed from it mid-epoch reports the whole epoch,
+   * not just the steps after the resume (`ms`: the epoch's wall time so far).
+   */
+  state(): EpochTotalsState {
+    return { loss: this.loss, correct: this.correct, n: this.n, ms: this.now() - this.t0 };
+  }
+
+  /**
+   * Continues the epoch a checkpoint's `state()` describes. The value comes from a checkpoint file:
+   * anything but finite, non-negative sums with integer counts, `correct` ≤ `n` ≤ `maxN` (the
+   * images the epoch's steps so far can hold) is refused with the reason, and the totals stay empty.
+   */
+  restore(state: unknown, maxN: number): string | null {
+    const st = state as Partial<EpochTotalsState> | null;
+    if (typeof st !== 'object' || st === null) return 'no epoch totals in the checkpoint';
+    const { loss, correct, n, ms } = st;
+    const count = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+    const amount = (v: unknown): v is number => Number.isFinite(v) && (v as number) >= 0;
+    if (!count(correct) || !count(n) || !amount(loss) || !amount(ms) || correct > n || n > maxN) {
+      return `the checkpoint's epoch totals ${JSON.stringify(st).slice(0, 200)} are not valid (expected finite non-negative sums, correct ≤ n ≤ ${maxN})`;
+    }
+    this.loss = loss;
+    this.correct = correct;
+    this.n = n;
+    this.t0 = this.now() - ms;
+    return null;
   }
 
   /** Starts the next epoch (its clock starts now, after any end-of-epoch evaluation). */
