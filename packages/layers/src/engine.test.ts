@@ -17,6 +17,32 @@ describe('initEngine', () => {
     expect(tf.getBackend()).toBe('cpu');
   });
 
+  it('cpu: no "install the node backend" banner on the first tensor (the engine line says why cpu runs)', () => {
+    // A fresh process: the banner comes once per process, on the cpu backend's first tensor. The
+    // probe lives in this package (removed after), so that it imports the @tensorflow/tfjs engine.ts does.
+    const dir = mkdtempSync(join(fileURLToPath(new URL('..', import.meta.url)), '.probe-'));
+    try {
+      const script = join(dir, 'probe.mts');
+      const engine = pathToFileURL(fileURLToPath(new URL('./engine.ts', import.meta.url))).href;
+      writeFileSync(
+        script,
+        `import * as tf from '@tensorflow/tfjs';\n` +
+          `import { initEngine } from ${JSON.stringify(engine)};\n` +
+          `await initEngine({ backend: process.argv[2] });\n` +
+          `const warn = console.warn; const seen = [];\n` +
+          `console.warn = (...a) => { seen.push(a.join(' ')); warn(...a); };\n` +
+          `tf.tensor([1, 2]).dataSync();\n` +
+          `console.log('WARNINGS ' + JSON.stringify(seen));\n`,
+      );
+      const r = spawnSync(process.execPath, ['--conditions=source', '--import', 'tsx', script, 'cpu'], { encoding: 'utf8', timeout: 240_000 });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/WARNINGS \[\]/);
+      expect(r.stderr).not.toMatch(/looks like you are running TensorFlow\.js in Node\.js/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+
   it('wasm: activates wasm and registers Conv2DBackpropFilter there', async () => {
     const info = await initEngine({ backend: 'wasm' });
     expect(info.backend).toBe('wasm');

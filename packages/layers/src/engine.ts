@@ -124,11 +124,23 @@ function tryNative(pkg: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node', b
   return p;
 }
 
+/**
+ * tfjs' cpu backend prints a "Hi, looks like you are running TensorFlow.js in Node.js … install our
+ * node backend" banner on its first tensor. The engine line already says which backend runs and why
+ * (and what the faster ones need), so the banner only repeats it with the wrong fix for this
+ * machine: its first-use flag is cleared. tfjs' other warnings are untouched.
+ */
+function quietCpuBanner(): void {
+  const b = tf.backend() as unknown as { firstUse?: unknown };
+  if (typeof b.firstUse === 'boolean') b.firstUse = false;
+}
+
 async function activate(name: string): Promise<{ ok: boolean; message: string }> {
   try {
     const ok = await tf.setBackend(name);
     if (!ok) return { ok: false, message: `tf.setBackend('${name}') returned false` };
     await tf.ready();
+    if (name === 'cpu') quietCpuBanner();
     return { ok: true, message: '' };
   } catch (e) {
     return { ok: false, message: errMessage(e) };
