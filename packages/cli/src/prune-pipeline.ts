@@ -3,9 +3,9 @@
  * k]`: evaluate the trained model and a sweep of pruning energies, save the model pruned at e,
  * fine-tune it, and write pipeline.json for the report.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, loadCheckpoint, parseConfig, readCifar10, teachersOf, type RunConfig } from '@svd-train/core';
+import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, loadCheckpoint, parseConfig, readCifar10, replaceFile, teachersOf, type RunConfig } from '@svd-train/core';
 import {
   buildResNetForConfig,
   countMacs,
@@ -203,12 +203,9 @@ async function finetunePruned(
   return summary;
 }
 
-/** Writes <out>/pipeline.json whole or not at all (a temp file renamed into place). */
+/** Writes <out>/pipeline.json whole or not at all. */
 function writePipelineJson(outDir: string, summary: PipelineSummary): void {
-  const path = join(outDir, 'pipeline.json');
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(summary, null, 2) + '\n');
-  renameSync(tmp, path);
+  replaceFile(join(outDir, 'pipeline.json'), JSON.stringify(summary, null, 2) + '\n');
 }
 
 /** What a resumed pipeline's pipeline.json must have been made from to be reused. */
@@ -257,16 +254,17 @@ export function reusablePipeline(outDir: string, cfg: RunConfig, want: PipelineE
   const bad = differs.find(([, had, expected]) => had !== expected);
   if (bad) return { reason: `${path} has ${bad[0]} ${JSON.stringify(bad[1] ?? null)}, this run ${JSON.stringify(bad[2])}` };
   if (!existsSync(p.prunedCheckpoint)) return { reason: `the pruned checkpoint it names, ${p.prunedCheckpoint}, is gone` };
+  let pruned: ReturnType<typeof loadCheckpoint>;
   let ranks: Record<string, number> | null;
   try {
-    const pruned = loadCheckpoint(p.prunedCheckpoint);
+    pruned = loadCheckpoint(p.prunedCheckpoint);
     ranks = parseConfig(pruned.config).ranks;
-    const own = ranks !== null && configHash({ ...cfg, ranks, pruneEnergy: null, finetuneEpochs: 0 }) === pruned.configHash;
-    if (!own || ranks === null || pruned.step !== want.step || pruned.metrics?.['prunedEnergy'] !== want.energy) {
-      return { reason: `${p.prunedCheckpoint} is not this run's model pruned at e=${want.energy} from step ${want.step}` };
-    }
   } catch (err) {
     return { reason: `the pruned checkpoint ${p.prunedCheckpoint} does not load (${(err as Error).message})` };
+  }
+  // Its config is this run's with the pruned ranks, as writeDerivedCheckpoint wrote it.
+  if (ranks === null || configHash({ ...cfg, ranks, pruneEnergy: null, finetuneEpochs: 0 }) !== pruned.configHash || pruned.step !== want.step || pruned.metrics?.['prunedEnergy'] !== want.energy) {
+    return { reason: `${p.prunedCheckpoint} is not this run's model pruned at e=${want.energy} from step ${want.step}` };
   }
   return { summary: p, ranks };
 }

@@ -3,8 +3,9 @@
  * current line; a resume drops what the killed run wrote past its checkpoint). Step lines carry loss terms, lr, step time and per-worker compute/communication
  * time; epoch lines carry train/test accuracy. `kind` tells them apart.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { replaceFile } from '@svd-train/core';
 
 export interface WorkerTiming {
   worker: string;
@@ -89,9 +90,7 @@ export class MetricsWriter {
         return false; // a torn last line from the kill
       }
     });
-    const tmp = `${this.path}.tmp-${process.pid}`;
-    writeFileSync(tmp, keep.map((l) => `${l}\n`).join(''));
-    renameSync(tmp, this.path);
+    replaceFile(this.path, keep.map((l) => `${l}\n`).join(''));
     return lines.length - keep.length;
   }
 

@@ -29,6 +29,7 @@ export { MAX_TEACHERS, RunConfigSchema, type RunConfig, type SerializedRunConfig
 export { parseConfig, resolveConfig } from './config/resolve.js';
 export { archLabel, teachersOf, type TeacherSpec } from './config/arch.js';
 export { configHash, serializeConfig } from './config/hash.js';
+export { replaceFile } from './replace-file.js';
 
 export {
   CIFAR_FILES,
