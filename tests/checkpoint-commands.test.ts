@@ -77,12 +77,20 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/12\)/);
   });
 
-  it('eval of several checkpoints prints each and their ensemble (two copies of one model: the same accuracy)', async () => {
+  it('eval of several checkpoints prints each and their ensemble (two copies of one model: the same accuracy), each as eval of it alone', async () => {
     const r = await coord(['eval', ckpt, out, '--data', data, '--limit-test', '12']);
     expect(r.code, r.out).toBe(0);
-    const each = [...r.out.matchAll(/svdckpt: test accuracy (\d+\.\d\d)% \((\d+)\/12\)/g)].map((m) => m[1]);
+    const line = /svdckpt: test accuracy (\d+\.\d\d)% \((\d+)\/12\), loss (\d+\.\d+)/g;
+    const several = [...r.out.matchAll(line)];
+    const each = several.map((m) => m[1]);
     expect(each).toHaveLength(2);
     expect(each[0]).toBe(each[1]);
+    // The several-model path computes accuracy and loss from each model's logits in JS; alone, eval
+    // runs the tfjs evaluation the workers use. Same images, same count; the loss to float32 rounding.
+    const alone = [...(await coord(['eval', ckpt, '--data', data, '--limit-test', '12'])).out.matchAll(line)];
+    expect(alone).toHaveLength(1);
+    expect(several[0][2]).toBe(alone[0][2]);
+    expect(Math.abs(Number(several[0][3]) - Number(alone[0][3]))).toBeLessThan(2e-4);
     expect(r.out).toContain(`ensemble of 2 (mean softmax, what --teacher repeated distills from): test accuracy ${each[0]}%`);
   });
 

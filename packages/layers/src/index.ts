@@ -11,7 +11,7 @@ export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, ene
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
-export { computeGradients, ensembleLogits, evaluate, teacherLogits, type DistillTarget, type GradientResult, type RegularizationOptions } from './train-step.js';
+export { computeGradients, ensembleLogits, evaluate, meanSoftmaxLogits, teacherLogits, type DistillTarget, type GradientResult, type RegularizationOptions } from './train-step.js';
 export { applyInference, fusedInference, fusedInferenceAvailable, setFusedInference } from './fused-inference.js';
 export { evaluateSplit, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES, type EvaluateResult, type RecalibrateOptions } from './evaluate.js';
 export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers, type StockExportOptions } from './export.js';

@@ -97,7 +97,16 @@ export function teacherLogits(model: tf.LayersModel, x: Float32Array, n: number)
 export function ensembleLogits(models: readonly tf.LayersModel[], x: Float32Array, n: number, temperature: number): Float32Array {
   if (models.length === 0) throw new SvdTrainError('CONFIG_INVALID', 'ensembleLogits: no teacher models; pass at least one');
   if (models.length === 1) return teacherLogits(models[0], x, n);
-  const each = models.map((m) => teacherLogits(m, x, n));
+  return meanSoftmaxLogits(models.map((m) => teacherLogits(m, x, n)), n, temperature);
+}
+
+/**
+ * `ensembleLogits` from logits already computed (each [n·classes] row-major, one per model):
+ * T·log of the mean of their softmax(logits/T), in float64. For callers that also need each
+ * model's own logits, such as `svd-coord eval A B`, so no model runs its forward twice.
+ */
+export function meanSoftmaxLogits(each: readonly Float32Array[], n: number, temperature: number): Float32Array {
+  if (each.length === 0) throw new SvdTrainError('CONFIG_INVALID', 'meanSoftmaxLogits: no logits; pass at least one model\'s');
   const classes = each[0].length / n;
   const out = new Float32Array(each[0].length);
   const mean = new Float64Array(classes);

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { assembleBatch, readCifar10, resolveDataDir, type Cifar10Split, type RunConfig } from '@svd-train/core';
-import { countMacs, ensembleLogits, evaluateSplit } from '@svd-train/layers';
+import { countMacs, evaluateSplit, meanSoftmaxLogits, teacherLogits } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint, type Model } from '../checkpoint-model.js';
@@ -56,14 +56,15 @@ async function evalCommand(pathArgs: string[], opts: EvalOptions, io: CliIo): Pr
     }
     const n = Math.min(test.count, limit ?? test.count);
     const indices = Int32Array.from({ length: n }, (_, i) => i);
-    for (const { path, model, cfg: c } of loaded) {
+    if (loaded.length === 1) {
+      const { path, model, cfg: c } = loaded[0];
       const r = evaluateSplit(model, test, indices, c.maxWorkerBatch);
-      io.out(`${path}: test accuracy ${(100 * r.correct / n).toFixed(2)}% (${r.correct}/${n}), loss ${(r.lossSum / n).toFixed(4)}, ${(countMacs(model).total / 1e6).toFixed(2)}M MACs per image\n`);
-    }
-    if (loaded.length > 1) {
-      const correct = ensembleCorrect(loaded.map((l) => l.model), test, indices, cfg.maxWorkerBatch);
+      io.out(accuracyLine(path, r.correct, r.lossSum, n, countMacs(model).total));
+    } else {
+      const r = evaluateEnsemble(loaded.map((l) => l.model), test, indices, cfg.maxWorkerBatch);
+      loaded.forEach((l, k) => io.out(accuracyLine(l.path, r.correct[k], r.lossSum[k], n, countMacs(l.model).total)));
       const macs = loaded.reduce((a, l) => a + countMacs(l.model).total, 0);
-      io.out(`ensemble of ${loaded.length} (mean softmax, what --teacher repeated distills from): test accuracy ${(100 * correct / n).toFixed(2)}% (${correct}/${n}), ${(macs / 1e6).toFixed(2)}M MACs per image\n`);
+      io.out(`ensemble of ${loaded.length} (mean softmax, what --teacher repeated distills from): test accuracy ${(100 * r.ensembleCorrect / n).toFixed(2)}% (${r.ensembleCorrect}/${n}), ${(macs / 1e6).toFixed(2)}M MACs per image\n`);
     }
   } finally {
     for (const l of loaded) l.model.dispose();
@@ -71,20 +72,44 @@ async function evalCommand(pathArgs: string[], opts: EvalOptions, io: CliIo): Pr
   return 0;
 }
 
-/** Test images the models' mean softmax classifies correctly (`ensembleLogits` at T = 1). */
-function ensembleCorrect(models: Model[], split: Cifar10Split, indices: Int32Array, chunk: number): number {
-  let correct = 0;
+function accuracyLine(path: string, correct: number, lossSum: number, n: number, macs: number): string {
+  return `${path}: test accuracy ${(100 * correct / n).toFixed(2)}% (${correct}/${n}), loss ${(lossSum / n).toFixed(4)}, ${(macs / 1e6).toFixed(2)}M MACs per image\n`;
+}
+
+/**
+ * Each model's correct count and summed cross-entropy, and how many images their mean softmax
+ * (`meanSoftmaxLogits` at T = 1) classifies correctly, from one forward of each model per chunk.
+ */
+function evaluateEnsemble(models: Model[], split: Cifar10Split, indices: Int32Array, chunk: number): { correct: number[]; lossSum: number[]; ensembleCorrect: number } {
+  const correct = models.map(() => 0);
+  const lossSum = models.map(() => 0);
+  let ensembleCorrect = 0;
   for (let lo = 0; lo < indices.length; lo += chunk) {
     const { x, y } = assembleBatch(split, indices.subarray(lo, Math.min(indices.length, lo + chunk)), { seed: 0, epoch: 0, augment: false });
-    const logits = ensembleLogits(models, x, y.length, 1);
-    const classes = logits.length / y.length;
-    for (let i = 0; i < y.length; i++) {
-      let best = 0;
-      for (let c = 1; c < classes; c++) if (logits[i * classes + c] > logits[i * classes + best]) best = c;
-      if (best === y[i]) correct++;
-    }
+    const each = models.map((m) => teacherLogits(m, x, y.length));
+    const classes = each[0].length / y.length;
+    each.forEach((logits, k) => {
+      for (let i = 0; i < y.length; i++) {
+        const row = logits.subarray(i * classes, (i + 1) * classes);
+        if (argMax(row) === y[i]) correct[k]++;
+        let max = -Infinity;
+        for (const v of row) max = Math.max(max, v);
+        let sum = 0;
+        for (const v of row) sum += Math.exp(v - max);
+        lossSum[k] += max + Math.log(sum) - row[y[i]];
+      }
+    });
+    const mean = meanSoftmaxLogits(each, y.length, 1);
+    for (let i = 0; i < y.length; i++) if (argMax(mean.subarray(i * classes, (i + 1) * classes)) === y[i]) ensembleCorrect++;
   }
-  return correct;
+  return { correct, lossSum, ensembleCorrect };
+}
+
+/** The first index of the largest value, as tf.argMax picks. */
+function argMax(row: Float32Array): number {
+  let best = 0;
+  for (let c = 1; c < row.length; c++) if (row[c] > row[best]) best = c;
+  return best;
 }
 
 /** Adds `eval` to the `svd-coord` program. */
