@@ -1,12 +1,13 @@
 /**
- * `svd-coord`: start a distributed training run, and work on its checkpoints (eval, prune, average, export,
- * report, download). Each command lives in commands/; this module builds the program from them and
+ * `svd-coord`: start a distributed training run, and work on its checkpoints (eval, prune, average, decompose,
+ * export, report, download). Each command lives in commands/; this module builds the program from them and
  * is the entry point of bin/svd-coord.js.
  */
 import { Command } from 'commander';
 import { reportError, quietOnClosedStdout } from './cli-errors.js';
 import { processIo, type CliIo, type SetExitCode } from './cli-io.js';
 import { registerAverageCommand } from './commands/average.js';
+import { registerDecomposeCommand } from './commands/decompose.js';
 import { registerDownloadCommand } from './commands/download.js';
 import { registerEvalCommand } from './commands/eval.js';
 import { registerExportCommand } from './commands/export.js';
@@ -22,7 +23,7 @@ export function buildCoordProgram(io: CliIo = processIo, setCode: SetExitCode = 
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError('(run with --help for usage)');
   // Registered in this order, which is the order `svd-coord --help` lists them in.
-  for (const register of [registerStartCommand, registerEvalCommand, registerPruneCommand, registerAverageCommand, registerExportCommand, registerReportCommand, registerDownloadCommand]) {
+  for (const register of [registerStartCommand, registerEvalCommand, registerPruneCommand, registerAverageCommand, registerDecomposeCommand, registerExportCommand, registerReportCommand, registerDownloadCommand]) {
     register(program, io, setCode);
   }
   return program;

@@ -165,6 +165,13 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
     // per-layer ranks unless the user gave some, so a pruned checkpoint builds its smaller
     // shapes here and, through the config, on every worker. They are part of the config hash.
     fromCkpt = loadCheckpointFile(cfg.from);
+    const fromCfg = parseConfig(fromCkpt.config);
+    if (cfg.svd && !fromCfg.svd) {
+      throw usageError(
+        `--from ${cfg.from} holds a plain model (${archLabel(fromCfg)}); this run trains ${archLabel(cfg)}. ` +
+          `Fix: first write its weights as SVD factors with \`svd-coord decompose ${cfg.from} --decomposition ${cfg.decomposition} --out NAME.svdckpt\`, then pass --from NAME.svdckpt.`,
+      );
+    }
     if (cfg.ranks === null) {
       const ranks = checkpointRanks(fromCkpt, cfg);
       if (ranks) {

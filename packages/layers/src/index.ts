@@ -1,4 +1,5 @@
 export { initEngine, type InitEngineOptions, type EngineInfo } from './engine.js';
+export { decomposeInto, type DecomposedLayer } from './decompose.js';
 export { svdFromWeight, type MatrixKind, type SvdFactors, type SvdFromWeightOptions, type TensorLike } from './svd-init.js';
 export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
