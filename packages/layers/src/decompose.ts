@@ -23,7 +23,8 @@ export interface DecomposedLayer {
 /**
  * Writes the weights of `plain` (a model without SVD layers) into `svd` (the same architecture with
  * SVD layers, each built at the rank it should get). Layers pair by name; a layer or weight of one
- * model that the other lacks, or a shape that differs, is an error naming it.
+ * model that the other lacks, or a shape that differs, is an error naming it; `svd` may then be
+ * partly written (build a fresh one to retry).
  */
 export function decomposeInto(plain: tf.LayersModel, svd: tf.LayersModel): DecomposedLayer[] {
   const plainLayers = new Map(plain.layers.map((l) => [l.name, l]));
