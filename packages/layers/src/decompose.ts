@@ -9,7 +9,7 @@ import { SvdTrainError } from '@svd-train/core';
 import { getBuffers, getParameters, namedParameters, setBuffers, setParameters } from './parameter-names.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { svdFromWeight, type SvdFactors } from './svd-init.js';
+import { svdFromWeight } from './svd-init.js';
 
 /** One SVD layer as `decomposeInto` wrote it: the singular values kept and their share of the weight's energy. */
 export interface DecomposedLayer {
@@ -46,18 +46,14 @@ export function decomposeInto(plain: tf.LayersModel, svd: tf.LayersModel): Decom
         `layer '${layer.name}': the plain kernel has shape [${kernel.shape.join(',')}], the SVD layer needs [${want.join(',')}]; expected a plain model of the same architecture (depth, widths)`,
       );
     }
-    const full = svdFromWeight(kernel.read(), { layout: 'tfjs', decomposition: layer instanceof SVDConv2D ? layer.decomposition : 'dense' });
-    const r = layer.rank;
-    if (r > full.r) throw new SvdTrainError('SHAPE_MISMATCH', `SVD layer '${layer.name}' has rank ${r}, above the ${full.r} of its plain weight`);
-    layer.setFactors(r === full.r ? full : truncate(full, r));
-    let kept = 0;
-    let total = 0;
-    for (let j = 0; j < full.r; j++) {
-      const e = full.s[j] * full.s[j];
-      total += e;
-      if (j < r) kept += e;
-    }
-    report.push({ name: layer.name, rank: r, fullRank: full.r, energyKept: total > 0 ? kept / total : 1 });
+    const value = kernel.read();
+    const factors = svdFromWeight(value, { layout: 'tfjs', decomposition: layer instanceof SVDConv2D ? layer.decomposition : 'dense', rank: layer.rank });
+    layer.setFactors(factors);
+    // Σ of all s² is ‖W‖²_F, so the energy kept needs no second SVD or the dropped values.
+    const total = (value.dataSync() as Float32Array).reduce((a, w) => a + w * w, 0);
+    const kept = factors.s.reduce((a, v) => a + v * v, 0);
+    const full = Math.min(factors.m, factors.p);
+    report.push({ name: layer.name, rank: factors.r, fullRank: full, energyKept: factors.r === full || total === 0 ? 1 : Math.min(kept / total, 1) });
   }
   // Everything but the SVD factors keeps its PyTorch name in both models: copy by name.
   const factorNames = new Set(namedParameters(svd).filter((p) => /\.(U|s|V)$/.test(p.name)).map((p) => p.name));
@@ -72,14 +68,4 @@ export function decomposeInto(plain: tf.LayersModel, svd: tf.LayersModel): Decom
   setParameters(svd, rest);
   setBuffers(svd, getBuffers(plain));
   return report;
-}
-
-/** The first r columns of U and V and the first r singular values (already descending). */
-function truncate(f: SvdFactors, r: number): SvdFactors {
-  const cols = (a: Float32Array, rows: number) => {
-    const out = new Float32Array(rows * r);
-    for (let i = 0; i < rows; i++) out.set(a.subarray(i * f.r, i * f.r + r), i * r);
-    return out;
-  };
-  return { U: cols(f.U, f.m), s: f.s.slice(0, r), V: cols(f.V, f.p), m: f.m, p: f.p, r };
 }
