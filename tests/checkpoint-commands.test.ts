@@ -6,13 +6,7 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { configHash, loadCheckpoint, parseConfig } from '@svd-train/core';
-import { COORD_BIN, ROOT, freePort, launch, requireBuild, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
-
-async function coord(args: string[]): Promise<{ code: number | string; out: string }> {
-  const p = launch(COORD_BIN, args);
-  const code = await p.exited;
-  return { code, out: p.output() };
-}
+import { ROOT, finalCheckpointPath, freePort, requireBuild, runCoord, startCoordinator, syntheticData, tempDir, tinyRunFlags } from './harness.js';
 
 describe('svd-coord eval / prune / export / report', () => {
   let out: string;
@@ -29,8 +23,7 @@ describe('svd-coord eval / prune / export / report', () => {
     const port = await freePort();
     const c = startCoordinator([...tinyRunFlags({ data: relative(ROOT, data), out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--spawn', '1']);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
-    const dir = join(out, 'checkpoints');
-    ckpt = join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!);
+    ckpt = finalCheckpointPath(out);
   });
 
   it('start wrote config.json, metrics.jsonl and report.html', () => {
@@ -44,7 +37,7 @@ describe('svd-coord eval / prune / export / report', () => {
   });
 
   it('eval of a run folder uses its latest checkpoint and says so; by default the whole test set, with a note about the run\'s --limit-test', async () => {
-    const r = await coord(['eval', out]);
+    const r = await runCoord(['eval', out]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain(`${out} is a folder: using its latest checkpoint, ${ckpt}`);
     expect(r.out).toMatch(/the training run evaluated only the first 12 test images \(--limit-test 12\); this uses all 16\. Pass --limit-test 12/);
@@ -53,12 +46,12 @@ describe('svd-coord eval / prune / export / report', () => {
 
   it('eval of a folder without checkpoints, or of a model.json, exits 2 naming it and the fix (and never says to delete the file)', async () => {
     const empty = tempDir();
-    const r = await coord(['eval', empty]);
+    const r = await runCoord(['eval', empty]);
     expect(r.code, r.out).toBe(2);
     expect(r.out).toContain(`"${empty}" is a folder without checkpoints; expected a checkpoint file`);
     const modelJson = join(tempDir(), 'model.json');
     writeFileSync(modelJson, JSON.stringify({ modelTopology: {}, weightsManifest: [] }));
-    const m = await coord(['eval', modelJson]);
+    const m = await runCoord(['eval', modelJson]);
     expect(m.code, m.out).toBe(2);
     expect(m.out, m.out).toContain(`${modelJson} is not an svd-train checkpoint`);
     expect(m.out, m.out).not.toMatch(/delete/i);
@@ -72,13 +65,13 @@ describe('svd-coord eval / prune / export / report', () => {
   });
 
   it('eval prints the test accuracy of the checkpoint', async () => {
-    const r = await coord(['eval', ckpt, '--data', data, '--limit-test', '12']);
+    const r = await runCoord(['eval', ckpt, '--data', data, '--limit-test', '12']);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/12\)/);
   });
 
   it('eval of several checkpoints prints each and their ensemble (two copies of one model: the same accuracy), each as eval of it alone', async () => {
-    const r = await coord(['eval', ckpt, out, '--data', data, '--limit-test', '12']);
+    const r = await runCoord(['eval', ckpt, out, '--data', data, '--limit-test', '12']);
     expect(r.code, r.out).toBe(0);
     const line = /svdckpt: test accuracy (\d+\.\d\d)% \((\d+)\/12\), loss (\d+\.\d+)/g;
     const several = [...r.out.matchAll(line)];
@@ -87,7 +80,7 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(each[0]).toBe(each[1]);
     // The several-model path computes accuracy and loss from each model's logits in JS; alone, eval
     // runs the tfjs evaluation the workers use. Same images, same count; the loss to float32 rounding.
-    const alone = [...(await coord(['eval', ckpt, '--data', data, '--limit-test', '12'])).out.matchAll(line)];
+    const alone = [...(await runCoord(['eval', ckpt, '--data', data, '--limit-test', '12'])).out.matchAll(line)];
     expect(alone).toHaveLength(1);
     expect(several[0][2]).toBe(alone[0][2]);
     expect(Math.abs(Number(several[0][3]) - Number(alone[0][3]))).toBeLessThan(2e-4);
@@ -96,7 +89,7 @@ describe('svd-coord eval / prune / export / report', () => {
 
   it('prune prints the per-layer table and writes a smaller checkpoint', async () => {
     const dest = tempDir();
-    const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', dest]);
+    const r = await runCoord(['prune', ckpt, '--energy', '0.05', '--out', dest]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/rankBefore\s+rankAfter/);
     // The run's own data folder is found: the pruned model's BN statistics are re-estimated on it.
@@ -111,7 +104,7 @@ describe('svd-coord eval / prune / export / report', () => {
   it('prune --out NAME.svdckpt writes exactly that file, even into the folder of the source checkpoint', async () => {
     const target = join(dirname(ckpt), 'pruned.svdckpt');
     const before = readdirSync(dirname(ckpt)).sort();
-    const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', target]);
+    const r = await runCoord(['prune', ckpt, '--energy', '0.05', '--out', target]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain(`pruned checkpoint written to ${target}`);
     expect(readdirSync(dirname(ckpt)).sort()).toEqual([...before, 'pruned.svdckpt'].sort());
@@ -121,11 +114,11 @@ describe('svd-coord eval / prune / export / report', () => {
 
   it('prune and average refuse an --out that would replace a checkpoint they read (the derived one keeps its step), and leave it intact', async () => {
     const before = readFileSync(ckpt);
-    const r = await coord(['prune', ckpt, '--energy', '0.05', '--out', dirname(ckpt)]);
+    const r = await runCoord(['prune', ckpt, '--energy', '0.05', '--out', dirname(ckpt)]);
     expect(r.code, r.out).toBe(2);
     expect(r.out).toContain(`would replace ${ckpt}, a checkpoint this one is made from`);
     // Checked before any work, before even the ranks are compared (these two differ).
-    const a = await coord(['average', ckpt, pruned!, '--out', pruned!]);
+    const a = await runCoord(['average', ckpt, pruned!, '--out', pruned!]);
     expect(a.code, a.out).toBe(2);
     expect(a.out).toContain(`would replace ${pruned}`);
     expect(readFileSync(ckpt).equals(before)).toBe(true);
@@ -146,7 +139,7 @@ describe('svd-coord eval / prune / export / report', () => {
   });
 
   it('eval runs on the pruned checkpoint', async () => {
-    const r = await coord(['eval', pruned!, '--data', data, '--limit-test', '12']);
+    const r = await runCoord(['eval', pruned!, '--data', data, '--limit-test', '12']);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/test accuracy \d+\.\d\d% \(\d+\/12\)/);
   });
@@ -159,8 +152,7 @@ describe('svd-coord eval / prune / export / report', () => {
     const c = startCoordinator([...tinyRunFlags({ data, out: dest, port, epochs: 1, limitTrain: 24, batch: 12 }), '--spawn', '1', '--from', pruned!]);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
     expect(c.output()).toContain('per-layer ranks of the checkpoint');
-    const dir = join(dest, 'checkpoints');
-    tunedCkpt = join(dir, readdirSync(dir).filter((f) => f.endsWith('.svdckpt')).sort().pop()!);
+    tunedCkpt = finalCheckpointPath(dest);
     const tuned = loadCheckpoint(tunedCkpt);
     expect(tuned.step).toBe(2);
     const shapes = (ts: { name: string; shape: number[] }[]) => ts.map((t) => [t.name, ...t.shape]);
@@ -180,7 +172,7 @@ describe('svd-coord eval / prune / export / report', () => {
   it('average of the pruned checkpoint and its fine-tuned one: the mean of the parameters, BN statistics re-estimated, a checkpoint eval takes', async () => {
     const dest = join(tempDir(), 'avg.svdckpt');
     // Newest last or first: the model and config are the newest checkpoint's either way.
-    const r = await coord(['average', tunedCkpt!, pruned!, '--out', dest, '--bn-images', '20']);
+    const r = await runCoord(['average', tunedCkpt!, pruned!, '--out', dest, '--bn-images', '20']);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain('averaged the parameters of 2 checkpoints');
     expect(r.out).toContain('batch-norm statistics re-estimated on 20 training images');
@@ -196,22 +188,22 @@ describe('svd-coord eval / prune / export / report', () => {
     // Re-estimated, not the mean of the running statistics.
     const meanOfBuffers = got.buffers.every((t, i) => t.data.every((v, j) => v === Math.fround((a.buffers[i]!.data[j]! + b.buffers[i]!.data[j]!) / 2)));
     expect(meanOfBuffers).toBe(false);
-    const e = await coord(['eval', dest, '--data', data, '--limit-test', '12']);
+    const e = await runCoord(['eval', dest, '--data', data, '--limit-test', '12']);
     expect(e.code, e.out).toBe(0);
   });
 
   it('average refuses checkpoints of other ranks and a single checkpoint with exit 2, naming them', async () => {
-    const mixed = await coord(['average', ckpt, pruned!, '--out', join(tempDir(), 'x.svdckpt')]);
+    const mixed = await runCoord(['average', ckpt, pruned!, '--out', join(tempDir(), 'x.svdckpt')]);
     expect(mixed.code, mixed.out).toBe(2);
     expect(mixed.out).toContain('CHECKPOINT_CONFIG_MISMATCH');
     expect(mixed.out).toMatch(/\S+ holds (\S+) \[[\d, ]+\] where \S+ holds \1 \[[\d, ]+\]; expected the same tensors/);
-    const single = await coord(['average', ckpt]);
+    const single = await runCoord(['average', ckpt]);
     expect(single.code, single.out).toBe(2);
     expect(single.out).toContain(`names only ${ckpt}`);
-    const bad = await coord(['average', out, '--last', '0']);
+    const bad = await runCoord(['average', out, '--last', '0']);
     expect(bad.code, bad.out).toBe(2);
     expect(bad.out).toContain('--last "0" is not valid; expected a whole number of checkpoints >= 1 per folder, e.g. 10. Fix: e.g. --last 10.');
-    const images = await coord(['average', out, '--bn-images', 'all']);
+    const images = await runCoord(['average', out, '--bn-images', 'all']);
     expect(images.code, images.out).toBe(2);
     expect(images.out).toContain('--bn-images "all" is not valid');
   });
@@ -220,7 +212,7 @@ describe('svd-coord eval / prune / export / report', () => {
     const fc = loadCheckpoint(pruned!).config.ranks!.fc!;
     const port = await freePort();
     const args = [...tinyRunFlags({ data, out: tempDir(), port, epochs: 1, limitTrain: 12, batch: 12 }), '--from', pruned!, '--ranks', `fc=${fc === 1 ? 2 : fc - 1}`];
-    const r = await coord(['start', ...args]);
+    const r = await runCoord(['start', ...args]);
     expect(r.code, r.out).toBe(2);
     expect(r.out).toContain('CHECKPOINT_CONFIG_MISMATCH');
     // User ranks replace the checkpoint's (layers not listed are full rank), so stem.0 is the first misfit.
@@ -230,7 +222,7 @@ describe('svd-coord eval / prune / export / report', () => {
 
   it('export --stock of the full-rank model writes one plain Conv2D per SVD conv: the plain ResNet-20\'s MACs and weights', async () => {
     const dest = tempDir();
-    const r = await coord(['export', ckpt, '--out', dest, '--stock']);
+    const r = await runCoord(['export', ckpt, '--out', dest, '--stock']);
     expect(r.code, r.out).toBe(0);
     expect(existsSync(join(dest, 'model.json'))).toBe(true);
     const json = readFileSync(join(dest, 'model.json'), 'utf8');
@@ -239,14 +231,14 @@ describe('svd-coord eval / prune / export / report', () => {
     // The plain ResNet-20 costs 40,813,184 MACs per image (macs.test.ts).
     expect(r.out).toContain('40.81M MACs per image');
     const folded = tempDir();
-    const f = await coord(['export', ckpt, '--out', folded, '--stock', '--fold-bn']);
+    const f = await runCoord(['export', ckpt, '--out', folded, '--stock', '--fold-bn']);
     expect(f.code, f.out).toBe(0);
     expect(readFileSync(join(folded, 'model.json'), 'utf8')).not.toContain('BatchNormalization');
   });
 
   it('prune --energy 0 changes no number: every rank, parameter count, MAC count and form stays', async () => {
     const dest = join(tempDir(), 'e0.svdckpt');
-    const r = await coord(['prune', ckpt, '--energy', '0', '--out', dest]);
+    const r = await runCoord(['prune', ckpt, '--energy', '0', '--out', dest]);
     expect(r.code, r.out).toBe(0);
     // No rank removed, so no batch-norm re-estimation either: weights and BN statistics as trained.
     expect(r.out).not.toContain('re-estimated');
@@ -263,7 +255,7 @@ describe('svd-coord eval / prune / export / report', () => {
   });
 
   it('report rewrites report.html with plots and the spectra of the latest checkpoint', async () => {
-    const r = await coord(['report', out]);
+    const r = await runCoord(['report', out]);
     expect(r.code, r.out).toBe(0);
     const html = readFileSync(join(out, 'report.html'), 'utf8');
     expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(8);
@@ -281,7 +273,7 @@ describe('svd-coord eval / prune / export / report', () => {
       [['start', '--model', 'resnet7', '--out', tempDir()], 'resnet7'],
       [['report', '/no/such/run'], '/no/such/run'],
     ] as const) {
-      const r = await coord([...args]);
+      const r = await runCoord([...args]);
       expect(r.code, `${args.join(' ')}: ${r.out}`).toBe(2);
       expect(r.out).toContain(needle);
       expect(r.out).not.toMatch(/\n\s+at /);

@@ -115,6 +115,13 @@ export function startCoordinator(args: string[], env: Record<string, string | un
   return launch(COORD_BIN, ['start', ...args], env);
 }
 
+/** Runs one `svd-coord` command to its end: its exit code and its stdout + stderr. */
+export async function runCoord(args: string[]): Promise<{ code: number | string; out: string }> {
+  const p = launch(COORD_BIN, args);
+  const code = await p.exited;
+  return { code, out: p.output() };
+}
+
 export function startWorker(port: number, args: string[] = [], env: Record<string, string | undefined> = {}): Proc {
   return launch(WORKER_BIN, ['--coordinator', `ws://127.0.0.1:${port}`, '--backend', 'wasm', ...args], env);
 }
@@ -171,11 +178,20 @@ export async function waitForPort(port: number, timeoutMs = 60_000, proc?: Proc)
   }
 }
 
-/** The latest checkpoint of a run folder, loaded with core's checkpoint API. */
-export function finalCheckpoint(outDir: string): Checkpoint {
+function latestOf(outDir: string): { path: string; checkpoint: Checkpoint } {
   const latest = latestCheckpoint(join(outDir, 'checkpoints'));
   if (!latest) throw new Error(`no checkpoint in ${outDir}/checkpoints`);
-  return latest.checkpoint;
+  return latest;
+}
+
+/** The latest checkpoint of a run folder, loaded with core's checkpoint API. */
+export function finalCheckpoint(outDir: string): Checkpoint {
+  return latestOf(outDir).checkpoint;
+}
+
+/** The file of the latest checkpoint of a run folder. */
+export function finalCheckpointPath(outDir: string): string {
+  return latestOf(outDir).path;
 }
 
 /** Largest |a-b| over all tensors (matched by name), with the worst tensor's name. */
