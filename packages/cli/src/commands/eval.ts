@@ -62,9 +62,10 @@ async function evalCommand(pathArgs: string[], opts: EvalOptions, io: CliIo): Pr
       io.out(accuracyLine(path, r.correct, r.lossSum, n, countMacs(model).total));
     } else {
       const r = evaluateEnsemble(loaded.map((l) => l.model), test, indices, cfg.maxWorkerBatch);
-      loaded.forEach((l, k) => io.out(accuracyLine(l.path, r.correct[k], r.lossSum[k], n, countMacs(l.model).total)));
-      const macs = loaded.reduce((a, l) => a + countMacs(l.model).total, 0);
-      io.out(`ensemble of ${loaded.length} (mean softmax, what --teacher repeated distills from): test accuracy ${(100 * r.ensembleCorrect / n).toFixed(2)}% (${r.ensembleCorrect}/${n}), ${(macs / 1e6).toFixed(2)}M MACs per image\n`);
+      const macs = loaded.map((l) => countMacs(l.model).total);
+      loaded.forEach((l, k) => io.out(accuracyLine(l.path, r.correct[k], r.lossSum[k], n, macs[k])));
+      const sum = macs.reduce((a, m) => a + m, 0);
+      io.out(`ensemble of ${loaded.length} (mean softmax, what --teacher repeated distills from): test accuracy ${(100 * r.ensembleCorrect / n).toFixed(2)}% (${r.ensembleCorrect}/${n}), ${(sum / 1e6).toFixed(2)}M MACs per image\n`);
     }
   } finally {
     for (const l of loaded) l.model.dispose();
