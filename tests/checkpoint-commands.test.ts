@@ -254,6 +254,23 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(whole[2]).toBe('100.0');
   });
 
+  it('prune --macs n prunes at the smallest energy that meets the budget, and says which', async () => {
+    const dest = join(tempDir(), 'budget.svdckpt');
+    // Between full rank (40.81M) and the one-value-per-layer floor: 20M MACs per image.
+    const r = await runCoord(['prune', ckpt, '--macs', '20e6', '--out', dest]);
+    expect(r.code, r.out).toBe(0);
+    const said = r.out.match(/--macs 20000000: energy ([\d.e-]+) is the smallest that prunes to at most that \((\d+) MACs per image\)/)!;
+    expect(said, r.out).not.toBeNull();
+    const whole = r.out.match(/MACs\/image (\d+) \([\d.]+% of plain resnet20\) -> (\d+) /)!;
+    expect(Number(whole[2])).toBe(Number(said[2]));
+    expect(Number(whole[2])).toBeLessThanOrEqual(20e6);
+    // The same energy through --energy gives the same pruned model.
+    const again = join(tempDir(), 'energy.svdckpt');
+    const e = await runCoord(['prune', ckpt, '--energy', said[1], '--out', again]);
+    expect(e.code, e.out).toBe(0);
+    expect(loadCheckpoint(again).params.map((p) => p.shape)).toEqual(loadCheckpoint(dest).params.map((p) => p.shape));
+  });
+
   it('report rewrites report.html with plots and the spectra of the latest checkpoint', async () => {
     const r = await runCoord(['report', out]);
     expect(r.code, r.out).toBe(0);
@@ -270,6 +287,10 @@ describe('svd-coord eval / prune / export / report', () => {
     for (const [args, needle] of [
       [['eval', bad], 'CHECKPOINT_CORRUPT'],
       [['prune', ckpt, '--energy', 'lots'], '--energy "lots"'],
+      [['prune', ckpt, '--macs', '-5'], '--macs "-5"'],
+      [['prune', ckpt], 'give one of --energy <e>'],
+      [['prune', ckpt, '--energy', '0.1', '--macs', '1e7'], 'not both'],
+      [['prune', ckpt, '--macs', '10'], 'below what pruning can reach'],
       [['start', '--model', 'resnet7', '--out', tempDir()], 'resnet7'],
       [['report', '/no/such/run'], '/no/such/run'],
     ] as const) {

@@ -1,19 +1,20 @@
 /**
- * `svd-coord prune CKPT --energy e`: drop the singular values holding at most a fraction e of each
- * layer's energy, print what that does to ranks, parameters and MACs, re-estimate the batch-norm
+ * `svd-coord prune CKPT --energy e` (or `--macs n`: the smallest energy whose model costs at most n
+ * MACs per image): drop the singular values holding at most a fraction e of each layer's energy, print what that does to ranks, parameters and MACs, re-estimate the batch-norm
  * statistics on training images (unless --no-recalibrate-bn), and write the smaller checkpoint.
  */
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { readCifar10 } from '@svd-train/core';
-import { countMacs, depthOf, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
+import { countMacs, depthOf, energyForMacs, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint, recalibratePruned, refuseToReplaceSource, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
 import { runDataDir } from './eval.js';
 
 interface PruneOptions {
-  energy: string;
+  energy?: string;
+  macs?: string;
   out?: string;
   backend?: string;
   data?: string;
@@ -31,14 +32,37 @@ export function describeLayers(rows: readonly object[]): string {
   return table.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ')).join('\n');
 }
 
-async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Promise<number> {
-  const e = Number(opts.energy);
-  if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
-    throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
+/** The --energy or --macs value, checked before any checkpoint is read. */
+function pruneTarget(opts: PruneOptions): { energy: number } | { macs: number } {
+  if ((opts.energy === undefined) === (opts.macs === undefined)) {
+    throw usageError(`give one of --energy <e> (a fraction of each layer's energy to drop) or --macs <n> (a budget in MACs per image)${opts.energy !== undefined ? ', not both' : ''}, e.g. --energy 0.01 or --macs 13.6e6.`);
   }
+  if (opts.energy !== undefined) {
+    const e = Number(opts.energy);
+    if (!(opts.energy.trim() !== '' && e >= 0 && e < 1)) {
+      throw usageError(`--energy ${JSON.stringify(opts.energy)} is not valid; expected a fraction in [0, 1), e.g. --energy 0.01 (drop singular values holding 1% of the energy).`);
+    }
+    return { energy: e };
+  }
+  const m = Number(opts.macs);
+  if (!(opts.macs!.trim() !== '' && Number.isFinite(m) && m > 0)) {
+    throw usageError(`--macs ${JSON.stringify(opts.macs)} is not valid; expected a positive number of MACs per image, e.g. --macs 13.6e6 (a third of the plain ResNet-20's).`);
+  }
+  return { macs: m };
+}
+
+async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Promise<number> {
+  const target = pruneTarget(opts);
   const path = checkpointArgument(pathArg, io);
-  const out = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
+  let e: number;
+  if ('energy' in target) e = target.energy;
+  else {
+    const found = energyForMacs(model, target.macs);
+    e = found.energy;
+    io.out(`--macs ${target.macs}: energy ${e} is the smallest that prunes to at most that (${found.macs} MACs per image)\n`);
+  }
+  const out = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
   refuseToReplaceSource(out, ckpt.step, [path]);
   const { model: pruned, report } = pruneByEnergy(model, e);
   io.out(`${describeLayers(report)}\n`);
@@ -82,7 +106,8 @@ export function registerPruneCommand(program: Command, io: CliIo, setCode: SetEx
     .command('prune')
     .description('truncate singular values holding at most a fraction e of each layer\'s energy')
     .argument('<ckpt>', 'checkpoint file')
-    .requiredOption('--energy <e>', 'energy fraction to drop, e.g. 0.01')
+    .option('--energy <e>', 'energy fraction to drop, e.g. 0.01')
+    .option('--macs <n>', 'instead of --energy: prune at the smallest energy whose model costs at most n MACs per image, e.g. 13.6e6 (a third of plain ResNet-20)')
     .option('--out <path>', 'folder for the pruned checkpoint, or a file name ending in .svdckpt (default: pruned-e<E>/ next to the input)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .option('--data <dir>', `CIFAR-10 folder whose training images re-estimate the batch-norm statistics (${BN_RECALIBRATION_IMAGES} of them; default: the run's, then SVD_TRAIN_DATA, then the cache)`)
