@@ -32,6 +32,11 @@ describe('svd-coord options', () => {
     expect(cfg.batch).toBe(128);
   });
 
+  it('--cutout 16 sets the Cutout side; with --no-augment it is refused, naming both', () => {
+    expect(configFromOptions({ cutout: '16' }, {}).cutout).toBe(16);
+    expect(() => configFromOptions({ cutout: '16', augment: false }, {})).toThrow(/cutout = 16 \(from flag --cutout\).*drop --no-augment, or --cutout/s);
+  });
+
   it('optimizer flags: --no-nesterov, --no-cycle-momentum, --decay-on, --momentum; absent negations keep the file value', () => {
     const cfg = configFromOptions({ nesterov: false, cycleMomentum: false, decayOn: 'factors', momentum: '0.8', weightDecay: '1e-4' }, {});
     expect(cfg).toMatchObject({ nesterov: false, cycleMomentum: false, decayOn: 'factors', momentum: 0.8, weightDecay: 1e-4 });

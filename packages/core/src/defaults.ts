@@ -80,6 +80,9 @@ export const DEFAULTS = Object.freeze({
   batch: 128,
   seed: 0,
   augment: true,
+  // Cutout (DeVries & Taylor 2017) on top of crop + flip: a square of this side (pixels), centred
+  // anywhere in the image and clipped at its border, set to the data set's mean. 0: off.
+  cutout: 0,
   data: null as string | null,
   limitTrain: null as number | null,
   limitTest: null as number | null,

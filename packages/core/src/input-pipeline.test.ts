@@ -145,3 +145,44 @@ describe('assembleBatch', () => {
     expect(times[30]).toBeLessThan(10);
   });
 });
+
+describe('Cutout', () => {
+  const split = makeSplit(40);
+  const indices = Int32Array.from({ length: 40 }, (_, i) => i);
+
+  it('leaves every crop and flip as without it, and zeroes exactly the drawn square (clipped at the border)', () => {
+    const plain = assembleBatch(split, indices, { seed: 3, epoch: 2, augment: true });
+    const cut = assembleBatch(split, indices, { seed: 3, epoch: 2, augment: true, cutout: 16 });
+    let clipped = 0;
+    for (let s = 0; s < 40; s++) {
+      const a = sampleAugmentation(3, 2, s, 16);
+      const b = sampleAugmentation(3, 2, s);
+      expect([a.dy, a.dx, a.flip]).toEqual([b.dy, b.dx, b.flip]);
+      const [hs, ws] = [a.cutBottom - a.cutTop, a.cutRight - a.cutLeft];
+      expect(hs).toBeGreaterThan(0);
+      expect(hs).toBeLessThanOrEqual(16);
+      expect(ws).toBeLessThanOrEqual(16);
+      if (hs < 16 || ws < 16) clipped++;
+      for (let h = 0; h < 32; h++)
+        for (let w = 0; w < 32; w++) {
+          const inside = h >= a.cutTop && h < a.cutBottom && w >= a.cutLeft && w < a.cutRight;
+          for (let c = 0; c < 3; c++) {
+            const o = s * RECORD + (h * 32 + w) * 3 + c;
+            expect(cut.x[o], `sample ${s} (${h}, ${w}, ${c})`).toBe(inside ? 0 : plain.x[o]);
+          }
+        }
+    }
+    // Centres near the border are clipped, as in DeVries & Taylor's code (most of 40 draws are).
+    expect(clipped).toBeGreaterThan(0);
+  });
+
+  it('cutout 0 is no Cutout; the square is a pure function of (seed, epoch, index)', () => {
+    expect(assembleBatch(split, indices, { seed: 1, epoch: 0, augment: true, cutout: 0 }).x).toEqual(assembleBatch(split, indices, { seed: 1, epoch: 0, augment: true }).x);
+    expect(sampleAugmentation(1, 4, 9, 8)).toEqual(sampleAugmentation(1, 4, 9, 8));
+    expect(sampleAugmentation(1, 4, 9, 8)).not.toEqual(sampleAugmentation(1, 5, 9, 8));
+  });
+
+  it('a side outside [0, 32] or not an integer is refused, naming it', () => {
+    for (const bad of [-1, 33, 2.5, Number.NaN]) expect(() => sampleAugmentation(0, 0, 0, bad)).toThrow(`cutout ${bad}`);
+  });
+});

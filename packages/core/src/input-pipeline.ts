@@ -8,7 +8,9 @@
  * `Normalize(CIFAR_MEAN, CIFAR_STD)`: the padding is zero in *pixel* space, so a padded pixel
  * normalizes to −mean/std. Each sample's crop offset and flip are a pure function of
  * (seed, epoch, sample index) via `Rng.derive`, so any worker reproduces any sample no matter
- * which batch or slice it lands in.
+ * which batch or slice it lands in. Optional Cutout (DeVries & Taylor 2017) then sets a square of
+ * `cutout` pixels, centred anywhere and clipped at the border, to 0 (the mean after normalization);
+ * its centre is drawn after the flip from the same stream, so crops and flips stay as without it.
  */
 import type { Cifar10Split } from './cifar10.js';
 import { SvdTrainError } from './errors.js';
@@ -44,6 +46,8 @@ export interface AssembleOptions {
   seed: number;
   epoch: number;
   augment: boolean;
+  /** With `augment`: side in pixels of the Cutout square (0 or absent: none). */
+  cutout?: number;
   /** Optional destination buffers (at least n·3072 floats and n ints) to avoid allocation. */
   out?: { x: Float32Array; y: Int32Array };
 }
@@ -62,18 +66,37 @@ export interface SampleAugmentation {
   /** Column shift in [−4, 4]. */
   dx: number;
   flip: boolean;
+  /** Cutout square: rows [cutTop, cutBottom) and columns [cutLeft, cutRight) of the output are 0 (empty when cutout is 0). */
+  cutTop: number;
+  cutBottom: number;
+  cutLeft: number;
+  cutRight: number;
 }
 
 /**
- * The crop offset and flip of sample `index` in `epoch`. Draw order mirrors torchvision
- * (crop top, crop left, then flip).
+ * The crop offset, flip and Cutout square of sample `index` in `epoch`. Draw order mirrors torchvision
+ * (crop top, crop left, then flip), then the Cutout centre (row, column) when `cutout` > 0, as in
+ * DeVries & Taylor's code: rows [y − ⌊L/2⌋, y + ⌈L/2⌉) clipped to the image, columns likewise.
  */
-export function sampleAugmentation(seed: number, epoch: number, index: number): SampleAugmentation {
+export function sampleAugmentation(seed: number, epoch: number, index: number, cutout = 0): SampleAugmentation {
+  if (!(Number.isInteger(cutout) && cutout >= 0 && cutout <= SIZE)) {
+    throw new SvdTrainError('CONFIG_INVALID', `cutout ${cutout}; expected an integer side in pixels in [0, ${SIZE}]`);
+  }
   const r = Rng.derive(seed, epoch, index);
   const top = r.nextInt(2 * CROP_PADDING + 1);
   const left = r.nextInt(2 * CROP_PADDING + 1);
   const flip = r.nextFloat() < 0.5;
-  return { dy: top - CROP_PADDING, dx: left - CROP_PADDING, flip };
+  const aug = { dy: top - CROP_PADDING, dx: left - CROP_PADDING, flip, cutTop: 0, cutBottom: 0, cutLeft: 0, cutRight: 0 };
+  if (cutout > 0) {
+    const half = Math.floor(cutout / 2);
+    const cy = r.nextInt(SIZE);
+    const cx = r.nextInt(SIZE);
+    aug.cutTop = Math.max(0, cy - half);
+    aug.cutBottom = Math.min(SIZE, cy - half + cutout);
+    aug.cutLeft = Math.max(0, cx - half);
+    aug.cutRight = Math.min(SIZE, cx - half + cutout);
+  }
+  return aug;
 }
 
 /**
@@ -111,7 +134,8 @@ export function assembleBatch(split: SplitLike, indices: ArrayLike<number>, opts
       }
       continue;
     }
-    const { dy, dx, flip } = sampleAugmentation(opts.seed, opts.epoch, idx);
+    const { dy, dx, flip, cutTop, cutBottom, cutLeft, cutRight } = sampleAugmentation(opts.seed, opts.epoch, idx, opts.cutout ?? 0);
+    const sampleStart = o;
     // Source column for output w is a + b·w; valid output columns are those with 0 ≤ a + b·w < 32.
     const a = flip ? SIZE - 1 + dx : dx;
     const b = flip ? -1 : 1;
@@ -153,6 +177,7 @@ export function assembleBatch(split: SplitLike, indices: ArrayLike<number>, opts
         x[o + 2] = pad2;
       }
     }
+    for (let h = cutTop; h < cutBottom; h++) x.fill(0, sampleStart + (h * SIZE + cutLeft) * 3, sampleStart + (h * SIZE + cutRight) * 3);
   }
   return { x, y };
 }

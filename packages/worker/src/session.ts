@@ -262,7 +262,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         checkStep(msg, { batch: cfg.batch, epochs: cfg.epochs, trainCount });
         const t0 = performance.now();
         if (st.broadcastBuffers.length) setBuffers(st.model!, st.broadcastBuffers);
-        const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment });
+        const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment, cutout: cfg.cutout });
         const reg = { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity };
         const distill = st.teachers.length ? { teachers: st.teachers.map((t) => t.model), alpha: cfg.distillAlpha, temperature: cfg.distillTemperature } : undefined;
         const r = sliceGradients(st.model!, x, y, reg, cfg.maxWorkerBatch, distill);

@@ -59,6 +59,7 @@ const START_OPTIONS: [string, string][] = [
   ['--epochs <n>', `epochs to train (default ${shown('epochs')})`],
   ['--batch <n>', `global batch size, split across workers (default ${shown('batch')})`],
   ['--seed <n>', `seed for init, data order and augmentation (default ${shown('seed')})`],
+  ['--cutout <px>', `Cutout augmentation on top of crop + flip: a square of px pixels (e.g. 16), centred anywhere, set to the mean; 0 = off (default ${shown('cutout')})`],
   ['--data <dir>', 'CIFAR-10 binary folder (or SVD_TRAIN_DATA; default: the cache folder)'],
   ['--limit-train <n>', 'use only the first n training images'],
   ['--limit-test <n>', 'use only the first n test images'],

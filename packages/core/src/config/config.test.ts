@@ -25,7 +25,7 @@ describe('resolveConfig defaults', () => {
       lambdaO: 1, lambdaS: 0.07, optimizer: 'sgd', lr: 0.1, momentum: 0.9, nesterov: true,
       weightDecay: 5e-4, decayOn: 'all', cycleMomentum: true, baseMomentum: 0.85, maxMomentum: 0.95, adamBetas: [0.9, 0.999], adamEps: 1e-8, schedule: 'onecycle',
       milestones: [81, 122], gamma: 0.1, warmupEpochs: 0, pctStart: 0.3, divFactor: 25, finalDivFactor: 1e4,
-      epochs: 3, batch: 128, seed: 0, augment: true, data: null, limitTrain: null, limitTest: null,
+      epochs: 3, batch: 128, seed: 0, augment: true, cutout: 0, data: null, limitTrain: null, limitTest: null,
       host: '127.0.0.1', port: 7733, minWorkers: 1, spawn: 0, out: 'runs/latest', resume: false, from: null,
       token: null, insecure: false, evalEvery: 1, checkpointEvery: 200, keepCheckpoints: 3,
       stepTimeoutMs: 120000, stallWarnMs: 30000, stallAction: 'drop', handshakeTimeoutMs: 30000,
@@ -269,6 +269,25 @@ describe('sparsityEnd', () => {
     const e = thrown(() => resolveConfig({ 'sparsity-start': 0.5, 'sparsity-end': 0.4 }, undefined, {}));
     expect(e.message).toContain('sparsityEnd = 0.4');
     expect(e.message).toContain('above sparsityStart (0.5)');
+  });
+});
+
+describe('cutout', () => {
+  it('defaults to 0 (off) and then changes no hash, so older checkpoints keep theirs; a side changes it', () => {
+    const base = parseConfig({});
+    expect(base.cutout).toBe(0);
+    const { cutout: _c, ...without } = serializeConfig(base);
+    expect(configHash(without as typeof base)).toBe(configHash(base));
+    expect(configHash(parseConfig({ cutout: 16 }))).not.toBe(configHash(base));
+    expect(configHash(parseConfig({ cutout: 16 }))).not.toBe(configHash(parseConfig({ cutout: 8 })));
+  });
+
+  it('takes an integer side in [0, 32] with augmentation on, and says why otherwise', () => {
+    expect(resolveConfig({ cutout: 16 }, undefined, {}).cutout).toBe(16);
+    for (const bad of [-1, 33, 2.5]) expect(thrown(() => resolveConfig({ cutout: bad }, undefined, {})).message).toContain(`cutout = ${bad}`);
+    const e = thrown(() => resolveConfig({ cutout: 16, augment: false }, undefined, {}));
+    expect(e.message).toContain('cutout = 16');
+    expect(e.message).toContain('drop --no-augment, or --cutout');
   });
 });
 

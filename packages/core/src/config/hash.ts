@@ -82,13 +82,15 @@ const DISTILL_KEYS = new Set<string>(['distillAlpha', 'distillTemperature', 'tea
  * `ranks: null` (every layer full rank) is left out, so configs and checkpoints from before the
  * field existed keep their hash; any ranks given are hashed (they change the parameter shapes).
  * Likewise the distillation fields while α is 0, `teacherArch` while null (the teacher is the run's
- * architecture), `extraTeachers` while empty (one teacher), and `sparsityEnd` at 1 (the term to the last step).
+ * architecture), `extraTeachers` while empty (one teacher), `sparsityEnd` at 1 (the term to the last step)
+ * and `cutout` at 0 (off).
  */
 export function configHash(cfg: RunConfig | SerializedRunConfig): string {
   const picked: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(cfg)) {
     if (RUN_LOCAL.has(k) || (k === 'ranks' && (v === null || v === undefined))) continue;
     if (k === 'sparsityEnd' && (v === 1 || v === undefined)) continue;
+    if (k === 'cutout' && (v === 0 || v === undefined)) continue;
     if (k === 'teacherArch' && (v === null || v === undefined)) continue;
     if (k === 'extraTeachers' && (v === undefined || (Array.isArray(v) && v.length === 0))) continue;
     if (DISTILL_KEYS.has(k) && !((cfg as { distillAlpha?: number }).distillAlpha! > 0)) continue;

@@ -72,6 +72,7 @@ export const RunConfigSchema = z
     batch: int(1).default(DEFAULTS.batch),
     seed: int(0).default(DEFAULTS.seed),
     augment: z.boolean().default(DEFAULTS.augment),
+    cutout: int(0, 32).default(DEFAULTS.cutout),
     data: path().nullable().default(DEFAULTS.data),
     limitTrain: int(1).nullable().default(DEFAULTS.limitTrain),
     limitTest: int(1).nullable().default(DEFAULTS.limitTest),
@@ -140,6 +141,9 @@ export const RunConfigSchema = z
         });
         break;
       }
+    }
+    if (c.cutout > 0 && !c.augment) {
+      ctx.addIssue({ code: 'custom', path: ['cutout'], message: `0 with augmentation off: cutout (${c.cutout}) is part of the training augmentation; drop --no-augment, or --cutout` });
     }
     if (c.sparsityEnd <= c.sparsityStart) {
       ctx.addIssue({
