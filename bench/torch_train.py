@@ -64,9 +64,11 @@ def load(data, names, limit=0):
     return torch.from_numpy((x - MEAN) / STD), torch.from_numpy(raw[:, 0].astype(np.int64))
 
 
-def augment(x, gen):
-    """Random 32x32 crop of the 4-pixel zero-padded image, then a horizontal flip with p = 0.5. The
-    draws come from `gen` (CPU) in the same order whatever the device, so runs repeat across devices."""
+def augment(x, gen, cutout=0):
+    """Random 32x32 crop of the 4-pixel zero-padded image, then a horizontal flip with p = 0.5, then
+    (cutout > 0) a cutout x cutout square centred anywhere, clipped at the border, set to 0 (the mean), as
+    svd-train's --cutout (its draws differ: another RNG). The draws come from `gen` (CPU) in the same
+    order whatever the device, so runs repeat across devices."""
     n = x.shape[0]
     dx = torch.randint(0, 9, (n,), generator=gen).to(x.device)
     dy = torch.randint(0, 9, (n,), generator=gen).to(x.device)
@@ -75,7 +77,15 @@ def augment(x, gen):
     ar = torch.arange(32, device=x.device)
     rows = (dy[:, None] + ar)[:, None, :, None]
     cols = torch.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)[:, None, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
+    if cutout > 0:
+        cy = torch.randint(0, 32, (n,), generator=gen).to(x.device)
+        cx = torch.randint(0, 32, (n,), generator=gen).to(x.device)
+        top, left = cy - cutout // 2, cx - cutout // 2
+        inside_r = (ar[None, :] >= top[:, None]) & (ar[None, :] < top[:, None] + cutout)
+        inside_c = (ar[None, :] >= left[:, None]) & (ar[None, :] < left[:, None] + cutout)
+        out = out.masked_fill((inside_r[:, :, None] & inside_c[:, None, :])[:, None, :, :], 0.0)
+    return out
 
 
 def evaluate(model, x, y, batch=1000):
@@ -266,7 +276,7 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
         seen = 0
         for step in range(steps_per_epoch):
             idx = perm[step * a.batch:(step + 1) * a.batch]
-            x, y = augment(xtr[idx], gen), ytr[idx]
+            x, y = augment(xtr[idx], gen, a.cutout), ytr[idx]
             opt.zero_grad(set_to_none=True)
             sub = a.batch // a.bn_groups
             logits = torch.cat([model(x[i:i + sub]) for i in range(0, a.batch, sub)])
@@ -348,6 +358,7 @@ def main():
     ap.add_argument('--no-decay-s', action='store_true')
     ap.add_argument('--bn-groups', type=int, default=1)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--cutout', type=int, default=0, help="Cutout side in pixels on top of crop + flip (0: off), as svd-train's --cutout")
     ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--device', default='auto', help='cpu, cuda or auto (cuda when available)')
     ap.add_argument('--limit-train', type=int, default=0, help='use only the first N training images (smoke tests)')
@@ -368,6 +379,8 @@ def main():
         raise SystemExit(f'--sparsity-start {a.sparsity_start}: expected a fraction of the schedule in [0, 1)')
     if not a.sparsity_start < a.sparsity_end <= 1:
         raise SystemExit(f'--sparsity-end {a.sparsity_end}: expected a fraction of the schedule in (--sparsity-start {a.sparsity_start}, 1]')
+    if not 0 <= a.cutout <= 32:
+        raise SystemExit(f'--cutout {a.cutout}: expected a side in pixels in [0, 32]')
     if a.batch % a.bn_groups:
         raise SystemExit(f'--bn-groups {a.bn_groups} does not divide --batch {a.batch}')
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))

@@ -149,20 +149,20 @@ export function writePrunedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, pruned: 
 /**
  * Re-estimates a model's batch-norm statistics (recalibrateBatchNorm) on `images` (default
  * BN_RECALIBRATION_IMAGES) training images spread evenly over the first `count` of `train`, in
- * chunks of `chunk`, augmented when the run trained with augmentation (`augment`); the same images
+ * chunks of `chunk`, augmented as the run trained (its `augment` and `cutout`); the same images
  * for every call. Returns the images used.
  */
-export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number, augment: boolean, images = BN_RECALIBRATION_IMAGES): number {
+export function recalibrateOnTrain(model: Model, train: SplitLike, count: number, chunk: number, aug: Pick<RunConfig, 'augment' | 'cutout'>, images = BN_RECALIBRATION_IMAGES): number {
   const n = Math.min(images, count);
-  return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk, { augment });
+  return recalibrateBatchNorm(model, train, Int32Array.from({ length: n }, (_, i) => Math.floor((i * count) / n)), chunk, { augment: aug.augment, cutout: aug.cutout });
 }
 
 /**
  * recalibrateOnTrain for a pruned model. Does nothing when the prune removed no rank, so a no-op
  * prune stays one in every number. Returns the images used (0: none).
  */
-export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number, augment: boolean): number {
-  return removesRank(report) ? recalibrateOnTrain(pruned, train, count, chunk, augment) : 0;
+export function recalibratePruned(pruned: Model, report: readonly PruneLayerReport[], train: SplitLike, count: number, chunk: number, aug: Pick<RunConfig, 'augment' | 'cutout'>): number {
+  return removesRank(report) ? recalibrateOnTrain(pruned, train, count, chunk, aug) : 0;
 }
 
 /** Whether a prune removed any singular value (a prune at energy 0, or too small an energy, removes none). */

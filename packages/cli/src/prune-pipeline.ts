@@ -91,7 +91,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     if (energy === 0) continue;
     const { model: pruned, report } = pruneByEnergy(model, energy);
     // Nothing removed, nothing re-estimated: the point then is the trained model's, to the digit.
-    recalibratePruned(pruned, report, train, trainN, Math.min(cfg.batch, chunk), cfg.augment);
+    recalibratePruned(pruned, report, train, trainN, Math.min(cfg.batch, chunk), cfg);
     const p = point(pruned, energy);
     sweep.push(p);
     io.err(`  e=${energy}: test accuracy ${(100 * p.acc).toFixed(2)}%, ${(p.macs / 1e6).toFixed(2)}M MACs (${((100 * p.macs) / plain.macs).toFixed(1)}% of plain ${cfg.model})\n`);

@@ -110,6 +110,23 @@ describe('recalibrateBatchNorm', () => {
     model.dispose();
   });
 
+  it('with cutout: on the images as a Cutout run trains on them, which differ from crop + flip alone', () => {
+    const model = tiny();
+    const data = split(8);
+    const idx = [0, 1, 2, 3, 4, 5, 6, 7];
+    const cut = assembleBatch(data, idx, { seed: 0, epoch: 0, augment: true, cutout: 16 }).x;
+    const want = logits(model, cut, 8, true);
+    const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
+    spoil(model);
+    recalibrateBatchNorm(model, data, Int32Array.from(idx), 8, { cutout: 16 });
+    expect(maxDiff(logits(model, cut, 8, false), want)).toBeLessThan(1e-2 * Math.max(1, ...want.map(Math.abs)));
+    const cutStats = getBuffers(model);
+    spoil(model);
+    recalibrateBatchNorm(model, data, Int32Array.from(idx), 8);
+    expect(getBuffers(model).some((t, k) => t.data.some((v, i) => Math.abs(v - cutStats[k]!.data[i]!) > 1e-3))).toBe(true);
+    model.dispose();
+  });
+
   it('over chunks A and B: the running statistics are the mean of what A alone and B alone give', () => {
     const model = tiny();
     const data = split(8);

@@ -54,6 +54,8 @@ export interface RecalibrateOptions {
    * had them; pass the run's `augment`. Default true.
    */
   augment?: boolean;
+  /** With `augment`: the run's Cutout side (`cutout`), so the images are as the training's were. Default 0 (none). */
+  cutout?: number;
 }
 
 /**
@@ -80,7 +82,7 @@ export function recalibrateBatchNorm(model: tf.LayersModel, split: SplitLike, in
       const ids = idx.subarray(lo, Math.min(idx.length, lo + chunk));
       // A 1-image chunk has no variance to estimate; it would drag the mean towards one image.
       if (ids.length < 2) break;
-      const { x } = assembleBatch(split, ids, { seed: 0, epoch: 0, augment: opts.augment ?? true });
+      const { x } = assembleBatch(split, ids, { seed: 0, epoch: 0, augment: opts.augment ?? true, cutout: opts.cutout ?? 0 });
       for (const bn of bns) bn.momentumOverride = 1 / (k + 1);
       tf.tidy(() => void model.apply(inputTensor(model, x, ids.length), { training: true }));
       used += ids.length;

@@ -72,7 +72,7 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
   if (opts.recalibrateBn) {
     // The mean of the running statistics is not the statistics of the averaged model: re-estimate them.
     const train = readCifar10(runDataDir(opts.data, cfg.data, io), 'train');
-    recalibrated = recalibrateOnTrain(model, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg.augment, bnImages);
+    recalibrated = recalibrateOnTrain(model, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg, bnImages);
     io.out(`batch-norm statistics re-estimated on ${recalibrated} training images\n`);
   } else {
     io.err('warning: batch-norm statistics are the mean of the checkpoints\' running statistics (--no-recalibrate-bn); they need not fit the averaged weights.\n');

@@ -89,7 +89,7 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
     }
     if (dir) {
       const train = readCifar10(dir, 'train');
-      const n = recalibratePruned(pruned, report, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg.augment);
+      const n = recalibratePruned(pruned, report, train, train.count, Math.min(cfg.batch, cfg.maxWorkerBatch), cfg);
       io.out(`batch-norm statistics re-estimated on ${n} training images from ${dir}\n`);
     }
   }
