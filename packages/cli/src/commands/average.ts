@@ -93,7 +93,7 @@ export function registerAverageCommand(program: Command, io: CliIo, setCode: Set
     .option('--out <path>', 'folder for the averaged checkpoint, or a file name ending in .svdckpt (default: averaged-<N>.svdckpt beside the newest input)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .option('--data <dir>', 'CIFAR-10 folder whose training images re-estimate the batch-norm statistics (default: the run\'s, then SVD_TRAIN_DATA, then the cache)')
-    .option('--bn-images <n>', `training images (spread evenly, crop + flip as in the run) to re-estimate the batch-norm statistics on; one pass, as SWA does (default ${SWA_BN_IMAGES}: the whole CIFAR-10 training split)`)
+    .option('--bn-images <n>', `training images (spread evenly, augmented as in the run) to re-estimate the batch-norm statistics on; one pass, as SWA does (default ${SWA_BN_IMAGES}: the whole CIFAR-10 training split)`)
     .option('--no-recalibrate-bn', 'keep the mean of the checkpoints\' running statistics: no pass over the data, but they need not fit the averaged weights')
     .action(async (a: string[], o: AverageOptions) => setCode(await averageCommand(a, o, io)));
 }
