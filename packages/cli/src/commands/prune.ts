@@ -1,7 +1,8 @@
 /**
  * `svd-coord prune CKPT --energy e` (or `--macs n`: the smallest energy whose model costs at most n
- * MACs per image): drop the singular values holding at most a fraction e of each layer's energy, print what that does to ranks, parameters and MACs, re-estimate the batch-norm
- * statistics on training images (unless --no-recalibrate-bn), and write the smaller checkpoint.
+ * MACs per image): drop the singular values holding at most a fraction e of each layer's energy,
+ * print what that does to ranks, parameters and MACs, re-estimate the batch-norm statistics on
+ * training images (unless --no-recalibrate-bn), and write the smaller checkpoint.
  */
 import { join } from 'node:path';
 import type { Command } from 'commander';
