@@ -307,8 +307,9 @@ def pipeline(model, a, data, device):
     xtr, ytr, xte, yte = data
     sizes = output_sizes(model, device)
     n = min(BN_RECALIBRATION_IMAGES, xtr.shape[0])
-    # Crop + flip as in training, as svd-train's recalibrateBatchNorm does (its draws differ: another RNG).
-    cal = augment(xtr[torch.tensor([(i * xtr.shape[0]) // n for i in range(n)], device=device)], torch.Generator().manual_seed(0))
+    # Augmented as in training (crop + flip, and Cutout with --cutout), as svd-train's recalibrateBatchNorm
+    # does (its draws differ: another RNG).
+    cal = augment(xtr[torch.tensor([(i * xtr.shape[0]) // n for i in range(n)], device=device)], torch.Generator().manual_seed(0), a.cutout)
     energy = a.prune_energy if a.prune_macs is None else energy_for_macs(model, sizes, a.prune_macs)
 
     def point(e):
