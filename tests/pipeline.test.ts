@@ -24,6 +24,7 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
     pruned: Point;
     prunedCheckpoint: string;
     finetuned: (Point & { epochs: number; lr: number; run: string }) | null;
+    averaged: (Point & { epochs: number; run: string; checkpoint: string }) | null;
     sweep: Point[];
   };
 
@@ -37,7 +38,9 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
       '--spawn', '1',
       '--prune-energy', '0.2',
       '--sweep-energies', '0.05,0.4',
-      '--finetune-epochs', '1',
+      // Three one-step epochs of fine-tuning, then the mean of the last two.
+      '--finetune-epochs', '3',
+      '--finetune-average', '2',
       // Distillation belongs to the fine-tuning: the trained model teaches the pruned one.
       '--distill-alpha', '0.5',
       '--distill-temperature', '2',
@@ -67,10 +70,30 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
     const pruned = loadCheckpoint(p.prunedCheckpoint);
     const ranks = pruned.config.ranks!;
     const ft = JSON.parse(readFileSync(join(out, 'finetune', 'config.json'), 'utf8'));
-    expect([ft.ranks, ft.lambdaS, ft.epochs, ft.lr, ft.from, ft.pruneEnergy]).toEqual([ranks, 0, 1, 0.01, p.prunedCheckpoint, null]);
+    expect([ft.ranks, ft.lambdaS, ft.epochs, ft.lr, ft.from, ft.pruneEnergy, ft.finetuneAverage]).toEqual([ranks, 0, 3, 0.01, p.prunedCheckpoint, null, 0]);
     expect(existsSync(join(out, 'finetune', 'metrics.jsonl'))).toBe(true);
     expect(p.finetuned).not.toBeNull();
-    expect([p.finetuned!.epochs, p.finetuned!.macs]).toEqual([1, p.pruned.macs]);
+    expect([p.finetuned!.epochs, p.finetuned!.macs]).toEqual([3, p.pruned.macs]);
+  });
+
+  it("averages the fine-tuning's last 2 epochs: their parameters' mean, batch norm re-estimated, evaluated and saved", () => {
+    const a = p.averaged!;
+    expect([a.epochs, a.macs, a.run]).toEqual([2, p.pruned.macs, 'finetune']);
+    expect(a.acc).toBeGreaterThanOrEqual(0);
+    expect(a.checkpoint).toBe(join(out, 'finetune', 'averaged-last2.svdckpt'));
+    const avg = loadCheckpoint(a.checkpoint);
+    expect(avg.metrics!['bnRecalibratedImages']).toBe(12);
+    const from = (avg.metrics!['averagedFrom'] as string[]).map((f) => loadCheckpoint(f));
+    // The last two epoch ends (one step each), not the first.
+    expect(from.map((c) => c.step)).toEqual([2, 3]);
+    expect(avg.params.map((t) => t.name)).toEqual(from[0]!.params.map((t) => t.name));
+    avg.params.forEach((t, i) => {
+      const [x, y] = [from[0]!.params[i]!.data, from[1]!.params[i]!.data];
+      t.data.forEach((v, j) => expect(v).toBeCloseTo((x[j]! + y[j]!) / 2, 6));
+    });
+    expect(from[0]!.params.some((t, i) => t.data.some((v, j) => v !== from[1]!.params[i]!.data[j]))).toBe(true);
+    expect(log).toContain("pipeline: averaging the fine-tuning's last 2 epochs (steps 2, 3), batch-norm statistics re-estimated on 12 training images");
+    expect(log).toMatch(/average of last 2 epochs\s+test accuracy/);
   });
 
   it('distills only while fine-tuning, from the trained checkpoint it pruned, and logs the distillation term', () => {
@@ -90,10 +113,11 @@ describe('start --prune-energy --finetune-epochs: train → prune → fine-tune'
 
   it('prints the before / after table and writes the report with the curve and the fine-tuned point', () => {
     expect(log).toMatch(/pipeline result on 12 test images/);
-    expect(log).toMatch(/fine-tuned 1 epoch\(s\)\s+test accuracy/);
+    expect(log).toMatch(/fine-tuned 3 epoch\(s\)\s+test accuracy/);
     const html = readFileSync(join(out, 'report.html'), 'utf8');
     expect(html).toContain('Test accuracy vs MACs per image');
-    expect(html).toContain('fine-tuned (e=0.2, 1 ep)');
+    expect(html).toContain('fine-tuned (e=0.2, 3 ep)');
+    expect(html).toContain("average of the fine-tuning's last 2 epochs");
     expect(html).toContain('<td>trained, before pruning</td>');
     expect(html).toContain('<td>plain resnet20 (reference)</td>');
   });

@@ -123,7 +123,7 @@ export function writeDerivedCheckpoint(ckpt: Checkpoint, cfg: RunConfig, model: 
   if (outFile) mkdirSync(dirname(outFile), { recursive: true });
   const outDir = outFile ? mkdtempSync(join(dirname(outFile), '.derived-')) : out;
   // The pipeline keys describe the run that made it, not this model: a later start --from must not re-prune.
-  const derivedCfg: RunConfig = { ...cfg, ranks: svdRanks(model), pruneEnergy: null, finetuneEpochs: 0 };
+  const derivedCfg: RunConfig = { ...cfg, ranks: svdRanks(model), pruneEnergy: null, finetuneEpochs: 0, finetuneAverage: 0 };
   const written = saveCheckpoint(outDir, {
     ...ckpt,
     config: serializeConfig(derivedCfg),

@@ -5,7 +5,22 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SvdTrainError, configHash, latestCheckpoint, listCheckpoints, loadCheckpoint, parseConfig, readCifar10, replaceFile, teachersOf, type RunConfig } from '@svd-train/core';
+import {
+  SvdTrainError,
+  averageTensors,
+  configHash,
+  latestCheckpoint,
+  listCheckpoints,
+  loadCheckpoint,
+  parseConfig,
+  readCifar10,
+  replaceFile,
+  stepsPerEpoch,
+  teachersOf,
+  type Checkpoint,
+  type RunConfig,
+  type SamplerState,
+} from '@svd-train/core';
 import {
   buildResNetForConfig,
   countMacs,
@@ -19,7 +34,7 @@ import {
   setParameters,
   svdRanks,
 } from '@svd-train/layers';
-import { recalibratePruned, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
+import { recalibrateOnTrain, recalibratePruned, writeDerivedCheckpoint, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
 import { trainPhase, type StartContext } from './train-phase.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
@@ -43,7 +58,8 @@ export interface FinetuneDistill {
  * training images, see recalibrateBatchNorm);
  * the model pruned at e saved as <out>/pruned-e<e>.svdckpt; then, with k > 0, a fine-tuning run
  * in <out>/finetune (its own config, metrics and checkpoints; fresh optimizer, peak lr
- * finetuneLr or lr/10, no sparsity term) and its test accuracy. Everything goes to
+ * finetuneLr or lr/10, no sparsity term) and its test accuracy; with finetuneAverage k, the mean
+ * of the fine-tuning's last k epochs too (see averageLastEpochs). Everything goes to
  * <out>/pipeline.json, which the report plots.
  */
 export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext, distill: FinetuneDistill | null = null): Promise<PipelineSummary> {
@@ -153,6 +169,7 @@ async function finetunePruned(
   if (cfg.finetuneEpochs > 0) {
     const ftDir = join(outDir, 'finetune');
     const lr = cfg.finetuneLr ?? cfg.lr / 10;
+    const k = cfg.finetuneAverage;
     const ftCfg: RunConfig = {
       ...cfg,
       from: prunedPath,
@@ -162,8 +179,11 @@ async function finetunePruned(
       lambdaS: 0,
       pruneEnergy: null,
       finetuneEpochs: 0,
+      finetuneAverage: 0,
       distillTraining: false,
       out: ftDir,
+      // The average needs the last k epochs' checkpoints still on disk.
+      keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg)) : cfg.keepCheckpoints,
       // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
       // first one, the fine-tuning starts afresh (its stray metrics moved aside).
       resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
@@ -193,6 +213,10 @@ async function finetunePruned(
     summary.finetuned = { ...point(m, e), epochs: cfg.finetuneEpochs, lr, run: 'finetune' };
     m.dispose();
     write();
+    if (k > 0) {
+      summary.averaged = averageLastEpochs(ft, ftDir, k, ctx, (avg) => point(avg, e));
+      write();
+    }
     try {
       await reportCommand(ftDir, { out: io.err, err: io.err });
     } catch (err) {
@@ -201,6 +225,70 @@ async function finetunePruned(
   }
   io.err(`${describePipeline(summary)}\n`);
   return summary;
+}
+
+/** Epoch-end checkpoints: the sampler has handed out every sample of the epoch (and not yet rolled over). */
+export function isEpochEnd(s: SamplerState): boolean {
+  return s.step > 0 && s.position === (s.dropLast ? stepsPerEpoch(s.size, s.batch, true) * s.batch : s.size);
+}
+
+/**
+ * How many checkpoints hold the last `epochs` epochs of a run of `cfg` (at most): one at each
+ * epoch's end, one every checkpointEvery steps, and the early one. The epoch length is taken from
+ * CIFAR-10's 50,000 training images unless limitTrain is lower; a smaller data set keeps a few more.
+ */
+export function checkpointsForEpochs(epochs: number, cfg: Pick<RunConfig, 'checkpointEvery' | 'batch' | 'limitTrain'>, trainImages = 50_000): number {
+  const spe = stepsPerEpoch(Math.min(trainImages, cfg.limitTrain ?? trainImages), cfg.batch);
+  return epochs * (1 + (cfg.checkpointEvery > 0 ? Math.ceil(spe / cfg.checkpointEvery) : 0)) + 1;
+}
+
+/**
+ * Stochastic weight averaging at the end of the pipeline: the mean of the parameters of the last
+ * `k` epoch-end checkpoints of the fine-tuning run `ft` (in <ftDir>/checkpoints), its batch-norm
+ * statistics re-estimated in one pass over the training split (augmented as the run trained, as
+ * `svd-coord average` does), evaluated by `point` and written as <ftDir>/averaged-last<k>.svdckpt.
+ * Returns null, and says why, when fewer than 2 epoch ends are left (the average is then skipped:
+ * the fine-tuned model stands).
+ */
+function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartContext, point: (m: Model) => PipelinePoint): PipelineSummary['averaged'] {
+  const { io } = ctx;
+  const ckptDir = join(ftDir, 'checkpoints');
+  const hash = configHash(ft);
+  const ends: { path: string; checkpoint: Checkpoint }[] = [];
+  for (const { path } of listCheckpoints(ckptDir)) {
+    if (ends.length === k) break;
+    let c: Checkpoint;
+    try {
+      c = loadCheckpoint(path, { configHash: hash });
+    } catch (err) {
+      if (err instanceof SvdTrainError && err.code === 'CHECKPOINT_CORRUPT') {
+        io.err(`warning: --finetune-average: skipping ${path}: ${err.message}\n`);
+        continue;
+      }
+      throw err;
+    }
+    if (isEpochEnd(c.sampler)) ends.push({ path, checkpoint: c });
+  }
+  if (ends.length < 2) {
+    io.err(`warning: --finetune-average ${k}: only ${ends.length} epoch-end checkpoint(s) of the fine-tuning left in ${ckptDir}, at least 2 needed; no average (average its checkpoints with svd-coord average)\n`);
+    return null;
+  }
+  if (ends.length < k) io.err(`warning: --finetune-average ${k}: only ${ends.length} epoch-end checkpoints of the fine-tuning left in ${ckptDir}; averaging those\n`);
+  ends.reverse(); // oldest first
+  const newest = ends[ends.length - 1];
+  const model = buildResNetForConfig(ft);
+  const mean = averageTensors(ends.map((x) => ({ path: x.path, params: x.checkpoint.params, buffers: x.checkpoint.buffers })));
+  setParameters(model, mean.params);
+  if (mean.buffers.length) setBuffers(model, mean.buffers);
+  const train = readCifar10(ctx.dataDir, 'train');
+  const trainN = Math.min(train.count, ft.limitTrain ?? train.count);
+  io.err(`pipeline: averaging the fine-tuning's last ${ends.length} epochs (steps ${ends.map((x) => x.checkpoint.step).join(', ')}), batch-norm statistics re-estimated on ${trainN} training images\n`);
+  const recalibrated = recalibrateOnTrain(model, train, trainN, Math.min(ft.batch, ft.maxWorkerBatch), ft, trainN);
+  const files = ends.map((x) => x.path);
+  const written = writeDerivedCheckpoint(newest.checkpoint, ft, model, { averagedFrom: files, bnRecalibratedImages: recalibrated }, join(ftDir, `averaged-last${ends.length}.svdckpt`), files);
+  const p = point(model);
+  model.dispose();
+  return { ...p, epochs: ends.length, run: 'finetune', checkpoint: written };
 }
 
 /** Writes <out>/pipeline.json whole or not at all. */
@@ -276,6 +364,7 @@ export function describePipeline(p: PipelineSummary): string {
     ['trained, full rank', p.trained],
     [`pruned at e=${p.energy}`, p.pruned],
     [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],
+    [`average of last ${p.averaged?.epochs ?? 0} epochs`, p.averaged ?? null],
   ];
   const lines = [
     `pipeline result on ${p.testImages} test images (MACs per image; FLOPs = 2·MACs):`,

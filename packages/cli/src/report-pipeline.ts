@@ -1,7 +1,8 @@
 /**
  * The report's train → prune → fine-tune section, from pipeline.json: accuracy and MACs before
- * pruning, after pruning and after fine-tuning, against the plain ResNet, and the accuracy-vs-MACs
- * curve of the energy sweep with the fine-tuned point marked.
+ * pruning, after pruning, after fine-tuning and (with --finetune-average) of its averaged last
+ * epochs, against the plain ResNet, and the accuracy-vs-MACs curve of the energy sweep with the
+ * fine-tuned (and averaged) point marked.
  */
 import { isAbsolute } from 'node:path';
 import { pctText } from './plot-scales.js';
@@ -35,6 +36,8 @@ export interface PipelineSummary {
   pruned: PipelinePoint;
   prunedCheckpoint: string;
   finetuned: (PipelinePoint & { epochs: number; lr: number; run: string }) | null;
+  /** With --finetune-average k: the mean of the fine-tuning's last k epochs (absent: not asked, older runs; null: too few epochs left). */
+  averaged?: (PipelinePoint & { epochs: number; run: string; checkpoint: string }) | null;
   /** The accuracy-vs-MACs curve: the trained model (energy 0) and each sweep energy, no fine-tuning. */
   sweep: PipelinePoint[];
 }
@@ -46,6 +49,7 @@ export function renderPipeline(p: PipelineSummary): string {
     ['trained, before pruning', p.trained],
     [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
     [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],
+    ...(p.averaged ? [[`average of the fine-tuning's last ${p.averaged.epochs} epochs (batch-norm statistics re-estimated)`, p.averaged] as [string, PipelinePoint]] : []),
   ];
   const ftLink = p.finetuned && p.finetuned.run && !isAbsolute(p.finetuned.run) ? ` The fine-tuning run has its own report: <a href="${esc(p.finetuned.run)}/report.html">${esc(p.finetuned.run)}/report.html</a>.` : '';
   const table =
@@ -70,10 +74,16 @@ export function renderPipeline(p: PipelineSummary): string {
   // land on each other (same MACs, and the same accuracy when fine-tuning gained nothing).
   if (p.finetuned) {
     series.push({ label: 'fine-tuning gain', points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc], [p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], dashed: true });
-    series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6, pointLabels: [`fine-tuned ${pctText(p.finetuned.acc)}`] });
+    // The averaged point lands beside the fine-tuned one (same MACs, accuracy tenths apart), where
+    // two labels would collide and one be dropped: it then carries both numbers.
+    const ftText = `fine-tuned ${pctText(p.finetuned.acc)}`;
+    series.push({ label: `fine-tuned (e=${p.energy}, ${p.finetuned.epochs} ep)`, points: [[p.finetuned.macs / 1e6, 100 * p.finetuned.acc]], color: PALETTE[1], marker: 6, pointLabels: p.averaged ? undefined : [ftText] });
+    if (p.averaged) {
+      series.push({ label: `average of its last ${p.averaged.epochs} epochs`, points: [[p.averaged.macs / 1e6, 100 * p.averaged.acc]], color: PALETTE[2], marker: 6, pointLabels: [`averaged ${pctText(p.averaged.acc)} (${ftText})`] });
+    }
   }
   series.push({ label: `pruned at e=${p.energy}`, points: [[p.pruned.macs / 1e6, 100 * p.pruned.acc]], color: PALETTE[3] });
-  const xs = [...p.sweep.map((q) => q.macs), p.plain.macs, ...(p.finetuned ? [p.finetuned.macs] : [])].map((v) => v / 1e6);
+  const xs = [...p.sweep.map((q) => q.macs), p.plain.macs, ...(p.finetuned ? [p.finetuned.macs] : []), ...(p.averaged ? [p.averaged.macs] : [])].map((v) => v / 1e6);
   const xPad = Math.max(0.5, 0.06 * (Math.max(...xs) - Math.min(...xs)));
   const curve = linePlot(series, {
     title: 'Test accuracy vs MACs per image',

@@ -161,6 +161,22 @@ describe('report', () => {
     expect(curve).toContain('>plain resnet20<');
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
   });
+
+  it('with --finetune-average: a row and a second large point for the average of the last epochs', () => {
+    const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
+    const base: PipelineSummary = {
+      model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
+      trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
+      finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
+    };
+    const html = renderPipeline({ ...base, averaged: { ...pt(0.05, 0.8912, 10e6), epochs: 3, run: 'finetune', checkpoint: 'finetune/averaged-last3.svdckpt' } });
+    expect(html).toContain("<td>average of the fine-tuning's last 3 epochs (batch-norm statistics re-estimated)</td><td>89.12%</td><td>10.00M</td><td>25.0%</td>");
+    const curve = html.split('Test accuracy vs MACs per image')[1]!.split('</svg>')[0]!;
+    expect((curve.match(/<circle [^>]*r="6"/g) ?? []).length).toBe(2);
+    expect(curve).toContain('averaged 89.12% (fine-tuned 88.00%)');
+    // Not asked for, or too few epochs left (null): no row, no point.
+    for (const averaged of [undefined, null]) expect(renderPipeline({ ...base, averaged })).not.toContain('average of');
+  });
 });
 
 describe('report of a ResNet-20 run (22 SVD layers, 2 workers)', () => {

@@ -94,6 +94,10 @@ export const DEFAULTS = Object.freeze({
   pruneMacs: null as number | null,
   finetuneEpochs: 0,
   finetuneLr: null as number | null,
+  // Then stochastic weight averaging of the fine-tuning's last finetuneAverage epoch-end checkpoints
+  // (batch-norm statistics re-estimated on the training split), evaluated and saved beside them.
+  // 0: off; otherwise at least 2 and at most finetuneEpochs.
+  finetuneAverage: 0,
   // Knowledge distillation (Hinton et al. 2015): the data term becomes (1 − α)·CE + α·T²·KL(teacher
   // ‖ student) at temperature T, with the teacher's eval-mode logits on the same augmented batch.
   // α 0 = off. With the pipeline's fine-tuning the teacher is the trained model unless `teacher`

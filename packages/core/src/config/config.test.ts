@@ -389,7 +389,18 @@ describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
 
   it('are not hashed: they change no step of the training phase, so its checkpoints stay resumable', () => {
     const h = configHash(parseConfig({}));
-    expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, sweepEnergies: [0.1] }))).toBe(h);
+    expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, finetuneAverage: 2, sweepEnergies: [0.1] }))).toBe(h);
+  });
+
+  it('average 0 (off) or 2 to finetuneEpochs of the fine-tuning\'s last epochs, naming the value and the fix', () => {
+    expect(parseConfig({ pruneEnergy: 0.01, finetuneEpochs: 5, finetuneAverage: 5 }).finetuneAverage).toBe(5);
+    expect(parseConfig({}).finetuneAverage).toBe(0);
+    for (const bad of [1, 6, -1, 2.5]) {
+      const e = thrown(() => parseConfig({ pruneEnergy: 0.01, finetuneEpochs: 5, finetuneAverage: bad }));
+      expect(e.code).toBe('CONFIG_INVALID');
+      expect(e.message).toMatch(/finetuneAverage/);
+    }
+    expect(thrown(() => parseConfig({ pruneEnergy: 0.01, finetuneEpochs: 5, finetuneAverage: 6 })).message).toMatch(/from 2 to finetuneEpochs \(5\), got 6.*--finetune-average 5/);
   });
 
   it('take a MAC budget instead of an energy, but not both', () => {

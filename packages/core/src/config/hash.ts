@@ -41,6 +41,7 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'pruneMacs',
   'finetuneEpochs',
   'finetuneLr',
+  'finetuneAverage',
   'sweepEnergies',
   // Where the pipeline distills: the training phase's own config carries the distillation (hashed)
   // or not, so the switch itself changes nothing a checkpoint must match.

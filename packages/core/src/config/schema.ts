@@ -80,6 +80,7 @@ export const RunConfigSchema = z
     pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
     finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
+    finetuneAverage: int(0).default(DEFAULTS.finetuneAverage),
     distillAlpha: z.number().min(0).max(1).default(DEFAULTS.distillAlpha),
     distillTemperature: positive().default(DEFAULTS.distillTemperature),
     teacher: path().nullable().default(DEFAULTS.teacher),
@@ -188,6 +189,13 @@ export const RunConfigSchema = z
     }
     if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
       ctx.addIssue({ code: 'custom', path: ['finetuneEpochs'], message: '0 without --prune-energy or --prune-macs: fine-tuning follows pruning (pass --prune-energy e, or use start --from CKPT to fine-tune a checkpoint)' });
+    }
+    if (c.finetuneAverage === 1 || (c.finetuneAverage > 0 && c.finetuneAverage > c.finetuneEpochs)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['finetuneAverage'],
+        message: `0 (off) or a whole number of epochs from 2 to finetuneEpochs (${c.finetuneEpochs}), got ${c.finetuneAverage}: the average is over the fine-tuning's last epoch-end checkpoints (pass e.g. --finetune-average 5 with --finetune-epochs 20 or more)`,
+      });
     }
     if (c.pruneEnergy !== null && c.pruneMacs !== null) {
       ctx.addIssue({ code: 'custom', path: ['pruneMacs'], message: `null when pruneEnergy is set (${c.pruneEnergy}): give either an energy or a MAC budget, not both` });
