@@ -25,6 +25,10 @@ The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetu
                         and for a sweep of energies, as svd-train does.
   --finetune-epochs N [--finetune-lr X]   then fine-tune the pruned model (one-cycle, peak X,
                         default lr/10, no sparsity term).
+  --finetune-average K   then average the fine-tuning's last K epochs (the parameters' mean at
+                        each epoch's end), re-estimate its batch-norm statistics in one pass over
+                        the training images (crop + flip, and Cutout with --cutout) and evaluate it
+                        (svd-train's --finetune-average).
   --distill-alpha A [--distill-temperature T]   while fine-tuning, the data term is
                         (1 - A)*CE + A*T^2*KL(teacher || model), the trained full-rank model
                         teaching in eval mode on the same augmented batch (svd-train's
@@ -243,9 +247,11 @@ def distill_term(logits, teacher_logits, temperature):
                                                 reduction='batchmean', log_target=True)
 
 
-def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None):
+def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None, average_last=0):
     """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`.
-    With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha)."""
+    With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha). With
+    `average_last` K, also returns the sum of the float state (parameters and BN statistics) at the
+    end of each of the last K epochs: (history, sums, count)."""
     xtr, ytr, xte, yte = data
     gen = torch.Generator().manual_seed(a.seed if stage == 'train' else a.seed + 1)
     steps_per_epoch = xtr.shape[0] // a.batch
@@ -253,10 +259,11 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     opt, sched = make_optimizer(model, a, lr, epochs, steps_per_epoch)
     t0 = time.time()
     history = []
+    sums, summed = None, 0
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
-        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end') + (('finetune_epochs', 'finetune_lr', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
-        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0}
+        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end') + (('finetune_epochs', 'finetune_lr', 'finetune_average', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
+        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0, 'finetune_average': 0}
         for k in keys:
             was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
@@ -267,6 +274,7 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
         gen.set_state(ck['gen'])
         torch.set_rng_state(ck['rng'])
         history = ck['history']
+        sums, summed = ck.get('avg_sums'), ck.get('avg_count', 0)
         t0 -= history[-1]['seconds'] if history else 0
         print(f'{stage}: resumed from {ck_path} after epoch {len(history)}', flush=True)
     stop = min(epochs, a.stop_after) if (a.stop_after and stage == 'train') else epochs
@@ -297,10 +305,15 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
         row = {'epoch': epoch + 1, 'train_acc': correct.item() / seen, 'test_acc': test, 'seconds': time.time() - t0}
         history.append(row)
         print(f"{stage} epoch {row['epoch']}: train {row['train_acc']:.4f} test {row['test_acc']:.4f} ({row['seconds']:.0f} s)", flush=True)
+        if average_last and epoch >= epochs - average_last:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            sums = state if sums is None else {k: sums[k] + v for k, v in state.items()}
+            summed += 1
         if ck_path:
             save_atomic({'args': vars(a), 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                         'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history, **(extra or {})}, ck_path)
-    return history
+                         'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history, 'avg_sums': sums, 'avg_count': summed,
+                         **(extra or {})}, ck_path)
+    return (history, sums, summed) if average_last else history
 
 
 def pipeline(model, a, data, device):
@@ -335,9 +348,16 @@ def pipeline(model, a, data, device):
             teacher = copy.deepcopy(model).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        hist = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher)
+        ran = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher, average_last=a.finetune_average)
+        hist, sums, summed = ran if a.finetune_average else (ran, None, 0)
         out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
-    for label, p in (('trained, full rank', trained), (f'pruned at e={energy:g}', at), ('fine-tuned', out['finetuned'])):
+        if summed >= 2:
+            avg = copy.deepcopy(pruned)
+            avg.load_state_dict({**avg.state_dict(), **{k: v / summed for k, v in sums.items()}})
+            # One pass over the training images, augmented as in training, as svd-train's average does.
+            recalibrate_bn(avg, augment(xtr, torch.Generator().manual_seed(0), a.cutout))
+            out['averaged'] = {'acc': evaluate(avg, xte, yte), 'macs': at['macs'], 'epochs': summed}
+    for label, p in (('trained, full rank', trained), (f'pruned at e={energy:g}', at), ('fine-tuned', out['finetuned']), (f"average of last {a.finetune_average}", out.get('averaged'))):
         if p:
             print(f"  {label:24} test {100 * p['acc']:6.2f}%  {p['macs'] / 1e6:6.2f}M MACs ({100 * p['macs'] / PLAIN_RESNET20_MACS:.1f}% of plain)", flush=True)
     return out
@@ -368,6 +388,7 @@ def main():
     ap.add_argument('--prune-macs', type=float, default=None)
     ap.add_argument('--finetune-epochs', type=int, default=0)
     ap.add_argument('--finetune-lr', type=float, default=None)
+    ap.add_argument('--finetune-average', type=int, default=0, help="then average the fine-tuning's last K epochs (0: off), as svd-train's --finetune-average")
     ap.add_argument('--distill-alpha', type=float, default=0.0, help='fine-tuning: weight of the distillation term (the trained model teaches)')
     ap.add_argument('--distill-temperature', type=float, default=4.0)
     ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists; the fine-tuning stage uses PATH.finetune')
@@ -380,6 +401,8 @@ def main():
         raise SystemExit(f'--sparsity-start {a.sparsity_start}: expected a fraction of the schedule in [0, 1)')
     if not a.sparsity_start < a.sparsity_end <= 1:
         raise SystemExit(f'--sparsity-end {a.sparsity_end}: expected a fraction of the schedule in (--sparsity-start {a.sparsity_start}, 1]')
+    if a.finetune_average and not 2 <= a.finetune_average <= a.finetune_epochs:
+        raise SystemExit(f'--finetune-average {a.finetune_average}: expected 0 (off) or 2 to --finetune-epochs ({a.finetune_epochs})')
     if not 0 <= a.cutout <= 32:
         raise SystemExit(f'--cutout {a.cutout}: expected a side in pixels in [0, 32]')
     if a.batch % a.bn_groups:
