@@ -95,7 +95,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   if (reuse && 'summary' in reuse) {
     model.dispose();
     io.err(`pipeline: --resume: the sweep and the model pruned at e=${e} (${reuse.summary.prunedCheckpoint}) are in ${join(outDir, 'pipeline.json')}, made from this checkpoint (step ${latest.checkpoint.step}): reusing them (delete pipeline.json to redo them)\n`);
-    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null }, reuse.ranks, latest.path, point);
+    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null, averaged: undefined }, reuse.ranks, latest.path, point);
   }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
   const full = point(model, 0);
