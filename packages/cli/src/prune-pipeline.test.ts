@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { configHash, parseConfig, serializeConfig, type Checkpoint, type RunConfig } from '@svd-train/core';
 import { buildResNetForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
 import { writePrunedCheckpoint } from './checkpoint-model.js';
-import { checkpointsForEpochs, isEpochEnd, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
+import { checkpointsForEpochs, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-pipeline-'));
@@ -97,24 +97,14 @@ describe('reusablePipeline (start --prune-energy … --resume)', () => {
   });
 });
 
-describe('--finetune-average: which checkpoints are epoch ends, and how many to keep', () => {
-  const state = (position: number, o: { size?: number; batch?: number; dropLast?: boolean; step?: number } = {}) => ({ size: o.size ?? 100, batch: o.batch ?? 32, seed: 0, dropLast: o.dropLast ?? false, epoch: 0, position, step: o.step ?? 4 });
-
-  it('an epoch end has handed out the whole epoch, and only then', () => {
-    expect(isEpochEnd(state(100))).toBe(true);
-    for (const position of [0, 32, 96, 99]) expect(isEpochEnd(state(position))).toBe(false);
-    // dropLast: the epoch is its whole batches only.
-    expect(isEpochEnd(state(96, { dropLast: true }))).toBe(true);
-    expect(isEpochEnd(state(64, { dropLast: true }))).toBe(false);
-    // A fresh run has ended no epoch.
-    expect(isEpochEnd(state(100, { step: 0 }))).toBe(false);
-  });
-
+describe('--finetune-average: how many checkpoints to keep', () => {
   it('keeps enough for k epochs: each end, each checkpointEvery step and the early one', () => {
     // CIFAR-10 at batch 128: 391 steps an epoch, checkpoints every 200 steps and at its end.
-    expect(checkpointsForEpochs(5, { checkpointEvery: 200, batch: 128, limitTrain: null })).toBe(5 * 3 + 1);
-    expect(checkpointsForEpochs(5, { checkpointEvery: 391, batch: 128, limitTrain: null })).toBe(5 * 2 + 1);
-    expect(checkpointsForEpochs(2, { checkpointEvery: 0, batch: 128, limitTrain: null })).toBe(3);
-    expect(checkpointsForEpochs(2, { checkpointEvery: 200, batch: 12, limitTrain: 12 })).toBe(2 * 2 + 1);
+    expect(checkpointsForEpochs(5, { checkpointEvery: 200, batch: 128, limitTrain: null }, 50_000)).toBe(5 * 3 + 1);
+    expect(checkpointsForEpochs(5, { checkpointEvery: 391, batch: 128, limitTrain: null }, 50_000)).toBe(5 * 2 + 1);
+    expect(checkpointsForEpochs(2, { checkpointEvery: 0, batch: 128, limitTrain: null }, 50_000)).toBe(3);
+    expect(checkpointsForEpochs(2, { checkpointEvery: 200, batch: 12, limitTrain: 12 }, 50_000)).toBe(2 * 2 + 1);
+    // The split's own size: 12 images at batch 12 are one step an epoch with or without limitTrain.
+    expect(checkpointsForEpochs(2, { checkpointEvery: 200, batch: 12, limitTrain: null }, 12)).toBe(2 * 2 + 1);
   });
 });

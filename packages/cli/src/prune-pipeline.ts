@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  EpochSampler,
   SvdTrainError,
   averageTensors,
   configHash,
@@ -19,7 +20,7 @@ import {
   teachersOf,
   type Checkpoint,
   type RunConfig,
-  type SamplerState,
+  type SplitLike,
 } from '@svd-train/core';
 import {
   buildResNetForConfig,
@@ -95,7 +96,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   if (reuse && 'summary' in reuse) {
     model.dispose();
     io.err(`pipeline: --resume: the sweep and the model pruned at e=${e} (${reuse.summary.prunedCheckpoint}) are in ${join(outDir, 'pipeline.json')}, made from this checkpoint (step ${latest.checkpoint.step}): reusing them (delete pipeline.json to redo them)\n`);
-    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null, averaged: undefined }, reuse.ranks, latest.path, point);
+    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null, averaged: undefined }, reuse.ranks, latest.path, point, train);
   }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
   const full = point(model, 0);
@@ -143,13 +144,14 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
     sweep,
   };
   writePipelineJson(outDir, summary);
-  return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point);
+  return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point, train);
 }
 
 /**
  * The pipeline from the pruned model on: with finetuneEpochs > 0, fine-tunes `summary.prunedCheckpoint`
  * (of per-layer `ranks`) in <out>/finetune and evaluates it with `point`; writes pipeline.json and
- * prints the before / after table. `trainedPath` is the trained checkpoint, the default teacher.
+ * prints the before / after table. `trainedPath` is the trained checkpoint, the default teacher;
+ * `train` the training split, whose images re-estimate an average's batch-norm statistics.
  */
 async function finetunePruned(
   cfg: RunConfig,
@@ -160,6 +162,7 @@ async function finetunePruned(
   ranks: Record<string, number>,
   trainedPath: string,
   point: (m: Model, energy: number) => PipelinePoint,
+  train: SplitLike,
 ): Promise<PipelineSummary> {
   const { io } = ctx;
   const e = summary.energy;
@@ -183,7 +186,7 @@ async function finetunePruned(
       distillTraining: false,
       out: ftDir,
       // The average needs the last k epochs' checkpoints still on disk.
-      keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg)) : cfg.keepCheckpoints,
+      keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg, train.count)) : cfg.keepCheckpoints,
       // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
       // first one, the fine-tuning starts afresh (its stray metrics moved aside).
       resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
@@ -214,7 +217,7 @@ async function finetunePruned(
     m.dispose();
     write();
     if (k > 0) {
-      summary.averaged = averageLastEpochs(ft, ftDir, k, ctx, (avg) => point(avg, e));
+      summary.averaged = averageLastEpochs(ft, ftDir, k, ctx, train, (avg) => point(avg, e));
       write();
     }
     try {
@@ -227,17 +230,11 @@ async function finetunePruned(
   return summary;
 }
 
-/** Epoch-end checkpoints: the sampler has handed out every sample of the epoch (and not yet rolled over). */
-export function isEpochEnd(s: SamplerState): boolean {
-  return s.step > 0 && s.position === (s.dropLast ? stepsPerEpoch(s.size, s.batch, true) * s.batch : s.size);
-}
-
 /**
- * How many checkpoints hold the last `epochs` epochs of a run of `cfg` (at most): one at each
- * epoch's end, one every checkpointEvery steps, and the early one. The epoch length is taken from
- * CIFAR-10's 50,000 training images unless limitTrain is lower; a smaller data set keeps a few more.
+ * How many checkpoints hold the last `epochs` epochs of a run of `cfg` on a training split of
+ * `trainImages` (at most): one at each epoch's end, one every checkpointEvery steps, and the early one.
  */
-export function checkpointsForEpochs(epochs: number, cfg: Pick<RunConfig, 'checkpointEvery' | 'batch' | 'limitTrain'>, trainImages = 50_000): number {
+export function checkpointsForEpochs(epochs: number, cfg: Pick<RunConfig, 'checkpointEvery' | 'batch' | 'limitTrain'>, trainImages: number): number {
   const spe = stepsPerEpoch(Math.min(trainImages, cfg.limitTrain ?? trainImages), cfg.batch);
   return epochs * (1 + (cfg.checkpointEvery > 0 ? Math.ceil(spe / cfg.checkpointEvery) : 0)) + 1;
 }
@@ -245,12 +242,12 @@ export function checkpointsForEpochs(epochs: number, cfg: Pick<RunConfig, 'check
 /**
  * Stochastic weight averaging at the end of the pipeline: the mean of the parameters of the last
  * `k` epoch-end checkpoints of the fine-tuning run `ft` (in <ftDir>/checkpoints), its batch-norm
- * statistics re-estimated in one pass over the training split (augmented as the run trained, as
+ * statistics re-estimated in one pass over the training split `train` (augmented as the run trained, as
  * `svd-coord average` does), evaluated by `point` and written as <ftDir>/averaged-last<k>.svdckpt.
  * Returns null, and says why, when fewer than 2 epoch ends are left (the average is then skipped:
  * the fine-tuned model stands).
  */
-function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartContext, point: (m: Model) => PipelinePoint): PipelineSummary['averaged'] {
+function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartContext, train: SplitLike, point: (m: Model) => PipelinePoint): PipelineSummary['averaged'] {
   const { io } = ctx;
   const ckptDir = join(ftDir, 'checkpoints');
   const hash = configHash(ft);
@@ -258,8 +255,10 @@ function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartCo
   for (const { path } of listCheckpoints(ckptDir)) {
     if (ends.length === k) break;
     let c: Checkpoint;
+    let atEpochEnd: boolean;
     try {
       c = loadCheckpoint(path, { configHash: hash });
+      atEpochEnd = EpochSampler.fromState(c.sampler).atEpochEnd;
     } catch (err) {
       if (err instanceof SvdTrainError && err.code === 'CHECKPOINT_CORRUPT') {
         io.err(`warning: --finetune-average: skipping ${path}: ${err.message}\n`);
@@ -267,7 +266,7 @@ function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartCo
       }
       throw err;
     }
-    if (isEpochEnd(c.sampler)) ends.push({ path, checkpoint: c });
+    if (atEpochEnd) ends.push({ path, checkpoint: c });
   }
   if (ends.length < 2) {
     io.err(`warning: --finetune-average ${k}: only ${ends.length} epoch-end checkpoint(s) of the fine-tuning left in ${ckptDir}, at least 2 needed; no average (average its checkpoints with svd-coord average)\n`);
@@ -280,7 +279,6 @@ function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartCo
   const mean = averageTensors(ends.map((x) => ({ path: x.path, params: x.checkpoint.params, buffers: x.checkpoint.buffers })));
   setParameters(model, mean.params);
   if (mean.buffers.length) setBuffers(model, mean.buffers);
-  const train = readCifar10(ctx.dataDir, 'train');
   const trainN = Math.min(train.count, ft.limitTrain ?? train.count);
   io.err(`pipeline: averaging the fine-tuning's last ${ends.length} epochs (steps ${ends.map((x) => x.checkpoint.step).join(', ')}), batch-norm statistics re-estimated on ${trainN} training images\n`);
   const recalibrated = recalibrateOnTrain(model, train, trainN, Math.min(ft.batch, ft.maxWorkerBatch), ft, trainN);

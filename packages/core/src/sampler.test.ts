@@ -110,6 +110,22 @@ describe('EpochSampler', () => {
     );
   });
 
+  it("atEpochEnd: the last batch handed out ended an epoch (what a checkpoint's sampler state says)", () => {
+    const state = (position: number, o: { size?: number; batch?: number; dropLast?: boolean; step?: number } = {}) => ({ size: o.size ?? 100, batch: o.batch ?? 32, seed: 0, dropLast: o.dropLast ?? false, epoch: 0, position, step: o.step ?? 4 });
+    const atEnd = (s: ReturnType<typeof state>) => EpochSampler.fromState(s).atEpochEnd;
+    expect(atEnd(state(100))).toBe(true);
+    for (const position of [0, 32, 96, 99]) expect(atEnd(state(position))).toBe(false);
+    // dropLast: the epoch is its whole batches only.
+    expect(atEnd(state(96, { dropLast: true }))).toBe(true);
+    expect(atEnd(state(64, { dropLast: true }))).toBe(false);
+    // A fresh run has ended no epoch.
+    expect(atEnd(state(100, { step: 0 }))).toBe(false);
+    // A live sampler: true right after an epoch's last batch, false once the next one is handed out.
+    const live = new EpochSampler({ size: 10, batch: 4, seed: 1 });
+    const seen = Array.from({ length: 4 }, () => (live.nextBatch(), live.atEpochEnd));
+    expect(seen).toEqual([false, false, true, false]);
+  });
+
   it('state()/fromState() resumes the identical sequence; damaged state is refused', () => {
     const a = new EpochSampler({ size: 50, batch: 8, seed: 7 });
     for (let i = 0; i < 9; i++) a.nextBatch();

@@ -163,6 +163,11 @@ export class EpochSampler {
     return this.dropLast ? this.stepsPerEpoch * this.batch : this.size;
   }
 
+  /** Whether the last batch handed out ended an epoch (its every sample handed out, not yet rolled over). */
+  get atEpochEnd(): boolean {
+    return this.step > 0 && this.position >= this.epochLength;
+  }
+
   /** The epoch the next batch belongs to. */
   get currentEpoch(): number {
     return this.position >= this.epochLength ? this.epoch + 1 : this.epoch;
