@@ -249,9 +249,9 @@ def distill_term(logits, teacher_logits, temperature):
 
 def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None, average_last=0):
     """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`.
-    With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha). With
-    `average_last` K, also returns the sum of the float state (parameters and BN statistics) at the
-    end of each of the last K epochs: (history, sums, count)."""
+    With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha). Returns
+    (history, sums, count): with `average_last` K, sums is the sum of the float state (parameters and
+    BN statistics) at the end of each of the last K epochs, and count how many it holds (else None, 0)."""
     xtr, ytr, xte, yte = data
     gen = torch.Generator().manual_seed(a.seed if stage == 'train' else a.seed + 1)
     steps_per_epoch = xtr.shape[0] // a.batch
@@ -313,7 +313,7 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
             save_atomic({'args': vars(a), 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
                          'gen': gen.get_state(), 'rng': torch.get_rng_state(), 'history': history, 'avg_sums': sums, 'avg_count': summed,
                          **(extra or {})}, ck_path)
-    return (history, sums, summed) if average_last else history
+    return history, sums, summed
 
 
 def pipeline(model, a, data, device):
@@ -348,8 +348,7 @@ def pipeline(model, a, data, device):
             teacher = copy.deepcopy(model).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        ran = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher, average_last=a.finetune_average)
-        hist, sums, summed = ran if a.finetune_average else (ran, None, 0)
+        hist, sums, summed = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher, average_last=a.finetune_average)
         out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
         if summed >= 2:
             avg = copy.deepcopy(pruned)
@@ -416,7 +415,7 @@ def main():
     xte, yte = load(a.data, ['test_batch.bin'], a.limit_test)
     data = tuple(t.to(device) for t in (xtr, ytr, xte, yte))
     model = ResNet20('reconstruct', a.decomposition).to(device).train()
-    history = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint)
+    history, _, _ = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint)
     result = {'args': vars(a), 'device': str(device), 'history': history}
     if len(history) == a.epochs and (a.prune_energy is not None or a.prune_macs is not None):
         result['pipeline'] = pipeline(model, a, data, device)
