@@ -47,9 +47,9 @@ import {
   plainResNetCost,
   profileKernels,
   pruneByEnergy,
-  setBuffers,
   setFusedInference,
   setParameters,
+  setWeights,
 } from '@svd-train/layers';
 import { loadNative } from '@svd-train/native';
 import { median, rand } from './lib/stats.js';
@@ -121,8 +121,7 @@ const decomposition = ranksSource?.config.decomposition === 'spatial' ? 'spatial
 const base = buildResNet({ depth: 20, svd: true, decomposition, seed: 1 });
 if (ckptPath) {
   const c = loadCheckpoint(ckptPath);
-  setParameters(base, c.params);
-  if (c.buffers.length) setBuffers(base, c.buffers);
+  setWeights(base, c);
   console.error(`spectra from ${ckptPath} (step ${c.step})`);
 } else {
   setParameters(

@@ -25,8 +25,7 @@ import {
   getParameters,
   initEngine,
   recalibrateBatchNorm,
-  setBuffers,
-  setParameters,
+  setWeights,
   svdRanks,
   type PruneLayerReport,
 } from '@svd-train/layers';
@@ -70,8 +69,7 @@ export async function modelOfCheckpoint(ckpt: Checkpoint, backend?: string, io?:
   io?.err(`backend ${engine.reason}\n`);
   cfg = { ...cfg, ranks: checkpointRanks(ckpt, cfg) };
   const model = buildResNetForConfig(cfg);
-  setParameters(model, ckpt.params);
-  if (ckpt.buffers.length) setBuffers(model, ckpt.buffers);
+  setWeights(model, ckpt);
   return { ckpt, model, cfg };
 }
 

@@ -31,8 +31,7 @@ import {
   plainResNetCost,
   pruneByEnergy,
   BN_RECALIBRATION_IMAGES,
-  setBuffers,
-  setParameters,
+  setWeights,
   svdRanks,
 } from '@svd-train/layers';
 import { recalibrateOnTrain, recalibratePruned, writeDerivedCheckpoint, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
@@ -72,8 +71,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   const chunk = cfg.maxWorkerBatch;
   const firstN = Int32Array.from({ length: n }, (_, i) => i);
   const model = buildResNetForConfig(cfg);
-  setParameters(model, latest.checkpoint.params);
-  if (latest.checkpoint.buffers.length) setBuffers(model, latest.checkpoint.buffers);
+  setWeights(model, latest.checkpoint);
   // BN re-estimation images: spread over the (possibly limited) train split, the same for every energy.
   const train = readCifar10(ctx.dataDir, 'train');
   const trainN = Math.min(train.count, cfg.limitTrain ?? train.count);
@@ -123,8 +121,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   if (e === 0) {
     // Energy 0 prunes nothing: the "pruned" model is the trained one, saved as such for fine-tuning.
     const again = buildResNetForConfig(cfg);
-    setParameters(again, latest.checkpoint.params);
-    if (latest.checkpoint.buffers.length) setBuffers(again, latest.checkpoint.buffers);
+    setWeights(again, latest.checkpoint);
     prunedPoint = full;
     ranks = svdRanks(again);
     prunedPath = writePrunedCheckpoint(latest.checkpoint, cfg, again, 0, join(outDir, 'pruned-e0.svdckpt'), latest.path);
@@ -211,8 +208,7 @@ async function finetunePruned(
     const last = latestCheckpoint(join(ftDir, 'checkpoints'), { configHash: configHash(ft) });
     if (!last) throw new SvdTrainError('CHECKPOINT_CORRUPT', `fine-tuning wrote no valid checkpoint in ${join(ftDir, 'checkpoints')}; expected one at its end. Fix: rerun, or fine-tune with start --from ${prunedPath}.`);
     const m = buildResNetForConfig(ft);
-    setParameters(m, last.checkpoint.params);
-    if (last.checkpoint.buffers.length) setBuffers(m, last.checkpoint.buffers);
+    setWeights(m, last.checkpoint);
     summary.finetuned = { ...point(m, e), epochs: cfg.finetuneEpochs, lr, run: 'finetune' };
     m.dispose();
     write();
@@ -277,8 +273,7 @@ function averageLastEpochs(ft: RunConfig, ftDir: string, k: number, ctx: StartCo
   const newest = ends[ends.length - 1];
   const model = buildResNetForConfig(ft);
   const mean = averageTensors(ends.map((x) => ({ path: x.path, params: x.checkpoint.params, buffers: x.checkpoint.buffers })));
-  setParameters(model, mean.params);
-  if (mean.buffers.length) setBuffers(model, mean.buffers);
+  setWeights(model, mean);
   const trainN = Math.min(train.count, ft.limitTrain ?? train.count);
   io.err(`pipeline: averaging the fine-tuning's last ${ends.length} epochs (steps ${ends.map((x) => x.checkpoint.step).join(', ')}), batch-norm statistics re-estimated on ${trainN} training images\n`);
   const recalibrated = recalibrateOnTrain(model, train, trainN, Math.min(ft.batch, ft.maxWorkerBatch), ft, trainN);

@@ -5,7 +5,7 @@ export { SVDDense, type SVDDenseArgs } from './svd-dense.js';
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 export { SVDConv2D, referenceFactors, type SVDConv2DArgs, type SvdForward, type SvdPadding } from './svd-conv2d.js';
 export { buildResNet, buildResNetForConfig, buildTeacherForConfig, depthOf, plainResNetCost, type BuildResNetOptions } from './resnet.js';
-export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
+export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, setWeights, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
 export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult, type BatchNormFusion } from './batch-norm.js';
 export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';

@@ -169,6 +169,16 @@ export function setBuffers(model: tf.LayersModel, tensors: readonly WireTensor[]
 }
 
 /**
+ * Writes a model's weights as a checkpoint or a message carries them: the parameters, then the BN
+ * running statistics when there are any (a plain model without batch norm, or a sender that keeps
+ * the model's own statistics, sends none).
+ */
+export function setWeights(model: tf.LayersModel, weights: { readonly params: readonly WireTensor[]; readonly buffers: readonly WireTensor[] }): void {
+  setParameters(model, weights.params);
+  if (weights.buffers.length) setBuffers(model, weights.buffers);
+}
+
+/**
  * PyTorch names of the parameters that get no weight decay: batch-norm gammas and betas (their
  * names, `layers.0.bn1.weight`, look like conv weights, so only the model can tell) and every bias.
  * Passed to the optimizer as `noDecay`. BN layers are recognised by class name, so this also works

@@ -44,7 +44,7 @@ import {
   getBuffers,
   getParameters,
   setBuffers,
-  setParameters,
+  setWeights,
 } from '@svd-train/layers';
 import { sliceGradients } from './chunked-gradients.js';
 import { checkCounts, checkDatasetInfo, checkEval, checkStep, checkWeights, outOfOrder } from './coordinator-checks.js';
@@ -239,8 +239,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           return violated(outOfOrder('teacher', why));
         }
         checkWeights(msg, teacher.manifest, msg.index === 0 ? 'the teacher model of this config (teacherRanks)' : `teacher ${msg.index} of this config (extraTeachers[${msg.index - 1}])`);
-        setParameters(teacher.model, msg.params);
-        if (msg.buffers.length) setBuffers(teacher.model, msg.buffers);
+        setWeights(teacher.model, msg);
         teachersLoaded.add(msg.index);
         break;
       }
@@ -250,8 +249,7 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
           return violated(outOfOrder('weights', `waiting for the teachers (this run distills: they come first; ${teachersLoaded.size} of ${st.teachers.length} received)`));
         }
         checkWeights(msg, st.manifest!);
-        setParameters(st.model!, msg.params);
-        if (msg.buffers.length) setBuffers(st.model!, msg.buffers);
+        setWeights(st.model!, msg);
         st.broadcastBuffers = msg.buffers;
         stage = 'ready';
         break;

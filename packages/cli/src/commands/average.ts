@@ -8,7 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { averageTensors, listCheckpoints, readCifar10 } from '@svd-train/core';
-import { setBuffers, setParameters } from '@svd-train/layers';
+import { setWeights } from '@svd-train/layers';
 import { parseNumberOption, usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { loadCheckpointFile, modelOfCheckpoint, recalibrateOnTrain, refuseToReplaceSource, writeDerivedCheckpoint } from '../checkpoint-model.js';
@@ -65,8 +65,7 @@ async function averageCommand(args: string[], opts: AverageOptions, io: CliIo): 
   refuseToReplaceSource(out, newest.step, files);
   const { ckpt, model, cfg } = await modelOfCheckpoint(newest.checkpoint, opts.backend, io);
   const mean = averageTensors(inputs);
-  setParameters(model, mean.params);
-  if (mean.buffers.length) setBuffers(model, mean.buffers);
+  setWeights(model, mean);
   io.out(`averaged the parameters of ${files.length} checkpoints\n`);
   let recalibrated = 0;
   if (opts.recalibrateBn) {
