@@ -48,6 +48,7 @@ import {
   profileKernels,
   pruneByEnergy,
   setFusedInference,
+  setFusedTraining,
   setParameters,
   setWeights,
 } from '@svd-train/layers';
@@ -140,6 +141,8 @@ interface Variant {
   smallOc?: boolean;
   /** false: inference timed with each factored conv's 1×1 conv and batch norm as separate kernels. */
   fused?: boolean;
+  /** false: training timed with batch norm computed from the 1×1 conv's output, not from rank space. */
+  fusedTraining?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
@@ -160,6 +163,8 @@ if (addon?.ok) {
 // (Channel only: a spatial layer's second conv is 1×k, not 1×1, and is not fused.)
 if (addon?.ok && decomposition === 'channel') {
   variants.push({ label: '  same, 1×1 conv and batch norm as separate kernels at inference', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, fused: false });
+  // And in training with batch norm taken from the 1×1 conv's output (rank-space-batch-norm.ts off).
+  variants.push({ label: '  same, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false });
 }
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
@@ -180,11 +185,13 @@ const trainable = variants.filter((v) => v.train);
 const withKernels = (v: Variant, f: () => void) => () => {
   if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([0]);
   if (v.fused === false) setFusedInference(false);
+  if (v.fusedTraining === false) setFusedTraining(false);
   try {
     f();
   } finally {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
     setFusedInference(true);
+    setFusedTraining(true);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));

@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { columnSum } from './kernels/column-sum.js';
 import { AFFINE, BN_GRAD, BN_TRAIN } from './kernels/native.js';
+import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -284,7 +285,27 @@ export class SVDBatchNorm extends tf.layers.Layer {
       return batchNormInfer(x, this.movingMean.read(), this.movingVariance.read(), this.gamma.read(), this.beta.read(), this.epsilon, fuse);
     }
     const { y, mean, variance } = batchNormTrain(x, this.gamma.read(), this.beta.read(), this.epsilon, fuse);
-    const n = x.size / x.shape[x.rank - 1];
+    this.updateRunningStats(mean, variance, x.size / x.shape[x.rank - 1]);
+    return y;
+  }
+
+  /**
+   * Train mode on the output of a channel-wise factored conv given in rank space: the same as
+   * `call([t·p, residual], { training: true })` (running statistics updated alike), computed by
+   * `rankSpaceBatchNormTrain` without forming t·p. Only where `rankSpaceBatchNormAvailable()`.
+   * @param t the conv's rank-space output [N, H, W, r]; p its 1×1 matrix [r, C]
+   */
+  callTrainingFromRankSpace(t: tf.Tensor, p: tf.Tensor2D, residual?: tf.Tensor): tf.Tensor {
+    if (this.residual !== (residual !== undefined)) {
+      throw new SvdTrainError('CONFIG_INVALID', `SVDBatchNorm ${this.name}: ${this.residual ? 'residual: true needs the residual input' : 'takes no residual'}`);
+    }
+    const { y, mean, variance } = rankSpaceBatchNormTrain(t, p, this.gamma.read(), this.beta.read(), this.epsilon, { residual, relu: this.activation === 'relu' });
+    this.updateRunningStats(mean, variance, t.size / t.shape[t.rank - 1]);
+    return y;
+  }
+
+  /** running = (1 − momentum)·running + momentum·batch stat; disposes mean and variance. n: the values per channel. */
+  private updateRunningStats(mean: tf.Tensor1D, variance: tf.Tensor1D, n: number): void {
     const mom = this.momentumOverride ?? this.momentum;
     tf.tidy(() => {
       // PyTorch stores the unbiased variance in running_var (and uses the biased one to normalise).
@@ -294,7 +315,6 @@ export class SVDBatchNorm extends tf.layers.Layer {
     });
     mean.dispose();
     variance.dispose();
-    return y;
   }
 
   /** This layer's eval-mode map y = x·scale + shift per channel, from its running statistics. */

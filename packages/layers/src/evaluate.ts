@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError, assembleBatch, type SplitLike } from '@svd-train/core';
 import { SVDBatchNorm } from './batch-norm.js';
+import { applyTraining } from './fused-inference.js';
 import { evaluate, inputTensor } from './train-step.js';
 
 /** Counts over the evaluated samples; accuracy is correct / n, mean loss lossSum / n. */
@@ -84,7 +85,7 @@ export function recalibrateBatchNorm(model: tf.LayersModel, split: SplitLike, in
       if (ids.length < 2) break;
       const { x } = assembleBatch(split, ids, { seed: 0, epoch: 0, augment: opts.augment ?? true, cutout: opts.cutout ?? 0 });
       for (const bn of bns) bn.momentumOverride = 1 / (k + 1);
-      tf.tidy(() => void model.apply(inputTensor(model, x, ids.length), { training: true }));
+      tf.tidy(() => void applyTraining(model, inputTensor(model, x, ids.length)));
       used += ids.length;
     }
   } finally {

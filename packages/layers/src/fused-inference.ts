@@ -15,10 +15,14 @@
  * Only where the engine has the kernel (the native engine); elsewhere, and for graphs this walk
  * does not take (a layer called more than once, several inputs or outputs), `fusedInference`
  * returns null and callers use `model.apply`.
+ *
+ * Training takes the same walk (`applyTraining`): there each pair is train-mode batch norm computed
+ * from the conv's rank-space output (`rank-space-batch-norm.ts`), with its own backward kernel.
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
 import { POINTWISE_AFFINE } from './kernels/native.js';
+import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
 type Layer = tf.layers.Layer;
@@ -64,13 +68,43 @@ export function fusedInferenceAvailable(): boolean {
  */
 export function fusedInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor | null {
   if (!fusedInferenceAvailable()) return null;
+  const plan = planOf(model);
+  return plan ? run(plan, x, false) : null;
+}
+
+/** The model's plan, made once; null where the walk does not take the graph or nothing fuses. */
+function planOf(model: tf.LayersModel): Plan | null {
   let plan = plans.get(model);
   if (plan === undefined) {
     plan = makePlan(model);
     plans.set(model, plan);
   }
-  if (!plan || !plan.steps.some((s) => s.fuseWith)) return null;
-  return run(plan, x);
+  return plan && plan.steps.some((s) => s.fuseWith) ? plan : null;
+}
+
+let trainingEnabled = true;
+
+/** Turns the training fusion (rank-space batch norm) off (false) or back on (the default), for benchmarks and tests. */
+export function setFusedTraining(on: boolean): void {
+  trainingEnabled = on;
+}
+
+/** Whether the training fusion is on and the active backend has its kernel (the native engine). */
+export function fusedTrainingAvailable(): boolean {
+  return trainingEnabled && rankSpaceBatchNormAvailable();
+}
+
+/**
+ * The model's train-mode output, `model.apply(x, { training: true })`, with the batch norm after
+ * each factored conv computed from the conv's rank-space output (`rankSpaceBatchNormTrain`): the
+ * same function and running-statistics updates up to float rounding, with fewer passes over the
+ * activations. For use under a gradient tape; intermediates are left to the caller's tidy, as
+ * `model.apply` leaves them. Falls back to `model.apply` where the engine lacks the kernel or the
+ * graph is not one the walk takes.
+ */
+export function applyTraining(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
+  const plan = fusedTrainingAvailable() ? planOf(model) : null;
+  return plan ? run(plan, x, true) : (model.apply(x, { training: true }) as tf.Tensor);
 }
 
 /** The model's eval-mode output: `fusedInference` where it applies, else `model.apply(x, { training: false })`. */
@@ -108,10 +142,12 @@ function makePlan(model: tf.LayersModel): Plan | null {
   return { input: model.inputs[0].id, output, steps, readers };
 }
 
-function run(plan: Plan, x: tf.Tensor): tf.Tensor {
+function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
   const values = new Map<number, tf.Tensor>([[plan.input, x]]);
   const left = new Map(plan.readers);
   const release = (id: number) => {
+    // Training: the tape may still read them; the caller's tidy frees them, as with model.apply.
+    if (training) return;
     const n = (left.get(id) ?? 0) - 1;
     left.set(id, n);
     const v = values.get(id);
@@ -132,16 +168,20 @@ function run(plan: Plan, x: tf.Tensor): tf.Tensor {
         const [batch, h, w] = convIn.shape;
         const bn = step.layer as SVDBatchNorm;
         const residual = bn.residual ? ins[1] : undefined;
-        y = tf.tidy(() => {
-          if (conv.forwardFor(h, w, batch) === 'factored') return pointwiseBatchNorm(conv, bn, convIn, residual);
+        const pair = () => {
+          if (conv.forwardFor(h, w, batch) === 'factored') {
+            return training ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseMatrix(), residual) : pointwiseBatchNorm(conv, bn, convIn, residual);
+          }
           // Merged is cheaper at this rank: the two layers as they are.
           const c = conv.apply(convIn) as tf.Tensor;
-          return bn.apply(residual ? [c, residual] : c, { training: false }) as tf.Tensor;
-        });
+          return bn.apply(residual ? [c, residual] : c, { training }) as tf.Tensor;
+        };
+        y = training ? pair() : tf.tidy(pair);
         release(input);
         for (const id of step.inputs.slice(1)) release(id);
       } else {
-        y = tf.tidy(() => step.layer.apply(ins.length === 1 ? ins[0] : ins, { training: false }) as tf.Tensor);
+        const layerOut = () => step.layer.apply(ins.length === 1 ? ins[0] : ins, { training }) as tf.Tensor;
+        y = training ? layerOut() : tf.tidy(layerOut);
         for (const id of step.inputs) release(id);
       }
       values.set(step.output, y);
@@ -150,7 +190,7 @@ function run(plan: Plan, x: tf.Tensor): tf.Tensor {
     values.delete(plan.output);
     return out;
   } finally {
-    for (const [id, v] of values) if (id !== plan.input) v.dispose();
+    if (!training) for (const [id, v] of values) if (id !== plan.input) v.dispose();
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError, type WireTensor } from '@svd-train/core';
-import { applyInference } from './fused-inference.js';
+import { applyInference, applyTraining } from './fused-inference.js';
 import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 import { namedParameters, getBuffers } from './parameter-names.js';
 
@@ -145,7 +145,7 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
     const yT = tf.tensor1d(y, 'int32');
     let parts: tf.Tensor[] = [];
     const { grads } = tf.variableGrads(() => {
-      const logits = model.apply(xT, { training: true }) as tf.Tensor;
+      const logits = applyTraining(model, xT);
       const ce = tf.div<tf.Scalar>(crossEntropySum(logits, yT), n);
       let kd: tf.Scalar = tf.scalar(0);
       let data: tf.Scalar = ce;

@@ -21,6 +21,7 @@
 #include <omp.h>
 
 #include "pointwise_affine.h"
+#include "rank_bn.h"
 #include "small_oc_conv.h"
 
 #include <algorithm>
@@ -382,37 +383,43 @@ struct MatMul {
 };
 Cache<MatMul> matmuls;
 
+// c = op(a)·op(b) for one batch: a [M, K] ([K, M] when ta), b [K, N] ([N, K] when tb), c [M, N].
+void RunMatMul(const float* a, const float* b, float* c, int64_t ba, int64_t bb, int64_t m, int64_t k, int64_t n, bool ta,
+               bool tb) {
+  const std::vector<int64_t> p = {ba, bb, m, k, n, ta ? 1 : 0, tb ? 1 : 0};
+  const int64_t bo = std::max(ba, bb);
+  auto& e = matmuls[Key("m", p)];
+  if (!e) {
+    auto mm = std::make_unique<MatMul>();
+    memory::desc amd({ba, m, k}, dt::f32, ta ? tag::acb : tag::abc);
+    memory::desc bmd({bb, k, n}, dt::f32, tb ? tag::acb : tag::abc);
+    memory::desc cmd({bo, m, n}, dt::f32, tag::abc);
+    dnnl::matmul::desc d(amd, bmd, cmd);
+    dnnl::matmul::primitive_desc pd(d, Eng());
+    mm->prim = dnnl::matmul(pd);
+    mm->a = memory(amd, Eng(), DNNL_MEMORY_NONE);
+    mm->b = memory(bmd, Eng(), DNNL_MEMORY_NONE);
+    mm->c = memory(cmd, Eng(), DNNL_MEMORY_NONE);
+    e = std::move(mm);
+  }
+  e->a.set_data_handle(const_cast<float*>(a));
+  e->b.set_data_handle(const_cast<float*>(b));
+  e->c.set_data_handle(c);
+  e->prim.execute(Strm(), {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b}, {DNNL_ARG_DST, e->c}});
+  Strm().wait();
+}
+
 Napi::Value MatMulFn(const Napi::CallbackInfo& info) {
   return Guard(info, "matmul", [&]() -> Napi::Value {
     auto p = Ints(info, 3, 7, "shape");
     int64_t ba = p[0], bb = p[1], m = p[2], k = p[3], n = p[4];
-    bool ta = p[5] != 0, tb = p[6] != 0;
     if (ba < 1 || bb < 1 || m < 1 || k < 1 || n < 1) throw ArgError("matmul has a zero dimension");
     if (ba != bb && ba != 1 && bb != 1) throw ArgError("matmul batch sizes must be equal or 1");
     int64_t bo = std::max(ba, bb);
     float* a = F32(info, 0, ba * m * k, "a");
     float* b = F32(info, 1, bb * k * n, "b");
     float* c = F32(info, 2, bo * m * n, "c");
-    std::string key = Key("m", p);
-    auto& e = matmuls[key];
-    if (!e) {
-      auto mm = std::make_unique<MatMul>();
-      memory::desc amd({ba, m, k}, dt::f32, ta ? tag::acb : tag::abc);
-      memory::desc bmd({bb, k, n}, dt::f32, tb ? tag::acb : tag::abc);
-      memory::desc cmd({bo, m, n}, dt::f32, tag::abc);
-      dnnl::matmul::desc d(amd, bmd, cmd);
-      dnnl::matmul::primitive_desc pd(d, Eng());
-      mm->prim = dnnl::matmul(pd);
-      mm->a = memory(amd, Eng(), DNNL_MEMORY_NONE);
-      mm->b = memory(bmd, Eng(), DNNL_MEMORY_NONE);
-      mm->c = memory(cmd, Eng(), DNNL_MEMORY_NONE);
-      e = std::move(mm);
-    }
-    e->a.set_data_handle(a);
-    e->b.set_data_handle(b);
-    e->c.set_data_handle(c);
-    e->prim.execute(Strm(), {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b}, {DNNL_ARG_DST, e->c}});
-    Strm().wait();
+    RunMatMul(a, b, c, ba, bb, m, k, n, p[5] != 0, p[6] != 0);
     return info.Env().Undefined();
   });
 }
@@ -603,6 +610,65 @@ Napi::Value PointwiseAffineFn(const Napi::CallbackInfo& info) {
   });
 }
 
+void RankBnMatMul(const float* a, const float* b, float* out, int64_t rows, int64_t k, int64_t n, bool ta, bool tb) {
+  RunMatMul(a, b, out, 1, 1, rows, k, n, ta, tb);
+}
+
+// rankBnForward(t, p, gamma, beta, y, mean, variance, tmean, cov, scale, invstd, [M, R, C, relu], eps,
+// residual?): train-mode batch norm of u = t·p computed from t (see rank_bn.h); t [M, R], p [R, C],
+// gamma, beta, mean, variance, scale, invstd [C], tmean [R], cov [R, R], y and residual [M, C].
+Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
+  return Guard(info, "rankBnForward", [&]() -> Napi::Value {
+    auto d = Ints(info, 11, 4, "shape");
+    const int64_t m = d[0], r = d[1], c = d[2];
+    if (m < 1 || r < 1 || c < 1 || d[3] < 0 || d[3] > 1) throw ArgError("rankBnForward shape must be [M >= 1, R >= 1, C >= 1, relu 0 or 1]");
+    if (info.Length() < 13 || !info[12].IsNumber()) throw ArgError("eps must be a number");
+    const double eps = info[12].As<Napi::Number>().DoubleValue();
+    const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
+    const float* t = F32(info, 0, static_cast<size_t>(m * r), "t");
+    const float* p = F32(info, 1, rs * cs, "p");
+    const float* gamma = F32(info, 2, cs, "gamma");
+    const float* beta = F32(info, 3, cs, "beta");
+    float* y = F32(info, 4, mc, "y");
+    float* mean = F32(info, 5, cs, "mean");
+    float* variance = F32(info, 6, cs, "variance");
+    float* tmean = F32(info, 7, rs, "tmean");
+    float* cov = F32(info, 8, rs * rs, "cov");
+    float* scale = F32(info, 9, cs, "scale");
+    float* invstd = F32(info, 10, cs, "invstd");
+    svd_rank_bn::Forward(t, p, gamma, beta, OptionalF32(info, 13, mc, "residual"), y, mean, variance, tmean, cov, scale,
+                         invstd, m, r, c, eps, d[3] == 1, RankBnMatMul);
+    return info.Env().Undefined();
+  });
+}
+
+// rankBnBackward(dy, y?, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres?, [M, R, C]):
+// rankBnForward's gradient; y (empty: no ReLU) is its output, whose mask y > 0 applies to dy; dres
+// (empty: no residual) receives the residual's gradient.
+Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
+  return Guard(info, "rankBnBackward", [&]() -> Napi::Value {
+    auto d = Ints(info, 13, 3, "shape");
+    const int64_t m = d[0], r = d[1], c = d[2];
+    if (m < 1 || r < 1 || c < 1) throw ArgError("rankBnBackward shape must be [M >= 1, R >= 1, C >= 1]");
+    const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
+    const float* dy = F32(info, 0, mc, "dy");
+    const float* y = OptionalF32(info, 1, mc, "y");
+    const float* t = F32(info, 2, static_cast<size_t>(m * r), "t");
+    const float* p = F32(info, 3, rs * cs, "p");
+    const float* tmean = F32(info, 4, rs, "tmean");
+    const float* cov = F32(info, 5, rs * rs, "cov");
+    const float* scale = F32(info, 6, cs, "scale");
+    const float* invstd = F32(info, 7, cs, "invstd");
+    float* dt = F32(info, 8, static_cast<size_t>(m * r), "dt");
+    float* dp = F32(info, 9, rs * cs, "dp");
+    float* dgamma = F32(info, 10, cs, "dgamma");
+    float* dbeta = F32(info, 11, cs, "dbeta");
+    float* dres = const_cast<float*>(OptionalF32(info, 12, mc, "dres"));
+    svd_rank_bn::Backward(dy, y, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres, m, r, c, RankBnMatMul);
+    return info.Env().Undefined();
+  });
+}
+
 // batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps, residual?, relu?):
 // y = (x−mean)·invstd·gamma+beta (+ residual), then max(·, 0) when relu is 1; mean and biased
 // variance per channel.
@@ -738,6 +804,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
+  exports.Set("rankBnForward", Napi::Function::New(env, RankBnForward));
+  exports.Set("rankBnBackward", Napi::Function::New(env, RankBnBackward));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

@@ -66,6 +66,20 @@ export interface NativeAddon {
    * it (its scale folded into w) in one pass.
    */
   pointwiseAffine(t: Float32Array, w: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number, number], residual?: Float32Array): void;
+  /**
+   * Train-mode batch norm of u = t·p from the rank-space t [M, R] (p [R, C]): y = act(bn(u) (+ residual)),
+   * u's batch mean and biased variance, and what the backward needs (t's mean [R] and covariance
+   * [R, R], scale = gamma·invstd and invstd [C]). shape [M, R, C, relu].
+   */
+  rankBnForward(
+    t: Float32Array, p: Float32Array, gamma: Float32Array, beta: Float32Array, y: Float32Array, mean: Float32Array, variance: Float32Array,
+    tmean: Float32Array, cov: Float32Array, scale: Float32Array, invstd: Float32Array, shape: readonly [number, number, number, number], eps: number, residual?: Float32Array,
+  ): void;
+  /** rankBnForward's gradient: dt, dp, dgamma, dbeta and (dres non-empty) the residual's; y empty when the forward had no ReLU. shape [M, R, C]. */
+  rankBnBackward(
+    dy: Float32Array, y: Float32Array, t: Float32Array, p: Float32Array, tmean: Float32Array, cov: Float32Array, scale: Float32Array, invstd: Float32Array,
+    dt: Float32Array, dp: Float32Array, dgamma: Float32Array, dbeta: Float32Array, dres: Float32Array, shape: readonly [number, number, number],
+  ): void;
   /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
   setThreads(threads: readonly [number]): void;
   getThreads(): number;

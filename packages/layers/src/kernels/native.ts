@@ -29,6 +29,12 @@ export const AFFINE = 'SvdAffine';
  * eval-mode batch norm after it in one pass (`fused-inference.ts`). Inference only: no gradient.
  */
 export const POINTWISE_AFFINE = 'SvdPointwiseAffine';
+/**
+ * Train-mode batch norm of t·p computed from the rank-space t, with the residual and ReLU, and its
+ * gradient (`rank-space-batch-norm.ts`, packages/native/src/rank_bn.h).
+ */
+export const RANK_BN_TRAIN = 'SvdRankBnTrain';
+export const RANK_BN_GRAD = 'SvdRankBnGrad';
 
 type Conv4 = [number, number, number, number];
 
@@ -235,6 +241,37 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { t, p, gamma, beta, residual } = inputs as Record<'t' | 'p' | 'gamma' | 'beta', TensorInfo> & { residual?: TensorInfo };
+    const { epsilon, relu } = attrs as unknown as { epsilon: number; relu?: boolean };
+    const [r, c] = p.shape as [number, number];
+    const m = t.shape.reduce((a, d) => a * d, 1) / r;
+    const out = (shape: number[]) => be.makeOutput(shape, 'float32');
+    const y = out([...t.shape.slice(0, -1), c]);
+    const [mean, variance, tmean, cov, scale, invstd] = [out([c]), out([c]), out([r]), out([r, r]), out([c]), out([c])];
+    const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    addon.rankBnForward(v(t), v(p), v(gamma), v(beta), v(y), v(mean), v(variance), v(tmean), v(cov), v(scale), v(invstd), [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
+    return [y, mean, variance, tmean, cov, scale, invstd];
+  };
+
+  const rankBnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    // y: the forward's output, present when it applied a ReLU (its gradient masks dy).
+    const { dy, t, p, tmean, cov, scale, invstd, y } = inputs as Record<'dy' | 't' | 'p' | 'tmean' | 'cov' | 'scale' | 'invstd', TensorInfo> & { y?: TensorInfo };
+    const { residual } = (attrs ?? {}) as { residual?: boolean };
+    const [r, c] = p.shape as [number, number];
+    const m = t.shape.reduce((a, d) => a * d, 1) / r;
+    const dt = be.makeOutput([...t.shape], 'float32');
+    const dp = be.makeOutput([r, c], 'float32');
+    const dg = be.makeOutput([c], 'float32');
+    const db = be.makeOutput([c], 'float32');
+    const dres = residual ? be.makeOutput([...dy.shape], 'float32') : undefined;
+    const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), v(p), v(tmean), v(cov), v(scale), v(invstd), v(dt), v(dp), v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
+    return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
+  };
+
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
@@ -248,6 +285,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k(AFFINE, affine),
     // An addon built before pointwiseAffine existed still runs; inference then takes the separate ops.
     ...(typeof addon.pointwiseAffine === 'function' ? [k(POINTWISE_AFFINE, pointwiseAffine)] : []),
+    ...(typeof addon.rankBnForward === 'function' ? [k(RANK_BN_TRAIN, rankBnTrain), k(RANK_BN_GRAD, rankBnGrad)] : []),
   ];
 }
 

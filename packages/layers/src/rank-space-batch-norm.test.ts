@@ -1,0 +1,136 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
+import { batchNormTrain } from './batch-norm.js';
+import { applyTraining, setFusedTraining } from './fused-inference.js';
+import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
+import { pruneByEnergy } from './prune.js';
+import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
+import { buildResNet } from './resnet.js';
+import { SVDConv2D } from './svd-conv2d.js';
+import { computeGradients } from './train-step.js';
+import { expectClose, expectNoLeakedTensors, onBackend, seededUniform } from './test-support/index.js';
+
+const native = loadNative();
+const EPS = 1e-5;
+
+/**
+ * y, the batch stats and the gradients of Σ(y·R) for t, p, gamma, beta (and the residual), once by
+ * rankSpaceBatchNormTrain and once as the layers compute it: the 1×1 product u = t·p, then
+ * batchNormTrain on u. Inputs with a mean far from 0, so a stat taken without centring shows.
+ */
+function both(shape: number[], r: number, c: number, relu: boolean, withResidual: boolean) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const t = tf.tensor(seededUniform(n * r, 1, 2, 0.5), [...shape, r]);
+  const p = tf.tensor2d(seededUniform(r * c, 2, 1, -0.5), [r, c]);
+  const gamma = tf.tensor1d(seededUniform(c, 3, 1, 0.5));
+  const beta = tf.tensor1d(seededUniform(c, 4, 1, -0.5));
+  const res = tf.tensor(seededUniform(n * c, 5, 1, -0.5), [...shape, c]);
+  const weights = tf.tensor(seededUniform(n * c, 6, 2, -1), [...shape, c]);
+  const residual = withResidual ? res : undefined;
+  const run = (fused: boolean) => {
+    let stats: tf.Tensor[] = [];
+    const f = (tt: tf.Tensor, pp: tf.Tensor, g: tf.Tensor, b: tf.Tensor, rr: tf.Tensor) => {
+      const out = fused
+        ? rankSpaceBatchNormTrain(tt, pp as tf.Tensor2D, g, b, EPS, { relu, residual: withResidual ? rr : undefined })
+        : batchNormTrain(tf.reshape(tf.matMul(tf.reshape(tt, [n, r]), pp), [...shape, c]), g, b, EPS, { relu, residual: withResidual ? rr : undefined });
+      stats = [tf.keep(out.mean), tf.keep(out.variance)];
+      return tf.sum(tf.mul(out.y, weights));
+    };
+    // tf.grads needs every argument on the path to the output: the residual only when used.
+    const grads = withResidual ? tf.grads(f)([t, p, gamma, beta, res]) : tf.grads((a, b, c2, d) => f(a, b, c2, d, res))([t, p, gamma, beta]);
+    const y = tf.tidy(() => {
+      const out = fused
+        ? rankSpaceBatchNormTrain(t, p, gamma, beta, EPS, { relu, residual })
+        : batchNormTrain(tf.reshape(tf.matMul(tf.reshape(t, [n, r]), p), [...shape, c]), gamma, beta, EPS, { relu, residual });
+      return out.y;
+    });
+    const got = { y: y.dataSync(), mean: stats[0].dataSync(), variance: stats[1].dataSync(), grads: grads.map((g) => g.dataSync()) };
+    tf.dispose([y, ...stats, ...grads]);
+    return got;
+  };
+  try {
+    return { fused: run(true), plain: run(false) };
+  } finally {
+    tf.dispose([t, p, gamma, beta, res, weights]);
+  }
+}
+
+describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from the rank-space t, native engine)', () => {
+  // A shape smaller than one block of rows, with odd sizes; and several blocks, C a multiple of 16
+  // (the vectorized paths of the fused affine pass) and a rank above 16.
+  const shapes: [number[], number, number][] = [[[3, 5, 4], 3, 8], [[2, 16, 19], 7, 32], [[1, 9, 9], 21, 64]];
+  for (const [relu, withResidual] of [[false, false], [true, false], [true, true], [false, true]] as const) {
+    for (const [shape, r, c] of shapes) it(`matches batch norm of the 1×1 product: output, batch stats and every gradient (t [${shape},${r}], C ${c}, relu ${relu}, residual ${withResidual})`, async () => {
+      const got = await onBackend('native', () => expectNoLeakedTensors(() => both(shape, r, c, relu, withResidual)));
+      expectClose('y', got.fused.y, got.plain.y, 1e-4);
+      expectClose('mean', got.fused.mean, got.plain.mean, 1e-5);
+      expectClose('variance', got.fused.variance, got.plain.variance, 1e-4);
+      const names = ['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'];
+      expect(got.fused.grads.length).toBe(withResidual ? 5 : 4);
+      got.plain.grads.forEach((g, i) => expectClose(names[i], got.fused.grads[i], g, 1e-4));
+    });
+  }
+});
+
+/** A small pruned ResNet-20 (16×16 images) with low ranks and batch-norm parameters away from their defaults. */
+function prunedModel(): tf.LayersModel {
+  const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3] });
+  setParameters(
+    base,
+    getParameters(base).map((p, i) =>
+      p.name.endsWith('.s')
+        ? { ...p, data: Float32Array.from(p.data, (_, j) => Math.exp((-6 * j) / p.data.length)) }
+        : /\.(weight|bias)$/.test(p.name) && !p.name.startsWith('fc')
+          ? { ...p, data: seededUniform(p.data.length, 100 + i, 0.5, p.name.endsWith('weight') ? 1 : 0) }
+          : p,
+    ),
+  );
+  setBuffers(base, getBuffers(base).map((b, i) => ({ ...b, data: b.name.endsWith('running_var') ? seededUniform(b.data.length, 200 + i, 0.5, 1) : seededUniform(b.data.length, 300 + i, 0.2) })));
+  const pruned = pruneByEnergy(base, 0.02).model;
+  base.dispose();
+  return pruned;
+}
+
+describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining, native engine)', () => {
+  it('computeGradients gives the same loss, gradients and running statistics as with the fusion off', async () => {
+    const batch = 6;
+    const x = seededUniform(batch * 16 * 16 * 3, 7, 2, -1);
+    const y = Int32Array.from({ length: batch }, (_, i) => (i * 3) % 10);
+    const reg = { lambdaO: 1, lambdaS: 0.01, sparsity: 'hoyer' as const };
+    const run = (fused: boolean) => {
+      setFusedTraining(fused);
+      const model = prunedModel();
+      try {
+        const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, batch) === 'factored').length;
+        const r = computeGradients(model, x, y, reg);
+        return { factored, total: r.total, grads: r.grads, buffers: r.buffers };
+      } finally {
+        setFusedTraining(true);
+        model.dispose();
+      }
+    };
+    const { on, off } = await onBackend('native', () => ({ on: run(true), off: run(false) }));
+    expect(on.factored, 'the pruned model has factored layers for the fusion to take').toBeGreaterThan(5);
+    expectClose('total loss', [on.total], [off.total], 1e-5);
+    for (let i = 0; i < off.grads.length; i++) expectClose(`gradient of ${off.grads[i].name}`, on.grads[i].data, off.grads[i].data, 1e-4);
+    for (let i = 0; i < off.buffers.length; i++) expectClose(`buffer ${off.buffers[i].name}`, on.buffers[i].data, off.buffers[i].data, 1e-4);
+  });
+
+  it('falls back to model.apply where the engine has no fused kernel (cpu backend)', async () => {
+    const out = await onBackend('cpu', () => {
+      const model = prunedModel();
+      try {
+        const xt = tf.tensor4d(seededUniform(2 * 16 * 16 * 3, 9, 2, -1), [2, 16, 16, 3]);
+        const a = tf.tidy(() => applyTraining(model, xt));
+        const b = tf.tidy(() => model.apply(xt, { training: true }) as tf.Tensor);
+        const got = { a: a.dataSync(), b: b.dataSync() };
+        tf.dispose([a, b, xt]);
+        return got;
+      } finally {
+        model.dispose();
+      }
+    });
+    expectClose('logits', out.a, out.b, 1e-6);
+  });
+});
