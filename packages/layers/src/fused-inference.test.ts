@@ -2,41 +2,14 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { applyInference, fusedInference, setFusedInference } from './fused-inference.js';
-import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
-import { pruneByEnergy } from './prune.js';
 import { buildResNet } from './resnet.js';
 import { evaluate } from './train-step.js';
-import { expectClose, expectNoLeakedTensors, onBackend, seededUniform } from './test-support/index.js';
+import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
 import { POINTWISE_AFFINE } from './kernels/native.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
 const native = loadNative();
 
-/**
- * A small ResNet-20 (16×16 images, so the cpu reference stays quick) pruned to low ranks, with
- * batch-norm statistics and affine parameters far from their defaults, so that a wrong scale,
- * shift, shortcut or ReLU in the fused op shows in the output.
- */
-function prunedModel(opts: { fuseBatchNorm?: boolean } = {}): tf.LayersModel {
-  const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3], ...opts });
-  setParameters(
-    base,
-    getParameters(base).map((p, i) =>
-      p.name.endsWith('.s')
-        ? { ...p, data: Float32Array.from(p.data, (_, j) => Math.exp((-6 * j) / p.data.length)) }
-        : /\.(weight|bias)$/.test(p.name) && !p.name.startsWith('fc')
-          ? { ...p, data: seededUniform(p.data.length, 100 + i, 0.5, p.name.endsWith('weight') ? 1 : 0) }
-          : p,
-    ),
-  );
-  setBuffers(
-    base,
-    getBuffers(base).map((b, i) => ({ ...b, data: b.name.endsWith('running_var') ? seededUniform(b.data.length, 200 + i, 0.5, 1) : seededUniform(b.data.length, 300 + i, 0.2) })),
-  );
-  const pruned = pruneByEnergy(base, 0.02).model;
-  base.dispose();
-  return pruned;
-}
 
 const X_SHAPE: [number, number, number, number] = [5, 16, 16, 3];
 
@@ -45,7 +18,7 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
     it(`gives model.apply's eval-mode output, on the cpu backend too, with every factored conv fused (fuseBatchNorm ${fuseBatchNorm})`, async () => {
       const x = seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 7, 2, -1);
       const run = () => {
-        const model = prunedModel({ fuseBatchNorm });
+        const model = prunedTestModel({ fuseBatchNorm });
         const xt = tf.tensor4d(x, X_SHAPE);
         // Counts the fused kernel's calls (the registry hands out its config objects; put back below).
         const cfg = tf.getKernel(POINTWISE_AFFINE, tf.getBackend());
@@ -86,7 +59,7 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
 
   it('evaluate() takes the fused path and counts what model.apply counts; nothing leaks', async () => {
     await onBackend('native', async () => {
-      const model = prunedModel();
+      const model = prunedTestModel();
       try {
         const n = 12;
         const x = seededUniform(n * 16 * 16 * 3, 9, 2, -1);

@@ -3,13 +3,10 @@ import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormTrain } from './batch-norm.js';
 import { applyTraining, setFusedTraining } from './fused-inference.js';
-import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
-import { pruneByEnergy } from './prune.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
-import { buildResNet } from './resnet.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { computeGradients } from './train-step.js';
-import { expectClose, expectNoLeakedTensors, onBackend, seededUniform } from './test-support/index.js';
+import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
 
 const native = loadNative();
 const EPS = 1e-5;
@@ -73,24 +70,6 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
   }
 });
 
-/** A small pruned ResNet-20 (16×16 images) with low ranks and batch-norm parameters away from their defaults. */
-function prunedModel(): tf.LayersModel {
-  const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3] });
-  setParameters(
-    base,
-    getParameters(base).map((p, i) =>
-      p.name.endsWith('.s')
-        ? { ...p, data: Float32Array.from(p.data, (_, j) => Math.exp((-6 * j) / p.data.length)) }
-        : /\.(weight|bias)$/.test(p.name) && !p.name.startsWith('fc')
-          ? { ...p, data: seededUniform(p.data.length, 100 + i, 0.5, p.name.endsWith('weight') ? 1 : 0) }
-          : p,
-    ),
-  );
-  setBuffers(base, getBuffers(base).map((b, i) => ({ ...b, data: b.name.endsWith('running_var') ? seededUniform(b.data.length, 200 + i, 0.5, 1) : seededUniform(b.data.length, 300 + i, 0.2) })));
-  const pruned = pruneByEnergy(base, 0.02).model;
-  base.dispose();
-  return pruned;
-}
 
 describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining, native engine)', () => {
   it('computeGradients gives the same loss, gradients and running statistics as with the fusion off', async () => {
@@ -100,7 +79,7 @@ describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining,
     const reg = { lambdaO: 1, lambdaS: 0.01, sparsity: 'hoyer' as const };
     const run = (fused: boolean) => {
       setFusedTraining(fused);
-      const model = prunedModel();
+      const model = prunedTestModel();
       try {
         const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, batch) === 'factored').length;
         const r = computeGradients(model, x, y, reg);
@@ -119,7 +98,7 @@ describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining,
 
   it('falls back to model.apply where the engine has no fused kernel (cpu backend)', async () => {
     const out = await onBackend('cpu', () => {
-      const model = prunedModel();
+      const model = prunedTestModel();
       try {
         const xt = tf.tensor4d(seededUniform(2 * 16 * 16 * 3, 9, 2, -1), [2, 16, 16, 3]);
         const a = tf.tidy(() => applyTraining(model, xt));
