@@ -19,6 +19,9 @@ describe('coerceFlagValues (flag text → typed config values)', () => {
     const m = resolveFlags({ pruneMacs: '13.6e6', finetuneEpochs: '2' });
     expect([m.pruneMacs, m.finetuneEpochs]).toEqual([13.6e6, 2]);
     expect(resolveFlags({ sweepEnergies: '[]' }).sweepEnergies).toEqual([]);
+    const f = resolveFlags({ pruneMacs: '13.6e6', finetuneEpochs: '2', finetuneLambdaO: '0.1', finetuneWeightDecay: '1e-4' });
+    expect([f.finetuneLambdaO, f.finetuneWeightDecay]).toEqual([0.1, 1e-4]);
+    expect(resolveFlags({ finetuneWeightDecay: 'none' }).finetuneWeightDecay).toBeNull();
   });
 
   it('parses --ranks as JSON or module=rank pairs, and none as null (clearing the file\'s)', () => {

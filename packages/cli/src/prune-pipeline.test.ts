@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { configHash, parseConfig, serializeConfig, type Checkpoint, type RunConfig } from '@svd-train/core';
 import { buildResNetForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
 import { writePrunedCheckpoint } from './checkpoint-model.js';
-import { checkpointsForEpochs, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
+import { checkpointsForEpochs, finetuneConfig, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-pipeline-'));
@@ -106,5 +106,33 @@ describe('--finetune-average: how many checkpoints to keep', () => {
     expect(checkpointsForEpochs(2, { checkpointEvery: 200, batch: 12, limitTrain: 12 }, 50_000)).toBe(2 * 2 + 1);
     // The split's own size: 12 images at batch 12 are one step an epoch with or without limitTrain.
     expect(checkpointsForEpochs(2, { checkpointEvery: 200, batch: 12, limitTrain: null }, 12)).toBe(2 * 2 + 1);
+  });
+});
+
+describe('finetuneConfig: the fine-tuning phase\'s run config', () => {
+  const train = parseConfig({ model: 'resnet20', pruneMacs: 13.6e6, finetuneEpochs: 45, lr: 0.05, lambdaO: 1, lambdaS: 0.025, weightDecay: 5e-4 });
+  const ranks = { fc: 9 };
+  const ft = (c: RunConfig) => finetuneConfig(c, '/r/pruned.svdckpt', ranks, join(tmp, 'no-such-finetune'), null, '/r/trained.svdckpt', 50_000);
+
+  it('keeps the training\'s λ_o and weight decay by default, at lr / 10, without the sparsity term or another pipeline', () => {
+    const c = ft(train);
+    expect(c).toMatchObject({ from: '/r/pruned.svdckpt', ranks, epochs: 45, lr: 0.005, lambdaO: 1, weightDecay: 5e-4, lambdaS: 0, pruneEnergy: null, pruneMacs: null, finetuneEpochs: 0, resume: false });
+    expect(() => parseConfig(serializeConfig(c))).not.toThrow();
+  });
+
+  it('takes --finetune-lr, --finetune-lambda-o and --finetune-weight-decay for the fine-tuning alone', () => {
+    const c = ft({ ...train, finetuneLr: 0.01, finetuneLambdaO: 0.1, finetuneWeightDecay: 1e-4 });
+    expect([c.lr, c.lambdaO, c.weightDecay]).toEqual([0.01, 0.1, 1e-4]);
+    // 0 is a value, not "unset": no orthogonality term, no decay.
+    const z = ft({ ...train, finetuneLambdaO: 0, finetuneWeightDecay: 0 });
+    expect([z.lambdaO, z.weightDecay]).toEqual([0, 0]);
+    // The fine-tuning's own checkpoints hash them: a resume with other values is refused, not mixed.
+    expect(configHash(c)).not.toBe(configHash(ft(train)));
+  });
+
+  it('is distilled from the trained model unless a teacher is named', () => {
+    const d = { alpha: 0.7, temperature: 4, teacher: null, teacherRanks: null, teacherArch: null, extraTeachers: [] };
+    const c = finetuneConfig(train, '/r/p.svdckpt', ranks, join(tmp, 'x'), d, '/r/trained.svdckpt', 50_000);
+    expect([c.distillAlpha, c.teacher]).toEqual([0.7, '/r/trained.svdckpt']);
   });
 });

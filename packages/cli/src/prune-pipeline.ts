@@ -168,39 +168,11 @@ async function finetunePruned(
   write();
   if (cfg.finetuneEpochs > 0) {
     const ftDir = join(outDir, 'finetune');
-    const lr = cfg.finetuneLr ?? cfg.lr / 10;
+    const ftCfg = finetuneConfig(cfg, prunedPath, ranks, ftDir, distill, trainedPath, train.count);
+    const { lr } = ftCfg;
     const k = cfg.finetuneAverage;
-    const ftCfg: RunConfig = {
-      ...cfg,
-      from: prunedPath,
-      ranks,
-      epochs: cfg.finetuneEpochs,
-      lr,
-      lambdaS: 0,
-      pruneEnergy: null,
-      finetuneEpochs: 0,
-      finetuneAverage: 0,
-      distillTraining: false,
-      out: ftDir,
-      // The average needs the last k epochs' checkpoints still on disk.
-      keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg, train.count)) : cfg.keepCheckpoints,
-      // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
-      // first one, the fine-tuning starts afresh (its stray metrics moved aside).
-      resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
-      ...(distill
-        ? {
-            distillAlpha: distill.alpha,
-            distillTemperature: distill.temperature,
-            // The trained model (the checkpoint just pruned) teaches unless the user named a teacher.
-            teacher: distill.teacher ?? trainedPath,
-            teacherRanks: distill.teacher ? distill.teacherRanks : null,
-            teacherArch: distill.teacher ? distill.teacherArch : null,
-            extraTeachers: distill.teacher ? distill.extraTeachers : [],
-          }
-        : {}),
-    };
     const kd = distill ? `, distilled from ${teachersOf(distill).map((t) => t.teacher).join(' + ') || 'the trained model'} (α ${distill.alpha}, T ${distill.temperature})` : '';
-    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, no sparsity term${kd}, in ${ftDir}\n`);
+    io.err(`pipeline: fine-tuning the model pruned at e=${e} for ${cfg.finetuneEpochs} epoch(s), peak lr ${lr}, λ_o ${ftCfg.lambdaO}, weight decay ${ftCfg.weightDecay}, no sparsity term${kd}, in ${ftDir}\n`);
     const ft = await trainPhase(ftCfg, ctx, {
       next: 'going on with its evaluation',
       freshFix: `delete ${ftDir} to fine-tune afresh (the trained model and the pruning are kept)`,
@@ -224,6 +196,57 @@ async function finetunePruned(
   }
   io.err(`${describePipeline(summary)}\n`);
   return summary;
+}
+
+/**
+ * The fine-tuning phase's run config: the training's, from the checkpoint pruned at `ranks`, for
+ * finetuneEpochs at peak lr finetuneLr (default lr / 10), λ_o finetuneLambdaO and weight decay
+ * finetuneWeightDecay (default: the training's), without the sparsity term, in `ftDir`; distilled
+ * from `distill`'s teachers, or the trained model (`trainedPath`) when it names none.
+ * `trainCount` is the training split's size (how many checkpoints an average needs kept).
+ */
+export function finetuneConfig(
+  cfg: RunConfig,
+  prunedPath: string,
+  ranks: Record<string, number>,
+  ftDir: string,
+  distill: FinetuneDistill | null,
+  trainedPath: string,
+  trainCount: number,
+): RunConfig {
+  const k = cfg.finetuneAverage;
+  return {
+    ...cfg,
+    from: prunedPath,
+    ranks,
+    epochs: cfg.finetuneEpochs,
+    lr: cfg.finetuneLr ?? cfg.lr / 10,
+    lambdaO: cfg.finetuneLambdaO ?? cfg.lambdaO,
+    weightDecay: cfg.finetuneWeightDecay ?? cfg.weightDecay,
+    lambdaS: 0,
+    pruneEnergy: null,
+    pruneMacs: null,
+    finetuneEpochs: 0,
+    finetuneAverage: 0,
+    distillTraining: false,
+    out: ftDir,
+    // The average needs the last k epochs' checkpoints still on disk.
+    keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg, trainCount)) : cfg.keepCheckpoints,
+    // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
+    // first one, the fine-tuning starts afresh (its stray metrics moved aside).
+    resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
+    ...(distill
+      ? {
+          distillAlpha: distill.alpha,
+          distillTemperature: distill.temperature,
+          // The trained model (the checkpoint just pruned) teaches unless the user named a teacher.
+          teacher: distill.teacher ?? trainedPath,
+          teacherRanks: distill.teacher ? distill.teacherRanks : null,
+          teacherArch: distill.teacher ? distill.teacherArch : null,
+          extraTeachers: distill.teacher ? distill.extraTeachers : [],
+        }
+      : {}),
+  };
 }
 
 /**

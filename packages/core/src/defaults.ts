@@ -94,6 +94,10 @@ export const DEFAULTS = Object.freeze({
   pruneMacs: null as number | null,
   finetuneEpochs: 0,
   finetuneLr: null as number | null,
+  // The fine-tuning's orthogonality weight and weight decay; null: the training's lambdaO and
+  // weightDecay (e.g. 0.1 and 1e-4 to loosen both once the ranks are fixed).
+  finetuneLambdaO: null as number | null,
+  finetuneWeightDecay: null as number | null,
   // Then stochastic weight averaging of the fine-tuning's last finetuneAverage epoch-end checkpoints
   // (batch-norm statistics re-estimated on the training split), evaluated and saved beside them.
   // 0: off; otherwise at least 2 and at most finetuneEpochs.

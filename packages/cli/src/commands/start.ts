@@ -83,6 +83,8 @@ const START_OPTIONS: [string, string][] = [
   ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
   ['--finetune-epochs <n>', `with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default ${shown('finetuneEpochs')})`],
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
+  ['--finetune-lambda-o <x>', 'orthogonality weight λ_o of the fine-tuning (default: --lambda-o)'],
+  ['--finetune-weight-decay <x>', 'weight decay of the fine-tuning (default: --weight-decay)'],
   ['--finetune-average <k>', `then average the fine-tuning's last k epochs (stochastic weight averaging: their parameters' mean, batch-norm statistics re-estimated on the training images), evaluate it and save it as <out>/finetune/averaged-last<k>.svdckpt; 0 = off (default ${shown('finetuneAverage')})`],
   ['--distill-alpha <a>', `knowledge distillation: the data term becomes (1 − a)·CE + a·T²·KL(teacher ‖ model), in [0, 1]; with --prune-* and --finetune-epochs it applies to the fine-tuning only (see --distill-training), and the trained model teaches unless --teacher names another (default ${shown('distillAlpha')}: off)`],
   ['--distill-temperature <t>', `softmax temperature T of the distillation term (default ${shown('distillTemperature')})`],

@@ -389,7 +389,12 @@ describe('pipeline keys (start --prune-energy e --finetune-epochs k)', () => {
 
   it('are not hashed: they change no step of the training phase, so its checkpoints stay resumable', () => {
     const h = configHash(parseConfig({}));
-    expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, finetuneAverage: 2, sweepEnergies: [0.1] }))).toBe(h);
+    expect(configHash(parseConfig({ pruneEnergy: 0.05, finetuneEpochs: 2, finetuneLr: 0.01, finetuneLambdaO: 0.1, finetuneWeightDecay: 1e-4, finetuneAverage: 2, sweepEnergies: [0.1] }))).toBe(h);
+  });
+
+  it('refuse a negative fine-tuning λ_o or weight decay, naming the key', () => {
+    expect(thrown(() => parseConfig({ finetuneLambdaO: -1 })).message).toContain('finetuneLambdaO');
+    expect(thrown(() => parseConfig({ finetuneWeightDecay: -1e-4 })).message).toContain('finetuneWeightDecay');
   });
 
   it('average 0 (off) or 2 to finetuneEpochs of the fine-tuning\'s last epochs, naming the value and the fix', () => {

@@ -41,6 +41,8 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'pruneMacs',
   'finetuneEpochs',
   'finetuneLr',
+  'finetuneLambdaO',
+  'finetuneWeightDecay',
   'finetuneAverage',
   'sweepEnergies',
   // Where the pipeline distills: the training phase's own config carries the distillation (hashed)

@@ -80,6 +80,8 @@ export const RunConfigSchema = z
     pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
     finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
+    finetuneLambdaO: nonNeg().nullable().default(DEFAULTS.finetuneLambdaO),
+    finetuneWeightDecay: nonNeg().nullable().default(DEFAULTS.finetuneWeightDecay),
     finetuneAverage: int(0).default(DEFAULTS.finetuneAverage),
     distillAlpha: z.number().min(0).max(1).default(DEFAULTS.distillAlpha),
     distillTemperature: positive().default(DEFAULTS.distillTemperature),
