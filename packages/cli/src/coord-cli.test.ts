@@ -87,8 +87,9 @@ describe('svd-coord options', () => {
     expect(plan.finetune?.extraTeachers.map((t) => t.teacher)).toEqual(['b.svdckpt', 'c.svdckpt']);
     expect(plan.train.extraTeachers).toEqual([]);
     expect(configFromOptions({ distillAlpha: '0.7', teacher: ['a.svdckpt'] }, {}).extraTeachers).toEqual([]);
-    const help = (await run(['start', '--help'])).out;
-    expect(help).toMatch(/Repeat it for an\s+ensemble/);
+    // Whitespace collapsed: where commander wraps the line depends on the longest option's width.
+    const help = (await run(['start', '--help'])).out.replace(/\s+/g, ' ');
+    expect(help).toContain('Repeat it for an ensemble');
   });
 
   it('SVD_TRAIN_TOKEN supplies the token', () => {
