@@ -22,6 +22,9 @@ describe('coerceFlagValues (flag text → typed config values)', () => {
     const f = resolveFlags({ pruneMacs: '13.6e6', finetuneEpochs: '2', finetuneLambdaO: '0.1', finetuneWeightDecay: '1e-4' });
     expect([f.finetuneLambdaO, f.finetuneWeightDecay]).toEqual([0.1, 1e-4]);
     expect(resolveFlags({ finetuneWeightDecay: 'none' }).finetuneWeightDecay).toBeNull();
+    const p = resolveFlags({ plainEpochs: '50', plainLr: '0.2' });
+    expect([p.plainEpochs, p.plainLr]).toEqual([50, 0.2]);
+    expect(resolveFlags({ plainLr: 'none' }).plainLr).toBeNull();
   });
 
   it('parses --ranks as JSON or module=rank pairs, and none as null (clearing the file\'s)', () => {

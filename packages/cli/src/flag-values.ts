@@ -10,7 +10,7 @@ import { DEFAULTS } from '@svd-train/core';
 type FieldKind = 'number' | 'boolean' | 'numbers' | 'number|null' | 'ranks' | 'string';
 
 /** Fields whose default is null but whose values are numbers. */
-const NULLABLE_NUMBERS = new Set(['limitTrain', 'limitTest', 'pruneEnergy', 'pruneMacs', 'finetuneLr', 'finetuneLambdaO', 'finetuneWeightDecay']);
+const NULLABLE_NUMBERS = new Set(['limitTrain', 'limitTest', 'pruneEnergy', 'pruneMacs', 'finetuneLr', 'plainLr', 'finetuneLambdaO', 'finetuneWeightDecay']);
 
 function fieldKind(key: string): FieldKind {
   if (NULLABLE_NUMBERS.has(key)) return 'number|null';

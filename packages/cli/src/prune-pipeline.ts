@@ -37,6 +37,7 @@ import {
 import { recalibrateOnTrain, recalibratePruned, writeDerivedCheckpoint, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
 import { trainPhase, type StartContext } from './train-phase.js';
+import type { PretrainedPoint } from './plain-phase.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
@@ -62,7 +63,13 @@ export interface FinetuneDistill {
  * of the fine-tuning's last k epochs too (see averageLastEpochs). Everything goes to
  * <out>/pipeline.json, which the report plots.
  */
-export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: StartContext, distill: FinetuneDistill | null = null): Promise<PipelineSummary> {
+export async function pruneAndFinetune(
+  cfg: RunConfig,
+  outDir: string,
+  ctx: StartContext,
+  distill: FinetuneDistill | null = null,
+  pretrained: PretrainedPoint | null = null,
+): Promise<PipelineSummary> {
   const { io } = ctx;
   const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
   if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
@@ -94,7 +101,8 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   if (reuse && 'summary' in reuse) {
     model.dispose();
     io.err(`pipeline: --resume: the sweep and the model pruned at e=${e} (${reuse.summary.prunedCheckpoint}) are in ${join(outDir, 'pipeline.json')}, made from this checkpoint (step ${latest.checkpoint.step}): reusing them (delete pipeline.json to redo them)\n`);
-    return finetunePruned(cfg, outDir, ctx, distill, { ...reuse.summary, finetuned: null, averaged: undefined }, reuse.ranks, latest.path, point, train);
+    const summary = { ...reuse.summary, ...(pretrained ? { pretrained } : {}), finetuned: null, averaged: undefined };
+    return finetunePruned(cfg, outDir, ctx, distill, summary, reuse.ranks, latest.path, point, train);
   }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
   const full = point(model, 0);
@@ -129,6 +137,7 @@ export async function pruneAndFinetune(cfg: RunConfig, outDir: string, ctx: Star
   }
   const summary: PipelineSummary = {
     model: cfg.model,
+    ...(pretrained ? { pretrained } : {}),
     energy: e,
     trainedStep: latest.checkpoint.step,
     testImages: n,
@@ -377,6 +386,7 @@ export function reusablePipeline(outDir: string, cfg: RunConfig, want: PipelineE
 export function describePipeline(p: PipelineSummary): string {
   const pct = (x: number) => `${((100 * x) / p.plain.macs).toFixed(1)}%`;
   const rows: [string, PipelinePoint | null][] = [
+    [`plain, ${p.pretrained?.epochs ?? 0} epoch(s)`, p.pretrained ?? null],
     ['trained, full rank', p.trained],
     [`pruned at e=${p.energy}`, p.pruned],
     [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],

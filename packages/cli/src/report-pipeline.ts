@@ -32,6 +32,8 @@ export interface PipelineSummary {
   /** Training images each pruned model's batch-norm statistics were re-estimated on (absent: none, older runs). */
   bnRecalibrationImages?: number;
   plain: { macs: number; params: number };
+  /** With --plain-epochs: the plain model the training started from (decomposed); absent otherwise. */
+  pretrained?: PipelinePoint & { epochs: number; checkpoint: string };
   trained: PipelinePoint;
   pruned: PipelinePoint;
   prunedCheckpoint: string;
@@ -46,6 +48,7 @@ export interface PipelineSummary {
 export function renderPipeline(p: PipelineSummary): string {
   const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
   const rows: [string, PipelinePoint | null][] = [
+    ...(p.pretrained ? [[`plain ${p.model} trained ${p.pretrained.epochs} epoch(s), the start of the method (decomposed)`, p.pretrained] as [string, PipelinePoint]] : []),
     ['trained, before pruning', p.trained],
     [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
     [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],

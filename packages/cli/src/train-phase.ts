@@ -133,7 +133,7 @@ export interface PhaseInfo {
  * run's. A metrics.jsonl without any checkpoint (a run stopped before its first one) describes
  * nothing that can be continued: it is moved aside, not mixed in, and not deleted.
  */
-function claimOutDir(outDir: string, ckptDir: string, io: CliIo): void {
+export function claimOutDir(outDir: string, ckptDir: string, io: CliIo): void {
   const old = listCheckpoints(ckptDir);
   if (old.length > 0) {
     throw usageError(

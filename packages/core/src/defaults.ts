@@ -86,6 +86,13 @@ export const DEFAULTS = Object.freeze({
   data: null as string | null,
   limitTrain: null as number | null,
   limitTest: null as number | null,
+  // Before the training (`start --plain-epochs N`): train the plain ResNet of the same depth (no
+  // SVD, no regularizer) for plainEpochs at peak lr plainLr (null: the default recipe's lr), write
+  // it as its exact full-rank SVD (as `decompose` does) and train the method from there; with
+  // distillation and no teacher named, the plain model teaches. 0: off (train from a random init
+  // or --from).
+  plainEpochs: 0,
+  plainLr: null as number | null,
   // The pipeline after training (`start --prune-energy e`): prune at energy e, evaluate a sweep of
   // energies without fine-tuning (the accuracy-vs-MACs curve), then fine-tune for finetuneEpochs
   // at peak lr finetuneLr (null: lr / 10) without the sparsity term. null: train only.

@@ -8,7 +8,7 @@
 import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { archLabel, DECOMPOSITIONS, type Decomposition } from '@svd-train/core';
+import { archLabel, DECOMPOSITIONS, type Checkpoint, type Decomposition, type RunConfig } from '@svd-train/core';
 import { applyInference, buildResNetForConfig, decomposeInto } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
@@ -39,29 +39,47 @@ async function decomposeCommand(arg: string, opts: DecomposeOptions, io: CliIo):
       );
     }
     refuseToReplaceSource(out, ckpt.step, [path]);
-    const svdCfg = { ...cfg, svd: true, decomposition, ranks: null };
-    const svd = buildResNetForConfig(svdCfg);
-    try {
-      const report = decomposeInto(plain, svd);
-      // The proof that nothing was lost: both models' logits on the same images, in inference mode.
-      const diff = tf.tidy(() => {
-        const x = tf.randomNormal([8, 32, 32, 3], 0, 1, 'float32', 1);
-        return tf.max(tf.abs(tf.sub(applyInference(svd, x), applyInference(plain, x)))).dataSync()[0];
-      });
-      if (!(diff <= MAX_LOGIT_DIFF)) {
-        throw new Error(`the decomposed model's logits differ from the plain model's by ${diff} (expected ≤ ${MAX_LOGIT_DIFF}); nothing was written. This is a bug: please report it with the checkpoint.`);
-      }
-      const singular = report.reduce((a, r) => a + r.rank, 0);
-      io.out(`${archLabel(cfg)} → ${archLabel(svdCfg)}: ${report.length} layers as their exact SVD at full rank (${singular} singular values); logits agree to ${diff.toExponential(1)} on 8 random images\n`);
-      const written = writeDerivedCheckpoint(ckpt, svdCfg, svd, { decomposedFrom: path }, out, [path]);
-      io.out(`decomposed checkpoint written to ${written}\nnext: svd-coord start --from ${written} --decomposition ${decomposition} …  (train with the method from these weights)\n`);
-    } finally {
-      svd.dispose();
-    }
+    const d = writeDecomposed(ckpt, plain, cfg, decomposition, out, path);
+    io.out(`${archLabel(cfg)} → ${archLabel(d.cfg)}: ${d.layers} layers as their exact SVD at full rank (${d.singular} singular values); logits agree to ${d.diff.toExponential(1)} on 8 random images\n`);
+    io.out(`decomposed checkpoint written to ${d.path}\nnext: svd-coord start --from ${d.path} --decomposition ${decomposition} …  (train with the method from these weights)\n`);
   } finally {
     plain.dispose();
   }
   return 0;
+}
+
+/**
+ * Writes the plain model `plain` (the weights of checkpoint `ckpt`, config `cfg`, read from
+ * `sourcePath`) as the SVD model of the same architecture, every weight its exact SVD at full
+ * rank, to `out` (a folder or a .svdckpt file). Checks first that both models' eval-mode logits
+ * agree on a batch of images, and writes nothing if they do not. Used by `decompose` and by
+ * `start --plain-epochs`.
+ */
+export function writeDecomposed(
+  ckpt: Checkpoint,
+  plain: tf.LayersModel,
+  cfg: RunConfig,
+  decomposition: Decomposition,
+  out: string,
+  sourcePath: string,
+): { path: string; cfg: RunConfig; layers: number; singular: number; diff: number } {
+  const svdCfg = { ...cfg, svd: true, decomposition, ranks: null };
+  const svd = buildResNetForConfig(svdCfg);
+  try {
+    const report = decomposeInto(plain, svd);
+    // The proof that nothing was lost: both models' logits on the same images, in inference mode.
+    const diff = tf.tidy(() => {
+      const x = tf.randomNormal([8, 32, 32, 3], 0, 1, 'float32', 1);
+      return tf.max(tf.abs(tf.sub(applyInference(svd, x), applyInference(plain, x)))).dataSync()[0];
+    });
+    if (!(diff <= MAX_LOGIT_DIFF)) {
+      throw new Error(`the decomposed model's logits differ from the plain model's by ${diff} (expected ≤ ${MAX_LOGIT_DIFF}); nothing was written. This is a bug: please report it with the checkpoint.`);
+    }
+    const path = writeDerivedCheckpoint(ckpt, svdCfg, svd, { decomposedFrom: sourcePath }, out, [sourcePath]);
+    return { path, cfg: svdCfg, layers: report.length, singular: report.reduce((a, r) => a + r.rank, 0), diff };
+  } finally {
+    svd.dispose();
+  }
 }
 
 /** Adds `decompose` to the `svd-coord` program. */

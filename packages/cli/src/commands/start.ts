@@ -29,7 +29,8 @@ import { initEngine } from '@svd-train/layers';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { pruneAndFinetune, type FinetuneDistill } from '../prune-pipeline.js';
 import { readTlsFiles, resolveToken } from '../secrets.js';
-import { trainPhase, type StartContext } from '../train-phase.js';
+import { plainPhase, type PretrainedPoint } from '../plain-phase.js';
+import { claimOutDir, trainPhase, type StartContext } from '../train-phase.js';
 import { coerceFlagValues } from '../flag-values.js';
 import { reportCommand } from './report.js';
 
@@ -79,6 +80,8 @@ const START_OPTIONS: [string, string][] = [
   ['--stall-warn-ms <n>', `warn about a worker that has not answered after this long (default ${shown('stallWarnMs')}, or a quarter of a shorter --step-timeout-ms)`],
   ['--backend <name>', `engine for spawned workers: ${BACKENDS.join(' | ')} (default ${shown('backend')}: the first that loads, in that order)`],
   ['--threads <n>', `oneDNN threads per spawned worker on the native engine (default ${shown('threads')}: one worker per core)`],
+  ['--plain-epochs <n>', `first train the plain ResNet of the same depth (no SVD) for n epochs in <out>/plain, decompose it into its exact full-rank SVD and train the method from there; with --distill-alpha and no --teacher, the plain model teaches (default ${shown('plainEpochs')}: off)`],
+  ['--plain-lr <x>', `peak learning rate of the --plain-epochs phase (default: ${shown('lr')}, the standard recipe's; --lr is the method's training)`],
   ['--prune-energy <e>', 'after training, prune singular values holding at most a fraction e of each layer\'s energy, evaluate before/after and a sweep of energies (writes pipeline.json)'],
   ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
   ['--finetune-epochs <n>', `with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default ${shown('finetuneEpochs')})`],
@@ -200,12 +203,19 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
+  let pretrained: PretrainedPoint | null = null;
+  if (cfg.plainEpochs > 0) {
+    // The training's folder is checked now, not after the plain phase's hour: a fresh run must not
+    // mix into another run's checkpoints (trainPhase's own check would come too late).
+    if (!cfg.resume) claimOutDir(outDir, join(outDir, 'checkpoints'), io);
+    ({ cfg, pretrained } = await plainPhase(cfg, outDir, ctx));
+  }
   const pipeline = runsPipeline(cfg);
   const plan = distillationPlan(cfg);
   // Workers started by hand (not --spawn) are told to reconnect at the end of the training, so that
   // they fine-tune too.
   const trained = await trainPhase(plan.train, ctx, pipeline ? { next: 'going on with the pruning', nextRunFollows: cfg.finetuneEpochs > 0 } : {});
-  if (pipeline) await pruneAndFinetune(trained, outDir, ctx, plan.finetune);
+  if (pipeline) await pruneAndFinetune(trained, outDir, ctx, plan.finetune, pretrained);
   try {
     await reportCommand(outDir, { out: io.err, err: io.err });
   } catch (e) {

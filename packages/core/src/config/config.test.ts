@@ -299,6 +299,36 @@ describe('distillTraining', () => {
   });
 });
 
+describe('plainEpochs, plainLr (a plain phase before the training)', () => {
+  it('is off by default, never hashed (the plain phase is its own run), and takes whole epochs and a positive lr', () => {
+    const on = parseConfig({ plainEpochs: 50, plainLr: 0.2 });
+    expect([parseConfig({}).plainEpochs, parseConfig({}).plainLr]).toEqual([0, null]);
+    expect(configHash(on)).toBe(configHash(parseConfig({})));
+    expect(thrown(() => resolveConfig({ plainEpochs: -1 }, undefined, {})).message).toContain('plainEpochs = -1');
+    expect(thrown(() => resolveConfig({ plainEpochs: 2.5 }, undefined, {})).message).toContain('plainEpochs = 2.5');
+    expect(thrown(() => resolveConfig({ plainLr: 0 }, undefined, {})).message).toContain('plainLr = 0');
+  });
+
+  it('refuses a plain phase for a plain run, after --from, or with ranks, naming the fix', () => {
+    const plain = thrown(() => resolveConfig({ plainEpochs: 5, svd: false }, undefined, {}));
+    expect(plain.message).toContain('plainEpochs = 5');
+    expect(plain.message).toContain('drop {"svd": false}');
+    const from = thrown(() => resolveConfig({ plainEpochs: 5, from: 'x.svdckpt' }, undefined, {}));
+    expect(from.message).toContain('from is set (x.svdckpt)');
+    const ranks = thrown(() => resolveConfig({ plainEpochs: 5, ranks: { 'stem.0': 3 } }, undefined, {}));
+    expect(ranks.message).toContain('drop --ranks');
+  });
+
+  it('lets distillation and --distill-training go without a teacher: the plain model teaches', () => {
+    expect(parseConfig({ plainEpochs: 5, distillAlpha: 0.7 }).teacher).toBeNull();
+    expect(parseConfig({ plainEpochs: 5, distillAlpha: 0.7, distillTraining: true }).distillTraining).toBe(true);
+    expect(thrown(() => resolveConfig({ distillAlpha: 0.7 }, undefined, {})).message).toContain('or with --plain-epochs, where the plain model does');
+    expect(thrown(() => resolveConfig({ distillAlpha: 0.7, distillTraining: true, pruneMacs: 1e7, finetuneEpochs: 2 }, undefined, {})).message).toContain('--plain-epochs N so that the plain model teaches');
+    // Distilling still needs α > 0.
+    expect(thrown(() => resolveConfig({ plainEpochs: 5, distillTraining: true }, undefined, {})).message).toContain('distillTraining = true');
+  });
+});
+
 describe('distillation (distillAlpha, distillTemperature, teacher, teacherRanks)', () => {
   const base = parseConfig({});
 

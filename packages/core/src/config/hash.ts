@@ -35,6 +35,10 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   'backend',
   'threads',
   'maxMessageBytes',
+  // What happens before the training phase: the plain phase is its own run (its config hashes its
+  // epochs and lr), and the training phase's config names what it made (from, teacher).
+  'plainEpochs',
+  'plainLr',
   // What happens after the training phase: it changes none of that phase's steps or checkpoints
   // (the fine-tuning phase is its own run, whose config hashes its ranks, epochs and lr).
   'pruneEnergy',

@@ -76,6 +76,8 @@ export const RunConfigSchema = z
     data: path().nullable().default(DEFAULTS.data),
     limitTrain: int(1).nullable().default(DEFAULTS.limitTrain),
     limitTest: int(1).nullable().default(DEFAULTS.limitTest),
+    plainEpochs: int(0).default(DEFAULTS.plainEpochs),
+    plainLr: positive().nullable().default(DEFAULTS.plainLr),
     pruneEnergy: z.number().min(0).lt(1).nullable().default(DEFAULTS.pruneEnergy),
     pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
@@ -174,19 +176,29 @@ export const RunConfigSchema = z
         message: `empty without a teacher and distillAlpha > 0 (distillAlpha is ${c.distillAlpha}, teacher ${c.teacher === null ? 'none' : c.teacher}): further teachers join the first one (pass --teacher CKPT once per teacher, with --distill-alpha a)`,
       });
     }
-    const pipelineTeacher = (c.pruneEnergy !== null || c.pruneMacs !== null) && c.finetuneEpochs > 0;
+    if (c.plainEpochs > 0) {
+      const conflict = !c.svd
+        ? 'svd is off: the plain phase trains the model that the SVD training then starts from, so the run itself must be an SVD one (drop {"svd": false})'
+        : c.from !== null
+          ? `from is set (${c.from}): the plain phase makes the starting point itself (drop --from, or drop --plain-epochs to start from that checkpoint)`
+          : c.ranks !== null && Object.keys(c.ranks).length > 0
+            ? 'ranks are set: the plain model is decomposed at full rank (drop --ranks; pruning is --prune-energy or --prune-macs)'
+            : null;
+      if (conflict) ctx.addIssue({ code: 'custom', path: ['plainEpochs'], message: `0 when ${conflict}` });
+    }
+    const pipelineTeacher = ((c.pruneEnergy !== null || c.pruneMacs !== null) && c.finetuneEpochs > 0) || c.plainEpochs > 0;
     if (c.distillAlpha > 0 && c.teacher === null && !pipelineTeacher) {
       ctx.addIssue({
         code: 'custom',
         path: ['teacher'],
-        message: `a checkpoint path when distillAlpha is ${c.distillAlpha}: distillation needs a teacher (pass --teacher CKPT, or use it with --prune-energy/--prune-macs and --finetune-epochs, where the trained model teaches)`,
+        message: `a checkpoint path when distillAlpha is ${c.distillAlpha}: distillation needs a teacher (pass --teacher CKPT, or use it with --prune-energy/--prune-macs and --finetune-epochs, where the trained model teaches, or with --plain-epochs, where the plain model does)`,
       });
     }
-    if (c.distillTraining && (c.distillAlpha === 0 || c.teacher === null)) {
+    if (c.distillTraining && (c.distillAlpha === 0 || (c.teacher === null && c.plainEpochs === 0))) {
       ctx.addIssue({
         code: 'custom',
         path: ['distillTraining'],
-        message: `false without a teacher and distillAlpha > 0 (distillAlpha is ${c.distillAlpha}, teacher ${c.teacher === null ? 'none' : c.teacher}): the training is distilled from a checkpoint that exists before it (pass --teacher CKPT --distill-alpha a, or drop --distill-training)`,
+        message: `false without a teacher and distillAlpha > 0 (distillAlpha is ${c.distillAlpha}, teacher ${c.teacher === null ? 'none' : c.teacher}): the training is distilled from a checkpoint that exists before it (pass --teacher CKPT --distill-alpha a, or --plain-epochs N so that the plain model teaches, or drop --distill-training)`,
       });
     }
     if (c.pruneEnergy === null && c.pruneMacs === null && c.finetuneEpochs > 0) {
