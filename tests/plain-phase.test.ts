@@ -63,7 +63,7 @@ describe('start --plain-epochs: plain → decompose → train → prune → fine
     expect([p.pretrained.epochs, p.pretrained.checkpoint, p.pretrained.macs]).toEqual([2, plainCkpt, p.plain.macs]);
     const e = await runCoord(['eval', plainCkpt, '--data', data, '--backend', 'wasm']);
     expect(e.out).toContain(`test accuracy ${(100 * p.pretrained.acc).toFixed(2)}%`);
-    expect(log).toMatch(/plain, 2 epoch\(s\)\s+test accuracy/);
+    expect(log).toMatch(/plain start, 2 epoch\(s\)\s+test accuracy/);
     expect(readFileSync(join(out, 'report.html'), 'utf8')).toContain('plain resnet20 trained 2 epoch(s), the start of the method (decomposed)');
   });
 

@@ -386,7 +386,7 @@ export function reusablePipeline(outDir: string, cfg: RunConfig, want: PipelineE
 export function describePipeline(p: PipelineSummary): string {
   const pct = (x: number) => `${((100 * x) / p.plain.macs).toFixed(1)}%`;
   const rows: [string, PipelinePoint | null][] = [
-    [`plain, ${p.pretrained?.epochs ?? 0} epoch(s)`, p.pretrained ?? null],
+    [`plain start, ${p.pretrained?.epochs ?? 0} epoch(s)`, p.pretrained ?? null],
     ['trained, full rank', p.trained],
     [`pruned at e=${p.energy}`, p.pruned],
     [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],
