@@ -9,15 +9,13 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEFAULTS, SvdTrainError, configHash, latestCheckpoint, listCheckpoints, loadCheckpoint, readCifar10, type RunConfig } from '@svd-train/core';
-import { buildResNetForConfig, countMacs, evaluateSplit, setWeights } from '@svd-train/layers';
+import { DEFAULTS, SvdTrainError, configHash, latestCheckpoint, loadCheckpoint, readCifar10, type RunConfig } from '@svd-train/core';
+import { buildResNetForConfig, setWeights } from '@svd-train/layers';
 import { usageError } from './cli-errors.js';
 import { writeDecomposed } from './commands/decompose.js';
-import type { PipelinePoint } from './report-pipeline.js';
-import { trainPhase, type StartContext } from './train-phase.js';
-
-/** The plain model the training starts from: its test accuracy and cost, epochs and checkpoint. */
-export type PretrainedPoint = PipelinePoint & { epochs: number; checkpoint: string };
+import { testPoint } from './prune-pipeline.js';
+import type { PretrainedPoint } from './report-pipeline.js';
+import { resumesIn, trainPhase, withoutDistillation, type StartContext } from './train-phase.js';
 
 /**
  * The plain phase's run config: the run's, with svd off, for plainEpochs at peak lr plainLr
@@ -26,7 +24,7 @@ export type PretrainedPoint = PipelinePoint & { epochs: number; checkpoint: stri
  */
 export function plainConfig(cfg: RunConfig, plainDir: string): RunConfig {
   return {
-    ...cfg,
+    ...withoutDistillation(cfg),
     svd: false,
     ranks: null,
     from: null,
@@ -42,15 +40,8 @@ export function plainConfig(cfg: RunConfig, plainDir: string): RunConfig {
     finetuneLambdaO: null,
     finetuneWeightDecay: null,
     finetuneAverage: 0,
-    distillAlpha: 0,
-    distillTemperature: DEFAULTS.distillTemperature,
-    teacher: null,
-    teacherRanks: null,
-    teacherArch: null,
-    extraTeachers: [],
-    distillTraining: false,
     out: plainDir,
-    resume: cfg.resume && listCheckpoints(join(plainDir, 'checkpoints')).length > 0,
+    resume: resumesIn(cfg, plainDir),
   };
 }
 
@@ -67,7 +58,7 @@ export function afterPlainConfig(cfg: RunConfig, decomposedPath: string, plainPa
     plainEpochs: 0,
     plainLr: null,
     teacher: cfg.distillAlpha > 0 && cfg.teacher === null ? plainPath : cfg.teacher,
-    resume: cfg.resume && listCheckpoints(join(outDir, 'checkpoints')).length > 0,
+    resume: resumesIn(cfg, outDir),
   };
 }
 
@@ -81,7 +72,7 @@ export async function plainPhase(cfg: RunConfig, outDir: string, ctx: StartConte
   const { io } = ctx;
   const plainDir = join(outDir, 'plain');
   const pc = plainConfig(cfg, plainDir);
-  if (cfg.resume && !pc.resume && listCheckpoints(join(outDir, 'checkpoints')).length > 0) {
+  if (!pc.resume && resumesIn(cfg, outDir)) {
     // Its training has checkpoints but there was no plain phase: that run started from elsewhere,
     // and a plain phase now would train for nothing and then not match its config.
     throw usageError(
@@ -104,10 +95,8 @@ export async function plainPhase(cfg: RunConfig, outDir: string, ctx: StartConte
     setWeights(model, last.checkpoint);
     const test = readCifar10(ctx.dataDir, 'test');
     const n = Math.min(test.count, cfg.limitTest ?? test.count);
-    const r = evaluateSplit(model, test, Int32Array.from({ length: n }, (_, i) => i), cfg.maxWorkerBatch);
-    const c = countMacs(model);
-    const pretrained: PretrainedPoint = { energy: 0, acc: r.correct / n, loss: r.lossSum / n, macs: c.total, params: c.params, exportParams: c.exportParams, epochs: pc.epochs, checkpoint: last.path };
-    io.err(`plain phase: ${last.path} (step ${last.checkpoint.step}): test accuracy ${(100 * pretrained.acc).toFixed(2)}% on ${n} test images, ${(c.total / 1e6).toFixed(2)}M MACs per image\n`);
+    const pretrained: PretrainedPoint = { ...testPoint(model, test, Int32Array.from({ length: n }, (_, i) => i), cfg.maxWorkerBatch, 0), epochs: pc.epochs, checkpoint: last.path };
+    io.err(`plain phase: ${last.path} (step ${last.checkpoint.step}): test accuracy ${(100 * pretrained.acc).toFixed(2)}% on ${n} test images, ${(pretrained.macs / 1e6).toFixed(2)}M MACs per image\n`);
     const decomposedPath = join(plainDir, `decomposed-${cfg.decomposition}.svdckpt`);
     if (cfg.resume && existsSync(decomposedPath) && decomposedFrom(decomposedPath) === last.checkpoint.step) {
       io.err(`plain phase: --resume: reusing ${decomposedPath}, decomposed from this checkpoint\n`);

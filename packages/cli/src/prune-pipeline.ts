@@ -36,9 +36,8 @@ import {
 } from '@svd-train/layers';
 import { recalibrateOnTrain, recalibratePruned, writeDerivedCheckpoint, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
-import { trainPhase, type StartContext } from './train-phase.js';
-import type { PretrainedPoint } from './plain-phase.js';
-import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
+import { resumesIn, trainPhase, type StartContext } from './train-phase.js';
+import type { PipelinePoint, PipelineSummary, PretrainedPoint } from './report-pipeline.js';
 
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
 export interface FinetuneDistill {
@@ -83,11 +82,7 @@ export async function pruneAndFinetune(
   const train = readCifar10(ctx.dataDir, 'train');
   const trainN = Math.min(train.count, cfg.limitTrain ?? train.count);
   const calN = Math.min(BN_RECALIBRATION_IMAGES, trainN);
-  const point = (m: Model, energy: number): PipelinePoint => {
-    const c = countMacs(m);
-    const r = evaluateSplit(m, test, firstN, chunk);
-    return { energy, acc: r.correct / n, loss: r.lossSum / n, macs: c.total, params: c.params, exportParams: c.exportParams };
-  };
+  const point = (m: Model, energy: number): PipelinePoint => testPoint(m, test, firstN, chunk, energy);
   const plain = plainResNetCost({ depth: depthOf(cfg.model) });
   let e = cfg.pruneEnergy ?? 0;
   if (cfg.pruneMacs !== null) {
@@ -151,6 +146,14 @@ export async function pruneAndFinetune(
   };
   writePipelineJson(outDir, summary);
   return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point, train);
+}
+
+/** A model's point of the pipeline: test accuracy and loss on the test images `indices`, and its cost. */
+export function testPoint(m: Model, test: SplitLike, indices: Int32Array, chunk: number, energy: number): PipelinePoint {
+  const c = countMacs(m);
+  const r = evaluateSplit(m, test, indices, chunk);
+  const n = indices.length;
+  return { energy, acc: r.correct / n, loss: r.lossSum / n, macs: c.total, params: c.params, exportParams: c.exportParams };
 }
 
 /**
@@ -241,9 +244,8 @@ export function finetuneConfig(
     out: ftDir,
     // The average needs the last k epochs' checkpoints still on disk.
     keepCheckpoints: k > 0 ? Math.max(cfg.keepCheckpoints, checkpointsForEpochs(k, cfg, trainCount)) : cfg.keepCheckpoints,
-    // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint; before its
-    // first one, the fine-tuning starts afresh (its stray metrics moved aside).
-    resume: cfg.resume && listCheckpoints(join(ftDir, 'checkpoints')).length > 0,
+    // A resumed pipeline resumes its fine-tuning too, once that has a checkpoint.
+    resume: resumesIn(cfg, ftDir),
     ...(distill
       ? {
           distillAlpha: distill.alpha,

@@ -23,6 +23,9 @@ export interface PipelinePoint {
 }
 
 /** pipeline.json: what `start --prune-energy e [--finetune-epochs k]` measured. */
+/** With --plain-epochs: the plain model the training starts from, its epochs and checkpoint. */
+export type PretrainedPoint = PipelinePoint & { epochs: number; checkpoint: string };
+
 export interface PipelineSummary {
   model: string;
   energy: number;
@@ -33,7 +36,7 @@ export interface PipelineSummary {
   bnRecalibrationImages?: number;
   plain: { macs: number; params: number };
   /** With --plain-epochs: the plain model the training started from (decomposed); absent otherwise. */
-  pretrained?: PipelinePoint & { epochs: number; checkpoint: string };
+  pretrained?: PretrainedPoint;
   trained: PipelinePoint;
   pruned: PipelinePoint;
   prunedCheckpoint: string;

@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
+  DEFAULTS,
   EpochSampler,
   ProgressBar,
   SvdTrainError,
@@ -115,6 +116,19 @@ export function loadTeacher(cfg: RunConfig, io: CliIo): { cfg: RunConfig; teache
     teacher: first.weights,
     extraTeachers: more.map((m) => m.weights),
   };
+}
+
+/** `cfg` with distillation off (its other fields back at their defaults). */
+export function withoutDistillation(cfg: RunConfig): RunConfig {
+  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, extraTeachers: [], distillTraining: false };
+}
+
+/**
+ * Whether a phase of a resumed run (`cfg.resume`) resumes in `runDir`: once it has a checkpoint
+ * there. Before its first one it starts afresh (its stray metrics moved aside by claimOutDir).
+ */
+export function resumesIn(cfg: RunConfig, runDir: string): boolean {
+  return cfg.resume && listCheckpoints(join(runDir, 'checkpoints')).length > 0;
 }
 
 /** Which run a phase is, for its messages: `start` alone, or one phase of the pipeline. */

@@ -29,8 +29,9 @@ import { initEngine } from '@svd-train/layers';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { pruneAndFinetune, type FinetuneDistill } from '../prune-pipeline.js';
 import { readTlsFiles, resolveToken } from '../secrets.js';
-import { plainPhase, type PretrainedPoint } from '../plain-phase.js';
-import { claimOutDir, trainPhase, type StartContext } from '../train-phase.js';
+import { plainPhase } from '../plain-phase.js';
+import type { PretrainedPoint } from '../report-pipeline.js';
+import { claimOutDir, trainPhase, withoutDistillation, type StartContext } from '../train-phase.js';
 import { coerceFlagValues } from '../flag-values.js';
 import { reportCommand } from './report.js';
 
@@ -164,11 +165,6 @@ function datasetInfoFor(dir: string, cfg: RunConfig): DatasetInfo {
     testCount: Math.min(test.count, cfg.limitTest ?? test.count),
     md5s,
   };
-}
-
-/** `cfg` with distillation off (its other fields back at their defaults). */
-function withoutDistillation(cfg: RunConfig): RunConfig {
-  return { ...cfg, distillAlpha: 0, distillTemperature: DEFAULTS.distillTemperature, teacher: null, teacherRanks: null, teacherArch: null, extraTeachers: [], distillTraining: false };
 }
 
 /** Whether `start` goes on after the training: pruning (at an energy or a MAC budget), then fine-tuning if asked. */
