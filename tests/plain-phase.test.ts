@@ -67,8 +67,24 @@ describe('start --plain-epochs: plain → decompose → train → prune → fine
     expect(readFileSync(join(out, 'report.html'), 'utf8')).toContain('plain resnet20 trained 2 epoch(s), the start of the method (decomposed)');
   });
 
+  it("records each phase's time: its epochs' steps and evaluations from its metrics, and the pruning's", () => {
+    const p = JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8'));
+    const epochsSeconds = (dir: string) => {
+      const rows = readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.kind === 'epoch');
+      expect(rows.length).toBeGreaterThan(0);
+      return rows.reduce((acc, r) => acc + r.epochMs + (r.evalMs ?? 0), 0) / 1000;
+    };
+    expect(Object.keys(p.seconds).sort()).toEqual(['finetuning', 'plain', 'pruning', 'training']);
+    expect(p.seconds.plain).toBeCloseTo(epochsSeconds(join(out, 'plain')), 9);
+    expect(p.seconds.training).toBeCloseTo(epochsSeconds(out), 9);
+    expect(p.seconds.finetuning).toBeCloseTo(epochsSeconds(join(out, 'finetune')), 9);
+    expect(p.seconds.pruning).toBeGreaterThan(0);
+    expect(log).toMatch(/time: plain \d.* \+ training .* \+ pruning .* \+ fine-tuning .* = /);
+  });
+
   it('--resume on the finished run redoes nothing: every phase is found finished, the decomposition reused', async () => {
     const before = readFileSync(join(out, 'plain', 'decomposed-channel.svdckpt'));
+    const seconds = JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).seconds;
     const c = startCoordinator([...flags, '--resume']);
     expect(await c.exited, c.output().slice(-3000)).toBe(0);
     const o = c.output();
@@ -76,6 +92,8 @@ describe('start --plain-epochs: plain → decompose → train → prune → fine
     expect(o).toContain('reusing');
     expect(o).toContain('decomposed from this checkpoint');
     expect(readFileSync(join(out, 'plain', 'decomposed-channel.svdckpt')).equals(before)).toBe(true);
+    // Nothing ran again, so no phase took longer: the reused pruning keeps its first time.
+    expect(JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).seconds).toEqual(seconds);
   }, 200_000);
 
   it('refuses a fresh run into a folder that holds a run before training anything, and --plain-epochs with --from', async () => {

@@ -36,8 +36,10 @@ import {
 } from '@svd-train/layers';
 import { recalibrateOnTrain, recalibratePruned, writeDerivedCheckpoint, writePrunedCheckpoint, type Model } from './checkpoint-model.js';
 import { reportCommand } from './commands/report.js';
+import { readMetrics } from './report.js';
+import { runMetrics, runSeconds } from './run-metrics.js';
 import { resumesIn, trainPhase, type StartContext } from './train-phase.js';
-import type { PipelinePoint, PipelineSummary, PretrainedPoint } from './report-pipeline.js';
+import { phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
 
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
 export interface FinetuneDistill {
@@ -70,6 +72,7 @@ export async function pruneAndFinetune(
   pretrained: PretrainedPoint | null = null,
 ): Promise<PipelineSummary> {
   const { io } = ctx;
+  const t0 = performance.now();
   const latest = latestCheckpoint(join(outDir, 'checkpoints'), { configHash: configHash(cfg), onWarning: (m) => io.err(`warning: ${m}\n`) });
   if (!latest) throw new SvdTrainError('CHECKPOINT_CORRUPT', `--prune-energy: no valid checkpoint of this run in ${join(outDir, 'checkpoints')} to prune; expected the training phase to have written one. Fix: rerun start, or prune a checkpoint with svd-coord prune.`);
   const test = readCifar10(ctx.dataDir, 'test');
@@ -96,7 +99,9 @@ export async function pruneAndFinetune(
   if (reuse && 'summary' in reuse) {
     model.dispose();
     io.err(`pipeline: --resume: the sweep and the model pruned at e=${e} (${reuse.summary.prunedCheckpoint}) are in ${join(outDir, 'pipeline.json')}, made from this checkpoint (step ${latest.checkpoint.step}): reusing them (delete pipeline.json to redo them)\n`);
-    const summary = { ...reuse.summary, ...(pretrained ? { pretrained } : {}), finetuned: null, averaged: undefined };
+    // The pruning's time is the start's that did it; the training's is read again (it may have grown).
+    const seconds = trainingSeconds(outDir, pretrained, reuse.summary.seconds?.pruning ?? null, io);
+    const summary = { ...reuse.summary, ...(pretrained ? { pretrained } : {}), finetuned: null, averaged: undefined, seconds };
     return finetunePruned(cfg, outDir, ctx, distill, summary, reuse.ranks, latest.path, point, train);
   }
   io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
@@ -143,9 +148,31 @@ export async function pruneAndFinetune(
     prunedCheckpoint: prunedPath,
     finetuned: null,
     sweep,
+    seconds: trainingSeconds(outDir, pretrained, (performance.now() - t0) / 1000, io),
   };
   writePipelineJson(outDir, summary);
   return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point, train);
+}
+
+/**
+ * The run's time (runSeconds) from <runDir>/metrics.jsonl; null, with a warning, where it has none
+ * or cannot be read: the time is a report's figure, not worth failing a finished pipeline over.
+ */
+function phaseSeconds(runDir: string, io: StartContext['io']): number | null {
+  const path = join(runDir, 'metrics.jsonl');
+  try {
+    const s = runSeconds(runMetrics(readMetrics(path)).epochs);
+    if (Number.isFinite(s)) return s;
+    io.err(`warning: pipeline: no epoch times in ${path}; that phase's time is not recorded\n`);
+  } catch (err) {
+    io.err(`warning: pipeline: that phase's time is not recorded: ${(err as Error).message}\n`);
+  }
+  return null;
+}
+
+/** The phases' times up to the pruning: the plain phase (in <out>/plain) where there was one, the training, and `pruning`. */
+function trainingSeconds(outDir: string, pretrained: PretrainedPoint | null, pruning: number | null, io: StartContext['io']): PhaseSeconds {
+  return { ...(pretrained ? { plain: phaseSeconds(join(outDir, 'plain'), io) } : {}), training: phaseSeconds(outDir, io), pruning };
 }
 
 /** A model's point of the pipeline: test accuracy and loss on the test images `indices`, and its cost. */
@@ -194,6 +221,7 @@ async function finetunePruned(
     const m = buildResNetForConfig(ft);
     setWeights(m, last.checkpoint);
     summary.finetuned = { ...point(m, e), epochs: cfg.finetuneEpochs, lr, run: 'finetune' };
+    if (summary.seconds) summary.seconds.finetuning = phaseSeconds(ftDir, io);
     m.dispose();
     write();
     if (k > 0) {
@@ -399,5 +427,7 @@ export function describePipeline(p: PipelineSummary): string {
     ...rows.filter(([, r]) => r).map(([label, r]) => `  ${label.padEnd(24)} test accuracy ${(100 * r!.acc).toFixed(2).padStart(6)}%  ${(r!.macs / 1e6).toFixed(2).padStart(7)}M MACs (${pct(r!.macs)} of plain ${p.model})  ${r!.exportParams} weights`),
     `  ${`plain ${p.model}`.padEnd(24)} ${' '.repeat(22)}${(p.plain.macs / 1e6).toFixed(2).padStart(7)}M MACs (100%)  ${p.plain.params} weights`,
   ];
+  const times = phaseTimes(p.seconds);
+  if (times) lines.push(`time: ${times} (a training phase: its epochs and their evaluations)`);
   return lines.join('\n');
 }

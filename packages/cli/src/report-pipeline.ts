@@ -6,6 +6,7 @@
  */
 import { isAbsolute } from 'node:path';
 import { pctText } from './plot-scales.js';
+import { formatDuration } from './run-metrics.js';
 import { escapeXml as esc, linePlot, PALETTE, type Series } from './svg-plot.js';
 
 /** One evaluated model of the pipeline (pipeline.json). */
@@ -45,24 +46,63 @@ export interface PipelineSummary {
   averaged?: (PipelinePoint & { epochs: number; run: string; checkpoint: string }) | null;
   /** The accuracy-vs-MACs curve: the trained model (energy 0) and each sweep energy, no fine-tuning. */
   sweep: PipelinePoint[];
+  /** Each phase's time in seconds (see PhaseSeconds); absent in older runs. */
+  seconds?: PhaseSeconds;
+}
+
+/**
+ * How long each phase of the pipeline took, in seconds: a training phase its epochs' steps and
+ * test evaluations (runSeconds of its metrics.jsonl: resume-proof, time between starts not counted);
+ * the pruning its evaluation of the trained model, the sweep and the pruned model. null: not
+ * recorded (a metrics file without times); absent: the phase did not run.
+ */
+export interface PhaseSeconds {
+  plain?: number | null;
+  training: number | null;
+  pruning: number | null;
+  finetuning?: number | null;
+}
+
+const PHASE_NAMES: [keyof PhaseSeconds, string][] = [
+  ['plain', 'plain'],
+  ['training', 'training'],
+  ['pruning', 'pruning'],
+  ['finetuning', 'fine-tuning'],
+];
+
+/** "plain 58 min + training 23 min + … = 2 h 15 min", over the phases that ran; '' without times. */
+export function phaseTimes(s: PhaseSeconds | undefined): string {
+  if (!s) return '';
+  const ran = PHASE_NAMES.filter(([k]) => s[k] !== undefined).map(([k, name]) => ({ name, v: s[k] ?? null }));
+  const known = ran.flatMap(({ v }) => (v === null ? [] : [v]));
+  if (!known.length) return '';
+  const total = known.reduce((acc, v) => acc + v, 0);
+  const parts = ran.map(({ name, v }) => `${name} ${v === null ? 'not recorded' : formatDuration(1000 * v)}`);
+  return `${parts.join(' + ')} = ${formatDuration(1000 * total)}${known.length < ran.length ? ' (of the phases with times)' : ''}`;
 }
 
 /** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
 export function renderPipeline(p: PipelineSummary): string {
   const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
-  const rows: [string, PipelinePoint | null][] = [
-    ...(p.pretrained ? [[`plain ${p.model} trained ${p.pretrained.epochs} epoch(s), the start of the method (decomposed)`, p.pretrained] as [string, PipelinePoint]] : []),
-    ['trained, before pruning', p.trained],
-    [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned],
-    [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned],
-    ...(p.averaged ? [[`average of the fine-tuning's last ${p.averaged.epochs} epochs (batch-norm statistics re-estimated)`, p.averaged] as [string, PipelinePoint]] : []),
+  const rows: [string, PipelinePoint | null, keyof PhaseSeconds | null][] = [
+    ...(p.pretrained ? [[`plain ${p.model} trained ${p.pretrained.epochs} epoch(s), the start of the method (decomposed)`, p.pretrained, 'plain'] as [string, PipelinePoint, 'plain']] : []),
+    ['trained, before pruning', p.trained, 'training'],
+    [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned, 'pruning'],
+    [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned, 'finetuning'],
+    ...(p.averaged ? [[`average of the fine-tuning's last ${p.averaged.epochs} epochs (batch-norm statistics re-estimated)`, p.averaged, null] as [string, PipelinePoint, null]] : []),
   ];
+  const time = (k: keyof PhaseSeconds | null) => {
+    const v = k && p.seconds ? p.seconds[k] : undefined;
+    return typeof v === 'number' ? formatDuration(1000 * v) : '–';
+  };
+  const times = phaseTimes(p.seconds);
   const ftLink = p.finetuned && p.finetuned.run && !isAbsolute(p.finetuned.run) ? ` The fine-tuning run has its own report: <a href="${esc(p.finetuned.run)}/report.html">${esc(p.finetuned.run)}/report.html</a>.` : '';
   const table =
-    `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th></tr>` +
-    rows.map(([label, r]) => `<tr><td>${esc(label)}</td>${r ? `<td>${pctText(r.acc)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}</tr>`).join('') +
-    `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td></tr></table>` +
-    `<p class="note">Test accuracy on ${p.testImages} test images${p.bnRecalibrationImages ? `; each pruned model's batch-norm statistics re-estimated on ${p.bnRecalibrationImages} training images before it was evaluated` : ''}. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}</p>`;
+    `<table><tr><th>stage</th><th>test accuracy</th><th>MACs / image</th><th>% of plain ${esc(p.model)}</th><th>weights (form that runs)</th><th>time of its phase</th></tr>` +
+    rows.map(([label, r, k]) => `<tr><td>${esc(label)}</td>${r ? `<td>${pctText(r.acc)}</td><td>${(r.macs / 1e6).toFixed(2)}M</td><td>${pct(r.macs)}%</td><td>${r.exportParams}</td>` : '<td>–</td><td>–</td><td>–</td><td>–</td>'}<td>${time(k)}</td></tr>`).join('') +
+    `<tr><td>plain ${esc(p.model)} (reference)</td><td>–</td><td>${(p.plain.macs / 1e6).toFixed(2)}M</td><td>100%</td><td>${p.plain.params}</td><td></td></tr></table>` +
+    `<p class="note">Test accuracy on ${p.testImages} test images${p.bnRecalibrationImages ? `; each pruned model's batch-norm statistics re-estimated on ${p.bnRecalibrationImages} training images before it was evaluated` : ''}. MACs per image in the form each layer runs; FLOPs = 2·MACs.${ftLink}` +
+    `${times ? ` Time: ${esc(times)} (a training phase: its epochs and their evaluations; the pruning: the sweep and the pruned model).` : ''}</p>`;
   // The sweep as a curve from cheap to expensive; points of equal MACs (energies too small to
   // remove anything) are one point, labelled with the smallest and largest energy.
   const byMacs = new Map<number, PipelinePoint[]>();

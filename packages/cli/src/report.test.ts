@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isSvdTrainError } from '@svd-train/core';
-import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
+import { phaseTimes, renderPipeline, type PipelineSummary } from './report-pipeline.js';
 import { readMetrics, renderReport, spectraOf, writeReport } from './report.js';
 import { ema, emaSpan, logTicks, niceTicks, tickLabels } from './plot-scales.js';
 import { linePlot } from './svg-plot.js';
@@ -176,6 +176,32 @@ describe('report', () => {
     expect(curve).toContain('averaged 89.12% (fine-tuned 88.00%)');
     // Not asked for, or too few epochs left (null): no row, no point.
     for (const averaged of [undefined, null]) expect(renderPipeline({ ...base, averaged })).not.toContain('average of');
+  });
+
+  it("each phase's time in its row and the total under the table; none in an older pipeline.json", () => {
+    const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
+    const base: PipelineSummary = {
+      model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
+      trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
+      finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
+    };
+    const html = renderPipeline({ ...base, seconds: { training: 1500, pruning: 190, finetuning: 3000 } });
+    expect(html).toContain('<td>trained, before pruning</td><td>90.00%</td><td>40.00M</td><td>100.0%</td><td>2</td><td>25 min 0 s</td>');
+    expect(html).toContain('<td>after pruning at e=0.05 (no fine-tuning)</td><td>60.00%</td><td>10.00M</td><td>25.0%</td><td>2</td><td>3 min 10 s</td>');
+    expect(html).toContain('<td>88.00%</td><td>10.00M</td><td>25.0%</td><td>2</td><td>50 min 0 s</td>');
+    expect(html).toContain('Time: training 25 min 0 s + pruning 3 min 10 s + fine-tuning 50 min 0 s = 1 h 18 min');
+    const old = renderPipeline(base);
+    expect(old).not.toContain('Time:');
+    expect(old).toContain('<td>trained, before pruning</td><td>90.00%</td><td>40.00M</td><td>100.0%</td><td>2</td><td>–</td>');
+  });
+});
+
+describe('phaseTimes', () => {
+  it('lists the phases that ran, in order, says which have no time, and sums the rest', () => {
+    expect(phaseTimes({ plain: 3600, training: 1800, pruning: 60, finetuning: 3000 })).toBe('plain 1 h 0 min + training 30 min 0 s + pruning 1 min 0 s + fine-tuning 50 min 0 s = 2 h 21 min');
+    expect(phaseTimes({ training: null, pruning: 60 })).toBe('training not recorded + pruning 1 min 0 s = 1 min 0 s (of the phases with times)');
+    expect(phaseTimes({ training: null, pruning: null })).toBe('');
+    expect(phaseTimes(undefined)).toBe('');
   });
 });
 

@@ -17,7 +17,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
-import { median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
+import { formatDuration, median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
 import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
 import { pctText } from './plot-scales.js';
 import { renderPipeline, type PipelineSummary } from './report-pipeline.js';
@@ -94,15 +94,6 @@ const esc = escapeXml;
 export const DEFAULT_REPORT_ENERGY = 0.01;
 
 const finite = (x: number) => Number.isFinite(x);
-
-/** "1 h 23 min", "4 min 10 s", "12 s". */
-export function formatDuration(ms: number): string {
-  if (!finite(ms) || ms < 0) return '–';
-  const s = Math.round(ms / 1000);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
-}
 
 /** The run's one-line description from its config: model, decomposition, regularizers, optimizer. */
 /** ' from 30% of the steps', ' until 80% of the steps', ' from 30% to 80% of the steps', or '' for the whole run. */

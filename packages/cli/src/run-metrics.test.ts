@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { median, quantile, runMetrics, workerTimings } from './run-metrics.js';
+import { formatDuration, median, quantile, runMetrics, runSeconds, workerTimings } from './run-metrics.js';
 
 describe('runMetrics', () => {
   it('reads the coordinator format and the old flat one (ce, percent accuracy, no kind, no time)', () => {
@@ -13,9 +13,33 @@ describe('runMetrics', () => {
     expect(steps[0]!.workers).toEqual([{ worker: 'w0', n: 64, computeMs: 900, commMs: 20 }]);
     expect(steps[1]!.workers).toEqual([]);
     expect(Number.isNaN(steps[1]!.timeMs)).toBe(true);
-    expect(epochs).toEqual([{ epoch: 0, step: 2, trainLoss: NaN, trainAcc: 0.5, testAcc: 0.55, testLoss: 1.1, effectiveRanks: { a: 3 }, timeMs: NaN }]);
+    expect(epochs).toEqual([{ epoch: 0, step: 2, trainLoss: NaN, trainAcc: 0.5, testAcc: 0.55, testLoss: 1.1, effectiveRanks: { a: 3 }, timeMs: NaN, epochMs: NaN, evalMs: NaN }]);
     // the first step started stepMs before its line was written
     expect(startMs).toBe(Date.parse('2026-01-01T00:00:01.000Z'));
+  });
+});
+
+describe('runSeconds: how long a run took', () => {
+  const epoch = (e: number, epochMs: number, evalMs?: number) => ({ kind: 'epoch', epoch: e, step: 10 * (e + 1), epochMs, ...(evalMs === undefined ? {} : { evalMs }) });
+  it('sums each epoch\'s steps and evaluation once, the last record of an epoch a resume redid winning', () => {
+    const { epochs } = runMetrics([epoch(0, 60_000, 3_000), epoch(1, 61_000, 2_000), epoch(1, 65_000, 4_000), epoch(2, 62_000)]);
+    // 63 + 69 (the redone epoch 1) + 62 (not evaluated) seconds
+    expect(runSeconds(epochs)).toBe(194);
+  });
+  it('is NaN when no epoch recorded its time (a run of an old version, or none finished)', () => {
+    expect(Number.isNaN(runSeconds([]))).toBe(true);
+    expect(Number.isNaN(runSeconds(runMetrics([{ kind: 'epoch', epoch: 0, step: 1, testAcc: 0.5 }]).epochs))).toBe(true);
+  });
+});
+
+describe('formatDuration', () => {
+  it('12 s, 4 min 10 s, 1 h 23 min; 59.6 minutes past the hour round up to the next hour; – for no time', () => {
+    expect(formatDuration(12_000)).toBe('12 s');
+    expect(formatDuration(250_000)).toBe('4 min 10 s');
+    expect(formatDuration((3600 + 23 * 60) * 1000)).toBe('1 h 23 min');
+    expect(formatDuration((3600 + 59 * 60 + 40) * 1000)).toBe('2 h 0 min');
+    expect(formatDuration(NaN)).toBe('–');
+    expect(formatDuration(-1)).toBe('–');
   });
 });
 

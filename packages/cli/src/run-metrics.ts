@@ -42,6 +42,9 @@ export interface EpochRow {
   /** Per SVD layer, the rank energy 0.01 keeps; empty without SVD layers or in old files. */
   effectiveRanks: Record<string, number>;
   timeMs: number;
+  /** Wall time of the epoch's steps and of its test evaluation (NaN: not recorded, or not evaluated). */
+  epochMs: number;
+  evalMs: number;
 }
 
 export interface RunMetrics {
@@ -125,12 +128,40 @@ export function runMetrics(records: readonly Raw[]): RunMetrics {
         testLoss: numberField(r, 'testLoss'),
         effectiveRanks: ranksOf(r.effectiveRanks),
         timeMs: timeOf(r),
+        epochMs: numberField(r, 'epochMs'),
+        evalMs: numberField(r, 'evalMs'),
       });
     }
   }
   const first = steps.find((s) => Number.isFinite(s.timeMs));
   const startMs = first ? first.timeMs - (Number.isFinite(first.stepMs) ? first.stepMs : 0) : NaN;
   return { steps, epochs, startMs };
+}
+
+/**
+ * The time a run took, in seconds: its epochs' steps plus their test evaluations, each epoch counted
+ * once (an epoch a resume redid counts as its last record says; a checkpoint carries an epoch's time
+ * so far across a resume, so the time between two starts is not counted). Evaluation times are
+ * missing from runs of older versions. NaN when no epoch recorded its time.
+ */
+export function runSeconds(epochs: readonly EpochRow[]): number {
+  const last = new Map<number, EpochRow>();
+  for (const e of epochs) if (Number.isFinite(e.epochMs)) last.set(e.epoch, e);
+  if (!last.size) return NaN;
+  let ms = 0;
+  for (const e of last.values()) ms += e.epochMs + (Number.isFinite(e.evalMs) ? e.evalMs : 0);
+  return ms / 1000;
+}
+
+/** "1 h 23 min", "4 min 10 s", "12 s"; '–' for no duration. */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms) || ms < 0) return '–';
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  const h = Math.floor(s / 3600);
+  const m = Math.round((s % 3600) / 60);
+  return m === 60 ? `${h + 1} h 0 min` : `${h} h ${m} min`;
 }
 
 /** The middle value (mean of the two middle ones for an even count); NaN for no finite value. */

@@ -159,6 +159,9 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     expect(epochs.map((l) => l.epoch)).toEqual([0, 1]);
     expect(epochs[1].testAcc).toBeCloseTo(4 / 7, 10);
     expect(epochs[0].trainAcc).toBeCloseTo(10 / 20, 10);
+    // The time of each epoch's steps and, apart, of its evaluation: the pipeline adds them up per phase.
+    for (const e of epochs) expect([e.epochMs, e.evalMs]).toEqual([expect.any(Number), expect.any(Number)]);
+    expect(epochs.every((e) => e.epochMs > 0 && e.evalMs >= 0)).toBe(true);
     // Effective ranks of the SVD layers (params named *.s) after each epoch, from the coordinator's weights.
     expect(epochs[1].effectiveRanks).toEqual({ conv: effectiveRank(summary.params.find((t) => t.name === 'conv.s')!.data, 0.01) });
   });
@@ -190,6 +193,12 @@ describe('Coordinator parity with one process on the full batch (fake linear mod
     some.spawn();
     await some.coord.start();
     expect(epochs.map((a) => a !== undefined)).toEqual([false, true, true]);
+    // An epoch not evaluated has no evaluation time.
+    const times: (number | undefined)[] = [];
+    const again = await harness(config({ minWorkers: 1, evalEvery: 2, epochs: 3 }), { onEpoch: (e) => times.push(e.evalMs) });
+    again.spawn();
+    await again.coord.start();
+    expect(times.map((t) => t !== undefined)).toEqual([false, true, true]);
   });
 
   it('checkpoints early (after step 20) when --checkpoint-every is larger, so an early kill does not lose the run', async () => {

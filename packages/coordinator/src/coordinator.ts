@@ -403,10 +403,12 @@ export class Coordinator {
         lastTrain = e.trainAcc;
         // evalEvery 0 turns evaluation off; otherwise every evalEvery epochs and after the last one.
         if (cfg.evalEvery > 0 && ((b.epoch + 1) % cfg.evalEvery === 0 || b.step + 1 === totalSteps)) {
+          const t0 = now();
           const r = await this.evaluate('test');
           if (r) {
             e.testAcc = r.acc;
             e.testLoss = r.loss;
+            e.evalMs = now() - t0;
             lastTest = r.acc;
           }
         }

@@ -41,7 +41,10 @@ export interface EpochEvent {
   trainAcc: number;
   testLoss?: number;
   testAcc?: number;
+  /** Wall time of the epoch's steps (carried across a resume), without its evaluation. */
   epochMs: number;
+  /** Wall time of the epoch's test evaluation; absent when it was not evaluated. */
+  evalMs?: number;
   /**
    * Per SVD layer (PyTorch module name), the effective rank at energy 0.01 of its singular values
    * after the epoch: what `svd-coord prune --energy 0.01` would keep. Empty without SVD layers.
