@@ -225,7 +225,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   if (!resume && fromCkpt) {
     // Weights and BN statistics only: the optimizer, schedule, sampler and step count start fresh.
     from = fromCkpt;
-    io.err(`fine-tuning from ${cfg.from} (step ${from.step}); fresh optimizer and schedule\n`);
+    io.err(`starting from the weights of ${cfg.from} (step ${from.step}), with a fresh optimizer and schedule\n`);
   }
   // The model is built even when resuming: its manifest and BN parameter names are authoritative.
   const model = buildResNetForConfig(cfg);
