@@ -162,13 +162,15 @@ describe('report', () => {
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
   });
 
+  // A pipeline fine-tuned 4 epochs, for the rows and notes that come on top of it.
+  const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
+  const base: PipelineSummary = {
+    model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
+    trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
+    finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
+  };
+
   it('with --finetune-average: a row and a second large point for the average of the last epochs', () => {
-    const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
-    const base: PipelineSummary = {
-      model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
-      trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
-      finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
-    };
     const html = renderPipeline({ ...base, averaged: { ...pt(0.05, 0.8912, 10e6), epochs: 3, run: 'finetune', checkpoint: 'finetune/averaged-last3.svdckpt' } });
     expect(html).toContain("<td>average of the fine-tuning's last 3 epochs (batch-norm statistics re-estimated)</td><td>89.12%</td><td>10.00M</td><td>25.0%</td>");
     const curve = html.split('Test accuracy vs MACs per image')[1]!.split('</svg>')[0]!;
@@ -179,12 +181,6 @@ describe('report', () => {
   });
 
   it("each phase's time in its row and the total under the table; none in an older pipeline.json", () => {
-    const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
-    const base: PipelineSummary = {
-      model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
-      trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
-      finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
-    };
     const html = renderPipeline({ ...base, seconds: { training: 1500, pruning: 190, finetuning: 3000 } });
     expect(html).toContain('<td>trained, before pruning</td><td>90.00%</td><td>40.00M</td><td>100.0%</td><td>2</td><td>25 min 0 s</td>');
     expect(html).toContain('<td>after pruning at e=0.05 (no fine-tuning)</td><td>60.00%</td><td>10.00M</td><td>25.0%</td><td>2</td><td>3 min 10 s</td>');
