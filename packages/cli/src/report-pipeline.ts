@@ -23,10 +23,10 @@ export interface PipelinePoint {
   exportParams: number;
 }
 
-/** pipeline.json: what `start --prune-energy e [--finetune-epochs k]` measured. */
 /** With --plain-epochs: the plain model the training starts from, its epochs and checkpoint. */
 export type PretrainedPoint = PipelinePoint & { epochs: number; checkpoint: string };
 
+/** pipeline.json: what `start --prune-energy e [--finetune-epochs k]` measured. */
 export interface PipelineSummary {
   model: string;
   energy: number;
