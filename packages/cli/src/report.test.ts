@@ -139,12 +139,17 @@ describe('report', () => {
     expect(ftHtml).not.toContain(dir);
   });
 
+  // A pipeline fine-tuned 4 epochs: every pipeline-section test builds on it.
+  const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
+  const base: PipelineSummary = {
+    model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
+    trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
+    finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
+  };
+
   it('the pipeline section: before / after pruning / after fine-tuning, the accuracy-vs-MACs curve with the fine-tuned point marked', () => {
-    const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
     const p: PipelineSummary = {
-      model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
-      trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.01, 0.85, 20e6), pt(0.05, 0.6, 10e6)],
-      finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 2, lr: 0.01, run: 'finetune' },
+      ...base, sweep: [pt(0, 0.9, 40e6), pt(0.01, 0.85, 20e6), pt(0.05, 0.6, 10e6)], finetuned: { ...base.finetuned!, epochs: 2 },
     };
     const html = renderPipeline(p);
     expect(html).toContain('<td>trained, before pruning</td><td>90.00%</td><td>40.00M</td><td>100.0%</td>');
@@ -161,14 +166,6 @@ describe('report', () => {
     expect(curve).toContain('>plain resnet20<');
     expect(renderReport({ title: 't', config: null, records: [], spectra: [], macs: [], pipeline: p })).toContain('Train → prune → fine-tune');
   });
-
-  // A pipeline fine-tuned 4 epochs, for the rows and notes that come on top of it.
-  const pt = (energy: number, acc: number, macs: number) => ({ energy, acc, loss: 1, macs, params: 1, exportParams: 2 });
-  const base: PipelineSummary = {
-    model: 'resnet20', energy: 0.05, testImages: 100, plain: { macs: 40e6, params: 274042 },
-    trained: pt(0, 0.9, 40e6), pruned: pt(0.05, 0.6, 10e6), prunedCheckpoint: 'x', sweep: [pt(0, 0.9, 40e6), pt(0.05, 0.6, 10e6)],
-    finetuned: { ...pt(0.05, 0.88, 10e6), epochs: 4, lr: 0.01, run: 'finetune' },
-  };
 
   it('with --finetune-average: a row and a second large point for the average of the last epochs', () => {
     const html = renderPipeline({ ...base, averaged: { ...pt(0.05, 0.8912, 10e6), epochs: 3, run: 'finetune', checkpoint: 'finetune/averaged-last3.svdckpt' } });
