@@ -271,6 +271,25 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(loadCheckpoint(again).params.map((p) => p.shape)).toEqual(loadCheckpoint(dest).params.map((p) => p.shape));
   });
 
+  it('prune --macs n --mac-weight a: the budget met with the energy shared out by cost, each layer\'s share shown', async () => {
+    const dest = join(tempDir(), 'weighted.svdckpt');
+    const r = await runCoord(['prune', ckpt, '--macs', '20e6', '--mac-weight', '0.5', '--out', dest]);
+    expect(r.code, r.out).toBe(0);
+    const said = r.out.match(/--macs 20000000: energy ([\d.e-]+) is the smallest that prunes to at most that \((\d+) MACs per image\)/)!;
+    expect(said, r.out).not.toBeNull();
+    expect(Number(said[2])).toBeLessThanOrEqual(20e6);
+    expect(r.out).toContain('MAC weight 0.5: each layer gives up e·(its MACs per rank / the costliest layer\'s)^0.5 of its energy');
+    // The table's energy column: the costliest layers give up e, the cheapest (fc) less.
+    const header = r.out.split('\n').find((l) => l.startsWith('name'))!;
+    expect(header.split(/\s+/).slice(0, 3)).toEqual(['name', 'energy', 'rankBefore']);
+    const fc = r.out.split('\n').find((l) => /^fc\s/.test(l))!;
+    expect(Number(fc.split(/\s+/)[1])).toBeLessThan(Number(said[1]));
+    const again = join(tempDir(), 'weighted-energy.svdckpt');
+    const e = await runCoord(['prune', ckpt, '--energy', said[1], '--mac-weight', '0.5', '--out', again]);
+    expect(e.code, e.out).toBe(0);
+    expect(loadCheckpoint(again).params.map((p) => p.shape)).toEqual(loadCheckpoint(dest).params.map((p) => p.shape));
+  });
+
   it('report rewrites report.html with plots and the spectra of the latest checkpoint', async () => {
     const r = await runCoord(['report', out]);
     expect(r.code, r.out).toBe(0);

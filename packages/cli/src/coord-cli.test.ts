@@ -116,6 +116,14 @@ describe('svd-coord options', () => {
     expect(r.err).toContain('--energy "2"');
   });
 
+  it('prune --mac-weight below 0 or not a number is refused before touching the checkpoint', async () => {
+    for (const bad of ['-1', 'half']) {
+      const r = await run(['prune', '/nonexistent.ckpt', '--energy', '0.01', '--mac-weight', bad]);
+      expect(r.code).toBe(EXIT_USAGE);
+      expect(r.err).toContain(`--mac-weight ${JSON.stringify(bad)} is not valid; expected a number ≥ 0`);
+    }
+  });
+
   it('--help lists the start options', async () => {
     const r = await run(['start', '--help']);
     expect(r.code).toBe(0);

@@ -13,7 +13,7 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 const cfg = parseConfig({ model: 'resnet20', decomposition: 'channel', pruneEnergy: 0.1, finetuneEpochs: 2, sweepEnergies: [0.05, 0.1] });
 const point = (energy: number): PipelinePoint => ({ energy, acc: 0.5, loss: 1.2, macs: 1e7, params: 1000, exportParams: 900 });
-const want: PipelineExpectation = { step: 7, energy: 0.1, energies: [0.05, 0.1], testImages: 100, bnRecalibrationImages: 64 };
+const want: PipelineExpectation = { step: 7, energy: 0.1, macWeight: 0, energies: [0.05, 0.1], testImages: 100, bnRecalibrationImages: 64 };
 
 /** A run folder as the pipeline leaves it: the model pruned at e (from `of`'s config) and pipeline.json. */
 function runDir(name: string, of: RunConfig = cfg, edit: (p: PipelineSummary) => unknown = (p) => p): { dir: string; ranks: Record<string, number> } {
@@ -72,6 +72,8 @@ describe('reusablePipeline (start --prune-energy … --resume)', () => {
     ['another energy', { energy: 0.2, energies: [0.05, 0.2] }, /energy 0\.1, this run 0\.2/],
     ['another sweep', { energies: [0.02, 0.05, 0.1] }, /sweep energies "0\.05,0\.1", this run "0\.02,0\.05,0\.1"/],
     ['fewer test images', { testImages: 50 }, /test images 100, this run 50/],
+    // A pipeline.json without the field (before --prune-mac-weight) shared the energy out evenly.
+    ['another MAC weight', { macWeight: 0.5 }, /MAC weight 0, this run 0\.5/],
   ])('redoes the work for %s, and says why', (name, change, reason) => {
     const { dir } = runDir(`differs-${name.replace(/ /g, '-')}`);
     const r = reusablePipeline(dir, cfg, { ...want, ...change });

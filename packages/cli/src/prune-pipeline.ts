@@ -39,7 +39,7 @@ import { reportCommand } from './commands/report.js';
 import { readMetrics } from './report.js';
 import { runMetrics, runSeconds } from './run-metrics.js';
 import { resumesIn, trainPhase, type StartContext } from './train-phase.js';
-import { phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
+import { macWeightText, phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
 
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
 export interface FinetuneDistill {
@@ -89,12 +89,12 @@ export async function pruneAndFinetune(
   const plain = plainResNetCost({ depth: depthOf(cfg.model) });
   let e = cfg.pruneEnergy ?? 0;
   if (cfg.pruneMacs !== null) {
-    const found = energyForMacs(model, cfg.pruneMacs);
+    const found = energyForMacs(model, cfg.pruneMacs, { macWeight: cfg.pruneMacWeight });
     e = found.energy;
-    io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)\n`);
+    io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)${weighted(cfg)}\n`);
   }
   const energies = [...new Set([...cfg.sweepEnergies, e])].sort((a, b) => a - b);
-  const reuse = cfg.resume ? reusablePipeline(outDir, cfg, { step: latest.checkpoint.step, energy: e, energies, testImages: n, bnRecalibrationImages: calN }) : null;
+  const reuse = cfg.resume ? reusablePipeline(outDir, cfg, { step: latest.checkpoint.step, energy: e, macWeight: cfg.pruneMacWeight, energies, testImages: n, bnRecalibrationImages: calN }) : null;
   if (reuse && 'reason' in reuse) io.err(`pipeline: --resume: evaluating and pruning again, because ${reuse.reason}\n`);
   if (reuse && 'summary' in reuse) {
     model.dispose();
@@ -104,7 +104,7 @@ export async function pruneAndFinetune(
     const summary = { ...reuse.summary, ...(pretrained ? { pretrained } : {}), finetuned: null, averaged: undefined, seconds };
     return finetunePruned(cfg, outDir, ctx, distill, summary, reuse.ranks, latest.path, point, train);
   }
-  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)\n`);
+  io.err(`pipeline: evaluating the trained model and ${cfg.sweepEnergies.length} pruning energies on ${n} test images (each pruned model's batch-norm statistics re-estimated on ${calN} training images first)${weighted(cfg)}\n`);
   const full = point(model, 0);
   const sweep: PipelinePoint[] = [full];
   let prunedPoint: PipelinePoint | null = null;
@@ -112,7 +112,7 @@ export async function pruneAndFinetune(
   let ranks: Record<string, number> = {};
   for (const energy of energies) {
     if (energy === 0) continue;
-    const { model: pruned, report } = pruneByEnergy(model, energy);
+    const { model: pruned, report } = pruneByEnergy(model, energy, cfg.pruneMacWeight);
     // Nothing removed, nothing re-estimated: the point then is the trained model's, to the digit.
     recalibratePruned(pruned, report, train, trainN, Math.min(cfg.batch, chunk), cfg);
     const p = point(pruned, energy);
@@ -139,6 +139,7 @@ export async function pruneAndFinetune(
     model: cfg.model,
     ...(pretrained ? { pretrained } : {}),
     energy: e,
+    macWeight: cfg.pruneMacWeight,
     trainedStep: latest.checkpoint.step,
     testImages: n,
     bnRecalibrationImages: calN,
@@ -152,6 +153,11 @@ export async function pruneAndFinetune(
   };
   writePipelineJson(outDir, summary);
   return finetunePruned(cfg, outDir, ctx, distill, summary, ranks, latest.path, point, train);
+}
+
+/** How a MAC weight shares each energy out, for the log (nothing at 0, the paper's rule). */
+function weighted(cfg: RunConfig): string {
+  return cfg.pruneMacWeight > 0 ? `; at MAC weight ${cfg.pruneMacWeight}, each layer gives up e·(its MACs per rank / the costliest layer's)^${cfg.pruneMacWeight} of its energy` : '';
 }
 
 /**
@@ -356,6 +362,8 @@ export interface PipelineExpectation {
   /** Step of the trained checkpoint being pruned. */
   step: number;
   energy: number;
+  /** --prune-mac-weight (0: the paper's rule). */
+  macWeight: number;
   /** The sweep's energies, sorted, with `energy` among them (0 is the trained model). */
   energies: number[];
   testImages: number;
@@ -390,6 +398,7 @@ export function reusablePipeline(outDir: string, cfg: RunConfig, want: PipelineE
   const differs: [string, unknown, unknown][] = [
     ['trained checkpoint step', p.trainedStep, want.step],
     ['energy', p.energy, want.energy],
+    ['MAC weight', p.macWeight ?? 0, want.macWeight],
     ['sweep energies', sweep.join(','), wanted.join(',')],
     ['test images', p.testImages, want.testImages],
     ['batch-norm re-estimation images', p.bnRecalibrationImages, want.bnRecalibrationImages],
@@ -418,14 +427,15 @@ export function describePipeline(p: PipelineSummary): string {
   const rows: [string, PipelinePoint | null][] = [
     [`plain start, ${p.pretrained?.epochs ?? 0} epoch(s)`, p.pretrained ?? null],
     ['trained, full rank', p.trained],
-    [`pruned at e=${p.energy}`, p.pruned],
+    [`pruned at e=${p.energy}${macWeightText(p)}`, p.pruned],
     [`fine-tuned ${p.finetuned?.epochs ?? 0} epoch(s)`, p.finetuned],
     [`average of last ${p.averaged?.epochs ?? 0} epochs`, p.averaged ?? null],
   ];
+  const width = Math.max(24, ...rows.map(([label]) => label.length));
   const lines = [
     `pipeline result on ${p.testImages} test images (MACs per image; FLOPs = 2·MACs):`,
-    ...rows.filter(([, r]) => r).map(([label, r]) => `  ${label.padEnd(24)} test accuracy ${(100 * r!.acc).toFixed(2).padStart(6)}%  ${(r!.macs / 1e6).toFixed(2).padStart(7)}M MACs (${pct(r!.macs)} of plain ${p.model})  ${r!.exportParams} weights`),
-    `  ${`plain ${p.model}`.padEnd(24)} ${' '.repeat(22)}${(p.plain.macs / 1e6).toFixed(2).padStart(7)}M MACs (100%)  ${p.plain.params} weights`,
+    ...rows.filter(([, r]) => r).map(([label, r]) => `  ${label.padEnd(width)} test accuracy ${(100 * r!.acc).toFixed(2).padStart(6)}%  ${(r!.macs / 1e6).toFixed(2).padStart(7)}M MACs (${pct(r!.macs)} of plain ${p.model})  ${r!.exportParams} weights`),
+    `  ${`plain ${p.model}`.padEnd(width)} ${' '.repeat(22)}${(p.plain.macs / 1e6).toFixed(2).padStart(7)}M MACs (100%)  ${p.plain.params} weights`,
   ];
   const times = phaseTimes(p.seconds);
   if (times) lines.push(`time: ${times} (a training phase: its epochs and their evaluations)`);

@@ -30,6 +30,8 @@ export type PretrainedPoint = PipelinePoint & { epochs: number; checkpoint: stri
 export interface PipelineSummary {
   model: string;
   energy: number;
+  /** --prune-mac-weight α the energy was shared out by (layerEnergies; absent: 0, older runs). */
+  macWeight?: number;
   /** Step of the trained checkpoint that was pruned (absent: older runs). */
   trainedStep?: number;
   testImages: number;
@@ -82,12 +84,17 @@ export function phaseTimes(s: PhaseSeconds | undefined): string {
 }
 
 /** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
+/** ', MAC weight α' where the energy was shared out by cost (see --prune-mac-weight); '' at 0. */
+export function macWeightText(p: Pick<PipelineSummary, 'macWeight'>): string {
+  return p.macWeight ? `, MAC weight ${p.macWeight}` : '';
+}
+
 export function renderPipeline(p: PipelineSummary): string {
   const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
   const rows: [string, PipelinePoint | null, keyof PhaseSeconds | null][] = [
     ...(p.pretrained ? [[`plain ${p.model} trained ${p.pretrained.epochs} epoch(s), the start of the method (decomposed)`, p.pretrained, 'plain'] as [string, PipelinePoint, 'plain']] : []),
     ['trained, before pruning', p.trained, 'training'],
-    [`after pruning at e=${p.energy} (no fine-tuning)`, p.pruned, 'pruning'],
+    [`after pruning at e=${p.energy}${macWeightText(p)} (no fine-tuning)`, p.pruned, 'pruning'],
     [p.finetuned ? `after fine-tuning ${p.finetuned.epochs} epoch(s), peak lr ${p.finetuned.lr}` : 'after fine-tuning (not run)', p.finetuned, 'finetuning'],
     ...(p.averaged ? [[`average of the fine-tuning's last ${p.averaged.epochs} epochs (batch-norm statistics re-estimated)`, p.averaged, null] as [string, PipelinePoint, null]] : []),
   ];
@@ -143,7 +150,7 @@ export function renderPipeline(p: PipelineSummary): string {
     marks: [{ x: p.plain.macs / 1e6, label: `plain ${p.model}`, color: '#777' }],
   });
   const sweepTable =
-    '<table><tr><th>energy e</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>' +
+    `<table><tr><th>energy e${macWeightText(p)}</th><th>test accuracy</th><th>MACs / image</th><th>% of plain</th><th>weights</th></tr>` +
     [...p.sweep].sort((a, b) => a.energy - b.energy).map((q) => `<tr><td>${q.energy === 0 ? '0 (trained)' : q.energy}</td><td>${pctText(q.acc)}</td><td>${(q.macs / 1e6).toFixed(2)}M</td><td>${pct(q.macs)}%</td><td>${q.exportParams}</td></tr>`).join('') +
     '</table>';
   return `${table}<div class="grid">${curve}${sweepTable}</div>`;

@@ -187,6 +187,13 @@ describe('report', () => {
     expect(old).not.toContain('Time:');
     expect(old).toContain('<td>trained, before pruning</td><td>90.00%</td><td>40.00M</td><td>100.0%</td><td>2</td><td>–</td>');
   });
+
+  it('a MAC-weighted prune says its weight in the stage row and the sweep table; 0 and older runs say nothing', () => {
+    const html = renderPipeline({ ...base, macWeight: 0.5 });
+    expect(html).toContain('<td>after pruning at e=0.05, MAC weight 0.5 (no fine-tuning)</td>');
+    expect(html).toContain('<th>energy e, MAC weight 0.5</th>');
+    for (const macWeight of [0, undefined]) expect(renderPipeline({ ...base, macWeight })).not.toContain('MAC weight');
+  });
 });
 
 describe('phaseTimes', () => {

@@ -99,6 +99,9 @@ export const DEFAULTS = Object.freeze({
   pruneEnergy: null as number | null,
   // Or a budget: prune at the smallest energy whose model costs at most pruneMacs MACs per image.
   pruneMacs: null as number | null,
+  // How the energy is shared out among the layers (layerEnergies): 0, the paper's rule, every layer
+  // gives up the same fraction e; α > 0 weights each layer's by (its MACs per rank / the costliest's)^α.
+  pruneMacWeight: 0,
   finetuneEpochs: 0,
   finetuneLr: null as number | null,
   // The fine-tuning's orthogonality weight and weight decay; null: the training's lambdaO and

@@ -91,6 +91,25 @@ function layerCost(layer: tf.layers.Layer, inShape: tf.Shape, outShape: tf.Shape
 }
 
 /**
+ * What one unit of rank costs in each SVD layer: its factored form's MACs per image over its rank
+ * (factored MACs grow linearly with the rank), by tfjs layer name, in the model's layer order. A
+ * stage-1 3×3 conv of ResNet-20 (16 channels at 32×32) pays 163,840 MACs per singular value, a
+ * stage-3 one (64 channels at 8×8) 40,960: the same rank costs 4× more in the first.
+ */
+export function macsPerRank(model: tf.LayersModel): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const layer of model.layers) {
+    if (!(layer instanceof SVDConv2D || layer instanceof SVDDense)) continue;
+    const node = layer.inboundNodes[0];
+    if (!node) throw new SvdTrainError('SHAPE_MISMATCH', `layer '${layer.name}' was never applied to an input`);
+    const inShape = firstShape(node.inputShapes);
+    const factored = layer instanceof SVDConv2D ? layer.forwardCost(inShape[1]!, inShape[2]!).factored : sizeOf(inShape.slice(1, -1)) * layer.forwardCost().factored;
+    out.set(layer.name, factored / layer.rank);
+  }
+  return out;
+}
+
+/**
  * Per-layer MACs for one image of `inputShape`, in the form each layer runs. Layers without
  * weights are left out of `perLayer`.
  * @throws SvdTrainError SHAPE_MISMATCH when `inputShape` differs from the model's fixed input.

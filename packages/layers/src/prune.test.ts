@@ -2,12 +2,12 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadReference, expectClose, type RefTensor } from './test-support/index.js';
 import { selectRankByEnergy } from '@svd-train/core';
-import { selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks, energyForMacs } from './prune.js';
+import { selectRankByThreshold, pruneByEnergy, pruneByThreshold, svdRanks, energyForMacs, layerEnergies } from './prune.js';
 import { buildResNet } from './resnet.js';
 import { namedParameters, getBuffers, setBuffers, getParameters, setParameters } from './parameter-names.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { countMacs } from './macs.js';
+import { countMacs, macsPerRank } from './macs.js';
 
 interface PruneCase {
   name: string;
@@ -105,6 +105,59 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
     const err = (() => { try { energyForMacs(model, 10); } catch (e) { return e as { code: string; message: string }; } return null; })();
     expect(err?.code).toBe('CONFIG_INVALID');
     expect(err?.message).toMatch(/below what pruning can reach/);
+    model.dispose();
+  });
+
+  it('macsPerRank: a layer\'s factored MACs per unit of rank, from the shapes it runs on', () => {
+    const model = build();
+    const cost = macsPerRank(model);
+    const svd = model.layers.filter((l) => l instanceof SVDConv2D || l instanceof SVDDense);
+    expect([...cost.keys()]).toEqual(svd.map((l) => l.name));
+    // The stem: 3×3 conv from 3 channels to rank r, then 1×1 to 4 channels, on 32×32 outputs.
+    expect(cost.get(svd[0].name)).toBe(32 * 32 * (3 * 3 * 3 + 4));
+    // The dense layer after global pooling: (16 inputs + 10 outputs) per unit of rank.
+    expect(cost.get(svd[svd.length - 1].name)).toBe(16 + 10);
+    model.dispose();
+  });
+
+  it('MAC weight: each layer gives up e·(its MACs per rank / the costliest layer\'s)^α, and prunes by that', () => {
+    const model = build();
+    randomise(model);
+    const cost = macsPerRank(model);
+    const max = Math.max(...cost.values());
+    expect([...layerEnergies(model, 0.2).values()].every((e) => e === 0.2)).toBe(true);
+    const energies = layerEnergies(model, 0.2, 0.5);
+    for (const [name, c] of cost) expect(energies.get(name)).toBeCloseTo(0.2 * Math.sqrt(c / max), 12);
+    expect(Math.max(...energies.values())).toBe(0.2);
+    // The cheapest layer (the dense one) gives up the least.
+    expect(Math.min(...energies.values())).toBe(energies.get([...cost].sort((a, b) => a[1] - b[1])[0][0]));
+    const { model: pruned, report } = pruneByEnergy(model, 0.2, 0.5);
+    for (const r of report) {
+      const s = (model.getLayer(r.name) as unknown as { s: tf.LayerVariable }).s.read().dataSync() as Float32Array;
+      expect(r.rankAfter).toBe(selectRankByEnergy(s, energies.get(r.name)!).k);
+    }
+    // Less energy removed in the cheap layers: they keep at least the ranks of the unweighted prune.
+    const { model: plainRule, report: unweighted } = pruneByEnergy(model, 0.2);
+    report.forEach((r, i) => expect(r.rankAfter).toBeGreaterThanOrEqual(unweighted[i].rankAfter));
+    expect(report.some((r, i) => r.rankAfter > unweighted[i].rankAfter)).toBe(true);
+    expect(() => layerEnergies(model, 0.2, -1)).toThrow(/MAC weight -1; expected a number ≥ 0/);
+    for (const m of [model, pruned, plainRule]) m.dispose();
+  });
+
+  it('energyForMacs with a MAC weight meets the budget at the smallest energy of that weighting', () => {
+    const model = build();
+    randomise(model);
+    const target = Math.round(countMacs(model).total * 0.6);
+    const { energy, macs } = energyForMacs(model, target, { macWeight: 0.5 });
+    const at = (e: number) => {
+      const { model: m } = pruneByEnergy(model, e, 0.5);
+      const t = countMacs(m).total;
+      m.dispose();
+      return t;
+    };
+    expect(macs).toBe(at(energy));
+    expect(macs).toBeLessThanOrEqual(target);
+    expect(at(energy * 0.98)).toBeGreaterThan(target);
     model.dispose();
   });
 

@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { selectRankByEnergy, SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
-import { countMacs, type ComputeForm } from './macs.js';
+import { countMacs, macsPerRank, type ComputeForm } from './macs.js';
 import { moduleNameFor } from './parameter-names.js';
 
 /** Keeps the singular values with |s| > tau (at least one, the largest, so shapes stay valid). */
@@ -127,12 +127,33 @@ export function pruneModel(
   return { model: pruned, report };
 }
 
-/** Prunes every SVD layer with the energy rule (`selectRankByEnergy`, fraction e removed at most). */
-export function pruneByEnergy(model: tf.LayersModel, energy: number): PruneResult {
+/**
+ * The energy each SVD layer may give up when the model is pruned at energy e with MAC weight α:
+ * e·(c_L / c_max)^α, where c_L is what one unit of the layer's rank costs in MACs per image
+ * (`macsPerRank`) and c_max the largest c_L of the model. α = 0 is the paper's rule, every layer e;
+ * with α > 0 the layers whose ranks cost the most MACs (large activations: the stem and stage 1)
+ * give up the most energy, and the cheap ones (stage 3, the dense layer) keep more of theirs, so a
+ * MAC budget is met with less energy removed where it is cheap to keep. No layer gives up more than e.
+ */
+export function layerEnergies(model: tf.LayersModel, energy: number, macWeight = 0): Map<string, number> {
+  if (!(macWeight >= 0 && Number.isFinite(macWeight))) {
+    throw new SvdTrainError('CONFIG_INVALID', `prune MAC weight ${macWeight}; expected a number ≥ 0 (0: every layer gives up the same fraction of its energy)`);
+  }
+  const cost = macsPerRank(model);
+  const max = Math.max(...cost.values());
+  return new Map([...cost].map(([name, c]) => [name, macWeight === 0 ? energy : energy * (c / max) ** macWeight]));
+}
+
+/**
+ * Prunes every SVD layer with the energy rule (`selectRankByEnergy`): a fraction e of its energy
+ * removed at most, or with `macWeight` α > 0 the fraction `layerEnergies` gives it.
+ */
+export function pruneByEnergy(model: tf.LayersModel, energy: number, macWeight = 0): PruneResult {
   if (!(energy >= 0 && energy < 1)) {
     throw new SvdTrainError('CONFIG_INVALID', `prune energy ${energy}; expected a fraction in [0, 1)`);
   }
-  return pruneModel(model, (s) => selectRankByEnergy(s, energy));
+  const energies = layerEnergies(model, energy, macWeight);
+  return pruneModel(model, (s, name) => selectRankByEnergy(s, energies.get(name)!));
 }
 
 /** Prunes every SVD layer to the singular values with |s| > tau (at least one kept per layer). */
@@ -142,16 +163,18 @@ export function pruneByThreshold(model: tf.LayersModel, tau: number): PruneResul
 }
 
 /**
- * The smallest pruning energy whose pruned model costs at most `targetMacs` per image (counted as
- * `countMacs` counts, in the form each layer runs). MACs only fall as the energy grows, so this
+ * The smallest pruning energy whose pruned model (at MAC weight `macWeight`, see `layerEnergies`)
+ * costs at most `targetMacs` per image (counted as `countMacs` counts, in the form each layer runs). MACs only fall as the energy grows, so this
  * bisects on e in [0, 1) to within a fraction `relTol` of e (relative, because trained spectra are so
  * sparse that the answer can be far below any fixed step, e.g. 1e-6), down to e = 1e-12. Throws CONFIG_INVALID when even the cheapest prune that
- * keeps one singular value per layer costs more than the target, naming that cost.
+ * keeps the fewest singular values (one per layer at MAC weight 0) costs more than the target,
+ * naming that cost.
  */
-export function energyForMacs(model: tf.LayersModel, targetMacs: number, relTol = 1e-3): { energy: number; macs: number } {
+export function energyForMacs(model: tf.LayersModel, targetMacs: number, opts: { relTol?: number; macWeight?: number } = {}): { energy: number; macs: number } {
+  const { relTol = 1e-3, macWeight = 0 } = opts;
   if (!(targetMacs > 0)) throw new SvdTrainError('CONFIG_INVALID', `MAC target ${targetMacs}; expected a positive number of MACs per image`);
   const macsAt = (e: number): number => {
-    const { model: pruned } = pruneByEnergy(model, e);
+    const { model: pruned } = pruneByEnergy(model, e, macWeight);
     const m = countMacs(pruned).total;
     pruned.dispose();
     return m;
@@ -164,7 +187,7 @@ export function energyForMacs(model: tf.LayersModel, targetMacs: number, relTol 
   if (floor > targetMacs) {
     throw new SvdTrainError(
       'CONFIG_INVALID',
-      `MAC target ${targetMacs} per image is below what pruning can reach (${floor} MACs with one singular value per layer; the unpruned model costs ${full}). Fix: raise the target, or give an energy instead.`,
+      `MAC target ${targetMacs} per image is below what pruning can reach (${floor} MACs ${macWeight === 0 ? 'with one singular value per layer' : `at MAC weight ${macWeight}, where only the costliest layers go down to one singular value`}; the unpruned model costs ${full}). Fix: raise the target${macWeight === 0 ? '' : ', lower the MAC weight'}, or give an energy instead.`,
     );
   }
   let hiMacs = floor;

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { readCifar10 } from '@svd-train/core';
-import { countMacs, depthOf, energyForMacs, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
+import { countMacs, depthOf, energyForMacs, layerEnergies, plainResNetCost, pruneByEnergy, BN_RECALIBRATION_IMAGES } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint, recalibratePruned, refuseToReplaceSource, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
@@ -16,6 +16,7 @@ import { runDataDir } from './eval.js';
 interface PruneOptions {
   energy?: string;
   macs?: string;
+  macWeight?: string;
   out?: string;
   backend?: string;
   data?: string;
@@ -26,7 +27,7 @@ interface PruneOptions {
 export function describeLayers(rows: readonly object[]): string {
   if (!rows.length) return JSON.stringify(rows, null, 2);
   const keys = Object.keys(rows[0]);
-  const cell = (v: unknown) => String(typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v);
+  const cell = (v: unknown) => String(typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(3)) : v);
   const table = [keys.map((k) => k.replace(/^macs/, 'MACs')), ...rows.map((r) => keys.map((k) => cell(new Map(Object.entries(r)).get(k))))];
   const widths = keys.map((_, i) => Math.max(...table.map((row) => row[i].length)));
   // Names left-aligned, numbers right-aligned.
@@ -52,21 +53,37 @@ function pruneTarget(opts: PruneOptions): { energy: number } | { macs: number } 
   return { macs: m };
 }
 
+/** The --mac-weight value (default 0, the paper's rule), checked before any checkpoint is read. */
+function macWeightOption(opts: PruneOptions): number {
+  if (opts.macWeight === undefined) return 0;
+  const a = Number(opts.macWeight);
+  if (!(opts.macWeight.trim() !== '' && Number.isFinite(a) && a >= 0)) {
+    throw usageError(`--mac-weight ${JSON.stringify(opts.macWeight)} is not valid; expected a number ≥ 0, e.g. --mac-weight 0.5 (0: every layer gives up the same fraction of its energy).`);
+  }
+  return a;
+}
+
 async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Promise<number> {
   const target = pruneTarget(opts);
+  const macWeight = macWeightOption(opts);
   const path = checkpointArgument(pathArg, io);
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
   let e: number;
   if ('energy' in target) e = target.energy;
   else {
-    const found = energyForMacs(model, target.macs);
+    const found = energyForMacs(model, target.macs, { macWeight });
     e = found.energy;
     io.out(`--macs ${target.macs}: energy ${e} is the smallest that prunes to at most that (${found.macs} MACs per image)\n`);
   }
-  const out = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}`);
+  const out = opts.out ?? join(path.replace(/[^/]+$/, ''), `pruned-e${e}${macWeight > 0 ? `-w${macWeight}` : ''}`);
   refuseToReplaceSource(out, ckpt.step, [path]);
-  const { model: pruned, report } = pruneByEnergy(model, e);
-  io.out(`${describeLayers(report)}\n`);
+  const { model: pruned, report } = pruneByEnergy(model, e, macWeight);
+  if (macWeight > 0) {
+    // Each layer's own share of the energy, beside what it did.
+    const energies = layerEnergies(model, e, macWeight);
+    io.out(`MAC weight ${macWeight}: each layer gives up e·(its MACs per rank / the costliest layer's)^${macWeight} of its energy (column energy)\n`);
+    io.out(`${describeLayers(report.map((r) => ({ name: r.name, energy: energies.get(r.name)!, ...Object.fromEntries(Object.entries(r).slice(1)) })))}\n`);
+  } else io.out(`${describeLayers(report)}\n`);
   const sum = (k: 'paramsBefore' | 'paramsAfter' | 'macsBefore' | 'macsAfter') => report.reduce((a, r) => a + r[k], 0);
   io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('macsBefore')} -> ${sum('macsAfter')}\n`);
   // The whole model against the plain ResNet of the same depth: what users compare with.
@@ -109,6 +126,7 @@ export function registerPruneCommand(program: Command, io: CliIo, setCode: SetEx
     .argument('<ckpt>', 'checkpoint file')
     .option('--energy <e>', 'energy fraction to drop, e.g. 0.01')
     .option('--macs <n>', 'instead of --energy: prune at the smallest energy whose model costs at most n MACs per image, e.g. 13.6e6 (a third of plain ResNet-20)')
+    .option('--mac-weight <a>', 'share the energy out by cost: each layer gives up e·(c/c_max)^a of its energy, c the MACs one unit of its rank costs per image, c_max the costliest layer\'s (default 0: every layer e, the paper\'s rule)')
     .option('--out <path>', 'folder for the pruned checkpoint, or a file name ending in .svdckpt (default: pruned-e<E>/ next to the input)')
     .option('--backend <name>', 'auto | tensorflow | native | wasm | cpu (default: the checkpoint run\'s)')
     .option('--data <dir>', `CIFAR-10 folder whose training images re-estimate the batch-norm statistics (${BN_RECALIBRATION_IMAGES} of them; default: the run's, then SVD_TRAIN_DATA, then the cache)`)

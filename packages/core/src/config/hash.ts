@@ -43,6 +43,7 @@ export const RUN_LOCAL_KEYS = Object.freeze([
   // (the fine-tuning phase is its own run, whose config hashes its ranks, epochs and lr).
   'pruneEnergy',
   'pruneMacs',
+  'pruneMacWeight',
   'finetuneEpochs',
   'finetuneLr',
   'finetuneLambdaO',

@@ -80,6 +80,7 @@ export const RunConfigSchema = z
     plainLr: positive().nullable().default(DEFAULTS.plainLr),
     pruneEnergy: z.number().min(0).lt(1).nullable().default(DEFAULTS.pruneEnergy),
     pruneMacs: positive().nullable().default(DEFAULTS.pruneMacs),
+    pruneMacWeight: nonNeg().default(DEFAULTS.pruneMacWeight),
     finetuneEpochs: int(0).default(DEFAULTS.finetuneEpochs),
     finetuneLr: positive().nullable().default(DEFAULTS.finetuneLr),
     finetuneLambdaO: nonNeg().nullable().default(DEFAULTS.finetuneLambdaO),
