@@ -57,11 +57,16 @@ describe('svd-coord eval / prune / export / report', () => {
     expect(m.out, m.out).not.toMatch(/delete/i);
   });
 
-  it('start --resume of a finished run says so and exits 0 without waiting for workers', async () => {
+  it('start --resume of a finished run says so and exits 0 without waiting for workers; config.json takes its run-local settings', async () => {
     const port = await freePort();
-    const r = startCoordinator([...tinyRunFlags({ data: relative(ROOT, data), out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--resume']);
+    const before = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    const r = startCoordinator([...tinyRunFlags({ data: relative(ROOT, data), out, port, epochs: 1, limitTrain: 12, batch: 12 }), '--resume', '--keep-checkpoints', '7']);
     expect(await r.exited, r.output().slice(-2000)).toBe(0);
     expect(r.output()).toMatch(/--resume: the run in .* already finished: .* is at step 1 of 1 \(1 epochs\); nothing to do/);
+    const after = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    // The same run (hash), with the settings of the start that found it finished.
+    expect(after.configHash).toBe(before.configHash);
+    expect([before.keepCheckpoints, after.keepCheckpoints, after.port, after.resume]).toEqual([3, 7, port, true]);
   });
 
   it('eval prints the test accuracy of the checkpoint', async () => {

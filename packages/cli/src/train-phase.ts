@@ -207,7 +207,10 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
     resume = latest.checkpoint;
     const total = EpochSampler.fromState(resume.sampler).stepsPerEpoch * cfg.epochs;
     if (resume.step >= total) {
-      // Nothing to train: starting the server would wait for workers forever.
+      // Nothing to train: starting the server would wait for workers forever. config.json still
+      // takes this start's settings: the hash matched, so only what follows the phase (the
+      // pruning's options, ports, paths) can differ, and the folder should say what was run last.
+      writeRunConfig(outDir, cfg, hash);
       if (phase.next) {
         io.err(`--resume: ${outDir} already finished this phase (${latest.path}, step ${resume.step} of ${total}); ${phase.next}\n`);
         return cfg;
@@ -231,7 +234,7 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   const model = buildResNetForConfig(cfg);
   if (from) checkShapes(from, getParameters(model), '--from', cfg.from!);
   mkdirSync(ckptDir, { recursive: true });
-  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
+  writeRunConfig(outDir, cfg, hash);
 
   const tty = Boolean(process.stderr.isTTY);
   let bar: ProgressBar | null = null;
@@ -339,4 +342,9 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
     model.dispose();
   }
   return cfg;
+}
+
+/** <outDir>/config.json: the run's config as this start resolved it, with its hash. */
+function writeRunConfig(outDir: string, cfg: RunConfig, hash: string): void {
+  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
 }
