@@ -85,22 +85,26 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
     pruned.dispose();
   });
 
-  it('energyForMacs finds the smallest energy that meets a MAC budget', () => {
-    const model = build();
-    randomise(model);
-    const full = countMacs(model).total;
-    const target = Math.round(full * 0.6);
-    const { energy, macs } = energyForMacs(model, target);
+  /** energyForMacs at MAC weight w meets `target`, and just below its energy the budget is not met: it is the smallest (to the rounding). */
+  function expectSmallestEnergy(model: tf.LayersModel, target: number, w: number): void {
+    const { energy, macs } = energyForMacs(model, target, { macWeight: w });
     const at = (e: number) => {
-      const { model: m } = pruneByEnergy(model, e);
+      const { model: m } = pruneByEnergy(model, e, w);
       const t = countMacs(m).total;
       m.dispose();
       return t;
     };
     expect(macs).toBe(at(energy));
     expect(macs).toBeLessThanOrEqual(target);
-    // Just below the energy found, the budget is not met: it is the smallest (to the rounding).
     expect(at(energy * 0.98)).toBeGreaterThan(target);
+  }
+
+  it('energyForMacs finds the smallest energy that meets a MAC budget', () => {
+    const model = build();
+    randomise(model);
+    const full = countMacs(model).total;
+    const target = Math.round(full * 0.6);
+    expectSmallestEnergy(model, target, 0);
     expect(energyForMacs(model, full)).toEqual({ energy: 0, macs: full });
     const err = (() => { try { energyForMacs(model, 10); } catch (e) { return e as { code: string; message: string }; } return null; })();
     expect(err?.code).toBe('CONFIG_INVALID');
@@ -147,17 +151,7 @@ describe('pruneByEnergy / pruneByThreshold on a ResNet-8', () => {
   it('energyForMacs with a MAC weight meets the budget at the smallest energy of that weighting', () => {
     const model = build();
     randomise(model);
-    const target = Math.round(countMacs(model).total * 0.6);
-    const { energy, macs } = energyForMacs(model, target, { macWeight: 0.5 });
-    const at = (e: number) => {
-      const { model: m } = pruneByEnergy(model, e, 0.5);
-      const t = countMacs(m).total;
-      m.dispose();
-      return t;
-    };
-    expect(macs).toBe(at(energy));
-    expect(macs).toBeLessThanOrEqual(target);
-    expect(at(energy * 0.98)).toBeGreaterThan(target);
+    expectSmallestEnergy(model, Math.round(countMacs(model).total * 0.6), 0.5);
     model.dispose();
   });
 
