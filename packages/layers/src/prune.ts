@@ -131,7 +131,7 @@ export function pruneModel(
  * The energy each SVD layer may give up when the model is pruned at energy e with MAC weight α:
  * e·(c_L / c_max)^α, where c_L is what one unit of the layer's rank costs in MACs per image
  * (`macsPerRank`) and c_max the largest c_L of the model. α = 0 is the paper's rule, every layer e;
- * with α > 0 the layers whose ranks cost the most MACs (large activations: the stem and stage 1)
+ * with α > 0 the layers whose ranks cost the most MACs (large activations and many channels: stage 1's convolutions)
  * give up the most energy, and the cheap ones (stage 3, the dense layer) keep more of theirs, so a
  * MAC budget is met with less energy removed where it is cheap to keep. No layer gives up more than e.
  */

@@ -85,7 +85,7 @@ const START_OPTIONS: [string, string][] = [
   ['--plain-lr <x>', `peak learning rate of the --plain-epochs phase (default: ${shown('lr')}, the standard recipe's; --lr is the method's training)`],
   ['--prune-energy <e>', 'after training, prune singular values holding at most a fraction e of each layer\'s energy, evaluate before/after and a sweep of energies (writes pipeline.json)'],
   ['--prune-macs <n>', 'instead of --prune-energy: prune at the smallest energy whose model costs at most n MACs per image (e.g. 13.6e6, a third of plain ResNet-20)'],
-  ['--prune-mac-weight <a>', `share the pruning energy out by cost: each layer gives up a fraction e·(c/c_max)^a of its energy, c the MACs one unit of its rank costs per image and c_max the costliest layer's, so the MAC budget comes off where ranks are dear (the stem, stage 1) rather than where they are cheap (stage 3); 0 = every layer e, the paper's rule (default ${shown('pruneMacWeight')})`],
+  ['--prune-mac-weight <a>', `share the pruning energy out by cost: each layer gives up a fraction e·(c/c_max)^a of its energy, c the MACs one unit of its rank costs per image and c_max the costliest layer's, so the MAC budget comes off where ranks are dear (stage 1) rather than where they are cheap (stage 3); 0 = every layer e, the paper's rule (default ${shown('pruneMacWeight')})`],
   ['--finetune-epochs <n>', `with --prune-energy or --prune-macs: then fine-tune the pruned model for n epochs in <out>/finetune (default ${shown('finetuneEpochs')})`],
   ['--finetune-lr <x>', 'peak learning rate of the fine-tuning (default: --lr / 10); sparsity is off while fine-tuning'],
   ['--finetune-lambda-o <x>', 'orthogonality weight λ_o of the fine-tuning (default: --lambda-o)'],
