@@ -1,7 +1,7 @@
 /**
  * Does pruning pay? `pnpm bench prune [--backend auto|wasm|cpu|tensorflow] [--batch 64]
  * [--infer-batch 256] [--reps 5] [--warmup 2] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]
- * [--profile] [--no-torch] [--ranks-ckpt FILE]`.
+ * [--profile] [--no-torch] [--ranks-ckpt FILE] [--also-ranks FILE,FILE…]`.
  *
  * Times, on one engine in one run, ResNet-20 at full rank against the same model pruned at several
  * energies: one training step (`computeGradients`: train-mode forward, CE + both SVD regularizers,
@@ -21,7 +21,10 @@
  * only) with each factored layer's 1×1 conv and its batch norm as two kernels (fused-inference.ts
  * off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`), and its
- * decomposition: a spatial checkpoint's ranks are benched against the spatial full-rank model. Two inference-only
+ * decomposition: a spatial checkpoint's ranks are benched against the spatial full-rank model.
+ * `--also-ranks` adds one row per further pruned checkpoint of the same decomposition (e.g. the same
+ * trained model pruned another way), timed in the same interleaved rounds, so their ratios are
+ * taken in one run with the rest. Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
  * real-ranks model, the time per kernel of one training step and one inference, to show where a
@@ -169,6 +172,13 @@ if (addon?.ok && decomposition === 'channel') {
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
 variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1, fuseBatchNorm: false }), train: true });
+// Further pruned checkpoints, each in its cheaper forms (after the real-ranks model's own variants), in the same rounds.
+for (const path of (arg('--also-ranks') ?? '').split(',').filter(Boolean)) {
+  const c = loadCheckpoint(path);
+  const d = c.config.decomposition === 'spatial' ? 'spatial' : 'channel';
+  if (d !== decomposition) throw new Error(`--also-ranks ${path} is a ${d} checkpoint; expected ${decomposition}, the decomposition of the other rows (pass checkpoints of one decomposition)`);
+  variants.push({ label: `ranks of ${basename(path)}`, model: buildResNet({ depth: 20, svd: true, decomposition, ranks: ranksOf(c), seed: 1 }), train: true });
+}
 variants.push({ label: 'plain ResNet-20', model: buildResNet({ depth: 20, svd: false, seed: 1 }), train: true });
 // The deployment path: export --stock --fold-bn (filters merged once, BN folded into the convs).
 const realRanks = variants.find((v) => v.label.startsWith('real ranks'))!.model;
