@@ -121,7 +121,8 @@ const ranksCkpt = arg('--ranks-ckpt');
 const ranksSource = ranksCkpt ? loadCheckpoint(ranksCkpt) : null;
 // The decomposition is the ranks checkpoint's (a spatial run's pruned model is benched against the
 // spatial full-rank model); without one, channel, the decomposition of the recorded ranks.
-const decomposition = ranksSource?.config.decomposition === 'spatial' ? 'spatial' : 'channel';
+const decompositionOf = (c: Checkpoint | null) => (c?.config.decomposition === 'spatial' ? 'spatial' : 'channel');
+const decomposition = decompositionOf(ranksSource);
 const base = buildResNet({ depth: 20, svd: true, decomposition, seed: 1 });
 if (ckptPath) {
   const c = loadCheckpoint(ckptPath);
@@ -175,7 +176,7 @@ variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buil
 // Further pruned checkpoints, each in its cheaper forms (after the real-ranks model's own variants), in the same rounds.
 for (const path of (arg('--also-ranks') ?? '').split(',').filter(Boolean)) {
   const c = loadCheckpoint(path);
-  const d = c.config.decomposition === 'spatial' ? 'spatial' : 'channel';
+  const d = decompositionOf(c);
   if (d !== decomposition) throw new Error(`--also-ranks ${path} is a ${d} checkpoint; expected ${decomposition}, the decomposition of the other rows (pass checkpoints of one decomposition)`);
   variants.push({ label: `ranks of ${basename(path)}`, model: buildResNet({ depth: 20, svd: true, decomposition, ranks: ranksOf(c), seed: 1 }), train: true });
 }

@@ -39,7 +39,7 @@ import { reportCommand } from './commands/report.js';
 import { readMetrics } from './report.js';
 import { runMetrics, runSeconds } from './run-metrics.js';
 import { resumesIn, trainPhase, type StartContext } from './train-phase.js';
-import { macWeightText, phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
+import { macWeightRule, macWeightText, phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
 
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
 export interface FinetuneDistill {
@@ -157,7 +157,7 @@ export async function pruneAndFinetune(
 
 /** How a MAC weight shares each energy out, for the log (nothing at 0, the paper's rule). */
 function weighted(cfg: RunConfig): string {
-  return cfg.pruneMacWeight > 0 ? `; at MAC weight ${cfg.pruneMacWeight}, each layer gives up e·(its MACs per rank / the costliest layer's)^${cfg.pruneMacWeight} of its energy` : '';
+  return cfg.pruneMacWeight > 0 ? `; at MAC weight ${cfg.pruneMacWeight}, ${macWeightRule(cfg.pruneMacWeight)}` : '';
 }
 
 /**

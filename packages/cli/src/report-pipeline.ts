@@ -84,6 +84,11 @@ export function phaseTimes(s: PhaseSeconds | undefined): string {
 }
 
 /** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
+/** What MAC weight α does, in words, for the pipeline's log and `prune --mac-weight`'s table. */
+export function macWeightRule(macWeight: number): string {
+  return `each layer gives up e·(its MACs per rank / the costliest layer's)^${macWeight} of its energy`;
+}
+
 /** ', MAC weight α' where the energy was shared out by cost (see --prune-mac-weight); '' at 0. */
 export function macWeightText(p: Pick<PipelineSummary, 'macWeight'>): string {
   return p.macWeight ? `, MAC weight ${p.macWeight}` : '';

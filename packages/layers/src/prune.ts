@@ -141,7 +141,8 @@ export function layerEnergies(model: tf.LayersModel, energy: number, macWeight =
   }
   const cost = macsPerRank(model);
   const max = Math.max(...cost.values());
-  return new Map([...cost].map(([name, c]) => [name, macWeight === 0 ? energy : energy * (c / max) ** macWeight]));
+  // At α = 0 every factor is exactly 1 (x ** 0), so each layer gets e itself.
+  return new Map([...cost].map(([name, c]) => [name, energy * (c / max) ** macWeight]));
 }
 
 /**

@@ -11,6 +11,7 @@ import { countMacs, depthOf, energyForMacs, layerEnergies, plainResNetCost, prun
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint, recalibratePruned, refuseToReplaceSource, removesRank, writePrunedCheckpoint } from '../checkpoint-model.js';
+import { macWeightRule } from '../report-pipeline.js';
 import { runDataDir } from './eval.js';
 
 interface PruneOptions {
@@ -81,8 +82,8 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
   if (macWeight > 0) {
     // Each layer's own share of the energy, beside what it did.
     const energies = layerEnergies(model, e, macWeight);
-    io.out(`MAC weight ${macWeight}: each layer gives up e·(its MACs per rank / the costliest layer's)^${macWeight} of its energy (column energy)\n`);
-    io.out(`${describeLayers(report.map((r) => ({ name: r.name, energy: energies.get(r.name)!, ...Object.fromEntries(Object.entries(r).slice(1)) })))}\n`);
+    io.out(`MAC weight ${macWeight}: ${macWeightRule(macWeight)} (column energy)\n`);
+    io.out(`${describeLayers(report.map(({ name, ...rest }) => ({ name, energy: energies.get(name)!, ...rest })))}\n`);
   } else io.out(`${describeLayers(report)}\n`);
   const sum = (k: 'paramsBefore' | 'paramsAfter' | 'macsBefore' | 'macsAfter') => report.reduce((a, r) => a + r[k], 0);
   io.out(`SVD layers: params ${sum('paramsBefore')} -> ${sum('paramsAfter')}, MACs/image ${sum('macsBefore')} -> ${sum('macsAfter')}\n`);
