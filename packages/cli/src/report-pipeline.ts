@@ -83,7 +83,6 @@ export function phaseTimes(s: PhaseSeconds | undefined): string {
   return `${parts.join(' + ')} = ${formatDuration(1000 * total)}${known.length < ran.length ? ' (of the phases with times)' : ''}`;
 }
 
-/** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
 /** What MAC weight α does, in words, for the pipeline's log and `prune --mac-weight`'s table. */
 export function macWeightRule(macWeight: number): string {
   return `each layer gives up e·(its MACs per rank / the costliest layer's)^${macWeight} of its energy`;
@@ -94,6 +93,7 @@ export function macWeightText(p: Pick<PipelineSummary, 'macWeight'>): string {
   return p.macWeight ? `, MAC weight ${p.macWeight}` : '';
 }
 
+/** The pipeline section: before / after table and the accuracy-vs-MACs curve with the fine-tuned point marked. */
 export function renderPipeline(p: PipelineSummary): string {
   const pct = (x: number) => ((100 * x) / p.plain.macs).toFixed(1);
   const rows: [string, PipelinePoint | null, keyof PhaseSeconds | null][] = [
