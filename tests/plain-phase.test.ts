@@ -4,7 +4,7 @@
  * by it, with --distill-training), prunes and fine-tunes; pipeline.json shows the plain model's
  * point; --resume on the finished run redoes nothing. Tiny synthetic data: one step per phase.
  */
-import { readFileSync } from 'node:fs';
+import { cpSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadCheckpoint, parseConfig } from '@svd-train/core';
@@ -94,6 +94,23 @@ describe('start --plain-epochs: plain → decompose → train → prune → fine
     expect(readFileSync(join(out, 'plain', 'decomposed-channel.svdckpt')).equals(before)).toBe(true);
     // Nothing ran again, so no phase took longer: the reused pruning keeps its first time.
     expect(JSON.parse(readFileSync(join(out, 'pipeline.json'), 'utf8')).seconds).toEqual(seconds);
+  }, 200_000);
+
+  it("serves another decomposition and λ_o: a spatial run resumes the channel run's plain phase copied into its folder", async () => {
+    const other = tempDir();
+    cpSync(join(out, 'plain'), join(other, 'plain'), { recursive: true });
+    const at = flags.indexOf('--out') + 1;
+    const spatial = [...flags.slice(0, at), other, ...flags.slice(at + 1), '--decomposition', 'spatial', '--lambda-o', '0.5', '--resume'];
+    const c = startCoordinator(spatial);
+    expect(await c.exited, c.output().slice(-3000)).toBe(0);
+    expect(c.output()).toContain('already finished this phase');
+    const decomposed = join(other, 'plain', 'decomposed-spatial.svdckpt');
+    expect(parseConfig(loadCheckpoint(decomposed).config).decomposition).toBe('spatial');
+    const train = JSON.parse(readFileSync(join(other, 'config.json'), 'utf8'));
+    expect([train.decomposition, train.lambdaO, train.from]).toEqual(['spatial', 0.5, decomposed]);
+    // The plain phase was not trained again: its checkpoints are the copied ones.
+    expect(loadCheckpoint(finalCheckpointPath(join(other, 'plain'))).step).toBe(2);
+    expect(readFileSync(finalCheckpointPath(join(other, 'plain'))).equals(readFileSync(finalCheckpointPath(join(out, 'plain'))))).toBe(true);
   }, 200_000);
 
   it('refuses a fresh run into a folder that holds a run before training anything, and --plain-epochs with --from', async () => {

@@ -21,11 +21,20 @@ import { resumesIn, trainPhase, withoutDistillation, type StartContext } from '.
  * The plain phase's run config: the run's, with svd off, for plainEpochs at peak lr plainLr
  * (default: the default recipe's lr, not --lr, which is the method's), without distillation,
  * pruning or fine-tuning, in `plainDir`. It resumes where it has a checkpoint to resume.
+ * The fields that shape only an SVD model (the decomposition, the forward, λ_o and the sparsity
+ * term) are the defaults', so one plain model's hash, and its checkpoints, serve runs that differ
+ * only in them: e.g. a spatial run resumes the plain phase of a channel run copied into its folder.
  */
 export function plainConfig(cfg: RunConfig, plainDir: string): RunConfig {
   return {
     ...withoutDistillation(cfg),
     svd: false,
+    decomposition: DEFAULTS.decomposition,
+    forward: DEFAULTS.forward,
+    lambdaO: DEFAULTS.lambdaO,
+    sparsity: DEFAULTS.sparsity,
+    sparsityStart: DEFAULTS.sparsityStart,
+    sparsityEnd: DEFAULTS.sparsityEnd,
     ranks: null,
     from: null,
     epochs: cfg.plainEpochs,
