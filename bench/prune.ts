@@ -18,8 +18,8 @@
  * (docs/results/resnet20-channel-hoyer-3ep/prune-e0.01.txt), and two rows force that model all
  * merged or all factored, to check the MAC-based choice against measured time; on the native
  * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
- * only) with each factored layer's 1×1 conv and its batch norm as two kernels (fused-inference.ts
- * off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
+ * only) with each factored layer's second conv (1×1, or 1×k spatial) and its batch norm as two
+ * kernels (fused-inference.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`), and its
  * decomposition: a spatial checkpoint's ranks are benched against the spatial full-rank model.
  * `--also-ranks` adds one row per further pruned checkpoint of the same decomposition (e.g. the same
@@ -162,12 +162,16 @@ const addon = info.backend === 'native' ? loadNative() : null;
 if (addon?.ok) {
   variants.push({ label: '  same, every conv on oneDNN (small-OC kernels off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, smallOc: false });
 }
-// And once more with the 1×1 conv and batch norm of each factored layer as two kernels at
-// inference (fused-inference.ts off), to show what the fused SvdPointwiseAffine gains.
-// (Channel only: a spatial layer's second conv is 1×k, not 1×1, and is not fused.)
+// And once more with the second conv (1×1 channel-wise, 1×k spatial) and batch norm of each
+// factored layer as two kernels at inference (fused-inference.ts off), to show what the fused
+// SvdPointwiseAffine / SvdRowConvAffine gains.
+if (addon?.ok) {
+  const second = decomposition === 'channel' ? '1×1' : '1×k';
+  variants.push({ label: `  same, ${second} conv and batch norm as separate kernels at inference`, model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, fused: false });
+}
 if (addon?.ok && decomposition === 'channel') {
-  variants.push({ label: '  same, 1×1 conv and batch norm as separate kernels at inference', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, fused: false });
-  // And in training with batch norm taken from the 1×1 conv's output (rank-space-batch-norm.ts off).
+  // And in training with batch norm taken from the 1×1 conv's output (rank-space-batch-norm.ts off;
+  // channel only: a spatial layer's second conv is 1×k, and its training batch norm is not fused).
   variants.push({ label: '  same, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false });
 }
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers

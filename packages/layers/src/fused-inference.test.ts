@@ -5,7 +5,7 @@ import { applyInference, fusedInference, setFusedInference } from './fused-infer
 import { buildResNet } from './resnet.js';
 import { evaluate } from './train-step.js';
 import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
-import { POINTWISE_AFFINE } from './kernels/native.js';
+import { POINTWISE_AFFINE, ROW_CONV_AFFINE } from './kernels/native.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
 const native = loadNative();
@@ -14,14 +14,14 @@ const native = loadNative();
 const X_SHAPE: [number, number, number, number] = [5, 16, 16, 3];
 
 describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one kernel, native engine)', () => {
-  for (const fuseBatchNorm of [true, false]) {
-    it(`gives model.apply's eval-mode output, on the cpu backend too, with every factored conv fused (fuseBatchNorm ${fuseBatchNorm})`, async () => {
+  for (const [fuseBatchNorm, decomposition] of [[true, 'channel'], [false, 'channel'], [true, 'spatial'], [false, 'spatial']] as const) {
+    it(`gives model.apply's eval-mode output, on the cpu backend too, with every factored conv fused (${decomposition}, fuseBatchNorm ${fuseBatchNorm})`, async () => {
       const x = seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 7, 2, -1);
       const run = () => {
-        const model = prunedTestModel({ fuseBatchNorm });
+        const model = prunedTestModel({ fuseBatchNorm, decomposition });
         const xt = tf.tensor4d(x, X_SHAPE);
         // Counts the fused kernel's calls (the registry hands out its config objects; put back below).
-        const cfg = tf.getKernel(POINTWISE_AFFINE, tf.getBackend());
+        const cfg = tf.getKernel(decomposition === 'spatial' ? ROW_CONV_AFFINE : POINTWISE_AFFINE, tf.getBackend());
         const orig = cfg?.kernelFunc;
         let calls = 0;
         if (cfg && orig) {

@@ -1,5 +1,6 @@
 /**
- * Inference with a factored layer's 1×1 conv and the batch norm after it as one op.
+ * Inference with a factored layer's second conv (1×1 channel-wise, 1×kw spatial) and the batch norm
+ * after it as one op.
  *
  * A channel-wise factored SVD conv ends in a 1×1 conv from the rank r back to its n channels, and in
  * the ResNets an eval-mode batch norm (with the block's ReLU, and the shortcut for bn2) follows it.
@@ -12,16 +13,21 @@
  * map. Mathematically it is the same function as `model.apply(x, { training: false })`; only the
  * float rounding differs (the scale is folded into the weights).
  *
+ * A spatially factored conv ends in a 1×kw conv along the width from the rank back to n channels;
+ * its pair becomes one `SvdRowConvAffine` kernel the same way: y = act(conv1×kw(t, K2·diag(scale))
+ * + shift (+ shortcut)), t the layer's kh×1 conv output (`SVDConv2D.columnSpace`).
+ *
  * Only where the engine has the kernel (the native engine); elsewhere, and for graphs this walk
  * does not take (a layer called more than once, several inputs or outputs), `fusedInference`
  * returns null and callers use `model.apply`.
  *
- * Training takes the same walk (`applyTraining`): there each pair is train-mode batch norm computed
- * from the conv's rank-space output (`rank-space-batch-norm.ts`), with its own backward kernel.
+ * Training takes the same walk (`applyTraining`): there each channel pair is train-mode batch norm
+ * computed from the conv's rank-space output (`rank-space-batch-norm.ts`), with its own backward
+ * kernel; spatial pairs are not fused in training (a model with only those takes `model.apply`).
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
-import { POINTWISE_AFFINE } from './kernels/native.js';
+import { POINTWISE_AFFINE, ROW_CONV_AFFINE } from './kernels/native.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
@@ -68,18 +74,28 @@ export function fusedInferenceAvailable(): boolean {
  */
 export function fusedInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor | null {
   if (!fusedInferenceAvailable()) return null;
-  const plan = planOf(model);
+  const plan = planOf(model, false);
   return plan ? run(plan, x, false) : null;
 }
 
-/** The model's plan, made once; null where the walk does not take the graph or nothing fuses. */
-function planOf(model: tf.LayersModel): Plan | null {
+/**
+ * The model's plan, made once; null where the walk does not take the graph or nothing fuses: in
+ * training only channel pairs fuse (rank-space batch norm), at inference spatial pairs too where
+ * the engine has the row kernel.
+ */
+function planOf(model: tf.LayersModel, training: boolean): Plan | null {
   let plan = plans.get(model);
   if (plan === undefined) {
     plan = makePlan(model);
     plans.set(model, plan);
   }
-  return plan && plan.steps.some((s) => s.fuseWith) ? plan : null;
+  return plan && plan.steps.some((s) => s.fuseWith && fuses(s.fuseWith.conv, training)) ? plan : null;
+}
+
+/** Whether a pair with this conv runs as one kernel: channel always, spatial at inference where the row kernel exists. */
+function fuses(conv: SVDConv2D, training: boolean): boolean {
+  if (conv.decomposition === 'channel') return true;
+  return !training && conv.decomposition === 'spatial' && tf.getKernel(ROW_CONV_AFFINE, tf.getBackend()) != null;
 }
 
 let trainingEnabled = true;
@@ -103,7 +119,7 @@ export function fusedTrainingAvailable(): boolean {
  * graph is not one the walk takes.
  */
 export function applyTraining(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
-  const plan = fusedTrainingAvailable() ? planOf(model) : null;
+  const plan = fusedTrainingAvailable() ? planOf(model, true) : null;
   return plan ? run(plan, x, true) : (model.apply(x, { training: true }) as tf.Tensor);
 }
 
@@ -133,7 +149,7 @@ function makePlan(model: tf.LayersModel): Plan | null {
   for (const step of steps) {
     if (!(step.layer instanceof SVDBatchNorm)) continue;
     const src = byOutput.get(step.inputs[0]);
-    if (!src || !(src.layer instanceof SVDConv2D) || src.layer.decomposition !== 'channel' || src.layer.useBias) continue;
+    if (!src || !(src.layer instanceof SVDConv2D) || src.layer.useBias) continue;
     // The conv's output must feed this batch norm only (as x), and not be the model's output.
     if (readers.get(src.output) !== 1 || src.output === output) continue;
     step.fuseWith = { conv: src.layer, input: src.inputs[0] };
@@ -169,10 +185,16 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
         const bn = step.layer as SVDBatchNorm;
         const residual = bn.residual ? ins[1] : undefined;
         const pair = () => {
-          if (conv.forwardFor(h, w, batch) === 'factored') {
-            return training ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseMatrix(), residual) : pointwiseBatchNorm(conv, bn, convIn, residual);
+          if (conv.forwardFor(h, w, batch) === 'factored' && fuses(conv, training)) {
+            const fused =
+              conv.decomposition === 'spatial'
+                ? rowBatchNorm(conv, bn, convIn, residual)
+                : training
+                  ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseMatrix(), residual)
+                  : pointwiseBatchNorm(conv, bn, convIn, residual);
+            if (fused) return fused;
           }
-          // Merged is cheaper at this rank: the two layers as they are.
+          // Merged is cheaper at this rank (or no kernel takes the pair): the two layers as they are.
           const c = conv.apply(convIn) as tf.Tensor;
           return bn.apply(residual ? [c, residual] : c, { training }) as tf.Tensor;
         };
@@ -192,6 +214,22 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
   } finally {
     if (!training) for (const [id, v] of values) if (id !== plan.input) v.dispose();
   }
+}
+
+/**
+ * relu?(conv1×kw(columnSpace(x), rowFilter·diag(scale)) + shift (+ residual)) in one kernel: a
+ * spatial layer's second conv with its batch norm.
+ */
+function rowBatchNorm(conv: SVDConv2D, bn: SVDBatchNorm, x: tf.Tensor4D, residual: tf.Tensor | undefined): tf.Tensor | null {
+  const [, h, w] = x.shape;
+  const [, outWidth] = conv.outputSize(h, w);
+  const [, , padLeft] = conv.explicitPadding(h, w);
+  // A left padding as wide as the kernel (a numeric padding) gives columns of padding only: not the kernel's.
+  if (padLeft >= conv.kernelSize[1]) return null;
+  const { scale, shift } = bn.inferenceAffine();
+  const inputs: Record<string, tf.Tensor> = { t: conv.columnSpace(x), w: tf.mul(conv.rowFilter(), scale), shift };
+  if (residual) inputs.residual = residual;
+  return tf.engine().runKernel<tf.Tensor>(ROW_CONV_AFFINE, inputs, { outWidth, strideW: conv.strides[1], padLeft, relu: bn.activation === 'relu' });
 }
 
 /** relu?(rankSpace(x)·(Uᵀ·diag(scale)) + shift (+ residual)) in one kernel. */

@@ -286,19 +286,44 @@ export class SVDConv2D extends tf.layers.Layer {
   }
 
   private callFactored(x: tf.Tensor4D): tf.Tensor4D {
-    const { n, c, kh, kw } = this.geometry();
+    const { n, kw } = this.geometry();
     const r = this.rank;
     if (this.decomposition === 'channel') {
       return tf.conv2d(this.rankSpace(x), tf.reshape<tf.Rank.R4>(this.pointwiseMatrix(), [1, 1, r, n]), 1, 'valid');
     }
     const p = this.pads(x.shape[1], x.shape[2]);
-    const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
-    const U = this.U.read(); // m × r
-    // spatial: K1 (r, c, kh, 1) = (V·s)ᵀ, tfjs (kh, 1, c, r); K2[ni,ρ,0,j] = U[ni*kw+j, ρ], tfjs (1, kw, r, n).
-    const k1 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(Vs, [c, kh, r]), [1, 0, 2]), [kh, 1, c, r]);
-    const h1 = tf.conv2d(x, k1, [this.strides[0], 1], [[0, 0], [p.top, p.bottom], [0, 0], [0, 0]]);
-    const k2 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(U, [n, kw, r]), [1, 2, 0]), [1, kw, r, n]);
-    return tf.conv2d(h1, k2, [1, this.strides[1]], [[0, 0], [0, 0], [p.left, p.right], [0, 0]]);
+    const k2 = tf.reshape<tf.Rank.R4>(this.rowFilter(), [1, kw, r, n]);
+    return tf.conv2d(this.columnSpace(x), k2, [1, this.strides[1]], [[0, 0], [0, 0], [p.left, p.right], [0, 0]]);
+  }
+
+  /**
+   * The first half of the spatial factored forward: the kh×1 conv (stride along the height only)
+   * from c channels to the rank, filter K1 (r, c, kh, 1) = (V·s)ᵀ, tfjs (kh, 1, c, r). Its output,
+   * convolved along the width with `rowFilter()` (stride and left/right padding of the layer), is
+   * the layer's output (before the bias). Spatial decomposition only.
+   */
+  columnSpace(x: tf.Tensor4D): tf.Tensor4D {
+    if (this.decomposition !== 'spatial') {
+      throw new SvdTrainError('CONFIG_INVALID', `${this.name}: columnSpace is the spatial decomposition's first conv; this layer is '${this.decomposition}'`);
+    }
+    return tf.tidy(() => {
+      const { c, kh } = this.geometry();
+      const p = this.pads(x.shape[1], x.shape[2]);
+      const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
+      const k1 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(Vs, [c, kh, this.rank]), [1, 0, 2]), [kh, 1, c, this.rank]);
+      return tf.conv2d(x, k1, [this.strides[0], 1], [[0, 0], [p.top, p.bottom], [0, 0], [0, 0]]);
+    });
+  }
+
+  /**
+   * The spatial decomposition's 1×kw conv from the rank back to the n output channels, as [kw, r, n]
+   * (tfjs filter (1, kw, r, n)): K2[ni, ρ, 0, j] = U[ni·kw + j, ρ].
+   */
+  rowFilter(): tf.Tensor3D {
+    return tf.tidy(() => {
+      const { n, kw } = this.geometry();
+      return tf.transpose(tf.reshape(this.U.read(), [n, kw, this.rank]), [1, 2, 0]);
+    });
   }
 
   override getConfig(): tf.serialization.ConfigDict {

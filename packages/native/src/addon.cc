@@ -610,6 +610,35 @@ Napi::Value PointwiseAffineFn(const Napi::CallbackInfo& info) {
   });
 }
 
+// rowConvAffine(t, w, shift, y, [Q, Win, Wout, kw, sw, pl, R, C, relu], residual?): the spatial
+// decomposition's 1×kw conv along the width with the eval-mode batch norm after it (its scale
+// folded into w), y[q, x, :] = t[q, x·sw + j − pl, :]·w[j] summed over the taps j, + shift
+// (+ residual), then max(·, 0) when relu is 1; t [Q, Win, R], w [kw, R, C], shift [C], y and
+// residual [Q, Wout, C]. Wout must be what the padding gives: (Win + pl + pr − kw) / sw + 1 for
+// some right padding 0 <= pr < kw + sw. See pointwise_affine.h.
+Napi::Value RowConvAffineFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "rowConvAffine", [&]() -> Napi::Value {
+    auto p = Ints(info, 4, 9, "shape");
+    const svd_pointwise::RowGeom g{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+    if (g.q < 0 || g.win < 1 || g.wout < 1 || g.kw < 1 || g.sw < 1 || g.pl < 0 || g.pl >= g.kw || g.r < 1 || g.c < 1 || p[8] > 1)
+      throw ArgError("rowConvAffine shape must be [Q >= 0, Win >= 1, Wout >= 1, kw >= 1, sw >= 1, 0 <= pl < kw, R >= 1, C >= 1, relu 0 or 1]");
+    // The last output's taps start at most kw − 1 + sw − 1 past the input's end (the right padding).
+    const int64_t last = (g.wout - 1) * g.sw - g.pl;
+    if (last > g.win - 1 || last + g.kw - 1 < 0)
+      throw ArgError("Wout " + std::to_string(g.wout) + " does not fit Win " + std::to_string(g.win) + ", kw " + std::to_string(g.kw) + ", sw " + std::to_string(g.sw) + ", pl " + std::to_string(g.pl) + " (the last output column's first tap must fall inside the row)");
+    // Each count below 2^40 elements, so that no product overflows.
+    for (double n : {double(g.q) * g.win * g.r, double(g.q) * g.wout * g.c, double(g.kw) * g.r * g.c})
+      if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large");
+    const size_t yc = static_cast<size_t>(g.q * g.wout * g.c);
+    const float* t = F32(info, 0, static_cast<size_t>(g.q * g.win * g.r), "t");
+    const float* w = F32(info, 1, static_cast<size_t>(g.kw * g.r * g.c), "w");
+    const float* shift = F32(info, 2, static_cast<size_t>(g.c), "shift");
+    float* y = F32(info, 3, yc, "y");
+    svd_pointwise::RowConvAffine(g, t, w, shift, y, p[8] == 1, OptionalF32(info, 5, yc, "residual"));
+    return info.Env().Undefined();
+  });
+}
+
 void RankBnMatMul(const float* a, const float* b, float* out, int64_t rows, int64_t k, int64_t n, bool ta, bool tb) {
   RunMatMul(a, b, out, 1, 1, rows, k, n, ta, tb);
 }
@@ -804,6 +833,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
+  exports.Set("rowConvAffine", Napi::Function::New(env, RowConvAffineFn));
   exports.Set("rankBnForward", Napi::Function::New(env, RankBnForward));
   exports.Set("rankBnBackward", Napi::Function::New(env, RankBnBackward));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

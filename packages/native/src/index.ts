@@ -67,6 +67,16 @@ export interface NativeAddon {
    */
   pointwiseAffine(t: Float32Array, w: Float32Array, shift: Float32Array, y: Float32Array, shape: readonly [number, number, number, number], residual?: Float32Array): void;
   /**
+   * The spatial decomposition's 1×kw conv along the width with the eval-mode batch norm after it:
+   * y[q, x, :] = Σ_j t[q, x·sw + j − pl, :]·w[j] + shift (+ residual[q, x, :]), then max(·, 0) when
+   * relu is 1; t [Q, Win, R], w [kw, R, C], shift [C], y and residual [Q, Wout, C], columns outside
+   * the row read as zero. shape [Q, Win, Wout, kw, sw, pl, R, C, relu].
+   */
+  rowConvAffine(
+    t: Float32Array, w: Float32Array, shift: Float32Array, y: Float32Array,
+    shape: readonly [number, number, number, number, number, number, number, number, number], residual?: Float32Array,
+  ): void;
+  /**
    * Train-mode batch norm of u = t·p from the rank-space t [M, R] (p [R, C]): y = act(bn(u) (+ residual)),
    * u's batch mean and biased variance, and what the backward needs (t's mean [R] and covariance
    * [R, R], scale = gamma·invstd and invstd [C]). shape [M, R, C, relu].

@@ -1,14 +1,22 @@
-// The second half of a factored SVD layer at inference, with the batch norm that follows it:
+// The second half of a factored SVD layer at inference, with the batch norm that follows it.
+//
+// Channel decomposition (PointwiseAffine), a 1×1 conv:
 //   y[i, :] = act(t[i, :] · w + shift (+ res[i, :]))
 // t [M, R] (the rank-space activations, NHWC flattened to rows), w [R, C] (the 1×1 conv's matrix
 // with batch norm's per-channel scale already folded into its columns), shift [C], res [M, C] or
 // null (a residual block's shortcut), act = max(·, 0) when relu.
 //
-// Why: run separately, the 1×1 conv writes [M, C] and batch norm's affine pass reads it back and
+// Spatial decomposition (RowConvAffine), a 1×kw conv along the width:
+//   y[q, x, :] = act(Σ_j t[q, x·sw + j − pl, :] · w[j] + shift (+ res[q, x, :]))
+// t [Q, Win, R] (Q = batch·height rows of the k×1 conv's output), w [kw, R, C], y and res
+// [Q, Wout, C]; columns outside [0, Win) are the conv's zero padding. PointwiseAffine is the case
+// Q = 1, kw = 1, sw = 1, pl = 0.
+//
+// Why: run separately, the conv writes [M, C] and batch norm's affine pass reads it back and
 // writes it again; a pruned ResNet-20 spent about a third of its inference there (profile of
 // batch 256: 32 ms of 1×1 convs and 40 ms of affine passes out of 188 ms). Here the C outputs of
-// a row stay in registers from the first FMA to the store, so a layer costs one read of t and res
-// and one write of y.
+// a pixel stay in registers from the first FMA to the store, so a layer costs one read of t and
+// res and one write of y.
 #pragma once
 #include <cstdint>
 
@@ -16,5 +24,12 @@ namespace svd_pointwise {
 
 void PointwiseAffine(const float* t, const float* w, const float* shift, float* y, int64_t m, int64_t r, int64_t c,
                      bool relu, const float* res);
+
+struct RowGeom {
+  int64_t q, win, wout, kw, sw, pl, r, c;
+};
+
+void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float* shift, float* y, bool relu,
+                   const float* res);
 
 }  // namespace svd_pointwise

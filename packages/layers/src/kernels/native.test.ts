@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE, POINTWISE_AFFINE } from './native.js';
+import { AFFINE, POINTWISE_AFFINE, ROW_CONV_AFFINE } from './native.js';
 import { TOL, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -337,6 +337,55 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     );
   });
 
+  // [Q, Win, kw, sw, pl, pr, R, C]: the spatial layers' 1×3 convs at stride 1 and 2 ('same' pads 1/1
+  // and 0/1), a 5-tap kernel with pads 2/2, a row narrower than the kernel (no interior column: every
+  // pixel takes the edge path), rows long enough for blocks of 8, 4, 2 and 1 pixels; C = 16, 32,
+  // 48, 64 take the AVX-512 kernel, C = 24 and 3 the plain loop.
+  const ROW_CASES: [number, number, number, number, number, number, number, number][] = [
+    [3, 32, 3, 1, 1, 1, 13, 16],
+    [2, 32, 3, 2, 0, 1, 5, 32],
+    [4, 15, 3, 2, 1, 1, 7, 64],
+    [2, 19, 5, 1, 2, 2, 4, 48],
+    [3, 2, 3, 1, 1, 1, 3, 16],
+    [2, 9, 3, 1, 1, 1, 6, 24],
+    [1, 7, 1, 1, 0, 0, 2, 3],
+  ];
+  for (const [q, win, kw, sw, pl, pr, r, c] of ROW_CASES) {
+    const wout = Math.floor((win + pl + pr - kw) / sw) + 1;
+    it(`SvdRowConvAffine [Q=${q}, Win=${win}, R=${r}] * [kw=${kw}, stride ${sw}, pads ${pl}/${pr}] -> C=${c} + shift (+ residual) (ReLU) matches the float64 conv`, async () => {
+      for (const [relu, withRes] of [[false, false], [true, true], [true, false], [false, true]] as const) {
+        const t = seededUniform(q * win * r, 71 + win);
+        const w = seededUniform(kw * r * c, 72 + r);
+        const shift = seededUniform(c, 73);
+        const res = seededUniform(q * wout * c, 74);
+        const want = new Float64Array(q * wout * c);
+        for (let i = 0; i < q; i++) {
+          for (let x = 0; x < wout; x++) {
+            for (let k = 0; k < c; k++) {
+              let v = shift[k]! + (withRes ? res[(i * wout + x) * c + k]! : 0);
+              for (let j = 0; j < kw; j++) {
+                const col = x * sw + j - pl;
+                if (col < 0 || col >= win) continue;
+                for (let o = 0; o < r; o++) v += t[(i * win + col) * r + o]! * w[(j * r + o) * c + k]!;
+              }
+              want[(i * wout + x) * c + k] = relu ? Math.max(v, 0) : v;
+            }
+          }
+        }
+        const got = await onBackend('native', () =>
+          tf.tidy(() => {
+            const inputs: Record<string, tf.Tensor> = { t: tf.tensor4d(t, [1, q, win, r]), w: tf.tensor3d(w, [kw, r, c]), shift: tf.tensor1d(shift) };
+            if (withRes) inputs.residual = tf.tensor4d(res, [1, q, wout, c]);
+            const y = tf.engine().runKernel<tf.Tensor>(ROW_CONV_AFFINE, inputs, { outWidth: wout, strideW: sw, padLeft: pl, relu });
+            expect(y.shape).toEqual([1, q, wout, c]);
+            return y.dataSync() as Float32Array;
+          }),
+        );
+        expectClose(`row conv relu=${relu} residual=${withRes}`, got, want, TOL.backendRel * 10);
+      }
+    });
+  }
+
   it('bad arguments become JS errors with a code, never a crash', () => {
     if (!native.ok) return;
     const a = native.addon;
@@ -371,6 +420,17 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 0], f(5)))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: residual has 5 elements; expected 4/);
     expect(code(() => a.pointwiseAffine(f(0), f(0), f(2), f(4), [2, 0, 2, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: .*R >= 1/);
     expect(code(() => a.pointwiseAffine(f(6), f(6), f(2), f(4), [2, 3, 2, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: pointwiseAffine: .*relu 0 or 1/);
+    // Q = 2 rows of Win = 4, kw = 3, stride 1, pl = 1 (Wout 4), R = 2, C = 3: t 16, w 18, shift 3, y and residual 24.
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 1, 1, 2, 3, 1], f(24)))).toBe('no error');
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 1, 1, 2, 3, 1, 0] as unknown as Parameters<typeof a.rowConvAffine>[4]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: shape has 10 entries; expected 9/);
+    expect(code(() => a.rowConvAffine(f(15), f(18), f(3), f(24), [2, 4, 4, 3, 1, 1, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: t has 15 elements; expected 16/);
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 1, 1, 2, 3, 0], f(23)))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: residual has 23 elements; expected 24/);
+    // An output wider than the row and padding allow (its last column would lie wholly in padding).
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(36), [2, 4, 6, 3, 1, 1, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: Wout 6 does not fit Win 4/);
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 1, 3, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: .*0 <= pl < kw/);
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 0, 1, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: .*sw >= 1/);
+    // Sizes whose products would overflow: refused before any buffer is read.
+    expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2 ** 20, 2 ** 20, 1, 1, 1, 0, 2 ** 20, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: a tensor of .* elements is too large/);
   });
 
   it('an int32 matmul is not ours: it reaches the stock wasm kernel (and its own error), not oneDNN', async () => {

@@ -30,6 +30,12 @@ export const AFFINE = 'SvdAffine';
  */
 export const POINTWISE_AFFINE = 'SvdPointwiseAffine';
 /**
+ * The spatial decomposition's second conv (1×kw along the width, stride `strideW`, left padding
+ * `padLeft`) and its eval-mode batch norm in one pass: inputs t [N,H,Win,R], w [kw,R,C] (the scale
+ * folded in), shift [C], residual? [N,H,Wout,C]; attrs { outWidth, strideW, padLeft, relu }.
+ */
+export const ROW_CONV_AFFINE = 'SvdRowConvAffine';
+/**
  * Train-mode batch norm of t·p computed from the rank-space t, with the residual and ReLU, and its
  * gradient (`rank-space-batch-norm.ts`, packages/native/src/rank_bn.h).
  */
@@ -241,6 +247,18 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  const rowConvAffine: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { t, w, shift, residual } = inputs as Record<'t' | 'w' | 'shift', TensorInfo> & { residual?: TensorInfo };
+    const { outWidth, strideW, padLeft, relu } = attrs as unknown as { outWidth: number; strideW: number; padLeft: number; relu?: boolean };
+    const [kw, r, c] = w.shape as [number, number, number];
+    const [n, h, win] = t.shape as [number, number, number, number];
+    const y = be.makeOutput([n, h, outWidth, c], 'float32');
+    const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    addon.rowConvAffine(v(t), v(w), v(shift), v(y), [n * h, win, outWidth, kw, strideW, padLeft, r, c, relu ? 1 : 0], residual ? v(residual) : none);
+    return y;
+  };
+
   const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     const { t, p, gamma, beta, residual } = inputs as Record<'t' | 'p' | 'gamma' | 'beta', TensorInfo> & { residual?: TensorInfo };
@@ -285,6 +303,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k(AFFINE, affine),
     // An addon built before pointwiseAffine existed still runs; inference then takes the separate ops.
     ...(typeof addon.pointwiseAffine === 'function' ? [k(POINTWISE_AFFINE, pointwiseAffine)] : []),
+    ...(typeof addon.rowConvAffine === 'function' ? [k(ROW_CONV_AFFINE, rowConvAffine)] : []),
     ...(typeof addon.rankBnForward === 'function' ? [k(RANK_BN_TRAIN, rankBnTrain), k(RANK_BN_GRAD, rankBnGrad)] : []),
   ];
 }

@@ -9,7 +9,7 @@ import { seededUniform } from './random.js';
  * batch-norm statistics and affine parameters far from their defaults, so that a wrong scale,
  * shift, shortcut or ReLU in a fused op shows in the output.
  */
-export function prunedTestModel(opts: { fuseBatchNorm?: boolean } = {}): tf.LayersModel {
+export function prunedTestModel(opts: { fuseBatchNorm?: boolean; decomposition?: 'channel' | 'spatial' } = {}): tf.LayersModel {
   const base = buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3], ...opts });
   setParameters(
     base,
