@@ -5,7 +5,7 @@ import { applyInference, fusedInference, setFusedInference } from './fused-infer
 import { buildResNet } from './resnet.js';
 import { evaluate } from './train-step.js';
 import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
-import { POINTWISE_AFFINE, ROW_CONV_AFFINE } from './kernels/native.js';
+import { POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
 const native = loadNative();
@@ -20,25 +20,31 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
       const run = () => {
         const model = prunedTestModel({ fuseBatchNorm, decomposition });
         const xt = tf.tensor4d(x, X_SHAPE);
-        // Counts the fused kernel's calls (the registry hands out its config objects; put back below).
-        const cfg = tf.getKernel(decomposition === 'spatial' ? ROW_CONV_AFFINE : POINTWISE_AFFINE, tf.getBackend());
-        const orig = cfg?.kernelFunc;
-        let calls = 0;
-        if (cfg && orig) {
+        // Counts the fused kernels' calls (the registry hands out its config objects; put back below).
+        // A spatial layer takes the whole-layer kernel above SPATIAL_MIN_RANK, the row kernel at or below.
+        const names = decomposition === 'spatial' ? [SPATIAL_AFFINE, ROW_CONV_AFFINE] : [POINTWISE_AFFINE];
+        const counts = new Map<string, number>();
+        const restore: (() => void)[] = [];
+        for (const name of names) {
+          const cfg = tf.getKernel(name, tf.getBackend());
+          const orig = cfg?.kernelFunc;
+          if (!cfg || !orig) continue;
           (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
-            calls++;
+            counts.set(name, (counts.get(name) ?? 0) + 1);
             return orig(args);
           };
+          restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
         }
+        const calls = () => [...counts.values()].reduce((a, b) => a + b, 0);
         try {
           const plain = tf.tidy(() => model.apply(xt, { training: false }) as tf.Tensor);
           const fused = fusedInference(model, xt);
-          const out = { plain: plain.dataSync() as Float32Array, fused: fused ? (fused.dataSync() as Float32Array) : null, calls };
+          const out = { plain: plain.dataSync() as Float32Array, fused: fused ? (fused.dataSync() as Float32Array) : null, calls: calls(), counts: Object.fromEntries(counts) };
           tf.dispose([plain, fused ?? []]);
           const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, X_SHAPE[0]) === 'factored').length;
           return { ...out, factored };
         } finally {
-          if (cfg && orig) (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig;
+          restore.forEach((f) => f());
           xt.dispose();
           model.dispose();
         }
@@ -51,6 +57,8 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
       // layers) each is still followed by its batch norm, so every one is fused.
       expect(got.factored).toBeGreaterThan(5);
       expect(got.calls).toBe(got.factored);
+      // Both spatial paths ran: the test model's ranks lie on both sides of SPATIAL_MIN_RANK.
+      if (decomposition === 'spatial') expect(Object.keys(got.counts).sort()).toEqual([ROW_CONV_AFFINE, SPATIAL_AFFINE].sort());
       expect(got.plain.every(Number.isFinite) && want.plain.every(Number.isFinite), 'finite logits').toBe(true);
       expectClose('fused vs model.apply (native)', got.fused!, got.plain, 1e-5);
       expectClose('fused (native) vs model.apply (cpu)', got.fused!, want.plain, 1e-4);

@@ -309,9 +309,17 @@ export class SVDConv2D extends tf.layers.Layer {
     return tf.tidy(() => {
       const { c, kh } = this.geometry();
       const p = this.pads(x.shape[1], x.shape[2]);
-      const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
-      const k1 = tf.reshape<tf.Rank.R4>(tf.transpose(tf.reshape(Vs, [c, kh, this.rank]), [1, 0, 2]), [kh, 1, c, this.rank]);
+      const k1 = tf.reshape<tf.Rank.R4>(this.columnFilter(), [kh, 1, c, this.rank]);
       return tf.conv2d(x, k1, [this.strides[0], 1], [[0, 0], [p.top, p.bottom], [0, 0], [0, 0]]);
+    });
+  }
+
+  /** The spatial decomposition's kh×1 conv from c channels to the rank, as [kh, c, r] (tfjs filter (kh, 1, c, r)). */
+  columnFilter(): tf.Tensor3D {
+    return tf.tidy(() => {
+      const { c, kh } = this.geometry();
+      const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
+      return tf.transpose(tf.reshape(Vs, [c, kh, this.rank]), [1, 0, 2]);
     });
   }
 

@@ -639,6 +639,39 @@ Napi::Value RowConvAffineFn(const Napi::CallbackInfo& info) {
   });
 }
 
+// spatialAffine(x, k1, w2, shift, y, [N, H, W, Cin, kh, sh, pt, OH, R, kw, sw, pl, OW, C, relu],
+// residual?): a whole spatially factored layer with the eval-mode batch norm after it, t = the kh×1
+// conv of x with k1 (stride sh, top padding pt), then y = the 1×kw conv of t with w2 (stride sw,
+// left padding pl; batch norm's scale folded in) + shift (+ residual), max(·, 0) when relu is 1.
+// x [N, H, W, Cin], k1 [kh, Cin, R], w2 [kw, R, C], shift [C], y and residual [N, OH, OW, C]. See
+// pointwise_affine.h.
+Napi::Value SpatialAffineFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "spatialAffine", [&]() -> Napi::Value {
+    auto p = Ints(info, 5, 15, "shape");
+    const svd_pointwise::SpatialGeom g{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]};
+    if (g.h < 1 || g.w < 1 || g.cin < 1 || g.kh < 1 || g.sh < 1 || g.pt >= g.kh || g.oh < 1 || g.r < 1 || g.kw < 1 ||
+        g.sw < 1 || g.pl >= g.kw || g.ow < 1 || g.c < 1 || p[14] > 1)
+      throw ArgError("shape must be [N, H >= 1, W >= 1, Cin >= 1, kh >= 1, sh >= 1, 0 <= pt < kh, OH >= 1, R >= 1, kw >= 1, sw >= 1, 0 <= pl < kw, OW >= 1, C >= 1, relu 0 or 1]");
+    // The last output row's and column's first tap must fall inside the image (beyond it: padding only).
+    if ((g.oh - 1) * g.sh - g.pt > g.h - 1)
+      throw ArgError("OH " + std::to_string(g.oh) + " does not fit H " + std::to_string(g.h) + ", sh " + std::to_string(g.sh) + ", pt " + std::to_string(g.pt));
+    if ((g.ow - 1) * g.sw - g.pl > g.w - 1)
+      throw ArgError("OW " + std::to_string(g.ow) + " does not fit W " + std::to_string(g.w) + ", sw " + std::to_string(g.sw) + ", pl " + std::to_string(g.pl));
+    // Each count below 2^40 elements, so that no product overflows.
+    for (double n : {double(g.n) * g.h * g.w * g.cin, double(g.n) * g.oh * g.ow * g.c, double(g.kh) * g.cin * g.r,
+                     double(g.kw) * g.r * g.c, double(g.w + g.kw) * g.sw * (g.r + 16)})
+      if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large");
+    const size_t yc = static_cast<size_t>(g.n * g.oh * g.ow * g.c);
+    const float* x = F32(info, 0, static_cast<size_t>(g.n * g.h * g.w * g.cin), "x");
+    const float* k1 = F32(info, 1, static_cast<size_t>(g.kh * g.cin * g.r), "k1");
+    const float* w2 = F32(info, 2, static_cast<size_t>(g.kw * g.r * g.c), "w2");
+    const float* shift = F32(info, 3, static_cast<size_t>(g.c), "shift");
+    float* y = F32(info, 4, yc, "y");
+    svd_pointwise::SpatialAffine(g, x, k1, w2, shift, y, p[14] == 1, OptionalF32(info, 6, yc, "residual"));
+    return info.Env().Undefined();
+  });
+}
+
 void RankBnMatMul(const float* a, const float* b, float* out, int64_t rows, int64_t k, int64_t n, bool ta, bool tb) {
   RunMatMul(a, b, out, 1, 1, rows, k, n, ta, tb);
 }
@@ -834,6 +867,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
   exports.Set("rowConvAffine", Napi::Function::New(env, RowConvAffineFn));
+  exports.Set("spatialAffine", Napi::Function::New(env, SpatialAffineFn));
   exports.Set("rankBnForward", Napi::Function::New(env, RankBnForward));
   exports.Set("rankBnBackward", Napi::Function::New(env, RankBnBackward));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

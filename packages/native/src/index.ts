@@ -77,6 +77,17 @@ export interface NativeAddon {
     shape: readonly [number, number, number, number, number, number, number, number, number], residual?: Float32Array,
   ): void;
   /**
+   * A whole spatially factored layer with the eval-mode batch norm after it: t = the kh×1 conv of x
+   * [N,H,W,Cin] with k1 [kh,Cin,R] (stride sh, top padding pt), then y [N,OH,OW,C] = the 1×kw conv
+   * of t with w2 [kw,R,C] (stride sw, left padding pl) + shift (+ residual), max(·, 0) when relu is
+   * 1; t is never written to memory. shape [N, H, W, Cin, kh, sh, pt, OH, R, kw, sw, pl, OW, C, relu].
+   */
+  spatialAffine(
+    x: Float32Array, k1: Float32Array, w2: Float32Array, shift: Float32Array, y: Float32Array,
+    shape: readonly [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number],
+    residual?: Float32Array,
+  ): void;
+  /**
    * Train-mode batch norm of u = t·p from the rank-space t [M, R] (p [R, C]): y = act(bn(u) (+ residual)),
    * u's batch mean and biased variance, and what the backward needs (t's mean [R] and covariance
    * [R, R], scale = gamma·invstd and invstd [C]). shape [M, R, C, relu].

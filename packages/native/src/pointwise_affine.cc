@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -22,14 +23,13 @@ namespace svd_pointwise {
 
 namespace {
 
-// One output pixel from taps [j0, j1): t0 points at tap 0's input pixel (which may lie in the
-// padding; only taps j0..j1-1 are read), yo and ro at the output and shortcut pixel.
-void GenericPixel(const RowGeom& g, const float* t0, const float* w, const float* shift, float* yo, int64_t j0,
-                  int64_t j1, bool relu, const float* ro) {
-  const int64_t r = g.r, c = g.c;
-  for (int64_t k = 0; k < c; k++) yo[k] = shift[k] + (ro ? ro[k] : 0.0f);
-  for (int64_t j = j0; j < j1; j++) {
-    const float* tj = t0 + j * r;
+// One output pixel from nt taps of [r, c] weights: t0 points at the first tap's input, tap j's
+// `tap` floats further; yo and ro at the output and shortcut pixel (ro may be null).
+void GenericPixel(const float* t0, int64_t tap, const float* w, int64_t nt, int64_t r, int64_t c, const float* shift,
+                  float* yo, bool relu, const float* ro) {
+  for (int64_t k = 0; k < c; k++) yo[k] = (shift ? shift[k] : 0.0f) + (ro ? ro[k] : 0.0f);
+  for (int64_t j = 0; j < nt; j++) {
+    const float* tj = t0 + j * tap;
     for (int64_t o = 0; o < r; o++) {
       const float a = tj[o];
       const float* wo = w + (j * r + o) * c;
@@ -50,25 +50,26 @@ bool HasAvx512() {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 
-// B consecutive output pixels from taps [j0, j1), C = 16·V outputs each: B·V accumulators and V
-// weight vectors in the 32 registers. Each weight row is loaded once per B pixels; each t value is
-// broadcast once. t0 points at pixel 0's tap-0 input; pixel b's is `step` floats further (sw·R).
+// B consecutive output pixels from nt taps, C = 16·V outputs each: B·V accumulators and V weight
+// vectors in the 32 registers. Each weight row is loaded once per B pixels; each t value is
+// broadcast once. t0 points at pixel 0's first tap's input; pixel b's is `step` floats further,
+// tap j's `tap` floats further; w holds nt taps of [r, C]. y gets B pixels of C floats.
 template <int V, int B>
-void Block(const float* t0, int64_t step, const float* w, const float* shift, float* y, int64_t j0, int64_t j1,
-           int64_t r, bool relu, const float* res) {
+void Block(const float* t0, int64_t step, int64_t tap, const float* w, int64_t nt, int64_t r, const float* shift,
+           float* y, bool relu, const float* res) {
   constexpr int64_t C = 16 * V;
   __m512 acc[B][V];
   for (int v = 0; v < V; v++) {
-    const __m512 s = _mm512_loadu_ps(shift + 16 * v);
+    const __m512 s = shift ? _mm512_loadu_ps(shift + 16 * v) : _mm512_setzero_ps();
     for (int b = 0; b < B; b++) acc[b][v] = s;
   }
-  for (int64_t j = j0; j < j1; j++) {
-    const float* tj = t0 + j * r;
+  for (int64_t j = 0; j < nt; j++) {
+    const float* tj = t0 + j * tap;
     const float* wj = w + j * r * C;
     for (int64_t o = 0; o < r; o++) {
       __m512 wv[V];
       for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wj + o * C + 16 * v);
-#pragma GCC unroll 16
+#pragma GCC unroll 8
       for (int b = 0; b < B; b++) {
         const __m512 a = _mm512_set1_ps(tj[b * step + o]);
         for (int v = 0; v < V; v++) acc[b][v] = _mm512_fmadd_ps(a, wv[v], acc[b][v]);
@@ -86,33 +87,40 @@ void Block(const float* t0, int64_t step, const float* w, const float* shift, fl
     }
 }
 
+// Pixels [x, end) of one row, all taps inside, in blocks of B, then narrower ones (a 32-wide row
+// has 30 interior columns for a 3-tap kernel: one pixel at a time would leave the FMA units waiting
+// on each other). at(x) gives pixel x's first tap's input.
+template <int V, typename At>
+void Blocks(At at, int64_t x, int64_t end, int64_t step, int64_t tap, const float* w, int64_t nt, int64_t r,
+            const float* shift, float* yrow, const float* rrow, bool relu) {
+  constexpr int B = V <= 2 ? 8 : 6;
+  constexpr int64_t C = 16 * V;
+  auto run = [&](auto width) {
+    constexpr int Bw = decltype(width)::value;
+    for (; x + Bw <= end; x += Bw) Block<V, Bw>(at(x), step, tap, w, nt, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr);
+  };
+  run(std::integral_constant<int, B>{});
+  if constexpr (B > 4) run(std::integral_constant<int, 4>{});
+  run(std::integral_constant<int, 2>{});
+  run(std::integral_constant<int, 1>{});
+}
+
 template <int V>
 void Segment(const RowGeom& g, const float* trow, const float* w, const float* shift, float* yrow, const float* rrow,
              int64_t x0, int64_t x1, int64_t in0, int64_t in1, bool relu) {
-  constexpr int B = V == 1 ? 8 : V == 2 ? 8 : 6;
   constexpr int64_t C = 16 * V;
   const int64_t r = g.r, step = g.sw * r;
   auto at = [&](int64_t x) { return trow + (x * g.sw - g.pl) * r; };
   auto edge = [&](int64_t x) {
     const int64_t first = x * g.sw - g.pl;
-    const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::min<int64_t>(g.kw, g.win - first);
-    Block<V, 1>(at(x), step, w, shift, yrow + x * C, j0, std::max(j0, j1), r, relu, rrow ? rrow + x * C : nullptr);
+    const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kw, g.win - first));
+    Block<V, 1>(trow + (first + j0) * r, step, r, w + j0 * r * C, j1 - j0, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr);
   };
   int64_t x = x0;
   for (; x < std::min(x1, in0); x++) edge(x);
-  const int64_t end = std::min(x1, in1);
-  auto blocks = [&](auto width) {
-    constexpr int Bw = decltype(width)::value;
-    for (; x + Bw <= end; x += Bw) Block<V, Bw>(at(x), step, w, shift, yrow + x * C, 0, g.kw, r, relu, rrow ? rrow + x * C : nullptr);
-  };
-  // The widest block first, then narrower ones for the rest of the row (a 32-wide row has 30
-  // interior columns): one pixel at a time would leave the FMA units waiting on each other.
-  blocks(std::integral_constant<int, B>{});
-  if constexpr (B > 8) blocks(std::integral_constant<int, 8>{});
-  if constexpr (B > 4) blocks(std::integral_constant<int, 4>{});
-  blocks(std::integral_constant<int, 2>{});
-  blocks(std::integral_constant<int, 1>{});
-  for (; x < x1; x++) edge(x);
+  const int64_t end = std::max(x, std::min(x1, in1));
+  Blocks<V>(at, x, end, step, r, w, g.kw, r, shift, yrow, rrow, relu);
+  for (x = end; x < x1; x++) edge(x);
 }
 
 #pragma GCC pop_options
@@ -142,7 +150,7 @@ void RunSegment(const RowGeom& g, const float* t, const float* w, const float* s
   for (int64_t x = x0; x < x1; x++) {
     const int64_t first = x * g.sw - g.pl;
     const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kw, g.win - first));
-    GenericPixel(g, trow + first * g.r, w, shift, yrow + x * g.c, j0, j1, relu, rrow ? rrow + x * g.c : nullptr);
+    GenericPixel(trow + (first + j0) * g.r, g.r, w + j0 * g.r * g.c, j1 - j0, g.r, g.c, shift, yrow + x * g.c, relu, rrow ? rrow + x * g.c : nullptr);
   }
 }
 
@@ -165,6 +173,104 @@ void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float
       const int64_t q = p / g.wout, x0 = p % g.wout, x1 = std::min(g.wout, x0 + (p1 - p));
       RunSegment(g, t, w, shift, y, res, q, x0, x1, in0, std::min(in1, g.wout), relu);
       p += x1 - x0;
+    }
+  }
+}
+
+namespace {
+
+// Output row (n, oh) into yrow: the column conv's taps that fall inside the image into buf (R
+// padded to Rp lanes, pl zero pixels before, the rest zero after), then the row conv from buf.
+// kp is k1 with R padded to Rp (zeros), so the padded lanes of buf stay zero.
+void SpatialRowGeneric(const SpatialGeom& g, const float* x, const float* kp, int64_t rp, const float* w2,
+                       const float* shift, float* buf, int64_t n, int64_t oh, float* yrow, const float* rrow, bool relu) {
+  const int64_t first = oh * g.sh - g.pt;
+  const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kh, g.h - first));
+  const float* x0 = x + ((n * g.h + first + j0) * g.w) * g.cin;
+  for (int64_t col = 0; col < g.w; col++)
+    GenericPixel(x0 + col * g.cin, g.w * g.cin, kp + j0 * g.cin * rp, j1 - j0, g.cin, rp, nullptr, buf + (g.pl + col) * rp, false, nullptr);
+  for (int64_t col = 0; col < g.ow; col++)
+    GenericPixel(buf + col * g.sw * rp, rp, w2, g.kw, g.r, g.c, shift, yrow + col * g.c, relu, rrow ? rrow + col * g.c : nullptr);
+}
+
+#ifdef SVD_PW_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+template <int V1, int V2>
+void SpatialRowFast(const SpatialGeom& g, const float* x, const float* kp, const float* w2, const float* shift,
+                    float* buf, int64_t n, int64_t oh, float* yrow, const float* rrow, bool relu) {
+  constexpr int64_t Rp = 16 * V1;
+  const int64_t first = oh * g.sh - g.pt;
+  const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kh, g.h - first));
+  const float* x0 = x + ((n * g.h + first + j0) * g.w) * g.cin;
+  // Column conv: every pixel of the row is interior (the kernel is one column wide).
+  Blocks<V1>([&](int64_t col) { return x0 + col * g.cin; }, 0, g.w, g.cin, g.w * g.cin, kp + j0 * g.cin * Rp, j1 - j0,
+             g.cin, nullptr, buf + g.pl * Rp, nullptr, false);
+  // Row conv from the zero-padded buffer: no edges.
+  Blocks<V2>([&](int64_t col) { return buf + col * g.sw * Rp; }, 0, g.ow, g.sw * Rp, Rp, w2, g.kw, g.r, shift, yrow,
+             rrow, relu);
+}
+
+#pragma GCC pop_options
+
+using SpatialRowFn = void (*)(const SpatialGeom&, const float*, const float*, const float*, const float*, float*,
+                              int64_t, int64_t, float*, const float*, bool);
+
+template <int V1>
+SpatialRowFn PickV2(int64_t c) {
+  switch (c / 16) {
+    case 1: return SpatialRowFast<V1, 1>;
+    case 2: return SpatialRowFast<V1, 2>;
+    case 3: return SpatialRowFast<V1, 3>;
+    default: return SpatialRowFast<V1, 4>;
+  }
+}
+
+// The AVX-512 row function for R padded to Rp = 16·V1 (R <= 64) and C = 16·V2 (C in 16..64), or null.
+SpatialRowFn FastSpatialRow(int64_t r, int64_t c) {
+  if (!Fast(c) || r > 64) return nullptr;
+  switch ((r + 15) / 16) {
+    case 1: return PickV2<1>(c);
+    case 2: return PickV2<2>(c);
+    case 3: return PickV2<3>(c);
+    default: return PickV2<4>(c);
+  }
+}
+#endif
+
+}  // namespace
+
+void SpatialAffine(const SpatialGeom& g, const float* x, const float* k1, const float* w2, const float* shift, float* y,
+                   bool relu, const float* res) {
+#ifdef SVD_PW_X86
+  const SpatialRowFn fast = FastSpatialRow(g.r, g.c);
+#else
+  const void* fast = nullptr;
+#endif
+  // R padded to whole vectors on the fast path (the padded lanes of k1, and so of t, are zero).
+  const int64_t rp = fast ? (g.r + 15) / 16 * 16 : g.r;
+  std::vector<float> kp(static_cast<size_t>(g.kh * g.cin * rp), 0.0f);
+  for (int64_t i = 0; i < g.kh * g.cin; i++) std::copy(k1 + i * g.r, k1 + (i + 1) * g.r, kp.begin() + i * rp);
+  // The buffer row: pl zero pixels, the W pixels of t, zeros up to what the last output's taps reach.
+  const int64_t bw = std::max(g.pl + g.w, (g.ow - 1) * g.sw + g.kw);
+  const int64_t rows = g.n * g.oh;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), rows * g.ow / 1024)));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int id = omp_get_thread_num(), k = omp_get_num_threads();
+    std::vector<float> buf(static_cast<size_t>(bw * rp), 0.0f);
+    for (int64_t q = rows * id / k; q < rows * (id + 1) / k; q++) {
+      const int64_t n = q / g.oh, oh = q % g.oh;
+      float* yrow = y + q * g.ow * g.c;
+      const float* rrow = res ? res + q * g.ow * g.c : nullptr;
+#ifdef SVD_PW_X86
+      if (fast) {
+        fast(g, x, kp.data(), w2, shift, buf.data(), n, oh, yrow, rrow, relu);
+        continue;
+      }
+#endif
+      SpatialRowGeneric(g, x, kp.data(), rp, w2, shift, buf.data(), n, oh, yrow, rrow, relu);
     }
   }
 }

@@ -32,4 +32,17 @@ struct RowGeom {
 void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float* shift, float* y, bool relu,
                    const float* res);
 
+// A whole spatially factored layer at inference, with its batch norm (SpatialAffine):
+//   t = conv_kh×1(x, k1) (stride sh, top padding pt), y = act(conv_1×kw(t, w2) + shift (+ res))
+// x [N, H, W, Cin], k1 [kh, Cin, R], w2 [kw, R, C] (scale folded in), y and res [N, OH, OW, C].
+// Each output row's t row is computed into a small per-thread buffer (zero-padded at both ends)
+// and consumed at once, so t, which a separate first conv writes to memory and the second reads
+// back, never leaves the cache.
+struct SpatialGeom {
+  int64_t n, h, w, cin, kh, sh, pt, oh, r, kw, sw, pl, ow, c;
+};
+
+void SpatialAffine(const SpatialGeom& g, const float* x, const float* k1, const float* w2, const float* shift, float* y,
+                   bool relu, const float* res);
+
 }  // namespace svd_pointwise

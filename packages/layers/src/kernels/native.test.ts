@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE, POINTWISE_AFFINE, ROW_CONV_AFFINE } from './native.js';
+import { AFFINE, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './native.js';
 import { TOL, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -386,6 +386,69 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     });
   }
 
+  // [N, H, W, Cin, kh, sh, pt, pb, R, kw, sw, pl, pr, C]: whole spatial layers at stride 1 and 2
+  // ('same' pads), R above and below 16 and above 48 (1-4 padded vectors), an image narrower and
+  // shorter than the kernel, a 5×5 layer with wide pads; C = 16..64 take the AVX-512 kernel, C = 24
+  // and 3 the plain loop.
+  const SPATIAL_CASES: [number, number, number, number, number, number, number, number, number, number, number, number, number, number][] = [
+    [2, 8, 32, 16, 3, 1, 1, 1, 13, 3, 1, 1, 1, 16],
+    [2, 8, 9, 32, 3, 2, 0, 1, 18, 3, 2, 0, 1, 64],
+    [1, 5, 7, 8, 3, 1, 1, 1, 50, 3, 1, 1, 1, 48],
+    [1, 2, 2, 16, 3, 1, 1, 1, 5, 3, 1, 1, 1, 32],
+    [2, 9, 11, 5, 5, 2, 2, 2, 33, 5, 1, 2, 2, 16],
+    [1, 6, 6, 3, 3, 1, 1, 1, 4, 3, 1, 1, 1, 24],
+    [1, 4, 5, 2, 1, 1, 0, 0, 2, 1, 1, 0, 0, 3],
+  ];
+  for (const [n, h, w, cin, kh, sh, pt, pb, r, kw, sw, pl, pr, c] of SPATIAL_CASES) {
+    const oh = Math.floor((h + pt + pb - kh) / sh) + 1;
+    const ow = Math.floor((w + pl + pr - kw) / sw) + 1;
+    it(`SvdSpatialAffine [${n},${h},${w},${cin}] * [${kh}x1 to R=${r}, stride ${sh}, pads ${pt}/${pb}] * [1x${kw} to C=${c}, stride ${sw}, pads ${pl}/${pr}] matches the two float64 convs`, async () => {
+      for (const [relu, withRes] of [[false, false], [true, true]] as const) {
+        const x = seededUniform(n * h * w * cin, 81 + h);
+        const k1 = seededUniform(kh * cin * r, 82 + r);
+        const w2 = seededUniform(kw * r * c, 83 + c);
+        const shift = seededUniform(c, 84);
+        const res = seededUniform(n * oh * ow * c, 85);
+        const t = new Float64Array(n * oh * w * r);
+        for (let b = 0; b < n; b++)
+          for (let i = 0; i < oh; i++)
+            for (let col = 0; col < w; col++)
+              for (let o = 0; o < r; o++) {
+                let v = 0;
+                for (let j = 0; j < kh; j++) {
+                  const row = i * sh + j - pt;
+                  if (row < 0 || row >= h) continue;
+                  for (let ci = 0; ci < cin; ci++) v += x[((b * h + row) * w + col) * cin + ci]! * k1[(j * cin + ci) * r + o]!;
+                }
+                t[((b * oh + i) * w + col) * r + o] = v;
+              }
+        const want = new Float64Array(n * oh * ow * c);
+        for (let q = 0; q < n * oh; q++)
+          for (let xo = 0; xo < ow; xo++)
+            for (let k = 0; k < c; k++) {
+              let v = shift[k]! + (withRes ? res[(q * ow + xo) * c + k]! : 0);
+              for (let j = 0; j < kw; j++) {
+                const col = xo * sw + j - pl;
+                if (col < 0 || col >= w) continue;
+                for (let o = 0; o < r; o++) v += t[(q * w + col) * r + o]! * w2[(j * r + o) * c + k]!;
+              }
+              want[(q * ow + xo) * c + k] = relu ? Math.max(v, 0) : v;
+            }
+        const got = await onBackend('native', () =>
+          tf.tidy(() => {
+            const inputs: Record<string, tf.Tensor> = { x: tf.tensor4d(x, [n, h, w, cin]), k1: tf.tensor3d(k1, [kh, cin, r]), w2: tf.tensor3d(w2, [kw, r, c]), shift: tf.tensor1d(shift) };
+            if (withRes) inputs.residual = tf.tensor4d(res, [n, oh, ow, c]);
+            const attrs = { strideH: sh, padTop: pt, outHeight: oh, strideW: sw, padLeft: pl, outWidth: ow, relu };
+            const y = tf.engine().runKernel<tf.Tensor>(SPATIAL_AFFINE, inputs, attrs);
+            expect(y.shape).toEqual([n, oh, ow, c]);
+            return y.dataSync() as Float32Array;
+          }),
+        );
+        expectClose(`spatial layer relu=${relu} residual=${withRes}`, got, want, TOL.backendRel * 10);
+      }
+    });
+  }
+
   it('bad arguments become JS errors with a code, never a crash', () => {
     if (!native.ok) return;
     const a = native.addon;
@@ -429,6 +492,16 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(36), [2, 4, 6, 3, 1, 1, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: Wout 6 does not fit Win 4/);
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 1, 3, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: .*0 <= pl < kw/);
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2, 4, 4, 3, 0, 1, 2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: .*sw >= 1/);
+    // N 1, H 3, W 4, Cin 2, 3×1 to R 2 (pt 1), 1×3 to C 3 (pl 1), stride 1: x 24, k1 12, w2 18, shift 3, y and residual 36.
+    const sp = (...v: number[]) => v as unknown as Parameters<typeof a.spatialAffine>[5];
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3, 1), f(36)))).toBe('no error');
+    expect(code(() => a.spatialAffine(f(24), f(11), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: k1 has 11 elements; expected 12/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3, 1), f(35)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: residual has 35 elements; expected 36/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(60), sp(1, 3, 4, 2, 3, 1, 1, 5, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: OH 5 does not fit H 3/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(54), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 6, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: OW 6 does not fit W 4/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 3, 3, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: .*0 <= pt < kh/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: shape has 14 entries; expected 15/);
+    expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(2 ** 20, 2 ** 20, 4, 2 ** 10, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: a tensor of .* elements is too large/);
     // Sizes whose products would overflow: refused before any buffer is read.
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2 ** 20, 2 ** 20, 1, 1, 1, 0, 2 ** 20, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: a tensor of .* elements is too large/);
   });

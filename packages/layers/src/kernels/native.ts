@@ -36,6 +36,13 @@ export const POINTWISE_AFFINE = 'SvdPointwiseAffine';
  */
 export const ROW_CONV_AFFINE = 'SvdRowConvAffine';
 /**
+ * A whole spatially factored layer (kh×1 conv to the rank, 1×kw conv back) and its eval-mode batch
+ * norm in one pass, the rank-space rows kept in cache: inputs x [N,H,W,Cin], k1 [kh,Cin,R], w2
+ * [kw,R,C] (the scale folded in), shift [C], residual? [N,OH,OW,C]; attrs { strideH, padTop,
+ * outHeight, strideW, padLeft, outWidth, relu }.
+ */
+export const SPATIAL_AFFINE = 'SvdSpatialAffine';
+/**
  * Train-mode batch norm of t·p computed from the rank-space t, with the residual and ReLU, and its
  * gradient (`rank-space-batch-norm.ts`, packages/native/src/rank_bn.h).
  */
@@ -259,6 +266,23 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  const spatialAffine: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { x, k1, w2, shift, residual } = inputs as Record<'x' | 'k1' | 'w2' | 'shift', TensorInfo> & { residual?: TensorInfo };
+    const a = attrs as unknown as { strideH: number; padTop: number; outHeight: number; strideW: number; padLeft: number; outWidth: number; relu?: boolean };
+    const [n, h, w, cin] = x.shape as [number, number, number, number];
+    const [kh, , r] = k1.shape as [number, number, number];
+    const [kw, , c] = w2.shape as [number, number, number];
+    const y = be.makeOutput([n, a.outHeight, a.outWidth, c], 'float32');
+    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    addon.spatialAffine(
+      v(x), v(k1), v(w2), v(shift), v(y),
+      [n, h, w, cin, kh, a.strideH, a.padTop, a.outHeight, r, kw, a.strideW, a.padLeft, a.outWidth, c, a.relu ? 1 : 0],
+      residual ? v(residual) : none,
+    );
+    return y;
+  };
+
   const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     const { t, p, gamma, beta, residual } = inputs as Record<'t' | 'p' | 'gamma' | 'beta', TensorInfo> & { residual?: TensorInfo };
@@ -304,6 +328,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     // An addon built before pointwiseAffine existed still runs; inference then takes the separate ops.
     ...(typeof addon.pointwiseAffine === 'function' ? [k(POINTWISE_AFFINE, pointwiseAffine)] : []),
     ...(typeof addon.rowConvAffine === 'function' ? [k(ROW_CONV_AFFINE, rowConvAffine)] : []),
+    ...(typeof addon.spatialAffine === 'function' ? [k(SPATIAL_AFFINE, spatialAffine)] : []),
     ...(typeof addon.rankBnForward === 'function' ? [k(RANK_BN_TRAIN, rankBnTrain), k(RANK_BN_GRAD, rankBnGrad)] : []),
   ];
 }
