@@ -337,6 +337,31 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     );
   });
 
+  /**
+   * The float64 reference of a row conv + affine: y[q, x, :] = Σ_j t[q, x·sw + j − pl, :]·w[j] + shift
+   * (+ res[q, x, :]), then the ReLU; t [Q, Win, R] (any float array), w [kw, R, C], columns outside
+   * the row read as zero.
+   */
+  const rowConvReference = (
+    t: ArrayLike<number>, g: { q: number; win: number; wout: number; kw: number; sw: number; pl: number; r: number; c: number },
+    w: Float32Array, shift: Float32Array, res: Float32Array | null, relu: boolean,
+  ): Float64Array => {
+    const { q, win, wout, kw, sw, pl, r, c } = g;
+    const want = new Float64Array(q * wout * c);
+    for (let i = 0; i < q; i++)
+      for (let x = 0; x < wout; x++)
+        for (let k = 0; k < c; k++) {
+          let v = shift[k]! + (res ? res[(i * wout + x) * c + k]! : 0);
+          for (let j = 0; j < kw; j++) {
+            const col = x * sw + j - pl;
+            if (col < 0 || col >= win) continue;
+            for (let o = 0; o < r; o++) v += t[(i * win + col) * r + o]! * w[(j * r + o) * c + k]!;
+          }
+          want[(i * wout + x) * c + k] = relu ? Math.max(v, 0) : v;
+        }
+    return want;
+  };
+
   // [Q, Win, kw, sw, pl, pr, R, C]: the spatial layers' 1×3 convs at stride 1 and 2 ('same' pads 1/1
   // and 0/1), a 5-tap kernel with pads 2/2, a row narrower than the kernel (no interior column: every
   // pixel takes the edge path), rows long enough for blocks of 8, 4, 2 and 1 pixels; C = 16, 32,
@@ -358,20 +383,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
         const w = seededUniform(kw * r * c, 72 + r);
         const shift = seededUniform(c, 73);
         const res = seededUniform(q * wout * c, 74);
-        const want = new Float64Array(q * wout * c);
-        for (let i = 0; i < q; i++) {
-          for (let x = 0; x < wout; x++) {
-            for (let k = 0; k < c; k++) {
-              let v = shift[k]! + (withRes ? res[(i * wout + x) * c + k]! : 0);
-              for (let j = 0; j < kw; j++) {
-                const col = x * sw + j - pl;
-                if (col < 0 || col >= win) continue;
-                for (let o = 0; o < r; o++) v += t[(i * win + col) * r + o]! * w[(j * r + o) * c + k]!;
-              }
-              want[(i * wout + x) * c + k] = relu ? Math.max(v, 0) : v;
-            }
-          }
-        }
+        const want = rowConvReference(t, { q, win, wout, kw, sw, pl, r, c }, w, shift, withRes ? res : null, relu);
         const got = await onBackend('native', () =>
           tf.tidy(() => {
             const inputs: Record<string, tf.Tensor> = { t: tf.tensor4d(t, [1, q, win, r]), w: tf.tensor3d(w, [kw, r, c]), shift: tf.tensor1d(shift) };
@@ -422,18 +434,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
                 }
                 t[((b * oh + i) * w + col) * r + o] = v;
               }
-        const want = new Float64Array(n * oh * ow * c);
-        for (let q = 0; q < n * oh; q++)
-          for (let xo = 0; xo < ow; xo++)
-            for (let k = 0; k < c; k++) {
-              let v = shift[k]! + (withRes ? res[(q * ow + xo) * c + k]! : 0);
-              for (let j = 0; j < kw; j++) {
-                const col = xo * sw + j - pl;
-                if (col < 0 || col >= w) continue;
-                for (let o = 0; o < r; o++) v += t[(q * w + col) * r + o]! * w2[(j * r + o) * c + k]!;
-              }
-              want[(q * ow + xo) * c + k] = relu ? Math.max(v, 0) : v;
-            }
+        const want = rowConvReference(t, { q: n * oh, win: w, wout: ow, kw, sw, pl, r, c }, w2, shift, withRes ? res : null, relu);
         const got = await onBackend('native', () =>
           tf.tidy(() => {
             const inputs: Record<string, tf.Tensor> = { x: tf.tensor4d(x, [n, h, w, cin]), k1: tf.tensor3d(k1, [kh, cin, r]), w2: tf.tensor3d(w2, [kw, r, c]), shift: tf.tensor1d(shift) };
