@@ -659,8 +659,12 @@ Napi::Value SpatialAffineFn(const Napi::CallbackInfo& info) {
       throw ArgError("OW " + std::to_string(g.ow) + " does not fit W " + std::to_string(g.w) + ", sw " + std::to_string(g.sw) + ", pl " + std::to_string(g.pl));
     // Each count below 2^40 elements, so that no product overflows.
     for (double n : {double(g.n) * g.h * g.w * g.cin, double(g.n) * g.oh * g.ow * g.c, double(g.kh) * g.cin * g.r,
-                     double(g.kw) * g.r * g.c, double(g.w + g.kw) * g.sw * (g.r + 16)})
+                     double(g.kw) * g.r * g.c})
       if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large");
+    // The per-thread row buffer ((W + 2·kw) pixels of R padded to 16) and the padded k1: with N = 0 the
+    // sizes above allow any W, so a row this wide is refused rather than allocated.
+    if (double(g.w + 2 * g.kw) * (g.r + 15) > double(1 << 28) || double(g.kh) * g.cin * (g.r + 15) > double(1 << 28))
+      throw ArgError("a row of W " + std::to_string(g.w) + " x R " + std::to_string(g.r) + " (or a k1 of " + std::to_string(g.kh) + " x " + std::to_string(g.cin) + " x " + std::to_string(g.r) + ") is too large for the row buffer");
     const size_t yc = static_cast<size_t>(g.n * g.oh * g.ow * g.c);
     const float* x = F32(info, 0, static_cast<size_t>(g.n * g.h * g.w * g.cin), "x");
     const float* k1 = F32(info, 1, static_cast<size_t>(g.kh * g.cin * g.r), "k1");

@@ -255,22 +255,26 @@ void SpatialAffine(const SpatialGeom& g, const float* x, const float* k1, const 
   // The buffer row: pl zero pixels, the W pixels of t, zeros up to what the last output's taps reach.
   const int64_t bw = std::max(g.pl + g.w, (g.ow - 1) * g.sw + g.kw);
   const int64_t rows = g.n * g.oh;
+  if (rows == 0) return;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), rows * g.ow / 1024)));
+  // One buffer row per thread, allocated here: an allocation failure inside the parallel region
+  // could not reach the caller as an exception (it would end the process).
+  std::vector<float> bufs(static_cast<size_t>(threads * bw * rp), 0.0f);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int id = omp_get_thread_num(), k = omp_get_num_threads();
-    std::vector<float> buf(static_cast<size_t>(bw * rp), 0.0f);
+    float* buf = bufs.data() + id * bw * rp;
     for (int64_t q = rows * id / k; q < rows * (id + 1) / k; q++) {
       const int64_t n = q / g.oh, oh = q % g.oh;
       float* yrow = y + q * g.ow * g.c;
       const float* rrow = res ? res + q * g.ow * g.c : nullptr;
 #ifdef SVD_PW_X86
       if (fast) {
-        fast(g, x, kp.data(), w2, shift, buf.data(), n, oh, yrow, rrow, relu);
+        fast(g, x, kp.data(), w2, shift, buf, n, oh, yrow, rrow, relu);
         continue;
       }
 #endif
-      SpatialRowGeneric(g, x, kp.data(), rp, w2, shift, buf.data(), n, oh, yrow, rrow, relu);
+      SpatialRowGeneric(g, x, kp.data(), rp, w2, shift, buf, n, oh, yrow, rrow, relu);
     }
   }
 }

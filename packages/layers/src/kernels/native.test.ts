@@ -503,6 +503,8 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 3, 3, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: .*0 <= pt < kh/);
     expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(1, 3, 4, 2, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: shape has 14 entries; expected 15/);
     expect(code(() => a.spatialAffine(f(24), f(12), f(18), f(3), f(36), sp(2 ** 20, 2 ** 20, 4, 2 ** 10, 3, 1, 1, 3, 2, 3, 1, 1, 4, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: a tensor of .* elements is too large/);
+    // No images but a row 2^30 wide: nothing to compute, and the row buffer is refused, not allocated.
+    expect(code(() => a.spatialAffine(f(0), f(12), f(18), f(3), f(0), sp(0, 3, 2 ** 30, 2, 3, 1, 1, 3, 2, 3, 1, 1, 2 ** 30, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: a row of W 1073741824 x R 2 .*too large/);
     // Sizes whose products would overflow: refused before any buffer is read.
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2 ** 20, 2 ** 20, 1, 1, 1, 0, 2 ** 20, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: a tensor of .* elements is too large/);
   });
