@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { configHash, parseConfig, serializeConfig, type Checkpoint, type RunConfig } from '@svd-train/core';
 import { buildResNetForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
 import { writePrunedCheckpoint } from './checkpoint-model.js';
-import { checkpointsForEpochs, finetuneConfig, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
+import { checkMacBudget, checkpointsForEpochs, finetuneConfig, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-pipeline-'));
@@ -136,5 +136,23 @@ describe('finetuneConfig: the fine-tuning phase\'s run config', () => {
     const d = { alpha: 0.7, temperature: 4, teacher: null, teacherRanks: null, teacherArch: null, extraTeachers: [] };
     const c = finetuneConfig(train, '/r/p.svdckpt', ranks, join(tmp, 'x'), d, '/r/trained.svdckpt', 50_000);
     expect([c.distillAlpha, c.teacher]).toEqual([0.7, '/r/trained.svdckpt']);
+  });
+});
+
+describe('checkMacBudget', () => {
+  it('refuses a budget below every layer at rank 1 before any training, naming the floor', () => {
+    for (const decomposition of ['channel', 'spatial'] as const) {
+      const base = { model: 'resnet20', decomposition, finetuneEpochs: 2 };
+      const floor = checkMacBudget(parseConfig({ ...base, pruneMacs: 40e6 }));
+      expect(floor).toBeGreaterThan(0);
+      expect(floor).toBeLessThan(13.6e6);
+      // The floor itself passes; one MAC less does not, and the message says what to give instead.
+      expect(checkMacBudget(parseConfig({ ...base, pruneMacs: floor! }))).toBe(floor);
+      expect(() => checkMacBudget(parseConfig({ ...base, pruneMacs: floor! - 1 }))).toThrow(new RegExp(`below the least.*${floor} MACs per image.*--prune-macs ${floor} or more`));
+    }
+  });
+
+  it('checks nothing without a budget', () => {
+    expect(checkMacBudget(parseConfig({ model: 'resnet20', pruneEnergy: 0.01 }))).toBeNull();
   });
 });

@@ -41,6 +41,28 @@ import { runMetrics, runSeconds } from './run-metrics.js';
 import { resumesIn, trainPhase, type StartContext } from './train-phase.js';
 import { macWeightRule, macWeightText, phaseTimes, type PhaseSeconds, type PipelinePoint, type PipelineSummary, type PretrainedPoint } from './report-pipeline.js';
 
+/**
+ * Fails at once when `--prune-macs` asks for less than any pruning of this architecture can give:
+ * every SVD layer at one singular value (a bound for every MAC weight, which only keeps more in the
+ * cheaper layers). Without this check the run would train for hours and fail at the pruning.
+ * Returns that floor in MACs per image (null without a budget).
+ */
+export function checkMacBudget(cfg: RunConfig): number | null {
+  if (cfg.pruneMacs === null) return null;
+  const model = buildResNetForConfig({ ...cfg, ranks: null });
+  const { model: ones } = pruneByEnergy(model, 1 - 1e-9);
+  const floor = countMacs(ones).total;
+  ones.dispose();
+  model.dispose();
+  if (cfg.pruneMacs < floor) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `--prune-macs ${cfg.pruneMacs}: below the least any pruning of ${cfg.model} (${cfg.decomposition}) can reach, ${floor} MACs per image with one singular value in every SVD layer (the plain ${cfg.model} costs ${plainResNetCost({ depth: depthOf(cfg.model) }).macs}). Fix: give --prune-macs ${floor} or more, or --prune-energy instead.`,
+    );
+  }
+  return floor;
+}
+
 /** Distillation for the fine-tuning phase: α, T, and the teacher (null: the trained model). */
 export interface FinetuneDistill {
   alpha: number;

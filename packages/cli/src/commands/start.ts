@@ -27,7 +27,7 @@ import {
 } from '@svd-train/core';
 import { initEngine } from '@svd-train/layers';
 import type { CliIo, SetExitCode } from '../cli-io.js';
-import { pruneAndFinetune, type FinetuneDistill } from '../prune-pipeline.js';
+import { checkMacBudget, pruneAndFinetune, type FinetuneDistill } from '../prune-pipeline.js';
 import { readTlsFiles, resolveToken } from '../secrets.js';
 import { plainPhase } from '../plain-phase.js';
 import type { PretrainedPoint } from '../report-pipeline.js';
@@ -199,6 +199,8 @@ async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   const info = datasetInfoFor(data.dir, cfg);
   const engine = await initEngine({ backend: 'auto', resolveFrom: import.meta.url });
   io.err(`coordinator: data ${data.dir} (${info.trainCount} train / ${info.testCount} test); initial weights on ${engine.backend}\n`);
+  // A MAC budget no pruning can meet fails now, not after the training.
+  checkMacBudget(cfg);
   const ctx: StartContext = { dataDir: data.dir, info, io, ...(tls ? { tls: { tls, certPath: String(opts.tlsCert) } } : {}) };
   let pretrained: PretrainedPoint | null = null;
   if (cfg.plainEpochs > 0) {
