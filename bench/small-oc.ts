@@ -2,8 +2,9 @@
  * Our few-output-channel conv kernels against oneDNN, layer by layer: `pnpm bench small-oc
  * [--batch 64] [--reps 15]`.
  *
- * For the 3×3 convs a pruned ResNet-20 runs in its first factored half (32×32×16, 16×16×32 and
- * 8×8×64 inputs, stride 1, and 32×32×16 at stride 2) to 1, 2, 3, 5, 8, 10, 12 and 13 output channels, times the
+ * For the convs a pruned ResNet-20 runs in the first half of its factored layers (3×3 in the channel
+ * form, 3×1 in the spatial one, 1×1 in a factored shortcut; 32×32×16, 16×16×32 and 8×8×64 inputs,
+ * stride 1, and 32×32×16 at stride 2) to a range of ranks (output channels), times the
  * forward and the filter gradient through the addon directly, with the small-OC kernels switched on
  * and off in the same process, and checks that both give the same numbers. The time is the minimum
  * of `--reps` calls after two warm-up calls: these calls take milliseconds, so on a shared machine
@@ -51,31 +52,41 @@ function relErr(got: Float32Array, want: Float32Array): number {
   return d / Math.max(m, 1e-30);
 }
 
-console.log(`\n3×3 convs, batch ${batch}, pad 1: ms (min of ${reps}); × = oneDNN / ours\n`);
-console.log('| input | stride | out ch | fwd oneDNN | fwd ours | fwd × | filter grad oneDNN | filter grad ours | filter grad × | max rel diff |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
-for (const [h, c, s] of [
-  [32, 16, 1],
-  [32, 16, 2],
-  [16, 32, 1],
-  [8, 64, 1],
-] as const) {
-  for (const f of [1, 2, 3, 5, 8, 10, 12, 13]) {
-    const oh = Math.floor((h + 2 - 3) / s) + 1;
-    const shape = [batch, h, h, c, f, 3, 3, oh, oh, s, s, 1, 1, 1, 1, 1, 1];
-    const x = rand(batch * h * h * c, 1);
-    const w = rand(9 * c * f, 2);
-    const dy = rand(batch * oh * oh * f, 3);
-    const y = [new Float32Array(dy.length), new Float32Array(dy.length)];
-    const dw = [new Float32Array(w.length), new Float32Array(w.length)];
-    const t: number[] = [];
-    for (const on of [0, 1]) {
-      a.setSmallOcKernels([on]);
-      t.push(best(() => a.conv2d(x, w, y[on]!, shape)), best(() => a.conv2dBackpropFilter(x, dy, dw[on]!, shape)));
+/** One table: convs of kh×kw taps (pad (kh−1)/2, (kw−1)/2) from each input to each output count. */
+function table(kh: number, kw: number, title: string, fs: readonly number[]): void {
+  const ph = (kh - 1) / 2;
+  const pw = (kw - 1) / 2;
+  console.log(`\n${title}, batch ${batch}: ms (min of ${reps}); × = oneDNN / ours\n`);
+  console.log('| input | stride | out ch | fwd oneDNN | fwd ours | fwd × | filter grad oneDNN | filter grad ours | filter grad × | max rel diff |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const [h, c, s] of [
+    [32, 16, 1],
+    [32, 16, 2],
+    [16, 32, 1],
+    [8, 64, 1],
+  ] as const) {
+    for (const f of fs) {
+      const oh = Math.floor((h + 2 * ph - kh) / s) + 1;
+      const ow = Math.floor((h + 2 * pw - kw) / s) + 1;
+      const shape = [batch, h, h, c, f, kh, kw, oh, ow, s, s, 1, 1, ph, pw, ph, pw];
+      const x = rand(batch * h * h * c, 1);
+      const w = rand(kh * kw * c * f, 2);
+      const dy = rand(batch * oh * ow * f, 3);
+      const y = [new Float32Array(dy.length), new Float32Array(dy.length)];
+      const dw = [new Float32Array(w.length), new Float32Array(w.length)];
+      const t: number[] = [];
+      for (const on of [0, 1]) {
+        a.setSmallOcKernels([on]);
+        t.push(best(() => a.conv2d(x, w, y[on]!, shape)), best(() => a.conv2dBackpropFilter(x, dy, dw[on]!, shape)));
+      }
+      a.setSmallOcKernels([1]);
+      const [f0, w0, f1, w1] = t as [number, number, number, number];
+      const err = Math.max(relErr(y[1]!, y[0]!), relErr(dw[1]!, dw[0]!));
+      console.log(`| ${h}×${h}×${c} | ${s} | ${f} | ${f0.toFixed(2)} | ${f1.toFixed(2)} | ${(f0 / f1).toFixed(2)} | ${w0.toFixed(2)} | ${w1.toFixed(2)} | ${(w0 / w1).toFixed(2)} | ${err.toExponential(1)} |`);
     }
-    a.setSmallOcKernels([1]);
-    const [f0, w0, f1, w1] = t as [number, number, number, number];
-    const err = Math.max(relErr(y[1]!, y[0]!), relErr(dw[1]!, dw[0]!));
-    console.log(`| ${h}×${h}×${c} | ${s} | ${f} | ${f0.toFixed(2)} | ${f1.toFixed(2)} | ${(f0 / f1).toFixed(2)} | ${w0.toFixed(2)} | ${w1.toFixed(2)} | ${(w0 / w1).toFixed(2)} | ${err.toExponential(1)} |`);
   }
 }
+
+table(3, 3, '3×3 convs (the channel form\'s first half), pad 1', [1, 2, 3, 5, 8, 10, 12, 13, 16, 24]);
+table(3, 1, '3×1 convs (the spatial form\'s first half), pad (1, 0)', [4, 7, 9, 13, 18, 24, 39, 64]);
+table(1, 1, '1×1 convs (a factored shortcut\'s first half)', [5, 13, 24, 39, 64]);

@@ -193,26 +193,31 @@ void ForwardAll(const Geom& g, const float* x, const float* w, float* y) {
   }
 }
 
-// Adds images [n_lo, n_hi)'s filter gradient into part, laid out [tap][cb][o][16 lanes]. The
-// (tap, 16-channel block) units are taken U at a time, so that U*F accumulators, F broadcasts of
-// dy and one x vector fit the 32 registers; each group reads the images once more.
-template <int F>
-void BackwardWeightsImages(const Geom& g, const float* x, const float* dy, float* part, int64_t n_lo, int64_t n_hi) {
-  constexpr int U = (20 / F) > 0 ? 20 / F : 1;
-  const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB;
-  for (int64_t u0 = 0; u0 < units; u0 += U) {
-    const int nu = static_cast<int>(std::min<int64_t>(U, units - u0));
-    int64_t ukh[U], ukw[U], uoff[U];
-    for (int u = 0; u < U; u++) {
-      const int64_t unit = std::min<int64_t>(u0 + u, units - 1), t = unit / CB, cb = unit % CB;
-      ukh[u] = t / g.kw;
-      ukw[u] = t % g.kw;
-      uoff[u] = (ukh[u] * g.w + ukw[u]) * C + cb * 16;
-    }
-    __m512 acc[U][F];
-    for (int u = 0; u < U; u++)
-      for (int o = 0; o < F; o++) acc[u][o] = _mm512_setzero_ps();
-    for (int64_t n = n_lo; n < n_hi; n++) {
+// Adds images [n_lo, n_hi)'s filter gradient for the outputs [o0, o0 + FB) (dy's rows are F = g.f
+// floats apart) into part, laid out [unit][o][16 lanes] with unit = tap * CB + cb. For each image the
+// (tap, 16-channel block) units are taken U at a time, so that U*FB accumulators, FB broadcasts of
+// dy and one x vector fit the 32 registers. The image is the outer loop: the unit groups re-read
+// it from cache, not the whole batch from memory once per group (the first version, which made
+// every group a pass over the batch, lost to oneDNN above 8 output channels).
+template <int FB>
+void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_t o0, float* part, int64_t n_lo,
+                          int64_t n_hi) {
+  constexpr int U = (20 / FB) > 0 ? 20 / FB : 1;
+  const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB, F = g.f;
+  for (int64_t n = n_lo; n < n_hi; n++) {
+    for (int64_t u0 = 0; u0 < units; u0 += U) {
+      const int nu = static_cast<int>(std::min<int64_t>(U, units - u0));
+      int64_t ukh[U], ukw[U], uoff[U];
+      for (int u = 0; u < U; u++) {
+        const int64_t unit = std::min<int64_t>(u0 + u, units - 1), t = unit / CB, cb = unit % CB;
+        ukh[u] = t / g.kw;
+        ukw[u] = t % g.kw;
+        uoff[u] = (ukh[u] * g.w + ukw[u]) * C + cb * 16;
+      }
+      __m512 acc[U][FB];
+      for (int u = 0; u < U; u++)
+        for (int o = 0; o < FB; o++)
+          acc[u][o] = u < nu ? _mm512_loadu_ps(part + ((u0 + u) * FB + o) * 16) : _mm512_setzero_ps();
       for (int64_t oh = 0; oh < g.oh; oh++) {
         const int64_t ih0 = oh * g.sh - g.pt;
         const bool rows_in = ih0 >= 0 && ih0 + g.kh <= g.h;
@@ -220,10 +225,10 @@ void BackwardWeightsImages(const Geom& g, const float* x, const float* dy, float
           const int64_t iw0 = ow * g.sw - g.pl;
           const bool inner = rows_in && iw0 >= 0 && iw0 + g.kw <= g.w;
           const int64_t base = ((n * g.h + ih0) * g.w + iw0) * C;  // of tap (0, 0); may lie outside x
-          const float* dyp = dy + ((n * g.oh + oh) * g.ow + ow) * F;
-          __m512 d[F];
+          const float* dyp = dy + ((n * g.oh + oh) * g.ow + ow) * F + o0;
+          __m512 d[FB];
 #pragma GCC unroll 8
-          for (int o = 0; o < F; o++) d[o] = _mm512_set1_ps(dyp[o]);
+          for (int o = 0; o < FB; o++) d[o] = _mm512_set1_ps(dyp[o]);
 #pragma GCC unroll 20
           for (int u = 0; u < U; u++) {
             if (u >= nu) break;
@@ -233,39 +238,51 @@ void BackwardWeightsImages(const Geom& g, const float* x, const float* dy, float
             }
             const __m512 xv = _mm512_loadu_ps(x + (base + uoff[u]));
 #pragma GCC unroll 8
-            for (int o = 0; o < F; o++) acc[u][o] = _mm512_fmadd_ps(xv, d[o], acc[u][o]);
+            for (int o = 0; o < FB; o++) acc[u][o] = _mm512_fmadd_ps(xv, d[o], acc[u][o]);
           }
         }
       }
+      for (int u = 0; u < nu; u++)
+        for (int o = 0; o < FB; o++) _mm512_storeu_ps(part + ((u0 + u) * FB + o) * 16, acc[u][o]);
     }
-    for (int u = 0; u < nu; u++)
-      for (int o = 0; o < F; o++) {
-        float* dst = part + ((u0 + u) * F + o) * 16;
-        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[u][o]));
-      }
   }
 }
 
-template <int F>
+using ChunkFn = void (*)(const Geom&, const float*, const float*, int64_t, float*, int64_t, int64_t);
+constexpr ChunkFn kChunks[9] = {nullptr, BackwardWeightsChunk<1>, BackwardWeightsChunk<2>, BackwardWeightsChunk<3>,
+                                BackwardWeightsChunk<4>, BackwardWeightsChunk<5>, BackwardWeightsChunk<6>,
+                                BackwardWeightsChunk<7>, BackwardWeightsChunk<8>};
+
+// F outputs in ceil(F / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel above.
 void BackwardWeightsAll(const Geom& g, const float* x, const float* dy, float* dw) {
-  const int64_t C = g.c, CB = C / 16, T = g.kh * g.kw, psize = T * CB * F * 16;
+  const int64_t C = g.c, CB = C / 16, T = g.kh * g.kw, F = g.f, units = T * CB, psize = units * F * 16;
+  const int64_t chunks = (F + 7) / 8;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
   std::vector<float> parts(threads * psize, 0.0f);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int id = omp_get_thread_num(), k = omp_get_num_threads();
     const int64_t lo = g.n * id / k, hi = g.n * (id + 1) / k;
-    BackwardWeightsImages<F>(g, x, dy, parts.data() + id * psize, lo, hi);
+    for (int64_t ch = 0, o0 = 0; ch < chunks; ch++) {
+      const int64_t fb = F / chunks + (ch < F % chunks ? 1 : 0);
+      kChunks[fb](g, x, dy, o0, parts.data() + id * psize + units * o0 * 16, lo, hi);
+      o0 += fb;
+    }
   }
-  // [tap][cb][o][lane] summed over threads -> HWIO [tap][c = cb*16 + lane][o].
-  for (int64_t t = 0; t < T; t++)
-    for (int64_t cb = 0; cb < CB; cb++)
-      for (int o = 0; o < F; o++)
+  // Chunk [unit][o][lane] summed over threads -> HWIO [tap][c = cb*16 + lane][o0 + o].
+  for (int64_t ch = 0, o0 = 0; ch < chunks; ch++) {
+    const int64_t fb = F / chunks + (ch < F % chunks ? 1 : 0);
+    for (int64_t unit = 0; unit < units; unit++) {
+      const int64_t t = unit / CB, cb = unit % CB;
+      for (int64_t o = 0; o < fb; o++)
         for (int lane = 0; lane < 16; lane++) {
           float s = 0.0f;
-          for (int i = 0; i < threads; i++) s += parts[i * psize + ((t * CB + cb) * F + o) * 16 + lane];
-          dw[(t * C + cb * 16 + lane) * F + o] = s;
+          for (int i = 0; i < threads; i++) s += parts[i * psize + units * o0 * 16 + (unit * fb + o) * 16 + lane];
+          dw[(t * C + cb * 16 + lane) * F + o0 + o] = s;
         }
+    }
+    o0 += fb;
+  }
 }
 
 }  // namespace
@@ -288,25 +305,21 @@ void Forward(const Geom& g, const float* x, const float* w, float* y) {
   }
 }
 
-void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) {
-  switch (g.f) {
-    case 1: return BackwardWeightsAll<1>(g, x, dy, dw);
-    case 2: return BackwardWeightsAll<2>(g, x, dy, dw);
-    case 3: return BackwardWeightsAll<3>(g, x, dy, dw);
-    case 4: return BackwardWeightsAll<4>(g, x, dy, dw);
-    case 5: return BackwardWeightsAll<5>(g, x, dy, dw);
-    case 6: return BackwardWeightsAll<6>(g, x, dy, dw);
-    case 7: return BackwardWeightsAll<7>(g, x, dy, dw);
-    case 8: return BackwardWeightsAll<8>(g, x, dy, dw);
-    default: std::abort();
-  }
-}
+void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) { BackwardWeightsAll(g, x, dy, dw); }
 
 #pragma GCC pop_options
 
+// The most output channels a kernel takes for this shape (see small_oc_conv.h); 0: none.
+static int64_t MaxF(const Geom& g, bool forward) {
+  const int64_t taps = g.kh * g.kw;
+  if (forward) return taps == 1 ? 0 : kSmallOcMaxFForward;
+  if (taps == 1 || g.sh > 1 || g.sw > 1) return kSmallOcMaxFFilterOther;
+  return taps <= 3 ? kSmallOcMaxFFilter3Taps : kSmallOcMaxFFilter9Taps;
+}
+
 bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
-  return HasAvx512() && dh == 1 && dw == 1 && g.c % 16 == 0 && g.c <= 256 && g.f >= 1 &&
-         g.f <= (forward ? kSmallOcMaxFForward : kSmallOcMaxFFilter) && g.kh * g.kw <= 9;
+  return HasAvx512() && dh == 1 && dw == 1 && g.c % 16 == 0 && g.c <= 256 && g.f >= 1 && g.f <= MaxF(g, forward) &&
+         g.kh * g.kw <= 9;
 }
 
 #else  // not x86-64 with GCC/Clang: oneDNN runs every shape

@@ -20,13 +20,18 @@
 
 namespace svd_small_oc {
 
-// The most output channels each kernel takes: beyond them oneDNN was as fast or faster (`pnpm bench
-// small-oc`, batch 64, 32x32x16 at stride 1 and 2, 16x16x32 and 8x8x64: forward 1.5-3.6x faster
-// than oneDNN for F <= 8, 0.97-1.5x at F = 10-12, 0.7-1.15x at 13-16, and mostly slower above,
-// where oneDNN's cost steps at 16 and 32 but ours grows with F; filter gradient 1.9-3.5x faster
-// for F <= 5, 1.2-1.9x at F = 8).
+// The most output channels each kernel takes, where `pnpm bench small-oc` (batch 64; 32x32x16 at
+// stride 1 and 2, 16x16x32 and 8x8x64) found it faster than oneDNN:
+//   - forward, F <= 12, 3 or 9 taps: 1.1-3.3x for F <= 10, about 1.0-1.2x at 12; beyond, oneDNN's
+//     cost steps at 16 and 32 but ours grows with F. Not 1x1 convs: with one tap the transposes
+//     to and from the image lanes cost more than the conv (0.54-0.64x at F = 5).
+//   - filter gradient, stride 1: 3 taps (the spatial form's k x 1 half) up to F = 48, 1.4-4.5x
+//     (oneDNN's kernel for 3x1 shapes runs at half its 3x3 speed); 9 taps up to F = 10, 1.05-3.5x;
+//     1 tap, and any stride above 1, up to F = 8 (at 13 and more, 0.5-1.1x).
 constexpr int64_t kSmallOcMaxFForward = 12;
-constexpr int64_t kSmallOcMaxFFilter = 8;
+constexpr int64_t kSmallOcMaxFFilter3Taps = 48;
+constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
+constexpr int64_t kSmallOcMaxFFilterOther = 8;
 
 // The conv2d shape of addon.cc: x NHWC [n,h,w,c], w HWIO [kh,kw,c,f], y NHWC [n,oh,ow,f];
 // stride sh/sw, zero padding pt (top) / pl (left), the bottom/right padding implied by oh/ow.
@@ -35,8 +40,7 @@ struct Geom {
 };
 
 // Whether these kernels take the shape: AVX-512F at run time, c a multiple of 16 (at most 256),
-// 1 <= f <= kSmallOcMaxFForward (forward) or kSmallOcMaxFFilter (filter gradient), at most 9 taps,
-// dilation 1 (dh, dw as tfjs counts them, 1 = dense).
+// 1 <= f <= the limits above, at most 9 taps, dilation 1 (dh, dw as tfjs counts them, 1 = dense).
 bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward);
 
 void Forward(const Geom& g, const float* x, const float* w, float* y);
