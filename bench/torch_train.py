@@ -34,6 +34,16 @@ The pipeline stage mirrors `svd-coord start --prune-energy/--prune-macs --finetu
                         teaching in eval mode on the same augmented batch (svd-train's
                         --distill-alpha in the pipeline).
 
+And from a trained plain model, as `svd-coord start --plain-epochs N`:
+  --plain-epochs N [--plain-lr X]   first train the plain ResNet-20 (no SVD, no regularizer;
+                        one-cycle, peak X, default 0.1) for N epochs, then start the method from its
+                        exact full-rank SVD (svd-coord decompose); with --distill-alpha the plain
+                        model teaches the fine-tuning, and with --distill-training the training too.
+  The record's spatial recipe (docs/results/resnet20-pipeline-one-command-spatial):
+    --plain-epochs 40 --decomposition spatial --distill-alpha 0.7 --distill-training --lambda-s 0.035
+    --lr 0.05 --epochs 8 --prune-macs 13.6e6 --finetune-epochs 95 --finetune-lr 0.02
+    --finetune-average 5 --cutout 8
+
 Usage: /usr/bin/python3 bench/torch_train.py --data ../shared/cifar-10-batches-bin --epochs 1
 Prints one line per epoch (train and test accuracy, seconds), the pipeline's table, and a final
 JSON line. --checkpoint PATH resumes both stages after a stop.
@@ -247,13 +257,41 @@ def distill_term(logits, teacher_logits, temperature):
                                                 reduction='batchmean', log_target=True)
 
 
+def decompose(plain, decomp, device):
+    """The plain model's exact full-rank SVD as an SVD-ResNet-20 (svd-coord decompose): each conv's
+    matrix in SVDConv's layout and the dense weight factored in float64, batch norm and bias copied."""
+    model = ResNet20('reconstruct', decomp).to(device).train()
+    src = dict(plain.named_modules())
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, (SVDConv, SVDDense)):
+                w = src[name].weight.double()
+                u, s, vh = torch.linalg.svd(m.to_matrix(w) if isinstance(m, SVDConv) else w, full_matrices=False)
+                m.U.copy_(u.float())
+                m.s.copy_(s.float())
+                m.V.copy_(vh.t().float())
+                if isinstance(m, SVDDense):
+                    m.bias.copy_(src[name].bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.load_state_dict(src[name].state_dict())
+    return model
+
+
+def frozen(model):
+    """An eval-mode copy whose parameters take no gradient: a teacher."""
+    t = copy.deepcopy(model).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
+
+
 def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None, average_last=0):
     """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`.
     With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha). Returns
     (history, sums, count): with `average_last` K, sums is the sum of the float state (parameters and
     BN statistics) at the end of each of the last K epochs, and count how many it holds (else None, 0)."""
     xtr, ytr, xte, yte = data
-    gen = torch.Generator().manual_seed(a.seed if stage == 'train' else a.seed + 1)
+    gen = torch.Generator().manual_seed(a.seed + {'train': 0, 'finetune': 1, 'plain': 2}[stage])
     steps_per_epoch = xtr.shape[0] // a.batch
     total = epochs * steps_per_epoch
     opt, sched = make_optimizer(model, a, lr, epochs, steps_per_epoch)
@@ -262,8 +300,11 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     sums, summed = None, 0
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
-        keys = ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end') + (('finetune_epochs', 'finetune_lr', 'finetune_average', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ())
-        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0, 'finetune_average': 0}
+        keys = ('batch', 'plain_epochs', 'plain_lr', 'cutout', 'seed') if stage == 'plain' else (
+            ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end', 'plain_epochs', 'distill_training')
+            + (('finetune_epochs', 'finetune_lr', 'finetune_average', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ()))
+        absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0, 'finetune_average': 0,
+                  'plain_epochs': 0, 'plain_lr': 0.1, 'distill_training': False, 'cutout': 0, 'seed': 0}
         for k in keys:
             was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
@@ -316,7 +357,9 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     return history, sums, summed
 
 
-def pipeline(model, a, data, device):
+def pipeline(model, a, data, device, teacher=None):
+    """Prune, sweep and fine-tune `model`; `teacher` (else the trained model) teaches the fine-tuning
+    when --distill-alpha is given."""
     xtr, ytr, xte, yte = data
     sizes = output_sizes(model, device)
     n = min(BN_RECALIBRATION_IMAGES, xtr.shape[0])
@@ -343,12 +386,9 @@ def pipeline(model, a, data, device):
     if a.finetune_epochs > 0:
         lr = a.finetune_lr if a.finetune_lr is not None else a.lr / 10
         ck = a.checkpoint + '.finetune' if a.checkpoint else ''
-        teacher = None
-        if a.distill_alpha > 0:
-            teacher = copy.deepcopy(model).eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-        hist, sums, summed = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher, average_last=a.finetune_average)
+        if a.distill_alpha > 0 and teacher is None:
+            teacher = frozen(model)
+        hist, sums, summed = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher if a.distill_alpha > 0 else None, average_last=a.finetune_average)
         out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
         if summed >= 2:
             avg = copy.deepcopy(pruned)
@@ -390,6 +430,9 @@ def main():
     ap.add_argument('--finetune-average', type=int, default=0, help="then average the fine-tuning's last K epochs (0: off), as svd-train's --finetune-average")
     ap.add_argument('--distill-alpha', type=float, default=0.0, help='fine-tuning: weight of the distillation term (the trained model teaches)')
     ap.add_argument('--distill-temperature', type=float, default=4.0)
+    ap.add_argument('--plain-epochs', type=int, default=0, help='first train the plain ResNet-20 for N epochs and start from its exact SVD (svd-train\'s --plain-epochs)')
+    ap.add_argument('--plain-lr', type=float, default=0.1, help='peak lr of the plain phase')
+    ap.add_argument('--distill-training', action='store_true', help='with --plain-epochs and --distill-alpha: the plain model teaches the training too')
     ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists; the fine-tuning stage uses PATH.finetune')
     a = ap.parse_args()
     if a.prune_energy is not None and a.prune_macs is not None:
@@ -404,6 +447,10 @@ def main():
         raise SystemExit(f'--finetune-average {a.finetune_average}: expected 0 (off) or 2 to --finetune-epochs ({a.finetune_epochs})')
     if not 0 <= a.cutout <= 32:
         raise SystemExit(f'--cutout {a.cutout}: expected a side in pixels in [0, 32]')
+    if a.plain_epochs < 0:
+        raise SystemExit(f'--plain-epochs {a.plain_epochs}: expected 0 (off) or a number of epochs')
+    if a.distill_training and not (a.plain_epochs > 0 and a.distill_alpha > 0):
+        raise SystemExit('--distill-training needs --plain-epochs N and --distill-alpha A: the plain model is the only teacher here')
     if a.batch % a.bn_groups:
         raise SystemExit(f'--bn-groups {a.bn_groups} does not divide --batch {a.batch}')
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
@@ -414,11 +461,24 @@ def main():
     xtr, ytr = load(a.data, [f'data_batch_{i}.bin' for i in range(1, 6)], a.limit_train)
     xte, yte = load(a.data, ['test_batch.bin'], a.limit_test)
     data = tuple(t.to(device) for t in (xtr, ytr, xte, yte))
-    model = ResNet20('reconstruct', a.decomposition).to(device).train()
-    history, _, _ = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint)
-    result = {'args': vars(a), 'device': str(device), 'history': history}
+    result = {'args': vars(a), 'device': str(device)}
+    teacher = None
+    if a.plain_epochs > 0:
+        plain = ResNet20('plain').to(device).train()
+        hist, _, _ = train(plain, a, 'plain', data, a.plain_epochs, a.plain_lr, 0.0, a.checkpoint + '.plain' if a.checkpoint else '')
+        result['plain'] = hist
+        if len(hist) < a.plain_epochs:
+            print(json.dumps(result))
+            return
+        teacher = frozen(plain)
+        model = decompose(plain, a.decomposition, device)
+        print(f"plain ResNet-20: test {evaluate(teacher, data[2], data[3]):.4f}; its exact SVD: test {evaluate(model, data[2], data[3]):.4f}", flush=True)
+    else:
+        model = ResNet20('reconstruct', a.decomposition).to(device).train()
+    history, _, _ = train(model, a, 'train', data, a.epochs, a.lr, a.lambda_s, a.checkpoint, teacher=teacher if a.distill_training else None)
+    result['history'] = history
     if len(history) == a.epochs and (a.prune_energy is not None or a.prune_macs is not None):
-        result['pipeline'] = pipeline(model, a, data, device)
+        result['pipeline'] = pipeline(model, a, data, device, teacher)
     print(json.dumps(result))
 
 
