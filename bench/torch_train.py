@@ -39,6 +39,10 @@ And from a trained plain model, as `svd-coord start --plain-epochs N`:
                         one-cycle, peak X, default 0.1) for N epochs, then start the method from its
                         exact full-rank SVD (svd-coord decompose); with --distill-alpha the plain
                         model teaches the fine-tuning, and with --distill-training the training too.
+  --plain-from DIR      instead, take the plain ResNet-20 from an svd-train stock export
+                        (`svd-coord export CKPT --stock --out DIR` of a plain checkpoint, e.g. the
+                        record's <out>/plain/checkpoints/ckpt-….svdckpt): the same plain model, so the
+                        method's phases can be compared with svd-train's run for run.
   The record's spatial recipe (docs/results/resnet20-pipeline-one-command-spatial):
     --plain-epochs 40 --decomposition spatial --distill-alpha 0.7 --distill-training --lambda-s 0.035
     --lr 0.05 --epochs 8 --prune-macs 13.6e6 --finetune-epochs 95 --finetune-lr 0.02
@@ -277,6 +281,46 @@ def decompose(plain, decomp, device):
     return model
 
 
+def load_stock_plain(folder, device):
+    """A plain ResNet-20 from an svd-train stock export (model.json + weights.bin): tfjs layer
+    `layers_0_conv1` is module `layers.0.conv1`, kernels HWIO -> OIHW, the dense kernel transposed.
+    Every weight of the PyTorch model must be there with its shape, and nothing else."""
+    if not os.path.isfile(os.path.join(folder, 'model.json')):
+        raise SystemExit(f'--plain-from {folder}: no model.json there. Fix: svd-coord export CKPT --stock --out {folder} with a plain checkpoint')
+    with open(os.path.join(folder, 'model.json')) as f:
+        manifest = json.load(f)['weightsManifest']
+    model = ResNet20('plain').to(device)
+    state = model.state_dict()
+    loaded = {}
+    for group in manifest:
+        blob = b''.join(open(os.path.join(folder, p), 'rb').read() for p in group['paths'])
+        offset = 0
+        for w in group['weights']:
+            if w.get('dtype', 'float32') != 'float32':
+                raise SystemExit(f"--plain-from {folder}: weight {w['name']} is {w['dtype']}; expected float32 (an svd-train stock export)")
+            count = int(np.prod(w['shape'])) if w['shape'] else 1
+            arr = np.frombuffer(blob, dtype='<f4', count=count, offset=offset).reshape(w['shape'])
+            offset += 4 * count
+            layer, field = w['name'].rsplit('/', 1)
+            module = layer.replace('_', '.')
+            t = torch.from_numpy(arr.copy())
+            key = {'kernel': 'weight', 'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean', 'moving_variance': 'running_var', 'bias': 'bias'}.get(field)
+            if key is None:
+                raise SystemExit(f"--plain-from {folder}: unexpected weight {w['name']}; expected a plain ResNet-20's stock export (svd-coord export --stock of a plain checkpoint)")
+            if field == 'kernel':
+                t = t.permute(3, 2, 0, 1) if t.dim() == 4 else t.t()
+            loaded[f'{module}.{key}'] = t
+    want = {k: v.shape for k, v in state.items() if not k.endswith('num_batches_tracked')}
+    missing = sorted(set(want) - set(loaded))
+    extra = sorted(set(loaded) - set(want))
+    wrong = sorted(k for k in set(want) & set(loaded) if loaded[k].shape != want[k])
+    if missing or extra or wrong:
+        raise SystemExit(f'--plain-from {folder}: not a plain ResNet-20 stock export (missing {missing[:3]}, unexpected {extra[:3]}, '
+                         f'wrong shape {wrong[:3]}). Fix: svd-coord export CKPT --stock --out DIR with the plain phase\'s checkpoint, without --fold-bn')
+    model.load_state_dict(loaded, strict=False)
+    return model.train()
+
+
 def frozen(model):
     """An eval-mode copy whose parameters take no gradient: a teacher."""
     t = copy.deepcopy(model).eval()
@@ -301,10 +345,10 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     if ck_path and os.path.exists(ck_path):
         ck = torch.load(ck_path, map_location=xtr.device)
         keys = ('batch', 'plain_epochs', 'plain_lr', 'cutout', 'seed') if stage == 'plain' else (
-            ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end', 'plain_epochs', 'distill_training')
+            ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end', 'plain_epochs', 'plain_from', 'distill_training')
             + (('finetune_epochs', 'finetune_lr', 'finetune_average', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ()))
         absent = {'decomposition': 'channel', 'sparsity_start': 0.0, 'sparsity_end': 1.0, 'distill_alpha': 0.0, 'distill_temperature': 4.0, 'finetune_average': 0,
-                  'plain_epochs': 0, 'plain_lr': 0.1, 'distill_training': False, 'cutout': 0, 'seed': 0}
+                  'plain_epochs': 0, 'plain_lr': 0.1, 'plain_from': '', 'distill_training': False, 'cutout': 0, 'seed': 0}
         for k in keys:
             was, now = ck['args'].get(k, absent.get(k)), vars(a).get(k)
             if was != now:
@@ -432,6 +476,7 @@ def main():
     ap.add_argument('--distill-temperature', type=float, default=4.0)
     ap.add_argument('--plain-epochs', type=int, default=0, help='first train the plain ResNet-20 for N epochs and start from its exact SVD (svd-train\'s --plain-epochs)')
     ap.add_argument('--plain-lr', type=float, default=0.1, help='peak lr of the plain phase')
+    ap.add_argument('--plain-from', default='', help='take the plain ResNet-20 from this svd-train stock export folder instead of training it')
     ap.add_argument('--distill-training', action='store_true', help='with --plain-epochs and --distill-alpha: the plain model teaches the training too')
     ap.add_argument('--checkpoint', default='', help='save model, optimizer, schedule and RNG state here after every epoch (atomically), and resume from it when it exists; the fine-tuning stage uses PATH.finetune')
     a = ap.parse_args()
@@ -449,8 +494,10 @@ def main():
         raise SystemExit(f'--cutout {a.cutout}: expected a side in pixels in [0, 32]')
     if a.plain_epochs < 0:
         raise SystemExit(f'--plain-epochs {a.plain_epochs}: expected 0 (off) or a number of epochs')
-    if a.distill_training and not (a.plain_epochs > 0 and a.distill_alpha > 0):
-        raise SystemExit('--distill-training needs --plain-epochs N and --distill-alpha A: the plain model is the only teacher here')
+    if a.plain_from and a.plain_epochs:
+        raise SystemExit('give --plain-epochs or --plain-from, not both')
+    if a.distill_training and not ((a.plain_epochs > 0 or a.plain_from) and a.distill_alpha > 0):
+        raise SystemExit('--distill-training needs --plain-epochs N (or --plain-from DIR) and --distill-alpha A: the plain model is the only teacher here')
     if a.batch % a.bn_groups:
         raise SystemExit(f'--bn-groups {a.bn_groups} does not divide --batch {a.batch}')
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
@@ -463,13 +510,16 @@ def main():
     data = tuple(t.to(device) for t in (xtr, ytr, xte, yte))
     result = {'args': vars(a), 'device': str(device)}
     teacher = None
-    if a.plain_epochs > 0:
-        plain = ResNet20('plain').to(device).train()
-        hist, _, _ = train(plain, a, 'plain', data, a.plain_epochs, a.plain_lr, 0.0, a.checkpoint + '.plain' if a.checkpoint else '')
-        result['plain'] = hist
-        if len(hist) < a.plain_epochs:
-            print(json.dumps(result))
-            return
+    if a.plain_epochs > 0 or a.plain_from:
+        if a.plain_from:
+            plain = load_stock_plain(a.plain_from, device)
+        else:
+            plain = ResNet20('plain').to(device).train()
+            hist, _, _ = train(plain, a, 'plain', data, a.plain_epochs, a.plain_lr, 0.0, a.checkpoint + '.plain' if a.checkpoint else '')
+            result['plain'] = hist
+            if len(hist) < a.plain_epochs:
+                print(json.dumps(result))
+                return
         teacher = frozen(plain)
         model = decompose(plain, a.decomposition, device)
         print(f"plain ResNet-20: test {evaluate(teacher, data[2], data[3]):.4f}; its exact SVD: test {evaluate(model, data[2], data[3]):.4f}", flush=True)
