@@ -18,6 +18,7 @@ import { pruneByEnergy } from './prune.js';
 import { seededUniform } from './test-support/index.js';
 
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'test-support', 'torch_run_export.py');
+const PLAIN_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bench', 'check_torch_plain.py');
 const hasTorch = spawnSync('/usr/bin/python3', ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -67,4 +68,30 @@ describe.skipIf(!hasTorch)('stock export run by PyTorch (independent runtime)', 
       [m, stock].forEach((q) => q.dispose());
     });
   }
+});
+
+describe.skipIf(!hasTorch)('bench/torch_train.py --plain-from: a plain ResNet-20 export in PyTorch', () => {
+  it("loads with tfjs' logits, and its exact channel and spatial SVDs give them too", async () => {
+    const m = buildResNet({ depth: 20, svd: false, seed: 5 });
+    setBuffers(m, getBuffers(m).map((b, i) => ({ ...b, data: b.data.map((_, j) => (b.name.endsWith('running_var') ? 0.5 + ((i + j) % 4) / 4 : ((i * 3 + j) % 5) / 10 - 0.2)) })));
+    const dir = mkdtempSync(join(tmpdir(), 'svd-plain-torch-'));
+    dirs.push(dir);
+    await exportToStockLayers(m).save(fileSystemIO(dir));
+    const n = 8;
+    const xs = seededUniform(n * 32 * 32 * 3, 78, 2);
+    writeFileSync(join(dir, 'x.f32'), new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength));
+    const r = spawnSync('/usr/bin/python3', [PLAIN_SCRIPT, dir, join(dir, 'x.f32'), String(n), join(dir, 'y.f32')], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const buf = readFileSync(join(dir, 'y.f32'));
+    const theirs = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+    const ours = tf.tidy(() => (m.predict(tf.tensor4d(xs, [n, 32, 32, 3])) as tf.Tensor).dataSync() as Float32Array);
+    expect(theirs.length).toBe(3 * ours.length);
+    const scale = Math.max(...Array.from(ours, Math.abs));
+    for (const [k, label] of ['plain', 'channel SVD', 'spatial SVD'].entries()) {
+      let worst = 0;
+      for (let i = 0; i < ours.length; i++) worst = Math.max(worst, Math.abs(ours[i]! - theirs[k * ours.length + i]!));
+      expect(worst / scale, label).toBeLessThan(1e-4);
+    }
+    m.dispose();
+  });
 });
