@@ -39,22 +39,31 @@ function prunedResNet8(decomposition: 'channel' | 'spatial'): tf.LayersModel {
   return model;
 }
 
+/**
+ * Saves `exported` to a fresh folder, runs `script` on it with n seeded images (NHWC float32) and
+ * returns what the script wrote, with tfjs' logits of `model` on the same images.
+ */
+async function inTorch(script: string, exported: tf.LayersModel, model: tf.LayersModel, n: number, seed: number): Promise<{ theirs: Float32Array; ours: Float32Array }> {
+  const dir = mkdtempSync(join(tmpdir(), 'svd-export-torch-'));
+  dirs.push(dir);
+  await exported.save(fileSystemIO(dir));
+  const xs = seededUniform(n * 32 * 32 * 3, seed, 2);
+  writeFileSync(join(dir, 'x.f32'), new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength));
+  const r = spawnSync('/usr/bin/python3', [script, dir, join(dir, 'x.f32'), String(n), join(dir, 'y.f32')], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  const buf = readFileSync(join(dir, 'y.f32'));
+  const theirs = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+  const ours = tf.tidy(() => (model.predict(tf.tensor4d(xs, [n, 32, 32, 3])) as tf.Tensor).dataSync() as Float32Array);
+  return { theirs, ours };
+}
+
 describe.skipIf(!hasTorch)('stock export run by PyTorch (independent runtime)', () => {
   for (const [decomposition, foldBatchNorm] of [['channel', false], ['channel', true], ['spatial', true]] as const) {
     it(`pruned ResNet-8 ${decomposition}${foldBatchNorm ? ', BN folded' : ''}: PyTorch gives tfjs' logits and classes for every image`, async () => {
       const m = prunedResNet8(decomposition);
       const stock = exportToStockLayers(m, { foldBatchNorm });
-      const dir = mkdtempSync(join(tmpdir(), 'svd-export-torch-'));
-      dirs.push(dir);
-      await stock.save(fileSystemIO(dir));
       const n = 24;
-      const xs = seededUniform(n * 32 * 32 * 3, 77, 2);
-      writeFileSync(join(dir, 'x.f32'), new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength));
-      const r = spawnSync('/usr/bin/python3', [SCRIPT, dir, join(dir, 'x.f32'), String(n), join(dir, 'y.f32')], { encoding: 'utf8' });
-      expect(r.status, r.stderr).toBe(0);
-      const buf = readFileSync(join(dir, 'y.f32'));
-      const theirs = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-      const ours = tf.tidy(() => (m.predict(tf.tensor4d(xs, [n, 32, 32, 3])) as tf.Tensor).dataSync() as Float32Array);
+      const { theirs, ours } = await inTorch(SCRIPT, stock, m, n, 77);
       expect(theirs.length).toBe(ours.length);
       const scale = Math.max(...Array.from(ours, Math.abs));
       let worst = 0;
@@ -74,17 +83,8 @@ describe.skipIf(!hasTorch)('bench/torch_train.py --plain-from: a plain ResNet-20
   it("loads with tfjs' logits, and its exact channel and spatial SVDs give them too", async () => {
     const m = buildResNet({ depth: 20, svd: false, seed: 5 });
     setBuffers(m, getBuffers(m).map((b, i) => ({ ...b, data: b.data.map((_, j) => (b.name.endsWith('running_var') ? 0.5 + ((i + j) % 4) / 4 : ((i * 3 + j) % 5) / 10 - 0.2)) })));
-    const dir = mkdtempSync(join(tmpdir(), 'svd-plain-torch-'));
-    dirs.push(dir);
-    await exportToStockLayers(m).save(fileSystemIO(dir));
-    const n = 8;
-    const xs = seededUniform(n * 32 * 32 * 3, 78, 2);
-    writeFileSync(join(dir, 'x.f32'), new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength));
-    const r = spawnSync('/usr/bin/python3', [PLAIN_SCRIPT, dir, join(dir, 'x.f32'), String(n), join(dir, 'y.f32')], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-    const buf = readFileSync(join(dir, 'y.f32'));
-    const theirs = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-    const ours = tf.tidy(() => (m.predict(tf.tensor4d(xs, [n, 32, 32, 3])) as tf.Tensor).dataSync() as Float32Array);
+    const stock = exportToStockLayers(m);
+    const { theirs, ours } = await inTorch(PLAIN_SCRIPT, stock, m, 8, 78);
     expect(theirs.length).toBe(3 * ours.length);
     const scale = Math.max(...Array.from(ours, Math.abs));
     for (const [k, label] of ['plain', 'channel SVD', 'spatial SVD'].entries()) {
@@ -92,6 +92,6 @@ describe.skipIf(!hasTorch)('bench/torch_train.py --plain-from: a plain ResNet-20
       for (let i = 0; i < ours.length; i++) worst = Math.max(worst, Math.abs(ours[i]! - theirs[k * ours.length + i]!));
       expect(worst / scale, label).toBeLessThan(1e-4);
     }
-    m.dispose();
+    [m, stock].forEach((q) => q.dispose());
   });
 });
