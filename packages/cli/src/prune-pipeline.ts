@@ -28,6 +28,8 @@ import {
   depthOf,
   energyForMacs,
   evaluateSplit,
+  FLOOR_ENERGY,
+  macsAfterPruning,
   plainResNetCost,
   pruneByEnergy,
   BN_RECALIBRATION_IMAGES,
@@ -50,9 +52,7 @@ import { macWeightRule, macWeightText, phaseTimes, type PhaseSeconds, type Pipel
 export function checkMacBudget(cfg: RunConfig): number | null {
   if (cfg.pruneMacs === null) return null;
   const model = buildResNetForConfig({ ...cfg, ranks: null });
-  const { model: ones } = pruneByEnergy(model, 1 - 1e-9);
-  const floor = countMacs(ones).total;
-  ones.dispose();
+  const floor = macsAfterPruning(model, FLOOR_ENERGY);
   model.dispose();
   if (cfg.pruneMacs < floor) {
     throw new SvdTrainError(

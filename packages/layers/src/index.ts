@@ -8,7 +8,7 @@ export { buildResNet, buildResNetForConfig, buildTeacherForConfig, depthOf, plai
 export { namedParameters, namedBuffers, getParameters, setParameters, getBuffers, setBuffers, setWeights, layerNameFor, moduleNameFor, noDecayParameterNames, type NamedVariable } from './parameter-names.js';
 export { countMacs, countParams, macsPerRank, type LayerMacs, type ComputeForm, type CountMacsOptions } from './macs.js';
 export { SVDBatchNorm, batchNormTrain, batchNormInfer, type SVDBatchNormArgs, type BatchNormTrainResult, type BatchNormFusion } from './batch-norm.js';
-export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, layerEnergies, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
+export { selectRankByThreshold, pruneModel, pruneByEnergy, pruneByThreshold, energyForMacs, macsAfterPruning, FLOOR_ENERGY, layerEnergies, svdRanks, type PruneLayerReport, type PruneResult } from './prune.js';
 export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';

@@ -171,19 +171,25 @@ export function pruneByThreshold(model: tf.LayersModel, tau: number): PruneResul
  * keeps the fewest singular values (one per layer at MAC weight 0) costs more than the target,
  * naming that cost.
  */
+/** The largest energy pruning takes: every SVD layer keeps one singular value (with MAC weight 0). */
+export const FLOOR_ENERGY = 1 - 1e-9;
+
+/** MACs per image of `model` pruned at energy e (and MAC weight, see pruneByEnergy), the pruned copy disposed. */
+export function macsAfterPruning(model: tf.LayersModel, energy: number, macWeight = 0): number {
+  const { model: pruned } = pruneByEnergy(model, energy, macWeight);
+  const m = countMacs(pruned).total;
+  pruned.dispose();
+  return m;
+}
+
 export function energyForMacs(model: tf.LayersModel, targetMacs: number, opts: { relTol?: number; macWeight?: number } = {}): { energy: number; macs: number } {
   const { relTol = 1e-3, macWeight = 0 } = opts;
   if (!(targetMacs > 0)) throw new SvdTrainError('CONFIG_INVALID', `MAC target ${targetMacs}; expected a positive number of MACs per image`);
-  const macsAt = (e: number): number => {
-    const { model: pruned } = pruneByEnergy(model, e, macWeight);
-    const m = countMacs(pruned).total;
-    pruned.dispose();
-    return m;
-  };
+  const macsAt = (e: number): number => macsAfterPruning(model, e, macWeight);
   const full = countMacs(model).total;
   if (full <= targetMacs) return { energy: 0, macs: full };
   let lo = 0;
-  let hi = 1 - 1e-9;
+  let hi = FLOOR_ENERGY;
   const floor = macsAt(hi);
   if (floor > targetMacs) {
     throw new SvdTrainError(
