@@ -253,37 +253,14 @@ constexpr ChunkFn kChunks[9] = {nullptr, BackwardWeightsChunk<1>, BackwardWeight
                                 BackwardWeightsChunk<4>, BackwardWeightsChunk<5>, BackwardWeightsChunk<6>,
                                 BackwardWeightsChunk<7>, BackwardWeightsChunk<8>};
 
-// F outputs in ceil(F / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel above.
-void BackwardWeightsAll(const Geom& g, const float* x, const float* dy, float* dw) {
-  const int64_t C = g.c, CB = C / 16, T = g.kh * g.kw, F = g.f, units = T * CB, psize = units * F * 16;
-  const int64_t chunks = (F + 7) / 8;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
-  std::vector<float> parts(threads * psize, 0.0f);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int id = omp_get_thread_num(), k = omp_get_num_threads();
-    const int64_t lo = g.n * id / k, hi = g.n * (id + 1) / k;
-    for (int64_t ch = 0, o0 = 0; ch < chunks; ch++) {
-      const int64_t fb = F / chunks + (ch < F % chunks ? 1 : 0);
-      kChunks[fb](g, x, dy, o0, parts.data() + id * psize + units * o0 * 16, lo, hi);
-      o0 += fb;
-    }
-  }
-  // Chunk [unit][o][lane] summed over threads -> HWIO [tap][c = cb*16 + lane][o0 + o].
-  for (int64_t ch = 0, o0 = 0; ch < chunks; ch++) {
-    const int64_t fb = F / chunks + (ch < F % chunks ? 1 : 0);
-    for (int64_t unit = 0; unit < units; unit++) {
-      const int64_t t = unit / CB, cb = unit % CB;
-      for (int64_t o = 0; o < fb; o++)
-        for (int lane = 0; lane < 16; lane++) {
-          float s = 0.0f;
-          for (int i = 0; i < threads; i++) s += parts[i * psize + units * o0 * 16 + (unit * fb + o) * 16 + lane];
-          dw[(t * C + cb * 16 + lane) * F + o0 + o] = s;
-        }
-    }
-    o0 += fb;
-  }
-}
+// F outputs in ceil(F / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel above:
+// chunk ch starts at output Chunks::start(ch) and holds Chunks::size(ch) of them.
+struct Chunks {
+  int64_t f, count;
+  explicit Chunks(int64_t f_) : f(f_), count((f_ + 7) / 8) {}
+  int64_t size(int64_t ch) const { return f / count + (ch < f % count ? 1 : 0); }
+  int64_t start(int64_t ch) const { return ch * (f / count) + std::min(ch, f % count); }
+};
 
 }  // namespace
 
@@ -305,7 +282,32 @@ void Forward(const Geom& g, const float* x, const float* w, float* y) {
   }
 }
 
-void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) { BackwardWeightsAll(g, x, dy, dw); }
+void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) {
+  const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB, F = g.f, psize = units * F * 16;
+  const Chunks chunks(F);
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
+  std::vector<float> parts(threads * psize, 0.0f);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int id = omp_get_thread_num(), k = omp_get_num_threads();
+    const int64_t lo = g.n * id / k, hi = g.n * (id + 1) / k;
+    for (int64_t ch = 0; ch < chunks.count; ch++)
+      kChunks[chunks.size(ch)](g, x, dy, chunks.start(ch), parts.data() + id * psize + units * chunks.start(ch) * 16, lo, hi);
+  }
+  // Chunk [unit][o][lane] summed over threads -> HWIO [tap][c = cb*16 + lane][o0 + o].
+  for (int64_t ch = 0; ch < chunks.count; ch++) {
+    const int64_t o0 = chunks.start(ch), fb = chunks.size(ch);
+    for (int64_t unit = 0; unit < units; unit++) {
+      const int64_t t = unit / CB, cb = unit % CB;
+      for (int64_t o = 0; o < fb; o++)
+        for (int lane = 0; lane < 16; lane++) {
+          float s = 0.0f;
+          for (int i = 0; i < threads; i++) s += parts[i * psize + units * o0 * 16 + (unit * fb + o) * 16 + lane];
+          dw[(t * C + cb * 16 + lane) * F + o0 + o] = s;
+        }
+    }
+  }
+}
 
 #pragma GCC pop_options
 
