@@ -293,12 +293,17 @@ def load_stock_plain(folder, device):
     state = model.state_dict()
     loaded = {}
     for group in manifest:
-        blob = b''.join(open(os.path.join(folder, p), 'rb').read() for p in group['paths'])
+        blob = b''
+        for path in group['paths']:
+            with open(os.path.join(folder, path), 'rb') as f:
+                blob += f.read()
         offset = 0
         for w in group['weights']:
             if w.get('dtype', 'float32') != 'float32':
                 raise SystemExit(f"--plain-from {folder}: weight {w['name']} is {w['dtype']}; expected float32 (an svd-train stock export)")
             count = int(np.prod(w['shape'])) if w['shape'] else 1
+            if offset + 4 * count > len(blob):
+                raise SystemExit(f"--plain-from {folder}: weight {w['name']} {w['shape']} runs past the end of its {len(blob)}-byte weight file (truncated?). Fix: export the checkpoint again")
             arr = np.frombuffer(blob, dtype='<f4', count=count, offset=offset).reshape(w['shape'])
             offset += 4 * count
             layer, field = w['name'].rsplit('/', 1)
@@ -430,9 +435,8 @@ def pipeline(model, a, data, device, teacher=None):
     if a.finetune_epochs > 0:
         lr = a.finetune_lr if a.finetune_lr is not None else a.lr / 10
         ck = a.checkpoint + '.finetune' if a.checkpoint else ''
-        if a.distill_alpha > 0 and teacher is None:
-            teacher = frozen(model)
-        hist, sums, summed = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=teacher if a.distill_alpha > 0 else None, average_last=a.finetune_average)
+        tutor = (teacher if teacher is not None else frozen(model)) if a.distill_alpha > 0 else None
+        hist, sums, summed = train(pruned, a, 'finetune', data, a.finetune_epochs, lr, 0.0, ck, extra={'ranks': ranks}, teacher=tutor, average_last=a.finetune_average)
         out['finetuned'] = {'acc': evaluate(pruned, xte, yte), 'macs': at['macs'], 'epochs': a.finetune_epochs, 'lr': lr, 'history': hist}
         if summed >= 2:
             avg = copy.deepcopy(pruned)
