@@ -82,23 +82,37 @@ def load(data, names, limit=0):
     return torch.from_numpy((x - MEAN) / STD), torch.from_numpy(raw[:, 0].astype(np.int64))
 
 
-def augment(x, gen, cutout=0):
+def augment_draws(n, gen, cutout=0):
+    """The random draws of `augment` for n images, from `gen` (CPU) in a fixed order, as one (n, 5)
+    int64 CPU tensor: crop offsets dy and dx, flip, Cutout centre cy and cx (0 without Cutout)."""
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    flip = (torch.rand(n, generator=gen) < 0.5).long()
+    if cutout > 0:
+        cy = torch.randint(0, 32, (n,), generator=gen)
+        cx = torch.randint(0, 32, (n,), generator=gen)
+    else:
+        cy = cx = torch.zeros(n, dtype=torch.long)
+    return torch.stack([dy, dx, flip, cy, cx], 1)
+
+
+def augment(x, gen, cutout=0, draws=None):
     """Random 32x32 crop of the 4-pixel zero-padded image, then a horizontal flip with p = 0.5, then
     (cutout > 0) a cutout x cutout square centred anywhere, clipped at the border, set to 0 (the mean), as
     svd-train's --cutout (its draws differ: another RNG). The draws come from `gen` (CPU) in the same
-    order whatever the device, so runs repeat across devices."""
+    order whatever the device, so runs repeat across devices; or, already on x's device, from `draws`
+    (augment_draws' rows for these images), which spares a GPU run one host-to-device copy, and with it
+    one stream synchronisation, per batch."""
     n = x.shape[0]
-    dx = torch.randint(0, 9, (n,), generator=gen).to(x.device)
-    dy = torch.randint(0, 9, (n,), generator=gen).to(x.device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    d = draws if draws is not None else augment_draws(n, gen, cutout).to(x.device)
+    dy, dx, flip = d[:, 0], d[:, 1], d[:, 2].bool()
     padded = F.pad(x, (4, 4, 4, 4))
     ar = torch.arange(32, device=x.device)
     rows = (dy[:, None] + ar)[:, None, :, None]
     cols = torch.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)[:, None, None, :]
     out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
     if cutout > 0:
-        cy = torch.randint(0, 32, (n,), generator=gen).to(x.device)
-        cx = torch.randint(0, 32, (n,), generator=gen).to(x.device)
+        cy, cx = d[:, 3], d[:, 4]
         top, left = cy - cutout // 2, cx - cutout // 2
         inside_r = (ar[None, :] >= top[:, None]) & (ar[None, :] < top[:, None] + cutout)
         inside_c = (ar[None, :] >= left[:, None]) & (ar[None, :] < left[:, None] + cutout)
@@ -334,6 +348,120 @@ def frozen(model):
     return t
 
 
+class Step:
+    """One training step short of the optimizer: forward (in --bn-groups sub-batches), the data term
+    (distilled from `teacher` with --distill-alpha), lambda_o * orth + ls * sparsity, and backward into
+    the parameters' .grad.
+
+    With --cuda-graphs on a GPU the step is captured once as a CUDA graph and replayed: ResNet-20's
+    hundreds of small kernels cost their launches, not their work, when run eagerly. The graph reads
+    the batch and ls from fixed tensors and writes the same .grad tensors every replay, so nothing may
+    reset them to None (the optimizer's lr and momentum, which change every step, stay eager). Capture
+    runs three warm-up steps on a side stream (PyTorch's recipe); the batch-norm statistics they move
+    are put back. The first replay is checked against an eager step on the same batch (gradients and
+    logits within 1e-3 of their largest value; the batch-norm statistics put back between them), and
+    where capture fails or the check does not hold, the step says so and runs eagerly from then on.
+    Not yet run on a GPU in this project: the check is what makes the first run safe."""
+
+    def __init__(self, model, a, teacher, device):
+        self.model, self.a, self.teacher = model, a, teacher
+        self.graph, self.checked = None, False
+        if device.type == 'cuda' and a.cuda_graphs:
+            try:
+                self.capture(device)
+            except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager step, which is correct
+                self.fall_back(f'capture failed ({type(e).__name__}: {e})')
+
+    def fall_back(self, why):
+        print(f'CUDA graph step: {why}; training eagerly', flush=True)
+        self.graph = None
+        self.model.zero_grad(set_to_none=True)
+
+    def loss(self, x, y, ls):
+        a, model = self.a, self.model
+        sub = a.batch // a.bn_groups
+        logits = torch.cat([model(x[i:i + sub]) for i in range(0, a.batch, sub)])
+        ce = F.cross_entropy(logits, y)
+        data_term = ce
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            data_term = (1 - a.distill_alpha) * ce + a.distill_alpha * distill_term(logits, t_logits, a.distill_temperature)
+        orth, sp = regularizers(model)
+        return logits, data_term + a.lambda_o * orth + ls * sp
+
+    def buffers(self):
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self, saved):
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(saved[k])
+
+    def capture(self, device):
+        model = self.model
+        self.x = torch.zeros(self.a.batch, 3, 32, 32, device=device)
+        self.y = torch.zeros(self.a.batch, dtype=torch.long, device=device)
+        self.ls = torch.zeros((), device=device)
+        saved = self.buffers()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model.zero_grad(set_to_none=True)
+                self.loss(self.x, self.y, self.ls)[1].backward()
+        torch.cuda.current_stream().wait_stream(side)
+        model.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits, loss = self.loss(self.x, self.y, self.ls)
+            loss.backward()
+        self.restore(saved)
+        self.graph = graph
+
+    def eager(self, x, y, ls):
+        self.model.zero_grad(set_to_none=True)
+        logits, loss = self.loss(x, y, ls)
+        loss.backward()
+        return logits
+
+    def check(self, x, y, ls):
+        """The eager step's gradients and logits on this batch against the first replay's."""
+        params = list(self.model.parameters())
+        static = [p.grad for p in params]
+        saved = self.buffers()
+        logits = self.eager(x, y, ls).detach().clone()
+        grads = [p.grad.detach().clone() for p in params]
+        for p, g in zip(params, static):
+            p.grad = g
+        self.restore(saved)
+        self.replay(x, y, ls)
+        worst = max(((g.grad - e).abs().max() / (e.abs().max() + 1e-12)).item() for g, e in zip(params, grads))
+        worst = max(worst, ((self.logits - logits).abs().max() / logits.abs().max()).item())
+        if not worst < 1e-3:
+            self.restore(saved)
+            self.fall_back(f'the first replay differs from the eager step by {worst:.2e} of the largest value (expected < 1e-3)')
+            return self.eager(x, y, ls)
+        print(f'CUDA graph step: replay matches the eager step (worst relative difference {worst:.1e})', flush=True)
+        return self.logits
+
+    def replay(self, x, y, ls):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.ls.fill_(ls)
+        self.graph.replay()
+        return self.logits
+
+    def __call__(self, x, y, ls):
+        """The step's logits; the gradients are in the parameters' .grad."""
+        if self.graph is None:
+            return self.eager(x, y, ls)
+        if not self.checked:
+            self.checked = True
+            return self.check(x, y, ls)
+        return self.replay(x, y, ls)
+
+
 def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teacher=None, average_last=0):
     """One one-cycle training stage (`stage` is 'train' or 'finetune'), resumable from `ck_path`.
     With `teacher` (an eval-mode model) the data term is distilled (--distill-alpha). Returns
@@ -368,25 +496,18 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
         t0 -= history[-1]['seconds'] if history else 0
         print(f'{stage}: resumed from {ck_path} after epoch {len(history)}', flush=True)
     stop = min(epochs, a.stop_after) if (a.stop_after and stage == 'train') else epochs
+    run_step = Step(model, a, teacher, xtr.device) if len(history) < stop else None
     for epoch in range(len(history), stop):
         perm = torch.randperm(xtr.shape[0], generator=gen).to(xtr.device)
+        # The epoch's augmentation draws, made step by step in the order augment() would, moved in one copy.
+        draws = torch.stack([augment_draws(a.batch, gen, a.cutout) for _ in range(steps_per_epoch)]).to(xtr.device)
         correct = torch.zeros((), device=xtr.device)
         seen = 0
         for step in range(steps_per_epoch):
             idx = perm[step * a.batch:(step + 1) * a.batch]
-            x, y = augment(xtr[idx], gen, a.cutout), ytr[idx]
-            opt.zero_grad(set_to_none=True)
-            sub = a.batch // a.bn_groups
-            logits = torch.cat([model(x[i:i + sub]) for i in range(0, a.batch, sub)])
-            ce = F.cross_entropy(logits, y)
-            data_term = ce
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                data_term = (1 - a.distill_alpha) * ce + a.distill_alpha * distill_term(logits, t_logits, a.distill_temperature)
-            orth, sp = regularizers(model)
+            x, y = augment(xtr[idx], gen, a.cutout, draws[step]), ytr[idx]
             ls = lambda_s if a.sparsity_start * total <= epoch * steps_per_epoch + step < a.sparsity_end * total else 0.0
-            (data_term + a.lambda_o * orth + ls * sp).backward()
+            logits = run_step(x, y, ls)
             opt.step()
             sched.step()
             correct += (logits.argmax(1) == y).sum()
@@ -469,6 +590,7 @@ def main():
     ap.add_argument('--cutout', type=int, default=0, help="Cutout side in pixels on top of crop + flip (0: off), as svd-train's --cutout")
     ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--device', default='auto', help='cpu, cuda or auto (cuda when available)')
+    ap.add_argument('--cuda-graphs', action='store_true', help='on a GPU, replay each stage\'s step from a CUDA graph (checked against an eager step first; not yet run on a GPU here)')
     ap.add_argument('--limit-train', type=int, default=0, help='use only the first N training images (smoke tests)')
     ap.add_argument('--limit-test', type=int, default=0, help='use only the first N test images')
     ap.add_argument('--prune-energy', type=float, default=None)
@@ -507,7 +629,10 @@ def main():
     device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    print(f'torch {torch.__version__} on {device}', flush=True)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    print(f'torch {torch.__version__} on {device}' + ('' if device.type != 'cuda' else f" ({torch.cuda.get_device_name(device)}, "
+          f"{'CUDA graphs' if a.cuda_graphs else 'eager'}, TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'})"), flush=True)
     torch.manual_seed(a.seed)
     xtr, ytr = load(a.data, [f'data_batch_{i}.bin' for i in range(1, 6)], a.limit_train)
     xte, yte = load(a.data, ['test_batch.bin'], a.limit_test)
