@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +51,23 @@ function expectCode(fn: () => unknown, code: string, re?: RegExp): void {
   throw new Error(`expected ${code}, nothing thrown`);
 }
 
+/**
+ * Rewrites the checkpoint at `path` with its JSON header replaced by `edit(header)`, the data section
+ * kept and a valid sha256: a file whose damage the checksum cannot see (a crafted one).
+ */
+function rewriteHeader(path: string, edit: (h: Record<string, unknown>) => unknown): void {
+  const buf = readFileSync(path);
+  const hlen = buf.readUInt32LE(12);
+  const dataStart = 16 + hlen + ((8 - ((16 + hlen) % 8)) % 8);
+  const header = Buffer.from(JSON.stringify(edit(JSON.parse(buf.subarray(16, 16 + hlen).toString('utf8')) as Record<string, unknown>)), 'utf8');
+  const prefix = Buffer.alloc(16);
+  buf.copy(prefix, 0, 0, 12);
+  prefix.writeUInt32LE(header.length, 12);
+  const pad = Buffer.alloc((8 - ((16 + header.length) % 8)) % 8);
+  const body = Buffer.concat([prefix, header, pad, buf.subarray(dataStart, buf.length - 32)]);
+  writeFileSync(path, Buffer.concat([body, createHash('sha256').update(body).digest()]));
+}
+
 describe('checkpoint', () => {
   it('round-trips every field and tensor bit for bit (NaN, ±Inf, −0, denormals)', () => {
     const dir = tempDir();
@@ -86,6 +104,44 @@ describe('checkpoint', () => {
     writeFileSync(p, JSON.stringify({ modelTopology: { class_name: 'Model' }, weightsManifest: [] }));
     expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT', /model\.json is not an svd-train checkpoint: it starts with .*expected "SVDCKPT\\0"\. Fix: pass a \.svdckpt file/);
     expect(() => loadCheckpoint(p)).not.toThrow(/delete/);
+  });
+
+  it('checks the header of a file whose checksum is intact: a crafted header is CHECKPOINT_CORRUPT naming the field, never a crash or a polluted prototype', () => {
+    const dir = tempDir();
+    const p = saveCheckpoint(dir, makeCkpt(3));
+    const good = readFileSync(p);
+    rewriteHeader(p, (h) => h);
+    expect(loadCheckpoint(p).step).toBe(3);
+    const cases: [(h: Record<string, unknown>) => unknown, RegExp][] = [
+      [() => null, /header field \(root\)/],
+      [(h) => ({ ...h, step: -1 }), /header field step/],
+      [(h) => ({ ...h, sampler: { ...(h.sampler as object), batch: '10' } }), /header field sampler\.batch/],
+      [(h) => ({ ...h, tensors: (h.tensors as { shape: number[] }[]).map((t, i) => (i === 0 ? { ...t, shape: [-2, -27] } : t)) }), /header field tensors\.0\.shape/],
+      [(h) => ({ ...h, tensors: (h.tensors as object[]).map((t, i) => (i === 0 ? { ...t, offset: 0.5 } : t)) }), /header field tensors\.0\.offset/],
+      [(h) => ({ ...h, optimizer: { ...(h.optimizer as object), kind: 'rmsprop' } }), /header field optimizer\.kind/],
+    ];
+    for (const [edit, re] of cases) {
+      writeFileSync(p, good);
+      rewriteHeader(p, edit);
+      expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT', re);
+    }
+    // A tensor in a slot the header does not list, named __proto__, is refused (it once reached
+    // Object.prototype through the slots object's inherited __proto__).
+    writeFileSync(p, good);
+    rewriteHeader(p, (h) => ({ ...h, tensors: (h.tensors as { group: string }[]).map((t) => (t.group === 'optimizer' ? { ...t, slot: '__proto__', name: 'polluted' } : t)) }));
+    expectCode(() => loadCheckpoint(p), 'CHECKPOINT_CORRUPT', /unknown group 'optimizer' \/ slot '__proto__'/);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    // An optimizer slot named __proto__ is a slot like any other.
+    writeFileSync(p, good);
+    rewriteHeader(p, (h) => {
+      const opt = h.optimizer as { slots: string[] };
+      const tensors = h.tensors as { group: string; slot?: string; name: string }[];
+      return { ...h, optimizer: { ...opt, slots: ['__proto__'] }, tensors: tensors.map((t) => (t.group === 'optimizer' ? { ...t, slot: '__proto__', name: 'polluted' } : t)) };
+    });
+    const c = loadCheckpoint(p);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(Object.keys(c.optimizer.slots)).toEqual(['__proto__']);
+    expect(Object.hasOwn(c.optimizer.slots, '__proto__')).toBe(true);
   });
 
   it('refuses a config hash mismatch with actual, expected and the fix', () => {

@@ -26,7 +26,8 @@ import { join } from 'node:path';
 import type { SerializedRunConfig } from './config/schema.js';
 import { SvdTrainError } from './errors.js';
 import type { OptimizerState } from './optimizers.js';
-import type { WireTensor } from './tensor.js';
+import { z } from 'zod';
+import { ShapeSchema, type WireTensor } from './tensor.js';
 import type { RngState } from './rng.js';
 import type { SamplerState } from './sampler.js';
 
@@ -80,6 +81,29 @@ interface Header {
   optimizer: { kind: OptimizerState['kind']; step: number; slots: string[] };
   tensors: TensorEntry[];
 }
+
+const count = () => z.number().int().nonnegative();
+const plainObject = () => z.record(z.string(), z.unknown());
+
+/**
+ * The header's structure, checked before any of it is used: the sha256 only tells a damaged file
+ * from an intact one, and a checkpoint passed to --from, --teacher, eval or prune may come from
+ * anywhere. The config is an object here and parsed by the config schema where it is used.
+ */
+const HeaderSchema = z.object({
+  version: z.number().int(),
+  config: plainObject(),
+  configHash: z.string(),
+  step: count(),
+  epoch: count(),
+  sampler: z.object({ size: count(), batch: count(), seed: z.number().int(), dropLast: z.boolean(), epoch: count(), position: count(), step: count() }),
+  rng: plainObject().optional(),
+  metrics: plainObject().optional(),
+  optimizer: z.object({ kind: z.enum(['sgd', 'adam']), step: count(), slots: z.array(z.string()) }),
+  tensors: z.array(
+    z.object({ group: z.enum(['params', 'buffers', 'optimizer']), slot: z.string().optional(), name: z.string(), shape: ShapeSchema, offset: count(), length: count() }),
+  ),
+});
 
 /** File name of the checkpoint for `step` (zero-padded so names sort by step). */
 export function checkpointFileName(step: number): string {
@@ -293,12 +317,18 @@ export function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): 
   if (version !== CHECKPOINT_FORMAT_VERSION) throw corrupt(path, `format version ${version}, this svd-train reads version ${CHECKPOINT_FORMAT_VERSION} (written by a different svd-train release)`);
   const hlen = buf.readUInt32LE(12);
   if (PREFIX_BYTES + hlen > body.length) throw corrupt(path, `header length ${hlen} runs past the end of the file`);
-  let header: Header;
+  let raw: unknown;
   try {
-    header = JSON.parse(buf.subarray(PREFIX_BYTES, PREFIX_BYTES + hlen).toString('utf8')) as Header;
+    raw = JSON.parse(buf.subarray(PREFIX_BYTES, PREFIX_BYTES + hlen).toString('utf8'));
   } catch (e) {
     throw corrupt(path, `header is not valid JSON (${(e as Error).message})`);
   }
+  const parsed = HeaderSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw corrupt(path, `header field ${issue.path.length ? issue.path.join('.') : '(root)'} is not valid (${issue.message})`);
+  }
+  const header = parsed.data as unknown as Header;
   if (opts.configHash !== undefined && header.configHash !== opts.configHash) {
     throw new SvdTrainError(
       'CHECKPOINT_CONFIG_MISMATCH',
@@ -310,9 +340,10 @@ export function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): 
   const dataFloats = (body.length - dataStart) / 4;
   const params: WireTensor[] = [];
   const buffers: WireTensor[] = [];
-  const slots: OptimizerState['slots'] = {};
-  for (const s of header.optimizer?.slots ?? []) slots[s] = {};
-  if (!Array.isArray(header.tensors)) throw corrupt(path, 'header has no tensor index');
+  // Null-prototype maps: a slot or tensor named '__proto__' is a key like any other, not a way into
+  // Object.prototype.
+  const slots: OptimizerState['slots'] = Object.create(null) as OptimizerState['slots'];
+  for (const s of header.optimizer.slots) slots[s] = Object.create(null) as Record<string, Float32Array>;
   for (const e of header.tensors) {
     const size = e.shape.reduce((a, b) => a * b, 1);
     if (!(Number.isInteger(e.offset) && Number.isInteger(e.length) && e.offset >= 0 && e.offset + e.length <= dataFloats && size === e.length)) {
@@ -327,7 +358,7 @@ export function loadCheckpoint(path: string, opts: LoadCheckpointOptions = {}): 
     }
     if (e.group === 'params') params.push({ name: e.name, shape: e.shape, data });
     else if (e.group === 'buffers') buffers.push({ name: e.name, shape: e.shape, data });
-    else if (e.group === 'optimizer' && e.slot !== undefined && slots[e.slot] !== undefined) slots[e.slot][e.name] = data;
+    else if (e.group === 'optimizer' && e.slot !== undefined && Object.hasOwn(slots, e.slot)) slots[e.slot][e.name] = data;
     else throw corrupt(path, `tensor '${e.name}' has unknown group '${e.group}'${e.slot ? ` / slot '${e.slot}'` : ''}`);
   }
   const ckpt: Checkpoint = {

@@ -118,6 +118,19 @@ describe('weight decay selection', () => {
     const adam = createOptimizer(CONFIGS.adam, ['w']);
     expect(() => adam.loadState(opt.state())).toThrow(/'sgd'/);
   });
+
+  it("refuses loaded state whose buffer is not its parameter's length (a checkpoint of another model), instead of stepping on NaN", () => {
+    for (const [name, slots] of [
+      ['sgd_momentum', { momentum_buffer: { w: new Float32Array(2) } }],
+      ['adam', { exp_avg: { w: new Float32Array(2) }, exp_avg_sq: { w: new Float32Array(3) } }],
+    ] as const) {
+      const opt = createOptimizer(CONFIGS[name], ['w']);
+      opt.loadState({ kind: name === 'adam' ? 'adam' : 'sgd', step: 1, slots });
+      const p = Float32Array.of(1, 2, 3);
+      expect(() => opt.step(new Map([['w', p]]), new Map([['w', Float32Array.of(1, 1, 1)]]), 0.1)).toThrow(/slot '(momentum_buffer|exp_avg)' holds 2 values for 'w', which has 3/);
+      expect([...p]).toEqual([1, 2, 3]);
+    }
+  });
 });
 
 /** PyTorch 1.13: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4) + OneCycleLR(max_lr=0.1, total_steps=20), float64. */

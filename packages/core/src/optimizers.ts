@@ -66,6 +66,16 @@ function checkPair(name: string, p: Float32Array, g: Float32Array): void {
   }
 }
 
+/** A loaded optimizer buffer must have its parameter's length: a shorter one would step on NaN. */
+function checkBuffer(name: string, slot: string, buf: Float32Array, n: number): void {
+  if (buf.length !== n) {
+    throw new SvdTrainError(
+      'CHECKPOINT_CONFIG_MISMATCH',
+      `optimizer state slot '${slot}' holds ${buf.length} values for '${name}', which has ${n}; the checkpoint's optimizer state is for a different model. Fix: resume from a checkpoint of this model, or start with --from to keep only its weights`,
+    );
+  }
+}
+
 class Sgd implements Optimizer {
   readonly kind = 'sgd' as const;
   private t = 0;
@@ -92,6 +102,7 @@ class Sgd implements Optimizer {
         continue;
       }
       let buf = this.bufs.get(name);
+      if (buf !== undefined) checkBuffer(name, 'momentum_buffer', buf, n);
       if (buf === undefined) {
         // PyTorch: the first step initializes the buffer to the (decayed) gradient itself.
         buf = new Float32Array(n);
@@ -159,7 +170,10 @@ class Adam implements Optimizer {
       const n = p.length;
       let m = this.m.get(name);
       let v = this.v.get(name);
-      if (m === undefined || v === undefined) {
+      if (m !== undefined && v !== undefined) {
+        checkBuffer(name, 'exp_avg', m, n);
+        checkBuffer(name, 'exp_avg_sq', v, n);
+      } else {
         m = new Float32Array(n);
         v = new Float32Array(n);
         this.m.set(name, m);
