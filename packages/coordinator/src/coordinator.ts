@@ -34,6 +34,7 @@ import {
   sparsityStartStep,
   effectiveRanks,
   encodeMessage,
+  MAX_TIMER_MS,
   serializeConfig,
   type EvalResultMessage,
   type GradientsMessage,
@@ -263,7 +264,7 @@ export class Coordinator {
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((r) => {
         this.waiters.push(r);
-        if (Number.isFinite(left)) timer = setTimeout(r, left);
+        if (Number.isFinite(left)) timer = setTimeout(r, Math.min(left, MAX_TIMER_MS));
       });
       clearTimeout(timer);
     }

@@ -33,6 +33,9 @@ export type BackendChoice = (typeof BACKENDS)[number];
  * Default run configuration (camelCase; the CLI flag of each field is its kebab-case name).
  * Typed loosely here on purpose: config/schema.ts checks `DEFAULTS` against `RunConfig` at compile time.
  */
+/** setTimeout's longest delay (2³¹ − 1 ms, about 24.8 days): Node fires a longer one after 1 ms. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 export const DEFAULTS = Object.freeze({
   // Model
   model: 'resnet20',

@@ -105,6 +105,13 @@ describe('resolveConfig errors', () => {
     expect(e3.message).toMatch(/lr = "fast" .*expected number/);
   });
 
+  it("refuses a timeout past setTimeout's range (Node fires a longer one after 1 ms: every step would time out)", () => {
+    for (const key of ['stepTimeoutMs', 'stallWarnMs', 'handshakeTimeoutMs']) {
+      expect(thrown(() => resolveConfig({ [key]: 3_000_000_000 }, undefined, {})).message).toMatch(new RegExp(`${key} = 3000000000 .*<=2147483647`));
+    }
+    expect(resolveConfig({ stepTimeoutMs: 2_147_483_647 }, undefined, {}).stepTimeoutMs).toBe(2_147_483_647);
+  });
+
   it('names the file as the source of a bad file value', () => {
     const file = configFile({ batch: 0 }, 'badbatch.json');
     const e = thrown(() => resolveConfig({}, file, {}));

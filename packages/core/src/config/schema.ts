@@ -18,6 +18,7 @@ import {
   OPTIMIZERS,
   SCHEDULES,
   SPARSITIES,
+  MAX_TIMER_MS,
   STALL_ACTIONS,
 } from '../defaults.js';
 
@@ -109,10 +110,10 @@ export const RunConfigSchema = z
     evalEvery: int(0).default(DEFAULTS.evalEvery),
     checkpointEvery: int(0).default(DEFAULTS.checkpointEvery),
     keepCheckpoints: int(1).default(DEFAULTS.keepCheckpoints),
-    stepTimeoutMs: int(1).default(DEFAULTS.stepTimeoutMs),
-    stallWarnMs: int(1).default(DEFAULTS.stallWarnMs),
+    stepTimeoutMs: int(1, MAX_TIMER_MS).default(DEFAULTS.stepTimeoutMs),
+    stallWarnMs: int(1, MAX_TIMER_MS).default(DEFAULTS.stallWarnMs),
     stallAction: z.enum(STALL_ACTIONS).default(DEFAULTS.stallAction),
-    handshakeTimeoutMs: int(1).default(DEFAULTS.handshakeTimeoutMs),
+    handshakeTimeoutMs: int(1, MAX_TIMER_MS).default(DEFAULTS.handshakeTimeoutMs),
     maxMessageBytes: int(1024).default(DEFAULTS.maxMessageBytes),
     maxWorkerBatch: int(1).default(DEFAULTS.maxWorkerBatch),
     backend: z.enum(BACKENDS).default(DEFAULTS.backend),
