@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DATA_CHUNK_BYTES, SvdTrainError, md5Hex, type DataChunkMessage } from '@svd-train/core';
+import { DATA_CHUNK_BYTES, SvdTrainError, escapeForLog, md5Hex, type DataChunkMessage } from '@svd-train/core';
 
 // Chunk size (core, so the worker bounds data-chunk frames by it): small enough to interleave with other traffic.
 export { DATA_CHUNK_BYTES };
@@ -26,7 +26,7 @@ export class DatasetServer {
 
   private load(file: string): { bytes: Uint8Array; md5: string } {
     if (!this.files.includes(file)) {
-      throw new SvdTrainError('DATA_MISSING', `worker asked for '${file}', which is not one of the served dataset files (${this.files.join(', ')})`);
+      throw new SvdTrainError('DATA_MISSING', `worker asked for '${escapeForLog(file, 80)}', which is not one of the served dataset files (${this.files.join(', ')})`);
     }
     let hit = this.cache.get(file);
     if (!hit) {

@@ -187,7 +187,7 @@ export class PeerSession {
         }
         if (msg.type !== 'manifest') throw new SvdTrainError('PROTOCOL_INVALID', `expected 'manifest' or 'data-request' after welcome, got '${msg.type}'`);
         if (msg.configHash !== host.configHash) {
-          throw new SvdTrainError('MANIFEST_MISMATCH', `worker computes config hash ${msg.configHash}, the coordinator ${host.configHash}; run the same svd-train version on both`);
+          throw new SvdTrainError('MANIFEST_MISMATCH', `worker computes config hash ${escapeForLog(msg.configHash, 80)}, the coordinator ${host.configHash}; run the same svd-train version on both`);
         }
         host.weights.admit(msg, this.name);
         // Before `ready` sends the first weights: the worker expects the teacher first.

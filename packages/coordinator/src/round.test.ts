@@ -52,6 +52,10 @@ describe('round validation', () => {
     const e = err(() => checkGradients(grads({ grads: [t('b', [3], [1, 1, 1]), t('a', [2, 2], [1, 2, 3, 4])] }), want, manifest, 'beta'));
     expect(e.code).toBe('ROUND_MISMATCH');
     expect(e.message).toMatch(/worker beta.*'b'.*worker alpha.*'a'/);
+    // A name from the wire reaches the message escaped: no forged log line, no terminal escape.
+    const forged = err(() => checkGradients(grads({ grads: [t('a\n[coordinator] all good\u001b[2J', [2, 2], [1, 2, 3, 4]), t('b', [3], [1, 1, 1])] }), want, manifest, 'beta'));
+    expect(forged.message).toContain("named 'a\\x0a[coordinator] all good\\x1b[2J'");
+    expect(forged.message).not.toMatch(/[\n\u001b]/);
   });
   it('SHAPE_MISMATCH names both shapes; wrong tensor count is ROUND_MISMATCH', () => {
     const e = err(() => checkGradients(grads({ grads: [t('a', [4], [1, 2, 3, 4]), t('b', [3], [1, 1, 1])] }), want, manifest, 'beta'));
@@ -141,5 +145,6 @@ describe('dataset server', () => {
     expect(chunks[0].md5).toBe(createHash('md5').update(bytes).digest('hex'));
     expect(() => [...s.chunks('secret.txt')]).toThrow(/not one of the served/);
     expect(() => [...s.chunks('../secret.txt')]).toThrow(SvdTrainError);
+    expect(() => [...s.chunks('x\r\nforged')]).toThrow("worker asked for 'x\\x0d\\x0aforged'");
   });
 });

@@ -8,7 +8,7 @@
  * outliers, non-finite averages), because they can only be judged against the other workers.
  * Mismatch errors name both workers (this one and the one whose manifest defined the run) and both values.
  */
-import { SvdTrainError, type GradientsMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
+import { SvdTrainError, escapeForLog, type GradientsMessage, type TensorSpec, type WireTensor } from '@svd-train/core';
 
 /** The parameter/buffer layout every worker must present, and who defined it. */
 export interface Manifest {
@@ -36,12 +36,12 @@ export function checkTensorList(
     const g = got[i];
     const w = want[i];
     if (g.name !== w.name) {
-      throw new SvdTrainError(code, `worker ${worker} sent ${kind}[${i}] named '${g.name}', but ${source} has '${w.name}' there; parameter names and order must match`);
+      throw new SvdTrainError(code, `worker ${worker} sent ${kind}[${i}] named '${escapeForLog(g.name, 80)}', but ${source} has '${w.name}' there; parameter names and order must match`);
     }
     if (g.shape.length !== w.shape.length || g.shape.some((d, k) => d !== w.shape[k])) {
       throw new SvdTrainError(
         code === 'ROUND_MISMATCH' ? 'SHAPE_MISMATCH' : code,
-        `worker ${worker} sent ${kind} '${g.name}' with shape ${fmtShape(g.shape)}, but ${source} has ${fmtShape(w.shape)}; both sides must build the same model`,
+        `worker ${worker} sent ${kind} '${escapeForLog(g.name, 80)}' with shape ${fmtShape(g.shape)}, but ${source} has ${fmtShape(w.shape)}; both sides must build the same model`,
       );
     }
   }
