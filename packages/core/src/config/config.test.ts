@@ -97,7 +97,11 @@ describe('resolveConfig errors', () => {
   it('names field, value, source and expectation for an invalid value', () => {
     const e = thrown(() => resolveConfig({ lr: -1 }, undefined, {}));
     expect(e.code).toBe('CONFIG_INVALID');
-    expect(e.message).toMatch(/lr = -1 \(from flag --lr\): expected .*>=0/);
+    expect(e.message).toMatch(/lr = -1 \(from flag --lr\): expected .*>0/);
+    // lr 0 would train nothing (and make the fine-tuning's default lr/10 zero too).
+    expect(thrown(() => resolveConfig({ lr: 0 }, undefined, {})).message).toMatch(/lr = 0 .*>0/);
+    // JSON has no Infinity: the value is shown as it was given, not as null.
+    expect(thrown(() => resolveConfig({ pruneMacs: Infinity }, undefined, {})).message).toContain('pruneMacs = Infinity');
     const e2 = thrown(() => resolveConfig({ optimizer: 'adamw' }, undefined, {}));
     expect(e2.message).toContain('optimizer = "adamw"');
     expect(e2.message).toContain('"sgd"|"adam"');
@@ -133,6 +137,8 @@ describe('resolveConfig errors', () => {
     expect(thrown(() => resolveConfig({ stepTimeoutMs: 10000, stallWarnMs: 20000 }, undefined, {})).message).toContain('stallWarnMs');
     expect(thrown(() => resolveConfig({ adamBetas: [0.9, 1] }, undefined, {})).message).toContain('adamBetas.1 = 1');
     expect(thrown(() => resolveConfig({ sparsityStart: 1 }, undefined, {})).message).toContain('sparsityStart = 1');
+    expect(thrown(() => resolveConfig({ svd: false, pruneEnergy: 0.1 }, undefined, {})).message).toMatch(/pruneEnergy = 0\.1 .*null when svd is off: only SVD layers have singular values/);
+    expect(thrown(() => resolveConfig({ svd: false, pruneMacs: 13.6e6 }, undefined, {})).message).toContain('pruneMacs = 13600000');
     expect(resolveConfig({ 'sparsity-start': 0.3 }, undefined, {}).sparsityStart).toBe(0.3);
   });
 

@@ -136,6 +136,8 @@ function valueAt(obj: Record<string, unknown>, path: readonly PropertyKey[]): un
 
 function fmt(v: unknown): string {
   if (v === undefined) return 'nothing';
+  // JSON has no Infinity or NaN: it would print them as null.
+  if (typeof v === 'number' && !Number.isFinite(v)) return String(v);
   return JSON.stringify(v) ?? `a ${typeof v}`;
 }
 

@@ -52,7 +52,7 @@ export const RunConfigSchema = z
     sparsityStart: z.number().min(0).lt(1).default(DEFAULTS.sparsityStart),
     sparsityEnd: z.number().gt(0).max(1).default(DEFAULTS.sparsityEnd),
     optimizer: z.enum(OPTIMIZERS).default(DEFAULTS.optimizer),
-    lr: nonNeg().default(DEFAULTS.lr),
+    lr: positive().default(DEFAULTS.lr),
     momentum: z.number().min(0).lt(1).default(DEFAULTS.momentum),
     nesterov: z.boolean().default(DEFAULTS.nesterov),
     weightDecay: nonNeg().default(DEFAULTS.weightDecay),
@@ -211,6 +211,13 @@ export const RunConfigSchema = z
         code: 'custom',
         path: ['finetuneAverage'],
         message: `0 (off) or a whole number of epochs from 2 to finetuneEpochs (${c.finetuneEpochs}), got ${c.finetuneAverage}: the average is over the fine-tuning's last epoch-end checkpoints (pass e.g. --finetune-average 5 with --finetune-epochs 20 or more)`,
+      });
+    }
+    if (!c.svd && (c.pruneEnergy !== null || c.pruneMacs !== null)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [c.pruneEnergy !== null ? 'pruneEnergy' : 'pruneMacs'],
+        message: 'null when svd is off: only SVD layers have singular values to prune, so the plain model would come out unchanged (drop {"svd": false}, or --prune-energy/--prune-macs; --plain-epochs N trains a plain model first and then the SVD one)',
       });
     }
     if (c.pruneEnergy !== null && c.pruneMacs !== null) {
