@@ -1,11 +1,12 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { SvdTrainError } from '@svd-train/core';
+import { SvdTrainError, parseConfig } from '@svd-train/core';
 import { buildCoordProgram } from './coord-cli.js';
 import { configFromOptions, distillationPlan } from './commands/start.js';
 import { EXIT_USAGE, reportError } from './cli-errors.js';
+import { checkpointOf } from './test-support/checkpoints.js';
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
@@ -104,6 +105,23 @@ describe('svd-coord options', () => {
     expect(r.err).not.toMatch(/\n\s+at /);
   });
 
+  it('an option for a phase the run does not have exits 2 before anything runs, naming it and the option that turns the phase on', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--finetune-lr', '0.01'], /--finetune-lr 0\.01: it shapes a phase this run does not have.*Fix: add --finetune-epochs N/],
+      [['--prune-energy', '0.1', '--finetune-weight-decay', '0'], /--finetune-weight-decay 0: .*--finetune-epochs N/],
+      [['--finetune-lambda-o', '0.5'], /--finetune-lambda-o 0\.5: /],
+      [['--prune-mac-weight', '1'], /--prune-mac-weight 1: .*Fix: add --prune-energy e or --prune-macs N, or drop --prune-mac-weight/],
+      [['--plain-lr', '0.2'], /--plain-lr 0\.2: .*--plain-epochs N/],
+    ];
+    for (const [flags, re] of cases) {
+      const out = join(tmpdir(), `never-${flags[0]}`);
+      const r = await run(['start', ...flags, '--data', '/nonexistent-data', '--out', out]);
+      expect(r.code, flags.join(' ')).toBe(EXIT_USAGE);
+      expect(r.err).toMatch(re);
+      expect(r.err).not.toContain('nonexistent-data');
+    }
+  });
+
   it('an unknown option exits 2', async () => {
     const r = await run(['start', '--learning-rate', '1']);
     expect(r.code).toBe(EXIT_USAGE);
@@ -114,6 +132,20 @@ describe('svd-coord options', () => {
     const r = await run(['prune', '/nonexistent.ckpt', '--energy', '2']);
     expect(r.code).toBe(EXIT_USAGE);
     expect(r.err).toContain('--energy "2"');
+  });
+
+  it('prune refuses a plain checkpoint (no singular values) with exit 2 and names decompose as the fix, writing nothing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-prune-plain-'));
+    try {
+      const path = checkpointOf(dir, parseConfig({ model: 'resnet20', svd: false }), 'plain');
+      const r = await run(['prune', path, '--energy', '0.1', '--out', join(dir, 'pruned.svdckpt')]);
+      expect(r.code).toBe(EXIT_USAGE);
+      expect(r.err).toContain('is a plain model (no SVD layers), so there are no singular values to prune');
+      expect(r.err).toContain(`svd-coord decompose ${path}`);
+      expect(existsSync(join(dir, 'pruned.svdckpt'))).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('prune --mac-weight below 0 or not a number is refused before touching the checkpoint', async () => {

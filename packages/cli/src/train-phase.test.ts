@@ -2,33 +2,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configHash, parseConfig, saveCheckpoint, serializeConfig, type RunConfig } from '@svd-train/core';
-import { buildResNetForConfig, buildTeacherForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
+import { configHash, parseConfig, type RunConfig } from '@svd-train/core';
+import { buildResNetForConfig, buildTeacherForConfig, getParameters } from '@svd-train/layers';
+import { checkpointOf as writeCheckpoint } from './test-support/checkpoints.js';
 import { loadTeacher } from './train-phase.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'svd-teacher-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** A checkpoint of the model `cfg` describes (optionally pruned at energy e), as start or prune writes it. */
-function checkpointOf(cfg: RunConfig, name: string, e = 0): string {
-  const model = buildResNetForConfig(cfg);
-  const pruned = e > 0 ? pruneByEnergy(model, e).model : model;
-  const ranked = { ...cfg, ranks: e > 0 ? svdRanks(pruned) : null };
-  const path = saveCheckpoint(join(tmp, name), {
-    version: 1,
-    config: serializeConfig(ranked),
-    configHash: configHash(ranked),
-    step: 7,
-    epoch: 1,
-    params: getParameters(pruned),
-    buffers: getBuffers(pruned),
-    optimizer: { kind: 'sgd', step: 0, slots: {} },
-    sampler: { size: 8, batch: 4, seed: 0, dropLast: false, epoch: 1, position: 0, step: 7 },
-  });
-  if (pruned !== model) pruned.dispose();
-  model.dispose();
-  return path;
-}
+const checkpointOf = (cfg: RunConfig, name: string, e = 0): string => writeCheckpoint(tmp, cfg, name, e);
 
 describe('loadTeacher', () => {
   const student = parseConfig({ model: 'resnet20', decomposition: 'channel', distillAlpha: 0.5, teacher: '/t.svdckpt' });

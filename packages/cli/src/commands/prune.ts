@@ -69,6 +69,9 @@ async function pruneCommand(pathArg: string, opts: PruneOptions, io: CliIo): Pro
   const macWeight = macWeightOption(opts);
   const path = checkpointArgument(pathArg, io);
   const { ckpt, model, cfg } = await modelFromCheckpoint(path, opts.backend, io);
+  if (!cfg.svd) {
+    throw usageError(`${path} is a plain model (no SVD layers), so there are no singular values to prune. Fix: prune an SVD checkpoint, or make one with \`svd-coord decompose ${path}\` and train it.`);
+  }
   let e: number;
   if ('energy' in target) e = target.energy;
   else {

@@ -18,6 +18,7 @@ import {
   OPTIMIZERS,
   SCHEDULES,
   SPARSITIES,
+  SvdTrainError,
   ensureCifar10,
   md5File,
   readCifar10,
@@ -187,8 +188,31 @@ export function distillationPlan(cfg: RunConfig): { train: RunConfig; finetune: 
   };
 }
 
+/**
+ * Options that only shape a phase the run does not have would be accepted and do nothing: refused
+ * here, naming the option and the one that turns its phase on. (Not in the config schema: the
+ * configs of derived checkpoints and of a pipeline's own phases keep such fields by design.)
+ */
+export function refuseIgnoredOptions(cfg: RunConfig): void {
+  const finetune = '--finetune-epochs N (with --prune-energy or --prune-macs)';
+  // [flag, value (null: not given), what turns its phase on]
+  const options: [string, number | null, string][] = [
+    ['--finetune-lr', cfg.finetuneEpochs === 0 ? cfg.finetuneLr : null, finetune],
+    ['--finetune-lambda-o', cfg.finetuneEpochs === 0 ? cfg.finetuneLambdaO : null, finetune],
+    ['--finetune-weight-decay', cfg.finetuneEpochs === 0 ? cfg.finetuneWeightDecay : null, finetune],
+    ['--prune-mac-weight', cfg.pruneEnergy === null && cfg.pruneMacs === null && cfg.pruneMacWeight > 0 ? cfg.pruneMacWeight : null, '--prune-energy e or --prune-macs N'],
+    ['--plain-lr', cfg.plainEpochs === 0 ? cfg.plainLr : null, '--plain-epochs N'],
+  ];
+  const hit = options.find(([, value]) => value !== null);
+  if (hit) {
+    const [flag, value, needs] = hit;
+    throw new SvdTrainError('CONFIG_INVALID', `${flag} ${value}: it shapes a phase this run does not have, so it would be ignored. Fix: add ${needs}, or drop ${flag}.`);
+  }
+}
+
 async function startCommand(opts: StartOptions, io: CliIo): Promise<number> {
   let cfg = configFromOptions(opts, process.env, io.err);
+  refuseIgnoredOptions(cfg);
   const tls = readTlsFiles(opts);
   const outDir = resolve(cfg.out);
   const data = await ensureCifar10({ flag: cfg.data, download: Boolean(opts.download) });
