@@ -111,7 +111,17 @@ export async function pruneAndFinetune(
   const plain = plainResNetCost({ depth: depthOf(cfg.model) });
   let e = cfg.pruneEnergy ?? 0;
   if (cfg.pruneMacs !== null) {
-    const found = energyForMacs(model, cfg.pruneMacs, { macWeight: cfg.pruneMacWeight });
+    let found: { energy: number; macs: number };
+    try {
+      found = energyForMacs(model, cfg.pruneMacs, { macWeight: cfg.pruneMacWeight });
+    } catch (err) {
+      // The start-time check (checkMacBudget) knows the floor at MAC weight 0 only: a weighted
+      // floor depends on the trained spectra. Nothing trained is lost.
+      if (err instanceof SvdTrainError) {
+        throw new SvdTrainError(err.code, `${err.message} The training is finished and kept: the same command with --resume and the new --prune-macs or --prune-mac-weight prunes it without training again.`, err.details, { cause: err });
+      }
+      throw err;
+    }
     e = found.energy;
     io.err(`pipeline: --prune-macs ${cfg.pruneMacs}: energy ${e} is the smallest that prunes to at most that (${(found.macs / 1e6).toFixed(2)}M MACs per image)${weighted(cfg)}\n`);
   }

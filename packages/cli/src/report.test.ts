@@ -2,7 +2,9 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { isSvdTrainError } from '@svd-train/core';
+import { isSvdTrainError, parseConfig } from '@svd-train/core';
+import { buildResNetForConfig, countMacs, pruneByEnergy } from '@svd-train/layers';
+import { macsAtEnergies } from './commands/report.js';
 import { phaseTimes, renderPipeline, type PipelineSummary } from './report-pipeline.js';
 import { readMetrics, renderReport, spectraOf, writeReport } from './report.js';
 import { ema, emaSpan, logTicks, niceTicks, tickLabels } from './plot-scales.js';
@@ -335,5 +337,26 @@ describe('linePlot on a long run', () => {
     const svg = linePlot([{ label: 'w0', points: pts(0) }, { label: 'w1', points: pts(1) }], { title: 't', xLabel: 'step', yLabel: 'ms' });
     expect(svg).toMatch(/^<svg/);
     expect(svg).toContain('<path');
+  });
+});
+
+describe("the report's MACs table", () => {
+  it("prunes by the run's MAC weight, as pipeline.json's sweep beside it does, and says so", () => {
+    const model = buildResNetForConfig(parseConfig({ model: 'resnet20' }));
+    try {
+      const at = (w: number) => {
+        const p = pruneByEnergy(model, 0.2, w);
+        const macs = countMacs(p.model).total;
+        p.model.dispose();
+        return macs;
+      };
+      const [plain, full, weighted] = macsAtEnergies(model, parseConfig({ model: 'resnet20', pruneEnergy: 0.2, pruneMacWeight: 1 }), [0.2]);
+      expect([plain!.label, full!.label, weighted!.label]).toEqual(['plain resnet20', 'full rank', 'pruned e=0.2, MAC weight 1']);
+      expect(weighted!.macs).toBe(at(1));
+      expect(at(1)).not.toBe(at(0));
+      expect(macsAtEnergies(model, parseConfig({ model: 'resnet20' }), [0.2])[2]).toMatchObject({ label: 'pruned e=0.2', macs: at(0) });
+    } finally {
+      model.dispose();
+    }
   });
 });

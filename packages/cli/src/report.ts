@@ -13,9 +13,9 @@
  * object per line; step records and epoch records), pipeline.json and checkpoints. Field names are read
  * tolerantly (e.g. `ce` or `loss`) so an older metrics file still plots.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve, sep } from 'node:path';
-import { effectiveRank, singularValues, SvdTrainError } from '@svd-train/core';
+import { effectiveRank, replaceFile, singularValues, SvdTrainError } from '@svd-train/core';
 import type { WorkerTiming } from '@svd-train/coordinator';
 import { formatDuration, median, runMetrics, workerTimings, type EpochRow, type RunMetrics, type StepRow, type WorkerTimingSummary } from './run-metrics.js';
 import { SPECTRUM_FLOOR, spectrumPanels } from './spectrum-plot.js';
@@ -369,6 +369,6 @@ export function writeReport(
     notes: (extras.notes ?? []).map((n) => n.split(root + sep).join('')),
   });
   const out = join(runDir, 'report.html');
-  writeFileSync(out, html);
+  replaceFile(out, html);
   return out;
 }

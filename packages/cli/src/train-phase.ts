@@ -3,7 +3,7 @@
  * of --spawn, checkpoints, metrics and progress output. `start` runs it once, and the pipeline a
  * second time to fine-tune the pruned model.
  */
-import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   DEFAULTS,
@@ -15,6 +15,7 @@ import {
   latestCheckpoint,
   listCheckpoints,
   parseConfig,
+  replaceFile,
   saveCheckpoint,
   serializeConfig,
   teachersOf,
@@ -346,5 +347,5 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
 
 /** <outDir>/config.json: the run's config as this start resolved it, with its hash. */
 function writeRunConfig(outDir: string, cfg: RunConfig, hash: string): void {
-  writeFileSync(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
+  replaceFile(join(outDir, 'config.json'), JSON.stringify({ ...serializeConfig(cfg), configHash: hash }, null, 2) + '\n');
 }

@@ -13,16 +13,19 @@ import { modelFromCheckpoint, type Model } from '../checkpoint-model.js';
 import type { PipelineSummary } from '../report-pipeline.js';
 import { writeReport, type MacsRow } from '../report.js';
 
-/** MACs per image of the plain ResNet of `cfg.model`, the SVD model and its prunes at `energies`. */
-function macsAtEnergies(model: Model, cfg: RunConfig, energies: number[]): MacsRow[] {
+/**
+ * MACs per image of the plain ResNet of `cfg.model`, the SVD model and its prunes at `energies`, by
+ * the run's own MAC weight (`--prune-mac-weight`), as pipeline.json's sweep in the same report.
+ */
+export function macsAtEnergies(model: Model, cfg: RunConfig, energies: number[]): MacsRow[] {
   const plain = plainResNetCost({ depth: depthOf(cfg.model) });
   const rows: MacsRow[] = [{ label: `plain ${cfg.model}`, macs: plain.macs, params: plain.params }];
   const full = countMacs(model);
   rows.push({ label: cfg.ranks ? 'this model' : 'full rank', macs: full.total, params: full.exportParams });
   for (const e of energies) {
-    const pruned = pruneByEnergy(model, e);
+    const pruned = pruneByEnergy(model, e, cfg.pruneMacWeight);
     const c = countMacs(pruned.model);
-    rows.push({ label: `pruned e=${e}`, macs: c.total, params: c.exportParams });
+    rows.push({ label: `pruned e=${e}${cfg.pruneMacWeight > 0 ? `, MAC weight ${cfg.pruneMacWeight}` : ''}`, macs: c.total, params: c.exportParams });
     pruned.model.dispose();
   }
   return rows;
