@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { MAX_TIMER_MS } from '@svd-train/core';
 import { backoffDelay } from './backoff.js';
 
 describe('backoffDelay', () => {
@@ -13,5 +14,9 @@ describe('backoffDelay', () => {
       expect(v).toBeLessThanOrEqual(1000);
     }
     expect(backoffDelay(5, { baseMs: 100, capMs: 1000, random: () => 0 })).toBe(25);
+  });
+  it('never exceeds setTimeout\'s longest delay, which Node would fire after 1 ms (capMs 3e9, baseMs 1e10)', () => {
+    expect(backoffDelay(40, { baseMs: 100, capMs: 3e9, random: () => 1 })).toBe(MAX_TIMER_MS);
+    expect(backoffDelay(0, { baseMs: 1e10, capMs: 1e11, random: () => 0 })).toBe(MAX_TIMER_MS);
   });
 });

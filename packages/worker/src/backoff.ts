@@ -3,7 +3,9 @@
  *
  * Exponential with a cap and "full jitter" (AWS architecture blog): many workers restarted at once
  * must not hammer a coordinator in lock-step, so each delay is uniform in [0, min(cap, base·2^k)].
+ * A delay is never above MAX_TIMER_MS, which Node's setTimeout would fire after 1 ms.
  */
+import { MAX_TIMER_MS } from '@svd-train/core';
 
 export interface BackoffOptions {
   /** First delay ceiling in ms (default 250). */
@@ -21,5 +23,5 @@ export function backoffDelay(attempt: number, opts: BackoffOptions = {}): number
   const random = opts.random ?? Math.random;
   const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30));
   // Never 0: a zero delay would spin when the coordinator refuses instantly.
-  return Math.max(base / 4, ceiling * random());
+  return Math.min(MAX_TIMER_MS, Math.max(base / 4, ceiling * random()));
 }

@@ -7,10 +7,20 @@
  * is known) a frame may be HANDSHAKE_MAX_BYTES at most, refused by ws on the frame header. A frame
  * that is too large or does not decode ends the connection with a coded error (`CloseInfo.error`),
  * and `next(timeoutMs)` ends it with PEER_TIMEOUT when the coordinator stays silent (its pings
- * count as signs of life).
+ * count as signs of life). The inbox holds MAX_QUEUED_MESSAGES frames at most: a coordinator that
+ * keeps sending while this worker is busy (e.g. blocked in `send` because it stopped reading the
+ * gradients) ends the connection with PROTOCOL_INVALID instead of filling the worker's memory.
  */
 import WebSocket, { type RawData } from 'ws';
 import { DEFAULTS, HANDSHAKE_MAX_BYTES, SvdTrainError, decodeMessage, encodeMessage, escapeForLog, setReceiveLimit, type Message } from '@svd-train/core';
+
+/**
+ * Frames the inbox holds before the connection fails, so unread frames take at most this many
+ * times the frame limit of the stage. The largest burst an svd-train coordinator sends without
+ * waiting for an answer is its teachers (MAX_TEACHERS), the weights and one task; a dataset file
+ * is at most 8 chunks, fetched one file at a time.
+ */
+export const MAX_QUEUED_MESSAGES = 16;
 
 /** Why a connection ended, as seen by the worker; `error` when the coordinator broke the protocol or went silent. */
 export type CloseInfo = { code: number; reason: string; error?: SvdTrainError };
@@ -75,6 +85,8 @@ export class Connection {
   }
 
   private push(data: RawData): void {
+    // Frames still in flight after a violation are dropped unread: nothing more from this peer is used.
+    if (this.closed) return;
     const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
     let msg: Message;
     try {
@@ -85,7 +97,15 @@ export class Connection {
       return;
     }
     if (this.waiter) this.deliver(msg);
-    else this.queue.push(msg);
+    else if (this.queue.length < MAX_QUEUED_MESSAGES) this.queue.push(msg);
+    else {
+      this.fail(
+        new SvdTrainError(
+          'PROTOCOL_INVALID',
+          `the coordinator sent more than ${MAX_QUEUED_MESSAGES} messages (the limit of this worker's inbox) while the worker was busy with an earlier one; it is not reading this worker's answers, or it is hostile`,
+        ),
+      );
+    }
   }
 
   private deliver(m: Message | CloseInfo): void {

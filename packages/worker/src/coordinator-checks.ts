@@ -9,6 +9,7 @@ import {
   CIFAR_FILES,
   SvdTrainError,
   assertFinite,
+  escapeForLog,
   type DatasetInfo,
   type EvalMessage,
   type StepMessage,
@@ -26,8 +27,8 @@ function violation(what: string): SvdTrainError {
 export function checkDatasetInfo(info: DatasetInfo): void {
   const known = CIFAR_FILES as readonly string[];
   for (const [name, md5] of Object.entries(info.md5s)) {
-    if (!known.includes(name)) throw violation(`dataset file name ${JSON.stringify(name.slice(0, 80))}; expected one of ${known.join(', ')}`);
-    if (!MD5_HEX.test(md5)) throw violation(`md5 ${JSON.stringify(md5.slice(0, 80))} for ${name}; expected 32 lowercase hex digits`);
+    if (!known.includes(name)) throw violation(`dataset file name '${escapeForLog(name, 80)}'; expected one of ${known.join(', ')}`);
+    if (!MD5_HEX.test(md5)) throw violation(`md5 '${escapeForLog(md5, 80)}' for ${name}; expected 32 lowercase hex digits`);
   }
 }
 
@@ -57,7 +58,7 @@ export function checkWeights(
       const g = got[i];
       const w = want[i];
       if (g.name !== w.name || g.shape.length !== w.shape.length || g.shape.some((d, k) => d !== w.shape[k])) {
-        throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent ${kind}[${i}] '${g.name.slice(0, 80)}' [${g.shape.join(', ')}]; ${what} has '${w.name}' [${w.shape.join(', ')}] there`);
+        throw new SvdTrainError('SHAPE_MISMATCH', `coordinator sent ${kind}[${i}] '${escapeForLog(g.name, 80)}' [${g.shape.join(', ')}]; ${what} has '${w.name}' [${w.shape.join(', ')}] there`);
       }
       assertFinite(g.data, g.name, "coordinator's weights");
     }

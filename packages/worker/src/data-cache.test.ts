@@ -54,4 +54,12 @@ describe('ensureDataset', () => {
     expect(existsSync(join(root, 'pwned.txt'))).toBe(false);
     expect(readdirSync(root)).toEqual([]);
   });
+
+  it('names a refused file name escaped: a newline, a C1 CSI or a line separator cannot forge log lines', async () => {
+    const name = 'x\n[worker] data ok\u009b2J\u2028';
+    const evil = { trainCount: 1, testCount: 1, md5s: { [name]: md5Hex(new Uint8Array([1])) } };
+    const err = await ensureDataset(evil, { cacheRoot: mkdtempSync(join(tmpdir(), 'dc-evil-')), fetch: async () => new Uint8Array([1]) }).catch((e: unknown) => e);
+    expect((err as Error).message).toContain("coordinator named dataset file 'x\\x0a[worker] data ok\\x9b2J\\u2028'");
+    expect((err as Error).message).not.toMatch(/[\n\u009b\u2028]/);
+  });
 });

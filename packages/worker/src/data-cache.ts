@@ -13,7 +13,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { CIFAR_FILES, SvdTrainError, md5Hex, type DatasetInfo } from '@svd-train/core';
+import { CIFAR_FILES, SvdTrainError, escapeForLog, md5Hex, type DatasetInfo } from '@svd-train/core';
 
 /** Fetches one whole dataset file from the coordinator. */
 export type FileFetcher = (file: string) => Promise<Uint8Array>;
@@ -45,7 +45,7 @@ export function datasetFilePath(dir: string, name: string): string {
   if (!(CIFAR_FILES as readonly string[]).includes(name) || dirname(p) !== root) {
     throw new SvdTrainError(
       'PROTOCOL_INVALID',
-      `coordinator named dataset file ${JSON.stringify(name.slice(0, 80))}; expected one of ${CIFAR_FILES.join(', ')}. Nothing was written; this coordinator is not trustworthy`,
+      `coordinator named dataset file '${escapeForLog(name, 80)}'; expected one of ${CIFAR_FILES.join(', ')}. Nothing was written; this coordinator is not trustworthy`,
     );
   }
   return p;

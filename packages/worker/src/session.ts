@@ -10,6 +10,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
   CIFAR_OFFICIAL_FILE_BYTES,
+  DATA_CHUNK_BYTES,
   DATA_CHUNK_FRAME_BYTES,
   DEFAULTS,
   IDLE_TIMEOUT_MS,
@@ -314,11 +315,18 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
 }
 
 /**
+ * Most chunks of one dataset file: every chunk but the last is DATA_CHUNK_BYTES (as the
+ * coordinator's DatasetServer cuts them), and no file is larger than a CIFAR-10 batch file.
+ */
+export const MAX_FILE_CHUNKS = Math.ceil(CIFAR_OFFICIAL_FILE_BYTES / DATA_CHUNK_BYTES);
+
+/**
  * Fetches one dataset file: a data-request answered by `total` data-chunk frames in order.
  * Runs inside the handshake, before any step, so no other message can interleave. The chunks must
- * be of this file, in order, with one total and one md5, and add up to at most a CIFAR-10 file.
+ * be of this file, in order, with one total (1 to MAX_FILE_CHUNKS) and one md5, each but the last
+ * DATA_CHUNK_BYTES long, and add up to at most a CIFAR-10 file. Worker side; exported for tests.
  */
-async function fetchFile(conn: Connection, file: string, timeoutMs: number): Promise<Uint8Array> {
+export async function fetchFile(conn: Connection, file: string, timeoutMs: number): Promise<Uint8Array> {
   await conn.send({ type: 'data-request', file });
   const parts: Uint8Array[] = [];
   let bytes = 0;
@@ -328,14 +336,27 @@ async function fetchFile(conn: Connection, file: string, timeoutMs: number): Pro
     const r = await conn.next(timeoutMs, `chunk ${parts.length} of ${file}`);
     if (isClose(r)) throw r.error ?? new SvdTrainError('DATA_MISSING', `The coordinator closed the connection while sending ${file} (${r.reason}).`);
     if (r.type === 'error') throw new SvdTrainError('DATA_MISSING', `The coordinator could not send ${file}: [${escapeForLog(r.code, 40)}] ${escapeForLog(r.message)}`);
-    if (r.type !== 'data-chunk' || r.file !== file) throw bad(`'${r.type}'${r.type === 'data-chunk' ? ` of ${JSON.stringify(r.file.slice(0, 80))}` : ''}`);
+    if (r.type !== 'data-chunk' || r.file !== file) throw bad(`'${r.type}'${r.type === 'data-chunk' ? ` of '${escapeForLog(r.file, 80)}'` : ''}`);
     if (r.index !== parts.length) throw bad(`data-chunk ${r.index} after ${parts.length} chunks (expected chunk ${parts.length})`);
-    first ??= { total: r.total, md5: r.md5 };
-    if (r.total !== first.total || r.md5 !== first.md5) throw bad(`data-chunk ${r.index} with total ${r.total} / md5 ${r.md5.slice(0, 40)}, after total ${first.total} / md5 ${first.md5}`);
-    bytes += r.bytes.byteLength;
+    if (!first) {
+      // More chunks than a CIFAR-10 file fills would each be another part to hold, empty or not.
+      if (!Number.isInteger(r.total) || r.total < 1 || r.total > MAX_FILE_CHUNKS) {
+        throw bad(`data-chunk 0 with total ${r.total}; expected 1 to ${MAX_FILE_CHUNKS} chunks of ${DATA_CHUNK_BYTES} bytes (more would carry more than ${CIFAR_OFFICIAL_FILE_BYTES} bytes, the size of a CIFAR-10 batch file)`);
+      }
+      first = { total: r.total, md5: r.md5 };
+    }
+    if (r.total !== first.total || r.md5 !== first.md5) {
+      throw bad(`data-chunk ${r.index} with total ${r.total} / md5 '${escapeForLog(r.md5, 80)}', after total ${first.total} / md5 '${escapeForLog(first.md5, 80)}'`);
+    }
+    const last = r.index === r.total - 1;
+    const size = r.bytes.byteLength;
+    if (size > DATA_CHUNK_BYTES || (!last && size !== DATA_CHUNK_BYTES)) {
+      throw bad(`data-chunk ${r.index} of ${r.total} with ${size} bytes; expected ${last ? 'at most' : 'exactly'} ${DATA_CHUNK_BYTES} (every chunk but the last is full)`);
+    }
+    bytes += size;
     if (bytes > CIFAR_OFFICIAL_FILE_BYTES) throw bad(`more than ${CIFAR_OFFICIAL_FILE_BYTES} bytes (the size of a CIFAR-10 batch file)`);
     parts.push(r.bytes);
-    if (parts.length === r.total) break;
+    if (last) break;
   }
   return Buffer.concat(parts);
 }

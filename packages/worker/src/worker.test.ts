@@ -11,6 +11,8 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { describe, expect, it } from 'vitest';
 import {
   CIFAR_FILES,
+  DATA_CHUNK_BYTES,
+  MAX_TIMER_MS,
   PROTOCOL_VERSION,
   SvdTrainError,
   authProof,
@@ -79,10 +81,12 @@ async function handshake(recv: () => Promise<Message>, send: (m: Message) => voi
     const m = await recv();
     if (m.type === 'data-request') {
       requested.push(m.file);
+      // Cut as the coordinator's DatasetServer does: every chunk but the last is DATA_CHUNK_BYTES.
       const bytes = new Uint8Array(readFileSync(join(serveDir!, m.file)));
-      const half = Math.ceil(bytes.length / 2);
-      send({ type: 'data-chunk', file: m.file, index: 0, total: 2, bytes: bytes.subarray(0, half), md5: md5s[m.file]! });
-      send({ type: 'data-chunk', file: m.file, index: 1, total: 2, bytes: bytes.subarray(half), md5: md5s[m.file]! });
+      const total = Math.max(1, Math.ceil(bytes.length / DATA_CHUNK_BYTES));
+      for (let index = 0; index < total; index++) {
+        send({ type: 'data-chunk', file: m.file, index, total, bytes: bytes.subarray(index * DATA_CHUNK_BYTES, (index + 1) * DATA_CHUNK_BYTES), md5: md5s[m.file]! });
+      }
       continue;
     }
     expect(m.type).toBe('manifest');
@@ -417,5 +421,15 @@ describe('runWorker against a scripted coordinator', () => {
 
   it('a non-ws URL is refused with the expected form', async () => {
     await expect(runWorker({ coordinator: 'http://x:1', backend: 'cpu', log: () => {} })).rejects.toThrow(/ws:\/\/HOST:PORT/);
+  });
+
+  it('handshakeTimeoutMs 3e9 (beyond setTimeout\'s 2^31 − 1 ms, which Node fires after 1 ms) is CONFIG_INVALID naming the value, the range and the fix', async () => {
+    for (const ms of [3e9, MAX_TIMER_MS + 1, 99, 150.5]) {
+      const err = await runWorker({ coordinator: 'ws://127.0.0.1:1', backend: 'cpu', handshakeTimeoutMs: ms, maxAttempts: 1, log: () => {} }).catch((e: unknown) => e);
+      expect((err as SvdTrainError).code, String(ms)).toBe('CONFIG_INVALID');
+      expect((err as Error).message).toBe(
+        `--handshake-timeout-ms ${ms} is not valid; expected whole milliseconds from 100 to 2147483647 (setTimeout's limit, about 24.8 days). Fix: e.g. --handshake-timeout-ms 30000.`,
+      );
+    }
   });
 });

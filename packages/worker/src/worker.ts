@@ -20,7 +20,7 @@
  * handshake and message loop is session.ts.
  */
 import { hostname } from 'node:os';
-import { DEFAULTS, SvdTrainError, escapeForLog, type BackendChoice } from '@svd-train/core';
+import { DEFAULTS, MAX_TIMER_MS, SvdTrainError, escapeForLog, type BackendChoice } from '@svd-train/core';
 import { initEngine } from '@svd-train/layers';
 import { backoffDelay } from './backoff.js';
 import { Connection } from './connection.js';
@@ -50,7 +50,10 @@ export interface WorkerOptions {
   maxAttempts?: number;
   /** PEM CA certificate(s) a wss:// coordinator's certificate must chain to (default: the system's CAs). */
   ca?: string | Buffer;
-  /** How long each handshake stage (upgrade, challenge, welcome, each data chunk) may take (default 30 s). */
+  /**
+   * How long each handshake stage (upgrade, challenge, welcome, each data chunk) may take (default
+   * 30 s); whole milliseconds from 100 to MAX_TIMER_MS (2³¹ − 1, setTimeout's longest delay).
+   */
   handshakeTimeoutMs?: number;
 }
 
@@ -59,6 +62,9 @@ export interface WorkerResult {
   reason: string;
   steps: number;
 }
+
+/** The shortest handshake stage a worker allows: less would give up on a coordinator that is merely busy. */
+const HANDSHAKE_TIMEOUT_MIN_MS = 100;
 
 /** TLS errors that mean "this certificate is not trusted", which retrying cannot fix. */
 const TLS_TRUST_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ALTNAME|HOSTNAME/;
@@ -73,6 +79,14 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
     throw new SvdTrainError(
       'CONFIG_INVALID',
       `--coordinator ${JSON.stringify(opts.coordinator)} is not a WebSocket URL; expected ws://HOST:PORT, e.g. ws://10.0.0.5:7733.`,
+    );
+  }
+  const hs = opts.handshakeTimeoutMs;
+  // Node fires a setTimeout longer than MAX_TIMER_MS after 1 ms: a huge deadline would be none at all.
+  if (hs !== undefined && !(Number.isInteger(hs) && hs >= HANDSHAKE_TIMEOUT_MIN_MS && hs <= MAX_TIMER_MS)) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `--handshake-timeout-ms ${hs} is not valid; expected whole milliseconds from ${HANDSHAKE_TIMEOUT_MIN_MS} to ${MAX_TIMER_MS} (setTimeout's limit, about 24.8 days). Fix: e.g. --handshake-timeout-ms ${DEFAULTS.handshakeTimeoutMs}.`,
     );
   }
   const backend = opts.backend ?? DEFAULTS.backend;
@@ -111,12 +125,12 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerResult> {
       if (opts.maxAttempts !== undefined && failures >= opts.maxAttempts) {
         throw new SvdTrainError(
           'CONNECTION_FAILED',
-          `Could not reach the coordinator at ${opts.coordinator} after ${failures} attempts (${(e as Error).message}). ` +
+          `Could not reach the coordinator at ${opts.coordinator} after ${failures} attempts (${escapeForLog((e as Error).message)}). ` +
             'Fix: start it with `svd-coord start`, or check host, port and firewall.',
         );
       }
       const d = backoffDelay(failures - 1);
-      log(`coordinator ${opts.coordinator} not reachable (${(e as Error).message}); retrying in ${(d / 1000).toFixed(1)} s`);
+      log(`coordinator ${opts.coordinator} not reachable (${escapeForLog((e as Error).message)}); retrying in ${(d / 1000).toFixed(1)} s`);
       await new Promise((r) => setTimeout(r, d));
       continue;
     }
