@@ -110,6 +110,14 @@ std::vector<int64_t> Ints(const Napi::CallbackInfo& info, size_t i, size_t n, co
   return out;
 }
 
+// Element counts made from shape entries (each at most 2^40) are products that could wrap int64 and
+// then pass a length check on an empty array, so every count a call uses is checked here first, in
+// double, against 2^40 elements (4 TiB of floats: no real tensor comes near).
+void CheckCounts(std::initializer_list<double> counts) {
+  for (double n : counts)
+    if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large (the limit is 2^40)");
+}
+
 std::string Key(const char* kind, const std::vector<int64_t>& v) {
   std::ostringstream s;
   s << kind;
@@ -163,6 +171,7 @@ struct ConvShape {
         dh < 1 || dw < 1) {
       throw ArgError("conv shape has a zero size, stride or dilation");
     }
+    CheckCounts({double(n) * h * w * c, double(kh) * kw * c * f, double(n) * oh * ow * f});
     // The output size must follow from the rest, or oneDNN would read or write out of bounds.
     int64_t eoh = (h + pt + pb - ((kh - 1) * dh + 1)) / sh + 1;
     int64_t eow = (w + pl + pr - ((kw - 1) * dw + 1)) / sw + 1;
@@ -416,6 +425,7 @@ Napi::Value MatMulFn(const Napi::CallbackInfo& info) {
     if (ba < 1 || bb < 1 || m < 1 || k < 1 || n < 1) throw ArgError("matmul has a zero dimension");
     if (ba != bb && ba != 1 && bb != 1) throw ArgError("matmul batch sizes must be equal or 1");
     int64_t bo = std::max(ba, bb);
+    CheckCounts({double(ba) * m * k, double(bb) * k * n, double(bo) * m * n});
     float* a = F32(info, 0, ba * m * k, "a");
     float* b = F32(info, 1, bb * k * n, "b");
     float* c = F32(info, 2, bo * m * n, "c");
@@ -581,6 +591,7 @@ Napi::Value Affine(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 4, 3, "shape");
     int64_t m = p[0], c = p[1];
     if (c < 1 || p[2] > 1) throw ArgError("affine shape must be [M, C >= 1, relu 0 or 1]");
+    CheckCounts({double(m) * c});
     const size_t n = static_cast<size_t>(m * c);
     const float* x = F32(info, 0, n, "x");
     float* y = F32(info, 3, n, "y");
@@ -600,6 +611,7 @@ Napi::Value PointwiseAffineFn(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 4, 4, "shape");
     const int64_t m = p[0], r = p[1], c = p[2];
     if (r < 1 || c < 1 || p[3] > 1) throw ArgError("pointwiseAffine shape must be [M, R >= 1, C >= 1, relu 0 or 1]");
+    CheckCounts({double(m) * r, double(r) * c, double(m) * c});
     const size_t mc = static_cast<size_t>(m * c);
     const float* t = F32(info, 0, static_cast<size_t>(m * r), "t");
     const float* w = F32(info, 1, static_cast<size_t>(r * c), "w");
@@ -626,9 +638,7 @@ Napi::Value RowConvAffineFn(const Napi::CallbackInfo& info) {
     const int64_t last = (g.wout - 1) * g.sw - g.pl;
     if (last > g.win - 1 || last + g.kw - 1 < 0)
       throw ArgError("Wout " + std::to_string(g.wout) + " does not fit Win " + std::to_string(g.win) + ", kw " + std::to_string(g.kw) + ", sw " + std::to_string(g.sw) + ", pl " + std::to_string(g.pl) + " (the last output column's first tap must fall inside the row)");
-    // Each count below 2^40 elements, so that no product overflows.
-    for (double n : {double(g.q) * g.win * g.r, double(g.q) * g.wout * g.c, double(g.kw) * g.r * g.c})
-      if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large");
+    CheckCounts({double(g.q) * g.win * g.r, double(g.q) * g.wout * g.c, double(g.kw) * g.r * g.c});
     const size_t yc = static_cast<size_t>(g.q * g.wout * g.c);
     const float* t = F32(info, 0, static_cast<size_t>(g.q * g.win * g.r), "t");
     const float* w = F32(info, 1, static_cast<size_t>(g.kw * g.r * g.c), "w");
@@ -657,10 +667,7 @@ Napi::Value SpatialAffineFn(const Napi::CallbackInfo& info) {
       throw ArgError("OH " + std::to_string(g.oh) + " does not fit H " + std::to_string(g.h) + ", sh " + std::to_string(g.sh) + ", pt " + std::to_string(g.pt));
     if ((g.ow - 1) * g.sw - g.pl > g.w - 1)
       throw ArgError("OW " + std::to_string(g.ow) + " does not fit W " + std::to_string(g.w) + ", sw " + std::to_string(g.sw) + ", pl " + std::to_string(g.pl));
-    // Each count below 2^40 elements, so that no product overflows.
-    for (double n : {double(g.n) * g.h * g.w * g.cin, double(g.n) * g.oh * g.ow * g.c, double(g.kh) * g.cin * g.r,
-                     double(g.kw) * g.r * g.c})
-      if (n > double(1LL << 40)) throw ArgError("a tensor of " + std::to_string(n) + " elements is too large");
+    CheckCounts({double(g.n) * g.h * g.w * g.cin, double(g.n) * g.oh * g.ow * g.c, double(g.kh) * g.cin * g.r, double(g.kw) * g.r * g.c});
     // The per-thread row buffer ((W + 2·kw) pixels of R padded to 16) and the padded k1: with N = 0 the
     // sizes above allow any W, so a row this wide is refused rather than allocated.
     if (double(g.w + 2 * g.kw) * (g.r + 15) > double(1 << 28) || double(g.kh) * g.cin * (g.r + 15) > double(1 << 28))
@@ -688,6 +695,7 @@ Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
     auto d = Ints(info, 11, 4, "shape");
     const int64_t m = d[0], r = d[1], c = d[2];
     if (m < 1 || r < 1 || c < 1 || d[3] < 0 || d[3] > 1) throw ArgError("rankBnForward shape must be [M >= 1, R >= 1, C >= 1, relu 0 or 1]");
+    CheckCounts({double(m) * r, double(m) * c, double(r) * c, double(r) * r});
     if (info.Length() < 13 || !info[12].IsNumber()) throw ArgError("eps must be a number");
     const double eps = info[12].As<Napi::Number>().DoubleValue();
     const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
@@ -716,6 +724,7 @@ Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
     auto d = Ints(info, 13, 3, "shape");
     const int64_t m = d[0], r = d[1], c = d[2];
     if (m < 1 || r < 1 || c < 1) throw ArgError("rankBnBackward shape must be [M >= 1, R >= 1, C >= 1]");
+    CheckCounts({double(m) * r, double(m) * c, double(r) * c, double(r) * r});
     const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
     const float* dy = F32(info, 0, mc, "dy");
     const float* y = OptionalF32(info, 1, mc, "y");
@@ -743,6 +752,7 @@ Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 6, 2, "shape");
     int64_t m = p[0], c = p[1];
     if (m < 1 || c < 1) throw ArgError("batch norm needs M >= 1 rows and C >= 1 channels");
+    CheckCounts({double(m) * c});
     if (info.Length() < 8 || !info[7].IsNumber()) throw ArgError("eps must be a number");
     double eps = info[7].As<Napi::Number>().DoubleValue();
     const float* x = F32(info, 0, m * c, "x");
@@ -771,6 +781,7 @@ Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 8, 2, "shape");
     int64_t m = p[0], c = p[1];
     if (m < 1 || c < 1) throw ArgError("batch norm needs M >= 1 rows and C >= 1 channels");
+    CheckCounts({double(m) * c});
     if (info.Length() < 10 || !info[9].IsNumber()) throw ArgError("eps must be a number");
     double eps = info[9].As<Napi::Number>().DoubleValue();
     const float* x = F32(info, 0, m * c, "x");

@@ -524,6 +524,19 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.spatialAffine(f(0), f(12), f(18), f(3), f(0), sp(0, 3, 2 ** 30, 2, 3, 1, 1, 3, 2, 3, 1, 1, 2 ** 30, 3, 1)))).toMatch(/^NATIVE_BAD_ARGUMENT: spatialAffine: a row of W 1073741824 x R 2 .*too large/);
     // Sizes whose products would overflow: refused before any buffer is read.
     expect(code(() => a.rowConvAffine(f(16), f(18), f(3), f(24), [2 ** 20, 2 ** 20, 1, 1, 1, 0, 2 ** 20, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: rowConvAffine: a tensor of .* elements is too large/);
+    // Every entry point, with sizes whose products wrap int64 to 0 (so that empty arrays would pass
+    // the length checks): once a segfault, a floating-point exception or an abort, now refused.
+    const e = f(0);
+    const big = 2 ** 32;
+    const tooLarge = (name: string) => new RegExp(`^NATIVE_BAD_ARGUMENT: ${name}: a tensor of .* elements is too large`);
+    expect(code(() => a.affine(e, e, e, e, [big, big, 0]))).toMatch(tooLarge('affine'));
+    expect(code(() => a.matmul(e, e, e, [big, 1, big, 1, 1, 0, 0]))).toMatch(tooLarge('matmul'));
+    expect(code(() => a.conv2d(e, e, e, [big, big, 1, 16, 1, 3, 3, big, 1, 1, 1, 1, 1, 1, 1, 1, 1]))).toMatch(tooLarge('conv2d'));
+    expect(code(() => a.batchNormForward(e, e, e, e, e, e, [2 ** 40, 2], 1e-5))).toMatch(tooLarge('batchNormForward'));
+    expect(code(() => a.batchNormBackward(e, e, e, e, e, e, e, e, [2 ** 40, 2], 1e-5))).toMatch(tooLarge('batchNormBackward'));
+    expect(code(() => a.pointwiseAffine(e, e, e, e, [big, 1, big, 0]))).toMatch(tooLarge('pointwiseAffine'));
+    expect(code(() => a.rankBnForward(e, e, e, e, e, e, e, e, e, e, e, [big, 1, big, 0], 1e-5))).toMatch(tooLarge('rankBnForward'));
+    expect(code(() => a.rankBnBackward(e, e, e, e, e, e, e, e, e, e, e, e, e, [big, 1, big]))).toMatch(tooLarge('rankBnBackward'));
   });
 
   it('an int32 matmul is not ours: it reaches the stock wasm kernel (and its own error), not oneDNN', async () => {
