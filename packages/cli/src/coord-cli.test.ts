@@ -1,8 +1,8 @@
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { SvdTrainError, parseConfig } from '@svd-train/core';
+import { describe, expect, it, vi } from 'vitest';
+import { CIFAR10_URL, SvdTrainError, parseConfig } from '@svd-train/core';
 import { buildCoordProgram } from './coord-cli.js';
 import { configFromOptions, distillationPlan } from './commands/start.js';
 import { EXIT_USAGE, reportError } from './cli-errors.js';
@@ -144,6 +144,26 @@ describe('svd-coord options', () => {
       expect(r.err).toContain(`svd-coord decompose ${path}`);
       expect(existsSync(join(dir, 'pruned.svdckpt'))).toBe(false);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('download without --dir fetches into the data folder (SVD_TRAIN_DATA or the cache) instead of refusing because the data is missing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svd-download-'));
+    const urls: string[] = [];
+    vi.stubEnv('SVD_TRAIN_DATA', join(dir, 'cifar'));
+    vi.stubGlobal('fetch', (url: string) => {
+      urls.push(String(url));
+      return Promise.resolve(new Response('not here', { status: 404, statusText: 'Not Found' }));
+    });
+    try {
+      const r = await run(['download']);
+      expect(urls).toEqual([CIFAR10_URL]);
+      expect(r.err).not.toContain('DATA_MISSING');
+      expect(r.err).toContain('404');
+    } finally {
+      vi.unstubAllGlobals();
+      vi.unstubAllEnvs();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -12,6 +12,7 @@ export { SvdTrainError, assert, isErrorCode, isSvdTrainError, type ErrorCode } f
 
 export {
   BACKENDS,
+  CIFAR10_URL,
   DECAY_ON,
   DECOMPOSITIONS,
   DEFAULTS,
@@ -48,7 +49,7 @@ export {
   type VerifyCifar10Options,
 } from './cifar10.js';
 export { writeSyntheticCifar10, type SyntheticCifar10Options } from './synthetic-cifar10.js';
-export { cacheRoot, resolveDataDir, type DataDir, type DataDirSource, type ResolveDataDirOptions } from './data-dir.js';
+export { cacheRoot, resolveDataDir, selectDataDir, type DataDir, type DataDirSource, type ResolveDataDirOptions } from './data-dir.js';
 export {
   downloadCifar10,
   ensureCifar10,
