@@ -1,12 +1,12 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { expectClose } from './test-support/index.js';
 import { buildResNet } from './resnet.js';
 import { getParameters, getBuffers, setBuffers, namedParameters } from './parameter-names.js';
-import { exportToStockLayers, fileSystemIO, saveToMemory, loadFromMemory } from './export.js';
+import { checkModelFolder, exportToStockLayers, fileSystemIO, saveToMemory, loadFromMemory } from './export.js';
 import { pruneByEnergy } from './prune.js';
 import { countMacs } from './macs.js';
 import { SVDConv2D } from './svd-conv2d.js';
@@ -60,6 +60,26 @@ describe('save / load with our layers registered', () => {
     expectClose('fs reloaded logits', b, a, 0);
     tf.dispose([x, a, b]);
     [m, pruned, back].forEach((q) => q.dispose());
+  });
+
+  it('fileSystemIO replaces a previous model whole, leaves nothing beside it, and refuses a file or a folder holding anything else', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'svd-export-'));
+    dirs.push(parent);
+    const dir = join(parent, 'model');
+    const dense = (seed: number) => tf.sequential({ layers: [tf.layers.dense({ inputShape: [3], units: 2, kernelInitializer: tf.initializers.glorotUniform({ seed }) })] });
+    const [a, b] = [dense(1), dense(2)];
+    await a.save(fileSystemIO(dir));
+    await b.save(fileSystemIO(dir));
+    const back = await tf.loadLayersModel(fileSystemIO(dir));
+    expect(getParameters(back)).toEqual(getParameters(b));
+    expect(readdirSync(parent)).toEqual(['model']);
+    expect(readdirSync(dir).sort()).toEqual(['model.json', 'weights.bin']);
+    // A folder with other files (a run's checkpoints, say) and a file are refused, and left as they were.
+    writeFileSync(join(parent, 'notes.txt'), 'mine');
+    await expect(a.save(fileSystemIO(parent))).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringContaining('not only a saved model') as unknown });
+    expect(readFileSync(join(parent, 'notes.txt'), 'utf8')).toBe('mine');
+    expect(() => checkModelFolder(join(parent, 'notes.txt'))).toThrow(/notes\.txt is a file; expected a folder/);
+    [a, b, back].forEach((q) => q.dispose());
   });
 
   it('fileSystemIO reports a truncated weights file as CHECKPOINT_CORRUPT', async () => {

@@ -20,8 +20,8 @@
  * plain `@tensorflow/tfjs`, read the two files and pass them through `tf.io.fromMemory` (the README
  * shows it; export.test.ts runs it in a process that has none of our code), or use `fileSystemIO`.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { SVDConv2D } from './svd-conv2d.js';
@@ -32,11 +32,35 @@ import { sameMatchesPadding } from './padding.js';
 const MODEL_JSON = 'model.json';
 const WEIGHTS_BIN = 'weights.bin';
 
-/** IOHandler for `model.save(fileSystemIO(dir))` and `tf.loadLayersModel(fileSystemIO(dir))`. */
+/**
+ * Refuses `dir` as the folder of a model to save unless it is absent, empty, or holds only a
+ * previous model (model.json, weights.bin): a save replaces the folder whole, and must not take a
+ * user's other files (or a checkpoint folder) with it.
+ */
+export function checkModelFolder(dir: string): void {
+  if (!existsSync(dir)) return;
+  if (!statSync(dir).isDirectory()) {
+    throw new SvdTrainError('CONFIG_INVALID', `${dir} is a file; expected a folder to hold ${MODEL_JSON} and ${WEIGHTS_BIN}. Fix: pass a new folder, e.g. ${dir}-model.`);
+  }
+  const other = readdirSync(dir).filter((f) => f !== MODEL_JSON && f !== WEIGHTS_BIN);
+  if (other.length > 0) {
+    throw new SvdTrainError(
+      'CONFIG_INVALID',
+      `${dir} holds ${other.slice(0, 3).join(', ')}${other.length > 3 ? `, … (${other.length} entries)` : ''}, not only a saved model; saving there would replace the folder. Fix: pass a new or empty folder.`,
+    );
+  }
+}
+
+/**
+ * IOHandler for `model.save(fileSystemIO(dir))` and `tf.loadLayersModel(fileSystemIO(dir))`. A
+ * save writes both files into a new folder beside `dir` and renames it into place (moving a previous
+ * model aside first), so `dir` never holds a model.json with another save's weights.bin; a crash
+ * between the two renames leaves the folder absent, both versions whole beside it.
+ */
 export function fileSystemIO(dir: string): tf.io.IOHandler {
   return {
     save: (artifacts: tf.io.ModelArtifacts): Promise<tf.io.SaveResult> => settle(() => {
-      mkdirSync(dir, { recursive: true });
+      checkModelFolder(dir);
       const weights = artifacts.weightData ? tf.io.CompositeArrayBuffer.join(artifacts.weightData) : new ArrayBuffer(0);
       const json = {
         modelTopology: artifacts.modelTopology,
@@ -47,11 +71,21 @@ export function fileSystemIO(dir: string): tf.io.IOHandler {
         ...(artifacts.trainingConfig ? { trainingConfig: artifacts.trainingConfig } : {}),
         ...(artifacts.userDefinedMetadata ? { userDefinedMetadata: artifacts.userDefinedMetadata } : {}),
       };
-      // Write-then-rename so a crash never leaves a model.json pointing at half a weights file.
-      writeFileSync(join(dir, `${WEIGHTS_BIN}.tmp`), new Uint8Array(weights));
-      writeFileSync(join(dir, `${MODEL_JSON}.tmp`), JSON.stringify(json));
-      renameSync(join(dir, `${WEIGHTS_BIN}.tmp`), join(dir, WEIGHTS_BIN));
-      renameSync(join(dir, `${MODEL_JSON}.tmp`), join(dir, MODEL_JSON));
+      const parent = dirname(resolve(dir));
+      mkdirSync(parent, { recursive: true });
+      const fresh = mkdtempSync(join(parent, `.${basename(resolve(dir))}.save-`));
+      try {
+        writeFileSync(join(fresh, WEIGHTS_BIN), new Uint8Array(weights));
+        writeFileSync(join(fresh, MODEL_JSON), JSON.stringify(json));
+        if (existsSync(dir)) {
+          const previous = `${fresh}-previous`;
+          renameSync(dir, previous);
+          renameSync(fresh, dir);
+          rmSync(previous, { recursive: true, force: true });
+        } else renameSync(fresh, dir);
+      } finally {
+        rmSync(fresh, { recursive: true, force: true });
+      }
       return { modelArtifactsInfo: tf.io.getModelArtifactsInfoForJSON(artifacts) };
     }),
     load: (): Promise<tf.io.ModelArtifacts> => settle(() => {

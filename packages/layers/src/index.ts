@@ -16,5 +16,5 @@ export { computeGradients, ensembleLogits, evaluate, meanSoftmaxLogits, teacherL
 export { applyInference, applyTraining, fusedInference, fusedInferenceAvailable, fusedTrainingAvailable, setFusedInference, setFusedTraining } from './fused-inference.js';
 export { rankSpaceBatchNormAvailable, rankSpaceBatchNormTrain, type RankSpaceBatchNormResult } from './rank-space-batch-norm.js';
 export { evaluateSplit, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES, type EvaluateResult, type RecalibrateOptions } from './evaluate.js';
-export { fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers, type StockExportOptions } from './export.js';
+export { checkModelFolder, fileSystemIO, saveToMemory, loadFromMemory, exportToStockLayers, type StockExportOptions } from './export.js';
 export { profileKernels, type KernelTime } from './kernel-profile.js';

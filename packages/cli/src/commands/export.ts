@@ -3,7 +3,7 @@
  * (--stock) as plain Conv2D/Dense layers that load without svd-train.
  */
 import type { Command } from 'commander';
-import { countMacs, exportToStockLayers, fileSystemIO } from '@svd-train/layers';
+import { checkModelFolder, countMacs, exportToStockLayers, fileSystemIO } from '@svd-train/layers';
 import { usageError } from '../cli-errors.js';
 import type { CliIo, SetExitCode } from '../cli-io.js';
 import { checkpointArgument, modelFromCheckpoint } from '../checkpoint-model.js';
@@ -17,6 +17,8 @@ interface ExportOptions {
 
 async function exportCommand(pathArg: string, opts: ExportOptions, io: CliIo): Promise<number> {
   if (opts.foldBn && !opts.stock) throw usageError('--fold-bn needs --stock: only the stock export folds batch norm into the convs. Fix: add --stock.');
+  // Before the checkpoint is read: --out naming the checkpoint, its folder or any other file is refused at once.
+  checkModelFolder(opts.out);
   const { model } = await modelFromCheckpoint(checkpointArgument(pathArg, io), opts.backend, io);
   const m = opts.stock ? exportToStockLayers(model, { foldBatchNorm: Boolean(opts.foldBn) }) : model;
   await m.save(fileSystemIO(opts.out));
