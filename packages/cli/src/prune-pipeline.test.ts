@@ -2,9 +2,10 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { configHash, parseConfig, serializeConfig, type Checkpoint, type RunConfig } from '@svd-train/core';
-import { buildResNetForConfig, getBuffers, getParameters, pruneByEnergy, svdRanks } from '@svd-train/layers';
+import { configHash, parseConfig, serializeConfig, type RunConfig } from '@svd-train/core';
+import { buildResNetForConfig, pruneByEnergy, svdRanks } from '@svd-train/layers';
 import { writePrunedCheckpoint } from './checkpoint-model.js';
+import { checkpointFor } from './test-support/checkpoints.js';
 import { checkMacBudget, checkpointsForEpochs, finetuneConfig, reusablePipeline, type PipelineExpectation } from './prune-pipeline.js';
 import type { PipelinePoint, PipelineSummary } from './report-pipeline.js';
 
@@ -20,17 +21,7 @@ function runDir(name: string, of: RunConfig = cfg, edit: (p: PipelineSummary) =>
   const dir = join(tmp, name);
   mkdirSync(dir);
   const model = buildResNetForConfig(of);
-  const trained: Checkpoint = {
-    version: 1,
-    config: serializeConfig(of),
-    configHash: configHash(of),
-    step: 7,
-    epoch: 1,
-    params: getParameters(model),
-    buffers: getBuffers(model),
-    optimizer: { kind: 'sgd', step: 7, slots: {} },
-    sampler: { size: 8, batch: 4, seed: 0, dropLast: false, epoch: 1, position: 0, step: 7 },
-  };
+  const trained = checkpointFor(of, model, 7);
   const { model: pruned } = pruneByEnergy(model, 0.1);
   const ranks = svdRanks(pruned);
   const prunedCheckpoint = writePrunedCheckpoint(trained, of, pruned, 0.1, join(dir, 'pruned-e0.1.svdckpt'), join(dir, 'trained.svdckpt'));
