@@ -8,7 +8,7 @@
  * they can change without breaking another package. Test plumbing lives in `@svd-train/core/testing`.
  */
 
-export { SvdTrainError, assert, isErrorCode, isSvdTrainError, type ErrorCode } from './errors.js';
+export { ERROR_CODES, SvdTrainError, assert, isErrorCode, isSvdTrainError, type ErrorCode } from './errors.js';
 
 export {
   BACKENDS,
@@ -105,6 +105,7 @@ export { escapeForLog } from './log-escape.js';
 export { createOptimizer, type CreateOptimizerOptions, type Optimizer, type OptimizerConfig, type OptimizerState, type ParamSet } from './optimizers.js';
 export { lrAt, momentumAt, sparsityEndStep, sparsityStartStep, sparsityWeightAt, type MomentumScheduleConfig, type ScheduleConfig, type SparsityScheduleConfig } from './lr-schedule.js';
 export {
+  CHECKPOINT_FORMAT_VERSION,
   checkpointFileName,
   latestCheckpoint,
   listCheckpoints,

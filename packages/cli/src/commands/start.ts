@@ -106,7 +106,7 @@ function addStartOptions(cmd: Command): Command {
       `Repeat it for an ensemble (up to ${MAX_TEACHERS}): the target is the mean of the teachers' softened outputs`,
     (path: string, prev: string[] | undefined) => [...(prev ?? []), path],
   );
-  cmd.option('--distill-training', 'with --prune-* and --finetune-epochs: --teacher teaches the training too, not only the fine-tuning (needs --teacher and --distill-alpha)');
+  cmd.option('--distill-training', 'the teacher (--teacher, or with --plain-epochs the plain model) teaches the training too, not only the fine-tuning of --prune-* --finetune-epochs (needs --distill-alpha, and --teacher or --plain-epochs)');
   cmd.option('--resume', 'continue from the latest checkpoint in --out');
   cmd.option('--insecure', 'allow workers without a token on a non-loopback address');
   cmd.option('--token-file <file>', 'read the shared worker token from the first line of this file (stays out of `ps`)');
