@@ -88,6 +88,8 @@ describe('resume', () => {
     }
     b1.kill('SIGTERM');
     expect(await b1.exited, b1.output().slice(-3000)).toBe(130);
+    // The stop checkpoints every step applied (or names the checkpoint that already holds them).
+    expect(b1.output()).toMatch(/stopped: received SIGTERM: stopped at step \d+ of 10; (checkpoint written at step \d+|the last checkpoint \(step \d+\) holds every step applied)\. Fix: the same command with --resume/);
     expect(stepRecords(ftB).length, 'the stop must land mid-fine-tuning').toBeLessThan(10);
 
     const fresh = startCoordinator(flags(outB, portB));
@@ -100,7 +102,7 @@ describe('resume', () => {
     // The sweep and the prune are not redone: the pipeline.json of the stopped start is reused.
     expect(b2.output()).toMatch(/pipeline: --resume: the sweep and the model pruned at e=0\.2 \(\S+pruned-e0\.2\.svdckpt\) are in \S+pipeline\.json, made from this checkpoint \(step 2\): reusing them/);
     expect(b2.output()).not.toMatch(/evaluating the trained model and/);
-    expect(b2.output()).toMatch(/resuming from \S+finetune\S+ \(step [2-8],/);
+    expect(b2.output()).toMatch(/resuming from \S+finetune\S+ \(step [2-9],/);
     // Every fine-tuning step once, the same as uninterrupted, and the same final model and result.
     expect(stepRecords(ftB).map((s) => s.step)).toEqual(stepRecords(join(outA, 'finetune')).map((s) => s.step));
     const ca = finalCheckpoint(join(outA, 'finetune'));

@@ -7,6 +7,8 @@ import { SvdTrainError } from '@svd-train/core';
 
 /** Exit code for usage / input errors (like most Unix tools). */
 export const EXIT_USAGE = 2;
+/** Exit code of a run stopped by SIGINT/SIGTERM (128 + SIGINT's 2, as shells report Ctrl-C). */
+export const EXIT_INTERRUPTED = 130;
 
 /** Error codes that mean "the user gave us something wrong", not "svd-train has a bug". */
 const INPUT_CODES = new Set([
@@ -24,6 +26,11 @@ export function reportError(err: unknown, write: (s: string) => void = (s) => pr
   if (err instanceof CommanderError) {
     // commander already printed its message (unknown option, missing argument ...).
     return err.exitCode === 0 ? 0 : EXIT_USAGE;
+  }
+  if (err instanceof SvdTrainError && err.code === 'INTERRUPTED') {
+    // A stop the user asked for (Ctrl-C): the shell's code for SIGINT, and no "error".
+    write(`stopped: ${err.message}\n`);
+    return EXIT_INTERRUPTED;
   }
   if (err instanceof SvdTrainError) {
     write(`error [${err.code}]: ${err.message}\n`);

@@ -187,6 +187,10 @@ describe('svd-coord options', () => {
     expect(reportError(new Error('boom'), (x) => (s += x))).toBe(1);
     expect(s).toContain('boom');
     expect(reportError(new SvdTrainError('CONFIG_INVALID', 'bad'), () => {})).toBe(EXIT_USAGE);
+    // A stop on Ctrl-C is no error: the shell's 130, and the checkpoint it wrote named.
+    let stop = '';
+    expect(reportError(new SvdTrainError('INTERRUPTED', 'received SIGINT: stopped at step 4 of 9; checkpoint written at step 4'), (x) => (stop += x))).toBe(130);
+    expect(stop).toBe('stopped: received SIGINT: stopped at step 4 of 9; checkpoint written at step 4\n');
   });
 
   it('failures that are not the user\'s input exit 1, not the usage code 2', () => {

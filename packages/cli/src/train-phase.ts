@@ -291,12 +291,22 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   // initialised to null to null for good, as it cannot see the callback assign it.
   const failure: { fatal?: SvdTrainError } = {};
   let stopping = false;
+  // The first SIGINT/SIGTERM stops the training and checkpoints every step applied (start() then
+  // rejects with INTERRUPTED, exit 130); a second one, if that hangs, exits at once.
+  let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {
-    io.err(`received ${sig}; stopping\n`);
-    void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
+    stopping = true;
+    if (signalled) {
+      io.err(`received ${sig} again; exiting without waiting for the checkpoint\n`);
+      void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
+      return;
+    }
+    signalled = true;
+    io.err(`received ${sig}; stopping and checkpointing the steps trained (${sig} again exits at once)\n`);
+    coord.requestStop(`received ${sig}`);
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const { port } = await coord.listen();
     if (cfg.spawn > 0) {

@@ -397,6 +397,24 @@ describe('Coordinator faults', { timeout: 15_000 }, () => {
     expectParity(summary.params, reference(cfg).params, 'after stall');
   });
 
+  it('requestStop mid-step (Ctrl-C) abandons the step in flight, checkpoints every step applied, rejects with INTERRUPTED, and --resume from it equals the uninterrupted run', async () => {
+    const cfg = config({ minWorkers: 1, epochs: 3 });
+    const h = await harness(cfg);
+    // Step 4 is mid-epoch (3 steps an epoch): the last checkpoint is step 3's, the stop writes step 4's.
+    h.spawn({ onStep: (m) => (m.step === 4 ? (setTimeout(() => h.coord.requestStop('received SIGINT'), 50), 'stall') : 'answer') });
+    const e = (await h.coord.start().then(() => null, (x: unknown) => x)) as SvdTrainError | null;
+    expect(e?.code).toBe('INTERRUPTED');
+    expect(e?.message).toMatch(/^received SIGINT: stopped at step 4 of 9; checkpoint written at step 4, every step applied\. Fix: the same command with --resume/);
+    const last = h.checkpoints[h.checkpoints.length - 1]!;
+    expect(last.step).toBe(4);
+    expect(last.sampler.step).toBe(4);
+    const h2 = await harness(cfg, { resume: last });
+    h2.spawn();
+    const resumed = await h2.coord.start();
+    expect(h2.steps[0]!.step).toBe(4);
+    expectParity(resumed.params, reference(cfg).params, 'stopped and resumed');
+  });
+
   it('stallAction abort rejects the run naming the worker', async () => {
     const cfg = config({ minWorkers: 1, stallWarnMs: 50, stepTimeoutMs: 200, stallAction: 'abort' });
     const h = await harness(cfg);

@@ -25,6 +25,7 @@
 import { performance } from 'node:perf_hooks';
 import {
   EpochSampler,
+  type SamplerState,
   SvdTrainError,
   configHash as computeConfigHash,
   createOptimizer,
@@ -81,6 +82,8 @@ export class Coordinator {
   private readonly stall: StallDetector;
   private readonly metrics: MetricsWriter;
   private waiters: (() => void)[] = [];
+  /** Set by requestStop: the training ends after checkpointing (see there). */
+  private stop: SvdTrainError | null = null;
   private fatal: SvdTrainError | null = null;
   private closed = false;
 
@@ -242,6 +245,18 @@ export class Coordinator {
     this.server.drop(peer, 'PEER_TIMEOUT', `stalled: ${why}`);
   }
 
+  /**
+   * Stops the training at once, for SIGINT/SIGTERM: the step or evaluation in flight is abandoned
+   * (its update was not applied), a checkpoint of every step applied so far is written unless the
+   * last one holds them, and start() rejects with INTERRUPTED naming the step. Safe to call twice.
+   */
+  requestStop(reason: string): void {
+    if (this.stop) return;
+    this.stop = new SvdTrainError('INTERRUPTED', reason);
+    this.scheduler.halt(this.stop);
+    this.wake();
+  }
+
   /** Stops the run with `e`: the job in progress is rejected and whoever waits for workers wakes up to it. */
   private abort(e: SvdTrainError): void {
     this.fatal = e;
@@ -273,6 +288,7 @@ export class Coordinator {
 
   private throwIfFatal(): void {
     if (this.fatal) throw this.fatal;
+    if (this.stop) throw this.stop;
   }
 
   private wake(): void {
@@ -365,65 +381,80 @@ export class Coordinator {
     let lastTrain: number | null = null;
     let lastCkptStep = resume?.step ?? -1;
 
-    while (sampler.state().step < totalSteps) {
-      this.throwIfFatal();
-      const b = sampler.nextBatch();
-      const lr = lrAt(b.step, spe);
-      const momentum = momentumAt(cfg, b.step, spe);
-      const stepT0 = now();
-      const answers = await this.runStep(b.indices, { step: b.step, epoch: b.epoch, lr, split: 'train' });
-      const tr = now();
-      const contribs = answers.map((a) => a.result).filter((g) => g.n > 0);
-      const red = reducer.reduce(contribs);
-      if (red.nonFinite) this.diverged(b.step, lr, `the averaged ${red.nonFinite.name}[${red.nonFinite.index}] is ${red.nonFinite.value}`, lastCkptStep);
-      const gradSet: ParamSet = new Map(names.map((n, i) => [n, red.grads[i]]));
-      optimizer.step(this.weights.params, gradSet, lr, momentum);
-      // The update itself can overflow (finite gradients, huge lr). Those parameters must never be
-      // broadcast or checkpointed: the run stops here and its last checkpoint stays the good one.
-      const badParam = firstNonFinite(this.weights.params);
-      if (badParam) this.diverged(b.step, lr, `after the optimizer step, parameter ${badParam.name}[${badParam.index}] is ${badParam.value}`, lastCkptStep);
-      this.weights.setBuffers(red.buffers);
-      this.weights.advance(b.step + 1);
-      const reduceMs = now() - tr;
-      const stepMs = now() - stepT0;
+    // The sampler as it was before the step in flight, whose update is not applied yet (null between
+    // steps): what a checkpoint written on a stop request holds.
+    let beforeStep: SamplerState | null = null;
+    try {
+      while (sampler.state().step < totalSteps) {
+        this.throwIfFatal();
+        beforeStep = sampler.state();
+        const b = sampler.nextBatch();
+        const lr = lrAt(b.step, spe);
+        const momentum = momentumAt(cfg, b.step, spe);
+        const stepT0 = now();
+        const answers = await this.runStep(b.indices, { step: b.step, epoch: b.epoch, lr, split: 'train' });
+        const tr = now();
+        const contribs = answers.map((a) => a.result).filter((g) => g.n > 0);
+        const red = reducer.reduce(contribs);
+        if (red.nonFinite) this.diverged(b.step, lr, `the averaged ${red.nonFinite.name}[${red.nonFinite.index}] is ${red.nonFinite.value}`, lastCkptStep);
+        const gradSet: ParamSet = new Map(names.map((n, i) => [n, red.grads[i]]));
+        optimizer.step(this.weights.params, gradSet, lr, momentum);
+        // The update itself can overflow (finite gradients, huge lr). Those parameters must never be
+        // broadcast or checkpointed: the run stops here and its last checkpoint stays the good one.
+        const badParam = firstNonFinite(this.weights.params);
+        if (badParam) this.diverged(b.step, lr, `after the optimizer step, parameter ${badParam.name}[${badParam.index}] is ${badParam.value}`, lastCkptStep);
+        this.weights.setBuffers(red.buffers);
+        this.weights.advance(b.step + 1);
+        beforeStep = null;
+        const reduceMs = now() - tr;
+        const stepMs = now() - stepT0;
 
-      const totals = stepTotals(contribs);
-      epochTotals.add(totals);
-      const line = stepLine({ step: b.step, epoch: b.epoch, lr, momentum }, totals, { stepMs, reduceMs }, workerTimings(answers));
-      this.metrics.write(line);
-      this.opts.onStep?.(stepEvent({ stepInEpoch: b.stepInEpoch, stepsPerEpoch: spe, totalSteps }, line, this.liveWorkers, answers));
+        const totals = stepTotals(contribs);
+        epochTotals.add(totals);
+        const line = stepLine({ step: b.step, epoch: b.epoch, lr, momentum }, totals, { stepMs, reduceMs }, workerTimings(answers));
+        this.metrics.write(line);
+        this.opts.onStep?.(stepEvent({ stepInEpoch: b.stepInEpoch, stepsPerEpoch: spe, totalSteps }, line, this.liveWorkers, answers));
 
-      const epochEnd = b.stepInEpoch === spe - 1;
-      if (epochEnd) {
-        const e: EpochEvent = {
-          epoch: b.epoch,
-          step: b.step + 1,
-          ...epochTotals.summary(),
-          effectiveRanks: effectiveRanks([...this.weights.params].map(([name, data]) => ({ name, data })), 0.01),
-        };
-        lastTrain = e.trainAcc;
-        // evalEvery 0 turns evaluation off; otherwise every evalEvery epochs and after the last one.
-        if (cfg.evalEvery > 0 && ((b.epoch + 1) % cfg.evalEvery === 0 || b.step + 1 === totalSteps)) {
-          const t0 = now();
-          const r = await this.evaluate('test');
-          if (r) {
-            e.testAcc = r.acc;
-            e.testLoss = r.loss;
-            e.evalMs = now() - t0;
-            lastTest = r.acc;
+        const epochEnd = b.stepInEpoch === spe - 1;
+        if (epochEnd) {
+          const e: EpochEvent = {
+            epoch: b.epoch,
+            step: b.step + 1,
+            ...epochTotals.summary(),
+            effectiveRanks: effectiveRanks([...this.weights.params].map(([name, data]) => ({ name, data })), 0.01),
+          };
+          lastTrain = e.trainAcc;
+          // evalEvery 0 turns evaluation off; otherwise every evalEvery epochs and after the last one.
+          if (cfg.evalEvery > 0 && ((b.epoch + 1) % cfg.evalEvery === 0 || b.step + 1 === totalSteps)) {
+            const t0 = now();
+            const r = await this.evaluate('test');
+            if (r) {
+              e.testAcc = r.acc;
+              e.testLoss = r.loss;
+              e.evalMs = now() - t0;
+              lastTest = r.acc;
+            }
           }
+          const em: EpochMetrics = { kind: 'epoch', ...e, time: new Date().toISOString() };
+          this.metrics.write(em);
+          this.opts.onEpoch?.(e);
+          this.log('info', `epoch ${b.epoch + 1}/${cfg.epochs}: train loss ${e.trainLoss.toFixed(4)} acc ${(e.trainAcc * 100).toFixed(2)}%${e.testAcc !== undefined ? `, test acc ${(e.testAcc * 100).toFixed(2)}%` : ''}`);
+          epochTotals.reset();
         }
-        const em: EpochMetrics = { kind: 'epoch', ...e, time: new Date().toISOString() };
-        this.metrics.write(em);
-        this.opts.onEpoch?.(e);
-        this.log('info', `epoch ${b.epoch + 1}/${cfg.epochs}: train loss ${e.trainLoss.toFixed(4)} acc ${(e.trainAcc * 100).toFixed(2)}%${e.testAcc !== undefined ? `, test acc ${(e.testAcc * 100).toFixed(2)}%` : ''}`);
-        epochTotals.reset();
+        const early = cfg.checkpointEvery > EARLY_CHECKPOINT_STEP && b.step + 1 === EARLY_CHECKPOINT_STEP;
+        if (epochEnd || early || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
+          await this.checkpoint(b.step + 1, sampler, optimizer, epochTotals);
+          lastCkptStep = b.step + 1;
+        }
       }
-      const early = cfg.checkpointEvery > EARLY_CHECKPOINT_STEP && b.step + 1 === EARLY_CHECKPOINT_STEP;
-      if (epochEnd || early || (cfg.checkpointEvery > 0 && (b.step + 1) % cfg.checkpointEvery === 0)) {
-        await this.checkpoint(b.step + 1, sampler, optimizer, epochTotals);
-        lastCkptStep = b.step + 1;
-      }
+    } catch (e) {
+      if (!this.stop || e !== this.stop) throw e;
+      const at = beforeStep ? EpochSampler.fromState(beforeStep) : sampler;
+      const step = at.state().step;
+      const kept = step === lastCkptStep || step === 0;
+      if (!kept) await this.checkpoint(step, at, optimizer, epochTotals);
+      const where = step === 0 ? 'nothing was trained yet' : kept ? `the last checkpoint (step ${step}) holds every step applied` : `checkpoint written at step ${step}, every step applied`;
+      throw new SvdTrainError('INTERRUPTED', `${this.stop.message}: stopped at step ${step} of ${totalSteps}; ${where}. Fix: the same command with --resume goes on from there.`);
     }
     if (lastCkptStep !== sampler.state().step) await this.checkpoint(sampler.state().step, sampler, optimizer, epochTotals);
     return summary({ finalTestAcc: lastTest, finalTrainAcc: lastTrain });

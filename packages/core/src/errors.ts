@@ -42,6 +42,8 @@ export const ERROR_CODES = [
   'WORKERS_FAILED',
   /** The coordinator cannot listen on its --host/--port (in use, not this machine's, no permission). */
   'LISTEN_FAILED',
+  /** The run was stopped on request (SIGINT/SIGTERM) after checkpointing what it had trained. */
+  'INTERRUPTED',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
