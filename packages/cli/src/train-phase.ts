@@ -234,8 +234,14 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   // The model is built even when resuming: its manifest and BN parameter names are authoritative.
   const model = buildResNetForConfig(cfg);
   if (from) checkShapes(from, getParameters(model), '--from', cfg.from!);
-  mkdirSync(ckptDir, { recursive: true });
-  writeRunConfig(outDir, cfg, hash);
+  try {
+    mkdirSync(ckptDir, { recursive: true });
+    writeRunConfig(outDir, cfg, hash);
+  } catch (e) {
+    const errno = (e as NodeJS.ErrnoException | null)?.code;
+    if (typeof errno !== 'string') throw e;
+    throw new SvdTrainError('CHECKPOINT_WRITE_FAILED', `cannot write the run folder ${outDir} (${errno}: ${(e as Error).message}); nothing was trained. Fix: pass an --out on a writable disk with free space.`, { path: outDir, errno }, { cause: e });
+  }
 
   const tty = Boolean(process.stderr.isTTY);
   let bar: ProgressBar | null = null;

@@ -144,6 +144,12 @@ describe('checkpoint', () => {
     expect(Object.hasOwn(c.optimizer.slots, '__proto__')).toBe(true);
   });
 
+  it('a checkpoint the disk cannot take is CHECKPOINT_WRITE_FAILED naming the step, the folder, the errno and the fix', () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'file'), 'not a folder');
+    expectCode(() => saveCheckpoint(join(dir, 'file', 'checkpoints'), makeCkpt(4)), 'CHECKPOINT_WRITE_FAILED', /cannot write the checkpoint of step 4 in \S+file\/checkpoints \(ENOTDIR: .*\)\. Fix: free disk space or make \S+ writable, then run the same command with --resume/);
+  });
+
   it('refuses a config hash mismatch with actual, expected and the fix', () => {
     const dir = tempDir();
     const p = saveCheckpoint(dir, makeCkpt(5, 'hash-A'));

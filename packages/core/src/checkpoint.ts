@@ -209,6 +209,30 @@ export interface SaveCheckpointOptions {
  * @returns the path written.
  */
 export function saveCheckpoint(dir: string, ckpt: Checkpoint, opts: SaveCheckpointOptions = {}): string {
+  try {
+    return writeCheckpoint(dir, ckpt, opts);
+  } catch (e) {
+    // A file-system failure (ENOSPC, EROFS, EACCES, ENOTDIR, …) is the disk's, not a bug: say which
+    // checkpoint failed, what is left intact, and how to go on.
+    const errno = (e as NodeJS.ErrnoException | null)?.code;
+    if (typeof errno !== 'string' || !/^E[A-Z]+$/.test(errno)) throw e;
+    let left = '';
+    try {
+      const newest = listCheckpoints(dir)[0];
+      left = newest ? ` The checkpoints already there are intact, the newest ${newest.path} (step ${newest.step}).` : '';
+    } catch {
+      /* the folder itself is the problem */
+    }
+    throw new SvdTrainError(
+      'CHECKPOINT_WRITE_FAILED',
+      `cannot write the checkpoint of step ${ckpt.step} in ${dir} (${errno}: ${(e as Error).message}).${left} Fix: free disk space or make ${dir} writable, then run the same command with --resume.`,
+      { path: dir, errno },
+      { cause: e },
+    );
+  }
+}
+
+function writeCheckpoint(dir: string, ckpt: Checkpoint, opts: SaveCheckpointOptions): string {
   mkdirSync(dir, { recursive: true });
   const { header, chunks } = buildHeader(ckpt);
   const json = Buffer.from(JSON.stringify(header), 'utf8');

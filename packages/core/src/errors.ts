@@ -36,6 +36,8 @@ export const ERROR_CODES = [
   'PEER_TIMEOUT',
   /** A checkpoint folder exists but cannot be listed (permissions, not a folder, I/O error). */
   'CHECKPOINT_UNREADABLE',
+  /** A checkpoint could not be written (disk full, read-only or missing folder); the older ones stay. */
+  'CHECKPOINT_WRITE_FAILED',
   /** A worker gave up reaching the coordinator after its allowed number of attempts. */
   'CONNECTION_FAILED',
   /** Every worker `svd-coord start --spawn` launched exited with an error: nobody is left to train. */
