@@ -152,6 +152,9 @@ export class Coordinator {
       dropOutlier: (peer, why) => this.server.drop(peer, 'GRADIENT_OUTLIER', why),
       onFatal: (e) => this.abort(e),
       log: (level, msg) => this.log(level, msg),
+      // A worker evaluates maxWorkerBatch samples at a time anyway; as many per request keeps each
+      // request far inside the step timeout however large the test set.
+      evalSlice: opts.config.maxWorkerBatch,
       now,
     });
   }

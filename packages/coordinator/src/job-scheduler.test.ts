@@ -16,7 +16,7 @@ interface Sent {
 const meta = (step: number): JobMeta => ({ step, epoch: 0, lr: 0.1, split: 'train' });
 const range = (n: number): Int32Array => Int32Array.from({ length: n }, (_, i) => i);
 
-function setup(names: string[], minWorkers = 1) {
+function setup(names: string[], minWorkers = 1, evalSlice?: number) {
   const live: W[] = names.map((name) => ({ name }));
   const sent: Sent[] = [];
   const logs: string[] = [];
@@ -33,6 +33,7 @@ function setup(names: string[], minWorkers = 1) {
     },
     onFatal: (e) => fatal.push(e),
     log: (_level, msg) => logs.push(msg),
+    ...(evalSlice ? { evalSlice } : {}),
     now: () => 0,
   });
   const byName = (name: string): W => {
@@ -144,6 +145,20 @@ describe('JobScheduler assignment', () => {
     reply(s, byName('w0'));
     const answers = await done;
     expect(answers.map((a) => a.result.n)).toEqual([4, 3]);
+  });
+
+  it('evaluation comes in slices of at most evalSlice samples, each worker taking its share one slice at a time, so no request outlasts the step timeout', async () => {
+    const { s, sent, byName } = setup(['w0', 'w1'], 1, 4);
+    const done = s.runEval(range(18), { ...meta(0), split: 'test' });
+    // 18 samples in 5 slices of at most 4 (4, 4, 4, 3, 3), round-robin: each worker gets its first now.
+    expect(sent.map((x) => [x.w.name, x.t.indices.length])).toEqual([
+      ['w0', 4],
+      ['w1', 4],
+    ]);
+    for (let k = 0; k < 5; k++) reply(s, byName(k % 2 === 0 ? 'w0' : 'w1'));
+    const answers = await done;
+    expect(answers.map((a) => a.result.n)).toEqual([4, 4, 4, 3, 3]);
+    expect(covered(answers)).toEqual([...range(18)]);
   });
 
   it('is deterministic: the same joins, answers and drops give the same sends (worker, offset, indices, attempt id)', async () => {

@@ -7,7 +7,9 @@
  * at the first step, raised when more are live at a later step, never lowered (batch norm
  * normalizes each slice with its own statistics, so the slicing is part of the math). The slices go
  * round-robin over the live workers in join order; a worker computes its slices one at a time.
- * Evaluation has no batch statistics and is split over the live workers.
+ * Evaluation has no batch statistics and is split over the live workers, in slices of at most
+ * `evalSlice` samples, so that no one request runs past the step timeout (a whole test set on one
+ * slow worker did, and was dropped and re-sent whole, forever).
  *
  * Faults: a slice whose worker leaves goes WHOLE, under a new attempt id, to the least-busy live
  * worker (first in join order on ties), or is parked until at least `minWorkers` are live. Before a
@@ -102,6 +104,8 @@ export interface JobSchedulerOptions<W> {
   /** The current step cannot succeed (DIVERGED); the job is already rejected with it. */
   onFatal: (e: SvdTrainError) => void;
   log?: (level: 'info' | 'warn', msg: string) => void;
+  /** Most samples in one evaluation slice (default: no limit, one slice per live worker). */
+  evalSlice?: number;
   /** Clock for round-trip times (ms); default performance.now. */
   now?: () => number;
 }
@@ -253,7 +257,7 @@ export class JobScheduler<W extends { readonly name: string }> {
       this.job = job;
       const live = this.opts.live();
       if (!live.length) throw new SvdTrainError('INTERNAL', `${kind} ${meta.step} started with no live worker`);
-      const slices = splitBatch(indices, Array.from({ length: this.slicesFor(kind, live.length, meta.step) }, () => 1));
+      const slices = splitBatch(indices, Array.from({ length: this.slicesFor(kind, live.length, meta.step, indices.length) }, () => 1));
       let off = 0;
       slices.forEach((s, i) => {
         const t = this.newTask(kind, off, s);
@@ -269,8 +273,8 @@ export class JobScheduler<W extends { readonly name: string }> {
   }
 
   /** Sub-batches of a job: see the module header. */
-  private slicesFor(kind: JobKind, live: number, step: number): number {
-    if (kind === 'eval') return live;
+  private slicesFor(kind: JobKind, live: number, step: number, samples: number): number {
+    if (kind === 'eval') return Math.max(live, Math.ceil(samples / (this.opts.evalSlice ?? Infinity)));
     if (live > this.slices) {
       if (this.slices > 0) {
         this.opts.log?.('info', `${live} workers live: from step ${step} on, each step is split into ${live} sub-batches instead of ${this.slices} (batch norm normalizes each one separately)`);
