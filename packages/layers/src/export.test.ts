@@ -1,5 +1,5 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { mkdtempSync, readdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -74,6 +74,10 @@ describe('save / load with our layers registered', () => {
     expect(getParameters(back)).toEqual(getParameters(b));
     expect(readdirSync(parent)).toEqual(['model']);
     expect(readdirSync(dir).sort()).toEqual(['model.json', 'weights.bin']);
+    // The folder has mkdir's permissions (others may read it), not mkdtemp's 0700.
+    mkdirSync(join(parent, 'ref'));
+    expect(statSync(dir).mode & 0o777).toBe(statSync(join(parent, 'ref')).mode & 0o777);
+    rmSync(join(parent, 'ref'), { recursive: true });
     // A folder with other files (a run's checkpoints, say) and a file are refused, and left as they were.
     writeFileSync(join(parent, 'notes.txt'), 'mine');
     await expect(a.save(fileSystemIO(parent))).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringContaining('not only a saved model') as unknown });

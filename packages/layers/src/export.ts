@@ -20,7 +20,8 @@
  * plain `@tensorflow/tfjs`, read the two files and pass them through `tf.io.fromMemory` (the README
  * shows it; export.test.ts runs it in a process that has none of our code), or use `fileSystemIO`.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
@@ -73,7 +74,9 @@ export function fileSystemIO(dir: string): tf.io.IOHandler {
       };
       const parent = dirname(resolve(dir));
       mkdirSync(parent, { recursive: true });
-      const fresh = mkdtempSync(join(parent, `.${basename(resolve(dir))}.save-`));
+      // mkdirSync, not mkdtempSync: the folder keeps the usual permissions (mkdtemp's are 0700).
+      const fresh = join(parent, `.${basename(resolve(dir))}.save-${process.pid}-${randomBytes(4).toString('hex')}`);
+      mkdirSync(fresh);
       try {
         writeFileSync(join(fresh, WEIGHTS_BIN), new Uint8Array(weights));
         writeFileSync(join(fresh, MODEL_JSON), JSON.stringify(json));
