@@ -348,6 +348,10 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
       throw e;
     });
     if (failure.fatal) throw failure.fatal;
+    // A signal that came as the training ended found nothing left to stop: the next phase must not start.
+    if (signalled) {
+      throw new SvdTrainError('INTERRUPTED', `stopped as the training ended: its ${summary.steps} steps are checkpointed. Fix: the same command with --resume goes on with what follows.`);
+    }
     const acc = summary.finalTestAcc !== null ? `, test accuracy ${(100 * summary.finalTestAcc).toFixed(2)}%` : '';
     io.err(`training finished: ${summary.steps} steps in ${(summary.wallMs / 1000).toFixed(1)} s${acc}\n`);
   } finally {
