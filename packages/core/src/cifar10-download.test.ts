@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -81,6 +81,18 @@ describe('downloadCifar10 from a local server', () => {
     expect(progress.length).toBeGreaterThanOrEqual(2);
     expect(progress.at(-1)).toEqual([tarball.length, tarball.length]);
     expect(leftovers(join(tmp, 'ok'))).toEqual(['cifar-10-batches-bin']);
+  });
+
+  it("removes a killed download's day-old temp folder before downloading, and leaves a recent one (a download in progress)", async () => {
+    const parent = join(tmp, 'stale');
+    mkdirSync(join(parent, '.cifar-10-batches-bin.download-old'), { recursive: true });
+    writeFileSync(join(parent, '.cifar-10-batches-bin.download-old', 'cifar-10-binary.tar.gz.part'), 'half');
+    const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000);
+    utimesSync(join(parent, '.cifar-10-batches-bin.download-old'), twoDaysAgo, twoDaysAgo);
+    mkdirSync(join(parent, '.cifar-10-batches-bin.download-live'));
+    const r = await downloadCifar10(join(parent, 'cifar-10-batches-bin'), { url: `${base}/cifar.tar.gz`, md5, quiet: true });
+    expect(r.downloaded).toBe(true);
+    expect(leftovers(parent).sort()).toEqual(['.cifar-10-batches-bin.download-live', 'cifar-10-batches-bin']);
   });
 
   it('does not download again when a verified copy is there', async () => {

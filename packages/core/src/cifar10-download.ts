@@ -4,7 +4,7 @@
  * download therefore never leaves a half dataset where `resolveDataDir` would find it.
  */
 import { createHash } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -99,6 +99,26 @@ async function fetchToFile(url: string, file: string, opts: DownloadCifar10Optio
  * @throws SvdTrainError DOWNLOAD_FAILED (network, HTTP status, truncation),
  *   DATA_CORRUPT (md5 mismatch, a tarball without the expected files, a bad existing copy).
  */
+/** A download's temp folder untouched this long belongs to a process that died (a live one writes it). */
+const STALE_DOWNLOAD_MS = 24 * 3600 * 1000;
+
+/**
+ * Removes the temp folders of earlier downloads into `parent`/`name` that a killed process left
+ * (up to 163 MB each), once they are a day old: a download still running is never that old.
+ */
+function removeStaleDownloads(parent: string, name: string): void {
+  const prefix = `.${name}.download-`;
+  for (const entry of readdirSync(parent)) {
+    if (!entry.startsWith(prefix)) continue;
+    const path = join(parent, entry);
+    try {
+      if (Date.now() - statSync(path).mtimeMs > STALE_DOWNLOAD_MS) rmSync(path, { recursive: true, force: true });
+    } catch {
+      /* gone already, or not ours to remove: the new download does not need it gone */
+    }
+  }
+}
+
 export async function downloadCifar10(destDir: string, opts: DownloadCifar10Options = {}): Promise<DownloadResult> {
   const url = opts.url ?? CIFAR10_URL;
   const expectedMd5 = opts.md5 ?? CIFAR10_TARBALL_MD5;
@@ -121,6 +141,7 @@ export async function downloadCifar10(destDir: string, opts: DownloadCifar10Opti
 
   const parent = dirname(target);
   mkdirSync(parent, { recursive: true });
+  removeStaleDownloads(parent, basename(target));
   // The temp folder sits next to the target so the final rename stays on one filesystem (atomic).
   const tmp = mkdtempSync(join(parent, `.${basename(target)}.download-`));
   try {
