@@ -23,10 +23,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
+import { z } from 'zod';
 import type { SerializedRunConfig } from './config/schema.js';
+import { OPTIMIZERS } from './defaults.js';
 import { SvdTrainError } from './errors.js';
 import type { OptimizerState } from './optimizers.js';
-import { z } from 'zod';
 import { ShapeSchema, type WireTensor } from './tensor.js';
 import type { RngState } from './rng.js';
 import type { SamplerState } from './sampler.js';
@@ -60,14 +61,6 @@ export interface Checkpoint {
   metrics?: Record<string, unknown>;
 }
 
-interface TensorEntry {
-  group: 'params' | 'buffers' | 'optimizer';
-  slot?: string;
-  name: string;
-  shape: number[];
-  offset: number;
-  length: number;
-}
 
 interface Header {
   version: number;
@@ -85,6 +78,17 @@ interface Header {
 const count = () => z.number().int().nonnegative();
 const plainObject = () => z.record(z.string(), z.unknown());
 
+/** One tensor of the index: offset and length in float32 elements from the start of the data section. */
+const TensorEntrySchema = z.object({
+  group: z.enum(['params', 'buffers', 'optimizer']),
+  slot: z.string().optional(),
+  name: z.string(),
+  shape: ShapeSchema,
+  offset: count(),
+  length: count(),
+});
+type TensorEntry = z.output<typeof TensorEntrySchema>;
+
 /**
  * The header's structure, checked before any of it is used: the sha256 only tells a damaged file
  * from an intact one, and a checkpoint passed to --from, --teacher, eval or prune may come from
@@ -99,10 +103,8 @@ const HeaderSchema = z.object({
   sampler: z.object({ size: count(), batch: count(), seed: z.number().int(), dropLast: z.boolean(), epoch: count(), position: count(), step: count() }),
   rng: plainObject().optional(),
   metrics: plainObject().optional(),
-  optimizer: z.object({ kind: z.enum(['sgd', 'adam']), step: count(), slots: z.array(z.string()) }),
-  tensors: z.array(
-    z.object({ group: z.enum(['params', 'buffers', 'optimizer']), slot: z.string().optional(), name: z.string(), shape: ShapeSchema, offset: count(), length: count() }),
-  ),
+  optimizer: z.object({ kind: z.enum(OPTIMIZERS), step: count(), slots: z.array(z.string()) }),
+  tensors: z.array(TensorEntrySchema),
 });
 
 /** File name of the checkpoint for `step` (zero-padded so names sort by step). */

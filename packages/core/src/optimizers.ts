@@ -102,7 +102,6 @@ class Sgd implements Optimizer {
         continue;
       }
       let buf = this.bufs.get(name);
-      if (buf !== undefined) checkBuffer(name, 'momentum_buffer', buf, n);
       if (buf === undefined) {
         // PyTorch: the first step initializes the buffer to the (decayed) gradient itself.
         buf = new Float32Array(n);
@@ -112,6 +111,7 @@ class Sgd implements Optimizer {
         else for (let i = 0; i < n; i++) p[i] -= lr * buf[i];
         continue;
       }
+      checkBuffer(name, 'momentum_buffer', buf, n);
       if (this.nesterov) {
         for (let i = 0; i < n; i++) {
           const gi = g[i] + wd * p[i];
