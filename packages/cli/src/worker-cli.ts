@@ -1,7 +1,7 @@
 /** `svd-worker`: one training worker (one per GPU) that connects to `svd-coord start`. */
 import { Command } from 'commander';
 import { BACKENDS, DEFAULTS, MAX_TIMER_MS } from '@svd-train/core';
-import { runWorker } from '@svd-train/worker';
+import { HANDSHAKE_TIMEOUT_MIN_MS, runWorker } from '@svd-train/worker';
 import { readFileSync } from 'node:fs';
 import { parseNumberOption, reportError, usageError, quietOnClosedStdout } from './cli-errors.js';
 import { resolveToken } from './secrets.js';
@@ -23,7 +23,7 @@ export function buildWorkerProgram(setCode: (c: number) => void = () => {}): Com
     .option('--token-file <file>', 'read the shared token from the first line of this file (stays out of `ps`; or set SVD_TRAIN_TOKEN)')
     .option('--token <secret>', 'shared token; visible in `ps`: prefer --token-file or SVD_TRAIN_TOKEN')
     .option('--ca <file>', 'PEM certificate(s) the wss:// coordinator\'s certificate must chain to (e.g. its self-signed certificate)')
-    .option('--handshake-timeout-ms <n>', `give up on a coordinator that does not answer a handshake stage within this long (default ${DEFAULTS.handshakeTimeoutMs})`, parseNumberOption('--handshake-timeout-ms', `milliseconds from 100 to ${MAX_TIMER_MS}, e.g. 30000`, (n) => Number.isInteger(n) && n >= 100 && n <= MAX_TIMER_MS))
+    .option('--handshake-timeout-ms <n>', `give up on a coordinator that does not answer a handshake stage within this long (default ${DEFAULTS.handshakeTimeoutMs})`, parseNumberOption('--handshake-timeout-ms', `milliseconds from ${HANDSHAKE_TIMEOUT_MIN_MS} to ${MAX_TIMER_MS}, e.g. 30000`, (n) => Number.isInteger(n) && n >= HANDSHAKE_TIMEOUT_MIN_MS && n <= MAX_TIMER_MS))
     .option('--data <dir>', 'local CIFAR-10 copy (used if it matches the coordinator\'s md5s)')
     .option('--name <name>', 'name shown in the coordinator\'s logs')
     .addHelpText('after', '\nExample:\n  svd-worker --gpu 0 --coordinator wss://10.0.0.5:7733 --ca cert.pem --token-file token.txt')

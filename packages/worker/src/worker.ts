@@ -64,7 +64,7 @@ export interface WorkerResult {
 }
 
 /** The shortest handshake stage a worker allows: less would give up on a coordinator that is merely busy. */
-const HANDSHAKE_TIMEOUT_MIN_MS = 100;
+export const HANDSHAKE_TIMEOUT_MIN_MS = 100;
 
 /** TLS errors that mean "this certificate is not trusted", which retrying cannot fix. */
 const TLS_TRUST_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ALTNAME|HOSTNAME/;
