@@ -390,7 +390,8 @@ class Step:
         orth, sp = regularizers(model)
         return logits, data_term + a.lambda_o * orth + ls * sp
 
-    def buffers(self):
+    def snapshot(self):
+        """A copy of the model's whole state (parameters and batch-norm statistics)."""
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def restore(self, saved):
@@ -403,7 +404,7 @@ class Step:
         self.x = torch.zeros(self.a.batch, 3, 32, 32, device=device)
         self.y = torch.zeros(self.a.batch, dtype=torch.long, device=device)
         self.ls = torch.zeros((), device=device)
-        saved = self.buffers()
+        saved = self.snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -429,14 +430,14 @@ class Step:
         """The eager step's gradients and logits on this batch against the first replay's."""
         params = list(self.model.parameters())
         static = [p.grad for p in params]
-        saved = self.buffers()
+        saved = self.snapshot()
         logits = self.eager(x, y, ls).detach().clone()
         grads = [p.grad.detach().clone() for p in params]
         for p, g in zip(params, static):
             p.grad = g
         self.restore(saved)
         self.replay(x, y, ls)
-        worst = max(((g.grad - e).abs().max() / (e.abs().max() + 1e-12)).item() for g, e in zip(params, grads))
+        worst = max(((p.grad - e).abs().max() / (e.abs().max() + 1e-12)).item() for p, e in zip(params, grads))
         worst = max(worst, ((self.logits - logits).abs().max() / logits.abs().max()).item())
         if not worst < 1e-3:
             self.restore(saved)
