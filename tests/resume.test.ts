@@ -86,7 +86,9 @@ describe('resume', () => {
       if (Date.now() > deadline) throw new Error(`no fine-tuning checkpoint:\n${b1.output().slice(-3000)}`);
       await new Promise((r) => setTimeout(r, 20));
     }
+    // As a terminal's Ctrl-C under `pnpm svd-coord` arrives: the signal, and its echo forwarded by pnpm.
     b1.kill('SIGTERM');
+    b1.kill('SIGINT');
     expect(await b1.exited, b1.output().slice(-3000)).toBe(130);
     // The stop checkpoints every step applied (or names the checkpoint that already holds them).
     expect(b1.output()).toMatch(/stopped: received SIGTERM: stopped at step \d+ of 10; (checkpoint written at step \d+|the last checkpoint \(step \d+\) holds every step applied)\. Fix: the same command with --resume/);

@@ -298,16 +298,21 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   const failure: { fatal?: SvdTrainError } = {};
   let stopping = false;
   // The first SIGINT/SIGTERM stops the training and checkpoints every step applied (start() then
-  // rejects with INTERRUPTED, exit 130); a second one, if that hangs, exits at once.
+  // rejects with INTERRUPTED, exit 130); a second one, if that hangs, exits at once. One within a
+  // second of the first is the same Ctrl-C: `pnpm svd-coord` forwards the terminal's SIGINT to this
+  // process as a SIGTERM, on top of the SIGINT it gets itself.
   let signalled = false;
+  let firstSignalAt = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     stopping = true;
     if (signalled) {
+      if (Date.now() - firstSignalAt < SAME_SIGNAL_MS) return;
       io.err(`received ${sig} again; exiting without waiting for the checkpoint\n`);
       void Promise.all([coord.close(`coordinator got ${sig}`), workers?.killAll()]).finally(() => process.exit(130));
       return;
     }
     signalled = true;
+    firstSignalAt = Date.now();
     io.err(`received ${sig}; stopping and checkpointing the steps trained (${sig} again exits at once)\n`);
     coord.requestStop(`received ${sig}`);
   };
@@ -364,6 +369,9 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   }
   return cfg;
 }
+
+/** Signals this close after the first are its echo (a wrapper forwarding it), not a second Ctrl-C. */
+const SAME_SIGNAL_MS = 1000;
 
 /** <outDir>/config.json: the run's config as this start resolved it, with its hash. */
 function writeRunConfig(outDir: string, cfg: RunConfig, hash: string): void {
