@@ -88,6 +88,7 @@ describe('resume', () => {
     }
     // As a terminal's Ctrl-C under `pnpm svd-coord` arrives: the signal, and its echo forwarded by pnpm.
     b1.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
     b1.kill('SIGINT');
     expect(await b1.exited, b1.output().slice(-3000)).toBe(130);
     // The stop checkpoints every step applied (or names the checkpoint that already holds them).
