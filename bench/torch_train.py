@@ -477,7 +477,9 @@ def train(model, a, stage, data, epochs, lr, lambda_s, ck_path, extra=None, teac
     history = []
     sums, summed = None, 0
     if ck_path and os.path.exists(ck_path):
-        ck = torch.load(ck_path, map_location=xtr.device)
+        # weights_only=False: torch 2.6+ defaults to True and refuses the optimizer and schedule state;
+        # the file is one this script wrote (save_atomic below).
+        ck = torch.load(ck_path, map_location=xtr.device, weights_only=False)
         keys = ('batch', 'plain_epochs', 'plain_lr', 'cutout', 'seed') if stage == 'plain' else (
             ('decomposition', 'epochs', 'batch', 'lr', 'lambda_s', 'sparsity_start', 'sparsity_end', 'plain_epochs', 'plain_from', 'distill_training')
             + (('finetune_epochs', 'finetune_lr', 'finetune_average', 'distill_alpha', 'distill_temperature') if stage == 'finetune' else ()))
