@@ -19,7 +19,10 @@
  * merged or all factored, to check the MAC-based choice against measured time; on the native
  * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
  * only) with each factored layer's second conv (1×1, or 1×k spatial) and its batch norm as two
- * kernels (fused-inference.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`). `--ranks-ckpt` takes
+ * kernels (fused-inference.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`).
+ * Inference on the native engine runs the whole model as one lanes-network call (lanes-inference.ts)
+ * where the CPU has AVX-512; two inference-only rows time the full-rank and the real-ranks model per
+ * op instead, and every inference ratio is against the faster of the full rank's two. `--ranks-ckpt` takes
  * those ranks from a pruned checkpoint instead (e.g. a pipeline's `pruned-e*.svdckpt`), and its
  * decomposition: a spatial checkpoint's ranks are benched against the spatial full-rank model.
  * `--also-ranks` adds one row per further pruned checkpoint of the same decomposition (e.g. the same
@@ -46,12 +49,14 @@ import {
   exportToStockLayers,
   getParameters,
   initEngine,
+  lanesInferenceAvailable,
   moduleNameFor,
   plainResNetCost,
   profileKernels,
   pruneByEnergy,
   setFusedInference,
   setFusedTraining,
+  setLanesInference,
   setParameters,
   setWeights,
 } from '@svd-train/layers';
@@ -147,8 +152,13 @@ interface Variant {
   fused?: boolean;
   /** false: training timed with batch norm computed from the 1×1 conv's output, not from rank space. */
   fusedTraining?: boolean;
+  /** false: inference timed per op (the fused kernels), not as one lanes-network call. */
+  lanes?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
+// Inference of the full-rank model per op too: the ratios are against the faster of the two.
+const lanesOn = info.backend === 'native' && lanesInferenceAvailable();
+if (lanesOn) variants.push({ label: '  full rank, inference per op (lanes network off)', model: base, train: false, lanes: false });
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
 const ranks = ranksSource ? ranksOf(ranksSource) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
@@ -165,6 +175,11 @@ if (addon?.ok) {
 // And once more with the second conv (1×1 channel-wise, 1×k spatial) and batch norm of each
 // factored layer as two kernels at inference (fused-inference.ts off), to show what the fused
 // SvdPointwiseAffine / SvdRowConvAffine gains.
+// And with inference per op (the fused kernels of the next row but one), to show what running the
+// whole model as one lanes-network call (lanes-inference.ts) gains.
+if (lanesOn) {
+  variants.push({ label: '  same, inference per op (lanes network off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, lanes: false });
+}
 if (addon?.ok) {
   const second = decomposition === 'channel' ? '1×1' : '1×k';
   variants.push({ label: `  same, ${second} conv and batch norm as separate kernels at inference`, model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, fused: false });
@@ -199,6 +214,8 @@ const trainable = variants.filter((v) => v.train);
 /** Runs f with the variant's small-OC setting, and leaves them on. */
 const withKernels = (v: Variant, f: () => void) => () => {
   if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([0]);
+  // Every conv on oneDNN means per op at inference too (the lanes network is our own kernels).
+  if (v.lanes === false || v.smallOc === false) setLanesInference(false);
   if (v.fused === false) setFusedInference(false);
   if (v.fusedTraining === false) setFusedTraining(false);
   try {
@@ -207,13 +224,16 @@ const withKernels = (v: Variant, f: () => void) => () => {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
     setFusedInference(true);
     setFusedTraining(true);
+    setLanesInference(true);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));
 // Eval-mode forward of the whole batch at once, plus the arg-max and loss read-back.
 const inferS = timeInterleaved(variants.map((v) => withKernels(v, () => void evaluate(v.model, xInfer, yInfer, inferBatch))));
 const rows = variants.map((v, i) => ({ label: v.label, macs: countMacs(v.model).total, train: v.train ? batch / trainS.get(v)! : NaN, infer: inferBatch / inferS[i]! }));
-const full = rows[0]!;
+// Inference ratios are against the faster of the full rank's two inference paths (lanes network, per op).
+const fullPerOp = rows.find((r) => r.label.startsWith('  full rank, inference per op'));
+const full = { ...rows[0]!, infer: Math.max(rows[0]!.infer, fullPerOp?.infer ?? 0) };
 const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
 console.log(`\nResNet-20 (${decomposition}) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);

@@ -16,6 +16,7 @@ import { SvdTrainError, type BackendChoice } from '@svd-train/core';
 import { loadNative } from '@svd-train/native';
 import { registerWasmKernels } from './kernels/register.js';
 import { registerNativeKernels, unregisterNativeKernels } from './kernels/native.js';
+import { setLanesInference } from './lanes-inference.js';
 
 export interface InitEngineOptions {
   /**
@@ -237,10 +238,14 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
         // default; SVD_TRAIN_SMALL_OC=0 leaves every conv to oneDNN.
         const smallOc = process.env.SVD_TRAIN_SMALL_OC !== '0';
         nat.addon.setSmallOcKernels([smallOc ? 1 : 0]);
+        // Inference as one lanes-network call per batch (lanes-inference.ts, AVX-512 CPUs) is on by
+        // default; SVD_TRAIN_LANES=0 runs it per op.
+        const lanes = process.env.SVD_TRAIN_LANES !== '0';
+        setLanesInference(lanes);
         const t = nat.addon.getThreads();
         return done(
           'native',
-          `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${smallOc ? '' : ', small-OC kernels off (SVD_TRAIN_SMALL_OC=0)'}${choice === 'native' ? ', requested' : ''}`,
+          `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${smallOc ? '' : ', small-OC kernels off (SVD_TRAIN_SMALL_OC=0)'}${lanes ? '' : ', inference per op (SVD_TRAIN_LANES=0)'}${choice === 'native' ? ', requested' : ''}`,
         );
       }
       skipped.push(`native not usable (${act.message})`);

@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { applyInference, fusedInference, setFusedInference } from './fused-inference.js';
+import { setLanesInference } from './lanes-inference.js';
 import { buildResNet } from './resnet.js';
 import { evaluate } from './train-step.js';
 import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
@@ -36,6 +37,8 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
           restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
         }
         const calls = () => [...counts.values()].reduce((a, b) => a + b, 0);
+        // Per op: the lanes network (lanes-inference.test.ts) would take the whole model in one call.
+        setLanesInference(false);
         try {
           const plain = tf.tidy(() => model.apply(xt, { training: false }) as tf.Tensor);
           const fused = fusedInference(model, xt);
@@ -44,6 +47,7 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
           const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, X_SHAPE[0]) === 'factored').length;
           return { ...out, factored };
         } finally {
+          setLanesInference(true);
           restore.forEach((f) => f());
           xt.dispose();
           model.dispose();

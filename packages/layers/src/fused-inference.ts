@@ -28,6 +28,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
 import { POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
+import { lanesInference } from './lanes-inference.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
@@ -74,6 +75,9 @@ export function fusedInferenceAvailable(): boolean {
  */
 export function fusedInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor | null {
   if (!fusedInferenceAvailable()) return null;
+  // The whole model in one native call where it takes the model (lanes-inference.ts), else per op.
+  const whole = lanesInference(model, x);
+  if (whole) return whole;
   const plan = planOf(model, false);
   return plan ? run(plan, x, false) : null;
 }

@@ -20,6 +20,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include "lanes_net.h"
 #include "pointwise_affine.h"
 #include "rank_bn.h"
 #include "small_oc_conv.h"
@@ -858,6 +859,113 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// lanesNet(x, y, [n, input, output, inFloats, outFloats], sizes, steps, weights): a whole network's
+// inference in the lanes layout (lanes_net.h). sizes: floats per image of each buffer; x [n,
+// inFloats] goes into buffer `input`, y [n, outFloats] comes from buffer `output`. steps: kLanesStepInts integers per step,
+//   conv: [0, in, out, res + 1 (0: none), h, w, c, f, kh, kw, oh, ow, sh, sw, pt, pl, relu, wi, si + 1, bi + 1]
+//   pool: [1, in, out, 0, hw, c, 0, ...]
+// with wi, si, bi indices into weights (Float32Arrays: the HWIO filter, the scale and shift, 0 for
+// none). Everything is checked before anything runs: every buffer a step reads or writes holds its
+// geometry, no step writes the buffer it reads, and every filter has its geometry's length.
+constexpr size_t kLanesStepInts = 20;
+Napi::Value LanesNetFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "lanesNet", [&]() -> Napi::Value {
+    if (!svd_lanes::Available()) throw ArgError("the lanes network needs AVX-512F, which this CPU lacks (use the per-op kernels)");
+    auto head = Ints(info, 2, 5, "header");
+    if (info.Length() < 6 || !info[3].IsArray() || !info[4].IsArray() || !info[5].IsArray())
+      throw ArgError("lanesNet(x, y, header, sizes, steps, weights): sizes and steps must be arrays of integers, weights an array of Float32Arrays");
+    const auto sizes = Ints(info, 3, info[3].As<Napi::Array>().Length(), "sizes");
+    const size_t nsteps_ints = info[4].As<Napi::Array>().Length();
+    if (nsteps_ints % kLanesStepInts != 0) throw ArgError("steps has " + std::to_string(nsteps_ints) + " entries; expected a multiple of " + std::to_string(kLanesStepInts));
+    const auto st = Ints(info, 4, nsteps_ints, "steps");
+    Napi::Array wa = info[5].As<Napi::Array>();
+    std::vector<const float*> wp(wa.Length());
+    std::vector<size_t> wlen(wa.Length());
+    for (uint32_t i = 0; i < wa.Length(); i++) {
+      Napi::Value v = wa.Get(i);
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        throw ArgError("weights[" + std::to_string(i) + "] must be a Float32Array");
+      Napi::Float32Array a = v.As<Napi::Float32Array>();
+      wp[i] = a.Data();
+      wlen[i] = a.ElementLength();
+    }
+    const int64_t n = head[0];
+    const size_t nb = sizes.size();
+    if (nb == 0) throw ArgError("sizes is empty; expected one entry per buffer");
+    for (size_t b = 0; b < nb; b++) {
+      if (sizes[b] < 1) throw ArgError("sizes[" + std::to_string(b) + "] is 0; every buffer holds at least one float per image");
+      CheckCounts({double(sizes[b]) * 16});
+    }
+    auto buffer = [&](int64_t b, const char* what) {
+      if (b < 0 || static_cast<size_t>(b) >= nb) throw ArgError(std::string(what) + " buffer " + std::to_string(b) + " is out of range (there are " + std::to_string(nb) + ")");
+      return static_cast<int>(b);
+    };
+    auto fits = [&](int b, double need, const std::string& what) {
+      if (need > double(sizes[b])) throw ArgError(what + " needs " + std::to_string(static_cast<int64_t>(need)) + " floats per image; buffer " + std::to_string(b) + " holds " + std::to_string(sizes[b]));
+    };
+    svd_lanes::Net net;
+    net.sizes = sizes;
+    net.input = buffer(head[1], "input");
+    net.output = buffer(head[2], "output");
+    if (net.input == net.output) throw ArgError("the input and output buffers are the same");
+    net.in_size = head[3];
+    net.out_size = head[4];
+    if (net.in_size < 1 || net.out_size < 1) throw ArgError("inFloats and outFloats must be >= 1");
+    fits(net.input, double(net.in_size), "the input");
+    fits(net.output, double(net.out_size), "the output");
+    auto weight = [&](int64_t i, double want, const std::string& what) -> const float* {
+      if (i < 0 || static_cast<size_t>(i) >= wp.size()) throw ArgError(what + ": weights index " + std::to_string(i) + " is out of range (there are " + std::to_string(wp.size()) + ")");
+      if (double(wlen[i]) != want) throw ArgError(what + ": weights[" + std::to_string(i) + "] has " + std::to_string(wlen[i]) + " elements; expected " + std::to_string(static_cast<int64_t>(want)));
+      return wp[i];
+    };
+    for (size_t k = 0; k < nsteps_ints / kLanesStepInts; k++) {
+      const int64_t* q = st.data() + k * kLanesStepInts;
+      const std::string what = "step " + std::to_string(k);
+      svd_lanes::Step step{};
+      if (q[0] == 0) {
+        svd_lanes::Conv& g = step.conv;
+        step.kind = svd_lanes::Step::kConv;
+        g.in = buffer(q[1], what.c_str());
+        g.out = buffer(q[2], what.c_str());
+        g.res = q[3] == 0 ? -1 : buffer(q[3] - 1, what.c_str());
+        g.h = q[4], g.w = q[5], g.c = q[6], g.f = q[7], g.kh = q[8], g.kw = q[9], g.oh = q[10], g.ow = q[11];
+        g.sh = q[12], g.sw = q[13], g.pt = q[14], g.pl = q[15];
+        if (q[16] > 1) throw ArgError(what + ": relu must be 0 or 1");
+        g.relu = q[16] == 1;
+        for (int64_t d : {g.h, g.w, g.c, g.f, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw})
+          if (d < 1) throw ArgError(what + ": conv dims [h, w, c, f, kh, kw, oh, ow, sh, sw] must be >= 1");
+        if (g.in == g.out || g.res == g.out) throw ArgError(what + ": a conv cannot write the buffer it reads");
+        CheckCounts({double(g.h) * g.w * g.c, double(g.oh) * g.ow * g.f, double(g.kh) * g.kw * g.c * g.f});
+        fits(g.in, double(g.h) * g.w * g.c, what + "'s input");
+        fits(g.out, double(g.oh) * g.ow * g.f, what + "'s output");
+        if (g.res >= 0) fits(g.res, double(g.oh) * g.ow * g.f, what + "'s shortcut");
+        g.weights = weight(q[17], double(g.kh) * g.kw * g.c * g.f, what + "'s filter");
+        g.scale = q[18] == 0 ? nullptr : weight(q[18] - 1, double(g.f), what + "'s scale");
+        g.shift = q[19] == 0 ? nullptr : weight(q[19] - 1, double(g.f), what + "'s shift");
+      } else if (q[0] == 1) {
+        svd_lanes::Pool& g = step.pool;
+        step.kind = svd_lanes::Step::kPool;
+        g.in = buffer(q[1], what.c_str());
+        g.out = buffer(q[2], what.c_str());
+        g.hw = q[4], g.c = q[5];
+        if (g.hw < 1 || g.c < 1) throw ArgError(what + ": pool dims [hw, c] must be >= 1");
+        if (g.in == g.out) throw ArgError(what + ": a pool cannot write the buffer it reads");
+        CheckCounts({double(g.hw) * g.c});
+        fits(g.in, double(g.hw) * g.c, what + "'s input");
+        fits(g.out, double(g.c), what + "'s output");
+      } else {
+        throw ArgError(what + ": kind " + std::to_string(q[0]) + "; expected 0 (conv) or 1 (pool)");
+      }
+      net.steps.push_back(step);
+    }
+    CheckCounts({double(n) * net.in_size, double(n) * net.out_size});
+    const float* x = F32(info, 0, static_cast<size_t>(n * net.in_size), "x");
+    float* y = F32(info, 1, static_cast<size_t>(n * net.out_size), "y");
+    if (n > 0) svd_lanes::Run(net, x, n, y);
+    return info.Env().Undefined();
+  });
+}
+
 // setSmallOcKernels([on]): 1 runs convolutions with few output channels on small_oc_conv.cc's
 // kernels where they apply (the default), 0 always on oneDNN (for benchmarks and tests).
 Napi::Value SetSmallOcKernels(const Napi::CallbackInfo& info) {
@@ -891,6 +999,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
   exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));
+  // Only where it can run (AVX-512F), so that its presence is the test callers make.
+  if (svd_lanes::Available()) exports.Set("lanesNet", Napi::Function::New(env, LanesNetFn));
   return exports;
 }
 

@@ -114,6 +114,18 @@ export interface NativeAddon {
    * computes output channels 16 at a time); 0: always oneDNN. For benchmarks and tests.
    */
   setSmallOcKernels(on: readonly [number]): void;
+  /**
+   * A whole network's inference, 16 images at a time with every activation in the lanes layout
+   * (packages/native/src/lanes_net.h): y [n, outFloats] from x [n, inFloats], header [n, input,
+   * output, inFloats, outFloats] (input, output: buffers). `sizes` gives each buffer's floats per image; `steps` has 20 integers per step, a conv
+   * `[0, in, out, shortcut + 1 (0: none), h, w, c, f, kh, kw, oh, ow, sh, sw, padTop, padLeft, relu,
+   * filter, scale + 1, shift + 1 (0: none)]` (out = relu?(conv·scale + shift + shortcut), filter
+   * HWIO) or a global average pool `[1, in, out, 0, hw, c, 0, …]`; filter, scale and shift index
+   * `weights`. Absent where the CPU lacks AVX-512F, and from addons built before it.
+   */
+  lanesNet?(
+    x: Float32Array, y: Float32Array, header: readonly [number, number, number, number, number], sizes: readonly number[], steps: readonly number[], weights: readonly Float32Array[],
+  ): void;
 }
 
 export type NativeLoad =

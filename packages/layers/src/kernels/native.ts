@@ -48,6 +48,12 @@ export const SPATIAL_AFFINE = 'SvdSpatialAffine';
  */
 export const RANK_BN_TRAIN = 'SvdRankBnTrain';
 export const RANK_BN_GRAD = 'SvdRankBnGrad';
+/**
+ * A whole model's inference in one call (`lanes-inference.ts`, packages/native/src/lanes_net.h):
+ * inputs x [n, …] and the weights w0, w1, …; attrs { steps, sizes, input, output, inFloats,
+ * outFloats, weights } as the addon's `lanesNet` takes them. Output [n, outFloats]. Inference only: no gradient.
+ */
+export const LANES_NET = 'SvdLanesNet';
 
 type Conv4 = [number, number, number, number];
 
@@ -314,6 +320,18 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
   };
 
+  const lanesNet: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const a = attrs as unknown as { steps: number[]; sizes: number[]; input: number; output: number; inFloats: number; outFloats: number; weights: number };
+    const x = inputs.x!;
+    const y = be.makeOutput([x.shape[0], a.outFloats], 'float32');
+    // Views after makeOutput: a heap growth there would have detached earlier ones.
+    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    const weights = Array.from({ length: a.weights }, (_, i) => v(inputs[`w${i}`]!));
+    addon.lanesNet!(v(x), v(y), [x.shape[0], a.input, a.output, a.inFloats, a.outFloats], a.sizes, a.steps, weights);
+    return y;
+  };
+
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
@@ -330,6 +348,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     ...(typeof addon.rowConvAffine === 'function' ? [k(ROW_CONV_AFFINE, rowConvAffine)] : []),
     ...(typeof addon.spatialAffine === 'function' ? [k(SPATIAL_AFFINE, spatialAffine)] : []),
     ...(typeof addon.rankBnForward === 'function' ? [k(RANK_BN_TRAIN, rankBnTrain), k(RANK_BN_GRAD, rankBnGrad)] : []),
+    // Only on CPUs with AVX-512F (the addon exports it only there); elsewhere inference runs per op.
+    ...(typeof addon.lanesNet === 'function' ? [k(LANES_NET, lanesNet)] : []),
   ];
 }
 

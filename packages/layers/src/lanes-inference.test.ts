@@ -1,0 +1,221 @@
+import { describe, it, expect } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
+import { applyInference, setFusedInference } from './fused-inference.js';
+import { lanesInference, setLanesInference } from './lanes-inference.js';
+import { exportToStockLayers } from './export.js';
+import { LANES_NET } from './kernels/native.js';
+import { buildResNet } from './resnet.js';
+import { getParameters, setParameters } from './parameter-names.js';
+import { evaluate } from './train-step.js';
+import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
+
+// The lanes network needs the addon and AVX-512F (the addon exports lanesNet only then); elsewhere
+// these are skipped visibly and inference runs per op.
+const native = loadNative();
+const lanesRuns = native.ok && typeof native.addon.lanesNet === 'function';
+
+// 37 images: two full groups of 16 and a partial one.
+const X_SHAPE: [number, number, number, number] = [37, 16, 16, 3];
+const xData = seededUniform(X_SHAPE.reduce((a, b) => a * b, 1), 11, 2, -1);
+
+type ModelKind = 'pruned channel' | 'pruned spatial' | 'pruned channel, all factored' | 'full rank channel' | 'full rank spatial' | 'plain';
+function modelOf(kind: ModelKind): tf.LayersModel {
+  switch (kind) {
+    case 'pruned channel':
+      return prunedTestModel();
+    case 'pruned spatial':
+      return prunedTestModel({ decomposition: 'spatial' });
+    case 'pruned channel, all factored': {
+      // The pruned ranks with every layer factored, the stem's 3-channel input and the fc included.
+      const pruned = prunedTestModel();
+      const ranks = Object.fromEntries(getParameters(pruned).filter((p) => p.name.endsWith('.s')).map((p) => [p.name.slice(0, -2), p.data.length]));
+      const m = buildResNet({ depth: 20, svd: true, ranks, forward: 'factored', seed: 5, inputShape: [16, 16, 3] });
+      setParameters(m, getParameters(pruned));
+      pruned.dispose();
+      return m;
+    }
+    case 'full rank channel':
+      return buildResNet({ depth: 20, svd: true, seed: 5, inputShape: [16, 16, 3] });
+    case 'full rank spatial':
+      return buildResNet({ depth: 20, svd: true, decomposition: 'spatial', seed: 5, inputShape: [16, 16, 3] });
+    case 'plain':
+      // tfjs Conv2D layers, with ZeroPadding2D before the stride-2 ones, and a Dense.
+      return buildResNet({ depth: 20, svd: false, seed: 5, inputShape: [16, 16, 3] });
+  }
+}
+
+/** Runs fn while counting the calls of the named kernels on the active backend. */
+function counting<T>(names: string[], fn: () => T): { result: T; calls: Record<string, number> } {
+  const calls: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+  const restore: (() => void)[] = [];
+  for (const name of names) {
+    const cfg = tf.getKernel(name, tf.getBackend());
+    const orig = cfg?.kernelFunc;
+    if (!cfg || !orig) continue;
+    (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
+      calls[name]!++;
+      return orig(args);
+    };
+    restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
+  }
+  try {
+    return { result: fn(), calls };
+  } finally {
+    restore.forEach((f) => f());
+  }
+}
+
+describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one native call)', () => {
+  const kinds: ModelKind[] = ['pruned channel', 'pruned spatial', 'pruned channel, all factored', 'full rank channel', 'full rank spatial', 'plain'];
+  for (const kind of kinds) {
+    it(`gives model.apply's eval-mode output in one call (${kind}; 37 images, so a partial group of 16)`, async () => {
+      const run = (backend: 'cpu' | 'native') => () => {
+        const model = modelOf(kind);
+        const x = tf.tensor4d(xData, X_SHAPE);
+        try {
+          const ref = tf.tidy(() => model.apply(x, { training: false }) as tf.Tensor);
+          const want = ref.dataSync().slice() as Float32Array;
+          ref.dispose();
+          if (backend === 'cpu') return { want, got: null, calls: {} };
+          const { result, calls } = counting([LANES_NET, 'Conv2D'], () => lanesInference(model, x));
+          const got = result ? (result.dataSync().slice() as Float32Array) : null;
+          result?.dispose();
+          return { want, got, calls };
+        } finally {
+          x.dispose();
+          model.dispose();
+        }
+      };
+      const cpu = await onBackend('cpu', run('cpu'));
+      const got = await onBackend('native', run('native'));
+      expect(got.got, 'the lanes network takes the model').not.toBeNull();
+      // One call, and no per-op conv beside it (the weights are built by small ops only).
+      expect(got.calls).toEqual({ [LANES_NET]: 1, Conv2D: 0 });
+      expect(got.got!.every(Number.isFinite), 'finite logits').toBe(true);
+      expectClose(`${kind}: lanes vs model.apply (native)`, got.got!, got.want, 1e-5);
+      expectClose(`${kind}: lanes (native) vs model.apply (cpu)`, got.got!, cpu.want, 1e-4);
+    });
+  }
+
+  it('applyInference and evaluate take it, give model.apply\'s results and leak nothing; switched off, inference runs per op', async () => {
+    await onBackend('native', async () => {
+      const model = prunedTestModel();
+      try {
+        const n = X_SHAPE[0];
+        const y = Int32Array.from({ length: n }, (_, i) => i % 10);
+        const want = tf.tidy(() => {
+          const logits = model.apply(tf.tensor4d(xData, X_SHAPE), { training: false }) as tf.Tensor;
+          return tf.sum(tf.equal(tf.argMax(logits, 1), tf.tensor1d(y, 'int32')).asType('int32')).dataSync()[0]!;
+        });
+        const lanes = counting([LANES_NET], () => expectNoLeakedTensors(() => evaluate(model, xData, y, 16), 'evaluate'));
+        expect((await lanes.result).correct).toBe(want);
+        // 37 images in slices of 16: three calls.
+        expect(lanes.calls[LANES_NET]).toBe(3);
+        await expectNoLeakedTensors(() => tf.tidy(() => void applyInference(model, tf.tensor4d(xData, X_SHAPE)).dataSync()), 'applyInference');
+        for (const off of [() => setLanesInference(false), () => setFusedInference(false)]) {
+          off();
+          try {
+            const perOp = counting([LANES_NET], () => evaluate(model, xData, y, 16));
+            expect(perOp.calls[LANES_NET]).toBe(0);
+            expect(perOp.result.correct).toBe(want);
+          } finally {
+            setLanesInference(true);
+            setFusedInference(true);
+          }
+        }
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  it('uses the weights as they are at each call (a change between calls is not missed)', async () => {
+    await onBackend('native', () => {
+      const model = prunedTestModel();
+      try {
+        tf.tidy(() => {
+          const x = tf.tensor4d(xData, X_SHAPE);
+          const before = lanesInference(model, x)!.dataSync().slice();
+          setParameters(model, getParameters(model).map((p) => (p.name.endsWith('.s') || p.name.endsWith('.weight') ? { ...p, data: p.data.map((v) => v * 1.5) } : p)));
+          const after = lanesInference(model, x)!;
+          expectClose('after the change', after, model.apply(x, { training: false }) as tf.Tensor, 1e-5);
+          expect(Array.from(after.dataSync()).some((v, i) => Math.abs(v - before[i]!) > 1e-3), 'the output changed').toBe(true);
+        });
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  it('declines what it does not take (then inference runs per op, with the same results)', async () => {
+    await onBackend('native', () => {
+      // Batch norm, ReLU and add as separate layers; a stock export (tfjs BatchNormalization); an
+      // input of another size than the model's; a non-4D input.
+      const separate = prunedTestModel({ fuseBatchNorm: false });
+      const pruned = prunedTestModel();
+      const stock = exportToStockLayers(pruned, { foldBatchNorm: false });
+      try {
+        tf.tidy(() => {
+          const x = tf.tensor4d(xData, X_SHAPE);
+          for (const [label, m] of [['separate layers', separate], ['stock export', stock]] as const) {
+            expect(lanesInference(m, x), label).toBeNull();
+            expectClose(label, applyInference(m, x), m.apply(x, { training: false }) as tf.Tensor, 1e-5);
+          }
+          expect(lanesInference(pruned, tf.zeros([2, 8, 8, 3]))).toBeNull();
+          expect(lanesInference(pruned, tf.zeros([2, 16, 16]))).toBeNull();
+          expect(lanesInference(pruned, tf.zeros([2, 16, 16, 3], 'int32'))).toBeNull();
+        });
+      } finally {
+        separate.dispose();
+        pruned.dispose();
+        stock.dispose();
+      }
+    });
+  });
+});
+
+describe.skipIf(!lanesRuns)('lanesNet (the addon entry point): bad arguments are refused, never run', () => {
+  it('checks every buffer, geometry and weight before it runs', () => {
+    if (!native.ok || !native.addon.lanesNet) return;
+    const lanesNet = native.addon.lanesNet.bind(native.addon);
+    const f = (n: number) => new Float32Array(n);
+    const code = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+      }
+      return 'no error';
+    };
+    // One 3×3 conv 4×4×2 → 4×4×3 (pad 1), then a pool: buffers [32, 48, 3] floats per image.
+    const conv = [0, 0, 1, 0, 4, 4, 2, 3, 3, 3, 4, 4, 1, 1, 1, 1, 1, 0, 2, 3];
+    const pool = [1, 1, 2, 0, 16, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const w = () => [f(54), f(3), f(3)];
+    const ok = (n: number) => lanesNet(f(n * 32), f(n * 3), [n, 0, 2, 32, 3], [32, 48, 3], [...conv, ...pool], w());
+    expect(code(() => ok(3))).toBe('no error');
+    expect(code(() => ok(0))).toBe('no error');
+    const with_ = (steps: number[], weights = w(), sizes = [32, 48, 3]) => code(() => lanesNet(f(64), f(6), [2, 0, 2, 32, 3], sizes, steps, weights));
+    const set = (base: number[], i: number, v: number) => base.map((x, j) => (j === i ? v : x));
+    expect(with_([...set(conv, 2, 0), ...pool])).toMatch(/^NATIVE_BAD_ARGUMENT: lanesNet: step 0: a conv cannot write the buffer it reads/);
+    expect(with_([...set(conv, 2, 7), ...pool])).toMatch(/step 0 buffer 7 is out of range \(there are 3\)/);
+    expect(with_([...set(conv, 3, 2), ...pool])).toMatch(/a conv cannot write the buffer it reads/);
+    expect(with_([...set(conv, 7, 4), ...pool])).toMatch(/step 0's output needs 64 floats per image; buffer 1 holds 48/);
+    expect(with_([...set(conv, 4, 5), ...pool])).toMatch(/step 0's input needs 40 floats per image; buffer 0 holds 32/);
+    expect(with_([...set(conv, 12, 0), ...pool])).toMatch(/conv dims .* must be >= 1/);
+    expect(with_([...set(conv, 16, 2), ...pool])).toMatch(/relu must be 0 or 1/);
+    expect(with_([...set(conv, 17, 5), ...pool])).toMatch(/step 0's filter: weights index 5 is out of range \(there are 3\)/);
+    expect(with_([...conv, ...pool], [f(53), f(3), f(3)])).toMatch(/step 0's filter: weights\[0\] has 53 elements; expected 54/);
+    expect(with_([...conv, ...pool], [f(54), f(2), f(3)])).toMatch(/step 0's scale: weights\[1\] has 2 elements; expected 3/);
+    expect(with_([...conv, ...set(pool, 0, 2)])).toMatch(/step 1: kind 2; expected 0 \(conv\) or 1 \(pool\)/);
+    expect(with_([...conv, ...set(pool, 4, 17)])).toMatch(/step 1's input needs 51 floats per image; buffer 1 holds 48/);
+    expect(with_([...conv, ...pool.slice(0, 19)])).toMatch(/steps has 39 entries; expected a multiple of 20/);
+    expect(with_([...conv, ...pool], w(), [32, 0, 3])).toMatch(/sizes\[1\] is 0/);
+    expect(code(() => lanesNet(f(64), f(6), [2, 0, 0, 32, 3], [32, 48, 3], [...conv, ...pool], w()))).toMatch(/the input and output buffers are the same/);
+    expect(code(() => lanesNet(f(64), f(6), [2, 0, 2, 33, 3], [32, 48, 3], [...conv, ...pool], w()))).toMatch(/the input needs 33 floats per image; buffer 0 holds 32/);
+    expect(code(() => lanesNet(f(63), f(6), [2, 0, 2, 32, 3], [32, 48, 3], [...conv, ...pool], w()))).toMatch(/x has 63 elements; expected 64/);
+    expect(code(() => lanesNet(f(64), f(6), [2, 0, 2, 32, 3], [32, 48, 3], [...conv, ...pool], [f(54), new Int32Array(3) as unknown as Float32Array, f(3)]))).toMatch(/weights\[1\] must be a Float32Array/);
+    // Sizes whose products would wrap: refused before anything is allocated or read.
+    expect(code(() => lanesNet(f(0), f(0), [2 ** 30, 0, 2, 2 ** 30, 3], [2 ** 30, 48, 3], [...conv, ...pool], w()))).toMatch(/too large/);
+  });
+});

@@ -1,0 +1,209 @@
+// See lanes_net.h. Compiled for AVX-512F alone (the pragma below) and reached only after
+// Available() checked the CPU, as small_oc_conv.cc.
+#include "lanes_net.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SVD_LANES_X86 1
+#endif
+
+#ifdef SVD_LANES_X86
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+#include "lanes.h"
+
+namespace svd_lanes {
+
+namespace {
+
+// Pixels per register block for FB output channels: P*FB accumulators, FB broadcast weights and
+// one input vector within the 32 registers (as small_oc_conv.cc's forward).
+template <int FB>
+constexpr int PixelsPerBlock() {
+  return FB == 1 ? 8 : FB == 2 ? 6 : FB <= 4 ? 5 : FB <= 6 ? 4 : FB == 7 ? 3 : 2;
+}
+
+// Pixels per block of the 3-tap row path (below): P*FB accumulators and 3*FB weights in registers;
+// wider blocks measured no faster (16 pixels at one output: slower).
+template <int FB>
+constexpr int RowPixels() {
+  return FB == 1 ? 8 : FB <= 3 ? 6 : 4;
+}
+
+// Output channels [o0, o0 + FB) of one group's conv step, P output pixels of a row at a time:
+// xt [h][w][c][16], yt and rt [oh][ow][f][16].
+//
+// With few outputs (FB <= 4) an input vector feeds only FB FMAs per tap, and a 3x3 conv's input
+// rows (32 pixels x 16 channels x 16 lanes: 32 KiB each) do not fit L1 together, so reloading each
+// input vector for each of its 3 horizontal taps made these convs bound by L2 (41-44 GMAC/s at 3
+// outputs, 31 at 1, against 88 at 5). With `row3` (3 taps along the width, stride 1) each input
+// vector of a block's row is loaded once and feeds the up-to-3 output pixels it touches.
+template <int FB, int P>
+void ConvChunk(const Conv& g, const float* xt, float* yt, const float* rt, int64_t o0) {
+  const int64_t C = g.c, F = g.f;
+  const bool row3 = FB <= 4 && g.kw == 3 && g.sw == 1;
+  __m512 sc[FB], sh[FB];
+  for (int o = 0; o < FB; o++) {
+    sc[o] = _mm512_set1_ps(g.scale ? g.scale[o0 + o] : 1.0f);
+    sh[o] = _mm512_set1_ps(g.shift ? g.shift[o0 + o] : 0.0f);
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oh = 0; oh < g.oh; oh++) {
+    const int64_t ih0 = oh * g.sh - g.pt;
+    const int64_t kh_lo = std::max<int64_t>(0, -ih0), kh_hi = std::min<int64_t>(g.kh, g.h - ih0);
+    for (int64_t ow0 = 0; ow0 < g.ow; ow0 += P) {
+      const int np = static_cast<int>(std::min<int64_t>(P, g.ow - ow0));
+      const int64_t iwb = ow0 * g.sw - g.pl;  // input column of pixel p, tap kw: iwb + p*sw + kw
+      const bool inner = np == P && iwb >= 0 && iwb + (P - 1) * g.sw + g.kw <= g.w;
+      __m512 acc[P][FB];
+      for (int p = 0; p < P; p++)
+        for (int o = 0; o < FB; o++) acc[p][o] = zero;
+      if (inner && row3) {
+        if constexpr (FB <= 4) {
+          for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
+            const float* xp = xt + ((ih0 + kh) * g.w + iwb) * C * 16;
+            const float* wrow = g.weights + kh * 3 * C * F + o0;
+            for (int64_t c = 0; c < C; c++) {
+              __m512 wv[3][FB];
+              for (int kw = 0; kw < 3; kw++)
+                for (int o = 0; o < FB; o++) wv[kw][o] = _mm512_set1_ps(wrow[(kw * C + c) * F + o]);
+#pragma GCC unroll 18
+              for (int j = 0; j < P + 2; j++) {
+                const __m512 xv = _mm512_loadu_ps(xp + (j * C + c) * 16);
+#pragma GCC unroll 3
+                for (int kw = 0; kw < 3; kw++) {
+                  const int p = j - kw;
+                  if (p < 0 || p >= P) continue;
+#pragma GCC unroll 4
+                  for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, wv[kw][o], acc[p][o]);
+                }
+              }
+            }
+          }
+        }
+      } else {
+        for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
+          const float* xrow = xt + (ih0 + kh) * g.w * C * 16;
+          for (int64_t kw = 0; kw < g.kw; kw++) {
+            const float* wp = g.weights + (kh * g.kw + kw) * C * F + o0;
+            if (inner) {
+              const float* xp = xrow + (iwb + kw) * C * 16;
+              for (int64_t c = 0; c < C; c++) {
+                __m512 wv[FB];
+#pragma GCC unroll 8
+                for (int o = 0; o < FB; o++) wv[o] = _mm512_set1_ps(wp[c * F + o]);
+#pragma GCC unroll 16
+                for (int p = 0; p < P; p++) {
+                  const __m512 xv = _mm512_loadu_ps(xp + (p * g.sw * C + c) * 16);
+#pragma GCC unroll 8
+                  for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, wv[o], acc[p][o]);
+                }
+              }
+            } else {
+              for (int p = 0; p < np; p++) {
+                const int64_t iw = iwb + p * g.sw + kw;
+                if (iw < 0 || iw >= g.w) continue;
+                const float* xp = xrow + iw * C * 16;
+                for (int64_t c = 0; c < C; c++) {
+                  const __m512 xv = _mm512_loadu_ps(xp + c * 16);
+#pragma GCC unroll 8
+                  for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
+                }
+              }
+            }
+          }
+        }
+      }
+      for (int p = 0; p < np; p++) {
+        const int64_t base = ((oh * g.ow + ow0 + p) * F + o0) * 16;
+        for (int o = 0; o < FB; o++) {
+          __m512 v = _mm512_fmadd_ps(acc[p][o], sc[o], sh[o]);
+          if (rt) v = _mm512_add_ps(v, _mm512_loadu_ps(rt + base + o * 16));
+          if (g.relu) v = _mm512_max_ps(v, zero);
+          _mm512_storeu_ps(yt + base + o * 16, v);
+        }
+      }
+    }
+  }
+}
+
+using ChunkFn = void (*)(const Conv&, const float*, float*, const float*, int64_t);
+// By chunk width: the general blocking, and (FB <= 4) the 3-tap row path's wider blocks.
+constexpr ChunkFn kChunks[9] = {nullptr, ConvChunk<1, PixelsPerBlock<1>()>, ConvChunk<2, PixelsPerBlock<2>()>,
+                                ConvChunk<3, PixelsPerBlock<3>()>, ConvChunk<4, PixelsPerBlock<4>()>,
+                                ConvChunk<5, PixelsPerBlock<5>()>, ConvChunk<6, PixelsPerBlock<6>()>,
+                                ConvChunk<7, PixelsPerBlock<7>()>, ConvChunk<8, PixelsPerBlock<8>()>};
+constexpr ChunkFn kRowChunks[5] = {nullptr, ConvChunk<1, RowPixels<1>()>, ConvChunk<2, RowPixels<2>()>,
+                                   ConvChunk<3, RowPixels<3>()>, ConvChunk<4, RowPixels<4>()>};
+
+void RunConv(const Conv& g, const float* xt, float* yt, const float* rt) {
+  // f outputs in ceil(f / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel.
+  const int64_t count = (g.f + 7) / 8;
+  int64_t o0 = 0;
+  for (int64_t ch = 0; ch < count; ch++) {
+    const int64_t size = g.f / count + (ch < g.f % count ? 1 : 0);
+    (size <= 4 && g.kw == 3 && g.sw == 1 ? kRowChunks : kChunks)[size](g, xt, yt, rt, o0);
+    o0 += size;
+  }
+}
+
+void RunPool(const Pool& g, const float* xt, float* yt) {
+  const __m512 inv = _mm512_set1_ps(1.0f / static_cast<float>(g.hw));
+  for (int64_t c = 0; c < g.c; c++) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t p = 0; p < g.hw; p++) s = _mm512_add_ps(s, _mm512_loadu_ps(xt + (p * g.c + c) * 16));
+    _mm512_storeu_ps(yt + c * 16, _mm512_mul_ps(s, inv));
+  }
+}
+
+}  // namespace
+
+bool Available() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+void Run(const Net& net, const float* x, int64_t n, float* y) {
+  const int64_t kin = net.in_size, kout = net.out_size, groups = (n + 15) / 16;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t gi = 0; gi < groups; gi++) {
+    // Per thread, kept between calls: one group's buffers (a few MiB for ResNet-20).
+    static thread_local std::vector<std::vector<float>> bufs;
+    if (bufs.size() < net.sizes.size()) bufs.resize(net.sizes.size());
+    for (size_t b = 0; b < net.sizes.size(); b++)
+      if (bufs[b].size() < static_cast<size_t>(net.sizes[b] * 16)) bufs[b].resize(net.sizes[b] * 16);
+    const int64_t n0 = gi * 16;
+    const int nr = static_cast<int>(std::min<int64_t>(16, n - n0));
+    ToLanes(x + n0 * kin, kin, nr, kin, bufs[net.input].data());
+    for (const Step& s : net.steps) {
+      if (s.kind == Step::kConv) {
+        const Conv& g = s.conv;
+        RunConv(g, bufs[g.in].data(), bufs[g.out].data(), g.res >= 0 ? bufs[g.res].data() : nullptr);
+      } else {
+        RunPool(s.pool, bufs[s.pool.in].data(), bufs[s.pool.out].data());
+      }
+    }
+    FromLanes(bufs[net.output].data(), kout, y + n0 * kout, kout, nr);
+  }
+}
+
+}  // namespace svd_lanes
+
+#pragma GCC pop_options
+
+#else  // not x86-64 with GCC/Clang
+
+namespace svd_lanes {
+bool Available() { return false; }
+void Run(const Net&, const float*, int64_t, float*) { std::abort(); }
+}  // namespace svd_lanes
+
+#endif
