@@ -6,7 +6,7 @@ import { lanesInference, setLanesInference } from './lanes-inference.js';
 import { exportToStockLayers } from './export.js';
 import { LANES_NET } from './kernels/native.js';
 import { buildResNet } from './resnet.js';
-import { getParameters, setParameters } from './parameter-names.js';
+import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
 import { evaluate } from './train-step.js';
 import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
 
@@ -130,7 +130,7 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
     });
   });
 
-  it('uses the weights as they are at each call (a change between calls is not missed)', async () => {
+  it('uses the weights as they are at each call (a change of parameters or running statistics between calls is not missed)', async () => {
     await onBackend('native', () => {
       const model = prunedTestModel();
       try {
@@ -141,6 +141,9 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
           const after = lanesInference(model, x)!;
           expectClose('after the change', after, model.apply(x, { training: false }) as tf.Tensor, 1e-5);
           expect(Array.from(after.dataSync()).some((v, i) => Math.abs(v - before[i]!) > 1e-3), 'the output changed').toBe(true);
+          // Batch norm's running statistics alone (what an evaluation after training steps sees).
+          setBuffers(model, getBuffers(model).map((b) => (b.name.endsWith('running_mean') ? { ...b, data: b.data.map((v) => v + 0.25) } : b)));
+          expectClose('after the statistics changed', lanesInference(model, x)!, model.apply(x, { training: false }) as tf.Tensor, 1e-5);
         });
       } finally {
         model.dispose();

@@ -92,14 +92,39 @@ export function lanesInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor |
   }
   if (!program || x.shape.slice(1).some((d, i) => d !== program.inShape[i])) return null;
   const p = program;
+  const w = weightsOf(model, p);
   return tf.tidy(() => {
-    const inputs: Record<string, tf.Tensor> = { x };
-    const table: number[] = [];
-    let count = 0;
-    const add = (t: tf.Tensor) => {
-      inputs[`w${count}`] = t.dtype === 'float32' ? t : tf.cast(t, 'float32');
-      return count++;
-    };
+    const attrs = { steps: w.table, sizes: p.sizes, input: p.buffer.get(p.input)!, output: p.buffer.get(p.output)!, inFloats: p.inFloats, outFloats: p.outFloats, weights: w.arrays };
+    const y = tf.engine().runKernel<tf.Tensor>(LANES_NET, { x }, attrs);
+    return tf.reshape(y, [x.shape[0], ...p.outShape]);
+  });
+}
+
+/** A program's step table and weights (filters with batch norm's scale and shift), as of `ids`. */
+interface Weights {
+  /** The dataId of each of the model's variables when these were made. */
+  ids: unknown[];
+  table: number[];
+  arrays: Float32Array[];
+}
+
+const weightCache = new WeakMap<Program, Weights>();
+
+/**
+ * The step table and weights for the model's variables as they are now. Made once and reused while
+ * no variable changes (a test-set evaluation calls this 40 times with the same weights; making them
+ * is some 200 small tfjs ops). A variable's assign (setWeights, an optimizer step, batch norm's
+ * running statistics) gives it a new dataId, so comparing those ids finds every change. Kept as JS
+ * arrays, not tensors: the cache goes with the model, and nothing needs disposing.
+ */
+function weightsOf(model: tf.LayersModel, p: Program): Weights {
+  const ids = model.weights.map((v) => v.read().dataId);
+  const cached = weightCache.get(p);
+  if (cached && cached.ids.length === ids.length && cached.ids.every((d, i) => d === ids[i])) return cached;
+  const table: number[] = [];
+  const arrays: Float32Array[] = [];
+  tf.tidy(() => {
+    const add = (t: tf.Tensor) => arrays.push(Float32Array.from(t.dataSync())) - 1;
     for (const s of p.steps) {
       const buf = (id: number) => p.buffer.get(id)!;
       if (s.kind === 'pool') {
@@ -114,10 +139,10 @@ export function lanesInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor |
         add(filter), scale ? add(scale) + 1 : 0, shift ? add(shift) + 1 : 0,
       );
     }
-    const attrs = { steps: table, sizes: p.sizes, input: p.buffer.get(p.input)!, output: p.buffer.get(p.output)!, inFloats: p.inFloats, outFloats: p.outFloats, weights: count };
-    const y = tf.engine().runKernel<tf.Tensor>(LANES_NET, inputs, attrs);
-    return tf.reshape(y, [x.shape[0], ...p.outShape]);
   });
+  const made = { ids, table, arrays };
+  weightCache.set(p, made);
+  return made;
 }
 
 /** Explicit padding [top, left] and output size of a tfjs 'same'/'valid' conv (TensorFlow's rule). */

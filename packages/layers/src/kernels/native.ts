@@ -50,8 +50,9 @@ export const RANK_BN_TRAIN = 'SvdRankBnTrain';
 export const RANK_BN_GRAD = 'SvdRankBnGrad';
 /**
  * A whole model's inference in one call (`lanes-inference.ts`, packages/native/src/lanes_net.h):
- * inputs x [n, …] and the weights w0, w1, …; attrs { steps, sizes, input, output, inFloats,
- * outFloats, weights } as the addon's `lanesNet` takes them. Output [n, outFloats]. Inference only: no gradient.
+ * input x [n, …]; attrs { steps, sizes, input, output, inFloats, outFloats, weights } as the
+ * addon's `lanesNet` takes them (weights: Float32Arrays in JS memory, made once per change of the
+ * model's variables). Output [n, outFloats]. Inference only: no gradient.
  */
 export const LANES_NET = 'SvdLanesNet';
 
@@ -322,13 +323,11 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
 
   const lanesNet: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
-    const a = attrs as unknown as { steps: number[]; sizes: number[]; input: number; output: number; inFloats: number; outFloats: number; weights: number };
+    const a = attrs as unknown as { steps: number[]; sizes: number[]; input: number; output: number; inFloats: number; outFloats: number; weights: Float32Array[] };
     const x = inputs.x!;
     const y = be.makeOutput([x.shape[0], a.outFloats], 'float32');
     // Views after makeOutput: a heap growth there would have detached earlier ones.
-    const v = (t: TensorInfo) => be.typedArrayFromHeap(t);
-    const weights = Array.from({ length: a.weights }, (_, i) => v(inputs[`w${i}`]!));
-    addon.lanesNet!(v(x), v(y), [x.shape[0], a.input, a.output, a.inFloats, a.outFloats], a.sizes, a.steps, weights);
+    addon.lanesNet!(be.typedArrayFromHeap(x), be.typedArrayFromHeap(y), [x.shape[0], a.input, a.output, a.inFloats, a.outFloats], a.sizes, a.steps, a.weights);
     return y;
   };
 
