@@ -98,6 +98,27 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
     });
   }
 
+  it('gives model.apply\'s output on 32×32 CIFAR-size inputs, where buffers are reused differently (pruned channel)', async () => {
+    await onBackend('native', () => {
+      const small = prunedTestModel();
+      const ranks = Object.fromEntries(getParameters(small).filter((p) => p.name.endsWith('.s')).map((p) => [p.name.slice(0, -2), p.data.length]));
+      const model = buildResNet({ depth: 20, svd: true, ranks, seed: 5 });
+      setParameters(model, getParameters(small));
+      setBuffers(model, getBuffers(small));
+      small.dispose();
+      try {
+        tf.tidy(() => {
+          const x = tf.tensor4d(seededUniform(19 * 32 * 32 * 3, 12, 2, -1), [19, 32, 32, 3]);
+          const got = lanesInference(model, x);
+          expect(got).not.toBeNull();
+          expectClose('32×32', got!, model.apply(x, { training: false }) as tf.Tensor, 1e-5);
+        });
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
   it('applyInference and evaluate take it, give model.apply\'s results and leak nothing; switched off, inference runs per op', async () => {
     await onBackend('native', async () => {
       const model = prunedTestModel();
