@@ -119,6 +119,26 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
     });
   });
 
+  it('gives the same output, bit for bit, on two threads (a group of 16 images each) as on one', async () => {
+    await onBackend('native', () => {
+      const model = prunedTestModel();
+      try {
+        tf.tidy(() => {
+          const x = tf.tensor4d(xData, X_SHAPE);
+          const one = lanesInference(model, x)!.dataSync().slice();
+          if (native.ok) native.addon.setThreads([2]);
+          try {
+            expect(Array.from(lanesInference(model, x)!.dataSync())).toEqual(Array.from(one));
+          } finally {
+            if (native.ok) native.addon.setThreads([1]);
+          }
+        });
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
   it('applyInference and evaluate take it, give model.apply\'s results and leak nothing; switched off, inference runs per op', async () => {
     await onBackend('native', async () => {
       const model = prunedTestModel();
@@ -239,6 +259,10 @@ describe.skipIf(!lanesRuns)('lanesNet (the addon entry point): bad arguments are
     expect(code(() => lanesNet(f(64), f(6), [2, 0, 2, 33, 3], [32, 48, 3], [...conv, ...pool], w()))).toMatch(/the input needs 33 floats per image; buffer 0 holds 32/);
     expect(code(() => lanesNet(f(63), f(6), [2, 0, 2, 32, 3], [32, 48, 3], [...conv, ...pool], w()))).toMatch(/x has 63 elements; expected 64/);
     expect(code(() => lanesNet(f(64), f(6), [2, 0, 2, 32, 3], [32, 48, 3], [...conv, ...pool], [f(54), new Int32Array(3) as unknown as Float32Array, f(3)]))).toMatch(/weights\[1\] must be a Float32Array/);
+    // A buffer too large to allocate (4 TiB for 16 images): an error from inside the threads' loop,
+    // not a crash of the process.
+    expect(code(() => lanesNet(f(1), f(1), [1, 0, 1, 1, 1], [2 ** 36, 1], [], []))).toMatch(/^NATIVE_DNNL_ERROR: lanesNet: could not allocate its buffers/);
+    expect(code(() => lanesNet(f(1), f(1), [1, 0, 1, 1, 1], [1, 1], [], []))).toBe('no error');
     // Sizes whose products would wrap: refused before anything is allocated or read.
     expect(code(() => lanesNet(f(0), f(0), [2 ** 30, 0, 2, 2 ** 30, 3], [2 ** 30, 48, 3], [...conv, ...pool], w()))).toMatch(/too large/);
   });

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <new>
+#include <stdexcept>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -173,13 +175,22 @@ bool Available() {
 void Run(const Net& net, const float* x, int64_t n, float* y) {
   const int64_t kin = net.in_size, kout = net.out_size, groups = (n + 15) / 16;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
+  // An exception must not leave an OpenMP region (that terminates the process): a failed
+  // allocation is noted and thrown after it, as addon.cc's callers expect.
+  bool failed = false;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t gi = 0; gi < groups; gi++) {
     // Per thread, kept between calls: one group's buffers (a few MiB for ResNet-20).
     static thread_local std::vector<std::vector<float>> bufs;
-    if (bufs.size() < net.sizes.size()) bufs.resize(net.sizes.size());
-    for (size_t b = 0; b < net.sizes.size(); b++)
-      if (bufs[b].size() < static_cast<size_t>(net.sizes[b] * 16)) bufs[b].resize(net.sizes[b] * 16);
+    try {
+      if (bufs.size() < net.sizes.size()) bufs.resize(net.sizes.size());
+      for (size_t b = 0; b < net.sizes.size(); b++)
+        if (bufs[b].size() < static_cast<size_t>(net.sizes[b] * 16)) bufs[b].resize(net.sizes[b] * 16);
+    } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+      failed = true;
+      continue;
+    }
     const int64_t n0 = gi * 16;
     const int nr = static_cast<int>(std::min<int64_t>(16, n - n0));
     ToLanes(x + n0 * kin, kin, nr, kin, bufs[net.input].data());
@@ -193,6 +204,7 @@ void Run(const Net& net, const float* x, int64_t n, float* y) {
     }
     FromLanes(bufs[net.output].data(), kout, y + n0 * kout, kout, nr);
   }
+  if (failed) throw std::runtime_error("could not allocate its buffers (16 images of every buffer in sizes)");
 }
 
 }  // namespace svd_lanes
