@@ -5,7 +5,7 @@ import { applyInference, fusedInference, setFusedInference } from './fused-infer
 import { setLanesInference } from './lanes-inference.js';
 import { buildResNet } from './resnet.js';
 import { evaluate } from './train-step.js';
-import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
+import { countKernelCalls, expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
 import { POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
@@ -21,34 +21,20 @@ describe.skipIf(!native.ok)('fused inference (factored conv + batch norm as one 
       const run = () => {
         const model = prunedTestModel({ fuseBatchNorm, decomposition });
         const xt = tf.tensor4d(x, X_SHAPE);
-        // Counts the fused kernels' calls (the registry hands out its config objects; put back below).
         // A spatial layer takes the whole-layer kernel above SPATIAL_MIN_RANK, the row kernel at or below.
         const names = decomposition === 'spatial' ? [SPATIAL_AFFINE, ROW_CONV_AFFINE] : [POINTWISE_AFFINE];
-        const counts = new Map<string, number>();
-        const restore: (() => void)[] = [];
-        for (const name of names) {
-          const cfg = tf.getKernel(name, tf.getBackend());
-          const orig = cfg?.kernelFunc;
-          if (!cfg || !orig) continue;
-          (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
-            counts.set(name, (counts.get(name) ?? 0) + 1);
-            return orig(args);
-          };
-          restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
-        }
-        const calls = () => [...counts.values()].reduce((a, b) => a + b, 0);
         // Per op: the lanes network (lanes-inference.test.ts) would take the whole model in one call.
         setLanesInference(false);
         try {
           const plain = tf.tidy(() => model.apply(xt, { training: false }) as tf.Tensor);
-          const fused = fusedInference(model, xt);
-          const out = { plain: plain.dataSync() as Float32Array, fused: fused ? (fused.dataSync() as Float32Array) : null, calls: calls(), counts: Object.fromEntries(counts) };
+          const { result: fused, calls } = countKernelCalls(names, () => fusedInference(model, xt));
+          const counts = Object.fromEntries(Object.entries(calls).filter(([, n]) => n > 0));
+          const out = { plain: plain.dataSync() as Float32Array, fused: fused ? (fused.dataSync() as Float32Array) : null, calls: Object.values(calls).reduce((a, b) => a + b, 0), counts };
           tf.dispose([plain, fused ?? []]);
           const factored = model.layers.filter((l) => l instanceof SVDConv2D && l.forwardFor(16, 16, X_SHAPE[0]) === 'factored').length;
           return { ...out, factored };
         } finally {
           setLanesInference(true);
-          restore.forEach((f) => f());
           xt.dispose();
           model.dispose();
         }

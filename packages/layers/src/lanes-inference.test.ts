@@ -8,7 +8,7 @@ import { LANES_NET } from './kernels/native.js';
 import { buildResNet } from './resnet.js';
 import { getBuffers, getParameters, setBuffers, setParameters } from './parameter-names.js';
 import { evaluate } from './train-step.js';
-import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
+import { countKernelCalls, errorCodeOf, expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
 
 // The lanes network needs the addon and AVX-512F (the addon exports lanesNet only then); elsewhere
 // these are skipped visibly and inference runs per op.
@@ -45,27 +45,6 @@ function modelOf(kind: ModelKind): tf.LayersModel {
   }
 }
 
-/** Runs fn while counting the calls of the named kernels on the active backend. */
-function counting<T>(names: string[], fn: () => T): { result: T; calls: Record<string, number> } {
-  const calls: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
-  const restore: (() => void)[] = [];
-  for (const name of names) {
-    const cfg = tf.getKernel(name, tf.getBackend());
-    const orig = cfg?.kernelFunc;
-    if (!cfg || !orig) continue;
-    (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
-      calls[name]!++;
-      return orig(args);
-    };
-    restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
-  }
-  try {
-    return { result: fn(), calls };
-  } finally {
-    restore.forEach((f) => f());
-  }
-}
-
 describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one native call)', () => {
   const kinds: ModelKind[] = ['pruned channel', 'pruned spatial', 'pruned channel, all factored', 'full rank channel', 'full rank spatial', 'plain'];
   for (const kind of kinds) {
@@ -78,7 +57,7 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
           const want = ref.dataSync().slice() as Float32Array;
           ref.dispose();
           if (backend === 'cpu') return { want, got: null, calls: {} };
-          const { result, calls } = counting([LANES_NET, 'Conv2D'], () => lanesInference(model, x));
+          const { result, calls } = countKernelCalls([LANES_NET, 'Conv2D'], () => lanesInference(model, x));
           const got = result ? (result.dataSync().slice() as Float32Array) : null;
           result?.dispose();
           return { want, got, calls };
@@ -149,7 +128,7 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
           const logits = model.apply(tf.tensor4d(xData, X_SHAPE), { training: false }) as tf.Tensor;
           return tf.sum(tf.equal(tf.argMax(logits, 1), tf.tensor1d(y, 'int32')).asType('int32')).dataSync()[0]!;
         });
-        const lanes = counting([LANES_NET], () => expectNoLeakedTensors(() => evaluate(model, xData, y, 16), 'evaluate'));
+        const lanes = countKernelCalls([LANES_NET], () => expectNoLeakedTensors(() => evaluate(model, xData, y, 16), 'evaluate'));
         expect((await lanes.result).correct).toBe(want);
         // 37 images in slices of 16: three calls.
         expect(lanes.calls[LANES_NET]).toBe(3);
@@ -157,7 +136,7 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
         for (const off of [() => setLanesInference(false), () => setFusedInference(false)]) {
           off();
           try {
-            const perOp = counting([LANES_NET], () => evaluate(model, xData, y, 16));
+            const perOp = countKernelCalls([LANES_NET], () => evaluate(model, xData, y, 16));
             expect(perOp.calls[LANES_NET]).toBe(0);
             expect(perOp.result.correct).toBe(want);
           } finally {
@@ -224,14 +203,7 @@ describe.skipIf(!lanesRuns)('lanesNet (the addon entry point): bad arguments are
     if (!native.ok || !native.addon.lanesNet) return;
     const lanesNet = native.addon.lanesNet.bind(native.addon);
     const f = (n: number) => new Float32Array(n);
-    const code = (fn: () => void) => {
-      try {
-        fn();
-      } catch (e) {
-        return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-      }
-      return 'no error';
-    };
+    const code = errorCodeOf;
     // One 3×3 conv 4×4×2 → 4×4×3 (pad 1), then a pool: buffers [32, 48, 3] floats per image.
     const conv = [0, 0, 1, 0, 4, 4, 2, 3, 3, 3, 4, 4, 1, 1, 1, 1, 1, 0, 2, 3];
     const pool = [1, 1, 2, 0, 16, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

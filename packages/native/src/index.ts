@@ -109,8 +109,8 @@ export interface NativeAddon {
   /** Which oneDNN implementation each cached convolution runs (e.g. "brg:avx512_core"), by shape key. */
   implementations(): Record<string, string>;
   /**
-   * 1 (the default): convolutions from a multiple of 16 input channels to at most 5 output channels
-   * run their forward, and to at most 8 their filter gradient, on our AVX-512 kernels (oneDNN
+   * 1 (the default): convolutions from a multiple of 16 input channels to at most 8 output channels
+   * run their forward, and to at most 8–48 (by taps) their filter gradient, on our AVX-512 kernels (oneDNN
    * computes output channels 16 at a time); 0: always oneDNN. For benchmarks and tests.
    */
   setSmallOcKernels(on: readonly [number]): void;

@@ -172,6 +172,8 @@ bool Available() {
   return ok;
 }
 
+void ConvGroup(const Conv& g, const float* xt, float* yt) { RunConv(g, xt, yt, nullptr); }
+
 void Run(const Net& net, const float* x, int64_t n, float* y) {
   const int64_t kin = net.in_size, kout = net.out_size, groups = (n + 15) / 16;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
@@ -215,6 +217,7 @@ void Run(const Net& net, const float* x, int64_t n, float* y) {
 
 namespace svd_lanes {
 bool Available() { return false; }
+void ConvGroup(const Conv&, const float*, float*) { std::abort(); }
 void Run(const Net&, const float*, int64_t, float*) { std::abort(); }
 }  // namespace svd_lanes
 

@@ -53,6 +53,10 @@ struct Net {
 // Whether Run can run here (AVX-512F on an x86-64).
 bool Available();
 
+// One conv step on one group already in the lanes layout: yt [oh][ow][f][16] from xt [h][w][c][16]
+// (the buffers' row strides are w*c*16 and ow*f*16). small_oc_conv.cc's forward runs its convs here.
+void ConvGroup(const Conv& g, const float* xt, float* yt);
+
 // y [n][out_size] = the network on x [n][in_size] (each image's values in NHWC order).
 // The caller has checked that every step's geometry fits its buffers (addon.cc).
 void Run(const Net& net, const float* x, int64_t n, float* y);

@@ -3,6 +3,8 @@
 // an x86-64 without it, and elsewhere Applies() is always false.
 #include "small_oc_conv.h"
 
+#include "lanes_net.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -37,78 +39,14 @@ namespace {
 using svd_lanes::FromLanes;
 using svd_lanes::ToLanes;
 
-// Output pixels per block: P*F accumulators, F broadcast weights and one input vector in the 32
-// registers (F <= 8); beyond that the weights are broadcast from memory inside each FMA.
-template <int F>
-constexpr int PixelsPerBlock() {
-  return F == 1 ? 8 : F == 2 ? 6 : F <= 4 ? 5 : F <= 6 ? 4 : F == 7 ? 3 : F <= 10 ? 2 : 1;
-}
-
-// 16 images at once. xt [h][w][c][16 images], yt [oh][ow][F][16 images], w HWIO [tap][c][F]. Every
-// vector holds one value of 16 images, so a tap and an input channel give F FMAs with the weights
-// broadcast, and nothing needs a reduction across lanes.
-template <int F>
-void GroupForward(const Geom& g, const float* xt, const float* w, float* yt) {
-  constexpr int P = PixelsPerBlock<F>();
-  constexpr bool kHoist = F <= 8;
-  const int64_t C = g.c;
-  for (int64_t oh = 0; oh < g.oh; oh++) {
-    const int64_t ih0 = oh * g.sh - g.pt;
-    const int64_t kh_lo = std::max<int64_t>(0, -ih0), kh_hi = std::min<int64_t>(g.kh, g.h - ih0);
-    for (int64_t ow0 = 0; ow0 < g.ow; ow0 += P) {
-      const int np = static_cast<int>(std::min<int64_t>(P, g.ow - ow0));
-      const int64_t iwb = ow0 * g.sw - g.pl;  // input column of pixel p, tap kw: iwb + p*sw + kw
-      const bool inner = np == P && iwb >= 0 && iwb + (P - 1) * g.sw + g.kw <= g.w;
-      __m512 acc[P][F];
-      for (int p = 0; p < P; p++)
-        for (int o = 0; o < F; o++) acc[p][o] = _mm512_setzero_ps();
-      for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
-        const float* xrow = xt + (ih0 + kh) * g.w * C * 16;
-        for (int64_t kw = 0; kw < g.kw; kw++) {
-          const float* wp = w + (kh * g.kw + kw) * C * F;
-          if (inner) {
-            const float* xp = xrow + (iwb + kw) * C * 16;
-            for (int64_t c = 0; c < C; c++) {
-              __m512 wv[kHoist ? F : 1];
-              if constexpr (kHoist) {
-#pragma GCC unroll 8
-                for (int o = 0; o < F; o++) wv[o] = _mm512_set1_ps(wp[c * F + o]);
-              }
-#pragma GCC unroll 8
-              for (int p = 0; p < P; p++) {
-                const __m512 xv = _mm512_loadu_ps(xp + (p * g.sw * C + c) * 16);
-#pragma GCC unroll 16
-                for (int o = 0; o < F; o++)
-                  acc[p][o] = _mm512_fmadd_ps(xv, kHoist ? wv[kHoist ? o : 0] : _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
-              }
-            }
-          } else {
-            for (int p = 0; p < np; p++) {
-              const int64_t iw = iwb + p * g.sw + kw;
-              if (iw < 0 || iw >= g.w) continue;
-              const float* xp = xrow + iw * C * 16;
-              for (int64_t c = 0; c < C; c++) {
-                const __m512 xv = _mm512_loadu_ps(xp + c * 16);
-#pragma GCC unroll 16
-                for (int o = 0; o < F; o++) acc[p][o] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
-              }
-            }
-          }
-        }
-      }
-      for (int p = 0; p < np; p++)
-        for (int o = 0; o < F; o++) _mm512_storeu_ps(yt + ((oh * g.ow + ow0 + p) * F + o) * 16, acc[p][o]);
-    }
-  }
-}
-
-// Groups of 16 images: NHWC in -> lanes, the convolution, lanes -> NHWC out. The two transposes
-// cost a pass over x and y each, and buy vectors that need no reduction (measured 1.3-2.4x faster
-// than the per-image kernel it replaced, which summed 16 channel lanes per output). Scratch is per
-// thread and kept between calls (it is at most 16 images of x: 1 MiB for 32x32x16).
-template <int F>
+// Groups of 16 images: NHWC in -> lanes, the convolution (lanes_net.cc's, the one the lanes network
+// runs), lanes -> NHWC out. The two transposes cost a pass over x and y each, and buy vectors that
+// need no reduction (measured 1.3-2.4x faster than the per-image kernel it replaced, which summed 16
+// channel lanes per output). Scratch is per thread and kept between calls (it is at most 16 images
+// of x: 1 MiB for 32x32x16).
 void ForwardAll(const Geom& g, const float* x, const float* w, float* y) {
-  const int64_t kin = g.h * g.w * g.c, kout = g.oh * g.ow * F, groups = (g.n + 15) / 16;
+  const int64_t kin = g.h * g.w * g.c, kout = g.oh * g.ow * g.f, groups = (g.n + 15) / 16;
+  const ::svd_lanes::Conv conv{0, 0, -1, g.h, g.w, g.c, g.f, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pl, w, nullptr, nullptr, false};
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t gi = 0; gi < groups; gi++) {
@@ -118,7 +56,7 @@ void ForwardAll(const Geom& g, const float* x, const float* w, float* y) {
     const int64_t n0 = gi * 16;
     const int nr = static_cast<int>(std::min<int64_t>(16, g.n - n0));
     ToLanes(x + n0 * kin, kin, nr, kin, xt.data());
-    GroupForward<F>(g, xt.data(), w, yt.data());
+    ::svd_lanes::ConvGroup(conv, xt.data(), yt.data());
     FromLanes(yt.data(), kout, y + n0 * kout, kout, nr);
   }
 }
@@ -194,23 +132,7 @@ struct Chunks {
 
 }  // namespace
 
-void Forward(const Geom& g, const float* x, const float* w, float* y) {
-  switch (g.f) {
-    case 1: return ForwardAll<1>(g, x, w, y);
-    case 2: return ForwardAll<2>(g, x, w, y);
-    case 3: return ForwardAll<3>(g, x, w, y);
-    case 4: return ForwardAll<4>(g, x, w, y);
-    case 5: return ForwardAll<5>(g, x, w, y);
-    case 6: return ForwardAll<6>(g, x, w, y);
-    case 7: return ForwardAll<7>(g, x, w, y);
-    case 8: return ForwardAll<8>(g, x, w, y);
-    case 9: return ForwardAll<9>(g, x, w, y);
-    case 10: return ForwardAll<10>(g, x, w, y);
-    case 11: return ForwardAll<11>(g, x, w, y);
-    case 12: return ForwardAll<12>(g, x, w, y);
-    default: std::abort();  // Applies() said no; addon.cc never calls it then
-  }
-}
+void Forward(const Geom& g, const float* x, const float* w, float* y) { ForwardAll(g, x, w, y); }
 
 void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) {
   const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB, F = g.f, psize = units * F * 16;

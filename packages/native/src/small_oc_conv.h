@@ -1,4 +1,4 @@
-// Convolutions with few output channels (F <= 12 forward, F <= 8 filter gradient) from a multiple
+// Convolutions with few output channels (forward F <= 8; filter gradient up to 8, 10 or 48 by taps) from a multiple
 // of 16 input channels: the first half of a low-rank factored layer, a k x k conv from C channels
 // to the rank r.
 //
@@ -22,13 +22,14 @@ namespace svd_small_oc {
 
 // The most output channels each kernel takes, where `pnpm bench small-oc` (batch 64; 32x32x16 at
 // stride 1 and 2, 16x16x32 and 8x8x64) found it faster than oneDNN:
-//   - forward, F <= 12, 3 or 9 taps: 1.1-3.3x for F <= 10, about 1.0-1.2x at 12; beyond, oneDNN's
-//     cost steps at 16 and 32 but ours grows with F. Not 1x1 convs: with one tap the transposes
-//     to and from the image lanes cost more than the conv (0.54-0.64x at F = 5).
+//   - forward, F <= 8, 3 or 9 taps: 1.2-3.4x (since it runs on the lanes network's conv kernel,
+//     lanes_net.cc, 0.87-0.97x at F = 10-12 at batch 64, where its own kernel had been 1.0-1.2x);
+//     beyond, oneDNN's cost steps at 16 and 32 but ours grows with F. Not 1x1 convs: with one tap
+//     the transposes to and from the image lanes cost more than the conv (0.54-0.64x at F = 5).
 //   - filter gradient, stride 1: 3 taps (the spatial form's k x 1 half) up to F = 48, 1.4-4.5x
 //     (oneDNN's kernel for 3x1 shapes runs at half its 3x3 speed); 9 taps up to F = 10, 1.05-3.5x;
 //     1 tap, and any stride above 1, up to F = 8 (at 13 and more, 0.5-1.1x).
-constexpr int64_t kSmallOcMaxFForward = 12;
+constexpr int64_t kSmallOcMaxFForward = 8;
 constexpr int64_t kSmallOcMaxFFilter3Taps = 48;
 constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;

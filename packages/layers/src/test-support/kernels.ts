@@ -1,0 +1,36 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Runs `fn` while counting the calls of the named kernels on the active backend: the registry hands
+ * out its config objects, so their functions are wrapped for the call and put back after it.
+ * A name the backend does not have counts 0.
+ */
+export function countKernelCalls<T>(names: readonly string[], fn: () => T): { result: T; calls: Record<string, number> } {
+  const calls: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+  const restore: (() => void)[] = [];
+  for (const name of names) {
+    const cfg = tf.getKernel(name, tf.getBackend());
+    const orig = cfg?.kernelFunc;
+    if (!cfg || !orig) continue;
+    (cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = (args) => {
+      calls[name]!++;
+      return orig(args);
+    };
+    restore.push(() => ((cfg as { kernelFunc: tf.KernelFunc }).kernelFunc = orig));
+  }
+  try {
+    return { result: fn(), calls };
+  } finally {
+    restore.forEach((f) => f());
+  }
+}
+
+/** `CODE: message` of the error `fn` throws (the native addon's errors carry a code), or 'no error'. */
+export function errorCodeOf(fn: () => void): string {
+  try {
+    fn();
+  } catch (e) {
+    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
+  }
+  return 'no error';
+}
