@@ -174,7 +174,6 @@ function compile(model: tf.LayersModel): Program | null {
     output: tf.SymbolicTensor;
   }
   const nodes: Node[] = [];
-  const byOutput = new Map<number, Node>();
   const readers = new Map<number, number>();
   for (const layer of model.layers) {
     if (layer.getClassName() === 'InputLayer') continue;
@@ -182,7 +181,6 @@ function compile(model: tf.LayersModel): Program | null {
     const node: Node = { layer, inputs: layer.inboundNodes[0].inputTensors, output: layer.inboundNodes[0].outputTensors[0] };
     for (const t of node.inputs) readers.set(t.id, (readers.get(t.id) ?? 0) + 1);
     nodes.push(node);
-    byOutput.set(node.output.id, node);
   }
   const outputId = model.outputs[0].id;
 
@@ -262,7 +260,7 @@ function compile(model: tf.LayersModel): Program | null {
   }
   if (!size.has(outputId)) return null;
   const outShape = model.outputs[0].shape.slice(1);
-  if (!outShape.every((d) => typeof d === 'number') || (outShape).reduce((a, b) => a * b, 1) !== size.get(outputId)) return null;
+  if (!outShape.every((d) => typeof d === 'number') || outShape.reduce((a, b) => a * b, 1) !== size.get(outputId)) return null;
   return allocate(steps, size, model.inputs[0].id, outputId, inShape, outShape);
 }
 
