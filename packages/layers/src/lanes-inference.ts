@@ -384,12 +384,17 @@ function allocate(steps: ProgramStep[], size: Map<number, number>, input: number
   };
   buffer.set(input, take(size.get(input)!));
   for (const s of steps) {
-    buffer.set(s.output, take(size.get(s.output)!));
+    // A shortcut read last here is overwritten in place: each output value is written right after
+    // the shortcut value at its own position is read, and nothing else reads it afterwards. The
+    // block's output then lands where its input was, in cache, not in a fresh buffer.
+    const sc = s.kind === 'conv' ? s.shortcut : undefined;
+    const inPlace = sc !== undefined && sc !== input && left.get(sc) === 1 && sizes[buffer.get(sc)!] >= size.get(s.output)!;
+    buffer.set(s.output, inPlace ? buffer.get(sc)! : take(size.get(s.output)!));
     for (const id of reads(s)) {
       const n = left.get(id)! - 1;
       left.set(id, n);
       // The input's buffer is never reused: the output must not land in it (the addon refuses that).
-      if (n === 0 && id !== output && id !== input) free.push(buffer.get(id)!);
+      if (n === 0 && id !== output && id !== input && !(inPlace && id === sc)) free.push(buffer.get(id)!);
     }
   }
   return { steps, sizes, buffer, input, output, inFloats: size.get(input)!, outFloats: size.get(output)!, inShape, outShape };

@@ -934,7 +934,9 @@ Napi::Value LanesNetFn(const Napi::CallbackInfo& info) {
         g.relu = q[16] == 1;
         for (int64_t d : {g.h, g.w, g.c, g.f, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw})
           if (d < 1) throw ArgError(what + ": conv dims [h, w, c, f, kh, kw, oh, ow, sh, sw] must be >= 1");
-        if (g.in == g.out || g.res == g.out) throw ArgError(what + ": a conv cannot write the buffer it reads");
+        // The shortcut may be the output (each value is read just before its own position is written);
+        // the input may not (its values are read for many outputs).
+        if (g.in == g.out) throw ArgError(what + ": a conv cannot write the buffer it reads");
         CheckCounts({double(g.h) * g.w * g.c, double(g.oh) * g.ow * g.f, double(g.kh) * g.kw * g.c * g.f});
         fits(g.in, double(g.h) * g.w * g.c, what + "'s input");
         fits(g.out, double(g.oh) * g.ow * g.f, what + "'s output");
