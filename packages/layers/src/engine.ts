@@ -243,9 +243,11 @@ export async function initEngine(opts: InitEngineOptions = {}): Promise<EngineIn
         const lanes = process.env.SVD_TRAIN_LANES !== '0';
         setLanesInference(lanes);
         const t = nat.addon.getThreads();
+        // The addon exports lanesNet only where the CPU has AVX-512F, which our own kernels need.
+        const avx512 = typeof nat.addon.lanesNet === 'function';
         return done(
           'native',
-          `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${smallOc ? '' : ', small-OC kernels off (SVD_TRAIN_SMALL_OC=0)'}${lanes ? '' : ', inference per op (SVD_TRAIN_LANES=0)'}${choice === 'native' ? ', requested' : ''}`,
+          `oneDNN ${nat.version} on the wasm backend, ${t} thread${t === 1 ? '' : 's'}${avx512 ? '' : ', no AVX-512 (our few-channel and whole-model kernels off)'}${smallOc ? '' : ', small-OC kernels off (SVD_TRAIN_SMALL_OC=0)'}${lanes ? '' : ', inference per op (SVD_TRAIN_LANES=0)'}${choice === 'native' ? ', requested' : ''}`,
         );
       }
       skipped.push(`native not usable (${act.message})`);
