@@ -866,7 +866,8 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
 //   pool: [1, in, out, 0, hw, c, 0, ...]
 // with wi, si, bi indices into weights (Float32Arrays: the HWIO filter, the scale and shift, 0 for
 // none). Everything is checked before anything runs: every buffer a step reads or writes holds its
-// geometry, no step writes the buffer it reads, and every filter has its geometry's length.
+// geometry, no step writes the buffer of its input (a conv's shortcut may be its output: each value
+// is read just before its own position is written), and every filter has its geometry's length.
 constexpr size_t kLanesStepInts = 20;
 Napi::Value LanesNetFn(const Napi::CallbackInfo& info) {
   return Guard(info, "lanesNet", [&]() -> Napi::Value {

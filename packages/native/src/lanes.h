@@ -84,4 +84,13 @@ inline void FromLanes(const float* in, int64_t k, float* rows, int64_t stride, i
     for (int j = 0; j < nrows; j++) rows[j * stride + i] = in[i * 16 + j];
 }
 
+// F outputs in ceil(F / 8) chunks of nearly equal size (13 -> 7 + 6), each run by its own kernel:
+// chunk ch starts at output start(ch) and holds size(ch) of them.
+struct Chunks {
+  int64_t f, count;
+  explicit Chunks(int64_t f_) : f(f_), count((f_ + 7) / 8) {}
+  int64_t size(int64_t ch) const { return f / count + (ch < f % count ? 1 : 0); }
+  int64_t start(int64_t ch) const { return ch * (f / count) + (ch < f % count ? ch : f % count); }
+};
+
 }  // namespace svd_lanes

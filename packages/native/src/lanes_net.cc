@@ -26,7 +26,7 @@ namespace svd_lanes {
 namespace {
 
 // Pixels per register block for FB output channels: P*FB accumulators, FB broadcast weights and
-// one input vector within the 32 registers (as small_oc_conv.cc's forward).
+// one input vector within the 32 registers.
 template <int FB>
 constexpr int PixelsPerBlock() {
   return FB == 1 ? 8 : FB == 2 ? 6 : FB <= 4 ? 5 : FB <= 6 ? 4 : FB == 7 ? 3 : 2;
@@ -146,13 +146,10 @@ constexpr ChunkFn kRowChunks[5] = {nullptr, ConvChunk<1, RowPixels<1>()>, ConvCh
                                    ConvChunk<3, RowPixels<3>()>, ConvChunk<4, RowPixels<4>()>};
 
 void RunConv(const Conv& g, const float* xt, float* yt, const float* rt) {
-  // f outputs in ceil(f / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel.
-  const int64_t count = (g.f + 7) / 8;
-  int64_t o0 = 0;
-  for (int64_t ch = 0; ch < count; ch++) {
-    const int64_t size = g.f / count + (ch < g.f % count ? 1 : 0);
-    (size <= 4 && g.kw == 3 && g.sw == 1 ? kRowChunks : kChunks)[size](g, xt, yt, rt, o0);
-    o0 += size;
+  const Chunks chunks(g.f);
+  for (int64_t ch = 0; ch < chunks.count; ch++) {
+    const int64_t size = chunks.size(ch);
+    (size <= 4 && g.kw == 3 && g.sw == 1 ? kRowChunks : kChunks)[size](g, xt, yt, rt, chunks.start(ch));
   }
 }
 

@@ -36,30 +36,9 @@ bool HasAvx512() {
 
 namespace {
 
+using svd_lanes::Chunks;
 using svd_lanes::FromLanes;
 using svd_lanes::ToLanes;
-
-// Groups of 16 images: NHWC in -> lanes, the convolution (lanes_net.cc's, the one the lanes network
-// runs), lanes -> NHWC out. The two transposes cost a pass over x and y each, and buy vectors that
-// need no reduction (measured 1.3-2.4x faster than the per-image kernel it replaced, which summed 16
-// channel lanes per output). Scratch is per thread and kept between calls (it is at most 16 images
-// of x: 1 MiB for 32x32x16).
-void ForwardAll(const Geom& g, const float* x, const float* w, float* y) {
-  const int64_t kin = g.h * g.w * g.c, kout = g.oh * g.ow * g.f, groups = (g.n + 15) / 16;
-  const ::svd_lanes::Conv conv{0, 0, -1, g.h, g.w, g.c, g.f, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pl, w, nullptr, nullptr, false};
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t gi = 0; gi < groups; gi++) {
-    static thread_local std::vector<float> xt, yt;
-    if (xt.size() < static_cast<size_t>(kin * 16)) xt.resize(kin * 16);
-    if (yt.size() < static_cast<size_t>(kout * 16)) yt.resize(kout * 16);
-    const int64_t n0 = gi * 16;
-    const int nr = static_cast<int>(std::min<int64_t>(16, g.n - n0));
-    ToLanes(x + n0 * kin, kin, nr, kin, xt.data());
-    ::svd_lanes::ConvGroup(conv, xt.data(), yt.data());
-    FromLanes(yt.data(), kout, y + n0 * kout, kout, nr);
-  }
-}
 
 // Adds images [n_lo, n_hi)'s filter gradient for the outputs [o0, o0 + FB) (dy's rows are F = g.f
 // floats apart) into part, laid out [unit][o][16 lanes] with unit = tap * CB + cb. For each image the
@@ -121,18 +100,29 @@ constexpr ChunkFn kChunks[9] = {nullptr, BackwardWeightsChunk<1>, BackwardWeight
                                 BackwardWeightsChunk<4>, BackwardWeightsChunk<5>, BackwardWeightsChunk<6>,
                                 BackwardWeightsChunk<7>, BackwardWeightsChunk<8>};
 
-// F outputs in ceil(F / 8) chunks of nearly equal size (13 -> 7 + 6), each its own kernel above:
-// chunk ch starts at output Chunks::start(ch) and holds Chunks::size(ch) of them.
-struct Chunks {
-  int64_t f, count;
-  explicit Chunks(int64_t f_) : f(f_), count((f_ + 7) / 8) {}
-  int64_t size(int64_t ch) const { return f / count + (ch < f % count ? 1 : 0); }
-  int64_t start(int64_t ch) const { return ch * (f / count) + std::min(ch, f % count); }
-};
-
 }  // namespace
 
-void Forward(const Geom& g, const float* x, const float* w, float* y) { ForwardAll(g, x, w, y); }
+// Groups of 16 images: NHWC in -> lanes, the convolution (lanes_net.cc's, the one the lanes network
+// runs), lanes -> NHWC out. The two transposes cost a pass over x and y each, and buy vectors that
+// need no reduction (measured 1.3-2.4x faster than the per-image kernel it replaced, which summed 16
+// channel lanes per output). Scratch is per thread and kept between calls (it is at most 16 images
+// of x: 1 MiB for 32x32x16).
+void Forward(const Geom& g, const float* x, const float* w, float* y) {
+  const int64_t kin = g.h * g.w * g.c, kout = g.oh * g.ow * g.f, groups = (g.n + 15) / 16;
+  const ::svd_lanes::Conv conv{0, 0, -1, g.h, g.w, g.c, g.f, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pl, w, nullptr, nullptr, false};
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), groups)));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t gi = 0; gi < groups; gi++) {
+    static thread_local std::vector<float> xt, yt;
+    if (xt.size() < static_cast<size_t>(kin * 16)) xt.resize(kin * 16);
+    if (yt.size() < static_cast<size_t>(kout * 16)) yt.resize(kout * 16);
+    const int64_t n0 = gi * 16;
+    const int nr = static_cast<int>(std::min<int64_t>(16, g.n - n0));
+    ToLanes(x + n0 * kin, kin, nr, kin, xt.data());
+    ::svd_lanes::ConvGroup(conv, xt.data(), yt.data());
+    FromLanes(yt.data(), kout, y + n0 * kout, kout, nr);
+  }
+}
 
 void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) {
   const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB, F = g.f, psize = units * F * 16;
