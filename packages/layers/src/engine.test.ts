@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +9,7 @@ import { isSvdTrainError } from '@svd-train/core';
 import { loadNative } from '@svd-train/native';
 import { initEngine } from './engine.js';
 import { nativeKernelsActive } from './kernels/native.js';
+import { cpuHasAvx512 } from './test-support/index.js';
 
 describe('initEngine', () => {
   it('cpu: activates cpu', async () => {
@@ -120,14 +120,7 @@ describe('initEngine', () => {
     }
     expect((info as { backend: string }).backend).toBe('native');
     // Our own kernels need AVX-512F; without it the reason says so.
-    const avx512 = (() => {
-      try {
-        return /\bavx512f\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-      } catch {
-        return false;
-      }
-    })();
-    const noAvx512 = avx512 ? '' : ', no AVX-512 \\(our few-channel and whole-model kernels off\\)';
+    const noAvx512 = cpuHasAvx512() ? '' : ', no AVX-512 \\(our few-channel and whole-model kernels off\\)';
     expect((info as { reason: string }).reason).toMatch(new RegExp(`^native: oneDNN \\d+\\.\\d+\\.\\d+ on the wasm backend, 1 thread${noAvx512}, requested$`));
     expect(tf.getBackend()).toBe('wasm');
     expect(nativeKernelsActive()).toBe(true);

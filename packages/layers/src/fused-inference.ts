@@ -29,11 +29,11 @@ import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
 import { POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
 import { lanesInference } from './lanes-inference.js';
+import { modelGraph } from './model-graph.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 
 type Layer = tf.layers.Layer;
-type SymbolicTensor = tf.SymbolicTensor;
 
 interface Step {
   layer: Layer;
@@ -133,22 +133,11 @@ export function applyInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
 }
 
 function makePlan(model: tf.LayersModel): Plan | null {
-  if (model.inputs.length !== 1 || model.outputs.length !== 1) return null;
-  const steps: Step[] = [];
-  const byOutput = new Map<number, Step>();
-  const readers = new Map<number, number>();
-  for (const layer of model.layers) {
-    if (layer.getClassName() === 'InputLayer') continue;
-    // A layer of this model called once: one inbound node, one output. Anything else (shared layers,
-    // nested models) is left to model.apply.
-    if (layer.inboundNodes.length !== 1) return null;
-    const node = layer.inboundNodes[0];
-    if (node.outputTensors.length !== 1) return null;
-    const step: Step = { layer, inputs: node.inputTensors.map((t: SymbolicTensor) => t.id), output: node.outputTensors[0].id };
-    for (const id of step.inputs) readers.set(id, (readers.get(id) ?? 0) + 1);
-    steps.push(step);
-    byOutput.set(step.output, step);
-  }
+  const graph = modelGraph(model);
+  if (!graph) return null;
+  const steps: Step[] = graph.nodes.map((n) => ({ layer: n.layer, inputs: n.inputs.map((t) => t.id), output: n.output.id }));
+  const byOutput = new Map(steps.map((s) => [s.output, s]));
+  const readers = graph.readers;
   const output = model.outputs[0].id;
   for (const step of steps) {
     if (!(step.layer instanceof SVDBatchNorm)) continue;

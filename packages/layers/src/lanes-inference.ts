@@ -20,6 +20,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
 import { LANES_NET } from './kernels/native.js';
+import { modelGraph, type GraphNode } from './model-graph.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 
@@ -145,16 +146,6 @@ function weightsOf(model: tf.LayersModel, p: Program): Weights {
   return made;
 }
 
-/** Explicit padding [top, left] and output size of a tfjs 'same'/'valid' conv (TensorFlow's rule). */
-function tfPadding(padding: string, h: number, w: number, kh: number, kw: number, sh: number, sw: number): { pt: number; pl: number; oh: number; ow: number } {
-  if (padding === 'valid') return { pt: 0, pl: 0, oh: Math.floor((h - kh) / sh) + 1, ow: Math.floor((w - kw) / sw) + 1 };
-  const oh = Math.ceil(h / sh);
-  const ow = Math.ceil(w / sw);
-  const padH = Math.max((oh - 1) * sh + kh - h, 0);
-  const padW = Math.max((ow - 1) * sw + kw - w, 0);
-  return { pt: Math.floor(padH / 2), pl: Math.floor(padW / 2), oh, ow };
-}
-
 /** [h, w, c] of a 4D symbolic tensor, [1, 1, c] of a 2D one. */
 function hwc(t: tf.SymbolicTensor): [number, number, number] | null {
   const s = t.shape;
@@ -165,23 +156,10 @@ function hwc(t: tf.SymbolicTensor): [number, number, number] | null {
 
 /** The program of `model`, or null where it has a layer or a wiring this does not take. */
 function compile(model: tf.LayersModel): Program | null {
-  if (model.inputs.length !== 1 || model.outputs.length !== 1) return null;
-  const inShape = hwc(model.inputs[0]);
-  if (!inShape || model.inputs[0].shape.length !== 4) return null;
-  interface Node {
-    layer: Layer;
-    inputs: tf.SymbolicTensor[];
-    output: tf.SymbolicTensor;
-  }
-  const nodes: Node[] = [];
-  const readers = new Map<number, number>();
-  for (const layer of model.layers) {
-    if (layer.getClassName() === 'InputLayer') continue;
-    if (layer.inboundNodes.length !== 1 || layer.inboundNodes[0].outputTensors.length !== 1) return null;
-    const node: Node = { layer, inputs: layer.inboundNodes[0].inputTensors, output: layer.inboundNodes[0].outputTensors[0] };
-    for (const t of node.inputs) readers.set(t.id, (readers.get(t.id) ?? 0) + 1);
-    nodes.push(node);
-  }
+  const graph = modelGraph(model);
+  const inShape = graph && hwc(model.inputs[0]);
+  if (!graph || !inShape || model.inputs[0].shape.length !== 4) return null;
+  const { nodes, readers } = graph;
   const outputId = model.outputs[0].id;
 
   // Values: id -> floats per image. Zero padding becomes an alias with extra padding for its conv.
@@ -189,7 +167,7 @@ function compile(model: tf.LayersModel): Program | null {
   const padded = new Map<number, Pad>();
   const steps: ProgramStep[] = [];
   // Each conv node and the SVDBatchNorm that consumes it alone become one step (or two, factored).
-  const folded = new Set<Node>();
+  const folded = new Set<GraphNode>();
   let temp = -1;
   const newTemp = (floats: number) => {
     size.set(temp, floats);
@@ -222,7 +200,7 @@ function compile(model: tf.LayersModel): Program | null {
     if (!conv) return null;
     // A batch norm reading this conv's output alone (as x) folds into it.
     let bn: SVDBatchNorm | undefined;
-    let bnNode: Node | undefined;
+    let bnNode: GraphNode | undefined;
     const next = readers.get(out.id) === 1 && out.id !== outputId ? nodes.find((n) => n.inputs[0]?.id === out.id) : undefined;
     if (next && next.layer instanceof SVDBatchNorm && next.inputs.length <= 2) {
       bn = next.layer;
@@ -300,12 +278,11 @@ function convOf(layer: Layer, x: tf.SymbolicTensor, pad?: Pad): { input: tf.Symb
       return { input: x, bias, parts: [{ dims: { h, w, c, f: n, kh, kw, oh, ow, sh, sw, pt, pl }, filter: () => layer.reconstructWeight() }] };
     }
     if (layer.decomposition === 'channel') {
-      const k1 = () => tf.transpose(tf.reshape(tf.mul(layer.V.read(), layer.s.read()), [c, kh, kw, r]), [1, 2, 0, 3]);
       return {
         input: x,
         bias,
         parts: [
-          { dims: { h, w, c, f: r, kh, kw, oh, ow, sh, sw, pt, pl }, filter: k1 },
+          { dims: { h, w, c, f: r, kh, kw, oh, ow, sh, sw, pt, pl }, filter: () => layer.rankFilter() },
           { dims: { h: oh, w: ow, c: r, f: n, kh: 1, kw: 1, oh, ow, sh: 1, sw: 1, pt: 0, pl: 0 }, filter: () => layer.pointwiseMatrix() },
         ],
       };
@@ -346,13 +323,16 @@ function convOf(layer: Layer, x: tf.SymbolicTensor, pad?: Pad): { input: tf.Symb
     const [sh, sw] = cfg.strides as [number, number];
     const dil = cfg.dilationRate as number | [number, number];
     if ((Array.isArray(dil) ? dil : [dil, dil]).some((d) => d !== 1) || cfg.dataFormat === 'channelsFirst') return null;
-    const geo = tfPadding(cfg.padding as string, h + (pad ? pad.top + pad.bottom : 0), w + (pad ? pad.left + pad.right : 0), kh, kw, sh, sw);
+    const f = cfg.filters as number;
+    // tfjs' own padding rule for 'same' / 'valid', on the zero-padded input where there is one.
+    const geo = tf.backend_util.computeConv2DInfo([1, h + (pad ? pad.top + pad.bottom : 0), w + (pad ? pad.left + pad.right : 0), c], [kh, kw, c, f], [sh, sw], 1, cfg.padding as 'same' | 'valid');
     const out = hwc(layer.inboundNodes[0].outputTensors[0]);
-    if (!out || out[0] !== geo.oh || out[1] !== geo.ow) return null;
+    if (!out || out[0] !== geo.outHeight || out[1] !== geo.outWidth) return null;
+    const [oh, ow] = [geo.outHeight, geo.outWidth];
     return {
       input: pad ? pad.src : x,
       bias,
-      parts: [{ dims: { h, w, c, f: cfg.filters as number, kh, kw, oh: geo.oh, ow: geo.ow, sh, sw, pt: geo.pt + (pad?.top ?? 0), pl: geo.pl + (pad?.left ?? 0) }, filter: () => kernel.read() }],
+      parts: [{ dims: { h, w, c, f, kh, kw, oh, ow, sh, sw, pt: geo.padInfo.top + (pad?.top ?? 0), pl: geo.padInfo.left + (pad?.left ?? 0) }, filter: () => kernel.read() }],
     };
   }
   return null;
@@ -361,7 +341,8 @@ function convOf(layer: Layer, x: tf.SymbolicTensor, pad?: Pad): { input: tf.Symb
 /**
  * Buffers for the values: each value gets a buffer when its step writes it and gives it back after
  * its last reader, so a ResNet-20's ~45 values share a handful of buffers and stay in cache. A step's
- * output never shares a buffer with what it reads (the inputs are freed only after it).
+ * output never shares a buffer with its input (the inputs are freed only after it); it may take its
+ * shortcut's, below.
  */
 function allocate(steps: ProgramStep[], size: Map<number, number>, input: number, output: number, inShape: number[], outShape: number[]): Program {
   const left = new Map<number, number>();

@@ -268,10 +268,16 @@ export class SVDConv2D extends tf.layers.Layer {
       throw new SvdTrainError('CONFIG_INVALID', `${this.name}: rankSpace is the channel decomposition's first conv; this layer is '${this.decomposition}'`);
     }
     return tf.tidy(() => {
-      const { c, kh, kw } = this.geometry();
       const p = this.pads(x.shape[1], x.shape[2]);
-      const k1 = tf.transpose<tf.Tensor4D>(tf.reshape(tf.mul(this.V.read(), this.s.read()), [c, kh, kw, this.rank]), [1, 2, 0, 3]);
-      return tf.conv2d(x, k1, this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
+      return tf.conv2d(x, this.rankFilter(), this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
+    });
+  }
+
+  /** The channel decomposition's k×k conv from c channels to the rank, tfjs filter (kh, kw, c, r) = (V·s)ᵀ. */
+  rankFilter(): tf.Tensor4D {
+    return tf.tidy(() => {
+      const { c, kh, kw } = this.geometry();
+      return tf.transpose<tf.Tensor4D>(tf.reshape(tf.mul(this.V.read(), this.s.read()), [c, kh, kw, this.rank]), [1, 2, 0, 3]);
     });
   }
 

@@ -1,10 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
 import { AFFINE, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './native.js';
-import { TOL, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
+import { TOL, cpuHasAvx512, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
 // break convolution code: stride 2, 1×1, the k×1 and 1×k convs of spatial SVD, asymmetric and
@@ -85,13 +84,7 @@ function smallOcRuns(c: ConvCase): number {
   const filterMax = taps === 1 || strided ? 8 : taps <= 3 ? 48 : 10;
   return Number(forward) + Number(c.f <= filterMax);
 }
-const hasAvx512 = (() => {
-  try {
-    return /\bavx512f\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-  } catch {
-    return false;
-  }
-})();
+const hasAvx512 = cpuHasAvx512();
 const convName = (c: ConvCase) =>
   `x=[${c.x}] f=[${c.k},${c.x[3]},${c.f}] s=[${c.s}] pad=${typeof c.pad === 'object' ? JSON.stringify(c.pad.slice(1, 3)) : c.pad}`;
 

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 
 /**
@@ -33,4 +34,13 @@ export function errorCodeOf(fn: () => void): string {
     return `${(e as { code?: string }).code}: ${(e as Error).message}`;
   }
   return 'no error';
+}
+
+/** Whether this CPU has AVX-512F (Linux /proc/cpuinfo; false where it cannot be read): our own native kernels need it. */
+export function cpuHasAvx512(): boolean {
+  try {
+    return /\bavx512f\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return false;
+  }
 }
