@@ -286,4 +286,5 @@ if (profile) {
     }
   }
 }
-for (const v of variants) v.model.dispose();
+// Several rows time the same model with other kernels switched: dispose each model once.
+for (const m of new Set(variants.map((v) => v.model))) m.dispose();
