@@ -55,8 +55,19 @@ function both(shape: number[], r: number, c: number, relu: boolean, withResidual
 
 describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from the rank-space t, native engine)', () => {
   // A shape smaller than one block of rows, with odd sizes; and several blocks, C a multiple of 16
-  // (the vectorized paths of the fused affine pass) and a rank above 16.
-  const shapes: [number[], number, number][] = [[[3, 5, 4], 3, 8], [[2, 16, 19], 7, 32], [[1, 9, 9], 21, 64]];
+  // (the vectorized paths of the fused affine pass) and a rank above 16. The backward's one-pass
+  // path (AVX-512; C 16, 32 or 64, R <= 16): rank 1, rank 16, C 64, and row counts that leave rows
+  // after the last 16-row block in each thread's share.
+  const shapes: [number[], number, number][] = [
+    [[3, 5, 4], 3, 8],
+    [[2, 16, 19], 7, 32],
+    [[1, 9, 9], 21, 64],
+    [[2, 9, 11], 1, 16],
+    [[2, 9, 11], 5, 16],
+    [[1, 8, 17], 16, 16],
+    [[3, 7, 7], 13, 32],
+    [[3, 7, 7], 4, 64],
+  ];
   for (const [relu, withResidual] of [[false, false], [true, false], [true, true], [false, true]] as const) {
     for (const [shape, r, c] of shapes) it(`matches batch norm of the 1×1 product: output, batch stats and every gradient (t [${shape},${r}], C ${c}, relu ${relu}, residual ${withResidual})`, async () => {
       const got = await onBackend('native', () => expectNoLeakedTensors(() => both(shape, r, c, relu, withResidual)));

@@ -15,7 +15,8 @@
  *   dP = G·diag(a) − n·Σ·P·diag(K),  dresidual = g.
  * (tc = t − m). The passes over the c-channel activations go from about ten (the 1×1 conv's
  * output, the two of batch norm forward and backward, the 1×1 conv's two gradients) to three (y
- * written; dy, and y for the ReLU's mask, read twice); what is added works on the r-channel t,
+ * written; dy, and y for the ReLU's mask, read twice), or two where the backward runs in one pass
+ * (AVX-512, c 16/32/64, r ≤ 16; rank_bn.cc); what is added works on the r-channel t,
  * which for a pruned layer is a fraction of the size.
  *
  * Both directions are one native kernel each (`SvdRankBnTrain`, `SvdRankBnGrad`,

@@ -9,7 +9,8 @@
 // Why: computed as layers, the 1×1 conv writes [M, C], batch norm reads it twice forward and
 // three times backward, and the 1×1 conv's two gradients read the [M, C] gradient again. Here the
 // forward reads t twice (R channels) and writes y once; the backward reads dy (and y, for the
-// ReLU's mask) twice and t twice.
+// ReLU's mask) once where its one-pass path applies (AVX-512, C 16/32/64, R <= 16), twice
+// otherwise, and t twice.
 #pragma once
 #include <cstdint>
 
