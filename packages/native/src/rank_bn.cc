@@ -1,6 +1,6 @@
 // See rank_bn.h. The products over all rows (t's covariance, Σ t_i ⊗ g_i, g·wᵀ, t·mmatᵀ) are
-// GEMMs of the caller's (oneDNN), except in the backward's one-pass path (AVX-512, C 16, 32 or 64,
-// R <= 16; GradRowsFused, FinishFused). The row loops here mask, sum and centre: column sums run in float
+// GEMMs of the caller's (oneDNN), except on AVX-512 at R <= 16: t's covariance in one pass
+// (CovRowsFused) and, at C 16, 32 or 64, the backward's one-pass path (GradRowsFused, FinishFused). The row loops here mask, sum and centre: column sums run in float
 // over blocks of kBlock rows and are flushed into double after each block, so a sum over 65,536
 // rows keeps double accuracy without double-width inner loops. The covariance is taken about t's
 // mean (centred first), so no variance comes from the difference of two large numbers. The loops
@@ -12,7 +12,8 @@
 // 5-9% faster with it (`pnpm bench prune`); the small ranks of the wide early layers pay, the
 // high ranks of the last stage do not. The one-pass backward (Intel Xeon, one thread, in a pruned
 // ResNet-20's step): a stage-1 layer (65,536 rows, C 16) 1.2-1.4 ms at R 1-6 against 1.7-2.4 with
-// the GEMMs, a stage-2 one (16,384 rows, C 32, R 5-13) 0.7-1.0 against 0.9-1.3.
+// the GEMMs, a stage-2 one (16,384 rows, C 32, R 5-13) 0.7-1.0 against 0.9-1.3; the forward of a
+// stage-1 layer 1.0-1.2 ms against 1.2-1.4 with the covariance in one pass.
 #include "rank_bn.h"
 
 #include <omp.h>
@@ -250,6 +251,48 @@ void FinishFused(float* dt, const float* t, const float* mmat, const float* bias
     }
 }
 
+// cov [R, R] += Σ (t_i − tmean) ⊗ (t_i − tmean) over rows [i0, i1), R <= 16 (double, from float
+// partials over kCovBlock rows): 16 centred rows transposed at a time, so that each product of two
+// columns is one FMA over 16 rows. Replaces writing a centred copy of t and a GEMM whose output is
+// only R x R (which ran far below the machine's rate at R 1-16).
+constexpr int64_t kCovBlock = 256;
+void CovRowsFused(const float* t, const float* tmean, int64_t i0, int64_t i1, int64_t r, double* cov) {
+  const int* col = svd_lanes::Perm().col;
+  const __mmask16 rmask = static_cast<__mmask16>((1u << r) - 1u);
+  int pos[16];  // pos[o]: the row Transpose16 leaves column o in
+  for (int q = 0; q < 16; q++) pos[col[q]] = q;
+  const __m512 mv = _mm512_maskz_loadu_ps(rmask, tmean);
+  const int64_t pairs = r * (r + 1) / 2;
+  __m512 acc[16 * 17 / 2];
+  float lanes[16];
+  int64_t i = i0;
+  while (i + 16 <= i1) {
+    const int64_t b1 = std::min(i1, i + kCovBlock);
+    for (int64_t k = 0; k < pairs; k++) acc[k] = _mm512_setzero_ps();
+    for (; i + 16 <= b1; i += 16) {
+      __m512 cols[16];
+      for (int k = 0; k < 16; k++) cols[k] = _mm512_maskz_sub_ps(rmask, _mm512_maskz_loadu_ps(rmask, t + (i + k) * r), mv);
+      svd_lanes::Transpose16(cols);
+      int64_t k = 0;
+      for (int64_t o = 0; o < r; o++)
+        for (int64_t q = o; q < r; q++, k++) acc[k] = _mm512_fmadd_ps(cols[pos[o]], cols[pos[q]], acc[k]);
+    }
+    int64_t k = 0;
+    for (int64_t o = 0; o < r; o++)
+      for (int64_t q = o; q < r; q++, k++) {
+        _mm512_storeu_ps(lanes, acc[k]);
+        double sum = 0.0;
+        for (int l = 0; l < 16; l++) sum += lanes[l];
+        cov[o * r + q] += sum;
+        if (q != o) cov[q * r + o] += sum;
+      }
+  }
+  for (; i < i1; i++)
+    for (int64_t o = 0; o < r; o++)
+      for (int64_t q = 0; q < r; q++)
+        cov[o * r + q] += static_cast<double>(t[i * r + o] - tmean[o]) * (t[i * r + q] - tmean[q]);
+}
+
 #pragma GCC pop_options
 #endif
 
@@ -292,14 +335,29 @@ void Forward(const float* t, const float* p, const float* gamma, const float* be
   const std::vector<double> tm = sums.Sum();
   for (int64_t o = 0; o < r; o++) tmean[o] = static_cast<float>(tm[o] / n);
   // cov = tcᵀ·tc / n with tc = t − tmean (centred first, so no variance is the difference of two
-  // large numbers), one GEMM.
-  float* tc = Scratch(0, m * r);
+  // large numbers): in one pass over t where R <= 16 on AVX-512, else a centred copy and a GEMM.
+#ifdef SVD_RANK_BN_X86
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && r <= 16) {
+    Partials cs(threads, static_cast<size_t>(r * r));
 #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      const int id = omp_get_thread_num(), k = omp_get_num_threads();
+      CovRowsFused(t, tmean, m * id / k, m * (id + 1) / k, r, cs.per[static_cast<size_t>(id)].data());
+    }
+    const std::vector<double> raw = cs.Sum();
+    for (int64_t k = 0; k < r * r; k++) cov[k] = static_cast<float>(raw[k]);
+  } else
+#endif
   {
-    const int id = omp_get_thread_num(), k = omp_get_num_threads();
-    Centre(t, tmean, tc, m * id / k, m * (id + 1) / k, r);
+    float* tc = Scratch(0, m * r);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      const int id = omp_get_thread_num(), k = omp_get_num_threads();
+      Centre(t, tmean, tc, m * id / k, m * (id + 1) / k, r);
+    }
+    matmul(tc, tc, cov, r, m, r, true, false);
   }
-  matmul(tc, tc, cov, r, m, r, true, false);
   std::vector<double> s(static_cast<size_t>(r * r));
   for (int64_t o = 0; o < r; o++)
     for (int64_t q = 0; q < r; q++) s[o * r + q] = 0.5 * (static_cast<double>(cov[o * r + q]) + cov[q * r + o]) / n;
