@@ -57,7 +57,8 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
   // A shape smaller than one block of rows, with odd sizes; and several blocks, C a multiple of 16
   // (the vectorized paths of the fused affine pass) and a rank above 16. The backward's one-pass
   // path (AVX-512; C 16, 32 or 64, R <= 16): rank 1, rank 16, C 64, and row counts that leave rows
-  // after the last 16-row block in each thread's share.
+  // after the last 16-row block, on one thread and (below) on two: the kernels split rows from
+  // 2,048 on, and the 2,523 rows here leave a remainder in each thread's share.
   const shapes: [number[], number, number][] = [
     [[3, 5, 4], 3, 8],
     [[2, 16, 19], 7, 32],
@@ -67,6 +68,7 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
     [[1, 8, 17], 16, 16],
     [[3, 7, 7], 13, 32],
     [[3, 7, 7], 4, 64],
+    [[3, 29, 29], 5, 16],
   ];
   for (const [relu, withResidual] of [[false, false], [true, false], [true, true], [false, true]] as const) {
     for (const [shape, r, c] of shapes) it(`matches batch norm of the 1×1 product: output, batch stats and every gradient (t [${shape},${r}], C ${c}, relu ${relu}, residual ${withResidual})`, async () => {
@@ -77,6 +79,22 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
       const names = ['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'];
       expect(got.fused.grads.length).toBe(withResidual ? 5 : 4);
       got.plain.grads.forEach((g, i) => expectClose(names[i], got.fused.grads[i], g, 1e-4));
+    });
+  }
+  for (const [shape, r, c] of [[[3, 29, 29], 5, 16], [[3, 29, 29], 13, 32]] as const) {
+    it(`matches it on two threads too, each thread's partial sums added (t [${shape},${r}], C ${c}, relu, residual)`, async () => {
+      // Inside onBackend: starting the engine sets its thread count.
+      const got = await onBackend('native', () => {
+        if (native.ok) native.addon.setThreads([2]);
+        try {
+          return expectNoLeakedTensors(() => both([...shape], r, c, true, true));
+        } finally {
+          if (native.ok) native.addon.setThreads([1]);
+        }
+      });
+      expectClose('y', got.fused.y, got.plain.y, 1e-4);
+      expectClose('variance', got.fused.variance, got.plain.variance, 1e-4);
+      got.plain.grads.forEach((g, i) => expectClose(['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'][i]!, got.fused.grads[i], g, 1e-4));
     });
   }
 });
