@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -67,28 +68,44 @@ void ConvChunk(const Conv& g, const float* xt, float* yt, const float* rt, int64
       __m512 acc[P][FB];
       for (int p = 0; p < P; p++)
         for (int o = 0; o < FB; o++) acc[p][o] = zero;
-      if (inner && row3) {
+      if (row3) {
         if constexpr (FB <= 4) {
-          for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
-            const float* xp = xt + ((ih0 + kh) * g.w + iwb) * C * 16;
-            const float* wrow = g.weights + kh * 3 * C * F + o0;
-            for (int64_t c = 0; c < C; c++) {
-              __m512 wv[3][FB];
-              for (int kw = 0; kw < 3; kw++)
-                for (int o = 0; o < FB; o++) wv[kw][o] = _mm512_set1_ps(wrow[(kw * C + c) * F + o]);
+          // Input columns iwb + j, j in [jlo, jhi), lie inside the row; the others are the zero
+          // padding (or past the last block's pixels) and are skipped. Blocks at the left and right
+          // edges take this path too (the `edge` copy, with the check): sent to the per-tap path
+          // below, they were a third to a half of a 32-wide row's pixels and made a one-output
+          // conv slower than a two-output one.
+          const int jlo = static_cast<int>(std::max<int64_t>(0, -iwb));
+          const int jhi = static_cast<int>(std::min<int64_t>(P + 2, g.w - iwb));
+          auto taps = [&](auto edge) {
+            for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
+              const float* xrow = xt + (ih0 + kh) * g.w * C * 16;
+              const float* wrow = g.weights + kh * 3 * C * F + o0;
+              for (int64_t c = 0; c < C; c++) {
+                __m512 wv[3][FB];
+                for (int kw = 0; kw < 3; kw++)
+                  for (int o = 0; o < FB; o++) wv[kw][o] = _mm512_set1_ps(wrow[(kw * C + c) * F + o]);
 #pragma GCC unroll 18
-              for (int j = 0; j < P + 2; j++) {
-                const __m512 xv = _mm512_loadu_ps(xp + (j * C + c) * 16);
+                for (int j = 0; j < P + 2; j++) {
+                  if constexpr (decltype(edge)::value) {
+                    if (j < jlo || j >= jhi) continue;
+                  }
+                  const __m512 xv = _mm512_loadu_ps(xrow + ((iwb + j) * C + c) * 16);
 #pragma GCC unroll 3
-                for (int kw = 0; kw < 3; kw++) {
-                  const int p = j - kw;
-                  if (p < 0 || p >= P) continue;
+                  for (int kw = 0; kw < 3; kw++) {
+                    const int p = j - kw;
+                    if (p < 0 || p >= P) continue;
 #pragma GCC unroll 4
-                  for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, wv[kw][o], acc[p][o]);
+                    for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, wv[kw][o], acc[p][o]);
+                  }
                 }
               }
             }
-          }
+          };
+          if (inner)
+            taps(std::false_type{});
+          else
+            taps(std::true_type{});
         }
       } else {
         for (int64_t kh = kh_lo; kh < kh_hi; kh++) {
