@@ -112,31 +112,32 @@ void ConvChunk(const Conv& g, const float* xt, float* yt, const float* rt, int64
           const float* xrow = xt + (ih0 + kh) * g.w * C * 16;
           for (int64_t kw = 0; kw < g.kw; kw++) {
             const float* wp = g.weights + (kh * g.kw + kw) * C * F + o0;
-            if (inner) {
-              const float* xp = xrow + (iwb + kw) * C * 16;
+            // Pixel p reads input column iwb + kw + p*sw: inside the row for every p of an inner
+            // block, for p in [plo, phi) at an edge (the `edge` copy checks; the weights stay in
+            // registers for the block either way, where a per-pixel loop broadcast them per FMA).
+            const int64_t col0 = iwb + kw;
+            const int plo = static_cast<int>(col0 >= 0 ? 0 : (-col0 + g.sw - 1) / g.sw);
+            const int phi = static_cast<int>(col0 >= g.w ? 0 : std::min<int64_t>(P, (g.w - col0 + g.sw - 1) / g.sw));
+            auto taps = [&](auto edge) {
               for (int64_t c = 0; c < C; c++) {
                 __m512 wv[FB];
 #pragma GCC unroll 8
                 for (int o = 0; o < FB; o++) wv[o] = _mm512_set1_ps(wp[c * F + o]);
 #pragma GCC unroll 16
                 for (int p = 0; p < P; p++) {
-                  const __m512 xv = _mm512_loadu_ps(xp + (p * g.sw * C + c) * 16);
+                  if constexpr (decltype(edge)::value) {
+                    if (p < plo || p >= phi) continue;
+                  }
+                  const __m512 xv = _mm512_loadu_ps(xrow + ((col0 + p * g.sw) * C + c) * 16);
 #pragma GCC unroll 8
                   for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, wv[o], acc[p][o]);
                 }
               }
-            } else {
-              for (int p = 0; p < np; p++) {
-                const int64_t iw = iwb + p * g.sw + kw;
-                if (iw < 0 || iw >= g.w) continue;
-                const float* xp = xrow + iw * C * 16;
-                for (int64_t c = 0; c < C; c++) {
-                  const __m512 xv = _mm512_loadu_ps(xp + c * 16);
-#pragma GCC unroll 8
-                  for (int o = 0; o < FB; o++) acc[p][o] = _mm512_fmadd_ps(xv, _mm512_set1_ps(wp[c * F + o]), acc[p][o]);
-                }
-              }
-            }
+            };
+            if (inner)
+              taps(std::false_type{});
+            else
+              taps(std::true_type{});
           }
         }
       }
