@@ -6,10 +6,19 @@
 import * as tf from '@tensorflow/tfjs';
 import type { SparsityKind } from '@svd-train/core';
 
-/** ‖s‖₁ for s [r]; ∂/∂s = sign(s). */
+/**
+ * ‖s‖₁ for s [r]; ∂/∂s = sign(s), 0 at s = 0 as PyTorch's abs gradient (tfjs' own Abs gradient
+ * gives −1 there, so it is a custom-gradient op).
+ */
 export function l1(s: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.sum<tf.Scalar>(tf.abs(s)));
+  return l1Op(s);
 }
+
+const l1Op = tf.customGrad((...args) => {
+  const [s, save] = args as unknown as [tf.Tensor, tf.GradSaveFunc];
+  save([s]);
+  return { value: tf.sum<tf.Scalar>(tf.abs(s)), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.mul(tf.sign(saved[0]), dy)] };
+});
 
 /**
  * Hoyer measure ‖s‖₁ / ‖s‖₂ (scale-invariant, so it sparsifies without shrinking every value);

@@ -9,6 +9,7 @@ import { SvdTrainError, type WireTensor } from '@svd-train/core';
 import { applyInference, applyTraining } from './fused-inference.js';
 import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 import { namedParameters, getBuffers } from './parameter-names.js';
+import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
 
 export { getParameters, setParameters, getBuffers, setBuffers, namedParameters, namedBuffers } from './parameter-names.js';
 
@@ -140,6 +141,7 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
   const n = y.length;
   if (n === 0) throw new SvdTrainError('SHAPE_MISMATCH', 'computeGradients got an empty batch; expected at least one sample');
   const params = namedParameters(model);
+  const native = nativeRegularizerAvailable();
   const out = tf.tidy(() => {
     const xT = inputTensor(model, x, n);
     const yT = tf.tensor1d(y, 'int32');
@@ -157,21 +159,27 @@ export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int3
         kd = tf.div<tf.Scalar>(distillSum(logits, tf.tensor2d(distill.logits, [n, classes]), distill.temperature), n);
         data = tf.add<tf.Scalar>(tf.mul(ce, 1 - distill.alpha), tf.mul(kd, distill.alpha));
       }
-      const r = svdRegularization(model, reg);
-      const total = tf.add<tf.Scalar>(data, r.total);
+      // On the native engine the regularizer is added after the tape, from one addon call.
+      const r = native ? null : svdRegularization(model, reg);
+      const total = r ? tf.add<tf.Scalar>(data, r.total) : data;
       // Kept so they survive variableGrads' own tidy; the outer tidy frees them.
-      parts = [ce, r.orth, r.sparsity, total, countCorrect(logits, yT), kd, data].map((t) => tf.keep(t));
+      parts = [ce, r?.orth ?? tf.scalar(0), r?.sparsity ?? tf.scalar(0), total, countCorrect(logits, yT), kd, data].map((t) => tf.keep(t));
       return total;
     }, params.map((p) => p.variable.read() as tf.Variable));
     return [...parts, ...params.map((p) => grads[(p.variable.read() as tf.Variable).name])];
   });
   try {
-    const [ce, orth, sparsity, total, correct, kd, data] = out.slice(0, 7).map((t) => t.dataSync()[0]);
-    const grads = params.map((p, i) => ({
-      name: p.name,
-      shape: [...p.variable.shape] as number[],
-      data: Float32Array.from(out[7 + i].dataSync() as Float32Array),
-    }));
+    const [ce, tapedOrth, tapedSparsity, tapedTotal, correct, kd, data] = out.slice(0, 7).map((t) => t.dataSync()[0]);
+    const regGrads = native ? nativeRegularization(model, reg) : null;
+    const orth = regGrads ? regGrads.orth : tapedOrth;
+    const sparsity = regGrads ? regGrads.sparsity : tapedSparsity;
+    const total = regGrads ? data + reg.lambdaO * orth + reg.lambdaS * sparsity : tapedTotal;
+    const grads = params.map((p, i) => {
+      const g = Float32Array.from(out[7 + i].dataSync() as Float32Array);
+      const rg = regGrads?.grads.get(p.variable);
+      if (rg) for (let k = 0; k < g.length; k++) g[k] += rg[k];
+      return { name: p.name, shape: [...p.variable.shape] as number[], data: g };
+    });
     return { grads, buffers: getBuffers(model), ce, orth, sparsity, distill: kd, data, total, correct, n };
   } finally {
     tf.dispose(out);

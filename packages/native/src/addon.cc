@@ -23,6 +23,7 @@
 #include "lanes_net.h"
 #include "pointwise_affine.h"
 #include "rank_bn.h"
+#include "regularizer.h"
 #include "small_oc_conv.h"
 
 #include <algorithm>
@@ -717,6 +718,52 @@ Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
   });
 }
 
+// svdRegularizer(factors, grads, dims, kind, lambdaO, lambdaS) -> [orth, sparsity]: the SVD
+// regularizer of every layer at once (see regularizer.h). dims holds [m, p, r] per layer; factors
+// holds each layer's U [m, r], V [p, r] and s [r] one after the other, and grads receives their
+// λ-weighted gradients in the same layout. kind: 0 none, 1 L1, 2 Hoyer, 3 Hoyer-square. Returns the
+// orthogonality and sparsity sums over the layers, before the λs.
+Napi::Value SvdRegularizer(const Napi::CallbackInfo& info) {
+  return Guard(info, "svdRegularizer", [&]() -> Napi::Value {
+    if (info.Length() < 6 || !info[2].IsArray()) throw ArgError("svdRegularizer(factors, grads, dims, kind, lambdaO, lambdaS): dims must be an array of integers");
+    const uint32_t nd = info[2].As<Napi::Array>().Length();
+    if (nd == 0 || nd % 3 != 0) throw ArgError("dims has " + std::to_string(nd) + " entries; expected [m, p, r] for each of one or more layers");
+    auto d = Ints(info, 2, nd, "dims");
+    double total = 0.0;
+    for (uint32_t l = 0; l < nd / 3; l++) {
+      const double m = double(d[3 * l]), pp = double(d[3 * l + 1]), r = double(d[3 * l + 2]);
+      if (m < 1 || pp < 1 || r < 1) throw ArgError("dims of layer " + std::to_string(l) + " must be [m >= 1, p >= 1, r >= 1]");
+      CheckCounts({m * r, pp * r, r * r});
+      total += (m + pp + 1) * r;
+    }
+    CheckCounts({total});
+    const float* f = F32(info, 0, static_cast<size_t>(total), "factors");
+    float* g = F32(info, 1, static_cast<size_t>(total), "grads");
+    auto kind = Ints(info, 3, 1, "kind");
+    if (kind[0] > 3) throw ArgError("kind = " + std::to_string(kind[0]) + "; expected 0 (none), 1 (L1), 2 (Hoyer) or 3 (Hoyer-square)");
+    if (!info[4].IsNumber() || !info[5].IsNumber()) throw ArgError("lambdaO and lambdaS must be numbers");
+    const double lo = info[4].As<Napi::Number>().DoubleValue(), ls = info[5].As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(lo) || !std::isfinite(ls)) throw ArgError("lambdaO " + std::to_string(lo) + ", lambdaS " + std::to_string(ls) + ": expected finite numbers");
+    std::vector<svd_reg::Layer> layers(nd / 3);
+    int64_t off = 0;
+    for (uint32_t l = 0; l < nd / 3; l++) {
+      const int64_t m = d[3 * l], pp = d[3 * l + 1], r = d[3 * l + 2];
+      svd_reg::Layer& L = layers[l];
+      L.m = m, L.p = pp, L.r = r;
+      L.u = f + off, L.du = g + off, off += m * r;
+      L.v = f + off, L.dv = g + off, off += pp * r;
+      L.s = f + off, L.ds = g + off, off += r;
+    }
+    double orth = 0.0, sparsity = 0.0;
+    svd_reg::Run(layers.data(), static_cast<int64_t>(layers.size()), static_cast<svd_reg::Sparsity>(kind[0]), lo, ls, &orth,
+                 &sparsity, RankBnMatMul);
+    Napi::Array out = Napi::Array::New(info.Env(), 2);
+    out.Set(0u, Napi::Number::New(info.Env(), orth));
+    out.Set(1u, Napi::Number::New(info.Env(), sparsity));
+    return out;
+  });
+}
+
 // rankBnBackward(dy, y?, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres?, [M, R, C]):
 // rankBnForward's gradient; y (empty: no ReLU) is its output, whose mask y > 0 applies to dy; dres
 // (empty: no residual) receives the residual's gradient.
@@ -996,6 +1043,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("spatialAffine", Napi::Function::New(env, SpatialAffineFn));
   exports.Set("rankBnForward", Napi::Function::New(env, RankBnForward));
   exports.Set("rankBnBackward", Napi::Function::New(env, RankBnBackward));
+  exports.Set("svdRegularizer", Napi::Function::New(env, SvdRegularizer));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));

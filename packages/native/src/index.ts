@@ -101,6 +101,13 @@ export interface NativeAddon {
     dy: Float32Array, y: Float32Array, t: Float32Array, p: Float32Array, tmean: Float32Array, cov: Float32Array, scale: Float32Array, invstd: Float32Array,
     dt: Float32Array, dp: Float32Array, dgamma: Float32Array, dbeta: Float32Array, dres: Float32Array, shape: readonly [number, number, number],
   ): void;
+  /**
+   * The SVD regularizer of every layer and its gradient in one call (packages/native/src/regularizer.h):
+   * `dims` holds [m, p, r] per layer, `factors` each layer's U [m, r], V [p, r], s [r] in turn, and
+   * `grads` receives their λ-weighted gradients in the same layout. kind: 0 none, 1 L1, 2 Hoyer, 3
+   * Hoyer-square. Returns [Σ orth, Σ sparsity] before the λs. Absent from addons built before it.
+   */
+  svdRegularizer?(factors: Float32Array, grads: Float32Array, dims: readonly number[], kind: readonly [number], lambdaO: number, lambdaS: number): [number, number];
   /** OpenMP threads oneDNN uses in this process (default 1: one worker per core). */
   setThreads(threads: readonly [number]): void;
   getThreads(): number;
