@@ -19,7 +19,8 @@
  * merged or all factored, to check the MAC-based choice against measured time; on the native
  * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
  * only) with each factored layer's second conv (1×1, or 1×k spatial) and its batch norm as two
- * kernels (fused-inference.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`).
+ * kernels (fused-inference.ts off), one (training) with the regularizer as taped tfjs ops instead
+ * of one addon call (native-regularizer.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`).
  * Inference on the native engine runs the whole model as one lanes-network call (lanes-inference.ts)
  * where the CPU has AVX-512; two inference-only rows time the full-rank and the real-ranks model per
  * op instead, and every inference ratio is against the faster of the full rank's two. `--ranks-ckpt` takes
@@ -57,6 +58,7 @@ import {
   setFusedInference,
   setFusedTraining,
   setLanesInference,
+  setNativeRegularizer,
   setParameters,
   setWeights,
 } from '@svd-train/layers';
@@ -152,6 +154,8 @@ interface Variant {
   fused?: boolean;
   /** false: training timed with batch norm computed from the 1×1 conv's output, not from rank space. */
   fusedTraining?: boolean;
+  /** false: training timed with the regularizer as taped tfjs ops, not one addon call. */
+  nativeReg?: boolean;
   /** false: inference timed per op (the fused kernels), not as one lanes-network call. */
   lanes?: boolean;
 }
@@ -189,6 +193,8 @@ if (addon?.ok && decomposition === 'channel') {
   // channel only: a spatial layer's second conv is 1×k, and its training batch norm is not fused).
   variants.push({ label: '  same, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false });
 }
+// On the native engine, training with the regularizer as taped tfjs ops (native-regularizer.ts off).
+if (info.backend === 'native') variants.push({ label: '  same, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false });
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
 variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1, fuseBatchNorm: false }), train: true });
@@ -218,12 +224,14 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.lanes === false || v.smallOc === false) setLanesInference(false);
   if (v.fused === false) setFusedInference(false);
   if (v.fusedTraining === false) setFusedTraining(false);
+  if (v.nativeReg === false) setNativeRegularizer(false);
   try {
     f();
   } finally {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
     setFusedInference(true);
     setFusedTraining(true);
+    setNativeRegularizer(true);
     setLanesInference(true);
   }
 };
