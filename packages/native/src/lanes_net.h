@@ -50,7 +50,8 @@ struct Net {
   int64_t in_size, out_size;   // floats per image of the input and the output (within their buffers)
 };
 
-// Whether Run can run here (AVX-512F on an x86-64).
+// Whether Run can run here (AVX-512F on an x86-64): the one CPU probe of the addon's own AVX-512
+// kernels (small_oc_conv.cc, pointwise_affine.cc and rank_bn.cc ask it too).
 bool Available();
 
 // One conv step on one group already in the lanes layout: yt [oh][ow][f][16] from xt [h][w][c][16]

@@ -8,6 +8,8 @@
 // fall in the padding skipped).
 #include "pointwise_affine.h"
 
+#include "lanes_net.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -41,11 +43,6 @@ void GenericPixel(const float* t0, int64_t tap, const float* w, int64_t nt, int6
 }
 
 #ifdef SVD_PW_X86
-
-bool HasAvx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-}
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
@@ -125,7 +122,7 @@ void Segment(const RowGeom& g, const float* trow, const float* w, const float* s
 
 #pragma GCC pop_options
 
-bool Fast(int64_t c) { return HasAvx512() && c % 16 == 0 && c >= 16 && c <= 64; }
+bool Fast(int64_t c) { return ::svd_lanes::Available() && c % 16 == 0 && c >= 16 && c <= 64; }
 
 #endif
 

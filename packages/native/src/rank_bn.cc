@@ -20,8 +20,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
+#include "lanes_net.h"
 #include "pointwise_affine.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -127,15 +129,8 @@ SVD_CLONES void Finish(float* dt, const float* tm, const float* bias, int64_t i0
 // back twice and writes a centred copy of t: on a stage-1 layer of a pruned ResNet-20 (65,536 rows,
 // 16 channels) it took 1.7-2.4 ms, mostly memory.
 bool FusedApplies(int64_t r, int64_t c) {
-#ifdef SVD_RANK_BN_X86
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   const int64_t v = c / 16;
-  return avx512 && c % 16 == 0 && (v == 1 || v == 2 || v == 4) && r <= 16 && r * v <= 64;
-#else
-  (void)r;
-  (void)c;
-  return false;
-#endif
+  return ::svd_lanes::Available() && c % 16 == 0 && (v == 1 || v == 2 || v == 4) && r <= 16 && r * v <= 64;
 }
 
 // One row the plain way (the rows left over after the 16-row blocks), into the same accumulators.
@@ -307,6 +302,16 @@ void GradRows(const float* dy, const float* y, const float* t, const float* tmea
   for (int64_t i = i0; i < i1; i++) GradRow(dy, y, t, tmean, w, g, dt, i, r, c, dbeta, gc);
 }
 
+// dt[i, :] += bias − t[i, :]·mmatᵀ over rows [i0, i1) of the fused path (FusedApplies held).
+void FinishRows(float* dt, const float* t, const float* mmat, const float* bias, int64_t i0, int64_t i1, int64_t r) {
+#ifdef SVD_RANK_BN_X86
+  FinishFused(dt, t, mmat, bias, i0, i1, r);
+#else
+  (void)dt, (void)t, (void)mmat, (void)bias, (void)i0, (void)i1, (void)r;
+  std::abort();  // FusedApplies is false off x86-64
+#endif
+}
+
 // Per-thread double accumulators of length n, summed into out after the parallel region.
 struct Partials {
   std::vector<std::vector<double>> per;
@@ -337,8 +342,7 @@ void Forward(const float* t, const float* p, const float* gamma, const float* be
   // cov = tcᵀ·tc / n with tc = t − tmean (centred first, so no variance is the difference of two
   // large numbers): in one pass over t where R <= 16 on AVX-512, else a centred copy and a GEMM.
 #ifdef SVD_RANK_BN_X86
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 && r <= 16) {
+  if (::svd_lanes::Available() && r <= 16) {
     Partials cs(threads, static_cast<size_t>(r * r));
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -458,17 +462,15 @@ void Backward(const float* dy, const float* y, const float* t, const float* p, c
   }
   // dt = g·wᵀ − t·mmatᵀ + bias: the first term from the fused pass or a GEMM, then one GEMM and
   // one pass over the R-channel result.
-  if (!fused) matmul(g, w.data(), dt, m, c, r, false, true);
-#ifdef SVD_RANK_BN_X86
   if (fused) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
       const int id = omp_get_thread_num(), k = omp_get_num_threads();
-      FinishFused(dt, t, mmat.data(), bias.data(), m * id / k, m * (id + 1) / k, r);
+      FinishRows(dt, t, mmat.data(), bias.data(), m * id / k, m * (id + 1) / k, r);
     }
     return;
   }
-#endif
+  matmul(g, w.data(), dt, m, c, r, false, true);
   float* tm = Scratch(2, m * r);
   matmul(t, mmat.data(), tm, m, r, r, false, true);
 #pragma omp parallel num_threads(threads) if (threads > 1)

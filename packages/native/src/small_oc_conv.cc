@@ -20,15 +20,6 @@ namespace svd_small_oc {
 
 #ifdef SVD_SMALL_OC_X86
 
-namespace {
-
-bool HasAvx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-}
-
-}  // namespace
-
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 
@@ -162,7 +153,7 @@ static int64_t MaxF(const Geom& g, bool forward) {
 }
 
 bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
-  return HasAvx512() && dh == 1 && dw == 1 && g.c % 16 == 0 && g.c <= 256 && g.f >= 1 && g.f <= MaxF(g, forward) &&
+  return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.c % 16 == 0 && g.c <= 256 && g.f >= 1 && g.f <= MaxF(g, forward) &&
          g.kh * g.kw <= 9;
 }
 
