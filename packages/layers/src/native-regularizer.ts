@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { SvdTrainError, type SparsityKind } from '@svd-train/core';
 import { RANK_BN_TRAIN } from './kernels/native.js';
-import { svdLayers, type SvdRegularizationOptions } from './svd-regularization.js';
+import { checkRegularizationOptions, svdLayers, type SvdRegularizationOptions } from './svd-regularization.js';
 
 const KIND: Record<SparsityKind, number> = { none: 0, l1: 1, hoyer: 2, hoyer2: 3 };
 
@@ -44,9 +44,7 @@ export interface NativeRegularization {
 
 /** The regularizer of `model` and its gradients, by the addon (check `nativeRegularizerAvailable` first). */
 export function nativeRegularization(model: tf.LayersModel | tf.layers.Layer, opts: SvdRegularizationOptions): NativeRegularization {
-  if (!Number.isFinite(opts.lambdaO) || !Number.isFinite(opts.lambdaS)) {
-    throw new SvdTrainError('CONFIG_INVALID', `svdRegularization: lambdaO ${opts.lambdaO}, lambdaS ${opts.lambdaS}; expected finite numbers`);
-  }
+  checkRegularizationOptions(opts);
   const nat = loadNative();
   if (!nat.ok || !nat.addon.svdRegularizer) throw new SvdTrainError('CONFIG_INVALID', 'nativeRegularization: the native addon has no svdRegularizer; check nativeRegularizerAvailable() first');
   const layers = svdLayers(model);

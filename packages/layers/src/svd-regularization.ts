@@ -37,14 +37,19 @@ export function svdLayers(model: tf.LayersModel | tf.layers.Layer): (SVDConv2D |
   return out;
 }
 
+/** Refuses λs that are not finite numbers (both ways of computing the regularizer call it). */
+export function checkRegularizationOptions(opts: SvdRegularizationOptions): void {
+  if (!Number.isFinite(opts.lambdaO) || !Number.isFinite(opts.lambdaS)) {
+    throw new SvdTrainError('CONFIG_INVALID', `svdRegularization: lambdaO ${opts.lambdaO}, lambdaS ${opts.lambdaS}; expected finite numbers`);
+  }
+}
+
 /**
  * Regularizer of a model, as tf scalars the caller owns (the intermediates are freed).
  * A model without SVD layers gives zeros.
  */
 export function svdRegularization(model: tf.LayersModel | tf.layers.Layer, opts: SvdRegularizationOptions): SvdRegularization {
-  if (!Number.isFinite(opts.lambdaO) || !Number.isFinite(opts.lambdaS)) {
-    throw new SvdTrainError('CONFIG_INVALID', `svdRegularization: lambdaO ${opts.lambdaO}, lambdaS ${opts.lambdaS}; expected finite numbers`);
-  }
+  checkRegularizationOptions(opts);
   const layers = svdLayers(model);
   const res = tf.tidy(() => {
     const orthTerms: tf.Scalar[] = [];

@@ -25,48 +25,34 @@ double Orth(const float* a, int64_t rows, int64_t r, double k, float* grad, MatM
   return sum;
 }
 
-// Returns the penalty of s [r] and writes ds = λs·∂penalty/∂s.
+// Returns the penalty of s [r] and writes ds = λs·∂penalty/∂s. With a = ‖s‖₁ and b = ‖s‖₂², every
+// kind's gradient is α·sign(s) + β·s (sign(0) = 0): L1 α = 1; Hoyer a/√b: α = 1/√b, β = −a/b^{3/2};
+// Hoyer-square a²/b: α = 2a/b, β = −2a²/b².
 double Sparse(const float* s, int64_t r, Sparsity kind, double lambda_s, float* ds) {
   double a = 0.0, b = 0.0;
   for (int64_t i = 0; i < r; i++) {
     a += std::fabs(static_cast<double>(s[i]));
     b += static_cast<double>(s[i]) * s[i];
   }
-  auto sign = [](float x) { return x > 0.0f ? 1.0 : x < 0.0f ? -1.0 : 0.0; };
-  double value = 0.0;
-  for (int64_t i = 0; i < r; i++) {
-    const double si = s[i];
-    double g = 0.0;
-    switch (kind) {
-      case Sparsity::kNone:
-        break;
-      case Sparsity::kL1:
-        g = sign(s[i]);
-        break;
-      case Sparsity::kHoyer: {
-        const double n2 = std::sqrt(b);  // sign(s)/‖s‖₂ − ‖s‖₁·s/‖s‖₂³
-        g = sign(s[i]) / n2 - a * si / (n2 * n2 * n2);
-        break;
-      }
-      case Sparsity::kHoyerSquare:  // 2a·sign(s)/b − 2a²·s/b²
-        g = 2.0 * a * sign(s[i]) / b - 2.0 * a * a * si / (b * b);
-        break;
-    }
-    ds[i] = static_cast<float>(lambda_s * g);
-  }
+  double value = 0.0, alpha = 0.0, beta = 0.0;
   switch (kind) {
     case Sparsity::kNone:
-      value = 0.0;
       break;
     case Sparsity::kL1:
-      value = a;
+      value = a, alpha = 1.0;
       break;
-    case Sparsity::kHoyer:
-      value = a / std::sqrt(b);
+    case Sparsity::kHoyer: {
+      const double n2 = std::sqrt(b);
+      value = a / n2, alpha = 1.0 / n2, beta = -a / (n2 * n2 * n2);
       break;
+    }
     case Sparsity::kHoyerSquare:
-      value = a * a / b;
+      value = a * a / b, alpha = 2.0 * a / b, beta = -2.0 * a * a / (b * b);
       break;
+  }
+  for (int64_t i = 0; i < r; i++) {
+    const double sign = s[i] > 0.0f ? 1.0 : s[i] < 0.0f ? -1.0 : 0.0;
+    ds[i] = static_cast<float>(lambda_s * (alpha * sign + beta * s[i]));
   }
   return value;
 }
