@@ -12,6 +12,7 @@ import { SvdTrainError } from '@svd-train/core';
 import { columnSum } from './kernels/column-sum.js';
 import { AFFINE, BN_GRAD, BN_TRAIN } from './kernels/native.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
+import { runningStats } from './kernels/running-stats.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -293,13 +294,14 @@ export class SVDBatchNorm extends tf.layers.Layer {
    * Train mode on the output of a channel-wise factored conv given in rank space: the same as
    * `call([t·p, residual], { training: true })` (running statistics updated alike), computed by
    * `rankSpaceBatchNormTrain` without forming t·p. Only where `rankSpaceBatchNormAvailable()`.
-   * @param t the conv's rank-space output [N, H, W, r]; p its 1×1 matrix [r, C]
+   * @param t the conv's rank-space output [N, H, W, r]; p its 1×1 matrix [r, C], or with
+   *   `pTransposed` its transpose [C, r] (the conv's U)
    */
-  callTrainingFromRankSpace(t: tf.Tensor, p: tf.Tensor2D, residual?: tf.Tensor): tf.Tensor {
+  callTrainingFromRankSpace(t: tf.Tensor, p: tf.Tensor2D, residual?: tf.Tensor, pTransposed = false): tf.Tensor {
     if (this.residual !== (residual !== undefined)) {
       throw new SvdTrainError('CONFIG_INVALID', `SVDBatchNorm ${this.name}: ${this.residual ? 'residual: true needs the residual input' : 'takes no residual'}`);
     }
-    const { y, mean, variance } = rankSpaceBatchNormTrain(t, p, this.gamma.read(), this.beta.read(), this.epsilon, { residual, relu: this.activation === 'relu' });
+    const { y, mean, variance } = rankSpaceBatchNormTrain(t, p, this.gamma.read(), this.beta.read(), this.epsilon, { residual, relu: this.activation === 'relu', pTransposed });
     this.updateRunningStats(mean, variance, t.size / t.shape[t.rank - 1]);
     return y;
   }
@@ -309,9 +311,9 @@ export class SVDBatchNorm extends tf.layers.Layer {
     const mom = this.momentumOverride ?? this.momentum;
     tf.tidy(() => {
       // PyTorch stores the unbiased variance in running_var (and uses the biased one to normalise).
-      const unbiased = n > 1 ? tf.mul(variance, n / (n - 1)) : variance;
-      this.movingMean.write(tf.add(tf.mul(this.movingMean.read(), 1 - mom), tf.mul(mean, mom)));
-      this.movingVariance.write(tf.add(tf.mul(this.movingVariance.read(), 1 - mom), tf.mul(unbiased, mom)));
+      const [m, v] = runningStats(this.movingMean.read() as tf.Tensor1D, this.movingVariance.read() as tf.Tensor1D, mean, variance, mom, n > 1 ? n / (n - 1) : 1);
+      this.movingMean.write(m);
+      this.movingVariance.write(v);
     });
     mean.dispose();
     variance.dispose();

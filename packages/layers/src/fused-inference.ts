@@ -183,7 +183,7 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
               conv.decomposition === 'spatial'
                 ? rowBatchNorm(conv, bn, convIn, residual)
                 : training
-                  ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseMatrix(), residual)
+                  ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseFactor(), residual, true)
                   : pointwiseBatchNorm(conv, bn, convIn, residual);
             if (fused) return fused;
           }

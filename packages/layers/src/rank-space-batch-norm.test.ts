@@ -16,7 +16,7 @@ const EPS = 1e-5;
  * rankSpaceBatchNormTrain and once as the layers compute it: the 1×1 product u = t·p, then
  * batchNormTrain on u. Inputs with a mean far from 0, so a stat taken without centring shows.
  */
-function both(shape: number[], r: number, c: number, relu: boolean, withResidual: boolean) {
+function both(shape: number[], r: number, c: number, relu: boolean, withResidual: boolean, pTransposed = false) {
   const n = shape.reduce((a, b) => a * b, 1);
   const t = tf.tensor(seededUniform(n * r, 1, 2, 0.5), [...shape, r]);
   const p = tf.tensor2d(seededUniform(r * c, 2, 1, -0.5), [r, c]);
@@ -29,7 +29,7 @@ function both(shape: number[], r: number, c: number, relu: boolean, withResidual
     let stats: tf.Tensor[] = [];
     const f = (tt: tf.Tensor, pp: tf.Tensor, g: tf.Tensor, b: tf.Tensor, rr: tf.Tensor) => {
       const out = fused
-        ? rankSpaceBatchNormTrain(tt, pp as tf.Tensor2D, g, b, EPS, { relu, residual: withResidual ? rr : undefined })
+        ? rankSpaceBatchNormTrain(tt, pTransposed ? tf.transpose(pp as tf.Tensor2D) : (pp as tf.Tensor2D), g, b, EPS, { relu, residual: withResidual ? rr : undefined, pTransposed })
         : batchNormTrain(tf.reshape(tf.matMul(tf.reshape(tt, [n, r]), pp), [...shape, c]), g, b, EPS, { relu, residual: withResidual ? rr : undefined });
       stats = [tf.keep(out.mean), tf.keep(out.variance)];
       return tf.sum(tf.mul(out.y, weights));
@@ -38,7 +38,7 @@ function both(shape: number[], r: number, c: number, relu: boolean, withResidual
     const grads = withResidual ? tf.grads(f)([t, p, gamma, beta, res]) : tf.grads((a, b, c2, d) => f(a, b, c2, d, res))([t, p, gamma, beta]);
     const y = tf.tidy(() => {
       const out = fused
-        ? rankSpaceBatchNormTrain(t, p, gamma, beta, EPS, { relu, residual })
+        ? rankSpaceBatchNormTrain(t, pTransposed ? tf.transpose(p) : p, gamma, beta, EPS, { relu, residual, pTransposed })
         : batchNormTrain(tf.reshape(tf.matMul(tf.reshape(t, [n, r]), p), [...shape, c]), gamma, beta, EPS, { relu, residual });
       return out.y;
     });
@@ -79,6 +79,15 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
       const names = ['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'];
       expect(got.fused.grads.length).toBe(withResidual ? 5 : 4);
       got.plain.grads.forEach((g, i) => expectClose(names[i], got.fused.grads[i], g, 1e-4));
+    });
+  }
+  // p given as its transpose [c, r] (a layer's U, as the training walk passes it): the kernels
+  // transpose it and dp back; the tape's Transpose of p carries dp to the test's p.
+  for (const [shape, r, c] of [[[3, 5, 4], 3, 8], [[2, 9, 11], 5, 16], [[1, 9, 9], 21, 64]] as const) {
+    it(`matches it with p given transposed (t [${shape},${r}], C ${c}, relu, residual)`, async () => {
+      const got = await onBackend('native', () => expectNoLeakedTensors(() => both([...shape], r, c, true, true, true)));
+      expectClose('y', got.fused.y, got.plain.y, 1e-4);
+      got.plain.grads.forEach((g, i) => expectClose(['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'][i]!, got.fused.grads[i], g, 1e-4));
     });
   }
   for (const [shape, r, c] of [[[3, 29, 29], 5, 16], [[3, 29, 29], 13, 32]] as const) {

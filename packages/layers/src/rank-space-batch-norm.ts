@@ -45,7 +45,8 @@ export function rankSpaceBatchNormAvailable(): boolean {
 
 /**
  * @param t the rank-space activations [N, H, W, r] (or [n, r])
- * @param p the 1×1 conv's matrix [r, c]
+ * @param p the 1×1 conv's matrix [r, c], or with `opts.pTransposed` its transpose [c, r] (a
+ *   channel-factored layer's U as it is stored, which spares the taped Transpose each way)
  * @param gamma, beta [c]
  * @param opts.residual added after the normalisation (shape of the output), before the ReLU
  */
@@ -55,10 +56,11 @@ export function rankSpaceBatchNormTrain(
   gamma: tf.Tensor,
   beta: tf.Tensor,
   eps: number,
-  opts: { residual?: tf.Tensor; relu?: boolean } = {},
+  opts: { residual?: tf.Tensor; relu?: boolean; pTransposed?: boolean } = {},
 ): RankSpaceBatchNormResult {
   const relu = opts.relu === true;
   const residual = opts.residual !== undefined;
+  const pTransposed = opts.pTransposed === true;
   let keptMean: tf.Tensor1D | undefined;
   let keptVar: tf.Tensor1D | undefined;
   const op = tf.customGrad((...args) => {
@@ -66,7 +68,7 @@ export function rankSpaceBatchNormTrain(
     const [tIn, pIn, g, b] = args as tf.Tensor[];
     const inputs: Record<string, tf.Tensor> = { t: tIn, p: pIn, gamma: g, beta: b };
     if (residual) inputs.residual = args[4] as tf.Tensor;
-    const [y, mean, variance, tmean, cov, scale, invstd] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu });
+    const [y, mean, variance, tmean, cov, scale, invstd] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu, pTransposed });
     keptMean = tf.keep(mean as tf.Tensor1D);
     keptVar = tf.keep(variance as tf.Tensor1D);
     // The output is saved for the ReLU's mask: the next layer keeps it anyway (it is its input).
@@ -77,7 +79,7 @@ export function rankSpaceBatchNormTrain(
         const [st, sp, stm, scov, ssc, sinv, sy] = saved;
         const gin: Record<string, tf.Tensor> = { dy, t: st, p: sp, tmean: stm, cov: scov, scale: ssc, invstd: sinv };
         if (sy) gin.y = sy;
-        return tf.engine().runKernel<tf.Tensor[]>(RANK_BN_GRAD, gin, { residual });
+        return tf.engine().runKernel<tf.Tensor[]>(RANK_BN_GRAD, gin, { residual, pTransposed });
       },
     };
   });

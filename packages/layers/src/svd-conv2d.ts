@@ -32,6 +32,7 @@ import { SvdTrainError, type Decomposition } from '@svd-train/core';
 import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
 import { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
+import { scalePermute } from './kernels/scale-permute.js';
 
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
 
@@ -233,7 +234,9 @@ export class SVDConv2D extends tf.layers.Layer {
     return tf.tidy(() => {
       const { n, c, kh, kw } = this.geometry();
       // Mᵀ = V·diag(s)·Uᵀ (p × m); reshaping Mᵀ rather than M puts n last, as the filter wants.
-      const Mt = tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true);
+      const V = this.V.read() as tf.Tensor2D;
+      const Vs = scalePermute<tf.Rank.R2>(V, this.s.read() as tf.Tensor1D, [...V.shape], [0, 1]);
+      const Mt = tf.matMul(Vs, this.U.read(), false, true);
       if (this.decomposition === 'channel') {
         // Mᵀ[(ci*kh+i)*kw+j, ni] → [c, kh, kw, n] → [kh, kw, c, n].
         return tf.transpose<tf.Tensor4D>(tf.reshape(Mt, [c, kh, kw, n]), [1, 2, 0, 3]);
@@ -277,13 +280,18 @@ export class SVDConv2D extends tf.layers.Layer {
   rankFilter(): tf.Tensor4D {
     return tf.tidy(() => {
       const { c, kh, kw } = this.geometry();
-      return tf.transpose<tf.Tensor4D>(tf.reshape(tf.mul(this.V.read(), this.s.read()), [c, kh, kw, this.rank]), [1, 2, 0, 3]);
+      return scalePermute<tf.Rank.R4>(this.V.read() as tf.Tensor2D, this.s.read() as tf.Tensor1D, [c, kh, kw, this.rank], [1, 2, 0, 3]);
     });
   }
 
   /** Uᵀ, [r, n]: the 1×1 conv from the rank back to the n output channels (channel decomposition). */
   pointwiseMatrix(): tf.Tensor2D {
     return tf.transpose(this.U.read() as tf.Tensor2D);
+  }
+
+  /** U itself, [n, r]: `pointwiseMatrix()` untransposed, for kernels that take it that way (no taped Transpose). */
+  pointwiseFactor(): tf.Tensor2D {
+    return this.U.read() as tf.Tensor2D;
   }
 
   private callReconstruct(x: tf.Tensor4D): tf.Tensor4D {
@@ -324,8 +332,7 @@ export class SVDConv2D extends tf.layers.Layer {
   columnFilter(): tf.Tensor3D {
     return tf.tidy(() => {
       const { c, kh } = this.geometry();
-      const Vs = tf.mul(this.V.read(), this.s.read()); // p × r
-      return tf.transpose(tf.reshape(Vs, [c, kh, this.rank]), [1, 0, 2]);
+      return scalePermute<tf.Rank.R3>(this.V.read() as tf.Tensor2D, this.s.read() as tf.Tensor1D, [c, kh, this.rank], [1, 0, 2]);
     });
   }
 

@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { SvdTrainError } from '@svd-train/core';
 import { matrixFromFactors, svdInit, type SvdFactors } from './svd-init.js';
 import { chooseSvdForm } from './svd-form.js';
+import { scalePermute } from './kernels/scale-permute.js';
 
 /** Which forward an SVD layer runs: 'reconstruct' is the merged form. */
 export type SvdForward = 'auto' | 'reconstruct' | 'factored';
@@ -143,7 +144,10 @@ export class SVDDense extends tf.layers.Layer {
 
   /** The tfjs dense kernel [in, units] = V · diag(s) · Uᵀ (the PyTorch weight transposed). */
   reconstructKernel(): tf.Tensor2D {
-    return tf.tidy(() => tf.matMul(tf.mul(this.V.read(), this.s.read()), this.U.read(), false, true));
+    return tf.tidy(() => {
+      const V = this.V.read() as tf.Tensor2D;
+      return tf.matMul(scalePermute<tf.Rank.R2>(V, this.s.read() as tf.Tensor1D, [...V.shape], [0, 1]), this.U.read(), false, true);
+    });
   }
 
   override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {

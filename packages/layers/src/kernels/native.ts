@@ -88,6 +88,13 @@ function isPointwise(info: tf.backend_util.Conv2DInfo): boolean {
   );
 }
 
+/** The [cols, rows] transpose of a row-major [rows, cols] matrix, as a new array. */
+function transposed(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j]!;
+  return out;
+}
+
 function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc): KernelConfig[] {
   /**
    * The three convolution kernels differ only in which two tensors go in, where the x and filter
@@ -293,14 +300,15 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     const { t, p, gamma, beta, residual } = inputs as Record<'t' | 'p' | 'gamma' | 'beta', TensorInfo> & { residual?: TensorInfo };
-    const { epsilon, relu } = attrs as unknown as { epsilon: number; relu?: boolean };
-    const [r, c] = p.shape as [number, number];
+    const { epsilon, relu, pTransposed } = attrs as unknown as { epsilon: number; relu?: boolean; pTransposed?: boolean };
+    const [r, c] = (pTransposed ? [...p.shape].reverse() : p.shape) as [number, number];
     const m = t.shape.reduce((a, d) => a * d, 1) / r;
     const out = (shape: number[]) => be.makeOutput(shape, 'float32');
     const y = out([...t.shape.slice(0, -1), c]);
     const [mean, variance, tmean, cov, scale, invstd] = [out([c]), out([c]), out([r]), out([r, r]), out([c]), out([c])];
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
-    addon.rankBnForward(v(t), v(p), v(gamma), v(beta), v(y), v(mean), v(variance), v(tmean), v(cov), v(scale), v(invstd), [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
+    const pv = pTransposed ? transposed(v(p), c, r) : v(p);
+    addon.rankBnForward(v(t), pv, v(gamma), v(beta), v(y), v(mean), v(variance), v(tmean), v(cov), v(scale), v(invstd), [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
     return [y, mean, variance, tmean, cov, scale, invstd];
   };
 
@@ -308,16 +316,21 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const be = backend as unknown as WasmBackend;
     // y: the forward's output, present when it applied a ReLU (its gradient masks dy).
     const { dy, t, p, tmean, cov, scale, invstd, y } = inputs as Record<'dy' | 't' | 'p' | 'tmean' | 'cov' | 'scale' | 'invstd', TensorInfo> & { y?: TensorInfo };
-    const { residual } = (attrs ?? {}) as { residual?: boolean };
-    const [r, c] = p.shape as [number, number];
+    const { residual, pTransposed } = (attrs ?? {}) as { residual?: boolean; pTransposed?: boolean };
+    const [r, c] = (pTransposed ? [...p.shape].reverse() : p.shape) as [number, number];
     const m = t.shape.reduce((a, d) => a * d, 1) / r;
     const dt = be.makeOutput([...t.shape], 'float32');
-    const dp = be.makeOutput([r, c], 'float32');
+    const dp = be.makeOutput([...p.shape], 'float32');
     const dg = be.makeOutput([c], 'float32');
     const db = be.makeOutput([c], 'float32');
     const dres = residual ? be.makeOutput([...dy.shape], 'float32') : undefined;
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
-    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), v(p), v(tmean), v(cov), v(scale), v(invstd), v(dt), v(dp), v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
+    // With p given as [c, r] (a layer's U), the addon gets its [r, c] transpose and dp comes back
+    // through a scratch: r·c is at most a few thousand floats.
+    const pv = pTransposed ? transposed(v(p), c, r) : v(p);
+    const dpv = pTransposed ? new Float32Array(r * c) : v(dp);
+    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), pv, v(tmean), v(cov), v(scale), v(invstd), v(dt), dpv, v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
+    if (pTransposed) v(dp).set(transposed(dpv, r, c));
     return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
   };
 

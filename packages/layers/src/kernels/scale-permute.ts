@@ -1,0 +1,149 @@
+/**
+ * `SvdScalePermute` for the wasm backend: out = transpose(reshape(a·diag(s), dims), perm), and its
+ * gradient `SvdScalePermuteGrad` (da = the inverse permutation of dout, times s; ds = Σ over a's
+ * rows of that times a).
+ *
+ * Why: an SVD layer builds its conv filters from its factors every step (`rankFilter`,
+ * `columnFilter`, the merged filter's V·diag(s)). As tfjs ops that is a Mul, a Reshape and a
+ * Transpose forward and a Transpose, a Reshape, two Muls and a Sum backward, each a taped kernel
+ * call of a few thousand elements whose cost is dispatch (~20 µs) more than arithmetic: some 170
+ * calls per ResNet-20 step. One kernel each way does the same with an index map computed once per
+ * (dims, perm) and cached.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
+import type { WasmBackend } from './wasm-backend.js';
+
+export const SCALE_PERMUTE = 'SvdScalePermute';
+export const SCALE_PERMUTE_GRAD = 'SvdScalePermuteGrad';
+
+interface ScalePermuteAttrs {
+  /** The shape a·diag(s) is read as (row-major), before the permutation. */
+  dims: number[];
+  /** tf.transpose's perm over `dims`. */
+  perm: number[];
+}
+
+const maps = new Map<string, Int32Array>();
+/** Distinct (dims, perm) pairs kept: a ResNet has a few dozen; beyond this the cache starts over. */
+const MAX_MAPS = 512;
+
+function checkAttrs(name: string, size: number, { dims, perm }: ScalePermuteAttrs): void {
+  const n = dims.length;
+  const seen = new Set(perm);
+  if (perm.length !== n || seen.size !== n || perm.some((p) => !Number.isInteger(p) || p < 0 || p >= n)) {
+    throw new Error(`${name}: perm [${perm}] is not a permutation of the ${n} axes of dims [${dims}]`);
+  }
+  if (dims.some((d) => !Number.isInteger(d) || d < 1) || dims.reduce((p, d) => p * d, 1) !== size) {
+    throw new Error(`${name}: dims [${dims}] do not hold the ${size} elements of its input`);
+  }
+}
+
+/**
+ * For each element of a row-major tensor of shape `dims`, in order, its index in
+ * transpose(·, perm). Cached per (dims, perm).
+ */
+export function permuteIndex(dims: readonly number[], perm: readonly number[]): Int32Array {
+  const key = `${dims.join(',')}|${perm.join(',')}`;
+  const hit = maps.get(key);
+  if (hit) return hit;
+  const n = dims.length;
+  const outDims = perm.map((k) => dims[k]);
+  const outStride = new Array<number>(n);
+  for (let k = n - 1, s = 1; k >= 0; k--) {
+    outStride[k] = s;
+    s *= outDims[k];
+  }
+  // Input axis perm[k] is output axis k: moving one step along it moves outStride[k] in the output.
+  const inStride = new Array<number>(n);
+  for (let k = 0; k < n; k++) inStride[perm[k]] = outStride[k]!;
+  const size = dims.reduce((p, d) => p * d, 1);
+  const map = new Int32Array(size);
+  const idx = new Array<number>(n).fill(0);
+  let off = 0;
+  for (let e = 0; e < size; e++) {
+    map[e] = off;
+    for (let j = n - 1; j >= 0; j--) {
+      idx[j]++;
+      off += inStride[j];
+      if (idx[j] < dims[j]) break;
+      off -= inStride[j] * dims[j];
+      idx[j] = 0;
+    }
+  }
+  if (maps.size >= MAX_MAPS) maps.clear();
+  maps.set(key, map);
+  return map;
+}
+
+function operands(name: string, a: TensorInfo, s: TensorInfo, attrs: ScalePermuteAttrs): { rows: number; r: number } {
+  if (a.shape.length !== 2 || a.dtype !== 'float32' || s.dtype !== 'float32' || s.shape.length !== 1 || s.shape[0] !== a.shape[1]) {
+    throw new Error(`${name}: expected float32 a [rows, r] and s [r], got ${a.dtype} [${a.shape}] and ${s.dtype} [${s.shape}]`);
+  }
+  checkAttrs(name, a.shape[0] * a.shape[1], attrs);
+  return { rows: a.shape[0], r: a.shape[1] };
+}
+
+const scalePermuteWasm: KernelFunc = ({ inputs, backend, attrs }) => {
+  const be = backend as unknown as WasmBackend;
+  const { a, s } = inputs as { a: TensorInfo; s: TensorInfo };
+  const at = attrs as unknown as ScalePermuteAttrs;
+  const { rows, r } = operands(SCALE_PERMUTE, a, s, at);
+  const out = be.makeOutput(at.perm.map((k) => at.dims[k]), 'float32');
+  const map = permuteIndex(at.dims, at.perm);
+  // Views after the allocation: a heap growth detaches earlier ones.
+  const [va, vs, vo] = [be.typedArrayFromHeap(a), be.typedArrayFromHeap(s), be.typedArrayFromHeap(out)];
+  for (let i = 0, e = 0; i < rows; i++) for (let j = 0; j < r; j++, e++) vo[map[e]] = va[e] * vs[j];
+  return out;
+};
+
+const scalePermuteGradWasm: KernelFunc = ({ inputs, backend, attrs }) => {
+  const be = backend as unknown as WasmBackend;
+  const { dy, a, s } = inputs as { dy: TensorInfo; a: TensorInfo; s: TensorInfo };
+  const at = attrs as unknown as ScalePermuteAttrs;
+  const { rows, r } = operands(SCALE_PERMUTE_GRAD, a, s, at);
+  if (dy.shape.length !== at.dims.length || dy.shape.some((d, k) => d !== at.dims[at.perm[k]])) {
+    throw new Error(`${SCALE_PERMUTE_GRAD}: dy [${dy.shape}] is not the forward's output shape`);
+  }
+  const da = be.makeOutput([rows, r], 'float32');
+  const ds = be.makeOutput([r], 'float32');
+  const map = permuteIndex(at.dims, at.perm);
+  const [vd, va, vs, vda, vds] = [dy, a, s, da, ds].map((t) => be.typedArrayFromHeap(t));
+  const acc = new Float64Array(r);
+  for (let i = 0, e = 0; i < rows; i++) {
+    for (let j = 0; j < r; j++, e++) {
+      const g = vd[map[e]];
+      vda[e] = g * vs[j];
+      acc[j] += g * va[e];
+    }
+  }
+  for (let j = 0; j < r; j++) vds[j] = acc[j]!;
+  return [da, ds];
+};
+
+export const scalePermuteWasmConfigs: KernelConfig[] = [
+  { kernelName: SCALE_PERMUTE, backendName: 'wasm', kernelFunc: scalePermuteWasm },
+  { kernelName: SCALE_PERMUTE_GRAD, backendName: 'wasm', kernelFunc: scalePermuteGradWasm },
+];
+
+export const scalePermuteGradConfig: tf.GradConfig = {
+  kernelName: SCALE_PERMUTE,
+  inputsToSave: ['a', 's'],
+  gradFunc: (dy, saved, attrs) => {
+    const [a, s] = saved as [tf.Tensor, tf.Tensor];
+    const [da, ds] = tf.engine().runKernel<tf.Tensor[]>(SCALE_PERMUTE_GRAD, { dy: dy as tf.Tensor, a, s }, attrs);
+    return { a: () => da, s: () => ds };
+  },
+};
+
+/**
+ * transpose(reshape(a·diag(s), dims), perm), differentiable in a and s: one kernel each way where
+ * the backend has ours (wasm, and so the native engine), the tfjs ops elsewhere.
+ */
+export function scalePermute<R extends tf.Rank>(a: tf.Tensor2D, s: tf.Tensor1D, dims: number[], perm: number[]): tf.Tensor<R> {
+  if (tf.getKernel(SCALE_PERMUTE, tf.getBackend()) != null) {
+    return tf.engine().runKernel<tf.Tensor<R>>(SCALE_PERMUTE, { a, s }, { dims, perm });
+  }
+  const shaped: tf.Tensor = tf.reshape(tf.mul(a, s), dims);
+  return tf.transpose(shaped, perm) as tf.Tensor<R>;
+}
