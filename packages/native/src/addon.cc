@@ -501,6 +501,10 @@ SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, fl
   }
 }
 
+SVD_CLONES void AddImpl(const float* a, const float* b, float* out, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
 SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
   for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
@@ -861,6 +865,21 @@ Napi::Value ReluGrad(const Napi::CallbackInfo& info) {
   });
 }
 
+// add(a, b, out): out = a + b elementwise, equal lengths. tfjs sums the gradients of a tensor read
+// twice (a residual block's input: the conv path and the shortcut) with its Add; wasm's kernel
+// (128-bit SIMD) took ~0.9 ms for a [64,32,32,16] pair, this one ~0.6 (both memory-bound).
+Napi::Value AddFn(const Napi::CallbackInfo& info) {
+  return Guard(info, "add", [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError("a must be a Float32Array");
+    size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+    const float* a = F32(info, 0, n, "a");
+    const float* b = F32(info, 1, n, "b");
+    float* out = F32(info, 2, n, "out");
+    AddImpl(a, b, out, n);
+    return info.Env().Undefined();
+  });
+}
+
 // ---- threads and introspection -----------------------------------------------------------------
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return Guard(info, "setThreads", [&]() -> Napi::Value {
@@ -1037,6 +1056,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
+  exports.Set("add", Napi::Function::New(env, AddFn));
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
   exports.Set("rowConvAffine", Napi::Function::New(env, RowConvAffineFn));

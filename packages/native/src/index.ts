@@ -55,6 +55,8 @@ export interface NativeAddon {
   ): void;
   /** dx = x > 0 ? dy : 0, elementwise; all three the same length. */
   reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
+  /** out = a + b elementwise (equal lengths). Absent from addons built before it. */
+  add?(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /**
    * y[i, j] = x[i, j]·scale[j] + shift[j] (+ residual[i, j]) over [M, C], then max(·, 0) when relu
    * is 1; scale or shift may be empty (none). One pass; y may be x.

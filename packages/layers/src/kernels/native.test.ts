@@ -314,6 +314,38 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(unsigned(await onBackend('native', run))).toEqual(unsigned(await onBackend('cpu', run)));
   });
 
+  it('Add: a same-shape float32 pair from 16,384 elements runs on the addon; smaller, broadcast or int32 on wasm; all equal to cpu', async () => {
+    const cases: [number[], number[], 'float32' | 'int32', number][] = [
+      [[4, 32, 32, 16], [4, 32, 32, 16], 'float32', 1],
+      [[16384], [16384], 'float32', 1],
+      [[3, 5], [3, 5], 'float32', 0],
+      [[64, 8, 8, 64], [64], 'float32', 0],
+      [[20000], [20000], 'int32', 0],
+    ];
+    const addon = native.ok ? native.addon : undefined;
+    const nativeAdd = addon?.add;
+    let addonCalls = 0;
+    if (addon && nativeAdd) addon.add = (...args) => (addonCalls++, nativeAdd(...args));
+    try {
+      for (const [sa, sb, dtype, want] of cases) {
+        const run = () =>
+          tf.tidy(() => {
+            const make = (shape: number[], seed: number) => {
+              const n = shape.reduce((p, d) => p * d, 1);
+              return dtype === 'int32' ? tf.tensor(Int32Array.from({ length: n }, (_, i) => (i * seed) % 97), shape, 'int32') : tf.tensor(seededUniform(n, seed), shape);
+            };
+            return Array.from(tf.add(make(sa, 31), make(sb, 32)).dataSync());
+          });
+        addonCalls = 0;
+        const got = await onBackend('native', run);
+        expect(addonCalls, `[${sa}] + [${sb}] ${dtype}: addon calls`).toBe(want);
+        expect(got, `[${sa}] + [${sb}] ${dtype}`).toEqual(await onBackend('cpu', run));
+      }
+    } finally {
+      if (addon) addon.add = nativeAdd;
+    }
+  });
+
   it('central-difference gradient checks on native: conv (stride 2, asymmetric pad), matmul, batch norm', async () => {
     await onBackend('native', () => {
       const x = tf.tensor4d(seededUniform(1 * 5 * 6 * 3, 21), [1, 5, 6, 3]);
@@ -475,6 +507,8 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.batchNormForward(f(6), f(3), f(3), f(6), f(3), f(3), [2, 3], Number.NaN))).toBe('no error');
     expect(code(() => a.matmul(new Int32Array(6) as unknown as Float32Array, f(6), f(4), [1, 1, 2, 3, 2, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: matmul: a must be a Float32Array/);
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
+    expect(code(() => a.add!(f(6), f(5), f(6)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: b has 5 elements; expected 6/);
+    expect(code(() => a.add!(f(6), f(6), f(7)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: out has 7 elements; expected 6/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 0]))).toBe('no error');
     expect(code(() => a.affine(f(6), f(0), f(0), f(6), [2, 3, 1]))).toBe('no error');
     expect(code(() => a.affine(f(6), f(2), f(3), f(6), [2, 3, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: affine: scale has 2 elements; expected 3/);

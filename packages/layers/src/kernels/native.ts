@@ -58,6 +58,9 @@ export const LANES_NET = 'SvdLanesNet';
 
 type Conv4 = [number, number, number, number];
 
+/** Elements from which a same-shape float32 Add runs natively (below, wasm's kernel is as fast and the call dominates). */
+const ADD_MIN = 16384;
+
 function convShape(info: tf.backend_util.Conv2DInfo): number[] {
   const p = info.padInfo;
   return [
@@ -246,6 +249,20 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return dx;
   };
 
+  /**
+   * Add of two float32 tensors of one shape and at least ADD_MIN elements (the gradient sums at a
+   * residual block's input); broadcasts, other dtypes and small tensors stay on wasm's kernel.
+   */
+  const add: KernelFunc = (args) => {
+    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+    const size = a.shape.reduce((p, d) => p * d, 1);
+    if (!allF32(a, b) || size < ADD_MIN || a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) return fallback('Add')(args);
+    const be = args.backend as unknown as WasmBackend;
+    const out = be.makeOutput([...a.shape], 'float32');
+    addon.add!(be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(out));
+    return out;
+  };
+
   const affine: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     const { x, scale, shift, residual } = inputs as Record<'x' | 'scale' | 'shift', TensorInfo> & { residual?: TensorInfo };
@@ -354,6 +371,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k(BN_TRAIN, bnTrain),
     k(BN_GRAD, bnGrad),
     k(RELU_GRAD, reluGrad),
+    ...(typeof addon.add === 'function' ? [k('Add', add)] : []),
     k(AFFINE, affine),
     // An addon built before pointwiseAffine existed still runs; inference then takes the separate ops.
     ...(typeof addon.pointwiseAffine === 'function' ? [k(POINTWISE_AFFINE, pointwiseAffine)] : []),
