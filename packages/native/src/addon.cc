@@ -22,6 +22,7 @@
 
 #include "lanes_net.h"
 #include "pointwise_affine.h"
+#include "prefetch.h"
 #include "rank_bn.h"
 #include "regularizer.h"
 #include "small_oc_conv.h"
@@ -490,6 +491,7 @@ SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, fl
   for (int64_t r = 0; r < m; r++) {
     const float* row = x + r * c;
     float* out = y + r * c;
+    for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForWrite(out + j);
     if (res) {
       const float* rr = res + r * c;
       for (int64_t j = 0; j < c; j++) out[j] = row[j] * scale[j] + shift[j] + rr[j];
@@ -501,12 +503,21 @@ SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, fl
   }
 }
 
+// Flat loops in blocks of 16 (one line, one AVX-512 vector), each block's line asked for ahead.
 SVD_CLONES void AddImpl(const float* a, const float* b, float* out, size_t n) {
-  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+  for (size_t i0 = 0; i0 < n; i0 += 16) {
+    svd_prefetch::ForWrite(out + i0);
+    const size_t i1 = std::min(n, i0 + 16);
+    for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+  }
 }
 
 SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
-  for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+  for (size_t i0 = 0; i0 < n; i0 += 16) {
+    svd_prefetch::ForWrite(dx + i0);
+    const size_t i1 = std::min(n, i0 + 16);
+    for (size_t i = i0; i < i1; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+  }
 }
 
 // With y (the fused forward's output; null without a ReLU) the incoming gradient is first masked
@@ -539,6 +550,7 @@ SVD_CLONES void BnBackwardImpl(const float* x, const float* dy_in, const float* 
     for (int64_t r = r0; r < r1; r++) {
       const float* xr = x + r * c;
       const float* dr = dy + r * c;
+      for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForRead(xr + j), svd_prefetch::ForRead(dr + j);
       for (int64_t j = 0; j < c; j++) {
         a1[j] += dr[j];
         a2[j] += dr[j] * ((xr[j] - mean[j]) * inv[j]);
@@ -561,6 +573,7 @@ SVD_CLONES void BnBackwardImpl(const float* x, const float* dy_in, const float* 
     const float* xr = x + r * c;
     const float* dr = dy + r * c;
     float* o = dx + r * c;
+    for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForWrite(o + j);
     for (int64_t j = 0; j < c; j++) o[j] = k1[j] * dr[j] - k2[j] - k3[j] * (xr[j] - mean[j]);
   }
 }
@@ -903,6 +916,18 @@ Napi::Value SetActivationLayout(const Napi::CallbackInfo& info) {
   });
 }
 
+// setPrefetch([write, read]): whether the streaming kernels ask for their lines ahead (prefetch.h);
+// both 1 by default. For benchmarks.
+Napi::Value SetPrefetch(const Napi::CallbackInfo& info) {
+  return Guard(info, "setPrefetch", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 2, "flags");
+    if (p[0] > 1 || p[1] > 1) throw ArgError("flags must be 0 or 1");
+    svd_prefetch::g_write = p[0] == 1;
+    svd_prefetch::g_read = p[1] == 1;
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value GetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), omp_get_max_threads());
 }
@@ -1067,6 +1092,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("setPrefetch", Napi::Function::New(env, SetPrefetch));
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
   exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));

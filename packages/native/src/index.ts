@@ -57,6 +57,8 @@ export interface NativeAddon {
   reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
   /** out = a + b elementwise (equal lengths). Absent from addons built before it. */
   add?(a: Float32Array, b: Float32Array, out: Float32Array): void;
+  /** [write, read] (0 or 1): whether the streaming kernels prefetch their output and input lines ahead (both on by default). For benchmarks. */
+  setPrefetch?(flags: [number, number]): void;
   /**
    * y[i, j] = x[i, j]·scale[j] + shift[j] (+ residual[i, j]) over [M, C], then max(·, 0) when relu
    * is 1; scale or shift may be empty (none). One pass; y may be x.

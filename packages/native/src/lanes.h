@@ -3,8 +3,9 @@
 // [h][w][c][16 images] for an NHWC activation. ToLanes / FromLanes convert 16 rows (one per image)
 // to and from it, 16x16 blocks at a time.
 //
-// Include inside a `#pragma GCC target("avx512f")` region, after <immintrin.h>; the functions are
-// inline, so each file that includes it compiles its own copy for AVX-512.
+// Include inside a `#pragma GCC target("avx512f")` region, after <immintrin.h> and (at file scope)
+// prefetch.h; the functions are inline, so each file that includes it compiles its own copy for
+// AVX-512.
 #pragma once
 
 namespace svd_lanes {
@@ -61,6 +62,8 @@ inline void ToLanes(const float* rows, int64_t stride, int nrows, int64_t k, flo
   int64_t i = 0;
   for (; i + 16 <= k; i += 16) {
     __m512 r[16];
+    // 16 streams a row apart: more than the hardware prefetchers follow.
+    for (int j = 0; j < nrows; j++) ::svd_prefetch::ForRead(rows + j * stride + i);
     for (int j = 0; j < 16; j++) r[j] = j < nrows ? _mm512_loadu_ps(rows + j * stride + i) : _mm512_setzero_ps();
     Transpose16(r);
     for (int q = 0; q < 16; q++) _mm512_storeu_ps(out + (i + col[q]) * 16, r[q]);
@@ -78,7 +81,10 @@ inline void FromLanes(const float* in, int64_t k, float* rows, int64_t stride, i
     for (int q = 0; q < 16; q++) r[q] = _mm512_loadu_ps(in + (i + q) * 16);
     Transpose16(r);
     for (int q = 0; q < 16; q++)
-      if (col[q] < nrows) _mm512_storeu_ps(rows + col[q] * stride + i, r[q]);
+      if (col[q] < nrows) {
+        ::svd_prefetch::ForWrite(rows + col[q] * stride + i);
+        _mm512_storeu_ps(rows + col[q] * stride + i, r[q]);
+      }
   }
   for (; i < k; i++)
     for (int j = 0; j < nrows; j++) rows[j * stride + i] = in[i * 16 + j];

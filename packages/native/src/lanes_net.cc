@@ -2,6 +2,8 @@
 // Available() checked the CPU, as small_oc_conv.cc.
 #include "lanes_net.h"
 
+#include "prefetch.h"
+
 #include <omp.h>
 
 #include <algorithm>

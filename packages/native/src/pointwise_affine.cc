@@ -8,6 +8,8 @@
 // fall in the padding skipped).
 #include "pointwise_affine.h"
 
+#include "prefetch.h"
+
 #include "lanes_net.h"
 
 #include <omp.h>
@@ -77,8 +79,12 @@ void Block(const float* t0, int64_t step, int64_t tap, const float* w, int64_t n
   for (int b = 0; b < B; b++)
     for (int v = 0; v < V; v++) {
       const int64_t off = b * C + 16 * v;
+      svd_prefetch::ForWrite(y + off);
       __m512 out = acc[b][v];
-      if (res) out = _mm512_add_ps(out, _mm512_loadu_ps(res + off));
+      if (res) {
+        svd_prefetch::ForRead(res + off);
+        out = _mm512_add_ps(out, _mm512_loadu_ps(res + off));
+      }
       if (relu) out = _mm512_max_ps(out, zero);
       _mm512_storeu_ps(y + off, out);
     }

@@ -25,6 +25,7 @@
 
 #include "lanes_net.h"
 #include "pointwise_affine.h"
+#include "prefetch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -91,6 +92,7 @@ SVD_CLONES void MaskAndSum(const float* __restrict dy, const float* __restrict y
     for (int64_t i = b0; i < b1; i++) {
       const float* d = dy + i * c;
       float* gi = g + i * c;
+      for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForWrite(gi + j);
       if (y) {
         const float* yi = y + i * c;
 #pragma omp simd
@@ -180,9 +182,14 @@ void GradRowsFused(const float* dy, const float* y, const float* t, const float*
         __m512 rows[16];
         for (int k = 0; k < 16; k++) {
           const int64_t off = (i + k) * c + v * 16;
+          svd_prefetch::ForRead(dy + off);
+          if (y) svd_prefetch::ForRead(y + off);
           __m512 gk = _mm512_loadu_ps(dy + off);
           if (y) gk = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(y + off), zero, _CMP_GT_OQ), gk);
-          if (g) _mm512_storeu_ps(g + off, gk);
+          if (g) {
+            svd_prefetch::ForWrite(g + off);
+            _mm512_storeu_ps(g + off, gk);
+          }
           adb[v] = _mm512_add_ps(adb[v], gk);
           const float* ti = t + (i + k) * r;
           for (int64_t o = 0; o < r; o++)

@@ -3,6 +3,8 @@
 // an x86-64 without it, and elsewhere Applies() is always false.
 #include "small_oc_conv.h"
 
+#include "prefetch.h"
+
 #include "lanes_net.h"
 
 #include <omp.h>

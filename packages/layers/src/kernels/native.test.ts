@@ -507,6 +507,8 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.batchNormForward(f(6), f(3), f(3), f(6), f(3), f(3), [2, 3], Number.NaN))).toBe('no error');
     expect(code(() => a.matmul(new Int32Array(6) as unknown as Float32Array, f(6), f(4), [1, 1, 2, 3, 2, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: matmul: a must be a Float32Array/);
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
+    expect(code(() => a.setPrefetch!([1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setPrefetch: flags must be 0 or 1/);
+    expect(code(() => a.setPrefetch!([1, 1]))).toBe('no error');
     expect(code(() => a.add!(f(6), f(5), f(6)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: b has 5 elements; expected 6/);
     expect(code(() => a.add!(f(6), f(6), f(7)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: out has 7 elements; expected 6/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 0]))).toBe('no error');
