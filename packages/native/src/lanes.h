@@ -62,8 +62,6 @@ inline void ToLanes(const float* rows, int64_t stride, int nrows, int64_t k, flo
   int64_t i = 0;
   for (; i + 16 <= k; i += 16) {
     __m512 r[16];
-    // 16 streams a row apart: more than the hardware prefetchers follow.
-    for (int j = 0; j < nrows; j++) ::svd_prefetch::ForRead(rows + j * stride + i);
     for (int j = 0; j < 16; j++) r[j] = j < nrows ? _mm512_loadu_ps(rows + j * stride + i) : _mm512_setzero_ps();
     Transpose16(r);
     for (int q = 0; q < 16; q++) _mm512_storeu_ps(out + (i + col[q]) * 16, r[q]);

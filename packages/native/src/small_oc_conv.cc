@@ -66,6 +66,8 @@ void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_
           const bool inner = rows_in && iw0 >= 0 && iw0 + g.kw <= g.w;
           const int64_t base = ((n * g.h + ih0) * g.w + iw0) * C;  // of tap (0, 0); may lie outside x
           const float* dyp = dy + ((n * g.oh + oh) * g.ow + ow) * F + o0;
+          // The first unit group streams the image from memory (the others find it in cache).
+          if (u0 == 0) ::svd_prefetch::ForRead(x + ((n * g.h + oh * g.sh) * g.w + ow * g.sw) * C);
           __m512 d[FB];
 #pragma GCC unroll 8
           for (int o = 0; o < FB; o++) d[o] = _mm512_set1_ps(dyp[o]);
