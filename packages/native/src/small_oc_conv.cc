@@ -151,7 +151,12 @@ void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) 
 // The most output channels a kernel takes for this shape (see small_oc_conv.h); 0: none.
 static int64_t MaxF(const Geom& g, bool forward) {
   const int64_t taps = g.kh * g.kw;
-  if (forward) return taps == 1 ? 0 : kSmallOcMaxFForward;
+  if (forward) {
+    if (taps == 1) return 0;
+    // oneDNN computes outputs 16 at a time: at a multiple of 16 it wastes nothing and stays.
+    const bool wide = g.c >= 64 && taps == 9 && g.sh == 1 && g.sw == 1 && g.f % 16 != 0;
+    return wide ? kSmallOcMaxFForwardWide : kSmallOcMaxFForward;
+  }
   if (taps == 1 || g.sh > 1 || g.sw > 1) return kSmallOcMaxFFilterOther;
   return taps <= 3 ? kSmallOcMaxFFilter3Taps : kSmallOcMaxFFilter9Taps;
 }

@@ -1,6 +1,6 @@
-// Convolutions with few output channels (forward F <= 8; filter gradient up to 8, 10 or 48 by taps) from a multiple
-// of 16 input channels: the first half of a low-rank factored layer, a k x k conv from C channels
-// to the rank r.
+// Convolutions with few output channels (forward F <= 8, or 48 from 64 channels; filter gradient up
+// to 8, 10 or 48 by taps) from a multiple of 16 input channels: the first half of a low-rank
+// factored layer, a k x k conv from C channels to the rank r.
 //
 // Why: oneDNN's AVX-512 convolutions compute output channels 16 at a time, so a 3x3 conv from 16
 // channels to rank 1, 2, 3 or 5 costs what the full-rank conv to 16 costs (measured ~8 ms each at
@@ -30,6 +30,12 @@ namespace svd_small_oc {
 //     (oneDNN's kernel for 3x1 shapes runs at half its 3x3 speed); 9 taps up to F = 10, 1.05-3.5x;
 //     1 tap, and any stride above 1, up to F = 8 (at 13 and more, 0.5-1.1x).
 constexpr int64_t kSmallOcMaxFForward = 8;
+// From 64 input channels (a 3x3 conv at stride 1), forward up to F = 48 unless F is a multiple of
+// 16: there the input's transpose is small next to the conv (576 MACs per output value), the lanes
+// kernel runs at ~75 GMAC/s (chunks of 8 outputs), and oneDNN pads F up to a multiple of 16 (8x8x64
+// at batch 64: F 10-13 1.15-1.35x oneDNN, 24 even, 16 0.86x; in a pruned ResNet-20's step the last
+// stage's F 18, 23, 30, 31, 41 took 5.6 ms on oneDNN, 4.8-5.0 here).
+constexpr int64_t kSmallOcMaxFForwardWide = 48;
 constexpr int64_t kSmallOcMaxFFilter3Taps = 48;
 constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;
