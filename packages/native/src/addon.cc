@@ -864,34 +864,29 @@ Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// reluGrad(dy, x, dx): dx = x > 0 ? dy : 0 (tfjs' Relu gradient is Step, Cast and Mul: three
-// passes and two temporaries).
-Napi::Value ReluGrad(const Napi::CallbackInfo& info) {
-  return Guard(info, "reluGrad", [&]() -> Napi::Value {
-    if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError("dy must be a Float32Array");
+// An entry point f(in1, in2, out) over three Float32Arrays of one length: impl(in1, in2, out, n).
+template <typename Impl>
+Napi::Value Elementwise(const Napi::CallbackInfo& info, const char* what, const char* in1, const char* in2,
+                        const char* out, Impl impl) {
+  return Guard(info, what, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError(std::string(in1) + " must be a Float32Array");
     size_t n = info[0].As<Napi::TypedArray>().ElementLength();
-    const float* dy = F32(info, 0, n, "dy");
-    const float* x = F32(info, 1, n, "x");
-    float* dx = F32(info, 2, n, "dx");
-    ReluGradImpl(dy, x, dx, n);
+    const float* a = F32(info, 0, n, in1);
+    const float* b = F32(info, 1, n, in2);
+    float* o = F32(info, 2, n, out);
+    impl(a, b, o, n);
     return info.Env().Undefined();
   });
 }
 
+// reluGrad(dy, x, dx): dx = x > 0 ? dy : 0 (tfjs' Relu gradient is Step, Cast and Mul: three
+// passes and two temporaries).
+Napi::Value ReluGrad(const Napi::CallbackInfo& info) { return Elementwise(info, "reluGrad", "dy", "x", "dx", ReluGradImpl); }
+
 // add(a, b, out): out = a + b elementwise, equal lengths. tfjs sums the gradients of a tensor read
 // twice (a residual block's input: the conv path and the shortcut) with its Add; wasm's kernel
 // (128-bit SIMD) took ~0.9 ms for a [64,32,32,16] pair, this one ~0.6 (both memory-bound).
-Napi::Value AddFn(const Napi::CallbackInfo& info) {
-  return Guard(info, "add", [&]() -> Napi::Value {
-    if (info.Length() < 1 || !info[0].IsTypedArray()) throw ArgError("a must be a Float32Array");
-    size_t n = info[0].As<Napi::TypedArray>().ElementLength();
-    const float* a = F32(info, 0, n, "a");
-    const float* b = F32(info, 1, n, "b");
-    float* out = F32(info, 2, n, "out");
-    AddImpl(a, b, out, n);
-    return info.Env().Undefined();
-  });
-}
+Napi::Value AddFn(const Napi::CallbackInfo& info) { return Elementwise(info, "add", "a", "b", "out", AddImpl); }
 
 // ---- threads and introspection -----------------------------------------------------------------
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
