@@ -228,7 +228,7 @@ export class SVDConv2D extends tf.layers.Layer {
 
   /**
    * The tfjs conv filter (kh, kw, c, n) = PyTorch W.transpose([2, 3, 1, 0]), built from the factors
-   * with matMul/reshape/transpose only (differentiable; no slicing).
+   * with `scalePermute` (V·diag(s)), matMul, reshape and transpose only (differentiable; no slicing).
    */
   reconstructWeight(): tf.Tensor4D {
     return tf.tidy(() => {
