@@ -463,6 +463,7 @@ SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, fl
     const int64_t r1 = std::min(m, r0 + kBlock);
     for (int64_t r = r0; r < r1; r++) {
       const float* row = x + r * c;
+      for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForRead(row + j);
       for (int64_t j = 0; j < c; j++) acc[j] += row[j];
     }
     for (int64_t j = 0; j < c; j++) s[j] += acc[j];
@@ -491,7 +492,10 @@ SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, fl
   for (int64_t r = 0; r < m; r++) {
     const float* row = x + r * c;
     float* out = y + r * c;
-    for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForWrite(out + j);
+    for (int64_t j = 0; j < c; j += 16) {
+      svd_prefetch::ForWrite(out + j);
+      if (res) svd_prefetch::ForRead(res + r * c + j);
+    }
     if (res) {
       const float* rr = res + r * c;
       for (int64_t j = 0; j < c; j++) out[j] = row[j] * scale[j] + shift[j] + rr[j];

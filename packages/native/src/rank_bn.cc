@@ -92,7 +92,11 @@ SVD_CLONES void MaskAndSum(const float* __restrict dy, const float* __restrict y
     for (int64_t i = b0; i < b1; i++) {
       const float* d = dy + i * c;
       float* gi = g + i * c;
-      for (int64_t j = 0; j < c; j += 16) svd_prefetch::ForWrite(gi + j);
+      for (int64_t j = 0; j < c; j += 16) {
+        svd_prefetch::ForWrite(gi + j);
+        svd_prefetch::ForRead(d + j);
+        if (y) svd_prefetch::ForRead(y + i * c + j);
+      }
       if (y) {
         const float* yi = y + i * c;
 #pragma omp simd
