@@ -20,7 +20,8 @@
  * engine one more row runs it with every conv on oneDNN (our small-OC kernels off), one (inference
  * only) with each factored layer's second conv (1×1, or 1×k spatial) and its batch norm as two
  * kernels (fused-inference.ts off), one (training) with the regularizer as taped tfjs ops instead
- * of one addon call (native-regularizer.ts off), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`).
+ * of one addon call (native-regularizer.ts off), one with the addon's prefetches off (with a
+ * full-rank row the same way), and one with batch norm, ReLU and the shortcut's add as separate layers (`fuseBatchNorm: false`).
  * Inference on the native engine runs the whole model as one lanes-network call (lanes-inference.ts)
  * where the CPU has AVX-512; two inference-only rows time the full-rank and the real-ranks model per
  * op instead, and every inference ratio is against the faster of the full rank's two. `--ranks-ckpt` takes
@@ -158,11 +159,17 @@ interface Variant {
   nativeReg?: boolean;
   /** false: inference timed per op (the fused kernels), not as one lanes-network call. */
   lanes?: boolean;
+  /** false: timed with the addon's prefetches off (packages/native/src/prefetch.h). */
+  prefetch?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
 const lanesOn = info.backend === 'native' && lanesInferenceAvailable();
 if (lanesOn) variants.push({ label: '  full rank, inference per op (lanes network off)', model: base, train: false, lanes: false });
+// And with the addon's streaming kernels not prefetching (here and for the real ranks below).
+const prefetchSwitch = info.backend === 'native' ? loadNative() : null;
+const canPrefetch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setPrefetch === 'function';
+if (canPrefetch) variants.push({ label: '  full rank, prefetch off', model: base, train: true, prefetch: false });
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
 const ranks = ranksSource ? ranksOf(ranksSource) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
@@ -195,6 +202,7 @@ if (addon?.ok && decomposition === 'channel') {
 }
 // On the native engine, training with the regularizer as taped tfjs ops (native-regularizer.ts off).
 if (info.backend === 'native') variants.push({ label: '  same, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false });
+if (canPrefetch) variants.push({ label: '  same, prefetch off', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, prefetch: false });
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
 variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1, fuseBatchNorm: false }), train: true });
@@ -225,6 +233,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.fused === false) setFusedInference(false);
   if (v.fusedTraining === false) setFusedTraining(false);
   if (v.nativeReg === false) setNativeRegularizer(false);
+  if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
   try {
     f();
   } finally {
@@ -233,6 +242,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     setFusedTraining(true);
     setNativeRegularizer(true);
     setLanesInference(true);
+    if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));
