@@ -19,7 +19,9 @@ inline bool g_write = true;
 inline bool g_read = true;
 
 // PREFETCHW of the line kAhead floats past p (a hint: no fault past the buffer's end, and a no-op
-// on x86-64 CPUs without the instruction); nothing off x86-64.
+// on x86-64 CPUs without the instruction); nothing off x86-64. Inline asm, not
+// __builtin_prefetch(p, 1): without -mprfchw (the addon builds for any x86-64) GCC emits that as a
+// plain PREFETCHT0, which asks for the line without ownership.
 inline void ForWrite(const float* p) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (!g_write) return;
