@@ -377,18 +377,30 @@ void Forward(const float* t, const float* p, const float* gamma, const float* be
   for (int64_t o = 0; o < r; o++)
     for (int64_t q = 0; q < r; q++) s[o * r + q] = 0.5 * (static_cast<double>(cov[o * r + q]) + cov[q * r + o]) / n;
   for (int64_t k = 0; k < r * r; k++) cov[k] = static_cast<float>(s[k]);
-  // u's statistics, the affine map, and w = p·diag(scale), in double.
+  // u's statistics, the affine map, and w = p·diag(scale), in double: sp = s·p, then
+  // var_j = Σ_o p[o, j]·sp[o, j]. Loops run along C, which vectorizes (R²·C terms: ~0.1 ms per
+  // layer at R 41, C 64 as dot products down p's columns).
+  std::vector<double> sp(static_cast<size_t>(r * c), 0.0), mus(static_cast<size_t>(c), 0.0),
+      vars(static_cast<size_t>(c), 0.0);
+  for (int64_t o = 0; o < r; o++) {
+    double* spo = sp.data() + o * c;
+    for (int64_t q = 0; q < r; q++) {
+      const double so = s[o * r + q];
+      const float* pq = p + q * c;
+#pragma omp simd
+      for (int64_t j = 0; j < c; j++) spo[j] += so * pq[j];
+    }
+    const double tmo = tm[o] / n;
+    const float* po = p + o * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++) {
+      mus[j] += tmo * po[j];
+      vars[j] += po[j] * spo[j];
+    }
+  }
   std::vector<float> w(static_cast<size_t>(r * c)), shift(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; j++) {
-    double mu = 0.0, var = 0.0;
-    for (int64_t o = 0; o < r; o++) {
-      const double po = p[o * c + j];
-      mu += tm[o] / n * po;
-      double sp = 0.0;
-      for (int64_t q = 0; q < r; q++) sp += s[o * r + q] * p[q * c + j];
-      var += po * sp;
-    }
-    var = std::max(var, 0.0);
+    const double mu = mus[j], var = std::max(vars[j], 0.0);
     const double is = 1.0 / std::sqrt(var + eps);
     const double a = gamma[j] * is;
     mean[j] = static_cast<float>(mu);
@@ -453,23 +465,36 @@ void Backward(const float* dy, const float* y, const float* t, const float* p, c
   }
   // mmat = p·diag(kv)·pᵀ [R, R]; bias = mmat·tmean − p·(scale·dbeta)/n;
   // dp = gc·diag(scale) − n·cov·p·diag(kv).
+  // (R²·C terms each: the sums over C as vector reductions, cov·p along C.)
   std::vector<float> mmat(static_cast<size_t>(r * r)), bias(static_cast<size_t>(r));
+  std::vector<double> pk(static_cast<size_t>(c)), cp(static_cast<size_t>(c));
   for (int64_t o = 0; o < r; o++) {
+    const float* po = p + o * c;
     double row = 0.0;
-    for (int64_t j = 0; j < c; j++) row += p[o * c + j] * scale[j] * db[j];
+#pragma omp simd reduction(+ : row)
+    for (int64_t j = 0; j < c; j++) {
+      row += po[j] * scale[j] * db[j];
+      pk[j] = static_cast<double>(po[j]) * kv[j];
+    }
     double b = -row / n;
     for (int64_t q = 0; q < r; q++) {
+      const float* pq = p + q * c;
       double mq = 0.0;
-      for (int64_t j = 0; j < c; j++) mq += static_cast<double>(p[o * c + j]) * kv[j] * p[q * c + j];
+#pragma omp simd reduction(+ : mq)
+      for (int64_t j = 0; j < c; j++) mq += pk[j] * pq[j];
       mmat[o * r + q] = static_cast<float>(mq);
       b += mq * tmean[q];
     }
     bias[o] = static_cast<float>(b);
-    for (int64_t j = 0; j < c; j++) {
-      double cp = 0.0;
-      for (int64_t q = 0; q < r; q++) cp += static_cast<double>(cov[o * r + q]) * p[q * c + j];
-      dp[o * c + j] = static_cast<float>(gc[o * c + j] * scale[j] - n * cp * kv[j]);
+    std::fill(cp.begin(), cp.end(), 0.0);
+    for (int64_t q = 0; q < r; q++) {
+      const double cq = cov[o * r + q];
+      const float* pq = p + q * c;
+#pragma omp simd
+      for (int64_t j = 0; j < c; j++) cp[j] += cq * pq[j];
     }
+#pragma omp simd
+    for (int64_t j = 0; j < c; j++) dp[o * c + j] = static_cast<float>(gc[o * c + j] * scale[j] - n * cp[j] * kv[j]);
   }
   // dt = g·wᵀ − t·mmatᵀ + bias: the first term from the fused pass or a GEMM, then one GEMM and
   // one pass over the R-channel result.
