@@ -58,6 +58,7 @@ import {
   pruneByEnergy,
   setFusedInference,
   setFusedTraining,
+  setShortcutGradientSum,
   setLanesInference,
   setNativeRegularizer,
   setParameters,
@@ -161,6 +162,8 @@ interface Variant {
   lanes?: boolean;
   /** false: timed with the addon's prefetches off (packages/native/src/prefetch.h). */
   prefetch?: boolean;
+  /** false: training timed with a block input's two gradients summed by tfjs' Add (fused-inference.ts `Step.branch` off). */
+  shortcutSum?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
@@ -199,6 +202,8 @@ if (addon?.ok && decomposition === 'channel') {
   // And in training with batch norm taken from the 1×1 conv's output (rank-space-batch-norm.ts off;
   // channel only: a spatial layer's second conv is 1×k, and its training batch norm is not fused).
   variants.push({ label: '  same, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false });
+  // And with a residual block input's two gradients summed by a separate Add, not in the conv's input-gradient kernel.
+  variants.push({ label: '  same, shortcut gradients summed by a separate Add', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, shortcutSum: false });
 }
 // On the native engine, training with the regularizer as taped tfjs ops (native-regularizer.ts off).
 if (info.backend === 'native') variants.push({ label: '  same, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false });
@@ -232,6 +237,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.lanes === false || v.smallOc === false) setLanesInference(false);
   if (v.fused === false) setFusedInference(false);
   if (v.fusedTraining === false) setFusedTraining(false);
+  if (v.shortcutSum === false) setShortcutGradientSum(false);
   if (v.nativeReg === false) setNativeRegularizer(false);
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
   try {
@@ -240,6 +246,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
     setFusedInference(true);
     setFusedTraining(true);
+    setShortcutGradientSum(true);
     setNativeRegularizer(true);
     setLanesInference(true);
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);

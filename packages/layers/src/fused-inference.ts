@@ -27,7 +27,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
-import { POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
+import { CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
 import { lanesInference } from './lanes-inference.js';
 import { modelGraph } from './model-graph.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
@@ -44,6 +44,12 @@ interface Step {
   fuseWith?: { conv: SVDConv2D; input: number };
   /** For such a conv: its batch norm, which computes the pair (the conv is then skipped). */
   fusedInto?: SVDBatchNorm;
+  /**
+   * For a fused pair whose conv input is read by one other step only, a later batch norm's
+   * shortcut (a residual block's input): in training the conv runs as `rankSpaceBranch`, and that
+   * batch norm reads the branch's second output, so the input's two gradients meet in one kernel.
+   */
+  branch?: boolean;
 }
 
 interface Plan {
@@ -147,6 +153,10 @@ function makePlan(model: tf.LayersModel): Plan | null {
     if (readers.get(src.output) !== 1 || src.output === output) continue;
     step.fuseWith = { conv: src.layer, input: src.inputs[0] };
     src.fusedInto = step.layer;
+    const x = src.inputs[0];
+    step.branch =
+      readers.get(x) === 2 &&
+      steps.some((s) => s.layer instanceof SVDBatchNorm && s.layer.residual && s.inputs[1] === x && steps.indexOf(s) > steps.indexOf(step));
   }
   return { input: model.inputs[0].id, output, steps, readers };
 }
@@ -183,7 +193,7 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
               conv.decomposition === 'spatial'
                 ? rowBatchNorm(conv, bn, convIn, residual)
                 : training
-                  ? bn.callTrainingFromRankSpace(conv.rankSpace(convIn), conv.pointwiseFactor(), residual, true)
+                  ? bn.callTrainingFromRankSpace(rankSpaceFor(step, conv, convIn, values), conv.pointwiseFactor(), residual, true)
                   : pointwiseBatchNorm(conv, bn, convIn, residual);
             if (fused) return fused;
           }
@@ -207,6 +217,29 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
   } finally {
     if (!training) for (const [id, v] of values) if (id !== plan.input) v.dispose();
   }
+}
+
+let branchEnabled = true;
+
+/**
+ * Turns off (false) or back on (the default) the training walk's summing of a residual block
+ * input's two gradients inside the conv's input-gradient kernel (`Step.branch`), for benchmarks
+ * and tests that compare it with tfjs' separate Add.
+ */
+export function setShortcutGradientSum(on: boolean): void {
+  branchEnabled = on;
+}
+
+/**
+ * The conv's rank-space output for a training step; for a branch step (where the engine has the
+ * kernel), from `rankSpaceBranch`, with the input's entry in `values` replaced by the branch's
+ * second output, which the block's shortcut then reads.
+ */
+function rankSpaceFor(step: Step, conv: SVDConv2D, x: tf.Tensor4D, values: Map<number, tf.Tensor>): tf.Tensor4D {
+  if (!step.branch || !branchEnabled || tf.getKernel(CONV2D_BRANCH, tf.getBackend()) == null) return conv.rankSpace(x);
+  const [t, xAgain] = conv.rankSpaceBranch(x);
+  values.set(step.fuseWith!.input, xAgain);
+  return t;
 }
 
 /**

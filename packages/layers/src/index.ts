@@ -13,7 +13,7 @@ export { orthogonalityPenalty } from './orthogonality.js';
 export { l1, hoyer, hoyerSquare, sparsityPenalty } from './sparsity.js';
 export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 export { computeGradients, ensembleLogits, evaluate, meanSoftmaxLogits, teacherLogits, type DistillTarget, type GradientResult, type RegularizationOptions } from './train-step.js';
-export { applyInference, applyTraining, fusedInference, fusedInferenceAvailable, fusedTrainingAvailable, setFusedInference, setFusedTraining } from './fused-inference.js';
+export { applyInference, applyTraining, fusedInference, fusedInferenceAvailable, fusedTrainingAvailable, setFusedInference, setFusedTraining, setShortcutGradientSum } from './fused-inference.js';
 export { nativeRegularizerAvailable, setNativeRegularizer } from './native-regularizer.js';
 export { lanesInference, lanesInferenceAvailable, setLanesInference } from './lanes-inference.js';
 export { rankSpaceBatchNormAvailable, rankSpaceBatchNormTrain, type RankSpaceBatchNormResult } from './rank-space-batch-norm.js';

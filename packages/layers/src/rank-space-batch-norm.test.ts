@@ -2,7 +2,9 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormTrain } from './batch-norm.js';
-import { applyTraining, setFusedTraining } from './fused-inference.js';
+import { applyTraining, setFusedTraining, setShortcutGradientSum } from './fused-inference.js';
+import { profileKernels } from './kernel-profile.js';
+import { CONV2D_BACKPROP_INPUT_SUM, CONV2D_BRANCH } from './kernels/native.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { computeGradients } from './train-step.js';
@@ -132,6 +134,33 @@ describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining,
     expectClose('total loss', [on.total], [off.total], 1e-5);
     for (let i = 0; i < off.grads.length; i++) expectClose(`gradient of ${off.grads[i].name}`, on.grads[i].data, off.grads[i].data, 1e-4);
     for (let i = 0; i < off.buffers.length; i++) expectClose(`buffer ${off.buffers[i].name}`, on.buffers[i].data, off.buffers[i].data, 1e-4);
+  });
+
+  it("sums a residual block input's two gradients in its conv's input-gradient kernel: same gradients, an Add fewer per branch", async () => {
+    const batch = 4;
+    const x = seededUniform(batch * 16 * 16 * 3, 17, 2, -1);
+    const y = Int32Array.from({ length: batch }, (_, i) => (i * 7) % 10);
+    const reg = { lambdaO: 1, lambdaS: 0.01, sparsity: 'hoyer' as const };
+    const run = (on: boolean) => {
+      setShortcutGradientSum(on);
+      const model = prunedTestModel();
+      try {
+        const p = profileKernels(() => computeGradients(model, x, y, reg));
+        const calls = (k: string) => p.kernels.find((e) => e.kernel === k)?.calls ?? 0;
+        return { r: p.result, branches: calls(CONV2D_BRANCH), sums: calls(CONV2D_BACKPROP_INPUT_SUM), adds: calls('Add') };
+      } finally {
+        setShortcutGradientSum(true);
+        model.dispose();
+      }
+    };
+    const { on, off } = await onBackend('native', () => ({ on: run(true), off: run(false) }));
+    // The identity blocks whose first conv is factored (the plan's branch steps).
+    expect(on.branches, 'branch convs with the sum on').toBeGreaterThan(2);
+    expect(on.sums, 'one summed input gradient per branch').toBe(on.branches);
+    expect(off.branches + off.sums, 'none with it off').toBe(0);
+    expect(off.adds - on.adds, 'the Adds the branches replace').toBe(on.branches);
+    expectClose('total loss', [on.r.total], [off.r.total], 1e-6);
+    for (let i = 0; i < off.r.grads.length; i++) expectClose(`gradient of ${off.r.grads[i].name}`, on.r.grads[i].data, off.r.grads[i].data, 1e-4);
   });
 
   it('falls back to model.apply where the engine has no fused kernel (cpu backend)', async () => {

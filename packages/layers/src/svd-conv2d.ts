@@ -32,6 +32,7 @@ import { SvdTrainError, type Decomposition } from '@svd-train/core';
 import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
 import { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
+import { CONV2D_BRANCH } from './kernels/native.js';
 import { scalePermute } from './kernels/scale-permute.js';
 
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
@@ -273,6 +274,22 @@ export class SVDConv2D extends tf.layers.Layer {
     return tf.tidy(() => {
       const p = this.pads(x.shape[1], x.shape[2]);
       return tf.conv2d(x, this.rankFilter(), this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
+    });
+  }
+
+  /**
+   * `rankSpace(x)` and x again as a second output, from one `CONV2D_BRANCH` kernel (the native
+   * engine only): where x is also a residual block's shortcut and the block reads it from this
+   * second output, x's two gradients are summed in the conv's input-gradient pass (no separate Add).
+   */
+  rankSpaceBranch(x: tf.Tensor4D): [tf.Tensor4D, tf.Tensor4D] {
+    if (this.decomposition !== 'channel') {
+      throw new SvdTrainError('CONFIG_INVALID', `${this.name}: rankSpaceBranch is the channel decomposition's first conv; this layer is '${this.decomposition}'`);
+    }
+    return tf.tidy(() => {
+      const p = this.pads(x.shape[1], x.shape[2]);
+      const attrs = { strides: this.strides, pad: [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]], dataFormat: 'NHWC', dilations: [1, 1] };
+      return tf.engine().runKernel(CONV2D_BRANCH, { x, filter: this.rankFilter() }, attrs) as unknown as [tf.Tensor4D, tf.Tensor4D];
     });
   }
 

@@ -308,7 +308,13 @@ void RunFwd(ConvFwd& e, float* x, float* w, float* y) {
   Strm().wait();
 }
 
-// conv2dBackpropInput(dy, filter, dx, shape): dx NHWC [N,H,W,C] from dy [N,OH,OW,F].
+const float* OptionalF32(const Napi::CallbackInfo& info, size_t i, size_t n, const char* name);
+void ConvBackwardDataOneDnn(const ConvShape& s, const std::string& key, float* dy, float* w, float* dx);
+
+// conv2dBackpropInput(dy, filter, dx, shape, res?): dx NHWC [N,H,W,C] from dy [N,OH,OW,F], plus
+// res [N,H,W,C] when given (the gradient a residual block's shortcut sends to the same input,
+// which tfjs would otherwise sum with a separate Add): in the kernel's own pass where ours runs the
+// shape, else added after oneDNN's.
 Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
   return Guard(info, "conv2dBackpropInput", [&]() -> Napi::Value {
     auto p = Ints(info, 3, 17, "shape");
@@ -316,32 +322,45 @@ Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
     float* dy = F32(info, 0, s.ys(), "dy");
     float* w = F32(info, 1, s.ws(), "filter");
     float* dx = F32(info, 2, s.xs(), "dx");
+    const float* res = OptionalF32(info, 4, s.xs(), "res");
     std::string key = Key("d", p);
-    auto& e = conv_bwd_data[key];
-    if (!e) {
-      auto c = std::make_unique<ConvBwdData>();
-      auto hint = s.Fwd();
-      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()), s.wmd(tag::any),
-                                              s.ymd(ActTag()), s.strides(), s.dil(), s.padl(), s.padr());
-      dnnl::convolution_backward_data::primitive_desc pd(d, Eng(), hint);
-      c->prim = dnnl::convolution_backward_data(pd);
-      c->dy = Port(s.ymd(tag::nhwc), pd.diff_dst_desc(), true, false);
-      c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
-      c->dx = Port(s.xmd(tag::nhwc), pd.diff_src_desc(), false, true);
-      c->impl = pd.impl_info_str();
-      e = std::move(c);
+    if (g_small_oc && svd_small_oc::AppliesBackwardInput(SmallGeom(s), s.dh, s.dw)) {
+      small_oc_keys.emplace(key, "svd:small_oc_avx512");
+      svd_small_oc::BackwardInput(SmallGeom(s), dy, w, res, dx);
+      return info.Env().Undefined();
     }
-    e->dy.Bind(dy);
-    e->w.Bind(w);
-    e->dx.Bind(dx);
-    e->dy.In();
-    e->w.In();
-    e->prim.execute(Strm(),
-                    {{DNNL_ARG_DIFF_DST, e->dy.inner}, {DNNL_ARG_WEIGHTS, e->w.inner}, {DNNL_ARG_DIFF_SRC, e->dx.inner}});
-    e->dx.Out();
-    Strm().wait();
+    ConvBackwardDataOneDnn(s, key, dy, w, dx);
+    if (res)
+      for (size_t i = 0; i < s.xs(); i++) dx[i] += res[i];
     return info.Env().Undefined();
   });
+}
+
+// oneDNN's input gradient (primitive cached by shape key).
+void ConvBackwardDataOneDnn(const ConvShape& s, const std::string& key, float* dy, float* w, float* dx) {
+  auto& e = conv_bwd_data[key];
+  if (!e) {
+    auto c = std::make_unique<ConvBwdData>();
+    auto hint = s.Fwd();
+    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, s.xmd(ActTag()), s.wmd(tag::any),
+                                            s.ymd(ActTag()), s.strides(), s.dil(), s.padl(), s.padr());
+    dnnl::convolution_backward_data::primitive_desc pd(d, Eng(), hint);
+    c->prim = dnnl::convolution_backward_data(pd);
+    c->dy = Port(s.ymd(tag::nhwc), pd.diff_dst_desc(), true, false);
+    c->w = Port(s.wmd(tag::hwio), pd.weights_desc(), true, false);
+    c->dx = Port(s.xmd(tag::nhwc), pd.diff_src_desc(), false, true);
+    c->impl = pd.impl_info_str();
+    e = std::move(c);
+  }
+  e->dy.Bind(dy);
+  e->w.Bind(w);
+  e->dx.Bind(dx);
+  e->dy.In();
+  e->w.In();
+  e->prim.execute(Strm(),
+                  {{DNNL_ARG_DIFF_DST, e->dy.inner}, {DNNL_ARG_WEIGHTS, e->w.inner}, {DNNL_ARG_DIFF_SRC, e->dx.inner}});
+  e->dx.Out();
+  Strm().wait();
 }
 
 // conv2dBackpropFilter(x, dy, dw, shape): dw HWIO [KH,KW,C,F].

@@ -25,8 +25,12 @@ export type ConvShape = readonly number[];
 export interface NativeAddon {
   /** y = conv(x, filter). */
   conv2d(x: Float32Array, filter: Float32Array, y: Float32Array, shape: ConvShape): void;
-  /** dx = ∂(conv)/∂x · dy. */
-  conv2dBackpropInput(dy: Float32Array, filter: Float32Array, dx: Float32Array, shape: ConvShape): void;
+  /**
+   * dx = ∂(conv)/∂x · dy, plus `res` (same length as dx) when given: a residual block's shortcut
+   * gradient to the same input, summed in the kernel's pass where our few-channel kernel runs the
+   * shape (stride 1, 16 or 32 input channels, at most 16 outputs, kw 1 or 3), else after oneDNN's.
+   */
+  conv2dBackpropInput(dy: Float32Array, filter: Float32Array, dx: Float32Array, shape: ConvShape, res?: Float32Array): void;
   /** dFilter = ∂(conv)/∂filter · dy, HWIO. */
   conv2dBackpropFilter(x: Float32Array, dy: Float32Array, dFilter: Float32Array, shape: ConvShape): void;
   /**

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -146,6 +147,119 @@ void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw) 
   }
 }
 
+namespace {
+
+// Input gradient, stride 1: dx[n, ih, iw, :] (+ res) = Σ over taps and o of dy[n, ih + pt − kh,
+// iw + pl − kw, o] · w[kh, kw, :, o]. The C input channels are V vectors, so nothing needs a
+// transpose or a reduction: each (tap, o) is a broadcast of dy against a vector of the filter
+// (rearranged to wt [tap][o][c] once per call). Each image's dy is first copied into a zero-bordered
+// buffer (a few dozen KiB), so that every pixel is one case: no border checks, no slow edge path;
+// the copy is channel-planar ([o][row][column]), so the dy values a block broadcasts for one o sit
+// at fixed offsets from one pointer (read NHWC, at a stride of F, they took a register each and the
+// compiler spilled the accumulators).
+struct BackwardInputImageArgs {
+  const Geom& g;
+  const float* d;   // the padded dy image, [o][ph][pw]: row a, column b is dy[a − ta, b − la] (zero outside)
+  int64_t ta, la, ph, pw;  // its top and left border, its height and width
+  const float* wt;
+  const float* res;  // this image's residual gradient or null
+  float* dx;         // this image's dx
+};
+
+// P pixels from (ih, iw). For each (kh, o), the KW filter vectors are loaded once and each of the
+// P + KW − 1 dy values the block reads is broadcast once and feeds every pixel it reaches (up to KW),
+// so loads stay well under the FMAs (one broadcast per FMA, the obvious order, was capped by the
+// machine's two loads a cycle at ~0.75 of this one's speed).
+template <int V, int P, int KW>
+void BackwardInputBlock(const BackwardInputImageArgs& a, int64_t ih, int64_t iw) {
+  const Geom& g = a.g;
+  const int64_t C = g.c, F = g.f, at = (ih * g.w + iw) * C;
+  // Each output line's first store would wait for the line; 16 KiB ahead, a PREFETCHW has it there.
+  for (int p = 0; p < P; p++)
+    for (int v = 0; v < V; v++) {
+      ::svd_prefetch::ForWrite(a.dx + at + p * C + v * 16 + 4096);
+      if (a.res) ::svd_prefetch::ForRead(a.res + at + p * C + v * 16 + 4096);
+    }
+  __m512 acc[P][V];
+  for (int p = 0; p < P; p++)
+    for (int v = 0; v < V; v++) acc[p][v] = a.res ? _mm512_loadu_ps(a.res + at + p * C + v * 16) : _mm512_setzero_ps();
+  for (int64_t kh = 0; kh < g.kh; kh++) {
+    // d: dy's pixel (ih + pt − kh, iw + pl − (KW − 1)), the one tap (kh, KW − 1) of pixel 0 reads.
+    const float* d0 = a.d + (ih + g.pt - kh + a.ta) * a.pw + iw + g.pl - (KW - 1) + a.la;
+    const float* wk = a.wt + kh * KW * F * C;
+    for (int64_t o = 0; o < F; o++) {
+      const float* d = d0 + o * a.ph * a.pw;
+      __m512 wv[KW][V];
+      for (int kw = 0; kw < KW; kw++)
+        for (int v = 0; v < V; v++) wv[kw][v] = _mm512_loadu_ps(wk + (kw * F + o) * C + v * 16);
+#pragma GCC unroll 32
+      for (int q = 0; q < P + KW - 1; q++) {
+        const __m512 b = _mm512_set1_ps(d[q]);
+#pragma GCC unroll 4
+        for (int kw = 0; kw < KW; kw++) {
+          const int p = q - (KW - 1) + kw;
+          if (p < 0 || p >= P) continue;
+          for (int v = 0; v < V; v++) acc[p][v] = _mm512_fmadd_ps(b, wv[kw][v], acc[p][v]);
+        }
+      }
+    }
+  }
+  for (int p = 0; p < P; p++)
+    for (int v = 0; v < V; v++) _mm512_storeu_ps(a.dx + at + p * C + v * 16, acc[p][v]);
+}
+
+template <int V, int KW, int P, int... Q>
+void BackwardInputTail(const BackwardInputImageArgs& a, int64_t ih, int64_t iw, int count,
+                       std::integer_sequence<int, P, Q...>) {
+  if (P > 0 && count == P) return BackwardInputBlock<V, (P > 0 ? P : 1), KW>(a, ih, iw);
+  if constexpr (sizeof...(Q) > 0) BackwardInputTail<V, KW>(a, ih, iw, count, std::integer_sequence<int, Q...>{});
+}
+
+template <int V, int P, int KW>
+void BackwardInputImage(const BackwardInputImageArgs& a) {
+  const int64_t w = a.g.w;
+  for (int64_t ih = 0; ih < a.g.h; ih++) {
+    int64_t iw = 0;
+    for (; iw + P <= w; iw += P) BackwardInputBlock<V, P, KW>(a, ih, iw);
+    if (iw < w) BackwardInputTail<V, KW>(a, ih, iw, static_cast<int>(w - iw), std::make_integer_sequence<int, P>{});
+  }
+}
+
+}  // namespace
+
+void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx) {
+  const int64_t C = g.c, F = g.f, taps = g.kh * g.kw;
+  std::vector<float> wt(static_cast<size_t>(taps * F * C));
+  for (int64_t t = 0; t < taps; t++)
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t o = 0; o < F; o++) wt[(t * F + o) * C + c] = w[(t * C + c) * F + o];
+  // The padded image: dy row a − ta at row a; rows the taps reach run from ih + pt − (KH − 1) >= −ta
+  // to h − 1 + pt, so ta = max(0, KH − 1 − pt) and ph = h + pt + ta (at least oh + ta), likewise
+  // the columns.
+  const int64_t ta = std::max<int64_t>(0, g.kh - 1 - g.pt), la = std::max<int64_t>(0, g.kw - 1 - g.pl);
+  const int64_t ph = std::max(g.h + g.pt, g.oh) + ta, pw = std::max(g.w + g.pl, g.ow) + la;
+  const auto run = C == 16 ? (g.kw == 3 ? BackwardInputImage<1, 16, 3> : BackwardInputImage<1, 16, 1>)
+                           : (g.kw == 3 ? BackwardInputImage<2, 8, 3> : BackwardInputImage<2, 8, 1>);
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<float> pad(static_cast<size_t>(ph * pw * F), 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.n; n++) {
+      // The border stays zero from the fill; each image overwrites the inside.
+      for (int64_t oh = 0; oh < g.oh; oh++) {
+        const float* src = dy + (n * g.oh + oh) * g.ow * F;
+        for (int64_t o = 0; o < F; o++) {
+          float* dst = pad.data() + (o * ph + oh + ta) * pw + la;
+          for (int64_t ow = 0; ow < g.ow; ow++) dst[ow] = src[ow * F + o];
+        }
+      }
+      const int64_t image = g.h * g.w * C;
+      run({g, pad.data(), ta, la, ph, pw, wt.data(), res ? res + n * image : nullptr, dx + n * image});
+    }
+  }
+}
+
 #pragma GCC pop_options
 
 // The most output channels a kernel takes for this shape (see small_oc_conv.h); 0: none.
@@ -166,9 +280,16 @@ bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
          g.kh * g.kw <= 9;
 }
 
+bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw) {
+  return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.sh == 1 && g.sw == 1 && (g.c == 16 || g.c == 32) &&
+         (g.kw == 1 || g.kw == 3) && g.f >= 1 && g.f <= kSmallOcMaxFBackwardInput && g.kh * g.kw <= 9;
+}
+
 #else  // not x86-64 with GCC/Clang: oneDNN runs every shape
 
 bool Applies(const Geom&, int64_t, int64_t, bool) { return false; }
+bool AppliesBackwardInput(const Geom&, int64_t, int64_t) { return false; }
+void BackwardInput(const Geom&, const float*, const float*, const float*, float*) { std::abort(); }
 void Forward(const Geom&, const float*, const float*, float*) { std::abort(); }
 void BackwardWeights(const Geom&, const float*, const float*, float*) { std::abort(); }
 

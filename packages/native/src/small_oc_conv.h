@@ -13,8 +13,14 @@
 //     the reductions and loads made it 1.3-2.4x slower than this one.)
 //   - filter gradient: input channels in the lanes, read NHWC in place; one accumulator per (tap,
 //     16 input channels, output channel), the output gradient broadcast.
-// oneDNN's input gradient is already fast for few output channels and stays. Images run in parallel
-// over OpenMP threads (the count setThreads gives oneDNN).
+//   - input gradient (stride 1, 16 or 32 input channels, kw 1 or 3, up to 16 outputs): the input
+//     channels in the lanes (one or two vectors per pixel), dy broadcast. Its point is the optional
+//     res: a residual block's shortcut gradient summed in the same pass, which saves tfjs' Add of
+//     two activations (~0.7 ms each at 32x32x16, batch 64). Alone it is no faster than oneDNN on
+//     warm buffers (0.66 against 0.48 ms at F = 5, 32x32x16, batch 64) and a little faster in a
+//     training step (0.83 against 0.97 ms a call at F = 5), where its PREFETCHW stores meet a cold
+//     output buffer.
+// Images run in parallel over OpenMP threads (the count setThreads gives oneDNN).
 #pragma once
 #include <cstdint>
 
@@ -37,6 +43,7 @@ constexpr int64_t kSmallOcMaxFForward = 8;
 // stage's F 18, 23, 30, 31, 41 took 5.6 ms on oneDNN, 4.8-5.0 here).
 constexpr int64_t kSmallOcMaxFForwardWide = 48;
 constexpr int64_t kSmallOcMaxFFilter3Taps = 48;
+constexpr int64_t kSmallOcMaxFBackwardInput = 16;
 constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;
 
@@ -51,6 +58,11 @@ struct Geom {
 bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward);
 
 void Forward(const Geom& g, const float* x, const float* w, float* y);
+// The input gradient dx [n,h,w,c] of a stride-1 conv from dy [n,oh,ow,f], plus res [n,h,w,c]
+// unless null (a residual's gradient summed in the same pass). AppliesBackwardInput: AVX-512F, c 16
+// or 32, kw 1 or 3, 1 <= f <= kSmallOcMaxFBackwardInput, at most 9 taps, stride and dilation 1.
+void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx);
+bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw);
 void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw);
 
 }  // namespace svd_small_oc

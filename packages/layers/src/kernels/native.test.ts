@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './native.js';
+import { AFFINE, CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './native.js';
 import { TOL, cpuHasAvx512, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -79,8 +79,14 @@ const SMALL_OC_CASES: ConvCase[] = [
   { x: [2, 4, 3, 16], k: [3, 1], f: 49, s: [1, 1], pad: p(1, 1, 0, 0) },
   { x: [2, 5, 5, 16], k: [1, 1], f: 5, s: [1, 1], pad: 'valid' },
   { x: [2, 6, 6, 32], k: [1, 1], f: 9, s: [2, 2], pad: 'valid' },
+  // The input gradient (stride 1, 16 or 32 channels, kw 1 or 3, up to 16 outputs): rows of 16
+  // pixels and a tail (21 = 16 + 5), 'valid' (dy smaller than dx), 16 outputs and one past.
+  { x: [2, 4, 21, 16], k: [1, 3], f: 6, s: [1, 1], pad: p(0, 0, 1, 1) },
+  { x: [2, 7, 9, 16], k: [3, 3], f: 16, s: [1, 1], pad: 'valid' },
+  { x: [3, 6, 5, 32], k: [3, 3], f: 16, s: [1, 1], pad: 'same' },
+  { x: [3, 6, 5, 32], k: [3, 3], f: 17, s: [1, 1], pad: 'same' },
 ];
-/** How many of a case's forward and filter gradient run on our kernels (small_oc_conv.cc's MaxF). */
+/** How many of a case's forward, filter and input gradients run on our kernels (small_oc_conv.cc's MaxF, AppliesBackwardInput). */
 function smallOcRuns(c: ConvCase): number {
   const taps = c.k[0] * c.k[1];
   // A 1×1 conv at stride 1 without padding never reaches them: it runs as a matmul (isPointwise).
@@ -89,7 +95,8 @@ function smallOcRuns(c: ConvCase): number {
   const forward = taps > 1 && c.f <= (wide ? 48 : 8);
   const strided = c.s[0] > 1 || c.s[1] > 1;
   const filterMax = taps === 1 || strided ? 8 : taps <= 3 ? 48 : 10;
-  return Number(forward) + Number(c.f <= filterMax);
+  const input = !strided && (c.x[3] === 16 || c.x[3] === 32) && (c.k[1] === 1 || c.k[1] === 3) && c.f <= 16;
+  return Number(forward) + Number(c.f <= filterMax) + Number(input);
 }
 const hasAvx512 = cpuHasAvx512();
 const convName = (c: ConvCase) =>
@@ -176,6 +183,55 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
         expectClose(`${tag} dw`, got.dw, want.dw, TOL.backendRel * 10);
         // Which kernels ran, on an AVX-512 CPU (smallOcRuns); never when off.
         expect(ours, tag).toBe(on && hasAvx512 ? smallOcRuns(c) : 0);
+      }
+    });
+  }
+
+  // A residual block's input, read by its first conv and by its shortcut: CONV2D_BRANCH returns x
+  // again, and its gradient sums x's two gradients in the conv's input-gradient call (one addon
+  // call with res, no Add). Shapes our input-gradient kernel runs (16 and 32 channels) and one
+  // oneDNN runs (64 channels: res added after it).
+  const BRANCH_CASES: ConvCase[] = [
+    { x: [2, 6, 7, 16], k: [3, 3], f: 5, s: [1, 1], pad: p(1, 1, 1, 1) },
+    { x: [3, 5, 4, 32], k: [3, 1], f: 9, s: [1, 1], pad: p(1, 1, 0, 0) },
+    { x: [2, 4, 4, 64], k: [3, 3], f: 11, s: [1, 1], pad: p(1, 1, 1, 1) },
+  ];
+  for (const [i, c] of BRANCH_CASES.entries()) {
+    it(`SvdConv2DBranch: y and x again, x's two gradients summed in the input-gradient call ${convName(c)}`, async () => {
+      // L = Σ conv(x, w)·r + Σ x·q: on cpu x is read twice (tfjs sums its gradients with an Add);
+      // on native through the branch, whose second output stands for x.
+      const run = (branch: boolean) =>
+        tf.tidy(() => {
+          const x = tf.tensor4d(seededUniform(c.x.reduce((a, b) => a * b, 1), 40 + i), c.x);
+          const w = tf.tensor4d(seededUniform(c.k[0] * c.k[1] * c.x[3] * c.f, 41 + i), [c.k[0], c.k[1], c.x[3], c.f]);
+          const both = (a: tf.Tensor, b: tf.Tensor): [tf.Tensor, tf.Tensor] => {
+            if (!branch) return [tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad as 'same'), a];
+            const attrs = { strides: c.s, pad: c.pad, dataFormat: 'NHWC', dilations: [1, 1] } as unknown as tf.NamedAttrMap;
+            return tf.engine().runKernel(CONV2D_BRANCH, { x: a, filter: b }, attrs) as unknown as [tf.Tensor, tf.Tensor];
+          };
+          const [y, again] = both(x, w);
+          const r = tf.tensor(seededUniform(y.size, 42 + i), y.shape);
+          const q = tf.tensor(seededUniform(x.size, 43 + i), x.shape);
+          const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => {
+            const [ya, aa] = both(a, b);
+            return tf.add(tf.sum(tf.mul(ya, r)), tf.sum(tf.mul(aa, q)));
+          })([x, w]);
+          return { y: y.dataSync(), again: again.dataSync(), x: x.dataSync(), dx: dx!.dataSync(), dw: dw!.dataSync() };
+        });
+      const want = await onBackend('cpu', () => run(false));
+      const addon = native.ok ? native.addon : undefined;
+      const stock = addon?.conv2dBackpropInput;
+      let withRes = 0;
+      if (addon && stock) addon.conv2dBackpropInput = (...args) => ((withRes += args[4] ? 1 : 0), stock(...args));
+      try {
+        const got = await onBackend('native', () => run(true));
+        expect(Array.from(got.again), 'the second output is x').toEqual(Array.from(got.x));
+        expectClose(`${convName(c)} y`, got.y, want.y, TOL.backendRel * 10);
+        expectClose(`${convName(c)} dx`, got.dx, want.dx, TOL.backendRel * 10);
+        expectClose(`${convName(c)} dw`, got.dw, want.dw, TOL.backendRel * 10);
+        expect(withRes, 'input-gradient calls given the shortcut gradient').toBe(1);
+      } finally {
+        if (addon && stock) addon.conv2dBackpropInput = stock;
       }
     });
   }

@@ -55,6 +55,16 @@ export const RANK_BN_GRAD = 'SvdRankBnGrad';
  * model's variables). Output [n, outFloats]. Inference only: no gradient.
  */
 export const LANES_NET = 'SvdLanesNet';
+/**
+ * A conv whose input a residual block also reads as its shortcut: outputs [y, x], y = conv2d(x,
+ * filter) (Conv2D's attrs) and x itself (the same buffer, no copy). Where the block's shortcut
+ * takes this second output, the gradient function receives both of x's gradients at once and
+ * `CONV2D_BACKPROP_INPUT_SUM` sums them in the input gradient's pass, instead of tfjs' separate Add
+ * of two [N,H,W,C] tensors (`fused-inference.ts`).
+ */
+export const CONV2D_BRANCH = 'SvdConv2DBranch';
+/** Conv2DBackpropInput (its inputs and attrs) plus `res`, a tensor of dx's shape added to dx. */
+export const CONV2D_BACKPROP_INPUT_SUM = 'SvdConv2DBackpropInputSum';
 
 type Conv4 = [number, number, number, number];
 
@@ -108,21 +118,39 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     inputNames: [string, string],
     geometry: (ins: Record<string, TensorInfo>, attrs: Record<string, unknown>) => { x: number[]; filter: number[]; dilations: number | [number, number] },
     outShape: (info: tf.backend_util.Conv2DInfo) => number[],
-    run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[]) => void,
+    run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[], res?: Float32Array) => void,
     asMatmul: (a: Float32Array, b: Float32Array, out: Float32Array, pixels: number, cin: number, cout: number) => void,
+    /** An input of the output's shape added to it (`CONV2D_BACKPROP_INPUT_SUM`'s res): `run` takes it, or it is added after. */
+    sumName?: string,
   ): KernelFunc => (args) => {
     const be = args.backend as unknown as WasmBackend;
     const ins = args.inputs as Record<string, TensorInfo>;
     const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
     const [a, b] = [ins[inputNames[0]], ins[inputNames[1]]];
+    const sum = sumName ? ins[sumName] : undefined;
+    const addSum = (out: TensorInfo): TensorInfo => {
+      if (!sum) return out;
+      const [o, r] = [be.typedArrayFromHeap(out), be.typedArrayFromHeap(sum)];
+      if (addon.add) addon.add(o, r, o);
+      else for (let i = 0; i < o.length; i++) o[i] += r[i];
+      return out;
+    };
     const g = geometry(ins, attrs);
-    if (!isNhwc(attrs.dataFormat) || !allF32(a, b) || g.x.length !== 4 || g.filter.length !== 4) return fallback(name)(args);
+    const stock = () => addSum(fallback(name)(args) as TensorInfo);
+    if (!isNhwc(attrs.dataFormat) || !allF32(a, b, ...(sum ? [sum] : [])) || g.x.length !== 4 || g.filter.length !== 4) return stock();
     const info = tf.backend_util.computeConv2DInfo(g.x as Conv4, g.filter as Conv4, attrs.strides, g.dilations, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
-    if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return fallback(name)(args);
-    const out = be.makeOutput(outShape(info), 'float32');
+    if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return stock();
+    const shape = outShape(info);
+    if (sum && (sum.shape.length !== shape.length || sum.shape.some((d, i) => d !== shape[i]))) {
+      throw new Error(`native ${name}: res has shape [${sum.shape.join(',')}]; expected the output's [${shape.join(',')}]`);
+    }
+    const out = be.makeOutput(shape, 'float32');
     const [va, vb, vo] = [be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(out)];
-    if (isPointwise(info)) asMatmul(va, vb, vo, info.batchSize * info.outHeight * info.outWidth, info.inChannels, info.outChannels);
-    else run(va, vb, vo, convShape(info));
+    if (isPointwise(info)) {
+      asMatmul(va, vb, vo, info.batchSize * info.outHeight * info.outWidth, info.inChannels, info.outChannels);
+      return addSum(out);
+    }
+    run(va, vb, vo, convShape(info), sum ? be.typedArrayFromHeap(sum) : undefined);
     return out;
   };
 
@@ -134,14 +162,26 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     // y[P, cout] = x[P, cin] · w[cin, cout]
     (x, w, y, p, cin, cout) => addon.matmul(x, w, y, [1, 1, p, cin, cout, 0, 0]),
   );
-  const conv2dBackpropInput = convKernel(
-    'Conv2DBackpropInput', ['dy', 'filter'],
-    (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter.shape, dilations: 1 }),
-    (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
-    (dy, w, dx, shape) => addon.conv2dBackpropInput(dy, w, dx, shape),
-    // dx[P, cin] = dy[P, cout] · w[cin, cout]ᵀ
-    (dy, w, dx, p, cin, cout) => addon.matmul(dy, w, dx, [1, 1, p, cout, cin, 0, 1]),
-  );
+  const backpropInput = (sumName?: string) =>
+    convKernel(
+      'Conv2DBackpropInput', ['dy', 'filter'],
+      (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter.shape, dilations: 1 }),
+      (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
+      (dy, w, dx, shape, res) => addon.conv2dBackpropInput(dy, w, dx, shape, res),
+      // dx[P, cin] = dy[P, cout] · w[cin, cout]ᵀ
+      (dy, w, dx, p, cin, cout) => addon.matmul(dy, w, dx, [1, 1, p, cout, cin, 0, 1]),
+      sumName,
+    );
+  const conv2dBackpropInput = backpropInput();
+  const conv2dBackpropInputSum = backpropInput('res');
+
+  /** CONV2D_BRANCH: the conv, and x again under a second reference (as the Identity kernel does). */
+  const conv2dBranch: KernelFunc = (args) => {
+    const { x, filter } = args.inputs as Record<'x' | 'filter', TensorInfo>;
+    const y = conv2d({ ...args, inputs: { x, filter } }) as TensorInfo;
+    (args.backend as unknown as WasmBackend).incRef(x.dataId);
+    return [y, { dataId: x.dataId, shape: x.shape, dtype: x.dtype }];
+  };
   const conv2dBackpropFilter = convKernel(
     'Conv2DBackpropFilter', ['x', 'dy'],
     (ins, attrs) => ({ x: ins.x.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
@@ -367,6 +407,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k('FusedConv2D', fusedConv2d),
     k('Conv2DBackpropInput', conv2dBackpropInput),
     k('Conv2DBackpropFilter', conv2dBackpropFilter),
+    k(CONV2D_BRANCH, conv2dBranch),
+    k(CONV2D_BACKPROP_INPUT_SUM, conv2dBackpropInputSum),
     k('BatchMatMul', batchMatMul),
     k(BN_TRAIN, bnTrain),
     k(BN_GRAD, bnGrad),
@@ -396,6 +438,25 @@ tf.registerGradient({
     const g = relu ? tf.mul(dy as tf.Tensor, tf.step(y)) : (dy as tf.Tensor);
     const outer = g.shape.slice(0, -1).map((_, i) => i);
     return { x: () => tf.mul(g, scale), scale: () => tf.sum(tf.mul(g, x), outer), shift: () => tf.sum(g, outer), residual: () => g };
+  },
+});
+
+// CONV2D_BRANCH's gradient: both of x's gradients (the conv's and the second output's) in one
+// input-gradient call, and the conv's filter gradient as tfjs' Conv2D gradient computes it.
+tf.registerGradient({
+  kernelName: CONV2D_BRANCH,
+  inputsToSave: ['x', 'filter'],
+  gradFunc: (dys, saved, attrs) => {
+    const [dy, dx2] = dys as tf.Tensor[];
+    const [x, filter] = saved as [tf.Tensor4D, tf.Tensor4D];
+    const a = attrs as unknown as tf.Conv2DAttrs;
+    const common = { strides: a.strides, pad: a.pad, dataFormat: a.dataFormat, dimRoundingMode: a.dimRoundingMode };
+    const inputAttrs = { ...common, inputShape: x.shape } as unknown as tf.NamedAttrMap;
+    const filterAttrs = { ...common, filterShape: filter.shape } as unknown as tf.NamedAttrMap;
+    return {
+      x: () => tf.engine().runKernel<tf.Tensor>(CONV2D_BACKPROP_INPUT_SUM, { dy, filter, res: dx2 }, inputAttrs),
+      filter: () => tf.engine().runKernel<tf.Tensor>('Conv2DBackpropFilter', { x, dy }, filterAttrs),
+    };
   },
 });
 
