@@ -55,8 +55,8 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, 
     );
   }
   checkResidual('batchNormTrain', x, fuse.residual);
-  if (tf.getKernel(BN_TRAIN, tf.getBackend()) != null) return withBatchStats(x, gamma, beta, fuse.residual, fusedForward(eps, fuse.relu === true, fuse.residual !== undefined));
-  const r = withBatchStats(x, gamma, beta, undefined, opsForward(x.size / c, c, eps));
+  if (tf.getKernel(BN_TRAIN, tf.getBackend()) != null) return fusedTrain(x, gamma, beta, eps, fuse.relu === true, fuse.residual);
+  const r = withBatchStats(x, gamma, beta, opsForward(x.size / c, c, eps));
   return { ...r, y: compose(r.y, fuse) };
 }
 
@@ -72,32 +72,27 @@ function compose(y: tf.Tensor, fuse: BatchNormFusion): tf.Tensor {
   return fuse.relu ? tf.relu(sum) : sum;
 }
 
-/**
- * A customGrad forward of batch norm that also reports the batch stats it computed (via `keep`).
- * `res` is the residual input when the op has one (its gradient comes last).
- */
+/** A customGrad forward of batch norm that also reports the batch stats it computed (via `keep`). */
 type BnForward = (
-  xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, res: tf.Tensor | undefined, save: tf.GradSaveFunc,
-  keep: (mean: tf.Tensor1D, variance: tf.Tensor1D) => void,
+  xIn: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc, keep: (mean: tf.Tensor1D, variance: tf.Tensor1D) => void,
 ) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
 
 /**
  * Runs `forward` as a custom-gradient op and hands its batch stats back in the caller's scope:
  * inside the op they are `keep`-ed (or they would be freed with its scope), then cloned out here.
  */
-function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, residual: tf.Tensor | undefined, forward: BnForward): BatchNormTrainResult {
+function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, forward: BnForward): BatchNormTrainResult {
   let keptMean: tf.Tensor1D | undefined;
   let keptVar: tf.Tensor1D | undefined;
   const op = tf.customGrad((...args) => {
     const save = args[args.length - 1] as unknown as tf.GradSaveFunc;
     const [xIn, g, b] = args as tf.Tensor[];
-    const res = residual ? (args[3] as tf.Tensor) : undefined;
-    return forward(xIn, g, b, res, save, (mean, variance) => {
+    return forward(xIn, g, b, save, (mean, variance) => {
       keptMean = tf.keep(mean);
       keptVar = tf.keep(variance);
     });
   });
-  const y = residual ? op(x, gamma, beta, residual) : op(x, gamma, beta);
+  const y = op(x, gamma, beta);
   const mean = tf.clone(keptMean!);
   const variance = tf.clone(keptVar!);
   keptMean!.dispose();
@@ -107,7 +102,7 @@ function withBatchStats(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, residua
 
 /** Batch norm from broadcasting elementwise ops and column sums (every backend). */
 function opsForward(m: number, c: number, eps: number): BnForward {
-  return (xIn, g, b, _res, save, keep) => {
+  return (xIn, g, b, save, keep) => {
     // The forward of a customGrad runs with the tape off, so these stats cost no backward work.
     const x2 = tf.reshape<tf.Rank.R2>(xIn, [m, c]);
     const mean = tf.div<tf.Tensor1D>(columnSum(x2), m);
@@ -139,28 +134,34 @@ function opsForward(m: number, c: number, eps: number): BnForward {
  * two passes over x forward and two backward instead of about ten elementwise ops, and the
  * backward keeps x, mean and variance rather than x̂. With `relu` and a residual, the same two
  * kernels add the residual and apply the ReLU in their last pass, and the backward masks dy by
- * the saved output (y > 0) and returns the residual's gradient too.
+ * the saved output (y > 0) and returns the residual's gradient too. The kernel's gradient is
+ * registered (below): the batch stats are its outputs as they are, where a customGrad op needed
+ * them kept and cloned out (tfjs runs an Identity kernel and records a tape node per clone).
  */
-function fusedForward(eps: number, relu: boolean, residual: boolean): BnForward {
-  return (xIn, g, b, res, save, keep) => {
-    const inputs: Record<string, tf.Tensor> = { x: xIn, gamma: g, beta: b };
-    if (res) inputs.residual = res;
-    const [y, mean, variance] = tf.engine().runKernel<tf.Tensor[]>(BN_TRAIN, inputs, { epsilon: eps, relu });
-    // mean and variance are also saved for the backward, which disposes them: keep copies.
-    keep(tf.clone(mean) as tf.Tensor1D, tf.clone(variance) as tf.Tensor1D);
-    // The output is saved for the ReLU's mask: the next layer keeps it anyway (it is its input).
-    save(relu ? [xIn, mean, variance, g, y] : [xIn, mean, variance, g]);
-    return {
-      value: y,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sm, sv, sg, sy] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D, tf.Tensor | undefined];
-        const gin: Record<string, tf.Tensor> = { x: sx, dy, mean: sm, variance: sv, gamma: sg };
-        if (sy) gin.y = sy;
-        return tf.engine().runKernel<tf.Tensor[]>(BN_GRAD, gin, { epsilon: eps, residual });
-      },
-    };
-  };
+function fusedTrain(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number, relu: boolean, residual: tf.Tensor | undefined): BatchNormTrainResult {
+  const inputs: Record<string, tf.Tensor> = { x, gamma, beta };
+  if (residual) inputs.residual = residual;
+  const [y, mean, variance] = tf.engine().runKernel<tf.Tensor[]>(BN_TRAIN, inputs, { epsilon: eps, relu, residual: residual !== undefined });
+  return { y, mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D };
 }
+
+// BN_TRAIN's gradient, registered once (only the native engine has the kernel): one BN_GRAD call
+// from x, gamma, the batch stats and, for the ReLU's mask, y (the next layer keeps it anyway: it
+// is its input).
+tf.registerGradient({
+  kernelName: BN_TRAIN,
+  inputsToSave: ['x', 'gamma'],
+  outputsToSave: [true, true, true],
+  gradFunc: (dys, saved, attrs) => {
+    const [dy] = dys as tf.Tensor[];
+    const [x, gamma, y, mean, variance] = saved;
+    const { epsilon, relu, residual } = attrs as unknown as { epsilon: number; relu: boolean; residual: boolean };
+    const gin: Record<string, tf.Tensor> = { x, dy, mean, variance, gamma };
+    if (relu) gin.y = y;
+    const [dx, dgamma, dbeta, dres] = tf.engine().runKernel<tf.Tensor[]>(BN_GRAD, gin, { epsilon, residual });
+    return { x: () => dx, gamma: () => dgamma, beta: () => dbeta, residual: () => dres };
+  },
+});
 
 /** Eval-mode batch norm as a per-channel map y = x·scale + shift: scale = γ/√(var + eps), shift = β − mean·scale. */
 export function inferenceAffine(mean: tf.Tensor, variance: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): { scale: tf.Tensor; shift: tf.Tensor } {

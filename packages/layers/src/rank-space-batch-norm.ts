@@ -61,32 +61,29 @@ export function rankSpaceBatchNormTrain(
   const relu = opts.relu === true;
   const residual = opts.residual !== undefined;
   const pTransposed = opts.pTransposed === true;
-  let keptMean: tf.Tensor1D | undefined;
-  let keptVar: tf.Tensor1D | undefined;
-  const op = tf.customGrad((...args) => {
-    const save = args[args.length - 1] as unknown as tf.GradSaveFunc;
-    const [tIn, pIn, g, b] = args as tf.Tensor[];
-    const inputs: Record<string, tf.Tensor> = { t: tIn, p: pIn, gamma: g, beta: b };
-    if (residual) inputs.residual = args[4] as tf.Tensor;
-    const [y, mean, variance, tmean, cov, scale, invstd] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu, pTransposed });
-    keptMean = tf.keep(mean as tf.Tensor1D);
-    keptVar = tf.keep(variance as tf.Tensor1D);
-    // The output is saved for the ReLU's mask: the next layer keeps it anyway (it is its input).
-    save(relu ? [tIn, pIn, tmean, cov, scale, invstd, y] : [tIn, pIn, tmean, cov, scale, invstd]);
-    return {
-      value: y,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [st, sp, stm, scov, ssc, sinv, sy] = saved;
-        const gin: Record<string, tf.Tensor> = { dy, t: st, p: sp, tmean: stm, cov: scov, scale: ssc, invstd: sinv };
-        if (sy) gin.y = sy;
-        return tf.engine().runKernel<tf.Tensor[]>(RANK_BN_GRAD, gin, { residual, pTransposed });
-      },
-    };
-  });
-  const y = residual ? op(t, p, gamma, beta, opts.residual!) : op(t, p, gamma, beta);
-  const mean = tf.clone(keptMean!);
-  const variance = tf.clone(keptVar!);
-  keptMean!.dispose();
-  keptVar!.dispose();
-  return { y, mean, variance };
+  const inputs: Record<string, tf.Tensor> = { t, p, gamma, beta };
+  if (opts.residual) inputs.residual = opts.residual;
+  const [y, mean, variance, state] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu, residual, pTransposed });
+  // The gradient keeps its own reference to state (the tape saves it); nobody else reads it.
+  state.dispose();
+  return { y, mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D };
 }
+
+// The gradient of RANK_BN_TRAIN, registered once (only the native engine has the kernel): one
+// RANK_BN_GRAD call from what the forward saved, t, p, y (for the ReLU's mask) and its packed
+// state. A registered gradient, not tf.customGrad: tfjs copies every saved tensor through an
+// Identity kernel and a tape node, and customGrad's output statistics needed two more clones.
+tf.registerGradient({
+  kernelName: RANK_BN_TRAIN,
+  inputsToSave: ['t', 'p'],
+  outputsToSave: [true, false, false, true],
+  gradFunc: (dys, saved, attrs) => {
+    const [dy] = dys as tf.Tensor[];
+    const [t, p, y, state] = saved;
+    const { relu, residual, pTransposed } = attrs as unknown as { relu: boolean; residual: boolean; pTransposed: boolean };
+    const gin: Record<string, tf.Tensor> = { dy, t, p, state };
+    if (relu) gin.y = y;
+    const [dt, dp, dgamma, dbeta, dres] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_GRAD, gin, { residual, pTransposed });
+    return { t: () => dt, p: () => dp, gamma: () => dgamma, beta: () => dbeta, residual: () => dres };
+  },
+});

@@ -101,6 +101,14 @@ function isPointwise(info: tf.backend_util.Conv2DInfo): boolean {
   );
 }
 
+/** Length of the rank-space batch norm's `state` output for rank r and c channels. */
+export const rankBnStateSize = (r: number, c: number) => r + r * r + 2 * c;
+
+/** Views of `state`'s parts: tmean [r], cov [r, r], scale [c], invstd [c]. */
+function rankBnState(state: Float32Array, r: number, c: number): [Float32Array, Float32Array, Float32Array, Float32Array] {
+  return [state.subarray(0, r), state.subarray(r, r + r * r), state.subarray(r + r * r, r + r * r + c), state.subarray(r + r * r + c, r + r * r + 2 * c)];
+}
+
 /** The [cols, rows] transpose of a row-major [rows, cols] matrix, as a new array. */
 function transposed(a: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
@@ -354,6 +362,11 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  /**
+   * Outputs y, mean, variance and `state` = [tmean (r) | cov (r·r) | scale (c) | invstd (c)]: what
+   * the gradient needs from the forward in one tensor (tfjs copies every tensor a gradient saves
+   * through an Identity kernel and a tape node; four small ones were ~60 µs a layer).
+   */
   const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     const { t, p, gamma, beta, residual } = inputs as Record<'t' | 'p' | 'gamma' | 'beta', TensorInfo> & { residual?: TensorInfo };
@@ -362,31 +375,35 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const m = t.shape.reduce((a, d) => a * d, 1) / r;
     const out = (shape: number[]) => be.makeOutput(shape, 'float32');
     const y = out([...t.shape.slice(0, -1), c]);
-    const [mean, variance, tmean, cov, scale, invstd] = [out([c]), out([c]), out([r]), out([r, r]), out([c]), out([c])];
+    const [mean, variance, state] = [out([c]), out([c]), out([rankBnStateSize(r, c)])];
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
     const pv = pTransposed ? transposed(v(p), c, r) : v(p);
-    addon.rankBnForward(v(t), pv, v(gamma), v(beta), v(y), v(mean), v(variance), v(tmean), v(cov), v(scale), v(invstd), [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
-    return [y, mean, variance, tmean, cov, scale, invstd];
+    addon.rankBnForward(v(t), pv, v(gamma), v(beta), v(y), v(mean), v(variance), tmean, cov, scale, invstd, [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
+    return [y, mean, variance, state];
   };
 
   const rankBnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     // y: the forward's output, present when it applied a ReLU (its gradient masks dy).
-    const { dy, t, p, tmean, cov, scale, invstd, y } = inputs as Record<'dy' | 't' | 'p' | 'tmean' | 'cov' | 'scale' | 'invstd', TensorInfo> & { y?: TensorInfo };
+    const { dy, t, p, state, y } = inputs as Record<'dy' | 't' | 'p' | 'state', TensorInfo> & { y?: TensorInfo };
     const { residual, pTransposed } = (attrs ?? {}) as { residual?: boolean; pTransposed?: boolean };
     const [r, c] = (pTransposed ? [...p.shape].reverse() : p.shape) as [number, number];
     const m = t.shape.reduce((a, d) => a * d, 1) / r;
+    const stateSize = state.shape.reduce((a, d) => a * d, 1);
+    if (stateSize !== rankBnStateSize(r, c)) throw new Error(`native ${RANK_BN_GRAD}: state has ${stateSize} values; expected ${rankBnStateSize(r, c)} for rank ${r}, ${c} channels`);
     const dt = be.makeOutput([...t.shape], 'float32');
     const dp = be.makeOutput([...p.shape], 'float32');
     const dg = be.makeOutput([c], 'float32');
     const db = be.makeOutput([c], 'float32');
     const dres = residual ? be.makeOutput([...dy.shape], 'float32') : undefined;
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
+    const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
     // With p given as [c, r] (a layer's U), the addon gets its [r, c] transpose and dp comes back
     // through a scratch: r·c is at most a few thousand floats.
     const pv = pTransposed ? transposed(v(p), c, r) : v(p);
     const dpv = pTransposed ? new Float32Array(r * c) : v(dp);
-    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), pv, v(tmean), v(cov), v(scale), v(invstd), v(dt), dpv, v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
+    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), pv, tmean, cov, scale, invstd, v(dt), dpv, v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
     if (pTransposed) v(dp).set(transposed(dpv, r, c));
     return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
   };
