@@ -729,20 +729,34 @@ void RankBnMatMul(const float* a, const float* b, float* out, int64_t rows, int6
   RunMatMul(a, b, out, 1, 1, rows, k, n, ta, tb);
 }
 
-// rankBnForward(t, p, gamma, beta, y, mean, variance, tmean, cov, scale, invstd, [M, R, C, relu], eps,
-// residual?): train-mode batch norm of u = t·p computed from t (see rank_bn.h); t [M, R], p [R, C],
+// p as rank_bn.h takes it, [R, C]: itself, or (transposed, a layer's U as stored, [C, R]) its
+// transpose in a scratch (R·C is at most a few thousand floats).
+const float* PlainP(const float* p, int64_t r, int64_t c, bool transposed) {
+  if (!transposed) return p;
+  static thread_local std::vector<float> rc;
+  rc.resize(static_cast<size_t>(r * c));
+  for (int64_t j = 0; j < c; j++)
+    for (int64_t o = 0; o < r; o++) rc[static_cast<size_t>(o * c + j)] = p[j * r + o];
+  return rc.data();
+}
+
+// rankBnForward(t, p, gamma, beta, y, mean, variance, tmean, cov, scale, invstd, [M, R, C, relu, pT],
+// eps, residual?): train-mode batch norm of u = t·p computed from t (see rank_bn.h); t [M, R], p [R, C]
+// ([C, R] when pT is 1),
 // gamma, beta, mean, variance, scale, invstd [C], tmean [R], cov [R, R], y and residual [M, C].
 Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
   return Guard(info, "rankBnForward", [&]() -> Napi::Value {
-    auto d = Ints(info, 11, 4, "shape");
+    auto d = Ints(info, 11, 5, "shape");
     const int64_t m = d[0], r = d[1], c = d[2];
-    if (m < 1 || r < 1 || c < 1 || d[3] < 0 || d[3] > 1) throw ArgError("rankBnForward shape must be [M >= 1, R >= 1, C >= 1, relu 0 or 1]");
+    if (m < 1 || r < 1 || c < 1 || d[3] > 1 || d[4] > 1) {
+      throw ArgError("rankBnForward shape must be [M >= 1, R >= 1, C >= 1, relu 0 or 1, p transposed 0 or 1]");
+    }
     CheckCounts({double(m) * r, double(m) * c, double(r) * c, double(r) * r});
     if (info.Length() < 13 || !info[12].IsNumber()) throw ArgError("eps must be a number");
     const double eps = info[12].As<Napi::Number>().DoubleValue();
     const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
     const float* t = F32(info, 0, static_cast<size_t>(m * r), "t");
-    const float* p = F32(info, 1, rs * cs, "p");
+    const float* p = PlainP(F32(info, 1, rs * cs, "p"), r, c, d[4] == 1);
     const float* gamma = F32(info, 2, cs, "gamma");
     const float* beta = F32(info, 3, cs, "beta");
     float* y = F32(info, 4, mc, "y");
@@ -804,20 +818,21 @@ Napi::Value SvdRegularizer(const Napi::CallbackInfo& info) {
   });
 }
 
-// rankBnBackward(dy, y?, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres?, [M, R, C]):
+// rankBnBackward(dy, y?, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres?, [M, R, C, pT]):
 // rankBnForward's gradient; y (empty: no ReLU) is its output, whose mask y > 0 applies to dy; dres
-// (empty: no residual) receives the residual's gradient.
+// (empty: no residual) receives the residual's gradient; p and dp are [C, R] when pT is 1.
 Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
   return Guard(info, "rankBnBackward", [&]() -> Napi::Value {
-    auto d = Ints(info, 13, 3, "shape");
+    auto d = Ints(info, 13, 4, "shape");
     const int64_t m = d[0], r = d[1], c = d[2];
-    if (m < 1 || r < 1 || c < 1) throw ArgError("rankBnBackward shape must be [M >= 1, R >= 1, C >= 1]");
+    const bool pt = d[3] == 1;
+    if (m < 1 || r < 1 || c < 1 || d[3] > 1) throw ArgError("rankBnBackward shape must be [M >= 1, R >= 1, C >= 1, p transposed 0 or 1]");
     CheckCounts({double(m) * r, double(m) * c, double(r) * c, double(r) * r});
     const size_t mc = static_cast<size_t>(m * c), cs = static_cast<size_t>(c), rs = static_cast<size_t>(r);
     const float* dy = F32(info, 0, mc, "dy");
     const float* y = OptionalF32(info, 1, mc, "y");
     const float* t = F32(info, 2, static_cast<size_t>(m * r), "t");
-    const float* p = F32(info, 3, rs * cs, "p");
+    const float* p = PlainP(F32(info, 3, rs * cs, "p"), r, c, pt);
     const float* tmean = F32(info, 4, rs, "tmean");
     const float* cov = F32(info, 5, rs * rs, "cov");
     const float* scale = F32(info, 6, cs, "scale");
@@ -827,7 +842,14 @@ Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
     float* dgamma = F32(info, 10, cs, "dgamma");
     float* dbeta = F32(info, 11, cs, "dbeta");
     float* dres = const_cast<float*>(OptionalF32(info, 12, mc, "dres"));
-    svd_rank_bn::Backward(dy, y, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres, m, r, c, RankBnMatMul);
+    // With p given as [C, R], dp goes out the same way: computed [R, C], then transposed.
+    static thread_local std::vector<float> dp_rc;
+    if (pt) dp_rc.resize(rs * cs);
+    svd_rank_bn::Backward(dy, y, t, p, tmean, cov, scale, invstd, dt, pt ? dp_rc.data() : dp, dgamma, dbeta, dres, m, r, c,
+                          RankBnMatMul);
+    if (pt)
+      for (int64_t o = 0; o < r; o++)
+        for (int64_t j = 0; j < c; j++) dp[j * r + o] = dp_rc[static_cast<size_t>(o * c + j)];
     return info.Env().Undefined();
   });
 }

@@ -109,13 +109,6 @@ function rankBnState(state: Float32Array, r: number, c: number): [Float32Array, 
   return [state.subarray(0, r), state.subarray(r, r + r * r), state.subarray(r + r * r, r + r * r + c), state.subarray(r + r * r + c, r + r * r + 2 * c)];
 }
 
-/** The [cols, rows] transpose of a row-major [rows, cols] matrix, as a new array. */
-function transposed(a: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j]!;
-  return out;
-}
-
 function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc): KernelConfig[] {
   /**
    * The three convolution kernels differ only in which two tensors go in, where the x and filter
@@ -378,8 +371,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const [mean, variance, state] = [out([c]), out([c]), out([rankBnStateSize(r, c)])];
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
     const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
-    const pv = pTransposed ? transposed(v(p), c, r) : v(p);
-    addon.rankBnForward(v(t), pv, v(gamma), v(beta), v(y), v(mean), v(variance), tmean, cov, scale, invstd, [m, r, c, relu ? 1 : 0], epsilon, residual ? v(residual) : none);
+    addon.rankBnForward(v(t), v(p), v(gamma), v(beta), v(y), v(mean), v(variance), tmean, cov, scale, invstd, [m, r, c, relu ? 1 : 0, pTransposed ? 1 : 0], epsilon, residual ? v(residual) : none);
     return [y, mean, variance, state];
   };
 
@@ -399,12 +391,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const dres = residual ? be.makeOutput([...dy.shape], 'float32') : undefined;
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
     const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
-    // With p given as [c, r] (a layer's U), the addon gets its [r, c] transpose and dp comes back
-    // through a scratch: r·c is at most a few thousand floats.
-    const pv = pTransposed ? transposed(v(p), c, r) : v(p);
-    const dpv = pTransposed ? new Float32Array(r * c) : v(dp);
-    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), pv, tmean, cov, scale, invstd, v(dt), dpv, v(dg), v(db), dres ? v(dres) : none, [m, r, c]);
-    if (pTransposed) v(dp).set(transposed(dpv, r, c));
+    // p (and dp) as [c, r] when pTransposed (a layer's U as stored): the addon transposes.
+    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), v(p), tmean, cov, scale, invstd, v(dt), v(dp), v(dg), v(db), dres ? v(dres) : none, [m, r, c, pTransposed ? 1 : 0]);
     return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
   };
 
