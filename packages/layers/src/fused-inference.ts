@@ -27,7 +27,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
-import { CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './kernels/native.js';
+import { CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './kernels/native.js';
 import { lanesInference } from './lanes-inference.js';
 import { modelGraph } from './model-graph.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
@@ -205,7 +205,10 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
         release(input);
         for (const id of step.inputs.slice(1)) release(id);
       } else {
-        const layerOut = () => step.layer.apply(ins.length === 1 ? ins[0] : ins, { training }) as tf.Tensor;
+        const layerOut = () =>
+          isNhwcMeanPool(step.layer) && ins.length === 1 && ins[0].rank === 4
+            ? meanPool(ins[0] as tf.Tensor4D)
+            : (step.layer.apply(ins.length === 1 ? ins[0] : ins, { training }) as tf.Tensor);
         y = training ? layerOut() : tf.tidy(layerOut);
         for (const id of step.inputs) release(id);
       }
@@ -217,6 +220,13 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
   } finally {
     if (!training) for (const [id, v] of values) if (id !== plan.input) v.dispose();
   }
+}
+
+/** tf.layers' global average pooling over an NHWC input (`meanPool`'s one kernel each way on the native engine). */
+function isNhwcMeanPool(layer: Layer): boolean {
+  if (layer.getClassName() !== 'GlobalAveragePooling2D') return false;
+  const format = (layer.getConfig() as { dataFormat?: string }).dataFormat;
+  return format === undefined || format === 'channelsLast';
 }
 
 let branchEnabled = true;

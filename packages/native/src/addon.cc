@@ -933,6 +933,49 @@ Napi::Value ReluGrad(const Napi::CallbackInfo& info) { return Elementwise(info, 
 // (128-bit SIMD) took ~0.9 ms for a [64,32,32,16] pair, this one ~0.6 (both memory-bound).
 Napi::Value AddFn(const Napi::CallbackInfo& info) { return Elementwise(info, "add", "a", "b", "out", AddImpl); }
 
+// meanPool(x, y, [N, P, C]): y[n, c] = mean over the P pixels of x[n, p, c] (global average
+// pooling, NHWC with P = H·W); meanPoolGrad(dy, dx, [N, P, C]): dx[n, p, c] = dy[n, c] / P. tfjs' Mean
+// and its gradient (a ones tensor of x's shape, a Mul and a RealDiv) took ~1.3 ms a ResNet-20 step
+// at batch 64.
+Napi::Value MeanPool(const Napi::CallbackInfo& info) {
+  return Guard(info, "meanPool", [&]() -> Napi::Value {
+    auto d = Ints(info, 2, 3, "shape");
+    const int64_t n = d[0], px = d[1], c = d[2];
+    if (n < 1 || px < 1 || c < 1) throw ArgError("shape must be [N >= 1, P >= 1, C >= 1]");
+    CheckCounts({double(n) * px * c});
+    const float* x = F32(info, 0, static_cast<size_t>(n * px * c), "x");
+    float* y = F32(info, 1, static_cast<size_t>(n * c), "y");
+    std::vector<double> acc(static_cast<size_t>(c));
+    for (int64_t i = 0; i < n; i++) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t q = 0; q < px; q++) {
+        const float* row = x + (i * px + q) * c;
+        for (int64_t j = 0; j < c; j++) acc[static_cast<size_t>(j)] += row[j];
+      }
+      for (int64_t j = 0; j < c; j++) y[i * c + j] = static_cast<float>(acc[static_cast<size_t>(j)] / static_cast<double>(px));
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MeanPoolGrad(const Napi::CallbackInfo& info) {
+  return Guard(info, "meanPoolGrad", [&]() -> Napi::Value {
+    auto d = Ints(info, 2, 3, "shape");
+    const int64_t n = d[0], px = d[1], c = d[2];
+    if (n < 1 || px < 1 || c < 1) throw ArgError("shape must be [N >= 1, P >= 1, C >= 1]");
+    CheckCounts({double(n) * px * c});
+    const float* dy = F32(info, 0, static_cast<size_t>(n * c), "dy");
+    float* dx = F32(info, 1, static_cast<size_t>(n * px * c), "dx");
+    const float inv = 1.0f / static_cast<float>(px);
+    std::vector<float> g(static_cast<size_t>(c));
+    for (int64_t i = 0; i < n; i++) {
+      for (int64_t j = 0; j < c; j++) g[static_cast<size_t>(j)] = dy[i * c + j] * inv;
+      for (int64_t q = 0; q < px; q++) std::copy(g.begin(), g.end(), dx + (i * px + q) * c);
+    }
+    return info.Env().Undefined();
+  });
+}
+
 // ---- threads and introspection -----------------------------------------------------------------
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return Guard(info, "setThreads", [&]() -> Napi::Value {
@@ -1122,6 +1165,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("add", Napi::Function::New(env, AddFn));
+  exports.Set("meanPool", Napi::Function::New(env, MeanPool));
+  exports.Set("meanPoolGrad", Napi::Function::New(env, MeanPoolGrad));
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));
   exports.Set("rowConvAffine", Napi::Function::New(env, RowConvAffineFn));

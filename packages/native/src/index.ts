@@ -96,6 +96,12 @@ export interface NativeAddon {
     residual?: Float32Array,
   ): void;
   /**
+   * Global average pooling, y [N, C] = the mean of x [N, P, C] over its P pixels, and its gradient
+   * dx [N, P, C] = dy / P. shape [N, P, C]. Absent from addons built before them.
+   */
+  meanPool?(x: Float32Array, y: Float32Array, shape: readonly [number, number, number]): void;
+  meanPoolGrad?(dy: Float32Array, dx: Float32Array, shape: readonly [number, number, number]): void;
+  /**
    * Train-mode batch norm of u = t·p from the rank-space t [M, R] (p [R, C]): y = act(bn(u) (+ residual)),
    * u's batch mean and biased variance, and what the backward needs (t's mean [R] and covariance
    * [R, R], scale = gamma·invstd and invstd [C]). shape [M, R, C, relu, pT]: p is [R, C], or with

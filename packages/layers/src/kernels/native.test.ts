@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE, CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE } from './native.js';
+import { AFFINE, CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './native.js';
 import { TOL, cpuHasAvx512, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -235,6 +235,32 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
       }
     });
   }
+
+  it('SvdMeanPool (global average pooling) and its gradient match tf.mean over axes 1, 2', async () => {
+    for (const shape of [[3, 8, 8, 64], [2, 1, 5, 7], [1, 1, 1, 3]] as [number, number, number, number][]) {
+      const run = (ours: boolean) =>
+        tf.tidy(() => {
+          const x = tf.tensor4d(seededUniform(shape.reduce((a, b) => a * b, 1), 50, 2, 0.3), shape);
+          const r = tf.tensor2d(seededUniform(shape[0] * shape[3], 51), [shape[0], shape[3]]);
+          const pool = (a: tf.Tensor) => (ours ? meanPool(a as tf.Tensor4D) : tf.mean(a, [1, 2]));
+          const [dx] = tf.grads((a: tf.Tensor) => tf.sum(tf.mul(pool(a), r)))([x]);
+          return { y: pool(x).dataSync(), dx: dx!.dataSync() };
+        });
+      const want = await onBackend('cpu', () => run(false));
+      const addon = native.ok ? native.addon : undefined;
+      const stock = addon?.meanPoolGrad;
+      let calls = 0;
+      if (addon && stock) addon.meanPoolGrad = (...args) => (calls++, stock(...args));
+      try {
+        const got = await onBackend('native', () => run(true));
+        expectClose(`[${shape}] y`, got.y, want.y, TOL.backendRel);
+        expectClose(`[${shape}] dx`, got.dx, want.dx, TOL.backendRel);
+        expect(calls, `[${shape}] the gradient ran on the addon`).toBe(1);
+      } finally {
+        if (addon && stock) addon.meanPoolGrad = stock;
+      }
+    }
+  });
 
   it('Conv2D with dilation 2 (forward; tfjs has no dilated conv gradient)', async () => {
     const run = () =>
@@ -573,6 +599,10 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
     expect(code(() => a.setPrefetch!([1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setPrefetch: flags must be 0 or 1/);
     expect(code(() => a.setPrefetch!([1, 1]))).toBe('no error');
+    expect(code(() => a.meanPool!(f(12), f(4), [2, 3, 2]))).toBe('no error');
+    expect(code(() => a.meanPool!(f(12), f(3), [2, 3, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPool: .*y has 3 elements; expected 4/);
+    expect(code(() => a.meanPoolGrad!(f(4), f(12), [2, 0, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPoolGrad: shape must be \[N >= 1, P >= 1, C >= 1\]/);
+    expect(code(() => a.conv2dBackpropInput(f(16), f(9), f(16), [1, 4, 4, 1, 1, 3, 3, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1], f(15)))).toMatch(/^NATIVE_BAD_ARGUMENT: .*res has 15 elements; expected 16/);
     expect(code(() => a.add!(f(6), f(5), f(6)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: b has 5 elements; expected 6/);
     expect(code(() => a.add!(f(6), f(6), f(7)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: out has 7 elements; expected 6/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 0]))).toBe('no error');

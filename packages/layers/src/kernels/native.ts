@@ -65,6 +65,13 @@ export const LANES_NET = 'SvdLanesNet';
 export const CONV2D_BRANCH = 'SvdConv2DBranch';
 /** Conv2DBackpropInput (its inputs and attrs) plus `res`, a tensor of dx's shape added to dx. */
 export const CONV2D_BACKPROP_INPUT_SUM = 'SvdConv2DBackpropInputSum';
+/**
+ * Global average pooling of NHWC x [N,H,W,C] to [N,C] (tf.mean over axes 1 and 2), and its
+ * gradient dx = dy / (H·W) broadcast over the pixels (attrs { inputShape }), where tfjs' Mean
+ * gradient makes a ones tensor of x's shape, a Mul and a RealDiv.
+ */
+export const MEAN_POOL = 'SvdMeanPool';
+export const MEAN_POOL_GRAD = 'SvdMeanPoolGrad';
 
 type Conv4 = [number, number, number, number];
 
@@ -406,6 +413,23 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     return y;
   };
 
+  const meanPool: KernelFunc = ({ inputs, backend }) => {
+    const be = backend as unknown as WasmBackend;
+    const { x } = inputs as { x: TensorInfo };
+    const [n, h, w, c] = x.shape as [number, number, number, number];
+    const y = be.makeOutput([n, c], 'float32');
+    addon.meanPool!(be.typedArrayFromHeap(x), be.typedArrayFromHeap(y), [n, h * w, c]);
+    return y;
+  };
+  const meanPoolGrad: KernelFunc = ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { dy } = inputs as { dy: TensorInfo };
+    const [n, h, w, c] = (attrs as unknown as { inputShape: [number, number, number, number] }).inputShape;
+    const dx = be.makeOutput([n, h, w, c], 'float32');
+    addon.meanPoolGrad!(be.typedArrayFromHeap(dy), be.typedArrayFromHeap(dx), [n, h * w, c]);
+    return dx;
+  };
+
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [
     k('Conv2D', conv2d),
@@ -414,6 +438,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k('Conv2DBackpropFilter', conv2dBackpropFilter),
     k(CONV2D_BRANCH, conv2dBranch),
     k(CONV2D_BACKPROP_INPUT_SUM, conv2dBackpropInputSum),
+    ...(typeof addon.meanPool === 'function' && typeof addon.meanPoolGrad === 'function' ? [k(MEAN_POOL, meanPool), k(MEAN_POOL_GRAD, meanPoolGrad)] : []),
     k('BatchMatMul', batchMatMul),
     k(BN_TRAIN, bnTrain),
     k(BN_GRAD, bnGrad),
@@ -464,6 +489,21 @@ tf.registerGradient({
     };
   },
 });
+
+// MEAN_POOL's gradient: dy / (H·W) over every pixel, in one kernel.
+tf.registerGradient({
+  kernelName: MEAN_POOL,
+  gradFunc: (dy, _saved, attrs) => ({ x: () => tf.engine().runKernel<tf.Tensor>(MEAN_POOL_GRAD, { dy: dy as tf.Tensor }, attrs) }),
+});
+
+/**
+ * tf.mean(x, [1, 2]) of a float32 NHWC x [N,H,W,C] as MEAN_POOL where the active backend has it,
+ * else tf.mean itself.
+ */
+export function meanPool(x: tf.Tensor4D): tf.Tensor2D {
+  if (x.dtype !== 'float32' || tf.getKernel(MEAN_POOL, tf.getBackend()) == null) return tf.mean(x, [1, 2]);
+  return tf.engine().runKernel<tf.Tensor2D>(MEAN_POOL, { x }, { inputShape: x.shape });
+}
 
 /** The kernels ours replaced (undefined: there was none), to restore and to fall back on. */
 let saved: Map<string, KernelConfig | undefined> | undefined;
