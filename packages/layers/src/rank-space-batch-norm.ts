@@ -63,26 +63,27 @@ export function rankSpaceBatchNormTrain(
   const pTransposed = opts.pTransposed === true;
   const inputs: Record<string, tf.Tensor> = { t, p, gamma, beta };
   if (opts.residual) inputs.residual = opts.residual;
-  const [y, mean, variance, state] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu, residual, pTransposed });
-  // The gradient keeps its own reference to state (the tape saves it); nobody else reads it.
+  const [y, mean, variance, state, mask] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_TRAIN, inputs, { epsilon: eps, relu, residual, pTransposed });
+  // The gradient keeps its own references to state and mask (the tape saves them); nobody else reads them.
   state.dispose();
+  mask.dispose();
   return { y, mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D };
 }
 
 // The gradient of RANK_BN_TRAIN, registered once (only the native engine has the kernel): one
-// RANK_BN_GRAD call from what the forward saved, t, p, y (for the ReLU's mask) and its packed
-// state. A registered gradient, not tf.customGrad: tfjs copies every saved tensor through an
+// RANK_BN_GRAD call from what the forward saved, t, p, y and the ReLU's mask as bits (which the
+// one-pass backward reads instead of y) and its packed state. A registered gradient, not tf.customGrad: tfjs copies every saved tensor through an
 // Identity kernel and a tape node, and customGrad's output statistics needed two more clones.
 tf.registerGradient({
   kernelName: RANK_BN_TRAIN,
   inputsToSave: ['t', 'p'],
-  outputsToSave: [true, false, false, true],
+  outputsToSave: [true, false, false, true, true],
   gradFunc: (dys, saved, attrs) => {
     const [dy] = dys as tf.Tensor[];
-    const [t, p, y, state] = saved;
+    const [t, p, y, state, mask] = saved;
     const { relu, residual, pTransposed } = attrs as unknown as { relu: boolean; residual: boolean; pTransposed: boolean };
     const gin: Record<string, tf.Tensor> = { dy, t, p, state };
-    if (relu) gin.y = y;
+    if (relu) Object.assign(gin, { y, mask });
     const [dt, dp, dgamma, dbeta, dres] = tf.engine().runKernel<tf.Tensor[]>(RANK_BN_GRAD, gin, { residual, pTransposed });
     return { t: () => dt, p: () => dp, gamma: () => dgamma, beta: () => dbeta, residual: () => dres };
   },

@@ -93,6 +93,20 @@ float* F32(const Napi::CallbackInfo& info, size_t i, size_t want, const char* na
   return a.Data();  // Data() already includes the byteOffset.
 }
 
+// An optional Uint16Array argument of exactly `want` elements (absent: null).
+uint16_t* OptionalU16(const Napi::CallbackInfo& info, size_t i, size_t want, const char* name) {
+  if (i >= info.Length() || info[i].IsUndefined()) return nullptr;
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+    throw ArgError(std::string(name) + " must be a Uint16Array");
+  }
+  Napi::Uint16Array a = info[i].As<Napi::Uint16Array>();
+  if (a.ElementLength() != want) {
+    throw ArgError(std::string(name) + " has " + std::to_string(a.ElementLength()) + " elements; expected " +
+                   std::to_string(want));
+  }
+  return a.Data();
+}
+
 std::vector<int64_t> Ints(const Napi::CallbackInfo& info, size_t i, size_t n, const char* name) {
   if (i >= info.Length() || !info[i].IsArray()) throw ArgError(std::string(name) + " must be an array of integers");
   Napi::Array a = info[i].As<Napi::Array>();
@@ -741,8 +755,8 @@ const float* PlainP(const float* p, int64_t r, int64_t c, bool transposed) {
 }
 
 // rankBnForward(t, p, gamma, beta, y, mean, variance, tmean, cov, scale, invstd, [M, R, C, relu, pT],
-// eps, residual?): train-mode batch norm of u = t·p computed from t (see rank_bn.h); t [M, R], p [R, C]
-// ([C, R] when pT is 1),
+// eps, residual?, mask?): train-mode batch norm of u = t·p computed from t (see rank_bn.h); t [M, R],
+// p [R, C] ([C, R] when pT is 1); mask (Uint16Array, M·ceil(C/16)) gets y > 0 as bits when relu;
 // gamma, beta, mean, variance, scale, invstd [C], tmean [R], cov [R, R], y and residual [M, C].
 Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
   return Guard(info, "rankBnForward", [&]() -> Napi::Value {
@@ -766,8 +780,9 @@ Napi::Value RankBnForward(const Napi::CallbackInfo& info) {
     float* cov = F32(info, 8, rs * rs, "cov");
     float* scale = F32(info, 9, cs, "scale");
     float* invstd = F32(info, 10, cs, "invstd");
+    uint16_t* mask = OptionalU16(info, 14, static_cast<size_t>(m * svd_pointwise::MaskWords(c)), "mask");
     svd_rank_bn::Forward(t, p, gamma, beta, OptionalF32(info, 13, mc, "residual"), y, mean, variance, tmean, cov, scale,
-                         invstd, m, r, c, eps, d[3] == 1, RankBnMatMul);
+                         invstd, m, r, c, eps, d[3] == 1, RankBnMatMul, mask);
     return info.Env().Undefined();
   });
 }
@@ -820,7 +835,8 @@ Napi::Value SvdRegularizer(const Napi::CallbackInfo& info) {
 
 // rankBnBackward(dy, y?, t, p, tmean, cov, scale, invstd, dt, dp, dgamma, dbeta, dres?, [M, R, C, pT]):
 // rankBnForward's gradient; y (empty: no ReLU) is its output, whose mask y > 0 applies to dy; dres
-// (empty: no residual) receives the residual's gradient; p and dp are [C, R] when pT is 1.
+// (empty: no residual) receives the residual's gradient; p and dp are [C, R] when pT is 1; mask?
+// (index 14, the forward's) stands in for y where the one-pass path runs (y is still required).
 Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
   return Guard(info, "rankBnBackward", [&]() -> Napi::Value {
     auto d = Ints(info, 13, 4, "shape");
@@ -845,8 +861,9 @@ Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
     // With p given as [C, R], dp goes out the same way: computed [R, C], then transposed.
     static thread_local std::vector<float> dp_rc;
     if (pt) dp_rc.resize(rs * cs);
+    const uint16_t* mask = OptionalU16(info, 14, static_cast<size_t>(m * svd_pointwise::MaskWords(c)), "mask");
     svd_rank_bn::Backward(dy, y, t, p, tmean, cov, scale, invstd, dt, pt ? dp_rc.data() : dp, dgamma, dbeta, dres, m, r, c,
-                          RankBnMatMul);
+                          RankBnMatMul, mask);
     if (pt)
       for (int64_t o = 0; o < r; o++)
         for (int64_t j = 0; j < c; j++) dp[j * r + o] = dp_rc[static_cast<size_t>(o * c + j)];

@@ -105,19 +105,23 @@ export interface NativeAddon {
    * Train-mode batch norm of u = t·p from the rank-space t [M, R] (p [R, C]): y = act(bn(u) (+ residual)),
    * u's batch mean and biased variance, and what the backward needs (t's mean [R] and covariance
    * [R, R], scale = gamma·invstd and invstd [C]). shape [M, R, C, relu, pT]: p is [R, C], or with
-   * pT 1 its transpose [C, R] (a channel-factored layer's U as stored).
+   * pT 1 its transpose [C, R] (a channel-factored layer's U as stored). mask, with relu: y > 0 as
+   * bits, M·ceil(C/16) 16-bit words (bit l of word k: channel 16k + l), for rankBnBackward.
    */
   rankBnForward(
     t: Float32Array, p: Float32Array, gamma: Float32Array, beta: Float32Array, y: Float32Array, mean: Float32Array, variance: Float32Array,
     tmean: Float32Array, cov: Float32Array, scale: Float32Array, invstd: Float32Array, shape: readonly [number, number, number, number, number], eps: number, residual?: Float32Array,
+    mask?: Uint16Array,
   ): void;
   /**
    * rankBnForward's gradient: dt, dp, dgamma, dbeta and (dres non-empty) the residual's; y empty when
-   * the forward had no ReLU. shape [M, R, C, pT]: with pT 1, p and dp are [C, R].
+   * the forward had no ReLU. shape [M, R, C, pT]: with pT 1, p and dp are [C, R]. mask: the
+   * forward's bits of y > 0 (M·ceil(C/16) words), read instead of y where the one-pass path runs.
    */
   rankBnBackward(
     dy: Float32Array, y: Float32Array, t: Float32Array, p: Float32Array, tmean: Float32Array, cov: Float32Array, scale: Float32Array, invstd: Float32Array,
     dt: Float32Array, dp: Float32Array, dgamma: Float32Array, dbeta: Float32Array, dres: Float32Array, shape: readonly [number, number, number, number],
+    mask?: Uint16Array,
   ): void;
   /**
    * The SVD regularizer of every layer and its gradient in one call (packages/native/src/regularizer.h):

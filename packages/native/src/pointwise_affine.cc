@@ -55,7 +55,7 @@ void GenericPixel(const float* t0, int64_t tap, const float* w, int64_t nt, int6
 // tap j's `tap` floats further; w holds nt taps of [r, C]. y gets B pixels of C floats.
 template <int V, int B>
 void Block(const float* t0, int64_t step, int64_t tap, const float* w, int64_t nt, int64_t r, const float* shift,
-           float* y, bool relu, const float* res) {
+           float* y, bool relu, const float* res, uint16_t* mask) {
   constexpr int64_t C = 16 * V;
   __m512 acc[B][V];
   for (int v = 0; v < V; v++) {
@@ -85,6 +85,7 @@ void Block(const float* t0, int64_t step, int64_t tap, const float* w, int64_t n
         svd_prefetch::ForRead(res + off);
         out = _mm512_add_ps(out, _mm512_loadu_ps(res + off));
       }
+      if (mask) mask[b * V + v] = static_cast<uint16_t>(_mm512_cmp_ps_mask(out, zero, _CMP_GT_OQ));
       if (relu) out = _mm512_max_ps(out, zero);
       _mm512_storeu_ps(y + off, out);
     }
@@ -95,12 +96,13 @@ void Block(const float* t0, int64_t step, int64_t tap, const float* w, int64_t n
 // on each other). at(x) gives pixel x's first tap's input.
 template <int V, typename At>
 void Blocks(At at, int64_t x, int64_t end, int64_t step, int64_t tap, const float* w, int64_t nt, int64_t r,
-            const float* shift, float* yrow, const float* rrow, bool relu) {
+            const float* shift, float* yrow, const float* rrow, bool relu, uint16_t* mrow = nullptr) {
   constexpr int B = V <= 2 ? 8 : 6;
   constexpr int64_t C = 16 * V;
   auto run = [&](auto width) {
     constexpr int Bw = decltype(width)::value;
-    for (; x + Bw <= end; x += Bw) Block<V, Bw>(at(x), step, tap, w, nt, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr);
+    for (; x + Bw <= end; x += Bw)
+      Block<V, Bw>(at(x), step, tap, w, nt, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr, mrow ? mrow + x * V : nullptr);
   };
   run(std::integral_constant<int, B>{});
   if constexpr (B > 4) run(std::integral_constant<int, 4>{});
@@ -110,19 +112,20 @@ void Blocks(At at, int64_t x, int64_t end, int64_t step, int64_t tap, const floa
 
 template <int V>
 void Segment(const RowGeom& g, const float* trow, const float* w, const float* shift, float* yrow, const float* rrow,
-             int64_t x0, int64_t x1, int64_t in0, int64_t in1, bool relu) {
+             int64_t x0, int64_t x1, int64_t in0, int64_t in1, bool relu, uint16_t* mrow) {
   constexpr int64_t C = 16 * V;
   const int64_t r = g.r, step = g.sw * r;
   auto at = [&](int64_t x) { return trow + (x * g.sw - g.pl) * r; };
   auto edge = [&](int64_t x) {
     const int64_t first = x * g.sw - g.pl;
     const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kw, g.win - first));
-    Block<V, 1>(trow + (first + j0) * r, step, r, w + j0 * r * C, j1 - j0, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr);
+    Block<V, 1>(trow + (first + j0) * r, step, r, w + j0 * r * C, j1 - j0, r, shift, yrow + x * C, relu, rrow ? rrow + x * C : nullptr,
+                mrow ? mrow + x * V : nullptr);
   };
   int64_t x = x0;
   for (; x < std::min(x1, in0); x++) edge(x);
   const int64_t end = std::max(x, std::min(x1, in1));
-  Blocks<V>(at, x, end, step, r, w, g.kw, r, shift, yrow, rrow, relu);
+  Blocks<V>(at, x, end, step, r, w, g.kw, r, shift, yrow, rrow, relu, mrow);
   for (x = end; x < x1; x++) edge(x);
 }
 
@@ -134,17 +137,19 @@ bool Fast(int64_t c) { return ::svd_lanes::Available() && c % 16 == 0 && c >= 16
 
 // Output columns [x0, x1) of row q. Columns [in0, in1) have every tap inside the row.
 void RunSegment(const RowGeom& g, const float* t, const float* w, const float* shift, float* y, const float* res,
-                int64_t q, int64_t x0, int64_t x1, int64_t in0, int64_t in1, bool relu) {
+                int64_t q, int64_t x0, int64_t x1, int64_t in0, int64_t in1, bool relu, uint16_t* mask) {
   const float* trow = t + q * g.win * g.r;
   float* yrow = y + q * g.wout * g.c;
   const float* rrow = res ? res + q * g.wout * g.c : nullptr;
+  const int64_t words = MaskWords(g.c);
+  uint16_t* mrow = mask ? mask + q * g.wout * words : nullptr;
 #ifdef SVD_PW_X86
   if (Fast(g.c)) {
     switch (g.c / 16) {
-      case 1: return Segment<1>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu);
-      case 2: return Segment<2>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu);
-      case 3: return Segment<3>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu);
-      default: return Segment<4>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu);
+      case 1: return Segment<1>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu, mrow);
+      case 2: return Segment<2>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu, mrow);
+      case 3: return Segment<3>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu, mrow);
+      default: return Segment<4>(g, trow, w, shift, yrow, rrow, x0, x1, in0, in1, relu, mrow);
     }
   }
 #endif
@@ -153,14 +158,22 @@ void RunSegment(const RowGeom& g, const float* t, const float* w, const float* s
   for (int64_t x = x0; x < x1; x++) {
     const int64_t first = x * g.sw - g.pl;
     const int64_t j0 = std::max<int64_t>(0, -first), j1 = std::max(j0, std::min<int64_t>(g.kw, g.win - first));
-    GenericPixel(trow + (first + j0) * g.r, g.r, w + j0 * g.r * g.c, j1 - j0, g.r, g.c, shift, yrow + x * g.c, relu, rrow ? rrow + x * g.c : nullptr);
+    float* yo = yrow + x * g.c;
+    GenericPixel(trow + (first + j0) * g.r, g.r, w + j0 * g.r * g.c, j1 - j0, g.r, g.c, shift, yo, relu, rrow ? rrow + x * g.c : nullptr);
+    // The mask from the output (after the ReLU, y > 0 is the same test).
+    if (mrow)
+      for (int64_t k = 0; k < words; k++) {
+        uint16_t bits = 0;
+        for (int64_t l = 0; l < 16 && k * 16 + l < g.c; l++) bits |= static_cast<uint16_t>(yo[k * 16 + l] > 0.0f) << l;
+        mrow[x * words + k] = bits;
+      }
   }
 }
 
 }  // namespace
 
 void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float* shift, float* y, bool relu,
-                   const float* res) {
+                   const float* res, uint16_t* mask) {
   // The interior columns: x·sw − pl >= 0 and x·sw − pl + kw − 1 < Win.
   const int64_t in0 = (g.pl + g.sw - 1) / g.sw;
   const int64_t in1 = std::max(in0, g.win - g.kw + g.pl >= 0 ? (g.win - g.kw + g.pl) / g.sw + 1 : 0);
@@ -174,7 +187,7 @@ void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float
     const int64_t p0 = total * id / k, p1 = total * (id + 1) / k;
     for (int64_t p = p0; p < p1;) {
       const int64_t q = p / g.wout, x0 = p % g.wout, x1 = std::min(g.wout, x0 + (p1 - p));
-      RunSegment(g, t, w, shift, y, res, q, x0, x1, in0, std::min(in1, g.wout), relu);
+      RunSegment(g, t, w, shift, y, res, q, x0, x1, in0, std::min(in1, g.wout), relu, mask);
       p += x1 - x0;
     }
   }
@@ -283,8 +296,8 @@ void SpatialAffine(const SpatialGeom& g, const float* x, const float* k1, const 
 }
 
 void PointwiseAffine(const float* t, const float* w, const float* shift, float* y, int64_t m, int64_t r, int64_t c,
-                     bool relu, const float* res) {
-  RowConvAffine(RowGeom{1, m, m, 1, 1, 0, r, c}, t, w, shift, y, relu, res);
+                     bool relu, const float* res, uint16_t* mask) {
+  RowConvAffine(RowGeom{1, m, m, 1, 1, 0, r, c}, t, w, shift, y, relu, res, mask);
 }
 
 }  // namespace svd_pointwise

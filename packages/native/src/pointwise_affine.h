@@ -22,15 +22,19 @@
 
 namespace svd_pointwise {
 
+// mask, unless null, gets y > 0 as bits: MaskWords(c) 16-bit words per output pixel, bit l of word
+// k for channel 16·k + l (what a training backward masks dy with, instead of reading y again).
+constexpr int64_t MaskWords(int64_t c) { return (c + 15) / 16; }
+
 void PointwiseAffine(const float* t, const float* w, const float* shift, float* y, int64_t m, int64_t r, int64_t c,
-                     bool relu, const float* res);
+                     bool relu, const float* res, uint16_t* mask = nullptr);
 
 struct RowGeom {
   int64_t q, win, wout, kw, sw, pl, r, c;
 };
 
 void RowConvAffine(const RowGeom& g, const float* t, const float* w, const float* shift, float* y, bool relu,
-                   const float* res);
+                   const float* res, uint16_t* mask = nullptr);
 
 // A whole spatially factored layer at inference, with its batch norm (SpatialAffine):
 //   t = conv_kh×1(x, k1) (stride sh, top padding pt), y = act(conv_1×kw(t, w2) + shift (+ res))

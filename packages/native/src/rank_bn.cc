@@ -140,11 +140,13 @@ bool FusedApplies(int64_t r, int64_t c) {
 }
 
 // One row the plain way (the rows left over after the 16-row blocks), into the same accumulators.
-void GradRow(const float* dy, const float* y, const float* t, const float* tmean, const float* w, float* g,
-             float* dt, int64_t i, int64_t r, int64_t c, double* dbeta, double* gc) {
+void GradRow(const float* dy, const float* y, const uint16_t* mask, const float* t, const float* tmean, const float* w,
+             float* g, float* dt, int64_t i, int64_t r, int64_t c, double* dbeta, double* gc) {
   for (int64_t o = 0; o < r; o++) dt[i * r + o] = 0.0f;
+  const int64_t words = svd_pointwise::MaskWords(c);
   for (int64_t j = 0; j < c; j++) {
-    const float v = !y || y[i * c + j] > 0.0f ? dy[i * c + j] : 0.0f;
+    const bool on = mask ? ((mask[i * words + j / 16] >> (j % 16)) & 1) != 0 : !y || y[i * c + j] > 0.0f;
+    const float v = on ? dy[i * c + j] : 0.0f;
     if (g) g[i * c + j] = v;
     dbeta[j] += v;
     for (int64_t o = 0; o < r; o++) {
@@ -161,8 +163,8 @@ void GradRow(const float* dy, const float* y, const float* t, const float* tmean
 #include "lanes.h"
 
 template <int V>
-void GradRowsFused(const float* dy, const float* y, const float* t, const float* tmean, const float* w, float* g,
-                   float* dt, int64_t i0, int64_t i1, int64_t r, double* dbeta, double* gc) {
+void GradRowsFused(const float* dy, const float* y, const uint16_t* mask, const float* t, const float* tmean,
+                   const float* w, float* g, float* dt, int64_t i0, int64_t i1, int64_t r, double* dbeta, double* gc) {
   constexpr int64_t c = 16 * V;
   const int* col = svd_lanes::Perm().col;
   // wp[(o·V + v)·16 + q] = w[o][v·16 + col[q]]: the weight of the column Transpose16 leaves in row q.
@@ -187,9 +189,13 @@ void GradRowsFused(const float* dy, const float* y, const float* t, const float*
         for (int k = 0; k < 16; k++) {
           const int64_t off = (i + k) * c + v * 16;
           svd_prefetch::ForRead(dy + off);
-          if (y) svd_prefetch::ForRead(y + off);
           __m512 gk = _mm512_loadu_ps(dy + off);
-          if (y) gk = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(y + off), zero, _CMP_GT_OQ), gk);
+          if (mask) {
+            gk = _mm512_maskz_mov_ps(static_cast<__mmask16>(mask[(i + k) * V + v]), gk);
+          } else if (y) {
+            svd_prefetch::ForRead(y + off);
+            gk = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(y + off), zero, _CMP_GT_OQ), gk);
+          }
           if (g) {
             svd_prefetch::ForWrite(g + off);
             _mm512_storeu_ps(g + off, gk);
@@ -215,7 +221,7 @@ void GradRowsFused(const float* dy, const float* y, const float* t, const float*
     // agc[o·V + v] lane l is gc[o][v·16 + l].
     for (int64_t k = 0; k < r * c; k++) gc[k] += fgc[k];
   }
-  for (; i < i1; i++) GradRow(dy, y, t, tmean, w, g, dt, i, r, c, dbeta, gc);
+  for (; i < i1; i++) GradRow(dy, y, mask, t, tmean, w, g, dt, i, r, c, dbeta, gc);
 }
 
 // dt[i, :] += bias − t[i, :]·mmatᵀ over rows [i0, i1), R <= 16: 16 rows of t transposed at a time
@@ -303,14 +309,14 @@ void CovRowsFused(const float* t, const float* tmean, int64_t i0, int64_t i1, in
 #endif
 
 // Rows [i0, i1) of the fused pass (FusedApplies(r, c) must hold).
-void GradRows(const float* dy, const float* y, const float* t, const float* tmean, const float* w, float* g,
-              float* dt, int64_t i0, int64_t i1, int64_t r, int64_t c, double* dbeta, double* gc) {
+void GradRows(const float* dy, const float* y, const uint16_t* mask, const float* t, const float* tmean, const float* w,
+              float* g, float* dt, int64_t i0, int64_t i1, int64_t r, int64_t c, double* dbeta, double* gc) {
 #ifdef SVD_RANK_BN_X86
-  if (c == 16) return GradRowsFused<1>(dy, y, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
-  if (c == 32) return GradRowsFused<2>(dy, y, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
-  if (c == 64) return GradRowsFused<4>(dy, y, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
+  if (c == 16) return GradRowsFused<1>(dy, y, mask, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
+  if (c == 32) return GradRowsFused<2>(dy, y, mask, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
+  if (c == 64) return GradRowsFused<4>(dy, y, mask, t, tmean, w, g, dt, i0, i1, r, dbeta, gc);
 #endif
-  for (int64_t i = i0; i < i1; i++) GradRow(dy, y, t, tmean, w, g, dt, i, r, c, dbeta, gc);
+  for (int64_t i = i0; i < i1; i++) GradRow(dy, y, mask, t, tmean, w, g, dt, i, r, c, dbeta, gc);
 }
 
 // dt[i, :] += bias − t[i, :]·mmatᵀ over rows [i0, i1) of the fused path (FusedApplies held).
@@ -339,7 +345,7 @@ struct Partials {
 
 void Forward(const float* t, const float* p, const float* gamma, const float* beta, const float* res, float* y,
              float* mean, float* variance, float* tmean, float* cov, float* scale, float* invstd, int64_t m,
-             int64_t r, int64_t c, double eps, bool relu, MatMul matmul) {
+             int64_t r, int64_t c, double eps, bool relu, MatMul matmul, uint16_t* mask) {
   const int threads = Threads(m);
   const double n = static_cast<double>(m);
   Partials sums(threads, static_cast<size_t>(r));
@@ -410,12 +416,12 @@ void Forward(const float* t, const float* p, const float* gamma, const float* be
     shift[j] = static_cast<float>(beta[j] - mu * a);
     for (int64_t o = 0; o < r; o++) w[o * c + j] = static_cast<float>(p[o * c + j] * a);
   }
-  svd_pointwise::PointwiseAffine(t, w.data(), shift.data(), y, m, r, c, relu, res);
+  svd_pointwise::PointwiseAffine(t, w.data(), shift.data(), y, m, r, c, relu, res, relu ? mask : nullptr);
 }
 
 void Backward(const float* dy, const float* y, const float* t, const float* p, const float* tmean, const float* cov,
               const float* scale, const float* invstd, float* dt, float* dp, float* dgamma, float* dbeta,
-              float* dres, int64_t m, int64_t r, int64_t c, MatMul matmul) {
+              float* dres, int64_t m, int64_t r, int64_t c, MatMul matmul, const uint16_t* mask) {
   const int threads = Threads(m);
   const double n = static_cast<double>(m);
   // w = p·diag(scale), dt's first term g·wᵀ.
@@ -433,7 +439,7 @@ void Backward(const float* dy, const float* y, const float* t, const float* p, c
     {
       const int id = omp_get_thread_num(), k = omp_get_num_threads();
       double* part = red.per[static_cast<size_t>(id)].data();
-      GradRows(dy, y, t, tmean, w.data(), dres, dt, m * id / k, m * (id + 1) / k, r, c, part, part + c);
+      GradRows(dy, y, mask, t, tmean, w.data(), dres, dt, m * id / k, m * (id + 1) / k, r, c, part, part + c);
     }
     const std::vector<double> sums = red.Sum();
     std::copy(sums.begin(), sums.begin() + c, db.begin());

@@ -108,6 +108,16 @@ function isPointwise(info: tf.backend_util.Conv2DInfo): boolean {
   );
 }
 
+/** 16-bit words of a ReLU mask per row of c channels (pointwise_affine.h's MaskWords). */
+const maskWords = (c: number) => Math.ceil(c / 16);
+
+/** The rank-space batch norm's int32 `mask` tensor as the addon's Uint16Array of m·maskWords(c) words. */
+function maskView(be: WasmBackend, mask: TensorInfo, m: number, c: number): Uint16Array {
+  const words = be.typedArrayFromHeap(mask) as unknown as Int32Array;
+  if (words.length * 2 < m * maskWords(c)) throw new Error(`native ${RANK_BN_GRAD}: mask has ${words.length * 2} words; expected ${m * maskWords(c)}`);
+  return new Uint16Array(words.buffer, words.byteOffset, m * maskWords(c));
+}
+
 /** Length of the rank-space batch norm's `state` output for rank r and c channels. */
 export const rankBnStateSize = (r: number, c: number) => r + r * r + 2 * c;
 
@@ -363,9 +373,10 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   };
 
   /**
-   * Outputs y, mean, variance and `state` = [tmean (r) | cov (r·r) | scale (c) | invstd (c)]: what
-   * the gradient needs from the forward in one tensor (tfjs copies every tensor a gradient saves
-   * through an Identity kernel and a tape node; four small ones were ~60 µs a layer).
+   * Outputs y, mean, variance, `state` = [tmean (r) | cov (r·r) | scale (c) | invstd (c)] (what the
+   * gradient needs from the forward in one tensor: tfjs copies every tensor a gradient saves
+   * through an Identity kernel and a tape node; four small ones were ~60 µs a layer) and `mask`,
+   * with relu y > 0 as bits (int32, two 16-bit words each), which the backward reads instead of y.
    */
   const rankBnTrain: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
@@ -376,16 +387,20 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const out = (shape: number[]) => be.makeOutput(shape, 'float32');
     const y = out([...t.shape.slice(0, -1), c]);
     const [mean, variance, state] = [out([c]), out([c]), out([rankBnStateSize(r, c)])];
+    const mask = be.makeOutput([relu ? Math.ceil((m * maskWords(c)) / 2) : 1], 'int32');
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
     const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
-    addon.rankBnForward(v(t), v(p), v(gamma), v(beta), v(y), v(mean), v(variance), tmean, cov, scale, invstd, [m, r, c, relu ? 1 : 0, pTransposed ? 1 : 0], epsilon, residual ? v(residual) : none);
-    return [y, mean, variance, state];
+    addon.rankBnForward(
+      v(t), v(p), v(gamma), v(beta), v(y), v(mean), v(variance), tmean, cov, scale, invstd, [m, r, c, relu ? 1 : 0, pTransposed ? 1 : 0],
+      epsilon, residual ? v(residual) : none, relu ? maskView(be, mask, m, c) : undefined,
+    );
+    return [y, mean, variance, state, mask];
   };
 
   const rankBnGrad: KernelFunc = ({ inputs, backend, attrs }) => {
     const be = backend as unknown as WasmBackend;
     // y: the forward's output, present when it applied a ReLU (its gradient masks dy).
-    const { dy, t, p, state, y } = inputs as Record<'dy' | 't' | 'p' | 'state', TensorInfo> & { y?: TensorInfo };
+    const { dy, t, p, state, y, mask } = inputs as Record<'dy' | 't' | 'p' | 'state', TensorInfo> & { y?: TensorInfo; mask?: TensorInfo };
     const { residual, pTransposed } = (attrs ?? {}) as { residual?: boolean; pTransposed?: boolean };
     const [r, c] = (pTransposed ? [...p.shape].reverse() : p.shape) as [number, number];
     const m = t.shape.reduce((a, d) => a * d, 1) / r;
@@ -399,7 +414,10 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const v = (x: TensorInfo) => be.typedArrayFromHeap(x);
     const [tmean, cov, scale, invstd] = rankBnState(v(state), r, c);
     // p (and dp) as [c, r] when pTransposed (a layer's U as stored): the addon transposes.
-    addon.rankBnBackward(v(dy), y ? v(y) : none, v(t), v(p), tmean, cov, scale, invstd, v(dt), v(dp), v(dg), v(db), dres ? v(dres) : none, [m, r, c, pTransposed ? 1 : 0]);
+    addon.rankBnBackward(
+      v(dy), y ? v(y) : none, v(t), v(p), tmean, cov, scale, invstd, v(dt), v(dp), v(dg), v(db), dres ? v(dres) : none, [m, r, c, pTransposed ? 1 : 0],
+      y && mask ? maskView(be, mask, m, c) : undefined,
+    );
     return dres ? [dt, dp, dg, db, dres] : [dt, dp, dg, db];
   };
 
