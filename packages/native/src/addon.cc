@@ -338,7 +338,7 @@ Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
     float* dx = F32(info, 2, s.xs(), "dx");
     const float* res = OptionalF32(info, 4, s.xs(), "res");
     std::string key = Key("d", p);
-    if (g_small_oc && svd_small_oc::AppliesBackwardInput(SmallGeom(s), s.dh, s.dw)) {
+    if (g_small_oc && svd_small_oc::AppliesBackwardInput(SmallGeom(s), s.dh, s.dw, res != nullptr)) {
       small_oc_keys.emplace(key, "svd:small_oc_avx512");
       svd_small_oc::BackwardInput(SmallGeom(s), dy, w, res, dx);
       return info.Env().Undefined();

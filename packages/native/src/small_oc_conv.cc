@@ -280,15 +280,16 @@ bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
          g.kh * g.kw <= 9;
 }
 
-bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw) {
+bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res) {
   return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.sh == 1 && g.sw == 1 && (g.c == 16 || g.c == 32) &&
-         (g.kw == 1 || g.kw == 3) && g.f >= 1 && g.f <= kSmallOcMaxFBackwardInput && g.kh * g.kw <= 9;
+         (g.kw == 1 || g.kw == 3) && g.f >= 1 &&
+         g.f <= (with_res ? kSmallOcMaxFBackwardInput : kSmallOcMaxFBackwardInputAlone) && g.kh * g.kw <= 9;
 }
 
 #else  // not x86-64 with GCC/Clang: oneDNN runs every shape
 
 bool Applies(const Geom&, int64_t, int64_t, bool) { return false; }
-bool AppliesBackwardInput(const Geom&, int64_t, int64_t) { return false; }
+bool AppliesBackwardInput(const Geom&, int64_t, int64_t, bool) { return false; }
 void BackwardInput(const Geom&, const float*, const float*, const float*, float*) { std::abort(); }
 void Forward(const Geom&, const float*, const float*, float*) { std::abort(); }
 void BackwardWeights(const Geom&, const float*, const float*, float*) { std::abort(); }

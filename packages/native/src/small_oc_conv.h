@@ -43,7 +43,12 @@ constexpr int64_t kSmallOcMaxFForward = 8;
 // stage's F 18, 23, 30, 31, 41 took 5.6 ms on oneDNN, 4.8-5.0 here).
 constexpr int64_t kSmallOcMaxFForwardWide = 48;
 constexpr int64_t kSmallOcMaxFFilter3Taps = 48;
+// The input gradient: up to 16 outputs when it also sums a residual's gradient (the Add it saves
+// outweighs the rest), up to 6 alone (where oneDNN, on a cold output buffer in a training step,
+// was slower: 0.97 against 0.83 ms at F = 5 from 32x32x16; at F 7-13 the two were even, at 16
+// oneDNN ahead, 1.74 against 1.85 ms warm, which full rank's 16-to-16 convs would pay).
 constexpr int64_t kSmallOcMaxFBackwardInput = 16;
+constexpr int64_t kSmallOcMaxFBackwardInputAlone = 6;
 constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;
 
@@ -60,9 +65,10 @@ bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward);
 void Forward(const Geom& g, const float* x, const float* w, float* y);
 // The input gradient dx [n,h,w,c] of a stride-1 conv from dy [n,oh,ow,f], plus res [n,h,w,c]
 // unless null (a residual's gradient summed in the same pass). AppliesBackwardInput: AVX-512F, c 16
-// or 32, kw 1 or 3, 1 <= f <= kSmallOcMaxFBackwardInput, at most 9 taps, stride and dilation 1.
+// or 32, kw 1 or 3, 1 <= f <= kSmallOcMaxFBackwardInput (with a residual, else ...Alone), at most 9
+// taps, stride and dilation 1.
 void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx);
-bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw);
+bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res);
 void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw);
 
 }  // namespace svd_small_oc
