@@ -164,6 +164,8 @@ interface Variant {
   prefetch?: boolean;
   /** false: training timed with a block input's two gradients summed by tfjs' Add (fused-inference.ts `Step.branch` off). */
   shortcutSum?: boolean;
+  /** false: inference timed with the lanes network writing every 1×1 conv's output whole (addon setLanesPairs off). */
+  lanesPairs?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
@@ -193,6 +195,9 @@ if (addon?.ok) {
 // whole model as one lanes-network call (lanes-inference.ts) gains.
 if (lanesOn) {
   variants.push({ label: '  same, inference per op (lanes network off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, lanes: false });
+  if (addon?.ok && typeof addon.addon.setLanesPairs === 'function') {
+    variants.push({ label: '  same, lanes network without the row-by-row conv pairs', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: false, lanesPairs: false });
+  }
 }
 if (addon?.ok) {
   const second = decomposition === 'channel' ? '1×1' : '1×k';
@@ -236,6 +241,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   // Every conv on oneDNN means per op at inference too (the lanes network is our own kernels).
   if (v.lanes === false || v.smallOc === false) setLanesInference(false);
   if (v.fused === false) setFusedInference(false);
+  if (v.lanesPairs === false && addon?.ok) addon.addon.setLanesPairs?.([0]);
   if (v.fusedTraining === false) setFusedTraining(false);
   if (v.shortcutSum === false) setShortcutGradientSum(false);
   if (v.nativeReg === false) setNativeRegularizer(false);
@@ -245,6 +251,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   } finally {
     if (v.smallOc === false && addon?.ok) addon.addon.setSmallOcKernels([1]);
     setFusedInference(true);
+    if (v.lanesPairs === false && addon?.ok) addon.addon.setLanesPairs?.([1]);
     setFusedTraining(true);
     setShortcutGradientSum(true);
     setNativeRegularizer(true);

@@ -98,6 +98,44 @@ describe.skipIf(!lanesRuns)('lanes network (a whole model\'s inference in one na
     });
   });
 
+  it('runs a block\'s 1×1 conv and the conv after it row by row through a ring (where nothing else reads the 1×1 output): bit for bit what it gives with the pairs off', async () => {
+    const addon = native.ok ? native.addon : undefined;
+    if (!addon?.setLanesPairs) throw new Error('this addon has no setLanesPairs');
+    const out = await onBackend('native', () => {
+      const results: { logits: Float32Array; pairs: number }[] = [];
+      for (const kind of ['pruned channel', 'pruned channel, all factored', 'plain'] as ModelKind[]) {
+        const model = modelOf(kind);
+        const x = tf.tensor4d(xData, X_SHAPE);
+        try {
+          for (const on of [1, 0] as const) {
+            addon.setLanesPairs!([on]);
+            const y = lanesInference(model, x)!;
+            results.push({ logits: y.dataSync().slice() as Float32Array, pairs: Number(addon.implementations()['lanesNet pairs']) });
+            y.dispose();
+          }
+        } finally {
+          addon.setLanesPairs!([1]);
+          x.dispose();
+          model.dispose();
+        }
+      }
+      return results;
+    });
+    const [prunedOn, prunedOff, factoredOn, factoredOff, plainOn, plainOff] = out;
+    // The pruned model's blocks whose first layer is factored end it in a 1×1 conv (with its batch
+    // norm and ReLU) that only the block's second conv reads; the plain ResNet has none.
+    expect(prunedOn.pairs, 'pairs in the pruned model').toBeGreaterThan(2);
+    // With every layer factored: one per block, but where a downsampling block's shortcut convs
+    // are compiled between its two layers (the pair must be adjacent steps).
+    expect(factoredOn.pairs, 'pairs with every layer factored').toBeGreaterThanOrEqual(7);
+    expect(factoredOn.pairs, 'pairs with every layer factored').toBeLessThanOrEqual(9);
+    expect(plainOn.pairs, 'pairs in the plain ResNet').toBe(0);
+    for (const off of [prunedOff, factoredOff, plainOff]) expect(off.pairs, 'pairs with them off').toBe(0);
+    expect(Array.from(prunedOn.logits)).toEqual(Array.from(prunedOff.logits));
+    expect(Array.from(factoredOn.logits)).toEqual(Array.from(factoredOff.logits));
+    expect(Array.from(plainOn.logits)).toEqual(Array.from(plainOff.logits));
+  });
+
   it('gives the same output, bit for bit, on two threads (a group of 16 images each) as on one', async () => {
     await onBackend('native', () => {
       const model = prunedTestModel();

@@ -341,8 +341,8 @@ function convOf(layer: Layer, x: tf.SymbolicTensor, pad?: Pad): { input: tf.Symb
 /**
  * Buffers for the values: each value gets a buffer when its step writes it and gives it back after
  * its last reader, so a ResNet-20's ~45 values share a handful of buffers and stay in cache. A step's
- * output never shares a buffer with its input (the inputs are freed only after it); it may take its
- * shortcut's, below.
+ * output never shares a buffer with its input (the inputs are freed only after it), nor with the
+ * previous step's; it may take its shortcut's, below.
  */
 function allocate(steps: ProgramStep[], size: Map<number, number>, input: number, output: number, inShape: number[], outShape: number[]): Program {
   const left = new Map<number, number>();
@@ -364,6 +364,10 @@ function allocate(steps: ProgramStep[], size: Map<number, number>, input: number
     return b;
   };
   buffer.set(input, take(size.get(input)!));
+  // Buffers a step frees go back for reuse only after the next step has its output: that output
+  // never lands where the previous step's input was, so the addon may run the two steps row by row
+  // together (a 1×1 conv and the conv after it, lanes_net.cc RunPair), which needs that input intact.
+  let freedBefore: number[] = [];
   for (const s of steps) {
     // A shortcut read last here is overwritten in place: each output value is written right after
     // the shortcut value at its own position is read, and nothing else reads it afterwards. The
@@ -371,11 +375,13 @@ function allocate(steps: ProgramStep[], size: Map<number, number>, input: number
     const sc = s.kind === 'conv' ? s.shortcut : undefined;
     const inPlace = sc !== undefined && sc !== input && left.get(sc) === 1 && sizes[buffer.get(sc)!] >= size.get(s.output)!;
     buffer.set(s.output, inPlace ? buffer.get(sc)! : take(size.get(s.output)!));
+    free.push(...freedBefore);
+    freedBefore = [];
     for (const id of reads(s)) {
       const n = left.get(id)! - 1;
       left.set(id, n);
       // The input's buffer is never reused: the output must not land in it (the addon refuses that).
-      if (n === 0 && id !== output && id !== input && !(inPlace && id === sc)) free.push(buffer.get(id)!);
+      if (n === 0 && id !== output && id !== input && !(inPlace && id === sc)) freedBefore.push(buffer.get(id)!);
     }
   }
   return { steps, sizes, buffer, input, output, inFloats: size.get(input)!, outFloats: size.get(output)!, inShape, outShape };

@@ -1047,6 +1047,7 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
   for (auto& [k, v] : conv_bwd_data) o.Set(k, v->impl);
   for (auto& [k, v] : conv_bwd_weights) o.Set(k, v->impl);
   for (auto& [k, v] : small_oc_keys) o.Set(k, v);
+  o.Set("lanesNet pairs", std::to_string(svd_lanes::LastPairs()));
   return o;
 }
 
@@ -1160,6 +1161,17 @@ Napi::Value LanesNetFn(const Napi::CallbackInfo& info) {
   });
 }
 
+// setLanesPairs([on]): 1 (the default) lets the lanes network make a 1x1 conv's output into a
+// ring of rows for the next conv (lanes_net.h SetPairs); 0 writes it whole. For benchmarks and tests.
+Napi::Value SetLanesPairs(const Napi::CallbackInfo& info) {
+  return Guard(info, "setLanesPairs", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "on");
+    if (p[0] > 1) throw ArgError("on must be 0 or 1");
+    svd_lanes::SetPairs(p[0] == 1);
+    return info.Env().Undefined();
+  });
+}
+
 // setSmallOcKernels([on]): 1 runs convolutions with few output channels on small_oc_conv.cc's
 // kernels where they apply (the default), 0 always on oneDNN (for benchmarks and tests).
 Napi::Value SetSmallOcKernels(const Napi::CallbackInfo& info) {
@@ -1198,6 +1210,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
   exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));
+  exports.Set("setLanesPairs", Napi::Function::New(env, SetLanesPairs));
   // Only where it can run (AVX-512F), so that its presence is the test callers make.
   if (svd_lanes::Available()) exports.Set("lanesNet", Napi::Function::New(env, LanesNetFn));
   return exports;

@@ -135,8 +135,18 @@ export interface NativeAddon {
   getThreads(): number;
   /** The linked oneDNN's version, e.g. "2.6.3". */
   version(): string;
-  /** Which oneDNN implementation each cached convolution runs (e.g. "brg:avx512_core"), by shape key. */
+  /**
+   * Which oneDNN implementation each cached convolution runs (e.g. "brg:avx512_core"), by shape key
+   * ("svd:small_oc_avx512" for ours), and under "lanesNet pairs" how many conv pairs the last lanesNet
+   * call ran row by row through a ring (setLanesPairs).
+   */
   implementations(): Record<string, string>;
+  /**
+   * Whether the lanes network makes a 1×1 conv's output row by row into a small ring just before
+   * the next conv reads it (where only that conv reads it), [1] (the default), or writes it whole,
+   * [0]. For benchmarks and tests. Absent from addons built before it.
+   */
+  setLanesPairs?(on: readonly [number]): void;
   /**
    * 1 (the default): convolutions from a multiple of 16 input channels to at most 8 output channels
    * run their forward, and to at most 8–48 (by taps) their filter gradient, on our AVX-512 kernels (oneDNN

@@ -58,6 +58,12 @@ bool Available();
 // (the buffers' row strides are w*c*16 and ow*f*16). small_oc_conv.cc's forward runs its convs here.
 void ConvGroup(const Conv& g, const float* xt, float* yt);
 
+// Whether Run makes a 1x1 conv's output row by row into a small ring just before the next conv
+// reads it (where only that conv reads it; lanes_net.cc RunPair): on by default, off for benchmarks.
+void SetPairs(bool on);
+// How many pairs the last Run made that way (for tests).
+int LastPairs();
+
 // y [n][out_size] = the network on x [n][in_size] (each image's values in NHWC order).
 // The caller has checked that every step's geometry fits its buffers (addon.cc).
 void Run(const Net& net, const float* x, int64_t n, float* y);
