@@ -1,13 +1,17 @@
 /**
  * Does pruning pay? `pnpm bench prune [--backend auto|wasm|cpu|tensorflow] [--batch 64]
- * [--infer-batch 256] [--reps 5] [--warmup 2] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]
+ * [--infer-batch 256] [--reps 5] [--warmup 2] [--burst 3] [--energies 0.001,0.01,0.05,0.1] [--ckpt FILE]
  * [--profile] [--no-torch] [--ranks-ckpt FILE] [--also-ranks FILE,FILE…]`.
  *
  * Times, on one engine in one run, ResNet-20 at full rank against the same model pruned at several
  * energies: one training step (`computeGradients`: train-mode forward, CE + both SVD regularizers,
  * backward, read-back) and inference (`evaluate`: eval-mode forward of the whole batch, read-back),
- * images/s from the median of `--reps` interleaved rounds (each model once per round) after
- * `--warmup` rounds, so drifting load from other processes hits every model alike. Every SVD layer
+ * images/s from the median of `--reps` interleaved rounds after `--warmup` rounds, so drifting load
+ * from other processes hits every model alike; in each round each model runs `--burst` times in a
+ * row and all but the first are timed (one model's calls follow each other in training and
+ * evaluation; a lone call after another model's ran on caches full of that model's buffers and
+ * varied a row by up to 6% against the same model's next row), and each round starts one model
+ * further on. Every SVD layer
  * runs its cheaper form ('auto'), so the full-rank model is all merged and costs what the plain
  * ResNet-20 costs.
  *
@@ -78,6 +82,7 @@ const batch = Number(arg('--batch') ?? 64);
 const inferBatch = Number(arg('--infer-batch') ?? 256);
 const reps = Math.max(3, Number(arg('--reps') ?? 5));
 const warmup = Number(arg('--warmup') ?? 2);
+const burst = Math.max(2, Number(arg('--burst') ?? 3));
 const energies = (arg('--energies') ?? '0.001,0.01,0.05,0.1').split(',').map(Number);
 const ckptPath = arg('--ckpt');
 const profile = args.includes('--profile');
@@ -94,10 +99,18 @@ function timeInterleaved(fns: (() => void)[]): number[] {
   for (let k = 0; k < warmup; k++) fns.forEach((f) => f());
   const ts = fns.map(() => [] as number[]);
   for (let k = 0; k < reps; k++) {
-    fns.forEach((f, i) => {
-      const t0 = performance.now();
+    // Each round starts one model further on, so that no model always follows the same one.
+    fns.forEach((_, j) => {
+      const i = (j + k) % fns.length;
+      const f = fns[i]!;
+      // A burst of runs, the first untimed: training and evaluation run one model call after call,
+      // and the first call after another model's finds the caches holding that model's buffers.
       f();
-      ts[i]!.push((performance.now() - t0) / 1000);
+      for (let b = 1; b < burst; b++) {
+        const t0 = performance.now();
+        f();
+        ts[i]!.push((performance.now() - t0) / 1000);
+      }
     });
   }
   return ts.map(median);
@@ -233,7 +246,7 @@ const xTrain = rand(batch * 32 * 32 * 3, 1);
 const yTrain = Int32Array.from({ length: batch }, (_, i) => i % 10);
 const xInfer = rand(inferBatch * 32 * 32 * 3, 2);
 const yInfer = Int32Array.from({ length: inferBatch }, (_, i) => i % 10);
-console.error(`timing ${variants.length} models in ${reps} interleaved rounds after ${warmup} warm-up rounds`);
+console.error(`timing ${variants.length} models in ${reps} interleaved rounds (bursts of ${burst}, the first untimed) after ${warmup} warm-up rounds`);
 const trainable = variants.filter((v) => v.train);
 /** Runs f with the variant's small-OC setting, and leaves them on. */
 const withKernels = (v: Variant, f: () => void) => () => {
@@ -268,7 +281,7 @@ const fullPerOp = rows.find((r) => r.label.startsWith('  full rank, inference pe
 const full = { ...rows[0]!, infer: Math.max(rows[0]!.infer, fullPerOp?.infer ?? 0) };
 const fullStock = rows.find((r) => r.label.startsWith('full rank, stock'))!;
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
-console.log(`\nResNet-20 (${decomposition}) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);
+console.log(`\nResNet-20 (${decomposition}) on ${info.backend}: train step batch ${batch}, inference batch ${inferBatch}, median of ${reps} interleaved rounds (each model ${burst - 1} timed runs after an untimed one) after ${warmup}; MACs per image in the form each layer runs (FLOPs = 2·MACs), plain ResNet-20 = ${(plain.macs / 1e6).toFixed(2)}M\n`);
 console.log('| model | MACs/image | % of plain | train img/s | train × full | infer img/s | infer × full |');
 console.log('|---|---:|---:|---:|---:|---:|---:|');
 for (const r of rows) {
