@@ -7,7 +7,7 @@ import { svdLayers, svdRegularization } from './svd-regularization.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
 import { computeGradients } from './train-step.js';
-import { errorCodeOf, expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
+import { errorCodeOf, expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform, testTrainingBatch } from './test-support/index.js';
 
 const native = loadNative();
 
@@ -64,10 +64,7 @@ describe.skipIf(!native.ok || !native.addon.svdRegularizer)('native regularizer 
   }
 
   it('computeGradients gives the same losses and gradients with it as with the taped regularizer', async () => {
-    const batch = 4;
-    const x = seededUniform(batch * 16 * 16 * 3, 11, 2, -1);
-    const y = Int32Array.from({ length: batch }, (_, i) => (i * 7) % 10);
-    const reg = { lambdaO: 1, lambdaS: 0.07, sparsity: 'hoyer' as const };
+    const { x, y, reg } = testTrainingBatch(4, 11, 7, 0.07);
     const run = (on: boolean) => {
       setNativeRegularizer(on);
       const m = prunedTestModel();

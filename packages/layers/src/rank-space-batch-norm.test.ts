@@ -8,7 +8,7 @@ import { CONV2D_BACKPROP_INPUT_SUM, CONV2D_BRANCH } from './kernels/native.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { computeGradients } from './train-step.js';
-import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform } from './test-support/index.js';
+import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform, testTrainingBatch } from './test-support/index.js';
 
 const native = loadNative();
 const EPS = 1e-5;
@@ -114,9 +114,7 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
 describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining, native engine)', () => {
   it('computeGradients gives the same loss, gradients and running statistics as with the fusion off', async () => {
     const batch = 6;
-    const x = seededUniform(batch * 16 * 16 * 3, 7, 2, -1);
-    const y = Int32Array.from({ length: batch }, (_, i) => (i * 3) % 10);
-    const reg = { lambdaO: 1, lambdaS: 0.01, sparsity: 'hoyer' as const };
+    const { x, y, reg } = testTrainingBatch(batch, 7, 3, 0.01);
     const run = (fused: boolean) => {
       setFusedTraining(fused);
       const model = prunedTestModel();
@@ -137,10 +135,7 @@ describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining,
   });
 
   it("sums a residual block input's two gradients in its conv's input-gradient kernel: same gradients, an Add fewer per branch", async () => {
-    const batch = 4;
-    const x = seededUniform(batch * 16 * 16 * 3, 17, 2, -1);
-    const y = Int32Array.from({ length: batch }, (_, i) => (i * 7) % 10);
-    const reg = { lambdaO: 1, lambdaS: 0.01, sparsity: 'hoyer' as const };
+    const { x, y, reg } = testTrainingBatch(4, 17, 7, 0.01);
     const run = (on: boolean) => {
       setShortcutGradientSum(on);
       const model = prunedTestModel();

@@ -6,5 +6,5 @@ export { gradCheck, type GradCheckOptions, type GradCheckResult } from './grad-c
 export { expectNoLeakedTensors } from './leaks.js';
 export { forEachBackend, onBackend, TEST_ENGINES, FAST_ENGINES, type TestBackend } from './backends.js';
 export { seededUniform } from './random.js';
-export { prunedTestModel } from './models.js';
+export { prunedTestModel, testTrainingBatch } from './models.js';
 export { countKernelCalls, cpuHasAvx512, errorCodeOf } from './kernels.js';

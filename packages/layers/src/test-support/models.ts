@@ -29,3 +29,15 @@ export function prunedTestModel(opts: { fuseBatchNorm?: boolean; decomposition?:
   base.dispose();
   return pruned;
 }
+
+/**
+ * A training batch for `prunedTestModel` (16×16×3 images): images from `seed`, labels i·step mod 10,
+ * and both regularizers (Hoyer sparsity at λ_s).
+ */
+export function testTrainingBatch(batch: number, seed: number, step: number, lambdaS: number) {
+  return {
+    x: seededUniform(batch * 16 * 16 * 3, seed, 2, -1),
+    y: Int32Array.from({ length: batch }, (_, i) => (i * step) % 10),
+    reg: { lambdaO: 1, lambdaS, sparsity: 'hoyer' as const },
+  };
+}
