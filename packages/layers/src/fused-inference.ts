@@ -24,6 +24,10 @@
  * Training takes the same walk (`applyTraining`): there each channel pair is train-mode batch norm
  * computed from the conv's rank-space output (`rank-space-batch-norm.ts`), with its own backward
  * kernel; spatial pairs are not fused in training (a model with only those takes `model.apply`).
+ * Where a pair's conv reads a residual block's input, which the block's shortcut reads too, the
+ * conv runs as `SvdConv2DBranch` and the shortcut takes its second output (`Step.branch`), so the
+ * input's two gradients are summed in the conv's input-gradient kernel. Global average pooling runs
+ * as one native kernel each way on either walk (`meanPool`).
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';

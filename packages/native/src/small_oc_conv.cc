@@ -241,21 +241,25 @@ void BackwardInput(const Geom& g, const float* dy, const float* w, const float* 
   const auto run = C == 16 ? (g.kw == 3 ? BackwardInputImage<1, 16, 3> : BackwardInputImage<1, 16, 1>)
                            : (g.kw == 3 ? BackwardInputImage<2, 8, 3> : BackwardInputImage<2, 8, 1>);
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
+  // One padded image per thread, allocated here: an allocation failure inside the parallel region
+  // could not reach the caller as an exception (it would end the process).
+  const size_t pad_size = static_cast<size_t>(ph * pw * F);
+  std::vector<float> pads(pad_size * static_cast<size_t>(threads), 0.0f);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    std::vector<float> pad(static_cast<size_t>(ph * pw * F), 0.0f);
+    float* pad = pads.data() + pad_size * static_cast<size_t>(omp_get_thread_num());
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.n; n++) {
       // The border stays zero from the fill; each image overwrites the inside.
       for (int64_t oh = 0; oh < g.oh; oh++) {
         const float* src = dy + (n * g.oh + oh) * g.ow * F;
         for (int64_t o = 0; o < F; o++) {
-          float* dst = pad.data() + (o * ph + oh + ta) * pw + la;
+          float* dst = pad + (o * ph + oh + ta) * pw + la;
           for (int64_t ow = 0; ow < g.ow; ow++) dst[ow] = src[ow * F + o];
         }
       }
       const int64_t image = g.h * g.w * C;
-      run({g, pad.data(), ta, la, ph, pw, wt.data(), res ? res + n * image : nullptr, dx + n * image});
+      run({g, pad, ta, la, ph, pw, wt.data(), res ? res + n * image : nullptr, dx + n * image});
     }
   }
 }

@@ -519,7 +519,7 @@ tf.registerGradient({
  * else tf.mean itself.
  */
 export function meanPool(x: tf.Tensor4D): tf.Tensor2D {
-  if (x.dtype !== 'float32' || tf.getKernel(MEAN_POOL, tf.getBackend()) == null) return tf.mean(x, [1, 2]);
+  if (x.dtype !== 'float32' || x.rank !== 4 || tf.getKernel(MEAN_POOL, tf.getBackend()) == null) return tf.mean(x, [1, 2]);
   return tf.engine().runKernel<tf.Tensor2D>(MEAN_POOL, { x }, { inputShape: x.shape });
 }
 
