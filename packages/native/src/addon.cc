@@ -950,6 +950,124 @@ Napi::Value ReluGrad(const Napi::CallbackInfo& info) { return Elementwise(info, 
 // (128-bit SIMD) took ~0.9 ms for a [64,32,32,16] pair, this one ~0.6 (both memory-bound).
 Napi::Value AddFn(const Napi::CallbackInfo& info) { return Elementwise(info, "add", "a", "b", "out", AddImpl); }
 
+// The output offset of each input element of transpose(reshape(a, dims), perm), in input order,
+// handed to `visit(e, offset)`: the offset is stepped like an odometer, no division per element.
+template <typename Visit>
+void ForEachPermuted(const std::vector<int64_t>& dims, const std::vector<int64_t>& perm, Visit visit) {
+  const size_t n = dims.size();
+  std::vector<int64_t> out_stride(n), in_stride(n), idx(n, 0);
+  for (int64_t k = static_cast<int64_t>(n) - 1, st = 1; k >= 0; k--) {
+    out_stride[static_cast<size_t>(k)] = st;
+    st *= dims[static_cast<size_t>(perm[static_cast<size_t>(k)])];
+  }
+  // Input axis perm[k] is output axis k.
+  for (size_t k = 0; k < n; k++) in_stride[static_cast<size_t>(perm[k])] = out_stride[k];
+  int64_t size = 1;
+  for (int64_t d : dims) size *= d;
+  int64_t off = 0;
+  for (int64_t e = 0; e < size; e++) {
+    visit(e, off);
+    for (int64_t j = static_cast<int64_t>(n) - 1; j >= 0; j--) {
+      const size_t u = static_cast<size_t>(j);
+      off += in_stride[u];
+      if (++idx[u] < dims[u]) break;
+      off -= in_stride[u] * dims[u];
+      idx[u] = 0;
+    }
+  }
+}
+
+// dims and perm of scalePermute(Grad), checked: 1-6 axes, each at least 1, their product n (the
+// elements of a), perm a permutation of the axes.
+void PermuteArgs(const Napi::CallbackInfo& info, size_t i, int64_t n, std::vector<int64_t>& dims, std::vector<int64_t>& perm) {
+  if (i + 1 >= info.Length() || !info[i].IsArray() || !info[i + 1].IsArray()) throw ArgError("dims and perm must be arrays of integers");
+  const size_t k = info[i].As<Napi::Array>().Length();
+  if (k < 1 || k > 6) throw ArgError("dims must have 1 to 6 entries");
+  dims = Ints(info, i, k, "dims");
+  perm = Ints(info, i + 1, k, "perm");
+  double prod = 1;
+  std::vector<bool> seen(k, false);
+  for (size_t a = 0; a < k; a++) {
+    if (dims[a] < 1) throw ArgError("dims entries must be at least 1");
+    prod *= static_cast<double>(dims[a]);
+    if (perm[a] >= static_cast<int64_t>(k) || seen[static_cast<size_t>(perm[a])]) throw ArgError("perm is not a permutation of dims' axes");
+    seen[static_cast<size_t>(perm[a])] = true;
+  }
+  if (prod != static_cast<double>(n)) throw ArgError("dims do not hold the elements of a");
+}
+
+// Whether the permutation keeps a's rows whole: the last axis is r and stays last.
+bool RowsStay(const std::vector<int64_t>& dims, const std::vector<int64_t>& perm, size_t r) {
+  const size_t n = dims.size();
+  return n >= 2 && dims[n - 1] == static_cast<int64_t>(r) && perm[n - 1] == static_cast<int64_t>(n - 1);
+}
+
+// scalePermute(a, s, out, dims, perm): out = transpose(reshape(a·diag(s), dims), perm), a [rows, r];
+// an SVD layer's filter from V and s (layers' SvdScalePermute, which did it in a JS loop).
+Napi::Value ScalePermute(const Napi::CallbackInfo& info) {
+  return Guard(info, "scalePermute", [&]() -> Napi::Value {
+    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw ArgError("a and s must be Float32Arrays");
+    const size_t n = info[0].As<Napi::TypedArray>().ElementLength(), r = info[1].As<Napi::TypedArray>().ElementLength();
+    if (r == 0 || n % r != 0) throw ArgError("a's length must be a multiple of s's (a is [rows, r])");
+    const float* a = F32(info, 0, n, "a");
+    const float* sc = F32(info, 1, r, "s");
+    float* out = F32(info, 2, n, "out");
+    std::vector<int64_t> dims, perm;
+    PermuteArgs(info, 3, static_cast<int64_t>(n), dims, perm);
+    if (RowsStay(dims, perm, r)) {
+      // The last axis (r) stays last: whole rows of a, scaled, land contiguously.
+      std::vector<int64_t> d(dims.begin(), dims.end() - 1), q(perm.begin(), perm.end() - 1);
+      ForEachPermuted(d, q, [&](int64_t row, int64_t off) {
+        const float* ar = a + row * static_cast<int64_t>(r);
+        float* o = out + off * static_cast<int64_t>(r);
+        for (size_t j = 0; j < r; j++) o[j] = ar[j] * sc[j];
+      });
+    } else {
+      ForEachPermuted(dims, perm, [&](int64_t e, int64_t off) { out[off] = a[e] * sc[static_cast<size_t>(e) % r]; });
+    }
+    return info.Env().Undefined();
+  });
+}
+
+// scalePermuteGrad(dy, a, s, da, ds, dims, perm): the gradient of scalePermute, da = dy permuted back
+// times s, ds[j] = Σ over a's rows of that times a (summed in double).
+Napi::Value ScalePermuteGrad(const Napi::CallbackInfo& info) {
+  return Guard(info, "scalePermuteGrad", [&]() -> Napi::Value {
+    if (info.Length() < 3 || !info[1].IsTypedArray() || !info[2].IsTypedArray()) throw ArgError("a and s must be Float32Arrays");
+    const size_t n = info[1].As<Napi::TypedArray>().ElementLength(), r = info[2].As<Napi::TypedArray>().ElementLength();
+    if (r == 0 || n % r != 0) throw ArgError("a's length must be a multiple of s's (a is [rows, r])");
+    const float* dy = F32(info, 0, n, "dy");
+    const float* a = F32(info, 1, n, "a");
+    const float* sc = F32(info, 2, r, "s");
+    float* da = F32(info, 3, n, "da");
+    float* ds = F32(info, 4, r, "ds");
+    std::vector<int64_t> dims, perm;
+    PermuteArgs(info, 5, static_cast<int64_t>(n), dims, perm);
+    std::vector<double> acc(r, 0.0);
+    if (RowsStay(dims, perm, r)) {
+      std::vector<int64_t> d(dims.begin(), dims.end() - 1), q(perm.begin(), perm.end() - 1);
+      ForEachPermuted(d, q, [&](int64_t row, int64_t off) {
+        const float* g = dy + off * static_cast<int64_t>(r);
+        const float* ar = a + row * static_cast<int64_t>(r);
+        float* dar = da + row * static_cast<int64_t>(r);
+        for (size_t j = 0; j < r; j++) {
+          dar[j] = g[j] * sc[j];
+          acc[j] += static_cast<double>(g[j]) * ar[j];
+        }
+      });
+    } else {
+      ForEachPermuted(dims, perm, [&](int64_t e, int64_t off) {
+        const size_t j = static_cast<size_t>(e) % r;
+        const float g = dy[off];
+        da[e] = g * sc[j];
+        acc[j] += static_cast<double>(g) * a[e];
+      });
+    }
+    for (size_t j = 0; j < r; j++) ds[j] = static_cast<float>(acc[j]);
+    return info.Env().Undefined();
+  });
+}
+
 // meanPool(x, y, [N, P, C]): y[n, c] = mean over the P pixels of x[n, p, c] (global average
 // pooling, NHWC with P = H·W); meanPoolGrad(dy, dx, [N, P, C]): dx[n, p, c] = dy[n, c] / P. tfjs' Mean
 // and its gradient (a ones tensor of x's shape, a Mul and a RealDiv) took ~1.3 ms a ResNet-20 step
@@ -1195,6 +1313,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("reluGrad", Napi::Function::New(env, ReluGrad));
   exports.Set("add", Napi::Function::New(env, AddFn));
   exports.Set("meanPool", Napi::Function::New(env, MeanPool));
+  exports.Set("scalePermute", Napi::Function::New(env, ScalePermute));
+  exports.Set("scalePermuteGrad", Napi::Function::New(env, ScalePermuteGrad));
   exports.Set("meanPoolGrad", Napi::Function::New(env, MeanPoolGrad));
   exports.Set("affine", Napi::Function::New(env, Affine));
   exports.Set("pointwiseAffine", Napi::Function::New(env, PointwiseAffineFn));

@@ -96,6 +96,14 @@ export interface NativeAddon {
     residual?: Float32Array,
   ): void;
   /**
+   * out = transpose(reshape(a·diag(s), dims), perm) for a [rows, r], s [r] (an SVD layer's filter
+   * from V and s), and its gradient: da = dy permuted back times s, ds = Σ over a's rows of that
+   * times a. dims: 1-6 axes whose product is a's length; perm a permutation of them. Absent from
+   * addons built before them.
+   */
+  scalePermute?(a: Float32Array, s: Float32Array, out: Float32Array, dims: readonly number[], perm: readonly number[]): void;
+  scalePermuteGrad?(dy: Float32Array, a: Float32Array, s: Float32Array, da: Float32Array, ds: Float32Array, dims: readonly number[], perm: readonly number[]): void;
+  /**
    * Global average pooling, y [N, C] = the mean of x [N, P, C] over its P pixels, and its gradient
    * dx [N, P, C] = dy / P. shape [N, P, C]. Absent from addons built before them.
    */

@@ -601,6 +601,10 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
     expect(code(() => a.setPrefetch!([1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setPrefetch: flags must be 0 or 1/);
     expect(code(() => a.setPrefetch!([1, 1]))).toBe('no error');
+    expect(code(() => a.scalePermute!(f(12), f(3), f(12), [4, 3], [1, 0]))).toBe('no error');
+    expect(code(() => a.scalePermute!(f(12), f(3), f(12), [5, 3], [1, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: scalePermute: dims do not hold the elements of a/);
+    expect(code(() => a.scalePermute!(f(12), f(3), f(12), [4, 3], [1, 1]))).toMatch(/^NATIVE_BAD_ARGUMENT: scalePermute: perm is not a permutation/);
+    expect(code(() => a.scalePermuteGrad!(f(12), f(12), f(5), f(12), f(5), [4, 3], [0, 1]))).toMatch(/^NATIVE_BAD_ARGUMENT: scalePermuteGrad: a's length must be a multiple of s's/);
     expect(code(() => a.meanPool!(f(12), f(4), [2, 3, 2]))).toBe('no error');
     expect(code(() => a.meanPool!(f(12), f(3), [2, 3, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPool: .*y has 3 elements; expected 4/);
     expect(code(() => a.meanPoolGrad!(f(4), f(12), [2, 0, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPoolGrad: shape must be \[N >= 1, P >= 1, C >= 1\]/);

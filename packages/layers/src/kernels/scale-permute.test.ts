@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { SCALE_PERMUTE, permuteIndex, scalePermute } from './scale-permute.js';
+import { loadNative } from '@svd-train/native';
 import { expectClose, expectNoLeakedTensors, onBackend, seededUniform } from '../test-support/index.js';
 
 // The layouts the SVD layers ask for (channel and spatial filters, the plain scaling) and a
@@ -32,20 +33,39 @@ function run(rows: number, r: number, dims: number[], perm: number[]) {
   }
 }
 
-describe('SvdScalePermute on wasm vs transpose(reshape(a·s)) on cpu', () => {
-  for (const { rows, r, dims, perm } of CASES) {
-    it(`[${rows}, ${r}] as [${dims}], perm [${perm}]: output and both gradients`, async () => {
-      const want = await onBackend('cpu', () => run(rows, r, dims, perm));
-      const got = await onBackend('wasm', () => {
-        expect(tf.getKernel(SCALE_PERMUTE, 'wasm')).toBeDefined();
-        return expectNoLeakedTensors(() => run(rows, r, dims, perm));
+// On the native engine the same kernels run their loops in the addon (scalePermute, scalePermuteGrad).
+const native = loadNative();
+const nativeScalePermute = native.ok && typeof native.addon.scalePermute === 'function';
+
+describe('SvdScalePermute on wasm (and the addon on native) vs transpose(reshape(a·s)) on cpu', () => {
+  for (const engine of ['wasm', 'native'] as const) {
+    for (const { rows, r, dims, perm } of CASES) {
+      it.skipIf(engine === 'native' && !nativeScalePermute)(`${engine}: [${rows}, ${r}] as [${dims}], perm [${perm}]: output and both gradients`, async () => {
+        const want = await onBackend('cpu', () => run(rows, r, dims, perm));
+        const addon = native.ok ? native.addon : undefined;
+        const [fwd, bwd] = [addon?.scalePermute, addon?.scalePermuteGrad];
+        const calls = [0, 0];
+        if (addon && fwd && bwd) {
+          addon.scalePermute = (...args) => (calls[0]++, fwd(...args));
+          addon.scalePermuteGrad = (...args) => (calls[1]++, bwd(...args));
+        }
+        try {
+          const got = await onBackend(engine, () => {
+            expect(tf.getKernel(SCALE_PERMUTE, 'wasm')).toBeDefined();
+            return expectNoLeakedTensors(() => run(rows, r, dims, perm));
+          });
+          expect(got.shape).toEqual(want.shape);
+          expectClose('out', got.out, want.out, 1e-6);
+          expectClose('value', [got.value!], [want.value!], 1e-5);
+          expectClose('da', got.da, want.da, 1e-6);
+          expectClose('ds', got.ds, want.ds, 1e-5);
+          // run(): two forwards (under the tape, then alone) and one gradient.
+          expect(calls, 'addon calls (forward, gradient)').toEqual(engine === 'native' ? [2, 1] : [0, 0]);
+        } finally {
+          if (addon && fwd && bwd) Object.assign(addon, { scalePermute: fwd, scalePermuteGrad: bwd });
+        }
       });
-      expect(got.shape).toEqual(want.shape);
-      expectClose('out', got.out, want.out, 1e-6);
-      expectClose('value', [got.value!], [want.value!], 1e-5);
-      expectClose('da', got.da, want.da, 1e-6);
-      expectClose('ds', got.ds, want.ds, 1e-5);
-    });
+    }
   }
 
   it('permuteIndex sends each element where tf.transpose puts it', () => {

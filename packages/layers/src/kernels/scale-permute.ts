@@ -17,7 +17,7 @@ import type { WasmBackend } from './wasm-backend.js';
 export const SCALE_PERMUTE = 'SvdScalePermute';
 export const SCALE_PERMUTE_GRAD = 'SvdScalePermuteGrad';
 
-interface ScalePermuteAttrs {
+export interface ScalePermuteAttrs {
   /** The shape a·diag(s) is read as (row-major), before the permutation. */
   dims: number[];
   /** tf.transpose's perm over `dims`. */
@@ -76,7 +76,8 @@ export function permuteIndex(dims: readonly number[], perm: readonly number[]): 
   return map;
 }
 
-function operands(name: string, a: TensorInfo, s: TensorInfo, attrs: ScalePermuteAttrs): { rows: number; r: number } {
+/** Checks a [rows, r], s [r] and the attrs of either kernel (the native engine's too); returns rows and r. */
+export function operands(name: string, a: TensorInfo, s: TensorInfo, attrs: ScalePermuteAttrs): { rows: number; r: number } {
   if (a.shape.length !== 2 || a.dtype !== 'float32' || s.dtype !== 'float32' || s.shape.length !== 1 || s.shape[0] !== a.shape[1]) {
     throw new Error(`${name}: expected float32 a [rows, r] and s [r], got ${a.dtype} [${a.shape}] and ${s.dtype} [${s.shape}]`);
   }
@@ -97,14 +98,19 @@ const scalePermuteWasm: KernelFunc = ({ inputs, backend, attrs }) => {
   return out;
 };
 
+/** Checks dy against the forward's output shape. */
+export function checkGradDy(dy: TensorInfo, attrs: ScalePermuteAttrs): void {
+  if (dy.shape.length !== attrs.dims.length || dy.shape.some((d, k) => d !== attrs.dims[attrs.perm[k]])) {
+    throw new Error(`${SCALE_PERMUTE_GRAD}: dy [${dy.shape}] is not the forward's output shape`);
+  }
+}
+
 const scalePermuteGradWasm: KernelFunc = ({ inputs, backend, attrs }) => {
   const be = backend as unknown as WasmBackend;
   const { dy, a, s } = inputs as { dy: TensorInfo; a: TensorInfo; s: TensorInfo };
   const at = attrs as unknown as ScalePermuteAttrs;
   const { rows, r } = operands(SCALE_PERMUTE_GRAD, a, s, at);
-  if (dy.shape.length !== at.dims.length || dy.shape.some((d, k) => d !== at.dims[at.perm[k]])) {
-    throw new Error(`${SCALE_PERMUTE_GRAD}: dy [${dy.shape}] is not the forward's output shape`);
-  }
+  checkGradDy(dy, at);
   const da = be.makeOutput([rows, r], 'float32');
   const ds = be.makeOutput([r], 'float32');
   const map = permuteIndex(at.dims, at.perm);
