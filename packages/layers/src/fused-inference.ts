@@ -25,13 +25,13 @@
  * computed from the conv's rank-space output (`rank-space-batch-norm.ts`), with its own backward
  * kernel; spatial pairs are not fused in training (a model with only those takes `model.apply`).
  * Where a pair's conv reads a residual block's input, which the block's shortcut reads too, the
- * conv runs as `SvdConv2DBranch` and the shortcut takes its second output (`Step.branch`), so the
+ * conv runs as `SvdRankConv2D` with a second output that the shortcut takes (`Step.branch`), so the
  * input's two gradients are summed in the conv's input-gradient kernel. Global average pooling runs
  * as one native kernel each way on either walk (`meanPool`).
  */
 import * as tf from '@tensorflow/tfjs';
 import { SVDBatchNorm } from './batch-norm.js';
-import { CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './kernels/native.js';
+import { POINTWISE_AFFINE, RANK_CONV, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './kernels/native.js';
 import { lanesInference } from './lanes-inference.js';
 import { modelGraph } from './model-graph.js';
 import { rankSpaceBatchNormAvailable } from './rank-space-batch-norm.js';
@@ -197,7 +197,7 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
               conv.decomposition === 'spatial'
                 ? rowBatchNorm(conv, bn, convIn, residual)
                 : training
-                  ? bn.callTrainingFromRankSpace(rankSpaceFor(step, conv, convIn, values), conv.pointwiseFactor(), residual, true)
+                  ? bn.callTrainingFromRankSpace(rankSpaceFor(step, conv, convIn, values, input !== plan.input), conv.pointwiseFactor(), residual, true)
                   : pointwiseBatchNorm(conv, bn, convIn, residual);
             if (fused) return fused;
           }
@@ -247,10 +247,11 @@ export function setShortcutGradientSum(on: boolean): void {
 /**
  * The conv's rank-space output for a training step; for a branch step (where the engine has the
  * kernel), from `rankSpaceBranch`, with the input's entry in `values` replaced by the branch's
- * second output, which the block's shortcut then reads.
+ * second output, which the block's shortcut then reads. `inputGradient` false: x is the model's
+ * input, which needs no gradient.
  */
-function rankSpaceFor(step: Step, conv: SVDConv2D, x: tf.Tensor4D, values: Map<number, tf.Tensor>): tf.Tensor4D {
-  if (!step.branch || !branchEnabled || tf.getKernel(CONV2D_BRANCH, tf.getBackend()) == null) return conv.rankSpace(x);
+function rankSpaceFor(step: Step, conv: SVDConv2D, x: tf.Tensor4D, values: Map<number, tf.Tensor>, inputGradient: boolean): tf.Tensor4D {
+  if (!step.branch || !branchEnabled || tf.getKernel(RANK_CONV, tf.getBackend()) == null) return conv.rankSpace(x, inputGradient);
   const [t, xAgain] = conv.rankSpaceBranch(x);
   values.set(step.fuseWith!.input, xAgain);
   return t;

@@ -32,7 +32,7 @@ import { SvdTrainError, type Decomposition } from '@svd-train/core';
 import { fullRank, matrixDims, matrixFromFactors, pytorchWeightFromMatrix, svdInit, type SvdFactors } from './svd-init.js';
 import { readFactors, writeFactors } from './svd-dense.js';
 import { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
-import { CONV2D_BRANCH } from './kernels/native.js';
+import { RANK_CONV } from './kernels/native.js';
 import { scalePermute } from './kernels/scale-permute.js';
 
 export { chooseSvdForm, svdConvForwardCost } from './svd-form.js';
@@ -265,12 +265,14 @@ export class SVDConv2D extends tf.layers.Layer {
    * The first half of the channel-wise factored forward: the k×k conv from c channels to the rank,
    * with filter (V·s)ᵀ (PyTorch (r, c, kh, kw), tfjs (kh, kw, c, r)). Its output times
    * `pointwiseMatrix()` over the channels is the layer's output (before the bias). Channel
-   * decomposition only.
+   * decomposition only. `inputGradient` false says that x needs no gradient (the network's input):
+   * on the native engine the backward then skips it.
    */
-  rankSpace(x: tf.Tensor4D): tf.Tensor4D {
+  rankSpace(x: tf.Tensor4D, inputGradient = true): tf.Tensor4D {
     if (this.decomposition !== 'channel') {
       throw new SvdTrainError('CONFIG_INVALID', `${this.name}: rankSpace is the channel decomposition's first conv; this layer is '${this.decomposition}'`);
     }
+    if (tf.getKernel(RANK_CONV, tf.getBackend()) != null) return this.rankConv(x, false, inputGradient) as tf.Tensor4D;
     return tf.tidy(() => {
       const p = this.pads(x.shape[1], x.shape[2]);
       return tf.conv2d(x, this.rankFilter(), this.strides, [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]]);
@@ -278,19 +280,27 @@ export class SVDConv2D extends tf.layers.Layer {
   }
 
   /**
-   * `rankSpace(x)` and x again as a second output, from one `CONV2D_BRANCH` kernel (the native
-   * engine only): where x is also a residual block's shortcut and the block reads it from this
-   * second output, x's two gradients are summed in the conv's input-gradient pass (no separate Add).
+   * `rankSpace(x)` and x again as a second output, from one `RANK_CONV` kernel (only where the
+   * backend has it: the native engine): where x is also a residual block's shortcut and the block
+   * reads it from this second output, x's two gradients are summed in the conv's input-gradient
+   * pass (no separate Add).
    */
   rankSpaceBranch(x: tf.Tensor4D): [tf.Tensor4D, tf.Tensor4D] {
     if (this.decomposition !== 'channel') {
       throw new SvdTrainError('CONFIG_INVALID', `${this.name}: rankSpaceBranch is the channel decomposition's first conv; this layer is '${this.decomposition}'`);
     }
-    return tf.tidy(() => {
-      const p = this.pads(x.shape[1], x.shape[2]);
-      const attrs = { strides: this.strides, pad: [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]], dataFormat: 'NHWC', dilations: [1, 1] };
-      return tf.engine().runKernel(CONV2D_BRANCH, { x, filter: this.rankFilter() }, attrs) as unknown as [tf.Tensor4D, tf.Tensor4D];
-    });
+    return this.rankConv(x, true, true) as [tf.Tensor4D, tf.Tensor4D];
+  }
+
+  /** The RANK_CONV kernel: the filter built from V and s inside it (native engine). */
+  private rankConv(x: tf.Tensor4D, branch: boolean, inputGradient: boolean): tf.Tensor | tf.Tensor[] {
+    const { c, kh, kw } = this.geometry();
+    const p = this.pads(x.shape[1], x.shape[2]);
+    const attrs = {
+      strides: this.strides, pad: [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]], dataFormat: 'NHWC', dilations: [1, 1],
+      dims: [c, kh, kw, this.rank], perm: [1, 2, 0, 3], branch, inputGradient,
+    };
+    return tf.engine().runKernel(RANK_CONV, { x, v: this.V.read(), s: this.s.read() }, attrs);
   }
 
   /** The channel decomposition's k×k conv from c channels to the rank, tfjs filter (kh, kw, c, r) = (V·s)ᵀ. */

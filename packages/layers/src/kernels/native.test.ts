@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
-import { AFFINE, CONV2D_BRANCH, POINTWISE_AFFINE, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './native.js';
+import { AFFINE, POINTWISE_AFFINE, RANK_CONV, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './native.js';
 import { TOL, cpuHasAvx512, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
@@ -187,38 +187,52 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     });
   }
 
-  // A residual block's input, read by its first conv and by its shortcut: CONV2D_BRANCH returns x
-  // again, and its gradient sums x's two gradients in the conv's input-gradient call (one addon
-  // call with res, no Add). Shapes our input-gradient kernel runs (16 and 32 channels, up to 16
-  // outputs) and ones oneDNN runs (64 channels, 17 outputs: res added after it).
-  const BRANCH_CASES: ConvCase[] = [
-    { x: [2, 6, 7, 16], k: [3, 3], f: 5, s: [1, 1], pad: p(1, 1, 1, 1) },
-    { x: [3, 5, 4, 32], k: [3, 1], f: 9, s: [1, 1], pad: p(1, 1, 0, 0) },
-    { x: [2, 4, 4, 64], k: [3, 3], f: 11, s: [1, 1], pad: p(1, 1, 1, 1) },
-    { x: [2, 7, 9, 16], k: [3, 3], f: 16, s: [1, 1], pad: 'valid' },
-    { x: [3, 6, 5, 32], k: [3, 3], f: 17, s: [1, 1], pad: 'same' },
+  // The channel decomposition's first conv with its filter built from V and s inside the kernel
+  // (RANK_CONV), and with `branch` x again as a second output: a residual block's input, read by
+  // its first conv and by its shortcut, whose two gradients the kernel's gradient sums in the
+  // input-gradient call (one addon call with res, no Add). Shapes our input-gradient kernel runs
+  // (16 and 32 channels, up to 16 outputs) and ones oneDNN runs (64 channels, 17 outputs: res added
+  // after it); a strided one, and a 1×1 at stride 1 (a matmul) without the branch.
+  const RANK_CASES: (ConvCase & { branch: boolean; noInputGradient?: boolean })[] = [
+    { x: [2, 6, 7, 16], k: [3, 3], f: 5, s: [1, 1], pad: p(1, 1, 1, 1), branch: true },
+    { x: [3, 5, 4, 32], k: [3, 1], f: 9, s: [1, 1], pad: p(1, 1, 0, 0), branch: true },
+    { x: [2, 4, 4, 64], k: [3, 3], f: 11, s: [1, 1], pad: p(1, 1, 1, 1), branch: true },
+    { x: [2, 7, 9, 16], k: [3, 3], f: 16, s: [1, 1], pad: p(0, 0, 0, 0), branch: true },
+    { x: [3, 6, 5, 32], k: [3, 3], f: 17, s: [1, 1], pad: p(1, 1, 1, 1), branch: true },
+    { x: [2, 9, 8, 16], k: [3, 3], f: 6, s: [2, 2], pad: p(1, 1, 1, 1), branch: false },
+    { x: [2, 4, 5, 16], k: [1, 1], f: 7, s: [1, 1], pad: p(0, 0, 0, 0), branch: false },
+    // Told x needs no gradient, and asked for it all the same: a second call gives it.
+    { x: [2, 6, 7, 16], k: [3, 3], f: 5, s: [1, 1], pad: p(1, 1, 1, 1), branch: false, noInputGradient: true },
   ];
-  for (const [i, c] of BRANCH_CASES.entries()) {
-    it(`SvdConv2DBranch: y and x again, x's two gradients summed in the input-gradient call ${convName(c)}`, async () => {
-      // L = Σ conv(x, w)·r + Σ x·q: on cpu x is read twice (tfjs sums its gradients with an Add);
-      // on native through the branch, whose second output stands for x.
-      const run = (branch: boolean) =>
+  for (const [i, c] of RANK_CASES.entries()) {
+    it(`SvdRankConv2D${c.branch ? ' with the branch' : ''}${c.noInputGradient ? ' (told x needs no gradient)' : ''}: y${c.branch ? ', x again' : ''} and the gradients of x, V, s ${convName(c)}`, async () => {
+      const [kh, kw] = c.k;
+      const cin = c.x[3];
+      const dims: [number, number, number, number] = [cin, kh, kw, c.f];
+      // L = Σ conv(x, filter(V, s))·r (+ Σ x·q): on cpu with tfjs ops (x read twice, its gradients
+      // summed by an Add), on native through the kernel, whose second output stands for x.
+      const run = (ours: boolean) =>
         tf.tidy(() => {
           const x = tf.tensor4d(seededUniform(c.x.reduce((a, b) => a * b, 1), 40 + i), c.x);
-          const w = tf.tensor4d(seededUniform(c.k[0] * c.k[1] * c.x[3] * c.f, 41 + i), [c.k[0], c.k[1], c.x[3], c.f]);
-          const both = (a: tf.Tensor, b: tf.Tensor): [tf.Tensor, tf.Tensor] => {
-            if (!branch) return [tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.s, c.pad as 'same'), a];
-            const attrs = { strides: c.s, pad: c.pad, dataFormat: 'NHWC', dilations: [1, 1] } as unknown as tf.NamedAttrMap;
-            return tf.engine().runKernel(CONV2D_BRANCH, { x: a, filter: b }, attrs) as unknown as [tf.Tensor, tf.Tensor];
+          const v = tf.tensor2d(seededUniform(cin * kh * kw * c.f, 41 + i), [cin * kh * kw, c.f]);
+          const sv = tf.tensor1d(seededUniform(c.f, 44 + i, 1, 0.5));
+          const both = (a: tf.Tensor, b: tf.Tensor, d: tf.Tensor): [tf.Tensor, tf.Tensor] => {
+            if (!ours) {
+              const filter = tf.transpose(tf.reshape(tf.mul(b, d), dims), [1, 2, 0, 3]) as tf.Tensor4D;
+              return [tf.conv2d(a as tf.Tensor4D, filter, c.s, c.pad as 'same'), a];
+            }
+            const attrs = { strides: c.s, pad: c.pad, dataFormat: 'NHWC', dilations: [1, 1], dims, perm: [1, 2, 0, 3], branch: c.branch, inputGradient: !c.noInputGradient } as unknown as tf.NamedAttrMap;
+            const out = tf.engine().runKernel(RANK_CONV, { x: a, v: b, s: d }, attrs) as unknown as tf.Tensor | tf.Tensor[];
+            return Array.isArray(out) ? [out[0]!, out[1]!] : [out, a];
           };
-          const [y, again] = both(x, w);
+          const [y, again] = both(x, v, sv);
           const r = tf.tensor(seededUniform(y.size, 42 + i), y.shape);
           const q = tf.tensor(seededUniform(x.size, 43 + i), x.shape);
-          const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => {
-            const [ya, aa] = both(a, b);
-            return tf.add(tf.sum(tf.mul(ya, r)), tf.sum(tf.mul(aa, q)));
-          })([x, w]);
-          return { y: y.dataSync(), again: again.dataSync(), x: x.dataSync(), dx: dx!.dataSync(), dw: dw!.dataSync() };
+          const [dx, dv, ds] = tf.grads((a: tf.Tensor, b: tf.Tensor, d: tf.Tensor) => {
+            const [ya, aa] = both(a, b, d);
+            return c.branch ? tf.add(tf.sum(tf.mul(ya, r)), tf.sum(tf.mul(aa, q))) : tf.sum(tf.mul(ya, r));
+          })([x, v, sv]);
+          return { y: y.dataSync(), again: again.dataSync(), x: x.dataSync(), dx: dx!.dataSync(), dv: dv!.dataSync(), ds: ds!.dataSync() };
         });
       const want = await onBackend('cpu', () => run(false));
       const addon = native.ok ? native.addon : undefined;
@@ -226,17 +240,50 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
       let withRes = 0;
       if (addon && stock) addon.conv2dBackpropInput = (...args) => ((withRes += args[4] ? 1 : 0), stock(...args));
       try {
-        const got = await onBackend('native', () => run(true));
+        const got = await onBackend('native', () => expectNoLeakedTensors(() => run(true)));
         expect(Array.from(got.again), 'the second output is x').toEqual(Array.from(got.x));
         expectClose(`${convName(c)} y`, got.y, want.y, TOL.backendRel * 10);
         expectClose(`${convName(c)} dx`, got.dx, want.dx, TOL.backendRel * 10);
-        expectClose(`${convName(c)} dw`, got.dw, want.dw, TOL.backendRel * 10);
-        expect(withRes, 'input-gradient calls given the shortcut gradient').toBe(1);
+        expectClose(`${convName(c)} dV`, got.dv, want.dv, TOL.backendRel * 10);
+        expectClose(`${convName(c)} ds`, got.ds, want.ds, TOL.backendRel * 10);
+        // A 1×1 conv at stride 1 runs as a matmul (no conv2dBackpropInput call, res or not).
+        expect(withRes, 'input-gradient calls given the shortcut gradient').toBe(c.branch ? 1 : 0);
       } finally {
         if (addon && stock) addon.conv2dBackpropInput = stock;
       }
     });
   }
+
+  it('SvdRankConv2D skips the input gradient where its caller says x needs none (the network\'s input), and its dV and ds stay right', async () => {
+    const c = { x: [2, 8, 8, 3] as const, f: 6 };
+    const dims: [number, number, number, number] = [3, 3, 3, c.f];
+    const run = (ours: boolean) =>
+      tf.tidy(() => {
+        const x = tf.tensor4d(seededUniform(2 * 8 * 8 * 3, 60), [...c.x]);
+        const v = tf.tensor2d(seededUniform(27 * c.f, 61), [27, c.f]);
+        const sv = tf.tensor1d(seededUniform(c.f, 62, 1, 0.5));
+        const r = tf.tensor(seededUniform(2 * 8 * 8 * c.f, 63), [2, 8, 8, c.f]);
+        const conv = (b: tf.Tensor, d: tf.Tensor) =>
+          ours
+            ? (tf.engine().runKernel(RANK_CONV, { x, v: b, s: d }, { strides: [1, 1], pad: p(1, 1, 1, 1), dataFormat: 'NHWC', dilations: [1, 1], dims, perm: [1, 2, 0, 3], branch: false, inputGradient: false } as unknown as tf.NamedAttrMap) as tf.Tensor)
+            : tf.conv2d(x, tf.transpose(tf.reshape(tf.mul(b, d), dims), [1, 2, 0, 3]) as tf.Tensor4D, 1, p(1, 1, 1, 1) as 'same');
+        const [dv, ds] = tf.grads((b: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(conv(b, d), r)))([v, sv]);
+        return { dv: dv!.dataSync(), ds: ds!.dataSync() };
+      });
+    const want = await onBackend('cpu', () => run(false));
+    const addon = native.ok ? native.addon : undefined;
+    const stock = addon!.conv2dBackpropInput;
+    let inputGradients = 0;
+    addon!.conv2dBackpropInput = (...args) => (inputGradients++, stock(...args));
+    try {
+      const got = await onBackend('native', () => run(true));
+      expectClose('dV', got.dv, want.dv, TOL.backendRel * 10);
+      expectClose('ds', got.ds, want.ds, TOL.backendRel * 10);
+      expect(inputGradients, 'input-gradient calls').toBe(0);
+    } finally {
+      addon!.conv2dBackpropInput = stock;
+    }
+  });
 
   it('SvdMeanPool (global average pooling) and its gradient match tf.mean over axes 1, 2', async () => {
     for (const shape of [[3, 8, 8, 64], [2, 1, 5, 7], [1, 1, 1, 3]] as [number, number, number, number][]) {

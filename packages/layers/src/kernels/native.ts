@@ -14,7 +14,7 @@
  * back (tests switch between 'native' and 'wasm' in one process).
  */
 import * as tf from '@tensorflow/tfjs';
-import type { KernelConfig, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
+import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs';
 import type { NativeAddon } from '@svd-train/native';
 import type { WasmBackend } from './wasm-backend.js';
 import { SCALE_PERMUTE, SCALE_PERMUTE_GRAD, checkGradDy, operands, type ScalePermuteAttrs } from './scale-permute.js';
@@ -57,15 +57,19 @@ export const RANK_BN_GRAD = 'SvdRankBnGrad';
  */
 export const LANES_NET = 'SvdLanesNet';
 /**
- * A conv whose input a residual block also reads as its shortcut: outputs [y, x], y = conv2d(x,
- * filter) (Conv2D's attrs) and x itself (the same buffer, no copy). Where the block's shortcut
- * takes this second output, the gradient function receives both of x's gradients at once and
- * `CONV2D_BACKPROP_INPUT_SUM` sums them in the input gradient's pass, instead of tfjs' separate Add
- * of two [N,H,W,C] tensors (`fused-inference.ts`).
+ * The channel decomposition's first conv (`SVDConv2D.rankSpace`) in one kernel each way: inputs x,
+ * v (V, [c·kh·kw, r]) and s; attrs Conv2D's strides and pad, and `dims` [c, kh, kw, r] and `perm`
+ * [1, 2, 0, 3] (the filter is transpose(reshape(V·diag(s), dims), perm), scale-permute.ts). The
+ * filter is built in the addon into a temporary, so the step records one kernel and saves x, v, s,
+ * where SvdScalePermute and Conv2D were two kernels and four saved copies forward and three
+ * kernels backward. With `branch`, a second output is x itself (the same buffer, no copy): where a
+ * residual block's shortcut reads it, the gradient receives both of x's gradients and sums them in
+ * the input gradient's pass (`fused-inference.ts`), instead of tfjs' separate Add of two [N,H,W,C]
+ * tensors. `RANK_CONV_GRAD` takes dy, x, v, s and (branch) res, and gives dx, dv, ds (dv, ds
+ * where the attr `inputGradient` is false, as RANK_CONV's caller sets it for the network's input).
  */
-export const CONV2D_BRANCH = 'SvdConv2DBranch';
-/** Conv2DBackpropInput (its inputs and attrs) plus `res`, a tensor of dx's shape added to dx. */
-export const CONV2D_BACKPROP_INPUT_SUM = 'SvdConv2DBackpropInputSum';
+export const RANK_CONV = 'SvdRankConv2D';
+export const RANK_CONV_GRAD = 'SvdRankConv2DGrad';
 /**
  * Global average pooling of NHWC x [N,H,W,C] to [N,C] (tf.mean over axes 1 and 2), and its
  * gradient dx = dy / (H·W) broadcast over the pixels (attrs { inputShape }), where tfjs' Mean
@@ -109,6 +113,18 @@ function isPointwise(info: tf.backend_util.Conv2DInfo): boolean {
   );
 }
 
+/** RANK_CONV's attrs: Conv2D's, the filter's layout as SvdScalePermute takes it, and whether x is a second output. */
+interface RankConvAttrs extends ScalePermuteAttrs {
+  strides: [number, number] | number;
+  pad: tf.backend_util.ExplicitPadding | 'same' | 'valid' | number;
+  branch: boolean;
+  /**
+   * Whether x needs a gradient (false: the network's input). RANK_CONV passes it to its gradient;
+   * RANK_CONV_GRAD without it gives [dv, ds] only.
+   */
+  inputGradient?: boolean;
+}
+
 /** 16-bit words of a ReLU mask per row of c channels (pointwise_affine.h's MaskWords). */
 const maskWords = (c: number) => Math.ceil(c / 16);
 
@@ -139,7 +155,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     outShape: (info: tf.backend_util.Conv2DInfo) => number[],
     run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[], res?: Float32Array) => void,
     asMatmul: (a: Float32Array, b: Float32Array, out: Float32Array, pixels: number, cin: number, cout: number) => void,
-    /** An input of the output's shape added to it (`CONV2D_BACKPROP_INPUT_SUM`'s res): `run` takes it, or it is added after. */
+    /** An input of the output's shape added to it (RANK_CONV_GRAD's res): `run` takes it, or it is added after. */
     sumName?: string,
   ): KernelFunc => (args) => {
     const be = args.backend as unknown as WasmBackend;
@@ -194,13 +210,6 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   const conv2dBackpropInput = backpropInput();
   const conv2dBackpropInputSum = backpropInput('res');
 
-  /** CONV2D_BRANCH: the conv, and x again under a second reference (as the Identity kernel does). */
-  const conv2dBranch: KernelFunc = (args) => {
-    const { x, filter } = args.inputs as Record<'x' | 'filter', TensorInfo>;
-    const y = conv2d({ ...args, inputs: { x, filter } }) as TensorInfo;
-    (args.backend as unknown as WasmBackend).incRef(x.dataId);
-    return [y, { dataId: x.dataId, shape: x.shape, dtype: x.dtype }];
-  };
   const conv2dBackpropFilter = convKernel(
     'Conv2DBackpropFilter', ['x', 'dy'],
     (ins, attrs) => ({ x: ins.x.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
@@ -209,6 +218,53 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     // dw[cin, cout] = x[P, cin]ᵀ · dy[P, cout]
     (x, dy, dw, p, cin, cout) => addon.matmul(x, dy, dw, [1, 1, cin, p, cout, 1, 0]),
   );
+
+  /** The filter transpose(reshape(v·diag(s), dims), perm) as a temporary tensor (the caller disposes it). */
+  const rankFilter = (be: WasmBackend, v: TensorInfo, s: TensorInfo, at: RankConvAttrs): TensorInfo => {
+    operands(RANK_CONV, v, s, at);
+    const filter = be.makeOutput(at.perm.map((k) => at.dims[k]), 'float32');
+    addon.scalePermute!(be.typedArrayFromHeap(v), be.typedArrayFromHeap(s), be.typedArrayFromHeap(filter), at.dims, at.perm);
+    return filter;
+  };
+  const rankConv: KernelFunc = (args) => {
+    const be = args.backend as unknown as WasmBackend;
+    const { x, v, s } = args.inputs as Record<'x' | 'v' | 's', TensorInfo>;
+    const at = args.attrs as unknown as RankConvAttrs;
+    const filter = rankFilter(be, v, s, at);
+    try {
+      const y = conv2d({ ...args, inputs: { x, filter } }) as TensorInfo;
+      if (!at.branch) return y;
+      be.incRef(x.dataId);
+      return [y, { dataId: x.dataId, shape: x.shape, dtype: x.dtype }];
+    } finally {
+      be.disposeData(filter.dataId);
+    }
+  };
+  const rankConvGrad: KernelFunc = (args) => {
+    const be = args.backend as unknown as WasmBackend;
+    const { dy, x, v, s, res } = args.inputs as Record<'dy' | 'x' | 'v' | 's', TensorInfo> & { res?: TensorInfo };
+    const at = args.attrs as unknown as RankConvAttrs;
+    const filter = rankFilter(be, v, s, at);
+    const filterShape = at.perm.map((k) => at.dims[k]);
+    let dw: TensorInfo | undefined;
+    try {
+      const inputAttrs = { ...args.attrs, inputShape: x.shape } as unknown as NamedAttrMap;
+      const dx = !at.inputGradient
+        ? undefined
+        : res
+          ? (conv2dBackpropInputSum({ ...args, inputs: { dy, filter, res }, attrs: inputAttrs }) as TensorInfo)
+          : (conv2dBackpropInput({ ...args, inputs: { dy, filter }, attrs: inputAttrs }) as TensorInfo);
+      dw = conv2dBackpropFilter({ ...args, inputs: { x, dy }, attrs: { ...args.attrs, filterShape } }) as TensorInfo;
+      const dv = be.makeOutput([...v.shape], 'float32');
+      const ds = be.makeOutput([...s.shape], 'float32');
+      const [vw, vv, vs, vdv, vds] = [dw, v, s, dv, ds].map((t) => be.typedArrayFromHeap(t));
+      addon.scalePermuteGrad!(vw, vv, vs, vdv, vds, at.dims, at.perm);
+      return dx ? [dx, dv, ds] : [dv, ds];
+    } finally {
+      be.disposeData(filter.dataId);
+      if (dw) be.disposeData(dw.dataId);
+    }
+  };
 
   /**
    * tfjs-layers' Conv2D runs `FusedConv2D` (conv, optional bias, optional activation). oneDNN does
@@ -478,10 +534,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     k('FusedConv2D', fusedConv2d),
     k('Conv2DBackpropInput', conv2dBackpropInput),
     k('Conv2DBackpropFilter', conv2dBackpropFilter),
-    k(CONV2D_BRANCH, conv2dBranch),
-    k(CONV2D_BACKPROP_INPUT_SUM, conv2dBackpropInputSum),
     ...(typeof addon.scalePermute === 'function' && typeof addon.scalePermuteGrad === 'function'
-      ? [k(SCALE_PERMUTE, scalePermute), k(SCALE_PERMUTE_GRAD, scalePermuteGrad)]
+      ? [k(SCALE_PERMUTE, scalePermute), k(SCALE_PERMUTE_GRAD, scalePermuteGrad), k(RANK_CONV, rankConv), k(RANK_CONV_GRAD, rankConvGrad)]
       : []),
     ...(typeof addon.meanPool === 'function' && typeof addon.meanPoolGrad === 'function' ? [k(MEAN_POOL, meanPool), k(MEAN_POOL_GRAD, meanPoolGrad)] : []),
     k('BatchMatMul', batchMatMul),
@@ -516,22 +570,25 @@ tf.registerGradient({
   },
 });
 
-// CONV2D_BRANCH's gradient: both of x's gradients (the conv's and the second output's) in one
-// input-gradient call, and the conv's filter gradient as tfjs' Conv2D gradient computes it.
+// RANK_CONV's gradient: one RANK_CONV_GRAD call for dx (with, for a branch, the second output's
+// gradient summed in), dv and ds. Where the forward said x needs no gradient (`inputGradient`
+// false: the network's input image), the call skips dx (at the stem, a conv back to 3 channels,
+// ~0.8 ms a step); asked for it anyway, dx comes from a second call.
 tf.registerGradient({
-  kernelName: CONV2D_BRANCH,
-  inputsToSave: ['x', 'filter'],
+  kernelName: RANK_CONV,
+  inputsToSave: ['x', 'v', 's'],
   gradFunc: (dys, saved, attrs) => {
-    const [dy, dx2] = dys as tf.Tensor[];
-    const [x, filter] = saved as [tf.Tensor4D, tf.Tensor4D];
-    const a = attrs as unknown as tf.Conv2DAttrs;
-    const common = { strides: a.strides, pad: a.pad, dataFormat: a.dataFormat, dimRoundingMode: a.dimRoundingMode };
-    const inputAttrs = { ...common, inputShape: x.shape } as unknown as tf.NamedAttrMap;
-    const filterAttrs = { ...common, filterShape: filter.shape } as unknown as tf.NamedAttrMap;
-    return {
-      x: () => tf.engine().runKernel<tf.Tensor>(CONV2D_BACKPROP_INPUT_SUM, { dy, filter, res: dx2 }, inputAttrs),
-      filter: () => tf.engine().runKernel<tf.Tensor>('Conv2DBackpropFilter', { x, dy }, filterAttrs),
+    const [dy, dx2] = Array.isArray(dys) ? dys : [dys];
+    const [x, v, s] = saved;
+    const run = (inputGradient: boolean) => {
+      const ins: Record<string, tf.Tensor> = { dy, x, v, s };
+      if (dx2) ins.res = dx2;
+      return tf.engine().runKernel<tf.Tensor[]>(RANK_CONV_GRAD, ins, { ...attrs, inputGradient });
     };
+    const withDx = (attrs as { inputGradient?: boolean }).inputGradient !== false;
+    const out = run(withDx);
+    const [dv, ds] = withDx ? out.slice(1) : out;
+    return { x: () => (withDx ? out[0] : run(true)[0]), v: () => dv, s: () => ds };
   },
 });
 
