@@ -17,7 +17,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs';
 import type { NativeAddon } from '@svd-train/native';
 import type { WasmBackend } from './wasm-backend.js';
-import { SCALE_PERMUTE, SCALE_PERMUTE_GRAD, checkGradDy, operands, type ScalePermuteAttrs } from './scale-permute.js';
+import { SCALE_PERMUTE, SCALE_PERMUTE_GRAD, operands, scalePermuteKernel, type ScalePermuteAttrs } from './scale-permute.js';
 
 /** Kernel names of our own batch-norm and ReLU-gradient ops (used by batch-norm.ts and the Relu gradient below). */
 export const BN_TRAIN = 'SvdBatchNormTrain';
@@ -506,27 +506,8 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
   };
 
   /** SvdScalePermute and its gradient (scale-permute.ts) with the loops in the addon instead of JS. */
-  const scalePermute: KernelFunc = ({ inputs, backend, attrs }) => {
-    const be = backend as unknown as WasmBackend;
-    const { a, s } = inputs as { a: TensorInfo; s: TensorInfo };
-    const at = attrs as unknown as ScalePermuteAttrs;
-    operands(SCALE_PERMUTE, a, s, at);
-    const out = be.makeOutput(at.perm.map((k) => at.dims[k]), 'float32');
-    addon.scalePermute!(be.typedArrayFromHeap(a), be.typedArrayFromHeap(s), be.typedArrayFromHeap(out), at.dims, at.perm);
-    return out;
-  };
-  const scalePermuteGrad: KernelFunc = ({ inputs, backend, attrs }) => {
-    const be = backend as unknown as WasmBackend;
-    const { dy, a, s } = inputs as { dy: TensorInfo; a: TensorInfo; s: TensorInfo };
-    const at = attrs as unknown as ScalePermuteAttrs;
-    const { rows, r } = operands(SCALE_PERMUTE_GRAD, a, s, at);
-    checkGradDy(dy, at);
-    const da = be.makeOutput([rows, r], 'float32');
-    const ds = be.makeOutput([r], 'float32');
-    const [vd, va, vs, vda, vds] = [dy, a, s, da, ds].map((t) => be.typedArrayFromHeap(t));
-    addon.scalePermuteGrad!(vd, va, vs, vda, vds, at.dims, at.perm);
-    return [da, ds];
-  };
+  const scalePermute = scalePermuteKernel(false, (v, at) => addon.scalePermute!(v.a, v.s, v.y, at.dims, at.perm));
+  const scalePermuteGrad = scalePermuteKernel(true, (v, at) => addon.scalePermuteGrad!(v.y, v.a, v.s, v.da, v.ds, at.dims, at.perm));
 
   const k = (kernelName: string, kernelFunc: KernelFunc): KernelConfig => ({ kernelName, backendName: 'wasm', kernelFunc });
   return [

@@ -85,47 +85,61 @@ export function operands(name: string, a: TensorInfo, s: TensorInfo, attrs: Scal
   return { rows: a.shape[0], r: a.shape[1] };
 }
 
-const scalePermuteWasm: KernelFunc = ({ inputs, backend, attrs }) => {
-  const be = backend as unknown as WasmBackend;
-  const { a, s } = inputs as { a: TensorInfo; s: TensorInfo };
-  const at = attrs as unknown as ScalePermuteAttrs;
-  const { rows, r } = operands(SCALE_PERMUTE, a, s, at);
-  const out = be.makeOutput(at.perm.map((k) => at.dims[k]), 'float32');
-  const map = permuteIndex(at.dims, at.perm);
-  // Views after the allocation: a heap growth detaches earlier ones.
-  const [va, vs, vo] = [be.typedArrayFromHeap(a), be.typedArrayFromHeap(s), be.typedArrayFromHeap(out)];
-  for (let i = 0, e = 0; i < rows; i++) for (let j = 0; j < r; j++, e++) vo[map[e]] = va[e] * vs[j];
-  return out;
-};
+/** Views of a kernel's tensors, taken after its outputs are allocated (a heap growth detaches earlier ones). */
+export interface ScalePermuteViews {
+  a: Float32Array;
+  s: Float32Array;
+  /** The forward's output, or the gradient's dy. */
+  y: Float32Array;
+  /** The gradient's outputs (empty in the forward). */
+  da: Float32Array;
+  ds: Float32Array;
+}
+
+/**
+ * SvdScalePermute (grad false) or its gradient as a kernel around `fill`, which does the
+ * arithmetic on the views: the JS loops here, or the addon's (native.ts). The checks and the
+ * outputs are the same for both.
+ */
+export function scalePermuteKernel(grad: boolean, fill: (v: ScalePermuteViews, at: ScalePermuteAttrs, rows: number, r: number) => void): KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const be = backend as unknown as WasmBackend;
+    const { a, s, dy } = inputs as { a: TensorInfo; s: TensorInfo; dy?: TensorInfo };
+    const at = attrs as unknown as ScalePermuteAttrs;
+    const { rows, r } = operands(grad ? SCALE_PERMUTE_GRAD : SCALE_PERMUTE, a, s, at);
+    if (grad) checkGradDy(dy!, at);
+    const outs = grad ? [be.makeOutput([rows, r], 'float32'), be.makeOutput([r], 'float32')] : [be.makeOutput(at.perm.map((k) => at.dims[k]), 'float32')];
+    const view = (t: TensorInfo) => be.typedArrayFromHeap(t);
+    const none = new Float32Array(0);
+    fill({ a: view(a), s: view(s), y: view(grad ? dy! : outs[0]), da: grad ? view(outs[0]) : none, ds: grad ? view(outs[1]) : none }, at, rows, r);
+    return grad ? outs : outs[0];
+  };
+}
 
 /** Checks dy against the forward's output shape. */
-export function checkGradDy(dy: TensorInfo, attrs: ScalePermuteAttrs): void {
+function checkGradDy(dy: TensorInfo, attrs: ScalePermuteAttrs): void {
   if (dy.shape.length !== attrs.dims.length || dy.shape.some((d, k) => d !== attrs.dims[attrs.perm[k]])) {
     throw new Error(`${SCALE_PERMUTE_GRAD}: dy [${dy.shape}] is not the forward's output shape`);
   }
 }
 
-const scalePermuteGradWasm: KernelFunc = ({ inputs, backend, attrs }) => {
-  const be = backend as unknown as WasmBackend;
-  const { dy, a, s } = inputs as { dy: TensorInfo; a: TensorInfo; s: TensorInfo };
-  const at = attrs as unknown as ScalePermuteAttrs;
-  const { rows, r } = operands(SCALE_PERMUTE_GRAD, a, s, at);
-  checkGradDy(dy, at);
-  const da = be.makeOutput([rows, r], 'float32');
-  const ds = be.makeOutput([r], 'float32');
+const scalePermuteWasm = scalePermuteKernel(false, (v, at, rows, r) => {
   const map = permuteIndex(at.dims, at.perm);
-  const [vd, va, vs, vda, vds] = [dy, a, s, da, ds].map((t) => be.typedArrayFromHeap(t));
+  for (let i = 0, e = 0; i < rows; i++) for (let j = 0; j < r; j++, e++) v.y[map[e]] = v.a[e] * v.s[j];
+});
+
+const scalePermuteGradWasm = scalePermuteKernel(true, (v, at, rows, r) => {
+  const map = permuteIndex(at.dims, at.perm);
   const acc = new Float64Array(r);
   for (let i = 0, e = 0; i < rows; i++) {
     for (let j = 0; j < r; j++, e++) {
-      const g = vd[map[e]];
-      vda[e] = g * vs[j];
-      acc[j] += g * va[e];
+      const g = v.y[map[e]];
+      v.da[e] = g * v.s[j];
+      acc[j] += g * v.a[e];
     }
   }
-  for (let j = 0; j < r; j++) vds[j] = acc[j]!;
-  return [da, ds];
-};
+  for (let j = 0; j < r; j++) v.ds[j] = acc[j];
+});
 
 export const scalePermuteWasmConfigs: KernelConfig[] = [
   { kernelName: SCALE_PERMUTE, backendName: 'wasm', kernelFunc: scalePermuteWasm },
