@@ -237,9 +237,33 @@ function compile(model: tf.LayersModel): Program | null {
     });
   }
   if (!size.has(outputId)) return null;
+  pairUp(steps);
   const outShape = model.outputs[0].shape.slice(1);
   if (!outShape.every((d) => typeof d === 'number') || outShape.reduce((a, b) => a * b, 1) !== size.get(outputId)) return null;
   return allocate(steps, size, model.inputs[0].id, outputId, inShape, outShape);
+}
+
+/**
+ * Moves the conv that reads a 1×1 conv's output (stride 1, no shortcut) up to just after it, where
+ * steps between them do not make what it reads: the addon runs two adjacent such steps row by row
+ * (lanes_net.cc RunPair). In a downsampling block the shortcut's convs were compiled between the
+ * block's two layers.
+ */
+function pairUp(steps: ProgramStep[]): void {
+  const madeAt = (id: number, before: number) => steps.findIndex((st, k) => k < before && st.output === id);
+  for (let i = 0; i + 1 < steps.length; i++) {
+    const a = steps[i];
+    if (a.kind !== 'conv' || a.shortcut !== undefined || a.dims.kh !== 1 || a.dims.kw !== 1 || a.dims.sh !== 1 || a.dims.sw !== 1) continue;
+    if (steps[i + 1].input === a.output) continue;
+    const j = steps.findIndex((st, k) => k > i + 1 && st.input === a.output);
+    if (j < 0) continue;
+    const b = steps[j];
+    // Its shortcut, if any, must be made by then; nothing between may write what it reads.
+    if (b.kind === 'conv' && b.shortcut !== undefined && madeAt(b.shortcut, i + 1) < 0) continue;
+    if (steps.slice(i + 1, j).some((st) => st.output === a.output || st.output === b.output)) continue;
+    steps.splice(j, 1);
+    steps.splice(i + 1, 0, b);
+  }
 }
 
 /** A ZeroPadding2D's output: its input with zero rows and columns around it, for the conv that reads it. */

@@ -206,8 +206,9 @@ void RunPair(const Conv& a, const Conv& b, const float* xa, float* ring, float* 
 }
 
 // Whether steps i and i + 1 run as one RunPair (see there): a's output read by no later step
-// before another step writes its buffer (buffers are reused: lanes-inference.ts), and b not
-// writing the buffer a reads (in the pair a's rows are made while b runs).
+// before another step writes its buffer (buffers are reused: lanes-inference.ts; the network's
+// output buffer too, so it counts only where no later step writes it), and b not writing the
+// buffer a reads (in the pair a's rows are made while b runs).
 bool Pairs(const Net& net, size_t i) {
   if (i + 1 >= net.steps.size() || net.steps[i].kind != Step::kConv || net.steps[i + 1].kind != Step::kConv) return false;
   const Conv& a = net.steps[i].conv;
@@ -216,15 +217,14 @@ bool Pairs(const Net& net, size_t i) {
       a.ow != a.w) {
     return false;
   }
-  if (b.in != a.out || b.res == a.out || b.out == a.in || b.h != a.oh || b.w != a.ow || b.c != a.f || a.out == net.output) {
-    return false;
-  }
+  if (b.in != a.out || b.res == a.out || b.out == a.in || b.h != a.oh || b.w != a.ow || b.c != a.f) return false;
   for (size_t j = i + 2; j < net.steps.size(); j++) {
     const Step& s = net.steps[j];
     if (s.kind == Step::kConv ? (s.conv.in == a.out || s.conv.res == a.out) : s.pool.in == a.out) return false;
     if ((s.kind == Step::kConv ? s.conv.out : s.pool.out) == a.out) return true;
   }
-  return true;
+  // No later step writes the buffer: it must not be where the network's output is read from.
+  return a.out != net.output;
 }
 
 void RunPool(const Pool& g, const float* xt, float* yt) {
