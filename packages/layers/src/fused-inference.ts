@@ -48,6 +48,8 @@ interface Step {
   fuseWith?: { conv: SVDConv2D; input: number };
   /** For such a conv: its batch norm, which computes the pair (the conv is then skipped). */
   fusedInto?: SVDBatchNorm;
+  /** tf.layers' global average pooling over an NHWC input: run as `meanPool`. */
+  meanPool?: boolean;
   /**
    * For a fused pair whose conv input is read by one other step only, a later batch norm's
    * shortcut (a residual block's input): in training the conv runs as `rankSpaceBranch`, and that
@@ -145,7 +147,7 @@ export function applyInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
 function makePlan(model: tf.LayersModel): Plan | null {
   const graph = modelGraph(model);
   if (!graph) return null;
-  const steps: Step[] = graph.nodes.map((n) => ({ layer: n.layer, inputs: n.inputs.map((t) => t.id), output: n.output.id }));
+  const steps: Step[] = graph.nodes.map((n) => ({ layer: n.layer, inputs: n.inputs.map((t) => t.id), output: n.output.id, meanPool: isNhwcMeanPool(n.layer) }));
   const byOutput = new Map(steps.map((s) => [s.output, s]));
   const readers = graph.readers;
   const output = model.outputs[0].id;
@@ -210,7 +212,7 @@ function run(plan: Plan, x: tf.Tensor, training: boolean): tf.Tensor {
         for (const id of step.inputs.slice(1)) release(id);
       } else {
         const layerOut = () =>
-          isNhwcMeanPool(step.layer) && ins.length === 1 && ins[0].rank === 4
+          step.meanPool && ins.length === 1 && ins[0].rank === 4
             ? meanPool(ins[0] as tf.Tensor4D)
             : (step.layer.apply(ins.length === 1 ? ins[0] : ins, { training }) as tf.Tensor);
         y = training ? layerOut() : tf.tidy(layerOut);

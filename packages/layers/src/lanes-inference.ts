@@ -245,7 +245,7 @@ function compile(model: tf.LayersModel): Program | null {
 
 /**
  * Moves the conv that reads a 1×1 conv's output (stride 1, no shortcut) up to just after it, where
- * steps between them do not make what it reads: the addon runs two adjacent such steps row by row
+ * what it reads is made by then: the addon runs two adjacent such steps row by row
  * (lanes_net.cc RunPair). In a downsampling block the shortcut's convs were compiled between the
  * block's two layers.
  */
@@ -258,9 +258,8 @@ function pairUp(steps: ProgramStep[]): void {
     const j = steps.findIndex((st, k) => k > i + 1 && st.input === a.output);
     if (j < 0) continue;
     const b = steps[j];
-    // Its shortcut, if any, must be made by then; nothing between may write what it reads.
+    // Each value is made by one step, so only b's shortcut, if any, must be made by then.
     if (b.kind === 'conv' && b.shortcut !== undefined && madeAt(b.shortcut, i + 1) < 0) continue;
-    if (steps.slice(i + 1, j).some((st) => st.output === a.output || st.output === b.output)) continue;
     steps.splice(j, 1);
     steps.splice(i + 1, 0, b);
   }

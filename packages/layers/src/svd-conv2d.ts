@@ -294,20 +294,25 @@ export class SVDConv2D extends tf.layers.Layer {
 
   /** The RANK_CONV kernel: the filter built from V and s inside it (native engine). */
   private rankConv(x: tf.Tensor4D, branch: boolean, inputGradient: boolean): tf.Tensor | tf.Tensor[] {
-    const { c, kh, kw } = this.geometry();
     const p = this.pads(x.shape[1], x.shape[2]);
     const attrs = {
       strides: this.strides, pad: [[0, 0], [p.top, p.bottom], [p.left, p.right], [0, 0]], dataFormat: 'NHWC', dilations: [1, 1],
-      dims: [c, kh, kw, this.rank], perm: [1, 2, 0, 3], branch, inputGradient,
+      ...this.rankFilterLayout(), branch, inputGradient,
     };
     return tf.engine().runKernel(RANK_CONV, { x, v: this.V.read(), s: this.s.read() }, attrs);
+  }
+
+  /** V·diag(s) read as [c, kh, kw, r] and permuted to the filter's (kh, kw, c, r): `rankFilter`'s and RANK_CONV's layout. */
+  private rankFilterLayout(): { dims: number[]; perm: number[] } {
+    const { c, kh, kw } = this.geometry();
+    return { dims: [c, kh, kw, this.rank], perm: [1, 2, 0, 3] };
   }
 
   /** The channel decomposition's k×k conv from c channels to the rank, tfjs filter (kh, kw, c, r) = (V·s)ᵀ. */
   rankFilter(): tf.Tensor4D {
     return tf.tidy(() => {
-      const { c, kh, kw } = this.geometry();
-      return scalePermute<tf.Rank.R4>(this.V.read() as tf.Tensor2D, this.s.read() as tf.Tensor1D, [c, kh, kw, this.rank], [1, 2, 0, 3]);
+      const { dims, perm } = this.rankFilterLayout();
+      return scalePermute<tf.Rank.R4>(this.V.read() as tf.Tensor2D, this.s.read() as tf.Tensor1D, dims, perm);
     });
   }
 

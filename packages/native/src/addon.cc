@@ -324,6 +324,7 @@ void RunFwd(ConvFwd& e, float* x, float* w, float* y) {
 
 const float* OptionalF32(const Napi::CallbackInfo& info, size_t i, size_t n, const char* name);
 void ConvBackwardDataOneDnn(const ConvShape& s, const std::string& key, float* dy, float* w, float* dx);
+void AddInto(float* out, const float* b, size_t n);
 
 // conv2dBackpropInput(dy, filter, dx, shape, res?): dx NHWC [N,H,W,C] from dy [N,OH,OW,F], plus
 // res [N,H,W,C] when given (the gradient a residual block's shortcut sends to the same input,
@@ -344,8 +345,7 @@ Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
       return info.Env().Undefined();
     }
     ConvBackwardDataOneDnn(s, key, dy, w, dx);
-    if (res)
-      for (size_t i = 0; i < s.xs(); i++) dx[i] += res[i];
+    if (res) AddInto(dx, res, s.xs());
     return info.Env().Undefined();
   });
 }
@@ -548,6 +548,9 @@ SVD_CLONES void AddImpl(const float* a, const float* b, float* out, size_t n) {
     for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
   }
 }
+
+// out += b (AddImpl in place), for code above the clones' definitions.
+void AddInto(float* out, const float* b, size_t n) { AddImpl(out, b, out, n); }
 
 SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
   for (size_t i0 = 0; i0 < n; i0 += 16) {
