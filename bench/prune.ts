@@ -63,6 +63,7 @@ import {
   setFusedInference,
   setFusedTraining,
   setShortcutGradientSum,
+  setNativeTrainingStep,
   setLanesInference,
   setNativeRegularizer,
   setParameters,
@@ -179,11 +180,16 @@ interface Variant {
   shortcutSum?: boolean;
   /** false: inference timed with the lanes network writing every 1×1 conv's output whole (addon setLanesPairs off). */
   lanesPairs?: boolean;
+  /** false: training timed on tfjs' tape, not the native step (native-step.ts). */
+  nativeStep?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
 const lanesOn = info.backend === 'native' && lanesInferenceAvailable();
 if (lanesOn) variants.push({ label: '  full rank, inference per op (lanes network off)', model: base, train: false, lanes: false });
+// And its training step on tfjs' tape (the native step off), as it ran before native-step.ts.
+const stepOn = info.backend === 'native';
+if (stepOn) variants.push({ label: '  full rank, step on the tape (native step off)', model: base, train: true, nativeStep: false });
 // And with the addon's streaming kernels not prefetching (here and for the real ranks below).
 const prefetchSwitch = info.backend === 'native' ? loadNative() : null;
 const canPrefetch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setPrefetch === 'function';
@@ -195,6 +201,7 @@ for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
   const label = forward === 'auto' ? realLabel : `  same, all ${forward === 'reconstruct' ? 'merged' : 'factored'}`;
   variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition, ranks, forward, seed: 1 }), train: true });
 }
+if (stepOn) variants.push({ label: '  same, step on the tape (native step off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeStep: false });
 // On the native engine: the real-ranks model once more with every conv on oneDNN, to show what
 // the small-OC kernels (packages/native/src/small_oc_conv.cc) gain.
 const addon = info.backend === 'native' ? loadNative() : null;
@@ -219,12 +226,13 @@ if (addon?.ok) {
 if (addon?.ok && decomposition === 'channel') {
   // And in training with batch norm taken from the 1×1 conv's output (rank-space-batch-norm.ts off;
   // channel only: a spatial layer's second conv is 1×k, and its training batch norm is not fused).
-  variants.push({ label: '  same, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false });
+  // (The tape's walk: the native step always takes batch norm from rank space and sums the gradients in the kernel.)
+  variants.push({ label: '  same, on the tape, batch norm of the 1×1 conv\'s output in training', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, fusedTraining: false, nativeStep: false });
   // And with a residual block input's two gradients summed by a separate Add, not in the conv's input-gradient kernel.
-  variants.push({ label: '  same, shortcut gradients summed by a separate Add', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, shortcutSum: false });
+  variants.push({ label: '  same, on the tape, shortcut gradients summed by a separate Add', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, shortcutSum: false, nativeStep: false });
 }
 // On the native engine, training with the regularizer as taped tfjs ops (native-regularizer.ts off).
-if (info.backend === 'native') variants.push({ label: '  same, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false });
+if (info.backend === 'native') variants.push({ label: '  same, on the tape, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false, nativeStep: false });
 if (canPrefetch) variants.push({ label: '  same, prefetch off', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, prefetch: false });
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
@@ -258,6 +266,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.fusedTraining === false) setFusedTraining(false);
   if (v.shortcutSum === false) setShortcutGradientSum(false);
   if (v.nativeReg === false) setNativeRegularizer(false);
+  if (v.nativeStep === false) setNativeTrainingStep(false);
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
   try {
     f();
@@ -268,6 +277,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     setFusedTraining(true);
     setShortcutGradientSum(true);
     setNativeRegularizer(true);
+    setNativeTrainingStep(true);
     setLanesInference(true);
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
   }
@@ -318,7 +328,15 @@ if (profile) {
   ];
   for (const { label, model } of models) {
     for (const [what, run] of [
-      [`train step, batch ${batch}`, () => void computeGradients(model, xTrain, yTrain, reg)],
+      // On the tape: the native step (native-step.ts) runs no tfjs kernels to profile.
+      [`train step on the tape, batch ${batch}`, () => {
+        setNativeTrainingStep(false);
+        try {
+          computeGradients(model, xTrain, yTrain, reg);
+        } finally {
+          setNativeTrainingStep(true);
+        }
+      }],
       [`inference, batch ${inferBatch}`, () => void evaluate(model, xInfer, yInfer, inferBatch)],
     ] as const) {
       run();

@@ -307,6 +307,16 @@ export class SVDBatchNorm extends tf.layers.Layer {
     return y;
   }
 
+  /** gamma, beta and the running statistics, for the native training step (native-step.ts), which reads them off the tape. */
+  variables(): { gamma: tf.LayerVariable; beta: tf.LayerVariable; movingMean: tf.LayerVariable; movingVariance: tf.LayerVariable } {
+    return { gamma: this.gamma, beta: this.beta, movingMean: this.movingMean, movingVariance: this.movingVariance };
+  }
+
+  /** `call`'s running-statistics update from a train-mode batch's mean and biased variance as arrays (n values per channel). */
+  updateRunningStatsFrom(mean: Float32Array, variance: Float32Array, n: number): void {
+    this.updateRunningStats(tf.tensor1d(mean), tf.tensor1d(variance), n);
+  }
+
   /** running = (1 − momentum)·running + momentum·batch stat; disposes mean and variance. n: the values per channel. */
   private updateRunningStats(mean: tf.Tensor1D, variance: tf.Tensor1D, n: number): void {
     const mom = this.momentumOverride ?? this.momentum;

@@ -39,7 +39,7 @@ import { SVDConv2D } from './svd-conv2d.js';
 
 type Layer = tf.layers.Layer;
 
-interface Step {
+export interface Step {
   layer: Layer;
   /** Ids of the symbolic tensors the layer takes, in order. */
   inputs: number[];
@@ -58,7 +58,7 @@ interface Step {
   branch?: boolean;
 }
 
-interface Plan {
+export interface Plan {
   input: number;
   output: number;
   steps: Step[];
@@ -137,6 +137,16 @@ export function fusedTrainingAvailable(): boolean {
 export function applyTraining(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
   const plan = fusedTrainingAvailable() ? planOf(model, true) : null;
   return plan ? run(plan, x, true) : (model.apply(x, { training: true }) as tf.Tensor);
+}
+
+/**
+ * The training walk's plan of `model` (its steps, each conv paired with its batch norm), or null
+ * where the walk does not take the model: what the native training step (native-step.ts) compiles.
+ */
+export function trainingPlan(model: tf.LayersModel): Plan | null {
+  if (!fusedTrainingAvailable()) return null;
+  planOf(model, true);
+  return plans.get(model) ?? null;
 }
 
 /** The model's eval-mode output: `fusedInference` where it applies, else `model.apply(x, { training: false })`. */

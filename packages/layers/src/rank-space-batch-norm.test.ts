@@ -1,4 +1,4 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormTrain } from './batch-norm.js';
@@ -8,6 +8,7 @@ import { RANK_CONV } from './kernels/native.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { computeGradients } from './train-step.js';
+import { setNativeTrainingStep } from './native-step.js';
 import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform, testTrainingBatch } from './test-support/index.js';
 
 const native = loadNative();
@@ -112,6 +113,9 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
 
 
 describe.skipIf(!native.ok)('training with rank-space batch norm (applyTraining, native engine)', () => {
+  // The tape's walk: computeGradients would otherwise take the native step (native-step.test.ts).
+  beforeAll(() => setNativeTrainingStep(false));
+  afterAll(() => setNativeTrainingStep(true));
   it('computeGradients gives the same loss, gradients and running statistics as with the fusion off', async () => {
     const batch = 6;
     const { x, y, reg } = testTrainingBatch(batch, 7, 3, 0.01);

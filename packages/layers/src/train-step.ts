@@ -10,6 +10,7 @@ import { applyInference, applyTraining } from './fused-inference.js';
 import { svdRegularization, type SvdRegularizationOptions } from './svd-regularization.js';
 import { namedParameters, getBuffers } from './parameter-names.js';
 import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
+import { nativeTrainingStep } from './native-step.js';
 
 export { getParameters, setParameters, getBuffers, setBuffers, namedParameters, namedBuffers } from './parameter-names.js';
 
@@ -131,6 +132,15 @@ function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
   return tf.sum<tf.Scalar>(tf.equal(tf.argMax(logits, 1), labels).asType('int32'));
 }
 
+/** Every label a class of the model's output (tf.oneHot would make a row of zeros of any other, a wrong loss without a word). */
+function checkLabels(y: Int32Array, classes: number | null): void {
+  if (classes == null) return;
+  const i = y.findIndex((v) => v < 0 || v >= classes);
+  if (i >= 0) {
+    throw new SvdTrainError('DATA_CORRUPT', `label ${y[i]} at sample ${i}; expected a class in [0, ${classes}) for this model's ${classes} outputs. Fix: check the dataset's labels, or build the model with numClasses to match them`);
+  }
+}
+
 /**
  * Forward in training mode (batch statistics; BN running stats are updated), backward, and read
  * back. Worker side. Leaves no tensors behind.
@@ -140,6 +150,10 @@ function countCorrect(logits: tf.Tensor, labels: tf.Tensor1D): tf.Scalar {
 export function computeGradients(model: tf.LayersModel, x: Float32Array, y: Int32Array, reg: RegularizationOptions, distill?: DistillTarget): GradientResult {
   const n = y.length;
   if (n === 0) throw new SvdTrainError('SHAPE_MISMATCH', 'computeGradients got an empty batch; expected at least one sample');
+  checkLabels(y, model.outputs[0].shape[1]);
+  // On the native engine, the ResNets' whole step without the tape (native-step.ts).
+  const step = nativeTrainingStep(model, x, y, reg, distill);
+  if (step) return step;
   const params = namedParameters(model);
   const native = nativeRegularizerAvailable();
   const out = tf.tidy(() => {

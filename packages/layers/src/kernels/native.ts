@@ -83,6 +83,7 @@ type Conv4 = [number, number, number, number];
 /** Elements from which a same-shape float32 Add runs natively (below, wasm's kernel is as fast and the call dominates). */
 const ADD_MIN = 16384;
 
+/** The addon's conv shape array for `info`. */
 function convShape(info: tf.backend_util.Conv2DInfo): number[] {
   const p = info.padInfo;
   return [
@@ -91,6 +92,49 @@ function convShape(info: tf.backend_util.Conv2DInfo): number[] {
     info.strideHeight, info.strideWidth, info.dilationHeight, info.dilationWidth,
     p.top, p.left, p.bottom, p.right,
   ];
+}
+
+/** out += res (equal lengths), natively where the addon has `add`. */
+export function addTo(addon: NativeAddon, out: Float32Array, res: Float32Array): void {
+  if (addon.add) addon.add(out, res, out);
+  else for (let i = 0; i < out.length; i++) out[i] += res[i];
+}
+
+/**
+ * One pass of a convolution on raw NHWC arrays whose geometry has passed the kernels' checks:
+ * (a, b) are (x, filter) forward, (dy, filter) for the input gradient, (x, dy) for the filter's.
+ * `res`, of the output's length, is added to it (the input gradient's shortcut sum).
+ */
+export type ConvPass = (a: Float32Array, b: Float32Array, out: Float32Array, info: tf.backend_util.Conv2DInfo, res?: Float32Array) => void;
+
+/**
+ * The three conv passes on the addon: the Conv2D kernels' arithmetic once their checks pass, and
+ * what the native training step (native-step.ts) calls on its own arrays. A 1×1 conv with stride 1
+ * runs as a matmul over the pixels (`isPointwise`).
+ */
+export function convPasses(addon: NativeAddon): { forward: ConvPass; backpropInput: ConvPass; backpropFilter: ConvPass } {
+  const pixels = (info: tf.backend_util.Conv2DInfo) => info.batchSize * info.outHeight * info.outWidth;
+  const addInto = (out: Float32Array, res: Float32Array | undefined) => res && addTo(addon, out, res);
+  return {
+    // y[P, cout] = x[P, cin] · w[cin, cout]
+    forward: (x, w, y, info, res) => {
+      if (isPointwise(info)) addon.matmul(x, w, y, [1, 1, pixels(info), info.inChannels, info.outChannels, 0, 0]);
+      else addon.conv2d(x, w, y, convShape(info));
+      addInto(y, res);
+    },
+    // dx[P, cin] = dy[P, cout] · w[cin, cout]ᵀ
+    backpropInput: (dy, w, dx, info, res) => {
+      if (!isPointwise(info)) return addon.conv2dBackpropInput(dy, w, dx, convShape(info), res);
+      addon.matmul(dy, w, dx, [1, 1, pixels(info), info.outChannels, info.inChannels, 0, 1]);
+      addInto(dx, res);
+    },
+    // dw[cin, cout] = x[P, cin]ᵀ · dy[P, cout]
+    backpropFilter: (x, dy, dw, info, res) => {
+      if (isPointwise(info)) addon.matmul(x, dy, dw, [1, 1, info.inChannels, pixels(info), info.outChannels, 1, 0]);
+      else addon.conv2dBackpropFilter(x, dy, dw, convShape(info));
+      addInto(dw, res);
+    },
+  };
 }
 
 const isNhwc = (f: unknown) => f === undefined || f === 'NHWC' || f === 'channelsLast';
@@ -148,14 +192,14 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
    * The three convolution kernels differ only in which two tensors go in, where the x and filter
    * shapes come from, and which addon call runs; the checks, the geometry and the fallback are one.
    */
+  const passes = convPasses(addon);
   const convKernel = (
     name: string,
     inputNames: [string, string],
     geometry: (ins: Record<string, TensorInfo>, attrs: Record<string, unknown>) => { x: number[]; filter: number[]; dilations: number | [number, number] },
     outShape: (info: tf.backend_util.Conv2DInfo) => number[],
-    run: (a: Float32Array, b: Float32Array, out: Float32Array, shape: number[], res?: Float32Array) => void,
-    asMatmul: (a: Float32Array, b: Float32Array, out: Float32Array, pixels: number, cin: number, cout: number) => void,
-    /** An input of the output's shape added to it (RANK_CONV_GRAD's res): `run` takes it, or it is added after. */
+    pass: ConvPass,
+    /** An input of the output's shape added to it (RANK_CONV_GRAD's res): `pass` takes it, or the fallback's output gets it. */
     sumName?: string,
   ): KernelFunc => (args) => {
     const be = args.backend as unknown as WasmBackend;
@@ -163,15 +207,12 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     const attrs = args.attrs as unknown as tf.Conv2DAttrs & Record<string, unknown>;
     const [a, b] = [ins[inputNames[0]], ins[inputNames[1]]];
     const sum = sumName ? ins[sumName] : undefined;
-    const addSum = (out: TensorInfo): TensorInfo => {
-      if (!sum) return out;
-      const [o, r] = [be.typedArrayFromHeap(out), be.typedArrayFromHeap(sum)];
-      if (addon.add) addon.add(o, r, o);
-      else for (let i = 0; i < o.length; i++) o[i] += r[i];
+    const g = geometry(ins, attrs);
+    const stock = () => {
+      const out = fallback(name)(args) as TensorInfo;
+      if (sum) addTo(addon, be.typedArrayFromHeap(out), be.typedArrayFromHeap(sum));
       return out;
     };
-    const g = geometry(ins, attrs);
-    const stock = () => addSum(fallback(name)(args) as TensorInfo);
     if (!isNhwc(attrs.dataFormat) || !allF32(a, b, ...(sum ? [sum] : [])) || g.x.length !== 4 || g.filter.length !== 4) return stock();
     const info = tf.backend_util.computeConv2DInfo(g.x as Conv4, g.filter as Conv4, attrs.strides, g.dilations, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
     if (!padOk(info) || info.outHeight < 1 || info.outWidth < 1) return stock();
@@ -181,11 +222,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     }
     const out = be.makeOutput(shape, 'float32');
     const [va, vb, vo] = [be.typedArrayFromHeap(a), be.typedArrayFromHeap(b), be.typedArrayFromHeap(out)];
-    if (isPointwise(info)) {
-      asMatmul(va, vb, vo, info.batchSize * info.outHeight * info.outWidth, info.inChannels, info.outChannels);
-      return addSum(out);
-    }
-    run(va, vb, vo, convShape(info), sum ? be.typedArrayFromHeap(sum) : undefined);
+    pass(va, vb, vo, info, sum ? be.typedArrayFromHeap(sum) : undefined);
     return out;
   };
 
@@ -193,18 +230,14 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     'Conv2D', ['x', 'filter'],
     (ins, attrs) => ({ x: ins.x.shape, filter: ins.filter.shape, dilations: (attrs as unknown as tf.Conv2DAttrs).dilations }),
     (info) => info.outShape,
-    (x, w, y, shape) => addon.conv2d(x, w, y, shape),
-    // y[P, cout] = x[P, cin] · w[cin, cout]
-    (x, w, y, p, cin, cout) => addon.matmul(x, w, y, [1, 1, p, cin, cout, 0, 0]),
+    passes.forward,
   );
   const backpropInput = (sumName?: string) =>
     convKernel(
       'Conv2DBackpropInput', ['dy', 'filter'],
       (ins, attrs) => ({ x: [...(attrs as unknown as tf.Conv2DBackpropInputAttrs).inputShape], filter: ins.filter.shape, dilations: 1 }),
       (info) => [info.batchSize, info.inHeight, info.inWidth, info.inChannels],
-      (dy, w, dx, shape, res) => addon.conv2dBackpropInput(dy, w, dx, shape, res),
-      // dx[P, cin] = dy[P, cout] · w[cin, cout]ᵀ
-      (dy, w, dx, p, cin, cout) => addon.matmul(dy, w, dx, [1, 1, p, cout, cin, 0, 1]),
+      passes.backpropInput,
       sumName,
     );
   const conv2dBackpropInput = backpropInput();
@@ -214,9 +247,7 @@ function makeKernels(addon: NativeAddon, fallback: (name: string) => KernelFunc)
     'Conv2DBackpropFilter', ['x', 'dy'],
     (ins, attrs) => ({ x: ins.x.shape, filter: [...(attrs as unknown as tf.Conv2DBackpropFilterAttrs).filterShape], dilations: 1 }),
     (info) => [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
-    (x, dy, dw, shape) => addon.conv2dBackpropFilter(x, dy, dw, shape),
-    // dw[cin, cout] = x[P, cin]ᵀ · dy[P, cout]
-    (x, dy, dw, p, cin, cout) => addon.matmul(x, dy, dw, [1, 1, cin, p, cout, 1, 0]),
+    passes.backpropFilter,
   );
 
   /** The filter transpose(reshape(v·diag(s), dims), perm) as a temporary tensor (the caller disposes it). */

@@ -1,0 +1,156 @@
+import { describe, it, expect, afterEach } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
+import { nativeTrainingStepApplies, setNativeTrainingStep } from './native-step.js';
+import { buildResNet } from './resnet.js';
+import { SVDConv2D } from './svd-conv2d.js';
+import { getBuffers, setBuffers } from './parameter-names.js';
+import { computeGradients, type DistillTarget, type GradientResult } from './train-step.js';
+import { expectClose, expectNoLeakedTensors, onBackend, prunedTestModel, seededUniform, testTrainingBatch } from './test-support/index.js';
+
+const native = loadNative();
+
+/** A ResNet-20 on 16×16 images with half its layers pruned (factored) and half at full rank (merged), the shortcuts among both. */
+function mixedModel(): tf.LayersModel {
+  const ranks: Record<string, number> = { 'stem.0': 4, 'layers.0.conv2': 3, 'layers.2.conv1': 5, 'layers.3.conv1': 6, 'layers.3.shortcut.0': 7, 'layers.5.conv2': 9, 'layers.7.conv1': 12, 'layers.8.conv2': 20, fc: 6 };
+  return buildResNet({ depth: 20, svd: true, decomposition: 'channel', seed: 5, inputShape: [16, 16, 3], ranks });
+}
+
+/** The same step on the tape and natively, from the same parameters and running statistics. */
+function bothWays(model: tf.LayersModel, batch: number, distill?: DistillTarget) {
+  const { x, y, reg } = testTrainingBatch(batch, 13, 3, 0.05);
+  const initial = getBuffers(model);
+  setNativeTrainingStep(false);
+  const tape = computeGradients(model, x, y, reg, distill);
+  setBuffers(model, initial);
+  setNativeTrainingStep(true);
+  const applies = nativeTrainingStepApplies(model, batch);
+  const step = computeGradients(model, x, y, reg, distill);
+  return { tape, step, applies, initial };
+}
+
+function expectSameStep(tape: GradientResult, step: GradientResult, initial: { data: Float32Array }[]): void {
+  for (const k of ['ce', 'orth', 'sparsity', 'distill', 'data', 'total'] as const) expectClose(k, [step[k]], [tape[k]], 1e-5);
+  expect(step.correct).toBe(tape.correct);
+  expect(step.n).toBe(tape.n);
+  expect(step.grads.map((g) => g.name)).toEqual(tape.grads.map((g) => g.name));
+  for (let i = 0; i < tape.grads.length; i++) {
+    expect(step.grads[i].shape).toEqual(tape.grads[i].shape);
+    expectClose(`gradient of ${tape.grads[i].name}`, step.grads[i].data, tape.grads[i].data, 2e-4);
+  }
+  for (let i = 0; i < tape.buffers.length; i++) {
+    expectClose(`buffer ${tape.buffers[i].name}`, step.buffers[i].data, tape.buffers[i].data, 1e-4);
+    // The step moved them (a step that left the running statistics alone would fail here).
+    expect(step.buffers[i].data.some((v, k) => Math.abs(v - initial[i].data[k]) > 1e-6), `${tape.buffers[i].name} updated`).toBe(true);
+  }
+}
+
+describe.skipIf(!native.ok)('the native training step (the whole step without the tape, native engine)', () => {
+  afterEach(() => setNativeTrainingStep(true));
+
+  it('gives the tape\'s losses, gradients and running statistics for a pruned model (factored and merged layers)', async () => {
+    const got = await onBackend('native', () => {
+      const model = mixedModel();
+      try {
+        const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, 6));
+        return { ...bothWays(model, 6), forms };
+      } finally {
+        model.dispose();
+      }
+    });
+    expect(got.applies).toBe(true);
+    expect(got.forms.filter((f) => f === 'factored').length, 'factored layers').toBeGreaterThan(4);
+    expect(got.forms.filter((f) => f === 'reconstruct').length, 'merged layers').toBeGreaterThan(8);
+    expectSameStep(got.tape, got.step, got.initial);
+  });
+
+  it('gives the tape\'s results at full rank (every layer merged), channel and spatial', async () => {
+    // Batch 24: below it some full-rank spatial layers at 4×4 run factored (the merged filter's rebuild dominates).
+    for (const decomposition of ['channel', 'spatial'] as const) {
+      const got = await onBackend('native', () => {
+        const model = buildResNet({ depth: 20, svd: true, decomposition, seed: 3, inputShape: [16, 16, 3] });
+        try {
+          return bothWays(model, 24);
+        } finally {
+          model.dispose();
+        }
+      });
+      expect(got.applies, decomposition).toBe(true);
+      expectSameStep(got.tape, got.step, got.initial);
+    }
+  });
+
+  it('gives the tape\'s results with a teacher (distillation), and again at another batch size', async () => {
+    const got = await onBackend('native', () => {
+      const model = prunedTestModel();
+      try {
+        const a = bothWays(model, 5, { logits: seededUniform(50, 4, 6, -3), alpha: 0.3, temperature: 4 });
+        const b = bothWays(model, 3);
+        return { a, b };
+      } finally {
+        model.dispose();
+      }
+    });
+    expect(got.a.applies && got.b.applies).toBe(true);
+    expect(got.a.step.distill).toBeGreaterThan(0);
+    expectSameStep(got.a.tape, got.a.step, got.a.initial);
+    expectSameStep(got.b.tape, got.b.step, got.b.initial);
+  });
+
+  it('leaves no tensors behind, and runs none of tfjs\' kernels for the layers', async () => {
+    await onBackend('native', async () => {
+      const model = prunedTestModel();
+      const { x, y, reg } = testTrainingBatch(4, 3, 7, 0.01);
+      try {
+        computeGradients(model, x, y, reg);
+        const calls = tf.profile(() => void computeGradients(model, x, y, reg));
+        const r = await expectNoLeakedTensors(() => computeGradients(model, x, y, reg), 'native step');
+        expect(Number.isFinite(r.total)).toBe(true);
+        // What remains on tfjs: reading the factors for the regularizer and writing the running statistics.
+        const kernels = (await calls).kernelNames;
+        expect(kernels.filter((k) => /Conv|BatchNorm|RankBn|MatMul/.test(k))).toEqual([]);
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+
+  it('leaves a model it does not take to the tape: spatially factored layers, and off the native engine', async () => {
+    const spatial = await onBackend('native', () => {
+      const model = prunedTestModel({ decomposition: 'spatial' });
+      const { x, y, reg } = testTrainingBatch(4, 3, 7, 0.01);
+      try {
+        return { applies: nativeTrainingStepApplies(model, 4), total: computeGradients(model, x, y, reg).total };
+      } finally {
+        model.dispose();
+      }
+    });
+    expect(spatial.applies).toBe(false);
+    expect(Number.isFinite(spatial.total)).toBe(true);
+    const wasm = await onBackend('wasm', () => {
+      const model = prunedTestModel();
+      try {
+        return nativeTrainingStepApplies(model, 4);
+      } finally {
+        model.dispose();
+      }
+    });
+    expect(wasm).toBe(false);
+  });
+
+  it('refuses a label that is not one of the model\'s classes, naming it (on either path)', async () => {
+    await onBackend('native', () => {
+      const model = prunedTestModel();
+      const { x, reg } = testTrainingBatch(2, 3, 7, 0.01);
+      try {
+        for (const on of [true, false]) {
+          setNativeTrainingStep(on);
+          expect(() => computeGradients(model, x, Int32Array.from([3, 10]), reg)).toThrow(/label 10 at sample 1; expected a class in \[0, 10\)/);
+          expect(() => computeGradients(model, x, Int32Array.from([-1, 0]), reg)).toThrow(/label -1 at sample 0/);
+        }
+      } finally {
+        model.dispose();
+      }
+    });
+  });
+});

@@ -1,0 +1,500 @@
+/**
+ * A whole training step of a ResNet on the native engine without tfjs' tape: the forward and the
+ * backward of every layer as addon calls on arrays this module owns, in an order compiled once.
+ *
+ * Why: on the tape, each of a step's ~340 (pruned) to ~630 (full rank) kernel calls pays tfjs'
+ * dispatch, and every tensor a gradient saves is copied through an Identity kernel with a tape
+ * node of its own (184 a pruned step, 269 at full rank): some 10-14 ms of a ResNet-20 step at batch
+ * 64 were outside the kernels. Here the same kernels run (the addon's convolutions, rank-space and
+ * plain batch norm, global pooling), their saved values are the activations themselves, the
+ * shortcut's gradient is summed into the input gradient's pass, and a merged layer's filter and its
+ * gradient with respect to U, s and V are a few addon calls instead of a dozen taped ops.
+ *
+ * The math is `computeGradients`' on the tape: the same loss (cross-entropy, the distillation mix),
+ * the same forms per layer (`forwardFor`), the same running-statistics updates; the results agree up
+ * to float rounding (tested against the tape). It takes models the training walk plans
+ * (`trainingPlan`) made only of conv → batch norm pairs (channel-wise, or merged in either
+ * decomposition), global average pooling and a final SVDDense: the ResNets `buildResNet` makes.
+ * Anything else (a spatially factored pair, a plain Dense, another layer) returns null and the
+ * step runs on the tape.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { loadNative, type NativeAddon } from '@svd-train/native';
+import { SvdTrainError } from '@svd-train/core';
+import { SVDBatchNorm } from './batch-norm.js';
+import { trainingPlan } from './fused-inference.js';
+import { addTo, convPasses, nativeKernelsActive, rankBnStateSize } from './kernels/native.js';
+import type { WasmBackend } from './kernels/wasm-backend.js';
+import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
+import { getBuffers, namedParameters } from './parameter-names.js';
+import type { SvdRegularizationOptions } from './svd-regularization.js';
+import { SVDConv2D } from './svd-conv2d.js';
+import { SVDDense } from './svd-dense.js';
+import type { DistillTarget, GradientResult } from './train-step.js';
+
+type Info = tf.backend_util.Conv2DInfo;
+
+/** A conv and the batch norm after it (with the block's shortcut and ReLU). */
+interface PairOp {
+  kind: 'pair';
+  conv: SVDConv2D;
+  bn: SVDBatchNorm;
+  /** Value ids: the conv's input, the pair's output, the shortcut added before the ReLU. */
+  x: number;
+  y: number;
+  res?: number;
+  /** factored: the k×k conv to the rank and rank-space batch norm; merged: one conv with W = U·diag(s)·Vᵀ. */
+  form: 'factored' | 'merged';
+  info: Info;
+  /** False for the network's input, which needs no gradient. */
+  inputGradient: boolean;
+  relu: boolean;
+  /** Rows (pixels × images) of the output, its channels, the rank. */
+  m: number;
+  c: number;
+  r: number;
+  /** The filter: factored [kh,kw,cin,r] from V·diag(s); merged [kh,kw,cin,n] from Mᵀ = V·diag(s)·Uᵀ. */
+  filter: Float32Array;
+  /** transpose(reshape(·, dims), perm) makes the filter: from V·diag(s) (factored) or Mᵀ (merged). */
+  dims: number[];
+  perm: number[];
+  /** factored: the rank-space output [m, r], the state (tmean | cov | scale | invstd) and the ReLU's mask bits. */
+  t?: Float32Array;
+  state?: Float32Array;
+  mask?: Uint16Array;
+  /** merged: V·diag(s) [p, r], Mᵀ [p, q], and the conv's output before batch norm [m, c]. */
+  vs?: Float32Array;
+  mt?: Float32Array;
+  z?: Float32Array;
+  mean: Float32Array;
+  variance: Float32Array;
+}
+
+interface PoolOp {
+  kind: 'pool';
+  x: number;
+  y: number;
+  shape: [number, number, number];
+}
+
+interface DenseOp {
+  kind: 'dense';
+  layer: SVDDense;
+  x: number;
+  y: number;
+  rows: number;
+  inF: number;
+  outF: number;
+  r: number;
+  /** x·V [rows, r] and it times diag(s). */
+  h: Float32Array;
+  hs: Float32Array;
+}
+
+type Op = PairOp | PoolOp | DenseOp;
+
+interface Program {
+  key: string;
+  ops: Op[];
+  input: number;
+  output: number;
+  classes: number;
+  /** Activations by value id (the input is the caller's array). */
+  values: Map<number, Float32Array>;
+  /** Scratch: a filter's gradient, and (merged) the gradients of Mᵀ and V·diag(s), and ones. */
+  dW: Float32Array;
+  dMt: Float32Array;
+  dVs: Float32Array;
+  ones: Float32Array;
+  /** Gradient buffers by length, reused across steps. */
+  pool: Map<number, Float32Array[]>;
+}
+
+const programs = new WeakMap<tf.LayersModel, Program | null>();
+const none = new Float32Array(0);
+
+let enabled = true;
+
+/** Turns the native training step off (false: the tape, as before it) or back on (the default), for benchmarks and tests. */
+export function setNativeTrainingStep(on: boolean): void {
+  enabled = on;
+}
+
+/** The addon when the native step can run now: on, the native kernels active, and the addon has every call the step makes. */
+function stepAddon(): NativeAddon | null {
+  if (!enabled || !nativeKernelsActive() || !nativeRegularizerAvailable()) return null;
+  const nat = loadNative();
+  if (!nat.ok) return null;
+  const a = nat.addon;
+  return a.scalePermute && a.scalePermuteGrad && a.meanPool && a.meanPoolGrad ? a : null;
+}
+
+/** Whether `computeGradients` would take the native step for `model` now (the engine and the model's layers allow it). */
+export function nativeTrainingStepApplies(model: tf.LayersModel, batch: number): boolean {
+  return stepAddon() != null && programFor(model, batch) != null;
+}
+
+/**
+ * `computeGradients` without the tape, or null where the step does not take the model (then the
+ * caller runs the tape). Inputs as `computeGradients` takes them.
+ */
+export function nativeTrainingStep(model: tf.LayersModel, x: Float32Array, y: Int32Array, reg: SvdRegularizationOptions, distill?: DistillTarget): GradientResult | null {
+  const addon = stepAddon();
+  if (!addon) return null;
+  const n = y.length;
+  const prog = programFor(model, n);
+  if (!prog) return null;
+  const inSize = (model.inputs[0].shape.slice(1) as number[]).reduce((a, b) => a * b, 1);
+  if (x.length !== n * inSize) return null; // the tape path reports the mismatch
+  if (distill && distill.logits.length !== n * prog.classes) {
+    throw new SvdTrainError('SHAPE_MISMATCH', `teacher logits have ${distill.logits.length} values for ${n} samples; expected ${n}×${prog.classes}`);
+  }
+  const be = tf.backend() as unknown as WasmBackend;
+  // Views of the variables in the wasm heap: valid until the heap grows, and nothing below
+  // allocates there until the running statistics are written at the end.
+  const view = (v: tf.LayerVariable) => be.typedArrayFromHeap(v.read());
+  const grads = new Map<tf.LayerVariable, Float32Array>();
+  const gradOf = (v: tf.LayerVariable) => {
+    const g = new Float32Array(v.shape.reduce((a, b) => a! * b!, 1)!);
+    grads.set(v, g);
+    return g;
+  };
+  const passes = convPasses(addon);
+  prog.values.set(prog.input, x);
+  const val = (id: number) => prog.values.get(id)!;
+
+  for (const op of prog.ops) forward(addon, passes, prog, op, val, view);
+
+  const logits = val(prog.output);
+  const loss = lossAndGradient(logits, y, prog.classes, distill);
+
+  // Backward, in reverse. A value's gradient is written by its last reader's backward and summed
+  // into by the others (the shortcut's into the block's first conv's input-gradient pass).
+  const dvals = new Map<number, Float32Array>([[prog.output, loss.dlogits]]);
+  const give = (b: Float32Array) => {
+    const list = prog.pool.get(b.length);
+    if (list) list.push(b);
+    else prog.pool.set(b.length, [b]);
+  };
+  const ctx: Backward = {
+    addon, passes, prog, val, view, gradOf, dvals, give,
+    take: (size) => prog.pool.get(size)?.pop() ?? new Float32Array(size),
+    addGrad: (id, g) => {
+      const have = dvals.get(id);
+      if (!have) return void dvals.set(id, g);
+      addTo(addon, have, g);
+      give(g);
+    },
+  };
+  for (let i = prog.ops.length - 1; i >= 0; i--) {
+    const op = prog.ops[i];
+    const dy = dvals.get(op.y);
+    dvals.delete(op.y);
+    if (!dy) throw new Error(`native training step: no gradient reached value ${op.y}`);
+    backward(ctx, op, dy);
+    if (dy !== loss.dlogits) give(dy);
+  }
+  for (const g of dvals.values()) give(g);
+  prog.values.delete(prog.input);
+
+  // The regularizer's gradient from one addon call, as on the tape path; then the running statistics.
+  const r = nativeRegularization(model, reg);
+  for (const op of prog.ops) if (op.kind === 'pair') op.bn.updateRunningStatsFrom(op.mean, op.variance, op.m);
+  const out = namedParameters(model).map((p) => {
+    const g = grads.get(p.variable);
+    if (!g) throw new Error(`native training step: no gradient for ${p.name}`);
+    const rg = r.grads.get(p.variable);
+    if (rg) for (let k = 0; k < g.length; k++) g[k] += rg[k];
+    return { name: p.name, shape: [...p.variable.shape] as number[], data: g };
+  });
+  const total = loss.data + reg.lambdaO * r.orth + reg.lambdaS * r.sparsity;
+  return { grads: out, buffers: getBuffers(model), ce: loss.ce, orth: r.orth, sparsity: r.sparsity, distill: loss.kd, data: loss.data, total, correct: loss.correct, n };
+}
+
+type View = (v: tf.LayerVariable) => Float32Array;
+
+function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog: Program, op: Op, val: (id: number) => Float32Array, view: View): void {
+  const x = val(op.x);
+  const y = val(op.y);
+  if (op.kind === 'pool') return addon.meanPool!(x, y, op.shape);
+  if (op.kind === 'dense') {
+    const { layer, rows, inF, outF, r, h, hs } = op;
+    const s = view(layer.s);
+    addon.matmul(x, view(layer.V), h, [1, 1, rows, inF, r, 0, 0]);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < r; j++) hs[i * r + j] = h[i * r + j] * s[j];
+    addon.matmul(hs, view(layer.U), y, [1, 1, rows, r, outF, 0, 1]);
+    if (layer.bias) {
+      const b = view(layer.bias);
+      for (let i = 0; i < rows; i++) for (let j = 0; j < outF; j++) y[i * outF + j] += b[j];
+    }
+    return;
+  }
+  const { conv, bn, m, c, r } = op;
+  const { gamma, beta } = bn.variables();
+  const res = op.res !== undefined ? val(op.res) : none;
+  const [U, s, V] = [view(conv.U), view(conv.s), view(conv.V)];
+  if (op.form === 'factored') {
+    addon.scalePermute!(V, s, op.filter, op.dims, op.perm);
+    passes.forward(x, op.filter, op.t!, op.info);
+    const [tmean, cov, scale, invstd] = stateParts(op.state!, r, c);
+    addon.rankBnForward(op.t!, U, view(gamma), view(beta), y, op.mean, op.variance, tmean, cov, scale, invstd, [m, r, c, op.relu ? 1 : 0, 1], bn.epsilon, res, op.relu ? op.mask : undefined);
+    return;
+  }
+  const [p, q] = [V.length / r, U.length / r];
+  addon.scalePermute!(V, s, op.vs!, [p, r], [0, 1]);
+  addon.matmul(op.vs!, U, op.mt!, [1, 1, p, r, q, 0, 1]);
+  addon.scalePermute!(op.mt!, prog.ones.subarray(0, q), op.filter, op.dims, op.perm);
+  passes.forward(x, op.filter, op.z!, op.info);
+  addon.batchNormForward(op.z!, view(gamma), view(beta), y, op.mean, op.variance, [m, c], bn.epsilon, res, op.relu ? 1 : 0);
+}
+
+/** What the backward of one op reads and writes. */
+interface Backward {
+  addon: NativeAddon;
+  passes: ReturnType<typeof convPasses>;
+  prog: Program;
+  val: (id: number) => Float32Array;
+  view: View;
+  /** A new zeroed gradient array for a parameter. */
+  gradOf: (v: tf.LayerVariable) => Float32Array;
+  /** Gradients of values still to be read; a buffer from the pool, and back to it. */
+  dvals: Map<number, Float32Array>;
+  take: (size: number) => Float32Array;
+  give: (b: Float32Array) => void;
+  /** The value's gradient += g (g is given back), or g is its gradient. */
+  addGrad: (id: number, g: Float32Array) => void;
+}
+
+function backward(ctx: Backward, op: Op, dy: Float32Array): void {
+  const { addon, passes, prog, val, view, gradOf, take, give, addGrad, dvals } = ctx;
+  const x = val(op.x);
+  if (op.kind === 'pool') {
+    const dx = take(x.length);
+    addon.meanPoolGrad!(dy, dx, op.shape);
+    return addGrad(op.x, dx);
+  }
+  if (op.kind === 'dense') {
+    const { layer, rows, inF, outF, r, h, hs } = op;
+    const s = view(layer.s);
+    if (layer.bias) {
+      const db = gradOf(layer.bias);
+      for (let i = 0; i < rows; i++) for (let j = 0; j < outF; j++) db[j] += dy[i * outF + j];
+    }
+    addon.matmul(dy, hs, gradOf(layer.U), [1, 1, outF, rows, r, 1, 0]); // dU = dyᵀ·hs
+    const dhs = new Float32Array(rows * r);
+    addon.matmul(dy, view(layer.U), dhs, [1, 1, rows, outF, r, 0, 0]); // dhs = dy·U
+    const ds = gradOf(layer.s);
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < r; j++) {
+        ds[j] += dhs[i * r + j] * h[i * r + j];
+        dhs[i * r + j] *= s[j];
+      }
+    }
+    addon.matmul(x, dhs, gradOf(layer.V), [1, 1, inF, rows, r, 1, 0]); // dV = xᵀ·dh
+    const dx = take(x.length);
+    addon.matmul(dhs, view(layer.V), dx, [1, 1, rows, r, inF, 0, 1]); // dx = dh·Vᵀ
+    return addGrad(op.x, dx);
+  }
+  const { conv, bn, m, c, r } = op;
+  const { gamma } = bn.variables();
+  const [U, s, V] = [view(conv.U), view(conv.s), view(conv.V)];
+  const [dU, ds, dV, dgamma, dbeta] = [gradOf(conv.U), gradOf(conv.s), gradOf(conv.V), gradOf(gamma), gradOf(bn.variables().beta)];
+  const dres = op.res !== undefined ? take(m * c) : none;
+  const y = op.relu ? val(op.y) : none;
+  // The gradient at the conv's output (rank space when factored).
+  let dOut: Float32Array;
+  if (op.form === 'factored') {
+    dOut = take(m * r);
+    const [tmean, cov, scale, invstd] = stateParts(op.state!, r, c);
+    addon.rankBnBackward(dy, y, op.t!, U, tmean, cov, scale, invstd, dOut, dU, dgamma, dbeta, dres, [m, r, c, 1], op.relu ? op.mask : undefined);
+  } else {
+    dOut = take(m * c);
+    addon.batchNormBackward(op.z!, dy, op.mean, op.variance, view(gamma), dOut, dgamma, dbeta, [m, c], bn.epsilon, y, dres);
+  }
+  if (op.res !== undefined) addGrad(op.res, dres);
+  const dW = prog.dW.subarray(0, op.filter.length);
+  passes.backpropFilter(x, dOut, dW, op.info);
+  if (op.form === 'factored') {
+    addon.scalePermuteGrad!(dW, V, s, dV, ds, op.dims, op.perm);
+  } else {
+    // Mᵀ = Vs·Uᵀ: dMᵀ from the filter's gradient, then dVs = dMᵀ·U, dU = dMᵀᵀ·Vs, and dV, ds from dVs.
+    const [p, q] = [V.length / r, U.length / r];
+    const dMt = prog.dMt.subarray(0, p * q);
+    const dVs = prog.dVs.subarray(0, p * r);
+    addon.scalePermuteGrad!(dW, op.mt!, prog.ones.subarray(0, q), dMt, new Float32Array(q), op.dims, op.perm);
+    addon.matmul(dMt, U, dVs, [1, 1, p, q, r, 0, 0]);
+    addon.matmul(dMt, op.vs!, dU, [1, 1, q, p, r, 1, 0]);
+    addon.scalePermuteGrad!(dVs, V, s, dV, ds, [p, r], [0, 1]);
+  }
+  if (op.inputGradient) {
+    // Summed with the gradient already there (a residual block's shortcut) in the same pass.
+    const have = dvals.get(op.x);
+    const dx = take(x.length);
+    passes.backpropInput(dOut, op.filter, dx, op.info, have);
+    if (have) give(have);
+    dvals.set(op.x, dx);
+  }
+  give(dOut);
+}
+
+/** Views of a rank-space batch norm's state: tmean [r], cov [r, r], scale [c], invstd [c]. */
+function stateParts(state: Float32Array, r: number, c: number): [Float32Array, Float32Array, Float32Array, Float32Array] {
+  return [state.subarray(0, r), state.subarray(r, r + r * r), state.subarray(r + r * r, r + r * r + c), state.subarray(r + r * r + c, r + r * r + 2 * c)];
+}
+
+interface Loss {
+  ce: number;
+  kd: number;
+  data: number;
+  correct: number;
+  dlogits: Float32Array;
+}
+
+/**
+ * Mean softmax cross-entropy of `logits` [n, k] (or with a teacher (1 − α)·ce + α·T²·KL(teacher ‖
+ * student at T)), in float64, the correct count (the first maximum, as tf.argMax), and d data / d logits.
+ */
+function lossAndGradient(logits: Float32Array, y: Int32Array, k: number, distill?: DistillTarget): Loss {
+  const n = y.length;
+  const d = new Float32Array(n * k);
+  const a = distill ? distill.alpha : 0;
+  const T = distill?.temperature ?? 1;
+  const p = new Float64Array(k);
+  const q = new Float64Array(k);
+  const pt = new Float64Array(k);
+  let ce = 0;
+  let kd = 0;
+  let correct = 0;
+  const softmax = (row: ArrayLike<number>, off: number, scale: number, out: Float64Array): number => {
+    let max = -Infinity;
+    for (let j = 0; j < k; j++) max = Math.max(max, row[off + j] / scale);
+    let sum = 0;
+    for (let j = 0; j < k; j++) sum += out[j] = Math.exp(row[off + j] / scale - max);
+    for (let j = 0; j < k; j++) out[j] /= sum;
+    return max + Math.log(sum);
+  };
+  for (let i = 0; i < n; i++) {
+    const off = i * k;
+    const lse = softmax(logits, off, 1, p);
+    ce += lse - logits[off + y[i]];
+    let best = 0;
+    for (let j = 1; j < k; j++) if (logits[off + j] > logits[off + best]) best = j;
+    if (best === y[i]) correct++;
+    for (let j = 0; j < k; j++) d[off + j] = ((1 - a) * (p[j] - (j === y[i] ? 1 : 0))) / n;
+    if (distill) {
+      const lq = softmax(logits, off, T, q);
+      const lt = softmax(distill.logits, off, T, pt);
+      for (let j = 0; j < k; j++) {
+        // KL(pt ‖ q) = Σ pt·(log pt − log q), log pt = t/T − lt.
+        if (pt[j] > 0) kd += T * T * pt[j] * (distill.logits[off + j] / T - lt - (logits[off + j] / T - lq));
+        d[off + j] += (a * T * (q[j] - pt[j])) / n;
+      }
+    }
+  }
+  ce /= n;
+  kd /= n;
+  return { ce, kd, data: distill ? (1 - a) * ce + a * kd : ce, correct, dlogits: d };
+}
+
+/** The compiled program of `model` for batches of `n`, made once per model, batch and ranks; null where the step does not take the model. */
+function programFor(model: tf.LayersModel, n: number): Program | null {
+  const cached = programs.get(model);
+  const key = programKey(model, n);
+  if (cached !== undefined && (cached === null || cached.key === key)) return cached;
+  const prog = compile(model, n, key);
+  programs.set(model, prog);
+  return prog;
+}
+
+/** What a program depends on besides the graph: the batch and every SVD layer's rank and form switch. */
+function programKey(model: tf.LayersModel, n: number): string {
+  const parts = [String(n)];
+  for (const l of model.layers) if (l instanceof SVDConv2D || l instanceof SVDDense) parts.push(`${l.rank}${l.forward[0]}`);
+  return parts.join(',');
+}
+
+function compile(model: tf.LayersModel, n: number, key: string): Program | null {
+  const plan = trainingPlan(model);
+  if (!plan) return null;
+  const shapes = new Map<number, number[]>([[plan.input, [n, ...(model.inputs[0].shape.slice(1) as number[])]]]);
+  const values = new Map<number, Float32Array>();
+  const ops: Op[] = [];
+  let [dW, dMt, dVs, ones] = [0, 0, 0, 0];
+  for (const step of plan.steps) {
+    if (step.fusedInto) continue;
+    if (step.fuseWith) {
+      const { conv, input } = step.fuseWith;
+      const bn = step.layer as SVDBatchNorm;
+      const xs = shapes.get(input);
+      if (!xs || xs.length !== 4 || conv.useBias) return null;
+      const [, h, w] = xs;
+      const form = conv.forwardFor(h, w, n) === 'factored' ? 'factored' : 'merged';
+      if (form === 'factored' && conv.decomposition !== 'channel') return null;
+      const { n: outC, c: inC, kh, kw } = conv.geometry();
+      const r = conv.rank;
+      const [oh, ow] = conv.outputSize(h, w);
+      const [top, bottom, left, right] = conv.explicitPadding(h, w);
+      const filterOut = form === 'factored' ? r : outC;
+      const pad: tf.backend_util.ExplicitPadding = [[0, 0], [top, bottom], [left, right], [0, 0]];
+      const info = tf.backend_util.computeConv2DInfo([n, h, w, inC], [kh, kw, inC, filterOut], conv.strides, 1, pad, undefined, false, 'channelsLast');
+      if (info.outHeight !== oh || info.outWidth !== ow) return null;
+      const m = n * oh * ow;
+      const outShape = [n, oh, ow, outC];
+      const res = bn.residual ? step.inputs[1] : undefined;
+      if (res !== undefined && shapes.get(res)?.join() !== outShape.join()) return null;
+      const [p, q] = [conv.V.shape[0]!, conv.U.shape[0]!];
+      const op: PairOp = {
+        kind: 'pair', conv, bn, x: input, y: step.output, res, form, info, inputGradient: input !== plan.input, relu: bn.activation === 'relu',
+        m, c: outC, r, filter: new Float32Array(kh * kw * inC * filterOut),
+        dims: form === 'factored' ? [inC, kh, kw, r] : conv.decomposition === 'channel' ? [inC, kh, kw, outC] : [inC, kh, outC, kw],
+        perm: form === 'factored' || conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
+        mean: new Float32Array(outC), variance: new Float32Array(outC),
+      };
+      if (form === 'factored') {
+        op.t = new Float32Array(m * r);
+        op.state = new Float32Array(rankBnStateSize(r, outC));
+        op.mask = new Uint16Array(m * Math.ceil(outC / 16));
+      } else {
+        op.vs = new Float32Array(p * r);
+        op.mt = new Float32Array(p * q);
+        op.z = new Float32Array(m * outC);
+        [dMt, dVs, ones] = [Math.max(dMt, p * q), Math.max(dVs, p * r), Math.max(ones, q)];
+      }
+      dW = Math.max(dW, op.filter.length);
+      ops.push(op);
+      shapes.set(step.output, outShape);
+    } else if (step.meanPool) {
+      const xs = shapes.get(step.inputs[0]);
+      if (!xs || xs.length !== 4) return null;
+      ops.push({ kind: 'pool', x: step.inputs[0], y: step.output, shape: [n, xs[1] * xs[2], xs[3]] });
+      shapes.set(step.output, [n, xs[3]]);
+    } else if (step.layer instanceof SVDDense) {
+      const layer = step.layer;
+      const xs = shapes.get(step.inputs[0]);
+      if (!xs || xs.length !== 2) return null;
+      const [inF, outF, r] = [xs[1], layer.units, layer.rank];
+      if (layer.V.shape[0] !== inF) return null;
+      ops.push({ kind: 'dense', layer, x: step.inputs[0], y: step.output, rows: n, inF, outF, r, h: new Float32Array(n * r), hs: new Float32Array(n * r) });
+      shapes.set(step.output, [n, outF]);
+    } else {
+      return null;
+    }
+    if (step.inputs.length !== (step.fuseWith && (step.layer as SVDBatchNorm).residual ? 2 : 1)) return null;
+    const outShape = shapes.get(step.output)!;
+    values.set(step.output, new Float32Array(outShape.reduce((a, b) => a * b, 1)));
+  }
+  const outShape = shapes.get(plan.output);
+  if (!outShape || outShape.length !== 2 || ops[ops.length - 1]?.y !== plan.output) return null;
+  // Every parameter must get its gradient here (a layer this walk does not know has none).
+  const covered = new Set<tf.LayerVariable>();
+  for (const op of ops) {
+    if (op.kind === 'pair') [op.conv.U, op.conv.s, op.conv.V, op.bn.variables().gamma, op.bn.variables().beta].forEach((v) => covered.add(v));
+    if (op.kind === 'dense') [op.layer.U, op.layer.s, op.layer.V, ...(op.layer.bias ? [op.layer.bias] : [])].forEach((v) => covered.add(v));
+  }
+  if (namedParameters(model).some((p) => !covered.has(p.variable))) return null;
+  return {
+    key, ops, input: plan.input, output: plan.output, classes: outShape[1], values,
+    dW: new Float32Array(dW), dMt: new Float32Array(dMt), dVs: new Float32Array(dVs), ones: new Float32Array(ones).fill(1), pool: new Map(),
+  };
+}
+
