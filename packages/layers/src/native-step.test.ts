@@ -80,6 +80,21 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
     }
   });
 
+  it('gives the tape\'s results for a spatially factored pruned model (the kh×1 and 1×kw convs, then batch norm)', async () => {
+    const got = await onBackend('native', () => {
+      const model = prunedTestModel({ decomposition: 'spatial' });
+      try {
+        const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, 6));
+        return { ...bothWays(model, 6), forms };
+      } finally {
+        model.dispose();
+      }
+    });
+    expect(got.applies).toBe(true);
+    expect(got.forms.filter((f) => f === 'factored').length, 'factored layers').toBeGreaterThan(10);
+    expectSameStep(got.tape, got.step, got.initial);
+  });
+
   it('gives the tape\'s results with a teacher (distillation), and again at another batch size', async () => {
     const got = await onBackend('native', () => {
       const model = prunedTestModel();
@@ -115,9 +130,9 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
     });
   });
 
-  it('leaves a model it does not take to the tape: spatially factored layers, and off the native engine', async () => {
-    const spatial = await onBackend('native', () => {
-      const model = prunedTestModel({ decomposition: 'spatial' });
+  it('leaves a model it does not take to the tape: batch norm, ReLU and the shortcut\'s add as layers of their own, and off the native engine', async () => {
+    const separate = await onBackend('native', () => {
+      const model = prunedTestModel({ fuseBatchNorm: false });
       const { x, y, reg } = testTrainingBatch(4, 3, 7, 0.01);
       try {
         return { applies: nativeTrainingStepApplies(model, 4), total: computeGradients(model, x, y, reg).total };
@@ -125,8 +140,8 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
         model.dispose();
       }
     });
-    expect(spatial.applies).toBe(false);
-    expect(Number.isFinite(spatial.total)).toBe(true);
+    expect(separate.applies).toBe(false);
+    expect(Number.isFinite(separate.total)).toBe(true);
     const wasm = await onBackend('wasm', () => {
       const model = prunedTestModel();
       try {

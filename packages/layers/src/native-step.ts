@@ -43,9 +43,15 @@ interface PairOp {
   x: number;
   y: number;
   res?: number;
-  /** factored: the k×k conv to the rank and rank-space batch norm; merged: one conv with W = U·diag(s)·Vᵀ. */
-  form: 'factored' | 'merged';
+  /**
+   * factored: the k×k conv to the rank and rank-space batch norm (channel-wise); spatial: the kh×1
+   * conv to the rank and the 1×kw conv back, then batch norm (spatially factored); merged: one conv
+   * with W = U·diag(s)·Vᵀ, then batch norm.
+   */
+  form: 'factored' | 'spatial' | 'merged';
+  /** The (first) conv's geometry; spatial: `info2` the 1×kw conv's, from t [n, oh, w, r]. */
   info: Info;
+  info2?: Info;
   /** False for the network's input, which needs no gradient. */
   inputGradient: boolean;
   relu: boolean;
@@ -62,7 +68,9 @@ interface PairOp {
   t?: Float32Array;
   state?: Float32Array;
   mask?: Uint16Array;
-  /** merged: V·diag(s) [p, r], Mᵀ [p, q], and the conv's output before batch norm [m, c]. */
+  /** spatial: the 1×kw conv's filter [kw, r, c] from U. */
+  filter2?: Float32Array;
+  /** merged: V·diag(s) [p, r], Mᵀ [p, q]; merged and spatial: the conv's output before batch norm [m, c]. */
   vs?: Float32Array;
   mt?: Float32Array;
   z?: Float32Array;
@@ -240,11 +248,18 @@ function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog
     addon.rankBnForward(op.t!, U, view(gamma), view(beta), y, op.mean, op.variance, tmean, cov, scale, invstd, [m, r, c, op.relu ? 1 : 0, 1], bn.epsilon, res, op.relu ? op.mask : undefined);
     return;
   }
-  const [p, q] = [V.length / r, U.length / r];
-  addon.scalePermute!(V, s, op.vs!, [p, r], [0, 1]);
-  addon.matmul(op.vs!, U, op.mt!, [1, 1, p, r, q, 0, 1]);
-  addon.scalePermute!(op.mt!, prog.ones.subarray(0, q), op.filter, op.dims, op.perm);
-  passes.forward(x, op.filter, op.z!, op.info);
+  if (op.form === 'spatial') {
+    addon.scalePermute!(V, s, op.filter, op.dims, op.perm);
+    passes.forward(x, op.filter, op.t!, op.info);
+    addon.scalePermute!(U, prog.ones.subarray(0, r), op.filter2!, ...rowFilterLayout(op));
+    passes.forward(op.t!, op.filter2!, op.z!, op.info2!);
+  } else {
+    const [p, q] = [V.length / r, U.length / r];
+    addon.scalePermute!(V, s, op.vs!, [p, r], [0, 1]);
+    addon.matmul(op.vs!, U, op.mt!, [1, 1, p, r, q, 0, 1]);
+    addon.scalePermute!(op.mt!, prog.ones.subarray(0, q), op.filter, op.dims, op.perm);
+    passes.forward(x, op.filter, op.z!, op.info);
+  }
   addon.batchNormForward(op.z!, view(gamma), view(beta), y, op.mean, op.variance, [m, c], bn.epsilon, res, op.relu ? 1 : 0);
 }
 
@@ -312,9 +327,19 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     addon.batchNormBackward(op.z!, dy, op.mean, op.variance, view(gamma), dOut, dgamma, dbeta, [m, c], bn.epsilon, y, dres);
   }
   if (op.res !== undefined) addGrad(op.res, dres);
+  if (op.form === 'spatial') {
+    // The 1×kw conv back: dU from its filter's gradient, and the gradient at t, which the kh×1 conv's backward (below) takes.
+    const dK2 = prog.dW.subarray(0, op.filter2!.length);
+    passes.backpropFilter(op.t!, dOut, dK2, op.info2!);
+    addon.scalePermuteGrad!(dK2, U, prog.ones.subarray(0, r), dU, new Float32Array(r), ...rowFilterLayout(op));
+    const dt = take(op.t!.length);
+    passes.backpropInput(dOut, op.filter2!, dt, op.info2!);
+    give(dOut);
+    dOut = dt;
+  }
   const dW = prog.dW.subarray(0, op.filter.length);
   passes.backpropFilter(x, dOut, dW, op.info);
-  if (op.form === 'factored') {
+  if (op.form !== 'merged') {
     addon.scalePermuteGrad!(dW, V, s, dV, ds, op.dims, op.perm);
   } else {
     // Mᵀ = Vs·Uᵀ: dMᵀ from the filter's gradient, then dVs = dMᵀ·U, dU = dMᵀᵀ·Vs, and dV, ds from dVs.
@@ -335,6 +360,11 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     dvals.set(op.x, dx);
   }
   give(dOut);
+}
+
+/** The spatial 1×kw conv's filter [kw, r, c] = transpose(reshape(U, [c, kw, r]), [1, 2, 0]) (SVDConv2D.rowFilter): scalePermute's dims and perm. */
+function rowFilterLayout(op: PairOp): [number[], number[]] {
+  return [[op.c, op.conv.kernelSize[1], op.r], [1, 2, 0]];
 }
 
 /** Views of a rank-space batch norm's state: tmean [r], cov [r, r], scale [c], invstd [c]. */
@@ -428,32 +458,45 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       const xs = shapes.get(input);
       if (!xs || xs.length !== 4 || conv.useBias) return null;
       const [, h, w] = xs;
-      const form = conv.forwardFor(h, w, n) === 'factored' ? 'factored' : 'merged';
-      if (form === 'factored' && conv.decomposition !== 'channel') return null;
+      const form = conv.forwardFor(h, w, n) !== 'factored' ? 'merged' : conv.decomposition === 'channel' ? 'factored' : 'spatial';
       const { n: outC, c: inC, kh, kw } = conv.geometry();
       const r = conv.rank;
       const [oh, ow] = conv.outputSize(h, w);
       const [top, bottom, left, right] = conv.explicitPadding(h, w);
-      const filterOut = form === 'factored' ? r : outC;
-      const pad: tf.backend_util.ExplicitPadding = [[0, 0], [top, bottom], [left, right], [0, 0]];
-      const info = tf.backend_util.computeConv2DInfo([n, h, w, inC], [kh, kw, inC, filterOut], conv.strides, 1, pad, undefined, false, 'channelsLast');
-      if (info.outHeight !== oh || info.outWidth !== ow) return null;
+      const convInfo = (x: number[], filter: number[], strides: [number, number], pad: tf.backend_util.ExplicitPadding) =>
+        tf.backend_util.computeConv2DInfo(x as [number, number, number, number], filter as [number, number, number, number], strides, 1, pad, undefined, false, 'channelsLast');
+      const [sh, sw] = conv.strides;
+      // spatial: the kh×1 conv (stride and padding along the height), then the 1×kw conv (along the width), as SVDConv2D's callFactored.
+      const info =
+        form === 'spatial'
+          ? convInfo([n, h, w, inC], [kh, 1, inC, r], [sh, 1], [[0, 0], [top, bottom], [0, 0], [0, 0]])
+          : convInfo([n, h, w, inC], [kh, kw, inC, form === 'factored' ? r : outC], conv.strides, [[0, 0], [top, bottom], [left, right], [0, 0]]);
+      const info2 = form === 'spatial' ? convInfo([n, oh, w, r], [1, kw, r, outC], [1, sw], [[0, 0], [0, 0], [left, right], [0, 0]]) : undefined;
+      const last = info2 ?? info;
+      if (last.outHeight !== oh || last.outWidth !== ow) return null;
       const m = n * oh * ow;
       const outShape = [n, oh, ow, outC];
       const res = bn.residual ? step.inputs[1] : undefined;
       if (res !== undefined && shapes.get(res)?.join() !== outShape.join()) return null;
       const [p, q] = [conv.V.shape[0]!, conv.U.shape[0]!];
       const op: PairOp = {
-        kind: 'pair', conv, bn, x: input, y: step.output, res, form, info, inputGradient: input !== plan.input, relu: bn.activation === 'relu',
-        m, c: outC, r, filter: new Float32Array(kh * kw * inC * filterOut),
-        dims: form === 'factored' ? [inC, kh, kw, r] : conv.decomposition === 'channel' ? [inC, kh, kw, outC] : [inC, kh, outC, kw],
-        perm: form === 'factored' || conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
+        kind: 'pair', conv, bn, x: input, y: step.output, res, form, info, info2, inputGradient: input !== plan.input, relu: bn.activation === 'relu',
+        m, c: outC, r, filter: new Float32Array(info.filterHeight * info.filterWidth * inC * info.outChannels),
+        // V·diag(s) as the (first) filter, or Mᵀ as the merged one (SVDConv2D's rankFilter, columnFilter, reconstructWeight).
+        dims: form === 'factored' ? [inC, kh, kw, r] : form === 'spatial' ? [inC, kh, r] : conv.decomposition === 'channel' ? [inC, kh, kw, outC] : [inC, kh, outC, kw],
+        perm: form === 'spatial' ? [1, 0, 2] : form === 'factored' || conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
         mean: new Float32Array(outC), variance: new Float32Array(outC),
       };
       if (form === 'factored') {
         op.t = new Float32Array(m * r);
         op.state = new Float32Array(rankBnStateSize(r, outC));
         op.mask = new Uint16Array(m * Math.ceil(outC / 16));
+      } else if (form === 'spatial') {
+        op.t = new Float32Array(n * oh * w * r);
+        op.filter2 = new Float32Array(kw * r * outC);
+        op.z = new Float32Array(m * outC);
+        ones = Math.max(ones, r);
+        dW = Math.max(dW, op.filter2.length);
       } else {
         op.vs = new Float32Array(p * r);
         op.mt = new Float32Array(p * q);
