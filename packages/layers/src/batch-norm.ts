@@ -312,9 +312,21 @@ export class SVDBatchNorm extends tf.layers.Layer {
     return { gamma: this.gamma, beta: this.beta, movingMean: this.movingMean, movingVariance: this.movingVariance };
   }
 
-  /** `call`'s running-statistics update from a train-mode batch's mean and biased variance as arrays (n values per channel). */
-  updateRunningStatsFrom(mean: Float32Array, variance: Float32Array, n: number): void {
-    this.updateRunningStats(tf.tensor1d(mean), tf.tensor1d(variance), n);
+  /**
+   * `call`'s running-statistics update from a train-mode batch's mean and biased variance as arrays
+   * (n values per channel), computed here (the same arithmetic as `SvdRunningStats`), and the new
+   * running mean and variance, which the layer now holds.
+   */
+  updateRunningStatsFrom(mean: Float32Array, variance: Float32Array, n: number): [Float32Array, Float32Array] {
+    const mom = this.momentumOverride ?? this.momentum;
+    const unbias = n > 1 ? n / (n - 1) : 1;
+    const m = Float32Array.from(this.movingMean.read().dataSync() as Float32Array, (v, j) => (1 - mom) * v + mom * mean[j]);
+    const v = Float32Array.from(this.movingVariance.read().dataSync() as Float32Array, (w, j) => (1 - mom) * w + mom * (variance[j] * unbias));
+    tf.tidy(() => {
+      this.movingMean.write(tf.tensor1d(m));
+      this.movingVariance.write(tf.tensor1d(v));
+    });
+    return [m, v];
   }
 
   /** running = (1 − momentum)·running + momentum·batch stat; disposes mean and variance. n: the values per channel. */

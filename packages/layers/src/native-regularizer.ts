@@ -43,7 +43,12 @@ export interface NativeRegularization {
 }
 
 /** The regularizer of `model` and its gradients, by the addon (check `nativeRegularizerAvailable` first). */
-export function nativeRegularization(model: tf.LayersModel | tf.layers.Layer, opts: SvdRegularizationOptions): NativeRegularization {
+export function nativeRegularization(
+  model: tf.LayersModel | tf.layers.Layer,
+  opts: SvdRegularizationOptions,
+  /** How to read a variable's values (default a copy through dataSync; the native step passes views of the heap). */
+  read: (v: tf.LayerVariable) => Float32Array = (v) => v.read().dataSync() as Float32Array,
+): NativeRegularization {
   checkRegularizationOptions(opts);
   const nat = loadNative();
   if (!nat.ok || !nat.addon.svdRegularizer) throw new SvdTrainError('CONFIG_INVALID', 'nativeRegularization: the native addon has no svdRegularizer; check nativeRegularizerAvailable() first');
@@ -57,7 +62,7 @@ export function nativeRegularization(model: tf.LayersModel | tf.layers.Layer, op
   const out = new Float32Array(factors.length);
   let off = 0;
   vars.forEach((v, i) => {
-    factors.set(v.read().dataSync(), off);
+    factors.set(read(v), off);
     grads.set(v, out.subarray(off, off + sizes[i]));
     off += sizes[i];
   });

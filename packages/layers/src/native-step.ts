@@ -26,7 +26,7 @@ import { trainingPlan } from './fused-inference.js';
 import { addTo, convPasses, nativeKernelsActive, rankBnStateSize } from './kernels/native.js';
 import type { WasmBackend } from './kernels/wasm-backend.js';
 import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
-import { getBuffers, namedParameters } from './parameter-names.js';
+import { namedBuffers, namedParameters, type NamedVariable } from './parameter-names.js';
 import type { SvdRegularizationOptions } from './svd-regularization.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { SVDDense } from './svd-dense.js';
@@ -116,6 +116,9 @@ interface Program {
   ones: Float32Array;
   /** Gradient buffers by length, reused across steps. */
   pool: Map<number, Float32Array[]>;
+  /** The model's parameters and running statistics in `namedParameters` / `namedBuffers` order. */
+  params: NamedVariable[];
+  buffers: NamedVariable[];
 }
 
 const programs = new WeakMap<tf.LayersModel, Program | null>();
@@ -206,9 +209,20 @@ export function nativeTrainingStep(model: tf.LayersModel, x: Float32Array, y: In
   prog.values.delete(prog.input);
 
   // The regularizer's gradient from one addon call, as on the tape path; then the running statistics.
-  const r = nativeRegularization(model, reg);
-  for (const op of prog.ops) if (op.kind === 'pair') op.bn.updateRunningStatsFrom(op.mean, op.variance, op.m);
-  const out = namedParameters(model).map((p) => {
+  const r = nativeRegularization(model, reg, view);
+  const running = new Map<tf.LayerVariable, Float32Array>();
+  for (const op of prog.ops) {
+    if (op.kind !== 'pair') continue;
+    const { movingMean, movingVariance } = op.bn.variables();
+    const [m, v] = op.bn.updateRunningStatsFrom(op.mean, op.variance, op.m);
+    running.set(movingMean, m).set(movingVariance, v);
+  }
+  const buffers = prog.buffers.map(({ name, variable }) => {
+    const data = running.get(variable);
+    if (!data) throw new Error(`native training step: no running statistics for ${name}`);
+    return { name, shape: [...variable.shape] as number[], data };
+  });
+  const out = prog.params.map((p) => {
     const g = grads.get(p.variable);
     if (!g) throw new Error(`native training step: no gradient for ${p.name}`);
     const rg = r.grads.get(p.variable);
@@ -216,7 +230,7 @@ export function nativeTrainingStep(model: tf.LayersModel, x: Float32Array, y: In
     return { name: p.name, shape: [...p.variable.shape] as number[], data: g };
   });
   const total = loss.data + reg.lambdaO * r.orth + reg.lambdaS * r.sparsity;
-  return { grads: out, buffers: getBuffers(model), ce: loss.ce, orth: r.orth, sparsity: r.sparsity, distill: loss.kd, data: loss.data, total, correct: loss.correct, n };
+  return { grads: out, buffers, ce: loss.ce, orth: r.orth, sparsity: r.sparsity, distill: loss.kd, data: loss.data, total, correct: loss.correct, n };
 }
 
 type View = (v: tf.LayerVariable) => Float32Array;
@@ -534,10 +548,16 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
     if (op.kind === 'pair') [op.conv.U, op.conv.s, op.conv.V, op.bn.variables().gamma, op.bn.variables().beta].forEach((v) => covered.add(v));
     if (op.kind === 'dense') [op.layer.U, op.layer.s, op.layer.V, ...(op.layer.bias ? [op.layer.bias] : [])].forEach((v) => covered.add(v));
   }
-  if (namedParameters(model).some((p) => !covered.has(p.variable))) return null;
+  const params = namedParameters(model);
+  if (params.some((p) => !covered.has(p.variable))) return null;
+  // And every running statistic its update (the walk's batch norms are all the model has).
+  const bnCovered = new Set(ops.flatMap((op) => (op.kind === 'pair' ? [op.bn.variables().movingMean, op.bn.variables().movingVariance] : [])));
+  const buffers = namedBuffers(model);
+  if (buffers.some((b) => !bnCovered.has(b.variable))) return null;
   return {
     key, ops, input: plan.input, output: plan.output, classes: outShape[1], values,
     dW: new Float32Array(dW), dMt: new Float32Array(dMt), dVs: new Float32Array(dVs), ones: new Float32Array(ones).fill(1), pool: new Map(),
+    params, buffers,
   };
 }
 
