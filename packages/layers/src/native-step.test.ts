@@ -25,8 +25,24 @@ function bothWays(model: tf.LayersModel, batch: number, distill?: DistillTarget)
   setBuffers(model, initial);
   setNativeTrainingStep(true);
   const applies = nativeTrainingStepApplies(model, batch);
+  // A first native step, so that the compared one runs on the program's reused buffers (the pool's arrays are not zeroed).
+  computeGradients(model, x, y, reg, distill);
+  setBuffers(model, initial);
   const step = computeGradients(model, x, y, reg, distill);
   return { tape, step, applies, initial };
+}
+
+/** `bothWays` on the native engine for a fresh model (disposed after), with each SVD conv's form at 8×8 and this batch. */
+function onNative(make: () => tf.LayersModel, batch: number) {
+  return onBackend('native', () => {
+    const model = make();
+    try {
+      const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, batch));
+      return { ...bothWays(model, batch), forms };
+    } finally {
+      model.dispose();
+    }
+  });
 }
 
 function expectSameStep(tape: GradientResult, step: GradientResult, initial: { data: Float32Array }[]): void {
@@ -49,15 +65,7 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
   afterEach(() => setNativeTrainingStep(true));
 
   it('gives the tape\'s losses, gradients and running statistics for a pruned model (factored and merged layers)', async () => {
-    const got = await onBackend('native', () => {
-      const model = mixedModel();
-      try {
-        const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, 6));
-        return { ...bothWays(model, 6), forms };
-      } finally {
-        model.dispose();
-      }
-    });
+    const got = await onNative(mixedModel, 6);
     expect(got.applies).toBe(true);
     expect(got.forms.filter((f) => f === 'factored').length, 'factored layers').toBeGreaterThan(4);
     expect(got.forms.filter((f) => f === 'reconstruct').length, 'merged layers').toBeGreaterThan(8);
@@ -67,29 +75,14 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
   it('gives the tape\'s results at full rank (every layer merged), channel and spatial', async () => {
     // Batch 24: below it some full-rank spatial layers at 4×4 run factored (the merged filter's rebuild dominates).
     for (const decomposition of ['channel', 'spatial'] as const) {
-      const got = await onBackend('native', () => {
-        const model = buildResNet({ depth: 20, svd: true, decomposition, seed: 3, inputShape: [16, 16, 3] });
-        try {
-          return bothWays(model, 24);
-        } finally {
-          model.dispose();
-        }
-      });
+      const got = await onNative(() => buildResNet({ depth: 20, svd: true, decomposition, seed: 3, inputShape: [16, 16, 3] }), 24);
       expect(got.applies, decomposition).toBe(true);
       expectSameStep(got.tape, got.step, got.initial);
     }
   });
 
   it('gives the tape\'s results for a spatially factored pruned model (the kh×1 and 1×kw convs, then batch norm)', async () => {
-    const got = await onBackend('native', () => {
-      const model = prunedTestModel({ decomposition: 'spatial' });
-      try {
-        const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, 6));
-        return { ...bothWays(model, 6), forms };
-      } finally {
-        model.dispose();
-      }
-    });
+    const got = await onNative(() => prunedTestModel({ decomposition: 'spatial' }), 6);
     expect(got.applies).toBe(true);
     expect(got.forms.filter((f) => f === 'factored').length, 'factored layers').toBeGreaterThan(10);
     expectSameStep(got.tape, got.step, got.initial);

@@ -173,40 +173,44 @@ export function nativeTrainingStep(model: tf.LayersModel, x: Float32Array, y: In
   const passes = convPasses(addon);
   prog.values.set(prog.input, x);
   const val = (id: number) => prog.values.get(id)!;
+  // The caller's images are the input value for this step only (released however it ends).
+  let loss: Loss;
+  try {
+    for (const op of prog.ops) forward(addon, passes, prog, op, val, view);
 
-  for (const op of prog.ops) forward(addon, passes, prog, op, val, view);
+    const logits = val(prog.output);
+    loss = lossAndGradient(logits, y, prog.classes, distill);
 
-  const logits = val(prog.output);
-  const loss = lossAndGradient(logits, y, prog.classes, distill);
-
-  // Backward, in reverse. A value's gradient is written by its last reader's backward and summed
-  // into by the others (the shortcut's into the block's first conv's input-gradient pass).
-  const dvals = new Map<number, Float32Array>([[prog.output, loss.dlogits]]);
-  const give = (b: Float32Array) => {
-    const list = prog.pool.get(b.length);
-    if (list) list.push(b);
-    else prog.pool.set(b.length, [b]);
-  };
-  const ctx: Backward = {
-    addon, passes, prog, val, view, gradOf, dvals, give,
-    take: (size) => prog.pool.get(size)?.pop() ?? new Float32Array(size),
-    addGrad: (id, g) => {
-      const have = dvals.get(id);
-      if (!have) return void dvals.set(id, g);
-      addTo(addon, have, g);
-      give(g);
-    },
-  };
-  for (let i = prog.ops.length - 1; i >= 0; i--) {
-    const op = prog.ops[i];
-    const dy = dvals.get(op.y);
-    dvals.delete(op.y);
-    if (!dy) throw new Error(`native training step: no gradient reached value ${op.y}`);
-    backward(ctx, op, dy);
-    if (dy !== loss.dlogits) give(dy);
+    // Backward, in reverse. A value's gradient is written by its last reader's backward and summed
+    // into by the others (the shortcut's into the block's first conv's input-gradient pass).
+    const dvals = new Map<number, Float32Array>([[prog.output, loss.dlogits]]);
+    const give = (b: Float32Array) => {
+      const list = prog.pool.get(b.length);
+      if (list) list.push(b);
+      else prog.pool.set(b.length, [b]);
+    };
+    const ctx: Backward = {
+      addon, passes, prog, val, view, gradOf, dvals, give,
+      take: (size) => prog.pool.get(size)?.pop() ?? new Float32Array(size),
+      addGrad: (id, g) => {
+        const have = dvals.get(id);
+        if (!have) return void dvals.set(id, g);
+        addTo(addon, have, g);
+        give(g);
+      },
+    };
+    for (let i = prog.ops.length - 1; i >= 0; i--) {
+      const op = prog.ops[i];
+      const dy = dvals.get(op.y);
+      dvals.delete(op.y);
+      if (!dy) throw new Error(`native training step: no gradient reached value ${op.y}`);
+      backward(ctx, op, dy);
+      if (dy !== loss.dlogits) give(dy);
+    }
+    for (const g of dvals.values()) give(g);
+  } finally {
+    prog.values.delete(prog.input);
   }
-  for (const g of dvals.values()) give(g);
-  prog.values.delete(prog.input);
 
   // The regularizer's gradient from one addon call, as on the tape path; then the running statistics.
   const r = nativeRegularization(model, reg, view);
