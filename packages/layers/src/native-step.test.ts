@@ -81,6 +81,12 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
     }
   });
 
+  it('gives the tape\'s results for the plain ResNet (tfjs Conv2D and Dense, the strided convs\' zero padding folded in)', async () => {
+    const got = await onNative(() => buildResNet({ depth: 20, svd: false, seed: 3, inputShape: [16, 16, 3] }), 6);
+    expect(got.applies).toBe(true);
+    expectSameStep(got.tape, got.step, got.initial);
+  });
+
   it('gives the tape\'s results for a spatially factored pruned model (the kh×1 and 1×kw convs, then batch norm)', async () => {
     const got = await onNative(() => prunedTestModel({ decomposition: 'spatial' }), 6);
     expect(got.applies).toBe(true);

@@ -13,16 +13,17 @@
  * The math is `computeGradients`' on the tape: the same loss (cross-entropy, the distillation mix),
  * the same forms per layer (`forwardFor`), the same running-statistics updates; the results agree up
  * to float rounding (tested against the tape). It takes models the training walk plans
- * (`trainingPlan`) made only of conv → batch norm pairs (channel-wise, or merged in either
- * decomposition), global average pooling and a final SVDDense: the ResNets `buildResNet` makes.
- * Anything else (a spatially factored pair, a plain Dense, another layer) returns null and the
- * step runs on the tape.
+ * (`trainingPlan`) made only of conv → batch norm pairs (SVD convs channel-factored, spatially
+ * factored or merged; tfjs Conv2D, a ZeroPadding2D before it folded in), global average pooling
+ * and a final SVDDense or Dense: the ResNets `buildResNet` makes, SVD or plain. Anything else
+ * (batch norm, ReLU and the shortcut's add as layers of their own, other layers) returns null and
+ * the step runs on the tape.
  */
 import * as tf from '@tensorflow/tfjs';
 import { loadNative, type NativeAddon } from '@svd-train/native';
 import { SvdTrainError } from '@svd-train/core';
 import { SVDBatchNorm } from './batch-norm.js';
-import { trainingPlan } from './fused-inference.js';
+import { trainingPlan, type Plan, type Step } from './fused-inference.js';
 import { addTo, convPasses, nativeKernelsActive, rankBnStateSize } from './kernels/native.js';
 import type { WasmBackend } from './kernels/wasm-backend.js';
 import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
@@ -78,6 +79,37 @@ interface PairOp {
   variance: Float32Array;
 }
 
+/** A plain tfjs Conv2D (no bias, linear; a ZeroPadding2D before it folded in) and the batch norm after it: the plain ResNet's layers. */
+interface PlainPairOp {
+  kind: 'plain';
+  kernel: tf.LayerVariable;
+  bn: SVDBatchNorm;
+  x: number;
+  y: number;
+  res?: number;
+  info: Info;
+  inputGradient: boolean;
+  relu: boolean;
+  m: number;
+  c: number;
+  /** The conv's output before batch norm [m, c]. */
+  z: Float32Array;
+  mean: Float32Array;
+  variance: Float32Array;
+}
+
+/** A plain tfjs Dense (linear): y = x·kernel + bias. */
+interface PlainDenseOp {
+  kind: 'plainDense';
+  kernel: tf.LayerVariable;
+  bias: tf.LayerVariable | null;
+  x: number;
+  y: number;
+  rows: number;
+  inF: number;
+  outF: number;
+}
+
 interface PoolOp {
   kind: 'pool';
   x: number;
@@ -99,7 +131,7 @@ interface DenseOp {
   hs: Float32Array;
 }
 
-type Op = PairOp | PoolOp | DenseOp;
+type Op = PairOp | PlainPairOp | PoolOp | DenseOp | PlainDenseOp;
 
 interface Program {
   key: string;
@@ -216,7 +248,7 @@ export function nativeTrainingStep(model: tf.LayersModel, x: Float32Array, y: In
   const r = nativeRegularization(model, reg, view);
   const running = new Map<tf.LayerVariable, Float32Array>();
   for (const op of prog.ops) {
-    if (op.kind !== 'pair') continue;
+    if (op.kind !== 'pair' && op.kind !== 'plain') continue;
     const { movingMean, movingVariance } = op.bn.variables();
     const [m, v] = op.bn.updateRunningStatsFrom(op.mean, op.variance, op.m);
     running.set(movingMean, m).set(movingVariance, v);
@@ -243,16 +275,24 @@ function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog
   const x = val(op.x);
   const y = val(op.y);
   if (op.kind === 'pool') return addon.meanPool!(x, y, op.shape);
+  if (op.kind === 'plainDense') {
+    addon.matmul(x, view(op.kernel), y, [1, 1, op.rows, op.inF, op.outF, 0, 0]);
+    if (op.bias) addBias(y, view(op.bias), op.rows, op.outF);
+    return;
+  }
+  if (op.kind === 'plain') {
+    passes.forward(x, view(op.kernel), op.z, op.info);
+    const { gamma, beta } = op.bn.variables();
+    addon.batchNormForward(op.z, view(gamma), view(beta), y, op.mean, op.variance, [op.m, op.c], op.bn.epsilon, op.res !== undefined ? val(op.res) : none, op.relu ? 1 : 0);
+    return;
+  }
   if (op.kind === 'dense') {
     const { layer, rows, inF, outF, r, h, hs } = op;
     const s = view(layer.s);
     addon.matmul(x, view(layer.V), h, [1, 1, rows, inF, r, 0, 0]);
     for (let i = 0; i < rows; i++) for (let j = 0; j < r; j++) hs[i * r + j] = h[i * r + j] * s[j];
     addon.matmul(hs, view(layer.U), y, [1, 1, rows, r, outF, 0, 1]);
-    if (layer.bias) {
-      const b = view(layer.bias);
-      for (let i = 0; i < rows; i++) for (let j = 0; j < outF; j++) y[i * outF + j] += b[j];
-    }
+    if (layer.bias) addBias(y, view(layer.bias), rows, outF);
     return;
   }
   const { conv, bn, m, c, r } = op;
@@ -299,20 +339,35 @@ interface Backward {
 }
 
 function backward(ctx: Backward, op: Op, dy: Float32Array): void {
-  const { addon, passes, prog, val, view, gradOf, take, give, addGrad, dvals } = ctx;
+  const { addon, passes, prog, val, view, gradOf, take, give, addGrad } = ctx;
   const x = val(op.x);
   if (op.kind === 'pool') {
     const dx = take(x.length);
     addon.meanPoolGrad!(dy, dx, op.shape);
     return addGrad(op.x, dx);
   }
+  if (op.kind === 'plainDense') {
+    const { rows, inF, outF } = op;
+    if (op.bias) columnSums(dy, gradOf(op.bias), rows, outF);
+    addon.matmul(x, dy, gradOf(op.kernel), [1, 1, inF, rows, outF, 1, 0]); // dK = xᵀ·dy
+    const dx = take(x.length);
+    addon.matmul(dy, view(op.kernel), dx, [1, 1, rows, outF, inF, 0, 1]); // dx = dy·Kᵀ
+    return addGrad(op.x, dx);
+  }
+  if (op.kind === 'plain') {
+    const { gamma, beta } = op.bn.variables();
+    const dres = op.res !== undefined ? take(op.m * op.c) : none;
+    const dz = take(op.m * op.c);
+    addon.batchNormBackward(op.z, dy, op.mean, op.variance, view(gamma), dz, gradOf(gamma), gradOf(beta), [op.m, op.c], op.bn.epsilon, op.relu ? val(op.y) : none, dres);
+    if (op.res !== undefined) addGrad(op.res, dres);
+    passes.backpropFilter(x, dz, gradOf(op.kernel), op.info);
+    if (op.inputGradient) inputGradient(ctx, op.x, x.length, dz, view(op.kernel), op.info);
+    return give(dz);
+  }
   if (op.kind === 'dense') {
     const { layer, rows, inF, outF, r, h, hs } = op;
     const s = view(layer.s);
-    if (layer.bias) {
-      const db = gradOf(layer.bias);
-      for (let i = 0; i < rows; i++) for (let j = 0; j < outF; j++) db[j] += dy[i * outF + j];
-    }
+    if (layer.bias) columnSums(dy, gradOf(layer.bias), rows, outF);
     addon.matmul(dy, hs, gradOf(layer.U), [1, 1, outF, rows, r, 1, 0]); // dU = dyᵀ·hs
     const dhs = new Float32Array(rows * r);
     addon.matmul(dy, view(layer.U), dhs, [1, 1, rows, outF, r, 0, 0]); // dhs = dy·U
@@ -369,15 +424,27 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     addon.matmul(dMt, op.vs!, dU, [1, 1, q, p, r, 1, 0]);
     addon.scalePermuteGrad!(dVs, V, s, dV, ds, [p, r], [0, 1]);
   }
-  if (op.inputGradient) {
-    // Summed with the gradient already there (a residual block's shortcut) in the same pass.
-    const have = dvals.get(op.x);
-    const dx = take(x.length);
-    passes.backpropInput(dOut, op.filter, dx, op.info, have);
-    if (have) give(have);
-    dvals.set(op.x, dx);
-  }
+  if (op.inputGradient) inputGradient(ctx, op.x, x.length, dOut, op.filter, op.info);
   give(dOut);
+}
+
+/** The conv's input gradient into value `id`'s: summed with the gradient already there (a residual block's shortcut) in the same pass. */
+function inputGradient(ctx: Backward, id: number, size: number, dOut: Float32Array, filter: Float32Array, info: Info): void {
+  const have = ctx.dvals.get(id);
+  const dx = ctx.take(size);
+  ctx.passes.backpropInput(dOut, filter, dx, info, have);
+  if (have) ctx.give(have);
+  ctx.dvals.set(id, dx);
+}
+
+/** y[i, :] += b over `rows` rows of `cols`. */
+function addBias(y: Float32Array, b: Float32Array, rows: number, cols: number): void {
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) y[i * cols + j] += b[j];
+}
+
+/** out[j] += Σ_i g[i, j] over `rows` rows of `cols`. */
+function columnSums(g: Float32Array, out: Float32Array, rows: number, cols: number): void {
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j] += g[i * cols + j];
 }
 
 /** The spatial 1×kw conv's filter [kw, r, c] = transpose(reshape(U, [c, kw, r]), [1, 2, 0]) (SVDConv2D.rowFilter): scalePermute's dims and perm. */
@@ -468,9 +535,27 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
   const values = new Map<number, Float32Array>();
   const ops: Op[] = [];
   let [dW, dMt, dVs, ones] = [0, 0, 0, 0];
+  const plainPairs = plainConvPairs(plan);
   for (const step of plan.steps) {
-    if (step.fusedInto) continue;
-    if (step.fuseWith) {
+    if (step.fusedInto || plainPairs.folded.has(step)) continue;
+    const plain = plainPairs.pairs.get(step);
+    if (plain) {
+      const bn = step.layer as SVDBatchNorm;
+      const xs = shapes.get(plain.x);
+      const kernel = weightNamed(plain.conv, 'kernel');
+      if (!xs || xs.length !== 4 || !kernel || kernel.shape.length !== 4 || kernel.shape[2] !== xs[3]) return null;
+      const info = convInfo(xs, kernel.shape as number[], plain.strides, plain.pad);
+      const outShape = [n, info.outHeight, info.outWidth, info.outChannels];
+      const res = bn.residual ? step.inputs[1] : undefined;
+      if (res !== undefined && shapes.get(res)?.join() !== outShape.join()) return null;
+      const m = n * info.outHeight * info.outWidth;
+      const c = info.outChannels;
+      ops.push({
+        kind: 'plain', kernel, bn, x: plain.x, y: step.output, res, info, inputGradient: plain.x !== plan.input, relu: bn.activation === 'relu',
+        m, c, z: new Float32Array(m * c), mean: new Float32Array(c), variance: new Float32Array(c),
+      });
+      shapes.set(step.output, outShape);
+    } else if (step.fuseWith) {
       const { conv, input } = step.fuseWith;
       const bn = step.layer as SVDBatchNorm;
       const xs = shapes.get(input);
@@ -481,8 +566,6 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       const r = conv.rank;
       const [oh, ow] = conv.outputSize(h, w);
       const [top, bottom, left, right] = conv.explicitPadding(h, w);
-      const convInfo = (x: number[], filter: number[], strides: [number, number], pad: tf.backend_util.ExplicitPadding) =>
-        tf.backend_util.computeConv2DInfo(x as [number, number, number, number], filter as [number, number, number, number], strides, 1, pad, undefined, false, 'channelsLast');
       const [sh, sw] = conv.strides;
       // spatial: the kh×1 conv (stride and padding along the height), then the 1×kw conv (along the width), as SVDConv2D's callFactored.
       const info =
@@ -537,10 +620,18 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       if (layer.V.shape[0] !== inF) return null;
       ops.push({ kind: 'dense', layer, x: step.inputs[0], y: step.output, rows: n, inF, outF, r, h: new Float32Array(n * r), hs: new Float32Array(n * r) });
       shapes.set(step.output, [n, outF]);
+    } else if (step.layer.getClassName() === 'Dense') {
+      const cfg = step.layer.getConfig() as { activation?: string };
+      const kernel = weightNamed(step.layer, 'kernel');
+      const xs = shapes.get(step.inputs[0]);
+      if (!xs || xs.length !== 2 || !kernel || kernel.shape[0] !== xs[1] || (cfg.activation ?? 'linear') !== 'linear') return null;
+      const outF = kernel.shape[1]!;
+      ops.push({ kind: 'plainDense', kernel, bias: weightNamed(step.layer, 'bias'), x: step.inputs[0], y: step.output, rows: n, inF: xs[1], outF });
+      shapes.set(step.output, [n, outF]);
     } else {
       return null;
     }
-    if (step.inputs.length !== (step.fuseWith && (step.layer as SVDBatchNorm).residual ? 2 : 1)) return null;
+    if (step.inputs.length !== (step.layer instanceof SVDBatchNorm && step.layer.residual ? 2 : 1)) return null;
     const outShape = shapes.get(step.output)!;
     values.set(step.output, new Float32Array(outShape.reduce((a, b) => a * b, 1)));
   }
@@ -550,12 +641,14 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
   const covered = new Set<tf.LayerVariable>();
   for (const op of ops) {
     if (op.kind === 'pair') [op.conv.U, op.conv.s, op.conv.V, op.bn.variables().gamma, op.bn.variables().beta].forEach((v) => covered.add(v));
+    if (op.kind === 'plain') [op.kernel, op.bn.variables().gamma, op.bn.variables().beta].forEach((v) => covered.add(v));
+    if (op.kind === 'plainDense') [op.kernel, ...(op.bias ? [op.bias] : [])].forEach((v) => covered.add(v));
     if (op.kind === 'dense') [op.layer.U, op.layer.s, op.layer.V, ...(op.layer.bias ? [op.layer.bias] : [])].forEach((v) => covered.add(v));
   }
   const params = namedParameters(model);
   if (params.some((p) => !covered.has(p.variable))) return null;
   // And every running statistic its update (the walk's batch norms are all the model has).
-  const bnCovered = new Set(ops.flatMap((op) => (op.kind === 'pair' ? [op.bn.variables().movingMean, op.bn.variables().movingVariance] : [])));
+  const bnCovered = new Set(ops.flatMap((op) => (op.kind === 'pair' || op.kind === 'plain' ? [op.bn.variables().movingMean, op.bn.variables().movingVariance] : [])));
   const buffers = namedBuffers(model);
   if (buffers.some((b) => !bnCovered.has(b.variable))) return null;
   return {
@@ -565,3 +658,52 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
   };
 }
 
+function convInfo(x: number[], filter: number[], strides: [number, number], pad: tf.backend_util.ExplicitPadding | 'same' | 'valid'): Info {
+  return tf.backend_util.computeConv2DInfo(x as [number, number, number, number], filter as [number, number, number, number], strides, 1, pad, undefined, false, 'channelsLast');
+}
+
+/** The layer's weight whose name ends in `/name` (tfjs' Conv2D and Dense `kernel`, `bias`), or null. */
+function weightNamed(layer: tf.layers.Layer, name: string): tf.LayerVariable | null {
+  return layer.weights.find((w) => w.originalName.endsWith(`/${name}`)) ?? null;
+}
+
+interface PlainConv {
+  conv: tf.layers.Layer;
+  /** The value the conv reads: its own input, or a ZeroPadding2D's before it (then folded into `pad`). */
+  x: number;
+  strides: [number, number];
+  pad: tf.backend_util.ExplicitPadding | 'same' | 'valid';
+}
+
+/**
+ * The plain ResNet's convs (tfjs Conv2D without bias or activation, NHWC, no dilation), each with
+ * the batch norm that alone reads it, keyed by that batch norm's step, and a ZeroPadding2D that only
+ * such a 'valid' conv reads folded into its padding; `folded`: the conv and padding steps the pairs take.
+ */
+function plainConvPairs(plan: Plan): { pairs: Map<Step, PlainConv>; folded: Set<Step> } {
+  const byOutput = new Map(plan.steps.map((st) => [st.output, st]));
+  const pairs = new Map<Step, PlainConv>();
+  const folded = new Set<Step>();
+  for (const step of plan.steps) {
+    if (!(step.layer instanceof SVDBatchNorm) || step.fuseWith) continue;
+    const src = byOutput.get(step.inputs[0]);
+    if (!src || src.layer.getClassName() !== 'Conv2D' || plan.readers.get(src.output) !== 1) continue;
+    const cfg = src.layer.getConfig() as { strides: number[]; padding: string; dataFormat?: string; dilationRate?: number | number[]; activation?: string; useBias?: boolean };
+    const dilation = [cfg.dilationRate ?? 1].flat();
+    if (cfg.useBias || (cfg.activation ?? 'linear') !== 'linear' || (cfg.dataFormat ?? 'channelsLast') !== 'channelsLast' || dilation.some((d) => d !== 1)) continue;
+    if (cfg.padding !== 'same' && cfg.padding !== 'valid') continue;
+    let x = src.inputs[0];
+    let pad: PlainConv['pad'] = cfg.padding;
+    const padStep = byOutput.get(x);
+    if (pad === 'valid' && padStep && padStep.layer.getClassName() === 'ZeroPadding2D' && plan.readers.get(padStep.output) === 1) {
+      const p = padStep.layer.getConfig() as { padding: [[number, number], [number, number]]; dataFormat?: string };
+      if ((p.dataFormat ?? 'channelsLast') !== 'channelsLast') continue;
+      pad = [[0, 0], p.padding[0], p.padding[1], [0, 0]];
+      x = padStep.inputs[0];
+      folded.add(padStep);
+    }
+    folded.add(src);
+    pairs.set(step, { conv: src.layer, x, strides: [cfg.strides[0], cfg.strides[1]], pad });
+  }
+  return { pairs, folded };
+}
