@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
-import { nativeTrainingStepApplies, setNativeTrainingStep } from './native-step.js';
+import { nativeTrainingStepApplies, setNativeTrainingStep, trainingStepPath } from './native-step.js';
 import { buildResNet } from './resnet.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { getBuffers, setBuffers } from './parameter-names.js';
@@ -39,6 +39,18 @@ function onNative(make: () => tf.LayersModel, batch: number) {
     try {
       const forms = model.layers.filter((l) => l instanceof SVDConv2D).map((l) => (l as SVDConv2D).forwardFor(8, 8, batch));
       return { ...bothWays(model, batch), forms };
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+/** f of a fresh pruned test model on `backend`, the model disposed after. */
+function withPrunedModel<T>(backend: 'native' | 'wasm', f: (m: tf.LayersModel) => T): Promise<T> {
+  return onBackend(backend, () => {
+    const model = prunedTestModel();
+    try {
+      return f(model);
     } finally {
       model.dispose();
     }
@@ -141,15 +153,28 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
     });
     expect(separate.applies).toBe(false);
     expect(Number.isFinite(separate.total)).toBe(true);
-    const wasm = await onBackend('wasm', () => {
-      const model = prunedTestModel();
+    expect(await withPrunedModel('wasm', (m) => nativeTrainingStepApplies(m, 4))).toBe(false);
+  });
+
+  it('says which path a model\'s steps take and why (the worker logs it)', async () => {
+    const native = await onBackend('native', () => {
+      const ok = prunedTestModel();
+      const separate = prunedTestModel({ fuseBatchNorm: false });
       try {
-        return nativeTrainingStepApplies(model, 4);
+        const on = trainingStepPath(ok, 4);
+        setNativeTrainingStep(false);
+        const off = trainingStepPath(ok, 4);
+        setNativeTrainingStep(true);
+        return { on, off, separate: trainingStepPath(separate, 4) };
       } finally {
-        model.dispose();
+        ok.dispose();
+        separate.dispose();
       }
     });
-    expect(wasm).toBe(false);
+    expect(native.on).toMatch(/^native: \d+ ops as addon calls, without tfjs' tape$/);
+    expect(native.off).toBe("on tfjs' tape (the native training step is switched off)");
+    expect(native.separate).toMatch(/^on tfjs' tape \(the native training step does not take layers .*Add/);
+    expect(await withPrunedModel('wasm', (m) => trainingStepPath(m, 4))).toBe("on tfjs' tape (the native training step needs the native engine)");
   });
 
   it('refuses a label that is not one of the model\'s classes, naming it (on either path)', async () => {

@@ -177,6 +177,24 @@ export function nativeTrainingStepApplies(model: tf.LayersModel, batch: number):
   return stepAddon() != null && programFor(model, batch) != null;
 }
 
+/** The layer classes the native step takes (anything else leaves the model to the tape). */
+const STEP_LAYERS = new Set(['InputLayer', 'SVDConv2D', 'Conv2D', 'ZeroPadding2D', 'SVDBatchNorm', 'GlobalAveragePooling2D', 'SVDDense', 'Dense']);
+
+/**
+ * How `computeGradients` trains `model` at this batch size, and why, as a line for a worker's log:
+ * the native step, or tfjs' tape with the reason (switched off, not the native engine, an addon
+ * without the calls it needs, or layers it does not take).
+ */
+export function trainingStepPath(model: tf.LayersModel, batch: number): string {
+  if (!enabled) return "on tfjs' tape (the native training step is switched off)";
+  if (!nativeKernelsActive()) return "on tfjs' tape (the native training step needs the native engine)";
+  if (!stepAddon()) return "on tfjs' tape (this build of the native addon lacks calls the native training step makes; run `pnpm rebuild @svd-train/native`)";
+  const prog = programFor(model, batch);
+  if (prog) return `native: ${prog.ops.length} ops as addon calls, without tfjs' tape`;
+  const others = [...new Set(model.layers.map((l) => l.getClassName()).filter((c) => !STEP_LAYERS.has(c)))];
+  return `on tfjs' tape (the native training step does not take ${others.length ? `layers ${others.join(', ')}` : 'this arrangement of the layers (e.g. batch norm not right after its conv)'})`;
+}
+
 /**
  * `computeGradients` without the tape, or null where the step does not take the model (then the
  * caller runs the tape). Inputs as `computeGradients` takes them.

@@ -46,6 +46,7 @@ import {
   getParameters,
   setBuffers,
   setWeights,
+  trainingStepPath,
 } from '@svd-train/layers';
 import { sliceGradients } from './chunked-gradients.js';
 import { checkCounts, checkDatasetInfo, checkEval, checkStep, checkWeights, outOfOrder } from './coordinator-checks.js';
@@ -88,6 +89,8 @@ export interface WorkerState {
    * second from the statistics the first one updated.
    */
   broadcastBuffers: WireTensor[];
+  /** The config hash whose model's training path the log has said (`trainingStepPath`). */
+  stepPathLogged?: string | null;
 }
 
 interface SessionOpts extends Omit<WorkerOptions, 'backend'> {
@@ -264,6 +267,11 @@ export async function session(conn: Connection, opts: SessionOpts, st: WorkerSta
         const { x, y } = assembleBatch(st.train!, msg.indices, { seed: msg.seed, epoch: msg.epoch, augment: cfg.augment, cutout: cfg.cutout });
         const reg = { lambdaO: cfg.lambdaO, lambdaS: sparsityWeightAt(cfg, msg.step, stepsPerEpoch(trainCount, cfg.batch)), sparsity: cfg.sparsity };
         const distill = st.teachers.length ? { teachers: st.teachers.map((t) => t.model), alpha: cfg.distillAlpha, temperature: cfg.distillTemperature } : undefined;
+        // Once per model: which path its steps take and why (the native step or tfjs' tape).
+        if (st.stepPathLogged !== st.hash) {
+          log(`training step ${trainingStepPath(st.model!, Math.min(y.length, cfg.maxWorkerBatch))}`);
+          st.stepPathLogged = st.hash;
+        }
         const r = sliceGradients(st.model!, x, y, reg, cfg.maxWorkerBatch, distill);
         const computeMs = performance.now() - t0;
         st.steps++;
