@@ -12,7 +12,7 @@ import { SvdTrainError } from '@svd-train/core';
 import { columnSum } from './kernels/column-sum.js';
 import { AFFINE, BN_GRAD, BN_TRAIN } from './kernels/native.js';
 import { rankSpaceBatchNormTrain } from './rank-space-batch-norm.js';
-import { runningStats } from './kernels/running-stats.js';
+import { runningStats, runningStatsInto } from './kernels/running-stats.js';
 
 export interface BatchNormTrainResult {
   /** Normalised, scaled and shifted output, same shape as x. */
@@ -320,8 +320,9 @@ export class SVDBatchNorm extends tf.layers.Layer {
   updateRunningStatsFrom(mean: Float32Array, variance: Float32Array, n: number): [Float32Array, Float32Array] {
     const mom = this.momentumOverride ?? this.momentum;
     const unbias = n > 1 ? n / (n - 1) : 1;
-    const m = Float32Array.from(this.movingMean.read().dataSync() as Float32Array, (v, j) => (1 - mom) * v + mom * mean[j]);
-    const v = Float32Array.from(this.movingVariance.read().dataSync() as Float32Array, (w, j) => (1 - mom) * w + mom * (variance[j] * unbias));
+    const m = new Float32Array(mean.length);
+    const v = new Float32Array(variance.length);
+    runningStatsInto(this.movingMean.read().dataSync(), this.movingVariance.read().dataSync(), mean, variance, mom, unbias, m, v);
     tf.tidy(() => {
       this.movingMean.write(tf.tensor1d(m));
       this.movingVariance.write(tf.tensor1d(v));

@@ -100,12 +100,18 @@ export function fusedInference(model: tf.LayersModel, x: tf.Tensor): tf.Tensor |
  * the engine has the row kernel.
  */
 function planOf(model: tf.LayersModel, training: boolean): Plan | null {
+  const plan = cachedPlan(model);
+  return plan && plan.steps.some((s) => s.fuseWith && fuses(s.fuseWith.conv, training)) ? plan : null;
+}
+
+/** The model's plan, made once (null where the walk does not take the graph), whatever fuses in it. */
+function cachedPlan(model: tf.LayersModel): Plan | null {
   let plan = plans.get(model);
   if (plan === undefined) {
     plan = makePlan(model);
     plans.set(model, plan);
   }
-  return plan && plan.steps.some((s) => s.fuseWith && fuses(s.fuseWith.conv, training)) ? plan : null;
+  return plan;
 }
 
 /** Whether a pair with this conv runs as one kernel: channel always, spatial at inference where the row kernel exists. */
@@ -144,9 +150,7 @@ export function applyTraining(model: tf.LayersModel, x: tf.Tensor): tf.Tensor {
  * where the walk does not take the model: what the native training step (native-step.ts) compiles.
  */
 export function trainingPlan(model: tf.LayersModel): Plan | null {
-  if (!fusedTrainingAvailable()) return null;
-  planOf(model, true);
-  return plans.get(model) ?? null;
+  return fusedTrainingAvailable() ? cachedPlan(model) : null;
 }
 
 /** The model's eval-mode output: `fusedInference` where it applies, else `model.apply(x, { training: false })`. */

@@ -28,6 +28,7 @@
 #include "small_oc_conv.h"
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -1005,13 +1006,20 @@ bool RowsStay(const std::vector<int64_t>& dims, const std::vector<int64_t>& perm
   return n >= 2 && dims[n - 1] == static_cast<int64_t>(r) && perm[n - 1] == static_cast<int64_t>(n - 1);
 }
 
+// The lengths of a ([rows, r]) and s ([r]) at args ai and si: scalePermute's and its gradient's
+// operands, refused unless both are typed arrays and a's length is a multiple of s's.
+std::pair<size_t, size_t> ScaleOperandLengths(const Napi::CallbackInfo& info, size_t ai, size_t si) {
+  if (info.Length() <= std::max(ai, si) || !info[ai].IsTypedArray() || !info[si].IsTypedArray()) throw ArgError("a and s must be Float32Arrays");
+  const size_t n = info[ai].As<Napi::TypedArray>().ElementLength(), r = info[si].As<Napi::TypedArray>().ElementLength();
+  if (r == 0 || n % r != 0) throw ArgError("a's length must be a multiple of s's (a is [rows, r])");
+  return {n, r};
+}
+
 // scalePermute(a, s, out, dims, perm): out = transpose(reshape(a·diag(s), dims), perm), a [rows, r];
 // an SVD layer's filter from V and s (layers' SvdScalePermute, which did it in a JS loop).
 Napi::Value ScalePermute(const Napi::CallbackInfo& info) {
   return Guard(info, "scalePermute", [&]() -> Napi::Value {
-    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw ArgError("a and s must be Float32Arrays");
-    const size_t n = info[0].As<Napi::TypedArray>().ElementLength(), r = info[1].As<Napi::TypedArray>().ElementLength();
-    if (r == 0 || n % r != 0) throw ArgError("a's length must be a multiple of s's (a is [rows, r])");
+    const auto [n, r] = ScaleOperandLengths(info, 0, 1);
     const float* a = F32(info, 0, n, "a");
     const float* sc = F32(info, 1, r, "s");
     float* out = F32(info, 2, n, "out");
@@ -1036,9 +1044,7 @@ Napi::Value ScalePermute(const Napi::CallbackInfo& info) {
 // times s, ds[j] = Σ over a's rows of that times a (summed in double).
 Napi::Value ScalePermuteGrad(const Napi::CallbackInfo& info) {
   return Guard(info, "scalePermuteGrad", [&]() -> Napi::Value {
-    if (info.Length() < 3 || !info[1].IsTypedArray() || !info[2].IsTypedArray()) throw ArgError("a and s must be Float32Arrays");
-    const size_t n = info[1].As<Napi::TypedArray>().ElementLength(), r = info[2].As<Napi::TypedArray>().ElementLength();
-    if (r == 0 || n % r != 0) throw ArgError("a's length must be a multiple of s's (a is [rows, r])");
+    const auto [n, r] = ScaleOperandLengths(info, 1, 2);
     const float* dy = F32(info, 0, n, "dy");
     const float* a = F32(info, 1, n, "a");
     const float* sc = F32(info, 2, r, "s");

@@ -25,12 +25,22 @@ const runningStatsWasm: KernelFunc = ({ inputs, backend, attrs }) => {
   const mean = be.makeOutput([c], 'float32');
   const variance = be.makeOutput([c], 'float32');
   const [m, v, bm, bv, om, ov] = [ins.mean, ins.variance, ins.batchMean, ins.batchVariance, mean, variance].map((t) => be.typedArrayFromHeap(t));
-  for (let j = 0; j < c; j++) {
+  runningStatsInto(m, v, bm, bv, momentum, unbias, om, ov);
+  return [mean, variance];
+};
+
+/**
+ * The update's arithmetic on arrays: om = (1 − momentum)·m + momentum·bm, ov = (1 − momentum)·v +
+ * momentum·bv·unbias. The kernel's, and the native training step's (`SVDBatchNorm.updateRunningStatsFrom`).
+ */
+export function runningStatsInto(
+  m: ArrayLike<number>, v: ArrayLike<number>, bm: ArrayLike<number>, bv: ArrayLike<number>, momentum: number, unbias: number, om: Float32Array, ov: Float32Array,
+): void {
+  for (let j = 0; j < om.length; j++) {
     om[j] = (1 - momentum) * m[j] + momentum * bm[j];
     ov[j] = (1 - momentum) * v[j] + momentum * (bv[j] * unbias);
   }
-  return [mean, variance];
-};
+}
 
 export const runningStatsWasmConfig: KernelConfig = { kernelName: RUNNING_STATS, backendName: 'wasm', kernelFunc: runningStatsWasm };
 
