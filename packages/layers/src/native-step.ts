@@ -65,9 +65,10 @@ interface PairOp {
   /** transpose(reshape(·, dims), perm) makes the filter: from V·diag(s) (factored) or Mᵀ (merged). */
   dims: number[];
   perm: number[];
-  /** factored: the rank-space output [m, r], the state (tmean | cov | scale | invstd) and the ReLU's mask bits. */
+  /** factored: the rank-space output [m, r], the state (tmean | cov | scale | invstd). */
   t?: Float32Array;
   state?: Float32Array;
+  /** The ReLU's mask bits (y > 0) for the backward, every form. */
   mask?: Uint16Array;
   /** spatial: the 1×kw conv's filter [kw, r, c] from U. */
   filter2?: Float32Array;
@@ -94,6 +95,8 @@ interface PlainPairOp {
   c: number;
   /** The conv's output before batch norm [m, c]. */
   z: Float32Array;
+  /** The ReLU's mask bits (y > 0) for the backward. */
+  mask?: Uint16Array;
   mean: Float32Array;
   variance: Float32Array;
 }
@@ -301,7 +304,7 @@ function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog
   if (op.kind === 'plain') {
     passes.forward(x, view(op.kernel), op.z, op.info);
     const { gamma, beta } = op.bn.variables();
-    addon.batchNormForward(op.z, view(gamma), view(beta), y, op.mean, op.variance, [op.m, op.c], op.bn.epsilon, op.res !== undefined ? val(op.res) : none, op.relu ? 1 : 0);
+    addon.batchNormForward(op.z, view(gamma), view(beta), y, op.mean, op.variance, [op.m, op.c], op.bn.epsilon, op.res !== undefined ? val(op.res) : none, op.relu ? 1 : 0, op.mask);
     return;
   }
   if (op.kind === 'dense') {
@@ -336,7 +339,7 @@ function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog
     addon.scalePermute!(op.mt!, prog.ones.subarray(0, q), op.filter, op.dims, op.perm);
     passes.forward(x, op.filter, op.z!, op.info);
   }
-  addon.batchNormForward(op.z!, view(gamma), view(beta), y, op.mean, op.variance, [m, c], bn.epsilon, res, op.relu ? 1 : 0);
+  addon.batchNormForward(op.z!, view(gamma), view(beta), y, op.mean, op.variance, [m, c], bn.epsilon, res, op.relu ? 1 : 0, op.mask);
 }
 
 /** What the backward of one op reads and writes. */
@@ -376,7 +379,7 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     const { gamma, beta } = op.bn.variables();
     const dres = op.res !== undefined ? take(op.m * op.c) : none;
     const dz = take(op.m * op.c);
-    addon.batchNormBackward(op.z, dy, op.mean, op.variance, view(gamma), dz, gradOf(gamma), gradOf(beta), [op.m, op.c], op.bn.epsilon, op.relu ? val(op.y) : none, dres);
+    addon.batchNormBackward(op.z, dy, op.mean, op.variance, view(gamma), dz, gradOf(gamma), gradOf(beta), [op.m, op.c], op.bn.epsilon, op.relu ? val(op.y) : none, dres, op.mask);
     if (op.res !== undefined) addGrad(op.res, dres);
     passes.backpropFilter(x, dz, gradOf(op.kernel), op.info);
     if (op.inputGradient) inputGradient(ctx, op.x, x.length, dz, view(op.kernel), op.info);
@@ -415,7 +418,7 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     addon.rankBnBackward(dy, y, op.t!, U, tmean, cov, scale, invstd, dOut, dU, dgamma, dbeta, dres, [m, r, c, 1], op.relu ? op.mask : undefined);
   } else {
     dOut = take(m * c);
-    addon.batchNormBackward(op.z!, dy, op.mean, op.variance, view(gamma), dOut, dgamma, dbeta, [m, c], bn.epsilon, y, dres);
+    addon.batchNormBackward(op.z!, dy, op.mean, op.variance, view(gamma), dOut, dgamma, dbeta, [m, c], bn.epsilon, y, dres, op.mask);
   }
   if (op.res !== undefined) addGrad(op.res, dres);
   if (op.form === 'spatial') {
@@ -453,6 +456,11 @@ function inputGradient(ctx: Backward, id: number, size: number, dOut: Float32Arr
   ctx.passes.backpropInput(dOut, filter, dx, info, have);
   if (have) ctx.give(have);
   ctx.dvals.set(id, dx);
+}
+
+/** A ReLU's mask bits for `m` rows of `c` channels: 16-bit words, ceil(c / 16) a row (the addon's layout). */
+function reluMask(m: number, c: number): Uint16Array {
+  return new Uint16Array(m * Math.ceil(c / 16));
 }
 
 /** y[i, :] += b over `rows` rows of `cols`. */
@@ -570,7 +578,7 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       const c = info.outChannels;
       ops.push({
         kind: 'plain', kernel, bn, x: plain.x, y: step.output, res, info, inputGradient: plain.x !== plan.input, relu: bn.activation === 'relu',
-        m, c, z: new Float32Array(m * c), mean: new Float32Array(c), variance: new Float32Array(c),
+        m, c, z: new Float32Array(m * c), mask: bn.activation === 'relu' ? reluMask(m, c) : undefined, mean: new Float32Array(c), variance: new Float32Array(c),
       });
       shapes.set(step.output, outShape);
     } else if (step.fuseWith) {
@@ -606,10 +614,10 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
         perm: form === 'spatial' ? [1, 0, 2] : form === 'factored' || conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
         mean: new Float32Array(outC), variance: new Float32Array(outC),
       };
+      if (op.relu) op.mask = reluMask(m, outC);
       if (form === 'factored') {
         op.t = new Float32Array(m * r);
         op.state = new Float32Array(rankBnStateSize(r, outC));
-        op.mask = new Uint16Array(m * Math.ceil(outC / 16));
       } else if (form === 'spatial') {
         op.t = new Float32Array(n * oh * w * r);
         op.filter2 = new Float32Array(kw * r * outC);

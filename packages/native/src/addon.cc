@@ -20,6 +20,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include "batch_norm.h"
 #include "lanes_net.h"
 #include "pointwise_affine.h"
 #include "prefetch.h"
@@ -486,6 +487,9 @@ Napi::Value MatMulFn(const Napi::CallbackInfo& info) {
 
 constexpr int64_t kBlock = 64;
 
+// Whether batchNormForward/Backward take batch_norm.cc's kernels where they apply (setFastBatchNorm).
+bool g_fast_bn = true;
+
 // res (or null) is added after the affine map, then max(·, 0) when relu: a residual block's
 // bn2 + shortcut + ReLU, or bn1 + ReLU, in the same last pass.
 SVD_CLONES void BnForwardImpl(const float* x, const float* g, const float* b, float* y, float* mean, float* var,
@@ -875,9 +879,10 @@ Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps, residual?, relu?):
+// batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps, residual?, relu?, mask?):
 // y = (x−mean)·invstd·gamma+beta (+ residual), then max(·, 0) when relu is 1; mean and biased
-// variance per channel.
+// variance per channel; mask (a Uint16Array of M·ceil(C/16) words) gets y > 0 as bits, for
+// batchNormBackward. C 16, 32 or 64 on AVX-512 runs batch_norm.cc's kernel.
 Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
   return Guard(info, "batchNormForward", [&]() -> Napi::Value {
     auto p = Ints(info, 6, 2, "shape");
@@ -898,7 +903,14 @@ Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
       if (!info[9].IsNumber()) throw ArgError("relu must be 0 or 1");
       relu = info[9].As<Napi::Number>().Int32Value() == 1;
     }
-    BnForwardImpl(x, g, b, y, mean, var, m, c, eps, res, relu);
+    uint16_t* mask = OptionalU16(info, 10, static_cast<size_t>(m * svd_pointwise::MaskWords(c)), "mask");
+    if (g_fast_bn && svd_bn::Applies(c)) {
+      svd_bn::Forward(x, g, b, y, mean, var, m, c, eps, res, relu, mask);
+    } else {
+      BnForwardImpl(x, g, b, y, mean, var, m, c, eps, res, relu);
+      // Only batch_norm.cc's backward reads the mask (the generic one reads y): written where it may run.
+      if (mask && svd_bn::Applies(c)) svd_bn::MaskOf(y, m, c, mask);
+    }
     return info.Env().Undefined();
   });
 }
@@ -906,7 +918,8 @@ Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
 // batchNormBackward(x, dy, mean, variance, gamma, dx, dgamma, dbeta, [M, C], eps, y?, dresidual?):
 // x̂ = (x−mean)·invstd; dbeta = Σdy; dgamma = Σdy·x̂; dx = gamma·invstd/M·(M·dy − Σdy − x̂·Σdy·x̂).
 // With y (the output of a forward with relu) dy is first masked by y > 0; dresidual receives the
-// (masked) dy, the gradient of the residual that forward added.
+// (masked) dy, the gradient of the residual that forward added. mask? (index 12, the forward's)
+// stands in for y where batch_norm.cc's kernel runs (y is still required with it).
 Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
   return Guard(info, "batchNormBackward", [&]() -> Napi::Value {
     auto p = Ints(info, 8, 2, "shape");
@@ -925,7 +938,10 @@ Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
     float* db = F32(info, 7, c, "dbeta");
     const float* yout = OptionalF32(info, 10, m * c, "y");
     float* dres = const_cast<float*>(OptionalF32(info, 11, m * c, "dresidual"));
-    BnBackwardImpl(x, dy, mean, var, g, dx, dg, db, m, c, eps, yout, dres);
+    const uint16_t* mask = OptionalU16(info, 12, static_cast<size_t>(m * svd_pointwise::MaskWords(c)), "mask");
+    if (mask && !yout) throw ArgError("mask stands in for y, which must be given with it (the generic loops read y)");
+    if (g_fast_bn && svd_bn::Applies(c)) svd_bn::Backward(x, dy, mean, var, g, dx, dg, db, m, c, eps, yout, dres, mask);
+    else BnBackwardImpl(x, dy, mean, var, g, dx, dg, db, m, c, eps, yout, dres);
     return info.Env().Undefined();
   });
 }
@@ -1155,6 +1171,17 @@ Napi::Value SetPrefetch(const Napi::CallbackInfo& info) {
   });
 }
 
+// setFastBatchNorm([on]): 1 (the default) runs training batch norm on batch_norm.cc's kernels where
+// they apply (C 16, 32 or 64 on AVX-512), 0 on the generic loops. For benchmarks and tests.
+Napi::Value SetFastBatchNorm(const Napi::CallbackInfo& info) {
+  return Guard(info, "setFastBatchNorm", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "flags");
+    if (p[0] > 1) throw ArgError("on must be 0 or 1");
+    g_fast_bn = p[0] == 1;
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value GetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), omp_get_max_threads());
 }
@@ -1336,6 +1363,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setActivationLayout", Napi::Function::New(env, SetActivationLayout));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("setPrefetch", Napi::Function::New(env, SetPrefetch));
+  exports.Set("setFastBatchNorm", Napi::Function::New(env, SetFastBatchNorm));
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
   exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));

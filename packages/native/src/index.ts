@@ -41,21 +41,24 @@ export interface NativeAddon {
   /**
    * Train-mode batch norm over a row-major [M, C] view: y, batch mean and biased variance; y gets
    * `residual` added and then max(·, 0) when relu is 1 (a residual block's bn + shortcut + ReLU).
+   * `mask` (M·ceil(C/16) words), where given, gets y > 0 as bits for `batchNormBackward` (addons
+   * built before it ignore it).
    */
   batchNormForward(
     x: Float32Array, gamma: Float32Array, beta: Float32Array,
     y: Float32Array, mean: Float32Array, variance: Float32Array, shape: readonly [number, number], eps: number,
-    residual?: Float32Array, relu?: 0 | 1,
+    residual?: Float32Array, relu?: 0 | 1, mask?: Uint16Array,
   ): void;
   /**
    * The batch-norm gradient given the forward's mean and variance: dx, dgamma, dbeta. With `y`, the
    * output of a forward with relu, dy is first masked by y > 0; `dResidual` receives the (masked)
-   * dy, the gradient of a residual the forward added. Empty arrays stand for none.
+   * dy, the gradient of a residual the forward added. Empty arrays stand for none. `mask`, the
+   * forward's, stands in for reading y where the AVX-512 kernel runs (y must still be given).
    */
   batchNormBackward(
     x: Float32Array, dy: Float32Array, mean: Float32Array, variance: Float32Array, gamma: Float32Array,
     dx: Float32Array, dGamma: Float32Array, dBeta: Float32Array, shape: readonly [number, number], eps: number,
-    y?: Float32Array, dResidual?: Float32Array,
+    y?: Float32Array, dResidual?: Float32Array, mask?: Uint16Array,
   ): void;
   /** dx = x > 0 ? dy : 0, elementwise; all three the same length. */
   reluGrad(dy: Float32Array, x: Float32Array, dx: Float32Array): void;
@@ -63,6 +66,8 @@ export interface NativeAddon {
   add?(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /** [write, read] (0 or 1): whether the streaming kernels prefetch their output and input lines ahead (both on by default). For benchmarks. */
   setPrefetch?(flags: [number, number]): void;
+  /** [on] (0 or 1): whether training batch norm runs on the AVX-512 kernels for 16, 32 or 64 channels (on by default) or the generic loops. For benchmarks and tests. Absent from addons built before it. */
+  setFastBatchNorm?(flags: [number]): void;
   /**
    * y[i, j] = x[i, j]·scale[j] + shift[j] (+ residual[i, j]) over [M, C], then max(·, 0) when relu
    * is 1; scale or shift may be empty (none). One pass; y may be x.

@@ -377,6 +377,74 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     }
   });
 
+  it('training batch norm on the AVX-512 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
+    if (!native.ok) return;
+    const a = native.addon;
+    // [M, C, offset]: M not a multiple of the kernels' 64-row blocks; M = 1; C 48 (generic only);
+    // an offset of 1000 with unit spread (the one-pass variance about the first rows' mean).
+    const cases: [number, number, number][] = [[200, 16, 0], [130, 32, 0], [70, 64, 0], [1, 16, 0], [90, 48, 0], [300, 16, 1000]];
+    for (const [m, c, offset] of cases) {
+      const x = seededUniform(m * c, 91 + c).map((v, i) => offset + v * (1 + (i % c) / c));
+      const gamma = seededUniform(c, 92).map((v) => 1 + v);
+      const beta = seededUniform(c, 93);
+      const res = seededUniform(m * c, 94);
+      const dy = seededUniform(m * c, 95);
+      // The reference, in float64: the same residual and ReLU.
+      const mean = new Float64Array(c);
+      const vr = new Float64Array(c);
+      for (let i = 0; i < m; i++) for (let j = 0; j < c; j++) mean[j] += x[i * c + j]! / m;
+      for (let i = 0; i < m; i++) for (let j = 0; j < c; j++) vr[j] += (x[i * c + j]! - mean[j]!) ** 2 / m;
+      const inv = vr.map((v) => 1 / Math.sqrt(v + 1e-5));
+      const y = new Float64Array(m * c);
+      const g = new Float64Array(m * c);
+      const sdy = new Float64Array(c);
+      const sdyx = new Float64Array(c);
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < c; j++) {
+          const k = i * c + j;
+          y[k] = Math.max(0, (x[k]! - mean[j]!) * inv[j]! * gamma[j]! + beta[j]! + res[k]!);
+          g[k] = y[k]! > 0 ? dy[k]! : 0;
+          sdy[j] += g[k]!;
+          sdyx[j] += g[k]! * (x[k]! - mean[j]!) * inv[j]!;
+        }
+      const dx = new Float64Array(m * c);
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < c; j++) {
+          const k = i * c + j;
+          dx[k] = (gamma[j]! * inv[j]! / m) * (m * g[k]! - sdy[j]! - (x[k]! - mean[j]!) * inv[j]! * sdyx[j]!);
+        }
+      for (const fast of [1, 0] as const) {
+        a.setFastBatchNorm!([fast]);
+        const tag = `bn [${m}, ${c}] offset ${offset} fast ${fast}`;
+        const [yo, mo, vo] = [new Float32Array(m * c), new Float32Array(c), new Float32Array(c)];
+        const mask = new Uint16Array(m * Math.ceil(c / 16));
+        a.batchNormForward(x, gamma, beta, yo, mo, vo, [m, c], 1e-5, res, 1, mask);
+        // M = 1: zero variance, x̂ = (x − mean)·316 amplifies the rounding of the scale and shift; at
+        // an offset of 1000 a float mean is good to ~3e-5 (what would fail is a variance lost to cancellation).
+        const loose = m === 1 || offset !== 0;
+        expectClose(`${tag} y`, yo, Float32Array.from(y), loose ? 1e-4 : 1e-5);
+        expectClose(`${tag} mean`, mo, Float32Array.from(mean), 1e-6);
+        if (m > 1) expectClose(`${tag} variance`, vo, Float32Array.from(vr), loose ? 1e-3 : 1e-4);
+        // The mask holds y > 0 wherever the fast backward could read it.
+        if (c % 16 === 0 && c !== 48 && cpuHasAvx512()) {
+          for (let i = 0; i < m; i++)
+            for (let j = 0; j < c; j++) expect(((mask[i * (c / 16) + (j >> 4)]! >> (j & 15)) & 1) === 1, `${tag} mask bit ${i},${j}`).toBe(yo[i * c + j]! > 0);
+        }
+        for (const withMask of [true, false]) {
+          const [dxo, dg, db, dres] = [new Float32Array(m * c), new Float32Array(c), new Float32Array(c), new Float32Array(m * c)];
+          a.batchNormBackward(x, dy, mo, vo, gamma, dxo, dg, db, [m, c], 1e-5, yo, dres, withMask ? mask : undefined);
+          expectClose(`${tag} mask ${withMask} dres`, dres, Float32Array.from(g), 1e-6);
+          expectClose(`${tag} mask ${withMask} dbeta`, db, Float32Array.from(sdy), 1e-5);
+          if (m > 1) {
+            expectClose(`${tag} mask ${withMask} dgamma`, dg, Float32Array.from(sdyx), loose ? 1e-3 : 1e-4);
+            expectClose(`${tag} mask ${withMask} dx`, dxo, Float32Array.from(dx), loose ? 1e-3 : 1e-4);
+          }
+        }
+      }
+      a.setFastBatchNorm!([1]);
+    }
+  });
+
   it('eval-mode batch norm (one SvdAffine pass) and its gradients x=[2,3,4,5] and x=[7,16]', async () => {
     const run = (shape: number[]) => () =>
       tf.tidy(() => {
@@ -648,6 +716,9 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
     expect(code(() => a.setPrefetch!([1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setPrefetch: flags must be 0 or 1/);
     expect(code(() => a.setPrefetch!([1, 1]))).toBe('no error');
+    expect(code(() => a.setFastBatchNorm!([2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setFastBatchNorm: on must be 0 or 1/);
+    expect(code(() => a.batchNormForward(f(32), f(16), f(16), f(32), f(16), f(16), [2, 16], 1e-5, f(0), 1, new Uint16Array(1)))).toMatch(/^NATIVE_BAD_ARGUMENT: batchNormForward: mask has 1 elements; expected 2/);
+    expect(code(() => a.batchNormBackward(f(32), f(32), f(16), f(16), f(16), f(32), f(16), f(16), [2, 16], 1e-5, f(0), f(0), new Uint16Array(2)))).toMatch(/^NATIVE_BAD_ARGUMENT: batchNormBackward: mask stands in for y/);
     expect(code(() => a.scalePermute!(f(12), f(3), f(12), [4, 3], [1, 0]))).toBe('no error');
     expect(code(() => a.scalePermute!(f(12), f(3), f(12), [5, 3], [1, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: scalePermute: dims do not hold the elements of a/);
     expect(code(() => a.scalePermute!(f(12), f(3), f(12), [4, 3], [1, 1]))).toMatch(/^NATIVE_BAD_ARGUMENT: scalePermute: perm is not a permutation/);
