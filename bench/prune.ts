@@ -182,6 +182,8 @@ interface Variant {
   lanesPairs?: boolean;
   /** false: training timed on tfjs' tape, not the native step (native-step.ts). */
   nativeStep?: boolean;
+  /** false: timed with training batch norm on the addon's generic loops, not batch_norm.cc's AVX-512 kernels (addon setFastBatchNorm off). */
+  fastBn?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
@@ -194,6 +196,9 @@ if (stepOn) variants.push({ label: '  full rank, step on the tape (native step o
 const prefetchSwitch = info.backend === 'native' ? loadNative() : null;
 const canPrefetch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setPrefetch === 'function';
 if (canPrefetch) variants.push({ label: '  full rank, prefetch off', model: base, train: true, prefetch: false });
+// And with training batch norm on the addon's generic loops (full rank's merged layers run plain batch norm).
+const fastBnSwitch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setFastBatchNorm === 'function' ? prefetchSwitch.addon : null;
+if (fastBnSwitch) variants.push({ label: '  full rank, batch norm on the generic loops', model: base, train: true, fastBn: false });
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
 const ranks = ranksSource ? ranksOf(ranksSource) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
@@ -268,6 +273,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.nativeReg === false) setNativeRegularizer(false);
   if (v.nativeStep === false) setNativeTrainingStep(false);
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
+  if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([0]);
   try {
     f();
   } finally {
@@ -280,6 +286,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     setNativeTrainingStep(true);
     setLanesInference(true);
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
+    if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([1]);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));
