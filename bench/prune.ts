@@ -64,6 +64,7 @@ import {
   setFusedTraining,
   setShortcutGradientSum,
   setNativeTrainingStep,
+  setRankSpaceBatchNormUpTo,
   setLanesInference,
   setNativeRegularizer,
   setParameters,
@@ -184,6 +185,8 @@ interface Variant {
   nativeStep?: boolean;
   /** false: timed with training batch norm on the addon's generic loops, not batch_norm.cc's AVX-512 kernels (addon setFastBatchNorm off). */
   fastBn?: boolean;
+  /** false: the native step takes batch norm from rank space at every rank (setRankSpaceBatchNormUpTo(Infinity)), not of the 1×1 conv's output above rank 16. */
+  expanded?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
@@ -207,6 +210,9 @@ for (const forward of ['auto', 'reconstruct', 'factored'] as const) {
   variants.push({ label, model: buildResNet({ depth: 20, svd: true, decomposition, ranks, forward, seed: 1 }), train: true });
 }
 if (stepOn) variants.push({ label: '  same, step on the tape (native step off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeStep: false });
+if (stepOn && decomposition === 'channel') {
+  variants.push({ label: '  same, batch norm from rank space at every rank (above 16 too)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, expanded: false });
+}
 // On the native engine: the real-ranks model once more with every conv on oneDNN, to show what
 // the small-OC kernels (packages/native/src/small_oc_conv.cc) gain.
 const addon = info.backend === 'native' ? loadNative() : null;
@@ -274,6 +280,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.nativeStep === false) setNativeTrainingStep(false);
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
   if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([0]);
+  if (v.expanded === false) setRankSpaceBatchNormUpTo(Infinity);
   try {
     f();
   } finally {
@@ -287,6 +294,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     setLanesInference(true);
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
     if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([1]);
+    setRankSpaceBatchNormUpTo();
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));

@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
-import { nativeTrainingStepApplies, setNativeTrainingStep, trainingStepPath } from './native-step.js';
+import { nativeStepForms, nativeTrainingStepApplies, setNativeTrainingStep, setRankSpaceBatchNormUpTo, trainingStepPath } from './native-step.js';
 import { buildResNet } from './resnet.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { getBuffers, setBuffers } from './parameter-names.js';
@@ -74,7 +74,10 @@ function expectSameStep(tape: GradientResult, step: GradientResult, initial: { d
 }
 
 describe.skipIf(!native.ok)('the native training step (the whole step without the tape, native engine)', () => {
-  afterEach(() => setNativeTrainingStep(true));
+  afterEach(() => {
+    setNativeTrainingStep(true);
+    setRankSpaceBatchNormUpTo();
+  });
 
   it('gives the tape\'s losses, gradients and running statistics for a pruned model (factored and merged layers)', async () => {
     const got = await onNative(mixedModel, 6);
@@ -82,6 +85,27 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
     expect(got.forms.filter((f) => f === 'factored').length, 'factored layers').toBeGreaterThan(4);
     expect(got.forms.filter((f) => f === 'reconstruct').length, 'merged layers').toBeGreaterThan(8);
     expectSameStep(got.tape, got.step, got.initial);
+  });
+
+  it('gives the tape\'s results with batch norm of the 1×1 conv\'s output for factored layers (expanded), at every rank and only above 16', async () => {
+    // mixedModel's pruned ranks: 4, 3, 5, 6, 7, 9, 12 and 20 (some full-rank layers at 4×4 run factored too).
+    for (const upTo of [0, 16, Infinity]) {
+      setRankSpaceBatchNormUpTo(upTo);
+      const got = await onBackend('native', () => {
+        const model = mixedModel();
+        try {
+          return { ...bothWays(model, 6), forms: nativeStepForms(model, 6) };
+        } finally {
+          model.dispose();
+        }
+      });
+      expect(got.applies, `up to ${upTo}`).toBe(true);
+      const channelFactored = got.forms!.filter((f) => f.form === 'factored' || f.form === 'expanded');
+      expect(channelFactored.length, 'factored layers').toBeGreaterThan(8);
+      for (const f of channelFactored) expect(f.form, `rank ${f.rank} up to ${upTo}`).toBe(f.rank! > upTo ? 'expanded' : 'factored');
+      if (upTo === 16) expect(channelFactored.some((f) => f.rank! <= 16) && channelFactored.some((f) => f.rank! > 16), 'both sides of 16').toBe(true);
+      expectSameStep(got.tape, got.step, got.initial);
+    }
   });
 
   it('gives the tape\'s results at full rank (every layer merged), channel and spatial', async () => {

@@ -45,12 +45,13 @@ interface PairOp {
   y: number;
   res?: number;
   /**
-   * factored: the k×k conv to the rank and rank-space batch norm (channel-wise); spatial: the kh×1
-   * conv to the rank and the 1×kw conv back, then batch norm (spatially factored); merged: one conv
-   * with W = U·diag(s)·Vᵀ, then batch norm.
+   * factored: the k×k conv to the rank and rank-space batch norm (channel-wise); expanded: the
+   * same conv, then the 1×1 conv back to the channels and batch norm of its output (channel-wise,
+   * ranks above `rankSpaceUpTo`); spatial: the kh×1 conv to the rank and the 1×kw conv back, then
+   * batch norm (spatially factored); merged: one conv with W = U·diag(s)·Vᵀ, then batch norm.
    */
-  form: 'factored' | 'spatial' | 'merged';
-  /** The (first) conv's geometry; spatial: `info2` the 1×kw conv's, from t [n, oh, w, r]. */
+  form: 'factored' | 'expanded' | 'spatial' | 'merged';
+  /** The (first) conv's geometry; spatial and expanded: `info2` the second conv's (1×kw, 1×1), from t. */
   info: Info;
   info2?: Info;
   /** False for the network's input, which needs no gradient. */
@@ -70,7 +71,7 @@ interface PairOp {
   state?: Float32Array;
   /** The ReLU's mask bits (y > 0) for the backward, every form. */
   mask?: Uint16Array;
-  /** spatial: the 1×kw conv's filter [kw, r, c] from U. */
+  /** spatial: the 1×kw conv's filter [kw, r, c] from U; expanded: the 1×1 conv's [r, c] (Uᵀ). */
   filter2?: Float32Array;
   /** merged: V·diag(s) [p, r], Mᵀ [p, q]; merged and spatial: the conv's output before batch norm [m, c]. */
   vs?: Float32Array;
@@ -161,6 +162,22 @@ const none = new Float32Array(0);
 
 let enabled = true;
 
+/**
+ * The highest rank whose channel-factored layers take batch norm from rank space (the addon's
+ * rankBnForward/Backward, one-pass kernels up to rank 16); above it, the 1×1 conv back to the
+ * channels runs as a matmul and batch norm is the plain one of its output (`expanded`): above 16
+ * the rank-space kernels fall back on GEMMs and extra passes (a pruned ResNet-20's last stage, ranks
+ * 18-41 of 64, spent 7.3 ms of its step there, 5.8 expanded; the step 74.1 -> 72.3 ms, median of
+ * eight alternating rounds). At 8 or 12 (stage 2's ranks expanded too) no faster.
+ */
+const RANK_SPACE_UP_TO = 16;
+let rankSpaceUpTo = RANK_SPACE_UP_TO;
+
+/** Channel-factored layers above this rank take batch norm of the 1×1 conv's output, not from rank space (Infinity: rank space always; no argument: the default, 16). For benchmarks and tests. */
+export function setRankSpaceBatchNormUpTo(rank: number = RANK_SPACE_UP_TO): void {
+  rankSpaceUpTo = rank;
+}
+
 /** Turns the native training step off (false: the tape, as before it) or back on (the default), for benchmarks and tests. */
 export function setNativeTrainingStep(on: boolean): void {
   enabled = on;
@@ -178,6 +195,11 @@ function stepAddon(): NativeAddon | null {
 /** Whether `computeGradients` would take the native step for `model` now (the engine and the model's layers allow it). */
 export function nativeTrainingStepApplies(model: tf.LayersModel, batch: number): boolean {
   return stepAddon() != null && programFor(model, batch) != null;
+}
+
+/** The ops the native step compiles for `model` at this batch, in order: each conv → batch norm pair's form and rank, the kind of the others; null where it does not take the model. For tests and benchmarks. */
+export function nativeStepForms(model: tf.LayersModel, batch: number): { kind: string; form?: string; rank?: number }[] | null {
+  return programFor(model, batch)?.ops.map((op) => (op.kind === 'pair' ? { kind: op.kind, form: op.form, rank: op.r } : { kind: op.kind })) ?? null;
 }
 
 /** The layer classes the native step takes (anything else leaves the model to the tape). */
@@ -327,10 +349,10 @@ function forward(addon: NativeAddon, passes: ReturnType<typeof convPasses>, prog
     addon.rankBnForward(op.t!, U, view(gamma), view(beta), y, op.mean, op.variance, tmean, cov, scale, invstd, [m, r, c, op.relu ? 1 : 0, 1], bn.epsilon, res, op.relu ? op.mask : undefined);
     return;
   }
-  if (op.form === 'spatial') {
+  if (op.form === 'spatial' || op.form === 'expanded') {
     addon.scalePermute!(V, s, op.filter, op.dims, op.perm);
     passes.forward(x, op.filter, op.t!, op.info);
-    addon.scalePermute!(U, prog.ones.subarray(0, r), op.filter2!, ...rowFilterLayout(op));
+    addon.scalePermute!(U, prog.ones.subarray(0, r), op.filter2!, ...secondFilterLayout(op));
     passes.forward(op.t!, op.filter2!, op.z!, op.info2!);
   } else {
     const [p, q] = [V.length / r, U.length / r];
@@ -421,11 +443,11 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
     addon.batchNormBackward(op.z!, dy, op.mean, op.variance, view(gamma), dOut, dgamma, dbeta, [m, c], bn.epsilon, y, dres, op.mask);
   }
   if (op.res !== undefined) addGrad(op.res, dres);
-  if (op.form === 'spatial') {
-    // The 1×kw conv back: dU from its filter's gradient, and the gradient at t, which the kh×1 conv's backward (below) takes.
+  if (op.form === 'spatial' || op.form === 'expanded') {
+    // The second conv back (1×kw, 1×1): dU from its filter's gradient, and the gradient at t, which the first conv's backward (below) takes.
     const dK2 = prog.dW.subarray(0, op.filter2!.length);
     passes.backpropFilter(op.t!, dOut, dK2, op.info2!);
-    addon.scalePermuteGrad!(dK2, U, prog.ones.subarray(0, r), dU, new Float32Array(r), ...rowFilterLayout(op));
+    addon.scalePermuteGrad!(dK2, U, prog.ones.subarray(0, r), dU, new Float32Array(r), ...secondFilterLayout(op));
     const dt = take(op.t!.length);
     passes.backpropInput(dOut, op.filter2!, dt, op.info2!);
     give(dOut);
@@ -473,9 +495,12 @@ function columnSums(g: Float32Array, out: Float32Array, rows: number, cols: numb
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j] += g[i * cols + j];
 }
 
-/** The spatial 1×kw conv's filter [kw, r, c] = transpose(reshape(U, [c, kw, r]), [1, 2, 0]) (SVDConv2D.rowFilter): scalePermute's dims and perm. */
-function rowFilterLayout(op: PairOp): [number[], number[]] {
-  return [[op.c, op.conv.kernelSize[1], op.r], [1, 2, 0]];
+/**
+ * The second conv's filter as scalePermute's dims and perm: spatial, the 1×kw conv's [kw, r, c] =
+ * transpose(reshape(U, [c, kw, r]), [1, 2, 0]) (SVDConv2D.rowFilter); expanded, the 1×1 conv's [r, c] = Uᵀ.
+ */
+function secondFilterLayout(op: PairOp): [number[], number[]] {
+  return op.form === 'expanded' ? [[op.c, op.r], [1, 0]] : [[op.c, op.conv.kernelSize[1], op.r], [1, 2, 0]];
 }
 
 /** Views of a rank-space batch norm's state: tmean [r], cov [r, r], scale [c], invstd [c]. */
@@ -549,7 +574,7 @@ function programFor(model: tf.LayersModel, n: number): Program | null {
 
 /** What a program depends on besides the graph: the batch and every SVD layer's rank and form switch. */
 function programKey(model: tf.LayersModel, n: number): string {
-  const parts = [String(n)];
+  const parts = [String(n), String(rankSpaceUpTo)];
   for (const l of model.layers) if (l instanceof SVDConv2D || l instanceof SVDDense) parts.push(`${l.rank}${l.forward[0]}`);
   return parts.join(',');
 }
@@ -587,7 +612,7 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       const xs = shapes.get(input);
       if (!xs || xs.length !== 4 || conv.useBias) return null;
       const [, h, w] = xs;
-      const form = conv.forwardFor(h, w, n) !== 'factored' ? 'merged' : conv.decomposition === 'channel' ? 'factored' : 'spatial';
+      const form = conv.forwardFor(h, w, n) !== 'factored' ? 'merged' : conv.decomposition !== 'channel' ? 'spatial' : conv.rank > rankSpaceUpTo ? 'expanded' : 'factored';
       const { n: outC, c: inC, kh, kw } = conv.geometry();
       const r = conv.rank;
       const [oh, ow] = conv.outputSize(h, w);
@@ -597,8 +622,13 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
       const info =
         form === 'spatial'
           ? convInfo([n, h, w, inC], [kh, 1, inC, r], [sh, 1], [[0, 0], [top, bottom], [0, 0], [0, 0]])
-          : convInfo([n, h, w, inC], [kh, kw, inC, form === 'factored' ? r : outC], conv.strides, [[0, 0], [top, bottom], [left, right], [0, 0]]);
-      const info2 = form === 'spatial' ? convInfo([n, oh, w, r], [1, kw, r, outC], [1, sw], [[0, 0], [0, 0], [left, right], [0, 0]]) : undefined;
+          : convInfo([n, h, w, inC], [kh, kw, inC, form === 'merged' ? outC : r], conv.strides, [[0, 0], [top, bottom], [left, right], [0, 0]]);
+      const info2 =
+        form === 'spatial'
+          ? convInfo([n, oh, w, r], [1, kw, r, outC], [1, sw], [[0, 0], [0, 0], [left, right], [0, 0]])
+          : form === 'expanded'
+            ? convInfo([n, oh, ow, r], [1, 1, r, outC], [1, 1], 'valid')
+            : undefined;
       const last = info2 ?? info;
       if (last.outHeight !== oh || last.outWidth !== ow) return null;
       const m = n * oh * ow;
@@ -610,17 +640,17 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
         kind: 'pair', conv, bn, x: input, y: step.output, res, form, info, info2, inputGradient: input !== plan.input, relu: bn.activation === 'relu',
         m, c: outC, r, filter: new Float32Array(info.filterHeight * info.filterWidth * inC * info.outChannels),
         // V·diag(s) as the (first) filter, or Mᵀ as the merged one (SVDConv2D's rankFilter, columnFilter, reconstructWeight).
-        dims: form === 'factored' ? [inC, kh, kw, r] : form === 'spatial' ? [inC, kh, r] : conv.decomposition === 'channel' ? [inC, kh, kw, outC] : [inC, kh, outC, kw],
-        perm: form === 'spatial' ? [1, 0, 2] : form === 'factored' || conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
+        dims: form === 'factored' || form === 'expanded' ? [inC, kh, kw, r] : form === 'spatial' ? [inC, kh, r] : conv.decomposition === 'channel' ? [inC, kh, kw, outC] : [inC, kh, outC, kw],
+        perm: form === 'spatial' ? [1, 0, 2] : conv.decomposition === 'channel' ? [1, 2, 0, 3] : [1, 3, 0, 2],
         mean: new Float32Array(outC), variance: new Float32Array(outC),
       };
       if (op.relu) op.mask = reluMask(m, outC);
       if (form === 'factored') {
         op.t = new Float32Array(m * r);
         op.state = new Float32Array(rankBnStateSize(r, outC));
-      } else if (form === 'spatial') {
-        op.t = new Float32Array(n * oh * w * r);
-        op.filter2 = new Float32Array(kw * r * outC);
+      } else if (form === 'spatial' || form === 'expanded') {
+        op.t = new Float32Array(form === 'spatial' ? n * oh * w * r : m * r);
+        op.filter2 = new Float32Array((form === 'spatial' ? kw : 1) * r * outC);
         op.z = new Float32Array(m * outC);
         ones = Math.max(ones, r);
         dW = Math.max(dW, op.filter2.length);
