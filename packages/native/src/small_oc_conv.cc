@@ -34,59 +34,94 @@ using svd_lanes::Chunks;
 using svd_lanes::FromLanes;
 using svd_lanes::ToLanes;
 
+// One image's filter gradient for NU (tap, 16-channel block) units and the outputs [o0, o0 + FB),
+// added into part [unit][o][16 lanes] (the group's units from its start): NU*FB accumulators, FB
+// broadcasts of dy and one x vector in the 32 registers. NU and FB are compile-time, so the unit
+// loop has no bound checks, and the pixels whose taps all fall inside the image (the interior of
+// each row, on rows whose taps do) take no per-tap checks either.
+template <int FB, int NU>
+void UnitGroup(const Geom& g, const float* x, const float* dy, int64_t o0, float* part, int64_t n, const int64_t* ukh,
+               const int64_t* ukw, const int64_t* uoff, bool stream) {
+  const int64_t C = g.c, F = g.f;
+  __m512 acc[NU][FB];
+  for (int u = 0; u < NU; u++)
+    for (int o = 0; o < FB; o++) acc[u][o] = _mm512_loadu_ps(part + (u * FB + o) * 16);
+  // Output columns whose taps all fall inside [0, w): iw0 = ow·sw − pl >= 0 and iw0 + kw <= w.
+  const int64_t ow_lo = std::min(g.ow, (g.pl + g.sw - 1) / g.sw);
+  const int64_t ow_hi = std::max(ow_lo, std::min(g.ow, (g.w - g.kw + g.pl) / g.sw + 1));
+  for (int64_t oh = 0; oh < g.oh; oh++) {
+    const int64_t ih0 = oh * g.sh - g.pt;
+    const bool rows_in = ih0 >= 0 && ih0 + g.kh <= g.h;
+    const float* dyrow = dy + ((n * g.oh + oh) * g.ow) * F + o0;
+    auto pixel = [&](int64_t ow, bool checked) __attribute__((always_inline)) {
+      const int64_t iw0 = ow * g.sw - g.pl;
+      const int64_t base = ((n * g.h + ih0) * g.w + iw0) * C;  // of tap (0, 0); may lie outside x
+      // The first unit group streams the image from memory (the others find it in cache).
+      if (stream) ::svd_prefetch::ForRead(x + ((n * g.h + oh * g.sh) * g.w + ow * g.sw) * C);
+      const float* dyp = dyrow + ow * F;
+      __m512 d[FB];
+#pragma GCC unroll 8
+      for (int o = 0; o < FB; o++) d[o] = _mm512_set1_ps(dyp[o]);
+#pragma GCC unroll 20
+      for (int u = 0; u < NU; u++) {
+        if (checked) {
+          const int64_t ih = ih0 + ukh[u], iw = iw0 + ukw[u];
+          if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+        }
+        const __m512 xv = _mm512_loadu_ps(x + (base + uoff[u]));
+#pragma GCC unroll 8
+        for (int o = 0; o < FB; o++) acc[u][o] = _mm512_fmadd_ps(xv, d[o], acc[u][o]);
+      }
+    };
+    if (!rows_in) {
+      for (int64_t ow = 0; ow < g.ow; ow++) pixel(ow, true);
+      continue;
+    }
+    for (int64_t ow = 0; ow < ow_lo; ow++) pixel(ow, true);
+    for (int64_t ow = ow_lo; ow < ow_hi; ow++) pixel(ow, false);
+    for (int64_t ow = ow_hi; ow < g.ow; ow++) pixel(ow, true);
+  }
+  for (int u = 0; u < NU; u++)
+    for (int o = 0; o < FB; o++) _mm512_storeu_ps(part + (u * FB + o) * 16, acc[u][o]);
+}
+
+// UnitGroup for nu (1..U) units.
+template <int FB, int... NUs>
+void UnitGroupOf(int nu, std::integer_sequence<int, NUs...>, const Geom& g, const float* x, const float* dy, int64_t o0,
+                 float* part, int64_t n, const int64_t* ukh, const int64_t* ukw, const int64_t* uoff, bool stream) {
+  using Fn = void (*)(const Geom&, const float*, const float*, int64_t, float*, int64_t, const int64_t*, const int64_t*,
+                      const int64_t*, bool);
+  static constexpr Fn kBySize[] = {&UnitGroup<FB, NUs + 1>...};
+  kBySize[nu - 1](g, x, dy, o0, part, n, ukh, ukw, uoff, stream);
+}
+
 // Adds images [n_lo, n_hi)'s filter gradient for the outputs [o0, o0 + FB) (dy's rows are F = g.f
 // floats apart) into part, laid out [unit][o][16 lanes] with unit = tap * CB + cb. For each image the
-// (tap, 16-channel block) units are taken U at a time, so that U*FB accumulators, FB broadcasts of
-// dy and one x vector fit the 32 registers. The image is the outer loop: the unit groups re-read
-// it from cache, not the whole batch from memory once per group (the first version, which made
-// every group a pass over the batch, lost to oneDNN above 8 output channels).
+// (tap, 16-channel block) units are taken in groups of at most U (as equal as they come: 9 at U = 4
+// is 3 + 3 + 3), so that U*FB accumulators, FB broadcasts of dy and one x vector fit the 32
+// registers. The image is the outer loop: the unit groups re-read it from cache, not the whole batch
+// from memory once per group (the first version, which made every group a pass over the batch, lost
+// to oneDNN above 8 output channels). With the group's size a run-time bound, its unrolled loop
+// checked it at every unit and the interior pixels their taps' bounds: 28 cycles a pixel at one
+// output, where its 9 FMAs need 5 (a stage-1 layer's gradient 0.52 ms at rank 1, 1.0 at rank 5).
 template <int FB>
 void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_t o0, float* part, int64_t n_lo,
                           int64_t n_hi) {
   constexpr int U = (20 / FB) > 0 ? 20 / FB : 1;
-  const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB, F = g.f;
+  const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB;
+  const int64_t groups = (units + U - 1) / U, step = (units + groups - 1) / groups;
+  std::vector<int64_t> ukh(static_cast<size_t>(units)), ukw(static_cast<size_t>(units)), uoff(static_cast<size_t>(units));
+  for (int64_t unit = 0; unit < units; unit++) {
+    const int64_t t = unit / CB, cb = unit % CB;
+    ukh[unit] = t / g.kw;
+    ukw[unit] = t % g.kw;
+    uoff[unit] = (ukh[unit] * g.w + ukw[unit]) * C + cb * 16;
+  }
   for (int64_t n = n_lo; n < n_hi; n++) {
-    for (int64_t u0 = 0; u0 < units; u0 += U) {
-      const int nu = static_cast<int>(std::min<int64_t>(U, units - u0));
-      int64_t ukh[U], ukw[U], uoff[U];
-      for (int u = 0; u < U; u++) {
-        const int64_t unit = std::min<int64_t>(u0 + u, units - 1), t = unit / CB, cb = unit % CB;
-        ukh[u] = t / g.kw;
-        ukw[u] = t % g.kw;
-        uoff[u] = (ukh[u] * g.w + ukw[u]) * C + cb * 16;
-      }
-      __m512 acc[U][FB];
-      for (int u = 0; u < U; u++)
-        for (int o = 0; o < FB; o++)
-          acc[u][o] = u < nu ? _mm512_loadu_ps(part + ((u0 + u) * FB + o) * 16) : _mm512_setzero_ps();
-      for (int64_t oh = 0; oh < g.oh; oh++) {
-        const int64_t ih0 = oh * g.sh - g.pt;
-        const bool rows_in = ih0 >= 0 && ih0 + g.kh <= g.h;
-        for (int64_t ow = 0; ow < g.ow; ow++) {
-          const int64_t iw0 = ow * g.sw - g.pl;
-          const bool inner = rows_in && iw0 >= 0 && iw0 + g.kw <= g.w;
-          const int64_t base = ((n * g.h + ih0) * g.w + iw0) * C;  // of tap (0, 0); may lie outside x
-          const float* dyp = dy + ((n * g.oh + oh) * g.ow + ow) * F + o0;
-          // The first unit group streams the image from memory (the others find it in cache).
-          if (u0 == 0) ::svd_prefetch::ForRead(x + ((n * g.h + oh * g.sh) * g.w + ow * g.sw) * C);
-          __m512 d[FB];
-#pragma GCC unroll 8
-          for (int o = 0; o < FB; o++) d[o] = _mm512_set1_ps(dyp[o]);
-#pragma GCC unroll 20
-          for (int u = 0; u < U; u++) {
-            if (u >= nu) break;
-            if (!inner) {
-              const int64_t ih = ih0 + ukh[u], iw = iw0 + ukw[u];
-              if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
-            }
-            const __m512 xv = _mm512_loadu_ps(x + (base + uoff[u]));
-#pragma GCC unroll 8
-            for (int o = 0; o < FB; o++) acc[u][o] = _mm512_fmadd_ps(xv, d[o], acc[u][o]);
-          }
-        }
-      }
-      for (int u = 0; u < nu; u++)
-        for (int o = 0; o < FB; o++) _mm512_storeu_ps(part + ((u0 + u) * FB + o) * 16, acc[u][o]);
+    for (int64_t u0 = 0; u0 < units; u0 += step) {
+      const int nu = static_cast<int>(std::min<int64_t>(step, units - u0));
+      UnitGroupOf<FB>(nu, std::make_integer_sequence<int, U>{}, g, x, dy, o0, part + u0 * FB * 16, n, ukh.data() + u0,
+                      ukw.data() + u0, uoff.data() + u0, u0 == 0);
     }
   }
 }
