@@ -262,6 +262,24 @@ void BackwardInputImage(const BackwardInputImageArgs& a) {
 
 }  // namespace
 
+// One row of dy, [ow][f] (f <= 16), into the channel-planar buffer: dst[o * plane + x] = src[x * f + o].
+// 16 pixels at a time, transposed in registers (element by element this copy took a fifth of the
+// kernel's time at f = 5).
+void PlanarRow(const float* src, int64_t ow, int64_t f, float* dst, int64_t plane) {
+  const int* col = svd_lanes::Perm().col;
+  const __mmask16 fmask = static_cast<__mmask16>((1u << f) - 1u);
+  int64_t x = 0;
+  for (; x + 16 <= ow; x += 16) {
+    __m512 r[16];
+    for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(fmask, src + (x + k) * f);
+    svd_lanes::Transpose16(r);
+    for (int q = 0; q < 16; q++)
+      if (col[q] < f) _mm512_storeu_ps(dst + col[q] * plane + x, r[q]);
+  }
+  for (; x < ow; x++)
+    for (int64_t o = 0; o < f; o++) dst[o * plane + x] = src[x * f + o];
+}
+
 void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx) {
   const int64_t C = g.c, F = g.f, taps = g.kh * g.kw;
   std::vector<float> wt(static_cast<size_t>(taps * F * C));
@@ -286,13 +304,7 @@ void BackwardInput(const Geom& g, const float* dy, const float* w, const float* 
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.n; n++) {
       // The border stays zero from the fill; each image overwrites the inside.
-      for (int64_t oh = 0; oh < g.oh; oh++) {
-        const float* src = dy + (n * g.oh + oh) * g.ow * F;
-        for (int64_t o = 0; o < F; o++) {
-          float* dst = pad + (o * ph + oh + ta) * pw + la;
-          for (int64_t ow = 0; ow < g.ow; ow++) dst[ow] = src[ow * F + o];
-        }
-      }
+      for (int64_t oh = 0; oh < g.oh; oh++) PlanarRow(dy + (n * g.oh + oh) * g.ow * F, g.ow, F, pad + (oh + ta) * pw + la, ph * pw);
       const int64_t image = g.h * g.w * C;
       run({g, pad, ta, la, ph, pw, wt.data(), res ? res + n * image : nullptr, dx + n * image});
     }
