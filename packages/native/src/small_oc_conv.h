@@ -33,8 +33,10 @@ namespace svd_small_oc {
 //     beyond, oneDNN's cost steps at 16 and 32 but ours grows with F. Not 1x1 convs: with one tap
 //     the transposes to and from the image lanes cost more than the conv (0.54-0.64x at F = 5).
 //   - filter gradient, stride 1: 3 taps (the spatial form's k x 1 half) up to F = 48, 1.4-4.5x
-//     (oneDNN's kernel for 3x1 shapes runs at half its 3x3 speed); 9 taps up to F = 10, 1.05-3.5x;
-//     1 tap, and any stride above 1, up to F = 8 (at 13 and more, 0.5-1.1x).
+//     (oneDNN's kernel for 3x1 shapes runs at half its 3x3 speed); 9 taps up to F = 10, 1.05-3.5x
+//     (on the Intel Xeon since its unit groups are compiled per size: 1.17-5.3x from 32x32x16, and
+//     0.65-0.92x at F = 12-16, so the limit stays); 1 tap, and any stride above 1, up to F = 8 (at
+//     13 and more, 0.5-1.1x).
 constexpr int64_t kSmallOcMaxFForward = 8;
 // From 64 input channels (a 3x3 conv at stride 1), forward up to F = 48 unless F is a multiple of
 // 16: there the input's transpose is small next to the conv (576 MACs per output value), the lanes
