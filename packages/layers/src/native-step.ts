@@ -63,17 +63,17 @@ interface PairOp {
   r: number;
   /** The filter: factored [kh,kw,cin,r] from V·diag(s); merged [kh,kw,cin,n] from Mᵀ = V·diag(s)·Uᵀ. */
   filter: Float32Array;
-  /** transpose(reshape(·, dims), perm) makes the filter: from V·diag(s) (factored) or Mᵀ (merged). */
+  /** transpose(reshape(·, dims), perm) makes the filter: from V·diag(s) (factored, expanded, spatial) or Mᵀ (merged). */
   dims: number[];
   perm: number[];
-  /** factored: the rank-space output [m, r], the state (tmean | cov | scale | invstd). */
+  /** factored, expanded and spatial: the first conv's (rank-space) output t; factored: the state (tmean | cov | scale | invstd). */
   t?: Float32Array;
   state?: Float32Array;
   /** The ReLU's mask bits (y > 0) for the backward, every form. */
   mask?: Uint16Array;
   /** spatial: the 1×kw conv's filter [kw, r, c] from U; expanded: the 1×1 conv's [r, c] (Uᵀ). */
   filter2?: Float32Array;
-  /** merged: V·diag(s) [p, r], Mᵀ [p, q]; merged and spatial: the conv's output before batch norm [m, c]. */
+  /** merged: V·diag(s) [p, r], Mᵀ [p, q]; merged, spatial and expanded: the (last) conv's output before batch norm [m, c]. */
   vs?: Float32Array;
   mt?: Float32Array;
   z?: Float32Array;
