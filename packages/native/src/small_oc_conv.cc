@@ -104,13 +104,19 @@ void UnitGroupOf(int nu, std::integer_sequence<int, NUs...>, const Geom& g, cons
 // to oneDNN above 8 output channels). With the group's size a run-time bound, its unrolled loop
 // checked it at every unit and the interior pixels their taps' bounds: 28 cycles a pixel at one
 // output, where its 9 FMAs need 5 (a stage-1 layer's gradient 0.52 ms at rank 1, 1.0 at rank 5).
+// (tap, 16-channel block) units at most: Applies() takes at most 9 taps and 256 channels.
+constexpr int64_t kMaxUnits = 9 * 16;
+
 template <int FB>
 void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_t o0, float* part, int64_t n_lo,
                           int64_t n_hi) {
   constexpr int U = (20 / FB) > 0 ? 20 / FB : 1;
   const int64_t C = g.c, CB = C / 16, units = g.kh * g.kw * CB;
   const int64_t groups = (units + U - 1) / U, step = (units + groups - 1) / groups;
-  std::vector<int64_t> ukh(static_cast<size_t>(units)), ukw(static_cast<size_t>(units)), uoff(static_cast<size_t>(units));
+  // On the stack (this runs inside the parallel region, where a failed allocation could not reach
+  // the caller): Applies() bounds the units at 9 taps x 16 channel blocks.
+  int64_t ukh[kMaxUnits], ukw[kMaxUnits], uoff[kMaxUnits];
+  if (units > kMaxUnits) std::abort();
   for (int64_t unit = 0; unit < units; unit++) {
     const int64_t t = unit / CB, cb = unit % CB;
     ukh[unit] = t / g.kw;
@@ -120,8 +126,8 @@ void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_
   for (int64_t n = n_lo; n < n_hi; n++) {
     for (int64_t u0 = 0; u0 < units; u0 += step) {
       const int nu = static_cast<int>(std::min<int64_t>(step, units - u0));
-      UnitGroupOf<FB>(nu, std::make_integer_sequence<int, U>{}, g, x, dy, o0, part + u0 * FB * 16, n, ukh.data() + u0,
-                      ukw.data() + u0, uoff.data() + u0, u0 == 0);
+      UnitGroupOf<FB>(nu, std::make_integer_sequence<int, U>{}, g, x, dy, o0, part + u0 * FB * 16, n, ukh + u0, ukw + u0,
+                      uoff + u0, u0 == 0);
     }
   }
 }

@@ -377,6 +377,36 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     }
   });
 
+  it('few-output conv kernels give the same gradients on two threads as on one (images split across threads)', () => {
+    if (!native.ok) return;
+    const a = native.addon;
+    const before = a.getThreads();
+    try {
+      // 32×32×16 to 5 outputs (filter and input gradient), 16×16×32 to 7 (the filter gradient's unit groups of two channel blocks).
+      for (const [n, h, c, f] of [[6, 32, 16, 5], [5, 16, 32, 7]] as const) {
+        const shape = [n, h, h, c, f, 3, 3, h, h, 1, 1, 1, 1, 1, 1, 1, 1];
+        const x = seededUniform(n * h * h * c, 101 + f);
+        const dy = seededUniform(n * h * h * f, 102 + f);
+        const w = seededUniform(9 * c * f, 103 + f);
+        const res = seededUniform(n * h * h * c, 104 + f);
+        const run = (threads: number) => {
+          a.setThreads([threads]);
+          const dw = new Float32Array(9 * c * f);
+          const dx = new Float32Array(n * h * h * c);
+          a.conv2dBackpropFilter(x, dy, dw, shape);
+          a.conv2dBackpropInput(dy, w, dx, shape, res);
+          return { dw, dx };
+        };
+        const one = run(1);
+        const two = run(2);
+        expectClose(`[${n},${h},${h},${c}] → ${f} filter gradient, 2 threads`, two.dw, one.dw, 1e-5);
+        expectClose(`[${n},${h},${h},${c}] → ${f} input gradient, 2 threads`, two.dx, one.dx, 1e-6);
+      }
+    } finally {
+      a.setThreads([before]);
+    }
+  });
+
   it('training batch norm on the AVX-512 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
     if (!native.ok) return;
     const a = native.addon;
