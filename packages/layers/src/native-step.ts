@@ -24,7 +24,7 @@ import { loadNative, type NativeAddon } from '@svd-train/native';
 import { SvdTrainError } from '@svd-train/core';
 import { SVDBatchNorm } from './batch-norm.js';
 import { trainingPlan, type Plan, type Step } from './fused-inference.js';
-import { addTo, convPasses, nativeKernelsActive, rankBnStateSize } from './kernels/native.js';
+import { addTo, convPasses, maskWords, nativeKernelsActive, rankBnStateSize } from './kernels/native.js';
 import type { WasmBackend } from './kernels/wasm-backend.js';
 import { nativeRegularization, nativeRegularizerAvailable } from './native-regularizer.js';
 import { namedBuffers, namedParameters, type NamedVariable } from './parameter-names.js';
@@ -480,9 +480,9 @@ function inputGradient(ctx: Backward, id: number, size: number, dOut: Float32Arr
   ctx.dvals.set(id, dx);
 }
 
-/** A ReLU's mask bits for `m` rows of `c` channels: 16-bit words, ceil(c / 16) a row (the addon's layout). */
+/** A ReLU's mask bits for `m` rows of `c` channels: `maskWords(c)` 16-bit words a row (the addon's layout). */
 function reluMask(m: number, c: number): Uint16Array {
-  return new Uint16Array(m * Math.ceil(c / 16));
+  return new Uint16Array(m * maskWords(c));
 }
 
 /** y[i, :] += b over `rows` rows of `cols`. */

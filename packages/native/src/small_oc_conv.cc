@@ -95,6 +95,9 @@ void UnitGroupOf(int nu, std::integer_sequence<int, NUs...>, const Geom& g, cons
   kBySize[nu - 1](g, x, dy, o0, part, n, ukh, ukw, uoff, stream);
 }
 
+// (tap, 16-channel block) units at most: Applies() takes at most 9 taps and 256 channels.
+constexpr int64_t kMaxUnits = 9 * 16;
+
 // Adds images [n_lo, n_hi)'s filter gradient for the outputs [o0, o0 + FB) (dy's rows are F = g.f
 // floats apart) into part, laid out [unit][o][16 lanes] with unit = tap * CB + cb. For each image the
 // (tap, 16-channel block) units are taken in groups of at most U (as equal as they come: 9 at U = 4
@@ -104,9 +107,6 @@ void UnitGroupOf(int nu, std::integer_sequence<int, NUs...>, const Geom& g, cons
 // to oneDNN above 8 output channels). With the group's size a run-time bound, its unrolled loop
 // checked it at every unit and the interior pixels their taps' bounds: 28 cycles a pixel at one
 // output, where its 9 FMAs need 5 (a stage-1 layer's gradient 0.52 ms at rank 1, 1.0 at rank 5).
-// (tap, 16-channel block) units at most: Applies() takes at most 9 taps and 256 channels.
-constexpr int64_t kMaxUnits = 9 * 16;
-
 template <int FB>
 void BackwardWeightsChunk(const Geom& g, const float* x, const float* dy, int64_t o0, float* part, int64_t n_lo,
                           int64_t n_hi) {
@@ -266,8 +266,6 @@ void BackwardInputImage(const BackwardInputImageArgs& a) {
   }
 }
 
-}  // namespace
-
 // One row of dy, [ow][f] (f <= 16), into the channel-planar buffer: dst[o * plane + x] = src[x * f + o].
 // 16 pixels at a time, transposed in registers (element by element this copy took a fifth of the
 // kernel's time at f = 5).
@@ -285,6 +283,8 @@ void PlanarRow(const float* src, int64_t ow, int64_t f, float* dst, int64_t plan
   for (; x < ow; x++)
     for (int64_t o = 0; o < f; o++) dst[o * plane + x] = src[x * f + o];
 }
+
+}  // namespace
 
 void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx) {
   const int64_t C = g.c, F = g.f, taps = g.kh * g.kw;

@@ -170,7 +170,7 @@ interface RankConvAttrs extends ScalePermuteAttrs {
 }
 
 /** 16-bit words of a ReLU mask per row of c channels (pointwise_affine.h's MaskWords). */
-const maskWords = (c: number) => Math.ceil(c / 16);
+export const maskWords = (c: number) => Math.ceil(c / 16);
 
 /** The rank-space batch norm's int32 `mask` tensor as the addon's Uint16Array of m·maskWords(c) words. */
 function maskView(be: WasmBackend, mask: TensorInfo, m: number, c: number): Uint16Array {
