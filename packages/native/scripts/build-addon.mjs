@@ -51,7 +51,9 @@ try {
   skip('node-gyp is not installed');
 }
 rmSync(join(root, 'build', 'unavailable.txt'), { force: true });
-const r = spawnSync(process.execPath, [gyp, ...args], { cwd: root, encoding: 'utf8', env: { ...process.env, JOBS: '2' } });
+// maxBuffer: GCC 12's AVX-512 headers warn (falsely) hundreds of times, and past spawnSync's default
+// 1 MiB the child is killed and the build reported failed with exit null.
+const r = spawnSync(process.execPath, [gyp, ...args], { cwd: root, encoding: 'utf8', maxBuffer: 256 << 20, env: { ...process.env, JOBS: '2' } });
 if (r.status !== 0) {
   const err = `${r.stderr ?? ''}${r.stdout ?? ''}`.split('\n').filter((l) => /error/i.test(l)).slice(0, 3).join(' | ');
   if (force) process.stderr.write(`${r.stdout}\n${r.stderr}\n`);
