@@ -471,13 +471,24 @@ function backward(ctx: Backward, op: Op, dy: Float32Array): void {
   give(dOut);
 }
 
-/** The conv's input gradient into value `id`'s: summed with the gradient already there (a residual block's shortcut) in the same pass. */
+/**
+ * The conv's input gradient into value `id`'s: summed with the gradient already there (a residual
+ * block's shortcut) in the same pass; a 1×1 conv without padding (a downsampling block's shortcut,
+ * whose backward `compile` puts after its sibling's) adds its share into that gradient in place.
+ */
 function inputGradient(ctx: Backward, id: number, size: number, dOut: Float32Array, filter: Float32Array, info: Info): void {
   const have = ctx.dvals.get(id);
+  if (have && ctx.passes.backpropInputAdd && addsInPlace(info)) return ctx.passes.backpropInputAdd(dOut, filter, have, info);
   const dx = ctx.take(size);
   ctx.passes.backpropInput(dOut, filter, dx, info, have);
   if (have) ctx.give(have);
   ctx.dvals.set(id, dx);
+}
+
+/** Whether conv2dBackpropInputAdd adds this conv's input gradient in place: 1×1, no padding, no dilation. */
+function addsInPlace(info: Info): boolean {
+  const p = info.padInfo;
+  return info.filterHeight === 1 && info.filterWidth === 1 && info.dilationHeight === 1 && info.dilationWidth === 1 && p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0;
 }
 
 /** A ReLU's mask bits for `m` rows of `c` channels: `maskWords(c)` 16-bit words a row (the addon's layout). */
@@ -690,6 +701,16 @@ function compile(model: tf.LayersModel, n: number, key: string): Program | null 
     if (step.inputs.length !== (step.layer instanceof SVDBatchNorm && step.layer.residual ? 2 : 1)) return null;
     const outShape = shapes.get(step.output)!;
     values.set(step.output, new Float32Array(outShape.reduce((a, b) => a * b, 1)));
+  }
+  // An op whose input gradient adds in place (a 1×1 shortcut's) moves ahead of the first other op
+  // reading the same input, so that its backward runs after that op's has written the gradient:
+  // the other way round the 3×3 conv's input gradient (oneDNN's, at stride 2) came second and had
+  // to be added to the shortcut's, itself a whole new buffer three quarters zeros.
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i];
+    if ((op.kind !== 'pair' && op.kind !== 'plain') || !op.inputGradient || !addsInPlace(op.info)) continue;
+    const j = ops.findIndex((o) => o !== op && o.x === op.x);
+    if (j >= 0 && j < i) ops.splice(j, 0, ...ops.splice(i, 1));
   }
   const outShape = shapes.get(plan.output);
   if (!outShape || outShape.length !== 2 || ops[ops.length - 1]?.y !== plan.output) return null;

@@ -352,6 +352,46 @@ Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
   });
 }
 
+void PointInputGradAddImpl(const float* dy, const float* wt, float* dx, int64_t n0, int64_t n1, int64_t h, int64_t w,
+                           int64_t c, int64_t f, int64_t oh, int64_t ow, int64_t sh, int64_t sw);
+
+// conv2dBackpropInputAdd(dy, filter, dx, shape): dx += the input gradient, dx NHWC [N,H,W,C] from dy
+// [N,OH,OW,F]: the second of two convs that read the same input adds its share where the first's
+// is (a downsampling block's 1×1 shortcut after its 3×3 conv). In place for a 1×1 conv without
+// padding or dilation (small_oc_conv.h's PointBackwardInputAdd on AVX-512 at 16, 32 or 64 input
+// channels, else PointInputGradAddImpl); any other shape through a scratch and an add.
+Napi::Value Conv2DBackpropInputAdd(const Napi::CallbackInfo& info) {
+  return Guard(info, "conv2dBackpropInputAdd", [&]() -> Napi::Value {
+    auto p = Ints(info, 3, 17, "shape");
+    ConvShape s(p);
+    float* dy = F32(info, 0, s.ys(), "dy");
+    float* w = F32(info, 1, s.ws(), "filter");
+    float* dx = F32(info, 2, s.xs(), "dx");
+    if (svd_small_oc::AppliesPointBackwardInputAdd(SmallGeom(s), s.dh, s.dw)) {
+      svd_small_oc::PointBackwardInputAdd(SmallGeom(s), dy, w, dx);
+      return info.Env().Undefined();
+    }
+    if (s.kh == 1 && s.kw == 1 && s.dh == 1 && s.dw == 1 && s.pt == 0 && s.pl == 0 && s.pb == 0 && s.pr == 0) {
+      // The filter HWIO [1, 1, C, F] as [F][C], so that each output channel's row is contiguous.
+      std::vector<float> wt(s.ws());
+      for (int64_t k = 0; k < s.c; k++)
+        for (int64_t o = 0; o < s.f; o++) wt[o * s.c + k] = w[k * s.f + o];
+      const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), s.n)));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+      {
+        const int id = omp_get_thread_num(), k = omp_get_num_threads();
+        PointInputGradAddImpl(dy, wt.data(), dx, s.n * id / k, s.n * (id + 1) / k, s.h, s.w, s.c, s.f, s.oh, s.ow, s.sh, s.sw);
+      }
+      return info.Env().Undefined();
+    }
+    static thread_local std::vector<float> scratch;
+    scratch.resize(s.xs());
+    ConvBackwardDataOneDnn(s, Key("d", p), dy, w, scratch.data());
+    AddInto(dx, scratch.data(), s.xs());
+    return info.Env().Undefined();
+  });
+}
+
 // oneDNN's input gradient (primitive cached by shape key).
 void ConvBackwardDataOneDnn(const ConvShape& s, const std::string& key, float* dy, float* w, float* dx) {
   auto& e = conv_bwd_data[key];
@@ -556,6 +596,27 @@ SVD_CLONES void AddImpl(const float* a, const float* b, float* out, size_t n) {
 
 // out += b (AddImpl in place), for code above the clones' definitions.
 void AddInto(float* out, const float* b, size_t n) { AddImpl(out, b, out, n); }
+
+// dx += the input gradient of a 1×1 conv without padding or dilation, images [n0, n1): output pixel
+// (i, j)'s dy [F] against the filter's rows, wt [F][C], lands on input pixel (i·sh, j·sw) alone.
+// At stride 2 that is a quarter of dx's pixels, read and written in place, where oneDNN writes all of
+// a new dx (three quarters zeros) and an Add then reads it and the other gradient back.
+SVD_CLONES void PointInputGradAddImpl(const float* __restrict dy, const float* __restrict wt, float* __restrict dx,
+                                      int64_t n0, int64_t n1, int64_t h, int64_t w, int64_t c, int64_t f, int64_t oh,
+                                      int64_t ow, int64_t sh, int64_t sw) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t i = 0; i < oh; i++)
+      for (int64_t j = 0; j < ow; j++) {
+        const float* d = dy + ((n * oh + i) * ow + j) * f;
+        float* x = dx + ((n * h + i * sh) * w + j * sw) * c;
+        for (int64_t o = 0; o < f; o++) {
+          const float a = d[o];
+          const float* wo = wt + o * c;
+#pragma omp simd
+          for (int64_t k = 0; k < c; k++) x[k] += a * wo[k];
+        }
+      }
+}
 
 SVD_CLONES void ReluGradImpl(const float* dy, const float* x, float* dx, size_t n) {
   for (size_t i0 = 0; i0 < n; i0 += 16) {
@@ -1342,6 +1403,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   omp_set_num_threads(1);
   exports.Set("conv2d", Napi::Function::New(env, Conv2D));
   exports.Set("conv2dBackpropInput", Napi::Function::New(env, Conv2DBackpropInput));
+  exports.Set("conv2dBackpropInputAdd", Napi::Function::New(env, Conv2DBackpropInputAdd));
   exports.Set("conv2dBackpropFilter", Napi::Function::New(env, Conv2DBackpropFilter));
   exports.Set("matmul", Napi::Function::New(env, MatMulFn));
   exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));

@@ -31,6 +31,13 @@ export interface NativeAddon {
    * shape (stride 1, 16 or 32 input channels, at most 16 outputs, kw 1 or 3), else after oneDNN's.
    */
   conv2dBackpropInput(dy: Float32Array, filter: Float32Array, dx: Float32Array, shape: ConvShape, res?: Float32Array): void;
+  /**
+   * dx += ∂(conv)/∂x · dy, in place: the second of two convs reading the same input adding its share
+   * (a downsampling block's 1×1 shortcut after its 3×3 conv). A 1×1 conv without padding touches
+   * only the pixels it samples; other shapes go through a scratch and an add. Absent from addons
+   * built before it.
+   */
+  conv2dBackpropInputAdd?(dy: Float32Array, filter: Float32Array, dx: Float32Array, shape: ConvShape): void;
   /** dFilter = ∂(conv)/∂filter · dy, HWIO. */
   conv2dBackpropFilter(x: Float32Array, dy: Float32Array, dFilter: Float32Array, shape: ConvShape): void;
   /**

@@ -317,6 +317,61 @@ void BackwardInput(const Geom& g, const float* dy, const float* w, const float* 
   }
 }
 
+namespace {
+
+// P consecutive output pixels of one row (input pixels `step` floats apart) of PointBackwardInputAdd:
+// their P·V accumulators start from dx and take each output channel's row of wt ([F][C]) against
+// its broadcast dy value, P·V FMA chains side by side (one pixel alone waited on one chain: F
+// dependent FMAs).
+template <int V, int P>
+void PointAddBlock(const float* dy, int64_t f, const float* wt, float* x, int64_t step) {
+  constexpr int64_t C = 16 * V;
+  __m512 acc[P][V];
+  for (int p = 0; p < P; p++)
+    for (int v = 0; v < V; v++) acc[p][v] = _mm512_loadu_ps(x + p * step + v * 16);
+  for (int64_t o = 0; o < f; o++) {
+    __m512 wv[V];
+    for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wt + o * C + v * 16);
+    for (int p = 0; p < P; p++) {
+      const __m512 b = _mm512_set1_ps(dy[p * f + o]);
+      for (int v = 0; v < V; v++) acc[p][v] = _mm512_fmadd_ps(b, wv[v], acc[p][v]);
+    }
+  }
+  for (int p = 0; p < P; p++)
+    for (int v = 0; v < V; v++) _mm512_storeu_ps(x + p * step + v * 16, acc[p][v]);
+}
+
+template <int V>
+void PointAddImages(const Geom& g, const float* dy, const float* wt, float* dx, int64_t n0, int64_t n1) {
+  constexpr int64_t C = 16 * V;
+  constexpr int P = 8 / V;
+  const int64_t F = g.f, step = g.sw * C;
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t i = 0; i < g.oh; i++) {
+      const float* d = dy + ((n * g.oh + i) * g.ow) * F;
+      float* x = dx + ((n * g.h + i * g.sh) * g.w) * C;
+      int64_t j = 0;
+      for (; j + P <= g.ow; j += P) PointAddBlock<V, P>(d + j * F, F, wt, x + j * step, step);
+      for (; j < g.ow; j++) PointAddBlock<V, 1>(d + j * F, F, wt, x + j * step, step);
+    }
+}
+
+}  // namespace
+
+void PointBackwardInputAdd(const Geom& g, const float* dy, const float* w, float* dx) {
+  const int64_t C = g.c, F = g.f;
+  std::vector<float> wt(static_cast<size_t>(F * C));
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t o = 0; o < F; o++) wt[o * C + c] = w[c * F + o];
+  const auto run = C == 16 ? PointAddImages<1> : C == 32 ? PointAddImages<2> : PointAddImages<4>;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int id = omp_get_thread_num(), k = omp_get_num_threads();
+    run(g, dy, wt.data(), dx, g.n * id / k, g.n * (id + 1) / k);
+  }
+}
+
 #pragma GCC pop_options
 
 // The most output channels a kernel takes for this shape (see small_oc_conv.h); 0: none.
@@ -337,6 +392,11 @@ bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
          g.kh * g.kw <= 9;
 }
 
+bool AppliesPointBackwardInputAdd(const Geom& g, int64_t dh, int64_t dw) {
+  return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
+         (g.c == 16 || g.c == 32 || g.c == 64);
+}
+
 bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res) {
   return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.sh == 1 && g.sw == 1 && (g.c == 16 || g.c == 32) &&
          (g.kw == 1 || g.kw == 3) && g.f >= 1 &&
@@ -347,6 +407,8 @@ bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res) 
 
 bool Applies(const Geom&, int64_t, int64_t, bool) { return false; }
 bool AppliesBackwardInput(const Geom&, int64_t, int64_t, bool) { return false; }
+bool AppliesPointBackwardInputAdd(const Geom&, int64_t, int64_t) { return false; }
+void PointBackwardInputAdd(const Geom&, const float*, const float*, float*) { std::abort(); }
 void BackwardInput(const Geom&, const float*, const float*, const float*, float*) { std::abort(); }
 void Forward(const Geom&, const float*, const float*, float*) { std::abort(); }
 void BackwardWeights(const Geom&, const float*, const float*, float*) { std::abort(); }

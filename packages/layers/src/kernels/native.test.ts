@@ -407,6 +407,47 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     }
   });
 
+  it('conv2dBackpropInputAdd adds an input gradient into dx in place: 1×1 convs against a float64 reference (AVX-512 at 16, 32 and 64 channels, the plain loop at 3 and 48; one and two threads), a 3×3 through oneDNN and an add', () => {
+    if (!native.ok) return;
+    const a = native.addon;
+    const add = a.conv2dBackpropInputAdd!;
+    const before = a.getThreads();
+    try {
+      // [n, h, w, c, f, sh, sw]: the downsampling shortcuts' shapes, odd sizes (a last row and column
+      // the stride skips), stride 1, unequal strides, more outputs than inputs.
+      const cases = [[3, 5, 5, 16, 7, 2, 2], [2, 6, 4, 32, 32, 2, 2], [2, 3, 3, 64, 11, 2, 2], [3, 4, 6, 16, 9, 2, 1], [2, 5, 4, 48, 5, 2, 2], [2, 4, 4, 3, 4, 1, 1], [1, 2, 2, 16, 40, 1, 1]] as const;
+      for (const [n, h, w, c, f, sh, sw] of cases) {
+        const [oh, ow] = [Math.floor((h - 1) / sh) + 1, Math.floor((w - 1) / sw) + 1];
+        const shape = [n, h, w, c, f, 1, 1, oh, ow, sh, sw, 1, 1, 0, 0, 0, 0];
+        const dy = seededUniform(n * oh * ow * f, 201 + f);
+        const wt = seededUniform(c * f, 202 + f);
+        const dx0 = seededUniform(n * h * w * c, 203 + f);
+        const want = Float64Array.from(dx0);
+        for (let i = 0; i < n * oh * ow; i++) {
+          const [img, row, col] = [Math.floor(i / (oh * ow)), Math.floor(i / ow) % oh, i % ow];
+          const at = ((img * h + row * sh) * w + col * sw) * c;
+          for (let o = 0; o < f; o++) for (let k = 0; k < c; k++) want[at + k]! += dy[i * f + o]! * wt[k * f + o]!;
+        }
+        for (const threads of [1, 2]) {
+          a.setThreads([threads]);
+          const dx = dx0.slice();
+          add(dy, wt, dx, shape);
+          expectClose(`1×1 [${n},${h},${w},${c}] → ${f} stride ${sh}×${sw}, ${threads} thread(s)`, dx, Float32Array.from(want), 1e-6);
+        }
+      }
+      // A 3×3 conv (stride 2, pad 1): oneDNN's input gradient added to dx.
+      const shape = [2, 6, 6, 16, 5, 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0];
+      const [dy, wt, dx0] = [seededUniform(2 * 9 * 5, 211), seededUniform(9 * 16 * 5, 212), seededUniform(2 * 36 * 16, 213)];
+      const grad = new Float32Array(dx0.length);
+      a.conv2dBackpropInput(dy, wt, grad, shape);
+      const dx = dx0.slice();
+      add(dy, wt, dx, shape);
+      expectClose('3×3 stride 2', dx, dx0.map((v, i) => v + grad[i]!), 1e-6);
+    } finally {
+      a.setThreads([before]);
+    }
+  });
+
   it('training batch norm on the AVX-512 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
     if (!native.ok) return;
     const a = native.addon;
@@ -757,6 +798,8 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.meanPool!(f(12), f(3), [2, 3, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPool: .*y has 3 elements; expected 4/);
     expect(code(() => a.meanPoolGrad!(f(4), f(12), [2, 0, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: meanPoolGrad: shape must be \[N >= 1, P >= 1, C >= 1\]/);
     expect(code(() => a.conv2dBackpropInput(f(16), f(9), f(16), [1, 4, 4, 1, 1, 3, 3, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1], f(15)))).toMatch(/^NATIVE_BAD_ARGUMENT: .*res has 15 elements; expected 16/);
+    expect(code(() => a.conv2dBackpropInputAdd!(f(4 * 7), f(16 * 7), f(16 * 16 - 1), [1, 4, 4, 16, 7, 1, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: .*dx has 255 elements; expected 256/);
+    expect(code(() => a.conv2dBackpropInputAdd!(f(4 * 7), f(16 * 7), f(256), [1, 4, 4, 16, 7, 1, 1, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0]))).toMatch(/^NATIVE_BAD_ARGUMENT: .*does not follow/);
     expect(code(() => a.add!(f(6), f(5), f(6)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: b has 5 elements; expected 6/);
     expect(code(() => a.add!(f(6), f(6), f(7)))).toMatch(/^NATIVE_BAD_ARGUMENT: add: out has 7 elements; expected 6/);
     expect(code(() => a.affine(f(6), f(3), f(3), f(6), [2, 3, 0]))).toBe('no error');

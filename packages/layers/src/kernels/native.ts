@@ -112,7 +112,7 @@ export type ConvPass = (a: Float32Array, b: Float32Array, out: Float32Array, inf
  * what the native training step (native-step.ts) calls on its own arrays. A 1×1 conv with stride 1
  * runs as a matmul over the pixels (`isPointwise`).
  */
-export function convPasses(addon: NativeAddon): { forward: ConvPass; backpropInput: ConvPass; backpropFilter: ConvPass } {
+export function convPasses(addon: NativeAddon): { forward: ConvPass; backpropInput: ConvPass; backpropFilter: ConvPass; backpropInputAdd?: ConvPass } {
   const pixels = (info: tf.backend_util.Conv2DInfo) => info.batchSize * info.outHeight * info.outWidth;
   const addInto = (out: Float32Array, res: Float32Array | undefined) => res && addTo(addon, out, res);
   return {
@@ -134,6 +134,8 @@ export function convPasses(addon: NativeAddon): { forward: ConvPass; backpropInp
       else addon.conv2dBackpropFilter(x, dy, dw, convShape(info));
       addInto(dw, res);
     },
+    // dx += the input gradient, in place (addons built before it lack the call).
+    ...(addon.conv2dBackpropInputAdd && { backpropInputAdd: (dy: Float32Array, w: Float32Array, dx: Float32Array, info: tf.backend_util.Conv2DInfo) => addon.conv2dBackpropInputAdd!(dy, w, dx, convShape(info)) }),
   };
 }
 
