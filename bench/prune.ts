@@ -65,6 +65,7 @@ import {
   setShortcutGradientSum,
   setNativeTrainingStep,
   setRankSpaceBatchNormUpTo,
+  setHugePageBuffers,
   setLanesInference,
   setNativeRegularizer,
   setParameters,
@@ -187,6 +188,8 @@ interface Variant {
   fastBn?: boolean;
   /** false: the native step takes batch norm from rank space at every rank (setRankSpaceBatchNormUpTo(Infinity)), not of the 1×1 conv's output above rank 16. */
   expanded?: boolean;
+  /** false: the native step's buffers on plain 4 KiB pages (setHugePageBuffers(false)); a model of its own, since its program is compiled so. */
+  hugePages?: boolean;
 }
 const variants: Variant[] = [{ label: 'full rank', model: base, train: true }];
 // Inference of the full-rank model per op too: the ratios are against the faster of the two.
@@ -202,6 +205,15 @@ if (canPrefetch) variants.push({ label: '  full rank, prefetch off', model: base
 // And with training batch norm on the addon's generic loops (full rank's merged layers run plain batch norm).
 const fastBnSwitch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setFastBatchNorm === 'function' ? prefetchSwitch.addon : null;
 if (fastBnSwitch) variants.push({ label: '  full rank, batch norm on the generic loops', model: base, train: true, fastBn: false });
+// And with the native step's buffers on 4 KiB pages (here and for the real ranks below): a copy of
+// the model, whose program is compiled that way.
+const hugeOn = stepOn && prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.hugeFloat32 === 'function';
+const copyOf = (m: ReturnType<typeof buildResNet>, ranks?: Record<string, number>) => {
+  const c = buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 });
+  setParameters(c, getParameters(m));
+  return c;
+};
+if (hugeOn) variants.push({ label: '  full rank, buffers on 4 KiB pages (huge pages off)', model: copyOf(base), train: true, hugePages: false });
 for (const e of energies) variants.push({ label: `pruned e=${e}`, model: pruneByEnergy(base, e).model, train: true });
 const ranks = ranksSource ? ranksOf(ranksSource) : recordedRanks();
 const realLabel = ranksCkpt ? `real ranks (${basename(ranksCkpt)})` : 'real ranks e=0.01 (3-ep run)';
@@ -245,6 +257,7 @@ if (addon?.ok && decomposition === 'channel') {
 // On the native engine, training with the regularizer as taped tfjs ops (native-regularizer.ts off).
 if (info.backend === 'native') variants.push({ label: '  same, on the tape, regularizer as taped tfjs ops (not one native call)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, nativeReg: false, nativeStep: false });
 if (canPrefetch) variants.push({ label: '  same, prefetch off', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, prefetch: false });
+if (hugeOn) variants.push({ label: '  same, buffers on 4 KiB pages (huge pages off)', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 }), train: true, hugePages: false });
 // The real-ranks model once more with batch norm, ReLU and the shortcut's add as separate layers
 // (fuseBatchNorm: false), to show what carrying them in one batch-norm layer gains.
 variants.push({ label: '  same, BN / ReLU / add as separate layers', model: buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1, fuseBatchNorm: false }), train: true });
@@ -281,6 +294,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
   if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([0]);
   if (v.expanded === false) setRankSpaceBatchNormUpTo(Infinity);
+  if (v.hugePages === false) setHugePageBuffers(false);
   try {
     f();
   } finally {
@@ -295,6 +309,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
     if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([1]);
     setRankSpaceBatchNormUpTo();
+    setHugePageBuffers(true);
   }
 };
 const trainS = new Map(timeInterleaved(trainable.map((v) => withKernels(v, () => void computeGradients(v.model, xTrain, yTrain, reg)))).map((t, i) => [trainable[i]!, t]));

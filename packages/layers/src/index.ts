@@ -15,7 +15,7 @@ export { svdLayers, svdRegularization, type SvdRegularization, type SvdRegulariz
 export { computeGradients, ensembleLogits, evaluate, meanSoftmaxLogits, teacherLogits, type DistillTarget, type GradientResult, type RegularizationOptions } from './train-step.js';
 export { applyInference, applyTraining, fusedInference, fusedInferenceAvailable, fusedTrainingAvailable, setFusedInference, setFusedTraining, setShortcutGradientSum } from './fused-inference.js';
 export { nativeRegularizerAvailable, setNativeRegularizer } from './native-regularizer.js';
-export { nativeStepForms, nativeTrainingStepApplies, setNativeTrainingStep, setRankSpaceBatchNormUpTo, trainingStepPath } from './native-step.js';
+export { nativeStepForms, nativeTrainingStepApplies, setHugePageBuffers, setNativeTrainingStep, setRankSpaceBatchNormUpTo, trainingStepPath } from './native-step.js';
 export { lanesInference, lanesInferenceAvailable, setLanesInference } from './lanes-inference.js';
 export { rankSpaceBatchNormAvailable, rankSpaceBatchNormTrain, type RankSpaceBatchNormResult } from './rank-space-batch-norm.js';
 export { evaluateSplit, recalibrateBatchNorm, BN_RECALIBRATION_IMAGES, type EvaluateResult, type RecalibrateOptions } from './evaluate.js';

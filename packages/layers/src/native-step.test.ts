@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
-import { nativeStepForms, nativeTrainingStepApplies, setNativeTrainingStep, setRankSpaceBatchNormUpTo, trainingStepPath } from './native-step.js';
+import { nativeStepForms, nativeTrainingStepApplies, setHugePageBuffers, setNativeTrainingStep, setRankSpaceBatchNormUpTo, trainingStepPath } from './native-step.js';
 import { buildResNet } from './resnet.js';
 import { SVDConv2D } from './svd-conv2d.js';
 import { getBuffers, setBuffers } from './parameter-names.js';
@@ -77,6 +77,41 @@ describe.skipIf(!native.ok)('the native training step (the whole step without th
   afterEach(() => {
     setNativeTrainingStep(true);
     setRankSpaceBatchNormUpTo();
+    setHugePageBuffers(true);
+  });
+
+  it('puts its buffers of 1 MiB and more on huge pages (the addon\'s hugeFloat32), with the same results as on plain ones', async () => {
+    // Batch 64 of 16×16 images: stage 1's activations are 64·16·16·16 floats, 1 MiB.
+    const addon = native.ok ? native.addon : null;
+    const stock = addon?.hugeFloat32;
+    expect(stock, 'hugeFloat32 in this build of the addon').toBeDefined();
+    let huge = 0;
+    if (addon && stock) addon.hugeFloat32 = (...args) => (huge++, stock(...args));
+    try {
+      const run = (on: boolean) =>
+        onBackend('native', () => {
+          setHugePageBuffers(on);
+          const model = mixedModel();
+          try {
+            const before = huge;
+            const { x, y, reg } = testTrainingBatch(64, 17, 3, 0.05);
+            const initial = getBuffers(model);
+            computeGradients(model, x, y, reg);
+            setBuffers(model, initial);
+            return { step: computeGradients(model, x, y, reg), calls: huge - before };
+          } finally {
+            model.dispose();
+          }
+        });
+      const on = await run(true);
+      const off = await run(false);
+      expect(on.calls, 'large buffers from hugeFloat32').toBeGreaterThan(10);
+      expect(off.calls, 'none with huge pages off').toBe(0);
+      expect(on.step.total).toBe(off.step.total);
+      for (let i = 0; i < on.step.grads.length; i++) expect(on.step.grads[i].data, on.step.grads[i].name).toEqual(off.step.grads[i].data);
+    } finally {
+      if (addon && stock) addon.hugeFloat32 = stock;
+    }
   });
 
   it('gives the tape\'s losses, gradients and running statistics for a pruned model (factored and merged layers)', async () => {

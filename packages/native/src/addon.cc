@@ -28,10 +28,16 @@
 #include "regularizer.h"
 #include "small_oc_conv.h"
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <utility>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1387,6 +1393,38 @@ Napi::Value SetLanesPairs(const Napi::CallbackInfo& info) {
   });
 }
 
+// hugeFloat32([n]): a zeroed Float32Array of n floats whose memory is 2 MiB-aligned and, on Linux,
+// advised to the kernel as transparent huge pages (madvise MADV_HUGEPAGE) before it is first
+// touched. For the native training step's activations and gradients (1-4 MiB each, ~80-130 MiB in
+// all at batch 64): on 4 KiB pages every 4 KiB of a stream is a TLB miss (a two-level walk in a
+// VM) and a stop for the hardware prefetchers, which do not cross pages. The system's setting is
+// usually `madvise` (Debian's), where nothing else asks; `never` leaves plain pages and the same
+// results. Freed when the array is collected.
+Napi::Value HugeFloat32(const Napi::CallbackInfo& info) {
+  return Guard(info, "hugeFloat32", [&]() -> Napi::Value {
+    auto p = Ints(info, 0, 1, "n");
+    CheckCounts({double(p[0])});
+    if (p[0] < 1) throw ArgError("hugeFloat32 takes [n >= 1]");
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t bytes = static_cast<size_t>(p[0]) * sizeof(float);
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* mem = std::aligned_alloc(kHuge, rounded);
+    if (!mem) throw std::runtime_error("could not allocate " + std::to_string(rounded) + " bytes");
+#ifdef __linux__
+    madvise(mem, rounded, MADV_HUGEPAGE);  // a hint: where refused, plain pages
+#endif
+    std::memset(mem, 0, rounded);
+    Napi::ArrayBuffer buf;
+    try {
+      buf = Napi::ArrayBuffer::New(info.Env(), mem, bytes, [](Napi::Env, void* data) { std::free(data); });
+    } catch (...) {
+      std::free(mem);  // the finalizer owns it only once the buffer exists
+      throw;
+    }
+    return Napi::Float32Array::New(info.Env(), static_cast<size_t>(p[0]), buf, 0);
+  });
+}
+
 // setSmallOcKernels([on]): 1 runs convolutions with few output channels on small_oc_conv.cc's
 // kernels where they apply (the default), 0 always on oneDNN (for benchmarks and tests).
 Napi::Value SetSmallOcKernels(const Napi::CallbackInfo& info) {
@@ -1429,6 +1467,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("implementations", Napi::Function::New(env, Implementations));
   exports.Set("setSmallOcKernels", Napi::Function::New(env, SetSmallOcKernels));
+  exports.Set("hugeFloat32", Napi::Function::New(env, HugeFloat32));
   exports.Set("setLanesPairs", Napi::Function::New(env, SetLanesPairs));
   // Only where it can run (AVX-512F), so that its presence is the test callers make.
   if (svd_lanes::Available()) exports.Set("lanesNet", Napi::Function::New(env, LanesNetFn));

@@ -174,6 +174,12 @@ export interface NativeAddon {
    */
   setSmallOcKernels(on: readonly [number]): void;
   /**
+   * A zeroed Float32Array of n floats on 2 MiB-aligned memory advised as transparent huge pages
+   * (Linux; a hint the system may refuse), freed when collected: the native training step's large
+   * buffers. Absent from addons built before it.
+   */
+  hugeFloat32?(n: readonly [number]): Float32Array;
+  /**
    * A whole network's inference, 16 images at a time with every activation in the lanes layout
    * (packages/native/src/lanes_net.h): y [n, outFloats] from x [n, inFloats], header [n, input,
    * output, inFloats, outFloats] (input, output: buffers). `sizes` gives each buffer's floats per image; `steps` has 20 integers per step, a conv

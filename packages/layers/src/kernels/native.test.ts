@@ -448,6 +448,21 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     }
   });
 
+  it('hugeFloat32 gives a zeroed, writable Float32Array of the length asked (on huge pages where the system allows), and refuses bad lengths', () => {
+    if (!native.ok) return;
+    const a = native.addon;
+    for (const n of [1, 262_144, 1_000_003]) {
+      const arr = a.hugeFloat32!([n]);
+      expect(arr).toBeInstanceOf(Float32Array);
+      expect(arr.length).toBe(n);
+      expect(arr.every((v) => v === 0), `${n} zeros`).toBe(true);
+      arr[n - 1] = 7;
+      arr.fill(3, 0, Math.min(n, 100));
+      expect(arr[n - 1]).toBe(n <= 100 ? 3 : 7);
+    }
+    for (const bad of [[0], [-1], [1.5], []] as unknown as [number][]) expect(errorCodeOf(() => a.hugeFloat32!(bad)), JSON.stringify(bad)).toMatch(/^NATIVE_BAD_ARGUMENT: hugeFloat32/);
+  });
+
   it('training batch norm on the AVX-512 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
     if (!native.ok) return;
     const a = native.addon;
