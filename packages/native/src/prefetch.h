@@ -3,7 +3,7 @@
 // Why: our kernels write their outputs (a [64,32,32,16] activation is 4 MiB) into buffers that the
 // wasm heap hands out cold. Each store to a line not in cache first waits for the line (a read for
 // ownership); the hardware prefetchers follow the loads of a kernel but not so well its stores. A
-// PREFETCHW 16 KiB ahead asks for each line in writable state early: a 4 MiB copy into a cold
+// PREFETCHW kAhead ahead (below) asks for each line in writable state early: a 4 MiB copy into a cold
 // buffer took 0.60 ms and 0.29 with it (as fast as into a warm one), on the Intel Xeon of the
 // pruning rounds.
 #pragma once
@@ -11,8 +11,11 @@
 
 namespace svd_prefetch {
 
-// How far ahead, in floats.
-constexpr int64_t kAhead = 4096;
+// How far ahead, in floats: 8 KiB. It was 16 KiB until the native step's buffers went on huge
+// pages; since then 8 KiB measured faster (in-process paired A/B at batch 64: pruned ResNet-20 step
+// -0.63 +- 0.29 and -0.87 +- 0.29 ms, full rank -2.1 +- 0.8 ms; 4 KiB no different from 8, 32 and
+// 64 KiB slower by 0.4 and 1.6 ms).
+constexpr int64_t kAhead = 2048;
 
 // On by default; setPrefetch (addon.cc) switches them, for benchmarks.
 inline bool g_write = true;
