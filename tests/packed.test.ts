@@ -80,6 +80,11 @@ describe('packed @svd-train/core, layers, native in a scratch npm project', () =
         }
         expect(Object.values(pkg.dependencies ?? {}).filter((v) => v.startsWith('workspace:')), `@svd-train/${p} dependencies`).toEqual([]);
       }
+      // The addon's sources, every one (its install builds them; a header left out, as prefetch.h
+      // once was, fails that build and leaves the consumer on wasm).
+      const sources = readdirSync(join(ROOT, 'packages/native/src')).filter((f) => /\.(cc|h)$/.test(f));
+      expect(sources.length).toBeGreaterThan(10);
+      for (const f of sources) expect(existsSync(join(nm, '@svd-train/native/src', f)), `@svd-train/native ships src/${f}`).toBe(true);
       // tfjs is a peer: one copy, the consumer's; the optional tfjs-node(-gpu) peers are not installed.
       expect(existsSync(join(nm, '@svd-train/layers/node_modules/@tensorflow'))).toBe(false);
       expect(existsSync(join(nm, '@tensorflow/tfjs-node'))).toBe(false);
