@@ -27,10 +27,7 @@
 #include "rank_bn.h"
 #include "regularizer.h"
 #include "small_oc_conv.h"
-
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
+#include "huge_pages.h"
 
 #include <algorithm>
 #include <utility>
@@ -1405,14 +1402,10 @@ Napi::Value HugeFloat32(const Napi::CallbackInfo& info) {
     auto p = Ints(info, 0, 1, "n");
     CheckCounts({double(p[0])});
     if (p[0] < 1) throw ArgError("hugeFloat32 takes [n >= 1]");
-    constexpr size_t kHuge = size_t(2) << 20;
     const size_t bytes = static_cast<size_t>(p[0]) * sizeof(float);
-    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* mem = std::aligned_alloc(kHuge, rounded);
+    size_t rounded = 0;
+    void* mem = svd_huge::Alloc(bytes, &rounded);
     if (!mem) throw std::runtime_error("could not allocate " + std::to_string(rounded) + " bytes");
-#ifdef __linux__
-    madvise(mem, rounded, MADV_HUGEPAGE);  // a hint: where refused, plain pages
-#endif
     std::memset(mem, 0, rounded);
     Napi::ArrayBuffer buf;
     try {
