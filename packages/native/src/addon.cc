@@ -331,17 +331,26 @@ const float* OptionalF32(const Napi::CallbackInfo& info, size_t i, size_t n, con
 void ConvBackwardDataOneDnn(const ConvShape& s, const std::string& key, float* dy, float* w, float* dx);
 void AddInto(float* out, const float* b, size_t n);
 
+// An input-gradient call's arguments: dy, filter and dx (0-2, lengths checked against) the shape (3).
+struct InputGradArgs {
+  std::vector<int64_t> p;
+  ConvShape s;
+  float* dy;
+  float* w;
+  float* dx;
+  explicit InputGradArgs(const Napi::CallbackInfo& info)
+      : p(Ints(info, 3, 17, "shape")), s(p), dy(F32(info, 0, s.ys(), "dy")), w(F32(info, 1, s.ws(), "filter")),
+        dx(F32(info, 2, s.xs(), "dx")) {}
+};
+
 // conv2dBackpropInput(dy, filter, dx, shape, res?): dx NHWC [N,H,W,C] from dy [N,OH,OW,F], plus
 // res [N,H,W,C] when given (the gradient a residual block's shortcut sends to the same input,
 // which tfjs would otherwise sum with a separate Add): in the kernel's own pass where ours runs the
 // shape, else added after oneDNN's.
 Napi::Value Conv2DBackpropInput(const Napi::CallbackInfo& info) {
   return Guard(info, "conv2dBackpropInput", [&]() -> Napi::Value {
-    auto p = Ints(info, 3, 17, "shape");
-    ConvShape s(p);
-    float* dy = F32(info, 0, s.ys(), "dy");
-    float* w = F32(info, 1, s.ws(), "filter");
-    float* dx = F32(info, 2, s.xs(), "dx");
+    const InputGradArgs a(info);
+    const auto& [p, s, dy, w, dx] = a;
     const float* res = OptionalF32(info, 4, s.xs(), "res");
     std::string key = Key("d", p);
     if (g_small_oc && svd_small_oc::AppliesBackwardInput(SmallGeom(s), s.dh, s.dw, res != nullptr)) {
@@ -365,11 +374,8 @@ void PointInputGradAddImpl(const float* dy, const float* wt, float* dx, int64_t 
 // channels, else PointInputGradAddImpl); any other shape through a scratch and an add.
 Napi::Value Conv2DBackpropInputAdd(const Napi::CallbackInfo& info) {
   return Guard(info, "conv2dBackpropInputAdd", [&]() -> Napi::Value {
-    auto p = Ints(info, 3, 17, "shape");
-    ConvShape s(p);
-    float* dy = F32(info, 0, s.ys(), "dy");
-    float* w = F32(info, 1, s.ws(), "filter");
-    float* dx = F32(info, 2, s.xs(), "dx");
+    const InputGradArgs a(info);
+    const auto& [p, s, dy, w, dx] = a;
     if (svd_small_oc::AppliesPointBackwardInputAdd(SmallGeom(s), s.dh, s.dw)) {
       svd_small_oc::PointBackwardInputAdd(SmallGeom(s), dy, w, dx);
       return info.Env().Undefined();
