@@ -1398,11 +1398,8 @@ Napi::Value SetLanesPairs(const Napi::CallbackInfo& info) {
 
 // hugeFloat32([n]): a zeroed Float32Array of n floats whose memory is 2 MiB-aligned and, on Linux,
 // advised to the kernel as transparent huge pages (madvise MADV_HUGEPAGE) before it is first
-// touched. For the native training step's activations and gradients (1-4 MiB each, ~80-130 MiB in
-// all at batch 64): on 4 KiB pages every 4 KiB of a stream is a TLB miss (a two-level walk in a
-// VM) and a stop for the hardware prefetchers, which do not cross pages. The system's setting is
-// usually `madvise` (Debian's), where nothing else asks; `never` leaves plain pages and the same
-// results. Freed when the array is collected.
+// touched (huge_pages.h). The native training step carves its buffers from 8 MiB ones (native-step.ts'
+// arena; ~80-130 MiB in all at batch 64). Freed when the array is collected.
 Napi::Value HugeFloat32(const Napi::CallbackInfo& info) {
   return Guard(info, "hugeFloat32", [&]() -> Napi::Value {
     auto p = Ints(info, 0, 1, "n");
