@@ -396,8 +396,10 @@ bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {
 }
 
 bool AppliesPointBackwardInputAdd(const Geom& g, int64_t dh, int64_t dw) {
+  // Every output pixel's input pixel inside the image (no bottom or right padding either: Geom
+  // carries those only through oh and ow).
   return ::svd_lanes::Available() && dh == 1 && dw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
-         (g.c == 16 || g.c == 32 || g.c == 64);
+         (g.oh - 1) * g.sh < g.h && (g.ow - 1) * g.sw < g.w && (g.c == 16 || g.c == 32 || g.c == 64);
 }
 
 bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res) {

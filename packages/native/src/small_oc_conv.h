@@ -76,7 +76,7 @@ void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw);
 // (i, j)'s dy [F] times the filter lands on input pixel (i·sh, j·sw) alone (a quarter of dx at stride
 // 2). For the second of two convs reading one input (a downsampling block's shortcut), where the
 // first's gradient is already in dx. AppliesPointBackwardInputAdd: AVX-512F, c 16, 32 or 64, 1×1,
-// no padding, dilation 1.
+// no padding (every output pixel's input pixel inside the image), dilation 1.
 void PointBackwardInputAdd(const Geom& g, const float* dy, const float* w, float* dx);
 bool AppliesPointBackwardInputAdd(const Geom& g, int64_t dh, int64_t dw);
 

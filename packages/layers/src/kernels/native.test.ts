@@ -435,14 +435,21 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
           expectClose(`1×1 [${n},${h},${w},${c}] → ${f} stride ${sh}×${sw}, ${threads} thread(s)`, dx, Float32Array.from(want), 1e-6);
         }
       }
-      // A 3×3 conv (stride 2, pad 1): oneDNN's input gradient added to dx.
-      const shape = [2, 6, 6, 16, 5, 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0];
-      const [dy, wt, dx0] = [seededUniform(2 * 9 * 5, 211), seededUniform(9 * 16 * 5, 212), seededUniform(2 * 36 * 16, 213)];
-      const grad = new Float32Array(dx0.length);
-      a.conv2dBackpropInput(dy, wt, grad, shape);
-      const dx = dx0.slice();
-      add(dy, wt, dx, shape);
-      expectClose('3×3 stride 2', dx, dx0.map((v, i) => v + grad[i]!), 1e-6);
+      // Through oneDNN and an add: a 3×3 conv (stride 2, pad 1), and a 1×1 conv with bottom and right
+      // padding (output pixels past the image, which the in-place kernel must not take: it would
+      // write past dx).
+      for (const [label, shape] of [
+        ['3×3 stride 2', [2, 6, 6, 16, 5, 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0]],
+        ['1×1 with bottom and right padding', [2, 4, 4, 16, 5, 1, 1, 6, 5, 1, 1, 1, 1, 0, 0, 2, 1]],
+      ] as const) {
+        const [n, h, w, c, f, kh, kw, oh, ow] = shape;
+        const [dy, wt, dx0] = [seededUniform(n * oh * ow * f, 211), seededUniform(kh * kw * c * f, 212), seededUniform(n * h * w * c, 213)];
+        const grad = new Float32Array(dx0.length);
+        a.conv2dBackpropInput(dy, wt, grad, [...shape]);
+        const dx = dx0.slice();
+        add(dy, wt, dx, [...shape]);
+        expectClose(label, dx, dx0.map((v, i) => v + grad[i]!), 1e-6);
+      }
     } finally {
       a.setThreads([before]);
     }
