@@ -376,20 +376,20 @@ Napi::Value Conv2DBackpropInputAdd(const Napi::CallbackInfo& info) {
   return Guard(info, "conv2dBackpropInputAdd", [&]() -> Napi::Value {
     const InputGradArgs a(info);
     const auto& [p, s, dy, w, dx] = a;
-    if (svd_small_oc::AppliesPointBackwardInputAdd(SmallGeom(s), s.dh, s.dw)) {
-      svd_small_oc::PointBackwardInputAdd(SmallGeom(s), dy, w, dx);
-      return info.Env().Undefined();
-    }
     if (s.kh == 1 && s.kw == 1 && s.dh == 1 && s.dw == 1 && s.pt == 0 && s.pl == 0 && s.pb == 0 && s.pr == 0) {
       // The filter HWIO [1, 1, C, F] as [F][C], so that each output channel's row is contiguous.
       std::vector<float> wt(s.ws());
       for (int64_t k = 0; k < s.c; k++)
         for (int64_t o = 0; o < s.f; o++) wt[o * s.c + k] = w[k * s.f + o];
+      const svd_small_oc::Geom g = SmallGeom(s);
+      const bool fast = svd_small_oc::AppliesPointBackwardInputAdd(g, s.dh, s.dw);
       const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), s.n)));
 #pragma omp parallel num_threads(threads) if (threads > 1)
       {
         const int id = omp_get_thread_num(), k = omp_get_num_threads();
-        PointInputGradAddImpl(dy, wt.data(), dx, s.n * id / k, s.n * (id + 1) / k, s.h, s.w, s.c, s.f, s.oh, s.ow, s.sh, s.sw);
+        const int64_t n0 = s.n * id / k, n1 = s.n * (id + 1) / k;
+        if (fast) svd_small_oc::PointBackwardInputAdd(g, dy, wt.data(), dx, n0, n1);
+        else PointInputGradAddImpl(dy, wt.data(), dx, n0, n1, s.h, s.w, s.c, s.f, s.oh, s.ow, s.sh, s.sw);
       }
       return info.Env().Undefined();
     }

@@ -361,18 +361,8 @@ void PointAddImages(const Geom& g, const float* dy, const float* wt, float* dx, 
 
 }  // namespace
 
-void PointBackwardInputAdd(const Geom& g, const float* dy, const float* w, float* dx) {
-  const int64_t C = g.c, F = g.f;
-  std::vector<float> wt(static_cast<size_t>(F * C));
-  for (int64_t c = 0; c < C; c++)
-    for (int64_t o = 0; o < F; o++) wt[o * C + c] = w[c * F + o];
-  const auto run = C == 16 ? PointAddImages<1> : C == 32 ? PointAddImages<2> : PointAddImages<4>;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), g.n)));
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int id = omp_get_thread_num(), k = omp_get_num_threads();
-    run(g, dy, wt.data(), dx, g.n * id / k, g.n * (id + 1) / k);
-  }
+void PointBackwardInputAdd(const Geom& g, const float* dy, const float* wt, float* dx, int64_t n0, int64_t n1) {
+  (g.c == 16 ? PointAddImages<1> : g.c == 32 ? PointAddImages<2> : PointAddImages<4>)(g, dy, wt, dx, n0, n1);
 }
 
 #pragma GCC pop_options
@@ -413,7 +403,7 @@ bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res) 
 bool Applies(const Geom&, int64_t, int64_t, bool) { return false; }
 bool AppliesBackwardInput(const Geom&, int64_t, int64_t, bool) { return false; }
 bool AppliesPointBackwardInputAdd(const Geom&, int64_t, int64_t) { return false; }
-void PointBackwardInputAdd(const Geom&, const float*, const float*, float*) { std::abort(); }
+void PointBackwardInputAdd(const Geom&, const float*, const float*, float*, int64_t, int64_t) { std::abort(); }
 void BackwardInput(const Geom&, const float*, const float*, const float*, float*) { std::abort(); }
 void Forward(const Geom&, const float*, const float*, float*) { std::abort(); }
 void BackwardWeights(const Geom&, const float*, const float*, float*) { std::abort(); }

@@ -72,12 +72,14 @@ void Forward(const Geom& g, const float* x, const float* w, float* y);
 void BackwardInput(const Geom& g, const float* dy, const float* w, const float* res, float* dx);
 bool AppliesBackwardInput(const Geom& g, int64_t dh, int64_t dw, bool with_res);
 void BackwardWeights(const Geom& g, const float* x, const float* dy, float* dw);
-// dx += the input gradient of a 1×1 conv without padding (any stride, any F), in place: output pixel
-// (i, j)'s dy [F] times the filter lands on input pixel (i·sh, j·sw) alone (a quarter of dx at stride
-// 2). For the second of two convs reading one input (a downsampling block's shortcut), where the
-// first's gradient is already in dx. AppliesPointBackwardInputAdd: AVX-512F, c 16, 32 or 64, 1×1,
-// no padding (every output pixel's input pixel inside the image), dilation 1.
-void PointBackwardInputAdd(const Geom& g, const float* dy, const float* w, float* dx);
+// dx += the input gradient of a 1×1 conv without padding (any stride, any F), in place, for images
+// [n0, n1): output pixel (i, j)'s dy [F] times the filter, wt as [F][C], lands on input pixel
+// (i·sh, j·sw) alone (a quarter of dx at stride 2). For the second of two convs reading one input
+// (a downsampling block's shortcut), where the first's gradient is already in dx; the caller
+// (addon.cc's conv2dBackpropInputAdd) transposes the filter and splits the images over threads.
+// AppliesPointBackwardInputAdd: AVX-512F, c 16, 32 or 64, 1×1, no padding (every output pixel's
+// input pixel inside the image), dilation 1.
+void PointBackwardInputAdd(const Geom& g, const float* dy, const float* wt, float* dx, int64_t n0, int64_t n1);
 bool AppliesPointBackwardInputAdd(const Geom& g, int64_t dh, int64_t dw);
 
 }  // namespace svd_small_oc
