@@ -266,50 +266,50 @@ void Run(const Net& net, const float* x, int64_t n, float* y) {
   // An exception must not leave an OpenMP region (that terminates the process): a failed
   // allocation is noted and thrown after it, as addon.cc's callers expect.
   bool failed = false;
+  // One group's buffers (16 images of each of net.sizes) at these offsets, in floats, of one
+  // scratch; each a multiple of 16 floats, so that every buffer starts 64-byte aligned.
+  std::vector<size_t> offset(net.sizes.size());
+  size_t total = 0;
+  for (size_t b = 0; b < net.sizes.size(); b++) {
+    offset[b] = total;
+    total += static_cast<size_t>((net.sizes[b] * 16 + 15) / 16 * 16);
+  }
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t gi = 0; gi < groups; gi++) {
-    // Per thread, kept between calls: one group's buffers (a few MiB for ResNet-20), carved from
-    // one scratch on huge pages (huge_pages.h): on 4 KiB pages, each buffer a std::vector, a
-    // pruned ResNet-20's inference of 256 images took 4.24 ± 0.20 ms longer (55.4 against 51.2),
-    // full rank's 3.92 ± 0.35 (paired A/B in one process).
+    // Per thread, kept between calls (a few MiB for ResNet-20), on huge pages (huge_pages.h): on
+    // 4 KiB pages, each buffer a std::vector, a pruned ResNet-20's inference of 256 images took
+    // 4.24 ± 0.20 ms longer (55.4 against 51.2), full rank's 3.92 ± 0.35 (paired A/B in one process).
     static thread_local ::svd_huge::Scratch all, ring_scratch;
-    std::vector<float*> bufs;
+    float* base = nullptr;
     float* ring = nullptr;
     try {
-      bufs.resize(net.sizes.size());
-      const auto padded = [](int64_t floats) { return static_cast<size_t>((floats + 15) / 16 * 16); };
-      size_t total = 0;
-      for (int64_t size : net.sizes) total += padded(size * 16);
-      float* at = all.Get(std::max<size_t>(total, 16));
-      for (size_t b = 0; b < net.sizes.size(); b++) {
-        bufs[b] = at;
-        at += padded(net.sizes[b] * 16);
-      }
+      base = all.Get(std::max<size_t>(total, 16));
       ring = ring_scratch.Get(std::max<size_t>(static_cast<size_t>(ring_size), 16));
     } catch (const std::bad_alloc&) {
 #pragma omp atomic write
       failed = true;
       continue;
     }
+    const auto bufs = [&](int b) { return base + offset[static_cast<size_t>(b)]; };
     const int64_t n0 = gi * 16;
     const int nr = static_cast<int>(std::min<int64_t>(16, n - n0));
-    ToLanes(x + n0 * kin, kin, nr, kin, bufs[net.input]);
+    ToLanes(x + n0 * kin, kin, nr, kin, bufs(net.input));
     for (size_t i = 0; i < net.steps.size(); i++) {
       const Step& s = net.steps[i];
       if (pair[i]) {
         const Conv& a = s.conv;
         const Conv& b = net.steps[++i].conv;
-        RunPair(a, b, bufs[a.in], ring, bufs[b.out], b.res >= 0 ? bufs[b.res] : nullptr);
+        RunPair(a, b, bufs(a.in), ring, bufs(b.out), b.res >= 0 ? bufs(b.res) : nullptr);
         continue;
       }
       if (s.kind == Step::kConv) {
         const Conv& g = s.conv;
-        RunConv(g, bufs[g.in], bufs[g.out], g.res >= 0 ? bufs[g.res] : nullptr);
+        RunConv(g, bufs(g.in), bufs(g.out), g.res >= 0 ? bufs(g.res) : nullptr);
       } else {
-        RunPool(s.pool, bufs[s.pool.in], bufs[s.pool.out]);
+        RunPool(s.pool, bufs(s.pool.in), bufs(s.pool.out));
       }
     }
-    FromLanes(bufs[net.output], kout, y + n0 * kout, kout, nr);
+    FromLanes(bufs(net.output), kout, y + n0 * kout, kout, nr);
   }
   if (failed) throw std::runtime_error("could not allocate its buffers (16 images of every buffer in sizes)");
 }
