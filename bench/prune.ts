@@ -208,8 +208,8 @@ if (fastBnSwitch) variants.push({ label: '  full rank, batch norm on the generic
 // And with the native step's buffers on 4 KiB pages (here and for the real ranks below): a copy of
 // the model, whose program is compiled that way.
 const hugeOn = stepOn && prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.hugeFloat32 === 'function';
-const copyOf = (m: ReturnType<typeof buildResNet>, ranks?: Record<string, number>) => {
-  const c = buildResNet({ depth: 20, svd: true, decomposition, ranks, seed: 1 });
+const copyOf = (m: ReturnType<typeof buildResNet>) => {
+  const c = buildResNet({ depth: 20, svd: true, decomposition, seed: 1 });
   setParameters(c, getParameters(m));
   return c;
 };

@@ -152,7 +152,7 @@ interface Program {
   ones: Float32Array;
   /** Gradient buffers by length, reused across steps. */
   pool: Map<number, Float32Array[]>;
-  /** A new zeroed buffer of n floats (large ones on huge pages, see `buffer`). */
+  /** A new zeroed buffer of n floats (from the program's `arena`: on huge pages where it can). */
   alloc: (n: number) => Float32Array;
   /** The model's parameters and running statistics in `namedParameters` / `namedBuffers` order. */
   params: NamedVariable[];
