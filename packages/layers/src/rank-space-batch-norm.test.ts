@@ -93,6 +93,17 @@ describe.skipIf(!native.ok)('rankSpaceBatchNormTrain (batch norm of t·P from th
       got.plain.grads.forEach((g, i) => expectClose(['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'][i]!, got.fused.grads[i], g, 1e-4));
     });
   }
+  // The one-pass backward is compiled per rank, and ranks 1-10 at C 16 and 32 write dt by permutes
+  // from the flat block (1-6 finish it by shifts): every rank 1-16 at both, with ReLU and residual,
+  // over 12 blocks of 16 rows and 6 rows after them.
+  for (const c of [16, 32]) {
+    it(`matches it at every rank 1-16 the one-pass backward is compiled for (t [2,9,11,R], C ${c}, relu, residual)`, async () => {
+      for (let r = 1; r <= 16; r++) {
+        const got = await onBackend('native', () => expectNoLeakedTensors(() => both([2, 9, 11], r, c, true, true)));
+        got.plain.grads.forEach((g, i) => expectClose(`R ${r}: ${['dt', 'dp', 'dgamma', 'dbeta', 'dresidual'][i]!}`, got.fused.grads[i], g, 1e-4));
+      }
+    });
+  }
   for (const [shape, r, c] of [[[3, 29, 29], 5, 16], [[3, 29, 29], 13, 32]] as const) {
     it(`matches it on two threads too, each thread's partial sums added (t [${shape},${r}], C ${c}, relu, residual)`, async () => {
       // Inside onBackend: starting the engine sets its thread count.

@@ -170,6 +170,13 @@ void GradRow(const float* dy, const float* y, const uint16_t* mask, const float*
 // R is a template argument (GradRowsFused below picks the instance): with a run-time rank the
 // accumulators agc and adt, indexed by the rank, lived on the stack, and every FMA went through a
 // store and a load (0.81 ms for a stage-1 layer at R 5; compiled per rank, see the header).
+//
+// Where kFlatDt (R <= 10, C 16 or 32), dt's 16-row block leaves as R full vectors of the flat
+// array, each gathered from the adt columns by ceil(R / 2) two-source permutes, in place of a
+// second Transpose16 (64 shuffles) and 16 masked row stores; and t's block is centred once into an
+// L1 buffer, so each gc FMA takes its t from a broadcast load. On an AMD EPYC (Zen 5, one thread),
+// this pass at 65,536 rows, C 16: R 1 0.25 -> 0.18 ms, R 3 0.34 -> 0.24, R 5 0.28 -> 0.25, R 8
+// 0.48 -> 0.42 (no gain at R 13-16, or at C 64, where the first transpose is shared by fewer rows).
 template <int V, int R>
 void GradRowsFusedR(const float* dy, const float* y, const uint16_t* mask, const float* t, const float* tmean,
                     const float* w, float* g, float* dt, int64_t i0, int64_t i1, double* dbeta, double* gc) {
@@ -183,6 +190,29 @@ void GradRowsFusedR(const float* dy, const float* y, const uint16_t* mask, const
   const __m512 zero = _mm512_setzero_ps();
   const __mmask16 rmask = static_cast<__mmask16>((1u << r) - 1u);
   float fdb[c], fgc[16 * c];
+  constexpr bool kFlatDt = R <= 10 && V <= 2;
+  constexpr int P = (R + 1) / 2;
+  // tpat[j] lane l: the mean of the column of element 16j + l of a 16-row block of t (flat).
+  alignas(64) float tpat[R][16];
+  // pidx[j][p], pm[j][p]: vector j of dt's block (lane l: element e = 16j + l, row e / R, column
+  // o = e mod R, which is adt[o] lane e / R) takes columns 2p and 2p + 1 by one permute.
+  alignas(64) int32_t pidx[R][P][16];
+  __mmask16 pm[R][P];
+  alignas(64) float tcb[16 * R];
+  if (kFlatDt) {
+    for (int j = 0; j < R; j++)
+      for (int l = 0; l < 16; l++) tpat[j][l] = tmean[(16 * j + l) % R];
+    for (int j = 0; j < R; j++)
+      for (int p = 0; p < P; p++) {
+        unsigned bits = 0;
+        for (int l = 0; l < 16; l++) {
+          const int e = 16 * j + l, o = e % R;
+          pidx[j][p][l] = e / R + (o == 2 * p + 1 ? 16 : 0);
+          if (o / 2 == p) bits |= 1u << l;
+        }
+        pm[j][p] = static_cast<__mmask16>(bits);
+      }
+  }
   int64_t i = i0;
   while (i + 16 <= i1) {
     const int64_t b1 = std::min(i1, i + kBlock);
@@ -192,6 +222,9 @@ void GradRowsFusedR(const float* dy, const float* y, const uint16_t* mask, const
     for (; i + 16 <= b1; i += 16) {
       __m512 adt[16];
       for (int o = 0; o < 16; o++) adt[o] = zero;
+      if (kFlatDt)
+        for (int j = 0; j < R; j++)
+          _mm512_store_ps(tcb + 16 * j, _mm512_sub_ps(_mm512_loadu_ps(t + i * r + 16 * j), _mm512_load_ps(tpat[j])));
       for (int v = 0; v < V; v++) {
         __m512 rows[16];
         for (int k = 0; k < 16; k++) {
@@ -209,9 +242,14 @@ void GradRowsFusedR(const float* dy, const float* y, const uint16_t* mask, const
             _mm512_storeu_ps(g + off, gk);
           }
           adb[v] = _mm512_add_ps(adb[v], gk);
-          const float* ti = t + (i + k) * r;
-          for (int64_t o = 0; o < r; o++)
-            agc[o * V + v] = _mm512_fmadd_ps(_mm512_set1_ps(ti[o] - tmean[o]), gk, agc[o * V + v]);
+          if (kFlatDt) {
+            const float* tc = tcb + k * r;
+            for (int64_t o = 0; o < r; o++) agc[o * V + v] = _mm512_fmadd_ps(_mm512_set1_ps(tc[o]), gk, agc[o * V + v]);
+          } else {
+            const float* ti = t + (i + k) * r;
+            for (int64_t o = 0; o < r; o++)
+              agc[o * V + v] = _mm512_fmadd_ps(_mm512_set1_ps(ti[o] - tmean[o]), gk, agc[o * V + v]);
+          }
           rows[k] = gk;
         }
         svd_lanes::Transpose16(rows);
@@ -219,9 +257,22 @@ void GradRowsFusedR(const float* dy, const float* y, const uint16_t* mask, const
           for (int64_t o = 0; o < r; o++)
             adt[o] = _mm512_fmadd_ps(rows[q], _mm512_set1_ps(wp[(o * V + v) * 16 + q]), adt[o]);
       }
-      // adt[o] holds dt[i + k][o] in lane k; transposed, row q holds dt[i + col[q]][0..15].
-      svd_lanes::Transpose16(adt);
-      for (int q = 0; q < 16; q++) _mm512_mask_storeu_ps(dt + (i + col[q]) * r, rmask, adt[q]);
+      // adt[o] holds dt[i + k][o] in lane k.
+      if (kFlatDt) {
+        for (int j = 0; j < R; j++) {
+          __m512 out = zero;
+          for (int p = 0; p < P; p++) {
+            const __m512i ix = _mm512_load_si512(pidx[j][p]);
+            const __m512 two = 2 * p + 1 < R ? _mm512_permutex2var_ps(adt[2 * p], ix, adt[2 * p + 1]) : _mm512_permutexvar_ps(ix, adt[2 * p]);
+            out = _mm512_mask_mov_ps(out, pm[j][p], two);
+          }
+          _mm512_storeu_ps(dt + i * r + 16 * j, out);
+        }
+      } else {
+        // Transposed, row q holds dt[i + col[q]][0..15].
+        svd_lanes::Transpose16(adt);
+        for (int q = 0; q < 16; q++) _mm512_mask_storeu_ps(dt + (i + col[q]) * r, rmask, adt[q]);
+      }
     }
     for (int v = 0; v < V; v++) _mm512_storeu_ps(fdb + v * 16, adb[v]);
     for (int64_t k = 0; k < r * V; k++) _mm512_storeu_ps(fgc + k * 16, agc[k]);
@@ -289,12 +340,73 @@ void FinishFusedR(float* dt, const float* t, const float* mmat, const float* bia
     }
 }
 
+// FinishFusedR for R <= 6 without transposes: a 16-row block of t and of dt is R vectors of the
+// flat array. Lane l of dt's vector j is element e = 16j + l (row e / R, column o = e mod R), and
+// (t·mmatᵀ)[row][o] = Σ_q t[row][q]·mmat[o][q], whose t[row][q] sits d = q − o elements on from e;
+// so vector j is a sum over the 2R − 1 shifts d of t's block moved d lanes (a two-source permute of
+// two of t's vectors, lanes whose row it leaves zeroed) times a vector of mmat's entries per lane.
+// R(2R − 1) permutes per 16 rows against FinishFusedR's two Transpose16 (128 shuffles) and masked
+// row loads and stores. AMD EPYC (Zen 5), one thread, 65,536 rows: R 1 0.30 -> 0.01 ms, R 3 0.33
+// -> 0.04, R 5 0.28 -> 0.10, R 6 0.40 -> 0.26; even at R 7, behind from 8.
+template <int R>
+void FinishShiftR(float* dt, const float* t, const float* mmat, const float* bias, int64_t i0, int64_t i1) {
+  constexpr int D = 2 * R - 1;
+  // For vector j and shift index di (d = di − (R − 1)): the lanes whose row holds t[row][o + d]
+  // (lm), mmat's entry there, negated (coef), and the permute taking it from tvz[src], tvz[src + 1].
+  alignas(64) float coef[R][D][16];
+  alignas(64) float bpat[R][16];
+  alignas(64) int32_t pidx[R][D][16];
+  __mmask16 lm[R][D];
+  for (int j = 0; j < R; j++)
+    for (int di = 0; di < D; di++) {
+      const int start = 16 * j + di - (R - 1);
+      // tvz[0] and tvz[R + 1] are zero, tvz[1 + k] is t's vector k: the lower source of lanes
+      // start..start + 15 is tvz[j] (start < 16j) or tvz[j + 1].
+      const int lower = di >= R - 1 ? j + 1 : j;
+      unsigned bits = 0;
+      for (int l = 0; l < 16; l++) {
+        const int o = (16 * j + l) % R, q = o + di - (R - 1);
+        const bool in = q >= 0 && q < R;
+        coef[j][di][l] = in ? -mmat[o * R + q] : 0.0f;
+        if (in) bits |= 1u << l;
+        pidx[j][di][l] = start + l - 16 * (lower - 1);
+        if (di == 0) bpat[j][l] = bias[o];
+      }
+      lm[j][di] = static_cast<__mmask16>(bits);
+    }
+  int64_t i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    const float* tb = t + i * R;
+    float* db = dt + i * R;
+    __m512 tvz[R + 2];
+    tvz[0] = tvz[R + 1] = _mm512_setzero_ps();
+    for (int j = 0; j < R; j++) tvz[j + 1] = _mm512_loadu_ps(tb + 16 * j);
+    for (int j = 0; j < R; j++) {
+      __m512 acc = _mm512_add_ps(_mm512_loadu_ps(db + 16 * j), _mm512_load_ps(bpat[j]));
+#pragma GCC unroll 16
+      for (int di = 0; di < D; di++) {
+        const int lower = di >= R - 1 ? j + 1 : j;
+        const __m512 moved = _mm512_maskz_permutex2var_ps(lm[j][di], tvz[lower], _mm512_load_si512(pidx[j][di]), tvz[lower + 1]);
+        acc = _mm512_fmadd_ps(moved, _mm512_load_ps(coef[j][di]), acc);
+      }
+      _mm512_storeu_ps(db + 16 * j, acc);
+    }
+  }
+  for (; i < i1; i++)
+    for (int64_t o = 0; o < R; o++) {
+      float s = 0.0f;
+      for (int64_t q = 0; q < R; q++) s += t[i * R + q] * mmat[o * R + q];
+      dt[i * R + o] += bias[o] - s;
+    }
+}
+
 template <int... Rs>
 void FinishFused(float* dt, const float* t, const float* mmat, const float* bias, int64_t i0, int64_t i1, int64_t r,
                  std::integer_sequence<int, Rs...>) {
   using Fn = void (*)(float*, const float*, const float*, const float*, int64_t, int64_t);
   static constexpr Fn kByRank[] = {&FinishFusedR<Rs + 1>...};
-  kByRank[r - 1](dt, t, mmat, bias, i0, i1);
+  static constexpr Fn kShift[] = {&FinishShiftR<1>, &FinishShiftR<2>, &FinishShiftR<3>, &FinishShiftR<4>, &FinishShiftR<5>, &FinishShiftR<6>};
+  (r <= 6 ? kShift : kByRank)[r - 1](dt, t, mmat, bias, i0, i1);
 }
 
 // cov [R, R] += Σ (t_i − tmean) ⊗ (t_i − tmean) over rows [i0, i1), R <= 16 (double, from float
