@@ -16,6 +16,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SVD_SMALL_OC_X86 1
 #endif
@@ -367,17 +368,37 @@ void PointBackwardInputAdd(const Geom& g, const float* dy, const float* wt, floa
 
 #pragma GCC pop_options
 
+bool Zen5OrLater() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool zen5 = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    // "AuthenticAMD" in ebx, edx, ecx.
+    if (b != 0x68747541u || d != 0x69746e65u || c != 0x444d4163u) return false;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned base = (a >> 8) & 0xFu, family = base == 0xFu ? base + ((a >> 20) & 0xFFu) : base;
+    return family >= 0x1Au;
+  }();
+  return zen5;
+#else
+  return false;
+#endif
+}
+
 // The most output channels a kernel takes for this shape (see small_oc_conv.h); 0: none.
 static int64_t MaxF(const Geom& g, bool forward) {
   const int64_t taps = g.kh * g.kw;
+  const bool zen5 = Zen5OrLater();
   if (forward) {
     if (taps == 1) return 0;
     // oneDNN computes outputs 16 at a time: at a multiple of 16 it wastes nothing and stays.
     const bool wide = g.c >= 64 && taps == 9 && g.sh == 1 && g.sw == 1 && g.f % 16 != 0;
-    return wide ? kSmallOcMaxFForwardWide : kSmallOcMaxFForward;
+    return wide ? kSmallOcMaxFForwardWide : zen5 ? kSmallOcMaxFForwardZen5 : kSmallOcMaxFForward;
   }
   if (taps == 1 || g.sh > 1 || g.sw > 1) return kSmallOcMaxFFilterOther;
-  return taps <= 3 ? kSmallOcMaxFFilter3Taps : kSmallOcMaxFFilter9Taps;
+  if (taps <= 3) return kSmallOcMaxFFilter3Taps;
+  if (zen5) return g.c >= 64 ? kSmallOcMaxFFilter9TapsZen5Wide : kSmallOcMaxFFilter9TapsZen5;
+  return kSmallOcMaxFFilter9Taps;
 }
 
 bool Applies(const Geom& g, int64_t dh, int64_t dw, bool forward) {

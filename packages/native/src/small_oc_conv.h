@@ -53,6 +53,18 @@ constexpr int64_t kSmallOcMaxFBackwardInput = 16;
 constexpr int64_t kSmallOcMaxFBackwardInputAlone = 6;
 constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;
+// On AMD Zen 5 (family 1Ah: full-width AVX-512, where the limits above were set on an Intel Xeon),
+// `pnpm bench small-oc` (one thread, batch 64) finds ours ahead further: forward from 16 or 32
+// channels 1.06-1.42x at F 10-13 (32x32x16) and 1.25-1.58x (16x16x32), oneDNN ahead at 16 (0.86x);
+// the 9-tap filter gradient from 16 or 32 channels 1.03-1.45x at F 10-13 and 0.81-0.89x at 16, but
+// from 64 channels (8x8x64) 0.87x already at F 10, 1.26x at 8. In a pruned ResNet-20's step (the
+// record's ranks; stage 2's layers of rank 10 and 13 change kernels) -0.41 +- 0.21 ms of 45 (paired
+// A/B, one process). The input gradient alone up to 16 there: +0.48 +- 0.24 ms, so it stays at 6.
+constexpr int64_t kSmallOcMaxFForwardZen5 = 13;
+constexpr int64_t kSmallOcMaxFFilter9TapsZen5 = 13;
+constexpr int64_t kSmallOcMaxFFilter9TapsZen5Wide = 8;
+// Whether the CPU is an AMD of family 1Ah or later (Zen 5), which takes the Zen5 limits.
+bool Zen5OrLater();
 
 // The conv2d shape of addon.cc: x NHWC [n,h,w,c], w HWIO [kh,kw,c,f], y NHWC [n,oh,ow,f];
 // stride sh/sw, zero padding pt (top) / pl (left), the bottom/right padding implied by oh/ow.

@@ -44,3 +44,14 @@ export function cpuHasAvx512(): boolean {
     return false;
   }
 }
+
+/** Whether the CPU is an AMD of family 1Ah (26) or later, Zen 5, where small_oc_conv.h takes wider limits (read from /proc/cpuinfo, independently of the addon's CPUID). */
+export function cpuIsZen5OrLater(): boolean {
+  try {
+    const info = readFileSync('/proc/cpuinfo', 'utf8');
+    const family = Number(/^cpu family\s*:\s*(\d+)/m.exec(info)?.[1] ?? 0);
+    return /^vendor_id\s*:\s*AuthenticAMD/m.test(info) && family >= 26;
+  } catch {
+    return false;
+  }
+}
