@@ -55,7 +55,9 @@ constexpr int64_t kSmallOcMaxFFilter9Taps = 10;
 constexpr int64_t kSmallOcMaxFFilterOther = 8;
 // On AMD Zen 5 (family 1Ah: full-width AVX-512, where the limits above were set on an Intel Xeon),
 // `pnpm bench small-oc` (one thread, batch 64) finds ours ahead further: forward from 16 or 32
-// channels 1.06-1.42x at F 10-13 (32x32x16) and 1.25-1.58x (16x16x32), oneDNN ahead at 16 (0.86x);
+// channels 1.06-1.42x at F 10-13 (32x32x16) and 1.25-1.58x (16x16x32), oneDNN ahead at 16 (0.86x),
+// and with 3 taps (the spatial form's k x 1 half) 1.09-1.54x from 32 or 64 channels but 0.77x at
+// F 13 from 16 channels (0.99x at 9), where the limit stays 8;
 // the 9-tap filter gradient from 16 or 32 channels 1.03-1.45x at F 10-13 and 0.81-0.89x at 16, but
 // from 64 channels (8x8x64) 0.87x already at F 10, 1.26x at 8. In a pruned ResNet-20's step (the
 // record's ranks; stage 2's layers of rank 10 and 13 change kernels) -0.41 +- 0.21 ms of 45 (paired

@@ -91,9 +91,9 @@ function smallOcRuns(c: ConvCase): number {
   // A 1×1 conv at stride 1 without padding never reaches them: it runs as a matmul (isPointwise).
   if (taps === 1 && c.s[0] === 1 && c.s[1] === 1 && c.pad === 'valid') return 0;
   const wide = c.x[3] >= 64 && taps === 9 && c.s[0] === 1 && c.s[1] === 1 && c.f % 16 !== 0;
-  // On AMD Zen 5 the forward from 16 or 32 channels takes up to 13, the 9-tap filter gradient up to
-  // 13 from 16 or 32 channels and 8 from 64 (small_oc_conv.h).
-  const forward = taps > 1 && c.f <= (wide ? 48 : zen5 ? 13 : 8);
+  // On AMD Zen 5 the forward takes up to 13 (3×3, or from 32 channels), the 9-tap filter gradient up
+  // to 13 from 16 or 32 channels and 8 from 64 (small_oc_conv.h).
+  const forward = taps > 1 && c.f <= (wide ? 48 : zen5 && (taps === 9 || c.x[3] >= 32) ? 13 : 8);
   const strided = c.s[0] > 1 || c.s[1] > 1;
   const filterMax = taps === 1 || strided ? 8 : taps <= 3 ? 48 : zen5 ? (c.x[3] >= 64 ? 8 : 13) : 10;
   // (Without a residual's gradient to sum, as here, up to 6 outputs.)
