@@ -16,10 +16,15 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn as nn
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_malloc import keep_freed_memory  # noqa: E402
+
+if __name__ == '__main__':
+    keep_freed_memory()
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
 from train_step_torch import SVDConv, SVDDense, ResNet20, blas_in_use, step  # noqa: E402
 
 

@@ -60,13 +60,11 @@ import os
 import sys
 import time
 
-# PyTorch's CPU allocator hands every freed activation back to glibc, which unmaps blocks over its
-# mmap threshold, so each step page-faults its activations in again (bench/lib/torch.ts): measured
-# here 0.24-0.34 s per plain batch-128 step on 2 threads without these, 0.19 with them. glibc reads
-# them at start-up only, so the script runs itself again with them set (a value the caller set wins).
-MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '33554432', 'MALLOC_TRIM_THRESHOLD_': '68719476736', 'MALLOC_TOP_PAD_': '1073741824'}
-if __name__ == '__main__' and any(k not in os.environ for k in MALLOC_ENV):
-    os.execve(sys.executable, [sys.executable] + sys.argv, {**MALLOC_ENV, **os.environ})
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_malloc import keep_freed_memory  # noqa: E402
+
+if __name__ == '__main__':
+    keep_freed_memory()
 
 import numpy as np
 import torch
