@@ -184,8 +184,8 @@ interface Variant {
   lanesPairs?: boolean;
   /** false: training timed on tfjs' tape, not the native step (native-step.ts). */
   nativeStep?: boolean;
-  /** false: timed with training batch norm on the addon's generic loops, not batch_norm.cc's AVX-512 kernels (addon setFastBatchNorm off). */
-  fastBn?: boolean;
+  /** false: timed with training batch norm on the addon's generic loops, not batch_norm.cc's AVX-512 kernels (addon setFastBatchNorm off); 'avx2': on its AVX2 kernels, what a CPU without AVX-512 runs. */
+  fastBn?: false | 'avx2';
   /** false: the native step takes batch norm from rank space at every rank (setRankSpaceBatchNormUpTo(Infinity)), not of the 1×1 conv's output above rank 16. */
   expanded?: boolean;
   /** false: the native step's buffers on plain 4 KiB pages (setHugePageBuffers(false)); a model of its own, since its program is compiled so. */
@@ -205,6 +205,18 @@ if (canPrefetch) variants.push({ label: '  full rank, prefetch off', model: base
 // And with training batch norm on the addon's generic loops (full rank's merged layers run plain batch norm).
 const fastBnSwitch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setFastBatchNorm === 'function' ? prefetchSwitch.addon : null;
 if (fastBnSwitch) variants.push({ label: '  full rank, batch norm on the generic loops', model: base, train: true, fastBn: false });
+// And on batch_norm.cc's AVX2 kernels (setFastBatchNorm([2]) throws where the CPU lacks AVX2 + FMA).
+const avx2Bn = (() => {
+  try {
+    fastBnSwitch?.setFastBatchNorm?.([2]);
+    return fastBnSwitch !== null;
+  } catch {
+    return false;
+  } finally {
+    fastBnSwitch?.setFastBatchNorm?.([1]);
+  }
+})();
+if (avx2Bn) variants.push({ label: '  full rank, batch norm on the AVX2 kernels', model: base, train: true, fastBn: 'avx2' });
 // And with the native step's buffers on 4 KiB pages (here and for the real ranks below): a copy of
 // the model, whose program is compiled that way.
 const hugeOn = stepOn && prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.hugeFloat32 === 'function';
@@ -292,7 +304,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
   if (v.nativeReg === false) setNativeRegularizer(false);
   if (v.nativeStep === false) setNativeTrainingStep(false);
   if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([0, 0]);
-  if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([0]);
+  if (v.fastBn !== undefined) fastBnSwitch?.setFastBatchNorm?.([v.fastBn === 'avx2' ? 2 : 0]);
   if (v.expanded === false) setRankSpaceBatchNormUpTo(Infinity);
   if (v.hugePages === false) setHugePageBuffers(false);
   try {
@@ -307,7 +319,7 @@ const withKernels = (v: Variant, f: () => void) => () => {
     setNativeTrainingStep(true);
     setLanesInference(true);
     if (v.prefetch === false && prefetchSwitch?.ok) prefetchSwitch.addon.setPrefetch?.([1, 1]);
-    if (v.fastBn === false) fastBnSwitch?.setFastBatchNorm?.([1]);
+    if (v.fastBn !== undefined) fastBnSwitch?.setFastBatchNorm?.([1]);
     setRankSpaceBatchNormUpTo();
     setHugePageBuffers(true);
   }

@@ -952,7 +952,7 @@ Napi::Value RankBnBackward(const Napi::CallbackInfo& info) {
 // batchNormForward(x, gamma, beta, y, mean, variance, [M, C], eps, residual?, relu?, mask?):
 // y = (x−mean)·invstd·gamma+beta (+ residual), then max(·, 0) when relu is 1; mean and biased
 // variance per channel; mask (a Uint16Array of M·ceil(C/16) words) gets y > 0 as bits, for
-// batchNormBackward. C 16, 32 or 64 on AVX-512 runs batch_norm.cc's kernel.
+// batchNormBackward. C 16, 32 or 64 on AVX-512 or AVX2 + FMA runs batch_norm.cc's kernels.
 Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
   return Guard(info, "batchNormForward", [&]() -> Napi::Value {
     auto p = Ints(info, 6, 2, "shape");
@@ -1242,12 +1242,14 @@ Napi::Value SetPrefetch(const Napi::CallbackInfo& info) {
 }
 
 // setFastBatchNorm([on]): 1 (the default) runs training batch norm on batch_norm.cc's kernels where
-// they apply (C 16, 32 or 64 on AVX-512), 0 on the generic loops. For benchmarks and tests.
+// they apply (C 16, 32 or 64 on AVX-512, or AVX2 + FMA), 0 on the generic loops, 2 on its AVX2
+// kernels even where the CPU has AVX-512 (what a CPU without it runs). For benchmarks and tests.
 Napi::Value SetFastBatchNorm(const Napi::CallbackInfo& info) {
   return Guard(info, "setFastBatchNorm", [&]() -> Napi::Value {
     auto p = Ints(info, 0, 1, "flags");
-    if (p[0] > 1) throw ArgError("on must be 0 or 1");
-    g_fast_bn = p[0] == 1;
+    if (p[0] > 2) throw ArgError("on must be 0, 1 or 2 (2: the AVX2 kernels)");
+    if (!svd_bn::PreferAvx2(p[0] == 2)) throw ArgError("2 (the AVX2 kernels) needs a CPU with AVX2 and FMA; use 1 or 0");
+    g_fast_bn = p[0] >= 1;
     return info.Env().Undefined();
   });
 }

@@ -1,5 +1,5 @@
-// See batch_norm.h. Compiled for AVX-512F alone (the pragma below) and reached only after
-// Applies() checked the CPU, as small_oc_conv.cc.
+// See batch_norm.h. The kernels are compiled for AVX-512F and for AVX2 + FMA (the pragmas below)
+// and reached only after Applies() checked the CPU, as small_oc_conv.cc.
 #include "batch_norm.h"
 
 #include "prefetch.h"
@@ -22,56 +22,11 @@ namespace {
 
 constexpr int64_t kBlock = 64;
 
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-
-// out[j] += Σ over the 16·V lanes of acc (float partials of one block) in double.
-template <int V>
-inline void Flush(const __m512 (&acc)[V], double* out) {
-  alignas(64) float lanes[16 * V];
-  for (int v = 0; v < V; v++) _mm512_store_ps(lanes + 16 * v, acc[v]);
-  for (int j = 0; j < 16 * V; j++) out[j] += lanes[j];
-}
-
-// Σ (x − k) and Σ (x − k)² per column over all rows (double), k the mean of the first kBlock rows:
-// one pass over x, and with k that near the mean the variance Σ(x − k)²/m − (Σ(x − k)/m)² loses
-// nothing to cancellation (a two-pass version read x once more, ~0.15 ms of a 4 MiB activation).
-template <int V>
-void ShiftedSums(const float* x, int64_t m, float* k, double* s, double* s2) {
-  constexpr int64_t C = 16 * V;
-  const int64_t head = std::min(m, kBlock);
-  double h[C] = {};
-  for (int64_t r = 0; r < head; r++)
-    for (int64_t j = 0; j < C; j++) h[j] += x[r * C + j];
-  for (int64_t j = 0; j < C; j++) k[j] = static_cast<float>(h[j] / head);
-  __m512 kv[V];
-  for (int v = 0; v < V; v++) kv[v] = _mm512_loadu_ps(k + 16 * v);
-  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
-    const int64_t r1 = std::min(m, r0 + kBlock);
-    __m512 a1[V], a2[V];
-    for (int v = 0; v < V; v++) a1[v] = _mm512_setzero_ps(), a2[v] = _mm512_setzero_ps();
-    for (int64_t r = r0; r < r1; r++) {
-      const float* row = x + r * C;
-      for (int v = 0; v < V; v++) svd_prefetch::ForRead(row + 16 * v);
-      for (int v = 0; v < V; v++) {
-        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(row + 16 * v), kv[v]);
-        a1[v] = _mm512_add_ps(a1[v], d);
-        a2[v] = _mm512_fmadd_ps(d, d, a2[v]);
-      }
-    }
-    Flush<V>(a1, s);
-    Flush<V>(a2, s2);
-  }
-}
-
-template <int V>
-void ForwardV(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* var, int64_t m,
-              double eps, const float* res, bool relu, uint16_t* mask) {
-  constexpr int64_t C = 16 * V;
-  double s[C] = {}, s2[C] = {};
-  alignas(64) float k[C], scale[C], shift[C];
-  ShiftedSums<V>(x, m, k, s, s2);
-  for (int64_t j = 0; j < C; j++) {
+// From the shifted column sums: mean and biased variance out, and each channel's scale and shift
+// (y = x·scale + shift). Shared by the AVX-512 and AVX2 forwards.
+void ScaleShift(const double* s, const double* s2, const float* k, const float* gamma, const float* beta, float* mean,
+                float* var, float* scale, float* shift, int64_t m, int64_t c, double eps) {
+  for (int64_t j = 0; j < c; j++) {
     const double d = s[j] / m, mu = k[j] + d;
     const double v = std::max(s2[j] / m - d * d, 0.0);
     mean[j] = static_cast<float>(mu);
@@ -80,68 +35,13 @@ void ForwardV(const float* x, const float* gamma, const float* beta, float* y, f
     scale[j] = static_cast<float>(a);
     shift[j] = static_cast<float>(beta[j] - mu * a);
   }
-  __m512 a[V], b[V];
-  for (int v = 0; v < V; v++) a[v] = _mm512_load_ps(scale + 16 * v), b[v] = _mm512_load_ps(shift + 16 * v);
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t r = 0; r < m; r++) {
-    const float* row = x + r * C;
-    float* out = y + r * C;
-    for (int v = 0; v < V; v++) {
-      svd_prefetch::ForRead(row + 16 * v);
-      svd_prefetch::ForWrite(out + 16 * v);
-      if (res) svd_prefetch::ForRead(res + r * C + 16 * v);
-    }
-    for (int v = 0; v < V; v++) {
-      __m512 o = _mm512_fmadd_ps(_mm512_loadu_ps(row + 16 * v), a[v], b[v]);
-      if (res) o = _mm512_add_ps(o, _mm512_loadu_ps(res + r * C + 16 * v));
-      if (relu) o = _mm512_max_ps(o, zero);
-      if (mask) mask[r * V + v] = static_cast<uint16_t>(_mm512_cmp_ps_mask(o, zero, _CMP_GT_OQ));
-      _mm512_storeu_ps(out + 16 * v, o);
-    }
-  }
 }
 
-// dy at float offset off (a multiple of 16) masked by y > 0: by the forward's mask bits where given,
-// else by y; neither: dy as it is.
-inline __m512 Masked(const float* dy, const float* y, const uint16_t* mask, int64_t off) {
-  const __m512 d = _mm512_loadu_ps(dy + off);
-  if (mask) return _mm512_maskz_mov_ps(static_cast<__mmask16>(mask[off / 16]), d);
-  if (!y) return d;
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(y + off), _mm512_setzero_ps(), _CMP_GT_OQ), d);
-}
-
-template <int V>
-void BackwardV(const float* x, const float* dy, const float* mean, const float* var, const float* gamma, float* dx,
-               float* dgamma, float* dbeta, int64_t m, double eps, const float* y, float* dres, const uint16_t* mask) {
-  constexpr int64_t C = 16 * V;
-  __m512 mu[V];
-  for (int v = 0; v < V; v++) mu[v] = _mm512_loadu_ps(mean + 16 * v);
-  // Pass 1: Σ g and Σ g·(x − mean) (invstd applied after), g = dy masked, written to dres.
-  double sdy[C] = {}, sdxc[C] = {};
-  for (int64_t r0 = 0; r0 < m; r0 += kBlock) {
-    const int64_t r1 = std::min(m, r0 + kBlock);
-    __m512 a1[V], a2[V];
-    for (int v = 0; v < V; v++) a1[v] = _mm512_setzero_ps(), a2[v] = _mm512_setzero_ps();
-    for (int64_t r = r0; r < r1; r++) {
-      const int64_t off = r * C;
-      for (int v = 0; v < V; v++) {
-        svd_prefetch::ForRead(x + off + 16 * v);
-        svd_prefetch::ForRead(dy + off + 16 * v);
-        if (y && !mask) svd_prefetch::ForRead(y + off + 16 * v);
-        if (dres) svd_prefetch::ForWrite(dres + off + 16 * v);
-      }
-      for (int v = 0; v < V; v++) {
-        const __m512 g = Masked(dy, y, mask, off + 16 * v);
-        if (dres) _mm512_storeu_ps(dres + off + 16 * v, g);
-        a1[v] = _mm512_add_ps(a1[v], g);
-        a2[v] = _mm512_fmadd_ps(g, _mm512_sub_ps(_mm512_loadu_ps(x + off + 16 * v), mu[v]), a2[v]);
-      }
-    }
-    Flush<V>(a1, sdy);
-    Flush<V>(a2, sdxc);
-  }
-  alignas(64) float k1[C], k2[C], k3[C];
-  for (int64_t j = 0; j < C; j++) {
+// From Σ g and Σ g·(x − mean): dbeta and dgamma out, and the backward's dx = k1·g − k2 − k3·(x −
+// mean) coefficients. Shared by the AVX-512 and AVX2 backwards.
+void GradCoefficients(const double* sdy, const double* sdxc, const float* var, const float* gamma, float* dgamma,
+                      float* dbeta, float* k1, float* k2, float* k3, int64_t m, int64_t c, double eps) {
+  for (int64_t j = 0; j < c; j++) {
     const double inv = 1.0 / std::sqrt(static_cast<double>(var[j]) + eps);
     const float invf = static_cast<float>(inv);
     const double sdyx = sdxc[j] * invf;  // Σ dy·x̂, x̂ = (x − mean)·invstd
@@ -152,74 +52,110 @@ void BackwardV(const float* x, const float* dy, const float* mean, const float* 
     k2[j] = static_cast<float>(scale * sdy[j] / m);
     k3[j] = static_cast<float>(scale * sdyx / m) * invf;
   }
-  __m512 c1[V], c2[V], c3[V];
-  for (int v = 0; v < V; v++)
-    c1[v] = _mm512_load_ps(k1 + 16 * v), c2[v] = _mm512_load_ps(k2 + 16 * v), c3[v] = _mm512_load_ps(k3 + 16 * v);
-  // Pass 2: dx = k1·g − k2 − k3·(x − mean), g read back from dres or masked again.
-  for (int64_t r = 0; r < m; r++) {
-    const int64_t off = r * C;
-    for (int v = 0; v < V; v++) {
-      const int64_t o = off + 16 * v;
-      svd_prefetch::ForRead(x + o);
-      svd_prefetch::ForWrite(dx + o);
-      if (dres) {
-        svd_prefetch::ForRead(dres + o);
-      } else {
-        svd_prefetch::ForRead(dy + o);
-        if (y && !mask) svd_prefetch::ForRead(y + o);
-      }
-    }
-    for (int v = 0; v < V; v++) {
-      const __m512 g = dres ? _mm512_loadu_ps(dres + off + 16 * v) : Masked(dy, y, mask, off + 16 * v);
-      const __m512 xc = _mm512_sub_ps(_mm512_loadu_ps(x + off + 16 * v), mu[v]);
-      const __m512 o = _mm512_fnmadd_ps(c3[v], xc, _mm512_sub_ps(_mm512_mul_ps(c1[v], g), c2[v]));
-      _mm512_storeu_ps(dx + off + 16 * v, o);
-    }
-  }
 }
 
-template <int V>
-void MaskOfV(const float* y, int64_t m, uint16_t* mask) {
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t i = 0; i < m * V; i++) mask[i] = static_cast<uint16_t>(_mm512_cmp_ps_mask(_mm512_loadu_ps(y + 16 * i), zero, _CMP_GT_OQ));
-}
-
+// The kernels, written once over a 16-channel group G and its operations (below), and compiled
+// twice: for AVX-512 (G one 16-lane register) and for AVX2 + FMA (G two 8-lane registers, for CPUs
+// without AVX-512: many AMD EPYC and Ryzen, Intel client CPUs). Each channel's sums run in the same
+// order in both.
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+using G = __m512;
+inline G Load(const float* p) { return _mm512_loadu_ps(p); }
+inline void Store(float* p, G v) { _mm512_storeu_ps(p, v); }
+inline G Zero() { return _mm512_setzero_ps(); }
+inline G Add(G a, G b) { return _mm512_add_ps(a, b); }
+inline G Sub(G a, G b) { return _mm512_sub_ps(a, b); }
+inline G Mul(G a, G b) { return _mm512_mul_ps(a, b); }
+inline G Max(G a, G b) { return _mm512_max_ps(a, b); }
+inline G Fmadd(G a, G b, G c) { return _mm512_fmadd_ps(a, b, c); }
+inline G Fnmadd(G a, G b, G c) { return _mm512_fnmadd_ps(a, b, c); }
+// Bit j set where lane j is > 0.
+inline uint16_t PositiveBits(G v) { return static_cast<uint16_t>(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ)); }
+// v where the bit of its lane is set, else 0.
+inline G KeepBits(uint16_t bits, G v) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), v); }
+// v where y > 0, else 0.
+inline G KeepPositive(G y, G v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), v); }
+#include "batch_norm_kernels.h"
+}  // namespace avx512
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct G {
+  __m256 lo, hi;
+};
+inline G Load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline void Store(float* p, G v) { _mm256_storeu_ps(p, v.lo), _mm256_storeu_ps(p + 8, v.hi); }
+inline G Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline G Add(G a, G b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline G Sub(G a, G b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+inline G Mul(G a, G b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline G Max(G a, G b) { return {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+inline G Fmadd(G a, G b, G c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline G Fnmadd(G a, G b, G c) { return {_mm256_fnmadd_ps(a.lo, b.lo, c.lo), _mm256_fnmadd_ps(a.hi, b.hi, c.hi)}; }
+inline __m256 Positive(__m256 v) { return _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ); }
+inline uint16_t PositiveBits(G v) {
+  return static_cast<uint16_t>(_mm256_movemask_ps(Positive(v.lo)) | (_mm256_movemask_ps(Positive(v.hi)) << 8));
+}
+// 8 bits as lanes: all ones where the bit is set.
+inline __m256 BitsToLanes(int bits) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), sel), sel));
+}
+inline G KeepBits(uint16_t bits, G v) {
+  return {_mm256_and_ps(BitsToLanes(bits & 0xff), v.lo), _mm256_and_ps(BitsToLanes(bits >> 8), v.hi)};
+}
+inline G KeepPositive(G y, G v) { return {_mm256_and_ps(Positive(y.lo), v.lo), _mm256_and_ps(Positive(y.hi), v.hi)}; }
+#include "batch_norm_kernels.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+bool g_prefer_avx2 = false;
+bool HasAvx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+bool HasAvx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+// Which kernels run: AVX-512 where the CPU has it (unless PreferAvx2), else AVX2 + FMA.
+bool UseAvx512() { return HasAvx512() && !g_prefer_avx2; }
 }  // namespace
 
-bool Applies(int64_t c) {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok && (c == 16 || c == 32 || c == 64);
+bool Applies(int64_t c) { return (HasAvx512() || HasAvx2()) && (c == 16 || c == 32 || c == 64); }
+
+bool PreferAvx2(bool on) {
+  if (on && !HasAvx2()) return false;
+  g_prefer_avx2 = on;
+  return true;
 }
 
 void Forward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* var, int64_t m,
              int64_t c, double eps, const float* res, bool relu, uint16_t* mask) {
-  if (c == 16) return ForwardV<1>(x, gamma, beta, y, mean, var, m, eps, res, relu, mask);
-  if (c == 32) return ForwardV<2>(x, gamma, beta, y, mean, var, m, eps, res, relu, mask);
-  if (c == 64) return ForwardV<4>(x, gamma, beta, y, mean, var, m, eps, res, relu, mask);
-  std::abort();  // Applies(c) is false
+  if (UseAvx512()) return avx512::Forward(x, gamma, beta, y, mean, var, m, c, eps, res, relu, mask);
+  avx2::Forward(x, gamma, beta, y, mean, var, m, c, eps, res, relu, mask);
 }
 
 void MaskOf(const float* y, int64_t m, int64_t c, uint16_t* mask) {
-  if (c == 16) return MaskOfV<1>(y, m, mask);
-  if (c == 32) return MaskOfV<2>(y, m, mask);
-  if (c == 64) return MaskOfV<4>(y, m, mask);
-  std::abort();  // Applies(c) is false
+  if (UseAvx512()) return avx512::MaskOf(y, m, c, mask);
+  avx2::MaskOf(y, m, c, mask);
 }
 
 void Backward(const float* x, const float* dy, const float* mean, const float* var, const float* gamma, float* dx,
               float* dgamma, float* dbeta, int64_t m, int64_t c, double eps, const float* y, float* dres,
               const uint16_t* mask) {
-  if (c == 16) return BackwardV<1>(x, dy, mean, var, gamma, dx, dgamma, dbeta, m, eps, y, dres, mask);
-  if (c == 32) return BackwardV<2>(x, dy, mean, var, gamma, dx, dgamma, dbeta, m, eps, y, dres, mask);
-  if (c == 64) return BackwardV<4>(x, dy, mean, var, gamma, dx, dgamma, dbeta, m, eps, y, dres, mask);
-  std::abort();  // Applies(c) is false
+  if (UseAvx512()) return avx512::Backward(x, dy, mean, var, gamma, dx, dgamma, dbeta, m, c, eps, y, dres, mask);
+  avx2::Backward(x, dy, mean, var, gamma, dx, dgamma, dbeta, m, c, eps, y, dres, mask);
 }
 
 #else  // not x86-64 with GCC/Clang: the generic loops run every shape
 
 bool Applies(int64_t) { return false; }
+bool PreferAvx2(bool on) { return !on; }
 void Forward(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, double, const float*, bool,
              uint16_t*) {
   std::abort();

@@ -1,6 +1,8 @@
-// Training batch norm over a row-major [M, C] view (NHWC, M = N·H·W) for C a multiple of 16 up to
-// 64 on AVX-512 (the ResNets' 16, 32 and 64 channels): the forward (statistics, the affine map,
-// the shortcut and the ReLU) and its gradient, with every channel's accumulators in registers.
+// Training batch norm over a row-major [M, C] view (NHWC, M = N·H·W) for C 16, 32 or 64 (the
+// ResNets' channels) on AVX-512, or on AVX2 + FMA where the CPU lacks AVX-512 (one source,
+// batch_norm_kernels.h, compiled for both): the forward (statistics, the affine map, the shortcut
+// and the ReLU) and its gradient, with every channel's accumulators in registers (on AVX2 at 64
+// channels, 16 registers of 8 lanes hold less than the sums need: some spill).
 //
 // Why: the generic loops in addon.cc keep their per-channel sums in arrays indexed by a run-time C,
 // so each row is a load, an add and a store per 16 channels, and the backward makes a third pass to
@@ -22,6 +24,10 @@ namespace svd_bn {
 
 // Whether the kernels below take C channels on this CPU (else the caller's generic loops run).
 bool Applies(int64_t c);
+
+// on: the AVX2 kernels even where the CPU has AVX-512 (for tests and benchmarks); off: the best the
+// CPU has. False, changing nothing, where on is asked of a CPU without AVX2 + FMA.
+bool PreferAvx2(bool on);
 
 // y = (x − mean)·invstd·gamma + beta (+ res), then max(·, 0) when relu; mean and biased variance
 // per channel out. res and mask may be null.

@@ -73,7 +73,7 @@ export interface NativeAddon {
   add?(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /** [write, read] (0 or 1): whether the streaming kernels prefetch their output and input lines ahead (both on by default). For benchmarks. */
   setPrefetch?(flags: [number, number]): void;
-  /** [on] (0 or 1): whether training batch norm runs on the AVX-512 kernels for 16, 32 or 64 channels (on by default) or the generic loops. For benchmarks and tests. Absent from addons built before it. */
+  /** [on] (0, 1 or 2): whether training batch norm runs on batch_norm.cc's kernels for 16, 32 or 64 channels (1, the default: AVX-512, or AVX2 + FMA where the CPU lacks AVX-512), the generic loops (0), or the AVX2 kernels even on an AVX-512 CPU (2; throws on a CPU without AVX2 + FMA). For benchmarks and tests. Absent from addons built before it. */
   setFastBatchNorm?(flags: [number]): void;
   /**
    * y[i, j] = x[i, j]·scale[j] + shift[j] (+ residual[i, j]) over [M, C], then max(·, 0) when relu

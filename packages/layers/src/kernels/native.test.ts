@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { loadNative } from '@svd-train/native';
 import { batchNormInfer, batchNormTrain } from '../batch-norm.js';
 import { AFFINE, POINTWISE_AFFINE, RANK_CONV, ROW_CONV_AFFINE, SPATIAL_AFFINE, meanPool } from './native.js';
-import { TOL, cpuHasAvx512, cpuIsZen5OrLater, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
+import { TOL, cpuHasAvx2Fma, cpuHasAvx512, cpuIsZen5OrLater, errorCodeOf, expectClose, expectNoLeakedTensors, gradCheck, onBackend, seededUniform } from '../test-support/index.js';
 
 // Each native kernel against the cpu backend (the slow, trusted reference) on the shapes that
 // break convolution code: stride 2, 1×1, the k×1 and 1×k convs of spatial SVD, asymmetric and
@@ -473,7 +473,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     for (const bad of [[0], [-1], [1.5], []] as unknown as [number][]) expect(errorCodeOf(() => a.hugeFloat32!(bad)), JSON.stringify(bad)).toMatch(/^NATIVE_BAD_ARGUMENT: hugeFloat32/);
   });
 
-  it('training batch norm on the AVX-512 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
+  it('training batch norm on the AVX-512 kernels, the AVX2 kernels (C 16, 32, 64) and the generic loops against a float64 reference, mask bits included', () => {
     if (!native.ok) return;
     const a = native.addon;
     // [M, C, offset]: M not a multiple of the kernels' 64-row blocks; M = 1; C 48 (generic only);
@@ -509,7 +509,8 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
           const k = i * c + j;
           dx[k] = (gamma[j]! * inv[j]! / m) * (m * g[k]! - sdy[j]! - (x[k]! - mean[j]!) * inv[j]! * sdyx[j]!);
         }
-      for (const fast of [1, 0] as const) {
+      // 2: the AVX2 kernels, which a CPU without AVX-512 runs, here too where the CPU has AVX-512.
+      for (const fast of cpuHasAvx2Fma() ? ([1, 2, 0] as const) : ([1, 0] as const)) {
         a.setFastBatchNorm!([fast]);
         const tag = `bn [${m}, ${c}] offset ${offset} fast ${fast}`;
         const [yo, mo, vo] = [new Float32Array(m * c), new Float32Array(c), new Float32Array(c)];
@@ -522,7 +523,7 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
         expectClose(`${tag} mean`, mo, Float32Array.from(mean), 1e-6);
         if (m > 1) expectClose(`${tag} variance`, vo, Float32Array.from(vr), loose ? 1e-3 : 1e-4);
         // The mask holds y > 0 wherever the fast backward could read it.
-        if (c % 16 === 0 && c !== 48 && cpuHasAvx512()) {
+        if (c % 16 === 0 && c !== 48 && (cpuHasAvx512() || cpuHasAvx2Fma())) {
           for (let i = 0; i < m; i++)
             for (let j = 0; j < c; j++) expect(((mask[i * (c / 16) + (j >> 4)]! >> (j & 15)) & 1) === 1, `${tag} mask bit ${i},${j}`).toBe(yo[i * c + j]! > 0);
         }
@@ -812,7 +813,9 @@ describe.skipIf(!native.ok)('native engine kernels (oneDNN) match the cpu backen
     expect(code(() => a.setThreads([0]))).toMatch(/^NATIVE_BAD_ARGUMENT/);
     expect(code(() => a.setPrefetch!([1, 2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setPrefetch: flags must be 0 or 1/);
     expect(code(() => a.setPrefetch!([1, 1]))).toBe('no error');
-    expect(code(() => a.setFastBatchNorm!([2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setFastBatchNorm: on must be 0 or 1/);
+    expect(code(() => a.setFastBatchNorm!([3]))).toMatch(/^NATIVE_BAD_ARGUMENT: setFastBatchNorm: on must be 0, 1 or 2/);
+    if (!cpuHasAvx2Fma()) expect(code(() => a.setFastBatchNorm!([2]))).toMatch(/^NATIVE_BAD_ARGUMENT: setFastBatchNorm: 2 \(the AVX2 kernels\) needs a CPU with AVX2 and FMA/);
+    a.setFastBatchNorm!([1]);
     expect(code(() => a.batchNormForward(f(32), f(16), f(16), f(32), f(16), f(16), [2, 16], 1e-5, f(0), 1, new Uint16Array(1)))).toMatch(/^NATIVE_BAD_ARGUMENT: batchNormForward: mask has 1 elements; expected 2/);
     expect(code(() => a.batchNormBackward(f(32), f(32), f(16), f(16), f(16), f(32), f(16), f(16), [2, 16], 1e-5, f(0), f(0), new Uint16Array(2)))).toMatch(/^NATIVE_BAD_ARGUMENT: batchNormBackward: mask stands in for y/);
     expect(code(() => a.scalePermute!(f(12), f(3), f(12), [4, 3], [1, 0]))).toBe('no error');

@@ -7,4 +7,4 @@ export { expectNoLeakedTensors } from './leaks.js';
 export { forEachBackend, onBackend, TEST_ENGINES, FAST_ENGINES, type TestBackend } from './backends.js';
 export { seededUniform } from './random.js';
 export { prunedTestModel, testTrainingBatch } from './models.js';
-export { countKernelCalls, cpuHasAvx512, cpuIsZen5OrLater, errorCodeOf } from './kernels.js';
+export { countKernelCalls, cpuHasAvx2Fma, cpuHasAvx512, cpuIsZen5OrLater, errorCodeOf } from './kernels.js';

@@ -45,6 +45,16 @@ export function cpuHasAvx512(): boolean {
   }
 }
 
+/** Whether this CPU has AVX2 and FMA (Linux /proc/cpuinfo; false where it cannot be read): batch_norm.cc's AVX2 kernels need them. */
+export function cpuHasAvx2Fma(): boolean {
+  try {
+    const info = readFileSync('/proc/cpuinfo', 'utf8');
+    return /\bavx2\b/.test(info) && /\bfma\b/.test(info);
+  } catch {
+    return false;
+  }
+}
+
 /** Whether the CPU is an AMD of family 1Ah (26) or later, Zen 5, where small_oc_conv.h takes wider limits (read from /proc/cpuinfo, independently of the addon's CPUID). */
 export function cpuIsZen5OrLater(): boolean {
   try {
