@@ -9,7 +9,8 @@
  * of --reps. Modes the CPU cannot run are left out.
  */
 import { loadNative } from '@svd-train/native';
-import { rand } from './lib/stats.js';
+import { batchNormModeRuns } from './lib/native.js';
+import { median, rand } from './lib/stats.js';
 
 const args = process.argv.slice(2);
 const arg = (k: string, d: string) => {
@@ -26,17 +27,7 @@ if (!nat.ok || typeof nat.addon.setFastBatchNorm !== 'function') {
 const a = nat.addon;
 const setMode = a.setFastBatchNorm!.bind(a);
 const names: Record<number, string> = { 1: 'AVX-512 kernels (or AVX2 where the CPU lacks AVX-512)', 2: 'AVX2 kernels', 0: 'generic loops' };
-const modes = [1, 2, 0].filter((m) => {
-  try {
-    setMode([m]);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    setMode([1]);
-  }
-});
-const median = (xs: number[]) => [...xs].sort((p, q) => p - q)[xs.length >> 1]!;
+const modes = ([1, 2, 0] as const).filter((m) => batchNormModeRuns(a, m));
 
 console.log(`\nTraining batch norm, batch ${batch}: ms per call (median of ${reps}, modes interleaved)\n`);
 console.log('| activation | kernels | forward | backward | both | generic loops ÷ this |');
@@ -67,7 +58,7 @@ for (const [h, c] of [
     }
   }
   setMode([1]);
-  const both = (k: number) => median(t.get(k)!.fwd) + median(t.get(k)!.bwd);
+  const both = (k: 0 | 1 | 2) => median(t.get(k)!.fwd) + median(t.get(k)!.bwd);
   for (const k of modes) {
     const { fwd, bwd } = t.get(k)!;
     console.log(`| ${h}×${h}×${c} | ${names[k]} | ${median(fwd).toFixed(3)} | ${median(bwd).toFixed(3)} | ${both(k).toFixed(3)} | ${(both(0) / both(k)).toFixed(2)} |`);

@@ -73,6 +73,7 @@ import {
 } from '@svd-train/layers';
 import { loadNative } from '@svd-train/native';
 import { median, rand } from './lib/stats.js';
+import { batchNormModeRuns } from './lib/native.js';
 import { runTorchScript } from './lib/torch.js';
 
 const args = process.argv.slice(2);
@@ -206,16 +207,7 @@ if (canPrefetch) variants.push({ label: '  full rank, prefetch off', model: base
 const fastBnSwitch = prefetchSwitch?.ok === true && typeof prefetchSwitch.addon.setFastBatchNorm === 'function' ? prefetchSwitch.addon : null;
 if (fastBnSwitch) variants.push({ label: '  full rank, batch norm on the generic loops', model: base, train: true, fastBn: false });
 // And on batch_norm.cc's AVX2 kernels (setFastBatchNorm([2]) throws where the CPU lacks AVX2 + FMA).
-const avx2Bn = (() => {
-  try {
-    fastBnSwitch?.setFastBatchNorm?.([2]);
-    return fastBnSwitch !== null;
-  } catch {
-    return false;
-  } finally {
-    fastBnSwitch?.setFastBatchNorm?.([1]);
-  }
-})();
+const avx2Bn = fastBnSwitch !== null && batchNormModeRuns(fastBnSwitch, 2);
 if (avx2Bn) variants.push({ label: '  full rank, batch norm on the AVX2 kernels', model: base, train: true, fastBn: 'avx2' });
 // And with the native step's buffers on 4 KiB pages (here and for the real ranks below): a copy of
 // the model, whose program is compiled that way.

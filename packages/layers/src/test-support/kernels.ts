@@ -36,32 +36,32 @@ export function errorCodeOf(fn: () => void): string {
   return 'no error';
 }
 
-/** Whether this CPU has AVX-512F (Linux /proc/cpuinfo; false where it cannot be read): our own native kernels need it. */
-export function cpuHasAvx512(): boolean {
-  try {
-    return /\bavx512f\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-  } catch {
-    return false;
+/** Linux /proc/cpuinfo, read once ('' where it cannot be read: every probe below is then false). */
+let cpuinfoText: string | undefined;
+function cpuinfo(): string {
+  if (cpuinfoText === undefined) {
+    try {
+      cpuinfoText = readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      cpuinfoText = '';
+    }
   }
+  return cpuinfoText;
 }
 
-/** Whether this CPU has AVX2 and FMA (Linux /proc/cpuinfo; false where it cannot be read): batch_norm.cc's AVX2 kernels need them. */
+/** Whether this CPU has AVX-512F: our own native kernels need it. */
+export function cpuHasAvx512(): boolean {
+  return /\bavx512f\b/.test(cpuinfo());
+}
+
+/** Whether this CPU has AVX2 and FMA: batch_norm.cc's AVX2 kernels need them. */
 export function cpuHasAvx2Fma(): boolean {
-  try {
-    const info = readFileSync('/proc/cpuinfo', 'utf8');
-    return /\bavx2\b/.test(info) && /\bfma\b/.test(info);
-  } catch {
-    return false;
-  }
+  return /\bavx2\b/.test(cpuinfo()) && /\bfma\b/.test(cpuinfo());
 }
 
 /** Whether the CPU is an AMD of family 1Ah (26) or later, Zen 5, where small_oc_conv.h takes wider limits (read from /proc/cpuinfo, independently of the addon's CPUID). */
 export function cpuIsZen5OrLater(): boolean {
-  try {
-    const info = readFileSync('/proc/cpuinfo', 'utf8');
-    const family = Number(/^cpu family\s*:\s*(\d+)/m.exec(info)?.[1] ?? 0);
-    return /^vendor_id\s*:\s*AuthenticAMD/m.test(info) && family >= 26;
-  } catch {
-    return false;
-  }
+  const info = cpuinfo();
+  const family = Number(/^cpu family\s*:\s*(\d+)/m.exec(info)?.[1] ?? 0);
+  return /^vendor_id\s*:\s*AuthenticAMD/m.test(info) && family >= 26;
 }
