@@ -362,8 +362,13 @@ export async function trainPhase(startCfg: RunConfig, ctx: StartContext, phase: 
   } finally {
     stopping = true;
     await workers?.killAll();
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
+    // After a signal the run ends with INTERRUPTED, and the handler stays until the process exits:
+    // a stop that finishes within the echo's second (a wrapper's forwarded copy of the same Ctrl-C)
+    // must not leave that echo to kill the process by signal instead of the exit code 130.
+    if (!signalled) {
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    }
     // The pipeline runs a second phase in this process: free this one's initial weights.
     model.dispose();
   }
