@@ -4,7 +4,7 @@
  * is the entry point of bin/svd-coord.js.
  */
 import { Command } from 'commander';
-import { reportError, quietOnClosedStdout } from './cli-errors.js';
+import { EXIT_INTERRUPTED, reportError, quietOnClosedStdout } from './cli-errors.js';
 import { processIo, type CliIo, type SetExitCode } from './cli-io.js';
 import { registerAverageCommand } from './commands/average.js';
 import { registerDecomposeCommand } from './commands/decompose.js';
@@ -39,6 +39,11 @@ export async function runCoordCli(argv: string[]): Promise<void> {
     code = reportError(e);
   }
   process.exitCode = code;
+  // Stopped by a signal: exit now. Left to drain, node's teardown closes the SIGINT/SIGTERM handlers
+  // before the process ends (tens of ms), and the echo of the same Ctrl-C (pnpm's forwarded copy)
+  // landing there kills the process by signal instead of exit code 130. Everything the stop owes is
+  // done by now: the checkpoint, the metrics and the "stopped:" line are written synchronously.
+  if (code === EXIT_INTERRUPTED) process.exit(code);
   // The command is over: a peer's socket or a stray timer must not keep `svd-coord start` alive
   // after training. An unref'd timer fires only if something else still holds the event loop.
   setTimeout(() => process.exit(code), 2000).unref();
