@@ -8,7 +8,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { finalCheckpoint, freePort, maxDiff, requireBuild, startCoordinator, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
+import { finalCheckpoint, freePort, freezeWhen, maxDiff, requireBuild, startCoordinator, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
 const samplesOf = (r: Record<string, any>): number => r.samples ?? r.n ?? r.batch;
 
@@ -39,14 +39,15 @@ describe('worker killed mid-epoch', () => {
     const coord = startCoordinator(flags(outB, port));
     try {
       await waitForPort(port, 60_000, coord);
-      const deadline = Date.now() + 120_000;
-      while (stepRecords(outB).length < 3) {
-        if (Date.now() > deadline) throw new Error(`no progress:\n${coord.output().slice(-3000)}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      // The coordinator is frozen from the third step to the kill, so the kill lands mid-run
+      // however late this test's timers fire on a loaded machine.
+      await freezeWhen(coord, () => stepRecords(outB).length >= 3, 'third step');
+      const stepsAtKill = stepRecords(outB).length;
       const pids = spawnedWorkers(coord.child.pid!);
       expect(pids, coord.output().slice(-2000)).toHaveLength(2);
       process.kill(pids[1]!, 'SIGKILL');
+      coord.kill('SIGCONT');
+      expect(stepsAtKill, 'the kill must land mid-run').toBeLessThan(2 * (limitTrain / batch));
       expect(await coord.exited, coord.output().slice(-3000)).toBe(0);
       const killedAt = stepRecords(outB).findIndex((s) => s.workers?.length === 2 && new Set(s.workers.map((w: { worker: string }) => w.worker)).size === 1);
       const steps = stepRecords(outB);

@@ -110,6 +110,37 @@ export function launch(bin: string, args: string[], env: Record<string, string |
   };
 }
 
+/** Resolves once Linux reports `pid` stopped (state T): kill() only queues SIGSTOP. */
+async function stoppedState(pid: number): Promise<void> {
+  const statPath = `/proc/${pid}/stat`;
+  for (let i = 0; i < 500 && existsSync(statPath); i++) {
+    const stat = readFileSync(statPath, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    if (state === 'T' || state === 't' || state === 'Z') return;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+/**
+ * Waits until `cond()` holds, reading it only while `proc` is frozen (SIGSTOP), and returns with
+ * `proc` still frozen: what `cond()` saw is what the process has done, however late this test's own
+ * timers fire on a loaded machine. The caller acts (kills a worker, counts steps, sends a signal,
+ * which stays pending) and then calls `proc.kill('SIGCONT')`. Between checks the process runs for
+ * `runMs`; a check that finds the process gone, or no match by `timeoutMs`, throws with its output.
+ */
+export async function freezeWhen(proc: Proc, cond: () => boolean, what: string, timeoutMs = 120_000, runMs = 20): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) throw new Error(`exited before ${what}:\n${proc.output().slice(-3000)}`);
+    proc.kill('SIGSTOP');
+    await stoppedState(proc.child.pid!);
+    if (cond()) return;
+    proc.kill('SIGCONT');
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms:\n${proc.output().slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, runMs));
+  }
+}
+
 /** `svd-coord start` with the given flags. */
 export function startCoordinator(args: string[], env: Record<string, string | undefined> = {}): Proc {
   return launch(COORD_BIN, ['start', ...args], env);

@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { epochRecords, finalCheckpoint, freePort, maxDiff, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
+import { epochRecords, finalCheckpoint, freePort, freezeWhen, maxDiff, requireBuild, startCoordinator, startWorker, stepRecords, syntheticData, tempDir, tinyRunFlags, waitForPort } from './harness.js';
 
 /** Same float32 ops in the same order on both runs: the tolerance only absorbs nothing-but-noise. */
 const RESUME_TOL = 1e-6;
@@ -33,14 +33,11 @@ describe('resume', () => {
     const w = startWorker(portB, ['--data', data]);
     try {
       const ckDir = join(outB, 'checkpoints');
-      const deadline = Date.now() + 120_000;
-      while (!(existsSync(ckDir) && readdirSync(ckDir).length > 0 && stepRecords(outB).length >= 3)) {
-        if (Date.now() > deadline) throw new Error(`no checkpoint:\n${b1.output().slice(-3000)}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      // Frozen from the moment a checkpoint and 3 steps are on disk to the kill: mid-run on any machine.
+      await freezeWhen(b1, () => existsSync(ckDir) && readdirSync(ckDir).length > 0 && stepRecords(outB).length >= 3, 'checkpoint');
+      const doneAtKill = stepRecords(outB).length;
       b1.kill('SIGKILL');
       await b1.exited;
-      const doneAtKill = stepRecords(outB).length;
       expect(doneAtKill, 'the kill must land mid-run').toBeLessThan(8);
       const b2 = startCoordinator([...common(outB, portB), '--resume']);
       expect(await b2.exited, b2.output().slice(-3000)).toBe(0);
@@ -81,14 +78,19 @@ describe('resume', () => {
     const portB = await freePort();
     const ftB = join(outB, 'finetune');
     const b1 = startCoordinator(flags(outB, portB));
-    const deadline = Date.now() + 180_000;
-    while (!(existsSync(join(ftB, 'checkpoints')) && readdirSync(join(ftB, 'checkpoints')).some((f) => f.endsWith('.svdckpt')))) {
-      if (Date.now() > deadline) throw new Error(`no fine-tuning checkpoint:\n${b1.output().slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    // As a terminal's Ctrl-C under `pnpm svd-coord` arrives: the signal, and its echo forwarded by pnpm.
+    // Frozen from the first fine-tuning checkpoint to the signal, so the stop lands mid-fine-tuning.
+    const ftCheckpointed = () => existsSync(join(ftB, 'checkpoints')) && readdirSync(join(ftB, 'checkpoints')).some((f) => f.endsWith('.svdckpt'));
+    await freezeWhen(b1, ftCheckpointed, 'fine-tuning checkpoint', 180_000);
+    const stepsAtStop = stepRecords(ftB).length;
+    // As a terminal's Ctrl-C under `pnpm svd-coord` arrives: the signal, and its echo forwarded by
+    // pnpm, which may land while the stop runs or as the process exits (the worst moment: node's
+    // teardown closes the signal handlers, so there it would kill the process by SIGINT).
     b1.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 100));
+    b1.kill('SIGCONT');
+    expect(stepsAtStop, 'the stop must land mid-fine-tuning').toBeLessThan(10);
+    await new Promise((r) => setTimeout(r, 10));
+    b1.kill('SIGINT');
+    await b1.waitFor(/stopped:/);
     b1.kill('SIGINT');
     expect(await b1.exited, b1.output().slice(-3000)).toBe(130);
     // The stop checkpoints every step applied (or names the checkpoint that already holds them).
