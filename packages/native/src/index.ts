@@ -156,6 +156,12 @@ export interface NativeAddon {
   /** The linked oneDNN's version, e.g. "2.6.3". */
   version(): string;
   /**
+   * The CPU as the kernels see it (CPUID): AVX-512F (our own kernels, the lanes network), AVX2 and
+   * FMA (training batch norm's second set), and whether it is an AMD Zen 5 or later (wider small-OC
+   * limits). Absent from addons built before it.
+   */
+  cpuFeatures?(): { avx512f: boolean; avx2: boolean; fma: boolean; zen5OrLater: boolean };
+  /**
    * Which oneDNN implementation each cached convolution runs (e.g. "brg:avx512_core"), by shape key
    * ("svd:small_oc_avx512" for ours), and under "lanesNet pairs" how many conv pairs the last lanesNet
    * call ran row by row through a ring (setLanesPairs).

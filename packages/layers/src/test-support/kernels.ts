@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
+import { loadNative } from '@svd-train/native';
 
 /**
  * Runs `fn` while counting the calls of the named kernels on the active backend: the registry hands
@@ -36,32 +37,43 @@ export function errorCodeOf(fn: () => void): string {
   return 'no error';
 }
 
-/** Linux /proc/cpuinfo, read once ('' where it cannot be read: every probe below is then false). */
-let cpuinfoText: string | undefined;
-function cpuinfo(): string {
-  if (cpuinfoText === undefined) {
-    try {
-      cpuinfoText = readFileSync('/proc/cpuinfo', 'utf8');
-    } catch {
-      cpuinfoText = '';
-    }
+/**
+ * The CPU as the native kernels see it: the addon's CPUID where it loads (an emulator such as
+ * qemu-user's AVX2-only CPU shows the host's /proc/cpuinfo, not what the code can run), else Linux
+ * /proc/cpuinfo ('' where it cannot be read: every probe below is then false).
+ */
+type CpuFeatures = { avx512f: boolean; avx2: boolean; fma: boolean; zen5OrLater: boolean };
+let features: CpuFeatures | undefined;
+function cpu(): CpuFeatures {
+  if (features) return features;
+  const nat = loadNative();
+  if (nat.ok && nat.addon.cpuFeatures) return (features = nat.addon.cpuFeatures());
+  let info = '';
+  try {
+    info = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    // no /proc: no features
   }
-  return cpuinfoText;
+  const family = Number(/^cpu family\s*:\s*(\d+)/m.exec(info)?.[1] ?? 0);
+  return (features = {
+    avx512f: /\bavx512f\b/.test(info),
+    avx2: /\bavx2\b/.test(info),
+    fma: /\bfma\b/.test(info),
+    zen5OrLater: /^vendor_id\s*:\s*AuthenticAMD/m.test(info) && family >= 26,
+  });
 }
 
 /** Whether this CPU has AVX-512F: our own native kernels need it. */
 export function cpuHasAvx512(): boolean {
-  return /\bavx512f\b/.test(cpuinfo());
+  return cpu().avx512f;
 }
 
 /** Whether this CPU has AVX2 and FMA: batch_norm.cc's AVX2 kernels need them. */
 export function cpuHasAvx2Fma(): boolean {
-  return /\bavx2\b/.test(cpuinfo()) && /\bfma\b/.test(cpuinfo());
+  return cpu().avx2 && cpu().fma;
 }
 
-/** Whether the CPU is an AMD of family 1Ah (26) or later, Zen 5, where small_oc_conv.h takes wider limits (read from /proc/cpuinfo, independently of the addon's CPUID). */
+/** Whether the CPU is an AMD of family 1Ah (26) or later, Zen 5, where small_oc_conv.h takes wider limits. */
 export function cpuIsZen5OrLater(): boolean {
-  const info = cpuinfo();
-  const family = Number(/^cpu family\s*:\s*(\d+)/m.exec(info)?.[1] ?? 0);
-  return /^vendor_id\s*:\s*AuthenticAMD/m.test(info) && family >= 26;
+  return cpu().zen5OrLater;
 }
