@@ -14,6 +14,7 @@
 static void* users[MAX_BLOCKS];
 static void* bases[MAX_BLOCKS];
 static size_t lens[MAX_BLOCKS];
+static int used;  // slots [0, used) may hold a block: free() scans only those
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 int posix_memalign(void** out, size_t align, size_t size) {
@@ -32,6 +33,7 @@ int posix_memalign(void** out, size_t align, size_t size) {
     if (!users[i]) slot = i;
   }
   if (slot >= 0) {
+    if (slot >= used) used = slot + 1;
     users[slot] = user;
     bases[slot] = base;
     lens[slot] = total;
@@ -47,7 +49,7 @@ void free(void* p) {
   if (!real_free) real_free = (void (*)(void*))dlsym(RTLD_NEXT, "free");
   if (p) {
     pthread_mutex_lock(&mu);
-    for (int i = 0; i < MAX_BLOCKS; i++) {
+    for (int i = 0; i < used; i++) {
       if (users[i] == p) {
         munmap(bases[i], lens[i]);
         users[i] = NULL;
