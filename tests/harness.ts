@@ -115,7 +115,7 @@ async function stoppedState(pid: number): Promise<void> {
   const statPath = `/proc/${pid}/stat`;
   for (let i = 0; i < 500 && existsSync(statPath); i++) {
     const stat = readFileSync(statPath, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    const state = stat[stat.lastIndexOf(')') + 2]; // the field after "(comm) "
     if (state === 'T' || state === 't' || state === 'Z') return;
     await new Promise((r) => setTimeout(r, 1));
   }
