@@ -13,7 +13,8 @@
  *
  * Options: --mask uses ws's default random client masks (see simWorker).
  *
- * Part 2 (`--real`, real workers on native and wasm, img/s and scaling efficiency): see `benchRealWorkers` below.
+ * Part 2 (`--real [--limit-train 1280] [--real-workers 1,2] [--real-backend native,wasm] [--data DIR]`,
+ * real workers on native and wasm, img/s and scaling efficiency): see `benchRealWorkers` below.
  * `--sizes none` skips part 1.
  */
 import { createRequire } from 'node:module';
