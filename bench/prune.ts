@@ -36,8 +36,9 @@
  * taken in one run with the rest. Two inference-only
  * rows time the deployment path, `export --stock --fold-bn`, of the full-rank and the pruned model
  * (their speed-up is against the full-rank export). `--profile` adds, for the full-rank and the
- * real-ranks model, the time per kernel of one training step and one inference, to show where a
- * pruned model's time goes.
+ * real-ranks model, the time per kernel of one training step (on tfjs' tape) and one inference, and
+ * on the native engine the time per addon call of the native training step, by call and by shape,
+ * to show where a pruned model's time goes.
  *
  * Is the speed-up ours to gain, or the ranks'? bench/prune_torch.py times the full-rank and the
  * real-ranks model in PyTorch (1 thread, each layer in the same cheaper form), and the table adds
@@ -73,7 +74,7 @@ import {
 } from '@svd-train/layers';
 import { loadNative } from '@svd-train/native';
 import { median, rand } from './lib/stats.js';
-import { batchNormModeRuns } from './lib/native.js';
+import { batchNormModeRuns, profileAddonCalls } from './lib/native.js';
 import { runTorchScript } from './lib/torch.js';
 
 const args = process.argv.slice(2);
@@ -380,6 +381,23 @@ if (profile) {
       console.log('| kernel | ms | share | calls |');
       console.log('|---|---:|---:|---:|');
       for (const k of p.kernels.slice(0, 14)) console.log(`| ${k.kernel} | ${k.ms.toFixed(1)} | ${((100 * k.ms) / p.wallMs).toFixed(0)}% | ${k.calls} |`);
+    }
+    // The native step runs no tfjs kernels: its addon calls, by call and by shape.
+    if (stepOn && addon?.ok) {
+      const p = profileAddonCalls(addon.addon, () => void computeGradients(model, xTrain, yTrain, reg), reps);
+      const inCalls = p.calls.reduce((a, k) => a + k.ms, 0);
+      console.log(`\n${label}, native train step, batch ${batch}: ${p.wallMs.toFixed(1)} ms, ${inCalls.toFixed(1)} ms in addon calls (mean of ${reps} steps; the rest is JS)\n`);
+      const byCall = new Map<string, { ms: number; calls: number }>();
+      for (const k of p.calls) {
+        const e = byCall.get(k.call) ?? { ms: 0, calls: 0 };
+        byCall.set(k.call, { ms: e.ms + k.ms, calls: e.calls + k.calls });
+      }
+      console.log('| addon call | ms | share | calls |');
+      console.log('|---|---:|---:|---:|');
+      for (const [call, e] of [...byCall].sort((a, b) => b[1].ms - a[1].ms)) console.log(`| ${call} | ${e.ms.toFixed(2)} | ${((100 * e.ms) / p.wallMs).toFixed(0)}% | ${e.calls} |`);
+      console.log('\n| addon call | shape | ms | calls |');
+      console.log('|---|---|---:|---:|');
+      for (const k of p.calls.slice(0, 20)) console.log(`| ${k.call} | ${k.shape} | ${k.ms.toFixed(3)} | ${k.calls} |`);
     }
   }
 }
