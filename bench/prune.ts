@@ -386,7 +386,7 @@ if (profile) {
     if (stepOn && addon?.ok) {
       const p = profileAddonCalls(addon.addon, () => void computeGradients(model, xTrain, yTrain, reg), reps);
       const inCalls = p.calls.reduce((a, k) => a + k.ms, 0);
-      console.log(`\n${label}, native train step, batch ${batch}: ${p.wallMs.toFixed(1)} ms, ${inCalls.toFixed(1)} ms in addon calls (mean of ${reps} steps; the rest is JS)\n`);
+      console.log(`\n${label}, native train step, batch ${batch}: ${p.wallMs.toFixed(1)} ms, ${inCalls.toFixed(1)} ms in addon calls (mean of ${reps} steps; the rest is JS, the profile's own bookkeeping included)\n`);
       const byCall = new Map<string, { ms: number; calls: number }>();
       for (const k of p.calls) {
         const e = byCall.get(k.call) ?? { ms: 0, calls: 0 };

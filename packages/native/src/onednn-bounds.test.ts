@@ -7,8 +7,8 @@
  * silent heap corruption, then a crash, on CPUs without AVX-512. The filter gradients are checked
  * against a float64 reference too, so the implementation taken instead is right.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,14 +56,19 @@ describe.skipIf(!loadNative().ok || !hasCc || !existsSync(ADDON))('oneDNN held t
   it('runs strided and unit-stride 1×1 convs from 1 to 12 channels (forward, input and filter gradients) without overflowing, and the filter gradients are right', () => {
     const dir = mkdtempSync(join(tmpdir(), 'svd-guard-'));
     const shim = join(dir, 'guard_pages.so');
-    const cc = spawnSync('cc', ['-O2', '-shared', '-fPIC', SHIM_SOURCE, '-o', shim, '-ldl'], { encoding: 'utf8' });
-    expect(cc.status, cc.stderr).toBe(0);
     const shapes = [1, 3, 6, 7, 8, 12].flatMap((c) => [pointwise(c, 1, 1), pointwise(c, 1, 2), pointwise(c, 2, 1), pointwise(c, 2, 2)]);
-    const run = spawnSync(process.execPath, ['-e', CHILD], {
-      encoding: 'utf8',
-      env: { ...process.env, ADDON, SHAPES: JSON.stringify(shapes), DNNL_MAX_CPU_ISA: 'AVX2', LD_PRELOAD: shim },
-      timeout: 120_000,
-    });
+    let run: SpawnSyncReturns<string>;
+    try {
+      const cc = spawnSync('cc', ['-O2', '-shared', '-fPIC', SHIM_SOURCE, '-o', shim, '-ldl'], { encoding: 'utf8' });
+      expect(cc.status, cc.stderr).toBe(0);
+      run = spawnSync(process.execPath, ['-e', CHILD], {
+        encoding: 'utf8',
+        env: { ...process.env, ADDON, SHAPES: JSON.stringify(shapes), DNNL_MAX_CPU_ISA: 'AVX2', LD_PRELOAD: shim },
+        timeout: 120_000,
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     // A fault in a guard page ends the child by SIGSEGV (status null).
     expect({ status: run.status, signal: run.signal }, run.stderr).toEqual({ status: 0, signal: null });
     const out = JSON.parse(run.stdout.trim().split('\n').pop()!) as { worst: number; implementations: Record<string, string> };

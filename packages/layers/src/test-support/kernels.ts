@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { loadNative } from '@svd-train/native';
+import { loadNative, type NativeAddon } from '@svd-train/native';
 
 /**
  * Runs `fn` while counting the calls of the named kernels on the active backend: the registry hands
@@ -42,7 +42,7 @@ export function errorCodeOf(fn: () => void): string {
  * qemu-user's AVX2-only CPU shows the host's /proc/cpuinfo, not what the code can run), else Linux
  * /proc/cpuinfo ('' where it cannot be read: every probe below is then false).
  */
-type CpuFeatures = { avx512f: boolean; avx2: boolean; fma: boolean; zen5OrLater: boolean };
+type CpuFeatures = ReturnType<NonNullable<NativeAddon['cpuFeatures']>>;
 let features: CpuFeatures | undefined;
 function cpu(): CpuFeatures {
   if (features) return features;
